@@ -1,0 +1,50 @@
+# Every target sets itself up from a clean checkout: CI runs `make test` on a fresh clone.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+
+.PHONY: demo test lint typecheck unit serve check bench-timers redis-server clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# The embedded Redis and the test fixtures need a redis-server binary; Debian's package provides it.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "redis-server not found: installing Debian's redis-server package"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; \
+	  command -v systemctl >/dev/null 2>&1 && $$SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true; \
+	}
+
+demo: $(STAMP) redis-server
+	$(BIN)/bridge demo --config config/example.yaml $(ARGS)
+
+serve: $(STAMP) redis-server
+	$(BIN)/bridge serve --config config/example.yaml
+
+check: $(STAMP)
+	$(BIN)/bridge check --config config/example.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check bridge connectors rules tests bench
+	$(BIN)/ruff format --check bridge connectors rules tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy bridge connectors rules
+
+unit: $(STAMP) redis-server
+	$(BIN)/pytest -q $(ARGS)
+
+test: lint typecheck unit
+
+bench-timers: $(STAMP) redis-server
+	$(BIN)/python bench/timers.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

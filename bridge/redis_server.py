@@ -1,0 +1,105 @@
+"""A private ``redis-server`` child: the default when no REDIS_URL is set, and the tests' server."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+
+class RedisServerError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class EmbeddedRedis:
+    """Runs ``redis-server`` on a free loopback port with its data (AOF) under ``data_dir``."""
+
+    def __init__(self, data_dir: Path, *, appendonly: bool = True, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.appendonly = appendonly
+        self.port = port or 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RedisServerError(
+                "redis-server not found on PATH: install it (Debian: apt-get install redis-server; "
+                "`make demo` does this) or set REDIS_URL to an existing server"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(5):  # the free port can be taken between probe and bind
+            port = self.port or free_port()
+            args = [
+                binary,
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.data_dir.resolve()),
+                "--appendonly", "yes" if self.appendonly else "no",
+                "--appendfsync", "everysec",
+                "--save", "",
+                "--daemonize", "no",
+                "--protected-mode", "yes",
+                "--loglevel", "warning",
+            ]  # fmt: skip
+            log_file = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115
+            self._process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+            log_file.close()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self._process.poll() is None:
+                if _answers_ping(port):
+                    self.port = port
+                    return self
+                time.sleep(0.02)
+            self._process.kill()
+            self._process.wait()
+            if self.port:
+                break
+        raise RedisServerError(f"redis-server did not start; see {self.data_dir / 'redis.log'}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.terminate()  # SIGTERM: Redis flushes the AOF before exiting
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def kill(self) -> None:
+        """Dies as a crash would (tests of 'Redis unavailable')."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,441 @@
+"""Durable timers in Redis: reply windows, reminders and deadlines (PRODUCT C4).
+
+A timer is a short key in a sorted set scored by its due time. Workers claim due timers atomically
+(Lua) by moving them to a *leased* set scored by the lease expiry, run the handler, then acknowledge.
+A worker that dies leaves its leases to expire, and the next claim takes them again: at-least-once,
+so handlers are idempotent. Workers do not poll on a fixed period: each sleeps until the earliest due
+time it knows of, and a schedule earlier than a shard's head publishes a wake-up on ``WAKE_CHANNEL``
+so sleeping workers in every process re-read the head (ANCHORS: *when the worker looks* is what sets
+lateness, not Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bridge import keys
+from bridge.clock import Clock, SystemClock
+
+log = logging.getLogger(__name__)
+
+_SCHEDULE = """
+local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+else
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
+if head[2] == nil or tonumber(ARGV[2]) < tonumber(head[2]) then
+  redis.call('PUBLISH', ARGV[5], ARGV[2])
+end
+return 1
+"""
+
+_CANCEL = """
+local n = redis.call('ZREM', KEYS[1], ARGV[1]) + redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+return n
+"""
+
+# Returns {member, due_ms ('' when re-claimed from a dead worker), payload ('' when none)}* and,
+# last, the earliest score among pending timers and live leases ('' when both are empty).
+_CLAIM = """
+local now, lease_until, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local out = {}
+local has_payload = redis.call('EXISTS', KEYS[3]) == 1
+local function take(member, due)
+  out[#out + 1] = member
+  out[#out + 1] = due
+  local p = has_payload and redis.call('HGET', KEYS[3], member)
+  out[#out + 1] = p or ''
+end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)
+for _, m in ipairs(expired) do
+  redis.call('ZADD', KEYS[2], lease_until, m)
+  take(m, '')
+end
+local room = limit - #expired
+if room > 0 then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, room)
+  for i = 1, #due, 2 do
+    redis.call('ZREM', KEYS[1], due[i])
+    redis.call('ZADD', KEYS[2], lease_until, due[i])
+    take(due[i], due[i + 1])
+  end
+end
+local nd = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
+local nl = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2]
+local nxt = ''
+if nd and nl then nxt = math.min(tonumber(nd), tonumber(nl))
+elseif nd then nxt = nd elseif nl then nxt = nl end
+out[#out + 1] = tostring(nxt)
+return out
+"""
+
+# ARGV: (member, lease_ms)*. A lease that no longer matches belongs to someone else (rescheduled,
+# cancelled, or taken over after expiry) and is left alone.
+_ACK = """
+local done = 0
+for i = 1, #ARGV, 2 do
+  local s = redis.call('ZSCORE', KEYS[2], ARGV[i])
+  if s and tonumber(s) == tonumber(ARGV[i + 1]) then
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    redis.call('HDEL', KEYS[4], ARGV[i])
+    if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+      redis.call('HDEL', KEYS[3], ARGV[i])
+    end
+    done = done + 1
+  end
+end
+return done
+"""
+
+# Puts a leased timer back: after a failed handler (counts the attempt, gives up to the dead set past
+# max_attempts) or at shutdown (no attempt counted). Returns the due time set, or -1 when dead.
+_RELEASE = """
+local s = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not s or tonumber(s) ~= tonumber(ARGV[2]) then return -2 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[4] == '1' then
+  local n = redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
+  if n >= tonumber(ARGV[5]) then
+    redis.call('HDEL', KEYS[4], ARGV[1])
+    redis.call('HDEL', KEYS[3], ARGV[1])
+    redis.call('ZADD', KEYS[5], ARGV[7], ARGV[1])
+    return -1
+  end
+end
+redis.call('ZADD', KEYS[1], 'NX', ARGV[3], ARGV[1])
+redis.call('PUBLISH', ARGV[6], ARGV[3])
+return tonumber(ARGV[3])
+"""
+
+
+@dataclass(frozen=True)
+class Timer:
+    key: str
+    due_at: float | None
+    """When it was due; None when it is a redelivery after a worker died holding it."""
+    payload: str | None
+    lease_ms: int
+
+    @property
+    def kind(self) -> str:
+        return self.key.split(":", 1)[0]
+
+
+Handler = Callable[[Timer], Awaitable[None]]
+
+
+def _ms(seconds: float) -> int:
+    return math.floor(seconds * 1000)
+
+
+class TimerStore:
+    """Scheduling side: any process may schedule and cancel."""
+
+    def __init__(self, redis: Redis, *, shards: int = 1, clock: Clock | None = None) -> None:
+        if shards < 1:
+            raise ValueError("shards must be at least 1")
+        self.redis = redis
+        self.shards = shards
+        self.clock: Clock = clock or SystemClock()
+        self._schedule = redis.register_script(_SCHEDULE)
+        self._cancel = redis.register_script(_CANCEL)
+        self.claim_script = redis.register_script(_CLAIM)
+        self.ack_script = redis.register_script(_ACK)
+        self.release_script = redis.register_script(_RELEASE)
+
+    def shard_keys(self, shard: int) -> list[str]:
+        return [
+            keys.timers_due(shard),
+            keys.timers_leased(shard),
+            keys.timers_payload(shard),
+            keys.timers_attempts(shard),
+            keys.timers_dead(shard),
+        ]
+
+    def keys_for(self, timer_key: str) -> list[str]:
+        return self.shard_keys(keys.timer_shard(timer_key, self.shards))
+
+    async def schedule(self, key: str, due_at: float, payload: str | None = None) -> None:
+        """Schedule ``key`` at ``due_at`` (epoch s). Idempotent; scheduling a key again replaces it."""
+        args = [key, _ms(due_at), "0" if payload is None else "1", payload or "", keys.WAKE_CHANNEL]
+        await self._schedule(keys=self.keys_for(key)[:4], args=args)
+
+    async def cancel(self, key: str) -> bool:
+        """Cancel ``key`` whether pending or running; True when there was something to cancel."""
+        return bool(await self._cancel(keys=self.keys_for(key)[:4], args=[key]))
+
+    async def due_at(self, key: str) -> float | None:
+        score = await self.redis.zscore(keys.timers_due(keys.timer_shard(key, self.shards)), key)
+        return None if score is None else score / 1000
+
+    async def pending(self) -> int:
+        counts = await asyncio.gather(*(self.redis.zcard(keys.timers_due(s)) for s in range(self.shards)))
+        return sum(counts)
+
+    async def leased(self) -> int:
+        counts = await asyncio.gather(
+            *(self.redis.zcard(keys.timers_leased(s)) for s in range(self.shards))
+        )
+        return sum(counts)
+
+    async def dead(self) -> list[str]:
+        found: list[str] = []
+        for s in range(self.shards):
+            found.extend(await self.redis.zrange(keys.timers_dead(s), 0, -1))
+        return found
+
+
+@dataclass
+class WorkerStats:
+    fired: int = 0
+    failed: int = 0
+    redelivered: int = 0
+
+
+class TimerWorker:
+    """Claims due timers and runs their handlers, selected by the timer key's kind.
+
+    ``run()`` serves until ``stop()``; ``drain()`` is the burst mode for tests and tools: it fires
+    everything due at the clock's current time, waits for the handlers and returns how many ran.
+    """
+
+    def __init__(
+        self,
+        store: TimerStore,
+        handlers: Mapping[str, Handler],
+        *,
+        lease_seconds: float = 30.0,
+        batch: int = 500,
+        concurrency: int = 200,
+        retry_base_seconds: float = 5.0,
+        max_attempts: int = 8,
+        max_idle_seconds: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.handlers = dict(handlers)
+        self.lease_seconds = lease_seconds
+        self.batch = batch
+        self.concurrency = concurrency
+        self.retry_base_seconds = retry_base_seconds
+        self.max_attempts = max_attempts
+        self.max_idle_seconds = max_idle_seconds
+        self.stats = WorkerStats()
+        self._running: dict[asyncio.Task[None], Timer] = {}
+        self._slot_free = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._next_ms: float = math.inf
+        self._pending_acks: list[Timer] = []
+        self._acks_ready = asyncio.Event()
+        self._serving: asyncio.Event | None = None
+
+    @property
+    def clock(self) -> Clock:
+        return self.store.clock
+
+    # -- serving -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._serving = serving = asyncio.Event()
+        listener = asyncio.create_task(self._listen_for_wakeups(), name="timers-wake")
+        acker = asyncio.create_task(self._ack_loop(), name="timers-ack")
+        try:
+            while not self._stopping:
+                # Cleared before the claim, and any wake-up published during the claim counts
+                # (next_ms = inf), so a timer scheduled meanwhile is never slept past.
+                self._wake.clear()
+                self._next_ms = math.inf
+                try:
+                    more, next_ms = await self._claim_and_start()
+                except (RedisError, OSError) as exc:
+                    log.warning("timer claim failed, retrying in 1 s: %s", exc)
+                    await self._nap(1.0)
+                    continue
+                if len(self._running) >= self.concurrency:
+                    self._slot_free.clear()
+                    await self._slot_free.wait()
+                    continue
+                if more:
+                    continue
+                self._next_ms = next_ms
+                delay = self.max_idle_seconds
+                if next_ms != math.inf:
+                    delay = min(delay, max(0.0, next_ms / 1000 - self.clock.now()))
+                await self._nap(delay)
+        finally:
+            self._stopping = True
+            self._acks_ready.set()
+            await asyncio.gather(listener, acker, return_exceptions=True)
+            serving.set()
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop claiming; let running handlers finish within the grace time; hand the rest back."""
+        self._stopping = True
+        self._wake.set()
+        self._slot_free.set()
+        if self._serving is not None:
+            await self._serving.wait()  # a claim in flight finishes and starts its handlers first
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=grace_seconds)
+        unfinished = dict(self._running)
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.wait(list(unfinished), timeout=1.0)
+        await self._flush_acks()
+        for timer in unfinished.values():
+            with contextlib.suppress(RedisError, OSError):
+                await self._release(timer, due_at=self.clock.now(), failed=False)
+
+    async def drain(self) -> int:
+        """Burst mode: fire everything due now, wait for it, acknowledge. Returns handlers run."""
+        before = self.stats.fired + self.stats.failed
+        while True:
+            more, _ = await self._claim_and_start()
+            if self._running:
+                await asyncio.wait(list(self._running))
+            if not more:
+                break
+        await self._flush_acks()
+        return self.stats.fired + self.stats.failed - before
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _nap(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
+    async def _claim_and_start(self) -> tuple[bool, float]:
+        """Claims up to the free room. Returns whether a shard filled it (more may be due) and
+        the earliest due time or lease expiry left (ms, inf when none)."""
+        now = self.clock.now()
+        lease_ms = _ms(now + self.lease_seconds)
+        room = min(self.batch, self.concurrency - len(self._running))
+        more, next_ms = False, math.inf
+        for shard in range(self.store.shards):
+            if room <= 0:
+                more = True
+                break
+            reply: list[str] = await self.store.claim_script(
+                keys=self.store.shard_keys(shard)[:3], args=[_ms(now), lease_ms, room]
+            )
+            *items, head = reply
+            if head:
+                next_ms = min(next_ms, float(head))
+            for i in range(0, len(items), 3):
+                member, due, payload = items[i], items[i + 1], items[i + 2]
+                timer = Timer(member, int(due) / 1000 if due else None, payload or None, lease_ms)
+                task = asyncio.create_task(self._fire(timer), name=f"timer:{member}")
+                self._running[task] = timer
+                task.add_done_callback(self._on_done)
+            taken = len(items) // 3
+            more = more or taken == room
+            room -= taken
+        return more, next_ms
+
+    def _on_done(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+        self._slot_free.set()
+
+    async def _fire(self, timer: Timer) -> None:
+        if timer.due_at is None:
+            self.stats.redelivered += 1
+        handler = self.handlers.get(timer.kind)
+        try:
+            if handler is None:
+                raise LookupError(f"no handler for timer kind {timer.kind!r}")
+            await handler(timer)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.stats.failed += 1
+            log.exception("timer %s: handler failed", timer.key)
+            await self._retry_later(timer)
+            return
+        self.stats.fired += 1
+        self._pending_acks.append(timer)
+        self._acks_ready.set()
+
+    async def _retry_later(self, timer: Timer) -> None:
+        attempt_delay = self.retry_base_seconds
+        with contextlib.suppress(RedisError, OSError):
+            raw = await self.store.redis.hget(
+                keys.timers_attempts(keys.timer_shard(timer.key, self.store.shards)), timer.key
+            )
+            attempt_delay *= 2 ** int(raw or 0)
+            result = await self._release(timer, due_at=self.clock.now() + attempt_delay, failed=True)
+            if result == -1:
+                log.error("timer %s: gave up after %d attempts", timer.key, self.max_attempts)
+
+    async def _release(self, timer: Timer, *, due_at: float, failed: bool) -> int:
+        result: int = await self.store.release_script(
+            keys=self.store.keys_for(timer.key),
+            args=[
+                timer.key,
+                timer.lease_ms,
+                _ms(due_at),
+                "1" if failed else "0",
+                self.max_attempts,
+                keys.WAKE_CHANNEL,
+                _ms(self.clock.now()),
+            ],
+        )
+        return result
+
+    async def _ack_loop(self) -> None:
+        # Ends on the stopping flag, not by cancellation: redis-py can swallow a cancel that lands
+        # inside a command, which would leave a cancelled task waiting forever.
+        while not (self._stopping and not self._pending_acks):
+            await self._acks_ready.wait()
+            try:
+                await self._flush_acks()
+            except (RedisError, OSError) as exc:
+                # Unacknowledged timers are fired again after their lease: at-least-once.
+                log.warning("timer ack failed: %s", exc)
+                await asyncio.sleep(0.5)
+
+    async def _flush_acks(self) -> None:
+        self._acks_ready.clear()
+        acks, self._pending_acks = self._pending_acks, []
+        by_shard: dict[int, list[Any]] = {}
+        for timer in acks:
+            args = by_shard.setdefault(keys.timer_shard(timer.key, self.store.shards), [])
+            args += [timer.key, timer.lease_ms]
+        for shard, args in by_shard.items():
+            await self.store.ack_script(keys=self.store.shard_keys(shard)[:4], args=args)
+
+    async def _listen_for_wakeups(self) -> None:
+        # Polls with a short timeout rather than relying on task cancellation, which redis-py's
+        # pub/sub reader can swallow while a read is in progress.
+        while not self._stopping:
+            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(keys.WAKE_CHANNEL)
+                # A timer scheduled while we were (re)subscribing would otherwise wait max_idle.
+                self._wake.set()
+                while not self._stopping:
+                    message = await pubsub.get_message(timeout=0.25)
+                    if message is not None and float(message["data"]) < self._next_ms:
+                        self._wake.set()
+            except (RedisError, OSError) as exc:
+                log.warning("timer wake-up channel lost, resubscribing: %s", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()

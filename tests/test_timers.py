@@ -1,0 +1,311 @@
+"""The timer engine against a real redis-server (PRODUCT C4)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from bridge import keys
+from bridge.clock import ManualClock, SystemClock
+from bridge.timers import Timer, TimerStore, TimerWorker
+
+T0 = 1_700_000_000.0
+
+
+def recorder(fired: list[Timer]):  # type: ignore[no-untyped-def]
+    async def handle(timer: Timer) -> None:
+        fired.append(timer)
+
+    return handle
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+@pytest.fixture
+def store(redis: Redis, clock: ManualClock) -> TimerStore:
+    return TimerStore(redis, clock=clock)
+
+
+async def test_fires_at_due_time_not_before(store: TimerStore, clock: ManualClock) -> None:
+    fired: list[Timer] = []
+    worker = TimerWorker(store, {"window": recorder(fired)})
+    await store.schedule("window:{store:1001}:conv-9", T0 + 120, payload="p1")
+
+    clock.advance(119.999)
+    assert await worker.drain() == 0
+    clock.advance(0.001)
+    assert await worker.drain() == 1
+
+    assert [(t.key, t.due_at, t.payload) for t in fired] == [("window:{store:1001}:conv-9", T0 + 120, "p1")]
+    assert await store.pending() == 0 and await store.leased() == 0
+    assert await store.redis.hlen(keys.timers_payload(0)) == 0, "payload outlives its timer"
+
+
+async def test_fires_once_only(store: TimerStore, clock: ManualClock) -> None:
+    fired: list[Timer] = []
+    worker = TimerWorker(store, {"window": recorder(fired)})
+    await store.schedule("window:{store:1}:a", T0 + 1)
+    clock.advance(5)
+    assert await worker.drain() == 1
+    clock.advance(3600)
+    assert await worker.drain() == 0
+    assert len(fired) == 1
+
+
+async def test_schedule_is_idempotent_and_reschedule_replaces(store: TimerStore, clock: ManualClock) -> None:
+    fired: list[Timer] = []
+    worker = TimerWorker(store, {"remind": recorder(fired)})
+    key = "remind:{store:1}:conv-1"
+    await store.schedule(key, T0 + 60)
+    await store.schedule(key, T0 + 60)
+    assert await store.pending() == 1
+
+    await store.schedule(key, T0 + 30)  # earlier
+    clock.advance(30)
+    assert await worker.drain() == 1
+    assert fired[-1].due_at == T0 + 30
+
+    await store.schedule(key, T0 + 100)
+    await store.schedule(key, T0 + 200, payload="later")  # later replaces
+    clock.set(T0 + 150)
+    assert await worker.drain() == 0
+    clock.set(T0 + 200)
+    assert await worker.drain() == 1
+    assert fired[-1].payload == "later"
+    assert len(fired) == 2
+
+
+async def test_cancel(store: TimerStore, clock: ManualClock) -> None:
+    fired: list[Timer] = []
+    worker = TimerWorker(store, {"deadline": recorder(fired)})
+    await store.schedule("deadline:{store:1}:t1", T0 + 10, payload="x")
+    await store.schedule("deadline:{store:1}:t2", T0 + 10)
+    assert await store.cancel("deadline:{store:1}:t1") is True
+    assert await store.cancel("deadline:{store:1}:t1") is False
+    clock.advance(10)
+    assert await worker.drain() == 1
+    assert [t.key for t in fired] == ["deadline:{store:1}:t2"]
+    assert await store.redis.hlen(keys.timers_payload(0)) == 0
+
+
+async def test_dead_worker_lease_expires_and_another_takes_over(store: TimerStore, clock: ManualClock) -> None:
+    started = asyncio.Event()
+
+    async def hangs(timer: Timer) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    dying = TimerWorker(store, {"window": hangs}, lease_seconds=30)
+    await store.schedule("window:{store:1}:c", T0 + 1)
+    clock.advance(1)
+    drain = asyncio.create_task(dying.drain())
+    await started.wait()
+    drain.cancel()  # the process is gone: no ack, no release
+    await asyncio.gather(drain, return_exceptions=True)
+    for task in list(dying._running):
+        task.cancel()
+
+    fired: list[Timer] = []
+    survivor = TimerWorker(store, {"window": recorder(fired)})
+    clock.advance(29)
+    assert await survivor.drain() == 0, "taken over before the lease expired"
+    clock.advance(1)
+    assert await survivor.drain() == 1
+    assert fired[0].key == "window:{store:1}:c" and fired[0].due_at is None
+    assert survivor.stats.redelivered == 1
+    assert await store.leased() == 0
+
+
+async def test_failing_handler_is_retried_with_backoff_then_dead(store: TimerStore, clock: ManualClock) -> None:
+    calls: list[float] = []
+
+    async def flaky(timer: Timer) -> None:
+        calls.append(clock.now())
+        raise RuntimeError("platform down")
+
+    worker = TimerWorker(store, {"deadline": flaky}, retry_base_seconds=5, max_attempts=3)
+    await store.schedule("deadline:{store:1}:t", T0)
+    for _ in range(60):
+        await worker.drain()
+        clock.advance(1)
+    assert len(calls) == 3
+    assert calls[1] - calls[0] == pytest.approx(5, abs=1)
+    assert calls[2] - calls[1] == pytest.approx(10, abs=1)
+    assert await store.dead() == ["deadline:{store:1}:t"]
+    assert await store.pending() == 0 and await store.leased() == 0
+
+
+async def test_rescheduled_while_running_keeps_new_schedule(store: TimerStore, clock: ManualClock) -> None:
+    fired: list[float | None] = []
+
+    async def reschedules_itself(timer: Timer) -> None:
+        fired.append(timer.due_at)
+        if len(fired) == 1:
+            await store.schedule(timer.key, clock.now() + 60)
+
+    worker = TimerWorker(store, {"remind": reschedules_itself})
+    await store.schedule("remind:{store:1}:x", T0)
+    assert await worker.drain() == 1
+    assert await store.due_at("remind:{store:1}:x") == T0 + 60, "ack removed the new schedule"
+    clock.advance(60)
+    assert await worker.drain() == 1
+    assert fired == [T0, T0 + 60]
+
+
+async def test_ten_thousand_timers_all_fire(store: TimerStore, clock: ManualClock) -> None:
+    fired: list[Timer] = []
+    worker = TimerWorker(store, {"t": recorder(fired)}, batch=500, concurrency=1000)
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for i in range(10_000):
+            pipe.zadd(keys.timers_due(0), {f"t:{{store:1}}:{i}": int((T0 + i % 100) * 1000)})
+        await pipe.execute()
+    clock.advance(100)
+    assert await worker.drain() == 10_000
+    assert len({t.key for t in fired}) == 10_000
+    assert await store.pending() == 0 and await store.leased() == 0
+
+
+async def test_sharded_layout_fires_everything(redis: Redis, clock: ManualClock) -> None:
+    store = TimerStore(redis, shards=4, clock=clock)
+    fired: list[Timer] = []
+    worker = TimerWorker(store, {"t": recorder(fired)})
+    for i in range(200):
+        await store.schedule(f"t:{{store:{i % 7}}}:{i}", T0 + i)
+    assert {k.split(":")[1] for k in await redis.keys("timers:*:due")} == {"{0}", "{1}", "{2}", "{3}"}
+    clock.advance(200)
+    assert await worker.drain() == 200
+    assert sorted(int(t.key.rsplit(":", 1)[1]) for t in fired) == list(range(200))
+
+
+async def test_three_workers_fire_each_timer_once(redis_url: str) -> None:
+    """Three workers, each with its own connection as separate processes would have, real time."""
+    clients = [Redis.from_url(redis_url, decode_responses=True) for _ in range(3)]
+    await clients[0].flushall()
+    counts: Counter[str] = Counter()
+    done = asyncio.Event()
+    total = 300
+
+    async def count(timer: Timer) -> None:
+        counts[timer.key] += 1
+        await clients[0].hincrby("fired", timer.key, 1)
+        if sum(counts.values()) >= total:
+            done.set()
+
+    stores = [TimerStore(c, clock=SystemClock()) for c in clients]
+    workers = [TimerWorker(s, {"w": count}) for s in stores]
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    await asyncio.sleep(0.1)
+    now = time.time()
+    for i in range(total):
+        await stores[i % 3].schedule(f"w:{{store:1}}:{i}", now + 0.3 + i / total)
+    await asyncio.wait_for(done.wait(), timeout=15)
+    await asyncio.sleep(0.2)  # room for a wrongful second firing to show up
+    for w in workers:
+        await w.stop()
+    await asyncio.gather(*tasks)
+
+    assert len(counts) == total and set(counts.values()) == {1}
+    stored = await clients[0].hgetall("fired")
+    assert len(stored) == total and set(stored.values()) == {"1"}
+    assert sum(w.stats.fired for w in workers) == total
+    assert sum(1 for w in workers if w.stats.fired) >= 2, "the work was not shared"
+    for c in clients:
+        await c.aclose()
+
+
+async def test_sleeping_worker_is_woken_by_an_earlier_timer_from_another_process(redis_url: str) -> None:
+    client = Redis.from_url(redis_url, decode_responses=True)
+    await client.flushall()
+    fired = asyncio.Event()
+
+    async def handle(timer: Timer) -> None:
+        fired.set()
+
+    worker = TimerWorker(TimerStore(client), {"w": handle}, max_idle_seconds=30)
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(0.2)  # the worker is asleep with nothing scheduled
+    other = Redis.from_url(redis_url, decode_responses=True)
+    await TimerStore(other).schedule("w:{store:1}:soon", time.time() + 0.05)
+    await asyncio.wait_for(fired.wait(), timeout=3)
+    await worker.stop()
+    await task
+    await other.aclose()
+    await client.aclose()
+
+
+WORKER_SCRIPT = """
+import asyncio, sys
+from redis.asyncio import Redis
+from bridge.timers import TimerStore, TimerWorker
+
+async def main():
+    r = Redis.from_url(sys.argv[1], decode_responses=True)
+    async def hang(timer):
+        await r.rpush("started", timer.key)
+        await asyncio.sleep(3600)
+    await TimerWorker(TimerStore(r), {"w": hang}, lease_seconds=1.0).run()
+
+asyncio.run(main())
+"""
+
+
+async def test_killed_worker_process_loses_nothing(redis_url: str, tmp_path: Path) -> None:
+    client = Redis.from_url(redis_url, decode_responses=True)
+    await client.flushall()
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), redis_url], cwd=Path(__file__).parent.parent)
+    try:
+        await TimerStore(client).schedule("w:{store:1}:job", time.time())
+        started = await client.blpop(["started"], timeout=10)
+        assert started == ("started", "w:{store:1}:job")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    fired: list[Timer] = []
+    done = asyncio.Event()
+
+    async def finish(timer: Timer) -> None:
+        fired.append(timer)
+        done.set()
+
+    survivor = TimerWorker(TimerStore(client), {"w": finish})
+    task = asyncio.create_task(survivor.run())
+    await asyncio.wait_for(done.wait(), timeout=5)
+    await survivor.stop()
+    await task
+    assert [t.key for t in fired] == ["w:{store:1}:job"]
+    assert await TimerStore(client).leased() == 0 and await TimerStore(client).pending() == 0
+    await client.aclose()
+
+
+async def test_stop_releases_leases_of_unfinished_handlers(store: TimerStore, clock: ManualClock) -> None:
+    release = asyncio.Event()
+
+    async def slow(timer: Timer) -> None:
+        await release.wait()
+
+    worker = TimerWorker(store, {"w": slow})
+    await store.schedule("w:{store:1}:a", T0)
+    task = asyncio.create_task(worker.run())
+    for _ in range(100):
+        if await store.leased():
+            break
+        await asyncio.sleep(0.01)
+    await worker.stop(grace_seconds=0.1)
+    await task
+    assert await store.leased() == 0
+    assert await store.due_at("w:{store:1}:a") == T0, "released back for another worker at once"
