@@ -173,7 +173,8 @@ class TimerStore:
 
     async def schedule(self, key: str, due_at: float, payload: str | None = None) -> None:
         """Schedule ``key`` at ``due_at`` (epoch s). Idempotent; scheduling a key again replaces it."""
-        args = [key, _ms(due_at), "0" if payload is None else "1", payload or "", keys.WAKE_CHANNEL]
+        args: list[str | int] = [key, _ms(due_at), "0" if payload is None else "1", payload or ""]
+        args.append(keys.WAKE_CHANNEL)
         await self._schedule(keys=self.keys_for(key)[:4], args=args)
 
     async def cancel(self, key: str) -> bool:
@@ -189,15 +190,13 @@ class TimerStore:
         return sum(counts)
 
     async def leased(self) -> int:
-        counts = await asyncio.gather(
-            *(self.redis.zcard(keys.timers_leased(s)) for s in range(self.shards))
-        )
+        counts = await asyncio.gather(*(self.redis.zcard(keys.timers_leased(s)) for s in range(self.shards)))
         return sum(counts)
 
     async def dead(self) -> list[str]:
         found: list[str] = []
         for s in range(self.shards):
-            found.extend(await self.redis.zrange(keys.timers_dead(s), 0, -1))
+            found.extend(str(m) for m in await self.redis.zrange(keys.timers_dead(s), 0, -1))
         return found
 
 
@@ -228,7 +227,7 @@ class TimerWorker:
         max_idle_seconds: float = 5.0,
     ) -> None:
         self.store = store
-        self.handlers = dict(handlers)
+        self.handlers = handlers  # shared: flows may register kinds after the worker exists
         self.lease_seconds = lease_seconds
         self.batch = batch
         self.concurrency = concurrency
@@ -438,4 +437,4 @@ class TimerWorker:
                 await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -32,4 +32,3 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
-

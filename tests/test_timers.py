@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -266,14 +264,16 @@ async def test_killed_worker_process_loses_nothing(redis_url: str, tmp_path: Pat
     await client.flushall()
     script = tmp_path / "worker.py"
     script.write_text(WORKER_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), redis_url], cwd=Path(__file__).parent.parent)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), redis_url, cwd=Path(__file__).parent.parent
+    )
     try:
         await TimerStore(client).schedule("w:{store:1}:job", time.time())
         started = await client.blpop(["started"], timeout=10)
         assert started == ("started", "w:{store:1}:job")
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
 
     fired: list[Timer] = []
     done = asyncio.Event()

@@ -1,0 +1,111 @@
+"""`bridge` command line: serve, check, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from bridge.config import ConfigError, ConfigHolder, LoadedConfig, load_config
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+
+
+def check(path: Path) -> int:
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{exc.source}: {problem}")
+        errors = sum(p.severity == "error" for p in exc.problems)
+        print(f"{exc.source}: {errors} error(s), {len(exc.problems) - errors} warning(s) — not valid")
+        return 1
+    print(summary(loaded))
+    return 0
+
+
+def headline(loaded: LoadedConfig) -> str:
+    config = loaded.config
+    return (
+        f"{loaded.source}: valid — {len(config.stores)} store(s), {len(config.creators)} creator(s), "
+        f"{len(loaded.warnings)} warning(s)"
+    )
+
+
+def summary(loaded: LoadedConfig) -> str:
+    config = loaded.config
+    lines = [f"{loaded.source}: {problem}" for problem in loaded.warnings]
+    lines.append(headline(loaded))
+    for store in config.stores:
+        lines.append(
+            f"  store {store.id} ({store.name}): push {store.webhook_path}; chats → "
+            f"{store.destinations.platform_chats}, task orders → {store.destinations.task_orders}; "
+            f"designated {', '.join(a.id for a in store.designated)}; reply window {store.reply_window.seconds} s; "
+            f"{store.timezone}, {store.locale}"
+        )
+    for creator in config.creators:
+        lines.append(
+            f"  creator {creator.id} ({creator.name}): push {creator.webhook_path}; pings → {creator.destination}"
+        )
+    return "\n".join(lines)
+
+
+def _load_holder(path: Path) -> ConfigHolder | None:
+    try:
+        return ConfigHolder(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def serve(path: Path, host: str | None, port: int | None) -> int:
+    from bridge.service import Bridge, connect_redis, serve_until_signalled
+
+    holder = _load_holder(path)
+    if holder is None:
+        return 1
+    for warning in holder.warnings:
+        logging.getLogger("bridge.config").warning("%s: %s", path, warning)
+    redis, embedded = connect_redis()
+    bridge = Bridge(holder, redis, embedded_redis=embedded)
+    asyncio.run(serve_until_signalled(bridge, host, port))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bridge", description="Feige (飞鸽) ↔ Slack / Telegram bridge")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_serve = sub.add_parser("serve", help="run the bridge service")
+    p_serve.add_argument("--config", type=Path, required=True)
+    p_serve.add_argument("--host")
+    p_serve.add_argument("--port", type=int)
+
+    p_check = sub.add_parser("check", help="validate a configuration file and print every problem")
+    p_check.add_argument("--config", type=Path, required=True)
+
+    p_demo = sub.add_parser("demo", help="run the bridge against local sandboxes and narrate what happens")
+    p_demo.add_argument("--config", type=Path, required=True)
+    p_demo.add_argument("--serve", action="store_true", help="keep everything running afterwards")
+
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        return check(args.config)
+    _setup_logging(args.verbose)
+    if args.command == "serve":
+        return serve(args.config, args.host, args.port)
+    from bridge.demo import run_demo
+
+    return run_demo(args.config, keep_serving=args.serve)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,491 @@
+"""Per-store and per-creator configuration (PRODUCT C1): YAML files, secrets by environment reference.
+
+Loading is two steps. ``${NAME}`` / ``${NAME:-default}`` references in string values are resolved
+first (a missing variable is a problem naming it and where it is used), then the result is
+validated by the pydantic models below. Every problem found is reported with its path in the file
+and what to do about it; nothing is half-loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import time
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Locale = Literal["zh-CN", "en"]
+
+log = logging.getLogger(__name__)
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DESTINATION = re.compile(r"^(slack|telegram):(\S+)$")
+_STORE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class _Model(BaseModel):
+    # Unquoted YAML ids such as `id: 1001` arrive as numbers; they are ids, not quantities.
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Asia/Shanghai") from None
+    return value
+
+
+def _check_destination(value: str) -> str:
+    if not _DESTINATION.match(value):
+        raise ValueError(f"destination {value!r} is not of the form slack:<channel id> or telegram:<chat id>")
+    return value
+
+
+class Destination(_Model):
+    """Where one kind of work is mirrored: ``slack:<channel>`` or ``telegram:<chat>``."""
+
+    service: Literal["slack", "telegram"]
+    target: str
+
+    @classmethod
+    def parse(cls, value: str) -> Destination:
+        service, target = _check_destination(value).split(":", 1)
+        return cls(service=service, target=target)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return f"{self.service}:{self.target}"
+
+
+class PlatformCredentials(_Model):
+    app_key: str = Field(min_length=1)
+    app_secrets: list[str] = Field(min_length=1, description="newest first; all are accepted (rotation)")
+    api_url: str = Field(pattern=r"^https?://")
+    api_token: str = Field(min_length=1)
+
+
+class Agent(_Model):
+    id: str = Field(min_length=1, description="the agent's platform (Feige) account id")
+    name: str = Field(min_length=1)
+    slack_user: str | None = None
+    telegram_user: int | None = None
+    im_permission: bool = True
+
+
+class ReplyWindow(_Model):
+    seconds: int = Field(default=120, ge=1)
+    reminders_before: list[int] = Field(default_factory=lambda: [60, 30])
+    escalate_before: int | None = Field(
+        default=None, ge=1, description="also mention the other designated agents this long before"
+    )
+
+
+class QuietHours(_Model):
+    start: time = time(21, 0)
+    end: time = time(9, 0)
+
+
+class TaskOrderSettings(_Model):
+    deadline_hours: int = Field(default=24, ge=1)
+    quiet_hours: QuietHours = QuietHours()
+    night_rule: Literal["move_to_morning", "carry_over"] = "move_to_morning"
+    reminders_before: list[int] = Field(default_factory=lambda: [7200, 1800])
+
+
+class StoreDestinations(_Model):
+    platform_chats: str
+    task_orders: str
+
+    _v = field_validator("platform_chats", "task_orders")(_check_destination)
+
+
+class Store(_Model):
+    id: str
+    name: str = Field(min_length=1)
+    locale: Locale = "zh-CN"
+    timezone: str = "Asia/Shanghai"
+    sandbox: bool = False
+    platform: PlatformCredentials
+    destinations: StoreDestinations
+    main_account: str
+    agents: list[Agent] = Field(min_length=1)
+    designated_agents: list[str] | None = Field(
+        default=None, description="agent ids who may answer platform chats; default: the main account"
+    )
+    reply_window: ReplyWindow = ReplyWindow()
+    task_orders: TaskOrderSettings = TaskOrderSettings()
+
+    _tz = field_validator("timezone")(_check_timezone)
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not _STORE_ID.match(value):
+            raise ValueError("store id may use letters, digits, '-' and '_' only (it is part of a URL)")
+        return value
+
+    @property
+    def designated(self) -> list[Agent]:
+        ids = self.designated_agents or [self.main_account]
+        by_id = {a.id: a for a in self.agents}
+        return [by_id[i] for i in ids if i in by_id]
+
+    @property
+    def webhook_path(self) -> str:
+        return f"/webhooks/platform/{self.id}"
+
+
+class Creator(_Model):
+    id: str
+    name: str = Field(min_length=1)
+    locale: Locale = "zh-CN"
+    timezone: str = "Asia/Shanghai"
+    platform: PlatformCredentials
+    destination: str
+    telegram_user: int | None = None
+    slack_user: str | None = None
+
+    _tz = field_validator("timezone")(_check_timezone)
+    _dest = field_validator("destination")(_check_destination)
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not _STORE_ID.match(value):
+            raise ValueError("creator id may use letters, digits, '-' and '_' only (it is part of a URL)")
+        return value
+
+    @property
+    def webhook_path(self) -> str:
+        return f"/webhooks/creator/{self.id}"
+
+
+class SlackSettings(_Model):
+    bot_token: str = Field(min_length=1)
+    signing_secret: str = Field(min_length=1)
+    api_base_url: str = Field(default="https://slack.com/api/", pattern=r"^https?://.*/$")
+    socket_mode: bool = False
+    app_token: str | None = None
+
+    @model_validator(mode="after")
+    def _socket_mode_needs_app_token(self) -> SlackSettings:
+        if self.socket_mode and not self.app_token:
+            raise ValueError("socket_mode needs app_token (an xapp- token with connections:write)")
+        return self
+
+
+class TelegramSettings(_Model):
+    bot_token: str = Field(min_length=1)
+    webhook_secret: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]{1,256}$")
+    api_base_url: str = Field(default="https://api.telegram.org/bot", pattern=r"^https?://")
+    file_base_url: str = Field(default="https://api.telegram.org/file/bot", pattern=r"^https?://")
+
+
+class ServerSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = None
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    config_poll_seconds: float = Field(default=2.0, gt=0)
+
+
+class TimerSettings(_Model):
+    shards: int = Field(default=1, ge=1, le=1024)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    concurrency: int = Field(default=200, ge=1)
+
+
+class BridgeConfig(_Model):
+    server: ServerSettings = ServerSettings()
+    timers: TimerSettings = TimerSettings()
+    slack: SlackSettings | None = None
+    telegram: TelegramSettings | None = None
+    stores: list[Store] = Field(default_factory=list)
+    creators: list[Creator] = Field(default_factory=list)
+
+    def store(self, store_id: str) -> Store | None:
+        return next((s for s in self.stores if s.id == store_id), None)
+
+    def creator(self, creator_id: str) -> Creator | None:
+        return next((c for c in self.creators if c.id == creator_id), None)
+
+
+# -- problems --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.path}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        errors = [p for p in problems if p.severity == "error"]
+        lines = "\n".join(f"  {p}" for p in errors)
+        super().__init__(f"{source}: {len(errors)} problem(s) in the configuration:\n{lines}")
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith("function-") or part in {"function-after", "function-before"}:
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def resolve_env(node: Any, environ: Mapping[str, str], where: str = "") -> tuple[Any, list[Problem]]:
+    """Replaces ``${NAME}`` and ``${NAME:-default}`` in every string of a parsed YAML tree."""
+    problems: list[Problem] = []
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, str):
+
+            def sub(match: re.Match[str]) -> str:
+                name, default = match.group(1), match.group(2)
+                if name in environ:
+                    return environ[name]
+                if default is not None:
+                    return default
+                problems.append(
+                    Problem(path, f"environment variable {name} is not set; set it or write ${{{name}:-default}}")
+                )
+                return ""
+
+            return _ENV_REF.sub(sub, value)
+        return value
+
+    return walk(node, where), problems
+
+
+def _semantic_problems(config: BridgeConfig) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def dupes(ids: list[str], what: str, path: str) -> None:
+        seen: set[str] = set()
+        for i, value in enumerate(ids):
+            if value in seen:
+                problems.append(Problem(f"{path}[{i}].id", f"{what} id {value!r} is used twice"))
+            seen.add(value)
+
+    dupes([s.id for s in config.stores], "store", "stores")
+    dupes([c.id for c in config.creators], "creator", "creators")
+    keys_seen: dict[str, str] = {}
+    for label, item in [(f"stores[{i}]", s) for i, s in enumerate(config.stores)] + [
+        (f"creators[{i}]", c) for i, c in enumerate(config.creators)
+    ]:
+        key = item.platform.app_key
+        if key in keys_seen:
+            problems.append(
+                Problem(
+                    f"{label}.platform.app_key",
+                    f"app key is also used by {keys_seen[key]}; each needs its own",
+                )
+            )
+        keys_seen.setdefault(key, label)
+
+    for i, store in enumerate(config.stores):
+        at = f"stores[{i}]"
+        agent_ids = [a.id for a in store.agents]
+        for j, agent in enumerate(store.agents):
+            if agent_ids.index(agent.id) != j:
+                problems.append(Problem(f"{at}.agents[{j}].id", f"agent id {agent.id!r} is listed twice"))
+        if store.main_account not in agent_ids:
+            problems.append(
+                Problem(f"{at}.main_account", f"{store.main_account!r} is not among {at}.agents; add it there")
+            )
+        for j, agent_id in enumerate(store.designated_agents or []):
+            if agent_id not in agent_ids:
+                problems.append(
+                    Problem(f"{at}.designated_agents[{j}]", f"{agent_id!r} is not among {at}.agents; add it there")
+                )
+        designated_ids = store.designated_agents or [store.main_account]
+        for j, agent in enumerate(store.agents):
+            if agent.id in designated_ids and not agent.im_permission:
+                problems.append(
+                    Problem(
+                        f"{at}.agents[{j}]",
+                        "im_permission is false — this agent can never answer platform chats (main account: "
+                        "商家后台 → 店铺 → 子账号管理 → 账号管理 → enable IM, save; then set im_permission: true)",
+                        "warning",
+                    )
+                )
+        if store.designated and not any(a.im_permission for a in store.designated):
+            problems.append(
+                Problem(f"{at}.designated_agents", "no designated agent has IM permission: nobody could answer")
+            )
+        service = store.destinations.platform_chats.split(":", 1)[0]
+        for agent in store.designated:
+            if service == "slack" and agent.slack_user is None:
+                problems.append(
+                    Problem(
+                        f"{at}.agents[{agent_ids.index(agent.id)}].slack_user",
+                        f"designated agent {agent.id!r} has no slack_user, so they cannot answer in Slack",
+                        "warning",
+                    )
+                )
+            if service == "telegram" and agent.telegram_user is None:
+                problems.append(
+                    Problem(
+                        f"{at}.agents[{agent_ids.index(agent.id)}].telegram_user",
+                        f"designated agent {agent.id!r} has no telegram_user, so they cannot answer in Telegram",
+                        "warning",
+                    )
+                )
+        window = store.reply_window
+        low = 1 if store.sandbox else 60
+        if not low <= window.seconds <= 180:
+            hint = "" if store.sandbox else " (set sandbox: true for demos and trials with shorter windows)"
+            problems.append(
+                Problem(
+                    f"{at}.reply_window.seconds",
+                    f"{window.seconds} s is outside {low}–180 s; the platform closes chats after 2–3 minutes{hint}",
+                )
+            )
+        for j, before in enumerate(window.reminders_before):
+            if not 0 < before < window.seconds:
+                problems.append(
+                    Problem(
+                        f"{at}.reply_window.reminders_before[{j}]",
+                        f"{before} s must be between 0 and the window ({window.seconds} s)",
+                    )
+                )
+        if window.escalate_before is not None and window.escalate_before >= window.seconds:
+            problems.append(Problem(f"{at}.reply_window.escalate_before", "must be shorter than the reply window"))
+        deadline_s = store.task_orders.deadline_hours * 3600
+        for j, before in enumerate(store.task_orders.reminders_before):
+            if not 0 < before < deadline_s:
+                problems.append(
+                    Problem(
+                        f"{at}.task_orders.reminders_before[{j}]",
+                        f"{before} s must be between 0 and the deadline ({deadline_s} s)",
+                    )
+                )
+        quiet = store.task_orders.quiet_hours
+        if quiet.start == quiet.end:
+            problems.append(Problem(f"{at}.task_orders.quiet_hours", "start and end are equal"))
+        for dest_name in ("platform_chats", "task_orders"):
+            service = getattr(store.destinations, dest_name).split(":", 1)[0]
+            if getattr(config, service) is None:
+                problems.append(
+                    Problem(
+                        f"{at}.destinations.{dest_name}",
+                        f"uses {service} but the {service}: section is missing",
+                    )
+                )
+    for i, creator in enumerate(config.creators):
+        service = creator.destination.split(":", 1)[0]
+        if getattr(config, service) is None:
+            problems.append(
+                Problem(f"creators[{i}].destination", f"uses {service} but the {service}: section is missing")
+            )
+    return problems
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: BridgeConfig
+    source: str
+    warnings: list[Problem]
+
+
+def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Parses and validates; raises ConfigError listing every problem found."""
+    env = os.environ if environ is None else environ
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [Problem("(file)", f"not valid YAML: {exc}")]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [Problem("(top level)", "must be a mapping with stores:, creators:, …")])
+    resolved, problems = resolve_env(raw, env)
+    try:
+        config = BridgeConfig.model_validate(resolved)
+    except ValidationError as exc:
+        unresolved = {p.path for p in problems}
+        for err in exc.errors():
+            if _path(err["loc"]) in unresolved:
+                continue  # already reported as the missing variable that caused it
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown setting (check the spelling against docs/configuration.md)"
+            elif err["type"] == "missing":
+                message = "required setting is missing"
+            problems.append(Problem(_path(err["loc"]), message))
+        raise ConfigError(source, problems) from None
+    problems += _semantic_problems(config)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise ConfigError(source, problems)
+    return LoadedConfig(config, source, [p for p in problems if p.severity == "warning"])
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [Problem("(file)", f"cannot read: {exc.strerror}")]) from None
+    return parse_config(text, source=str(path), environ=environ)
+
+
+class ConfigHolder:
+    """The configuration in force, replaced only by a new one that validates (PRODUCT C1)."""
+
+    def __init__(self, path: Path, environ: Mapping[str, str] | None = None) -> None:
+        self.path = path
+        self.environ = environ
+        loaded = load_config(path, environ)
+        self.current: BridgeConfig = loaded.config
+        self.warnings = loaded.warnings
+        self.generation = 1
+        self.last_error: ConfigError | None = None
+        self._mtime = self._stat()
+
+    def _stat(self) -> float | None:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return None
+
+    def reload(self) -> bool:
+        """Loads the file again; on any problem keeps the old configuration and returns False."""
+        self._mtime = self._stat()
+        try:
+            loaded = load_config(self.path, self.environ)
+        except ConfigError as exc:
+            self.last_error = exc
+            log.error("configuration NOT reloaded, the previous one stays in force. %s", exc)
+            return False
+        self.current, self.warnings = loaded.config, loaded.warnings
+        self.generation += 1
+        self.last_error = None
+        for warning in loaded.warnings:
+            log.warning("%s: %s", self.path, warning)
+        log.info("configuration reloaded from %s (generation %d)", self.path, self.generation)
+        return True
+
+    def changed_on_disk(self) -> bool:
+        return self._stat() != self._mtime

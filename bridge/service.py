@@ -1,0 +1,149 @@
+"""One running bridge process: HTTP server, Redis, timer worker, configuration reload.
+
+The flows (later: platform push, Slack, Telegram) plug in through ``routes`` and ``timer_handlers``;
+this module only wires the lifecycle: start in order, stop in reverse, nothing lost on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bridge.clock import Clock, SystemClock
+from bridge.config import ConfigHolder
+from bridge.redis_server import EmbeddedRedis
+from bridge.timers import Handler, TimerStore, TimerWorker
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_REDIS_DIR = Path("var/redis")
+
+
+@dataclass
+class Bridge:
+    holder: ConfigHolder
+    redis: Redis
+    clock: Clock = field(default_factory=SystemClock)
+    timer_handlers: dict[str, Handler] = field(default_factory=dict)
+    embedded_redis: EmbeddedRedis | None = None
+
+    def __post_init__(self) -> None:
+        settings = self.holder.current.timers
+        self.timers = TimerStore(self.redis, shards=settings.shards, clock=self.clock)
+        self.worker = TimerWorker(
+            self.timers,
+            self.timer_handlers,
+            lease_seconds=settings.lease_seconds,
+            concurrency=settings.concurrency,
+        )
+        self.app = web.Application()
+        self.app.router.add_get("/healthz", self.healthz)
+        self.app.router.add_get("/readyz", self.readyz)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self.port: int | None = None
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        body: dict[str, object] = {
+            "config_generation": self.holder.generation,
+            "stores": len(self.holder.current.stores),
+            "creators": len(self.holder.current.creators),
+        }
+        if self.holder.last_error is not None:
+            body["config_reload_refused"] = [str(p) for p in self.holder.last_error.problems]
+        try:
+            await asyncio.wait_for(self.redis.ping(), timeout=1.0)
+        except (RedisError, OSError, TimeoutError) as exc:
+            body |= {"status": "not ready", "reason": f"Redis does not answer: {exc or 'timeout'}"}
+            return web.json_response(body, status=503)
+        return web.json_response({"status": "ready", **body})
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self, host: str | None = None, port: int | None = None) -> None:
+        settings = self.holder.current.server
+        self._runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=settings.shutdown_grace_seconds)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, host or settings.host, settings.port if port is None else port)
+        await self._site.start()
+        server = self._site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        self._background = [
+            asyncio.create_task(self.worker.run(), name="timer-worker"),
+            asyncio.create_task(self._watch_config(), name="config-watch"),
+        ]
+        log.info("bridge listening on http://%s:%s", host or settings.host, self.port)
+
+    async def stop(self) -> None:
+        """Stop taking requests, finish in-flight ones, then stop the timer worker, releasing its
+        leases so another replica takes them over at once."""
+        grace = self.holder.current.server.shutdown_grace_seconds
+        if self._runner is not None:
+            await self._runner.cleanup()  # closes the listener, waits for in-flight requests
+        await self.worker.stop(grace_seconds=grace)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.redis.aclose()
+        if self.embedded_redis is not None:
+            self.embedded_redis.stop()
+        log.info("bridge stopped")
+
+    def reload_config(self) -> bool:
+        return self.holder.reload()
+
+    async def _watch_config(self) -> None:
+        while True:
+            await asyncio.sleep(self.holder.current.server.config_poll_seconds)
+            if self.holder.changed_on_disk():
+                self.holder.reload()
+
+
+def connect_redis(environ: Mapping[str, str] | None = None) -> tuple[Redis, EmbeddedRedis | None]:
+    """REDIS_URL when set (a real deployment); otherwise a private redis-server under var/redis/."""
+    env = os.environ if environ is None else environ
+    url = env.get("REDIS_URL")
+    if url:
+        return Redis.from_url(url, decode_responses=True), None
+    embedded = EmbeddedRedis(EMBEDDED_REDIS_DIR).start()
+    log.info(
+        "no REDIS_URL set: started an embedded redis-server at %s (data in %s)",
+        embedded.url,
+        EMBEDDED_REDIS_DIR,
+    )
+    return Redis.from_url(embedded.url, decode_responses=True), embedded
+
+
+async def serve_until_signalled(bridge: Bridge, host: str | None = None, port: int | None = None) -> None:
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, bridge.reload_config)
+    await bridge.start(host, port)
+    try:
+        await stop.wait()
+        log.info("signal received: shutting down gracefully")
+    finally:
+        await bridge.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)

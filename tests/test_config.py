@@ -1,0 +1,205 @@
+"""Per-store configuration: env references, validation with paths and fixes, `bridge check`, reload."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bridge.config import ConfigError, ConfigHolder, load_config, parse_config
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.yaml"
+
+
+def example_tree() -> dict:  # type: ignore[type-arg]
+    tree = yaml.safe_load(EXAMPLE.read_text())
+    assert isinstance(tree, dict)
+    return tree
+
+
+def problems_of(tree: dict, environ: dict[str, str] | None = None) -> list[str]:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as info:
+        parse_config(yaml.safe_dump(tree, allow_unicode=True), environ=environ or {})
+    return [str(p) for p in info.value.problems]
+
+
+def test_example_is_valid_with_demo_defaults() -> None:
+    loaded = load_config(EXAMPLE, environ={})
+    config = loaded.config
+    assert loaded.warnings == []
+    store = config.stores[0]
+    assert store.id == "1001" and store.platform.app_secrets == ["demo-app-secret-1001"]
+    assert [a.id for a in store.designated] == ["main-1001", "agent-a", "agent-b"]
+    assert store.reply_window.seconds == 120 and store.reply_window.reminders_before == [60, 30]
+    assert store.task_orders.deadline_hours == 24 and store.task_orders.reminders_before == [7200, 1800]
+    assert str(store.task_orders.quiet_hours.start) == "21:00:00"
+    assert config.slack is not None and config.slack.api_base_url.startswith("http://127.0.0.1")
+    assert config.creators[0].webhook_path == "/webhooks/creator/c-7001"
+
+
+def test_environment_references_are_resolved() -> None:
+    env = {"STORE_1001_APP_SECRET": "s3cret", "SLACK_API_URL": "https://slack.example/api/"}
+    config = load_config(EXAMPLE, environ=env).config
+    assert config.stores[0].platform.app_secrets == ["s3cret"]
+    assert config.slack is not None and config.slack.api_base_url == "https://slack.example/api/"
+
+
+def test_missing_environment_variable_is_named_with_its_path() -> None:
+    tree = example_tree()
+    tree["stores"][0]["platform"]["api_token"] = "${STORE_TOKEN_NOT_SET}"
+    assert problems_of(tree) == [
+        "error: stores[0].platform.api_token: environment variable STORE_TOKEN_NOT_SET is not set; "
+        "set it or write ${STORE_TOKEN_NOT_SET:-default}"
+    ]
+
+
+def test_designated_agent_without_im_permission_is_a_warning_with_the_fix() -> None:
+    tree = example_tree()
+    tree["stores"][0]["agents"][1]["im_permission"] = False
+    loaded = parse_config(yaml.safe_dump(tree, allow_unicode=True), environ={})
+    assert [str(w) for w in loaded.warnings] == [
+        "warning: stores[0].agents[1]: im_permission is false — this agent can never answer platform chats "
+        "(main account: 商家后台 → 店铺 → 子账号管理 → 账号管理 → enable IM, save; then set im_permission: true)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda t: t["stores"][0].update(sandbox=False, reply_window={"seconds": 10}),
+            "error: stores[0].reply_window.seconds: 10 s is outside 60–180 s; the platform closes chats after "
+            "2–3 minutes (set sandbox: true for demos and trials with shorter windows)",
+        ),
+        (
+            lambda t: t["stores"][0].update(reply_window={"seconds": 240}),
+            "error: stores[0].reply_window.seconds: 240 s is outside 1–180 s; the platform closes chats after "
+            "2–3 minutes",
+        ),
+        (
+            lambda t: t["stores"][0]["reply_window"].update(reminders_before=[60, 130]),
+            "error: stores[0].reply_window.reminders_before[1]: 130 s must be between 0 and the window (120 s)",
+        ),
+        (
+            lambda t: t["stores"][0].update(timezone="Mars/Olympus"),
+            "error: stores[0].timezone: unknown time zone 'Mars/Olympus'; use an IANA name such as Asia/Shanghai",
+        ),
+        (
+            lambda t: t["stores"][0]["destinations"].update(task_orders="discord:123"),
+            "error: stores[0].destinations.task_orders: destination 'discord:123' is not of the form "
+            "slack:<channel id> or telegram:<chat id>",
+        ),
+        (
+            lambda t: t["stores"][0].update(main_account="nobody"),
+            "error: stores[0].main_account: 'nobody' is not among stores[0].agents; add it there",
+        ),
+        (
+            lambda t: t["stores"][0].update(designated_agents=["main-1001", "ghost"]),
+            "error: stores[0].designated_agents[1]: 'ghost' is not among stores[0].agents; add it there",
+        ),
+        (
+            lambda t: t["stores"][1].update(id="1001"),
+            "error: stores[1].id: store id '1001' is used twice",
+        ),
+        (
+            lambda t: t["stores"][0].update(colour="red"),
+            "error: stores[0].colour: unknown setting (check the spelling against docs/configuration.md)",
+        ),
+        (
+            lambda t: t["stores"][0]["platform"].pop("app_secrets"),
+            "error: stores[0].platform.app_secrets: required setting is missing",
+        ),
+        (
+            lambda t: t["stores"][0]["task_orders"].update(night_rule="sleep_in"),
+            "error: stores[0].task_orders.night_rule: Input should be 'move_to_morning' or 'carry_over'",
+        ),
+        (
+            lambda t: t.pop("telegram"),
+            "error: stores[1].destinations.platform_chats: uses telegram but the telegram: section is missing",
+        ),
+    ],
+)
+def test_each_problem_names_its_path_and_fix(edit, expected: str) -> None:  # type: ignore[no-untyped-def]
+    tree = example_tree()
+    edit(tree)
+    assert expected in problems_of(tree)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    tree = example_tree()
+    tree["stores"][0]["timezone"] = "Nowhere/Else"
+    tree["stores"][1]["platform"]["api_url"] = "ftp://x"
+    tree["creators"][0]["destination"] = "email:x"
+    assert len(problems_of(tree)) == 3
+
+
+def test_unquoted_numeric_ids_are_accepted() -> None:
+    tree = example_tree()
+    tree["stores"][0]["id"] = 1001
+    config = parse_config(yaml.safe_dump(tree, allow_unicode=True), environ={}).config
+    assert config.stores[0].id == "1001"
+
+
+def run_check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_check_command_on_the_example() -> None:
+    result = run_check(EXAMPLE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "valid — 2 store(s), 1 creator(s), 0 warning(s)" in result.stdout
+    assert "store 1001" in result.stdout and "push /webhooks/platform/1001" in result.stdout
+
+
+def test_check_command_reports_every_problem_and_fails(tmp_path: Path) -> None:
+    tree = example_tree()
+    tree["stores"][1]["agents"][0]["im_permission"] = False
+    tree["stores"][0]["reply_window"]["seconds"] = 500
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(tree, allow_unicode=True))
+    result = run_check(bad)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert any("stores[0].reply_window.seconds: 500 s is outside 1–180 s" in line for line in lines)
+    assert any("warning: stores[1].agents[0]: im_permission is false" in line for line in lines)
+    assert any("error: stores[1].designated_agents: no designated agent has IM permission" in line for line in lines)
+    assert lines[-1].endswith("2 error(s), 1 warning(s) — not valid")
+
+
+def test_check_command_on_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    result = run_check(tmp_path / "missing.yaml")
+    assert result.returncode == 1 and "cannot read" in result.stdout
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("stores: [\n")
+    result = run_check(broken)
+    assert result.returncode == 1 and "not valid YAML" in result.stdout
+
+
+def test_reload_keeps_old_config_when_new_one_is_bad(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text(EXAMPLE.read_text())
+    holder = ConfigHolder(path, environ={})
+    assert holder.generation == 1
+
+    tree = example_tree()
+    tree["stores"][0]["reply_window"]["seconds"] = 90
+    path.write_text(yaml.safe_dump(tree, allow_unicode=True))
+    assert holder.changed_on_disk()
+    assert holder.reload() is True
+    assert holder.generation == 2 and holder.current.stores[0].reply_window.seconds == 90
+
+    tree["stores"][0]["reply_window"]["seconds"] = 9999
+    path.write_text(yaml.safe_dump(tree, allow_unicode=True))
+    assert holder.reload() is False
+    assert holder.generation == 2 and holder.current.stores[0].reply_window.seconds == 90
+    assert holder.last_error is not None
+    assert "stores[0].reply_window.seconds" in str(holder.last_error)
