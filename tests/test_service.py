@@ -82,8 +82,8 @@ async def test_stop_finishes_in_flight_requests_and_refuses_new_ones(redis_url: 
             await http.get(url + "/healthz")
 
 
-async def wait_until_up(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until_up(url: str, within: float = 30) -> None:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:
             await get(url)
