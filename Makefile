@@ -43,7 +43,17 @@ unit: $(STAMP) redis-server
 
 test: lint typecheck unit
 
-bench-timers: $(STAMP) redis-server
+# The peers live in their own environments: arq 0.28 pins redis<6, BullMQ is Node.
+bench/.venv-arq/.stamp:
+	$(PY) -m venv bench/.venv-arq
+	bench/.venv-arq/bin/python -m pip install --quiet 'arq==0.28.0'
+	touch $@
+
+bench/node_modules/.stamp: bench/package.json
+	cd bench && npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+bench-timers: $(STAMP) redis-server bench/.venv-arq/.stamp bench/node_modules/.stamp
 	$(BIN)/python bench/timers.py $(ARGS)
 
 clean:

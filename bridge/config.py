@@ -264,10 +264,10 @@ def resolve_env(node: Any, environ: Mapping[str, str], where: str = "") -> tuple
 
             def sub(match: re.Match[str]) -> str:
                 name, default = match.group(1), match.group(2)
+                if default is not None:  # as in the shell: unset or empty takes the default
+                    return environ.get(name) or default
                 if name in environ:
                     return environ[name]
-                if default is not None:
-                    return default
                 problems.append(
                     Problem(path, f"environment variable {name} is not set; set it or write ${{{name}:-default}}")
                 )

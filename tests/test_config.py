@@ -203,3 +203,8 @@ def test_reload_keeps_old_config_when_new_one_is_bad(tmp_path: Path) -> None:
     assert holder.generation == 2 and holder.current.stores[0].reply_window.seconds == 90
     assert holder.last_error is not None
     assert "stores[0].reply_window.seconds" in str(holder.last_error)
+
+
+def test_empty_variable_takes_the_default_as_in_the_shell() -> None:
+    config = load_config(EXAMPLE, environ={"STORE_1001_APP_SECRET": ""}).config
+    assert config.stores[0].platform.app_secrets == ["demo-app-secret-1001"]
