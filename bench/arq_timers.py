@@ -1,23 +1,29 @@
 """arq deferred jobs, default worker settings — run by bench/timers.py in bench/.venv-arq.
 
-Usage: arq_timers.py REDIS_URL N SPREAD_S LEAD_S CAP_S  → prints JSON {"lateness_ms": [...], ...}
+Usage: arq_timers.py REDIS_URL N SPREAD_S LEAD_S CAP_S OUT.json → writes {"lateness_ms": [...], ...}
 """
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from pathlib import Path
 
 from arq import create_pool
 from arq.connections import RedisSettings
 from arq.worker import Worker
 
 lateness: list[float] = []
+all_fired = asyncio.Event()
+expected = 0
 
 
 async def fire(ctx):  # type: ignore[no-untyped-def]
     lateness.append(time.time() * 1000 - ctx["score"])
+    if len(lateness) >= expected:
+        all_fired.set()
 
 
 async def main() -> None:
@@ -28,25 +34,28 @@ async def main() -> None:
         float(sys.argv[4]),
         float(sys.argv[5]),
     )
+    global expected
+    expected = n
     settings = RedisSettings.from_dsn(url)
     pool = await create_pool(settings)
     await pool.flushdb()
     t0 = time.time() + lead
     for i in range(n):
         due = t0 + spread * i / n
-        await pool.enqueue_job("fire", _defer_until=datetime.fromtimestamp(due, tz=timezone.utc))
+        await pool.enqueue_job("fire", _defer_until=datetime.fromtimestamp(due, tz=UTC))
     enqueued_at = time.time()
     worker = Worker(functions=[fire], redis_settings=settings, handle_signals=False)  # defaults otherwise
     task = asyncio.create_task(worker.async_run())
-    deadline = t0 + spread + cap
-    while len(lateness) < n and time.time() < deadline:
-        await asyncio.sleep(0.2)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_fired.wait(), timeout=max(0.0, t0 + spread + cap - time.time()))
     last = time.time()
+    await asyncio.sleep(0.5)  # let arq finish its bookkeeping of the last jobs
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    await worker.close()
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker.close()
     await pool.aclose()
-    print(
+    Path(sys.argv[6]).write_text(
         json.dumps(
             {
                 "lateness_ms": lateness,

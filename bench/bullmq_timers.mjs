@@ -1,9 +1,10 @@
 // BullMQ delayed jobs, Worker concurrency 50 — run by bench/timers.py.
-// Usage: node bullmq_timers.mjs REDIS_URL N SPREAD_S LEAD_S CAP_S → prints JSON {"lateness_ms": [...], ...}
+// Usage: node bullmq_timers.mjs REDIS_URL N SPREAD_S LEAD_S CAP_S OUT.json → writes {"lateness_ms": [...], ...}
 import { Queue, Worker } from "bullmq";
 import IORedis from "ioredis";
+import { writeFileSync } from "node:fs";
 
-const [url, nArg, spreadArg, leadArg, capArg] = process.argv.slice(2);
+const [url, nArg, spreadArg, leadArg, capArg, outPath] = process.argv.slice(2);
 const n = Number(nArg), spread = Number(spreadArg) * 1000, lead = Number(leadArg) * 1000, cap = Number(capArg) * 1000;
 const connection = new IORedis(url, { maxRetriesPerRequest: null });
 await connection.flushdb();
@@ -29,6 +30,6 @@ const last = Date.now();
 await worker.close(true);
 await queue.close();
 await connection.quit();
-console.log(JSON.stringify({ lateness_ms: lateness, scheduled: n, first_due: t0 / 1000, last_fire: last / 1000,
+writeFileSync(outPath, JSON.stringify({ lateness_ms: lateness, scheduled: n, first_due: t0 / 1000, last_fire: last / 1000,
   enqueue_done_before_first_due: enqueuedAt < t0 }));
 process.exit(0);
