@@ -26,7 +26,7 @@ async def fire(ctx):  # type: ignore[no-untyped-def]
         all_fired.set()
 
 
-async def main() -> None:
+async def main() -> str:
     url, n, spread, lead, cap = (
         sys.argv[1],
         int(sys.argv[2]),
@@ -55,17 +55,15 @@ async def main() -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await worker.close()
     await pool.aclose()
-    Path(sys.argv[6]).write_text(
-        json.dumps(
-            {
-                "lateness_ms": lateness,
-                "scheduled": n,
-                "first_due": t0,
-                "last_fire": last,
-                "enqueue_done_before_first_due": enqueued_at < t0,
-            }
-        )
+    return json.dumps(
+        {
+            "lateness_ms": lateness,
+            "scheduled": n,
+            "first_due": t0,
+            "last_fire": last,
+            "enqueue_done_before_first_due": enqueued_at < t0,
+        }
     )
 
 
-asyncio.run(main())
+Path(sys.argv[6]).write_text(asyncio.run(main()))

@@ -62,3 +62,83 @@ def timers_dead(shard: int) -> str:
 def demo_timer(store_id: str, name: str) -> str:
     """Timer key of the demo's heartbeat timers (kind ``demo``)."""
     return f"demo:{store_tag(store_id)}:{name}"
+
+
+# -- inbound events (per store or creator; ``tag`` is Endpoint.tag) ------------------------------
+
+EVENTS_GROUP = "bridge"
+"""The consumer group every bridge process reads the event streams with."""
+
+SEEN_TTL_SECONDS = 7 * 24 * 3600
+"""A push's msg_id is remembered this long (PLATFORM-API: ≥ 7 days); it is the replay protection."""
+
+
+def events(tag: str) -> str:
+    """STREAM of stored inbound events: msg_id, tag, thread, seq, data, received_at. An entry is
+    deleted once handled (XACK + XDEL), so the stream holds only the backlog."""
+    return f"{tag}:events"
+
+
+def seen(tag: str, msg_id: str) -> str:
+    """STRING, TTL SEEN_TTL_SECONDS: this msg_id was stored (deduplication of redeliveries)."""
+    return f"{tag}:seen:{msg_id}"
+
+
+def thread_seq(tag: str) -> str:
+    """HASH thread → sequence number of its last stored event. Lives as long as the endpoint."""
+    return f"{tag}:thread-seq"
+
+
+def thread_done(tag: str) -> str:
+    """HASH thread → sequence number of its last handled event; an event runs only after its
+    predecessor, and never again once handled. Lives as long as the endpoint."""
+    return f"{tag}:thread-done"
+
+
+def thread_lock(tag: str, thread: str) -> str:
+    """STRING with a TTL: one consumer is handling this thread's next event."""
+    return f"{tag}:thread-lock:{thread}"
+
+
+def events_dead(tag: str) -> str:
+    """LIST of events whose handler failed every attempt (JSON); kept for an operator."""
+    return f"{tag}:events-dead"
+
+
+# -- outbox -------------------------------------------------------------------------------------
+
+
+def outbox_queue(tag: str, thread: str) -> str:
+    """LIST of pending outbound calls of one thread (JSON jobs), sent strictly in order. Empty
+    lists vanish by themselves."""
+    return f"{tag}:outbox:{thread}"
+
+
+def outbox_job(tag: str, job_id: str) -> str:
+    """STRING, TTL OUTBOX_JOB_TTL_SECONDS: this action id was enqueued (never enqueued twice)."""
+    return f"{tag}:outbox-job:{job_id}"
+
+
+OUTBOX_JOB_TTL_SECONDS = 7 * 24 * 3600
+
+
+def outbox_attempts(tag: str) -> str:
+    """HASH job id → failed attempts so far; the field goes when the job does."""
+    return f"{tag}:outbox-attempts"
+
+
+def outbox_failed(tag: str) -> str:
+    """LIST of jobs that failed for good (JSON with the reason), newest last; kept for an operator."""
+    return f"{tag}:outbox-failed"
+
+
+def outbox_timer(tag: str, thread: str) -> str:
+    """Timer key (kind ``outbox``) that sends the head of one thread's queue when due."""
+    return f"outbox:{tag}:{thread}"
+
+
+def parse_outbox_timer(timer_key: str) -> tuple[str, str]:
+    """(tag, thread) of an ``outbox_timer`` key."""
+    rest = timer_key.removeprefix("outbox:")
+    end = rest.index("}") + 1
+    return rest[:end], rest[end + 1 :]

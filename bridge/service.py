@@ -14,14 +14,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bridge.clock import Clock, SystemClock
 from bridge.config import ConfigHolder
+from bridge.domain import Endpoint
+from bridge.events import EventConsumer, EventHandler
+from bridge.ingest import EventLog
+from bridge.outbox import Outbox
 from bridge.redis_server import EmbeddedRedis
 from bridge.timers import Handler, TimerStore, TimerWorker
+from connectors.platform.inbound import PlatformWebhooks
+from connectors.platform.outbound import PlatformSenders
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,7 @@ class Bridge:
     redis: Redis
     clock: Clock = field(default_factory=SystemClock)
     timer_handlers: dict[str, Handler] = field(default_factory=dict)
+    event_handlers: dict[str, EventHandler] = field(default_factory=dict)
     embedded_redis: EmbeddedRedis | None = None
 
     def __post_init__(self) -> None:
@@ -45,13 +53,32 @@ class Bridge:
             lease_seconds=settings.lease_seconds,
             concurrency=settings.concurrency,
         )
+        self.event_log = EventLog(self.redis, self.clock)
+        self.consumer = EventConsumer(self.redis, self.endpoints, self.event_handlers, clock=self.clock)
+        self.outbox = Outbox(self.redis, self.timers, clock=self.clock)
+        self.timer_handlers.setdefault("outbox", self.outbox.handle_timer)
+        self._http: aiohttp.ClientSession | None = None
+        self.outbox.register(PlatformSenders(lambda: self.holder.current, self.http).senders())
+
         self.app = web.Application()
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
+        PlatformWebhooks(lambda: self.holder.current, self.event_log).add_routes(self.app)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._watchers: list[asyncio.Task[None]] = []
         self.port: int | None = None
+
+    def endpoints(self) -> list[Endpoint]:
+        config = self.holder.current
+        return [Endpoint("store", s.id) for s in config.stores] + [Endpoint("creator", c.id) for c in config.creators]
+
+    def http(self) -> aiohttp.ClientSession:
+        """The one outbound HTTP session (connection pooling); created on first use."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        return self._http
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -86,8 +113,9 @@ class Bridge:
         self.port = sockets[0].getsockname()[1] if sockets else port
         self._background = [
             asyncio.create_task(self.worker.run(), name="timer-worker"),
-            asyncio.create_task(self._watch_config(), name="config-watch"),
+            asyncio.create_task(self.consumer.run(), name="event-consumer"),
         ]
+        self._watchers = [asyncio.create_task(self._watch_config(), name="config-watch")]
         log.info("bridge listening on http://%s:%s", host or settings.host, self.port)
 
     async def stop(self) -> None:
@@ -96,10 +124,16 @@ class Bridge:
         grace = self.holder.current.server.shutdown_grace_seconds
         if self._runner is not None:
             await self._runner.cleanup()  # closes the listener, waits for in-flight requests
+        self.consumer.stop()
         await self.worker.stop(grace_seconds=grace)
-        for task in self._background:
+        workers, watchers = self._background, self._watchers
+        for task in watchers:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        if workers:
+            await asyncio.wait(workers, timeout=grace + 2)  # both end by themselves once told to stop
+        await asyncio.gather(*watchers, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
         await self.redis.aclose()
         if self.embedded_redis is not None:
             self.embedded_redis.stop()

@@ -1,0 +1,159 @@
+"""The things the bridge talks about — chats, messages, task orders — as the flows see them.
+
+Field names follow the platform's event catalogue (PLATFORM-API.md) so the platform connector maps
+its pushes onto these models one to one; Slack and Telegram never appear here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a push comes from: a store, or a creator."""
+
+    kind: Literal["store", "creator"]
+    id: str
+
+    @property
+    def tag(self) -> str:
+        """The Redis hash tag of everything this endpoint owns."""
+        return "{" + self.kind + ":" + self.id + "}"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id}"
+
+
+class _Event(BaseModel):
+    # Forward compatible: fields the platform adds later are kept, not refused.
+    model_config = ConfigDict(extra="allow", frozen=True, coerce_numbers_to_str=True)
+
+
+class Person(_Event):
+    id: str
+    name: str = ""
+
+
+class PlatformAgent(_Event):
+    agent_id: str
+    name: str = ""
+
+
+class TextContent(_Event):
+    type: Literal["text"]
+    text: str
+
+
+class ImageContent(_Event):
+    type: Literal["image"]
+    url: str
+    width: int | None = None
+    height: int | None = None
+
+
+class OrderCardContent(_Event):
+    type: Literal["order_card"]
+    order_id: str
+    product_name: str
+    amount_cents: int
+    status: str
+    detail_url: str
+
+
+Content = Annotated[TextContent | ImageContent | OrderCardContent, Field(discriminator="type")]
+
+
+class ChatMessage(_Event):
+    """im_platform_message: platform customer service writes in a chat with the store (A1)."""
+
+    shop_id: str
+    conversation_id: str
+    message_id: str
+    sent_at: AwareDatetime
+    sender: PlatformAgent
+    content: Content
+    awaiting_reply: bool = True
+
+
+class ChatClosed(_Event):
+    """im_platform_closed (A6)."""
+
+    shop_id: str
+    conversation_id: str
+    closed_at: AwareDatetime
+    reason: Literal["platform_closed", "reply_timeout", "service_ticket_created"]
+    service_ticket_id: str | None = None
+
+
+class Product(_Event):
+    id: str
+    name: str
+
+
+class TaskOrderCreated(_Event):
+    """task_order_created (B1)."""
+
+    shop_id: str
+    task_id: str
+    created_at: AwareDatetime
+    issue_type: str
+    creator: Person
+    order_id: str
+    product: Product
+    creator_suggestion: str
+    consumer_description: str
+    explanation_message: str | None = Field(default=None, max_length=100)
+    share_url: str
+    buyer_chat_url: str
+    deadline_at: AwareDatetime | None = None
+
+
+class CommentAuthor(_Event):
+    side: Literal["creator", "merchant"]
+    id: str
+    name: str = ""
+
+
+class TaskOrderComment(_Event):
+    """task_order_comment (B5)."""
+
+    shop_id: str
+    task_id: str
+    comment_id: str
+    author: CommentAuthor
+    text: str
+    created_at: AwareDatetime
+
+
+class Evidence(_Event):
+    url: str
+    kind: Literal["image", "video"]
+    size: int
+
+
+class TaskOrderProcessed(_Event):
+    """task_order_processed: processed on the platform directly (B8)."""
+
+    shop_id: str
+    task_id: str
+    result: Literal["resolved", "unresolvable"]
+    solution: str
+    evidence: list[Evidence] = Field(default_factory=list)
+    operator: Person
+    processed_at: AwareDatetime
+
+
+class TaskOrderTimedOut(_Event):
+    """task_order_timeout (B6)."""
+
+    shop_id: str
+    task_id: str
+    timed_out_at: datetime
+
+
+PlatformEvent = ChatMessage | ChatClosed | TaskOrderCreated | TaskOrderComment | TaskOrderProcessed | TaskOrderTimedOut

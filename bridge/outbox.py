@@ -1,0 +1,207 @@
+"""The durable outbox (PRODUCT C3): every outbound call of the bridge goes through it.
+
+Jobs are queued per *thread* (one chat, one task order, one Slack channel thread…) in a Redis list
+and sent strictly in order: the head of a queue is sent by a timer (kind ``outbox``), so sending
+shares the timer engine's leases, fail-over and instant wake-ups. A retryable failure reschedules the
+same head later (exponential backoff with jitter, at least the service's ``Retry-After``), which
+holds the rest of its thread back and keeps order. A final failure drops the job, records it, and
+reports it to whoever acted. A job id is the action's stable id: enqueueing it twice does nothing,
+and senders pass it on as the idempotency key so a retry after a crash is not a second action.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from bridge import keys
+from bridge.clock import Clock, SystemClock
+from bridge.timers import Timer, TimerStore
+
+log = logging.getLogger(__name__)
+
+
+class RetryLater(Exception):
+    """Transient: 5xx, timeouts, 429. ``after`` is the service's own wait (Retry-After), if any."""
+
+    def __init__(self, reason: str, after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.after = after
+
+
+class FinalFailure(Exception):
+    """Will never succeed as it is (a 4xx other than 429): reported to the person who acted."""
+
+    def __init__(self, reason: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True)
+class OutboxJob:
+    id: str
+    """Stable id of the action (e.g. ``reply:<slack ts>``): deduplication and idempotency key."""
+    kind: str
+    """Selects the sender, e.g. ``platform.send_message``."""
+    payload: dict[str, Any]
+    report_to: dict[str, Any] | None = None
+    """Who to tell if it fails for good (used by the flows); None: only logged."""
+    created_at: float = 0.0
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+    @staticmethod
+    def loads(raw: str) -> OutboxJob:
+        return OutboxJob(**json.loads(raw))
+
+
+Sender = Callable[[OutboxJob], Awaitable[None]]
+FailureReporter = Callable[[OutboxJob, FinalFailure, str], Awaitable[None]]
+"""Called with the job, the failure and the tag of its endpoint when a job fails for good."""
+
+# KEYS: queue, job marker.  ARGV: job json, marker ttl.
+# Returns the queue length after the push, negated when the job was already enqueued before.
+_ENQUEUE = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+  return -redis.call('LLEN', KEYS[1])
+end
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"""
+
+# KEYS: queue, attempts.  ARGV: job id.  Removes the head if it is still that job; returns the
+# length left.
+_POP_HEAD = """
+local head = redis.call('LINDEX', KEYS[1], 0)
+if head and cjson.decode(head)['id'] == ARGV[1] then
+  redis.call('LPOP', KEYS[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+return redis.call('LLEN', KEYS[1])
+"""
+
+
+@dataclass
+class OutboxStats:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+
+
+@dataclass
+class Outbox:
+    redis: Redis
+    timers: TimerStore
+    senders: dict[str, Sender] = field(default_factory=dict)
+    on_failure: FailureReporter | None = None
+    clock: Clock = field(default_factory=SystemClock)
+    base_delay: float = 1.0
+    max_delay: float = 300.0
+    max_attempts: int = 10
+    stats: OutboxStats = field(default_factory=OutboxStats)
+
+    def __post_init__(self) -> None:
+        self._enqueue = self.redis.register_script(_ENQUEUE)
+        self._pop_head = self.redis.register_script(_POP_HEAD)
+
+    def register(self, kinds: Mapping[str, Sender]) -> None:
+        self.senders.update(kinds)
+
+    async def enqueue(self, tag: str, thread: str, job: OutboxJob) -> bool:
+        """Queues ``job`` behind the others of its thread. False when this job id was queued before."""
+        if not job.created_at:
+            job = OutboxJob(job.id, job.kind, job.payload, job.report_to, self.clock.now())
+        result = int(
+            await self._enqueue(
+                keys=[keys.outbox_queue(tag, thread), keys.outbox_job(tag, job.id)],
+                args=[job.dumps(), keys.OUTBOX_JOB_TTL_SECONDS],
+            )
+        )
+        timer = keys.outbox_timer(tag, thread)
+        if result == 1:
+            # The queue was empty: nobody is sending this thread, start now.
+            await self.timers.schedule(timer, self.clock.now())
+        elif abs(result) >= 1 and await self.timers.due_at(timer) is None and not await self._sending(timer):
+            # A queue with work and no timer: left by a process that died between push and
+            # schedule. Restart it (a sender mid-flight would have a lease and reschedule itself).
+            await self.timers.schedule(timer, self.clock.now())
+        return result > 0
+
+    async def _sending(self, timer_key: str) -> bool:
+        shard = keys.timer_shard(timer_key, self.timers.shards)
+        return await self.redis.zscore(keys.timers_leased(shard), timer_key) is not None
+
+    async def pending(self, tag: str, thread: str) -> list[OutboxJob]:
+        return [OutboxJob.loads(str(raw)) for raw in await self.redis.lrange(keys.outbox_queue(tag, thread), 0, -1)]
+
+    async def failed(self, tag: str) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in await self.redis.lrange(keys.outbox_failed(tag), 0, -1)]
+
+    # -- sending (timer kind "outbox") -----------------------------------------------------------
+
+    async def handle_timer(self, timer: Timer) -> None:
+        tag, thread = keys.parse_outbox_timer(timer.key)
+        queue = keys.outbox_queue(tag, thread)
+        raw = await self.redis.lindex(queue, 0)
+        if raw is None:
+            return
+        job = OutboxJob.loads(str(raw))
+        sender = self.senders.get(job.kind)
+        try:
+            if sender is None:
+                raise FinalFailure(f"no sender for {job.kind!r} in this process")
+            await sender(job)
+        except RetryLater as exc:
+            await self._retry(tag, thread, job, exc)
+            return
+        except FinalFailure as exc:
+            await self._give_up(tag, thread, job, exc)
+        else:
+            self.stats.sent += 1
+        await self._next(tag, thread, job)
+
+    async def _next(self, tag: str, thread: str, job: OutboxJob) -> None:
+        left = int(
+            await self._pop_head(keys=[keys.outbox_queue(tag, thread), keys.outbox_attempts(tag)], args=[job.id])
+        )
+        if left:
+            await self.timers.schedule(keys.outbox_timer(tag, thread), self.clock.now())
+
+    async def _retry(self, tag: str, thread: str, job: OutboxJob, exc: RetryLater) -> None:
+        attempts = await self.redis.hincrby(keys.outbox_attempts(tag), job.id, 1)
+        if attempts >= self.max_attempts:
+            await self._give_up(tag, thread, job, FinalFailure(f"gave up after {attempts} attempts: {exc.reason}"))
+            await self._next(tag, thread, job)
+            return
+        delay = min(self.max_delay, self.base_delay * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
+        if exc.after is not None:
+            delay = max(delay, exc.after)
+        self.stats.retried += 1
+        log.info("outbox %s %s: %s; attempt %d, retrying in %.1f s", tag, job.id, exc.reason, attempts, delay)
+        await self.timers.schedule(keys.outbox_timer(tag, thread), self.clock.now() + delay)
+
+    async def _give_up(self, tag: str, thread: str, job: OutboxJob, exc: FinalFailure) -> None:
+        self.stats.failed += 1
+        log.warning("outbox %s %s (%s) failed for good: %s", tag, job.id, job.kind, exc.reason)
+        record = {
+            "job": asdict(job),
+            "thread": thread,
+            "reason": exc.reason,
+            "status": exc.status,
+            "at": self.clock.now(),
+        }
+        await self.redis.rpush(keys.outbox_failed(tag), json.dumps(record, ensure_ascii=False))
+        if self.on_failure is not None and job.report_to is not None:
+            try:
+                await self.on_failure(job, exc, tag)
+            except Exception:
+                log.exception("outbox %s %s: could not report the failure", tag, job.id)

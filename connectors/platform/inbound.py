@@ -1,0 +1,85 @@
+"""`POST /webhooks/platform/{store_id}` and `/webhooks/creator/{creator_id}`: verify, store, acknowledge.
+
+Checks run in the order that tells the sender the most without trusting it: unknown endpoint (404),
+oversize body (413), wrong app-id or signature (401), malformed records (400), then the durable
+write (503 if Redis cannot take it). Success is answered only after every record is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+
+from bridge.config import BridgeConfig, PlatformCredentials
+from bridge.domain import Endpoint
+from bridge.ingest import EventLog, StorageUnavailable
+from connectors.platform.envelope import EnvelopeError, parse_push
+from connectors.platform.signing import signature_matches
+
+log = logging.getLogger(__name__)
+
+MAX_PUSH_BYTES = 1024 * 1024
+
+SUCCESS = {"code": 0, "msg": "success"}
+
+
+def _error(status: int, msg: str) -> web.Response:
+    return web.json_response({"code": status, "msg": msg}, status=status)
+
+
+async def _read_limited(request: web.Request) -> bytes | None:
+    if request.content_length is not None and request.content_length > MAX_PUSH_BYTES:
+        return None
+    body = await request.content.read(MAX_PUSH_BYTES + 1)
+    while len(body) <= MAX_PUSH_BYTES:
+        chunk = await request.content.read(MAX_PUSH_BYTES + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return None if len(body) > MAX_PUSH_BYTES else body
+
+
+class PlatformWebhooks:
+    def __init__(self, config: Callable[[], BridgeConfig], events: EventLog) -> None:
+        self.config = config
+        self.events = events
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/webhooks/platform/{id}", self.store_push)
+        app.router.add_post("/webhooks/creator/{id}", self.creator_push)
+
+    async def store_push(self, request: web.Request) -> web.Response:
+        store = self.config().store(request.match_info["id"])
+        if store is None:
+            return _error(404, f"unknown store {request.match_info['id']!r}")
+        return await self._receive(request, Endpoint("store", store.id), store.platform)
+
+    async def creator_push(self, request: web.Request) -> web.Response:
+        creator = self.config().creator(request.match_info["id"])
+        if creator is None:
+            return _error(404, f"unknown creator {request.match_info['id']!r}")
+        return await self._receive(request, Endpoint("creator", creator.id), creator.platform)
+
+    async def _receive(self, request: web.Request, endpoint: Endpoint, creds: PlatformCredentials) -> web.Response:
+        body = await _read_limited(request)
+        if body is None:
+            return _error(413, f"push body is larger than {MAX_PUSH_BYTES} bytes")
+        if request.headers.get("app-id", "") != creds.app_key:
+            return _error(401, f"app-id does not match {endpoint}")
+        signature = request.headers.get("event-sign", "")
+        if not signature or not signature_matches(creds.app_key, body, creds.app_secrets, signature):
+            return _error(401, "event-sign does not match the body signed with this endpoint's secret")
+        try:
+            records = parse_push(body, endpoint)
+        except EnvelopeError as exc:
+            return _error(400, str(exc))
+        try:
+            stored = await self.events.store(endpoint, records)
+        except StorageUnavailable as exc:
+            log.warning("%s: push not stored, asking the platform to redeliver: %s", endpoint, exc)
+            return _error(503, "storage unavailable, please redeliver")
+        if stored < len(records):
+            log.info("%s: %d of %d records were redeliveries", endpoint, len(records) - stored, len(records))
+        return web.json_response(SUCCESS)

@@ -1,0 +1,59 @@
+"""B7 — evidence limits: at most 6 files; images JPG/JPEG/PNG ≤ 5 MiB, videos MP4/FLV/MOV/AVI/MKV/WEBM
+≤ 200 MiB; the type is judged by the file's leading bytes, never by its name alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+MAX_EVIDENCE_FILES = 6
+MAX_IMAGE_BYTES = 5 * 1024 * 1024
+MAX_VIDEO_BYTES = 200 * 1024 * 1024
+SNIFF_BYTES = 16
+"""How many leading bytes ``sniff_media`` needs."""
+
+MediaKind = Literal["image", "video"]
+
+
+@dataclass(frozen=True)
+class MediaType:
+    kind: MediaKind
+    format: str  # jpeg, png, mp4, mov, flv, avi, mkv, webm
+
+    @property
+    def max_bytes(self) -> int:
+        return MAX_IMAGE_BYTES if self.kind == "image" else MAX_VIDEO_BYTES
+
+
+def sniff_media(head: bytes) -> MediaType | None:
+    """The allowed media type the leading bytes show, or None when they show none."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return MediaType("image", "jpeg")
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return MediaType("image", "png")
+    if len(head) >= 12 and head[4:8] == b"ftyp":
+        return MediaType("video", "mov" if head[8:10] == b"qt" else "mp4")
+    if head.startswith(b"FLV\x01"):
+        return MediaType("video", "flv")
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return MediaType("video", "avi")
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        # Matroska and WebM share the EBML header; the DocType that tells them apart is further in.
+        return MediaType("video", "mkv/webm")
+    return None
+
+
+@dataclass(frozen=True)
+class MediaRefusal:
+    reason: Literal["type", "size", "count"]
+    limit: int | None = None
+
+
+def media_refusal(head: bytes, size: int) -> MediaRefusal | None:
+    """Why one file may not be sent as evidence (or as a chat image), or None when it may."""
+    media = sniff_media(head)
+    if media is None:
+        return MediaRefusal("type")
+    if size > media.max_bytes:
+        return MediaRefusal("size", media.max_bytes)
+    return None
