@@ -102,7 +102,9 @@ class Bridge:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self, host: str | None = None, port: int | None = None) -> None:
+    async def start(self, host: str | None = None, port: int | None = None, run_workers: bool = True) -> None:
+        """Serves HTTP; with ``run_workers`` (the default) also runs the timer worker and the event
+        consumer. Tests turn them off and drive them in burst mode with an injected clock."""
         settings = self.holder.current.server
         self._runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=settings.shutdown_grace_seconds)
         await self._runner.setup()
@@ -111,12 +113,22 @@ class Bridge:
         server = self._site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
-        self._background = [
-            asyncio.create_task(self.worker.run(), name="timer-worker"),
-            asyncio.create_task(self.consumer.run(), name="event-consumer"),
-        ]
+        if run_workers:
+            self._background = [
+                asyncio.create_task(self.worker.run(), name="timer-worker"),
+                asyncio.create_task(self.consumer.run(), name="event-consumer"),
+            ]
         self._watchers = [asyncio.create_task(self._watch_config(), name="config-watch")]
         log.info("bridge listening on http://%s:%s", host or settings.host, self.port)
+
+    async def drain(self) -> int:
+        """Burst mode: handle every stored event and fire every due timer, until nothing is left."""
+        total = 0
+        while True:
+            done = await self.consumer.drain(claim=False) + await self.worker.drain()
+            total += done
+            if not done:
+                return total
 
     async def stop(self) -> None:
         """Stop taking requests, finish in-flight ones, then stop the timer worker, releasing its

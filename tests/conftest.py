@@ -6,7 +6,11 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from bridge.clock import ManualClock
+from bridge.config import ConfigHolder
 from bridge.redis_server import EmbeddedRedis
+from bridge.service import Bridge
+from connectors.platform.sandbox import PlatformSandbox
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +36,43 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "example.yaml"
+
+
+class Stack:
+    """The bridge and the platform sandbox, wired to each other, over real loopback HTTP."""
+
+    def __init__(self, bridge: Bridge, sandbox: PlatformSandbox, clock: ManualClock | None) -> None:
+        self.bridge = bridge
+        self.sandbox = sandbox
+        self.clock = clock
+        self.url = f"http://127.0.0.1:{bridge.port}"
+
+    @property
+    def redis(self) -> Redis:
+        return self.bridge.redis
+
+
+async def start_stack(
+    redis_url: str, config_path: Path = EXAMPLE_CONFIG, clock: ManualClock | None = None, run_workers: bool = True
+) -> Stack:
+    sandbox_holder = ConfigHolder(config_path, environ={})
+    sandbox = PlatformSandbox(sandbox_holder.current, "http://127.0.0.1:1", clock=clock, push_retry_seconds=0.01)
+    sandbox_url = await sandbox.start()
+    holder = ConfigHolder(config_path, environ={"PLATFORM_API_URL": sandbox_url})
+    kwargs = {"clock": clock} if clock is not None else {}
+    bridge = Bridge(holder, Redis.from_url(redis_url, decode_responses=True), **kwargs)  # type: ignore[arg-type]
+    await bridge.start(host="127.0.0.1", port=0, run_workers=run_workers)
+    sandbox.bridge_url = f"http://127.0.0.1:{bridge.port}"
+    return Stack(bridge, sandbox, clock)
+
+
+@pytest.fixture
+async def stack(redis: Redis, redis_url: str) -> AsyncIterator[Stack]:
+    """Bridge + sandbox with a manual clock; background workers off, tests drive them (burst mode)."""
+    s = await start_stack(redis_url, clock=ManualClock(), run_workers=False)
+    yield s
+    await s.bridge.stop()
+    await s.sandbox.stop()
