@@ -105,7 +105,8 @@ class EventConsumer:
     batch: int = 100
     block_seconds: float = 1.0
     claim_idle_seconds: float = 30.0
-    lock_seconds: float = 60.0
+    lock_seconds: float = 30.0
+    """How long a thread stays locked by a consumer that went silent; longer than any handler runs."""
     retry_base_seconds: float = 0.5
     max_attempts: int = 8
     stats: ConsumerStats = field(default_factory=ConsumerStats)

@@ -304,15 +304,16 @@ class TimerWorker:
 
     async def drain(self) -> int:
         """Burst mode: fire everything due now, wait for it, acknowledge. Returns handlers run."""
-        before = self.stats.fired + self.stats.failed
+        before = ran = self.stats.fired + self.stats.failed
         while True:
-            more, _ = await self._claim_and_start()
+            await self._claim_and_start()
             if self._running:
                 await asyncio.wait(list(self._running))
-            if not more:
-                break
-        await self._flush_acks()
-        return self.stats.fired + self.stats.failed - before
+            await self._flush_acks()
+            if self.stats.fired + self.stats.failed == ran:
+                break  # handlers may schedule more that is due now: loop until a round finds none
+            ran = self.stats.fired + self.stats.failed
+        return ran - before
 
     # -- internals ---------------------------------------------------------------------------
 

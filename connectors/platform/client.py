@@ -6,6 +6,7 @@ answers a repeated key with the first result, so the outbox may retry freely.
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -71,7 +72,7 @@ class PlatformClient:
 
     async def upload_media(self, data: bytes, filename: str, content_type: str, idempotency_key: str) -> dict[str, Any]:
         form = aiohttp.FormData()
-        form.add_field("file", data, filename=filename, content_type=content_type)
+        form.add_field("file", io.BytesIO(data), filename=filename, content_type=content_type)
         return await self._call("POST", "/media", idempotency_key=idempotency_key, data=form)
 
     async def add_comment(self, task_id: str, side: str, author_id: str, text: str, idempotency_key: str) -> str:

@@ -1,0 +1,122 @@
+"""Event processing: shared by consumers, in order per thread, once in effect, nothing lost on a kill."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from bridge import keys
+from bridge.domain import Endpoint
+from bridge.events import EventConsumer, StoredEvent
+from bridge.ingest import EventLog, IncomingRecord
+
+STORE = Endpoint("store", "1001")
+
+
+def record(msg_id: str, thread: str) -> IncomingRecord:
+    return IncomingRecord("im_platform_message", msg_id, thread, json.dumps({"n": msg_id}))
+
+
+def consumer(redis: Redis, handler, **kw) -> EventConsumer:  # type: ignore[no-untyped-def]
+    return EventConsumer(redis, lambda: [STORE], {"im_platform_message": handler}, **kw)
+
+
+async def test_events_of_one_thread_run_in_order_across_two_consumers(redis: Redis) -> None:
+    log = EventLog(redis)
+    await log.store(STORE, [record(f"{t}-{i}", f"chat:{t}") for i in range(20) for t in ("a", "b", "c")])
+    seen: dict[str, list[int]] = {}
+
+    async def handle(event: StoredEvent) -> None:
+        await asyncio.sleep(0.001 * (hash(event.msg_id) % 3))
+        seen.setdefault(event.thread, []).append(int(event.msg_id.split("-")[1]))
+
+    first, second = consumer(redis, handle, batch=7), consumer(redis, handle, batch=5)
+    await asyncio.gather(first.drain(), second.drain())
+    assert seen == {f"chat:{t}": list(range(20)) for t in "abc"}
+    assert first.stats.handled + second.stats.handled == 60
+    assert first.stats.handled and second.stats.handled, "both consumers took a share"
+    assert await redis.xlen(keys.events(STORE.tag)) == 0
+
+
+async def test_a_handled_event_is_never_handled_again(redis: Redis) -> None:
+    await EventLog(redis).store(STORE, [record("x", "chat:1")])
+    calls: list[str] = []
+
+    async def handle(event: StoredEvent) -> None:
+        calls.append(event.msg_id)
+
+    c = consumer(redis, handle)
+    assert await c.drain() == 1
+    # The same entry delivered again (a crash between effect and acknowledgement) is only acked.
+    event = StoredEvent(STORE, "0-1", "x", "im_platform_message", "chat:1", 1, {}, 0)
+    assert await c._handle_one(event, 0) is None
+    assert calls == ["x"] and c.stats.duplicates == 1
+
+
+async def test_failing_handler_retries_then_dead_letters_and_unblocks_its_thread(redis: Redis) -> None:
+    await EventLog(redis).store(STORE, [record("bad", "chat:1"), record("next", "chat:1")])
+    calls: list[str] = []
+
+    async def handle(event: StoredEvent) -> None:
+        calls.append(event.msg_id)
+        if event.msg_id == "bad":
+            raise RuntimeError("boom")
+
+    c = consumer(redis, handle, retry_base_seconds=0.001, max_attempts=3)
+    await c.drain()
+    assert calls == ["bad", "bad", "bad", "next"]
+    [dead] = await redis.lrange(keys.events_dead(STORE.tag), 0, -1)
+    assert json.loads(dead)["msg_id"] == "bad" and "boom" in json.loads(dead)["error"]
+
+
+CONSUMER_SCRIPT = """
+import asyncio, sys
+from redis.asyncio import Redis
+from bridge.domain import Endpoint
+from bridge.events import EventConsumer
+
+async def main():
+    r = Redis.from_url(sys.argv[1], decode_responses=True)
+    async def hang(event):
+        await r.rpush("started", event.msg_id)
+        await asyncio.sleep(3600)
+    c = EventConsumer(
+        r, lambda: [Endpoint("store", "1001")], {"im_platform_message": hang}, name="doomed", lock_seconds=0.3
+    )
+    await c.run()
+
+asyncio.run(main())
+"""
+
+
+async def test_killed_consumer_mid_event_is_finished_by_another_process(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    await EventLog(redis).store(STORE, [record("e1", "chat:1"), record("e2", "chat:1"), record("e3", "chat:2")])
+    script = tmp_path / "consumer.py"
+    script.write_text(CONSUMER_SCRIPT)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), redis_url, cwd=Path(__file__).parent.parent
+    )
+    try:
+        assert await redis.blpop(["started"], timeout=15) is not None
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+
+    async def effect(event: StoredEvent) -> None:
+        await redis.hincrby("effects", event.msg_id, 1)
+
+    survivor = consumer(redis, effect, claim_idle_seconds=0.2, lock_seconds=0.3)
+    await asyncio.sleep(0.4)  # the dead consumer's claim and thread lock age past their limits
+    await survivor.drain()
+    assert await redis.hgetall("effects") == {"e1": "1", "e2": "1", "e3": "1"}
+    assert survivor.stats.claimed >= 1
+    assert await redis.xlen(keys.events(STORE.tag)) == 0
+    pending = await redis.xpending(keys.events(STORE.tag), keys.EVENTS_GROUP)
+    assert pending["pending"] == 0

@@ -1,0 +1,139 @@
+"""The durable outbox against the platform sandbox: ordered, retried, never doubled, survives restarts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge import keys
+from bridge.clock import ManualClock
+from bridge.outbox import FinalFailure, Outbox, OutboxJob
+from connectors.platform.outbound import SEND_MESSAGE
+from tests.conftest import Stack
+
+TAG = "{store:1001}"
+
+
+def reply(job_id: str, cid: str, text: str, agent: str = "agent-a") -> OutboxJob:
+    payload = {
+        "endpoint": "store:1001",
+        "conversation_id": cid,
+        "agent_id": agent,
+        "content": {"type": "text", "text": text},
+    }
+    return OutboxJob(job_id, SEND_MESSAGE, payload, report_to={"user": "U0AGENTA"})
+
+
+def texts(stack: Stack, cid: str) -> list[str]:
+    return [m["content"]["text"] for m in stack.sandbox.conversations[cid].messages if m["from"] == "merchant"]
+
+
+async def test_job_is_sent_once_with_its_id_as_idempotency_key(stack: Stack) -> None:
+    cid = await stack.sandbox.open_chat("1001")
+    assert await stack.bridge.outbox.enqueue(TAG, f"chat:{cid}", reply("reply:1", cid, "马上发货"))
+    assert not await stack.bridge.outbox.enqueue(TAG, f"chat:{cid}", reply("reply:1", cid, "马上发货")), (
+        "enqueued twice"
+    )
+    await stack.bridge.worker.drain()
+    [call] = stack.sandbox.received("POST", "/im/conversations")
+    assert call.idempotency_key == "reply:1" and call.status == 200
+    assert call.body == {"agent_id": "agent-a", "content": {"type": "text", "text": "马上发货"}}
+    assert texts(stack, cid) == ["马上发货"]
+    assert await stack.bridge.outbox.pending(TAG, f"chat:{cid}") == []
+
+
+async def test_server_errors_are_retried_with_backoff_in_order(stack: Stack) -> None:
+    clock = stack.clock
+    assert isinstance(clock, ManualClock)
+    cid = await stack.sandbox.open_chat("1001")
+    stack.sandbox.fail_next("POST", "/im/conversations", 503, times=2)
+    for i in range(5):
+        await stack.bridge.outbox.enqueue(TAG, f"chat:{cid}", reply(f"r{i}", cid, f"第{i}条"))
+    for _ in range(12):
+        await stack.bridge.worker.drain()
+        clock.advance(2.5)
+    assert texts(stack, cid) == [f"第{i}条" for i in range(5)], "sent in order, once each"
+    statuses = [r.status for r in stack.sandbox.received("POST", "/im/conversations")]
+    assert statuses == [503, 503, 200, 200, 200, 200, 200]
+    assert stack.bridge.outbox.stats.retried == 2
+
+
+async def test_retry_after_is_honoured(stack: Stack) -> None:
+    clock = stack.clock
+    assert isinstance(clock, ManualClock)
+    cid = await stack.sandbox.open_chat("1001")
+    stack.sandbox.fail_next("POST", "/im/conversations", 429, retry_after=30)
+    await stack.bridge.outbox.enqueue(TAG, f"chat:{cid}", reply("r", cid, "稍等"))
+    await stack.bridge.worker.drain()
+    due = await stack.bridge.timers.due_at(keys.outbox_timer(TAG, f"chat:{cid}"))
+    assert due is not None and due >= clock.now() + 30
+    clock.advance(29)
+    await stack.bridge.worker.drain()
+    assert texts(stack, cid) == []
+    clock.advance(1.1)
+    await stack.bridge.worker.drain()
+    assert texts(stack, cid) == ["稍等"]
+
+
+async def test_final_failure_is_reported_and_the_thread_moves_on(stack: Stack) -> None:
+    reports: list[tuple[str, str, int | None]] = []
+
+    async def report(job: OutboxJob, failure: FinalFailure, tag: str) -> None:
+        reports.append((job.id, failure.reason, failure.status))
+
+    stack.bridge.outbox.on_failure = report
+    cid = await stack.sandbox.open_chat("1001")
+    stack.sandbox.conversations[cid].closed_reason = "reply_timeout"
+    await stack.bridge.outbox.enqueue(TAG, f"chat:{cid}", reply("late", cid, "晚了"))
+    other = await stack.sandbox.open_chat("1001")
+    await stack.bridge.outbox.enqueue(TAG, f"chat:{other}", reply("ok", other, "好的", agent="main-1001"))
+    await stack.bridge.worker.drain()
+    assert reports == [("late", "conversation closed (reply_timeout)", 409)]
+    [failed] = await stack.bridge.outbox.failed(TAG)
+    assert failed["job"]["id"] == "late" and failed["status"] == 409
+    assert texts(stack, other) == ["好的"]
+
+
+async def test_agent_without_im_permission_is_a_final_403(stack: Stack) -> None:
+    cid = await stack.sandbox.open_chat("1001")
+    await stack.bridge.outbox.enqueue(TAG, f"chat:{cid}", reply("x", cid, "hi", agent="nobody"))
+    await stack.bridge.worker.drain()
+    [failed] = await stack.bridge.outbox.failed(TAG)
+    assert failed["status"] == 403 and "lacks IM permission" in failed["reason"]
+
+
+async def test_a_retry_after_a_crash_is_not_a_second_message(stack: Stack) -> None:
+    """The platform answered but the process died before recording it: the retry replays."""
+    cid = await stack.sandbox.open_chat("1001")
+    job = reply("reply:dup", cid, "只发一次")
+    client = stack.bridge.outbox.senders[SEND_MESSAGE]
+    await client(job)  # sent, then "crash" before the outbox saw the answer
+    await stack.bridge.outbox.enqueue(TAG, f"chat:{cid}", job)
+    await stack.bridge.worker.drain()
+    assert texts(stack, cid) == ["只发一次"]
+    assert [r.replayed for r in stack.sandbox.received("POST", "/im/conversations")] == [False, True]
+
+
+async def test_queued_jobs_survive_a_restart(stack: Stack) -> None:
+    cid = await stack.sandbox.open_chat("1001")
+    await stack.bridge.outbox.enqueue(TAG, f"chat:{cid}", reply("a", cid, "一"))
+    await stack.bridge.outbox.enqueue(TAG, f"chat:{cid}", reply("b", cid, "二"))
+    # A new process (new Outbox, new worker) on the same Redis finds and sends them.
+    fresh = Outbox(stack.redis, stack.bridge.timers, clock=stack.bridge.clock)
+    fresh.register(stack.bridge.outbox.senders)
+    stack.bridge.timer_handlers["outbox"] = fresh.handle_timer
+    await stack.bridge.worker.drain()
+    assert texts(stack, cid) == ["一", "二"] and fresh.stats.sent == 2
+
+
+async def test_a_queue_left_without_its_timer_is_restarted_by_the_next_enqueue(stack: Stack) -> None:
+    cid = await stack.sandbox.open_chat("1001")
+    thread = f"chat:{cid}"
+    await stack.bridge.outbox.enqueue(TAG, thread, reply("a", cid, "一"))
+    await stack.bridge.timers.cancel(keys.outbox_timer(TAG, thread))  # as if the process died in between
+    await stack.bridge.outbox.enqueue(TAG, thread, reply("b", cid, "二"))
+    await stack.bridge.worker.drain()
+    assert texts(stack, cid) == ["一", "二"]
+
+
+def payloads(stack: Stack) -> list[dict[str, Any]]:
+    return [r.body for r in stack.sandbox.received("POST")]
