@@ -194,6 +194,7 @@ class ServerSettings(_Model):
     public_url: str | None = None
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     config_poll_seconds: float = Field(default=2.0, gt=0)
+    access_log: bool = False
 
 
 class TimerSettings(_Model):

@@ -32,24 +32,35 @@ from bridge.domain import Endpoint
 
 log = logging.getLogger(__name__)
 
-# KEYS: done hash, lock.  ARGV: thread, seq, lock ttl (ms), owner.
+# One call for a round of events of one endpoint, one event per thread.
+# KEYS: done hash, then a lock per event.  ARGV: lock ttl (ms), then (thread, seq, owner) per event.
+# Returns per event: 'done' (already handled), 'wait' (its predecessor is not handled yet, or
+# another consumer holds the thread) or 'ready' (locked for us).
 _BEGIN = """
-local done = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-local seq = tonumber(ARGV[2])
-if done >= seq then return 'done' end
-if done ~= seq - 1 then return 'wait' end
-if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then return 'wait' end
-return 'ready'
+local out = {}
+for i = 2, #KEYS do
+  local j = (i - 2) * 3 + 2
+  local done = tonumber(redis.call('HGET', KEYS[1], ARGV[j]) or '0')
+  local seq = tonumber(ARGV[j + 1])
+  if done >= seq then out[#out + 1] = 'done'
+  elseif done ~= seq - 1 then out[#out + 1] = 'wait'
+  elseif redis.call('SET', KEYS[i], ARGV[j + 2], 'NX', 'PX', ARGV[1]) then out[#out + 1] = 'ready'
+  else out[#out + 1] = 'wait' end
+end
+return out
 """
 
-# KEYS: done hash, lock, stream.  ARGV: thread, seq, group, entry id, owner.
+# KEYS: done hash, stream, then a lock per event.  ARGV: group, then (thread, seq, entry id, owner).
 _COMPLETE = """
-local done = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if tonumber(ARGV[2]) > done then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
-if redis.call('GET', KEYS[2]) == ARGV[5] then redis.call('DEL', KEYS[2]) end
-redis.call('XACK', KEYS[3], ARGV[3], ARGV[4])
-redis.call('XDEL', KEYS[3], ARGV[4])
-return 1
+for i = 3, #KEYS do
+  local j = (i - 3) * 4 + 2
+  local done = tonumber(redis.call('HGET', KEYS[1], ARGV[j]) or '0')
+  if tonumber(ARGV[j + 1]) > done then redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 1]) end
+  if redis.call('GET', KEYS[i]) == ARGV[j + 3] then redis.call('DEL', KEYS[i]) end
+  redis.call('XACK', KEYS[2], ARGV[1], ARGV[j + 2])
+  redis.call('XDEL', KEYS[2], ARGV[j + 2])
+end
+return #KEYS - 2
 """
 
 # KEYS: lock.  ARGV: owner.
@@ -59,7 +70,7 @@ return 0
 """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: two deliveries of one entry are two objects
 class StoredEvent:
     endpoint: Endpoint
     entry_id: str
@@ -67,8 +78,17 @@ class StoredEvent:
     tag: str
     thread: str
     seq: int
-    data: dict[str, Any]
+    raw: str
+    """The event's data as stored (JSON); ``data`` decodes it."""
     received_at: float
+
+    @property
+    def data(self) -> dict[str, Any]:
+        try:
+            decoded = json.loads(self.raw)
+        except json.JSONDecodeError:
+            return {}
+        return decoded if isinstance(decoded, dict) else {}
 
 
 EventHandler = Callable[[StoredEvent], Awaitable[None]]
@@ -102,7 +122,7 @@ class EventConsumer:
     handlers: Mapping[str, EventHandler]
     clock: Clock = field(default_factory=SystemClock)
     name: str = field(default_factory=consumer_name)
-    batch: int = 100
+    batch: int = 500
     block_seconds: float = 1.0
     claim_idle_seconds: float = 30.0
     lock_seconds: float = 30.0
@@ -210,10 +230,6 @@ class EventConsumer:
 
     @staticmethod
     def _decode(endpoint: Endpoint, entry_id: str, fields: Mapping[str, str]) -> StoredEvent:
-        try:
-            data = json.loads(fields.get("data", "{}"))
-        except json.JSONDecodeError:
-            data = {}
         return StoredEvent(
             endpoint=endpoint,
             entry_id=entry_id,
@@ -221,77 +237,111 @@ class EventConsumer:
             tag=fields.get("tag", ""),
             thread=fields.get("thread", ""),
             seq=int(fields.get("seq", "0")),
-            data=data if isinstance(data, dict) else {},
+            raw=fields.get("data", "{}"),
             received_at=int(fields.get("received_at", "0")) / 1000,
         )
 
     async def _handle_batch(self, events: list[StoredEvent], attempts: Mapping[str, int]) -> None:
-        threads: dict[tuple[str, str], list[StoredEvent]] = defaultdict(list)
-        for event in events:
-            threads[(event.endpoint.tag, event.thread)].append(event)
-        await asyncio.gather(
-            *(self._handle_thread(sorted(evs, key=lambda e: e.seq), attempts) for evs in threads.values())
-        )
+        """Handles a batch in rounds: each round takes the next event of every thread, asks Redis
+        about all of them in one call, runs the ready ones concurrently, and completes them in one
+        call. A thread whose event must wait (or failed) parks the rest of its events behind it."""
+        queues: dict[tuple[str, str], list[StoredEvent]] = defaultdict(list)
+        for event in sorted(events, key=lambda e: e.seq):
+            queues[(event.endpoint.tag, event.thread)].append(event)
+        while queues:
+            heads = [q[0] for q in queues.values()]
+            by_endpoint: dict[str, list[StoredEvent]] = defaultdict(list)
+            for event in heads:
+                by_endpoint[event.endpoint.tag].append(event)
+            outcomes = await asyncio.gather(
+                *(self._round(tag, round_events, attempts) for tag, round_events in by_endpoint.items())
+            )
+            now = self.clock.now()
+            for outcome in outcomes:
+                for event, retry in outcome.items():
+                    queue = queues[(event.endpoint.tag, event.thread)]
+                    if retry is None:
+                        queue.pop(0)
+                        continue
+                    delay, tries = retry
+                    self._parked += [
+                        _Parked(e, now + delay, tries if e is event else attempts.get(e.entry_id, 0)) for e in queue
+                    ]
+                    queue.clear()
+            queues = {k: q for k, q in queues.items() if q}
 
-    async def _handle_thread(self, events: list[StoredEvent], attempts: Mapping[str, int]) -> None:
-        for index, event in enumerate(events):
-            outcome = await self._handle_one(event, attempts.get(event.entry_id, 0))
-            if outcome is not None:
-                # This one must wait (or retry); the later ones of its thread wait behind it.
-                now = self.clock.now()
-                self._parked.append(_Parked(event, now + outcome[0], outcome[1]))
-                self._parked += [_Parked(e, now + outcome[0], attempts.get(e.entry_id, 0)) for e in events[index + 1 :]]
-                return
-
-    async def _handle_one(self, event: StoredEvent, attempts: int) -> tuple[float, int] | None:
-        """None when the event is finished with; else (retry in seconds, attempts so far)."""
-        tag = event.endpoint.tag
-        done_key, lock_key = keys.thread_done(tag), keys.thread_lock(tag, event.thread)
-        owner = f"{self.name}:{event.entry_id}"
-        state = await self._begin(
-            keys=[done_key, lock_key], args=[event.thread, event.seq, int(self.lock_seconds * 1000), owner]
+    async def _round(
+        self, tag: str, events: list[StoredEvent], attempts: Mapping[str, int]
+    ) -> dict[StoredEvent, tuple[float, int] | None]:
+        """One event per thread of one endpoint. Returns, per event, None when finished with, or
+        (retry in seconds, attempts so far)."""
+        owners = {e: f"{self.name}:{e.entry_id}" for e in events}
+        args: list[str | int] = [int(self.lock_seconds * 1000)]
+        for e in events:
+            args += [e.thread, e.seq, owners[e]]
+        states = await self._begin(
+            keys=[keys.thread_done(tag), *(keys.thread_lock(tag, e.thread) for e in events)], args=args
         )
-        if state == "done":
-            self.stats.duplicates += 1
-            await self._finish(event, owner)
-            return None
-        if state == "wait":
-            return (0.05, attempts)
+        result: dict[StoredEvent, tuple[float, int] | None] = {}
+        finished: list[StoredEvent] = []
+        ready: list[StoredEvent] = []
+        for event, state in zip(events, states, strict=True):
+            if state == "done":
+                self.stats.duplicates += 1
+                finished.append(event)
+                result[event] = None
+            elif state == "wait":
+                result[event] = (0.05, attempts.get(event.entry_id, 0))
+            else:
+                ready.append(event)
+        for event, retry in zip(
+            ready,
+            await asyncio.gather(*(self._run_handler(e, attempts.get(e.entry_id, 0)) for e in ready)),
+            strict=True,
+        ):
+            result[event] = retry
+            if retry is None:
+                finished.append(event)
+            else:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._unlock(keys=[keys.thread_lock(tag, event.thread)], args=[owners[event]])
+        if finished:
+            await self._finish(tag, finished, owners)
+        return result
+
+    async def _run_handler(self, event: StoredEvent, attempts: int) -> tuple[float, int] | None:
         handler = self.handlers.get(event.tag)
         if handler is None:
-            log.info(
+            log.debug(
                 "%s: stored event %s with tag %r has no handler; acknowledged", event.endpoint, event.msg_id, event.tag
             )
             self.stats.ignored += 1
-            await self._finish(event, owner)
             return None
         try:
             await handler(event)
         except Exception as exc:
             attempts += 1
             self.stats.failed_attempts += 1
-            if attempts >= self.max_attempts:
-                log.exception(
-                    "%s: event %s failed %d times; moved to the dead list", event.endpoint, event.msg_id, attempts
+            if attempts < self.max_attempts:
+                log.warning(
+                    "%s: event %s failed (attempt %d), retrying: %r", event.endpoint, event.msg_id, attempts, exc
                 )
-                await self.redis.rpush(
-                    keys.events_dead(tag),
-                    json.dumps({"msg_id": event.msg_id, "tag": event.tag, "data": event.data, "error": repr(exc)}),
-                )
-                self.stats.dead += 1
-                await self._finish(event, owner)
-                return None
-            log.warning("%s: event %s failed (attempt %d), retrying: %r", event.endpoint, event.msg_id, attempts, exc)
-            with contextlib.suppress(RedisError, OSError):
-                await self._unlock(keys=[lock_key], args=[owner])
-            return (self.retry_base_seconds * 2 ** (attempts - 1), attempts)
+                return (self.retry_base_seconds * 2 ** (attempts - 1), attempts)
+            log.exception(
+                "%s: event %s failed %d times; moved to the dead list", event.endpoint, event.msg_id, attempts
+            )
+            dead = {"msg_id": event.msg_id, "tag": event.tag, "data": event.raw, "error": repr(exc)}
+            await self.redis.rpush(keys.events_dead(event.endpoint.tag), json.dumps(dead, ensure_ascii=False))
+            self.stats.dead += 1
+            return None
         self.stats.handled += 1
-        await self._finish(event, owner)
         return None
 
-    async def _finish(self, event: StoredEvent, owner: str) -> None:
-        tag = event.endpoint.tag
+    async def _finish(self, tag: str, events: list[StoredEvent], owners: Mapping[StoredEvent, str]) -> None:
+        args: list[str | int] = [keys.EVENTS_GROUP]
+        for e in events:
+            args += [e.thread, e.seq, e.entry_id, owners[e]]
         await self._complete(
-            keys=[keys.thread_done(tag), keys.thread_lock(tag, event.thread), keys.events(tag)],
-            args=[event.thread, event.seq, keys.EVENTS_GROUP, event.entry_id, owner],
+            keys=[keys.thread_done(tag), keys.events(tag), *(keys.thread_lock(tag, e.thread) for e in events)],
+            args=args,
         )

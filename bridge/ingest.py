@@ -24,20 +24,28 @@ from bridge.domain import Endpoint
 
 log = logging.getLogger(__name__)
 
-# KEYS: stream, thread-seq hash, then one seen-key per record.
-# ARGV: seen TTL, received_at (ms), then (msg_id, tag, thread, data) per record.
-_STORE_PUSH = """
-local stored = 0
-for i = 3, #KEYS do
-  local j = (i - 3) * 4 + 3
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
-    local seq = redis.call('HINCRBY', KEYS[2], ARGV[j + 2], 1)
-    redis.call('XADD', KEYS[1], '*', 'msg_id', ARGV[j], 'tag', ARGV[j + 1], 'thread', ARGV[j + 2],
-               'seq', seq, 'data', ARGV[j + 3], 'received_at', ARGV[2])
-    stored = stored + 1
+# One call stores a whole batch of pushes to one endpoint (each push still all or nothing: a
+# script runs atomically). KEYS: stream, thread-seq hash, then one seen-key per record.
+# ARGV: seen TTL, received_at (ms), then per push: its record count, then (msg_id, tag, thread, data)
+# per record. Returns, per push, how many of its records were new.
+_STORE_PUSHES = """
+local out = {}
+local k, a = 3, 3
+while a <= #ARGV do
+  local count, stored = tonumber(ARGV[a]), 0
+  a = a + 1
+  for _ = 1, count do
+    if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[1]) then
+      local seq = redis.call('HINCRBY', KEYS[2], ARGV[a + 2], 1)
+      redis.call('XADD', KEYS[1], '*', 'msg_id', ARGV[a], 'tag', ARGV[a + 1], 'thread', ARGV[a + 2],
+                 'seq', seq, 'data', ARGV[a + 3], 'received_at', ARGV[2])
+      stored = stored + 1
+    end
+    k, a = k + 1, a + 4
   end
+  out[#out + 1] = stored
 end
-return stored
+return out
 """
 
 
@@ -57,8 +65,8 @@ class IncomingRecord:
 
 @dataclass
 class _Pending:
-    keys: list[str]
-    args: list[str | int]
+    endpoint: Endpoint
+    records: Sequence[IncomingRecord]
     done: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -69,7 +77,7 @@ class EventLog:
         self.redis = redis
         self.clock: Clock = clock or SystemClock()
         self.timeout_seconds = timeout_seconds
-        self._script = redis.register_script(_STORE_PUSH)
+        self._script = redis.register_script(_STORE_PUSHES)
         self._queue: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
         self.round_trips = 0
@@ -78,18 +86,13 @@ class EventLog:
     async def store(self, endpoint: Endpoint, records: Sequence[IncomingRecord]) -> int:
         if not records:
             return 0
-        tag = endpoint.tag
-        pending = _Pending(
-            keys=[keys.events(tag), keys.thread_seq(tag), *(keys.seen(tag, r.msg_id) for r in records)],
-            args=[keys.SEEN_TTL_SECONDS, int(self.clock.now() * 1000)],
-        )
-        for r in records:
-            pending.args += [r.msg_id, r.tag, r.thread, r.data]
+        pending = _Pending(endpoint, records)
         self._queue.append(pending)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_all())
         try:
-            return await asyncio.wait_for(asyncio.shield(pending.done), timeout=self.timeout_seconds)
+            async with asyncio.timeout(self.timeout_seconds):
+                return await pending.done
         except TimeoutError:
             raise StorageUnavailable("Redis did not answer in time") from None
 
@@ -97,32 +100,49 @@ class EventLog:
         await asyncio.sleep(0)  # let the pushes parsed in this loop iteration join the batch
         while self._queue:
             batch, self._queue = self._queue, []
+            by_endpoint: dict[Endpoint, list[_Pending]] = {}
+            for p in batch:
+                by_endpoint.setdefault(p.endpoint, []).append(p)
+            groups = list(by_endpoint.values())
             try:
-                results = await self._write(batch)
+                results = await self._write(groups)
             except (RedisError, OSError) as exc:
                 for p in batch:
                     if not p.done.done():
                         p.done.set_exception(StorageUnavailable(str(exc) or type(exc).__name__))
                 continue
-            for p, result in zip(batch, results, strict=True):
-                if p.done.done():
-                    continue
-                if isinstance(result, Exception):
-                    p.done.set_exception(StorageUnavailable(str(result)))
-                else:
-                    p.done.set_result(int(str(result)))
+            for group, result in zip(groups, results, strict=True):
+                for i, p in enumerate(group):
+                    if p.done.done():
+                        continue
+                    if isinstance(result, Exception):
+                        p.done.set_exception(StorageUnavailable(str(result)))
+                    else:
+                        p.done.set_result(int(result[i]))  # type: ignore[index]
 
-    async def _write(self, batch: list[_Pending]) -> list[object]:
+    def _command(self, group: list[_Pending]) -> list[str | int]:
+        tag = group[0].endpoint.tag
+        keys_: list[str | int] = [keys.events(tag), keys.thread_seq(tag)]
+        args: list[str | int] = [keys.SEEN_TTL_SECONDS, int(self.clock.now() * 1000)]
+        for p in group:
+            args.append(len(p.records))
+            for r in p.records:
+                keys_.append(keys.seen(tag, r.msg_id))
+                args += [r.msg_id, r.tag, r.thread, r.data]
+        return [self._script.sha, len(keys_), *keys_, *args]
+
+    async def _write(self, groups: list[list[_Pending]]) -> list[object]:
+        """One round trip for the whole batch: a pipeline with one script call per endpoint."""
         for attempt in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
-                for p in batch:
-                    pipe.evalsha(self._script.sha, len(p.keys), *p.keys, *p.args)
+                for group in groups:
+                    pipe.evalsha(*self._command(group))  # type: ignore[arg-type]
                 results: list[object] = await pipe.execute(raise_on_error=False)
             self.round_trips += 1
             if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
                 # Redis restarted (or failed over) and forgot the script; nothing of it ran.
-                await self.redis.script_load(_STORE_PUSH)
+                await self.redis.script_load(_STORE_PUSHES)
                 continue
-            self.pushes_written += len(batch)
+            self.pushes_written += sum(len(g) for g in groups)
             return results
         return results

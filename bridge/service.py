@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from bridge.clock import Clock, SystemClock
@@ -27,7 +27,7 @@ from bridge.ingest import EventLog
 from bridge.outbox import Outbox
 from bridge.redis_server import EmbeddedRedis
 from bridge.timers import Handler, TimerStore, TimerWorker
-from connectors.platform.inbound import PlatformWebhooks
+from connectors.platform.inbound import MAX_PUSH_BYTES, PlatformWebhooks
 from connectors.platform.outbound import PlatformSenders
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Bridge:
         self._http: aiohttp.ClientSession | None = None
         self.outbox.register(PlatformSenders(lambda: self.holder.current, self.http).senders())
 
-        self.app = web.Application()
+        self.app = web.Application(client_max_size=MAX_PUSH_BYTES)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         PlatformWebhooks(lambda: self.holder.current, self.event_log).add_routes(self.app)
@@ -106,7 +106,12 @@ class Bridge:
         """Serves HTTP; with ``run_workers`` (the default) also runs the timer worker and the event
         consumer. Tests turn them off and drive them in burst mode with an injected clock."""
         settings = self.holder.current.server
-        self._runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=settings.shutdown_grace_seconds)
+        self._runner = web.AppRunner(
+            self.app,
+            handle_signals=False,
+            shutdown_timeout=settings.shutdown_grace_seconds,
+            access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
+        )
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host or settings.host, settings.port if port is None else port)
         await self._site.start()
@@ -161,19 +166,25 @@ class Bridge:
                 self.holder.reload()
 
 
+def open_redis(url: str, max_connections: int = 64) -> Redis:
+    """A client whose pool waits for a free connection instead of failing under a burst."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5, decode_responses=True)
+    return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
 def connect_redis(environ: Mapping[str, str] | None = None) -> tuple[Redis, EmbeddedRedis | None]:
     """REDIS_URL when set (a real deployment); otherwise a private redis-server under var/redis/."""
     env = os.environ if environ is None else environ
     url = env.get("REDIS_URL")
     if url:
-        return Redis.from_url(url, decode_responses=True), None
+        return open_redis(url), None
     embedded = EmbeddedRedis(EMBEDDED_REDIS_DIR).start()
     log.info(
         "no REDIS_URL set: started an embedded redis-server at %s (data in %s)",
         embedded.url,
         EMBEDDED_REDIS_DIR,
     )
-    return Redis.from_url(embedded.url, decode_responses=True), embedded
+    return open_redis(embedded.url), embedded
 
 
 async def serve_until_signalled(bridge: Bridge, host: str | None = None, port: int | None = None) -> None:

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from bridge.clock import ManualClock
 from bridge.config import ConfigHolder
 from bridge.redis_server import EmbeddedRedis
-from bridge.service import Bridge
+from bridge.service import Bridge, open_redis
 from connectors.platform.sandbox import PlatformSandbox
 
 
@@ -63,7 +63,7 @@ async def start_stack(
     sandbox_url = await sandbox.start()
     holder = ConfigHolder(config_path, environ={"PLATFORM_API_URL": sandbox_url})
     kwargs = {"clock": clock} if clock is not None else {}
-    bridge = Bridge(holder, Redis.from_url(redis_url, decode_responses=True), **kwargs)  # type: ignore[arg-type]
+    bridge = Bridge(holder, open_redis(redis_url), **kwargs)  # type: ignore[arg-type]
     await bridge.start(host="127.0.0.1", port=0, run_workers=run_workers)
     sandbox.bridge_url = f"http://127.0.0.1:{bridge.port}"
     return Stack(bridge, sandbox, clock)

@@ -53,8 +53,8 @@ async def test_a_handled_event_is_never_handled_again(redis: Redis) -> None:
     c = consumer(redis, handle)
     assert await c.drain() == 1
     # The same entry delivered again (a crash between effect and acknowledgement) is only acked.
-    event = StoredEvent(STORE, "0-1", "x", "im_platform_message", "chat:1", 1, {}, 0)
-    assert await c._handle_one(event, 0) is None
+    event = StoredEvent(STORE, "0-1", "x", "im_platform_message", "chat:1", 1, "{}", 0)
+    await c._handle_batch([event], {})
     assert calls == ["x"] and c.stats.duplicates == 1
 
 

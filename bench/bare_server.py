@@ -1,0 +1,15 @@
+"""The ceiling of the stack for bench/ingest.py: aiohttp that reads the body and answers 200."""
+
+import sys
+
+from aiohttp import web
+
+
+async def handle(request: web.Request) -> web.Response:
+    await request.read()
+    return web.json_response({"code": 0, "msg": "success"})
+
+
+app = web.Application()
+app.router.add_post("/webhooks/platform/{id}", handle)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)

@@ -1,0 +1,197 @@
+"""`make bench-ingest`: signed platform pushes into the bridge, beside a bare aiohttp handler.
+
+Both servers run as their own process on loopback; the bridge as deployed (`bridge serve`, Redis with
+AOF, event consumer on). wrk replays pre-signed single-record pushes, each with a unique msg_id, for
+20 s at full speed with 64 connections; then an open-loop Python client sends 1,000 pushes/s for 10 s
+and measures latency. Writes bench/results/ingest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from bridge.redis_server import EmbeddedRedis, free_port
+from connectors.platform.signing import sign
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results" / "ingest.json"
+KEY, SECRET = "demo-app-key-1001", "demo-app-secret-1001"
+
+
+def push_line(i: int) -> tuple[str, str, str, str]:
+    data = {
+        "shop_id": "1001",
+        "conversation_id": f"conv-{i % 5000}",
+        "message_id": f"pm-{i}",
+        "sent_at": "2026-11-23T10:00:00+08:00",
+        "sender": {"agent_id": "cs-001", "name": "platform cs"},
+        "content": {"type": "text", "text": "您好，请问这个订单什么时候发货？买家很着急，麻烦尽快回复，谢谢！"},
+        "awaiting_reply": True,
+    }
+    body = json.dumps(
+        [{"tag": "im_platform_message", "msg_id": f"7301{i:012d}", "data": json.dumps(data, ensure_ascii=False)}],
+        ensure_ascii=False,
+    )
+    return "/webhooks/platform/1001", KEY, sign(KEY, body.encode(), SECRET), body
+
+
+def write_requests(path: Path, count: int, offset: int) -> None:
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(offset, offset + count):
+            out.write("\t".join(push_line(i)) + "\n")
+
+
+def wait_up(port: int, timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def run_wrk(port: int, requests_file: Path, seconds: int, threads: int = 2, connections: int = 64) -> dict[str, Any]:
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
+         "-s", str(HERE / "ingest.lua"), f"http://127.0.0.1:{port}", "--", str(requests_file), str(threads)],
+        capture_output=True, text=True, timeout=seconds + 120,
+    )  # fmt: skip
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("{")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result: {out.stdout[-500:]} {out.stderr[-500:]}")
+    raw = json.loads(line)
+    return {
+        "per_s": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+        "p50_ms": round(raw["p50_us"] / 1000, 2),
+        "p99_ms": round(raw["p99_us"] / 1000, 2),
+        "requests": raw["requests"],
+        "non_2xx": raw["non_2xx"],
+        "socket_errors": raw["errors"],
+    }
+
+
+async def fixed_rate(port: int, rate: int, seconds: float, offset: int) -> dict[str, Any]:
+    """Open loop: a request is sent every 1/rate s whether or not earlier ones have answered."""
+    lines = [push_line(offset + i) for i in range(int(rate * seconds))]
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def one(path: str, app: str, sig: str, body: str) -> None:
+            started = time.perf_counter()
+            headers = {"app-id": app, "event-sign": sig, "Content-Type": "application/json"}
+            async with http.post(f"http://127.0.0.1:{port}{path}", data=body.encode(), headers=headers) as resp:
+                await resp.read()
+                statuses[resp.status] = statuses.get(resp.status, 0) + 1
+            latencies.append((time.perf_counter() - started) * 1000)
+
+        tasks = []
+        start = time.perf_counter()
+        for i, line in enumerate(lines):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(*line)))
+        await asyncio.gather(*tasks)
+    latencies.sort()
+    return {
+        "rate_per_s": rate,
+        "p50_ms": round(statistics.median(latencies), 2),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)], 2),
+        "max_ms": round(latencies[-1], 2),
+        "statuses": statuses,
+    }
+
+
+def start_bridge(tmp: Path, redis_url: str, port: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, REDIS_URL=redis_url, BRIDGE_PORT=str(port))
+    log = open(tmp / "bridge.log", "wb")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "serve", "--config", str(ROOT / "config" / "example.yaml")],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def start_bare(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(HERE / "bare_server.py"), str(port)], cwd=ROOT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="3 s runs: a smoke test, results not written")
+    args = parser.parse_args()
+    seconds = 3 if args.quick else args.seconds
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk (make bench-ingest does this)")
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "seconds": seconds, "connections": 64}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(os.environ.get("BENCH_TMP", tmp_name))
+        requests_file = tmp / "requests.tsv"
+        write_requests(requests_file, 12_000 * seconds, 0)
+        with EmbeddedRedis(tmp / "redis", appendonly=True) as redis:
+            bridge_port, bare_port = free_port(), free_port()
+            bridge = start_bridge(tmp, redis.url, bridge_port)
+            bare = start_bare(bare_port)
+            try:
+                wait_up(bridge_port)
+                wait_up(bare_port)
+                time.sleep(1.0)
+                print("bare aiohttp, full speed…", flush=True)
+                results["bare_aiohttp"] = run_wrk(bare_port, requests_file, seconds)
+                print("  ", results["bare_aiohttp"], flush=True)
+                print("bridge, full speed…", flush=True)
+                results["bridge"] = run_wrk(bridge_port, requests_file, seconds)
+                print("  ", results["bridge"], flush=True)
+                print("1,000 pushes/s, open loop…", flush=True)
+                results["at_1000_per_s"] = {
+                    "bridge": asyncio.run(fixed_rate(bridge_port, 1000, min(10, seconds), 10_000_000)),
+                    "bare_aiohttp": asyncio.run(fixed_rate(bare_port, 1000, min(10, seconds), 20_000_000)),
+                }
+                print("  ", results["at_1000_per_s"], flush=True)
+            finally:
+                stop(bridge)
+                stop(bare)
+                print("bridge log (last lines):", *(tmp / "bridge.log").read_text().splitlines()[-5:], sep="\n  ")
+    results["ratio"] = round(results["bridge"]["per_s"] / results["bare_aiohttp"]["per_s"], 3)
+    results["targets"] = {"ratio": 0.5, "p99_ms_at_1000_per_s": 20}
+    print(
+        yaml.safe_dump({k: results[k] for k in ("bridge", "bare_aiohttp", "ratio", "at_1000_per_s")}, sort_keys=False)
+    )
+    if not args.quick:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
