@@ -6,9 +6,9 @@ reason, and nothing of it is stored (PLATFORM-API §1).
 
 from __future__ import annotations
 
-import orjson
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from bridge.domain import (
