@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -79,6 +80,32 @@ def serve(path: Path, host: str | None, port: int | None) -> int:
     return 0
 
 
+def sandbox(path: Path, host: str, port: int, bridge_url: str | None) -> int:
+    from connectors.platform.sandbox import PlatformSandbox
+
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    target = bridge_url or loaded.config.server.public_url or "http://127.0.0.1:8080"
+
+    async def run() -> None:
+        platform = PlatformSandbox(loaded.config, target, push_retry_seconds=0.5)
+        url = await platform.start(host, port)
+        print(f"platform sandbox at {url}, pushing to {target}", flush=True)
+        print(f'  open a chat:     curl -XPOST {url}/_sandbox/chats -d \'{{"store_id": "STORE"}}\'', flush=True)
+        print(f"  see what it got: curl {url}/_sandbox/records", flush=True)
+        try:
+            await platform.run_expiry()
+        finally:
+            await platform.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bridge", description="Feige (飞鸽) ↔ Slack / Telegram bridge")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -96,12 +123,21 @@ def main(argv: list[str] | None = None) -> int:
     p_demo.add_argument("--config", type=Path, required=True)
     p_demo.add_argument("--serve", action="store_true", help="keep everything running afterwards")
 
+    p_sandbox = sub.add_parser("sandbox", help="run a local stand-in for an outside service")
+    p_sandbox.add_argument("service", choices=["platform"])
+    p_sandbox.add_argument("--config", type=Path, required=True)
+    p_sandbox.add_argument("--host", default="127.0.0.1")
+    p_sandbox.add_argument("--port", type=int, default=8701)
+    p_sandbox.add_argument("--bridge-url", help="where to push events (default: the config's server.public_url)")
+
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.config)
     _setup_logging(args.verbose)
     if args.command == "serve":
         return serve(args.config, args.host, args.port)
+    if args.command == "sandbox":
+        return sandbox(args.config, args.host, args.port, args.bridge_url)
     from bridge.demo import run_demo
 
     return run_demo(args.config, keep_serving=args.serve)

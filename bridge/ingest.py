@@ -82,6 +82,7 @@ class EventLog:
         self._flusher: asyncio.Task[None] | None = None
         self.round_trips = 0
         self.pushes_written = 0
+        self.records_stored = 0
 
     async def store(self, endpoint: Endpoint, records: Sequence[IncomingRecord]) -> int:
         if not records:
@@ -118,7 +119,9 @@ class EventLog:
                     if isinstance(result, Exception):
                         p.done.set_exception(StorageUnavailable(str(result)))
                     else:
-                        p.done.set_result(int(result[i]))  # type: ignore[index]
+                        stored = int(result[i])  # type: ignore[index]
+                        self.records_stored += stored
+                        p.done.set_result(stored)
 
     def _command(self, group: list[_Pending]) -> list[str | int]:
         tag = group[0].endpoint.tag

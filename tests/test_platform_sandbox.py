@@ -160,3 +160,24 @@ async def test_pusher_redelivers_until_the_bridge_answers_success() -> None:
         await runner.cleanup()
     assert delivery.delivered and delivery.statuses == [503, 500, 200]
     assert len(set(seen)) == 1, "a redelivery is the same push, same msg_id"
+
+
+async def test_control_endpoints_drive_the_sandbox_over_http(stack: Stack) -> None:
+    base = f"http://127.0.0.1:{stack.sandbox.port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + "/_sandbox/chats", json={"store_id": "1001", "text": "在吗"}) as resp:
+            opened = await resp.json()
+        assert opened["delivery"]["delivered"] is True
+        cid = opened["conversation_id"]
+        async with http.post(f"{base}/_sandbox/chats/{cid}/close") as resp:
+            assert (await resp.json())["delivery"]["delivered"] is True
+        async with http.post(base + "/_sandbox/task-orders", json={"store_id": "1001", "creator_id": "c-7001"}) as resp:
+            assert (await resp.json())["task_id"].startswith("T")
+        async with http.post(base + "/_sandbox/chats", json={"store_id": "404"}) as resp:
+            assert resp.status == 404
+        async with http.get(base + "/_sandbox/records") as resp:
+            records = await resp.json()
+    endpoints = [d["endpoint"] for d in records["deliveries"]]
+    assert endpoints == ["store:1001", "store:1001", "store:1001", "creator:c-7001"]
+    tags = [e["tag"] for _, e in await stack.redis.xrange("{store:1001}:events")]
+    assert tags == ["im_platform_message", "im_platform_closed", "task_order_created"]

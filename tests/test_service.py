@@ -153,4 +153,8 @@ async def test_demo_runs_and_exits_zero(tmp_path: Path) -> None:
     text = out.decode()
     assert proc.returncode == 0, text
     assert "GET /healthz → 200" in text and "GET /readyz → 200" in text
-    assert "3 timers fired once each" in text
+    assert "signed push, bridge answered [200]" in text
+    assert "guessed secret → 401" in text
+    assert "statuses [503, 200]" in text
+    assert "events in: 2 pushes, 1 new event(s) stored" in text
+    assert "timers: 3 fired" in text

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import json
 import logging
+import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -115,6 +116,7 @@ class PlatformSandbox:
         self._idempotent: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self._faults: list[_Fault] = []
         self._ids = itertools.count(1)
+        self._run = secrets.token_hex(3)
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -125,6 +127,10 @@ class PlatformSandbox:
         self.app.router.add_post("/task-orders/{tid}/process", self._api(self._process))
         self.app.router.add_get("/task-orders/{tid}", self._api(self._get_task_order))
         self.app.router.add_get("/_sandbox/records", self._control_records)
+        self.app.router.add_post("/_sandbox/chats", self._control_open_chat)
+        self.app.router.add_post("/_sandbox/chats/{cid}/messages", self._control_chat_message)
+        self.app.router.add_post("/_sandbox/chats/{cid}/close", self._control_close_chat)
+        self.app.router.add_post("/_sandbox/task-orders", self._control_task_order)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -149,7 +155,8 @@ class PlatformSandbox:
         return self._session
 
     def next_id(self, prefix: str) -> str:
-        return f"{prefix}{next(self._ids):06d}"
+        # Unique across runs too: the platform's ids never repeat, and the bridge dedupes on them.
+        return f"{prefix}{self._run}{next(self._ids):04d}"
 
     # -- fault injection and inspection ----------------------------------------------------------
 
@@ -168,6 +175,50 @@ class PlatformSandbox:
                 "deliveries": [d.__dict__ for d in self.deliveries],
             }
         )
+
+    async def _control_body(self, request: web.Request) -> dict[str, Any]:
+        body = await self._json(request) if request.can_read_body else {}
+        if body is None:
+            raise web.HTTPBadRequest(text="JSON object expected")
+        return body
+
+    async def _control_open_chat(self, request: web.Request) -> web.Response:
+        body = await self._control_body(request)
+        text = body.get("text")
+        try:
+            cid = await self.open_chat(str(body.get("store_id", "")), {"type": "text", "text": text} if text else None)
+        except KeyError as exc:
+            raise web.HTTPNotFound(text=str(exc)) from None
+        return web.json_response({"conversation_id": cid, "delivery": self.deliveries[-1].__dict__})
+
+    async def _control_chat_message(self, request: web.Request) -> web.Response:
+        body = await self._control_body(request)
+        cid = request.match_info["cid"]
+        if cid not in self.conversations:
+            raise web.HTTPNotFound(text=f"no conversation {cid}")
+        delivery = await self.chat_message(cid, {"type": "text", "text": str(body.get("text", ""))})
+        return web.json_response({"delivery": delivery.__dict__})
+
+    async def _control_close_chat(self, request: web.Request) -> web.Response:
+        cid = request.match_info["cid"]
+        if cid not in self.conversations:
+            raise web.HTTPNotFound(text=f"no conversation {cid}")
+        return web.json_response({"delivery": (await self.close_chat(cid)).__dict__})
+
+    async def _control_task_order(self, request: web.Request) -> web.Response:
+        body = await self._control_body(request)
+        store_id, creator_id = str(body.pop("store_id", "")), str(body.pop("creator_id", ""))
+        try:
+            tid = await self.create_task_order(store_id, creator_id, **body)
+        except KeyError as exc:
+            raise web.HTTPNotFound(text=str(exc)) from None
+        return web.json_response({"task_id": tid})
+
+    async def run_expiry(self, every_seconds: float = 1.0) -> None:
+        """Standalone mode: close chats whose window ran out, as the platform does by itself."""
+        while True:
+            await asyncio.sleep(every_seconds)
+            await self.expire_windows()
 
     # -- the API ------------------------------------------------------------------------------
 
