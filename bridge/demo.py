@@ -162,8 +162,8 @@ async def _timers(out: Transcript, bridge: Bridge, store_id: str) -> None:
     out.say("timers", "cancelled 'cancelled' (as a reply cancels its chat's reminders)")
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError("the demo waited too long")
