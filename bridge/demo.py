@@ -121,7 +121,8 @@ async def _platform_push(
     out.say("bridge", f"stored it in {keys.events('{store:' + store_id + '}')}, then handled it (flow: next issue)")
 
     again = await sandbox.push_envelope("store", store_id, delivery.records)
-    stored = await bridge.redis.exists(keys.seen("{store:" + store_id + "}", delivery.records[0]["msg_id"]))
+    seen = await bridge.redis.zscore(keys.seen("{store:" + store_id + "}"), delivery.records[0]["msg_id"])
+    stored = seen is not None
     out.say("platform", f"redelivered the same push → {again.statuses}; msg_id remembered for 7 days: {bool(stored)}")
 
     body = json.dumps(delivery.records).encode()

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -32,40 +33,47 @@ from bridge.domain import Endpoint
 
 log = logging.getLogger(__name__)
 
-# One call for a round of events of one endpoint, one event per thread.
-# KEYS: done hash, then a lock per event.  ARGV: lock ttl (ms), then (thread, seq, owner) per event.
+# One call for a round of events of one endpoint, one event per thread. The round travels as one
+# JSON argument so the client's encoding cost does not grow with the number of arguments.
+# KEYS: done hash, locks hash.  ARGV: now (ms), lock ttl (ms), JSON [[thread, seq, owner], ...].
 # Returns per event: 'done' (already handled), 'wait' (its predecessor is not handled yet, or
 # another consumer holds the thread) or 'ready' (locked for us).
 _BEGIN = """
-local out = {}
-for i = 2, #KEYS do
-  local j = (i - 2) * 3 + 2
-  local done = tonumber(redis.call('HGET', KEYS[1], ARGV[j]) or '0')
-  local seq = tonumber(ARGV[j + 1])
-  if done >= seq then out[#out + 1] = 'done'
-  elseif done ~= seq - 1 then out[#out + 1] = 'wait'
-  elseif redis.call('SET', KEYS[i], ARGV[j + 2], 'NX', 'PX', ARGV[1]) then out[#out + 1] = 'ready'
-  else out[#out + 1] = 'wait' end
+local now, out = tonumber(ARGV[1]), {}
+for _, e in ipairs(cjson.decode(ARGV[3])) do
+  local done = tonumber(redis.call('HGET', KEYS[1], e[1]) or '0')
+  if done >= e[2] then out[#out + 1] = 'done'
+  elseif done ~= e[2] - 1 then out[#out + 1] = 'wait'
+  else
+    local held = redis.call('HGET', KEYS[2], e[1])
+    if held and tonumber(string.match(held, '|(%d+)$')) > now then out[#out + 1] = 'wait'
+    else
+      redis.call('HSET', KEYS[2], e[1], e[3] .. '|' .. (now + tonumber(ARGV[2])))
+      out[#out + 1] = 'ready'
+    end
+  end
 end
 return out
 """
 
-# KEYS: done hash, stream, then a lock per event.  ARGV: group, then (thread, seq, entry id, owner).
+# KEYS: done hash, locks hash, stream.  ARGV: group, JSON [[thread, seq, entry id, owner], ...].
 _COMPLETE = """
-for i = 3, #KEYS do
-  local j = (i - 3) * 4 + 2
-  local done = tonumber(redis.call('HGET', KEYS[1], ARGV[j]) or '0')
-  if tonumber(ARGV[j + 1]) > done then redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 1]) end
-  if redis.call('GET', KEYS[i]) == ARGV[j + 3] then redis.call('DEL', KEYS[i]) end
-  redis.call('XACK', KEYS[2], ARGV[1], ARGV[j + 2])
-  redis.call('XDEL', KEYS[2], ARGV[j + 2])
+local events = cjson.decode(ARGV[2])
+for _, e in ipairs(events) do
+  local done = tonumber(redis.call('HGET', KEYS[1], e[1]) or '0')
+  if e[2] > done then redis.call('HSET', KEYS[1], e[1], e[2]) end
+  local held = redis.call('HGET', KEYS[2], e[1])
+  if held and string.sub(held, 1, #e[4] + 1) == e[4] .. '|' then redis.call('HDEL', KEYS[2], e[1]) end
+  redis.call('XACK', KEYS[3], ARGV[1], e[3])
+  redis.call('XDEL', KEYS[3], e[3])
 end
-return #KEYS - 2
+return #events
 """
 
-# KEYS: lock.  ARGV: owner.
+# KEYS: locks hash.  ARGV: thread, owner.
 _UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if held and string.sub(held, 1, #ARGV[2] + 1) == ARGV[2] .. '|' then return redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 0
 """
 
@@ -276,11 +284,10 @@ class EventConsumer:
         """One event per thread of one endpoint. Returns, per event, None when finished with, or
         (retry in seconds, attempts so far)."""
         owners = {e: f"{self.name}:{e.entry_id}" for e in events}
-        args: list[str | int] = [int(self.lock_seconds * 1000)]
-        for e in events:
-            args += [e.thread, e.seq, owners[e]]
+        round_ = orjson.dumps([(e.thread, e.seq, owners[e]) for e in events]).decode()
         states = await self._begin(
-            keys=[keys.thread_done(tag), *(keys.thread_lock(tag, e.thread) for e in events)], args=args
+            keys=[keys.thread_done(tag), keys.thread_locks(tag)],
+            args=[int(self.clock.now() * 1000), int(self.lock_seconds * 1000), round_],
         )
         result: dict[StoredEvent, tuple[float, int] | None] = {}
         finished: list[StoredEvent] = []
@@ -304,7 +311,7 @@ class EventConsumer:
                 finished.append(event)
             else:
                 with contextlib.suppress(RedisError, OSError):
-                    await self._unlock(keys=[keys.thread_lock(tag, event.thread)], args=[owners[event]])
+                    await self._unlock(keys=[keys.thread_locks(tag)], args=[event.thread, owners[event]])
         if finished:
             await self._finish(tag, finished, owners)
         return result
@@ -338,10 +345,7 @@ class EventConsumer:
         return None
 
     async def _finish(self, tag: str, events: list[StoredEvent], owners: Mapping[StoredEvent, str]) -> None:
-        args: list[str | int] = [keys.EVENTS_GROUP]
-        for e in events:
-            args += [e.thread, e.seq, e.entry_id, owners[e]]
+        finished = orjson.dumps([(e.thread, e.seq, e.entry_id, owners[e]) for e in events]).decode()
         await self._complete(
-            keys=[keys.thread_done(tag), keys.events(tag), *(keys.thread_lock(tag, e.thread) for e in events)],
-            args=args,
+            keys=[keys.thread_done(tag), keys.thread_locks(tag), keys.events(tag)], args=[keys.EVENTS_GROUP, finished]
         )

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
@@ -25,23 +26,22 @@ from bridge.domain import Endpoint
 log = logging.getLogger(__name__)
 
 # One call stores a whole batch of pushes to one endpoint (each push still all or nothing: a
-# script runs atomically). KEYS: stream, thread-seq hash, then one seen-key per record.
-# ARGV: seen TTL, received_at (ms), then per push: its record count, then (msg_id, tag, thread, data)
-# per record. Returns, per push, how many of its records were new.
+# script runs atomically). KEYS: stream, thread-seq hash, seen zset. ARGV: now (ms), oldest msg_id
+# time to remember (ms), then the batch as JSON: [[[msg_id, tag, thread, data], ...], ...], a list
+# of records per push. Passing the batch as one argument keeps the client's encoding cost flat.
+# Returns, per push, how many of its records were new.
 _STORE_PUSHES = """
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[2])
 local out = {}
-local k, a = 3, 3
-while a <= #ARGV do
-  local count, stored = tonumber(ARGV[a]), 0
-  a = a + 1
-  for _ = 1, count do
-    if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[1]) then
-      local seq = redis.call('HINCRBY', KEYS[2], ARGV[a + 2], 1)
-      redis.call('XADD', KEYS[1], '*', 'msg_id', ARGV[a], 'tag', ARGV[a + 1], 'thread', ARGV[a + 2],
-                 'seq', seq, 'data', ARGV[a + 3], 'received_at', ARGV[2])
+for _, push in ipairs(cjson.decode(ARGV[3])) do
+  local stored = 0
+  for _, r in ipairs(push) do
+    if redis.call('ZADD', KEYS[3], 'NX', ARGV[1], r[1]) == 1 then
+      local seq = redis.call('HINCRBY', KEYS[2], r[3], 1)
+      redis.call('XADD', KEYS[1], '*', 'msg_id', r[1], 'tag', r[2], 'thread', r[3], 'seq', seq,
+                 'data', r[4], 'received_at', ARGV[1])
       stored = stored + 1
     end
-    k, a = k + 1, a + 4
   end
   out[#out + 1] = stored
 end
@@ -91,11 +91,7 @@ class EventLog:
         self._queue.append(pending)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_all())
-        try:
-            async with asyncio.timeout(self.timeout_seconds):
-                return await pending.done
-        except TimeoutError:
-            raise StorageUnavailable("Redis did not answer in time") from None
+        return await pending.done  # the flusher bounds the wait: one timer per batch, not per push
 
     async def _flush_all(self) -> None:
         await asyncio.sleep(0)  # let the pushes parsed in this loop iteration join the batch
@@ -106,11 +102,13 @@ class EventLog:
                 by_endpoint.setdefault(p.endpoint, []).append(p)
             groups = list(by_endpoint.values())
             try:
-                results = await self._write(groups)
-            except (RedisError, OSError) as exc:
+                async with asyncio.timeout(self.timeout_seconds):
+                    results = await self._write(groups)
+            except (RedisError, OSError, TimeoutError) as exc:
+                reason = "Redis did not answer in time" if isinstance(exc, TimeoutError) else str(exc)
                 for p in batch:
                     if not p.done.done():
-                        p.done.set_exception(StorageUnavailable(str(exc) or type(exc).__name__))
+                        p.done.set_exception(StorageUnavailable(reason or type(exc).__name__))
                 continue
             for group, result in zip(groups, results, strict=True):
                 for i, p in enumerate(group):
@@ -125,14 +123,12 @@ class EventLog:
 
     def _command(self, group: list[_Pending]) -> list[str | int]:
         tag = group[0].endpoint.tag
-        keys_: list[str | int] = [keys.events(tag), keys.thread_seq(tag)]
-        args: list[str | int] = [keys.SEEN_TTL_SECONDS, int(self.clock.now() * 1000)]
-        for p in group:
-            args.append(len(p.records))
-            for r in p.records:
-                keys_.append(keys.seen(tag, r.msg_id))
-                args += [r.msg_id, r.tag, r.thread, r.data]
-        return [self._script.sha, len(keys_), *keys_, *args]
+        now_ms = int(self.clock.now() * 1000)
+        batch = orjson.dumps([[(r.msg_id, r.tag, r.thread, r.data) for r in p.records] for p in group]).decode()
+        return [
+            self._script.sha, 3, keys.events(tag), keys.thread_seq(tag), keys.seen(tag),
+            now_ms, now_ms - keys.SEEN_SECONDS * 1000, batch,
+        ]  # fmt: skip
 
     async def _write(self, groups: list[list[_Pending]]) -> list[object]:
         """One round trip for the whole batch: a pipeline with one script call per endpoint."""

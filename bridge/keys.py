@@ -69,7 +69,7 @@ def demo_timer(store_id: str, name: str) -> str:
 EVENTS_GROUP = "bridge"
 """The consumer group every bridge process reads the event streams with."""
 
-SEEN_TTL_SECONDS = 7 * 24 * 3600
+SEEN_SECONDS = 7 * 24 * 3600
 """A push's msg_id is remembered this long (PLATFORM-API: ≥ 7 days); it is the replay protection."""
 
 
@@ -79,9 +79,10 @@ def events(tag: str) -> str:
     return f"{tag}:events"
 
 
-def seen(tag: str, msg_id: str) -> str:
-    """STRING, TTL SEEN_TTL_SECONDS: this msg_id was stored (deduplication of redeliveries)."""
-    return f"{tag}:seen:{msg_id}"
+def seen(tag: str) -> str:
+    """ZSET member=msg_id, score=when stored (ms): deduplication of redeliveries. Members older than
+    SEEN_SECONDS are trimmed by each write. One key per endpoint keeps a push's script at three keys."""
+    return f"{tag}:seen"
 
 
 def thread_seq(tag: str) -> str:
@@ -95,9 +96,10 @@ def thread_done(tag: str) -> str:
     return f"{tag}:thread-done"
 
 
-def thread_lock(tag: str, thread: str) -> str:
-    """STRING with a TTL: one consumer is handling this thread's next event."""
-    return f"{tag}:thread-lock:{thread}"
+def thread_locks(tag: str) -> str:
+    """HASH thread → "<owner>|<expiry ms>": a consumer is handling this thread's next event. A field
+    lives while its event is handled; an expired one (its consumer died) is taken over."""
+    return f"{tag}:thread-locks"
 
 
 def events_dead(tag: str) -> str:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from bridge import keys
+from bridge.clock import ManualClock
 from bridge.redis_server import EmbeddedRedis
 from connectors.platform.signing import sign
 from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
@@ -205,8 +206,20 @@ async def test_redelivered_push_is_acknowledged_and_changes_nothing(stack: Stack
     assert (await post(stack, push))[0] == 200
     assert (await post(stack, [message("a"), message("c")]))[0] == 200
     assert [e["msg_id"] for e in await stored(stack)] == ["a", "b", "c"]
-    ttl = await stack.redis.ttl(keys.seen("{store:1001}", "a"))
-    assert 7 * 24 * 3600 - 10 < ttl <= 7 * 24 * 3600
+    assert await stack.redis.zcard(keys.seen("{store:1001}")) == 3
+
+
+async def test_msg_ids_are_remembered_seven_days(stack: Stack) -> None:
+    clock = stack.clock
+    assert isinstance(clock, ManualClock)
+    assert (await post(stack, [message("old")]))[0] == 200
+    clock.advance(7 * 24 * 3600 - 1)
+    assert (await post(stack, [message("old"), message("new")]))[0] == 200
+    assert [e["msg_id"] for e in await stored(stack)] == ["old", "new"], "a redelivery within 7 days is dropped"
+    clock.advance(2)
+    assert (await post(stack, [message("newer")]))[0] == 200
+    assert await stack.redis.zscore(keys.seen("{store:1001}"), "old") is None, "forgotten after 7 days"
+    assert await stack.redis.zscore(keys.seen("{store:1001}"), "new") is not None
 
 
 async def test_hundred_records_are_stored_all_or_nothing(stack: Stack) -> None:
