@@ -144,3 +144,47 @@ def parse_outbox_timer(timer_key: str) -> tuple[str, str]:
     rest = timer_key.removeprefix("outbox:")
     end = rest.index("}") + 1
     return rest[:end], rest[end + 1 :]
+
+
+# -- platform chats (flow 1) ------------------------------------------------------------------
+
+CHAT_KEEP_SECONDS = 30 * 24 * 3600
+"""A closed chat's state is kept this long (for stats and late events), then expires."""
+
+
+def chat(tag: str, conversation_id: str) -> str:
+    """HASH: one platform chat's state (status, assignee, window, first reply, close). Expires
+    CHAT_KEEP_SECONDS after it closes."""
+    return f"{tag}:chat:{conversation_id}"
+
+
+def agent_load(tag: str) -> str:
+    """HASH agent id → open platform chats assigned to them (A3). Lives as long as the store."""
+    return f"{tag}:agent-load"
+
+
+def chat_stats(tag: str) -> str:
+    """HASH "<agent>:<counter>" → value: response figures per agent (A9). Lives as long as the store."""
+    return f"{tag}:chat-stats"
+
+
+def window_timer(tag: str, conversation_id: str) -> str:
+    """Timer key (kind ``window``): the next reminder or the close of a chat's reply window."""
+    return f"window:{tag}:{conversation_id}"
+
+
+def message_refs(tag: str) -> str:
+    """HASH "<thread key>:<role>" → where a message landed in a destination (e.g. a Slack channel and
+    ts), and "ref:<destination ref>" → thread key, to find the chat a reply belongs to. Fields go
+    with their chat's retention."""
+    return f"{tag}:message-refs"
+
+
+def slack_events_seen() -> str:
+    """ZSET member=Slack event id, score=time (ms): Slack's retries are handled once. Trimmed to a day."""
+    return "{slack}:events-seen"
+
+
+def rate_limit(service: str, target: str) -> str:
+    """STRING: the earliest time (ms) the next message may go to ``target`` on ``service``. TTL a minute."""
+    return "{rl:" + service + ":" + target + "}"

@@ -15,7 +15,7 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -56,6 +56,9 @@ class OutboxJob:
     report_to: dict[str, Any] | None = None
     """Who to tell if it fails for good (used by the flows); None: only logged."""
     created_at: float = 0.0
+    then: list[dict[str, Any]] | None = None
+    """Jobs to enqueue once this one succeeded: {"tag", "thread", "job"} (e.g. a ✅ after a reply
+    reached the platform)."""
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
@@ -119,7 +122,7 @@ class Outbox:
     async def enqueue(self, tag: str, thread: str, job: OutboxJob) -> bool:
         """Queues ``job`` behind the others of its thread. False when this job id was queued before."""
         if not job.created_at:
-            job = OutboxJob(job.id, job.kind, job.payload, job.report_to, self.clock.now())
+            job = replace(job, created_at=self.clock.now())
         result = int(
             await self._enqueue(
                 keys=[keys.outbox_queue(tag, thread), keys.outbox_job(tag, job.id)],
@@ -167,6 +170,8 @@ class Outbox:
             await self._give_up(tag, thread, job, exc)
         else:
             self.stats.sent += 1
+            for follow in job.then or []:
+                await self.enqueue(follow["tag"], follow["thread"], OutboxJob(**follow["job"]))
         await self._next(tag, thread, job)
 
     async def _next(self, tag: str, thread: str, job: OutboxJob) -> None:

@@ -16,19 +16,23 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
+from bridge.chats import ChatFlow
 from bridge.clock import Clock, SystemClock
 from bridge.config import ConfigHolder
 from bridge.domain import Endpoint
 from bridge.events import EventConsumer, EventHandler
 from bridge.ingest import EventLog
+from bridge.metrics import METRICS
 from bridge.outbox import Outbox
 from bridge.redis_server import EmbeddedRedis
 from bridge.timers import Handler, TimerStore, TimerWorker
 from connectors.platform.inbound import MAX_PUSH_BYTES, PlatformWebhooks
 from connectors.platform.outbound import PlatformSenders
+from connectors.slack.app import SlackConnector
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +62,30 @@ class Bridge:
         self.outbox = Outbox(self.redis, self.timers, clock=self.clock)
         self.timer_handlers.setdefault("outbox", self.outbox.handle_timer)
         self._http: aiohttp.ClientSession | None = None
-        self.outbox.register(PlatformSenders(lambda: self.holder.current, self.http).senders())
+        platform = PlatformSenders(lambda: self.holder.current, self.http)
+        self.outbox.register(platform.senders())
+
+        self.chats = ChatFlow(self.redis, lambda: self.holder.current, self.timers, self.outbox, self.clock)
+        self.event_handlers.setdefault("im_platform_message", self.chats.on_platform_message)
+        self.event_handlers.setdefault("im_platform_closed", self.chats.on_platform_closed)
+        self.timer_handlers.setdefault("window", self.chats.on_window_timer)
+        self.outbox.on_failure = self.chats.on_reply_failed
+        self.slack: SlackConnector | None = None
+        slack_settings = self.holder.current.slack
+        if slack_settings is not None:
+            self.slack = SlackConnector(
+                slack_settings, lambda: self.holder.current, self.redis, self.chats, self.clock, self.http
+            )
+            self.outbox.register(self.slack.senders())
+            platform.fetchers["slack"] = self.slack.fetch_file
 
         self.app = web.Application(client_max_size=MAX_PUSH_BYTES)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
+        self.app.router.add_get("/metrics", self.metrics)
         PlatformWebhooks(lambda: self.holder.current, self.event_log).add_routes(self.app)
+        if self.slack is not None:
+            self.slack.add_routes(self.app)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -84,6 +106,10 @@ class Bridge:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(METRICS.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def readyz(self, request: web.Request) -> web.Response:
         body: dict[str, object] = {

@@ -6,11 +6,13 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from bridge import keys
 from bridge.clock import ManualClock
 from bridge.config import ConfigHolder
 from bridge.redis_server import EmbeddedRedis
 from bridge.service import Bridge, open_redis
 from connectors.platform.sandbox import PlatformSandbox
+from connectors.slack.emulator import SlackEmulator
 
 
 @pytest.fixture(scope="session")
@@ -42,17 +44,56 @@ EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "example.ya
 
 
 class Stack:
-    """The bridge and the platform sandbox, wired to each other, over real loopback HTTP."""
+    """The bridge, the platform sandbox and the Slack emulator, wired together over loopback HTTP."""
 
-    def __init__(self, bridge: Bridge, sandbox: PlatformSandbox, clock: ManualClock | None) -> None:
+    def __init__(
+        self, bridge: Bridge, sandbox: PlatformSandbox, slack: SlackEmulator, clock: ManualClock | None
+    ) -> None:
         self.bridge = bridge
         self.sandbox = sandbox
+        self.slack = slack
         self.clock = clock
         self.url = f"http://127.0.0.1:{bridge.port}"
 
     @property
     def redis(self) -> Redis:
         return self.bridge.redis
+
+    async def stop(self) -> None:
+        await self.bridge.stop()
+        await self.sandbox.stop()
+        await self.slack.stop()
+
+    async def settle(self, horizon: float = 5.0) -> None:
+        """Runs the bridge until nothing is left to do within ``horizon`` seconds of (manual) time:
+        handles stored events, fires due timers, and moves the clock to the next short wait (a
+        rate-limit spacing, a retry) — never across a reply-window step further away."""
+        assert self.clock is not None
+        for _ in range(500):
+            await self.bridge.drain()
+            due = await self.next_due()
+            if due is None or due > self.clock.now() + horizon:
+                return
+            if due > self.clock.now():
+                self.clock.set(due)
+        raise AssertionError("the bridge never settled")
+
+    async def next_due(self) -> float | None:
+        found = await self.redis.zrange(keys.timers_due(0), 0, 0, withscores=True)
+        return found[0][1] / 1000 if found else None
+
+    async def advance(self, seconds: float) -> None:
+        """Moves time forward, stopping at every timer on the way, as a live bridge would."""
+        assert self.clock is not None
+        target = self.clock.now() + seconds
+        while True:
+            await self.bridge.drain()
+            due = await self.next_due()
+            if due is None or due > target:
+                break
+            self.clock.set(max(due, self.clock.now()))
+        self.clock.set(target)
+        await self.settle(horizon=0)
 
 
 async def start_stack(
@@ -61,12 +102,16 @@ async def start_stack(
     sandbox_holder = ConfigHolder(config_path, environ={})
     sandbox = PlatformSandbox(sandbox_holder.current, "http://127.0.0.1:1", clock=clock, push_retry_seconds=0.01)
     sandbox_url = await sandbox.start()
-    holder = ConfigHolder(config_path, environ={"PLATFORM_API_URL": sandbox_url})
+    slack_settings = sandbox_holder.current.slack
+    assert slack_settings is not None
+    slack = SlackEmulator(slack_settings.signing_secret, slack_settings.bot_token, clock=clock)
+    await slack.start()
+    holder = ConfigHolder(config_path, environ={"PLATFORM_API_URL": sandbox_url, "SLACK_API_URL": slack.api_url})
     kwargs = {"clock": clock} if clock is not None else {}
     bridge = Bridge(holder, open_redis(redis_url), **kwargs)  # type: ignore[arg-type]
     await bridge.start(host="127.0.0.1", port=0, run_workers=run_workers)
-    sandbox.bridge_url = f"http://127.0.0.1:{bridge.port}"
-    return Stack(bridge, sandbox, clock)
+    sandbox.bridge_url = slack.bridge_url = f"http://127.0.0.1:{bridge.port}"
+    return Stack(bridge, sandbox, slack, clock)
 
 
 @pytest.fixture
@@ -74,5 +119,4 @@ async def stack(redis: Redis, redis_url: str) -> AsyncIterator[Stack]:
     """Bridge + sandbox with a manual clock; background workers off, tests drive them (burst mode)."""
     s = await start_stack(redis_url, clock=ManualClock(), run_workers=False)
     yield s
-    await s.bridge.stop()
-    await s.sandbox.stop()
+    await s.stop()

@@ -112,8 +112,7 @@ async def test_rotated_secrets_are_all_accepted(redis: Redis, redis_url: str, tm
         assert (await post(s, [message("c")], secret=SECRET))[0] == 401
         assert [e["msg_id"] for e in await stored(s)] == ["a", "b"]
     finally:
-        await s.bridge.stop()
-        await s.sandbox.stop()
+        await s.stop()
 
 
 # -- statuses ----------------------------------------------------------------------------------
@@ -192,8 +191,7 @@ async def test_redis_down_is_503_and_nothing_half_written(redis_url: str, tmp_pa
         assert (await post(s, [message("a"), message("b")]))[0] == 200, "the redelivery is taken"
         assert [e["msg_id"] for e in await stored(s)] == ["a", "b"]
     finally:
-        await s.bridge.stop()
-        await s.sandbox.stop()
+        await s.stop()
         server.stop()
 
 

@@ -6,15 +6,20 @@ is the idempotency key.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
 from bridge.config import BridgeConfig, PlatformCredentials
 from bridge.outbox import FinalFailure, OutboxJob, Sender
 from connectors.platform.client import PlatformClient
+from rules.evidence import MAX_IMAGE_BYTES, media_refusal, sniff_media
+
+MediaFetcher = Callable[[str], Awaitable[bytes]]
+"""Downloads a file a person attached in a destination (with that service's credentials)."""
 
 SEND_MESSAGE = "platform.send_message"
+SEND_IMAGE = "platform.send_image"
 ADD_COMMENT = "platform.add_comment"
 PROCESS_TASK_ORDER = "platform.process_task_order"
 
@@ -23,6 +28,7 @@ class PlatformSenders:
     def __init__(self, config: Callable[[], BridgeConfig], session: Callable[[], aiohttp.ClientSession]) -> None:
         self.config = config
         self.session = session
+        self.fetchers: dict[str, MediaFetcher] = {}
 
     def client(self, endpoint: str) -> PlatformClient:
         kind, _, endpoint_id = endpoint.partition(":")
@@ -36,6 +42,7 @@ class PlatformSenders:
     def senders(self) -> dict[str, Sender]:
         return {
             SEND_MESSAGE: self.send_message,
+            SEND_IMAGE: self.send_image,
             ADD_COMMENT: self.add_comment,
             PROCESS_TASK_ORDER: self.process_task_order,
         }
@@ -43,6 +50,28 @@ class PlatformSenders:
     async def send_message(self, job: OutboxJob) -> None:
         p = job.payload
         await self.client(p["endpoint"]).send_message(p["conversation_id"], p["agent_id"], p["content"], job.id)
+
+    async def send_image(self, job: OutboxJob) -> None:
+        """Downloads the image from where it was posted, uploads it to the platform, sends it (A8).
+        The upload carries its own idempotency key, so a retry reuses the same media id."""
+        p = job.payload
+        media = p["media"]
+        if int(media.get("size", 0)) > MAX_IMAGE_BYTES:
+            raise FinalFailure(f"{media['name']}: images may be at most 5 MB")
+        fetch = self.fetchers.get(media.get("service", "slack"))
+        if fetch is None:
+            raise FinalFailure(f"cannot download files from {media.get('service')}")
+        data = await fetch(media["url"])
+        kind = sniff_media(data[:16])
+        if media_refusal(data[:16], len(data)) is not None or kind is None or kind.kind != "image":
+            raise FinalFailure(f"{media['name']}: only JPG and PNG images up to 5 MB can be sent")
+        client = self.client(p["endpoint"])
+        uploaded = await client.upload_media(
+            data, media["name"], media.get("mimetype", "image/jpeg"), f"{job.id}:media"
+        )
+        await client.send_message(
+            p["conversation_id"], p["agent_id"], {"type": "image", "media_id": uploaded["media_id"]}, job.id
+        )
 
     async def add_comment(self, job: OutboxJob) -> None:
         p = job.payload

@@ -1,0 +1,468 @@
+"""Flow 1 — platform customer service chats (PRODUCT A1–A9), platform-neutral.
+
+Platform events arrive from the event consumer, replies from a destination connector, window steps
+from the timer engine. This module decides with ``rules/`` and acts only by putting jobs in the
+outbox: destination jobs (``<service>.post``, ``.update_root``, ``.ephemeral``, ``.react``) carry a
+*view*, a plain dict the destination renders (Block Kit, Telegram HTML); platform jobs carry the
+reply. Every job id is derived from what caused it, so handling an event twice sends nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from bridge import keys
+from bridge.clock import Clock
+from bridge.config import BridgeConfig, Destination, Store
+from bridge.domain import ChatClosed, ChatMessage
+from bridge.events import StoredEvent
+from bridge.i18n import t
+from bridge.metrics import METRICS
+from bridge.outbox import FinalFailure, Outbox, OutboxJob
+from bridge.timers import Timer, TimerStore
+from rules.permissions import Refusal, answer_refusal
+from rules.reply_window import due_steps, next_step_at, window_start, window_steps
+from rules.routing import route_by_saturation
+
+log = logging.getLogger(__name__)
+
+# Creates the chat and assigns it, only if the loads it was decided on are still current.
+# KEYS: chat, loads. ARGV: assignee ('' for none), now, destination, platform agent, then
+# (agent, expected load) pairs. Returns {1, assignee} when created, {0, assignee} when it existed,
+# {-1} when a load changed meanwhile (decide again).
+_OPEN = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('HGET', KEYS[1], 'assignee')} end
+for i = 5, #ARGV, 2 do
+  if tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0') ~= tonumber(ARGV[i + 1]) then return {-1} end
+end
+redis.call('HSET', KEYS[1], 'status', 'open', 'assignee', ARGV[1], 'started_at', ARGV[2],
+           'destination', ARGV[3], 'platform_agent', ARGV[4], 'window_start', '', 'first_reply_at', '')
+if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[1], 1) end
+return {1, ARGV[1]}
+"""
+
+# KEYS: chat, loads. ARGV: reason, now, ticket, keep seconds. Returns 1 if this closed it.
+_CLOSE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'closed', 'close_reason', ARGV[1], 'closed_at', ARGV[2], 'ticket', ARGV[3])
+local assignee = redis.call('HGET', KEYS[1], 'assignee')
+if assignee and assignee ~= '' then
+  if redis.call('HINCRBY', KEYS[2], assignee, -1) < 0 then redis.call('HSET', KEYS[2], assignee, 0) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+# Starts a window decided by rules.window_start, unless one started meanwhile.
+# KEYS: chat. ARGV: start, deadline. Returns 1 if this call started it.
+_WINDOW = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'open' or redis.call('HGET', KEYS[1], 'window_start') ~= '' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'window_start', ARGV[1], 'deadline', ARGV[2])
+return 1
+"""
+
+# KEYS: chat. ARGV: now, agent. Returns 'closed', 'expired', 'first' or 'again' (+ started_at).
+_ACCEPT = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return {'closed'} end
+local deadline = redis.call('HGET', KEYS[1], 'deadline')
+if redis.call('HGET', KEYS[1], 'window_start') ~= '' and tonumber(ARGV[1]) >= tonumber(deadline) then
+  return {'expired'}
+end
+redis.call('HSET', KEYS[1], 'window_start', '', 'deadline', '')
+if redis.call('HGET', KEYS[1], 'first_reply_at') == '' then
+  redis.call('HSET', KEYS[1], 'first_reply_at', ARGV[1], 'first_reply_by', ARGV[2])
+  return {'first', redis.call('HGET', KEYS[1], 'started_at')}
+end
+return {'again'}
+"""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did something in a destination, and where to answer them privately."""
+
+    service: str
+    user: str
+    channel: str
+    thread: str | None = None
+    message: str | None = None
+    """The destination's id of the message they wrote (for a reaction)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class ReplyMedia:
+    service: str
+    url: str
+    name: str
+    mimetype: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ReplyOutcome:
+    accepted: bool
+    refusal: Refusal | None = None
+
+
+def _ts(iso: datetime) -> float:
+    return iso.timestamp()
+
+
+class ChatFlow:
+    def __init__(self, redis: Redis, config: Any, timers: TimerStore, outbox: Outbox, clock: Clock) -> None:
+        self.redis = redis
+        self._config = config  # a callable returning the BridgeConfig in force
+        self.timers = timers
+        self.outbox = outbox
+        self.clock = clock
+        self._open = redis.register_script(_OPEN)
+        self._close = redis.register_script(_CLOSE)
+        self._window = redis.register_script(_WINDOW)
+        self._accept = redis.register_script(_ACCEPT)
+
+    @property
+    def config(self) -> BridgeConfig:
+        cfg: BridgeConfig = self._config()
+        return cfg
+
+    # -- platform events ---------------------------------------------------------------------------
+
+    async def on_platform_message(self, event: StoredEvent) -> None:
+        msg = ChatMessage.model_validate_json(event.raw)
+        store = self.config.store(event.endpoint.id)
+        if store is None:
+            return
+        tag, cid = event.endpoint.tag, msg.conversation_id
+        dest = Destination.parse(store.destinations.platform_chats)
+        created, assignee = await self._open_chat(store, tag, cid, dest, msg.sender.name)
+        chat = await self._chat(tag, cid)
+        if chat.get("status") != "open":
+            log.info("store %s: message %s for closed chat %s not mirrored", store.id, msg.message_id, cid)
+            return
+        if created:
+            METRICS.chats_opened.labels(store.id).inc()
+            await self._to_destination(store, dest, cid, f"root:{cid}", "post", self._root_view(store, chat), root=True)
+            loads = await self._hash(keys.agent_load(tag))
+            table = ", ".join(f"{a.name} {loads.get(a.id, '0')}" for a in store.designated)
+            if assignee:
+                text = t(store.locale, "chat.assigned", mention="{mention}", loads=table)
+                await self._notice(store, dest, cid, f"assigned:{cid}", text, mentions=[assignee])
+        view = {"type": "platform_message", "content": msg.content.model_dump(), "sender": msg.sender.name}
+        await self._to_destination(store, dest, cid, f"pm:{msg.message_id}", "post", view)
+        running = float(chat["window_start"]) if chat.get("window_start") else None
+        started = window_start(running, _ts(msg.sent_at), msg.awaiting_reply)
+        if started is not None and running is None:
+            deadline = started + store.reply_window.seconds
+            if int(await self._window(keys=[keys.chat(tag, cid)], args=[started, deadline])):
+                await self._schedule_window(store, tag, cid, started)
+                await self._update_root(store, tag, cid, f"window:{started}")
+
+    async def on_platform_closed(self, event: StoredEvent) -> None:
+        closed = ChatClosed.model_validate_json(event.raw)
+        store = self.config.store(event.endpoint.id)
+        if store is not None:
+            await self.close(store, closed.conversation_id, closed.reason, closed.service_ticket_id or "")
+
+    # -- the window --------------------------------------------------------------------------------
+
+    async def _schedule_window(self, store: Store, tag: str, cid: str, started: float) -> None:
+        steps = self._steps(store, started)
+        first = next_step_at(steps, set())
+        if first is not None:
+            await self.timers.schedule(keys.window_timer(tag, cid), first)
+
+    def _steps(self, store: Store, started: float) -> list[Any]:
+        w = store.reply_window
+        return window_steps(started, w.seconds, w.reminders_before, w.escalate_before)
+
+    async def on_window_timer(self, timer: Timer) -> None:
+        _, tag, cid = _split(timer.key)
+        store = self.config.store(tag.removeprefix("{store:").removesuffix("}"))
+        if store is None:
+            return
+        chat = await self._chat(tag, cid)
+        if chat.get("status") != "open" or not chat.get("window_start"):
+            return
+        started = float(chat["window_start"])
+        steps = self._steps(store, started)
+        done = {f.removeprefix(f"step:{started}:") for f in chat if f.startswith(f"step:{started}:")}
+        now = self.clock.now()
+        dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
+        for step in due_steps(steps, now, done):
+            if not await self.redis.hsetnx(keys.chat(tag, cid), f"step:{started}:{step.name}", str(now)):
+                continue  # another replica took this step
+            done.add(step.name)
+            if step.kind == "close":
+                await self.close(store, cid, "reply_timeout", "")
+                return
+            if step.kind == "remind" and chat.get("assignee"):
+                text = t(store.locale, "chat.reminder", mention="{mention}", seconds=step.seconds_left)
+                await self._notice(store, dest, cid, f"{step.name}:{cid}:{started}", text, mentions=[chat["assignee"]])
+            if step.kind == "escalate":
+                others = [a.id for a in store.designated if a.id != chat.get("assignee") and a.im_permission]
+                if others:
+                    text = t(store.locale, "chat.escalation", mentions="{mention}", seconds=step.seconds_left)
+                    await self._notice(store, dest, cid, f"{step.name}:{cid}:{started}", text, mentions=others)
+        following = next_step_at(steps, done)
+        if following is not None:
+            await self.timers.schedule(timer.key, max(following, now))
+
+    async def close(self, store: Store, cid: str, reason: str, ticket: str) -> bool:
+        """Closes a chat (A6): idempotent; True only for the call that closed it."""
+        tag = keys.store_tag(store.id)
+        closed = await self._close(
+            keys=[keys.chat(tag, cid), keys.agent_load(tag)],
+            args=[reason, self.clock.now(), ticket, keys.CHAT_KEEP_SECONDS],
+        )
+        if not int(closed):
+            return False
+        await self.timers.cancel(keys.window_timer(tag, cid))
+        chat = await self._chat(tag, cid)
+        METRICS.chats_closed.labels(store.id, reason).inc()
+        if reason == "reply_timeout" and chat.get("assignee"):
+            await self.redis.hincrby(keys.chat_stats(tag), f"{chat['assignee']}:timeouts", 1)
+            METRICS.chats_lost.labels(store.id, chat["assignee"]).inc()
+        dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
+        await self._update_root(store, tag, cid, "closed")
+        text = t(store.locale, "chat.closed_notice", reason=self._reason_text(store, chat))
+        await self._notice(store, dest, cid, f"closed:{cid}", text)
+        return True
+
+    # -- replies from a destination ------------------------------------------------------------------
+
+    async def reply(
+        self, store: Store, cid: str | None, actor: Actor, text: str, media: Sequence[ReplyMedia] = ()
+    ) -> ReplyOutcome:
+        """A message written in the store's chat destination, by ``actor``; ``cid`` is the chat
+        whose thread it was written in (None: not in a chat's thread)."""
+        tag = keys.store_tag(store.id)
+        agent = next((a for a in store.agents if self._identity(a, actor.service) == actor.user), None)
+        designated = agent is not None and agent.id in {a.id for a in store.designated}
+        chat = await self._chat(tag, cid) if cid else {}
+        refusal = answer_refusal(
+            in_chat_thread=bool(chat),
+            designated=designated,
+            im_permission=bool(agent and agent.im_permission),
+            chat_open=chat.get("status") == "open",
+            has_content=bool(text.strip() or media),
+        )
+        if refusal is None and agent is not None and cid is not None:
+            state, *rest = await self._accept(keys=[keys.chat(tag, cid)], args=[self.clock.now(), agent.id])
+            if state == "expired":
+                await self.close(store, cid, "reply_timeout", "")
+                refusal = Refusal.CLOSED
+            elif state == "closed":
+                refusal = Refusal.CLOSED
+            else:
+                await self._send_reply(store, tag, cid, agent.id, actor, text, media)
+                await self._count_reply(store, tag, agent.id, first_started=rest[0] if state == "first" else None)
+                await self.timers.cancel(keys.window_timer(tag, cid))
+                await self._update_root(store, tag, cid, f"answered:{actor.message}")
+                return ReplyOutcome(True)
+        if refusal is not None:
+            if refusal is Refusal.CLOSED and agent is not None:
+                await self.redis.hincrby(keys.chat_stats(tag), f"{agent.id}:late", 1)
+            await self._refuse(store, actor, refusal, chat, agent.id if agent else actor.user)
+        return ReplyOutcome(False, refusal)
+
+    async def _send_reply(
+        self, store: Store, tag: str, cid: str, agent_id: str, actor: Actor, text: str, media: Sequence[ReplyMedia]
+    ) -> None:
+        dest = Destination.parse(store.destinations.platform_chats)
+        react = {
+            "tag": tag,
+            "thread": f"chat:{cid}:{dest.service}",
+            "job": vars(
+                OutboxJob(
+                    f"react:{actor.channel}:{actor.message}",
+                    f"{dest.service}.react",
+                    {
+                        "store": store.id,
+                        "channel": actor.channel,
+                        "message": actor.message,
+                        "emoji": "white_check_mark",
+                    },
+                )
+            ),
+        }
+        report = actor.as_dict() | {"store": store.id, "chat": cid, "locale": store.locale}
+        parts: list[tuple[str, dict[str, Any]]] = []
+        if text.strip():
+            parts.append(("platform.send_message", {"content": {"type": "text", "text": text}}))
+        for i, item in enumerate(media):
+            parts.append(("platform.send_image", {"media": vars(item), "index": i}))
+        for i, (kind, extra) in enumerate(parts):
+            payload = {"endpoint": f"store:{store.id}", "conversation_id": cid, "agent_id": agent_id} | extra
+            job = OutboxJob(
+                f"reply:{actor.channel}:{actor.message}:{i}",
+                kind,
+                payload,
+                report_to=report,
+                then=[react] if i == len(parts) - 1 else None,
+            )
+            await self.outbox.enqueue(tag, f"chat:{cid}:platform", job)
+
+    async def _count_reply(self, store: Store, tag: str, agent_id: str, first_started: str | None) -> None:
+        stats = keys.chat_stats(tag)
+        await self.redis.hincrby(stats, f"{agent_id}:replies", 1)
+        METRICS.replies.labels(store.id, agent_id, "yes").inc()
+        if first_started is not None:
+            elapsed = max(0.0, self.clock.now() - float(first_started))
+            await self.redis.hincrby(stats, f"{agent_id}:first_replies", 1)
+            await self.redis.hincrby(stats, f"{agent_id}:first_reply_ms", int(elapsed * 1000))
+            METRICS.first_reply.labels(store.id, agent_id).observe(elapsed)
+
+    async def on_reply_failed(self, job: OutboxJob, failure: FinalFailure, tag: str) -> None:
+        """The platform refused a reply for good: tell its author; a 409 means the chat is closed
+        on the platform's side, so it is closed here too."""
+        report = job.report_to or {}
+        store = self.config.store(str(report.get("store", "")))
+        if store is None or not job.kind.startswith("platform."):
+            return
+        if failure.status == 409:
+            await self.close(store, str(report["chat"]), "platform_closed", "")
+        actor = Actor(str(report["service"]), str(report["user"]), str(report["channel"]), report.get("thread"))
+        text = t(store.locale, "reply.failed", reason=failure.reason)
+        await self._ephemeral(store, actor, text, f"failed:{job.id}")
+
+    # -- stats (A9) ----------------------------------------------------------------------------------
+
+    async def stats_text(self, store: Store) -> str:
+        raw = await self._hash(keys.chat_stats(keys.store_tag(store.id)))
+        loads = await self._hash(keys.agent_load(keys.store_tag(store.id)))
+        lines = [t(store.locale, "stats.title", store=store.name)]
+        for agent in store.designated:
+
+            def n(name: str, agent_id: str = agent.id) -> int:
+                return int(raw.get(f"{agent_id}:{name}", 0))
+
+            firsts, replies, late = n("first_replies"), n("replies"), n("late")
+            if not (firsts or replies or late or n("timeouts") or int(loads.get(agent.id, 0))):
+                continue
+            first = f"{n('first_reply_ms') / firsts / 1000:.1f}s" if firsts else "—"
+            share = f"{replies / (replies + late):.0%}" if replies + late else "—"
+            lines.append(
+                t(store.locale, "stats.line", agent=agent.name, chats=firsts + n("timeouts"), first_reply=first,
+                  in_window=share, timeouts=n("timeouts"))
+            )  # fmt: skip
+        if len(lines) == 1:
+            lines.append(t(store.locale, "stats.none"))
+        return "\n".join(lines)
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _identity(agent: Any, service: str) -> str | None:
+        value = agent.slack_user if service == "slack" else agent.telegram_user
+        return None if value is None else str(value)
+
+    async def _open_chat(
+        self, store: Store, tag: str, cid: str, dest: Destination, agent_name: str
+    ) -> tuple[bool, str]:
+        candidates = [a.id for a in store.designated if a.im_permission]
+        for _ in range(20):
+            loads = dict(zip(candidates, await self.redis.hmget(keys.agent_load(tag), candidates), strict=True))
+            counts = {a: int(v or 0) for a, v in loads.items()}
+            chosen = route_by_saturation(candidates, counts) or ""
+            args: list[str | int | float] = [chosen, self.clock.now(), str(dest), agent_name]
+            for agent, count in counts.items():
+                args += [agent, count]
+            result = await self._open(keys=[keys.chat(tag, cid), keys.agent_load(tag)], args=args)
+            if int(result[0]) >= 0:
+                return int(result[0]) == 1, str(result[1] or "")
+        raise RuntimeError(f"store {store.id}: could not assign chat {cid}: loads kept changing")
+
+    async def _chat(self, tag: str, cid: str) -> dict[str, str]:
+        return await self._hash(keys.chat(tag, cid))
+
+    async def _hash(self, key: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(key)
+        return {str(k): str(v) for k, v in raw.items()}
+
+    def _reason_text(self, store: Store, chat: dict[str, str]) -> str:
+        reason = chat.get("close_reason", "platform_closed")
+        return t(store.locale, f"chat.reason.{reason}", ticket=chat.get("ticket", ""))
+
+    def _root_view(self, store: Store, chat: dict[str, str]) -> dict[str, Any]:
+        status = chat.get("status", "open")
+        if status == "closed":
+            line = t(store.locale, "chat.status.closed", reason=self._reason_text(store, chat))
+        elif chat.get("window_start"):
+            seconds = store.reply_window.seconds
+            line = t(store.locale, "chat.status.waiting", deadline="{deadline}", seconds=seconds)
+        elif chat.get("first_reply_at"):
+            line = t(store.locale, "chat.status.answered")
+        else:
+            line = ""
+        return {
+            "type": "chat_root",
+            "title": t(store.locale, "chat.header"),
+            "platform_agent": t(store.locale, "chat.header.platform_agent", name=chat.get("platform_agent", "")),
+            "assignee": t(store.locale, "chat.header.assignee", mention="{mention}") if chat.get("assignee") else "",
+            "status_line": line,
+            "status": status if status == "closed" else ("waiting" if chat.get("window_start") else "answered"),
+            "deadline": float(chat["deadline"]) if chat.get("deadline") else None,
+            "mentions": [chat["assignee"]] if chat.get("assignee") else [],
+        }
+
+    async def _update_root(self, store: Store, tag: str, cid: str, cause: str) -> None:
+        chat = await self._chat(tag, cid)
+        dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
+        await self._to_destination(store, dest, cid, f"root:{cid}:{cause}", "update_root", self._root_view(store, chat))
+
+    async def _notice(
+        self, store: Store, dest: Destination, cid: str, job_id: str, text: str, mentions: Sequence[str] = ()
+    ) -> None:
+        await self._to_destination(
+            store, dest, cid, job_id, "post", {"type": "notice", "text": text, "mentions": list(mentions)}
+        )
+
+    async def _to_destination(
+        self,
+        store: Store,
+        dest: Destination,
+        cid: str,
+        job_id: str,
+        action: str,
+        view: dict[str, Any],
+        root: bool = False,
+    ) -> None:
+        payload = {
+            "store": store.id,
+            "chat": cid,
+            "channel": dest.target,
+            "locale": store.locale,
+            "view": view,
+            "root": root,
+        }
+        job = OutboxJob(f"{dest.service}:{job_id}", f"{dest.service}.{action}", payload)
+        await self.outbox.enqueue(keys.store_tag(store.id), f"chat:{cid}:{dest.service}", job)
+
+    async def _refuse(
+        self, store: Store, actor: Actor, refusal: Refusal, chat: dict[str, str], agent_label: str
+    ) -> None:
+        text = t(store.locale, refusal.value, agent=agent_label, reason=self._reason_text(store, chat) if chat else "")
+        await self._ephemeral(store, actor, text, f"refuse:{actor.channel}:{actor.message}")
+
+    async def _ephemeral(self, store: Store, actor: Actor, text: str, job_id: str) -> None:
+        payload = {"store": store.id, "locale": store.locale, "actor": actor.as_dict(), "text": text}
+        job = OutboxJob(f"{actor.service}:{job_id}", f"{actor.service}.ephemeral", payload)
+        await self.outbox.enqueue(keys.store_tag(store.id), f"private:{actor.service}:{actor.user}", job)
+
+
+def _split(timer_key: str) -> tuple[str, str, str]:
+    """``window:{store:1001}:conv-9`` → ("window", "{store:1001}", "conv-9")."""
+    kind, rest = timer_key.split(":", 1)
+    end = rest.index("}") + 1
+    return kind, rest[:end], rest[end + 1 :]

@@ -1,0 +1,38 @@
+"""Prometheus metrics of the bridge (A9 response times, and the plumbing), served on /metrics.
+
+These are per process; run several replicas and Prometheus sums them. The on-demand summary
+(`/feige stats`) reads the same figures from Redis, where every replica adds to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.chats_opened = Counter("feige_chats_opened", "Platform CS chats opened", ["store"], registry=r)
+        self.chats_closed = Counter("feige_chats_closed", "Platform CS chats closed", ["store", "reason"], registry=r)
+        self.chats_lost = Counter(
+            "feige_chats_lost_to_timeout", "Chats closed unanswered (service ticket)", ["store", "agent"], registry=r
+        )
+        self.replies = Counter(
+            "feige_replies", "Merchant replies sent to the platform", ["store", "agent", "in_window"], registry=r
+        )
+        self.first_reply = Histogram(
+            "feige_first_reply_seconds",
+            "Time from a chat's first platform message to the merchant's first reply",
+            ["store", "agent"],
+            buckets=(5, 10, 20, 30, 45, 60, 90, 120, 180),
+            registry=r,
+        )
+        self.pushes = Counter("feige_pushes", "Platform pushes answered", ["status"], registry=r)
+
+
+METRICS = Metrics()

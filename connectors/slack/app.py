@@ -1,0 +1,218 @@
+"""Slack, the real way: slack-bolt receives (signature, url_verification, self-events are bolt's own),
+slack_sdk's AsyncWebClient sends, through the outbox. This module only translates: Slack events
+into ChatFlow calls, core views into Slack messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bridge import keys, refs
+from bridge.chats import Actor, ChatFlow, ReplyMedia
+from bridge.clock import Clock
+from bridge.config import BridgeConfig, SlackSettings, Store
+from bridge.i18n import t
+from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
+from bridge.ratelimit import SendSpacing
+from connectors.slack.render import render
+from connectors.slack.text import slack_to_platform_text
+
+log = logging.getLogger(__name__)
+
+CHANNEL_SPACING_SECONDS = 1.0  # Slack: about one message per second per channel
+_IGNORED_SUBTYPES = {None, "file_share", "thread_broadcast"}
+
+
+class SlackConnector:
+    def __init__(
+        self,
+        settings: SlackSettings,
+        config: Callable[[], BridgeConfig],
+        redis: Any,
+        chats: ChatFlow,
+        clock: Clock,
+        http: Callable[[], aiohttp.ClientSession],
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.redis = redis
+        self.chats = chats
+        self.clock = clock
+        self.http = http
+        self.spacing = SendSpacing(redis, clock)
+        self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_base_url)
+        self.app = AsyncApp(
+            token=settings.bot_token,
+            signing_secret=settings.signing_secret,
+            client=self.client,
+            # Ack only after the reply is durably queued: nothing a person wrote is lost in a crash.
+            process_before_response=True,
+            logger=logging.getLogger("slack_bolt"),
+        )
+        self.app.event("message")(self._on_message)
+        self.app.command("/feige")(self._on_command)
+        self.app.action(re.compile(".*"))(self._ack_action)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/slack/events", self._handle)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        return await to_aiohttp_response(await self.app.async_dispatch(await to_bolt_request(request)))
+
+    def store_for(self, channel: str) -> Store | None:
+        return next((s for s in self.config().stores if s.destinations.platform_chats == f"slack:{channel}"), None)
+
+    # -- inbound -------------------------------------------------------------------------------------
+
+    async def _seen(self, event_id: str | None) -> bool:
+        """Slack retries an event it thinks we missed (X-Slack-Retry-Num); handle each id once."""
+        if not event_id:
+            return False
+        return await self.redis.zscore(keys.slack_events_seen(), event_id) is not None
+
+    async def _remember(self, event_id: str | None) -> None:
+        if event_id:
+            now_ms = int(self.clock.now() * 1000)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(keys.slack_events_seen(), {event_id: now_ms})
+                pipe.zremrangebyscore(keys.slack_events_seen(), "-inf", now_ms - 86_400_000)
+                await pipe.execute()
+
+    async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        if event.get("subtype") not in _IGNORED_SUBTYPES or event.get("bot_id") or not event.get("user"):
+            return
+        event_id = body.get("event_id")
+        if await self._seen(event_id):
+            return
+        channel = event["channel"]
+        store = self.store_for(channel)
+        if store is not None:
+            tag = keys.store_tag(store.id)
+            thread = event.get("thread_ts")
+            in_thread = thread is not None and thread != event["ts"]
+            cid = await refs.chat_of(self.redis, tag, "slack", channel, thread) if in_thread and thread else None
+            media = [
+                ReplyMedia(
+                    "slack", f["url_private"], f.get("name", "file"), f.get("mimetype", ""), int(f.get("size", 0))
+                )
+                for f in event.get("files", [])
+                if f.get("url_private")
+            ]
+            actor = Actor("slack", event["user"], channel, thread if in_thread else None, event["ts"])
+            await self.chats.reply(store, cid, actor, slack_to_platform_text(event.get("text", "")), media)
+        await self._remember(event_id)
+
+    async def _on_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
+        store = self.store_for(command.get("channel_id", ""))
+        if store is None:
+            await ack(t("zh-CN", "stats.unknown_channel"))
+            return
+        await ack(await self.chats.stats_text(store))
+
+    async def _ack_action(self, ack: Callable[..., Awaitable[None]]) -> None:
+        await ack()  # URL buttons (View details) still send an action that must be acknowledged
+
+    # -- outbound (outbox senders) -------------------------------------------------------------------
+
+    def senders(self) -> dict[str, Sender]:
+        return {
+            "slack.post": self._post,
+            "slack.update_root": self._update_root,
+            "slack.ephemeral": self._ephemeral,
+            "slack.react": self._react,
+        }
+
+    async def fetch_file(self, url: str) -> bytes:
+        """Downloads a file shared in Slack (url_private needs the bot token)."""
+        headers = {"Authorization": f"Bearer {self.settings.bot_token}"}
+        try:
+            async with self.http().get(url, headers=headers) as resp:
+                if resp.status >= 500 or resp.status == 429:
+                    raise RetryLater(f"Slack file download: HTTP {resp.status}")
+                if resp.status != 200:
+                    raise FinalFailure(f"Slack file download refused: HTTP {resp.status}", status=resp.status)
+                return await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RetryLater(f"Slack file download: {exc}") from None
+
+    def _store(self, job: OutboxJob) -> Store:
+        store = self.config().store(str(job.payload["store"]))
+        if store is None:
+            raise FinalFailure(f"store {job.payload['store']} is no longer configured")
+        return store
+
+    async def _space(self, channel: str) -> None:
+        wait = await self.spacing.wait_seconds("slack", channel, CHANNEL_SPACING_SECONDS)
+        if wait > 0:
+            raise RetryLater(f"channel {channel} spacing", after=wait)
+
+    async def _post(self, job: OutboxJob) -> None:
+        p = job.payload
+        store = self._store(job)
+        tag, chat_key = keys.store_tag(store.id), f"chat:{p['chat']}"
+        text, blocks = render(store, p["view"])
+        thread_ts: str | None = None
+        if not p.get("root"):
+            root = await refs.root_of(self.redis, tag, chat_key)
+            if root is None:
+                raise FinalFailure("the chat's root message was never posted")
+            thread_ts = root[1]
+        await self._space(p["channel"])
+        resp = await _call(
+            self.client.chat_postMessage(channel=p["channel"], text=text, blocks=blocks, thread_ts=thread_ts)
+        )
+        if p.get("root"):
+            await refs.save_root(self.redis, tag, chat_key, "slack", str(resp["channel"]), str(resp["ts"]))
+
+    async def _update_root(self, job: OutboxJob) -> None:
+        p = job.payload
+        store = self._store(job)
+        root = await refs.root_of(self.redis, keys.store_tag(store.id), f"chat:{p['chat']}")
+        if root is None:
+            raise FinalFailure("the chat's root message was never posted")
+        text, blocks = render(store, p["view"])
+        await _call(self.client.chat_update(channel=root[0], ts=root[1], text=text, blocks=blocks))
+
+    async def _ephemeral(self, job: OutboxJob) -> None:
+        actor = job.payload["actor"]
+        extra = {"thread_ts": actor["thread"]} if actor.get("thread") else {}
+        await _call(
+            self.client.chat_postEphemeral(
+                channel=actor["channel"], user=actor["user"], text=job.payload["text"], **extra
+            )
+        )
+
+    async def _react(self, job: OutboxJob) -> None:
+        p = job.payload
+        try:
+            await _call(self.client.reactions_add(channel=p["channel"], timestamp=p["message"], name=p["emoji"]))
+        except FinalFailure as exc:
+            if exc.code != "already_reacted":
+                raise
+
+
+async def _call(request: Awaitable[Any]) -> Any:
+    """Runs one Web API call, sorting Slack's failures into retry-later and final."""
+    try:
+        return await request
+    except SlackApiError as exc:
+        status = exc.response.status_code
+        error = str(exc.response.get("error", "")) if isinstance(exc.response.data, dict) else ""
+        if status == 429 or error == "ratelimited":
+            after = exc.response.headers.get("Retry-After") or exc.response.headers.get("retry-after")
+            raise RetryLater(f"Slack rate limit ({error})", after=float(after) if after else 1.0) from None
+        if status >= 500:
+            raise RetryLater(f"Slack {status}: {error}") from None
+        raise FinalFailure(f"Slack refused: {error or status}", status=status, code=error) from None
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise RetryLater(f"Slack unreachable: {exc}") from None

@@ -1,0 +1,305 @@
+"""A local Slack: the Web API methods the bridge uses, in Slack's wire format, and a workspace whose
+users write messages, run slash commands and click buttons — sent to the bridge signed as Slack
+signs them. Enforces one message per second per channel (HTTP 429 + Retry-After) and records every
+call. Used by the demo and the tests, with the real slack_sdk client on the bridge side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bridge.clock import Clock, SystemClock
+
+BOT_USER, BOT_ID, TEAM = "UBRIDGEBOT", "BBRIDGEBOT", "T0FEIGE"
+
+
+@dataclass
+class Message:
+    channel: str
+    ts: str
+    user: str
+    text: str
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    thread_ts: str | None = None
+    edits: int = 0
+    reactions: list[str] = field(default_factory=list)
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Call:
+    method: str
+    args: dict[str, Any]
+    status: int
+    at: float
+
+
+class SlackEmulator:
+    def __init__(
+        self, signing_secret: str, bot_token: str, *, clock: Clock | None = None, bridge_url: str = ""
+    ) -> None:
+        self.signing_secret = signing_secret
+        self.bot_token = bot_token
+        self.clock: Clock = clock or SystemClock()
+        self.bridge_url = bridge_url.rstrip("/")
+        self.messages: list[Message] = []
+        self.ephemerals: list[dict[str, Any]] = []
+        self.calls: list[Call] = []
+        self.files: dict[str, dict[str, Any]] = {}
+        self.rate_limited = 0
+        self._last_post: dict[str, float] = {}
+        self._ids = itertools.count(1)
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.app = web.Application(client_max_size=50 * 1024 * 1024)
+        self.app.router.add_post("/api/{method}", self._api)
+        self.app.router.add_get("/files/{file_id}/{name}", self._download)
+        self.app.router.add_post("/upload/{file_id}", self._upload)
+        self._methods = {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._post_message,
+            "chat.update": self._update,
+            "chat.postEphemeral": self._post_ephemeral,
+            "reactions.add": self._reactions_add,
+            "users.info": self._users_info,
+            "conversations.info": self._conversations_info,
+            "files.getUploadURLExternal": self._get_upload_url,
+            "files.completeUploadExternal": self._complete_upload,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._runner = web.AppRunner(self.app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        return self.base_url
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/api/"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    # -- what landed -------------------------------------------------------------------------------
+
+    def channel(self, channel: str) -> list[Message]:
+        """Top-level messages of a channel, in order."""
+        return [m for m in self.messages if m.channel == channel and m.thread_ts is None]
+
+    def thread(self, channel: str, ts: str) -> list[Message]:
+        return [m for m in self.messages if m.channel == channel and m.thread_ts == ts]
+
+    def message(self, channel: str, ts: str) -> Message:
+        return next(m for m in self.messages if m.channel == channel and m.ts == ts)
+
+    def called(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+    # -- the Web API -------------------------------------------------------------------------------
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        if request.content_type == "application/json":
+            args: dict[str, Any] = await request.json()
+        else:
+            args = dict(await request.post())
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ") or str(args.get("token", ""))
+        handler = self._methods.get(method)
+        if token != self.bot_token:
+            status, body, headers = 200, {"ok": False, "error": "invalid_auth"}, {}
+        elif handler is None:
+            status, body, headers = 200, {"ok": False, "error": "unknown_method"}, {}
+        else:
+            status, body, headers = handler(args)
+        self.calls.append(Call(method, args, status, self.clock.now()))
+        return web.json_response(body, status=status, headers=headers)
+
+    def _ts(self) -> str:
+        return f"{int(self.clock.now())}.{next(self._ids):06d}"
+
+    def _auth_test(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        return 200, {"ok": True, "url": "https://feige-demo.slack.com/", "team": "Feige demo", "user": "feige-bridge",
+                     "team_id": TEAM, "user_id": BOT_USER, "bot_id": BOT_ID}, {}  # fmt: skip
+
+    def _post_message(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        channel = str(args.get("channel", ""))
+        now = self.clock.now()
+        last = self._last_post.get(channel)
+        if last is not None and now - last < 1.0:
+            self.rate_limited += 1
+            wait = max(1, int(1.0 - (now - last) + 0.999))
+            return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(wait)}
+        if not args.get("text") and not args.get("blocks"):
+            return 200, {"ok": False, "error": "no_text"}, {}
+        self._last_post[channel] = now
+        blocks = args.get("blocks") or []
+        if isinstance(blocks, str):
+            blocks = json.loads(blocks)
+        thread = args.get("thread_ts")
+        msg = Message(channel, self._ts(), BOT_USER, str(args.get("text", "")), blocks, str(thread) if thread else None)
+        self.messages.append(msg)
+        return 200, {"ok": True, "channel": channel, "ts": msg.ts, "message": self._wire(msg)}, {}
+
+    def _update(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        try:
+            msg = self.message(str(args.get("channel")), str(args.get("ts")))
+        except StopIteration:
+            return 200, {"ok": False, "error": "message_not_found"}, {}
+        msg.text = str(args.get("text", msg.text))
+        blocks = args.get("blocks") or msg.blocks
+        msg.blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
+        msg.edits += 1
+        return 200, {"ok": True, "channel": msg.channel, "ts": msg.ts, "text": msg.text}, {}
+
+    def _post_ephemeral(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        self.ephemerals.append({k: args.get(k) for k in ("channel", "user", "text", "thread_ts")})
+        return 200, {"ok": True, "message_ts": self._ts()}, {}
+
+    def _reactions_add(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        try:
+            msg = self.message(str(args.get("channel")), str(args.get("timestamp")))
+        except StopIteration:
+            return 200, {"ok": False, "error": "message_not_found"}, {}
+        name = str(args.get("name"))
+        if name in msg.reactions:
+            return 200, {"ok": False, "error": "already_reacted"}, {}
+        msg.reactions.append(name)
+        return 200, {"ok": True}, {}
+
+    def _users_info(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        user = str(args.get("user"))
+        return (
+            200,
+            {"ok": True, "user": {"id": user, "name": user.lower(), "real_name": user, "tz": "Asia/Shanghai"}},
+            {},
+        )
+
+    def _conversations_info(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        channel = str(args.get("channel"))
+        return 200, {"ok": True, "channel": {"id": channel, "name": channel.lower(), "is_channel": True}}, {}
+
+    def _get_upload_url(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        file_id = f"F{next(self._ids):08d}"
+        self.files[file_id] = {"id": file_id, "name": str(args.get("filename", "file")), "data": b"", "uploaded": False}
+        return 200, {"ok": True, "upload_url": f"{self.base_url}/upload/{file_id}", "file_id": file_id}, {}
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        entry = self.files.get(request.match_info["file_id"])
+        if entry is None:
+            return web.Response(status=404)
+        entry["data"], entry["uploaded"] = await request.read(), True
+        return web.Response(text=f"OK - {len(entry['data'])}")
+
+    def _complete_upload(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        files = args.get("files")
+        listed = json.loads(files) if isinstance(files, str) else files or []
+        done = []
+        for item in listed:
+            entry = self.files.get(item.get("id"))
+            if entry is None or not entry["uploaded"]:
+                return 200, {"ok": False, "error": "file_not_found"}, {}
+            done.append({"id": entry["id"], "title": item.get("title", entry["name"])})
+        channel = args.get("channel_id")
+        if channel:
+            msg = Message(str(channel), self._ts(), BOT_USER, str(args.get("initial_comment", "")), files=done,
+                          thread_ts=str(args["thread_ts"]) if args.get("thread_ts") else None)  # fmt: skip
+            self.messages.append(msg)
+        return 200, {"ok": True, "files": done}, {}
+
+    async def _download(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {self.bot_token}":
+            return web.Response(status=403, text="url_private needs the bot token")
+        entry = self.files.get(request.match_info["file_id"])
+        if entry is None:
+            return web.Response(status=404)
+        return web.Response(body=entry["data"], content_type="application/octet-stream")
+
+    @staticmethod
+    def _wire(msg: Message) -> dict[str, Any]:
+        wire: dict[str, Any] = {"type": "message", "user": msg.user, "bot_id": BOT_ID, "text": msg.text, "ts": msg.ts}
+        if msg.thread_ts:
+            wire["thread_ts"] = msg.thread_ts
+        return wire
+
+    # -- people in the workspace --------------------------------------------------------------------
+
+    def add_file(self, name: str, data: bytes, mimetype: str) -> dict[str, Any]:
+        """A file a user shares; returns the file object as Slack puts it in a message event."""
+        file_id = f"F{next(self._ids):08d}"
+        self.files[file_id] = {"id": file_id, "name": name, "data": data, "uploaded": True}
+        return {"id": file_id, "name": name, "mimetype": mimetype, "size": len(data),
+                "url_private": f"{self.base_url}/files/{file_id}/{name}"}  # fmt: skip
+
+    async def user_message(
+        self,
+        user: str,
+        channel: str,
+        text: str,
+        *,
+        thread_ts: str | None = None,
+        files: list[dict[str, Any]] | None = None,
+        retry_of: str | None = None,
+    ) -> tuple[str, int]:
+        """A person writes in a channel (or a thread). Returns the message ts and the bridge's status.
+        ``retry_of`` redelivers an earlier event id, as Slack does when an ack was late."""
+        msg = Message(channel, self._ts(), user, text, thread_ts=thread_ts, files=files or [])
+        if retry_of is None:
+            self.messages.append(msg)
+        event: dict[str, Any] = {"type": "message", "channel": channel, "user": user, "text": text, "ts": msg.ts,
+                                 "channel_type": "channel", "event_ts": msg.ts}  # fmt: skip
+        if thread_ts:
+            event["thread_ts"] = thread_ts
+        if files:
+            event["files"], event["subtype"] = files, "file_share"
+        body = {"token": "legacy", "team_id": TEAM, "api_app_id": "A0FEIGE", "event": event, "type": "event_callback",
+                "event_id": retry_of or f"Ev{next(self._ids):010d}", "event_time": int(time.time())}  # fmt: skip
+        headers = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"} if retry_of else {}
+        status = await self._send(json.dumps(body), "application/json", headers)
+        return msg.ts, status
+
+    async def slash_command(self, user: str, channel: str, command: str, text: str = "") -> tuple[int, str]:
+        """A person runs a slash command; returns the bridge's status and its (ephemeral) answer."""
+        form = {"token": "legacy", "team_id": TEAM, "channel_id": channel, "user_id": user, "command": command,
+                "text": text, "response_url": f"{self.base_url}/respond", "trigger_id": f"tr{next(self._ids)}"}  # fmt: skip
+        return await self._send_for_body(urllib.parse.urlencode(form), "application/x-www-form-urlencoded")
+
+    def sign(self, body: str, timestamp: int | None = None) -> dict[str, str]:
+        ts = str(timestamp if timestamp is not None else int(time.time()))  # Slack signs with real time
+        digest = hmac.new(self.signing_secret.encode(), f"v0:{ts}:{body}".encode(), hashlib.sha256).hexdigest()
+        return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}"}
+
+    async def _send(self, body: str, content_type: str, extra: dict[str, str] | None = None) -> int:
+        status, _ = await self._send_for_body(body, content_type, extra)
+        return status
+
+    async def _send_for_body(
+        self, body: str, content_type: str, extra: dict[str, str] | None = None
+    ) -> tuple[int, str]:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        headers = {"Content-Type": content_type, **self.sign(body), **(extra or {})}
+        async with self._session.post(f"{self.bridge_url}/slack/events", data=body.encode(), headers=headers) as resp:
+            return resp.status, await resp.text()

@@ -1,0 +1,91 @@
+"""Core views → Slack messages (text fallback + Block Kit)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bridge.config import Store
+from bridge.i18n import t
+
+
+def mention(store: Store, agent_ids: list[str]) -> str:
+    by_id = {a.id: a for a in store.agents}
+    out = []
+    for agent_id in agent_ids:
+        agent = by_id.get(agent_id)
+        if agent is not None and agent.slack_user:
+            out.append(f"<@{agent.slack_user}>")
+        else:
+            out.append(agent.name if agent else agent_id)
+    return " ".join(out)
+
+
+def deadline(store: Store, ts: float) -> str:
+    """Shown in each reader's own time zone by Slack; the fallback is the store's."""
+    local = datetime.fromtimestamp(ts, ZoneInfo(store.timezone)).strftime("%H:%M:%S")
+    return f"<!date^{int(ts)}^{{time_secs}}|{local}>"
+
+
+def _fill(store: Store, text: str, view: dict[str, Any]) -> str:
+    text = text.replace("{mention}", mention(store, list(view.get("mentions", []))))
+    if view.get("deadline"):
+        text = text.replace("{deadline}", deadline(store, float(view["deadline"])))
+    return text
+
+
+def render(store: Store, view: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    kind = view["type"]
+    if kind == "chat_root":
+        lines = [view["platform_agent"], _fill(store, view["assignee"], view), _fill(store, view["status_line"], view)]
+        body = "\n".join(line for line in lines if line)
+        blocks = [
+            {"type": "header", "text": {"type": "plain_text", "text": view["title"], "emoji": True}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": body or " "}},
+        ]
+        return f"{view['title']} · {_fill(store, view['status_line'], view)}".strip(" ·"), blocks
+    if kind == "notice":
+        text = _fill(store, view["text"], view)
+        return text, [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+    if kind == "platform_message":
+        return _platform_message(store, view)
+    raise ValueError(f"unknown view {kind!r}")
+
+
+def _platform_message(store: Store, view: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    content, sender = view["content"], view.get("sender", "")
+    prefix = f"*{sender}*: " if sender else ""
+    if content["type"] == "text":
+        return f"{sender}: {content['text']}", [
+            {"type": "section", "text": {"type": "mrkdwn", "text": prefix + content["text"]}}
+        ]
+    if content["type"] == "image":
+        alt = t(store.locale, "chat.image")
+        return f"{sender}: {alt}", [
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": prefix + alt}]},
+            {"type": "image", "image_url": content["url"], "alt_text": alt},
+        ]
+    loc = store.locale
+    amount = f"¥{content['amount_cents'] / 100:,.2f}"
+    fields = [
+        (t(loc, "order.id"), content["order_id"]),
+        (t(loc, "order.product"), content["product_name"]),
+        (t(loc, "order.amount"), amount),
+        (t(loc, "order.status"), content["status"]),
+    ]
+    return f"{sender}: {t(loc, 'order.title')} {content['order_id']}", [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"{prefix}{t(loc, 'order.title')}"}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields]},
+        {
+            "type": "actions",
+            "elements": [
+                {
+                    "type": "button",
+                    "text": {"type": "plain_text", "text": t(loc, "order.view")},
+                    "url": content["detail_url"],
+                    "action_id": "order_detail",
+                }
+            ],
+        },
+    ]
