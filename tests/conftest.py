@@ -85,7 +85,10 @@ class Stack:
     async def advance(self, seconds: float) -> None:
         """Moves time forward, stopping at every timer on the way, as a live bridge would."""
         assert self.clock is not None
-        target = self.clock.now() + seconds
+        await self.advance_to(self.clock.now() + seconds)
+
+    async def advance_to(self, target: float) -> None:
+        assert self.clock is not None
         while True:
             await self.bridge.drain()
             due = await self.next_due()

@@ -100,7 +100,8 @@ class SlackConnector:
             tag = keys.store_tag(store.id)
             thread = event.get("thread_ts")
             in_thread = thread is not None and thread != event["ts"]
-            cid = await refs.chat_of(self.redis, tag, "slack", channel, thread) if in_thread and thread else None
+            parent = await refs.chat_of(self.redis, tag, "slack", channel, thread) if in_thread and thread else None
+            cid = parent.removeprefix("chat:") if parent and parent.startswith("chat:") else None
             media = [
                 ReplyMedia(
                     "slack", f["url_private"], f.get("name", "file"), f.get("mimetype", ""), int(f.get("size", 0))

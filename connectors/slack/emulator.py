@@ -122,12 +122,15 @@ class SlackEmulator:
 
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
+        # slack_sdk sends some arguments as JSON, some as a form, some in the query string.
+        args: dict[str, Any] = dict(request.query)
         if request.content_type == "application/json":
-            args: dict[str, Any] = await request.json()
+            args |= await request.json()
         else:
-            args = dict(await request.post())
+            args |= dict(await request.post())
         token = request.headers.get("Authorization", "").removeprefix("Bearer ") or str(args.get("token", ""))
         handler = self._methods.get(method)
+        headers: dict[str, str]
         if token != self.bot_token:
             status, body, headers = 200, {"ok": False, "error": "invalid_auth"}, {}
         elif handler is None:
@@ -283,7 +286,8 @@ class SlackEmulator:
     async def slash_command(self, user: str, channel: str, command: str, text: str = "") -> tuple[int, str]:
         """A person runs a slash command; returns the bridge's status and its (ephemeral) answer."""
         form = {"token": "legacy", "team_id": TEAM, "channel_id": channel, "user_id": user, "command": command,
-                "text": text, "response_url": f"{self.base_url}/respond", "trigger_id": f"tr{next(self._ids)}"}  # fmt: skip
+                "text": text, "response_url": f"{self.base_url}/respond",
+                "trigger_id": f"tr{next(self._ids)}"}  # fmt: skip
         return await self._send_for_body(urllib.parse.urlencode(form), "application/x-www-form-urlencoded")
 
     def sign(self, body: str, timestamp: int | None = None) -> dict[str, str]:

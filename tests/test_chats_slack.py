@@ -1,0 +1,323 @@
+"""Flow 1 in Slack, end to end: platform sandbox → bridge → Slack emulator, and back (A1–A9)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+
+import aiohttp
+import yaml
+from redis.asyncio import Redis
+
+from bridge import keys
+from bridge.chats import ChatFlow
+from bridge.clock import ManualClock
+from bridge.config import Destination
+from connectors.slack.emulator import Message
+from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
+
+CHATS = "C0CHATS1001"
+TAG = "{store:1001}"
+MAIN, AGENT_A, AGENT_B, STRANGER = "U0MAIN1001", "U0AGENTA", "U0AGENTB", "U0STRANGER"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
+
+ORDER_CARD = {
+    "type": "order_card",
+    "order_id": "6901234567890",
+    "product_name": "保温杯 500ml",
+    "amount_cents": 12900,
+    "status": "已发货",
+    "detail_url": "https://fxg.example/order/6901234567890",
+}
+
+
+async def open_chat(stack: Stack, content: dict | None = None) -> tuple[str, Message]:  # type: ignore[type-arg]
+    cid = await stack.sandbox.open_chat("1001", content)
+    await stack.settle()
+    root = stack.slack.channel(CHATS)[-1]
+    return cid, root
+
+
+def texts(stack: Stack, root: Message) -> list[str]:
+    return [m.text for m in stack.slack.thread(CHATS, root.ts)]
+
+
+def blocks_text(message: Message) -> str:
+    return str(message.blocks)
+
+
+def platform_texts(stack: Stack, cid: str) -> list[object]:
+    return [
+        m["content"].get("text", m["content"])
+        for m in stack.sandbox.conversations[cid].messages
+        if m["from"] == "merchant"
+    ]
+
+
+# -- A1: one thread per chat -------------------------------------------------------------------
+
+
+async def test_a_chat_becomes_one_thread_with_header_and_native_order_card(stack: Stack) -> None:
+    cid, root = await open_chat(stack, ORDER_CARD)
+    assert "平台客服会话" in root.text and "待回复" in root.text
+    assert "<@U0MAIN1001>" in blocks_text(root), "the assignee is shown on the header"
+    assert "<!date^" in blocks_text(root), "the deadline is shown in each reader's time zone"
+    thread = stack.slack.thread(CHATS, root.ts)
+    assert "<@U0MAIN1001>" in thread[0].text, "the assignee is mentioned in the thread"
+    card = thread[1]
+    assert "6901234567890" in card.text
+    button = card.blocks[-1]["elements"][0]
+    assert button["url"] == ORDER_CARD["detail_url"] and button["text"]["text"] == "查看详情"
+    assert "¥129.00" in blocks_text(card)
+
+    await stack.sandbox.chat_message(cid, {"type": "image", "url": "https://img.example/a.png"})
+    await stack.sandbox.chat_message(cid, {"type": "text", "text": "买家很着急"})
+    await stack.settle()
+    thread = stack.slack.thread(CHATS, root.ts)
+    assert thread[2].blocks[-1] == {
+        "type": "image",
+        "image_url": "https://img.example/a.png",
+        "alt_text": "平台客服发送的图片",
+    }
+    assert thread[3].text.endswith("买家很着急")
+    assert len(stack.slack.channel(CHATS)) == 1, "later messages go into the same thread"
+
+
+# -- A3: routing by saturation ----------------------------------------------------------------
+
+
+async def test_new_chat_goes_to_the_least_loaded_designated_agent(stack: Stack) -> None:
+    await stack.redis.hset(keys.agent_load(TAG), mapping={"main-1001": 1, "agent-a": 2, "agent-b": 3})
+    _, root = await open_chat(stack)
+    assert "<@U0MAIN1001>" in texts(stack, root)[0]
+    assert await stack.redis.hgetall(keys.agent_load(TAG)) == {"main-1001": "2", "agent-a": "2", "agent-b": "3"}
+    _, root = await open_chat(stack)
+    assert "<@U0MAIN1001>" in texts(stack, root)[0], "a tie goes to the agent listed first"
+
+
+async def test_closing_a_chat_frees_its_agent(stack: Stack) -> None:
+    first, _ = await open_chat(stack)
+    _, second = await open_chat(stack)
+    assert "<@U0AGENTA>" in texts(stack, second)[0]
+    await stack.sandbox.close_chat(first)
+    await stack.settle()
+    _, third = await open_chat(stack)
+    assert "<@U0MAIN1001>" in texts(stack, third)[0]
+    assert await stack.redis.hgetall(keys.agent_load(TAG)) == {"main-1001": "1", "agent-a": "1"}
+
+
+async def test_two_processes_assigning_at_once_never_use_stale_counts(stack: Stack) -> None:
+    other = ChatFlow(
+        stack.redis, lambda: stack.bridge.holder.current, stack.bridge.timers, stack.bridge.outbox, stack.bridge.clock
+    )
+    store = stack.bridge.holder.current.store("1001")
+    assert store is not None
+    dest = Destination.parse(store.destinations.platform_chats)
+    flows = [stack.bridge.chats, other]
+    results = await asyncio.gather(*(flows[i % 2]._open_chat(store, TAG, f"c{i}", dest, "cs") for i in range(12)))
+    assert all(created for created, _ in results)
+    assert await stack.redis.hgetall(keys.agent_load(TAG)) == {"main-1001": "4", "agent-a": "4", "agent-b": "4"}
+
+
+# -- A2, A4, A8: answering ---------------------------------------------------------------------
+
+
+async def test_designated_agent_answers_in_time_with_emoji_and_gets_a_check_mark(stack: Stack) -> None:
+    cid, root = await open_chat(stack)
+    await stack.advance(30)
+    ts, status = await stack.slack.user_message(
+        AGENT_A, CHATS, "已发货 :truck: :+1::skin-tone-3: &lt;顺丰&gt;", thread_ts=root.ts
+    )
+    assert status == 200
+    await stack.settle()
+    assert platform_texts(stack, cid) == ["已发货 🚚 👍🏼 <顺丰>"]
+    [call] = stack.sandbox.received("POST", "/im/conversations")
+    assert call.body["agent_id"] == "agent-a" and call.idempotency_key == f"reply:{CHATS}:{ts}:0"
+    assert stack.slack.message(CHATS, ts).reactions == ["white_check_mark"]
+    assert "已回复" in stack.slack.message(CHATS, root.ts).text, "the header shows the chat answered"
+    assert await stack.bridge.timers.due_at(keys.window_timer(TAG, cid)) is None, "the window stopped"
+
+
+async def test_image_reply_is_downloaded_from_slack_and_uploaded_to_the_platform(stack: Stack) -> None:
+    cid, root = await open_chat(stack)
+    file = stack.slack.add_file("proof.png", PNG, "image/png")
+    await stack.slack.user_message(MAIN, CHATS, "见截图", thread_ts=root.ts, files=[file])
+    await stack.settle()
+    sent = [m["content"] for m in stack.sandbox.conversations[cid].messages if m["from"] == "merchant"]
+    assert sent[0] == {"type": "text", "text": "见截图"}
+    assert sent[1]["type"] == "image"
+    media = stack.sandbox.media[sent[1]["media_id"]]
+    assert (media["kind"], media["format"], media["size"]) == ("image", "png", len(PNG))
+
+
+async def test_someone_not_designated_is_refused_privately(stack: Stack) -> None:
+    cid, root = await open_chat(stack)
+    await stack.slack.user_message(STRANGER, CHATS, "我来回复", thread_ts=root.ts)
+    await stack.settle()
+    assert platform_texts(stack, cid) == []
+    [note] = stack.slack.ephemerals
+    assert note["user"] == STRANGER and note["text"].startswith("消息未发送：只有本店铺的指定客服")
+
+
+async def test_agent_without_im_permission_is_told_how_to_fix_it(redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    tree = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    tree["stores"][0]["agents"][2]["im_permission"] = False
+    path = tmp_path / "no-im.yaml"
+    path.write_text(yaml.safe_dump(tree, allow_unicode=True))
+    s = await start_stack(redis_url, path, clock=ManualClock(), run_workers=False)
+    try:
+        cid = await s.sandbox.open_chat("1001")
+        await s.settle()
+        root = s.slack.channel(CHATS)[-1]
+        await s.slack.user_message(AGENT_B, CHATS, "收到", thread_ts=root.ts)
+        await s.settle()
+        [note] = s.slack.ephemerals
+        assert "没有飞鸽 IM 权限" in note["text"] and "商家后台 → 店铺 → 子账号管理 → 账号管理" in note["text"]
+        assert [m for m in s.sandbox.conversations[cid].messages if m["from"] == "merchant"] == []
+    finally:
+        await s.stop()
+
+
+# -- A5, A6: reminders and the close ------------------------------------------------------------
+
+
+async def deadline_of(stack: Stack, cid: str) -> float:
+    return float(await stack.redis.hget(keys.chat(TAG, cid), "deadline"))
+
+
+async def test_reminders_then_the_bridge_closes_the_chat_and_refuses_late_replies(stack: Stack) -> None:
+    cid, root = await open_chat(stack)
+    deadline = await deadline_of(stack, cid)
+    assert deadline == float(await stack.redis.hget(keys.chat(TAG, cid), "window_start")) + 120
+    await stack.advance_to(deadline - 60.1)
+    assert len(texts(stack, root)) == 2, "no reminder before 60 s are left"
+    await stack.advance_to(deadline - 60)
+    assert "<@U0MAIN1001> ⏰ 还剩 60 秒回复" in texts(stack, root)[-1]
+    await stack.advance_to(deadline - 30)
+    assert "<@U0MAIN1001> ⏰ 还剩 30 秒回复" in texts(stack, root)[-1]
+    await stack.advance_to(deadline - 0.1)
+    assert (await stack.redis.hget(keys.chat(TAG, cid), "status")) == "open"
+    await stack.advance_to(deadline)
+    assert (await stack.redis.hget(keys.chat(TAG, cid), "status")) == "closed"
+    header = stack.slack.message(CHATS, root.ts)
+    assert "已关闭" in header.text and "服务单" in header.text
+    assert "会话已关闭" in texts(stack, root)[-1]
+    await stack.slack.user_message(MAIN, CHATS, "来晚了", thread_ts=root.ts)
+    await stack.settle()
+    assert platform_texts(stack, cid) == []
+    assert stack.slack.ephemerals[-1]["text"].startswith("消息未发送：该会话已关闭")
+    assert await stack.redis.hget(keys.chat_stats(TAG), "main-1001:timeouts") == "1"
+
+
+async def test_escalation_mentions_the_other_designated_agents(stack: Stack) -> None:
+    _, root = await open_chat(stack)
+    await stack.advance(90)
+    escalation = [t for t in texts(stack, root) if "🆘" in t]
+    assert escalation == ["<@U0AGENTA> <@U0AGENTB> 🆘 请协助回复：还剩 30 秒"]
+
+
+async def test_platform_close_closes_it_once(stack: Stack) -> None:
+    cid, root = await open_chat(stack)
+    await stack.sandbox.close_chat(cid)
+    await stack.sandbox.close_chat(cid)
+    await stack.settle()
+    assert [t for t in texts(stack, root) if "会话已关闭" in t] == [
+        "⛔ 会话已关闭：平台客服已结束会话。之后的回复不会发送。"
+    ]
+    assert await stack.bridge.timers.due_at(keys.window_timer(TAG, cid)) is None
+
+
+async def test_platform_409_closes_the_chat_locally_and_tells_the_author(stack: Stack) -> None:
+    cid, root = await open_chat(stack)
+    stack.sandbox.conversations[cid].closed_reason = "platform_closed"  # closed on the platform's side only
+    await stack.slack.user_message(AGENT_A, CHATS, "在的", thread_ts=root.ts)
+    await stack.settle()
+    assert (await stack.redis.hget(keys.chat(TAG, cid), "status")) == "closed"
+    assert stack.slack.ephemerals[-1]["text"] == "你的回复未能送达平台：conversation closed (platform_closed)"
+
+
+# -- A7: one way only --------------------------------------------------------------------------
+
+
+async def test_a_message_outside_a_chat_thread_is_not_forwarded(stack: Stack) -> None:
+    cid, _ = await open_chat(stack)
+    await stack.slack.user_message(MAIN, CHATS, "我想联系平台客服")
+    await stack.settle()
+    assert platform_texts(stack, cid) == []
+    assert stack.slack.ephemerals[-1]["text"].startswith("消息未转发：商家不能主动联系平台客服")
+
+
+# -- Slack's own behaviour -------------------------------------------------------------------
+
+
+async def test_slack_retries_are_handled_once(stack: Stack) -> None:
+    cid, root = await open_chat(stack)
+    ts, _ = await stack.slack.user_message(MAIN, CHATS, "好的", thread_ts=root.ts)
+    first_event = f"Ev{int(ts.split('.')[1]) + 1:010d}"
+    await stack.slack.user_message(MAIN, CHATS, "好的", thread_ts=root.ts, retry_of=first_event)
+    await stack.settle()
+    assert platform_texts(stack, cid) == ["好的"]
+    assert await stack.redis.hget(keys.chat_stats(TAG), "main-1001:replies") == "1"
+
+
+async def test_badly_signed_slack_request_is_refused(stack: Stack) -> None:
+    body = '{"type": "event_callback", "event": {"type": "message"}}'
+    headers = stack.slack.sign(body) | {"X-Slack-Signature": "v0=" + "0" * 64, "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{stack.url}/slack/events", data=body, headers=headers) as resp,
+    ):
+        assert resp.status == 401
+
+
+async def test_posts_to_one_channel_are_spaced_and_never_hit_slacks_rate_limit(stack: Stack) -> None:
+    for _ in range(3):
+        await stack.sandbox.open_chat("1001", ORDER_CARD)
+    await stack.settle()
+    posts = [c for c in stack.slack.called("chat.postMessage") if c.args.get("channel") == CHATS]
+    assert len(posts) == 9 and stack.slack.rate_limited == 0
+    times = [c.at for c in posts]
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(times))
+
+
+# -- A9: response figures -------------------------------------------------------------------------
+
+
+async def test_stats_on_demand_and_metrics(stack: Stack) -> None:
+    cid, root = await open_chat(stack)
+    await stack.advance_to(await deadline_of(stack, cid) - 78)
+    await stack.slack.user_message(MAIN, CHATS, "在的", thread_ts=root.ts)
+    await stack.settle()
+    await open_chat(stack)
+    await stack.advance(125)
+    status, answer = await stack.slack.slash_command(MAIN, CHATS, "/feige", "stats")
+    assert status == 200
+    assert "示例旗舰店" in answer and "店长 Li：会话 1，首次回复平均 42.0s，窗口内回复 100%，超时丢失 0" in answer, (
+        answer
+    )
+    assert "客服 A：会话 1，首次回复平均 —，窗口内回复 —，超时丢失 1" in answer
+    async with aiohttp.ClientSession() as http, http.get(f"{stack.url}/metrics") as resp:
+        metrics = await resp.text()
+    assert 'feige_first_reply_seconds_count{agent="main-1001",store="1001"}' in metrics
+    assert 'feige_chats_lost_to_timeout_total{agent="agent-a",store="1001"}' in metrics
+
+
+async def test_an_english_store_reads_english(redis: Redis, redis_url: str, tmp_path: Path) -> None:
+    tree = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    tree["stores"][0]["locale"] = "en"
+    path = tmp_path / "en.yaml"
+    path.write_text(yaml.safe_dump(tree, allow_unicode=True))
+    s = await start_stack(redis_url, path, clock=ManualClock(), run_workers=False)
+    try:
+        cid = await s.sandbox.open_chat("1001", ORDER_CARD)
+        await s.settle()
+        root = s.slack.channel(CHATS)[-1]
+        assert root.text.startswith("Feige · platform customer service chat (平台客服会话)")
+        thread = s.slack.thread(CHATS, root.ts)
+        assert "this new platform CS chat is yours" in thread[0].text
+        assert thread[1].blocks[-1]["elements"][0]["text"]["text"] == "View details"
+        await s.advance_to(float(await s.redis.hget(keys.chat(TAG, cid), "deadline")))
+        assert "Closed: no reply in time; a service ticket (服务单) will follow" in s.slack.message(CHATS, root.ts).text
+    finally:
+        await s.stop()
