@@ -28,12 +28,15 @@ log = logging.getLogger(__name__)
 
 
 class RetryLater(Exception):
-    """Transient: 5xx, timeouts, 429. ``after`` is the service's own wait (Retry-After), if any."""
+    """Transient: 5xx, timeouts, 429. ``after`` is the service's own wait (Retry-After), if any.
+    ``pacing`` marks our own rate spacing: not a failure, so no attempt is counted and no backoff
+    is added — the job simply goes when its slot comes."""
 
-    def __init__(self, reason: str, after: float | None = None) -> None:
+    def __init__(self, reason: str, after: float | None = None, *, pacing: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.after = after
+        self.pacing = pacing
 
 
 class FinalFailure(Exception):
@@ -182,6 +185,9 @@ class Outbox:
             await self.timers.schedule(keys.outbox_timer(tag, thread), self.clock.now())
 
     async def _retry(self, tag: str, thread: str, job: OutboxJob, exc: RetryLater) -> None:
+        if exc.pacing:
+            await self.timers.schedule(keys.outbox_timer(tag, thread), self.clock.now() + (exc.after or 0))
+            return
         attempts = await self.redis.hincrby(keys.outbox_attempts(tag), job.id, 1)
         if attempts >= self.max_attempts:
             await self._give_up(tag, thread, job, FinalFailure(f"gave up after {attempts} attempts: {exc.reason}"))

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +90,7 @@ class Bridge:
         self._site: web.TCPSite | None = None
         self._background: list[asyncio.Task[None]] = []
         self._watchers: list[asyncio.Task[None]] = []
+        self._close_socket_mode: Callable[[], Awaitable[None]] | None = None
         self.port: int | None = None
 
     def endpoints(self) -> list[Endpoint]:
@@ -150,6 +151,8 @@ class Bridge:
                 asyncio.create_task(self.consumer.run(), name="event-consumer"),
             ]
         self._watchers = [asyncio.create_task(self._watch_config(), name="config-watch")]
+        if self.slack is not None:
+            self._close_socket_mode = await self.slack.start_socket_mode()
         log.info("bridge listening on http://%s:%s", host or settings.host, self.port)
 
     async def drain(self) -> int:
@@ -175,6 +178,8 @@ class Bridge:
         if workers:
             await asyncio.wait(workers, timeout=grace + 2)  # both end by themselves once told to stop
         await asyncio.gather(*watchers, return_exceptions=True)
+        if self._close_socket_mode is not None:
+            await self._close_socket_mode()
         if self._http is not None:
             await self._http.close()
         await self.redis.aclose()

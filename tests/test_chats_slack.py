@@ -321,3 +321,13 @@ async def test_an_english_store_reads_english(redis: Redis, redis_url: str, tmp_
         assert "Closed: no reply in time; a service ticket (服务单) will follow" in s.slack.message(CHATS, root.ts).text
     finally:
         await s.stop()
+
+
+async def test_a_429_from_slack_is_retried_after_its_retry_after(stack: Stack) -> None:
+    assert stack.clock is not None
+    stack.slack._last_post[CHATS] = stack.clock.now()  # someone else just posted in the channel
+    _, root = await open_chat(stack)
+    assert stack.slack.rate_limited == 1
+    assert root.text.startswith("飞鸽 · 平台客服会话"), "the root landed after the wait"
+    statuses = [c.status for c in stack.slack.called("chat.postMessage")]
+    assert statuses[:2] == [429, 200]

@@ -66,6 +66,17 @@ class SlackConnector:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/slack/events", self._handle)
 
+    async def start_socket_mode(self) -> Callable[[], Awaitable[None]] | None:
+        """With ``socket_mode: true`` (teams without a public URL), events arrive over Slack's
+        WebSocket instead of /slack/events, through the same bolt app. Returns how to stop it."""
+        if not self.settings.socket_mode or not self.settings.app_token:
+            return None
+        from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+
+        handler = AsyncSocketModeHandler(self.app, self.settings.app_token, web_client=self.client)
+        await handler.connect_async()  # type: ignore[no-untyped-call]
+        return handler.close_async
+
     async def _handle(self, request: web.Request) -> web.Response:
         return await to_aiohttp_response(await self.app.async_dispatch(await to_bolt_request(request)))
 
@@ -155,7 +166,7 @@ class SlackConnector:
     async def _space(self, channel: str) -> None:
         wait = await self.spacing.wait_seconds("slack", channel, CHANNEL_SPACING_SECONDS)
         if wait > 0:
-            raise RetryLater(f"channel {channel} spacing", after=wait)
+            raise RetryLater(f"channel {channel} spacing", after=wait, pacing=True)
 
     async def _post(self, job: OutboxJob) -> None:
         p = job.payload
