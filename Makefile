@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: demo test lint typecheck unit serve check bench-timers bench-ingest redis-server wrk clean
+.PHONY: demo test lint typecheck unit serve check bench-timers bench-ingest bench-chats redis-server wrk clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -63,6 +63,9 @@ wrk:
 
 bench-ingest: $(STAMP) redis-server wrk
 	$(BIN)/python bench/ingest.py $(ARGS)
+
+bench-chats: $(STAMP) redis-server
+	$(BIN)/python bench/chats.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from bridge import keys
@@ -145,28 +146,45 @@ class ChatFlow:
             return
         tag, cid = event.endpoint.tag, msg.conversation_id
         dest = Destination.parse(store.destinations.platform_chats)
-        created, assignee = await self._open_chat(store, tag, cid, dest, msg.sender.name)
+        created, _, decided_on = await self._open_chat(store, tag, cid, dest, msg.sender.name)
+        view = {"type": "platform_message", "content": msg.content.model_dump(), "sender": msg.sender.name}
+        if created:
+            # The root carries the header, the assignee's mention and the first message: one post,
+            # so a new chat shows up at once even where the channel allows one message a second.
+            table = ", ".join(f"{a.name} {decided_on.get(a.id, 0)}" for a in store.designated if a.im_permission)
+            first = orjson.dumps(view).decode()
+            await self.redis.hset(
+                keys.chat(tag, cid),
+                mapping={"first_message": first, "first_message_id": msg.message_id, "loads": table},
+            )
         chat = await self._chat(tag, cid)
         if chat.get("status") != "open":
             log.info("store %s: message %s for closed chat %s not mirrored", store.id, msg.message_id, cid)
             return
+        window_started = await self._start_window(store, tag, cid, chat, msg)
         if created:
             METRICS.chats_opened.labels(store.id).inc()
+            chat = await self._chat(tag, cid)  # with its window: the root shows the deadline at once
             await self._to_destination(store, dest, cid, f"root:{cid}", "post", self._root_view(store, chat), root=True)
-            loads = await self._hash(keys.agent_load(tag))
-            table = ", ".join(f"{a.name} {loads.get(a.id, '0')}" for a in store.designated)
-            if assignee:
-                text = t(store.locale, "chat.assigned", mention="{mention}", loads=table)
-                await self._notice(store, dest, cid, f"assigned:{cid}", text, mentions=[assignee])
-        view = {"type": "platform_message", "content": msg.content.model_dump(), "sender": msg.sender.name}
-        await self._to_destination(store, dest, cid, f"pm:{msg.message_id}", "post", view)
+            return
+        if chat.get("first_message_id") != msg.message_id:
+            await self._to_destination(store, dest, cid, f"pm:{msg.message_id}", "post", view)
+        if window_started is not None:
+            await self._update_root(store, tag, cid, f"window:{window_started}")
+
+    async def _start_window(
+        self, store: Store, tag: str, cid: str, chat: dict[str, str], msg: ChatMessage
+    ) -> float | None:
+        """Starts the reply window this message starts (A4), if any; returns its start."""
         running = float(chat["window_start"]) if chat.get("window_start") else None
         started = window_start(running, _ts(msg.sent_at), msg.awaiting_reply)
-        if started is not None and running is None:
-            deadline = started + store.reply_window.seconds
-            if int(await self._window(keys=[keys.chat(tag, cid)], args=[started, deadline])):
-                await self._schedule_window(store, tag, cid, started)
-                await self._update_root(store, tag, cid, f"window:{started}")
+        if started is None or running is not None:
+            return None
+        deadline = started + store.reply_window.seconds
+        if not int(await self._window(keys=[keys.chat(tag, cid)], args=[started, deadline])):
+            return None
+        await self._schedule_window(store, tag, cid, started)
+        return started
 
     async def on_platform_closed(self, event: StoredEvent) -> None:
         closed = ChatClosed.model_validate_json(event.raw)
@@ -369,7 +387,8 @@ class ChatFlow:
 
     async def _open_chat(
         self, store: Store, tag: str, cid: str, dest: Destination, agent_name: str
-    ) -> tuple[bool, str]:
+    ) -> tuple[bool, str, dict[str, int]]:
+        """(created, assignee, the open-chat counts the assignment was decided on)."""
         candidates = [a.id for a in store.designated if a.im_permission]
         for _ in range(20):
             loads = dict(zip(candidates, await self.redis.hmget(keys.agent_load(tag), candidates), strict=True))
@@ -380,7 +399,7 @@ class ChatFlow:
                 args += [agent, count]
             result = await self._open(keys=[keys.chat(tag, cid), keys.agent_load(tag)], args=args)
             if int(result[0]) >= 0:
-                return int(result[0]) == 1, str(result[1] or "")
+                return int(result[0]) == 1, str(result[1] or ""), counts
         raise RuntimeError(f"store {store.id}: could not assign chat {cid}: loads kept changing")
 
     async def _chat(self, tag: str, cid: str) -> dict[str, str]:
@@ -409,7 +428,10 @@ class ChatFlow:
             "type": "chat_root",
             "title": t(store.locale, "chat.header"),
             "platform_agent": t(store.locale, "chat.header.platform_agent", name=chat.get("platform_agent", "")),
-            "assignee": t(store.locale, "chat.header.assignee", mention="{mention}") if chat.get("assignee") else "",
+            "assignee": t(store.locale, "chat.header.assignee", mention="{mention}", loads=chat.get("loads", ""))
+            if chat.get("assignee")
+            else "",
+            "first_message": orjson.loads(chat["first_message"]) if chat.get("first_message") else None,
             "status_line": line,
             "status": status if status == "closed" else ("waiting" if chat.get("window_start") else "answered"),
             "deadline": float(chat["deadline"]) if chat.get("deadline") else None,

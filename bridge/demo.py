@@ -1,9 +1,9 @@
-"""`make demo`: start everything locally and narrate what each part does.
+"""`make demo`: the whole product on one machine, narrated.
 
-Today it shows the ground the flows stand on: the platform sandbox pushing signed events that the
-bridge stores once and acknowledges, a reply going out through the durable outbox (retried past a
-platform error, never doubled), and reminder timers firing from Redis on time. The Slack and
-Telegram emulators and the flows themselves join this script as they are built.
+Starts the embedded Redis, the platform sandbox, the Slack emulator and the bridge, then plays a
+scripted scenario with a short reply window and prints, with timestamps, what each side saw: the
+platform (what it pushed, what it received), Slack (messages, thread replies, private notes,
+reactions) and the bridge. It ends with a summary and exits 0; ``--serve`` keeps everything running.
 """
 
 from __future__ import annotations
@@ -12,21 +12,25 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import yaml
 
 from bridge import keys
 from bridge.cli import headline
 from bridge.config import ConfigError, ConfigHolder, LoadedConfig, load_config
-from bridge.outbox import OutboxJob
 from bridge.service import Bridge, connect_redis
-from bridge.timers import Timer
-from connectors.platform.outbound import SEND_MESSAGE
 from connectors.platform.sandbox import PlatformSandbox
 from connectors.platform.signing import sign
+from connectors.slack.emulator import SlackEmulator
+
+DEMO_WINDOW = {"seconds": 10, "reminders_before": [6, 3], "escalate_before": 3}
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 512
 
 
 class Transcript:
@@ -35,6 +39,54 @@ class Transcript:
 
     def say(self, who: str, text: str) -> None:
         print(f"[{time.monotonic() - self.started:7.3f}s] {who:<9} {text}", flush=True)
+
+
+class Watcher:
+    """Prints what lands in Slack and on the platform as it happens."""
+
+    def __init__(self, out: Transcript, slack: SlackEmulator, sandbox: PlatformSandbox) -> None:
+        self.out, self.slack, self.sandbox = out, slack, sandbox
+        self.seen_messages = self.seen_ephemerals = self.seen_records = self.seen_pushes = 0
+        self.seen_edits: dict[str, int] = {}
+        self.seen_reactions: dict[str, int] = {}
+
+    def poll(self) -> None:
+        for d in self.sandbox.deliveries[self.seen_pushes :]:
+            if d.statuses:
+                tags = ", ".join(r["tag"] for r in d.records)
+                self.out.say("platform", f"pushed {tags} to {d.endpoint} (signed) → {d.statuses}")
+                self.seen_pushes += 1
+        for m in self.slack.messages[self.seen_messages :]:
+            where = f"#{m.channel} thread {m.thread_ts}" if m.thread_ts else f"#{m.channel}"
+            who = "bridge" if m.posted_at else f"user {m.user}"
+            self.out.say("slack", f"{where} ← {who}: {_flat(m.text)}")
+        self.seen_messages = len(self.slack.messages)
+        for m in self.slack.messages:
+            if m.edits > self.seen_edits.get(m.ts, 0):
+                self.out.say("slack", f"#{m.channel} root {m.ts} updated: {_flat(m.text)}")
+                self.seen_edits[m.ts] = m.edits
+            if len(m.reactions) > self.seen_reactions.get(m.ts, 0):
+                self.out.say("slack", f"#{m.channel} {m.ts} got :{m.reactions[-1]}:")
+                self.seen_reactions[m.ts] = len(m.reactions)
+        for e in self.slack.ephemerals[self.seen_ephemerals :]:
+            self.out.say("slack", f"(only {e['user']} sees) {e['text']}")
+        self.seen_ephemerals = len(self.slack.ephemerals)
+        for r in self.sandbox.records[self.seen_records :]:
+            body = r.body.get("content") or {k: v for k, v in r.body.items() if k != "filename"}
+            self.out.say(
+                "platform", f"received {r.method} {r.path} → {r.status} {json.dumps(body, ensure_ascii=False)}"
+            )
+        self.seen_records = len(self.sandbox.records)
+
+    async def run(self) -> None:
+        while True:
+            self.poll()
+            await asyncio.sleep(0.02)
+
+
+def _flat(text: str) -> str:
+    text = re.sub(r"<!date\^\d+\^\{time_secs\}\|([^>]+)>", r"\1", text)
+    return text.replace("\n", " ⏎ ")
 
 
 def run_demo(config_path: Path, *, keep_serving: bool = False) -> int:
@@ -47,125 +99,131 @@ def run_demo(config_path: Path, *, keep_serving: bool = False) -> int:
     return asyncio.run(_demo(config_path, keep_serving))
 
 
+def _demo_config(config_path: Path) -> Path:
+    """The example, with the first store's reply window shortened so the demo does not take minutes."""
+    tree = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    tree["stores"][0]["reply_window"] = DEMO_WINDOW
+    tree["stores"][0]["sandbox"] = True
+    path = Path("var") / "demo.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(tree, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
 async def _demo(config_path: Path, keep_serving: bool) -> int:
     out = Transcript()
-    sandbox = PlatformSandbox(load_config(config_path).config, "http://127.0.0.1:1", push_retry_seconds=0.2)
+    path = _demo_config(config_path)
+    env = dict(os.environ)
+    base_config = load_config(path, environ=env).config
+    slack_settings = base_config.slack
+    assert slack_settings is not None, "the demo needs the slack: section of the example"
+    slack = SlackEmulator(slack_settings.signing_secret, slack_settings.bot_token)
+    await slack.start()
+    sandbox = PlatformSandbox(base_config, "http://127.0.0.1:1", push_retry_seconds=0.2)
     sandbox_url = await sandbox.start()
-    holder = ConfigHolder(config_path, environ={**os.environ, "PLATFORM_API_URL": sandbox_url})
-    out.say("config", headline(LoadedConfig(holder.current, str(holder.path), holder.warnings)))
+    env |= {"PLATFORM_API_URL": sandbox_url, "SLACK_API_URL": slack.api_url}
+    holder = ConfigHolder(path, environ=env)
+    out.say("config", headline(LoadedConfig(holder.current, str(config_path), holder.warnings)))
     redis, embedded = connect_redis()
     out.say(
         "redis", f"embedded redis-server at {embedded.url}, AOF under var/redis/" if embedded else "using REDIS_URL"
     )
-
-    fired: list[tuple[Timer, float]] = []
-    all_fired = asyncio.Event()
-
-    async def on_demo_timer(timer: Timer) -> None:
-        late_ms = (time.time() - (timer.due_at or time.time())) * 1000
-        fired.append((timer, late_ms))
-        out.say("timer", f"{timer.key} fired {late_ms:.1f} ms after its due time ({timer.payload})")
-        if len(fired) >= 3:
-            all_fired.set()
-
-    bridge = Bridge(holder, redis, embedded_redis=embedded, timer_handlers={"demo": on_demo_timer})
+    bridge = Bridge(holder, redis, embedded_redis=embedded)
     await bridge.start()
     base = f"http://{holder.current.server.host}:{bridge.port}"
-    sandbox.bridge_url = base
-    out.say("bridge", f"serving at {base}; platform sandbox at {sandbox_url}")
+    sandbox.bridge_url = slack.bridge_url = base
+    out.say("bridge", f"serving at {base}; platform sandbox {sandbox_url}; Slack emulator {slack.base_url}")
+    watcher = Watcher(out, slack, sandbox)
+    watching = asyncio.create_task(watcher.run())
+    store = holder.current.stores[0]
+    channel = store.destinations.platform_chats.split(":", 1)[1]
+    users = {a.id: a.slack_user or "" for a in store.agents}
     try:
         async with aiohttp.ClientSession() as http:
-            for path in ("/healthz", "/readyz"):
-                async with http.get(base + path) as resp:
-                    out.say("http", f"GET {path} → {resp.status} {json.dumps(await resp.json(), ensure_ascii=False)}")
-            store = holder.current.stores[0]
-            await _platform_push(out, http, bridge, sandbox, base, store.id)
-        await _outbox(out, bridge, sandbox, store.id)
-        await _timers(out, bridge, store.id)
-        await asyncio.wait_for(all_fired.wait(), timeout=10)
-        worst = max(late for _, late in fired)
+            for probe in ("/healthz", "/readyz"):
+                async with http.get(base + probe) as resp:
+                    out.say("http", f"GET {probe} → {resp.status} {json.dumps(await resp.json(), ensure_ascii=False)}")
+            out.say("demo", f"store {store.id}: reply window shortened to {DEMO_WINDOW['seconds']} s for the demo "
+                            "(the platform's is 2–3 min), reminders at 6 s and 3 s left")  # fmt: skip
+
+            out.say("scene", "1. platform CS opens a chat with an order card")
+            card = {"type": "order_card", "order_id": "6901234567890", "product_name": "保温杯 Thermos cup 500ml",
+                    "amount_cents": 12900, "status": "已发货 shipped",
+                    "detail_url": "https://fxg.example/order/6901234567890"}  # fmt: skip
+            first = await sandbox.open_chat(store.id, card)
+            root = await _until(lambda: _root_of(slack, channel, "6901234567890"))
+
+            out.say("scene", "2. a stranger tries to answer; then the assignee answers with text, emoji and an image")
+            await slack.user_message("U0STRANGER", channel, "我来回答", thread_ts=root)
+            await asyncio.sleep(0.3)
+            assignee = await redis.hget(keys.chat(keys.store_tag(store.id), first), "assignee")
+            user = users.get(str(assignee), "")
+            await slack.user_message(user, channel, "您好，已经发货了 :truck: :+1::skin-tone-2:", thread_ts=root)
+            photo = slack.add_file("waybill.png", PNG, "image/png")
+            await slack.user_message(user, channel, "快递单见图", thread_ts=root, files=[photo])
+            await _until(
+                lambda: len([m for m in sandbox.conversations[first].messages if m["from"] == "merchant"]) >= 3
+            )
+            await asyncio.sleep(1.5)
+
+            out.say(
+                "scene",
+                "3. a second chat gets no answer: reminders, then the bridge closes it; a late reply is refused",
+            )
+            second = await sandbox.open_chat(store.id, {"type": "text", "text": "请问可以改地址吗？"})
+            root2 = await _until(lambda: _root_of(slack, channel, "改地址"))
+            await _until(lambda: _status(redis, store.id, second), within=20, async_probe=True)
+            late_user = users.get(str(await redis.hget(keys.chat(keys.store_tag(store.id), second), "assignee")), "")
+            await slack.user_message(late_user, channel, "可以的", thread_ts=root2)
+            await asyncio.sleep(1.0)
+
+            out.say("scene", "4. plumbing: a redelivered push changes nothing; a forged one is refused")
+            delivery = sandbox.deliveries[0]
+            again = await sandbox.push_envelope("store", store.id, delivery.records)
+            out.say("platform", f"redelivered push {delivery.records[0]['msg_id']} → {again.statuses} (stored once)")
+            body = json.dumps(delivery.records).encode()
+            headers = {"app-id": store.platform.app_key, "event-sign": sign(store.platform.app_key, body, "guess")}
+            async with http.post(f"{base}/webhooks/platform/{store.id}", data=body, headers=headers) as resp:
+                out.say("attacker", f"push signed with a guessed secret → {resp.status} {(await resp.json())['msg']}")
+
+            _, stats = await slack.slash_command(users.get(store.main_account, ""), channel, "/feige", "stats")
+            out.say("slack", f"/feige stats → {_flat(stats)}")
+        watcher.poll()
         out.say(
             "summary",
-            f"events in: {len(sandbox.deliveries)} pushes, {bridge.event_log.records_stored} new event(s) stored "
-            f"in {bridge.event_log.round_trips} Redis round trips, "
-            f"{bridge.consumer.stats.handled + bridge.consumer.stats.ignored} handled; "
-            f"calls out: {bridge.outbox.stats.sent} sent, {bridge.outbox.stats.retried} retried; "
-            f"timers: {len(fired)} fired, worst lateness {worst:.1f} ms",
+            f"events in: {len(sandbox.deliveries)} pushes, {bridge.event_log.records_stored} new events stored; "
+            f"calls out: {bridge.outbox.stats.sent} sent ({len(slack.messages)} Slack messages, "
+            f"{len(sandbox.received('POST'))} platform calls), {bridge.outbox.stats.retried} retried, "
+            f"{slack.rate_limited} Slack 429s; timers fired: {bridge.worker.stats.fired}",
         )
-        out.say("next", "Slack and Telegram emulators and the two flows join this demo with the next issues")
         if keep_serving:
-            out.say("bridge", f"still serving: {base}/healthz, {base}/readyz; sandbox {sandbox_url} — Ctrl-C to stop")
+            out.say(
+                "bridge", f"still serving: {base}/healthz · sandbox {sandbox_url} · Slack {slack.base_url} — Ctrl-C"
+            )
             await asyncio.Event().wait()
     finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
         await bridge.stop()
         await sandbox.stop()
+        await slack.stop()
         out.say("bridge", "stopped gracefully; embedded Redis stopped")
     return 0
 
 
-async def _platform_push(
-    out: Transcript, http: aiohttp.ClientSession, bridge: Bridge, sandbox: PlatformSandbox, base: str, store_id: str
-) -> None:
-    card = {
-        "type": "order_card",
-        "order_id": "6901234567890",
-        "product_name": "保温杯 Thermos cup 500ml",
-        "amount_cents": 12900,
-        "status": "已发货 shipped",
-        "detail_url": "https://fxg.example/order/6901234567890",
-    }
-    cid = await sandbox.open_chat(store_id, card)
-    delivery = sandbox.deliveries[-1]
-    out.say("platform", f"CS opened chat {cid} with an order card → signed push, bridge answered {delivery.statuses}")
-    await _until(lambda: bridge.consumer.stats.handled + bridge.consumer.stats.ignored >= 1)
-    out.say("bridge", f"stored it in {keys.events('{store:' + store_id + '}')}, then handled it (flow: next issue)")
-
-    again = await sandbox.push_envelope("store", store_id, delivery.records)
-    seen = await bridge.redis.zscore(keys.seen("{store:" + store_id + "}"), delivery.records[0]["msg_id"])
-    stored = seen is not None
-    out.say("platform", f"redelivered the same push → {again.statuses}; msg_id remembered for 7 days: {bool(stored)}")
-
-    body = json.dumps(delivery.records).encode()
-    app_key = bridge.holder.current.stores[0].platform.app_key
-    headers = {"app-id": app_key, "event-sign": sign(app_key, body, "a-guessed-secret")}
-    async with http.post(f"{base}/webhooks/platform/{store_id}", data=body, headers=headers) as resp:
-        out.say("attacker", f"push signed with a guessed secret → {resp.status} {(await resp.json())['msg']}")
+def _root_of(slack: SlackEmulator, channel: str, marker: str) -> str | None:
+    return next((m.ts for m in slack.messages if m.channel == channel and not m.thread_ts and marker in m.text), None)
 
 
-async def _outbox(out: Transcript, bridge: Bridge, sandbox: PlatformSandbox, store_id: str) -> None:
-    cid = next(iter(sandbox.conversations))
-    sandbox.fail_next("POST", "/im/conversations", 503)
-    job = OutboxJob(
-        "demo-reply-1",
-        SEND_MESSAGE,
-        {
-            "endpoint": f"store:{store_id}",
-            "conversation_id": cid,
-            "agent_id": "agent-a",
-            "content": {"type": "text", "text": "您好，已经发货了，单号 SF1234567890 😊"},
-        },
-    )
-    bridge.outbox.base_delay = 0.3
-    await bridge.outbox.enqueue("{store:" + store_id + "}", f"chat:{cid}", job)
-    out.say("outbox", "queued a reply for the platform (job id = its Idempotency-Key)")
-    await _until(lambda: bridge.outbox.stats.sent >= 1)
-    calls = sandbox.received("POST", "/im/conversations")
-    out.say("platform", f"received it: statuses {[c.status for c in calls]} — a 503, retried with backoff, one message")
+async def _status(redis: Any, store_id: str, cid: str) -> bool | None:
+    return True if await redis.hget(keys.chat(keys.store_tag(store_id), cid), "status") == "closed" else None
 
 
-async def _timers(out: Transcript, bridge: Bridge, store_id: str) -> None:
-    now = time.time()
-    plan = [("reminder-60s-left", 1.0), ("reminder-30s-left", 1.5), ("window-closes", 2.0), ("cancelled", 1.2)]
-    for name, after in plan:
-        await bridge.timers.schedule(keys.demo_timer(store_id, name), now + after, payload=f"+{after}s")
-    out.say("timers", f"scheduled {len(plan)} timers in Redis: " + ", ".join(f"{n} +{a}s" for n, a in plan))
-    await bridge.timers.cancel(keys.demo_timer(store_id, "cancelled"))
-    out.say("timers", "cancelled 'cancelled' (as a reply cancels its chat's reminders)")
-
-
-async def _until(condition: Callable[[], bool], within: float = 10.0) -> None:
+async def _until(probe: Callable[[], Any], within: float = 10.0, async_probe: bool = False) -> Any:
     deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the demo waited too long")
+    while time.monotonic() < deadline:
+        found = await probe() if async_probe else probe()
+        if found is not None:
+            return found
         await asyncio.sleep(0.02)
+    raise TimeoutError("the demo waited too long")

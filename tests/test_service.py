@@ -153,8 +153,11 @@ async def test_demo_runs_and_exits_zero(tmp_path: Path) -> None:
     text = out.decode()
     assert proc.returncode == 0, text
     assert "GET /healthz → 200" in text and "GET /readyz → 200" in text
-    assert "signed push, bridge answered [200]" in text
+    assert "pushed im_platform_message to store:1001 (signed) → [200]" in text
+    assert "(only U0STRANGER sees) 消息未发送：只有本店铺的指定客服" in text
+    assert '"text": "您好，已经发货了 🚚 👍🏻"' in text, "the reply reached the platform as Unicode"
+    assert '"type": "image", "media_id"' in text and "got :white_check_mark:" in text
+    assert "⏰ 还剩 6 秒回复" in text and "⏰ 还剩 3 秒回复" in text
+    assert "⛔ 会话已关闭：超时未回复" in text and "消息未发送：该会话已关闭" in text
     assert "guessed secret → 401" in text
-    assert "statuses [503, 200]" in text
-    assert "events in: 2 pushes, 1 new event(s) stored" in text
-    assert "timers: 3 fired" in text
+    assert "/feige stats → 📊" in text and " 0 Slack 429s" in text

@@ -5,6 +5,7 @@ into ChatFlow calls, core views into Slack messages.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from connectors.slack.text import slack_to_platform_text
 log = logging.getLogger(__name__)
 
 CHANNEL_SPACING_SECONDS = 1.0  # Slack: about one message per second per channel
+PARENT_WAIT_SECONDS = 1.5  # within Slack's 3 s to acknowledge
 _IGNORED_SUBTYPES = {None, "file_share", "thread_broadcast"}
 
 
@@ -52,7 +54,6 @@ class SlackConnector:
         self.spacing = SendSpacing(redis, clock)
         self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_base_url)
         self.app = AsyncApp(
-            token=settings.bot_token,
             signing_secret=settings.signing_secret,
             client=self.client,
             # Ack only after the reply is durably queued: nothing a person wrote is lost in a crash.
@@ -111,7 +112,7 @@ class SlackConnector:
             tag = keys.store_tag(store.id)
             thread = event.get("thread_ts")
             in_thread = thread is not None and thread != event["ts"]
-            parent = await refs.chat_of(self.redis, tag, "slack", channel, thread) if in_thread and thread else None
+            parent = await self._parent(tag, channel, thread) if in_thread and thread else None
             cid = parent.removeprefix("chat:") if parent and parent.startswith("chat:") else None
             media = [
                 ReplyMedia(
@@ -123,6 +124,16 @@ class SlackConnector:
             actor = Actor("slack", event["user"], channel, thread if in_thread else None, event["ts"])
             await self.chats.reply(store, cid, actor, slack_to_platform_text(event.get("text", "")), media)
         await self._remember(event_id)
+
+    async def _parent(self, tag: str, channel: str, thread: str) -> str | None:
+        """The chat a thread belongs to. A reply can arrive while the root's post is still being
+        recorded (someone answered within milliseconds): wait briefly rather than refuse it."""
+        for _ in range(int(PARENT_WAIT_SECONDS / 0.05)):
+            found = await refs.chat_of(self.redis, tag, "slack", channel, thread)
+            if found is not None:
+                return found
+            await asyncio.sleep(0.05)  # real time: the post in flight does not wait for test clocks
+        return None
 
     async def _on_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
         store = self.store_for(command.get("channel_id", ""))

@@ -34,6 +34,7 @@ class Message:
     edits: int = 0
     reactions: list[str] = field(default_factory=list)
     files: list[dict[str, Any]] = field(default_factory=list)
+    posted_at: float = 0.0
 
 
 @dataclass
@@ -57,7 +58,7 @@ class SlackEmulator:
         self.calls: list[Call] = []
         self.files: dict[str, dict[str, Any]] = {}
         self.rate_limited = 0
-        self._last_post: dict[str, float] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # channel → (tokens, at)
         self._ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -147,22 +148,33 @@ class SlackEmulator:
         return 200, {"ok": True, "url": "https://feige-demo.slack.com/", "team": "Feige demo", "user": "feige-bridge",
                      "team_id": TEAM, "user_id": BOT_USER, "bot_id": BOT_ID}, {}  # fmt: skip
 
+    BURST = 2.0
+    """Slack allows about one message a second per channel, "short bursts tolerated": a bucket of
+    two, refilled at one a second."""
+
+    def exhaust(self, channel: str) -> None:
+        """As if another app had just used the channel's allowance."""
+        self._buckets[channel] = (0.0, self.clock.now())
+
     def _post_message(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         channel = str(args.get("channel", ""))
         now = self.clock.now()
-        last = self._last_post.get(channel)
-        if last is not None and now - last < 1.0:
+        tokens, at = self._buckets.get(channel, (self.BURST, now))
+        tokens = min(self.BURST, tokens + (now - at))
+        if tokens < 1.0:
             self.rate_limited += 1
-            wait = max(1, int(1.0 - (now - last) + 0.999))
+            self._buckets[channel] = (tokens, now)
+            wait = max(1, int(1.0 - tokens + 0.999))
             return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(wait)}
         if not args.get("text") and not args.get("blocks"):
             return 200, {"ok": False, "error": "no_text"}, {}
-        self._last_post[channel] = now
+        self._buckets[channel] = (tokens - 1.0, now)
         blocks = args.get("blocks") or []
         if isinstance(blocks, str):
             blocks = json.loads(blocks)
         thread = args.get("thread_ts")
-        msg = Message(channel, self._ts(), BOT_USER, str(args.get("text", "")), blocks, str(thread) if thread else None)
+        msg = Message(channel, self._ts(), BOT_USER, str(args.get("text", "")), blocks, str(thread) if thread else None,
+                      posted_at=now)  # fmt: skip
         self.messages.append(msg)
         return 200, {"ok": True, "channel": channel, "ts": msg.ts, "message": self._wire(msg)}, {}
 

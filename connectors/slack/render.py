@@ -44,7 +44,12 @@ def render(store: Store, view: dict[str, Any]) -> tuple[str, list[dict[str, Any]
             {"type": "header", "text": {"type": "plain_text", "text": view["title"], "emoji": True}},
             {"type": "section", "text": {"type": "mrkdwn", "text": body or " "}},
         ]
-        return f"{view['title']} · {_fill(store, view['status_line'], view)}".strip(" ·"), blocks
+        text = f"{view['title']} · {_fill(store, view['status_line'], view)}".strip(" ·")
+        if view.get("first_message"):
+            first_text, first_blocks = _platform_message(store, view["first_message"])
+            blocks += [{"type": "divider"}, *first_blocks]
+            text = f"{text}\n{first_text}"
+        return text, blocks
     if kind == "notice":
         text = _fill(store, view["text"], view)
         return text, [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]

@@ -1,0 +1,206 @@
+"""`make bench-chats`: 200 concurrent platform chats across 20 Slack channels, end to end.
+
+A `bridge serve` process sits between the platform sandbox and the Slack emulator (both in this
+process, Slack's 1 message/s per channel enforced with 429s). Each chat: platform CS writes (a
+signed push) → the bridge opens a Slack thread and mirrors the message → an agent answers in the
+thread → the reply reaches the platform. Measured per chat:
+- platform→Slack: push sent → the platform's message visible in its Slack thread;
+- Slack→platform: the agent's message sent to the bridge → the reply received by the platform;
+- and how many 429s the emulator answered.
+
+Two loads: **paced** — chats opened so no channel is asked for more than one message a second (the
+rate limit is not the bottleneck; this is the latency the target is about), and **burst** — all 200
+at once (the channel limit is the bottleneck: every post waits its turn; shows that nothing is lost
+and no 429 is provoked). Writes bench/results/chats.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bridge.config import load_config
+from bridge.redis_server import EmbeddedRedis, free_port
+from connectors.platform.sandbox import PlatformSandbox
+from connectors.slack.emulator import SlackEmulator
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results" / "chats.json"
+CHANNELS = 20
+SIGNING, TOKEN = "bench-signing-secret", "xoxb-bench"
+
+
+def bench_config(path: Path, port: int) -> None:
+    stores = []
+    for i in range(CHANNELS):
+        sid = f"{2001 + i}"
+        stores.append({
+            "id": sid, "name": f"Bench store {sid}", "sandbox": True,
+            "platform": {"app_key": f"bench-key-{sid}", "app_secrets": [f"bench-secret-{sid}"],
+                         "api_url": "${PLATFORM_API_URL}", "api_token": f"bench-token-{sid}"},
+            "destinations": {"platform_chats": f"slack:CB{i:03d}", "task_orders": f"slack:CT{i:03d}"},
+            "main_account": f"m{sid}",
+            "agents": [{"id": f"m{sid}", "name": f"Agent {sid}", "slack_user": f"UB{i:03d}", "im_permission": True}],
+        })  # fmt: skip
+    config = {
+        "server": {"host": "127.0.0.1", "port": port},
+        "slack": {"bot_token": TOKEN, "signing_secret": SIGNING, "api_base_url": "${SLACK_API_URL}"},
+        "stores": stores,
+    }
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 1),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 1),
+        "max_ms": round(ordered[-1] * 1000, 1),
+        "n": len(ordered),
+    }
+
+
+async def run_load(
+    sandbox: PlatformSandbox, slack: SlackEmulator, chats_per_channel: int, spacing: float, label: str
+) -> dict[str, Any]:
+    to_slack: list[float] = []
+    to_platform: list[float] = []
+    missing: list[str] = []
+
+    async def one_chat(channel_index: int, n: int) -> None:
+        store_id, channel = f"{2001 + channel_index}", f"CB{channel_index:03d}"
+        await asyncio.sleep(n * spacing + channel_index * (spacing / CHANNELS))
+        marker = f"[{label}-{channel_index}-{n}]"
+        pushed = time.time()
+        cid = await sandbox.open_chat(store_id, {"type": "text", "text": f"您好 {marker}"})
+        landed = await wait_for(lambda: find_message(slack, channel, marker), 120)
+        if landed is None:
+            missing.append(marker)
+            return
+        message, root_ts = landed
+        to_slack.append(message.posted_at - pushed)
+        sent = time.time()
+        await slack.user_message(f"UB{channel_index:03d}", channel, f"回复 {marker}", thread_ts=root_ts)
+        arrived = await wait_for(lambda: reply_time(sandbox, cid), 60)
+        if arrived is None:
+            missing.append(marker + " reply")
+            return
+        to_platform.append(arrived - sent)
+
+    started = time.time()
+    await asyncio.gather(*(one_chat(c, n) for c in range(CHANNELS) for n in range(chats_per_channel)))
+    return {
+        "chats": CHANNELS * chats_per_channel,
+        "seconds": round(time.time() - started, 1),
+        "platform_to_slack": percentiles(to_slack),
+        "slack_to_platform": percentiles(to_platform),
+        "missing": missing,
+    }
+
+
+def find_message(slack: SlackEmulator, channel: str, marker: str) -> tuple[Any, str] | None:
+    for m in reversed(slack.messages):
+        if m.channel == channel and m.user != "user" and marker in m.text and m.posted_at:
+            return m, m.thread_ts or m.ts  # the first message of a chat is in its thread's root
+    return None
+
+
+def reply_time(sandbox: PlatformSandbox, cid: str) -> float | None:
+    for r in sandbox.records:
+        if r.path == f"/im/conversations/{cid}/messages" and r.status == 200:
+            return r.at
+    return None
+
+
+async def wait_for(probe: Any, within: float) -> Any:
+    deadline = time.time() + within
+    while time.time() < deadline:
+        found = probe()
+        if found is not None:
+            return found
+        await asyncio.sleep(0.002)
+    return None
+
+
+async def main_async(quick: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        port = free_port()
+        config_path = tmp / "bench.yaml"
+        bench_config(config_path, port)
+        slack = SlackEmulator(SIGNING, TOKEN, bridge_url=f"http://127.0.0.1:{port}")
+        await slack.start()
+        env = dict(os.environ, PLATFORM_API_URL="http://127.0.0.1:1", SLACK_API_URL=slack.api_url)
+        sandbox = PlatformSandbox(load_config(config_path, environ=env).config, f"http://127.0.0.1:{port}")
+        sandbox_url = await sandbox.start()
+        env["PLATFORM_API_URL"] = sandbox_url
+        with EmbeddedRedis(tmp / "redis", appendonly=True) as redis:
+            env["REDIS_URL"] = redis.url
+            bridge = start_bridge(config_path, env, tmp / "bridge.log")
+            try:
+                await wait_up(port)
+                per_channel = 2 if quick else 10
+                results: dict[str, Any] = {
+                    "paced": await run_load(sandbox, slack, per_channel, 3.5, "paced"),
+                }
+                paced_429 = slack.rate_limited
+                results["burst"] = await run_load(sandbox, slack, per_channel, 0.0, "burst")
+                results["paced"]["slack_429s"] = paced_429
+                results["burst"]["slack_429s"] = slack.rate_limited - paced_429
+            finally:
+                bridge.terminate()
+                bridge.wait(20)
+                await sandbox.stop()
+                await slack.stop()
+    results["targets"] = {"p99_ms_when_not_rate_limited": 100, "slack_429s": 0}
+    return results
+
+
+def start_bridge(config_path: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log = log_path.open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "serve", "--config", str(config_path)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+async def wait_up(port: int) -> None:
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError("bridge did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="2 chats per channel; results not written")
+    args = parser.parse_args()
+    results = asyncio.run(main_async(args.quick))
+    print(json.dumps(results, indent=2, ensure_ascii=False))
+    if not args.quick:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
