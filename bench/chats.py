@@ -80,29 +80,50 @@ async def run_load(
     to_slack: list[float] = []
     to_platform: list[float] = []
     missing: list[str] = []
+    landed: dict[str, asyncio.Future[tuple[float, str]]] = {}
+    replied: dict[str, asyncio.Future[float]] = {}
+    loop = asyncio.get_running_loop()
+
+    def on_slack(message: Any) -> None:
+        start = message.text.rfind("[")
+        waiting = landed.get(message.text[start : message.text.find("]", start) + 1]) if start >= 0 else None
+        if waiting is not None and not waiting.done():
+            waiting.set_result((message.posted_at, message.thread_ts or message.ts))
+
+    def on_platform(record: Any) -> None:
+        cid = record.path.split("/")[3] if record.path.startswith("/im/conversations/") else ""
+        waiting = replied.get(cid)
+        if waiting is not None and record.status == 200 and not waiting.done():
+            waiting.set_result(record.at)
+
+    slack.listeners.append(on_slack)
+    sandbox.listeners.append(on_platform)
 
     async def one_chat(channel_index: int, n: int) -> None:
         store_id, channel = f"{2001 + channel_index}", f"CB{channel_index:03d}"
         await asyncio.sleep(n * spacing + channel_index * (spacing / CHANNELS))
         marker = f"[{label}-{channel_index}-{n}]"
+        landed[marker] = loop.create_future()
         pushed = time.time()
         cid = await sandbox.open_chat(store_id, {"type": "text", "text": f"您好 {marker}"})
-        landed = await wait_for(lambda: find_message(slack, channel, marker), 120)
-        if landed is None:
+        replied[cid] = loop.create_future()
+        try:
+            posted_at, root_ts = await asyncio.wait_for(landed[marker], 120)
+        except TimeoutError:
             missing.append(marker)
             return
-        message, root_ts = landed
-        to_slack.append(message.posted_at - pushed)
+        to_slack.append(posted_at - pushed)
         sent = time.time()
         await slack.user_message(f"UB{channel_index:03d}", channel, f"回复 {marker}", thread_ts=root_ts)
-        arrived = await wait_for(lambda: reply_time(sandbox, cid), 60)
-        if arrived is None:
+        try:
+            to_platform.append(await asyncio.wait_for(replied[cid], 60) - sent)
+        except TimeoutError:
             missing.append(marker + " reply")
-            return
-        to_platform.append(arrived - sent)
 
     started = time.time()
     await asyncio.gather(*(one_chat(c, n) for c in range(CHANNELS) for n in range(chats_per_channel)))
+    slack.listeners.remove(on_slack)
+    sandbox.listeners.remove(on_platform)
     return {
         "chats": CHANNELS * chats_per_channel,
         "seconds": round(time.time() - started, 1),
@@ -110,30 +131,6 @@ async def run_load(
         "slack_to_platform": percentiles(to_platform),
         "missing": missing,
     }
-
-
-def find_message(slack: SlackEmulator, channel: str, marker: str) -> tuple[Any, str] | None:
-    for m in reversed(slack.messages):
-        if m.channel == channel and m.user != "user" and marker in m.text and m.posted_at:
-            return m, m.thread_ts or m.ts  # the first message of a chat is in its thread's root
-    return None
-
-
-def reply_time(sandbox: PlatformSandbox, cid: str) -> float | None:
-    for r in sandbox.records:
-        if r.path == f"/im/conversations/{cid}/messages" and r.status == 200:
-            return r.at
-    return None
-
-
-async def wait_for(probe: Any, within: float) -> Any:
-    deadline = time.time() + within
-    while time.time() < deadline:
-        found = probe()
-        if found is not None:
-            return found
-        await asyncio.sleep(0.002)
-    return None
 
 
 async def main_async(quick: bool) -> dict[str, Any]:

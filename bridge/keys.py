@@ -186,5 +186,11 @@ def slack_events_seen() -> str:
 
 
 def rate_limit(service: str, target: str) -> str:
-    """STRING: the earliest time (ms) the next message may go to ``target`` on ``service``. TTL a minute."""
+    """STRING: the earliest time (ms) the next slot to ``target`` on ``service`` is free. Expires a
+    minute after that time."""
     return "{rl:" + service + ":" + target + "}"
+
+
+def rate_limit_slot(service: str, target: str, job_id: str) -> str:
+    """STRING: the slot (ms) reserved for one outbox job; deleted when used, else expires."""
+    return rate_limit(service, target) + ":slot:" + job_id

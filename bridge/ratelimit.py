@@ -10,14 +10,23 @@ from redis.asyncio import Redis
 from bridge import keys
 from bridge.clock import Clock
 
-# KEYS: the target's key. ARGV: now (ms), spacing (ms). Returns 0 when the slot is taken now, else
-# how many ms to wait.
+# Each message reserves its own slot, so messages queued for one target do not all wake at the
+# same free moment and fight over it (a thundering herd); the slot is kept for the job until used.
+# KEYS: the target's next-free time, this job's slot.  ARGV: now (ms), spacing (ms).
+# Returns 0 when the job may send now, else how many ms until its slot.
 _RESERVE = """
-local free = tonumber(redis.call('GET', KEYS[1]) or '0')
-local now = tonumber(ARGV[1])
-if now < free then return free - now end
-redis.call('SET', KEYS[1], now + tonumber(ARGV[2]), 'PX', 60000)
-return 0
+local now, spacing = tonumber(ARGV[1]), tonumber(ARGV[2])
+local mine = redis.call('GET', KEYS[2])
+if mine then
+  local wait = tonumber(mine) - now
+  if wait <= 0 then redis.call('DEL', KEYS[2]) return 0 end
+  return wait
+end
+local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
+redis.call('SET', KEYS[1], slot + spacing, 'PX', slot - now + 60000)
+if slot <= now then return 0 end
+redis.call('SET', KEYS[2], slot, 'PX', slot - now + 60000)
+return slot - now
 """
 
 
@@ -26,10 +35,13 @@ class SendSpacing:
         self.clock = clock
         self._reserve = redis.register_script(_RESERVE)
 
-    async def wait_seconds(self, service: str, target: str, spacing_seconds: float) -> float:
-        """0 when a message may go to ``target`` now (the slot is then taken), else how long to wait."""
+    async def wait_seconds(self, service: str, target: str, spacing_seconds: float, job_id: str) -> float:
+        """0 when ``job_id`` may send to ``target`` now, else how long until its reserved slot."""
         now_ms = int(self.clock.now() * 1000)
         wait = int(
-            await self._reserve(keys=[keys.rate_limit(service, target)], args=[now_ms, int(spacing_seconds * 1000)])
+            await self._reserve(
+                keys=[keys.rate_limit(service, target), keys.rate_limit_slot(service, target, job_id)],
+                args=[now_ms, int(spacing_seconds * 1000)],
+            )
         )
         return wait / 1000

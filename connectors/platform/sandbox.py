@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -109,6 +110,8 @@ class PlatformSandbox:
         self.push_retry_seconds = push_retry_seconds
         self.push_max_attempts = push_max_attempts
         self.records: list[Recorded] = []
+        self.listeners: list[Callable[[Recorded], None]] = []
+        """Called with each API request recorded (benchmarks wait on these instead of polling)."""
         self.deliveries: list[Delivery] = []
         self.conversations: dict[str, Conversation] = {}
         self.task_orders: dict[str, TaskOrder] = {}
@@ -245,26 +248,27 @@ class PlatformSandbox:
                     fault.times -= 1
                     headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
                     body = {"code": fault.status, "msg": "injected fault"}
-                    self.records.append(
+                    self._record(
                         Recorded(request.method, request.path, who, key, {}, fault.status, body, self.clock.now())
                     )
                     return web.json_response(body, status=fault.status, headers=headers)
             if key is not None and (who, key) in self._idempotent:
                 status, body = self._idempotent[(who, key)]
-                self.records.append(
-                    Recorded(request.method, request.path, who, key, {}, status, body, self.clock.now(), True)
-                )
+                self._record(Recorded(request.method, request.path, who, key, {}, status, body, self.clock.now(), True))
                 return web.json_response(body, status=status)
             payload: dict[str, Any]
             status, body, payload = await handler(request, who)
             if key is not None and (200 <= status < 300 or (400 <= status < 500 and status != 429)):
                 self._idempotent[(who, key)] = (status, body)
-            self.records.append(
-                Recorded(request.method, request.path, who, key, payload, status, body, self.clock.now())
-            )
+            self._record(Recorded(request.method, request.path, who, key, payload, status, body, self.clock.now()))
             return web.json_response(body, status=status)
 
         return wrapped
+
+    def _record(self, record: Recorded) -> None:
+        self.records.append(record)
+        for listener in self.listeners:
+            listener(record)
 
     async def _json(self, request: web.Request) -> dict[str, Any] | None:
         try:

@@ -174,8 +174,8 @@ class SlackConnector:
             raise FinalFailure(f"store {job.payload['store']} is no longer configured")
         return store
 
-    async def _space(self, channel: str) -> None:
-        wait = await self.spacing.wait_seconds("slack", channel, CHANNEL_SPACING_SECONDS)
+    async def _space(self, channel: str, job_id: str) -> None:
+        wait = await self.spacing.wait_seconds("slack", channel, CHANNEL_SPACING_SECONDS, job_id)
         if wait > 0:
             raise RetryLater(f"channel {channel} spacing", after=wait, pacing=True)
 
@@ -190,7 +190,7 @@ class SlackConnector:
             if root is None:
                 raise FinalFailure("the chat's root message was never posted")
             thread_ts = root[1]
-        await self._space(p["channel"])
+        await self._space(p["channel"], job.id)
         resp = await _call(
             self.client.chat_postMessage(channel=p["channel"], text=text, blocks=blocks, thread_ts=thread_ts)
         )

@@ -12,6 +12,7 @@ import itertools
 import json
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,8 @@ class SlackEmulator:
         self.calls: list[Call] = []
         self.files: dict[str, dict[str, Any]] = {}
         self.rate_limited = 0
+        self.listeners: list[Callable[[Message], None]] = []
+        """Called with each message the bridge posts (benchmarks wait on these instead of polling)."""
         self._buckets: dict[str, tuple[float, float]] = {}  # channel → (tokens, at)
         self._ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
@@ -176,6 +179,8 @@ class SlackEmulator:
         msg = Message(channel, self._ts(), BOT_USER, str(args.get("text", "")), blocks, str(thread) if thread else None,
                       posted_at=now)  # fmt: skip
         self.messages.append(msg)
+        for listener in self.listeners:
+            listener(msg)
         return 200, {"ok": True, "channel": channel, "ts": msg.ts, "message": self._wire(msg)}, {}
 
     def _update(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
