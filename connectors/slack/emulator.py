@@ -68,6 +68,7 @@ class SlackEmulator:
         self.port: int | None = None
         self.app = web.Application(client_max_size=50 * 1024 * 1024)
         self.app.router.add_post("/api/{method}", self._api)
+        self.app.router.add_get("/api/{method}", self._api)
         self.app.router.add_get("/files/{file_id}/{name}", self._download)
         self.app.router.add_post("/upload/{file_id}", self._upload)
         self._methods = {
@@ -128,9 +129,9 @@ class SlackEmulator:
         method = request.match_info["method"]
         # slack_sdk sends some arguments as JSON, some as a form, some in the query string.
         args: dict[str, Any] = dict(request.query)
-        if request.content_type == "application/json":
+        if request.method == "POST" and request.content_type == "application/json":
             args |= await request.json()
-        else:
+        elif request.method == "POST":
             args |= dict(await request.post())
         token = request.headers.get("Authorization", "").removeprefix("Bearer ") or str(args.get("token", ""))
         handler = self._methods.get(method)
@@ -306,6 +307,17 @@ class SlackEmulator:
                 "text": text, "response_url": f"{self.base_url}/respond",
                 "trigger_id": f"tr{next(self._ids)}"}  # fmt: skip
         return await self._send_for_body(urllib.parse.urlencode(form), "application/x-www-form-urlencoded")
+
+    async def block_action(self, user: str, channel: str, message_ts: str, action_id: str, value: str = "") -> int:
+        """A person clicks a button on a message (interactivity payload, as Slack posts it)."""
+        payload = {"type": "block_actions", "team": {"id": TEAM}, "user": {"id": user}, "api_app_id": "A0FEIGE",
+                   "container": {"type": "message", "message_ts": message_ts, "channel_id": channel},
+                   "channel": {"id": channel}, "message": {"ts": message_ts},
+                   "trigger_id": f"tr{next(self._ids)}", "response_url": f"{self.base_url}/respond",
+                   "actions": [{"action_id": action_id, "block_id": "b", "type": "button", "value": value,
+                                "action_ts": str(time.time())}]}  # fmt: skip
+        body = urllib.parse.urlencode({"payload": json.dumps(payload)})
+        return await self._send(body, "application/x-www-form-urlencoded")
 
     def sign(self, body: str, timestamp: int | None = None) -> dict[str, str]:
         ts = str(timestamp if timestamp is not None else int(time.time()))  # Slack signs with real time

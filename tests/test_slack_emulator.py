@@ -1,0 +1,71 @@
+"""The Slack emulator speaks Slack's wire format: checked with the real slack_sdk client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bridge.clock import ManualClock
+from connectors.slack.emulator import SlackEmulator
+from tests.conftest import Stack
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[SlackEmulator]:
+    emu = SlackEmulator("secret", "xoxb-test", clock=ManualClock())
+    await emu.start()
+    yield emu
+    await emu.stop()
+
+
+async def test_file_upload_v2_round_trip(emulator: SlackEmulator) -> None:
+    client = AsyncWebClient(token="xoxb-test", base_url=emulator.api_url)
+    resp = await client.files_upload_v2(channel="C1", content=b"hello", filename="a.txt", title="A")
+    assert resp["ok"] and emulator.channel("C1")[0].files[0]["title"] == "A"
+    file_id = resp["files"][0]["id"]
+    assert emulator.files[file_id]["data"] == b"hello"
+
+
+async def test_info_methods_and_bad_token(emulator: SlackEmulator) -> None:
+    client = AsyncWebClient(token="xoxb-test", base_url=emulator.api_url)
+    assert (await client.users_info(user="U1"))["user"]["id"] == "U1"
+    assert (await client.conversations_info(channel="C1"))["channel"]["id"] == "C1"
+    assert (await client.auth_test())["bot_id"] == "BBRIDGEBOT"
+    with pytest.raises(SlackApiError) as info:
+        await AsyncWebClient(token="xoxb-wrong", base_url=emulator.api_url).auth_test()
+    assert info.value.response["error"] == "invalid_auth"
+
+
+async def test_one_message_a_second_per_channel_with_short_bursts(emulator: SlackEmulator) -> None:
+    client = AsyncWebClient(token="xoxb-test", base_url=emulator.api_url)
+    await client.chat_postMessage(channel="C1", text="1")
+    await client.chat_postMessage(channel="C1", text="2")
+    with pytest.raises(SlackApiError) as info:
+        await client.chat_postMessage(channel="C1", text="3")
+    assert info.value.response.status_code == 429 and info.value.response.headers["Retry-After"] == "1"
+    await client.chat_postMessage(channel="C2", text="other channel")
+    assert isinstance(emulator.clock, ManualClock)
+    emulator.clock.advance(1)
+    await client.chat_postMessage(channel="C1", text="3")
+    assert [m.text for m in emulator.channel("C1")] == ["1", "2", "3"] and emulator.rate_limited == 1
+
+
+async def test_url_private_needs_the_bot_token(emulator: SlackEmulator) -> None:
+    import aiohttp
+
+    file = emulator.add_file("a.png", b"\x89PNG", "image/png")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(file["url_private"]) as resp:
+            assert resp.status == 403
+        async with http.get(file["url_private"], headers={"Authorization": "Bearer xoxb-test"}) as resp:
+            assert await resp.read() == b"\x89PNG"
+
+
+async def test_button_clicks_are_acknowledged_by_the_bridge(stack: Stack) -> None:
+    cid = await stack.sandbox.open_chat("1001")
+    await stack.settle()
+    root = stack.slack.channel("C0CHATS1001")[-1]
+    assert cid and await stack.slack.block_action("U0MAIN1001", "C0CHATS1001", root.ts, "order_detail") == 200
