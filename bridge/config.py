@@ -43,6 +43,12 @@ def _check_timezone(value: str) -> str:
     return value
 
 
+def _check_id(value: str) -> str:
+    if not _STORE_ID.match(value):
+        raise ValueError("an id may use letters, digits, '-' and '_' only (it is part of a URL)")
+    return value
+
+
 def _check_destination(value: str) -> str:
     if not _DESTINATION.match(value):
         raise ValueError(f"destination {value!r} is not of the form slack:<channel id> or telegram:<chat id>")
@@ -123,13 +129,7 @@ class Store(_Model):
     task_orders: TaskOrderSettings = TaskOrderSettings()
 
     _tz = field_validator("timezone")(_check_timezone)
-
-    @field_validator("id")
-    @classmethod
-    def _id_shape(cls, value: str) -> str:
-        if not _STORE_ID.match(value):
-            raise ValueError("store id may use letters, digits, '-' and '_' only (it is part of a URL)")
-        return value
+    _id = field_validator("id")(_check_id)
 
     @property
     def designated(self) -> list[Agent]:
@@ -154,13 +154,7 @@ class Creator(_Model):
 
     _tz = field_validator("timezone")(_check_timezone)
     _dest = field_validator("destination")(_check_destination)
-
-    @field_validator("id")
-    @classmethod
-    def _id_shape(cls, value: str) -> str:
-        if not _STORE_ID.match(value):
-            raise ValueError("creator id may use letters, digits, '-' and '_' only (it is part of a URL)")
-        return value
+    _id = field_validator("id")(_check_id)
 
     @property
     def webhook_path(self) -> str:

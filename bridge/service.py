@@ -26,6 +26,7 @@ from bridge.config import ConfigHolder
 from bridge.domain import Endpoint
 from bridge.events import EventConsumer, EventHandler
 from bridge.ingest import EventLog
+from bridge.listen import listen
 from bridge.metrics import METRICS
 from bridge.outbox import Outbox
 from bridge.redis_server import EmbeddedRedis
@@ -87,7 +88,6 @@ class Bridge:
         if self.slack is not None:
             self.slack.add_routes(self.app)
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
         self._background: list[asyncio.Task[None]] = []
         self._watchers: list[asyncio.Task[None]] = []
         self._close_socket_mode: Callable[[], Awaitable[None]] | None = None
@@ -133,18 +133,14 @@ class Bridge:
         """Serves HTTP; with ``run_workers`` (the default) also runs the timer worker and the event
         consumer. Tests turn them off and drive them in burst mode with an injected clock."""
         settings = self.holder.current.server
-        self._runner = web.AppRunner(
+        access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
+        self._runner, self.port = await listen(
             self.app,
-            handle_signals=False,
+            host or settings.host,
+            settings.port if port is None else port,
             shutdown_timeout=settings.shutdown_grace_seconds,
-            access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
+            access_log=access_log,
         )
-        await self._runner.setup()
-        self._site = web.TCPSite(self._runner, host or settings.host, settings.port if port is None else port)
-        await self._site.start()
-        server = self._site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
         if run_workers:
             self._background = [
                 asyncio.create_task(self.worker.run(), name="timer-worker"),

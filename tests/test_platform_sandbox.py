@@ -8,6 +8,7 @@ from aiohttp import web
 
 from bridge.clock import ManualClock
 from bridge.config import ConfigHolder
+from bridge.listen import listen
 from bridge.outbox import FinalFailure, RetryLater
 from connectors.platform.client import PlatformClient
 from connectors.platform.sandbox import PlatformSandbox
@@ -145,11 +146,7 @@ async def test_pusher_redelivers_until_the_bridge_answers_success() -> None:
 
     app = web.Application()
     app.router.add_post("/webhooks/platform/1001", flaky)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await listen(app, "127.0.0.1", 0)
     sandbox = PlatformSandbox(
         ConfigHolder(EXAMPLE_CONFIG, environ={}).current, f"http://127.0.0.1:{port}", push_retry_seconds=0.01
     )

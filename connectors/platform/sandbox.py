@@ -25,6 +25,7 @@ from aiohttp import web
 
 from bridge.clock import Clock, SystemClock
 from bridge.config import BridgeConfig, PlatformCredentials
+from bridge.listen import listen
 from connectors.platform.signing import sign
 from rules.evidence import MAX_EVIDENCE_FILES, MAX_VIDEO_BYTES, SNIFF_BYTES, media_refusal, sniff_media
 
@@ -138,12 +139,7 @@ class PlatformSandbox:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        self._runner, self.port = await listen(self.app, host, port)
         return f"http://{host}:{self.port}"
 
     async def stop(self) -> None:

@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from bridge.clock import Clock, SystemClock
+from bridge.listen import listen
 
 BOT_USER, BOT_ID, TEAM = "UBRIDGEBOT", "BBRIDGEBOT", "T0FEIGE"
 
@@ -86,12 +87,7 @@ class SlackEmulator:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        self._runner, self.port = await listen(self.app, host, port)
         return self.base_url
 
     @property
