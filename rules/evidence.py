@@ -57,3 +57,11 @@ def media_refusal(head: bytes, size: int) -> MediaRefusal | None:
     if size > media.max_bytes:
         return MediaRefusal("size", media.max_bytes)
     return None
+
+
+def evidence_refusals(files: list[tuple[bytes, int]]) -> list[tuple[int, MediaRefusal]]:
+    """Every file that may not go, with its index; more than MAX_EVIDENCE_FILES is refused as a whole
+    (index -1) before any file is looked at."""
+    if len(files) > MAX_EVIDENCE_FILES:
+        return [(-1, MediaRefusal("count", MAX_EVIDENCE_FILES))]
+    return [(i, r) for i, (head, size) in enumerate(files) if (r := media_refusal(head, size)) is not None]

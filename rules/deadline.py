@@ -1,0 +1,64 @@
+"""B6 — a task order's deadline.
+
+24 hours after creation. A moment after 21:00 moves to 09:00 the next morning, a moment before
+09:00 to 09:00 that morning, in the store's time zone; exactly 21:00:00 stays (our reading of the
+article's "顺延至次日09:00后"). The other reading, a per-store option (``carry_over``): the part of the
+24 hours that falls after 21:00 is carried over and resumes at 09:00. Quiet hours are configurable.
+When the platform sends its own deadline, that one wins.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+NightRule = Literal["move_to_morning", "carry_over"]
+
+
+def in_quiet_hours(moment: datetime, start: time, end: time) -> bool:
+    """True strictly after ``start`` and strictly before ``end`` (local times; may span midnight)."""
+    t = moment.timetz().replace(tzinfo=None)
+    if start > end:  # spans midnight, e.g. 21:00–09:00
+        return t > start or t < end
+    return start < t < end
+
+
+def _quiet_end_after(moment: datetime, start: time, end: time, tz: ZoneInfo) -> datetime:
+    """The end of the quiet period ``moment`` is in."""
+    day = moment.date()
+    t = moment.timetz().replace(tzinfo=None)
+    if start > end and t > start:
+        day += timedelta(days=1)
+    return datetime.combine(day, end, tzinfo=tz)
+
+
+def _quiet_start_before(moment: datetime, start: time, end: time, tz: ZoneInfo) -> datetime:
+    """The start of the quiet period ``moment`` is in."""
+    day = moment.date()
+    t = moment.timetz().replace(tzinfo=None)
+    if start > end and t < end:
+        day -= timedelta(days=1)
+    return datetime.combine(day, start, tzinfo=tz)
+
+
+def task_deadline(
+    created_at: datetime,
+    tz: ZoneInfo,
+    *,
+    hours: int = 24,
+    quiet_start: time = time(21, 0),
+    quiet_end: time = time(9, 0),
+    night_rule: NightRule = "move_to_morning",
+    platform_deadline: datetime | None = None,
+) -> datetime:
+    if platform_deadline is not None:
+        return platform_deadline
+    due = (created_at + timedelta(hours=hours)).astimezone(tz)
+    if not in_quiet_hours(due, quiet_start, quiet_end):
+        return due
+    morning = _quiet_end_after(due, quiet_start, quiet_end, tz)
+    if night_rule == "move_to_morning":
+        return morning
+    carried = due - _quiet_start_before(due, quiet_start, quiet_end, tz)
+    return morning + carried

@@ -1,0 +1,119 @@
+"""Task-order rules (B5–B8): table tests and properties."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rules.comments import comment_refusal
+from rules.deadline import in_quiet_hours, task_deadline
+from rules.evidence import MAX_IMAGE_BYTES, MAX_VIDEO_BYTES, evidence_refusals
+from rules.solution import solution_problem
+
+SH = ZoneInfo("Asia/Shanghai")
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=SH)
+
+
+@pytest.mark.parametrize(
+    ("created", "expected"),
+    [
+        ("2026-11-23 10:00:00", "2026-11-24 10:00:00"),  # daytime: 24 h
+        ("2026-11-23 20:59:59", "2026-11-24 20:59:59"),
+        ("2026-11-23 21:00:00", "2026-11-24 21:00:00"),  # exactly 21:00:00 stays
+        ("2026-11-23 21:00:01", "2026-11-25 09:00:00"),  # after 21:00 → next morning
+        ("2026-11-23 23:30:00", "2026-11-25 09:00:00"),
+        ("2026-11-23 00:30:00", "2026-11-24 09:00:00"),  # before 09:00 → that morning
+        ("2026-11-23 08:59:59", "2026-11-24 09:00:00"),
+        ("2026-11-23 09:00:00", "2026-11-24 09:00:00"),
+    ],
+)
+def test_deadline_moves_out_of_the_night(created: str, expected: str) -> None:
+    assert task_deadline(at(created), SH) == at(expected)
+
+
+@pytest.mark.parametrize(
+    ("created", "expected"),
+    [
+        ("2026-11-23 10:00:00", "2026-11-24 10:00:00"),
+        ("2026-11-23 22:00:00", "2026-11-25 10:00:00"),  # 1 h after 21:00 resumes at 09:00
+        ("2026-11-23 03:00:00", "2026-11-24 15:00:00"),  # 6 h after 21:00 the evening before
+    ],
+)
+def test_carry_over_rule(created: str, expected: str) -> None:
+    assert task_deadline(at(created), SH, night_rule="carry_over") == at(expected)
+
+
+def test_platform_deadline_wins() -> None:
+    theirs = at("2026-11-24 12:00:00")
+    assert task_deadline(at("2026-11-23 23:00:00"), SH, platform_deadline=theirs) == theirs
+
+
+def test_custom_quiet_hours_not_spanning_midnight() -> None:
+    # quiet 01:00–06:00: a deadline at 03:00 moves to 06:00 the same morning
+    assert task_deadline(at("2026-11-23 03:00:00"), SH, quiet_start=time(1), quiet_end=time(6)) == at(
+        "2026-11-24 06:00:00"
+    )
+
+
+@given(
+    st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2035, 1, 1), timezones=st.just(UTC)),
+    st.sampled_from(["Asia/Shanghai", "Europe/Berlin", "America/New_York", "UTC"]),
+    st.sampled_from(["move_to_morning", "carry_over"]),
+)
+def test_deadline_properties(created: datetime, zone: str, rule: str) -> None:
+    tz = ZoneInfo(zone)
+    due = task_deadline(created, tz, night_rule=rule)  # type: ignore[arg-type]
+    assert not in_quiet_hours(due.astimezone(tz), time(21), time(9)), "never inside quiet hours"
+    assert due - created >= timedelta(hours=24), "never earlier than 24 h"
+    assert due - created <= timedelta(hours=36, minutes=60), "never more than 36 h (plus a DST hour)"
+
+
+@pytest.mark.parametrize(
+    ("status", "count", "expected"),
+    [
+        ("pending", 0, None),
+        ("pending", 9, None),
+        ("pending", 10, "limit"),
+        ("resolved", 0, "closed"),
+        ("timed_out", 3, "closed"),
+    ],
+)
+def test_comment_refusal(status: str, count: int, expected: str | None) -> None:
+    assert comment_refusal(status, count) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("", "empty"), ("   ", "empty"), ("ok", "placeholder"), ("1", "placeholder"), ("已处理", "placeholder"),
+     ("好的！", "placeholder"), ("已补发", "short"), ("已为买家补发，顺丰单号 SF123456789", None)],
+)  # fmt: skip
+def test_solution_problem(text: str, expected: str | None) -> None:
+    assert solution_problem(text) == expected
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
+JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 12
+MP4 = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 4
+FLV = b"FLV\x01" + b"\x00" * 12
+GIF = b"GIF89a" + b"\x00" * 10
+
+
+def test_evidence_limits_by_content_and_size() -> None:
+    files = [
+        (PNG, 100),
+        (JPEG, MAX_IMAGE_BYTES),
+        (JPEG, MAX_IMAGE_BYTES + 1),
+        (MP4, MAX_VIDEO_BYTES),
+        (FLV, MAX_VIDEO_BYTES + 1),
+        (GIF, 10),
+    ]
+    assert [(i, r.reason) for i, r in evidence_refusals(files)] == [(2, "size"), (4, "size"), (5, "type")]
+    assert [(i, r.reason) for i, r in evidence_refusals([(PNG, 1)] * 7)] == [(-1, "count")]
+    assert evidence_refusals([(PNG, 1)] * 6) == []
