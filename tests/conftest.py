@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+
+# python-telegram-bot 22: durations as timedelta now, as they will be by default (no deprecation).
+os.environ.setdefault("PTB_TIMEDELTA", "1")
 
 from bridge import keys
 from bridge.clock import ManualClock
