@@ -261,8 +261,9 @@ class TelegramEmulator:
         file_id = str(args.get("file_id"))
         if file_id not in self.files:
             return self._error(400, "Bad Request: invalid file_id")
-        return 200, {"ok": True, "result": {"file_id": file_id, "file_unique_id": "u" + file_id,
-                                            "file_size": len(self.files[file_id]), "file_path": f"docs/{file_id}"}}  # fmt: skip
+        result = {"file_id": file_id, "file_unique_id": "u" + file_id, "file_size": len(self.files[file_id]),
+                  "file_path": f"docs/{file_id}"}  # fmt: skip
+        return 200, {"ok": True, "result": result}
 
     async def _download(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
