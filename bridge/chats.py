@@ -460,16 +460,9 @@ class ChatFlow:
         view: dict[str, Any],
         root: bool = False,
     ) -> None:
-        payload = {
-            "store": store.id,
-            "chat": cid,
-            "channel": dest.target,
-            "locale": store.locale,
-            "view": view,
-            "root": root,
-        }
-        job = OutboxJob(f"{dest.service}:{job_id}", f"{dest.service}.{action}", payload)
-        await self.outbox.enqueue(keys.store_tag(store.id), f"chat:{cid}:{dest.service}", job)
+        await post_view(
+            self.outbox, keys.store_tag(store.id), f"chat:{cid}", store.id, dest, job_id, action, view, root
+        )
 
     async def _refuse(
         self, store: Store, actor: Actor, refusal: Refusal, chat: dict[str, str], agent_label: str
@@ -481,6 +474,32 @@ class ChatFlow:
         payload = {"store": store.id, "locale": store.locale, "actor": actor.as_dict(), "text": text}
         job = OutboxJob(f"{actor.service}:{job_id}", f"{actor.service}.ephemeral", payload)
         await self.outbox.enqueue(keys.store_tag(store.id), f"private:{actor.service}:{actor.user}", job)
+
+
+async def post_view(
+    outbox: Outbox,
+    tag: str,
+    thread_key: str,
+    store_id: str | None,
+    dest: Destination,
+    job_id: str,
+    action: str,
+    view: dict[str, Any],
+    root: bool = False,
+) -> None:
+    """Queues a view for a destination: ``action`` is post or update_root; ``thread_key`` names what
+    the messages belong to (``chat:<id>``, ``task:<id>``) under ``tag``; the root is its first post.
+    ``store_id`` lets the renderer resolve agents' mentions (None for a creator's destination)."""
+    payload = {
+        "tag": tag,
+        "thread_key": thread_key,
+        "store": store_id,
+        "channel": dest.target,
+        "view": view,
+        "root": root,
+    }
+    job = OutboxJob(f"{dest.service}:{job_id}", f"{dest.service}.{action}", payload)
+    await outbox.enqueue(tag, f"{thread_key}:{dest.service}", job)
 
 
 def _split(timer_key: str) -> tuple[str, str, str]:

@@ -168,11 +168,9 @@ class SlackConnector:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RetryLater(f"Slack file download: {exc}") from None
 
-    def _store(self, job: OutboxJob) -> Store:
-        store = self.config().store(str(job.payload["store"]))
-        if store is None:
-            raise FinalFailure(f"store {job.payload['store']} is no longer configured")
-        return store
+    def _store(self, job: OutboxJob) -> Store | None:
+        store_id = job.payload.get("store")
+        return self.config().store(str(store_id)) if store_id else None
 
     async def _space(self, channel: str, job_id: str) -> None:
         wait = await self.spacing.wait_seconds("slack", channel, CHANNEL_SPACING_SECONDS, job_id)
@@ -181,14 +179,13 @@ class SlackConnector:
 
     async def _post(self, job: OutboxJob) -> None:
         p = job.payload
-        store = self._store(job)
-        tag, chat_key = keys.store_tag(store.id), f"chat:{p['chat']}"
-        text, blocks = render(store, p["view"])
+        tag, chat_key = str(p["tag"]), str(p["thread_key"])
+        text, blocks = render(self._store(job), p["view"])
         thread_ts: str | None = None
         if not p.get("root"):
             root = await refs.root_of(self.redis, tag, chat_key)
             if root is None:
-                raise FinalFailure("the chat's root message was never posted")
+                raise FinalFailure("the root message was never posted")
             thread_ts = root[1]
         await self._space(p["channel"], job.id)
         resp = await _call(
@@ -199,11 +196,10 @@ class SlackConnector:
 
     async def _update_root(self, job: OutboxJob) -> None:
         p = job.payload
-        store = self._store(job)
-        root = await refs.root_of(self.redis, keys.store_tag(store.id), f"chat:{p['chat']}")
+        root = await refs.root_of(self.redis, str(p["tag"]), str(p["thread_key"]))
         if root is None:
-            raise FinalFailure("the chat's root message was never posted")
-        text, blocks = render(store, p["view"])
+            raise FinalFailure("the root message was never posted")
+        text, blocks = render(self._store(job), p["view"])
         await _call(self.client.chat_update(channel=root[0], ts=root[1], text=text, blocks=blocks))
 
     async def _ephemeral(self, job: OutboxJob) -> None:

@@ -10,8 +10,8 @@ from bridge.config import Store
 from bridge.i18n import t
 
 
-def mention(store: Store, agent_ids: list[str]) -> str:
-    by_id = {a.id: a for a in store.agents}
+def mention(store: Store | None, agent_ids: list[str]) -> str:
+    by_id = {a.id: a for a in store.agents} if store else {}
     out = []
     for agent_id in agent_ids:
         agent = by_id.get(agent_id)
@@ -22,20 +22,20 @@ def mention(store: Store, agent_ids: list[str]) -> str:
     return " ".join(out)
 
 
-def deadline(store: Store, ts: float) -> str:
+def deadline(store: Store | None, ts: float) -> str:
     """Shown in each reader's own time zone by Slack; the fallback is the store's."""
-    local = datetime.fromtimestamp(ts, ZoneInfo(store.timezone)).strftime("%H:%M:%S")
+    local = datetime.fromtimestamp(ts, ZoneInfo(store.timezone if store else "Asia/Shanghai")).strftime("%H:%M:%S")
     return f"<!date^{int(ts)}^{{time_secs}}|{local}>"
 
 
-def _fill(store: Store, text: str, view: dict[str, Any]) -> str:
+def _fill(store: Store | None, text: str, view: dict[str, Any]) -> str:
     text = text.replace("{mention}", mention(store, list(view.get("mentions", []))))
     if view.get("deadline"):
         text = text.replace("{deadline}", deadline(store, float(view["deadline"])))
     return text
 
 
-def render(store: Store, view: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+def render(store: Store | None, view: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     kind = view["type"]
     if kind == "chat_root":
         lines = [view["platform_agent"], _fill(store, view["assignee"], view), _fill(store, view["status_line"], view)]
@@ -58,7 +58,7 @@ def render(store: Store, view: dict[str, Any]) -> tuple[str, list[dict[str, Any]
     raise ValueError(f"unknown view {kind!r}")
 
 
-def _platform_message(store: Store, view: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+def _platform_message(store: Store | None, view: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     content, sender = view["content"], view.get("sender", "")
     prefix = f"*{sender}*: " if sender else ""
     if content["type"] == "text":
@@ -66,12 +66,12 @@ def _platform_message(store: Store, view: dict[str, Any]) -> tuple[str, list[dic
             {"type": "section", "text": {"type": "mrkdwn", "text": prefix + content["text"]}}
         ]
     if content["type"] == "image":
-        alt = t(store.locale, "chat.image")
+        alt = t(_locale(store, view), "chat.image")
         return f"{sender}: {alt}", [
             {"type": "context", "elements": [{"type": "mrkdwn", "text": prefix + alt}]},
             {"type": "image", "image_url": content["url"], "alt_text": alt},
         ]
-    loc = store.locale
+    loc = _locale(store, view)
     amount = f"¥{content['amount_cents'] / 100:,.2f}"
     fields = [
         (t(loc, "order.id"), content["order_id"]),
@@ -94,3 +94,7 @@ def _platform_message(store: Store, view: dict[str, Any]) -> tuple[str, list[dic
             ],
         },
     ]
+
+
+def _locale(store: Store | None, view: dict[str, Any]) -> str:
+    return str(view.get("locale") or (store.locale if store else "zh-CN"))
