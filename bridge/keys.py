@@ -194,3 +194,33 @@ def rate_limit(service: str, target: str) -> str:
 def rate_limit_slot(service: str, target: str, job_id: str) -> str:
     """STRING: the slot (ms) reserved for one outbox job; deleted when used, else expires."""
     return rate_limit(service, target) + ":slot:" + job_id
+
+
+def telegram_updates_seen() -> str:
+    """ZSET member=update_id, score=time (ms): Telegram's redeliveries are handled once. Trimmed to a day."""
+    return "{telegram}:updates-seen"
+
+
+# -- task orders (flow 2) ---------------------------------------------------------------------
+
+
+def task(tag: str, task_id: str) -> str:
+    """HASH: one task order's state (status, deadline, comment counts, the order's data as JSON).
+    Kept forever (B10)."""
+    return f"{tag}:task:{task_id}"
+
+
+def task_log(tag: str, task_id: str) -> str:
+    """LIST of JSON entries {at, type, side, operator}: the processing log (B4). Kept forever."""
+    return f"{tag}:task-log:{task_id}"
+
+
+def tasks_by_status(tag: str, status: str) -> str:
+    """ZSET member=task id, score=created (ms): a store's task orders of one status (B10); ``all``
+    holds every one. Kept forever."""
+    return f"{tag}:tasks:{status}"
+
+
+def deadline_timer(tag: str, task_id: str) -> str:
+    """Timer key (kind ``deadline``): a task order's next reminder or its deadline (B6)."""
+    return f"deadline:{tag}:{task_id}"

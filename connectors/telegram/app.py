@@ -1,0 +1,244 @@
+"""Telegram, the real way: updates arrive on the bridge's own aiohttp route and are fed to a
+python-telegram-bot ``Application`` (no second web server); everything sent goes through PTB's
+``Bot`` with the configured base URL, from the outbox. This module only translates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import html
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+os.environ.setdefault("PTB_TIMEDELTA", "1")  # durations as timedelta, as PTB 23 will have them
+
+from telegram import Bot, Update
+from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
+from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
+
+from bridge import keys, refs
+from bridge.clock import Clock
+from bridge.config import BridgeConfig, TelegramSettings
+from bridge.outbox import FinalFailure, Outbox, OutboxJob, RetryLater, Sender
+from bridge.ratelimit import SendSpacing
+from connectors.telegram.render import render
+
+log = logging.getLogger(__name__)
+
+# Telegram: 1 message/s per chat, 20/min per group, 30/s per bot.
+CHAT_SPACING, GROUP_SPACING, BOT_SPACING = 1.0, 3.0, 1 / 30
+
+
+@dataclass(frozen=True)
+class TelegramInbound:
+    """What a person did in Telegram, as the flows need it."""
+
+    user: int
+    chat: int
+    message: int
+    text: str
+    reply_to: int | None = None
+    thread: int | None = None
+    photo: str | None = None
+    callback: str | None = None
+    callback_id: str | None = None
+
+
+InboundHandler = Callable[[TelegramInbound], Awaitable[bool]]
+"""Returns True when it took the update; handlers are tried in order."""
+
+
+class TelegramConnector:
+    def __init__(
+        self, settings: TelegramSettings, config: Callable[[], BridgeConfig], redis: Any, clock: Clock, outbox: Outbox
+    ) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.config = config
+        self.redis = redis
+        self.clock = clock
+        self.spacing = SendSpacing(redis, clock)
+        self.bot = Bot(settings.bot_token, base_url=settings.api_base_url, base_file_url=settings.file_base_url)
+        self.application = Application.builder().bot(self.bot).updater(None).build()
+        self.application.add_handler(CommandHandler("tasks", self._on_update))
+        self.application.add_handler(CallbackQueryHandler(self._on_update))
+        self.application.add_handler(MessageHandler(filters.ALL, self._on_update))
+        self.handlers: list[InboundHandler] = []
+        self.commands: dict[str, Callable[[TelegramInbound, list[str]], Awaitable[str]]] = {}
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/telegram/webhook", self._webhook)
+
+    async def start(self) -> None:
+        await self.application.initialize()
+
+    async def stop(self) -> None:
+        await self.application.shutdown()
+
+    # -- inbound -------------------------------------------------------------------------------------
+
+    async def _webhook(self, request: web.Request) -> web.Response:
+        given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+        if not hmac.compare_digest(given.encode(), self.settings.webhook_secret.encode()):
+            return web.json_response({"ok": False, "description": "secret token does not match"}, status=401)
+        try:
+            data = await request.json()
+            update_id = int(data["update_id"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            return web.json_response({"ok": False, "description": "not a Telegram update"}, status=400)
+        seen = keys.telegram_updates_seen()
+        if await self.redis.zscore(seen, str(update_id)) is not None:
+            return web.json_response({"ok": True})  # a redelivery: handled already
+        await self.application.process_update(Update.de_json(data, self.bot))
+        now_ms = int(self.clock.now() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(seen, {str(update_id): now_ms})
+            pipe.zremrangebyscore(seen, "-inf", now_ms - 86_400_000)
+            await pipe.execute()
+        return web.json_response({"ok": True})
+
+    async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        inbound = self._translate(update)
+        if inbound is None:
+            return
+        if inbound.text.startswith("/") and inbound.callback is None:
+            name, *args = inbound.text[1:].split()
+            command = self.commands.get(name.split("@", 1)[0])
+            if command is not None:
+                answer = await command(inbound, args)
+                await self.queue_reply(inbound, answer, f"cmd:{inbound.chat}:{inbound.message}")
+                return
+        for handler in self.handlers:
+            if await handler(inbound):
+                return
+
+    @staticmethod
+    def _translate(update: Update) -> TelegramInbound | None:
+        if update.callback_query is not None:
+            q = update.callback_query
+            message = q.message
+            chat = message.chat.id if message is not None else q.from_user.id
+            return TelegramInbound(q.from_user.id, chat, message.message_id if message else 0, "", callback=q.data,
+                                   callback_id=q.id)  # fmt: skip
+        m = update.effective_message
+        if m is None or m.from_user is None or m.from_user.is_bot:
+            return None
+        return TelegramInbound(
+            user=m.from_user.id,
+            chat=m.chat.id,
+            message=m.message_id,
+            text=m.text or m.caption or "",
+            reply_to=m.reply_to_message.message_id if m.reply_to_message else None,
+            thread=m.message_thread_id if m.is_topic_message else None,
+            photo=m.photo[-1].file_id if m.photo else None,
+        )
+
+    async def queue_reply(self, inbound: TelegramInbound, text: str, job_id: str) -> None:
+        """Answers a person in the chat they wrote in, as a reply to their message."""
+        payload = {"chat": inbound.chat, "reply_to": inbound.message, "text": text, "thread": inbound.thread}
+        job = OutboxJob(f"telegram:{job_id}", "telegram.reply", payload)
+        await self.outbox.enqueue("{telegram}", f"chat:{inbound.chat}", job)
+
+    # -- outbound (outbox senders) -------------------------------------------------------------------
+
+    def senders(self) -> dict[str, Sender]:
+        return {
+            "telegram.post": self._post,
+            "telegram.update_root": self._update_root,
+            "telegram.reply": self._reply,
+            "telegram.ephemeral": self._ephemeral,
+            "telegram.react": self._react,
+            "telegram.answer": self._answer,
+        }
+
+    async def fetch_file(self, file_id: str) -> bytes:
+        try:
+            tg_file = await self.bot.get_file(file_id)
+            return bytes(await tg_file.download_as_bytearray())
+        except TelegramError as exc:
+            raise _sorted(exc) from None
+
+    async def _space(self, chat: int, job_id: str) -> None:
+        wait = max(
+            await self.spacing.wait_seconds("telegram", str(chat), GROUP_SPACING if chat < 0 else CHAT_SPACING, job_id),
+            await self.spacing.wait_seconds("telegram", "bot", BOT_SPACING, job_id),
+        )
+        if wait > 0:
+            raise RetryLater(f"chat {chat} spacing", after=wait, pacing=True)
+
+    async def _send(
+        self, chat: int, text: str, markup: Any, job_id: str, reply_to: int | None, thread: int | None
+    ) -> Any:
+        await self._space(chat, job_id)
+        try:
+            return await self.bot.send_message(
+                chat, text, parse_mode="HTML", reply_markup=markup, message_thread_id=thread,
+                reply_to_message_id=reply_to, allow_sending_without_reply=True,
+            )  # fmt: skip
+        except TelegramError as exc:
+            raise _sorted(exc) from None
+
+    async def _post(self, job: OutboxJob) -> None:
+        p = job.payload
+        tag, key, chat = str(p["tag"]), str(p["thread_key"]), int(p["channel"])
+        text, markup = render(p["view"])
+        reply_to = None
+        if not p.get("root"):
+            root = await refs.root_of(self.redis, tag, key)
+            if root is None:
+                raise FinalFailure("the root message was never posted")
+            reply_to = int(root[1])
+        sent = await self._send(chat, text, markup, job.id, reply_to, p.get("topic"))
+        if p.get("root"):
+            await refs.save_root(self.redis, tag, key, "telegram", str(chat), str(sent.message_id))
+
+    async def _update_root(self, job: OutboxJob) -> None:
+        p = job.payload
+        root = await refs.root_of(self.redis, str(p["tag"]), str(p["thread_key"]))
+        if root is None:
+            raise FinalFailure("the root message was never posted")
+        text, markup = render(p["view"])
+        try:
+            await self.bot.edit_message_text(text, chat_id=int(root[0]), message_id=int(root[1]), parse_mode="HTML",
+                                             reply_markup=markup)  # fmt: skip
+        except BadRequest as exc:
+            if "not modified" not in str(exc).lower():
+                raise _sorted(exc) from None
+
+    async def _reply(self, job: OutboxJob) -> None:
+        p = job.payload
+        await self._send(int(p["chat"]), html.escape(str(p["text"])), None, job.id, p.get("reply_to"), p.get("thread"))
+
+    async def _ephemeral(self, job: OutboxJob) -> None:
+        """Telegram has no private message inside a group: the refusal replies to the refused message."""
+        actor = job.payload["actor"]
+        reply_to = int(actor["message"]) if actor.get("message") else None
+        await self._send(int(actor["channel"]), html.escape(str(job.payload["text"])), None, job.id, reply_to, None)
+
+    async def _react(self, job: OutboxJob) -> None:
+        p = job.payload
+        try:
+            await self.bot.set_message_reaction(int(p["channel"]), int(p["message"]), "👍")
+        except TelegramError as exc:
+            raise _sorted(exc) from None
+
+    async def _answer(self, job: OutboxJob) -> None:
+        with contextlib.suppress(BadRequest):  # answerable only for a short while; a late answer is moot
+            await self.bot.answer_callback_query(str(job.payload["id"]), text=job.payload.get("text"))
+
+
+def _sorted(exc: TelegramError) -> Exception:
+    if isinstance(exc, RetryAfter):
+        after = exc.retry_after
+        seconds = after.total_seconds() if hasattr(after, "total_seconds") else float(after)
+        return RetryLater(f"Telegram rate limit: {exc}", after=seconds)
+    if isinstance(exc, TimedOut | NetworkError) and not isinstance(exc, BadRequest):
+        return RetryLater(f"Telegram unreachable: {exc}")
+    return FinalFailure(f"Telegram refused: {exc}", code=type(exc).__name__)
