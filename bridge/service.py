@@ -30,10 +30,13 @@ from bridge.listen import listen
 from bridge.metrics import METRICS
 from bridge.outbox import Outbox
 from bridge.redis_server import EmbeddedRedis
+from bridge.tasks import TaskFlow
 from bridge.timers import Handler, TimerStore, TimerWorker
 from connectors.platform.inbound import MAX_PUSH_BYTES, PlatformWebhooks
 from connectors.platform.outbound import PlatformSenders
 from connectors.slack.app import SlackConnector
+from connectors.telegram.app import TelegramConnector
+from connectors.telegram.flows import wire_telegram
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +74,30 @@ class Bridge:
         self.event_handlers.setdefault("im_platform_closed", self.chats.on_platform_closed)
         self.timer_handlers.setdefault("window", self.chats.on_window_timer)
         self.outbox.on_failure = self.chats.on_reply_failed
+        self.tasks = TaskFlow(self.redis, lambda: self.holder.current, self.timers, self.outbox, self.clock)
+        self.event_handlers.setdefault("task_order_created", self.tasks.on_created)
+        self.event_handlers.setdefault("task_order_comment", self.tasks.on_comment)
+        self.event_handlers.setdefault("task_order_processed", self.tasks.on_processed)
+        self.event_handlers.setdefault("task_order_timeout", self.tasks.on_timeout)
+        self.timer_handlers.setdefault("deadline", self.tasks.on_deadline_timer)
         self.slack: SlackConnector | None = None
         slack_settings = self.holder.current.slack
         if slack_settings is not None:
             self.slack = SlackConnector(
                 slack_settings, lambda: self.holder.current, self.redis, self.chats, self.clock, self.http
             )
+            self.slack.tasks = self.tasks
             self.outbox.register(self.slack.senders())
             platform.fetchers["slack"] = self.slack.fetch_file
+        self.telegram: TelegramConnector | None = None
+        telegram_settings = self.holder.current.telegram
+        if telegram_settings is not None:
+            self.telegram = TelegramConnector(
+                telegram_settings, lambda: self.holder.current, self.redis, self.clock, self.outbox
+            )
+            self.outbox.register(self.telegram.senders())
+            platform.fetchers["telegram"] = self.telegram.fetch_file
+            wire_telegram(self.telegram, self.tasks, lambda: self.holder.current)
 
         self.app = web.Application(client_max_size=MAX_PUSH_BYTES)
         self.app.router.add_get("/healthz", self.healthz)
@@ -87,6 +106,8 @@ class Bridge:
         PlatformWebhooks(lambda: self.holder.current, self.event_log).add_routes(self.app)
         if self.slack is not None:
             self.slack.add_routes(self.app)
+        if self.telegram is not None:
+            self.telegram.add_routes(self.app)
         self._runner: web.AppRunner | None = None
         self._background: list[asyncio.Task[None]] = []
         self._watchers: list[asyncio.Task[None]] = []
@@ -149,6 +170,8 @@ class Bridge:
         self._watchers = [asyncio.create_task(self._watch_config(), name="config-watch")]
         if self.slack is not None:
             self._close_socket_mode = await self.slack.start_socket_mode()
+        if self.telegram is not None:
+            await self.telegram.start()
         log.info("bridge listening on http://%s:%s", host or settings.host, self.port)
 
     async def drain(self) -> int:
@@ -176,6 +199,8 @@ class Bridge:
         await asyncio.gather(*watchers, return_exceptions=True)
         if self._close_socket_mode is not None:
             await self._close_socket_mode()
+        if self.telegram is not None:
+            await self.telegram.stop()
         if self._http is not None:
             await self._http.close()
         await self.redis.aclose()

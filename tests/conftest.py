@@ -17,6 +17,7 @@ from bridge.redis_server import EmbeddedRedis
 from bridge.service import Bridge, open_redis
 from connectors.platform.sandbox import PlatformSandbox
 from connectors.slack.emulator import SlackEmulator
+from connectors.telegram.emulator import TelegramEmulator
 
 
 @pytest.fixture(scope="session")
@@ -48,14 +49,21 @@ EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "example.ya
 
 
 class Stack:
-    """The bridge, the platform sandbox and the Slack emulator, wired together over loopback HTTP."""
+    """The bridge, the platform sandbox and the Slack and Telegram emulators, wired together over
+    loopback HTTP."""
 
     def __init__(
-        self, bridge: Bridge, sandbox: PlatformSandbox, slack: SlackEmulator, clock: ManualClock | None
+        self,
+        bridge: Bridge,
+        sandbox: PlatformSandbox,
+        slack: SlackEmulator,
+        telegram: TelegramEmulator,
+        clock: ManualClock | None,
     ) -> None:
         self.bridge = bridge
         self.sandbox = sandbox
         self.slack = slack
+        self.telegram = telegram
         self.clock = clock
         self.url = f"http://127.0.0.1:{bridge.port}"
 
@@ -67,6 +75,7 @@ class Stack:
         await self.bridge.stop()
         await self.sandbox.stop()
         await self.slack.stop()
+        await self.telegram.stop()
 
     async def settle(self, horizon: float = 5.0) -> None:
         """Runs the bridge until nothing is left to do within ``horizon`` seconds of (manual) time:
@@ -113,12 +122,24 @@ async def start_stack(
     assert slack_settings is not None
     slack = SlackEmulator(slack_settings.signing_secret, slack_settings.bot_token, clock=clock)
     await slack.start()
-    holder = ConfigHolder(config_path, environ={"PLATFORM_API_URL": sandbox_url, "SLACK_API_URL": slack.api_url})
+    tg_settings = sandbox_holder.current.telegram
+    assert tg_settings is not None
+    telegram = TelegramEmulator(tg_settings.bot_token, tg_settings.webhook_secret, clock=clock)
+    await telegram.start()
+    environ = {
+        "PLATFORM_API_URL": sandbox_url,
+        "SLACK_API_URL": slack.api_url,
+        "TELEGRAM_API_URL": telegram.api_url,
+        "TELEGRAM_FILE_URL": telegram.file_url,
+    }
+    holder = ConfigHolder(config_path, environ=environ)
     kwargs = {"clock": clock} if clock is not None else {}
     bridge = Bridge(holder, open_redis(redis_url), **kwargs)  # type: ignore[arg-type]
     await bridge.start(host="127.0.0.1", port=0, run_workers=run_workers)
-    sandbox.bridge_url = slack.bridge_url = f"http://127.0.0.1:{bridge.port}"
-    return Stack(bridge, sandbox, slack, clock)
+    sandbox.bridge_url = slack.bridge_url = telegram.bridge_url = f"http://127.0.0.1:{bridge.port}"
+    if bridge.telegram is not None:
+        await bridge.telegram.ready()
+    return Stack(bridge, sandbox, slack, telegram, clock)
 
 
 @pytest.fixture

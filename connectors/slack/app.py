@@ -25,6 +25,7 @@ from bridge.config import BridgeConfig, SlackSettings, Store
 from bridge.i18n import t
 from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.ratelimit import SendSpacing
+from bridge.tasks import TaskFlow
 from connectors.slack.render import render
 from connectors.slack.text import slack_to_platform_text
 
@@ -62,7 +63,10 @@ class SlackConnector:
         )
         self.app.event("message")(self._on_message)
         self.app.command("/feige")(self._on_command)
+        self.app.command("/tasks")(self._on_tasks_command)
+        self.app.action("task_log")(self._on_task_log)
         self.app.action(re.compile(".*"))(self._ack_action)
+        self.tasks: TaskFlow | None = None
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/slack/events", self._handle)
@@ -83,6 +87,9 @@ class SlackConnector:
 
     def store_for(self, channel: str) -> Store | None:
         return next((s for s in self.config().stores if s.destinations.platform_chats == f"slack:{channel}"), None)
+
+    def task_store_for(self, channel: str) -> Store | None:
+        return next((s for s in self.config().stores if s.destinations.task_orders == f"slack:{channel}"), None)
 
     # -- inbound -------------------------------------------------------------------------------------
 
@@ -107,6 +114,9 @@ class SlackConnector:
         if await self._seen(event_id):
             return
         channel = event["channel"]
+        if await self._task_comment(event, channel):
+            await self._remember(event_id)
+            return
         store = self.store_for(channel)
         if store is not None:
             tag = keys.store_tag(store.id)
@@ -124,6 +134,45 @@ class SlackConnector:
             actor = Actor("slack", event["user"], channel, thread if in_thread else None, event["ts"])
             await self.chats.reply(store, cid, actor, slack_to_platform_text(event.get("text", "")), media)
         await self._remember(event_id)
+
+    async def _task_comment(self, event: dict[str, Any], channel: str) -> bool:
+        """A reply under a task order's card is the merchant's comment on it (B5)."""
+        store = self.task_store_for(channel)
+        thread = event.get("thread_ts")
+        if store is None or self.tasks is None or thread is None or thread == event["ts"]:
+            return False
+        parent = await self._parent(keys.store_tag(store.id), channel, thread)
+        if parent is None or not parent.startswith("task:"):
+            return False
+        agent = next((a for a in store.agents if a.slack_user == event["user"]), None)
+        actor = Actor("slack", event["user"], channel, thread, event["ts"])
+        author = agent.name if agent else event["user"]
+        text = slack_to_platform_text(event.get("text", ""))
+        refusal = await self.tasks.comment(store, parent.removeprefix("task:"), "merchant", actor,
+                                           agent.id if agent else event["user"], author, text)  # fmt: skip
+        if refusal is not None:
+            await self.chats._ephemeral(store, actor, refusal, f"task-refuse:{channel}:{event['ts']}")
+        return True
+
+    async def _on_task_log(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
+        await ack()
+        channel = body.get("channel", {}).get("id", "")
+        store = self.task_store_for(channel)
+        if store is None or self.tasks is None:
+            return
+        tid = body["actions"][0].get("value", "")
+        user = body.get("user", {}).get("id", "")
+        text = await self.tasks.log_text(store, tid, store.locale)
+        actor = Actor("slack", user, channel, None, body.get("container", {}).get("message_ts"))
+        await self.chats._ephemeral(store, actor, text, f"log:{tid}:{body.get('trigger_id', '')}")
+
+    async def _on_tasks_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
+        store = self.task_store_for(command.get("channel_id", "")) or self.store_for(command.get("channel_id", ""))
+        if store is None or self.tasks is None:
+            await ack(t("zh-CN", "stats.unknown_channel"))
+            return
+        status = (command.get("text") or "pending").split()[0]
+        await ack(await self.tasks.list_text(store, status, store.locale))
 
     async def _parent(self, tag: str, channel: str, thread: str) -> str | None:
         """The chat a thread belongs to. A reply can arrive while the root's post is still being

@@ -52,9 +52,14 @@ def render(store: Store | None, view: dict[str, Any]) -> tuple[str, list[dict[st
         return text, blocks
     if kind == "notice":
         text = _fill(store, view["text"], view)
-        return text, [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+        notice: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+        if view.get("buttons"):
+            notice.append(_actions(view["buttons"]))
+        return text, notice
     if kind == "platform_message":
         return _platform_message(store, view)
+    if kind == "card":
+        return _card(store, view)
     raise ValueError(f"unknown view {kind!r}")
 
 
@@ -98,3 +103,29 @@ def _platform_message(store: Store | None, view: dict[str, Any]) -> tuple[str, l
 
 def _locale(store: Store | None, view: dict[str, Any]) -> str:
     return str(view.get("locale") or (store.locale if store else "zh-CN"))
+
+
+def _actions(buttons: list[dict[str, str]]) -> dict[str, Any]:
+    elements: list[dict[str, Any]] = []
+    for b in buttons:
+        element: dict[str, Any] = {"type": "button", "text": {"type": "plain_text", "text": b["label"]}}
+        if b.get("url"):
+            element |= {"url": b["url"], "action_id": f"link_{len(elements)}"}
+        else:
+            element |= {"action_id": b["action"], "value": b.get("value", "")}
+        elements.append(element)
+    return {"type": "actions", "elements": elements}
+
+
+def _card(store: Store | None, view: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """A task order card; the notification text starts with its title, which starts with the issue type."""
+    fields = [{"type": "mrkdwn", "text": f"*{k}*\n{_fill(store, str(v), view)}"} for k, v in view.get("fields", [])]
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": view["title"][:150]}}]
+    for i in range(0, len(fields), 10):  # Slack takes at most 10 fields a section
+        blocks.append({"type": "section", "fields": fields[i : i + 10]})
+    status = _fill(store, view.get("status_line", ""), view)
+    if status:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": status}]})
+    if view.get("buttons"):
+        blocks.append(_actions(view["buttons"]))
+    return f"{view['title']} · {status}".strip(" ·"), blocks

@@ -5,6 +5,7 @@ python-telegram-bot ``Application`` (no second web server); everything sent goes
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import html
@@ -71,16 +72,39 @@ class TelegramConnector:
         self.application.add_handler(CallbackQueryHandler(self._on_update))
         self.application.add_handler(MessageHandler(filters.ALL, self._on_update))
         self.handlers: list[InboundHandler] = []
+        self._starting: asyncio.Task[None] | None = None
         self.commands: dict[str, Callable[[TelegramInbound, list[str]], Awaitable[str]]] = {}
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/telegram/webhook", self._webhook)
 
     async def start(self) -> None:
-        await self.application.initialize()
+        """Initialises PTB (it asks Telegram getMe) in the background, retrying: the bridge must come
+        up even while Telegram is unreachable. Until then updates are answered 503 and redelivered."""
+        self._starting = asyncio.create_task(self._initialize())
+
+    async def ready(self) -> None:
+        """Waits until Telegram answered getMe (tests, the demo)."""
+        if self._starting is not None:
+            await asyncio.shield(self._starting)
+
+    async def _initialize(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self.application.initialize()
+                return
+            except TelegramError as exc:
+                log.warning("Telegram not reachable yet (%s); retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60)
 
     async def stop(self) -> None:
-        await self.application.shutdown()
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
+        if self.application._initialized:
+            await self.application.shutdown()
 
     # -- inbound -------------------------------------------------------------------------------------
 
@@ -93,6 +117,8 @@ class TelegramConnector:
             update_id = int(data["update_id"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             return web.json_response({"ok": False, "description": "not a Telegram update"}, status=400)
+        if self._starting is None or not self._starting.done():
+            return web.json_response({"ok": False, "description": "starting, retry later"}, status=503)
         seen = keys.telegram_updates_seen()
         if await self.redis.zscore(seen, str(update_id)) is not None:
             return web.json_response({"ok": True})  # a redelivery: handled already

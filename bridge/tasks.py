@@ -1,0 +1,431 @@
+"""Flow 2 — merchant–creator task orders (PRODUCT B1–B10), platform-neutral.
+
+The merchant's team gets a card (issue type first) in the store's task-order destination; the
+creator who raised it gets a confirmation with the deadline in theirs. Comments are replies under
+either, carried to the platform and shown on the other side (10 per side while pending). The
+deadline (B6) and its reminders are one timer per task order. Every operation is logged (B4);
+task orders are kept and listed by status (B10).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+from redis.asyncio import Redis
+
+from bridge import keys
+from bridge.chats import Actor, post_view
+from bridge.clock import Clock
+from bridge.config import BridgeConfig, Creator, Destination, Store
+from bridge.domain import TaskOrderComment, TaskOrderCreated, TaskOrderProcessed, TaskOrderTimedOut
+from bridge.events import StoredEvent
+from bridge.i18n import t
+from bridge.outbox import Outbox, OutboxJob
+from bridge.timers import Timer, TimerStore
+from rules.comments import comment_refusal
+from rules.deadline import task_deadline
+from rules.reply_window import due_steps, next_step_at, window_steps
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("pending", "resolved", "unresolvable", "timed_out")
+
+# KEYS: task, all index, pending index. ARGV: created (ms), deadline, data json, creator id.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'pending', 'created_at', ARGV[1], 'deadline', ARGV[2], 'data', ARGV[3],
+           'creator', ARGV[4], 'comments:merchant', 0, 'comments:creator', 0)
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[5])
+return 1
+"""
+
+# KEYS: task. ARGV: side, limit. Takes one comment slot: returns the new count, or -1 when the task
+# order is not pending, or -2 when the side's limit is reached.
+_TAKE_COMMENT = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return -1 end
+local field = 'comments:' .. ARGV[1]
+if tonumber(redis.call('HGET', KEYS[1], field) or '0') >= tonumber(ARGV[2]) then return -2 end
+return redis.call('HINCRBY', KEYS[1], field, 1)
+"""
+
+# KEYS: task, pending index, new status index. ARGV: status, task id. Returns 1 if this changed it.
+_FINISH = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'created_at'), ARGV[2])
+return 1
+"""
+
+
+class TaskFlow:
+    def __init__(self, redis: Redis, config: Any, timers: TimerStore, outbox: Outbox, clock: Clock) -> None:
+        self.redis = redis
+        self._config = config
+        self.timers = timers
+        self.outbox = outbox
+        self.clock = clock
+        self._create = redis.register_script(_CREATE)
+        self._take_comment = redis.register_script(_TAKE_COMMENT)
+        self._finish = redis.register_script(_FINISH)
+
+    @property
+    def config(self) -> BridgeConfig:
+        cfg: BridgeConfig = self._config()
+        return cfg
+
+    # -- platform events -------------------------------------------------------------------------
+
+    async def on_created(self, event: StoredEvent) -> None:
+        order = TaskOrderCreated.model_validate_json(event.raw)
+        store = self.config.store(order.shop_id)
+        deadline = self._deadline(store, order)
+        if event.endpoint.kind == "creator":
+            creator = self.config.creator(event.endpoint.id)
+            if creator is not None:
+                await self._to_creator(
+                    creator, order.task_id, "confirm", "post", self._confirm_view(creator, order, deadline), True
+                )
+            return
+        if store is None:
+            return
+        tag = keys.store_tag(store.id)
+        created = await self._create(
+            keys=[
+                keys.task(tag, order.task_id),
+                keys.tasks_by_status(tag, "all"),
+                keys.tasks_by_status(tag, "pending"),
+            ],
+            args=[int(order.created_at.timestamp() * 1000), deadline, event.raw, order.creator.id, order.task_id],
+        )
+        if not int(created):
+            return
+        await self._log(
+            tag,
+            order.task_id,
+            "created",
+            "creator",
+            order.creator.name or order.creator.id,
+            order.created_at.timestamp(),
+        )
+        steps = self._steps(store, order.created_at.timestamp(), deadline)
+        first = next_step_at(steps, set())
+        if first is not None:
+            await self.timers.schedule(keys.deadline_timer(tag, order.task_id), first)
+        await self._to_merchant(store, order.task_id, "card", "post", await self._card_view(store, order.task_id), True)
+
+    def _deadline(self, store: Store | None, order: TaskOrderCreated) -> float:
+        settings = store.task_orders if store else None
+        tz = ZoneInfo(store.timezone if store else "Asia/Shanghai")
+        ours = task_deadline(
+            order.created_at,
+            tz,
+            hours=settings.deadline_hours if settings else 24,
+            quiet_start=settings.quiet_hours.start if settings else datetime.min.time().replace(hour=21),
+            quiet_end=settings.quiet_hours.end if settings else datetime.min.time().replace(hour=9),
+            night_rule=settings.night_rule if settings else "move_to_morning",
+        )
+        if order.deadline_at is not None:
+            if abs(order.deadline_at.timestamp() - ours.timestamp()) >= 1:
+                log.info("task %s: the platform's deadline %s differs from ours %s; theirs wins",
+                         order.task_id, order.deadline_at.isoformat(), ours.isoformat())  # fmt: skip
+            return order.deadline_at.timestamp()
+        return ours.timestamp()
+
+    def _steps(self, store: Store, created: float, deadline: float) -> list[Any]:
+        return window_steps(created, max(1, int(deadline - created)), store.task_orders.reminders_before)
+
+    async def on_comment(self, event: StoredEvent) -> None:
+        """A comment made on the platform itself (not through the bridge): shown on the other side."""
+        comment = TaskOrderComment.model_validate_json(event.raw)
+        store = self.config.store(comment.shop_id)
+        if store is None or event.endpoint.kind != "store":
+            return
+        await self._show_comment(store, comment.task_id, comment.author.side, comment.author.name or comment.author.id,
+                                 comment.text, f"pc:{comment.comment_id}", both=True)  # fmt: skip
+
+    async def on_processed(self, event: StoredEvent) -> None:
+        done = TaskOrderProcessed.model_validate_json(event.raw)
+        store = self.config.store(done.shop_id)
+        if store is not None and event.endpoint.kind == "store":
+            await self.finish(store, done.task_id, done.result, done.operator.name or done.operator.id, done.solution)
+
+    async def on_timeout(self, event: StoredEvent) -> None:
+        timeout = TaskOrderTimedOut.model_validate_json(event.raw)
+        store = self.config.store(timeout.shop_id)
+        if store is not None and event.endpoint.kind == "store":
+            await self.finish(store, timeout.task_id, "timed_out", "platform", "")
+
+    async def on_deadline_timer(self, timer: Timer) -> None:
+        _, rest = timer.key.split(":", 1)
+        end = rest.index("}") + 1
+        tag, tid = rest[:end], rest[end + 1 :]
+        store = self.config.store(tag.removeprefix("{store:").removesuffix("}"))
+        if store is None:
+            return
+        task = await self._task(tag, tid)
+        if task.get("status") != "pending":
+            return
+        created, deadline = int(task["created_at"]) / 1000, float(task["deadline"])
+        steps = self._steps(store, created, deadline)
+        done = {f.removeprefix("step:") for f in task if f.startswith("step:")}
+        now = self.clock.now()
+        for step in due_steps(steps, now, done):
+            if not await self.redis.hsetnx(keys.task(tag, tid), f"step:{step.name}", str(now)):
+                continue
+            done.add(step.name)
+            if step.kind == "close":
+                await self.finish(store, tid, "timed_out", "bridge", "")
+                return
+            await self._remind(store, tid, task, step.seconds_left, deadline)
+        following = next_step_at(steps, done)
+        if following is not None:
+            await self.timers.schedule(timer.key, max(following, now))
+
+    async def _remind(self, store: Store, tid: str, task: dict[str, str], seconds_left: int, deadline: float) -> None:
+        left = f"{seconds_left // 3600} h" if seconds_left >= 3600 else f"{seconds_left // 60} min"
+        text = t(store.locale, "task.reminder", task_id=tid, left=left, deadline="{deadline}")
+        view = {"type": "notice", "text": text, "deadline": deadline, "timezone": store.timezone}
+        await self._to_merchant(store, tid, f"remind-{seconds_left}", "post", view)
+        creator = self.config.creator(task.get("creator", ""))
+        if creator is not None:
+            creator_text = t(creator.locale, "task.reminder", task_id=tid, left=left, deadline="{deadline}")
+            await self._to_creator(creator, tid, f"remind-{seconds_left}", "post",
+                                   view | {"text": creator_text, "timezone": creator.timezone})  # fmt: skip
+        await self._log(keys.store_tag(store.id), tid, "reminder_sent", "bridge", "bridge")
+
+    async def finish(self, store: Store, tid: str, status: str, operator: str, solution: str) -> bool:
+        """Processed (resolved / unresolvable) or timed out: idempotent; True for the call that did it."""
+        tag = keys.store_tag(store.id)
+        changed = await self._finish(
+            keys=[keys.task(tag, tid), keys.tasks_by_status(tag, "pending"), keys.tasks_by_status(tag, status)],
+            args=[status, tid],
+        )
+        if not int(changed):
+            return False
+        await self.timers.cancel(keys.deadline_timer(tag, tid))
+        await self._log(tag, tid, status, "merchant" if status != "timed_out" else "platform", operator)
+        task = await self._task(tag, tid)
+        order = TaskOrderCreated.model_validate_json(task["data"])
+        await self._to_merchant(store, tid, f"card-{status}", "update_root", await self._card_view(store, tid))
+        creator = self.config.creator(task.get("creator", ""))
+        if status == "timed_out":
+            await self._to_merchant(
+                store,
+                tid,
+                "timed-out",
+                "post",
+                {"type": "notice", "text": t(store.locale, "task.timed_out", task_id=tid)},
+            )
+            if creator is not None:
+                notice = {"type": "notice", "text": t(creator.locale, "task.timed_out", task_id=tid)}
+                await self._to_creator(creator, tid, "timed-out", "post", notice)
+        elif creator is not None:
+            # B9: the consumer is not told automatically; the creator must, with Contact buyer.
+            text = t(creator.locale, "task.result", task_id=tid, result=t(creator.locale, f"task.status.{status}"),
+                     solution=solution)  # fmt: skip
+            button = {"label": t(creator.locale, "task.button.contact_buyer"), "url": order.buyer_chat_url}
+            await self._to_creator(
+                creator, tid, f"result-{status}", "post", {"type": "notice", "text": text, "buttons": [button]}
+            )
+        return True
+
+    # -- comments from destinations (B5) -----------------------------------------------------------
+
+    async def comment(
+        self, store: Store, tid: str, side: str, actor: Actor, author_id: str, author: str, text: str
+    ) -> str | None:
+        """A comment written under the task order by ``side``; None when it goes, else the refusal shown."""
+        tag = keys.store_tag(store.id)
+        task = await self._task(tag, tid)
+        locale = store.locale if side == "merchant" else self._creator_locale(task)
+        taken = int(await self._take_comment(keys=[keys.task(tag, tid)], args=[side, 10]))
+        if taken < 0:
+            status = task.get("status", "pending")
+            refusal = comment_refusal(status, 10 if taken == -2 else 0)
+            text_key = "task.refuse.limit" if refusal == "limit" else "task.refuse.closed"
+            return t(locale, text_key, status=t(locale, f"task.status.{status}"))
+        endpoint = f"store:{store.id}" if side == "merchant" else f"creator:{task.get('creator', '')}"
+        job = OutboxJob(f"comment:{actor.service}:{actor.channel}:{actor.message}", "platform.add_comment",
+                        {"endpoint": endpoint, "task_id": tid, "side": side, "author_id": author_id, "text": text},
+                        report_to=actor.as_dict() | {"store": store.id, "locale": locale})  # fmt: skip
+        await self.outbox.enqueue(tag, f"task:{tid}:platform", job)
+        await self._log(tag, tid, f"comment_{side}", side, author)
+        await self._show_comment(store, tid, side, author, text, f"c:{actor.service}:{actor.message}", both=False)
+        return None
+
+    async def _show_comment(
+        self, store: Store, tid: str, side: str, author: str, text: str, job_id: str, both: bool
+    ) -> None:
+        tag = keys.store_tag(store.id)
+        task = await self._task(tag, tid)
+        if not task:
+            return
+        creator = self.config.creator(task.get("creator", ""))
+        if side == "creator" or both:
+            shown = t(store.locale, "task.comment", side=t(store.locale, f"task.side.{side}"), author=author, text=text)
+            await self._to_merchant(store, tid, job_id, "post", {"type": "notice", "text": shown})
+        if (side == "merchant" or both) and creator is not None:
+            shown = t(
+                creator.locale, "task.comment", side=t(creator.locale, f"task.side.{side}"), author=author, text=text
+            )
+            await self._to_creator(creator, tid, job_id, "post", {"type": "notice", "text": shown})
+
+    # -- log and lists (B4, B10) ---------------------------------------------------------------------
+
+    async def _log(self, tag: str, tid: str, kind: str, side: str, operator: str, at: float | None = None) -> None:
+        entry = {"at": at if at is not None else self.clock.now(), "type": kind, "side": side, "operator": operator}
+        await self.redis.rpush(keys.task_log(tag, tid), orjson.dumps(entry).decode())
+
+    async def log_entries(self, tag: str, tid: str) -> list[dict[str, Any]]:
+        return [orjson.loads(raw) for raw in await self.redis.lrange(keys.task_log(tag, tid), 0, -1)]
+
+    async def log_text(self, store: Store, tid: str, locale: str) -> str:
+        tz = ZoneInfo(store.timezone)
+        lines = [t(locale, "task.log.title", task_id=tid)]
+        for e in await self.log_entries(keys.store_tag(store.id), tid):
+            at = datetime.fromtimestamp(e["at"], tz).strftime("%m-%d %H:%M:%S")
+            lines.append(t(locale, "task.log.line", at=at, type=e["type"], operator=f"{e['side']} {e['operator']}"))
+        return "\n".join(lines)
+
+    async def list_text(self, store: Store, status: str, locale: str, limit: int = 20) -> str:
+        status = status if status in STATUSES else "all"
+        tag = keys.store_tag(store.id)
+        ids = await self.redis.zrevrange(keys.tasks_by_status(tag, status), 0, limit - 1)
+        total = await self.redis.zcard(keys.tasks_by_status(tag, status))
+        label = t(locale, f"task.status.{status}", deadline="") if status != "all" else status
+        lines = [t(locale, "task.list.title", status=label.strip(" ·"), count=total)]
+        tz = ZoneInfo(store.timezone)
+        for tid in ids:
+            task = await self._task(tag, str(tid))
+            order = TaskOrderCreated.model_validate_json(task["data"])
+            due = datetime.fromtimestamp(float(task["deadline"]), tz).strftime("%m-%d %H:%M")
+            state = t(locale, f"task.status.{task['status']}", deadline=due).split(" · ")[0]
+            lines.append(t(locale, "task.list.line", task_id=tid, issue_type=order.issue_type, status=state,
+                           order_id=order.order_id, deadline=due))  # fmt: skip
+        if not ids:
+            lines.append(t(locale, "task.list.none"))
+        return "\n".join(lines)
+
+    async def export(self, store: Store, status: str) -> list[dict[str, Any]]:
+        tag = keys.store_tag(store.id)
+        rows = []
+        for tid in await self.redis.zrange(keys.tasks_by_status(tag, status if status in STATUSES else "all"), 0, -1):
+            task = await self._task(tag, str(tid))
+            due = datetime.fromtimestamp(float(task["deadline"]), ZoneInfo(store.timezone)).isoformat()
+            rows.append(
+                orjson.loads(task["data"])
+                | {
+                    "status": task["status"],
+                    "deadline_at": due,
+                    "comments_merchant": int(task.get("comments:merchant", 0)),
+                    "comments_creator": int(task.get("comments:creator", 0)),
+                }
+            )
+        return rows
+
+    # -- views and destinations ---------------------------------------------------------------------
+
+    async def _card_view(self, store: Store, tid: str) -> dict[str, Any]:
+        task = await self._task(keys.store_tag(store.id), tid)
+        order = TaskOrderCreated.model_validate_json(task["data"])
+        loc, status = store.locale, task.get("status", "pending")
+        fields = [
+            (t(loc, "task.creator"), order.creator.name or order.creator.id),
+            (t(loc, "task.order"), order.order_id),
+            (t(loc, "task.product"), order.product.name),
+            (t(loc, "task.suggestion"), order.creator_suggestion),
+            (t(loc, "task.description"), order.consumer_description),
+        ]
+        if order.explanation_message:
+            fields.append((t(loc, "task.explanation"), order.explanation_message))
+        buttons = [
+            {"label": t(loc, "task.button.contact_buyer"), "url": order.buyer_chat_url},
+            {"label": t(loc, "task.button.share"), "url": order.share_url},
+            _action(t(loc, "task.button.log"), "task_log", "log", tid),
+        ]
+        if status == "pending":
+            buttons += [
+                _action(t(loc, "task.button.comment"), "task_comment", "cm", tid),
+                _action(t(loc, "task.button.resolve"), "task_resolve", "rs", tid),
+                _action(t(loc, "task.button.unresolvable"), "task_unresolvable", "ur", tid),
+            ]
+        return {
+            "type": "card",
+            "title": t(loc, "task.title", issue_type=order.issue_type, task_id=tid),
+            "fields": fields,
+            "status_line": t(loc, f"task.status.{status}", deadline="{deadline}"),
+            "deadline": float(task["deadline"]),
+            "timezone": store.timezone,
+            "buttons": buttons,
+        }
+
+    def _confirm_view(self, creator: Creator, order: TaskOrderCreated, deadline: float) -> dict[str, Any]:
+        loc = creator.locale
+        return {
+            "type": "card",
+            "title": t(loc, "task.title", issue_type=order.issue_type, task_id=order.task_id),
+            "fields": [
+                (t(loc, "task.order"), order.order_id),
+                (t(loc, "task.product"), order.product.name),
+                (t(loc, "task.deadline"), "{deadline}"),
+            ],
+            "status_line": t(loc, "task.confirm", deadline="{deadline}"),
+            "deadline": deadline,
+            "timezone": creator.timezone,
+            "buttons": [
+                {"label": t(loc, "task.button.share"), "url": order.share_url},
+                _action(t(loc, "task.button.log"), "task_log", "log", order.task_id),
+            ],
+        }
+
+    async def _to_merchant(
+        self, store: Store, tid: str, name: str, action: str, view: dict[str, Any], root: bool = False
+    ) -> None:
+        dest = Destination.parse(store.destinations.task_orders)
+        await post_view(
+            self.outbox,
+            keys.store_tag(store.id),
+            f"task:{tid}",
+            store.id,
+            dest,
+            f"task:{tid}:{name}",
+            action,
+            view,
+            root,
+        )
+
+    async def _to_creator(
+        self, creator: Creator, tid: str, name: str, action: str, view: dict[str, Any], root: bool = False
+    ) -> None:
+        dest = Destination.parse(creator.destination)
+        await post_view(
+            self.outbox,
+            keys.creator_tag(creator.id),
+            f"task:{tid}",
+            None,
+            dest,
+            f"task:{tid}:{name}",
+            action,
+            view,
+            root,
+        )
+
+    async def _task(self, tag: str, tid: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(keys.task(tag, tid))
+        return {str(k): str(v) for k, v in raw.items()}
+
+    def _creator_locale(self, task: dict[str, str]) -> str:
+        creator = self.config.creator(task.get("creator", ""))
+        return creator.locale if creator else "zh-CN"
+
+
+def _action(label: str, action: str, short: str, tid: str) -> dict[str, str]:
+    """A button: Slack sends ``action`` with the task id; Telegram's callback data is ``short:tid``
+    (callback data may be at most 64 bytes)."""
+    return {"label": label, "action": action, "value": tid, "telegram_data": f"{short}:{tid}"[:64]}

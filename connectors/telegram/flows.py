@@ -1,0 +1,80 @@
+"""What people do in Telegram, turned into flow calls: creators' replies under a task order are
+comments (B5), the Log button shows the processing log (B4), /tasks lists task orders (B10)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bridge import keys, refs
+from bridge.chats import Actor
+from bridge.config import BridgeConfig, Creator
+from bridge.outbox import OutboxJob
+from bridge.tasks import TaskFlow
+from connectors.telegram.app import TelegramConnector, TelegramInbound
+
+
+def wire_telegram(connector: TelegramConnector, tasks: TaskFlow, config: Callable[[], BridgeConfig]) -> None:
+    def creator_for(chat: int) -> Creator | None:
+        return next((c for c in config().creators if c.destination == f"telegram:{chat}"), None)
+
+    async def task_of(creator: Creator, inbound: TelegramInbound, message: int | None) -> str | None:
+        if message is None:
+            return None
+        parent = await refs.chat_of(
+            connector.redis, keys.creator_tag(creator.id), "telegram", str(inbound.chat), str(message)
+        )
+        return parent.removeprefix("task:") if parent and parent.startswith("task:") else None
+
+    async def on_creator(inbound: TelegramInbound) -> bool:
+        creator = creator_for(inbound.chat)
+        if creator is None:
+            return False
+        if inbound.callback is not None:
+            await answer_callback(inbound, creator)
+            return True
+        tid = await task_of(creator, inbound, inbound.reply_to)
+        if tid is None or not inbound.text.strip():
+            return False
+        task = await tasks._task(keys.store_tag(await store_of(tid, creator)), tid)
+        store = config().store(_shop(task))
+        if store is None:
+            return False
+        actor = Actor("telegram", str(inbound.user), str(inbound.chat), None, str(inbound.message))
+        refusal = await tasks.comment(store, tid, "creator", actor, creator.id, creator.name, inbound.text)
+        if refusal is not None:
+            await connector.queue_reply(inbound, refusal, f"refuse:{inbound.chat}:{inbound.message}")
+        return True
+
+    async def answer_callback(inbound: TelegramInbound, creator: Creator) -> None:
+        kind, _, tid = (inbound.callback or "").partition(":")
+        answer = OutboxJob(f"telegram:answer:{inbound.callback_id}", "telegram.answer", {"id": inbound.callback_id})
+        await connector.outbox.enqueue("{telegram}", f"chat:{inbound.chat}", answer)
+        if kind == "log":
+            store = config().store(_shop(await tasks._task(keys.store_tag(await store_of(tid, creator)), tid)))
+            if store is not None:
+                text = await tasks.log_text(store, tid, creator.locale)
+                await connector.queue_reply(inbound, text, f"log:{inbound.chat}:{inbound.callback_id}")
+
+    async def store_of(tid: str, creator: Creator) -> str:
+        for store in config().stores:
+            if await connector.redis.exists(keys.task(keys.store_tag(store.id), tid)):
+                return store.id
+        return ""
+
+    async def list_tasks(inbound: TelegramInbound, args: list[str]) -> str:
+        creator = creator_for(inbound.chat)
+        store = next(iter(config().stores), None)
+        status = args[0] if args else "pending"
+        locale = creator.locale if creator else "zh-CN"
+        if store is None:
+            return ""
+        return await tasks.list_text(store, status, locale)
+
+    connector.handlers.append(on_creator)
+    connector.commands["tasks"] = list_tasks
+
+
+def _shop(task: dict[str, str]) -> str:
+    import orjson
+
+    return str(orjson.loads(task["data"])["shop_id"]) if task.get("data") else ""
