@@ -227,7 +227,7 @@ class TaskFlow:
                 await self._to_creator(creator, tid, "timed-out", "post", notice)
         elif creator is not None:
             # B9: the consumer is not told automatically; the creator must, with Contact buyer.
-            text = t(creator.locale, "task.result", task_id=tid, result=t(creator.locale, f"task.status.{status}"),
+            text = t(creator.locale, "task.result", task_id=tid, result=_status_name(creator.locale, status),
                      solution=solution)  # fmt: skip
             button = {"label": t(creator.locale, "task.button.contact_buyer"), "url": order.buyer_chat_url}
             await self._to_creator(
@@ -249,7 +249,7 @@ class TaskFlow:
             status = task.get("status", "pending")
             refusal = comment_refusal(status, 10 if taken == -2 else 0)
             text_key = "task.refuse.limit" if refusal == "limit" else "task.refuse.closed"
-            return t(locale, text_key, status=t(locale, f"task.status.{status}"))
+            return t(locale, text_key, status=_status_name(locale, status))
         endpoint = f"store:{store.id}" if side == "merchant" else f"creator:{task.get('creator', '')}"
         job = OutboxJob(f"comment:{actor.service}:{actor.channel}:{actor.message}", "platform.add_comment",
                         {"endpoint": endpoint, "task_id": tid, "side": side, "author_id": author_id, "text": text},
@@ -298,14 +298,14 @@ class TaskFlow:
         tag = keys.store_tag(store.id)
         ids = await self.redis.zrevrange(keys.tasks_by_status(tag, status), 0, limit - 1)
         total = await self.redis.zcard(keys.tasks_by_status(tag, status))
-        label = t(locale, f"task.status.{status}", deadline="") if status != "all" else status
-        lines = [t(locale, "task.list.title", status=label.strip(" ·"), count=total)]
+        label = _status_name(locale, status) if status != "all" else status
+        lines = [t(locale, "task.list.title", status=label, count=total)]
         tz = ZoneInfo(store.timezone)
         for tid in ids:
             task = await self._task(tag, str(tid))
             order = TaskOrderCreated.model_validate_json(task["data"])
             due = datetime.fromtimestamp(float(task["deadline"]), tz).strftime("%m-%d %H:%M")
-            state = t(locale, f"task.status.{task['status']}", deadline=due).split(" · ")[0]
+            state = _status_name(locale, task["status"])
             lines.append(t(locale, "task.list.line", task_id=tid, issue_type=order.issue_type, status=state,
                            order_id=order.order_id, deadline=due))  # fmt: skip
         if not ids:
@@ -429,3 +429,8 @@ def _action(label: str, action: str, short: str, tid: str) -> dict[str, str]:
     """A button: Slack sends ``action`` with the task id; Telegram's callback data is ``short:tid``
     (callback data may be at most 64 bytes)."""
     return {"label": label, "action": action, "value": tid, "telegram_data": f"{short}:{tid}"[:64]}
+
+
+def _status_name(locale: str, status: str) -> str:
+    """``task.status.*`` without its deadline part: ⏳ 待处理, ✅ 已解决, …"""
+    return t(locale, f"task.status.{status}", deadline="").split(" · ")[0]

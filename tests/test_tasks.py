@@ -1,0 +1,169 @@
+"""Flow 2 end to end: platform sandbox → bridge → Slack (merchant) and Telegram (creator), and back."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import aiohttp
+
+from bridge import keys
+from tests.conftest import Stack
+
+TASKS = "C0TASKS1001"
+CREATOR_CHAT = 7001
+TAG = "{store:1001}"
+SH = ZoneInfo("Asia/Shanghai")
+MAIN = "U0MAIN1001"
+
+
+async def raise_task(stack: Stack, **fields: object) -> str:
+    tid = await stack.sandbox.create_task_order("1001", "c-7001", **fields)
+    await stack.settle()
+    return tid
+
+
+def card(stack: Stack):  # type: ignore[no-untyped-def]
+    return stack.slack.channel(TASKS)[-1]
+
+
+def confirmation(stack: Stack):  # type: ignore[no-untyped-def]
+    return stack.telegram.by_bot(CREATOR_CHAT)[0]
+
+
+async def test_merchant_card_leads_with_the_issue_type_and_creator_gets_a_confirmation(stack: Stack) -> None:
+    tid = await raise_task(stack)
+    message = card(stack)
+    assert message.text.startswith(f"【物流问题 Logistics】商达协同任务单（task order）{tid}")
+    shown = str(message.blocks)
+    for part in (
+        "达人 小美 Xiaomei",
+        "保温杯 Thermos cup 500ml",
+        "请商家尽快补发",
+        "买家说快递一周没动",
+        "已联系商家处理",
+    ):
+        assert part in shown
+    buttons = message.blocks[-1]["elements"]
+    assert [b["text"]["text"] for b in buttons] == ["联系买家", "复制分享", "处理记录", "留言", "已解决", "无法解决"]
+    assert buttons[0]["url"].startswith("https://im.example/buyer/") and buttons[1]["url"].startswith(
+        "https://fxg.example/task/"
+    )
+    confirm = confirmation(stack)
+    assert tid in confirm.text and "截止" in confirm.text
+    keyboard = confirm.reply_markup["inline_keyboard"][0]  # type: ignore[index]
+    assert keyboard[0]["url"].startswith("https://fxg.example/task/") and keyboard[1]["callback_data"] == f"log:{tid}"
+
+
+async def test_deadline_before_nine_moves_to_nine_that_morning(stack: Stack) -> None:
+    assert stack.clock is not None
+    created = datetime.fromtimestamp(stack.clock.now(), SH)
+    assert created.hour < 9, "the manual clock starts at 06:13 Shanghai time"
+    tid = await raise_task(stack)
+    deadline = datetime.fromtimestamp(float(await stack.redis.hget(keys.task(TAG, tid), "deadline")), SH)
+    assert (deadline.date() - created.date()).days == 1 and (deadline.hour, deadline.minute) == (9, 0)
+    assert deadline.strftime("%Y-%m-%d %H:%M") in confirmation(stack).text
+
+
+async def test_the_platforms_own_deadline_wins(stack: Stack) -> None:
+    theirs = "2031-01-01T12:00:00+08:00"
+    tid = await raise_task(stack, deadline_at=theirs)
+    assert float(await stack.redis.hget(keys.task(TAG, tid), "deadline")) == datetime.fromisoformat(theirs).timestamp()
+
+
+async def test_comments_go_both_ways_and_the_eleventh_is_refused(stack: Stack) -> None:
+    tid = await raise_task(stack)
+    root = card(stack).ts
+    await stack.slack.user_message(MAIN, TASKS, "已安排补发", thread_ts=root)
+    await stack.settle()
+    [sent] = stack.sandbox.task_orders[tid].comments
+    assert (sent["side"], sent["text"]) == ("merchant", "已安排补发")
+    shown = stack.telegram.by_bot(CREATOR_CHAT)[-1]
+    assert shown.text == "💬 商家留言（店长 Li）：已安排补发" and shown.reply_to == confirmation(stack).message_id
+
+    await stack.telegram.user_message(
+        CREATOR_CHAT, CREATOR_CHAT, "谢谢，买家在等", reply_to=confirmation(stack).message_id
+    )
+    await stack.settle()
+    assert stack.sandbox.task_orders[tid].comments[-1]["side"] == "creator"
+    assert stack.slack.thread(TASKS, root)[-1].text == "💬 达人留言（达人 小美 Xiaomei）：谢谢，买家在等"
+
+    for i in range(9):
+        await stack.slack.user_message(MAIN, TASKS, f"进展 {i}", thread_ts=root)
+    await stack.slack.user_message(MAIN, TASKS, "第十一条", thread_ts=root)
+    await stack.settle()
+    merchant = [c for c in stack.sandbox.task_orders[tid].comments if c["side"] == "merchant"]
+    assert len(merchant) == 10
+    assert "comment limit reached (10/10)" in stack.slack.ephemerals[-1]["text"]
+    assert await stack.redis.hget(keys.task(TAG, tid), "comments:merchant") == "10"
+
+
+async def test_log_records_every_operation_and_shows_on_both_sides(stack: Stack) -> None:
+    tid = await raise_task(stack)
+    await stack.slack.user_message(MAIN, TASKS, "已安排补发", thread_ts=card(stack).ts)
+    await stack.settle()
+    assert await stack.slack.block_action(MAIN, TASKS, card(stack).ts, "task_log", tid) == 200
+    await stack.settle()
+    log = stack.slack.ephemerals[-1]["text"]
+    assert log.startswith(f"📋 任务单 {tid} 处理记录") and "created — creator 达人 小美 Xiaomei" in log
+    assert "comment_merchant — merchant 店长 Li" in log
+    assert await stack.telegram.tap(CREATOR_CHAT, CREATOR_CHAT, confirmation(stack).message_id, f"log:{tid}") == 200
+    await stack.settle()
+    assert stack.telegram.by_bot(CREATOR_CHAT)[-1].text.startswith(f"📋 任务单 {tid} 处理记录")
+    assert stack.telegram.callback_answers, "the button tap is answered"
+
+
+async def test_reminders_then_timeout_tell_both_sides_and_stop_comments(stack: Stack) -> None:
+    tid = await raise_task(stack)
+    deadline = float(await stack.redis.hget(keys.task(TAG, tid), "deadline"))
+    await stack.advance_to(deadline - 7200)
+    assert "还剩 2 h" in stack.slack.thread(TASKS, card(stack).ts)[-1].text
+    await stack.advance_to(deadline - 1800)
+    assert "还剩 30 min" in stack.telegram.by_bot(CREATOR_CHAT)[-1].text
+    await stack.advance_to(deadline)
+    assert await stack.redis.hget(keys.task(TAG, tid), "status") == "timed_out"
+    assert "超时完结" in stack.slack.thread(TASKS, card(stack).ts)[-1].text
+    assert "超时完结" in stack.telegram.by_bot(CREATOR_CHAT)[-1].text
+    assert "超时完结" in card(stack).text, "the card shows the end"
+    await stack.slack.user_message(MAIN, TASKS, "晚了", thread_ts=card(stack).ts)
+    await stack.settle()
+    assert "不能再留言" in stack.slack.ephemerals[-1]["text"]
+
+
+async def test_processed_on_the_platform_pings_the_creator_with_contact_buyer(stack: Stack) -> None:
+    tid = await raise_task(stack)
+    data = {"shop_id": "1001", "task_id": tid, "result": "resolved", "solution": "已补发，顺丰 SF123456789",
+            "evidence": [], "operator": {"id": "main-1001", "name": "店长 Li"}, "processed_at": "2026-11-23T10:00:00+08:00"}  # fmt: skip
+    await stack.sandbox.push("store", "1001", [("task_order_processed", data)])
+    await stack.sandbox.push("store", "1001", [("task_order_processed", data)])
+    await stack.settle()
+    assert await stack.redis.hget(keys.task(TAG, tid), "status") == "resolved"
+    result = stack.telegram.by_bot(CREATOR_CHAT)[-1]
+    assert "已补发，顺丰 SF123456789" in result.text and "不会自动发给消费者" in result.text
+    assert result.reply_markup["inline_keyboard"][0][0]["text"] == "联系买家"  # type: ignore[index]
+    assert len([m for m in stack.telegram.by_bot(CREATOR_CHAT) if "方案" in m.text]) == 1, "told once"
+    assert "✅ 已解决" in card(stack).text
+
+
+async def test_tasks_listed_by_status_in_slack_and_telegram(stack: Stack) -> None:
+    first = await raise_task(stack)
+    second = await raise_task(stack)
+    status, answer = await stack.slack.slash_command(MAIN, TASKS, "/tasks", "pending")
+    assert status == 200 and "：2 条" in answer and answer.index(second) < answer.index(first), "newest first"
+    await stack.telegram.user_message(CREATOR_CHAT, CREATOR_CHAT, "/tasks pending")
+    await stack.settle()
+    assert first in stack.telegram.by_bot(CREATOR_CHAT)[-1].text
+
+
+async def test_telegram_webhook_checks_its_secret_and_handles_an_update_once(stack: Stack) -> None:
+    update = {"update_id": 424242, "message": {"message_id": 1, "date": 0, "chat": {"id": 7001, "type": "private"},
+              "from": {"id": 7001, "is_bot": False, "first_name": "c"}, "text": "/tasks"}}  # fmt: skip
+    assert await stack.telegram.send_update(update, secret="wrong") == 401
+    assert await stack.telegram.send_update(update) == 200
+    assert await stack.telegram.send_update(update) == 200
+    await stack.settle()
+    assert len(stack.telegram.by_bot(CREATOR_CHAT)) == 1, "the redelivered update was handled once"
+    async with aiohttp.ClientSession() as http:
+        headers = {"X-Telegram-Bot-Api-Secret-Token": "demo-telegram-webhook-secret"}
+        async with http.post(f"{stack.url}/telegram/webhook", data=b"nope", headers=headers) as resp:
+            assert resp.status == 400
