@@ -106,6 +106,58 @@ def sandbox(path: Path, host: str, port: int, bridge_url: str | None) -> int:
     return 0
 
 
+def export_tasks(path: Path, status: str, fmt: str, out: Path | None) -> int:
+    """B10: every task order of every store (of one status), as JSON lines or CSV."""
+    import csv
+    import io
+    import json
+
+    from bridge.clock import SystemClock
+    from bridge.outbox import Outbox
+    from bridge.service import connect_redis
+    from bridge.tasks import TaskFlow
+    from bridge.timers import TimerStore
+
+    try:
+        config = load_config(path).config
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+    async def rows() -> list[dict[str, object]]:
+        redis, embedded = connect_redis()
+        try:
+            timers = TimerStore(redis)
+            flow = TaskFlow(redis, lambda: config, timers, Outbox(redis, timers), SystemClock())
+            found: list[dict[str, object]] = []
+            for store in config.stores:
+                found += [{"store": store.id, **row} for row in await flow.export(store, status)]
+            return found
+        finally:
+            await redis.aclose()
+            if embedded is not None:
+                embedded.stop()
+
+    records = asyncio.run(rows())
+    buffer = io.StringIO()
+    if fmt == "jsonl":
+        for record in records:
+            buffer.write(json.dumps(record, ensure_ascii=False) + "\n")
+    else:
+        flat = [{k: v if isinstance(v, str | int | float) else json.dumps(v, ensure_ascii=False) for k, v in r.items()}
+                for r in records]  # fmt: skip
+        fields = sorted({k for r in flat for k in r})
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(flat)
+    if out is None:
+        sys.stdout.write(buffer.getvalue())
+    else:
+        out.write_text(buffer.getvalue(), encoding="utf-8")
+        print(f"{len(records)} task order(s) written to {out}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bridge", description="Feige (飞鸽) ↔ Slack / Telegram bridge")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -130,12 +182,23 @@ def main(argv: list[str] | None = None) -> int:
     p_sandbox.add_argument("--port", type=int, default=8701)
     p_sandbox.add_argument("--bridge-url", help="where to push events (default: the config's server.public_url)")
 
+    p_export = sub.add_parser("export", help="write records out")
+    p_export.add_argument("what", choices=["tasks"])
+    p_export.add_argument("--config", type=Path, required=True)
+    p_export.add_argument(
+        "--status", default="all", choices=["all", "pending", "resolved", "unresolvable", "timed_out"]
+    )
+    p_export.add_argument("--format", default="jsonl", choices=["jsonl", "csv"])
+    p_export.add_argument("--out", type=Path, help="file to write (default: standard output)")
+
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.config)
     _setup_logging(args.verbose)
     if args.command == "serve":
         return serve(args.config, args.host, args.port)
+    if args.command == "export":
+        return export_tasks(args.config, args.status, args.format, args.out)
     if args.command == "sandbox":
         return sandbox(args.config, args.host, args.port, args.bridge_url)
     from bridge.demo import run_demo

@@ -168,3 +168,33 @@ async def test_telegram_webhook_checks_its_secret_and_handles_an_update_once(sta
         headers = {"X-Telegram-Bot-Api-Secret-Token": "demo-telegram-webhook-secret"}
         async with http.post(f"{stack.url}/telegram/webhook", data=b"nope", headers=headers) as resp:
             assert resp.status == 400
+
+
+async def test_export_writes_every_task_order(stack: Stack, redis_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import csv
+    import json
+    import os
+    import sys
+
+    from tests.conftest import EXAMPLE_CONFIG
+
+    first = await raise_task(stack)
+    await raise_task(stack)
+    env = dict(os.environ, REDIS_URL=redis_url)
+    out = tmp_path / "tasks.csv"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge.cli", "export", "tasks", "--config", str(EXAMPLE_CONFIG),
+        "--status", "pending", "--format", "jsonl", env=env, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    lines = (await proc.communicate())[0].decode().splitlines()
+    assert proc.returncode == 0 and len(lines) == 2
+    row = json.loads(lines[0])
+    assert row["task_id"] == first and row["status"] == "pending" and row["store"] == "1001"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge.cli", "export", "tasks", "--config", str(EXAMPLE_CONFIG),
+        "--format", "csv", "--out", str(out), env=env,
+    )  # fmt: skip
+    assert await proc.wait() == 0
+    rows = list(csv.DictReader(out.read_text(encoding="utf-8").splitlines()))
+    assert len(rows) == 2 and rows[0]["issue_type"] == "物流问题 Logistics"
