@@ -28,6 +28,7 @@ from bridge.service import Bridge, connect_redis
 from connectors.platform.sandbox import PlatformSandbox
 from connectors.platform.signing import sign
 from connectors.slack.emulator import SlackEmulator
+from connectors.telegram.emulator import BOT_ID, TelegramEmulator
 
 DEMO_WINDOW = {"seconds": 10, "reminders_before": [6, 3], "escalate_before": 3}
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 512
@@ -44,8 +45,11 @@ class Transcript:
 class Watcher:
     """Prints what lands in Slack and on the platform as it happens."""
 
-    def __init__(self, out: Transcript, slack: SlackEmulator, sandbox: PlatformSandbox) -> None:
-        self.out, self.slack, self.sandbox = out, slack, sandbox
+    def __init__(
+        self, out: Transcript, slack: SlackEmulator, sandbox: PlatformSandbox, telegram: TelegramEmulator
+    ) -> None:
+        self.out, self.slack, self.sandbox, self.telegram = out, slack, sandbox, telegram
+        self.seen_telegram = 0
         self.seen_messages = self.seen_ephemerals = self.seen_records = self.seen_pushes = 0
         self.seen_edits: dict[str, int] = {}
         self.seen_reactions: dict[str, int] = {}
@@ -68,6 +72,15 @@ class Watcher:
             if len(m.reactions) > self.seen_reactions.get(m.ts, 0):
                 self.out.say("slack", f"#{m.channel} {m.ts} got :{m.reactions[-1]}:")
                 self.seen_reactions[m.ts] = len(m.reactions)
+        for tg in self.telegram.messages[self.seen_telegram :]:
+            who = "bridge" if tg.from_id == BOT_ID else f"user {tg.from_id}"
+            reply = f" (reply to {tg.reply_to})" if tg.reply_to else ""
+            buttons = ""
+            if tg.reply_markup:
+                labels = [b["text"] for row in tg.reply_markup.get("inline_keyboard", []) for b in row]
+                buttons = f" [{' | '.join(labels)}]"
+            self.out.say("telegram", f"chat {tg.chat_id} ← {who}{reply}: {_flat(tg.text)}{buttons}")
+        self.seen_telegram = len(self.telegram.messages)
         for e in self.slack.ephemerals[self.seen_ephemerals :]:
             self.out.say("slack", f"(only {e['user']} sees) {e['text']}")
         self.seen_ephemerals = len(self.slack.ephemerals)
@@ -119,9 +132,14 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
     assert slack_settings is not None, "the demo needs the slack: section of the example"
     slack = SlackEmulator(slack_settings.signing_secret, slack_settings.bot_token)
     await slack.start()
+    tg_settings = base_config.telegram
+    assert tg_settings is not None, "the demo needs the telegram: section of the example"
+    telegram = TelegramEmulator(tg_settings.bot_token, tg_settings.webhook_secret)
+    await telegram.start()
     sandbox = PlatformSandbox(base_config, "http://127.0.0.1:1", push_retry_seconds=0.2)
     sandbox_url = await sandbox.start()
-    env |= {"PLATFORM_API_URL": sandbox_url, "SLACK_API_URL": slack.api_url}
+    env |= {"PLATFORM_API_URL": sandbox_url, "SLACK_API_URL": slack.api_url, "TELEGRAM_API_URL": telegram.api_url,
+            "TELEGRAM_FILE_URL": telegram.file_url}  # fmt: skip
     holder = ConfigHolder(path, environ=env)
     out.say("config", headline(LoadedConfig(holder.current, str(config_path), holder.warnings)))
     redis, embedded = connect_redis()
@@ -131,9 +149,11 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
     bridge = Bridge(holder, redis, embedded_redis=embedded)
     await bridge.start()
     base = f"http://{holder.current.server.host}:{bridge.port}"
-    sandbox.bridge_url = slack.bridge_url = base
+    sandbox.bridge_url = slack.bridge_url = telegram.bridge_url = base
+    if bridge.telegram is not None:
+        await bridge.telegram.ready()
     out.say("bridge", f"serving at {base}; platform sandbox {sandbox_url}; Slack emulator {slack.base_url}")
-    watcher = Watcher(out, slack, sandbox)
+    watcher = Watcher(out, slack, sandbox, telegram)
     watching = asyncio.create_task(watcher.run())
     store = holder.current.stores[0]
     channel = store.destinations.platform_chats.split(":", 1)[1]
@@ -186,6 +206,27 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
             async with http.post(f"{base}/webhooks/platform/{store.id}", data=body, headers=headers) as resp:
                 out.say("attacker", f"push signed with a guessed secret → {resp.status} {(await resp.json())['msg']}")
 
+            out.say(
+                "scene", "5. a creator raises a task order: card in Slack, confirmation in Telegram; comments both ways"
+            )
+            tid = await sandbox.create_task_order(store.id, holder.current.creators[0].id)
+            card_ts = await _until(lambda: _root_of(slack, store.destinations.task_orders.split(":", 1)[1], tid))
+            creator_chat = int(holder.current.creators[0].destination.split(":", 1)[1])
+            confirm = await _until(lambda: next((m for m in telegram.messages if tid in m.text), None))
+            task_channel = store.destinations.task_orders.split(":", 1)[1]
+            await slack.user_message(
+                users.get(store.main_account, ""), task_channel, "已安排补发，今天发出", thread_ts=card_ts
+            )
+            await telegram.user_message(creator_chat, creator_chat, "好的，买家在等", reply_to=confirm.message_id)
+            await _until(lambda: len(sandbox.task_orders[tid].comments) >= 2 or None)
+            processed = {"shop_id": store.id, "task_id": tid, "result": "resolved",
+                         "solution": "已补发，顺丰 SF123456789", "evidence": [],
+                         "operator": {"id": store.main_account, "name": "店长"},
+                         "processed_at": "2026-11-23T10:00:00+08:00"}  # fmt: skip
+            await sandbox.push("store", store.id, [("task_order_processed", processed)])
+            await _until(lambda: next((m for m in telegram.messages if "SF123456789" in m.text), None))
+            await asyncio.sleep(1.5)
+
             _, stats = await slack.slash_command(users.get(store.main_account, ""), channel, "/feige", "stats")
             out.say("slack", f"/feige stats → {_flat(stats)}")
         watcher.poll()
@@ -194,7 +235,8 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
             f"events in: {len(sandbox.deliveries)} pushes, {bridge.event_log.records_stored} new events stored; "
             f"calls out: {bridge.outbox.stats.sent} sent ({len(slack.messages)} Slack messages, "
             f"{len(sandbox.received('POST'))} platform calls), {bridge.outbox.stats.retried} retried, "
-            f"{slack.rate_limited} Slack 429s; timers fired: {bridge.worker.stats.fired}",
+            f"{slack.rate_limited} Slack 429s, {len(telegram.messages)} Telegram messages; "
+            f"timers fired: {bridge.worker.stats.fired}",
         )
         if keep_serving:
             out.say(
@@ -207,6 +249,7 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
         await bridge.stop()
         await sandbox.stop()
         await slack.stop()
+        await telegram.stop()
         out.say("bridge", "stopped gracefully; embedded Redis stopped")
     return 0
 

@@ -161,3 +161,7 @@ async def test_demo_runs_and_exits_zero(tmp_path: Path) -> None:
     assert "⛔ 会话已关闭：超时未回复" in text and "消息未发送：该会话已关闭" in text
     assert "guessed secret → 401" in text
     assert "/feige stats → 📊" in text and " 0 Slack 429s" in text
+    assert "#C0TASKS1001 ← bridge: 【物流问题 Logistics】商达协同任务单" in text
+    assert "telegram  chat 7001 ← bridge: <b>【物流问题 Logistics】" in text
+    assert "💬 达人留言（达人 小美 Xiaomei）：好的，买家在等" in text and "💬 商家留言（店长 Li）：已安排补发" in text
+    assert "⚠️ 处理结果不会自动发给消费者" in text
