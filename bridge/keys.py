@@ -224,3 +224,9 @@ def tasks_by_status(tag: str, status: str) -> str:
 def deadline_timer(tag: str, task_id: str) -> str:
     """Timer key (kind ``deadline``): a task order's next reminder or its deadline (B6)."""
     return f"deadline:{tag}:{task_id}"
+
+
+def task_files(tag: str, task_id: str) -> str:
+    """LIST of JSON {service, url, name, mimetype, size}: files the merchant shared in a task order's
+    thread, offered as evidence when it is processed. Kept with the task order."""
+    return f"{tag}:task-files:{task_id}"

@@ -80,6 +80,7 @@ class Bridge:
         self.event_handlers.setdefault("task_order_processed", self.tasks.on_processed)
         self.event_handlers.setdefault("task_order_timeout", self.tasks.on_timeout)
         self.timer_handlers.setdefault("deadline", self.tasks.on_deadline_timer)
+        self.outbox.register({"bridge.task_finish": self.tasks.on_finish_job})
         self.slack: SlackConnector | None = None
         slack_settings = self.holder.current.slack
         if slack_settings is not None:

@@ -276,6 +276,51 @@ class TaskFlow:
             )
             await self._to_creator(creator, tid, job_id, "post", {"type": "notice", "text": shown})
 
+    # -- processing (B7, B8) -------------------------------------------------------------------------
+
+    async def add_thread_file(self, store: Store, tid: str, media: dict[str, Any]) -> None:
+        await self.redis.rpush(keys.task_files(keys.store_tag(store.id), tid), orjson.dumps(media).decode())
+
+    async def thread_files(self, store: Store, tid: str) -> list[dict[str, Any]]:
+        return [
+            orjson.loads(raw) for raw in await self.redis.lrange(keys.task_files(keys.store_tag(store.id), tid), 0, -1)
+        ]
+
+    async def status_of(self, store: Store, tid: str) -> str:
+        return str(await self.redis.hget(keys.task(keys.store_tag(store.id), tid), "status") or "")
+
+    async def process(
+        self,
+        store: Store,
+        tid: str,
+        result: str,
+        solution: str,
+        evidence: list[dict[str, Any]],
+        operator: tuple[str, str],
+        actor: Actor,
+        action_id: str,
+    ) -> None:
+        """The merchant's decision, already checked against B7/B8: evidence is uploaded, then the task
+        order processed on the platform; only when that succeeded is it finished here (B8: it never
+        completes by itself)."""
+        tag = keys.store_tag(store.id)
+        finish = {"tag": tag, "thread": f"task:{tid}:bridge", "job": vars(OutboxJob(
+            f"finish:{tid}", "bridge.task_finish",
+            {"store": store.id, "task_id": tid, "status": result, "operator": operator[1], "solution": solution}))}  # fmt: skip
+        payload = {"endpoint": f"store:{store.id}", "task_id": tid, "result": result, "solution": solution,
+                   "operator_id": operator[0], "evidence": evidence}  # fmt: skip
+        job = OutboxJob(f"process:{tid}:{action_id}", "platform.process_with_evidence", payload,
+                        report_to=actor.as_dict() | {"store": store.id, "locale": store.locale}, then=[finish])  # fmt: skip
+        await self.outbox.enqueue(tag, f"task:{tid}:platform", job)
+        if evidence:
+            await self._log(tag, tid, "evidence_added", "merchant", f"{operator[1]} ({len(evidence)})")
+
+    async def on_finish_job(self, job: OutboxJob) -> None:
+        p = job.payload
+        store = self.config.store(str(p["store"]))
+        if store is not None:
+            await self.finish(store, str(p["task_id"]), str(p["status"]), str(p["operator"]), str(p["solution"]))
+
     # -- log and lists (B4, B10) ---------------------------------------------------------------------
 
     async def _log(self, tag: str, tid: str, kind: str, side: str, operator: str, at: float | None = None) -> None:

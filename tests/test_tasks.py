@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -198,3 +199,90 @@ async def test_export_writes_every_task_order(stack: Stack, redis_url: str, tmp_
     assert await proc.wait() == 0
     rows = list(csv.DictReader(out.read_text(encoding="utf-8").splitlines()))
     assert len(rows) == 2 and rows[0]["issue_type"] == "物流问题 Logistics"
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 300
+TEXT_FILE = b"not really a picture at all"
+
+
+def errors_of(answer: tuple[int, str]) -> dict[str, str]:
+    status, body = answer
+    assert status == 200
+    errors: dict[str, str] = json.loads(body).get("errors", {}) if body.strip() else {}
+    return errors
+
+
+async def open_modal(stack: Stack, tid: str, action: str = "task_resolve") -> dict:  # type: ignore[type-arg]
+    assert await stack.slack.block_action(MAIN, TASKS, card(stack).ts, action, tid) == 200
+    return stack.slack.views[-1]
+
+
+def values(solution: str, *, confirm: bool = False, files: list | None = None) -> dict:  # type: ignore[type-arg]
+    state: dict = {"solution": {"solution": {"type": "plain_text_input", "value": solution}}}  # type: ignore[type-arg]
+    state["confirm"] = {"confirm": {"type": "checkboxes", "selected_options": [{"value": "yes"}] if confirm else []}}
+    state["evidence"] = {"evidence": {"type": "file_input", "files": files or []}}
+    return state
+
+
+async def test_resolve_with_evidence_from_the_modal_and_the_thread(stack: Stack) -> None:
+    tid = await raise_task(stack)
+    thread_photo = stack.slack.add_file("waybill.png", PNG, "image/png")
+    await stack.slack.user_message(MAIN, TASKS, "", thread_ts=card(stack).ts, files=[thread_photo])
+    view = await open_modal(stack, tid)
+    assert view["callback_id"] == "task_process" and [b["block_id"] for b in view["blocks"][1:]] == [
+        "solution",
+        "confirm",
+        "evidence",
+    ]
+    modal_photo = stack.slack.add_file("parcel.png", PNG, "image/png")
+    assert (
+        errors_of(
+            await stack.slack.submit_view(MAIN, view, values("已为买家补发，顺丰单号 SF123456789", files=[modal_photo]))
+        )
+        == {}
+    )
+    await stack.settle()
+    [process] = stack.sandbox.received("POST", f"/task-orders/{tid}/process")
+    assert process.status == 200 and process.body["result"] == "resolved" and len(process.body["evidence"]) == 2
+    assert len(stack.sandbox.received("POST", "/media")) == 2
+    assert await stack.redis.hget(keys.task(TAG, tid), "status") == "resolved"
+    assert "SF123456789" in stack.telegram.by_bot(CREATOR_CHAT)[-1].text, "the creator is pinged (B9)"
+    log = [e["type"] for e in await stack.bridge.tasks.log_entries(TAG, tid)]
+    assert log == ["created", "evidence_added", "resolved"]
+
+
+async def test_placeholder_or_empty_solutions_are_refused_or_must_be_confirmed(stack: Stack) -> None:
+    tid = await raise_task(stack)
+    view = await open_modal(stack, tid, "task_unresolvable")
+    assert errors_of(await stack.slack.submit_view(MAIN, view, values("  ")))["solution"].startswith("请填写处理方案")
+    weak = errors_of(await stack.slack.submit_view(MAIN, view, values("已处理")))
+    assert "占位" in weak["solution"], "a placeholder is warned about"
+    assert errors_of(await stack.slack.submit_view(MAIN, view, values("已处理", confirm=True))) == {}, (
+        "confirmed: it goes"
+    )
+    await stack.settle()
+    assert await stack.redis.hget(keys.task(TAG, tid), "status") == "unresolvable"
+
+
+async def test_bad_evidence_is_refused_by_name_before_anything_is_sent(stack: Stack) -> None:
+    tid = await raise_task(stack)
+    view = await open_modal(stack, tid)
+    fake = stack.slack.add_file("photo.jpg", TEXT_FILE, "image/jpeg")
+    huge = stack.slack.add_file("huge.png", PNG, "image/png") | {"size": 6 * 1024 * 1024}
+    good = "已为买家补发，顺丰单号 SF123456789"
+    refused = errors_of(await stack.slack.submit_view(MAIN, view, values(good, files=[fake, huge])))["evidence"]
+    assert refused.splitlines() == [
+        "文件 photo.jpg：类型不支持（按文件内容判断，只收 JPG/PNG 图片和 MP4/FLV/MOV/AVI/MKV/WEBM 视频）",
+        "文件 huge.png：超过 5 MB",
+    ]
+    seven = [stack.slack.add_file(f"p{i}.png", PNG, "image/png") for i in range(7)]
+    assert (
+        errors_of(await stack.slack.submit_view(MAIN, view, values(good, files=seven)))["evidence"]
+        == "凭证最多 6 个，现有 7 个。"
+    )
+    await stack.settle()
+    assert (
+        stack.sandbox.received("POST", "/media") == []
+        and stack.sandbox.received("POST", f"/task-orders/{tid}/process") == []
+    )
+    assert await stack.redis.hget(keys.task(TAG, tid), "status") == "pending"

@@ -43,6 +43,7 @@ class PlatformSenders:
         return {
             SEND_MESSAGE: self.send_message,
             SEND_IMAGE: self.send_image,
+            "platform.process_with_evidence": self.process_with_evidence,
             ADD_COMMENT: self.add_comment,
             PROCESS_TASK_ORDER: self.process_task_order,
         }
@@ -72,6 +73,24 @@ class PlatformSenders:
         await client.send_message(
             p["conversation_id"], p["agent_id"], {"type": "image", "media_id": uploaded["media_id"]}, job.id
         )
+
+    async def process_with_evidence(self, job: OutboxJob) -> None:
+        """B7: each evidence file is fetched from where it was shared, checked by its bytes, uploaded
+        (its own idempotency key, so a retry reuses the media id), then the task order processed."""
+        p = job.payload
+        client = self.client(p["endpoint"])
+        media_ids = []
+        for i, item in enumerate(p.get("evidence", [])):
+            fetch = self.fetchers.get(item.get("service", "slack"))
+            if fetch is None:
+                raise FinalFailure(f"cannot download files from {item.get('service')}")
+            data = await fetch(item["url"])
+            refusal = media_refusal(data[:16], len(data))
+            if refusal is not None:
+                raise FinalFailure(f"{item['name']}: evidence refused ({refusal.reason})")
+            uploaded = await client.upload_media(data, item["name"], item.get("mimetype", ""), f"{job.id}:media:{i}")
+            media_ids.append(uploaded["media_id"])
+        await client.process_task_order(p["task_id"], p["result"], p["solution"], media_ids, p["operator_id"], job.id)
 
     async def add_comment(self, job: OutboxJob) -> None:
         p = job.payload

@@ -6,6 +6,7 @@ into ChatFlow calls, core views into Slack messages.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,8 @@ from bridge.ratelimit import SendSpacing
 from bridge.tasks import TaskFlow
 from connectors.slack.render import render
 from connectors.slack.text import slack_to_platform_text
+from rules.evidence import SNIFF_BYTES, evidence_refusals
+from rules.solution import solution_problem
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,9 @@ class SlackConnector:
         self.app.command("/feige")(self._on_command)
         self.app.command("/tasks")(self._on_tasks_command)
         self.app.action("task_log")(self._on_task_log)
+        self.app.action("task_resolve")(self._open_process)
+        self.app.action("task_unresolvable")(self._open_process)
+        self.app.view("task_process")(self._on_process_submit)
         self.app.action(re.compile(".*"))(self._ack_action)
         self.tasks: TaskFlow | None = None
 
@@ -148,6 +154,12 @@ class SlackConnector:
         actor = Actor("slack", event["user"], channel, thread, event["ts"])
         author = agent.name if agent else event["user"]
         text = slack_to_platform_text(event.get("text", ""))
+        tid = parent.removeprefix("task:")
+        for f in event.get("files", []):  # offered as evidence when the task order is processed (B7)
+            if f.get("url_private"):
+                await self.tasks.add_thread_file(store, tid, _media(f))
+        if not text.strip():
+            return True
         refusal = await self.tasks.comment(store, parent.removeprefix("task:"), "merchant", actor,
                                            agent.id if agent else event["user"], author, text)  # fmt: skip
         if refusal is not None:
@@ -165,6 +177,99 @@ class SlackConnector:
         text = await self.tasks.log_text(store, tid, store.locale)
         actor = Actor("slack", user, channel, None, body.get("container", {}).get("message_ts"))
         await self.chats._ephemeral(store, actor, text, f"log:{tid}:{body.get('trigger_id', '')}")
+
+    async def _open_process(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
+        """Resolve / Cannot resolve: a modal asks for the solution and the evidence (B7, B8)."""
+        await ack()
+        channel = body.get("channel", {}).get("id", "")
+        store = self.task_store_for(channel)
+        if store is None or self.tasks is None:
+            return
+        action = body["actions"][0]
+        tid, result = action.get("value", ""), "resolved" if action["action_id"] == "task_resolve" else "unresolvable"
+        loc = store.locale
+        title = t(loc, f"task.button.{'resolve' if result == 'resolved' else 'unresolvable'}")
+        view = {
+            "type": "modal",
+            "callback_id": "task_process",
+            "private_metadata": json.dumps({"store": store.id, "task": tid, "result": result, "channel": channel}),
+            "title": {"type": "plain_text", "text": t(loc, "task.process.title")[:24]},
+            "submit": {"type": "plain_text", "text": t(loc, "task.process.submit")},
+            "blocks": [
+                {"type": "section", "text": {"type": "mrkdwn", "text": f"*{title}* · {tid}"}},
+                {"type": "input", "block_id": "solution",
+                 "label": {"type": "plain_text", "text": t(loc, "task.process.solution")},
+                 "element": {"type": "plain_text_input", "action_id": "solution", "multiline": True}},
+                {"type": "input", "block_id": "confirm", "optional": True, "label": {"type": "plain_text", "text": " "},
+                 "element": {"type": "checkboxes", "action_id": "confirm", "options": [
+                     {"text": {"type": "plain_text", "text": t(loc, "task.process.confirm")}, "value": "yes"}]}},
+                {"type": "input", "block_id": "evidence", "optional": True,
+                 "label": {"type": "plain_text", "text": t(loc, "task.process.evidence")[:2000]},
+                 "element": {"type": "file_input", "action_id": "evidence", "max_files": 6,
+                             "filetypes": ["jpg", "jpeg", "png", "mp4", "flv", "mov", "avi", "mkv", "webm"]}},
+            ],
+        }  # fmt: skip
+        try:
+            await _call(self.client.views_open(trigger_id=body["trigger_id"], view=view))
+        except (RetryLater, FinalFailure) as exc:
+            log.warning("could not open the processing modal for %s: %s", tid, exc)
+
+    async def _on_process_submit(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
+        view = body["view"]
+        meta = json.loads(view.get("private_metadata") or "{}")
+        store = self.config().store(str(meta.get("store", "")))
+        if store is None or self.tasks is None:
+            await ack()
+            return
+        loc, tid, values = store.locale, str(meta["task"]), view.get("state", {}).get("values", {})
+        solution = slack_to_platform_text(str(values.get("solution", {}).get("solution", {}).get("value") or ""))
+        confirmed = bool(values.get("confirm", {}).get("confirm", {}).get("selected_options"))
+        files = [_media(f) for f in values.get("evidence", {}).get("evidence", {}).get("files", []) or []]
+        files += await self.tasks.thread_files(store, tid)
+        errors: dict[str, str] = {}
+        status = await self.tasks.status_of(store, tid)
+        problem = solution_problem(solution)
+        if status != "pending":
+            errors["solution"] = t(loc, "task.process.not_pending", status=status)
+        elif problem == "empty":
+            errors["solution"] = t(loc, "task.process.empty")
+        elif problem is not None and not confirmed:
+            errors["solution"] = t(loc, "task.process.weak")
+        file_errors = await self._evidence_errors(loc, files)
+        if file_errors:
+            errors["evidence"] = file_errors[:2000]
+        if errors:
+            await ack(response_action="errors", errors=errors)
+            return
+        await ack()
+        user = body.get("user", {}).get("id", "")
+        agent = next((a for a in store.agents if a.slack_user == user), None)
+        operator = (agent.id, agent.name) if agent else (user, user)
+        actor = Actor("slack", user, str(meta.get("channel", "")), None, None)
+        await self.tasks.process(
+            store, tid, str(meta["result"]), solution, files, operator, actor, view.get("id", "view")
+        )
+
+    async def _evidence_errors(self, loc: str, files: list[dict[str, Any]]) -> str:
+        """B7, before anything is sent: at most 6 files, each allowed by its leading bytes and size."""
+        heads = [(await self._head(f["url"]), int(f.get("size", 0))) for f in files]
+        lines = []
+        for index, refusal in evidence_refusals(heads):
+            if index < 0:
+                return t(loc, "task.process.too_many", count=len(files))
+            limit_mb = (refusal.limit or 0) // (1024 * 1024)
+            reason = t(loc, f"task.process.reason.{refusal.reason}", limit_mb=limit_mb)
+            lines.append(t(loc, "task.process.bad_file", name=files[index]["name"], reason=reason))
+        return "\n".join(lines)
+
+    async def _head(self, url: str) -> bytes:
+        """The first bytes of a shared file: enough to tell its type (Slack's 3 s allow no more)."""
+        headers = {"Authorization": f"Bearer {self.settings.bot_token}", "Range": f"bytes=0-{SNIFF_BYTES - 1}"}
+        try:
+            async with self.http().get(url, headers=headers) as resp:
+                return await resp.content.read(SNIFF_BYTES) if resp.status in (200, 206) else b""
+        except (aiohttp.ClientError, TimeoutError):
+            return b""
 
     async def _on_tasks_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
         store = self.task_store_for(command.get("channel_id", "")) or self.store_for(command.get("channel_id", ""))
@@ -267,6 +372,11 @@ class SlackConnector:
         except FinalFailure as exc:
             if exc.code != "already_reacted":
                 raise
+
+
+def _media(f: dict[str, Any]) -> dict[str, Any]:
+    return {"service": "slack", "url": f.get("url_private", ""), "name": f.get("name", "file"),
+            "mimetype": f.get("mimetype", ""), "size": int(f.get("size", 0))}  # fmt: skip
 
 
 async def _call(request: Awaitable[Any]) -> Any:

@@ -82,7 +82,9 @@ class SlackEmulator:
             "conversations.info": self._conversations_info,
             "files.getUploadURLExternal": self._get_upload_url,
             "files.completeUploadExternal": self._complete_upload,
+            "views.open": self._views_open,
         }
+        self.views: list[dict[str, Any]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -218,6 +220,15 @@ class SlackEmulator:
         channel = str(args.get("channel"))
         return 200, {"ok": True, "channel": {"id": channel, "name": channel.lower(), "is_channel": True}}, {}
 
+    def _views_open(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        view = args.get("view")
+        view = json.loads(view) if isinstance(view, str) else view
+        if not args.get("trigger_id") or not isinstance(view, dict):
+            return 200, {"ok": False, "error": "invalid_arguments"}, {}
+        opened = view | {"id": f"V{next(self._ids):08d}"}
+        self.views.append(opened)
+        return 200, {"ok": True, "view": opened}, {}
+
     def _get_upload_url(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         file_id = f"F{next(self._ids):08d}"
         self.files[file_id] = {"id": file_id, "name": str(args.get("filename", "file")), "data": b"", "uploaded": False}
@@ -314,6 +325,14 @@ class SlackEmulator:
                                 "action_ts": str(time.time())}]}  # fmt: skip
         body = urllib.parse.urlencode({"payload": json.dumps(payload)})
         return await self._send(body, "application/x-www-form-urlencoded")
+
+    async def submit_view(self, user: str, view: dict[str, Any], values: dict[str, dict[str, Any]]) -> tuple[int, str]:
+        """A person submits a modal; ``values`` is the view state (block id → action id → value)."""
+        payload = {"type": "view_submission", "team": {"id": TEAM}, "user": {"id": user}, "api_app_id": "A0FEIGE",
+                   "trigger_id": f"tr{next(self._ids)}",
+                   "view": view | {"state": {"values": values}, "team_id": TEAM}}  # fmt: skip
+        return await self._send_for_body(urllib.parse.urlencode({"payload": json.dumps(payload)}),
+                                         "application/x-www-form-urlencoded")  # fmt: skip
 
     def sign(self, body: str, timestamp: int | None = None) -> dict[str, str]:
         ts = str(timestamp if timestamp is not None else int(time.time()))  # Slack signs with real time
