@@ -304,13 +304,14 @@ class TaskFlow:
         order processed on the platform; only when that succeeded is it finished here (B8: it never
         completes by itself)."""
         tag = keys.store_tag(store.id)
-        finish = {"tag": tag, "thread": f"task:{tid}:bridge", "job": vars(OutboxJob(
-            f"finish:{tid}", "bridge.task_finish",
-            {"store": store.id, "task_id": tid, "status": result, "operator": operator[1], "solution": solution}))}  # fmt: skip
+        done = {"store": store.id, "task_id": tid, "status": result, "operator": operator[1], "solution": solution}
+        finish = {"tag": tag, "thread": f"task:{tid}:bridge",
+                  "job": vars(OutboxJob(f"finish:{tid}", "bridge.task_finish", done))}  # fmt: skip
         payload = {"endpoint": f"store:{store.id}", "task_id": tid, "result": result, "solution": solution,
                    "operator_id": operator[0], "evidence": evidence}  # fmt: skip
-        job = OutboxJob(f"process:{tid}:{action_id}", "platform.process_with_evidence", payload,
-                        report_to=actor.as_dict() | {"store": store.id, "locale": store.locale}, then=[finish])  # fmt: skip
+        report = actor.as_dict() | {"store": store.id, "locale": store.locale}
+        job = OutboxJob(f"process:{tid}:{action_id}", "platform.process_with_evidence", payload, report_to=report,
+                        then=[finish])  # fmt: skip
         await self.outbox.enqueue(tag, f"task:{tid}:platform", job)
         if evidence:
             await self._log(tag, tid, "evidence_added", "merchant", f"{operator[1]} ({len(evidence)})")
