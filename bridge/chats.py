@@ -348,10 +348,11 @@ class ChatFlow:
         store = self.config.store(str(report.get("store", "")))
         if store is None or not job.kind.startswith("platform."):
             return
-        if failure.status == 409:
+        if failure.status == 409 and "chat" in report:
             await self.close(store, str(report["chat"]), "platform_closed", "")
-        actor = Actor(str(report["service"]), str(report["user"]), str(report["channel"]), report.get("thread"))
-        text = t(store.locale, "reply.failed", reason=failure.reason)
+        actor = Actor(str(report["service"]), str(report["user"]), str(report["channel"]), report.get("thread"),
+                      report.get("message"))  # fmt: skip
+        text = t(str(report.get("locale") or store.locale), "reply.failed", reason=failure.reason)
         await self._ephemeral(store, actor, text, f"failed:{job.id}")
 
     # -- stats (A9) ----------------------------------------------------------------------------------

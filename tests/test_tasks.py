@@ -286,3 +286,18 @@ async def test_bad_evidence_is_refused_by_name_before_anything_is_sent(stack: St
         and stack.sandbox.received("POST", f"/task-orders/{tid}/process") == []
     )
     assert await stack.redis.hget(keys.task(TAG, tid), "status") == "pending"
+
+
+async def test_a_comment_the_platform_refuses_is_reported_to_its_author(stack: Stack) -> None:
+    tid = await raise_task(stack)
+    stack.sandbox.fail_next("POST", f"/task-orders/{tid}/comments", 422)
+    await stack.slack.user_message(MAIN, TASKS, "补充说明", thread_ts=card(stack).ts)
+    await stack.settle()
+    assert stack.slack.ephemerals[-1]["text"] == "你的回复未能送达平台：injected fault"
+
+
+async def test_the_comment_button_explains_how_to_comment(stack: Stack) -> None:
+    tid = await raise_task(stack)
+    assert await stack.slack.block_action(MAIN, TASKS, card(stack).ts, "task_comment", tid) == 200
+    await stack.settle()
+    assert stack.slack.ephemerals[-1]["text"].startswith("在本任务单的消息串里回复即可留言")

@@ -68,6 +68,7 @@ class SlackConnector:
         self.app.command("/feige")(self._on_command)
         self.app.command("/tasks")(self._on_tasks_command)
         self.app.action("task_log")(self._on_task_log)
+        self.app.action("task_comment")(self._on_task_comment_hint)
         self.app.action("task_resolve")(self._open_process)
         self.app.action("task_unresolvable")(self._open_process)
         self.app.view("task_process")(self._on_process_submit)
@@ -270,6 +271,17 @@ class SlackConnector:
                 return await resp.content.read(SNIFF_BYTES) if resp.status in (200, 206) else b""
         except (aiohttp.ClientError, TimeoutError):
             return b""
+
+    async def _on_task_comment_hint(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
+        await ack()
+        channel = body.get("channel", {}).get("id", "")
+        store = self.task_store_for(channel)
+        if store is not None:
+            user = body.get("user", {}).get("id", "")
+            actor = Actor("slack", user, channel, body.get("container", {}).get("message_ts"), None)
+            await self.chats._ephemeral(
+                store, actor, t(store.locale, "task.comment_hint"), f"hint:{body.get('trigger_id')}"
+            )
 
     async def _on_tasks_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
         store = self.task_store_for(command.get("channel_id", "")) or self.store_for(command.get("channel_id", ""))
