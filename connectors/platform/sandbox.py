@@ -25,7 +25,7 @@ from aiohttp import web
 
 from bridge.clock import Clock, SystemClock
 from bridge.config import BridgeConfig, PlatformCredentials
-from bridge.listen import listen
+from bridge.listen import LocalServer
 from connectors.platform.signing import sign
 from rules.evidence import MAX_EVIDENCE_FILES, MAX_VIDEO_BYTES, SNIFF_BYTES, media_refusal, sniff_media
 
@@ -93,7 +93,7 @@ def _err(status: int, msg: str) -> tuple[int, dict[str, Any]]:
     return status, {"code": status, "msg": msg}
 
 
-class PlatformSandbox:
+class PlatformSandbox(LocalServer):
     def __init__(
         self,
         config: BridgeConfig,
@@ -121,10 +121,7 @@ class PlatformSandbox:
         self._faults: list[_Fault] = []
         self._ids = itertools.count(1)
         self._run = secrets.token_hex(3)
-        self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
-        self.port: int | None = None
-        self.app = web.Application(client_max_size=MAX_VIDEO_BYTES + 1024 * 1024)
+        super().__init__(web.Application(client_max_size=MAX_VIDEO_BYTES + 1024 * 1024))
         self.app.router.add_post("/im/conversations/{cid}/messages", self._api(self._send_message))
         self.app.router.add_post("/media", self._api(self._upload_media))
         self.app.router.add_post("/task-orders/{tid}/comments", self._api(self._add_comment))
@@ -137,21 +134,6 @@ class PlatformSandbox:
         self.app.router.add_post("/_sandbox/task-orders", self._control_task_order)
 
     # -- lifecycle -----------------------------------------------------------------------------
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner, self.port = await listen(self.app, host, port)
-        return f"http://{host}:{self.port}"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        return self._session
 
     def next_id(self, prefix: str) -> str:
         # Unique across runs too: the platform's ids never repeat, and the bridge dedupes on them.
@@ -550,7 +532,7 @@ class PlatformSandbox:
         self.deliveries.append(delivery)
         for attempt in range(self.push_max_attempts):
             try:
-                async with self._http().post(self.bridge_url + path, data=body, headers=headers) as resp:
+                async with self.http().post(self.bridge_url + path, data=body, headers=headers) as resp:
                     answer = await resp.json(content_type=None)
                     delivery.statuses.append(resp.status)
                     if resp.status == 200 and isinstance(answer, dict) and answer.get("code") == 0:

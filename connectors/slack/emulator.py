@@ -16,11 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from bridge.clock import Clock, SystemClock
-from bridge.listen import listen
+from bridge.listen import LocalServer
 
 BOT_USER, BOT_ID, TEAM = "UBRIDGEBOT", "BBRIDGEBOT", "T0FEIGE"
 
@@ -47,7 +46,7 @@ class Call:
     at: float
 
 
-class SlackEmulator:
+class SlackEmulator(LocalServer):
     def __init__(
         self, signing_secret: str, bot_token: str, *, clock: Clock | None = None, bridge_url: str = ""
     ) -> None:
@@ -64,10 +63,7 @@ class SlackEmulator:
         """Called with each message the bridge posts (benchmarks wait on these instead of polling)."""
         self._buckets: dict[str, tuple[float, float]] = {}  # channel → (tokens, at)
         self._ids = itertools.count(1)
-        self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
-        self.port: int | None = None
-        self.app = web.Application(client_max_size=50 * 1024 * 1024)
+        super().__init__(web.Application(client_max_size=50 * 1024 * 1024))
         self.app.router.add_post("/api/{method}", self._api)
         self.app.router.add_get("/api/{method}", self._api)
         self.app.router.add_get("/files/{file_id}/{name}", self._download)
@@ -88,10 +84,6 @@ class SlackEmulator:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner, self.port = await listen(self.app, host, port)
-        return self.base_url
-
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -99,12 +91,6 @@ class SlackEmulator:
     @property
     def api_url(self) -> str:
         return f"{self.base_url}/api/"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
 
     # -- what landed -------------------------------------------------------------------------------
 
@@ -346,8 +332,6 @@ class SlackEmulator:
     async def _send_for_body(
         self, body: str, content_type: str, extra: dict[str, str] | None = None
     ) -> tuple[int, str]:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
         headers = {"Content-Type": content_type, **self.sign(body), **(extra or {})}
-        async with self._session.post(f"{self.bridge_url}/slack/events", data=body.encode(), headers=headers) as resp:
+        async with self.http().post(f"{self.bridge_url}/slack/events", data=body.encode(), headers=headers) as resp:
             return resp.status, await resp.text()

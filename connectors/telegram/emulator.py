@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from bridge.clock import Clock, SystemClock
-from bridge.listen import listen
+from bridge.listen import LocalServer
 
 BOT_ID = 7_000_000_001
 BOT: dict[str, object] = {"id": BOT_ID, "is_bot": True, "first_name": "Feige Bridge", "username": "feige_bridge_bot"}
@@ -47,7 +47,7 @@ class TgCall:
     at: float
 
 
-class TelegramEmulator:
+class TelegramEmulator(LocalServer):
     def __init__(self, token: str, secret: str, *, clock: Clock | None = None, bridge_url: str = "") -> None:
         self.token = token
         self.secret = secret
@@ -63,16 +63,9 @@ class TelegramEmulator:
         self._sent: list[tuple[float, int]] = []  # (time, chat) of every message the bot sent
         self._ids = itertools.count(1)
         self._updates = itertools.count(1)
-        self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
-        self.port: int | None = None
-        self.app = web.Application(client_max_size=60 * 1024 * 1024)
+        super().__init__(web.Application(client_max_size=60 * 1024 * 1024))
         self.app.router.add_post("/bot{token}/{method}", self._api)
         self.app.router.add_get("/file/bot{token}/{path:.+}", self._download)
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner, self.port = await listen(self.app, host, port)
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def api_url(self) -> str:
@@ -81,12 +74,6 @@ class TelegramEmulator:
     @property
     def file_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/file/bot"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
 
     # -- what landed ---------------------------------------------------------------------------------
 
@@ -308,8 +295,6 @@ class TelegramEmulator:
         return await self._send(update, secret)
 
     async def _send(self, update: dict[str, Any], secret: str | None = None) -> int:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
         headers = {"X-Telegram-Bot-Api-Secret-Token": self.secret if secret is None else secret}
-        async with self._session.post(f"{self.bridge_url}/telegram/webhook", json=update, headers=headers) as resp:
+        async with self.http().post(f"{self.bridge_url}/telegram/webhook", json=update, headers=headers) as resp:
             return resp.status
