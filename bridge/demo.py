@@ -30,6 +30,7 @@ from connectors.platform.signing import sign
 from connectors.slack.emulator import SlackEmulator
 from connectors.telegram.emulator import BOT_ID, TelegramEmulator
 
+DEMO_REDIS_DIR = Path("var/demo-redis")  # a clean slate every run: the demo's story starts from nothing
 DEMO_WINDOW = {"seconds": 10, "reminders_before": [6, 3], "escalate_before": 3}
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 512
 
@@ -142,9 +143,10 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
             "TELEGRAM_FILE_URL": telegram.file_url}  # fmt: skip
     holder = ConfigHolder(path, environ=env)
     out.say("config", headline(LoadedConfig(holder.current, str(config_path), holder.warnings)))
-    redis, embedded = connect_redis()
+    redis, embedded = connect_redis(data_dir=DEMO_REDIS_DIR, fresh=True)
     out.say(
-        "redis", f"embedded redis-server at {embedded.url}, AOF under var/redis/" if embedded else "using REDIS_URL"
+        "redis",
+        f"embedded redis-server at {embedded.url}, AOF under {DEMO_REDIS_DIR}/" if embedded else "using REDIS_URL",
     )
     bridge = Bridge(holder, redis, embedded_redis=embedded)
     await bridge.start()

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,13 +226,18 @@ def open_redis(url: str, max_connections: int = 64) -> Redis:
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
-def connect_redis(environ: Mapping[str, str] | None = None) -> tuple[Redis, EmbeddedRedis | None]:
-    """REDIS_URL when set (a real deployment); otherwise a private redis-server under var/redis/."""
+def connect_redis(
+    environ: Mapping[str, str] | None = None, data_dir: Path = EMBEDDED_REDIS_DIR, fresh: bool = False
+) -> tuple[Redis, EmbeddedRedis | None]:
+    """REDIS_URL when set (a real deployment); otherwise a private redis-server with its data in
+    ``data_dir`` (emptied first when ``fresh``)."""
     env = os.environ if environ is None else environ
     url = env.get("REDIS_URL")
     if url:
         return open_redis(url), None
-    embedded = EmbeddedRedis(EMBEDDED_REDIS_DIR).start()
+    if fresh and data_dir.exists():
+        shutil.rmtree(data_dir)
+    embedded = EmbeddedRedis(data_dir).start()
     log.info(
         "no REDIS_URL set: started an embedded redis-server at %s (data in %s)",
         embedded.url,

@@ -252,7 +252,7 @@ async def test_a_message_outside_a_chat_thread_is_not_forwarded(stack: Stack) ->
 async def test_slack_retries_are_handled_once(stack: Stack) -> None:
     cid, root = await open_chat(stack)
     ts, _ = await stack.slack.user_message(MAIN, CHATS, "好的", thread_ts=root.ts)
-    first_event = f"Ev{int(ts.split('.')[1]) + 1:010d}"
+    first_event = f"Ev{stack.slack._run}{int(ts.split('.')[1]) + 1:08d}"
     await stack.slack.user_message(MAIN, CHATS, "好的", thread_ts=root.ts, retry_of=first_event)
     await stack.settle()
     assert platform_texts(stack, cid) == ["好的"]

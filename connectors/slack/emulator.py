@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import secrets
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -63,6 +64,7 @@ class SlackEmulator(LocalServer):
         """Called with each message the bridge posts (benchmarks wait on these instead of polling)."""
         self._buckets: dict[str, tuple[float, float]] = {}  # channel → (tokens, at)
         self._ids = itertools.count(1)
+        self._run = secrets.token_hex(3).upper()  # event ids never repeat across runs, as Slack's do not
         super().__init__(web.Application(client_max_size=50 * 1024 * 1024))
         self.app.router.add_post("/api/{method}", self._api)
         self.app.router.add_get("/api/{method}", self._api)
@@ -288,8 +290,9 @@ class SlackEmulator(LocalServer):
             event["thread_ts"] = thread_ts
         if files:
             event["files"], event["subtype"] = files, "file_share"
+        event_id = retry_of or f"Ev{self._run}{next(self._ids):08d}"
         body = {"token": "legacy", "team_id": TEAM, "api_app_id": "A0FEIGE", "event": event, "type": "event_callback",
-                "event_id": retry_of or f"Ev{next(self._ids):010d}", "event_time": int(time.time())}  # fmt: skip
+                "event_id": event_id, "event_time": int(time.time())}  # fmt: skip
         headers = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"} if retry_of else {}
         status = await self._send(json.dumps(body), "application/json", headers)
         return msg.ts, status

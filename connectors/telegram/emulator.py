@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,7 +63,7 @@ class TelegramEmulator(LocalServer):
         self.listeners: list[Callable[[TgMessage], None]] = []
         self._sent: list[tuple[float, int]] = []  # (time, chat) of every message the bot sent
         self._ids = itertools.count(1)
-        self._updates = itertools.count(1)
+        self._updates = itertools.count(int(time.time() * 1000))  # update ids only grow, as Telegram's
         super().__init__(web.Application(client_max_size=60 * 1024 * 1024))
         self.app.router.add_post("/bot{token}/{method}", self._api)
         self.app.router.add_get("/file/bot{token}/{path:.+}", self._download)
