@@ -339,13 +339,16 @@ class TaskFlow:
             lines.append(t(locale, "task.log.line", at=at, type=e["type"], operator=f"{e['side']} {e['operator']}"))
         return "\n".join(lines)
 
-    async def list_text(self, store: Store, status: str, locale: str, limit: int = 20) -> str:
+    async def list_text(self, store: Store, status: str, locale: str, page: int = 1, per_page: int = 20) -> str:
+        """Task orders of one status, newest first, ``per_page`` a page."""
         status = status if status in STATUSES else "all"
         tag = keys.store_tag(store.id)
-        ids = await self.redis.zrevrange(keys.tasks_by_status(tag, status), 0, limit - 1)
+        start = (max(1, page) - 1) * per_page
+        ids = await self.redis.zrevrange(keys.tasks_by_status(tag, status), start, start + per_page - 1)
         total = await self.redis.zcard(keys.tasks_by_status(tag, status))
         label = _status_name(locale, status) if status != "all" else status
-        lines = [t(locale, "task.list.title", status=label, count=total)]
+        pages = max(1, -(-total // per_page))
+        lines = [t(locale, "task.list.title", status=label, count=total, page=min(max(1, page), pages), pages=pages)]
         tz = ZoneInfo(store.timezone)
         for tid in ids:
             task = await self._task(tag, str(tid))

@@ -151,7 +151,13 @@ async def test_tasks_listed_by_status_in_slack_and_telegram(stack: Stack) -> Non
     first = await raise_task(stack)
     second = await raise_task(stack)
     status, answer = await stack.slack.slash_command(MAIN, TASKS, "/tasks", "pending")
-    assert status == 200 and "：2 条" in answer and answer.index(second) < answer.index(first), "newest first"
+    assert status == 200 and "：2 条 · 第 1/1 页" in answer and answer.index(second) < answer.index(first), (
+        "newest first"
+    )
+    listing = await stack.bridge.tasks.list_text(
+        stack.bridge.holder.current.stores[0], "pending", "en", page=2, per_page=1
+    )
+    assert listing.startswith("Task orders (⏳ Pending): 2 · page 2/2") and first in listing and second not in listing
     await stack.telegram.user_message(CREATOR_CHAT, CREATOR_CHAT, "/tasks pending")
     await stack.settle()
     assert first in stack.telegram.by_bot(CREATOR_CHAT)[-1].text

@@ -288,8 +288,8 @@ class SlackConnector:
         if store is None or self.tasks is None:
             await ack(t("zh-CN", "stats.unknown_channel"))
             return
-        status = (command.get("text") or "pending").split()[0]
-        await ack(await self.tasks.list_text(store, status, store.locale))
+        status, page = _list_args((command.get("text") or "").split())
+        await ack(await self.tasks.list_text(store, status, store.locale, page))
 
     async def _parent(self, tag: str, channel: str, thread: str) -> str | None:
         """The chat a thread belongs to. A reply can arrive while the root's post is still being
@@ -384,6 +384,13 @@ class SlackConnector:
         except FinalFailure as exc:
             if exc.code != "already_reacted":
                 raise
+
+
+def _list_args(args: list[str]) -> tuple[str, int]:
+    """``/tasks [status] [page]``: status defaults to pending, page to 1."""
+    status = next((a for a in args if not a.isdigit()), "pending")
+    page = next((int(a) for a in args if a.isdigit()), 1)
+    return status, page
 
 
 def _media(f: dict[str, Any]) -> dict[str, Any]:

@@ -64,11 +64,12 @@ def wire_telegram(connector: TelegramConnector, tasks: TaskFlow, config: Callabl
     async def list_tasks(inbound: TelegramInbound, args: list[str]) -> str:
         creator = creator_for(inbound.chat)
         store = next(iter(config().stores), None)
-        status = args[0] if args else "pending"
+        status = next((a for a in args if not a.isdigit()), "pending")
+        page = next((int(a) for a in args if a.isdigit()), 1)
         locale = creator.locale if creator else "zh-CN"
         if store is None:
             return ""
-        return await tasks.list_text(store, status, locale)
+        return await tasks.list_text(store, status, locale, page)
 
     connector.handlers.append(on_creator)
     connector.commands["tasks"] = list_tasks
