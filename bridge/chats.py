@@ -205,7 +205,7 @@ class ChatFlow:
         return window_steps(started, w.seconds, w.reminders_before, w.escalate_before)
 
     async def on_window_timer(self, timer: Timer) -> None:
-        _, tag, cid = _split(timer.key)
+        _, tag, cid = keys.split_timer_key(timer.key)
         store = self.config.store(tag.removeprefix("{store:").removesuffix("}"))
         if store is None:
             return
@@ -501,10 +501,3 @@ async def post_view(
     }
     job = OutboxJob(f"{dest.service}:{job_id}", f"{dest.service}.{action}", payload)
     await outbox.enqueue(tag, f"{thread_key}:{dest.service}", job)
-
-
-def _split(timer_key: str) -> tuple[str, str, str]:
-    """``window:{store:1001}:conv-9`` → ("window", "{store:1001}", "conv-9")."""
-    kind, rest = timer_key.split(":", 1)
-    end = rest.index("}") + 1
-    return kind, rest[:end], rest[end + 1 :]

@@ -139,11 +139,12 @@ def outbox_timer(tag: str, thread: str) -> str:
     return f"outbox:{tag}:{thread}"
 
 
-def parse_outbox_timer(timer_key: str) -> tuple[str, str]:
-    """(tag, thread) of an ``outbox_timer`` key."""
-    rest = timer_key.removeprefix("outbox:")
-    end = rest.index("}") + 1
-    return rest[:end], rest[end + 1 :]
+def split_timer_key(timer_key: str) -> tuple[str, str, str]:
+    """``<kind>:<tag>:<rest>`` → (kind, tag, rest); e.g. ``window:{store:1001}:conv-9`` →
+    ("window", "{store:1001}", "conv-9")."""
+    kind, tail = timer_key.split(":", 1)
+    end = tail.index("}") + 1
+    return kind, tail[:end], tail[end + 1 :]
 
 
 # -- platform chats (flow 1) ------------------------------------------------------------------

@@ -155,7 +155,7 @@ class Outbox:
     # -- sending (timer kind "outbox") -----------------------------------------------------------
 
     async def handle_timer(self, timer: Timer) -> None:
-        tag, thread = keys.parse_outbox_timer(timer.key)
+        _, tag, thread = keys.split_timer_key(timer.key)
         queue = keys.outbox_queue(tag, thread)
         raw = await self.redis.lindex(queue, 0)
         if raw is None:

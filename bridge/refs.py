@@ -3,6 +3,8 @@ and to thread under it), and from a thread in a destination to its chat (to rout
 
 from __future__ import annotations
 
+import asyncio
+
 from redis.asyncio import Redis
 
 from bridge import keys
@@ -20,6 +22,22 @@ async def root_of(redis: Redis, tag: str, chat_key: str) -> tuple[str, str] | No
         return None
     _, channel, message = str(ref).split(":", 2)
     return channel, message
+
+
+PARENT_WAIT_SECONDS = 1.5
+"""How long a reply waits for the mapping of the message it answers (within Slack's 3 s ack)."""
+
+
+async def parent_of(redis: Redis, tag: str, service: str, channel: str, message: str) -> str | None:
+    """Like ``chat_of``, for a reply that may arrive while the message it answers is still being
+    recorded (someone answered within milliseconds of the post): waits briefly rather than refuse it.
+    Real time: the post in flight does not wait for test clocks."""
+    for _ in range(int(PARENT_WAIT_SECONDS / 0.05)):
+        found = await chat_of(redis, tag, service, channel, message)
+        if found is not None:
+            return found
+        await asyncio.sleep(0.05)
+    return None
 
 
 async def chat_of(redis: Redis, tag: str, service: str, channel: str, message: str) -> str | None:

@@ -162,9 +162,7 @@ class TaskFlow:
             await self.finish(store, timeout.task_id, "timed_out", "platform", "")
 
     async def on_deadline_timer(self, timer: Timer) -> None:
-        _, rest = timer.key.split(":", 1)
-        end = rest.index("}") + 1
-        tag, tid = rest[:end], rest[end + 1 :]
+        _, tag, tid = keys.split_timer_key(timer.key)
         store = self.config.store(tag.removeprefix("{store:").removesuffix("}"))
         if store is None:
             return

@@ -5,7 +5,6 @@ into ChatFlow calls, core views into Slack messages.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -26,6 +25,7 @@ from bridge.config import BridgeConfig, SlackSettings, Store
 from bridge.i18n import t
 from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.ratelimit import SendSpacing
+from bridge.seen import SeenIds
 from bridge.tasks import TaskFlow
 from connectors.slack.render import render
 from connectors.slack.text import slack_to_platform_text
@@ -35,7 +35,6 @@ from rules.solution import solution_problem
 log = logging.getLogger(__name__)
 
 CHANNEL_SPACING_SECONDS = 1.0  # Slack: about one message per second per channel
-PARENT_WAIT_SECONDS = 1.5  # within Slack's 3 s to acknowledge
 _IGNORED_SUBTYPES = {None, "file_share", "thread_broadcast"}
 
 
@@ -56,6 +55,7 @@ class SlackConnector:
         self.clock = clock
         self.http = http
         self.spacing = SendSpacing(redis, clock)
+        self.events_seen = SeenIds(redis, keys.slack_events_seen(), clock)
         self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_base_url)
         self.app = AsyncApp(
             signing_secret=settings.signing_secret,
@@ -102,17 +102,11 @@ class SlackConnector:
 
     async def _seen(self, event_id: str | None) -> bool:
         """Slack retries an event it thinks we missed (X-Slack-Retry-Num); handle each id once."""
-        if not event_id:
-            return False
-        return await self.redis.zscore(keys.slack_events_seen(), event_id) is not None
+        return bool(event_id) and await self.events_seen.seen(str(event_id))
 
     async def _remember(self, event_id: str | None) -> None:
         if event_id:
-            now_ms = int(self.clock.now() * 1000)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(keys.slack_events_seen(), {event_id: now_ms})
-                pipe.zremrangebyscore(keys.slack_events_seen(), "-inf", now_ms - 86_400_000)
-                await pipe.execute()
+            await self.events_seen.remember(str(event_id))
 
     async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         if event.get("subtype") not in _IGNORED_SUBTYPES or event.get("bot_id") or not event.get("user"):
@@ -129,7 +123,7 @@ class SlackConnector:
             tag = keys.store_tag(store.id)
             thread = event.get("thread_ts")
             in_thread = thread is not None and thread != event["ts"]
-            parent = await self._parent(tag, channel, thread) if in_thread and thread else None
+            parent = await refs.parent_of(self.redis, tag, "slack", channel, thread) if in_thread and thread else None
             cid = parent.removeprefix("chat:") if parent and parent.startswith("chat:") else None
             media = [
                 ReplyMedia(
@@ -148,7 +142,7 @@ class SlackConnector:
         thread = event.get("thread_ts")
         if store is None or self.tasks is None or thread is None or thread == event["ts"]:
             return False
-        parent = await self._parent(keys.store_tag(store.id), channel, thread)
+        parent = await refs.parent_of(self.redis, keys.store_tag(store.id), "slack", channel, thread)
         if parent is None or not parent.startswith("task:"):
             return False
         agent = next((a for a in store.agents if a.slack_user == event["user"]), None)
@@ -290,16 +284,6 @@ class SlackConnector:
             return
         status, page = _list_args((command.get("text") or "").split())
         await ack(await self.tasks.list_text(store, status, store.locale, page))
-
-    async def _parent(self, tag: str, channel: str, thread: str) -> str | None:
-        """The chat a thread belongs to. A reply can arrive while the root's post is still being
-        recorded (someone answered within milliseconds): wait briefly rather than refuse it."""
-        for _ in range(int(PARENT_WAIT_SECONDS / 0.05)):
-            found = await refs.chat_of(self.redis, tag, "slack", channel, thread)
-            if found is not None:
-                return found
-            await asyncio.sleep(0.05)  # real time: the post in flight does not wait for test clocks
-        return None
 
     async def _on_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
         store = self.store_for(command.get("channel_id", ""))

@@ -29,6 +29,7 @@ from bridge.clock import Clock
 from bridge.config import BridgeConfig, TelegramSettings
 from bridge.outbox import FinalFailure, Outbox, OutboxJob, RetryLater, Sender
 from bridge.ratelimit import SendSpacing
+from bridge.seen import SeenIds
 from connectors.telegram.render import render
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class TelegramConnector:
         self.redis = redis
         self.clock = clock
         self.spacing = SendSpacing(redis, clock)
+        self.updates_seen = SeenIds(redis, keys.telegram_updates_seen(), clock)
         self.bot = Bot(settings.bot_token, base_url=settings.api_base_url, base_file_url=settings.file_base_url)
         self.application = Application.builder().bot(self.bot).updater(None).build()
         self.application.add_handler(CommandHandler("tasks", self._on_update))
@@ -120,15 +122,10 @@ class TelegramConnector:
             return web.json_response({"ok": False, "description": "not a Telegram update"}, status=400)
         if self._starting is None or not self._starting.done():
             return web.json_response({"ok": False, "description": "starting, retry later"}, status=503)
-        seen = keys.telegram_updates_seen()
-        if await self.redis.zscore(seen, str(update_id)) is not None:
+        if await self.updates_seen.seen(str(update_id)):
             return web.json_response({"ok": True})  # a redelivery: handled already
         await self.application.process_update(Update.de_json(data, self.bot))
-        now_ms = int(self.clock.now() * 1000)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(seen, {str(update_id): now_ms})
-            pipe.zremrangebyscore(seen, "-inf", now_ms - 86_400_000)
-            await pipe.execute()
+        await self.updates_seen.remember(str(update_id))
         return web.json_response({"ok": True})
 
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
