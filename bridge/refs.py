@@ -15,6 +15,11 @@ async def save_root(redis: Redis, tag: str, chat_key: str, service: str, channel
     await redis.hset(keys.message_refs(tag), mapping={f"{chat_key}:root": ref, f"ref:{ref}": chat_key})
 
 
+async def save_member(redis: Redis, tag: str, chat_key: str, service: str, channel: str, message: str) -> None:
+    """A later message of the thread (where a destination has no threads, a reply to it counts)."""
+    await redis.hset(keys.message_refs(tag), f"ref:{service}:{channel}:{message}", chat_key)
+
+
 async def root_of(redis: Redis, tag: str, chat_key: str) -> tuple[str, str] | None:
     """(channel, message id) of a chat's root message in its destination, once posted."""
     ref = await redis.hget(keys.message_refs(tag), f"{chat_key}:root")

@@ -99,7 +99,7 @@ class Bridge:
             )
             self.outbox.register(self.telegram.senders())
             platform.fetchers["telegram"] = self.telegram.fetch_file
-            wire_telegram(self.telegram, self.tasks, lambda: self.holder.current)
+            wire_telegram(self.telegram, self.tasks, self.chats, lambda: self.holder.current)
 
         self.app = web.Application(client_max_size=MAX_PUSH_BYTES)
         self.app.router.add_get("/healthz", self.healthz)

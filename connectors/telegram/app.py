@@ -27,6 +27,7 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Cont
 from bridge import keys, refs
 from bridge.clock import Clock
 from bridge.config import BridgeConfig, TelegramSettings
+from bridge.i18n import t
 from bridge.outbox import FinalFailure, Outbox, OutboxJob, RetryLater, Sender
 from bridge.ratelimit import SendSpacing
 from bridge.seen import SeenIds
@@ -209,10 +210,22 @@ class TelegramConnector:
         except TelegramError as exc:
             raise _sorted(exc) from None
 
+    def _view(self, p: dict[str, Any]) -> dict[str, Any]:
+        """The view, with the people it mentions resolved to their Telegram ids (tg://user links)."""
+        view = dict(p["view"])
+        store = self.config().store(str(p.get("store") or ""))
+        if store is not None:
+            by_id = {a.id: a for a in store.agents}
+            people = [by_id.get(a) for a in view.get("mentions", [])]
+            view["people"] = [{"name": a.name, "telegram": a.telegram_user} for a in people if a is not None]
+            view.setdefault("timezone", store.timezone)
+            view["detail_label"] = t(store.locale, "order.view")
+        return view
+
     async def _post(self, job: OutboxJob) -> None:
         p = job.payload
         tag, key, chat = str(p["tag"]), str(p["thread_key"]), int(p["channel"])
-        text, markup = render(p["view"])
+        text, markup = render(self._view(p))
         reply_to = None
         if not p.get("root"):
             root = await refs.root_of(self.redis, tag, key)
@@ -222,13 +235,15 @@ class TelegramConnector:
         sent = await self._send(chat, text, markup, job.id, reply_to, p.get("topic"))
         if p.get("root"):
             await refs.save_root(self.redis, tag, key, "telegram", str(chat), str(sent.message_id))
+        else:  # a reply to any message of the chain belongs to the same thread
+            await refs.save_member(self.redis, tag, key, "telegram", str(chat), str(sent.message_id))
 
     async def _update_root(self, job: OutboxJob) -> None:
         p = job.payload
         root = await refs.root_of(self.redis, str(p["tag"]), str(p["thread_key"]))
         if root is None:
             raise FinalFailure("the root message was never posted")
-        text, markup = render(p["view"])
+        text, markup = render(self._view(p))
         try:
             await self.bot.edit_message_text(text, chat_id=int(root[0]), message_id=int(root[1]), parse_mode="HTML",
                                              reply_markup=markup)  # fmt: skip
@@ -238,13 +253,17 @@ class TelegramConnector:
 
     async def _reply(self, job: OutboxJob) -> None:
         p = job.payload
-        await self._send(int(p["chat"]), html.escape(str(p["text"])), None, job.id, p.get("reply_to"), p.get("thread"))
+        await self._send(
+            int(p["chat"]), html.escape(str(p["text"]), quote=False), None, job.id, p.get("reply_to"), p.get("thread")
+        )
 
     async def _ephemeral(self, job: OutboxJob) -> None:
         """Telegram has no private message inside a group: the refusal replies to the refused message."""
         actor = job.payload["actor"]
         reply_to = int(actor["message"]) if actor.get("message") else None
-        await self._send(int(actor["channel"]), html.escape(str(job.payload["text"])), None, job.id, reply_to, None)
+        await self._send(
+            int(actor["channel"]), html.escape(str(job.payload["text"]), quote=False), None, job.id, reply_to, None
+        )
 
     async def _react(self, job: OutboxJob) -> None:
         p = job.payload

@@ -6,14 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bridge import keys, refs
-from bridge.chats import Actor
+from bridge.chats import Actor, ChatFlow, ReplyMedia
 from bridge.config import BridgeConfig, Creator
 from bridge.outbox import OutboxJob
 from bridge.tasks import TaskFlow
 from connectors.telegram.app import TelegramConnector, TelegramInbound
 
 
-def wire_telegram(connector: TelegramConnector, tasks: TaskFlow, config: Callable[[], BridgeConfig]) -> None:
+def wire_telegram(
+    connector: TelegramConnector, tasks: TaskFlow, chats: ChatFlow, config: Callable[[], BridgeConfig]
+) -> None:
     def creator_for(chat: int) -> Creator | None:
         return next((c for c in config().creators if c.destination == f"telegram:{chat}"), None)
 
@@ -71,7 +73,24 @@ def wire_telegram(connector: TelegramConnector, tasks: TaskFlow, config: Callabl
             return ""
         return await tasks.list_text(store, status, locale, page)
 
+    async def on_merchant_chat(inbound: TelegramInbound) -> bool:
+        """A message in a store's Telegram group for platform chats: a reply (to any message of a
+        chat's chain) answers that chat; anything else is refused as one-way contact (A7)."""
+        store = next((s for s in config().stores if s.destinations.platform_chats == f"telegram:{inbound.chat}"), None)
+        if store is None or inbound.callback is not None or inbound.text.startswith("/"):
+            return False
+        parent = None
+        if inbound.reply_to is not None:
+            parent = await refs.parent_of(connector.redis, keys.store_tag(store.id), "telegram", str(inbound.chat),
+                                          str(inbound.reply_to))  # fmt: skip
+        cid = parent.removeprefix("chat:") if parent and parent.startswith("chat:") else None
+        media = [ReplyMedia("telegram", inbound.photo, "photo.jpg", "image/jpeg", 0)] if inbound.photo else []
+        actor = Actor("telegram", str(inbound.user), str(inbound.chat), None, str(inbound.message))
+        await chats.reply(store, cid, actor, inbound.text, media)
+        return True
+
     connector.handlers.append(on_creator)
+    connector.handlers.append(on_merchant_chat)
     connector.commands["tasks"] = list_tasks
 
 

@@ -21,7 +21,7 @@ def _people(view: dict[str, Any]) -> str:
 
 
 def _fill(text: str, view: dict[str, Any]) -> str:
-    out = html.escape(text).replace("{mention}", _people(view))
+    out = html.escape(text, quote=False).replace("{mention}", _people(view))
     if view.get("deadline"):
         tz = ZoneInfo(str(view.get("timezone") or "Asia/Shanghai"))
         out = out.replace("{deadline}", datetime.fromtimestamp(float(view["deadline"]), tz).strftime("%Y-%m-%d %H:%M"))
@@ -38,8 +38,31 @@ def _keyboard(buttons: list[dict[str, str]]) -> InlineKeyboardMarkup | None:
     return InlineKeyboardMarkup([row[i : i + 3] for i in range(0, len(row), 3)]) if row else None
 
 
+def _platform_message(view: dict[str, Any]) -> tuple[str, InlineKeyboardMarkup | None]:
+    content, sender = view["content"], html.escape(view.get("sender", ""))
+    if content["type"] == "text":
+        return f"<b>{sender}</b>: {html.escape(content['text'])}", None
+    if content["type"] == "image":
+        return f'<b>{sender}</b>: <a href="{html.escape(content["url"])}">🖼 image</a>', None
+    amount = f"¥{content['amount_cents'] / 100:,.2f}"
+    text = (f"<b>{sender}</b>: 🧾 <b>{html.escape(content['order_id'])}</b>\n{html.escape(content['product_name'])}"
+            f" · {amount} · {html.escape(content['status'])}")  # fmt: skip
+    label = str(view.get("detail_label") or "View details")
+    return text, InlineKeyboardMarkup([[InlineKeyboardButton(label, url=content["detail_url"])]])
+
+
 def render(view: dict[str, Any]) -> tuple[str, InlineKeyboardMarkup | None]:
     kind = view["type"]
+    if kind == "platform_message":
+        return _platform_message(view)
+    if kind == "chat_root":
+        lines = [f"<b>{html.escape(view['title'])}</b>", html.escape(view["platform_agent"])]
+        lines += [_fill(view[k], view) for k in ("assignee", "status_line") if view.get(k)]
+        markup = None
+        if view.get("first_message"):
+            first, markup = _platform_message(view["first_message"] | {"detail_label": view.get("detail_label")})
+            lines += ["", first]
+        return "\n".join(lines), markup
     if kind == "card":
         lines = [f"<b>{html.escape(view['title'])}</b>"]
         lines += [f"<b>{html.escape(k)}</b>: {_fill(str(v), view)}" for k, v in view.get("fields", [])]

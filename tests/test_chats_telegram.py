@@ -1,0 +1,61 @@
+"""Flow 1 in a Telegram group (store 1002): a reply chain under a header message per chat."""
+
+from __future__ import annotations
+
+from bridge import keys
+from tests.conftest import Stack
+
+GROUP = -1001002000001
+OWNER, STRANGER = 1002001, 5555
+TAG = "{store:1002}"
+
+ORDER_CARD = {"type": "order_card", "order_id": "6909", "product_name": "Mug", "amount_cents": 5900, "status": "paid",
+              "detail_url": "https://fxg.example/order/6909"}  # fmt: skip
+
+
+async def open_chat(stack: Stack) -> tuple[str, int]:
+    cid = await stack.sandbox.open_chat("1002", ORDER_CARD)
+    await stack.settle()
+    root = stack.telegram.by_bot(GROUP)[-1]
+    return cid, root.message_id
+
+
+def merchant_texts(stack: Stack, cid: str) -> list[object]:
+    return [m["content"].get("text") for m in stack.sandbox.conversations[cid].messages if m["from"] == "merchant"]
+
+
+async def test_header_with_assignee_mention_and_order_card_button(stack: Stack) -> None:
+    _, root_id = await open_chat(stack)
+    root = stack.telegram.message(GROUP, root_id)
+    assert "platform customer service chat" in root.text and "Waiting for a reply" in root.text
+    assert '<a href="tg://user?id=1002001">Owner Wang</a>' in root.text, "the assignee is mentioned"
+    assert "6909" in root.text
+    assert root.reply_markup == {
+        "inline_keyboard": [[{"text": "View details", "url": "https://fxg.example/order/6909"}]]
+    }
+
+
+async def test_a_reply_to_the_chain_answers_and_gets_a_reaction(stack: Stack) -> None:
+    cid, root_id = await open_chat(stack)
+    await stack.sandbox.chat_message(cid, {"type": "text", "text": "still there?"})
+    await stack.settle()
+    follow_up = stack.telegram.by_bot(GROUP)[-1]
+    assert follow_up.reply_to == root_id
+    message, status = await stack.telegram.user_message(OWNER, GROUP, "Shipped today 🚚", reply_to=follow_up.message_id)
+    assert status == 200
+    await stack.settle()
+    assert merchant_texts(stack, cid) == ["Shipped today 🚚"]
+    assert stack.telegram.message(GROUP, message.message_id).reactions == ["👍"]
+    assert "Answered" in stack.telegram.message(GROUP, root_id).text
+
+
+async def test_refusals_reply_to_the_refused_message(stack: Stack) -> None:
+    cid, root_id = await open_chat(stack)
+    stranger, _ = await stack.telegram.user_message(STRANGER, GROUP, "I can answer", reply_to=root_id)
+    outside, _ = await stack.telegram.user_message(OWNER, GROUP, "Hello platform")  # not in any chat's chain
+    await stack.settle()
+    replies = {m.reply_to: m.text for m in stack.telegram.by_bot(GROUP) if m.reply_to is not None}
+    assert replies[stranger.message_id].startswith("Not sent: only the store's designated agents")
+    assert replies[outside.message_id].startswith("Not forwarded: merchants cannot start a chat")
+    assert merchant_texts(stack, cid) == []
+    assert await stack.redis.hget(keys.chat(TAG, cid), "status") == "open"
