@@ -82,6 +82,14 @@ class Watcher:
                 buttons = f" [{' | '.join(labels)}]"
             self.out.say("telegram", f"chat {tg.chat_id} ← {who}{reply}: {_flat(tg.text)}{buttons}")
         self.seen_telegram = len(self.telegram.messages)
+        for tg in self.telegram.messages:
+            key = f"tg:{tg.chat_id}:{tg.message_id}"
+            if tg.edits > self.seen_edits.get(key, 0):
+                self.out.say("telegram", f"chat {tg.chat_id} message {tg.message_id} edited: {_flat(tg.text)}")
+                self.seen_edits[key] = tg.edits
+            if len(tg.reactions) > self.seen_reactions.get(key, 0):
+                self.out.say("telegram", f"chat {tg.chat_id} message {tg.message_id} got {tg.reactions[-1]}")
+                self.seen_reactions[key] = len(tg.reactions)
         for e in self.slack.ephemerals[self.seen_ephemerals :]:
             self.out.say("slack", f"(only {e['user']} sees) {e['text']}")
         self.seen_ephemerals = len(self.slack.ephemerals)
@@ -228,6 +236,25 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
             await sandbox.push("store", store.id, [("task_order_processed", processed)])
             await _until(lambda: next((m for m in telegram.messages if "SF123456789" in m.text), None))
             await asyncio.sleep(1.5)
+
+            tg_store = next(
+                (s for s in holder.current.stores if s.destinations.platform_chats.startswith("telegram:")), None
+            )
+            if tg_store is not None:
+                out.say("scene", f"6. the same chat flow with a Telegram merchant group (store {tg_store.id}, en)")
+                group = int(tg_store.destinations.platform_chats.split(":", 1)[1])
+                tg_chat = await sandbox.open_chat(
+                    tg_store.id, {"type": "text", "text": "Can the buyer change the size?"}
+                )
+                header = await _until(lambda: next((m for m in telegram.messages if m.chat_id == group), None))
+                owner = next(a.telegram_user for a in tg_store.agents if a.id == tg_store.main_account)
+                await telegram.user_message(
+                    owner or 0, group, "Yes, exchange within 7 days 👍", reply_to=header.message_id
+                )
+                await _until(
+                    lambda: [m for m in sandbox.conversations[tg_chat].messages if m["from"] == "merchant"] or None
+                )
+                await asyncio.sleep(1.2)
 
             _, stats = await slack.slash_command(users.get(store.main_account, ""), channel, "/feige", "stats")
             out.say("slack", f"/feige stats → {_flat(stats)}")

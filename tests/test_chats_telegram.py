@@ -59,3 +59,13 @@ async def test_refusals_reply_to_the_refused_message(stack: Stack) -> None:
     assert replies[outside.message_id].startswith("Not forwarded: merchants cannot start a chat")
     assert merchant_texts(stack, cid) == []
     assert await stack.redis.hget(keys.chat(TAG, cid), "status") == "open"
+
+
+async def test_a_photo_reply_is_downloaded_from_telegram_and_uploaded(stack: Stack) -> None:
+    cid, root_id = await open_chat(stack)
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
+    await stack.telegram.user_message(OWNER, GROUP, "waybill", reply_to=root_id, photo=png)
+    await stack.settle()
+    sent = [m["content"] for m in stack.sandbox.conversations[cid].messages if m["from"] == "merchant"]
+    assert sent[0] == {"type": "text", "text": "waybill"} and sent[1]["type"] == "image"
+    assert stack.sandbox.media[sent[1]["media_id"]]["size"] == len(png)

@@ -165,3 +165,5 @@ async def test_demo_runs_and_exits_zero(tmp_path: Path) -> None:
     assert "telegram  chat 7001 ← bridge: <b>【物流问题 Logistics】" in text
     assert "💬 达人留言（达人 小美 Xiaomei）：好的，买家在等" in text and "💬 商家留言（店长 Li）：已安排补发" in text
     assert "⚠️ 处理结果不会自动发给消费者" in text
+    assert "telegram  chat -1001002000001 ← bridge: <b>Feige · platform customer service chat" in text
+    assert '"text": "Yes, exchange within 7 days 👍"' in text, "the Telegram group's answer reached the platform"
