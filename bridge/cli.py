@@ -66,7 +66,7 @@ def _load_holder(path: Path) -> ConfigHolder | None:
         return None
 
 
-def serve(path: Path, host: str | None, port: int | None) -> int:
+def serve(path: Path, host: str | None, port: int | None, role: str = "all") -> int:
     from bridge.service import Bridge, connect_redis, serve_until_signalled
 
     holder = _load_holder(path)
@@ -76,7 +76,7 @@ def serve(path: Path, host: str | None, port: int | None) -> int:
         logging.getLogger("bridge.config").warning("%s: %s", path, warning)
     redis, embedded = connect_redis()
     bridge = Bridge(holder, redis, embedded_redis=embedded)
-    asyncio.run(serve_until_signalled(bridge, host, port))
+    asyncio.run(serve_until_signalled(bridge, host, port, role))
     return 0
 
 
@@ -167,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--config", type=Path, required=True)
     p_serve.add_argument("--host")
     p_serve.add_argument("--port", type=int)
+    p_serve.add_argument(
+        "--role",
+        choices=["all", "web", "worker"],
+        default="all",
+        help="web: take requests only; worker: handle stored events and timers only; all: both (default)",
+    )
 
     p_check = sub.add_parser("check", help="validate a configuration file and print every problem")
     p_check.add_argument("--config", type=Path, required=True)
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.config)
     _setup_logging(args.verbose)
     if args.command == "serve":
-        return serve(args.config, args.host, args.port)
+        return serve(args.config, args.host, args.port, args.role)
     if args.command == "export":
         return export_tasks(args.config, args.status, args.format, args.out)
     if args.command == "sandbox":

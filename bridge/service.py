@@ -131,6 +131,14 @@ class Bridge:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
+    def _health_only(self) -> web.Application:
+        """A worker's HTTP: health and metrics, no webhooks (the load balancer sends those to web)."""
+        app = web.Application()
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
     async def metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(METRICS.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -152,10 +160,15 @@ class Bridge:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self, host: str | None = None, port: int | None = None, run_workers: bool = True) -> None:
+    async def start(
+        self, host: str | None = None, port: int | None = None, run_workers: bool = True, serve_webhooks: bool = True
+    ) -> None:
         """Serves HTTP; with ``run_workers`` (the default) also runs the timer worker and the event
-        consumer. Tests turn them off and drive them in burst mode with an injected clock."""
+        consumer (tests turn them off and drive them in burst mode with an injected clock). Without
+        ``serve_webhooks`` only health and metrics are served (a worker process)."""
         settings = self.holder.current.server
+        if not serve_webhooks:
+            self.app = self._health_only()
         access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
         self._runner, self.port = await listen(
             self.app,
@@ -170,7 +183,7 @@ class Bridge:
                 asyncio.create_task(self.consumer.run(), name="event-consumer"),
             ]
         self._watchers = [asyncio.create_task(self._watch_config(), name="config-watch")]
-        if self.slack is not None:
+        if self.slack is not None and serve_webhooks:
             self._close_socket_mode = await self.slack.start_socket_mode()
         if self.telegram is not None:
             await self.telegram.start()
@@ -246,7 +259,12 @@ def connect_redis(
     return open_redis(embedded.url), embedded
 
 
-async def serve_until_signalled(bridge: Bridge, host: str | None = None, port: int | None = None) -> None:
+async def serve_until_signalled(
+    bridge: Bridge, host: str | None = None, port: int | None = None, role: str = "all"
+) -> None:
+    """Runs until SIGTERM/SIGINT. ``role`` splits a deployment: ``web`` processes take the webhooks
+    (intake stays fast whatever the flows are doing), ``worker`` processes handle stored events,
+    timers and the outbox; ``all`` does both."""
     import signal
 
     loop = asyncio.get_running_loop()
@@ -254,7 +272,7 @@ async def serve_until_signalled(bridge: Bridge, host: str | None = None, port: i
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, bridge.reload_config)
-    await bridge.start(host, port)
+    await bridge.start(host, port, run_workers=role != "web", serve_webhooks=role != "worker")
     try:
         await stop.wait()
         log.info("signal received: shutting down gracefully")

@@ -19,7 +19,8 @@ from redis.asyncio import Redis
 
 from bridge.config import ConfigHolder
 from bridge.redis_server import EmbeddedRedis, free_port
-from bridge.service import Bridge
+from bridge.service import Bridge, open_redis
+from tests.conftest import Stack
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.yaml"
 
@@ -167,3 +168,31 @@ async def test_demo_runs_and_exits_zero(tmp_path: Path) -> None:
     assert "⚠️ 处理结果不会自动发给消费者" in text
     assert "telegram  chat -1001002000001 ← bridge: <b>Feige · platform customer service chat" in text
     assert '"text": "Yes, exchange within 7 days 👍"' in text, "the Telegram group's answer reached the platform"
+
+
+async def test_web_and_worker_roles_split_the_work(stack: Stack) -> None:
+    worker = Bridge(
+        ConfigHolder(stack.bridge.holder.path, environ=stack.bridge.holder.environ),
+        open_redis(stack_redis_url(stack)),
+        clock=stack.bridge.clock,
+    )
+    await worker.start(host="127.0.0.1", port=0, run_workers=True, serve_webhooks=False)
+    try:
+        await stack.sandbox.open_chat("1001")  # taken by the web process, which runs no workers
+        deadline = time.monotonic() + 10
+        while not stack.slack.channel("C0CHATS1001"):
+            assert time.monotonic() < deadline, "the worker never handled the stored event"
+            await asyncio.sleep(0.05)
+        assert worker.consumer.stats.handled == 1 and stack.bridge.consumer.stats.handled == 0
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"http://127.0.0.1:{worker.port}/slack/events", data=b"{}") as resp:
+                assert resp.status == 404, "a worker serves no webhooks"
+            async with http.get(f"http://127.0.0.1:{worker.port}/readyz") as resp:
+                assert resp.status == 200
+    finally:
+        await worker.stop()
+
+
+def stack_redis_url(stack: Stack) -> str:
+    kwargs = stack.bridge.redis.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
