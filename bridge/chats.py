@@ -353,7 +353,7 @@ class ChatFlow:
         actor = Actor(str(report["service"]), str(report["user"]), str(report["channel"]), report.get("thread"),
                       report.get("message"))  # fmt: skip
         text = t(str(report.get("locale") or store.locale), "reply.failed", reason=failure.reason)
-        await self._ephemeral(store, actor, text, f"failed:{job.id}")
+        await self.tell_privately(store, actor, text, f"failed:{job.id}")
 
     # -- stats (A9) ----------------------------------------------------------------------------------
 
@@ -407,8 +407,7 @@ class ChatFlow:
         return await self._hash(keys.chat(tag, cid))
 
     async def _hash(self, key: str) -> dict[str, str]:
-        raw = await self.redis.hgetall(key)
-        return {str(k): str(v) for k, v in raw.items()}
+        return await read_hash(self.redis, key)
 
     def _reason_text(self, store: Store, chat: dict[str, str]) -> str:
         reason = chat.get("close_reason", "platform_closed")
@@ -469,12 +468,17 @@ class ChatFlow:
         self, store: Store, actor: Actor, refusal: Refusal, chat: dict[str, str], agent_label: str
     ) -> None:
         text = t(store.locale, refusal.value, agent=agent_label, reason=self._reason_text(store, chat) if chat else "")
-        await self._ephemeral(store, actor, text, f"refuse:{actor.channel}:{actor.message}")
+        await self.tell_privately(store, actor, text, f"refuse:{actor.channel}:{actor.message}")
 
-    async def _ephemeral(self, store: Store, actor: Actor, text: str, job_id: str) -> None:
+    async def tell_privately(self, store: Store, actor: Actor, text: str, job_id: str) -> None:
+        """Only ``actor`` sees it where the destination allows (Slack ephemeral); else a reply to them."""
         payload = {"store": store.id, "locale": store.locale, "actor": actor.as_dict(), "text": text}
         job = OutboxJob(f"{actor.service}:{job_id}", f"{actor.service}.ephemeral", payload)
         await self.outbox.enqueue(keys.store_tag(store.id), f"private:{actor.service}:{actor.user}", job)
+
+
+async def read_hash(redis: Redis, key: str) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (await redis.hgetall(key)).items()}
 
 
 async def post_view(

@@ -18,7 +18,7 @@ import orjson
 from redis.asyncio import Redis
 
 from bridge import keys
-from bridge.chats import Actor, post_view
+from bridge.chats import Actor, post_view, read_hash
 from bridge.clock import Clock
 from bridge.config import BridgeConfig, Creator, Destination, Store
 from bridge.domain import TaskOrderComment, TaskOrderCreated, TaskOrderProcessed, TaskOrderTimedOut
@@ -464,8 +464,14 @@ class TaskFlow:
         )
 
     async def _task(self, tag: str, tid: str) -> dict[str, str]:
-        raw = await self.redis.hgetall(keys.task(tag, tid))
-        return {str(k): str(v) for k, v in raw.items()}
+        return await read_hash(self.redis, keys.task(tag, tid))
+
+    async def store_of_task(self, tid: str) -> Store | None:
+        """The store a task order belongs to (a creator's reply names only the task)."""
+        for store in self.config.stores:
+            if await self.redis.exists(keys.task(keys.store_tag(store.id), tid)):
+                return store
+        return None
 
     def _creator_locale(self, task: dict[str, str]) -> str:
         creator = self.config.creator(task.get("creator", ""))

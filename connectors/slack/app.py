@@ -158,7 +158,7 @@ class SlackConnector:
         refusal = await self.tasks.comment(store, parent.removeprefix("task:"), "merchant", actor,
                                            agent.id if agent else event["user"], author, text)  # fmt: skip
         if refusal is not None:
-            await self.chats._ephemeral(store, actor, refusal, f"task-refuse:{channel}:{event['ts']}")
+            await self.chats.tell_privately(store, actor, refusal, f"task-refuse:{channel}:{event['ts']}")
         return True
 
     async def _on_task_log(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
@@ -171,7 +171,7 @@ class SlackConnector:
         user = body.get("user", {}).get("id", "")
         text = await self.tasks.log_text(store, tid, store.locale)
         actor = Actor("slack", user, channel, None, body.get("container", {}).get("message_ts"))
-        await self.chats._ephemeral(store, actor, text, f"log:{tid}:{body.get('trigger_id', '')}")
+        await self.chats.tell_privately(store, actor, text, f"log:{tid}:{body.get('trigger_id', '')}")
 
     async def _open_process(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
         """Resolve / Cannot resolve: a modal asks for the solution and the evidence (B7, B8)."""
@@ -273,7 +273,7 @@ class SlackConnector:
         if store is not None:
             user = body.get("user", {}).get("id", "")
             actor = Actor("slack", user, channel, body.get("container", {}).get("message_ts"), None)
-            await self.chats._ephemeral(
+            await self.chats.tell_privately(
                 store, actor, t(store.locale, "task.comment_hint"), f"hint:{body.get('trigger_id')}"
             )
 

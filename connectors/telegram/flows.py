@@ -37,8 +37,7 @@ def wire_telegram(
         tid = await task_of(creator, inbound, inbound.reply_to)
         if tid is None or not inbound.text.strip():
             return False
-        task = await tasks._task(keys.store_tag(await store_of(tid, creator)), tid)
-        store = config().store(_shop(task))
+        store = await tasks.store_of_task(tid)
         if store is None:
             return False
         actor = Actor("telegram", str(inbound.user), str(inbound.chat), None, str(inbound.message))
@@ -52,16 +51,10 @@ def wire_telegram(
         answer = OutboxJob(f"telegram:answer:{inbound.callback_id}", "telegram.answer", {"id": inbound.callback_id})
         await connector.outbox.enqueue("{telegram}", f"chat:{inbound.chat}", answer)
         if kind == "log":
-            store = config().store(_shop(await tasks._task(keys.store_tag(await store_of(tid, creator)), tid)))
+            store = await tasks.store_of_task(tid)
             if store is not None:
                 text = await tasks.log_text(store, tid, creator.locale)
                 await connector.queue_reply(inbound, text, f"log:{inbound.chat}:{inbound.callback_id}")
-
-    async def store_of(tid: str, creator: Creator) -> str:
-        for store in config().stores:
-            if await connector.redis.exists(keys.task(keys.store_tag(store.id), tid)):
-                return store.id
-        return ""
 
     async def list_tasks(inbound: TelegramInbound, args: list[str]) -> str:
         creator = creator_for(inbound.chat)
@@ -92,9 +85,3 @@ def wire_telegram(
     connector.handlers.append(on_creator)
     connector.handlers.append(on_merchant_chat)
     connector.commands["tasks"] = list_tasks
-
-
-def _shop(task: dict[str, str]) -> str:
-    import orjson
-
-    return str(orjson.loads(task["data"])["shop_id"]) if task.get("data") else ""
