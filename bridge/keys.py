@@ -231,3 +231,15 @@ def task_files(tag: str, task_id: str) -> str:
     """LIST of JSON {service, url, name, mimetype, size}: files the merchant shared in a task order's
     thread, offered as evidence when it is processed. Kept with the task order."""
     return f"{tag}:task-files:{task_id}"
+
+
+def task_resolve(tag: str, task_id: str, user: str) -> str:
+    """HASH: a guided resolve conversation (Telegram) of one person on one task order: result, step,
+    solution, files (JSON). Expires an hour after the last step; nothing is sent until confirmed."""
+    return f"{tag}:task-resolve:{task_id}:{user}"
+
+
+def creator_tasks(creator_id: str) -> str:
+    """ZSET member=``<store id>:<task id>``, score=created (ms): a creator's task orders, for their
+    /tasks. Kept forever, as the task orders are."""
+    return f"{creator_tag(creator_id)}:tasks"

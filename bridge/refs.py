@@ -20,6 +20,18 @@ async def save_member(redis: Redis, tag: str, chat_key: str, service: str, chann
     await redis.hset(keys.message_refs(tag), f"ref:{service}:{channel}:{message}", chat_key)
 
 
+async def save_topic(redis: Redis, tag: str, chat_key: str, service: str, channel: str, topic: str) -> None:
+    """A destination's own sub-thread opened for this chat (a Telegram forum topic): every message
+    written in it belongs to the chat."""
+    ref = f"{service}:{channel}:topic:{topic}"
+    await redis.hset(keys.message_refs(tag), mapping={f"{chat_key}:topic": topic, f"ref:{ref}": chat_key})
+
+
+async def topic_of(redis: Redis, tag: str, chat_key: str) -> str | None:
+    found = await redis.hget(keys.message_refs(tag), f"{chat_key}:topic")
+    return None if found is None else str(found)
+
+
 async def root_of(redis: Redis, tag: str, chat_key: str) -> tuple[str, str] | None:
     """(channel, message id) of a chat's root message in its destination, once posted."""
     ref = await redis.hget(keys.message_refs(tag), f"{chat_key}:root")

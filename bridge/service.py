@@ -95,7 +95,7 @@ class Bridge:
         telegram_settings = self.holder.current.telegram
         if telegram_settings is not None:
             self.telegram = TelegramConnector(
-                telegram_settings, lambda: self.holder.current, self.redis, self.clock, self.outbox
+                telegram_settings, lambda: self.holder.current, self.redis, self.clock, self.outbox, self.http
             )
             self.outbox.register(self.telegram.senders())
             platform.fetchers["telegram"] = self.telegram.fetch_file

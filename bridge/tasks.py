@@ -28,6 +28,7 @@ from bridge.outbox import Outbox, OutboxJob
 from bridge.timers import Timer, TimerStore
 from rules.comments import comment_refusal
 from rules.deadline import task_deadline
+from rules.evidence import evidence_refusals
 from rules.reply_window import due_steps, next_step_at, window_steps
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ class TaskFlow:
         deadline = self._deadline(store, order)
         if event.endpoint.kind == "creator":
             creator = self.config.creator(event.endpoint.id)
+            member = f"{order.shop_id}:{order.task_id}"
+            await self.redis.zadd(keys.creator_tasks(event.endpoint.id), {member: order.created_at.timestamp() * 1000})
             if creator is not None:
                 await self._to_creator(
                     creator, order.task_id, "confirm", "post", self._confirm_view(creator, order, deadline), True
@@ -225,7 +228,7 @@ class TaskFlow:
                 await self._to_creator(creator, tid, "timed-out", "post", notice)
         elif creator is not None:
             # B9: the consumer is not told automatically; the creator must, with Contact buyer.
-            text = t(creator.locale, "task.result", task_id=tid, result=_status_name(creator.locale, status),
+            text = t(creator.locale, "task.result", task_id=tid, result=status_name(creator.locale, status),
                      solution=solution)  # fmt: skip
             button = {"label": t(creator.locale, "task.button.contact_buyer"), "url": order.buyer_chat_url}
             await self._to_creator(
@@ -247,7 +250,7 @@ class TaskFlow:
             status = task.get("status", "pending")
             refusal = comment_refusal(status, 10 if taken == -2 else 0)
             text_key = "task.refuse.limit" if refusal == "limit" else "task.refuse.closed"
-            return t(locale, text_key, status=_status_name(locale, status))
+            return t(locale, text_key, status=status_name(locale, status))
         endpoint = f"store:{store.id}" if side == "merchant" else f"creator:{task.get('creator', '')}"
         job = OutboxJob(f"comment:{actor.service}:{actor.channel}:{actor.message}", "platform.add_comment",
                         {"endpoint": endpoint, "task_id": tid, "side": side, "author_id": author_id, "text": text},
@@ -344,7 +347,7 @@ class TaskFlow:
         start = (max(1, page) - 1) * per_page
         ids = await self.redis.zrevrange(keys.tasks_by_status(tag, status), start, start + per_page - 1)
         total = await self.redis.zcard(keys.tasks_by_status(tag, status))
-        label = _status_name(locale, status) if status != "all" else status
+        label = status_name(locale, status) if status != "all" else status
         pages = max(1, -(-total // per_page))
         lines = [t(locale, "task.list.title", status=label, count=total, page=min(max(1, page), pages), pages=pages)]
         tz = ZoneInfo(store.timezone)
@@ -352,10 +355,35 @@ class TaskFlow:
             task = await self._task(tag, str(tid))
             order = TaskOrderCreated.model_validate_json(task["data"])
             due = datetime.fromtimestamp(float(task["deadline"]), tz).strftime("%m-%d %H:%M")
-            state = _status_name(locale, task["status"])
+            state = status_name(locale, task["status"])
             lines.append(t(locale, "task.list.line", task_id=tid, issue_type=order.issue_type, status=state,
                            order_id=order.order_id, deadline=due))  # fmt: skip
         if not ids:
+            lines.append(t(locale, "task.list.none"))
+        return "\n".join(lines)
+
+    async def creator_list_text(self, creator: Creator, status: str, page: int = 1, per_page: int = 20) -> str:
+        """A creator's task orders (across stores) of one status, newest first."""
+        status = status if status in STATUSES else "all"
+        locale = creator.locale
+        tz = ZoneInfo(creator.timezone)
+        rows = []
+        for member in await self.redis.zrevrange(keys.creator_tasks(creator.id), 0, -1):
+            store_id, _, tid = str(member).partition(":")
+            task = await self._task(keys.store_tag(store_id), tid)
+            if task and (status == "all" or task.get("status") == status):
+                rows.append((tid, task))
+        pages = max(1, -(-len(rows) // per_page))
+        page = min(max(1, page), pages)
+        label = status_name(locale, status) if status != "all" else status
+        lines = [t(locale, "task.list.title", status=label, count=len(rows), page=page, pages=pages)]
+        for tid, task in rows[(page - 1) * per_page : page * per_page]:
+            order = TaskOrderCreated.model_validate_json(task["data"])
+            due = datetime.fromtimestamp(float(task["deadline"]), tz).strftime("%m-%d %H:%M")
+            state = status_name(locale, task["status"])
+            lines.append(t(locale, "task.list.line", task_id=tid, issue_type=order.issue_type, status=state,
+                           order_id=order.order_id, deadline=due))  # fmt: skip
+        if not rows:
             lines.append(t(locale, "task.list.none"))
         return "\n".join(lines)
 
@@ -478,12 +506,26 @@ class TaskFlow:
         return creator.locale if creator else "zh-CN"
 
 
+def evidence_problems(locale: str, files: list[tuple[str, bytes, int]]) -> str:
+    """B7, before anything is sent, whatever the destination: at most 6 files, each allowed by its
+    leading bytes and size. ``files`` are (name, leading bytes, size); the answer names every file
+    refused and why, or is empty."""
+    lines = []
+    for index, refusal in evidence_refusals([(head, size) for _, head, size in files]):
+        if index < 0:
+            return t(locale, "task.process.too_many", count=len(files))
+        limit_mb = (refusal.limit or 0) // (1024 * 1024)
+        reason = t(locale, f"task.process.reason.{refusal.reason}", limit_mb=limit_mb)
+        lines.append(t(locale, "task.process.bad_file", name=files[index][0], reason=reason))
+    return "\n".join(lines)
+
+
 def _action(label: str, action: str, short: str, tid: str) -> dict[str, str]:
     """A button: Slack sends ``action`` with the task id; Telegram's callback data is ``short:tid``
     (callback data may be at most 64 bytes)."""
     return {"label": label, "action": action, "value": tid, "telegram_data": f"{short}:{tid}"[:64]}
 
 
-def _status_name(locale: str, status: str) -> str:
+def status_name(locale: str, status: str) -> str:
     """``task.status.*`` without its deadline part: ⏳ 待处理, ✅ 已解决, …"""
     return t(locale, f"task.status.{status}", deadline="").split(" · ")[0]

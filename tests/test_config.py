@@ -156,7 +156,7 @@ def run_check(path: Path) -> subprocess.CompletedProcess[str]:
 def test_check_command_on_the_example() -> None:
     result = run_check(EXAMPLE)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "valid — 2 store(s), 1 creator(s), 0 warning(s)" in result.stdout
+    assert "valid — 2 store(s), 2 creator(s), 0 warning(s)" in result.stdout
     assert "store 1001" in result.stdout and "push /webhooks/platform/1001" in result.stdout
 
 

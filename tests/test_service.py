@@ -43,7 +43,7 @@ async def test_healthz_and_readyz(bridge: Bridge) -> None:
     assert await get(base + "/healthz") == (200, {"status": "alive"})
     status, body = await get(base + "/readyz")
     assert status == 200
-    assert body == {"status": "ready", "config_generation": 1, "stores": 2, "creators": 1}
+    assert body == {"status": "ready", "config_generation": 1, "stores": 2, "creators": 2}
 
 
 async def test_readyz_is_503_with_the_reason_when_redis_is_gone(tmp_path: Path) -> None:

@@ -21,15 +21,15 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bridge import keys, refs
 from bridge.chats import Actor, ChatFlow, ReplyMedia
 from bridge.clock import Clock
-from bridge.config import BridgeConfig, SlackSettings, Store
+from bridge.config import BridgeConfig, Creator, SlackSettings, Store
 from bridge.i18n import t
 from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.ratelimit import SendSpacing
 from bridge.seen import SeenIds
-from bridge.tasks import TaskFlow
+from bridge.tasks import TaskFlow, evidence_problems
 from connectors.slack.render import render
 from connectors.slack.text import slack_to_platform_text
-from rules.evidence import SNIFF_BYTES, evidence_refusals
+from rules.evidence import SNIFF_BYTES
 from rules.solution import solution_problem
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,10 @@ class SlackConnector:
     def task_store_for(self, channel: str) -> Store | None:
         return next((s for s in self.config().stores if s.destinations.task_orders == f"slack:{channel}"), None)
 
+    def creator_for(self, channel: str) -> Creator | None:
+        """The creator whose destination this channel is (a creator's team working in Slack)."""
+        return next((c for c in self.config().creators if c.destination == f"slack:{channel}"), None)
+
     # -- inbound -------------------------------------------------------------------------------------
 
     async def _seen(self, event_id: str | None) -> bool:
@@ -115,7 +119,7 @@ class SlackConnector:
         if await self._seen(event_id):
             return
         channel = event["channel"]
-        if await self._task_comment(event, channel):
+        if await self._task_comment(event, channel) or await self._creator_comment(event, channel):
             await self._remember(event_id)
             return
         store = self.store_for(channel)
@@ -161,15 +165,39 @@ class SlackConnector:
             await self.chats.tell_privately(store, actor, refusal, f"task-refuse:{channel}:{event['ts']}")
         return True
 
+    async def _creator_comment(self, event: dict[str, Any], channel: str) -> bool:
+        """A reply under a task order's confirmation in a creator's channel is the creator's comment (B5)."""
+        creator = self.creator_for(channel)
+        thread = event.get("thread_ts")
+        if creator is None or self.tasks is None or thread is None or thread == event["ts"]:
+            return False
+        parent = await refs.parent_of(self.redis, keys.creator_tag(creator.id), "slack", channel, thread)
+        if parent is None or not parent.startswith("task:"):
+            return False
+        tid = parent.removeprefix("task:")
+        store = await self.tasks.store_of_task(tid)
+        text = slack_to_platform_text(event.get("text", ""))
+        if store is None or not text.strip():
+            return True
+        actor = Actor("slack", event["user"], channel, thread, event["ts"])
+        refusal = await self.tasks.comment(store, tid, "creator", actor, creator.id, creator.name, text)
+        if refusal is not None:
+            await self.chats.tell_privately(store, actor, refusal, f"task-refuse:{channel}:{event['ts']}")
+        return True
+
     async def _on_task_log(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
         await ack()
         channel = body.get("channel", {}).get("id", "")
-        store = self.task_store_for(channel)
-        if store is None or self.tasks is None:
-            return
         tid = body["actions"][0].get("value", "")
+        store, creator = self.task_store_for(channel), self.creator_for(channel)
+        if self.tasks is None:
+            return
+        if store is None and creator is not None:
+            store = await self.tasks.store_of_task(tid)
+        if store is None:
+            return
         user = body.get("user", {}).get("id", "")
-        text = await self.tasks.log_text(store, tid, store.locale)
+        text = await self.tasks.log_text(store, tid, creator.locale if creator else store.locale)
         actor = Actor("slack", user, channel, None, body.get("container", {}).get("message_ts"))
         await self.chats.tell_privately(store, actor, text, f"log:{tid}:{body.get('trigger_id', '')}")
 
@@ -246,16 +274,7 @@ class SlackConnector:
         )
 
     async def _evidence_errors(self, loc: str, files: list[dict[str, Any]]) -> str:
-        """B7, before anything is sent: at most 6 files, each allowed by its leading bytes and size."""
-        heads = [(await self._head(f["url"]), int(f.get("size", 0))) for f in files]
-        lines = []
-        for index, refusal in evidence_refusals(heads):
-            if index < 0:
-                return t(loc, "task.process.too_many", count=len(files))
-            limit_mb = (refusal.limit or 0) // (1024 * 1024)
-            reason = t(loc, f"task.process.reason.{refusal.reason}", limit_mb=limit_mb)
-            lines.append(t(loc, "task.process.bad_file", name=files[index]["name"], reason=reason))
-        return "\n".join(lines)
+        return evidence_problems(loc, [(f["name"], await self._head(f["url"]), int(f.get("size", 0))) for f in files])
 
     async def _head(self, url: str) -> bytes:
         """The first bytes of a shared file: enough to tell its type (Slack's 3 s allow no more)."""
@@ -278,11 +297,16 @@ class SlackConnector:
             )
 
     async def _on_tasks_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
-        store = self.task_store_for(command.get("channel_id", "")) or self.store_for(command.get("channel_id", ""))
+        channel = command.get("channel_id", "")
+        store = self.task_store_for(channel) or self.store_for(channel)
+        creator = self.creator_for(channel)
+        status, page = _list_args((command.get("text") or "").split())
+        if store is None and creator is not None and self.tasks is not None:
+            await ack(await self.tasks.creator_list_text(creator, status, page))
+            return
         if store is None or self.tasks is None:
             await ack(t("zh-CN", "stats.unknown_channel"))
             return
-        status, page = _list_args((command.get("text") or "").split())
         await ack(await self.tasks.list_text(store, status, store.locale, page))
 
     async def _on_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:

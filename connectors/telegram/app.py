@@ -16,15 +16,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 os.environ.setdefault("PTB_TIMEDELTA", "1")  # durations as timedelta, as PTB 23 will have them
 
-from telegram import Bot, Update
+from telegram import Bot, Message, Update
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bridge import keys, refs
+from bridge.chats import Actor, ReplyMedia
 from bridge.clock import Clock
 from bridge.config import BridgeConfig, TelegramSettings
 from bridge.i18n import t
@@ -32,12 +34,14 @@ from bridge.outbox import FinalFailure, Outbox, OutboxJob, RetryLater, Sender
 from bridge.ratelimit import SendSpacing
 from bridge.seen import SeenIds
 from connectors.telegram.render import render
+from rules.evidence import SNIFF_BYTES
 
 log = logging.getLogger(__name__)
 
 # Telegram: 1 message/s per chat, 20/min per group, 30/s per bot. A tenth more between messages to
 # one chat, because two sends a slot apart can reach Telegram closer together than they left.
 CHAT_SPACING, GROUP_SPACING, BOT_SPACING = 1.1, 3.1, 1 / 30
+DOWNLOAD_LIMIT = 20 * 1024 * 1024  # getFile: bots may download files up to 20 MB
 
 
 @dataclass(frozen=True)
@@ -50,9 +54,14 @@ class TelegramInbound:
     text: str
     reply_to: int | None = None
     thread: int | None = None
-    photo: str | None = None
+    media: tuple[ReplyMedia, ...] = ()
     callback: str | None = None
     callback_id: str | None = None
+
+    def actor(self) -> Actor:
+        """Where to answer this person: their chat, their forum topic, their message."""
+        return Actor("telegram", str(self.user), str(self.chat), str(self.thread) if self.thread else None,
+                     str(self.message))  # fmt: skip
 
 
 InboundHandler = Callable[[TelegramInbound], Awaitable[bool]]
@@ -61,9 +70,16 @@ InboundHandler = Callable[[TelegramInbound], Awaitable[bool]]
 
 class TelegramConnector:
     def __init__(
-        self, settings: TelegramSettings, config: Callable[[], BridgeConfig], redis: Any, clock: Clock, outbox: Outbox
+        self,
+        settings: TelegramSettings,
+        config: Callable[[], BridgeConfig],
+        redis: Any,
+        clock: Clock,
+        outbox: Outbox,
+        http: Callable[[], aiohttp.ClientSession],
     ) -> None:
         self.settings = settings
+        self.http = http
         self.outbox = outbox
         self.config = config
         self.redis = redis
@@ -77,6 +93,7 @@ class TelegramConnector:
         self.application.add_handler(MessageHandler(filters.ALL, self._on_update))
         self.handlers: list[InboundHandler] = []
         self._starting: asyncio.Task[None] | None = None
+        self._forums: dict[int, bool] = {}
         self.commands: dict[str, Callable[[TelegramInbound, list[str]], Awaitable[str]]] = {}
 
     def add_routes(self, app: web.Application) -> None:
@@ -150,24 +167,37 @@ class TelegramConnector:
             q = update.callback_query
             message = q.message
             chat = message.chat.id if message is not None else q.from_user.id
-            return TelegramInbound(q.from_user.id, chat, message.message_id if message else 0, "", callback=q.data,
-                                   callback_id=q.id)  # fmt: skip
+            topic = message.message_thread_id if isinstance(message, Message) and message.is_topic_message else None
+            return TelegramInbound(q.from_user.id, chat, message.message_id if message else 0, "", thread=topic,
+                                   callback=q.data, callback_id=q.id)  # fmt: skip
         m = update.effective_message
         if m is None or m.from_user is None or m.from_user.is_bot:
             return None
+        media = []
+        if m.photo:
+            biggest = m.photo[-1]
+            media.append(ReplyMedia("telegram", biggest.file_id, f"photo-{m.message_id}.jpg", "image/jpeg",
+                                    biggest.file_size or 0))  # fmt: skip
+        for sent in (m.video, m.document, m.animation):
+            if sent is not None:
+                name = sent.file_name or f"file-{m.message_id}"
+                media.append(ReplyMedia("telegram", sent.file_id, name, sent.mime_type or "", sent.file_size or 0))
+        in_topic = bool(m.is_topic_message and m.message_thread_id)
+        reply_to = m.reply_to_message.message_id if m.reply_to_message else None
         return TelegramInbound(
             user=m.from_user.id,
             chat=m.chat.id,
             message=m.message_id,
             text=m.text or m.caption or "",
-            reply_to=m.reply_to_message.message_id if m.reply_to_message else None,
-            thread=m.message_thread_id if m.is_topic_message else None,
-            photo=m.photo[-1].file_id if m.photo else None,
+            # In a topic a plain message "replies" to the topic's opening; that is not a reply.
+            reply_to=None if in_topic and reply_to == m.message_thread_id else reply_to,
+            thread=m.message_thread_id if in_topic else None,
+            media=tuple(media),
         )
 
     async def queue_reply(self, inbound: TelegramInbound, text: str, job_id: str) -> None:
         """Answers a person in the chat they wrote in, as a reply to their message."""
-        payload = {"chat": inbound.chat, "reply_to": inbound.message, "text": text, "thread": inbound.thread}
+        payload = {"chat": inbound.chat, "reply_to": inbound.message or None, "text": text, "thread": inbound.thread}
         job = OutboxJob(f"telegram:{job_id}", "telegram.reply", payload)
         await self.outbox.enqueue("{telegram}", f"chat:{inbound.chat}", job)
 
@@ -182,6 +212,33 @@ class TelegramConnector:
             "telegram.react": self._react,
             "telegram.answer": self._answer,
         }
+
+    async def file_head(self, file_id: str, size: int) -> bytes | None:
+        """The first bytes of a file someone sent (enough to tell its type), or None when Telegram
+        will not let a bot download it (over 20 MB)."""
+        if size > DOWNLOAD_LIMIT:
+            return None
+        try:
+            tg_file = await self.bot.get_file(file_id)
+        except BadRequest as exc:
+            if "too big" in str(exc).lower():
+                return None
+            return b""
+        except TelegramError:
+            return b""
+        if not tg_file.file_path:
+            return b""
+        try:
+            async with self.http().get(tg_file.file_path, headers={"Range": f"bytes=0-{SNIFF_BYTES - 1}"}) as resp:
+                return await resp.content.read(SNIFF_BYTES) if resp.status in (200, 206) else b""
+        except (aiohttp.ClientError, TimeoutError):
+            return b""
+
+    async def react(self, inbound: TelegramInbound) -> None:
+        """👍 on someone's message: it was taken."""
+        job = OutboxJob(f"telegram:react:{inbound.chat}:{inbound.message}", "telegram.react",
+                        {"channel": inbound.chat, "message": inbound.message})  # fmt: skip
+        await self.outbox.enqueue("{telegram}", f"chat:{inbound.chat}", job)
 
     async def fetch_file(self, file_id: str) -> bytes:
         try:
@@ -222,17 +279,45 @@ class TelegramConnector:
             view["detail_label"] = t(store.locale, "order.view")
         return view
 
+    async def _is_forum(self, chat: int) -> bool:
+        """Whether a group has topics; asked once per process (turning topics on or off is rare)."""
+        if chat >= 0:
+            return False
+        if chat not in self._forums:
+            try:
+                self._forums[chat] = bool((await self.bot.get_chat(chat)).is_forum)
+            except TelegramError as exc:
+                raise _sorted(exc) from None
+        return self._forums[chat]
+
+    async def _topic(self, p: dict[str, Any], chat: int) -> int | None:
+        """The forum topic a thread lives in: opened with its root post where the group is a forum."""
+        tag, key = str(p["tag"]), str(p["thread_key"])
+        topic = await refs.topic_of(self.redis, tag, key)
+        if topic is not None:
+            return int(topic)
+        if not p.get("root") or not await self._is_forum(chat):
+            return None
+        name = str(p["view"].get("topic") or p["view"].get("title") or key)[:128]
+        try:
+            created = await self.bot.create_forum_topic(chat, name)
+        except TelegramError as exc:
+            raise _sorted(exc) from None
+        await refs.save_topic(self.redis, tag, key, "telegram", str(chat), str(created.message_thread_id))
+        return created.message_thread_id
+
     async def _post(self, job: OutboxJob) -> None:
         p = job.payload
         tag, key, chat = str(p["tag"]), str(p["thread_key"]), int(p["channel"])
         text, markup = render(self._view(p))
+        topic = await self._topic(p, chat)
         reply_to = None
-        if not p.get("root"):
+        if not p.get("root") and topic is None:  # without a topic, the thread is a reply chain
             root = await refs.root_of(self.redis, tag, key)
             if root is None:
                 raise FinalFailure("the root message was never posted")
             reply_to = int(root[1])
-        sent = await self._send(chat, text, markup, job.id, reply_to, p.get("topic"))
+        sent = await self._send(chat, text, markup, job.id, reply_to, topic)
         if p.get("root"):
             await refs.save_root(self.redis, tag, key, "telegram", str(chat), str(sent.message_id))
         else:  # a reply to any message of the chain belongs to the same thread
@@ -261,8 +346,9 @@ class TelegramConnector:
         """Telegram has no private message inside a group: the refusal replies to the refused message."""
         actor = job.payload["actor"]
         reply_to = int(actor["message"]) if actor.get("message") else None
+        topic = int(actor["thread"]) if actor.get("thread") else None
         await self._send(
-            int(actor["channel"]), html.escape(str(job.payload["text"]), quote=False), None, job.id, reply_to, None
+            int(actor["channel"]), html.escape(str(job.payload["text"]), quote=False), None, job.id, reply_to, topic
         )
 
     async def _react(self, job: OutboxJob) -> None:

@@ -21,6 +21,7 @@ from bridge.clock import Clock, SystemClock
 from bridge.listen import LocalServer
 
 BOT_ID = 7_000_000_001
+DOWNLOAD_LIMIT = 20 * 1024 * 1024  # getFile: bots may download files up to 20 MB
 BOT: dict[str, object] = {"id": BOT_ID, "is_bot": True, "first_name": "Feige Bridge", "username": "feige_bridge_bot"}
 
 
@@ -35,6 +36,9 @@ class TgMessage:
     thread_id: int | None = None
     photo: str | None = None
     document: str | None = None
+    video: str | None = None
+    file_name: str | None = None
+    mime_type: str | None = None
     edits: int = 0
     reactions: list[str] = field(default_factory=list)
     sent_at: float = 0.0
@@ -59,6 +63,8 @@ class TelegramEmulator(LocalServer):
         self.callback_answers: list[dict[str, Any]] = []
         self.files: dict[str, bytes] = {}
         self.webhook: dict[str, Any] = {}
+        self.forums: set[int] = set()  # groups with topics enabled
+        self.topics: dict[tuple[int, int], str] = {}  # (chat, message_thread_id) → topic name
         self.rate_limited = 0
         self.listeners: list[Callable[[TgMessage], None]] = []
         self._sent: list[tuple[float, int]] = []  # (time, chat) of every message the bot sent
@@ -153,7 +159,7 @@ class TelegramEmulator(LocalServer):
         wire: dict[str, Any] = {
             "message_id": m.message_id,
             "date": int(m.sent_at or self.clock.now()),
-            "chat": {"id": m.chat_id, "type": chat_type, **({"is_forum": True} if m.thread_id else {})},
+            "chat": {"id": m.chat_id, "type": chat_type, **({"is_forum": True} if m.chat_id in self.forums else {})},
             "from": BOT
             if m.from_id == BOT_ID
             else {"id": m.from_id, "is_bot": False, "first_name": f"user{m.from_id}"},
@@ -173,9 +179,14 @@ class TelegramEmulator(LocalServer):
         if m.photo:
             wire["photo"] = [{"file_id": m.photo, "file_unique_id": "u" + m.photo, "width": 100, "height": 100,
                               "file_size": len(self.files.get(m.photo, b""))}]  # fmt: skip
-        if m.document:
-            wire["document"] = {"file_id": m.document, "file_unique_id": "u" + m.document,
-                                "file_size": len(self.files.get(m.document, b""))}  # fmt: skip
+        for kind in ("document", "video"):
+            file_id = getattr(m, kind)
+            if file_id:
+                wire[kind] = {"file_id": file_id, "file_unique_id": "u" + file_id,
+                              "file_size": len(self.files.get(file_id, b"")), "file_name": m.file_name,
+                              "mime_type": m.mime_type}  # fmt: skip
+                if kind == "video":
+                    wire[kind] |= {"width": 640, "height": 360, "duration": 5}
         return wire
 
     def _new_message(self, args: dict[str, Any], **content: Any) -> tuple[int, dict[str, Any]]:
@@ -195,6 +206,40 @@ class TelegramEmulator(LocalServer):
 
     def _m_getMe(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return 200, {"ok": True, "result": BOT}
+
+    def _m_getChat(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        chat_id = int(args["chat_id"])
+        gifts = dict.fromkeys(
+            ("unlimited_gifts", "limited_gifts", "unique_gifts", "premium_subscription", "gifts_from_channels"), False
+        )
+        chat: dict[str, Any] = {"id": chat_id, "type": "supergroup" if chat_id < 0 else "private"}
+        chat |= {"accent_color_id": 0, "max_reaction_count": 11, "accepted_gift_types": gifts}
+        if chat_id in self.forums:
+            chat["is_forum"] = True
+        return 200, {"ok": True, "result": chat}
+
+    def _m_createForumTopic(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        chat_id, name = int(args["chat_id"]), str(args.get("name", ""))
+        if chat_id not in self.forums:
+            return self._error(400, "Bad Request: the chat is not a forum")
+        if not 1 <= len(name) <= 128:
+            return self._error(400, "Bad Request: TOPIC_TITLE_EMPTY" if not name else "Bad Request: name too long")
+        # A topic's id is the id of the service message that opened it, as in Telegram.
+        opened = TgMessage(chat_id, next(self._ids), BOT_ID, "", sent_at=self.clock.now())
+        opened.thread_id = opened.message_id
+        self.messages.append(opened)
+        self.topics[(chat_id, opened.message_id)] = name
+        topic = {"message_thread_id": opened.message_id, "name": name, "icon_color": 7322096}
+        return 200, {"ok": True, "result": topic}
+
+    def _m_editForumTopic(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        key = (int(args["chat_id"]), int(args["message_thread_id"]))
+        if key not in self.topics:
+            return self._error(400, "Bad Request: TOPIC_ID_INVALID")
+        if self.topics[key] == args.get("name"):
+            return self._error(400, "Bad Request: TOPIC_NOT_MODIFIED")
+        self.topics[key] = str(args.get("name") or self.topics[key])
+        return 200, {"ok": True, "result": True}
 
     def _m_setWebhook(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         self.webhook = args
@@ -249,6 +294,8 @@ class TelegramEmulator(LocalServer):
         file_id = str(args.get("file_id"))
         if file_id not in self.files:
             return self._error(400, "Bad Request: invalid file_id")
+        if len(self.files[file_id]) > DOWNLOAD_LIMIT:
+            return self._error(400, "Bad Request: file is too big")
         result = {"file_id": file_id, "file_unique_id": "u" + file_id, "file_size": len(self.files[file_id]),
                   "file_path": f"docs/{file_id}"}  # fmt: skip
         return 200, {"ok": True, "result": result}
@@ -257,7 +304,13 @@ class TelegramEmulator(LocalServer):
         if request.match_info["token"] != self.token:
             return web.Response(status=401)
         data = self.files.get(request.match_info["path"].rsplit("/", 1)[-1])
-        return web.Response(status=404) if data is None else web.Response(body=data)
+        if data is None:
+            return web.Response(status=404)
+        if request.http_range.start is not None or request.http_range.stop is not None:
+            part = data[request.http_range]
+            content_range = f"bytes 0-{len(part) - 1}/{len(data)}"
+            return web.Response(status=206, body=part, headers={"Content-Range": content_range})
+        return web.Response(body=data)
 
     # -- people --------------------------------------------------------------------------------------
 
@@ -268,17 +321,26 @@ class TelegramEmulator(LocalServer):
 
     async def user_message(
         self, user: int, chat_id: int, text: str, *, reply_to: int | None = None, photo: bytes | None = None,
-        thread_id: int | None = None,
+        thread_id: int | None = None, document: tuple[str, str, bytes] | None = None,
+        video: tuple[str, bytes] | None = None,
     ) -> tuple[TgMessage, int]:  # fmt: skip
-        """A person writes (a reply when ``reply_to``); returns the message and the bridge's status."""
+        """A person writes (a reply when ``reply_to``, in a forum topic when ``thread_id``), with a photo,
+        a document (name, MIME type, bytes) or a video (name, bytes); returns the message and the
+        bridge's status."""
         m = TgMessage(
             chat_id, next(self._ids), user, text, reply_to=reply_to, thread_id=thread_id, sent_at=self.clock.now()
         )
         if photo is not None:
             m.photo = self.add_file(photo)
+        if document is not None:
+            m.file_name, m.mime_type, m.document = document[0], document[1], self.add_file(document[2])
+        if video is not None:
+            m.file_name, m.mime_type, m.video = video[0], "video/mp4", self.add_file(video[1])
+        if thread_id is not None and reply_to is None:
+            m.reply_to = thread_id  # in a topic, Telegram makes a plain message a reply to the topic's opening
         self.messages.append(m)
         wire = self._wire(m)
-        if photo is not None:
+        if photo is not None or document is not None or video is not None:
             wire["caption"] = wire.pop("text", "")
         if text.startswith("/"):
             command = text.split()[0]
