@@ -69,3 +69,37 @@ async def test_a_photo_reply_is_downloaded_from_telegram_and_uploaded(stack: Sta
     sent = [m["content"] for m in stack.sandbox.conversations[cid].messages if m["from"] == "merchant"]
     assert sent[0] == {"type": "text", "text": "waybill"} and sent[1]["type"] == "image"
     assert stack.sandbox.media[sent[1]["media_id"]]["size"] == len(png)
+
+
+async def test_a_forum_group_gets_one_topic_per_chat(stack: Stack) -> None:
+    stack.telegram.forums.add(GROUP)
+    first, root_id = await open_chat(stack)
+    second, _ = await open_chat(stack)
+    topics = [c.args for c in stack.telegram.called("createForumTopic")]
+    assert len(topics) == 2 and all("platform customer service chat" in t["name"] for t in topics)
+    topic = stack.telegram.message(GROUP, root_id).thread_id
+    assert topic is not None and (GROUP, topic) in stack.telegram.topics
+    await stack.sandbox.chat_message(first, {"type": "text", "text": "still there?"})
+    await stack.settle()
+    follow_up = stack.telegram.by_bot(GROUP)[-1]
+    assert follow_up.thread_id == topic and follow_up.reply_to is None, "in the topic, not a reply chain"
+    stranger, _ = await stack.telegram.user_message(STRANGER, GROUP, "I can answer", thread_id=topic)
+    answer, _ = await stack.telegram.user_message(OWNER, GROUP, "On its way 📦", thread_id=topic)
+    await stack.settle()
+    refusal = next(m for m in stack.telegram.by_bot(GROUP) if m.reply_to == stranger.message_id)
+    assert refusal.thread_id == topic and refusal.text.startswith("Not sent: only the store's designated agents")
+    assert merchant_texts(stack, first) == ["On its way 📦"] and merchant_texts(stack, second) == []
+    assert stack.telegram.message(GROUP, answer.message_id).reactions == ["👍"]
+    assert "Answered" in stack.telegram.message(GROUP, root_id).text
+
+
+async def test_a_task_order_in_a_forum_gets_its_own_topic(stack: Stack) -> None:
+    stack.telegram.forums.add(GROUP)
+    tid = await stack.sandbox.create_task_order("1002", "c-7001")
+    await stack.settle()
+    [created] = stack.telegram.called("createForumTopic")
+    assert created.args["name"].startswith("[物流问题 Logistics]")
+    card = next(m for m in stack.telegram.by_bot(GROUP) if m.reply_markup and tid in m.text)
+    await stack.telegram.user_message(OWNER, GROUP, "Reshipping today", thread_id=card.thread_id)
+    await stack.settle()
+    assert [c["text"] for c in stack.sandbox.task_orders[tid].comments] == ["Reshipping today"]

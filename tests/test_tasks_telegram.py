@@ -1,0 +1,145 @@
+"""Flow 2 with the merchant in a Telegram group (store 1002): the card and its keyboard, comments as
+replies, and Resolve as a guided conversation (result → solution → evidence → confirm)."""
+
+from __future__ import annotations
+
+from bridge import keys
+from connectors.telegram.emulator import TgMessage
+from tests.conftest import Stack
+
+GROUP = -1001002000001
+OWNER, STRANGER = 1002001, 5555
+CREATOR_CHAT = 7001
+TAG = "{store:1002}"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
+MP4 = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 300
+
+
+async def raise_task(stack: Stack) -> tuple[str, TgMessage]:
+    tid = await stack.sandbox.create_task_order("1002", "c-7001")
+    await stack.settle()
+    card = next(m for m in stack.telegram.by_bot(GROUP) if tid in m.text and m.reply_markup)
+    return tid, card
+
+
+def buttons(message: TgMessage) -> list[dict[str, str]]:
+    assert message.reply_markup is not None
+    return [b for row in message.reply_markup["inline_keyboard"] for b in row]
+
+
+def last_bot(stack: Stack) -> TgMessage:
+    return stack.telegram.by_bot(GROUP)[-1]
+
+
+async def tap(stack: Stack, user: int, message: TgMessage, data: str) -> None:
+    assert await stack.telegram.tap(user, GROUP, message.message_id, data) == 200
+    await stack.settle()
+
+
+async def say(stack: Stack, text: str, reply_to: TgMessage, **files: object) -> TgMessage:
+    sent, status = await stack.telegram.user_message(OWNER, GROUP, text, reply_to=reply_to.message_id, **files)  # type: ignore[arg-type]
+    assert status == 200
+    await stack.settle()
+    return sent
+
+
+async def test_card_has_the_six_buttons_and_leads_with_the_issue_type(stack: Stack) -> None:
+    tid, card = await raise_task(stack)
+    assert card.text.startswith("<b>[物流问题 Logistics] Merchant–creator task order")
+    labels = [b["text"] for b in buttons(card)]
+    assert labels == ["Contact buyer", "Share link", "Log", "Comment", "Resolve", "Cannot resolve"]
+    assert buttons(card)[0]["url"].startswith("https://im.example/buyer/")
+    assert [b.get("callback_data") for b in buttons(card)[2:]] == [f"log:{tid}", f"cm:{tid}", f"rs:{tid}", f"ur:{tid}"]
+
+
+async def test_a_reply_to_the_card_is_the_merchants_comment(stack: Stack) -> None:
+    tid, card = await raise_task(stack)
+    await say(stack, "Reshipping today", card)
+    [sent] = stack.sandbox.task_orders[tid].comments
+    assert sent["side"] == "merchant" and sent["author_id"] == "main-1002" and sent["text"] == "Reshipping today"
+    assert "Reshipping today" in stack.telegram.by_bot(CREATOR_CHAT)[-1].text
+
+
+async def test_log_and_comment_buttons_answer_under_the_card(stack: Stack) -> None:
+    tid, card = await raise_task(stack)
+    await tap(stack, OWNER, card, f"log:{tid}")
+    assert last_bot(stack).text.startswith(f"📋 Task order {tid} log") and last_bot(stack).reply_to == card.message_id
+    await tap(stack, OWNER, card, f"cm:{tid}")
+    assert last_bot(stack).text.startswith("Reply in this task order's thread")
+    assert len(stack.telegram.callback_answers) == 2
+
+
+async def test_guided_resolve_with_evidence_processes_once_on_confirm(stack: Stack) -> None:
+    tid, card = await raise_task(stack)
+    await tap(stack, OWNER, card, f"rs:{tid}")
+    step1 = last_bot(stack)
+    assert "Step 1/3" in step1.text and "tg://user?id=1002001" in step1.text
+    await say(stack, "ok", step1)  # a placeholder: asked again, with Keep it
+    weak = last_bot(stack)
+    assert "placeholder" in weak.text and [b["text"] for b in buttons(weak)] == ["Keep it", "Cancel"]
+    await say(stack, "Reshipped by SF Express, waybill SF1234567890", weak)
+    step2 = last_bot(stack)
+    assert "Step 2/3" in step2.text and [b["text"] for b in buttons(step2)] == ["Done", "Cancel"]
+    photo = await say(stack, "", step2, photo=PNG)
+    assert stack.telegram.message(GROUP, photo.message_id).reactions == ["👍"]
+    await say(stack, "", step2, document=("notes.txt", "text/plain", b"just text"))
+    assert last_bot(stack).text.startswith("File notes.txt: type not allowed")
+    await say(stack, "", step2, video=("unboxing.mp4", MP4))
+    assert stack.sandbox.task_orders[tid].solution is None, "nothing is sent before the confirmation"
+    await tap(stack, OWNER, step2, f"pd:{tid}")
+    step3 = last_bot(stack)
+    assert "Step 3/3" in step3.text and "Reshipped by SF Express" in step3.text
+    assert f"photo-{photo.message_id}.jpg, unboxing.mp4" in step3.text
+    await tap(stack, OWNER, step3, f"py:{tid}")
+    await tap(stack, OWNER, step3, f"py:{tid}")  # a second tap sends nothing more
+    processed = stack.sandbox.task_orders[tid].solution
+    assert processed is not None and processed["result"] == "resolved" and len(processed["evidence"]) == 2
+    assert len(stack.sandbox.received("POST", f"/task-orders/{tid}/process")) == 1
+    assert await stack.redis.hget(keys.task(TAG, tid), "status") == "resolved"
+    edited = stack.telegram.message(GROUP, card.message_id)
+    assert "Resolved" in edited.text and [b["text"] for b in buttons(edited)] == ["Contact buyer", "Share link", "Log"]
+    ping = stack.telegram.by_bot(CREATOR_CHAT)[-1]
+    assert "Reshipped by SF Express" in ping.text and buttons(ping)[0]["url"].startswith("https://im.example/buyer/")
+
+
+async def test_an_empty_solution_is_refused_and_cancel_sends_nothing(stack: Stack) -> None:
+    tid, card = await raise_task(stack)
+    await tap(stack, OWNER, card, f"ur:{tid}")
+    step1 = last_bot(stack)
+    await say(stack, "", step1, photo=PNG)
+    assert last_bot(stack).text.startswith("Write the solution")
+    await tap(stack, OWNER, step1, f"pc:{tid}")
+    assert last_bot(stack).text.startswith("Cancelled")
+    assert not await stack.redis.exists(keys.task_resolve(TAG, tid, str(OWNER)))
+    await say(stack, "now this is a comment again", card)
+    assert stack.sandbox.task_orders[tid].solution is None
+    assert [c["text"] for c in stack.sandbox.task_orders[tid].comments] == ["now this is a comment again"]
+
+
+async def test_an_oversize_image_and_a_seventh_file_are_refused(stack: Stack) -> None:
+    tid, card = await raise_task(stack)
+    await tap(stack, OWNER, card, f"rs:{tid}")
+    await say(stack, "Refunded the buyer in full and apologised", last_bot(stack))
+    step2 = last_bot(stack)
+    await say(stack, "", step2, document=("big.png", "image/png", PNG + b"\x00" * (5 * 1024 * 1024)))
+    assert last_bot(stack).text == "File big.png: larger than 5 MB"
+    for _ in range(6):
+        await say(stack, "", step2, photo=PNG)
+    await say(stack, "", step2, photo=PNG)
+    assert last_bot(stack).text.startswith("At most 6 evidence files")
+    state = await stack.redis.hget(keys.task_resolve(TAG, tid, str(OWNER)), "files")
+    assert state is not None and state.count("photo-") == 6
+
+
+async def test_only_the_stores_agents_can_resolve(stack: Stack) -> None:
+    tid, card = await raise_task(stack)
+    await tap(stack, STRANGER, card, f"rs:{tid}")
+    assert stack.telegram.callback_answers[-1]["text"] == "Only the store's agents can process task orders."
+    assert not await stack.redis.exists(keys.task_resolve(TAG, tid, str(STRANGER)))
+
+
+async def test_tasks_command_lists_the_groups_task_orders(stack: Stack) -> None:
+    tid, _ = await raise_task(stack)
+    await stack.telegram.user_message(OWNER, GROUP, "/tasks")
+    await stack.settle()
+    assert last_bot(stack).text.startswith("Task orders (⏳ Pending): 1") and tid in last_bot(stack).text
