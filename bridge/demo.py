@@ -15,8 +15,10 @@ import os
 import re
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import yaml
@@ -74,8 +76,15 @@ class Watcher:
                 self.out.say("slack", f"#{m.channel} {m.ts} got :{m.reactions[-1]}:")
                 self.seen_reactions[m.ts] = len(m.reactions)
         for tg in self.telegram.messages[self.seen_telegram :]:
+            if tg.thread_id == tg.message_id:
+                name = self.telegram.topics.get((tg.chat_id, tg.message_id), "")
+                self.out.say("telegram", f"chat {tg.chat_id}: topic {tg.message_id} opened, “{name}”")
+                continue
             who = "bridge" if tg.from_id == BOT_ID else f"user {tg.from_id}"
-            reply = f" (reply to {tg.reply_to})" if tg.reply_to else ""
+            reply = f" (reply to {tg.reply_to})" if tg.reply_to and tg.reply_to != tg.thread_id else ""
+            reply += f" in topic {tg.thread_id}" if tg.thread_id else ""
+            if tg.photo or tg.document or tg.video:
+                reply += f" [file {tg.file_name or 'photo'}]"
             buttons = ""
             if tg.reply_markup:
                 labels = [b["text"] for row in tg.reply_markup.get("inline_keyboard", []) for b in row]
@@ -91,7 +100,7 @@ class Watcher:
                 self.out.say("telegram", f"chat {tg.chat_id} message {tg.message_id} got {tg.reactions[-1]}")
                 self.seen_reactions[key] = len(tg.reactions)
         for e in self.slack.ephemerals[self.seen_ephemerals :]:
-            self.out.say("slack", f"(only {e['user']} sees) {e['text']}")
+            self.out.say("slack", f"(only {e['user']} sees) {_flat(e['text'])}")
         self.seen_ephemerals = len(self.slack.ephemerals)
         for r in self.sandbox.records[self.seen_records :]:
             body = r.body.get("content") or {k: v for k, v in r.body.items() if k != "filename"}
@@ -107,7 +116,7 @@ class Watcher:
 
 
 def _flat(text: str) -> str:
-    text = re.sub(r"<!date\^\d+\^\{time_secs\}\|([^>]+)>", r"\1", text)
+    text = re.sub(r"<!date\^\d+\^[^|>]*\|([^>]+)>", r"\1", text)
     return text.replace("\n", " ⏎ ")
 
 
@@ -207,7 +216,10 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
             await slack.user_message(late_user, channel, "可以的", thread_ts=root2)
             await asyncio.sleep(1.0)
 
-            out.say("scene", "4. plumbing: a redelivered push changes nothing; a forged one is refused")
+            await _task_scenes(out, holder, sandbox, slack, telegram, users)
+            await _telegram_scenes(out, holder, sandbox, slack, telegram)
+
+            out.say("scene", "8. plumbing: a redelivered push changes nothing; a forged one is refused")
             delivery = sandbox.deliveries[0]
             again = await sandbox.push_envelope("store", store.id, delivery.records)
             out.say("platform", f"redelivered push {delivery.records[0]['msg_id']} → {again.statuses} (stored once)")
@@ -215,46 +227,6 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
             headers = {"app-id": store.platform.app_key, "event-sign": sign(store.platform.app_key, body, "guess")}
             async with http.post(f"{base}/webhooks/platform/{store.id}", data=body, headers=headers) as resp:
                 out.say("attacker", f"push signed with a guessed secret → {resp.status} {(await resp.json())['msg']}")
-
-            out.say(
-                "scene", "5. a creator raises a task order: card in Slack, confirmation in Telegram; comments both ways"
-            )
-            tid = await sandbox.create_task_order(store.id, holder.current.creators[0].id)
-            card_ts = await _until(lambda: _root_of(slack, store.destinations.task_orders.split(":", 1)[1], tid))
-            creator_chat = int(holder.current.creators[0].destination.split(":", 1)[1])
-            confirm = await _until(lambda: next((m for m in telegram.messages if tid in m.text), None))
-            task_channel = store.destinations.task_orders.split(":", 1)[1]
-            await slack.user_message(
-                users.get(store.main_account, ""), task_channel, "已安排补发，今天发出", thread_ts=card_ts
-            )
-            await telegram.user_message(creator_chat, creator_chat, "好的，买家在等", reply_to=confirm.message_id)
-            await _until(lambda: len(sandbox.task_orders[tid].comments) >= 2 or None)
-            processed = {"shop_id": store.id, "task_id": tid, "result": "resolved",
-                         "solution": "已补发，顺丰 SF123456789", "evidence": [],
-                         "operator": {"id": store.main_account, "name": "店长"},
-                         "processed_at": "2026-11-23T10:00:00+08:00"}  # fmt: skip
-            await sandbox.push("store", store.id, [("task_order_processed", processed)])
-            await _until(lambda: next((m for m in telegram.messages if "SF123456789" in m.text), None))
-            await asyncio.sleep(1.5)
-
-            tg_store = next(
-                (s for s in holder.current.stores if s.destinations.platform_chats.startswith("telegram:")), None
-            )
-            if tg_store is not None:
-                out.say("scene", f"6. the same chat flow with a Telegram merchant group (store {tg_store.id}, en)")
-                group = int(tg_store.destinations.platform_chats.split(":", 1)[1])
-                tg_chat = await sandbox.open_chat(
-                    tg_store.id, {"type": "text", "text": "Can the buyer change the size?"}
-                )
-                header = await _until(lambda: next((m for m in telegram.messages if m.chat_id == group), None))
-                owner = next(a.telegram_user for a in tg_store.agents if a.id == tg_store.main_account)
-                await telegram.user_message(
-                    owner or 0, group, "Yes, exchange within 7 days 👍", reply_to=header.message_id
-                )
-                await _until(
-                    lambda: [m for m in sandbox.conversations[tg_chat].messages if m["from"] == "merchant"] or None
-                )
-                await asyncio.sleep(1.2)
 
             _, stats = await slack.slash_command(users.get(store.main_account, ""), channel, "/feige", "stats")
             out.say("slack", f"/feige stats → {_flat(stats)}")
@@ -281,6 +253,106 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
         await telegram.stop()
         out.say("bridge", "stopped gracefully; embedded Redis stopped")
     return 0
+
+
+async def _task_scenes(
+    out: Transcript,
+    holder: ConfigHolder,
+    sandbox: PlatformSandbox,
+    slack: SlackEmulator,
+    telegram: TelegramEmulator,
+    users: dict[str, str],
+) -> None:
+    """Scenes 4 and 5: a task order with the merchant in Slack and the creator in Telegram."""
+    store, creator = holder.current.stores[0], holder.current.creators[0]
+    tz = ZoneInfo(store.timezone)
+    now = datetime.now(tz)
+    evening = now.replace(hour=22, minute=40, second=0, microsecond=0)
+    if evening > now:
+        evening -= timedelta(days=1)
+    raised = f"{evening:%Y-%m-%d %H:%M} {store.timezone}"
+    out.say("scene", f"4. a creator raises a task order late in the evening ({raised}): card in Slack, ping in "
+                     "Telegram; 24 h later falls in the night, so the deadline moves to 09:00")  # fmt: skip
+    tid = await sandbox.create_task_order(store.id, creator.id, created_at=evening.isoformat())
+    task_channel = store.destinations.task_orders.split(":", 1)[1]
+    card_ts = await _until(lambda: _root_of(slack, task_channel, tid))
+    creator_chat = int(creator.destination.split(":", 1)[1])
+    confirm = await _until(lambda: next((m for m in telegram.messages if tid in m.text), None))
+    main = users.get(store.main_account, "")
+
+    out.say("scene", "5. comments both ways up to the limit (the 11th refused); evidence with an oversize file "
+                     "refused; resolved → the creator is pinged with Contact buyer")  # fmt: skip
+    await telegram.user_message(creator_chat, creator_chat, "好的，买家在等", reply_to=confirm.message_id)
+    for i in range(1, 12):
+        await slack.user_message(
+            main, task_channel, f"进展 {i}：已联系快递" if i < 11 else "第 11 条", thread_ts=card_ts
+        )
+    await _until(lambda: any("10/10" in e["text"] for e in slack.ephemerals) or None)
+    assert await slack.block_action(main, task_channel, card_ts, "task_resolve", tid) == 200
+    view = await _until(lambda: slack.views[-1] if slack.views else None)
+    good = slack.add_file("parcel.png", PNG, "image/png")
+    huge = slack.add_file("whole-shelf.png", PNG, "image/png") | {"size": 6 * 1024 * 1024}
+    solution = "已为买家补发，顺丰单号 SF123456789"
+    for files in ([good, huge], [good]):
+        names = ", ".join(f["name"] for f in files)
+        _, answer = await slack.submit_view(main, view, _modal_values(solution, files))
+        errors = json.loads(answer).get("errors") if answer.strip() else None
+        out.say("slack", f"modal submitted ({names}) → " + (f"refused: {_flat(str(errors))}" if errors else "accepted"))
+    await _until(lambda: next((m for m in telegram.messages if "SF123456789" in m.text), None), within=30)
+    await asyncio.sleep(1.2)
+
+
+async def _telegram_scenes(
+    out: Transcript, holder: ConfigHolder, sandbox: PlatformSandbox, slack: SlackEmulator, telegram: TelegramEmulator
+) -> None:
+    """Scenes 6 and 7: a merchant team in a Telegram forum group; a creator's team in Slack."""
+    tg_store = next((s for s in holder.current.stores if s.destinations.platform_chats.startswith("telegram:")), None)
+    slack_creator = next((c for c in holder.current.creators if c.destination.startswith("slack:")), None)
+    if tg_store is None:
+        return
+    group = int(tg_store.destinations.platform_chats.split(":", 1)[1])
+    telegram.forums.add(group)  # topics on: one topic per chat and per task order
+    owner = next(a.telegram_user for a in tg_store.agents if a.id == tg_store.main_account) or 0
+    out.say("scene", f"6. the same chat flow with a Telegram merchant group (store {tg_store.id}, en, a forum)")
+    tg_chat = await sandbox.open_chat(tg_store.id, {"type": "text", "text": "Can the buyer change the size?"})
+    header = await _until(lambda: next((m for m in telegram.messages if m.chat_id == group and m.text), None))
+    await telegram.user_message(5555, group, "I can answer that", thread_id=header.thread_id)
+    await telegram.user_message(owner, group, "Yes, exchange within 7 days 👍", thread_id=header.thread_id)
+    await _until(lambda: [m for m in sandbox.conversations[tg_chat].messages if m["from"] == "merchant"] or None)
+    await asyncio.sleep(1.2)
+    if slack_creator is None or tg_store.destinations.task_orders != f"telegram:{group}":
+        return
+
+    out.say("scene", f"7. the other way round: task order of store {tg_store.id} resolved in Telegram through a guided "
+                     f"conversation; the creator {slack_creator.id} works in Slack")  # fmt: skip
+    tid = await sandbox.create_task_order(tg_store.id, slack_creator.id)
+    card = await _until(lambda: next((m for m in telegram.messages if tid in m.text and m.reply_markup), None))
+    channel = slack_creator.destination.split(":", 1)[1]
+    confirmation = await _until(lambda: _root_of(slack, channel, tid))
+    await slack.user_message(slack_creator.slack_user or "", channel, "Buyer asks for a tracking number",
+                             thread_ts=confirmation)  # fmt: skip
+    await telegram.tap(owner, group, card.message_id, f"rs:{tid}")
+    step = await _until(lambda: _prompt(telegram, group, "Step 1/3"))
+    await telegram.user_message(owner, group, "Reshipped by SF Express, waybill SF9876543210",
+                                reply_to=step.message_id, thread_id=card.thread_id)  # fmt: skip
+    step = await _until(lambda: _prompt(telegram, group, "Step 2/3"))
+    await telegram.user_message(owner, group, "", reply_to=step.message_id, thread_id=card.thread_id, photo=PNG)
+    await asyncio.sleep(0.3)
+    await telegram.tap(owner, group, step.message_id, f"pd:{tid}")
+    step = await _until(lambda: _prompt(telegram, group, "Step 3/3"))
+    await telegram.tap(owner, group, step.message_id, f"py:{tid}")
+    await _until(lambda: next((m for m in slack.messages if "SF9876543210" in m.text), None), within=20)
+    await asyncio.sleep(1.2)
+
+
+def _prompt(telegram: TelegramEmulator, chat: int, marker: str) -> Any:
+    return next((m for m in reversed(telegram.messages) if m.chat_id == chat and marker in m.text), None)
+
+
+def _modal_values(solution: str, files: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"solution": {"solution": {"type": "plain_text_input", "value": solution}},
+            "confirm": {"confirm": {"type": "checkboxes", "selected_options": []}},
+            "evidence": {"evidence": {"type": "file_input", "files": files}}}  # fmt: skip
 
 
 def _root_of(slack: SlackEmulator, channel: str, marker: str) -> str | None:

@@ -191,7 +191,7 @@ class TaskFlow:
     async def _remind(self, store: Store, tid: str, task: dict[str, str], seconds_left: int, deadline: float) -> None:
         left = f"{seconds_left // 3600} h" if seconds_left >= 3600 else f"{seconds_left // 60} min"
         text = t(store.locale, "task.reminder", task_id=tid, left=left, deadline="{deadline}")
-        view = {"type": "notice", "text": text, "deadline": deadline, "timezone": store.timezone}
+        view = {"type": "notice", "text": text, "deadline": deadline, "deadline_date": True, "timezone": store.timezone}
         await self._to_merchant(store, tid, f"remind-{seconds_left}", "post", view)
         creator = self.config.creator(task.get("creator", ""))
         if creator is not None:
@@ -436,6 +436,7 @@ class TaskFlow:
             "fields": fields,
             "status_line": t(loc, f"task.status.{status}", deadline="{deadline}"),
             "deadline": float(task["deadline"]),
+            "deadline_date": True,
             "timezone": store.timezone,
             "buttons": buttons,
         }
@@ -452,6 +453,7 @@ class TaskFlow:
             ],
             "status_line": t(loc, "task.confirm", deadline="{deadline}"),
             "deadline": deadline,
+            "deadline_date": True,
             "timezone": creator.timezone,
             "buttons": [
                 {"label": t(loc, "task.button.share"), "url": order.share_url},

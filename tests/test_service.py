@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import sys
@@ -150,7 +151,7 @@ async def test_demo_runs_and_exits_zero(tmp_path: Path) -> None:
         sys.executable, "-m", "bridge.cli", "demo", "--config", str(EXAMPLE),
         cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=110)
     text = out.decode()
     assert proc.returncode == 0, text
     assert "GET /healthz → 200" in text and "GET /readyz → 200" in text
@@ -164,10 +165,27 @@ async def test_demo_runs_and_exits_zero(tmp_path: Path) -> None:
     assert "/feige stats → 📊" in text and " 0 Slack 429s" in text
     assert "#C0TASKS1001 ← bridge: 【物流问题 Logistics】商达协同任务单" in text
     assert "telegram  chat 7001 ← bridge: <b>【物流问题 Logistics】" in text
-    assert "💬 达人留言（达人 小美 Xiaomei）：好的，买家在等" in text and "💬 商家留言（店长 Li）：已安排补发" in text
+    assert re.search(r"#C0TASKS1001 ← bridge: 【物流问题 Logistics】.* · 截止 \d{4}-\d\d-\d\d 09:00", text), (
+        "raised late in the evening: the deadline moved to 09:00"
+    )
+    assert (
+        "💬 达人留言（达人 小美 Xiaomei）：好的，买家在等" in text
+        and "💬 商家留言（店长 Li）：进展 10：已联系快递" in text
+    )
+    assert "(only U0MAIN1001 sees) 留言未发送：comment limit reached (10/10)" in text
+    assert (
+        "refused: {'evidence': '文件 whole-shelf.png：超过 5 MB'}" in text
+        and "modal submitted (parcel.png) → accepted" in text
+    )
     assert "⚠️ 处理结果不会自动发给消费者" in text
-    assert "telegram  chat -1001002000001 ← bridge: <b>Feige · platform customer service chat" in text
+    assert re.search(r"chat -1001002000001: topic \d+ opened, “Feige · platform customer service chat", text)
+    assert re.search(r"chat -1001002000001 ← bridge in topic \d+: <b>Feige · platform customer service chat", text)
     assert '"text": "Yes, exchange within 7 days 👍"' in text, "the Telegram group's answer reached the platform"
+    assert "Not sent: only the store's designated agents" in text
+    assert "#C0CREATOR7002 ← bridge: [物流问题 Logistics]" in text, "a creator in Slack gets the confirmation"
+    assert "Step 1/3" in text and "Step 2/3" in text and "Step 3/3" in text
+    assert '"solution": "Reshipped by SF Express, waybill SF9876543210", "evidence": ["media' in text
+    assert re.search(r"#C0CREATOR7002 thread [\d.]+ ← bridge: The merchant processed task order", text)
 
 
 async def test_web_and_worker_roles_split_the_work(stack: Stack) -> None:

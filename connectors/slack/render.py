@@ -22,16 +22,19 @@ def mention(store: Store | None, agent_ids: list[str]) -> str:
     return " ".join(out)
 
 
-def deadline(store: Store | None, ts: float) -> str:
-    """Shown in each reader's own time zone by Slack; the fallback is the store's."""
-    local = datetime.fromtimestamp(ts, ZoneInfo(store.timezone if store else "Asia/Shanghai")).strftime("%H:%M:%S")
-    return f"<!date^{int(ts)}^{{time_secs}}|{local}>"
+def deadline(store: Store | None, ts: float, with_date: bool = False) -> str:
+    """Shown in each reader's own time zone by Slack; the fallback is the store's. A reply window is
+    minutes away (the time, to the second); a task order's deadline is a day away (date and time)."""
+    at = datetime.fromtimestamp(ts, ZoneInfo(store.timezone if store else "Asia/Shanghai"))
+    if with_date:
+        return f"<!date^{int(ts)}^{{date_num}} {{time}}|{at:%Y-%m-%d %H:%M}>"
+    return f"<!date^{int(ts)}^{{time_secs}}|{at:%H:%M:%S}>"
 
 
 def _fill(store: Store | None, text: str, view: dict[str, Any]) -> str:
     text = text.replace("{mention}", mention(store, list(view.get("mentions", []))))
     if view.get("deadline"):
-        text = text.replace("{deadline}", deadline(store, float(view["deadline"])))
+        text = text.replace("{deadline}", deadline(store, float(view["deadline"]), bool(view.get("deadline_date"))))
     return text
 
 
