@@ -265,7 +265,7 @@ class ChatFlow:
         """A message written in the store's chat destination, by ``actor``; ``cid`` is the chat
         whose thread it was written in (None: not in a chat's thread)."""
         tag = keys.store_tag(store.id)
-        agent = next((a for a in store.agents if self._identity(a, actor.service) == actor.user), None)
+        agent = next((a for a in store.agents if a.identity(actor.service) == actor.user), None)
         designated = agent is not None and agent.id in {a.id for a in store.designated}
         chat = await self._chat(tag, cid) if cid else {}
         refusal = answer_refusal(
@@ -380,11 +380,6 @@ class ChatFlow:
         return "\n".join(lines)
 
     # -- helpers -------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _identity(agent: Any, service: str) -> str | None:
-        value = agent.slack_user if service == "slack" else agent.telegram_user
-        return None if value is None else str(value)
 
     async def _open_chat(
         self, store: Store, tag: str, cid: str, dest: Destination, agent_name: str

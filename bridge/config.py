@@ -14,25 +14,30 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import time
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 Locale = Literal["zh-CN", "en"]
 
 log = logging.getLogger(__name__)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_DESTINATION = re.compile(r"^(slack|telegram):(\S+)$")
+_DESTINATION = re.compile(r"^([a-z][a-z0-9_]*):(\S+)$")
 _STORE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class _Model(BaseModel):
     # Unquoted YAML ids such as `id: 1001` arrive as numbers; they are ids, not quantities.
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+
+SettingsModel = _Model
+"""The base of a destination's configuration section (``connectors/<service>/settings.py``)."""
 
 
 def _check_timezone(value: str) -> str:
@@ -50,21 +55,27 @@ def _check_id(value: str) -> str:
 
 
 def _check_destination(value: str) -> str:
-    if not _DESTINATION.match(value):
-        raise ValueError(f"destination {value!r} is not of the form slack:<channel id> or telegram:<chat id>")
+    from bridge.destinations import plugins
+
+    known = plugins()
+    match = _DESTINATION.match(value)
+    if not match or match.group(1) not in known:
+        forms = " or ".join(f"{p.service}:{p.target}" for p in known.values())
+        raise ValueError(f"destination {value!r} is not of the form {forms}")
     return value
 
 
 class Destination(_Model):
-    """Where one kind of work is mirrored: ``slack:<channel>`` or ``telegram:<chat>``."""
+    """Where one kind of work is mirrored: ``<service>:<target>``, e.g. ``slack:<channel>`` or
+    ``telegram:<chat>`` (the services are the destination packages, ``bridge/destinations.py``)."""
 
-    service: Literal["slack", "telegram"]
+    service: str
     target: str
 
     @classmethod
     def parse(cls, value: str) -> Destination:
         service, target = _check_destination(value).split(":", 1)
-        return cls(service=service, target=target)  # type: ignore[arg-type]
+        return cls(service=service, target=target)
 
     def __str__(self) -> str:
         return f"{self.service}:{self.target}"
@@ -77,12 +88,24 @@ class PlatformCredentials(_Model):
     api_token: str = Field(min_length=1)
 
 
+def _identity(person: Agent | Creator, service: str) -> str | None:
+    named = getattr(person, f"{service}_user", None)
+    return str(named) if named is not None else person.accounts.get(service)
+
+
 class Agent(_Model):
     id: str = Field(min_length=1, description="the agent's platform (Feige) account id")
     name: str = Field(min_length=1)
     slack_user: str | None = None
     telegram_user: int | None = None
+    accounts: dict[str, str] = Field(
+        default_factory=dict, description="ids in other destinations, by service: {lark: ou_…}"
+    )
     im_permission: bool = True
+
+    def identity(self, service: str) -> str | None:
+        """Who this person is in ``service`` (a Slack user id, a Telegram user id, …)."""
+        return _identity(self, service)
 
 
 class ReplyWindow(_Model):
@@ -151,6 +174,10 @@ class Creator(_Model):
     destination: str
     telegram_user: int | None = None
     slack_user: str | None = None
+    accounts: dict[str, str] = Field(default_factory=dict, description="ids in other destinations, by service")
+
+    def identity(self, service: str) -> str | None:
+        return _identity(self, service)
 
     _tz = field_validator("timezone")(_check_timezone)
     _dest = field_validator("destination")(_check_destination)
@@ -159,27 +186,6 @@ class Creator(_Model):
     @property
     def webhook_path(self) -> str:
         return f"/webhooks/creator/{self.id}"
-
-
-class SlackSettings(_Model):
-    bot_token: str = Field(min_length=1)
-    signing_secret: str = Field(min_length=1)
-    api_base_url: str = Field(default="https://slack.com/api/", pattern=r"^https?://.*/$")
-    socket_mode: bool = False
-    app_token: str | None = None
-
-    @model_validator(mode="after")
-    def _socket_mode_needs_app_token(self) -> SlackSettings:
-        if self.socket_mode and not self.app_token:
-            raise ValueError("socket_mode needs app_token (an xapp- token with connections:write)")
-        return self
-
-
-class TelegramSettings(_Model):
-    bot_token: str = Field(min_length=1)
-    webhook_secret: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]{1,256}$")
-    api_base_url: str = Field(default="https://api.telegram.org/bot", pattern=r"^https?://")
-    file_base_url: str = Field(default="https://api.telegram.org/file/bot", pattern=r"^https?://")
 
 
 class ServerSettings(_Model):
@@ -200,16 +206,28 @@ class TimerSettings(_Model):
 class BridgeConfig(_Model):
     server: ServerSettings = ServerSettings()
     timers: TimerSettings = TimerSettings()
-    slack: SlackSettings | None = None
-    telegram: TelegramSettings | None = None
     stores: list[Store] = Field(default_factory=list)
     creators: list[Creator] = Field(default_factory=list)
+    # …and one optional section per destination (``slack:``, ``telegram:``), added by _config_model.
+
+    def settings_of(self, service: str) -> Any:
+        """A destination's configuration section, or None when it is not configured."""
+        return getattr(self, service, None)
 
     def store(self, store_id: str) -> Store | None:
         return next((s for s in self.stores if s.id == store_id), None)
 
     def creator(self, creator_id: str) -> Creator | None:
         return next((c for c in self.creators if c.id == creator_id), None)
+
+
+@cache
+def _config_model() -> type[BridgeConfig]:
+    """BridgeConfig with a section for each destination package found (``bridge/destinations.py``)."""
+    from bridge.destinations import plugins
+
+    sections: dict[str, Any] = {p.service: (p.settings | None, None) for p in plugins().values()}
+    return create_model("BridgeConfig", __base__=BridgeConfig, **sections)
 
 
 # -- problems --------------------------------------------------------------------------------
@@ -332,19 +350,12 @@ def _semantic_problems(config: BridgeConfig) -> list[Problem]:
             )
         service = store.destinations.platform_chats.split(":", 1)[0]
         for agent in store.designated:
-            if service == "slack" and agent.slack_user is None:
+            if agent.identity(service) is None:
+                field_name = f"{service}_user" if f"{service}_user" in Agent.model_fields else f"accounts.{service}"
                 problems.append(
                     Problem(
-                        f"{at}.agents[{agent_ids.index(agent.id)}].slack_user",
-                        f"designated agent {agent.id!r} has no slack_user, so they cannot answer in Slack",
-                        "warning",
-                    )
-                )
-            if service == "telegram" and agent.telegram_user is None:
-                problems.append(
-                    Problem(
-                        f"{at}.agents[{agent_ids.index(agent.id)}].telegram_user",
-                        f"designated agent {agent.id!r} has no telegram_user, so they cannot answer in Telegram",
+                        f"{at}.agents[{agent_ids.index(agent.id)}].{field_name}",
+                        f"designated agent {agent.id!r} has no {field_name}, so they cannot answer in {service}",
                         "warning",
                     )
                 )
@@ -382,7 +393,7 @@ def _semantic_problems(config: BridgeConfig) -> list[Problem]:
             problems.append(Problem(f"{at}.task_orders.quiet_hours", "start and end are equal"))
         for dest_name in ("platform_chats", "task_orders"):
             service = getattr(store.destinations, dest_name).split(":", 1)[0]
-            if getattr(config, service) is None:
+            if config.settings_of(service) is None:
                 problems.append(
                     Problem(
                         f"{at}.destinations.{dest_name}",
@@ -391,7 +402,7 @@ def _semantic_problems(config: BridgeConfig) -> list[Problem]:
                 )
     for i, creator in enumerate(config.creators):
         service = creator.destination.split(":", 1)[0]
-        if getattr(config, service) is None:
+        if config.settings_of(service) is None:
             problems.append(
                 Problem(f"creators[{i}].destination", f"uses {service} but the {service}: section is missing")
             )
@@ -418,7 +429,7 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
         raise ConfigError(source, [Problem("(top level)", "must be a mapping with stores:, creators:, …")])
     resolved, problems = resolve_env(raw, env)
     try:
-        config = BridgeConfig.model_validate(resolved)
+        config = _config_model().model_validate(resolved)
     except ValidationError as exc:
         unresolved = {p.path for p in problems}
         for err in exc.errors():

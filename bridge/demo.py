@@ -146,11 +146,11 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
     path = _demo_config(config_path)
     env = dict(os.environ)
     base_config = load_config(path, environ=env).config
-    slack_settings = base_config.slack
+    slack_settings = base_config.settings_of("slack")
     assert slack_settings is not None, "the demo needs the slack: section of the example"
     slack = SlackEmulator(slack_settings.signing_secret, slack_settings.bot_token)
     await slack.start()
-    tg_settings = base_config.telegram
+    tg_settings = base_config.settings_of("telegram")
     assert tg_settings is not None, "the demo needs the telegram: section of the example"
     telegram = TelegramEmulator(tg_settings.bot_token, tg_settings.webhook_secret)
     await telegram.start()
@@ -169,8 +169,8 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
     await bridge.start()
     base = f"http://{holder.current.server.host}:{bridge.port}"
     sandbox.bridge_url = slack.bridge_url = telegram.bridge_url = base
-    if bridge.telegram is not None:
-        await bridge.telegram.ready()
+    for connector in bridge.connectors.values():
+        await connector.ready()
     out.say("bridge", f"serving at {base}; platform sandbox {sandbox_url}; Slack emulator {slack.base_url}")
     watcher = Watcher(out, slack, sandbox, telegram)
     watching = asyncio.create_task(watcher.run())

@@ -1,7 +1,8 @@
 """One running bridge process: HTTP server, Redis, timer worker, configuration reload.
 
-The flows (later: platform push, Slack, Telegram) plug in through ``routes`` and ``timer_handlers``;
-this module only wires the lifecycle: start in order, stop in reverse, nothing lost on SIGTERM.
+The platform connector, the flows, and every configured destination (``bridge/destinations.py``)
+plug in through routes, event and timer handlers and outbox senders; this module only wires the
+lifecycle: start in order, stop in reverse, nothing lost on SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from redis.exceptions import RedisError
 from bridge.chats import ChatFlow
 from bridge.clock import Clock, SystemClock
 from bridge.config import ConfigHolder
+from bridge.destinations import Connector, Core, plugins
 from bridge.domain import Endpoint
 from bridge.events import EventConsumer, EventHandler
 from bridge.ingest import EventLog
@@ -35,9 +37,6 @@ from bridge.tasks import TaskFlow
 from bridge.timers import Handler, TimerStore, TimerWorker
 from connectors.platform.inbound import MAX_PUSH_BYTES, PlatformWebhooks
 from connectors.platform.outbound import PlatformSenders
-from connectors.slack.app import SlackConnector
-from connectors.telegram.app import TelegramConnector
-from connectors.telegram.flows import wire_telegram
 
 log = logging.getLogger(__name__)
 
@@ -82,38 +81,26 @@ class Bridge:
         self.event_handlers.setdefault("task_order_timeout", self.tasks.on_timeout)
         self.timer_handlers.setdefault("deadline", self.tasks.on_deadline_timer)
         self.outbox.register({"bridge.task_finish": self.tasks.on_finish_job})
-        self.slack: SlackConnector | None = None
-        slack_settings = self.holder.current.slack
-        if slack_settings is not None:
-            self.slack = SlackConnector(
-                slack_settings, lambda: self.holder.current, self.redis, self.chats, self.clock, self.http
-            )
-            self.slack.tasks = self.tasks
-            self.outbox.register(self.slack.senders())
-            platform.fetchers["slack"] = self.slack.fetch_file
-        self.telegram: TelegramConnector | None = None
-        telegram_settings = self.holder.current.telegram
-        if telegram_settings is not None:
-            self.telegram = TelegramConnector(
-                telegram_settings, lambda: self.holder.current, self.redis, self.clock, self.outbox, self.http
-            )
-            self.outbox.register(self.telegram.senders())
-            platform.fetchers["telegram"] = self.telegram.fetch_file
-            wire_telegram(self.telegram, self.tasks, self.chats, lambda: self.holder.current)
+        # Every configured destination (bridge/destinations.py): its senders, file fetcher and route.
+        core = Core(lambda: self.holder.current, self.redis, self.clock, self.outbox, self.http, self.chats, self.tasks)
+        self.connectors: dict[str, Connector] = {}
+        for service, plugin in plugins().items():
+            settings = self.holder.current.settings_of(service)
+            if settings is not None:
+                connector = self.connectors[service] = plugin.connect(settings, core)
+                self.outbox.register(connector.senders())
+                platform.fetchers[service] = connector.fetch_file
 
         self.app = web.Application(client_max_size=MAX_PUSH_BYTES)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics)
         PlatformWebhooks(lambda: self.holder.current, self.event_log).add_routes(self.app)
-        if self.slack is not None:
-            self.slack.add_routes(self.app)
-        if self.telegram is not None:
-            self.telegram.add_routes(self.app)
+        for connector in self.connectors.values():
+            connector.add_routes(self.app)
         self._runner: web.AppRunner | None = None
         self._background: list[asyncio.Task[None]] = []
         self._watchers: list[asyncio.Task[None]] = []
-        self._close_socket_mode: Callable[[], Awaitable[None]] | None = None
         self.port: int | None = None
 
     def endpoints(self) -> list[Endpoint]:
@@ -183,10 +170,8 @@ class Bridge:
                 asyncio.create_task(self.consumer.run(), name="event-consumer"),
             ]
         self._watchers = [asyncio.create_task(self._watch_config(), name="config-watch")]
-        if self.slack is not None and serve_webhooks:
-            self._close_socket_mode = await self.slack.start_socket_mode()
-        if self.telegram is not None:
-            await self.telegram.start()
+        for connector in self.connectors.values():
+            await connector.start(serve_webhooks)
         log.info("bridge listening on http://%s:%s", host or settings.host, self.port)
 
     async def drain(self) -> int:
@@ -212,10 +197,8 @@ class Bridge:
         if workers:
             await asyncio.wait(workers, timeout=grace + 2)  # both end by themselves once told to stop
         await asyncio.gather(*watchers, return_exceptions=True)
-        if self._close_socket_mode is not None:
-            await self._close_socket_mode()
-        if self.telegram is not None:
-            await self.telegram.stop()
+        for connector in self.connectors.values():
+            await connector.stop()
         if self._http is not None:
             await self._http.close()
         await self.redis.aclose()

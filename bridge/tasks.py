@@ -523,9 +523,10 @@ def evidence_problems(locale: str, files: list[tuple[str, bytes, int]]) -> str:
 
 
 def _action(label: str, action: str, short: str, tid: str) -> dict[str, str]:
-    """A button: Slack sends ``action`` with the task id; Telegram's callback data is ``short:tid``
-    (callback data may be at most 64 bytes)."""
-    return {"label": label, "action": action, "value": tid, "telegram_data": f"{short}:{tid}"[:64]}
+    """A button that acts on the task order: ``action`` names what it does and ``value`` carries the
+    task id; ``short`` is a compact name for destinations whose button data is small (Telegram's
+    callback data is at most 64 bytes)."""
+    return {"label": label, "action": action, "value": tid, "short": short}
 
 
 def status_name(locale: str, status: str) -> str:

@@ -137,8 +137,8 @@ async def start_stack(
     bridge = Bridge(holder, open_redis(redis_url), **kwargs)  # type: ignore[arg-type]
     await bridge.start(host="127.0.0.1", port=0, run_workers=run_workers)
     sandbox.bridge_url = slack.bridge_url = telegram.bridge_url = f"http://127.0.0.1:{bridge.port}"
-    if bridge.telegram is not None:
-        await bridge.telegram.ready()
+    for connector in bridge.connectors.values():
+        await connector.ready()
     return Stack(bridge, sandbox, slack, telegram, clock)
 
 

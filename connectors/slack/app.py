@@ -19,15 +19,16 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bridge import keys, refs
-from bridge.chats import Actor, ChatFlow, ReplyMedia
-from bridge.clock import Clock
-from bridge.config import BridgeConfig, Creator, SlackSettings, Store
+from bridge.chats import Actor, ReplyMedia
+from bridge.config import Creator, Store
+from bridge.destinations import Core
 from bridge.i18n import t
 from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.ratelimit import SendSpacing
 from bridge.seen import SeenIds
-from bridge.tasks import TaskFlow, evidence_problems
+from bridge.tasks import evidence_problems
 from connectors.slack.render import render
+from connectors.slack.settings import SlackSettings
 from connectors.slack.text import slack_to_platform_text
 from rules.evidence import SNIFF_BYTES
 from rules.solution import solution_problem
@@ -39,23 +40,16 @@ _IGNORED_SUBTYPES = {None, "file_share", "thread_broadcast"}
 
 
 class SlackConnector:
-    def __init__(
-        self,
-        settings: SlackSettings,
-        config: Callable[[], BridgeConfig],
-        redis: Any,
-        chats: ChatFlow,
-        clock: Clock,
-        http: Callable[[], aiohttp.ClientSession],
-    ) -> None:
+    def __init__(self, settings: SlackSettings, core: Core) -> None:
         self.settings = settings
-        self.config = config
-        self.redis = redis
-        self.chats = chats
-        self.clock = clock
-        self.http = http
-        self.spacing = SendSpacing(redis, clock)
-        self.events_seen = SeenIds(redis, keys.slack_events_seen(), clock)
+        self.config = core.config
+        self.redis = core.redis
+        self.chats = core.chats
+        self.tasks = core.tasks
+        self.clock = core.clock
+        self.http = core.http
+        self.spacing = SendSpacing(self.redis, self.clock)
+        self.events_seen = SeenIds(self.redis, keys.slack_events_seen(), self.clock)
         self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_base_url)
         self.app = AsyncApp(
             signing_secret=settings.signing_secret,
@@ -73,21 +67,30 @@ class SlackConnector:
         self.app.action("task_unresolvable")(self._open_process)
         self.app.view("task_process")(self._on_process_submit)
         self.app.action(re.compile(".*"))(self._ack_action)
-        self.tasks: TaskFlow | None = None
+        self._close_socket_mode: Callable[[], Awaitable[None]] | None = None
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/slack/events", self._handle)
 
-    async def start_socket_mode(self) -> Callable[[], Awaitable[None]] | None:
+    async def start(self, serve_webhooks: bool) -> None:
         """With ``socket_mode: true`` (teams without a public URL), events arrive over Slack's
-        WebSocket instead of /slack/events, through the same bolt app. Returns how to stop it."""
-        if not self.settings.socket_mode or not self.settings.app_token:
-            return None
+        WebSocket instead of /slack/events, through the same bolt app — in processes that take
+        events (not in ``--role worker``)."""
+        if not serve_webhooks or not self.settings.socket_mode or not self.settings.app_token:
+            return
         from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 
         handler = AsyncSocketModeHandler(self.app, self.settings.app_token, web_client=self.client)
         await handler.connect_async()  # type: ignore[no-untyped-call]
-        return handler.close_async
+        self._close_socket_mode = handler.close_async
+
+    async def ready(self) -> None:
+        """Slack needs no handshake before the first call."""
+
+    async def stop(self) -> None:
+        if self._close_socket_mode is not None:
+            await self._close_socket_mode()
+            self._close_socket_mode = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         return await to_aiohttp_response(await self.app.async_dispatch(await to_bolt_request(request)))

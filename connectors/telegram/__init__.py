@@ -1,0 +1,21 @@
+"""Telegram as a destination: python-telegram-bot receives and sends (``app.py``); ``flows.py``
+turns what people do into flow calls, ``resolve.py`` is the guided resolve conversation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.destinations import Connector, Core, DestinationPlugin
+from connectors.telegram.settings import TelegramSettings
+
+
+def connect(settings: Any, core: Core) -> Connector:
+    from connectors.telegram.app import TelegramConnector
+    from connectors.telegram.flows import wire_telegram
+
+    connector = TelegramConnector(settings, core)
+    wire_telegram(connector, core.tasks, core.chats, core.config)
+    return connector
+
+
+DESTINATION = DestinationPlugin("telegram", TelegramSettings, connect, "<chat id>")

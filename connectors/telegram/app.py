@@ -27,13 +27,13 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Cont
 
 from bridge import keys, refs
 from bridge.chats import Actor, ReplyMedia
-from bridge.clock import Clock
-from bridge.config import BridgeConfig, TelegramSettings
+from bridge.destinations import Core
 from bridge.i18n import t
-from bridge.outbox import FinalFailure, Outbox, OutboxJob, RetryLater, Sender
+from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.ratelimit import SendSpacing
 from bridge.seen import SeenIds
 from connectors.telegram.render import render
+from connectors.telegram.settings import TelegramSettings
 from rules.evidence import SNIFF_BYTES
 
 log = logging.getLogger(__name__)
@@ -69,23 +69,15 @@ InboundHandler = Callable[[TelegramInbound], Awaitable[bool]]
 
 
 class TelegramConnector:
-    def __init__(
-        self,
-        settings: TelegramSettings,
-        config: Callable[[], BridgeConfig],
-        redis: Any,
-        clock: Clock,
-        outbox: Outbox,
-        http: Callable[[], aiohttp.ClientSession],
-    ) -> None:
+    def __init__(self, settings: TelegramSettings, core: Core) -> None:
         self.settings = settings
-        self.http = http
-        self.outbox = outbox
-        self.config = config
-        self.redis = redis
-        self.clock = clock
-        self.spacing = SendSpacing(redis, clock)
-        self.updates_seen = SeenIds(redis, keys.telegram_updates_seen(), clock)
+        self.http = core.http
+        self.outbox = core.outbox
+        self.config = core.config
+        self.redis = core.redis
+        self.clock = core.clock
+        self.spacing = SendSpacing(self.redis, self.clock)
+        self.updates_seen = SeenIds(self.redis, keys.telegram_updates_seen(), self.clock)
         self.bot = Bot(settings.bot_token, base_url=settings.api_base_url, base_file_url=settings.file_base_url)
         self.application = Application.builder().bot(self.bot).updater(None).build()
         self.application.add_handler(CommandHandler("tasks", self._on_update))
@@ -99,7 +91,7 @@ class TelegramConnector:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/telegram/webhook", self._webhook)
 
-    async def start(self) -> None:
+    async def start(self, serve_webhooks: bool) -> None:
         """Initialises PTB (it asks Telegram getMe) in the background, retrying: the bridge must come
         up even while Telegram is unreachable. Until then updates are answered 503 and redelivered."""
         self._starting = asyncio.create_task(self._initialize())

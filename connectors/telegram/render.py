@@ -33,8 +33,9 @@ def _keyboard(buttons: list[dict[str, str]]) -> InlineKeyboardMarkup | None:
     for b in buttons:
         if b.get("url"):
             row.append(InlineKeyboardButton(b["label"], url=b["url"]))
-        elif b.get("telegram_data"):
-            row.append(InlineKeyboardButton(b["label"], callback_data=b["telegram_data"]))  # ≤ 64 bytes
+        elif b.get("short"):
+            data = f"{b['short']}:{b.get('value', '')}"[:64]  # Telegram allows 64 bytes of callback data
+            row.append(InlineKeyboardButton(b["label"], callback_data=data))
     return InlineKeyboardMarkup([row[i : i + 3] for i in range(0, len(row), 3)]) if row else None
 
 

@@ -182,8 +182,9 @@ class ResolveConversation:
         return {str(k): str(v) for k, v in (await self.redis.hgetall(key)).items()}
 
     async def _save(self, key: str, **fields: str) -> None:
+        mapping: dict[Any, Any] = dict(fields)  # redis-py types its keys invariantly
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=fields)
+            pipe.hset(key, mapping=mapping)
             pipe.expire(key, CONVERSATION_SECONDS)
             await pipe.execute()
 
@@ -195,7 +196,7 @@ class ResolveConversation:
         loc = store.locale
         labels = {"pk": "task.button.keep", "pd": "task.button.done", "py": "task.button.send",
                   "pc": "task.button.cancel"}  # fmt: skip
-        keyboard = [{"label": t(loc, labels[b]), "telegram_data": f"{b}:{tid}"[:64]} for b in buttons]
+        keyboard = [{"label": t(loc, labels[b]), "short": b, "value": tid} for b in buttons]
         view = {"type": "notice", "text": text, "mentions": [agent.id], "buttons": keyboard}
         at = inbound.callback_id or str(inbound.message)
         await post_view(self.connector.outbox, keys.store_tag(store.id), f"task:{tid}", store.id,

@@ -1,0 +1,95 @@
+"""The destination interface: what a chat tool (Slack, Telegram, later Lark/Feishu, DingTalk …)
+implements to carry both flows. The core never names one.
+
+A destination is one package under ``connectors/`` whose ``__init__`` exposes ``DESTINATION``, a
+``DestinationPlugin``: the service name (the prefix of ``<service>:<target>`` destinations and the
+name of its top-level configuration section), the pydantic model of that section, and how to
+connect it to the core. The packages are found when the configuration is first read; adding a
+destination adds a package and changes nothing in ``bridge/`` or ``rules/``.
+
+What the core gives a connector is ``Core``. What a connector gives back is ``Connector``:
+outbox senders for ``<service>.post``, ``.update_root``, ``.ephemeral``, ``.react`` (the views the
+flows put in the outbox), an HTTP route for the service's events, and a file fetcher for media
+people attach.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import aiohttp
+    from aiohttp import web
+    from pydantic import BaseModel
+    from redis.asyncio import Redis
+
+    from bridge.chats import ChatFlow
+    from bridge.clock import Clock
+    from bridge.config import BridgeConfig
+    from bridge.outbox import Outbox, Sender
+    from bridge.tasks import TaskFlow
+
+
+class Connector(Protocol):
+    def add_routes(self, app: web.Application) -> None:
+        """The service's inbound route(s) (``/slack/events``, ``/telegram/webhook``): verify the
+        service's signature, deduplicate deliveries, turn what people did into flow calls."""
+
+    def senders(self) -> dict[str, Sender]:
+        """Outbox senders, one per job kind ``<service>.<action>``; raise ``RetryLater`` or
+        ``FinalFailure``."""
+
+    async def fetch_file(self, ref: str) -> bytes:
+        """Downloads a file a person attached (the platform sender uploads it to ``/media``)."""
+
+    async def start(self, serve_webhooks: bool) -> None:
+        """Connects, in the background if the service may be unreachable: the bridge must start."""
+
+    async def ready(self) -> None:
+        """Returns once the service answered (tests and the demo wait on it)."""
+
+    async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Core:
+    """What the core offers a destination connector."""
+
+    config: Callable[[], BridgeConfig]
+    redis: Redis
+    clock: Clock
+    outbox: Outbox
+    http: Callable[[], aiohttp.ClientSession]
+    chats: ChatFlow
+    tasks: TaskFlow
+
+
+@dataclass(frozen=True)
+class DestinationPlugin:
+    service: str
+    """``slack`` in ``slack:C0CHATS``; also the name of the configuration section."""
+    settings: type[BaseModel]
+    connect: Callable[[Any, Core], Connector]
+    """Builds the connector from its validated settings section."""
+    target: str
+    """How a target is written, for error messages: ``<channel id>``."""
+
+
+@cache
+def plugins() -> dict[str, DestinationPlugin]:
+    """Every destination package under ``connectors/``, by service name."""
+    import connectors
+
+    found: dict[str, DestinationPlugin] = {}
+    for module in pkgutil.iter_modules(connectors.__path__):
+        if not module.ispkg:
+            continue
+        plugin = getattr(importlib.import_module(f"connectors.{module.name}"), "DESTINATION", None)
+        if isinstance(plugin, DestinationPlugin):
+            found[plugin.service] = plugin
+    return found
