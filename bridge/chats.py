@@ -429,6 +429,7 @@ class ChatFlow:
             "first_message": orjson.loads(chat["first_message"]) if chat.get("first_message") else None,
             "status_line": line,
             "status": status if status == "closed" else ("waiting" if chat.get("window_start") else "answered"),
+            "topic": t(store.locale, "chat.topic", summary=_summary(chat.get("first_message"))),
             "deadline": float(chat["deadline"]) if chat.get("deadline") else None,
             "mentions": [chat["assignee"]] if chat.get("assignee") else [],
         }
@@ -470,6 +471,19 @@ class ChatFlow:
         payload = {"store": store.id, "locale": store.locale, "actor": actor.as_dict(), "text": text}
         job = OutboxJob(f"{actor.service}:{job_id}", f"{actor.service}.ephemeral", payload)
         await self.outbox.enqueue(keys.store_tag(store.id), f"private:{actor.service}:{actor.user}", job)
+
+
+def _summary(first_message: str | None) -> str:
+    """A few words that tell one chat from another in a list of threads (a forum's topics)."""
+    if not first_message:
+        return ""
+    content = orjson.loads(first_message)["content"]
+    if content["type"] == "order_card":
+        return f"🧾 {content['order_id']} {content['product_name']}"[:60]
+    if content["type"] == "image":
+        return "🖼"
+    text = " ".join(str(content.get("text", "")).split())
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 async def read_hash(redis: Redis, key: str) -> dict[str, str]:

@@ -56,6 +56,7 @@ class Watcher:
         self.seen_messages = self.seen_ephemerals = self.seen_records = self.seen_pushes = 0
         self.seen_edits: dict[str, int] = {}
         self.seen_reactions: dict[str, int] = {}
+        self.topic_names: dict[tuple[int, int], str] = {}
 
     def poll(self) -> None:
         for d in self.sandbox.deliveries[self.seen_pushes :]:
@@ -91,6 +92,10 @@ class Watcher:
                 buttons = f" [{' | '.join(labels)}]"
             self.out.say("telegram", f"chat {tg.chat_id} ← {who}{reply}: {_flat(tg.text)}{buttons}")
         self.seen_telegram = len(self.telegram.messages)
+        for (chat, topic), name in self.telegram.topics.items():
+            if self.topic_names.setdefault((chat, topic), name) != name:
+                self.out.say("telegram", f"chat {chat}: topic {topic} renamed “{name}”")
+                self.topic_names[(chat, topic)] = name
         for tg in self.telegram.messages:
             key = f"tg:{tg.chat_id}:{tg.message_id}"
             if tg.edits > self.seen_edits.get(key, 0):

@@ -433,6 +433,7 @@ class TaskFlow:
         return {
             "type": "card",
             "title": t(loc, "task.title", issue_type=order.issue_type, task_id=tid),
+            "status": status,
             "fields": fields,
             "status_line": t(loc, f"task.status.{status}", deadline="{deadline}"),
             "deadline": float(task["deadline"]),

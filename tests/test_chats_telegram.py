@@ -76,7 +76,7 @@ async def test_a_forum_group_gets_one_topic_per_chat(stack: Stack) -> None:
     first, root_id = await open_chat(stack)
     second, _ = await open_chat(stack)
     topics = [c.args for c in stack.telegram.called("createForumTopic")]
-    assert len(topics) == 2 and all("platform customer service chat" in t["name"] for t in topics)
+    assert [t["name"] for t in topics] == ["⏳ Platform CS · 🧾 6909 Mug"] * 2, "status, then what it is about"
     topic = stack.telegram.message(GROUP, root_id).thread_id
     assert topic is not None and (GROUP, topic) in stack.telegram.topics
     await stack.sandbox.chat_message(first, {"type": "text", "text": "still there?"})
@@ -91,6 +91,7 @@ async def test_a_forum_group_gets_one_topic_per_chat(stack: Stack) -> None:
     assert merchant_texts(stack, first) == ["On its way 📦"] and merchant_texts(stack, second) == []
     assert stack.telegram.message(GROUP, answer.message_id).reactions == ["👍"]
     assert "Answered" in stack.telegram.message(GROUP, root_id).text
+    assert stack.telegram.topics[(GROUP, topic)] == "💬 Platform CS · 🧾 6909 Mug", "the topic shows it was answered"
 
 
 async def test_a_task_order_in_a_forum_gets_its_own_topic(stack: Stack) -> None:
@@ -98,7 +99,7 @@ async def test_a_task_order_in_a_forum_gets_its_own_topic(stack: Stack) -> None:
     tid = await stack.sandbox.create_task_order("1002", "c-7001")
     await stack.settle()
     [created] = stack.telegram.called("createForumTopic")
-    assert created.args["name"].startswith("[物流问题 Logistics]")
+    assert created.args["name"].startswith("⏳ [物流问题 Logistics]") and tid in created.args["name"]
     card = next(m for m in stack.telegram.by_bot(GROUP) if m.reply_markup and tid in m.text)
     await stack.telegram.user_message(OWNER, GROUP, "Reshipping today", thread_id=card.thread_id)
     await stack.settle()

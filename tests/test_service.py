@@ -178,7 +178,7 @@ async def test_demo_runs_and_exits_zero(tmp_path: Path) -> None:
         and "modal submitted (parcel.png) → accepted" in text
     )
     assert "⚠️ 处理结果不会自动发给消费者" in text
-    assert re.search(r"chat -1001002000001: topic \d+ opened, “Feige · platform customer service chat", text)
+    assert re.search(r"chat -1001002000001: topic \d+ opened, “⏳ Platform CS · Can the buyer change the size\?”", text)
     assert re.search(r"chat -1001002000001 ← bridge in topic \d+: <b>Feige · platform customer service chat", text)
     assert '"text": "Yes, exchange within 7 days 👍"' in text, "the Telegram group's answer reached the platform"
     assert "Not sent: only the store's designated agents" in text

@@ -32,7 +32,7 @@ from bridge.i18n import t
 from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.ratelimit import SendSpacing
 from bridge.seen import SeenIds
-from connectors.telegram.render import render
+from connectors.telegram.render import render, topic_name
 from connectors.telegram.settings import TelegramSettings
 from rules.evidence import SNIFF_BYTES
 
@@ -290,9 +290,8 @@ class TelegramConnector:
             return int(topic)
         if not p.get("root") or not await self._is_forum(chat):
             return None
-        name = str(p["view"].get("topic") or p["view"].get("title") or key)[:128]
         try:
-            created = await self.bot.create_forum_topic(chat, name)
+            created = await self.bot.create_forum_topic(chat, topic_name(p["view"]) or key)
         except TelegramError as exc:
             raise _sorted(exc) from None
         await refs.save_topic(self.redis, tag, key, "telegram", str(chat), str(created.message_thread_id))
@@ -327,6 +326,13 @@ class TelegramConnector:
         except BadRequest as exc:
             if "not modified" not in str(exc).lower():
                 raise _sorted(exc) from None
+        topic = await refs.topic_of(self.redis, str(p["tag"]), str(p["thread_key"]))
+        if topic is not None:  # the topic's name shows the status in the group's list of topics
+            try:
+                await self.bot.edit_forum_topic(int(root[0]), int(topic), name=topic_name(p["view"]))
+            except BadRequest as exc:
+                if "not_modified" not in str(exc).lower():
+                    raise _sorted(exc) from None
 
     async def _reply(self, job: OutboxJob) -> None:
         p = job.payload

@@ -52,6 +52,16 @@ def _platform_message(view: dict[str, Any]) -> tuple[str, InlineKeyboardMarkup |
     return text, InlineKeyboardMarkup([[InlineKeyboardButton(label, url=content["detail_url"])]])
 
 
+TOPIC_ICONS = {"waiting": "⏳", "answered": "💬", "closed": "⛔", "pending": "⏳", "resolved": "✅",
+               "unresolvable": "⚠️", "timed_out": "⌛"}  # fmt: skip
+
+
+def topic_name(view: dict[str, Any]) -> str:
+    """A forum topic's name: the thread's status at a glance, then what it is about (≤ 128)."""
+    icon = TOPIC_ICONS.get(str(view.get("status", "")), "")
+    return f"{icon} {view.get('topic') or view.get('title') or ''}".strip()[:128]
+
+
 def render(view: dict[str, Any]) -> tuple[str, InlineKeyboardMarkup | None]:
     kind = view["type"]
     if kind == "platform_message":
