@@ -26,9 +26,9 @@ from bridge.events import StoredEvent
 from bridge.i18n import t
 from bridge.metrics import METRICS
 from bridge.outbox import FinalFailure, Outbox, OutboxJob
-from bridge.timers import Timer, TimerStore
+from bridge.timers import Timer, TimerStore, take_steps
 from rules.permissions import Refusal, answer_refusal
-from rules.reply_window import due_steps, next_step_at, window_start, window_steps
+from rules.reply_window import WindowStep, next_step_at, window_start, window_steps
 from rules.routing import route_by_saturation
 
 log = logging.getLogger(__name__)
@@ -213,17 +213,12 @@ class ChatFlow:
         if chat.get("status") != "open" or not chat.get("window_start"):
             return
         started = float(chat["window_start"])
-        steps = self._steps(store, started)
-        done = {f.removeprefix(f"step:{started}:") for f in chat if f.startswith(f"step:{started}:")}
-        now = self.clock.now()
         dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
-        for step in due_steps(steps, now, done):
-            if not await self.redis.hsetnx(keys.chat(tag, cid), f"step:{started}:{step.name}", str(now)):
-                continue  # another replica took this step
-            done.add(step.name)
+
+        async def take(step: WindowStep) -> bool:
             if step.kind == "close":
                 await self.close(store, cid, "reply_timeout", "")
-                return
+                return False
             if step.kind == "remind" and chat.get("assignee"):
                 text = t(store.locale, "chat.reminder", mention="{mention}", seconds=step.seconds_left)
                 await self._notice(store, dest, cid, f"{step.name}:{cid}:{started}", text, mentions=[chat["assignee"]])
@@ -232,9 +227,10 @@ class ChatFlow:
                 if others:
                     text = t(store.locale, "chat.escalation", mentions="{mention}", seconds=step.seconds_left)
                     await self._notice(store, dest, cid, f"{step.name}:{cid}:{started}", text, mentions=others)
-        following = next_step_at(steps, done)
-        if following is not None:
-            await self.timers.schedule(timer.key, max(following, now))
+            return True
+
+        steps = self._steps(store, started)
+        await take_steps(self.timers, timer, keys.chat(tag, cid), chat, f"step:{started}:", steps, take)
 
     async def close(self, store: Store, cid: str, reason: str, ticket: str) -> bool:
         """Closes a chat (A6): idempotent; True only for the call that closed it."""

@@ -25,11 +25,11 @@ from bridge.domain import TaskOrderComment, TaskOrderCreated, TaskOrderProcessed
 from bridge.events import StoredEvent
 from bridge.i18n import t
 from bridge.outbox import Outbox, OutboxJob
-from bridge.timers import Timer, TimerStore
+from bridge.timers import Timer, TimerStore, take_steps
 from rules.comments import comment_refusal
 from rules.deadline import task_deadline
 from rules.evidence import evidence_refusals
-from rules.reply_window import due_steps, next_step_at, window_steps
+from rules.reply_window import WindowStep, next_step_at, window_steps
 
 log = logging.getLogger(__name__)
 
@@ -173,20 +173,16 @@ class TaskFlow:
         if task.get("status") != "pending":
             return
         created, deadline = int(task["created_at"]) / 1000, float(task["deadline"])
-        steps = self._steps(store, created, deadline)
-        done = {f.removeprefix("step:") for f in task if f.startswith("step:")}
-        now = self.clock.now()
-        for step in due_steps(steps, now, done):
-            if not await self.redis.hsetnx(keys.task(tag, tid), f"step:{step.name}", str(now)):
-                continue
-            done.add(step.name)
+
+        async def take(step: WindowStep) -> bool:
             if step.kind == "close":
                 await self.finish(store, tid, "timed_out", "bridge", "")
-                return
+                return False
             await self._remind(store, tid, task, step.seconds_left, deadline)
-        following = next_step_at(steps, done)
-        if following is not None:
-            await self.timers.schedule(timer.key, max(following, now))
+            return True
+
+        steps = self._steps(store, created, deadline)
+        await take_steps(self.timers, timer, keys.task(tag, tid), task, "step:", steps, take)
 
     async def _remind(self, store: Store, tid: str, task: dict[str, str], seconds_left: int, deadline: float) -> None:
         left = f"{seconds_left // 3600} h" if seconds_left >= 3600 else f"{seconds_left // 60} min"

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from bridge import keys
 from bridge.clock import Clock, SystemClock
+from rules.reply_window import WindowStep, due_steps, next_step_at
 
 log = logging.getLogger(__name__)
 
@@ -439,3 +440,29 @@ class TimerWorker:
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def take_steps(
+    timers: TimerStore,
+    timer: Timer,
+    state_key: str,
+    state: Mapping[str, str],
+    prefix: str,
+    steps: Sequence[WindowStep],
+    take: Callable[[WindowStep], Awaitable[bool]],
+) -> None:
+    """One timer walking a schedule of steps (a reply window's reminders and close, a task order's
+    reminders and deadline): each step due now is taken once across replicas (``HSETNX
+    <prefix><step>`` on ``state_key``, whose fields ``state`` holds) and handed to ``take``, which
+    returns False to end the schedule (the close). Then the timer is moved to the next step."""
+    done = {f.removeprefix(prefix) for f in state if f.startswith(prefix)}
+    now = timers.clock.now()
+    for step in due_steps(steps, now, done):
+        if not await timers.redis.hsetnx(state_key, prefix + step.name, str(now)):
+            continue  # another replica took this step
+        done.add(step.name)
+        if not await take(step):
+            return
+    following = next_step_at(steps, done)
+    if following is not None:
+        await timers.schedule(timer.key, max(following, now))
