@@ -174,11 +174,27 @@ def window_timer(tag: str, conversation_id: str) -> str:
     return f"window:{tag}:{conversation_id}"
 
 
-def message_refs(tag: str) -> str:
-    """HASH "<thread key>:<role>" → where a message landed in a destination (e.g. a Slack channel and
-    ts), and "ref:<destination ref>" → thread key, to find the chat a reply belongs to. Fields go
-    with their chat's retention."""
-    return f"{tag}:message-refs"
+REF_KEEP_SECONDS = CHAT_KEEP_SECONDS
+"""How long the bridge remembers where a thread's messages landed: far past a chat's minutes and a
+task order's day, so a late reply is still recognised (and refused as closed)."""
+
+
+def thread_root(tag: str, thread_key: str) -> str:
+    """STRING "<service>:<channel>:<message>": where a thread's (``chat:<id>``, ``task:<id>``) first
+    message landed in its destination, to thread under it and update it. Expires after REF_KEEP_SECONDS."""
+    return f"{tag}:root:{thread_key}"
+
+
+def thread_topic(tag: str, thread_key: str) -> str:
+    """STRING: the destination's own sub-thread opened for a thread (a Telegram forum topic id).
+    Expires after REF_KEEP_SECONDS."""
+    return f"{tag}:topic:{thread_key}"
+
+
+def message_ref(tag: str, ref: str) -> str:
+    """STRING thread key: the thread a destination message (``<service>:<channel>:<message>``, or
+    ``…:topic:<id>``) belongs to, to route a reply to it. Expires after REF_KEEP_SECONDS."""
+    return f"{tag}:ref:{ref}"
 
 
 def slack_events_seen() -> str:

@@ -1,5 +1,6 @@
-"""Where the bridge's messages landed in a destination, and back: a chat's root message (to update it
-and to thread under it), and from a thread in a destination to its chat (to route a reply)."""
+"""Where the bridge's messages landed in a destination, and back: a thread's root message (to update
+it and to thread under it), and from a message in a destination to its thread (to route a reply).
+Every entry is its own key and expires after ``keys.REF_KEEP_SECONDS``, so nothing grows forever."""
 
 from __future__ import annotations
 
@@ -12,29 +13,34 @@ from bridge import keys
 
 async def save_root(redis: Redis, tag: str, chat_key: str, service: str, channel: str, message: str) -> None:
     ref = f"{service}:{channel}:{message}"
-    await redis.hset(keys.message_refs(tag), mapping={f"{chat_key}:root": ref, f"ref:{ref}": chat_key})
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(keys.thread_root(tag, chat_key), ref, ex=keys.REF_KEEP_SECONDS)
+        pipe.set(keys.message_ref(tag, ref), chat_key, ex=keys.REF_KEEP_SECONDS)
+        await pipe.execute()
 
 
 async def save_member(redis: Redis, tag: str, chat_key: str, service: str, channel: str, message: str) -> None:
     """A later message of the thread (where a destination has no threads, a reply to it counts)."""
-    await redis.hset(keys.message_refs(tag), f"ref:{service}:{channel}:{message}", chat_key)
+    await redis.set(keys.message_ref(tag, f"{service}:{channel}:{message}"), chat_key, ex=keys.REF_KEEP_SECONDS)
 
 
 async def save_topic(redis: Redis, tag: str, chat_key: str, service: str, channel: str, topic: str) -> None:
     """A destination's own sub-thread opened for this chat (a Telegram forum topic): every message
     written in it belongs to the chat."""
-    ref = f"{service}:{channel}:topic:{topic}"
-    await redis.hset(keys.message_refs(tag), mapping={f"{chat_key}:topic": topic, f"ref:{ref}": chat_key})
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(keys.thread_topic(tag, chat_key), topic, ex=keys.REF_KEEP_SECONDS)
+        pipe.set(keys.message_ref(tag, f"{service}:{channel}:topic:{topic}"), chat_key, ex=keys.REF_KEEP_SECONDS)
+        await pipe.execute()
 
 
 async def topic_of(redis: Redis, tag: str, chat_key: str) -> str | None:
-    found = await redis.hget(keys.message_refs(tag), f"{chat_key}:topic")
+    found = await redis.get(keys.thread_topic(tag, chat_key))
     return None if found is None else str(found)
 
 
 async def root_of(redis: Redis, tag: str, chat_key: str) -> tuple[str, str] | None:
     """(channel, message id) of a chat's root message in its destination, once posted."""
-    ref = await redis.hget(keys.message_refs(tag), f"{chat_key}:root")
+    ref = await redis.get(keys.thread_root(tag, chat_key))
     if ref is None:
         return None
     _, channel, message = str(ref).split(":", 2)
@@ -58,6 +64,6 @@ async def parent_of(redis: Redis, tag: str, service: str, channel: str, message:
 
 
 async def chat_of(redis: Redis, tag: str, service: str, channel: str, message: str) -> str | None:
-    """The chat whose root message this is (a thread's parent), or None."""
-    found = await redis.hget(keys.message_refs(tag), f"ref:{service}:{channel}:{message}")
+    """The thread this destination message belongs to (``chat:<id>``, ``task:<id>``), or None."""
+    found = await redis.get(keys.message_ref(tag, f"{service}:{channel}:{message}"))
     return None if found is None else str(found)

@@ -335,11 +335,13 @@ async def test_a_429_from_slack_is_retried_after_its_retry_after(stack: Stack) -
 
 async def test_a_reply_racing_the_roots_bookkeeping_is_not_refused(stack: Stack) -> None:
     cid, root = await open_chat(stack)
-    refs = await stack.redis.hgetall(keys.message_refs(TAG))
-    await stack.redis.delete(keys.message_refs(TAG))  # as if the root's post had not been recorded yet
+    ref = keys.message_ref(TAG, f"slack:{CHATS}:{root.ts}")
+    thread = await stack.redis.get(ref)
+    await stack.redis.delete(ref)  # as if the root's post had not been recorded yet
     reply = asyncio.create_task(stack.slack.user_message(MAIN, CHATS, "秒回", thread_ts=root.ts))
     await asyncio.sleep(0.3)
-    await stack.redis.hset(keys.message_refs(TAG), mapping=refs)
+    await stack.redis.set(ref, thread)
     await reply
     await stack.settle()
     assert platform_texts(stack, cid) == ["秒回"] and stack.slack.ephemerals == []
+    assert 0 < await stack.redis.ttl(keys.thread_root(TAG, f"chat:{cid}")) <= keys.REF_KEEP_SECONDS, "it expires"

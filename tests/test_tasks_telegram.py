@@ -143,3 +143,13 @@ async def test_tasks_command_lists_the_groups_task_orders(stack: Stack) -> None:
     await stack.telegram.user_message(OWNER, GROUP, "/tasks")
     await stack.settle()
     assert last_bot(stack).text.startswith("Task orders (⏳ Pending): 1") and tid in last_bot(stack).text
+
+
+async def test_a_file_telegram_will_not_let_a_bot_download_is_refused_by_name(stack: Stack) -> None:
+    tid, card = await raise_task(stack)
+    await tap(stack, OWNER, card, f"rs:{tid}")
+    await say(stack, "Refunded the buyer in full and apologised", last_bot(stack))
+    step2 = last_bot(stack)
+    await say(stack, "", step2, video=("unboxing-4k.mp4", MP4 + b"\x00" * (21 * 1024 * 1024)))
+    assert last_bot(stack).text == "File unboxing-4k.mp4: larger than 20 MB, which Telegram does not let bots download"
+    assert stack.telegram.called("getFile") == [], "refused by its size, without asking Telegram"
