@@ -242,6 +242,7 @@ class ChatFlow:
         if not int(closed):
             return False
         await self.timers.cancel(keys.window_timer(tag, cid))
+        await self.timers.schedule(keys.forget_timer(tag, f"chat:{cid}"), self.clock.now() + keys.CHAT_KEEP_SECONDS)
         chat = await self._chat(tag, cid)
         METRICS.chats_closed.labels(store.id, reason).inc()
         if reason == "reply_timeout" and chat.get("assignee"):

@@ -70,6 +70,17 @@ end
 return #events
 """
 
+# KEYS: seq hash, done hash.  ARGV: thread. Forgets a thread only when every stored event of it was
+# handled; a later event of the same thread then simply starts again at 1.
+_FORGET = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= redis.call('HGET', KEYS[2], ARGV[1]) then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
+
+FORGET_RETRY_SECONDS = 24 * 3600
+
 # KEYS: locks hash.  ARGV: thread, owner.
 _UNLOCK = """
 local held = redis.call('HGET', KEYS[1], ARGV[1])
@@ -143,6 +154,7 @@ class EventConsumer:
         self._begin = self.redis.register_script(_BEGIN)
         self._complete = self.redis.register_script(_COMPLETE)
         self._unlock = self.redis.register_script(_UNLOCK)
+        self._forget = self.redis.register_script(_FORGET)
         self._groups: set[str] = set()
         self._parked: list[_Parked] = []
         self._stopping = False
@@ -157,6 +169,10 @@ class EventConsumer:
             except (RedisError, OSError) as exc:
                 log.warning("event consumer: Redis error, retrying in 1 s: %s", exc)
                 await asyncio.sleep(1.0)
+
+    async def forget(self, tag: str, thread: str) -> bool:
+        """Drops a finished thread's ordering state; False while one of its events is unhandled."""
+        return bool(await self._forget(keys=[keys.thread_seq(tag), keys.thread_done(tag)], args=[thread]))
 
     def stop(self) -> None:
         """Stops after the current step; unfinished events stay pending for another process."""

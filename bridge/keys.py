@@ -86,14 +86,21 @@ def seen(tag: str) -> str:
 
 
 def thread_seq(tag: str) -> str:
-    """HASH thread → sequence number of its last stored event. Lives as long as the endpoint."""
+    """HASH thread → sequence number of its last stored event. A thread's field is removed by its
+    ``forget`` timer, once every stored event of it was handled."""
     return f"{tag}:thread-seq"
 
 
 def thread_done(tag: str) -> str:
     """HASH thread → sequence number of its last handled event; an event runs only after its
-    predecessor, and never again once handled. Lives as long as the endpoint."""
+    predecessor, and never again once handled. Removed with the thread's ``thread_seq`` field."""
     return f"{tag}:thread-done"
+
+
+def forget_timer(tag: str, thread: str) -> str:
+    """Timer key (kind ``forget``): a finished thread's ordering fields are removed when it fires
+    (CHAT_KEEP_SECONDS after a chat closed or a task order finished), so they do not pile up."""
+    return f"forget:{tag}:{thread}"
 
 
 def thread_locks(tag: str) -> str:

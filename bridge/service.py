@@ -22,19 +22,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
+from bridge import keys
 from bridge.chats import ChatFlow
 from bridge.clock import Clock, SystemClock
 from bridge.config import ConfigHolder
 from bridge.destinations import Connector, Core, plugins
 from bridge.domain import Endpoint
-from bridge.events import EventConsumer, EventHandler
+from bridge.events import FORGET_RETRY_SECONDS, EventConsumer, EventHandler
 from bridge.ingest import EventLog
 from bridge.listen import listen
 from bridge.metrics import METRICS
 from bridge.outbox import Outbox
 from bridge.redis_server import EmbeddedRedis
 from bridge.tasks import TaskFlow
-from bridge.timers import Handler, TimerStore, TimerWorker
+from bridge.timers import Handler, Timer, TimerStore, TimerWorker
 from connectors.platform.inbound import MAX_PUSH_BYTES, PlatformWebhooks
 from connectors.platform.outbound import PlatformSenders
 
@@ -65,6 +66,7 @@ class Bridge:
         self.consumer = EventConsumer(self.redis, self.endpoints, self.event_handlers, clock=self.clock)
         self.outbox = Outbox(self.redis, self.timers, clock=self.clock)
         self.timer_handlers.setdefault("outbox", self.outbox.handle_timer)
+        self.timer_handlers.setdefault("forget", self._forget_thread)
         self._http: aiohttp.ClientSession | None = None
         platform = PlatformSenders(lambda: self.holder.current, self.http)
         self.outbox.register(platform.senders())
@@ -102,6 +104,11 @@ class Bridge:
         self._background: list[asyncio.Task[None]] = []
         self._watchers: list[asyncio.Task[None]] = []
         self.port: int | None = None
+
+    async def _forget_thread(self, timer: Timer) -> None:
+        _, tag, thread = keys.split_timer_key(timer.key)
+        if not await self.consumer.forget(tag, thread):  # an event of it is still being handled
+            await self.timers.schedule(timer.key, self.clock.now() + FORGET_RETRY_SECONDS)
 
     def endpoints(self) -> list[Endpoint]:
         config = self.holder.current

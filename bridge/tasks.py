@@ -206,8 +206,11 @@ class TaskFlow:
         if not int(changed):
             return False
         await self.timers.cancel(keys.deadline_timer(tag, tid))
-        await self._log(tag, tid, status, "merchant" if status != "timed_out" else "platform", operator)
         task = await self._task(tag, tid)
+        forget_at = self.clock.now() + keys.CHAT_KEEP_SECONDS  # the thread's ordering state, not the task order
+        for endpoint_tag in (tag, keys.creator_tag(task.get("creator", ""))):
+            await self.timers.schedule(keys.forget_timer(endpoint_tag, f"task:{tid}"), forget_at)
+        await self._log(tag, tid, status, "merchant" if status != "timed_out" else "platform", operator)
         order = TaskOrderCreated.model_validate_json(task["data"])
         await self._to_merchant(store, tid, f"card-{status}", "update_root", await self._card_view(store, tid))
         creator = self.config.creator(task.get("creator", ""))

@@ -345,3 +345,20 @@ async def test_a_reply_racing_the_roots_bookkeeping_is_not_refused(stack: Stack)
     await stack.settle()
     assert platform_texts(stack, cid) == ["秒回"] and stack.slack.ephemerals == []
     assert 0 < await stack.redis.ttl(keys.thread_root(TAG, f"chat:{cid}")) <= keys.REF_KEEP_SECONDS, "it expires"
+
+
+async def test_a_closed_chats_ordering_state_is_forgotten_after_its_retention(stack: Stack) -> None:
+    assert stack.clock is not None
+    cid, _ = await open_chat(stack)
+    thread = f"chat:{cid}"
+    assert await stack.redis.hget(keys.thread_done(TAG), thread) == "1"
+    await stack.sandbox.close_chat(cid)
+    await stack.settle()
+    await stack.advance(keys.CHAT_KEEP_SECONDS - 60)
+    assert await stack.redis.hget(keys.thread_seq(TAG), thread) == "2", "kept while the chat is"
+    await stack.advance(120)
+    assert await stack.redis.hget(keys.thread_seq(TAG), thread) is None
+    assert await stack.redis.hget(keys.thread_done(TAG), thread) is None
+    await stack.sandbox.chat_message(cid, {"type": "text", "text": "a late event of the same chat"})
+    await stack.settle()
+    assert await stack.redis.hget(keys.thread_done(TAG), thread) == "1", "it starts again and is handled"
