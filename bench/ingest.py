@@ -39,7 +39,10 @@ KEY, SECRET = "demo-app-key-1001", "demo-app-secret-1001"
 BENCH_TAG = "im_bench_message"  # same shape as im_platform_message; no flow handles it
 
 
-def push_line(i: int) -> tuple[str, str, str, str]:
+FLOW_TAG = "im_platform_message"  # opens chats: the flows run, and their Slack posts fail and retry
+
+
+def push_line(i: int, tag: str = BENCH_TAG) -> tuple[str, str, str, str]:
     data = {
         "shop_id": "1001",
         "conversation_id": f"conv-{i % 5000}",
@@ -50,7 +53,7 @@ def push_line(i: int) -> tuple[str, str, str, str]:
         "awaiting_reply": True,
     }
     body = json.dumps(
-        [{"tag": BENCH_TAG, "msg_id": f"7301{i:012d}", "data": json.dumps(data, ensure_ascii=False)}],
+        [{"tag": tag, "msg_id": f"7301{i:012d}", "data": json.dumps(data, ensure_ascii=False)}],
         ensure_ascii=False,
     )
     return "/webhooks/platform/1001", KEY, sign(KEY, body.encode(), SECRET), body
@@ -95,9 +98,9 @@ def run_wrk(port: int, requests_file: Path, seconds: int, threads: int = 2, conn
     }
 
 
-async def fixed_rate(port: int, rate: int, seconds: float, offset: int) -> dict[str, Any]:
+async def fixed_rate(port: int, rate: int, seconds: float, offset: int, tag: str = BENCH_TAG) -> dict[str, Any]:
     """Open loop: a request is sent every 1/rate s whether or not earlier ones have answered."""
-    lines = [push_line(offset + i) for i in range(int(rate * seconds))]
+    lines = [push_line(offset + i, tag) for i in range(int(rate * seconds))]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     connector = aiohttp.TCPConnector(limit=256)
@@ -129,13 +132,36 @@ async def fixed_rate(port: int, rate: int, seconds: float, offset: int) -> dict[
     }
 
 
-def start_bridge(tmp: Path, redis_url: str, port: int) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, REDIS_URL=redis_url, BRIDGE_PORT=str(port))
-    log = open(tmp / "bridge.log", "wb")  # noqa: SIM115
+def start_bridge(tmp: Path, redis_url: str, port: int, role: str = "all") -> subprocess.Popen[bytes]:
+    # Slack is pointed at a closed port: every post fails at once and is retried, as in an outage.
+    env = dict(os.environ, REDIS_URL=redis_url, BRIDGE_PORT=str(port), SLACK_API_URL="http://127.0.0.1:9/api/")
+    log = open(tmp / f"bridge-{role}-{port}.log", "wb")  # noqa: SIM115
     return subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "serve", "--config", str(ROOT / "config" / "example.yaml")],
+        [sys.executable, "-m", "bridge.cli", "serve", "--config", str(ROOT / "config" / "example.yaml"),
+         "--role", role],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
+
+
+def flows_under_load(tmp: Path, seconds: float) -> dict[str, Any]:
+    """Pushes that open chats (the flows run; every Slack post fails and is retried) at 1,000/s,
+    open loop: one process doing everything, then one web and one worker process, same run."""
+    out: dict[str, Any] = {"tag": f"{FLOW_TAG} (opens chats; Slack unreachable, posts retried)", "rate_per_s": 1000}
+    for mode, roles in (("one process (--role all)", ["all"]), ("web + worker processes", ["web", "worker"])):
+        with EmbeddedRedis(tmp / f"redis-{roles[0]}", appendonly=True) as redis:
+            ports = [free_port() for _ in roles]
+            procs = [start_bridge(tmp, redis.url, port, role) for port, role in zip(ports, roles, strict=True)]
+            try:
+                for port in ports:
+                    wait_up(port)
+                time.sleep(1.0)
+                print(f"{mode}: {FLOW_TAG} at 1,000 pushes/s, open loop…", flush=True)
+                out[mode] = asyncio.run(fixed_rate(ports[0], 1000, seconds, 30_000_000, FLOW_TAG))
+                print("  ", out[mode], flush=True)
+            finally:
+                for proc in procs:
+                    stop(proc)
+    return out
 
 
 def start_bare(port: int) -> subprocess.Popen[bytes]:
@@ -155,6 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="3 s runs: a smoke test, results not written")
+    parser.add_argument("--only-flows", action="store_true", help="only the flow-load comparison (roles split)")
     args = parser.parse_args()
     seconds = 3 if args.quick else args.seconds
     if shutil.which("wrk") is None:
@@ -163,6 +190,9 @@ def main() -> None:
                                "tag": f"{BENCH_TAG} (stored and acknowledged; no flow runs)"}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(os.environ.get("BENCH_TMP", tmp_name))
+        if args.only_flows:
+            print(yaml.safe_dump(flows_under_load(tmp, min(10, seconds)), sort_keys=False, allow_unicode=True))
+            return
         requests_file = tmp / "requests.tsv"
         write_requests(requests_file, 12_000 * seconds, 0)
         with EmbeddedRedis(tmp / "redis", appendonly=True) as redis:
@@ -188,7 +218,7 @@ def main() -> None:
             finally:
                 stop(bridge)
                 stop(bare)
-                print("bridge log (last lines):", *(tmp / "bridge.log").read_text().splitlines()[-5:], sep="\n  ")
+        results["flows_at_1000_per_s"] = flows_under_load(tmp, min(10, seconds))
     results["ratio"] = round(results["bridge"]["per_s"] / results["bare_aiohttp"]["per_s"], 3)
     results["targets"] = {"ratio": 0.5, "p99_ms_at_1000_per_s": 20}
     print(
