@@ -62,7 +62,10 @@ class Bridge:
             lease_seconds=settings.lease_seconds,
             concurrency=settings.concurrency,
         )
-        self.event_log = EventLog(self.redis, self.clock)
+        # Intake has connections of its own: flow work that fills the main pool (a retry storm while
+        # Slack is down) must never make a push wait for a connection, or fail with 503.
+        self.intake_redis = _sibling_client(self.redis, INTAKE_CONNECTIONS)
+        self.event_log = EventLog(self.intake_redis, self.clock)
         self.consumer = EventConsumer(self.redis, self.endpoints, self.event_handlers, clock=self.clock)
         self.outbox = Outbox(self.redis, self.timers, clock=self.clock)
         self.timer_handlers.setdefault("outbox", self.outbox.handle_timer)
@@ -208,6 +211,7 @@ class Bridge:
             await connector.stop()
         if self._http is not None:
             await self._http.close()
+        await self.intake_redis.aclose()
         await self.redis.aclose()
         if self.embedded_redis is not None:
             self.embedded_redis.stop()
@@ -227,6 +231,18 @@ def open_redis(url: str, max_connections: int = 64) -> Redis:
     """A client whose pool waits for a free connection instead of failing under a burst."""
     pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5, decode_responses=True)
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
+INTAKE_CONNECTIONS = 16
+
+
+def _sibling_client(redis: Redis, max_connections: int) -> Redis:
+    """Another client of the same server with a pool of its own."""
+    pool = redis.connection_pool
+    sibling = BlockingConnectionPool(
+        connection_class=pool.connection_class, max_connections=max_connections, timeout=5, **pool.connection_kwargs
+    )
+    return Redis.from_pool(sibling)
 
 
 def connect_redis(
