@@ -143,6 +143,12 @@ def start_bridge(tmp: Path, redis_url: str, port: int, role: str = "all") -> sub
     )  # fmt: skip
 
 
+def set_appendfsync(url: str, mode: str) -> None:
+    """``always`` (the bridge's default: nothing acknowledged is lost if the machine dies) or
+    ``everysec`` (up to a second of acknowledged writes at risk)."""
+    subprocess.run(["redis-cli", "-u", url, "CONFIG", "SET", "appendfsync", mode], check=True, capture_output=True)
+
+
 def flows_under_load(tmp: Path, seconds: float) -> dict[str, Any]:
     """Pushes that open chats (the flows run; every Slack post fails and is retried) at 1,000/s,
     open loop: one process doing everything, then one web and one worker process, same run."""
@@ -187,7 +193,8 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk (make bench-ingest does this)")
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}, "seconds": seconds, "connections": 64,
-                               "tag": f"{BENCH_TAG} (stored and acknowledged; no flow runs)"}  # fmt: skip
+                               "tag": f"{BENCH_TAG} (stored and acknowledged; no flow runs)",
+                               "redis": "AOF, appendfsync always unless named"}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(os.environ.get("BENCH_TMP", tmp_name))
         if args.only_flows:
@@ -214,6 +221,15 @@ def main() -> None:
                     "bridge": asyncio.run(fixed_rate(bridge_port, 1000, min(10, seconds), 10_000_000)),
                     "bare_aiohttp": asyncio.run(fixed_rate(bare_port, 1000, min(10, seconds), 20_000_000)),
                 }
+                print("bridge, Redis appendfsync everysec (a second of acknowledged pushes at risk)…", flush=True)
+                set_appendfsync(redis.url, "everysec")
+                fresh = tmp / "requests-everysec.tsv"  # new msg_ids: a repeated push is only deduplicated
+                write_requests(fresh, 12_000 * seconds, 50_000_000)
+                results["bridge_appendfsync_everysec"] = run_wrk(bridge_port, fresh, seconds)
+                results["at_1000_per_s"]["bridge_appendfsync_everysec"] = asyncio.run(
+                    fixed_rate(bridge_port, 1000, min(10, seconds), 60_000_000)
+                )
+                print("  ", results["bridge_appendfsync_everysec"], flush=True)
                 print("  ", results["at_1000_per_s"], flush=True)
             finally:
                 stop(bridge)

@@ -104,3 +104,23 @@ async def test_a_task_order_in_a_forum_gets_its_own_topic(stack: Stack) -> None:
     await stack.telegram.user_message(OWNER, GROUP, "Reshipping today", thread_id=card.thread_id)
     await stack.settle()
     assert [c["text"] for c in stack.sandbox.task_orders[tid].comments] == ["Reshipping today"]
+
+
+async def test_reminders_mention_the_assignee_then_the_window_closes_the_chat(stack: Stack) -> None:
+    cid, root_id = await open_chat(stack)
+    await stack.advance(60)
+    reminder = stack.telegram.by_bot(GROUP)[-1]
+    assert reminder.reply_to == root_id and reminder.text.startswith(
+        '<a href="tg://user?id=1002001">Owner Wang</a> ⏰ 60 s left to reply'
+    )
+    await stack.advance(30)
+    assert "⏰ 30 s left" in stack.telegram.by_bot(GROUP)[-1].text
+    await stack.advance(30)
+    assert await stack.redis.hget(keys.chat(TAG, cid), "status") == "closed"
+    header = stack.telegram.message(GROUP, root_id)
+    assert "⛔ Closed: no reply in time; a service ticket (服务单) will follow" in header.text, "closed, and why"
+    late, _ = await stack.telegram.user_message(OWNER, GROUP, "Sorry, here now", reply_to=root_id)
+    await stack.settle()
+    refusal = next(m for m in stack.telegram.by_bot(GROUP) if m.reply_to == late.message_id)
+    assert refusal.text.startswith("Not sent: this chat is closed")
+    assert merchant_texts(stack, cid) == []

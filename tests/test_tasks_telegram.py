@@ -153,3 +153,16 @@ async def test_a_file_telegram_will_not_let_a_bot_download_is_refused_by_name(st
     await say(stack, "", step2, video=("unboxing-4k.mp4", MP4 + b"\x00" * (21 * 1024 * 1024)))
     assert last_bot(stack).text == "File unboxing-4k.mp4: larger than 20 MB, which Telegram does not let bots download"
     assert stack.telegram.called("getFile") == [], "refused by its size, without asking Telegram"
+
+
+async def test_files_shared_under_the_card_count_as_evidence_and_are_checked_at_done(stack: Stack) -> None:
+    tid, card = await raise_task(stack)
+    await say(stack, "", card, document=("notes.txt", "text/plain", b"just text"))  # shared before resolving
+    await tap(stack, OWNER, card, f"rs:{tid}")
+    await say(stack, "Reshipped by SF Express, waybill SF1234567890", last_bot(stack))
+    step2 = last_bot(stack)
+    await tap(stack, OWNER, step2, f"pd:{tid}")
+    assert last_bot(stack).text.startswith("File notes.txt: type not allowed"), "checked when Done is tapped"
+    state = await stack.redis.hget(keys.task_resolve(TAG, tid, str(OWNER)), "step")
+    assert state == "evidence", "still collecting evidence"
+    assert stack.sandbox.task_orders[tid].comments == [], "a file without text is not a comment"

@@ -136,9 +136,11 @@ class ResolveConversation:
     ) -> None:
         loc = store.locale
         files = await self._evidence(store, tid, state)
-        heads = [(f["name"], await self.connector.file_head(str(f["url"]), int(f["size"])), int(f["size"]))
-                 for f in files]  # fmt: skip
-        problems = evidence_problems(loc, [(n, h or b"", s) for n, h, s in heads])
+        problems = t(loc, "task.process.too_many", count=len(files)) if len(files) > MAX_EVIDENCE_FILES else ""
+        if not problems:
+            checked = [(ReplyMedia("telegram", str(f["url"]), str(f["name"]), str(f.get("mimetype", "")),
+                                   int(f.get("size", 0)))) for f in files]  # fmt: skip
+            problems = "\n".join(p for p in [await self._file_problem(loc, m) for m in checked] if p)
         if problems:
             await self._reply(inbound, problems)
             return
