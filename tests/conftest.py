@@ -120,7 +120,8 @@ async def start_stack(
     sandbox_url = await sandbox.start()
     slack_settings = sandbox_holder.current.slack
     assert slack_settings is not None
-    slack = SlackEmulator(slack_settings.signing_secret, slack_settings.bot_token, clock=clock)
+    app_token = slack_settings.app_token if slack_settings.socket_mode else None
+    slack = SlackEmulator(slack_settings.signing_secret, slack_settings.bot_token, clock=clock, app_token=app_token)
     await slack.start()
     tg_settings = sandbox_holder.current.telegram
     assert tg_settings is not None

@@ -6,6 +6,7 @@ call. Used by the demo and the tests, with the real slack_sdk client on the brid
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import itertools
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from bridge.clock import Clock, SystemClock
@@ -49,10 +51,23 @@ class Call:
 
 class SlackEmulator(LocalServer):
     def __init__(
-        self, signing_secret: str, bot_token: str, *, clock: Clock | None = None, bridge_url: str = ""
+        self,
+        signing_secret: str,
+        bot_token: str,
+        *,
+        clock: Clock | None = None,
+        bridge_url: str = "",
+        app_token: str | None = None,
     ) -> None:
         self.signing_secret = signing_secret
         self.bot_token = bot_token
+        self.app_token = app_token
+        """With an app-level token, Socket Mode: the bridge opens a WebSocket (apps.connections.open)
+        and the workspace's events, commands and clicks travel over it instead of HTTP."""
+        self._socket: web.WebSocketResponse | None = None
+        self._acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.socket_connected = asyncio.Event()
+        self.socket_envelopes: list[dict[str, Any]] = []
         self.clock: Clock = clock or SystemClock()
         self.bridge_url = bridge_url.rstrip("/")
         self.messages: list[Message] = []
@@ -70,6 +85,7 @@ class SlackEmulator(LocalServer):
         self.app.router.add_get("/api/{method}", self._api)
         self.app.router.add_get("/files/{file_id}/{name}", self._download)
         self.app.router.add_post("/upload/{file_id}", self._upload)
+        self.app.router.add_get("/socket", self._socket_mode)
         self._methods = {
             "auth.test": self._auth_test,
             "chat.postMessage": self._post_message,
@@ -122,7 +138,12 @@ class SlackEmulator(LocalServer):
         token = request.headers.get("Authorization", "").removeprefix("Bearer ") or str(args.get("token", ""))
         handler = self._methods.get(method)
         headers: dict[str, str]
-        if token != self.bot_token:
+        if method == "apps.connections.open":  # the one method that takes the app-level token
+            if not self.app_token or token != self.app_token:
+                status, body, headers = 200, {"ok": False, "error": "invalid_auth"}, {}
+            else:
+                status, body, headers = 200, {"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket"}, {}
+        elif token != self.bot_token:
             status, body, headers = 200, {"ok": False, "error": "invalid_auth"}, {}
         elif handler is None:
             status, body, headers = 200, {"ok": False, "error": "unknown_method"}, {}
@@ -332,9 +353,54 @@ class SlackEmulator(LocalServer):
         status, _ = await self._send_for_body(body, content_type, extra)
         return status
 
+    async def _socket_mode(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        self._socket = ws
+        await ws.send_json({"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A0FEIGE"}})
+        self.socket_connected.set()
+        async for frame in ws:
+            if frame.type == aiohttp.WSMsgType.TEXT:
+                ack = json.loads(frame.data)
+                waiting = self._acks.pop(str(ack.get("envelope_id")), None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(ack)
+        if self._socket is ws:
+            self._socket = None
+            self.socket_connected.clear()
+        return ws
+
+    async def _over_socket(self, body: str, content_type: str) -> tuple[int, str]:
+        """Socket Mode: the request as an envelope; the app's ack (with its payload) is the answer."""
+        assert self._socket is not None
+        if content_type == "application/json":
+            kind, payload = "events_api", json.loads(body)
+        else:
+            form = dict(urllib.parse.parse_qsl(body))
+            kind, payload = (
+                ("interactive", json.loads(form["payload"])) if "payload" in form else ("slash_commands", form)
+            )
+        envelope_id = f"env-{self._run}-{next(self._ids)}"
+        self._acks[envelope_id] = asyncio.get_running_loop().create_future()
+        envelope = {"envelope_id": envelope_id, "type": kind, "payload": payload, "retry_attempt": 0,
+                    "accepts_response_payload": kind != "events_api", "retry_reason": ""}  # fmt: skip
+        self.socket_envelopes.append(envelope)
+        await self._socket.send_json(envelope)
+        try:
+            ack = await asyncio.wait_for(self._acks[envelope_id], timeout=3)  # Slack waits 3 s, as over HTTP
+        except TimeoutError:
+            self._acks.pop(envelope_id, None)
+            return 504, ""
+        answer = ack.get("payload") or {}
+        if set(answer) == {"text"}:  # a plain-text ack, which over HTTP is a text/plain body
+            return 200, str(answer["text"])
+        return 200, json.dumps(answer) if answer else ""
+
     async def _send_for_body(
         self, body: str, content_type: str, extra: dict[str, str] | None = None
     ) -> tuple[int, str]:
+        if self._socket is not None:
+            return await self._over_socket(body, content_type)
         headers = {"Content-Type": content_type, **self.sign(body), **(extra or {})}
         async with self.http().post(f"{self.bridge_url}/slack/events", data=body.encode(), headers=headers) as resp:
             return resp.status, await resp.text()

@@ -1,0 +1,53 @@
+"""Socket Mode (teams without a public URL): the bridge opens Slack's WebSocket with the app-level
+token, and the same bolt app answers replies, slash commands and button clicks arriving over it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bridge.clock import ManualClock
+from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
+
+CHATS, TASKS, MAIN = "C0CHATS1001", "C0TASKS1001", "U0MAIN1001"
+
+
+@pytest.fixture
+async def socket_stack(tmp_path: Path, redis: object, redis_url: str) -> AsyncIterator[Stack]:
+    tree = yaml.safe_load(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
+    tree["slack"] |= {"socket_mode": True, "app_token": "xapp-demo-app-token"}
+    path = tmp_path / "socket.yaml"
+    path.write_text(yaml.safe_dump(tree, allow_unicode=True), encoding="utf-8")
+    stack = await start_stack(redis_url, config_path=path, clock=ManualClock(), run_workers=False)
+    yield stack
+    await stack.stop()
+
+
+async def test_events_commands_and_clicks_arrive_over_the_socket(socket_stack: Stack) -> None:
+    stack = socket_stack
+    await stack.slack.socket_connected.wait()
+    [opened] = stack.slack.called("apps.connections.open")
+    assert opened.status == 200
+    cid = await stack.sandbox.open_chat("1001", {"type": "text", "text": "在吗？"})
+    await stack.settle()
+    root = stack.slack.channel(CHATS)[-1]
+    assignee = await stack.redis.hget(f"{{store:1001}}:chat:{cid}", "assignee")
+    user = {"main-1001": MAIN, "agent-a": "U0AGENTA", "agent-b": "U0AGENTB"}[str(assignee)]
+    _, status = await stack.slack.user_message(user, CHATS, "在的，请讲", thread_ts=root.ts)
+    assert status == 200, "acknowledged over the socket"
+    await stack.settle()
+    sent = [m["content"] for m in stack.sandbox.conversations[cid].messages if m["from"] == "merchant"]
+    assert sent == [{"type": "text", "text": "在的，请讲"}]
+    status, answer = await stack.slack.slash_command(MAIN, CHATS, "/feige", "stats")
+    assert status == 200 and answer.startswith("📊 示例旗舰店 Demo Flagship Store")
+    tid = await stack.sandbox.create_task_order("1001", "c-7001")
+    await stack.settle()
+    card = stack.slack.channel(TASKS)[-1]
+    assert await stack.slack.block_action(MAIN, TASKS, card.ts, "task_log", tid) == 200
+    await stack.settle()
+    assert stack.slack.ephemerals[-1]["text"].startswith(f"📋 任务单 {tid} 处理记录")
+    kinds = [e["type"] for e in stack.slack.socket_envelopes]
+    assert kinds == ["events_api", "slash_commands", "interactive"], "all of it over the socket, none over HTTP"
