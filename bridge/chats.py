@@ -213,6 +213,7 @@ class ChatFlow:
         if chat.get("status") != "open" or not chat.get("window_start"):
             return
         started = float(chat["window_start"])
+        close = float(chat["deadline"])  # a reminder that cannot arrive before it is not sent
         dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
 
         async def take(step: WindowStep) -> bool:
@@ -221,12 +222,12 @@ class ChatFlow:
                 return False
             if step.kind == "remind" and chat.get("assignee"):
                 text = t(store.locale, "chat.reminder", mention="{mention}", seconds=step.seconds_left)
-                await self._notice(store, dest, cid, f"{step.name}:{cid}:{started}", text, mentions=[chat["assignee"]])
+                await self._notice(store, dest, cid, f"{step.name}:{cid}:{started}", text, [chat["assignee"]], close)
             if step.kind == "escalate":
                 others = [a.id for a in store.designated if a.id != chat.get("assignee") and a.im_permission]
                 if others:
                     text = t(store.locale, "chat.escalation", mentions="{mention}", seconds=step.seconds_left)
-                    await self._notice(store, dest, cid, f"{step.name}:{cid}:{started}", text, mentions=others)
+                    await self._notice(store, dest, cid, f"{step.name}:{cid}:{started}", text, others, close)
             return True
 
         steps = self._steps(store, started)
@@ -437,11 +438,17 @@ class ChatFlow:
         await self._to_destination(store, dest, cid, f"root:{cid}:{cause}", "update_root", self._root_view(store, chat))
 
     async def _notice(
-        self, store: Store, dest: Destination, cid: str, job_id: str, text: str, mentions: Sequence[str] = ()
+        self,
+        store: Store,
+        dest: Destination,
+        cid: str,
+        job_id: str,
+        text: str,
+        mentions: Sequence[str] = (),
+        expires_at: float | None = None,
     ) -> None:
-        await self._to_destination(
-            store, dest, cid, job_id, "post", {"type": "notice", "text": text, "mentions": list(mentions)}
-        )
+        view = {"type": "notice", "text": text, "mentions": list(mentions), "expires_at": expires_at}
+        await self._to_destination(store, dest, cid, job_id, "post", view)
 
     async def _to_destination(
         self,
@@ -500,7 +507,8 @@ async def post_view(
 ) -> None:
     """Queues a view for a destination: ``action`` is post or update_root; ``thread_key`` names what
     the messages belong to (``chat:<id>``, ``task:<id>``) under ``tag``; the root is its first post.
-    ``store_id`` lets the renderer resolve agents' mentions (None for a creator's destination)."""
+    ``store_id`` lets the renderer resolve agents' mentions (None for a creator's destination). A
+    view with ``expires_at`` (a reminder) is dropped rather than shown after that moment."""
     payload = {
         "tag": tag,
         "thread_key": thread_key,
@@ -509,5 +517,5 @@ async def post_view(
         "view": view,
         "root": root,
     }
-    job = OutboxJob(f"{dest.service}:{job_id}", f"{dest.service}.{action}", payload)
+    job = OutboxJob(f"{dest.service}:{job_id}", f"{dest.service}.{action}", payload, expires_at=view.get("expires_at"))
     await outbox.enqueue(tag, f"{thread_key}:{dest.service}", job)

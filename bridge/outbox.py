@@ -62,6 +62,9 @@ class OutboxJob:
     then: list[dict[str, Any]] | None = None
     """Jobs to enqueue once this one succeeded: {"tag", "thread", "job"} (e.g. a ✅ after a reply
     reached the platform)."""
+    expires_at: float | None = None
+    """After this moment the job is worth nothing (a reminder once the window has closed): dropped
+    instead of sent late, when a rate limit or an outage held it back."""
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
@@ -101,6 +104,7 @@ class OutboxStats:
     sent: int = 0
     retried: int = 0
     failed: int = 0
+    expired: int = 0
 
 
 @dataclass
@@ -161,6 +165,11 @@ class Outbox:
         if raw is None:
             return
         job = OutboxJob.loads(str(raw))
+        if job.expires_at is not None and self.clock.now() >= job.expires_at:
+            self.stats.expired += 1
+            log.info("outbox %s %s (%s): expired before it could be sent; dropped", tag, job.id, job.kind)
+            await self._next(tag, thread, job)
+            return
         sender = self.senders.get(job.kind)
         try:
             if sender is None:

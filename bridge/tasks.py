@@ -187,7 +187,8 @@ class TaskFlow:
     async def _remind(self, store: Store, tid: str, task: dict[str, str], seconds_left: int, deadline: float) -> None:
         left = f"{seconds_left // 3600} h" if seconds_left >= 3600 else f"{seconds_left // 60} min"
         text = t(store.locale, "task.reminder", task_id=tid, left=left, deadline="{deadline}")
-        view = {"type": "notice", "text": text, "deadline": deadline, "deadline_date": True, "timezone": store.timezone}
+        view = {"type": "notice", "text": text, "deadline": deadline, "deadline_date": True, "timezone": store.timezone,
+                "expires_at": deadline}  # fmt: skip
         await self._to_merchant(store, tid, f"remind-{seconds_left}", "post", view)
         creator = self.config.creator(task.get("creator", ""))
         if creator is not None:

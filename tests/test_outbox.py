@@ -137,3 +137,18 @@ async def test_a_queue_left_without_its_timer_is_restarted_by_the_next_enqueue(s
 
 def payloads(stack: Stack) -> list[dict[str, Any]]:
     return [r.body for r in stack.sandbox.received("POST")]
+
+
+async def test_a_job_held_back_past_its_expiry_is_dropped_not_sent_late(stack: Stack) -> None:
+    clock = stack.clock
+    assert isinstance(clock, ManualClock)
+    cid = await stack.sandbox.open_chat("1001")
+    stack.sandbox.fail_next("POST", "/im/conversations", 503, times=3)
+    reminder = OutboxJob("late", SEND_MESSAGE, reply("late", cid, "过期了").payload, expires_at=clock.now() + 5)
+    await stack.bridge.outbox.enqueue(TAG, f"chat:{cid}", reminder)
+    await stack.bridge.outbox.enqueue(TAG, f"chat:{cid}", reply("next", cid, "下一条"))
+    for _ in range(12):
+        await stack.bridge.worker.drain()
+        clock.advance(2.5)
+    assert texts(stack, cid) == ["下一条"], "the expired job was dropped; the next one went"
+    assert stack.bridge.outbox.stats.expired == 1 and stack.bridge.outbox.stats.failed == 0
