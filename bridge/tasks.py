@@ -347,20 +347,8 @@ class TaskFlow:
         start = (max(1, page) - 1) * per_page
         ids = await self.redis.zrevrange(keys.tasks_by_status(tag, status), start, start + per_page - 1)
         total = await self.redis.zcard(keys.tasks_by_status(tag, status))
-        label = status_name(locale, status) if status != "all" else status
-        pages = max(1, -(-total // per_page))
-        lines = [t(locale, "task.list.title", status=label, count=total, page=min(max(1, page), pages), pages=pages)]
-        tz = ZoneInfo(store.timezone)
-        for tid in ids:
-            task = await self._task(tag, str(tid))
-            order = TaskOrderCreated.model_validate_json(task["data"])
-            due = datetime.fromtimestamp(float(task["deadline"]), tz).strftime("%m-%d %H:%M")
-            state = status_name(locale, task["status"])
-            lines.append(t(locale, "task.list.line", task_id=tid, issue_type=order.issue_type, status=state,
-                           order_id=order.order_id, deadline=due))  # fmt: skip
-        if not ids:
-            lines.append(t(locale, "task.list.none"))
-        return "\n".join(lines)
+        rows = [(str(tid), await self._task(tag, str(tid))) for tid in ids]
+        return _listing(locale, ZoneInfo(store.timezone), status, rows, total, page, per_page)
 
     async def creator_list_text(self, creator: Creator, status: str, page: int = 1, per_page: int = 20) -> str:
         """A creator's task orders (across stores) of one status, newest first."""
@@ -373,19 +361,8 @@ class TaskFlow:
             task = await self._task(keys.store_tag(store_id), tid)
             if task and (status == "all" or task.get("status") == status):
                 rows.append((tid, task))
-        pages = max(1, -(-len(rows) // per_page))
-        page = min(max(1, page), pages)
-        label = status_name(locale, status) if status != "all" else status
-        lines = [t(locale, "task.list.title", status=label, count=len(rows), page=page, pages=pages)]
-        for tid, task in rows[(page - 1) * per_page : page * per_page]:
-            order = TaskOrderCreated.model_validate_json(task["data"])
-            due = datetime.fromtimestamp(float(task["deadline"]), tz).strftime("%m-%d %H:%M")
-            state = status_name(locale, task["status"])
-            lines.append(t(locale, "task.list.line", task_id=tid, issue_type=order.issue_type, status=state,
-                           order_id=order.order_id, deadline=due))  # fmt: skip
-        if not rows:
-            lines.append(t(locale, "task.list.none"))
-        return "\n".join(lines)
+        start = (max(1, page) - 1) * per_page
+        return _listing(locale, tz, status, rows[start : start + per_page], len(rows), page, per_page)
 
     async def export(self, store: Store, status: str) -> list[dict[str, Any]]:
         tag = keys.store_tag(store.id)
@@ -507,6 +484,24 @@ class TaskFlow:
     def _creator_locale(self, task: dict[str, str]) -> str:
         creator = self.config.creator(task.get("creator", ""))
         return creator.locale if creator else "zh-CN"
+
+
+def _listing(
+    locale: str, tz: ZoneInfo, status: str, rows: list[tuple[str, dict[str, str]]], total: int, page: int, per_page: int
+) -> str:
+    """One page of a task-order list (B10): a title with the count and pages, then a line each."""
+    pages = max(1, -(-total // per_page))
+    label = status_name(locale, status) if status != "all" else status
+    lines = [t(locale, "task.list.title", status=label, count=total, page=min(max(1, page), pages), pages=pages)]
+    for tid, task in rows:
+        order = TaskOrderCreated.model_validate_json(task["data"])
+        due = datetime.fromtimestamp(float(task["deadline"]), tz).strftime("%m-%d %H:%M")
+        state = status_name(locale, task["status"])
+        lines.append(t(locale, "task.list.line", task_id=tid, issue_type=order.issue_type, status=state,
+                       order_id=order.order_id, deadline=due))  # fmt: skip
+    if not rows:
+        lines.append(t(locale, "task.list.none"))
+    return "\n".join(lines)
 
 
 def evidence_problems(locale: str, files: list[tuple[str, bytes, int]]) -> str:

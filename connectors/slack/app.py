@@ -143,58 +143,55 @@ class SlackConnector:
             await self.chats.reply(store, cid, actor, slack_to_platform_text(event.get("text", "")), media)
         await self._remember(event_id)
 
+    async def _task_of_reply(self, event: dict[str, Any], channel: str, tag: str) -> str | None:
+        """The task order whose thread this message replies in, if any."""
+        thread = event.get("thread_ts")
+        if thread is None or thread == event["ts"]:
+            return None
+        parent = await refs.parent_of(self.redis, tag, "slack", channel, thread)
+        return parent.removeprefix("task:") if parent and parent.startswith("task:") else None
+
     async def _task_comment(self, event: dict[str, Any], channel: str) -> bool:
         """A reply under a task order's card is the merchant's comment on it (B5)."""
         store = self.task_store_for(channel)
-        thread = event.get("thread_ts")
-        if store is None or self.tasks is None or thread is None or thread == event["ts"]:
+        tid = await self._task_of_reply(event, channel, keys.store_tag(store.id)) if store else None
+        if store is None or tid is None:
             return False
-        parent = await refs.parent_of(self.redis, keys.store_tag(store.id), "slack", channel, thread)
-        if parent is None or not parent.startswith("task:"):
-            return False
-        agent = next((a for a in store.agents if a.slack_user == event["user"]), None)
-        actor = Actor("slack", event["user"], channel, thread, event["ts"])
-        author = agent.name if agent else event["user"]
-        text = slack_to_platform_text(event.get("text", ""))
-        tid = parent.removeprefix("task:")
         for f in event.get("files", []):  # offered as evidence when the task order is processed (B7)
             if f.get("url_private"):
                 await self.tasks.add_thread_file(store, tid, _media(f))
-        if not text.strip():
-            return True
-        refusal = await self.tasks.comment(store, parent.removeprefix("task:"), "merchant", actor,
-                                           agent.id if agent else event["user"], author, text)  # fmt: skip
-        if refusal is not None:
-            await self.chats.tell_privately(store, actor, refusal, f"task-refuse:{channel}:{event['ts']}")
+        agent = next((a for a in store.agents if a.slack_user == event["user"]), None)
+        author_id, author = (agent.id, agent.name) if agent else (event["user"], event["user"])
+        await self._comment(event, channel, store, tid, "merchant", author_id, author)
         return True
 
     async def _creator_comment(self, event: dict[str, Any], channel: str) -> bool:
         """A reply under a task order's confirmation in a creator's channel is the creator's comment (B5)."""
         creator = self.creator_for(channel)
-        thread = event.get("thread_ts")
-        if creator is None or self.tasks is None or thread is None or thread == event["ts"]:
+        tid = await self._task_of_reply(event, channel, keys.creator_tag(creator.id)) if creator else None
+        if creator is None or tid is None:
             return False
-        parent = await refs.parent_of(self.redis, keys.creator_tag(creator.id), "slack", channel, thread)
-        if parent is None or not parent.startswith("task:"):
-            return False
-        tid = parent.removeprefix("task:")
         store = await self.tasks.store_of_task(tid)
+        if store is not None:
+            await self._comment(event, channel, store, tid, "creator", creator.id, creator.name)
+        return True
+
+    async def _comment(
+        self, event: dict[str, Any], channel: str, store: Store, tid: str, side: str, author_id: str, author: str
+    ) -> None:
         text = slack_to_platform_text(event.get("text", ""))
-        if store is None or not text.strip():
-            return True
-        actor = Actor("slack", event["user"], channel, thread, event["ts"])
-        refusal = await self.tasks.comment(store, tid, "creator", actor, creator.id, creator.name, text)
+        if not text.strip():
+            return
+        actor = Actor("slack", event["user"], channel, event.get("thread_ts"), event["ts"])
+        refusal = await self.tasks.comment(store, tid, side, actor, author_id, author, text)
         if refusal is not None:
             await self.chats.tell_privately(store, actor, refusal, f"task-refuse:{channel}:{event['ts']}")
-        return True
 
     async def _on_task_log(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
         await ack()
         channel = body.get("channel", {}).get("id", "")
         tid = body["actions"][0].get("value", "")
         store, creator = self.task_store_for(channel), self.creator_for(channel)
-        if self.tasks is None:
-            return
         if store is None and creator is not None:
             store = await self.tasks.store_of_task(tid)
         if store is None:
@@ -209,7 +206,7 @@ class SlackConnector:
         await ack()
         channel = body.get("channel", {}).get("id", "")
         store = self.task_store_for(channel)
-        if store is None or self.tasks is None:
+        if store is None:
             return
         action = body["actions"][0]
         tid, result = action.get("value", ""), "resolved" if action["action_id"] == "task_resolve" else "unresolvable"
@@ -244,7 +241,7 @@ class SlackConnector:
         view = body["view"]
         meta = json.loads(view.get("private_metadata") or "{}")
         store = self.config().store(str(meta.get("store", "")))
-        if store is None or self.tasks is None:
+        if store is None:
             await ack()
             return
         loc, tid, values = store.locale, str(meta["task"]), view.get("state", {}).get("values", {})
@@ -304,10 +301,10 @@ class SlackConnector:
         store = self.task_store_for(channel) or self.store_for(channel)
         creator = self.creator_for(channel)
         status, page = _list_args((command.get("text") or "").split())
-        if store is None and creator is not None and self.tasks is not None:
+        if store is None and creator is not None:
             await ack(await self.tasks.creator_list_text(creator, status, page))
             return
-        if store is None or self.tasks is None:
+        if store is None:
             await ack(t("zh-CN", "stats.unknown_channel"))
             return
         await ack(await self.tasks.list_text(store, status, store.locale, page))
