@@ -33,6 +33,10 @@ class Metrics:
             registry=r,
         )
         self.pushes = Counter("feige_pushes", "Platform pushes answered", ["status"], registry=r)
+        self.outbox = Counter(
+            "feige_outbox_jobs", "Outbound calls by outcome (sent, retried, failed, expired)", ["kind", "outcome"],
+            registry=r,
+        )  # fmt: skip
 
 
 METRICS = Metrics()

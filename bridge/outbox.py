@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from bridge import keys
 from bridge.clock import Clock, SystemClock
+from bridge.metrics import METRICS
 from bridge.timers import Timer, TimerStore
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ class Outbox:
         job = OutboxJob.loads(str(raw))
         if job.expires_at is not None and self.clock.now() >= job.expires_at:
             self.stats.expired += 1
+            METRICS.outbox.labels(job.kind, "expired").inc()
             log.info("outbox %s %s (%s): expired before it could be sent; dropped", tag, job.id, job.kind)
             await self._next(tag, thread, job)
             return
@@ -182,6 +184,7 @@ class Outbox:
             await self._give_up(tag, thread, job, exc)
         else:
             self.stats.sent += 1
+            METRICS.outbox.labels(job.kind, "sent").inc()
             for follow in job.then or []:
                 await self.enqueue(follow["tag"], follow["thread"], OutboxJob(**follow["job"]))
         await self._next(tag, thread, job)
@@ -206,11 +209,13 @@ class Outbox:
         if exc.after is not None:
             delay = max(delay, exc.after)
         self.stats.retried += 1
+        METRICS.outbox.labels(job.kind, "retried").inc()
         log.info("outbox %s %s: %s; attempt %d, retrying in %.1f s", tag, job.id, exc.reason, attempts, delay)
         await self.timers.schedule(keys.outbox_timer(tag, thread), self.clock.now() + delay)
 
     async def _give_up(self, tag: str, thread: str, job: OutboxJob, exc: FinalFailure) -> None:
         self.stats.failed += 1
+        METRICS.outbox.labels(job.kind, "failed").inc()
         log.warning("outbox %s %s (%s) failed for good: %s", tag, job.id, job.kind, exc.reason)
         record = {
             "job": asdict(job),

@@ -302,6 +302,7 @@ async def test_stats_on_demand_and_metrics(stack: Stack) -> None:
         metrics = await resp.text()
     assert 'feige_first_reply_seconds_count{agent="main-1001",store="1001"}' in metrics
     assert 'feige_chats_lost_to_timeout_total{agent="agent-a",store="1001"}' in metrics
+    assert 'feige_outbox_jobs_total{kind="platform.send_message",outcome="sent"}' in metrics
 
 
 async def test_an_english_store_reads_english(redis: Redis, redis_url: str, tmp_path: Path) -> None:
