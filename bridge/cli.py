@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bridge.config import ConfigError, ConfigHolder, LoadedConfig, load_config
+from bridge.config import ConfigError, ConfigHolder, LoadedConfig, Problem, load_config
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -19,7 +19,7 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def check(path: Path) -> int:
+def check(path: Path, online: bool = False) -> int:
     try:
         loaded = load_config(path)
     except ConfigError as exc:
@@ -29,7 +29,26 @@ def check(path: Path) -> int:
         print(f"{exc.source}: {errors} error(s), {len(exc.problems) - errors} warning(s) — not valid")
         return 1
     print(summary(loaded))
-    return 0
+    if not online:
+        return 0
+    problems = asyncio.run(probe_destinations(loaded))
+    for problem in problems:
+        print(f"{loaded.source}: online: {problem}")
+    errors = sum(p.severity == "error" for p in problems)
+    print(f"{loaded.source}: online check — {errors} error(s), {len(problems) - errors} warning(s)")
+    return 1 if errors else 0
+
+
+async def probe_destinations(loaded: LoadedConfig) -> list[Problem]:
+    """Asks each configured destination whether its credentials and targets work."""
+    from bridge.destinations import plugins
+
+    problems: list[Problem] = []
+    for service, plugin in plugins().items():
+        settings = loaded.config.settings_of(service)
+        if settings is not None and plugin.probe is not None:
+            problems += await plugin.probe(settings, loaded.config)
+    return problems
 
 
 def headline(loaded: LoadedConfig) -> str:
@@ -176,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p_check = sub.add_parser("check", help="validate a configuration file and print every problem")
     p_check.add_argument("--config", type=Path, required=True)
+    p_check.add_argument(
+        "--online", action="store_true", help="also ask Slack and Telegram whether the tokens, channels and chats work"
+    )
 
     p_demo = sub.add_parser("demo", help="run the bridge against local sandboxes and narrate what happens")
     p_demo.add_argument("--config", type=Path, required=True)
@@ -199,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "check":
-        return check(args.config)
+        return check(args.config, args.online)
     _setup_logging(args.verbose)
     if args.command == "serve":
         return serve(args.config, args.host, args.port, args.role)

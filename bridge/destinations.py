@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from bridge.chats import ChatFlow
     from bridge.clock import Clock
-    from bridge.config import BridgeConfig
+    from bridge.config import BridgeConfig, Problem
     from bridge.outbox import Outbox, Sender
     from bridge.tasks import TaskFlow
 
@@ -78,6 +78,24 @@ class DestinationPlugin:
     """Builds the connector from its validated settings section."""
     target: str
     """How a target is written, for error messages: ``<channel id>``."""
+    probe: Callable[[Any, BridgeConfig], Awaitable[list[Problem]]] | None = None
+    """``bridge check --online``: asks the service whether the credentials work and every target
+    of the configuration is reachable and usable (the bot is in the channel, may open topics …)."""
+
+
+def targets(config: BridgeConfig, service: str) -> list[tuple[str, str]]:
+    """Every (path in the file, target) of the configuration on ``service``, for probes."""
+    found = []
+    for i, store in enumerate(config.stores):
+        for name in ("platform_chats", "task_orders"):
+            service_of, _, target = getattr(store.destinations, name).partition(":")
+            if service_of == service:
+                found.append((f"stores[{i}].destinations.{name}", target))
+    for i, creator in enumerate(config.creators):
+        service_of, _, target = creator.destination.partition(":")
+        if service_of == service:
+            found.append((f"creators[{i}].destination", target))
+    return found
 
 
 @cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bridge.config import BridgeConfig, Problem
 from bridge.destinations import Connector, Core, DestinationPlugin
 from connectors.slack.settings import SlackSettings
 
@@ -14,4 +15,10 @@ def connect(settings: Any, core: Core) -> Connector:
     return SlackConnector(settings, core)
 
 
-DESTINATION = DestinationPlugin("slack", SlackSettings, connect, "<channel id>")
+async def probe(settings: Any, config: BridgeConfig) -> list[Problem]:
+    from connectors.slack.probe import probe as slack_probe
+
+    return await slack_probe(settings, config)
+
+
+DESTINATION = DestinationPlugin("slack", SlackSettings, connect, "<channel id>", probe)

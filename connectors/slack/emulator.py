@@ -99,6 +99,8 @@ class SlackEmulator(LocalServer):
             "views.open": self._views_open,
         }
         self.views: list[dict[str, Any]] = []
+        self.missing_channels: set[str] = set()  # channels that do not exist in the workspace
+        self.outside: set[str] = set()  # channels the bot was not invited to (every other one it is in)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -227,7 +229,10 @@ class SlackEmulator(LocalServer):
 
     def _conversations_info(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         channel = str(args.get("channel"))
-        return 200, {"ok": True, "channel": {"id": channel, "name": channel.lower(), "is_channel": True}}, {}
+        if channel in self.missing_channels:
+            return 200, {"ok": False, "error": "channel_not_found"}, {}
+        info = {"id": channel, "name": channel.lower(), "is_channel": True, "is_member": channel not in self.outside}
+        return 200, {"ok": True, "channel": info}, {}
 
     def _views_open(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         view = args.get("view")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bridge.config import BridgeConfig, Problem
 from bridge.destinations import Connector, Core, DestinationPlugin
 from connectors.telegram.settings import TelegramSettings
 
@@ -18,4 +19,10 @@ def connect(settings: Any, core: Core) -> Connector:
     return connector
 
 
-DESTINATION = DestinationPlugin("telegram", TelegramSettings, connect, "<chat id>")
+async def probe(settings: Any, config: BridgeConfig) -> list[Problem]:
+    from connectors.telegram.probe import probe as telegram_probe
+
+    return await telegram_probe(settings, config)
+
+
+DESTINATION = DestinationPlugin("telegram", TelegramSettings, connect, "<chat id>", probe)

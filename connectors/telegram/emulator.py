@@ -64,6 +64,8 @@ class TelegramEmulator(LocalServer):
         self.files: dict[str, bytes] = {}
         self.webhook: dict[str, Any] = {}
         self.forums: set[int] = set()  # groups with topics enabled
+        self.missing_chats: set[int] = set()  # chats the bot is not in (or that do not exist)
+        self.plain_member: set[int] = set()  # groups where the bot is not an admin (elsewhere it is, with all rights)
         self.topics: dict[tuple[int, int], str] = {}  # (chat, message_thread_id) → topic name
         self.rate_limited = 0
         self.listeners: list[Callable[[TgMessage], None]] = []
@@ -207,12 +209,33 @@ class TelegramEmulator(LocalServer):
     def _m_getMe(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return 200, {"ok": True, "result": BOT}
 
+    def _m_getChatMember(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        chat_id = int(args["chat_id"])
+        if chat_id in self.missing_chats:
+            return self._error(400, "Bad Request: chat not found")
+        user = (
+            BOT if int(args["user_id"]) == BOT_ID else {"id": int(args["user_id"]), "is_bot": False, "first_name": "u"}
+        )
+        if chat_id in self.plain_member or int(args["user_id"]) != BOT_ID:
+            return 200, {"ok": True, "result": {"status": "member", "user": user}}
+        rights = ("can_manage_chat", "can_delete_messages", "can_invite_users", "can_pin_messages", "can_manage_topics")
+        withheld = ("can_be_edited", "is_anonymous", "can_manage_video_chats", "can_restrict_members",
+                    "can_promote_members", "can_change_info", "can_post_stories", "can_edit_stories",
+                    "can_delete_stories")  # fmt: skip
+        member = (
+            {"status": "administrator", "user": user} | dict.fromkeys(rights, True) | dict.fromkeys(withheld, False)
+        )
+        return 200, {"ok": True, "result": member}
+
     def _m_getChat(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         chat_id = int(args["chat_id"])
+        if chat_id in self.missing_chats:
+            return self._error(400, "Bad Request: chat not found")
         gifts = dict.fromkeys(
             ("unlimited_gifts", "limited_gifts", "unique_gifts", "premium_subscription", "gifts_from_channels"), False
         )
         chat: dict[str, Any] = {"id": chat_id, "type": "supergroup" if chat_id < 0 else "private"}
+        chat |= {"title": f"group {chat_id}"} if chat_id < 0 else {"first_name": f"user{chat_id}"}
         chat |= {"accent_color_id": 0, "max_reaction_count": 11, "accepted_gift_types": gifts}
         if chat_id in self.forums:
             chat["is_forum"] = True

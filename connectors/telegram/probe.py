@@ -1,0 +1,44 @@
+"""``bridge check --online`` for Telegram: the token works, the bot is in every chat the
+configuration names, and in groups it has the rights the flows need."""
+
+from __future__ import annotations
+
+from telegram import Bot, ChatMemberAdministrator
+from telegram.error import TelegramError
+
+from bridge.config import BridgeConfig, Problem
+from bridge.destinations import targets
+from connectors.telegram.settings import TelegramSettings
+
+
+async def probe(settings: TelegramSettings, config: BridgeConfig) -> list[Problem]:
+    bot = Bot(settings.bot_token, base_url=settings.api_base_url, base_file_url=settings.file_base_url)
+    try:
+        return await _probe(bot, config)
+    except TelegramError as exc:
+        return [Problem("telegram.bot_token", f"Telegram refused the token or is not reachable: {exc}")]
+    finally:
+        await bot.shutdown()
+
+
+async def _probe(bot: Bot, config: BridgeConfig) -> list[Problem]:
+    await bot.initialize()  # getMe: the token
+    problems = []
+    for path, target in dict.fromkeys(targets(config, "telegram")):
+        try:
+            chat = await bot.get_chat(int(target))
+            member = await bot.get_chat_member(int(target), bot.id) if int(target) < 0 else None
+        except (TelegramError, ValueError) as exc:
+            problems.append(Problem(path, f"chat {target}: {exc} (has the bot been added, is the id right?)"))
+            continue
+        if member is None:
+            continue
+        admin = member if isinstance(member, ChatMemberAdministrator) else None
+        name = chat.title or target
+        if chat.is_forum and not (admin and admin.can_manage_topics):
+            why = "make the bot an admin with Manage topics, so each chat and task order gets its own topic"
+            problems.append(Problem(path, f"{name} has topics: {why}"))
+        elif admin is None:
+            why = "with privacy mode on it sees only replies to its own messages"
+            problems.append(Problem(path, f"the bot is not an admin of {name}: {why}", "warning"))
+    return problems
