@@ -245,9 +245,8 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
             f"timers fired: {bridge.worker.stats.fired}",
         )
         if keep_serving:
-            out.say(
-                "bridge", f"still serving: {base}/healthz · sandbox {sandbox_url} · Slack {slack.base_url} — Ctrl-C"
-            )
+            out.say("bridge", f"still serving: {base}/healthz · platform sandbox {sandbox_url} · Slack emulator "
+                              f"{slack.base_url} · Telegram emulator {telegram.api_url} — Ctrl-C")  # fmt: skip
             await asyncio.Event().wait()
     finally:
         watching.cancel()
@@ -347,6 +346,7 @@ async def _telegram_scenes(
     step = await _until(lambda: _prompt(telegram, group, "Step 3/3"))
     await telegram.tap(owner, group, step.message_id, f"py:{tid}")
     await _until(lambda: next((m for m in slack.messages if "SF9876543210" in m.text), None), within=20)
+    await _until(lambda: _prompt(telegram, group, "Sent to the platform"), within=20)
     await asyncio.sleep(1.2)
 
 
