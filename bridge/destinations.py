@@ -35,10 +35,15 @@ if TYPE_CHECKING:
     from bridge.tasks import TaskFlow
 
 
+Route = tuple[str, str, "Callable[[web.Request], Awaitable[web.StreamResponse]]"]
+"""(HTTP method, path, handler)."""
+
+
 class Connector(Protocol):
-    def add_routes(self, app: web.Application) -> None:
+    def routes(self) -> list[Route]:
         """The service's inbound route(s) (``/slack/events``, ``/telegram/webhook``): verify the
-        service's signature, deduplicate deliveries, turn what people did into flow calls."""
+        service's signature, deduplicate deliveries, turn what people did into flow calls. The
+        bridge forwards each path to the connector in force, so a new one can take over."""
 
     def senders(self) -> dict[str, Sender]:
         """Outbox senders, one per job kind ``<service>.<action>``; raise ``RetryLater`` or
@@ -48,7 +53,8 @@ class Connector(Protocol):
         """Downloads a file a person attached (the platform sender uploads it to ``/media``)."""
 
     async def start(self, serve_webhooks: bool) -> None:
-        """Connects, in the background if the service may be unreachable: the bridge must start."""
+        """Connects, in the background if the service may be unreachable: the bridge must start.
+        Also called for a connector built anew because its settings changed (credentials rotated)."""
 
     async def ready(self) -> None:
         """Returns once the service answered (tests and the demo wait on it)."""

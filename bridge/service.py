@@ -12,9 +12,10 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -87,22 +88,27 @@ class Bridge:
         self.timer_handlers.setdefault("deadline", self.tasks.on_deadline_timer)
         self.outbox.register({"bridge.task_finish": self.tasks.on_finish_job})
         # Every configured destination (bridge/destinations.py): its senders, file fetcher and route.
-        core = Core(lambda: self.holder.current, self.redis, self.clock, self.outbox, self.http, self.chats, self.tasks)
+        self._core = Core(
+            lambda: self.holder.current, self.redis, self.clock, self.outbox, self.http, self.chats, self.tasks
+        )
+        self._platform = platform
+        self._serve_webhooks = True
+        self._reconnecting: asyncio.Task[None] | None = None
         self.connectors: dict[str, Connector] = {}
-        for service, plugin in plugins().items():
+        self._connected_with: dict[str, Any] = {}
+        for service in plugins():
             settings = self.holder.current.settings_of(service)
             if settings is not None:
-                connector = self.connectors[service] = plugin.connect(settings, core)
-                self.outbox.register(connector.senders())
-                platform.fetchers[service] = connector.fetch_file
+                self._connect(service, settings)
 
         self.app = web.Application(client_max_size=MAX_PUSH_BYTES)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics)
         PlatformWebhooks(lambda: self.holder.current, self.event_log).add_routes(self.app)
-        for connector in self.connectors.values():
-            connector.add_routes(self.app)
+        for service, connector in self.connectors.items():
+            for method, path, _ in connector.routes():
+                self.app.router.add_route(method, path, self._forward(service, path))
         self._runner: web.AppRunner | None = None
         self._background: list[asyncio.Task[None]] = []
         self._watchers: list[asyncio.Task[None]] = []
@@ -112,6 +118,44 @@ class Bridge:
         _, tag, thread = keys.split_timer_key(timer.key)
         if not await self.consumer.forget(tag, thread):  # an event of it is still being handled
             await self.timers.schedule(timer.key, self.clock.now() + FORGET_RETRY_SECONDS)
+
+    def _connect(self, service: str, settings: Any) -> Connector:
+        connector = plugins()[service].connect(settings, self._core)
+        self.outbox.register(connector.senders())
+        self._platform.fetchers[service] = connector.fetch_file
+        self.connectors[service], self._connected_with[service] = connector, settings
+        return connector
+
+    def _forward(self, service: str, path: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """A destination's route, served by whichever connector of that service is in force."""
+
+        async def forward(request: web.Request) -> web.StreamResponse:
+            connector = self.connectors.get(service)
+            handler = next((h for _, p, h in connector.routes() if p == path), None) if connector else None
+            if handler is None:
+                return web.json_response({"error": f"{service} is no longer configured"}, status=404)
+            return await handler(request)
+
+        return forward
+
+    async def _reconnect_changed(self) -> None:
+        """After a reload: a destination whose settings changed (a rotated token or secret) gets a
+        new connector, started before the old one stops; no restart needed."""
+        for service in plugins():
+            settings, before = self.holder.current.settings_of(service), self._connected_with.get(service)
+            if settings == before:
+                continue
+            if before is None:
+                log.warning("%s: section added; restart the bridge to take %s webhooks", service, service)
+                continue
+            old = self.connectors.pop(service)
+            self._connected_with.pop(service)
+            if settings is not None:
+                await self._connect(service, settings).start(self._serve_webhooks)
+                log.info("%s: settings changed; reconnected", service)
+            else:
+                log.warning("%s: section removed; its webhooks now answer 404", service)
+            await old.stop()
 
     def endpoints(self) -> list[Endpoint]:
         config = self.holder.current
@@ -180,6 +224,7 @@ class Bridge:
                 asyncio.create_task(self.consumer.run(), name="event-consumer"),
             ]
         self._watchers = [asyncio.create_task(self._watch_config(), name="config-watch")]
+        self._serve_webhooks = serve_webhooks
         for connector in self.connectors.values():
             await connector.start(serve_webhooks)
         log.info("bridge listening on http://%s:%s", host or settings.host, self.port)
@@ -218,13 +263,24 @@ class Bridge:
         log.info("bridge stopped")
 
     def reload_config(self) -> bool:
-        return self.holder.reload()
+        """SIGHUP: reload now; connectors whose settings changed are rebuilt in the background."""
+        reloaded = self.holder.reload()
+        if reloaded:
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect_changed())
+        return reloaded
+
+    async def reload(self) -> bool:
+        """Reloads the file; on success, destinations whose settings changed are reconnected."""
+        reloaded = self.holder.reload()
+        if reloaded:
+            await self._reconnect_changed()
+        return reloaded
 
     async def _watch_config(self) -> None:
         while True:
             await asyncio.sleep(self.holder.current.server.config_poll_seconds)
             if self.holder.changed_on_disk():
-                self.holder.reload()
+                await self.reload()
 
 
 def open_redis(url: str, max_connections: int = 64) -> Redis:

@@ -40,8 +40,8 @@ class EchoConnector:
     def __init__(self, settings, core):
         self.core, self.sent = core, []
 
-    def add_routes(self, app):
-        pass
+    def routes(self):
+        return []
 
     def senders(self):
         async def keep(job):

@@ -214,3 +214,36 @@ async def test_web_and_worker_roles_split_the_work(stack: Stack) -> None:
 def stack_redis_url(stack: Stack) -> str:
     kwargs = stack.bridge.redis.connection_pool.connection_kwargs
     return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+
+async def test_a_rotated_slack_token_takes_effect_without_a_restart(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    from bridge.clock import ManualClock
+    from tests.conftest import start_stack
+
+    path = tmp_path / "config.yaml"
+    shutil.copy(EXAMPLE, path)
+    stack = await start_stack(redis_url, config_path=path, clock=ManualClock(), run_workers=False)
+    try:
+        before = stack.bridge.connectors["slack"]
+        path.write_text(EXAMPLE.read_text().replace("xoxb-demo-bot-token", "xoxb-rotated-token"))
+        stack.slack.bot_token = "xoxb-rotated-token"  # Slack now accepts only the new token
+        assert await stack.bridge.reload()
+        assert stack.bridge.connectors["slack"] is not before, "a new connector took over"
+        assert stack.bridge.connectors["telegram"] is not None
+        cid = await stack.sandbox.open_chat("1001", {"type": "text", "text": "换了令牌还能收到吗？"})
+        await stack.settle()
+        [root] = stack.slack.channel("C0CHATS1001")
+        assert "换了令牌还能收到吗？" in str(root.blocks), "posted with the rotated token"
+        assignee = str(await stack.redis.hget(f"{{store:1001}}:chat:{cid}", "assignee"))
+        user = {"main-1001": "U0MAIN1001", "agent-a": "U0AGENTA", "agent-b": "U0AGENTB"}[assignee]
+        reply_ts, status = await stack.slack.user_message(user, "C0CHATS1001", "能", thread_ts=root.ts)
+        await stack.settle()
+        assert status == 200, "the route is served by the new connector"
+        merchant = [m["content"] for m in stack.sandbox.conversations[cid].messages if m["from"] == "merchant"]
+        assert merchant == [{"type": "text", "text": "能"}]
+        reply = stack.slack.message("C0CHATS1001", reply_ts)
+        assert reply.reactions == ["white_check_mark"], "confirmed with the new token too"
+    finally:
+        await stack.stop()

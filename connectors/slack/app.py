@@ -21,7 +21,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bridge import keys, refs
 from bridge.chats import Actor, ReplyMedia
 from bridge.config import Creator, Store
-from bridge.destinations import Core
+from bridge.destinations import Core, Route
 from bridge.i18n import t
 from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.ratelimit import SendSpacing
@@ -69,8 +69,8 @@ class SlackConnector:
         self.app.action(re.compile(".*"))(self._ack_action)
         self._close_socket_mode: Callable[[], Awaitable[None]] | None = None
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/slack/events", self._handle)
+    def routes(self) -> list[Route]:
+        return [("POST", "/slack/events", self._handle)]
 
     async def start(self, serve_webhooks: bool) -> None:
         """With ``socket_mode: true`` (teams without a public URL), events arrive over Slack's

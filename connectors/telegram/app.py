@@ -27,7 +27,7 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Cont
 
 from bridge import keys, refs
 from bridge.chats import Actor, ReplyMedia
-from bridge.destinations import Core
+from bridge.destinations import Core, Route
 from bridge.i18n import t
 from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.ratelimit import SendSpacing
@@ -88,8 +88,8 @@ class TelegramConnector:
         self._forums: dict[int, bool] = {}
         self.commands: dict[str, Callable[[TelegramInbound, list[str]], Awaitable[str]]] = {}
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/telegram/webhook", self._webhook)
+    def routes(self) -> list[Route]:
+        return [("POST", "/telegram/webhook", self._webhook)]
 
     async def start(self, serve_webhooks: bool) -> None:
         """Initialises PTB (it asks Telegram getMe) in the background, retrying: the bridge must come
