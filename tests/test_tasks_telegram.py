@@ -166,3 +166,26 @@ async def test_files_shared_under_the_card_count_as_evidence_and_are_checked_at_
     state = await stack.redis.hget(keys.task_resolve(TAG, tid, str(OWNER)), "step")
     assert state == "evidence", "still collecting evidence"
     assert stack.sandbox.task_orders[tid].comments == [], "a file without text is not a comment"
+
+
+async def test_a_resolve_conversation_survives_a_restart_of_the_bridge(stack: Stack, redis_url: str) -> None:
+    from bridge.config import ConfigHolder
+    from bridge.service import Bridge, open_redis
+
+    tid, card = await raise_task(stack)
+    await tap(stack, OWNER, card, f"rs:{tid}")
+    step1 = last_bot(stack)
+    await stack.bridge.stop()  # the process that started the conversation is gone
+    holder = ConfigHolder(stack.bridge.holder.path, environ=stack.bridge.holder.environ)
+    stack.bridge = Bridge(holder, open_redis(redis_url), clock=stack.clock)  # type: ignore[arg-type]
+    await stack.bridge.start(host="127.0.0.1", port=0, run_workers=False)
+    stack.sandbox.bridge_url = stack.telegram.bridge_url = f"http://127.0.0.1:{stack.bridge.port}"
+    for connector in stack.bridge.connectors.values():
+        await connector.ready()
+    await say(stack, "Reshipped by SF Express, waybill SF1234567890", step1)
+    step2 = last_bot(stack)
+    assert "Step 2/3" in step2.text, "another process took the conversation up where it was"
+    await tap(stack, OWNER, step2, f"pd:{tid}")
+    await tap(stack, OWNER, last_bot(stack), f"py:{tid}")
+    processed = stack.sandbox.task_orders[tid].solution
+    assert processed is not None and processed["solution"] == "Reshipped by SF Express, waybill SF1234567890"
