@@ -355,6 +355,8 @@ class TaskFlow:
         status = status if status in STATUSES else "all"
         locale = creator.locale
         tz = ZoneInfo(creator.timezone)
+        if not await self.redis.exists(keys.creator_tasks(creator.id)):
+            await self._index_creator(creator.id)
         rows = []
         for member in await self.redis.zrevrange(keys.creator_tasks(creator.id), 0, -1):
             store_id, _, tid = str(member).partition(":")
@@ -363,6 +365,16 @@ class TaskFlow:
                 rows.append((tid, task))
         start = (max(1, page) - 1) * per_page
         return _listing(locale, tz, status, rows[start : start + per_page], len(rows), page, per_page)
+
+    async def _index_creator(self, creator_id: str) -> None:
+        """Builds a creator's index from the stores' task orders: for task orders stored before the
+        index existed (it is kept from creation on)."""
+        for store in self.config.stores:
+            tag = keys.store_tag(store.id)
+            entries: list[Any] = await self.redis.zrange(keys.tasks_by_status(tag, "all"), 0, -1, withscores=True)
+            for tid, created in entries:
+                if await self.redis.hget(keys.task(tag, str(tid)), "creator") == creator_id:
+                    await self.redis.zadd(keys.creator_tasks(creator_id), {f"{store.id}:{tid!s}": float(created)})
 
     async def export(self, store: Store, status: str) -> list[dict[str, Any]]:
         tag = keys.store_tag(store.id)
