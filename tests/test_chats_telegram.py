@@ -124,3 +124,13 @@ async def test_reminders_mention_the_assignee_then_the_window_closes_the_chat(st
     refusal = next(m for m in stack.telegram.by_bot(GROUP) if m.reply_to == late.message_id)
     assert refusal.text.startswith("Not sent: this chat is closed")
     assert merchant_texts(stack, cid) == []
+
+
+async def test_a_forum_where_the_bot_may_not_open_topics_falls_back_to_reply_chains(stack: Stack) -> None:
+    stack.telegram.forums.add(GROUP)
+    stack.telegram.plain_member.add(GROUP)  # an admin without Manage topics, or not an admin
+    cid, root_id = await open_chat(stack)
+    assert stack.telegram.message(GROUP, root_id).thread_id is None, "the chat shows in the General topic"
+    await stack.telegram.user_message(OWNER, GROUP, "On it", reply_to=root_id)
+    await stack.settle()
+    assert merchant_texts(stack, cid) == ["On it"]

@@ -292,6 +292,12 @@ class TelegramConnector:
             return None
         try:
             created = await self.bot.create_forum_topic(chat, topic_name(p["view"]) or key)
+        except BadRequest as exc:
+            # Not allowed to manage topics (`bridge check --online` says so): the chat still shows,
+            # as a reply chain in the General topic, rather than not at all.
+            log.warning("Telegram chat %s: cannot open a topic (%s); using reply chains there", chat, exc)
+            self._forums[chat] = False
+            return None
         except TelegramError as exc:
             raise _sorted(exc) from None
         await refs.save_topic(self.redis, tag, key, "telegram", str(chat), str(created.message_thread_id))
@@ -330,9 +336,9 @@ class TelegramConnector:
         if topic is not None:  # the topic's name shows the status in the group's list of topics
             try:
                 await self.bot.edit_forum_topic(int(root[0]), int(topic), name=topic_name(p["view"]))
-            except BadRequest as exc:
+            except BadRequest as exc:  # the header is what matters; a name left as it was is not worth a retry
                 if "not_modified" not in str(exc).lower():
-                    raise _sorted(exc) from None
+                    log.warning("Telegram chat %s: topic %s not renamed: %s", root[0], topic, exc)
 
     async def _reply(self, job: OutboxJob) -> None:
         p = job.payload

@@ -245,6 +245,8 @@ class TelegramEmulator(LocalServer):
         chat_id, name = int(args["chat_id"]), str(args.get("name", ""))
         if chat_id not in self.forums:
             return self._error(400, "Bad Request: the chat is not a forum")
+        if chat_id in self.plain_member:
+            return self._error(400, "Bad Request: not enough rights to create a topic")
         if not 1 <= len(name) <= 128:
             return self._error(400, "Bad Request: TOPIC_TITLE_EMPTY" if not name else "Bad Request: name too long")
         # A topic's id is the id of the service message that opened it, as in Telegram.
