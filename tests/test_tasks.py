@@ -307,3 +307,12 @@ async def test_the_comment_button_explains_how_to_comment(stack: Stack) -> None:
     assert await stack.slack.block_action(MAIN, TASKS, card(stack).ts, "task_comment", tid) == 200
     await stack.settle()
     assert stack.slack.ephemerals[-1]["text"].startswith("在本任务单的消息串里回复即可留言")
+
+
+async def test_only_the_stores_agents_can_open_the_processing_modal(stack: Stack) -> None:
+    tid = await raise_task(stack)
+    assert await stack.slack.block_action("U0STRANGER", TASKS, card(stack).ts, "task_resolve", tid) == 200
+    await stack.settle()
+    assert stack.slack.views == [], "no modal"
+    assert stack.slack.ephemerals[-1] == {**stack.slack.ephemerals[-1], "user": "U0STRANGER",
+                                          "text": "只有本店配置的客服可以处理任务单。"}  # fmt: skip

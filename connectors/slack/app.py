@@ -26,7 +26,7 @@ from bridge.i18n import t
 from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.ratelimit import SendSpacing
 from bridge.seen import SeenIds
-from bridge.tasks import evidence_problems
+from bridge.tasks import evidence_problems, status_name
 from connectors.slack.render import render
 from connectors.slack.settings import SlackSettings
 from connectors.slack.text import slack_to_platform_text
@@ -208,6 +208,13 @@ class SlackConnector:
         store = self.task_store_for(channel)
         if store is None:
             return
+        user = body.get("user", {}).get("id", "")
+        if not any(a.slack_user == user for a in store.agents):
+            # The platform records who processed it, by their platform account: only agents can.
+            actor = Actor("slack", user, channel, None, None)
+            await self.chats.tell_privately(store, actor, t(store.locale, "task.guide.not_agent"),
+                                            f"not-agent:{body.get('trigger_id', '')}")  # fmt: skip
+            return
         action = body["actions"][0]
         tid, result = action.get("value", ""), "resolved" if action["action_id"] == "task_resolve" else "unresolvable"
         loc = store.locale
@@ -253,7 +260,7 @@ class SlackConnector:
         status = await self.tasks.status_of(store, tid)
         problem = solution_problem(solution)
         if status != "pending":
-            errors["solution"] = t(loc, "task.process.not_pending", status=status)
+            errors["solution"] = t(loc, "task.process.not_pending", status=status_name(loc, status))
         elif problem == "empty":
             errors["solution"] = t(loc, "task.process.empty")
         elif problem is not None and not confirmed:
@@ -267,8 +274,11 @@ class SlackConnector:
         await ack()
         user = body.get("user", {}).get("id", "")
         agent = next((a for a in store.agents if a.slack_user == user), None)
-        operator = (agent.id, agent.name) if agent else (user, user)
         actor = Actor("slack", user, str(meta.get("channel", "")), None, None)
+        if agent is None:  # the modal opens only for agents; one removed from the file meanwhile is told so
+            await self.chats.tell_privately(store, actor, t(loc, "task.guide.not_agent"), f"not-agent:{view.get('id')}")
+            return
+        operator = (agent.id, agent.name)
         await self.tasks.process(
             store, tid, str(meta["result"]), solution, files, operator, actor, view.get("id", "view")
         )
