@@ -35,8 +35,15 @@ class EmbeddedRedis:
     ``data_dir``."""
 
     def __init__(
-        self, data_dir: Path, *, appendonly: bool = True, port: int | None = None, appendfsync: str = "always"
+        self,
+        data_dir: Path,
+        *,
+        appendonly: bool = True,
+        port: int | None = None,
+        appendfsync: str = "always",
+        extra_args: list[str] | None = None,
     ) -> None:
+        self.extra_args = extra_args or []
         self.data_dir = data_dir
         self.appendonly = appendonly
         # "always": a push is acknowledged only once it is on disk, so not even a machine crash loses
@@ -70,6 +77,7 @@ class EmbeddedRedis:
                 "--daemonize", "no",
                 "--protected-mode", "yes",
                 "--loglevel", "warning",
+                *self.extra_args,
             ]  # fmt: skip
             log_file = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115
             self._process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import shutil
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import RedisError
 
 from bridge import keys
@@ -256,8 +258,8 @@ class Bridge:
             await connector.stop()
         if self._http is not None:
             await self._http.close()
-        await self.intake_redis.aclose()
-        await self.redis.aclose()
+        await close_redis(self.intake_redis)
+        await close_redis(self.redis)
         if self.embedded_redis is not None:
             self.embedded_redis.stop()
         log.info("bridge stopped")
@@ -284,17 +286,53 @@ class Bridge:
 
 
 def open_redis(url: str, max_connections: int = 64) -> Redis:
-    """A client whose pool waits for a free connection instead of failing under a burst."""
+    """A client whose pool waits for a free connection instead of failing under a burst.
+
+    ``redis+sentinel://host:26379,host2:26379/<master name>[?db=0&password=…]`` asks Redis Sentinel
+    for the current primary instead, and again after a failover."""
+    if url.startswith("redis+sentinel://"):
+        return _sentinel_client(url, max_connections)
     pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5, decode_responses=True)
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
+def _sentinel_client(url: str, max_connections: int) -> Redis:
+    parsed = urllib.parse.urlsplit(url)
+    sentinels = []
+    for address in parsed.netloc.split(","):
+        host, _, port = address.partition(":")
+        sentinels.append((host, int(port or 26379)))
+    query = dict(urllib.parse.parse_qsl(parsed.query))
+    options: dict[str, Any] = {"decode_responses": True, "max_connections": max_connections, "socket_timeout": 5}
+    if "db" in query:
+        options["db"] = int(query["db"])
+    if "password" in query:
+        options["password"] = query["password"]
+    sentinel_auth = {"password": query["sentinel_password"]} if "sentinel_password" in query else {}
+    sentinel = Sentinel(sentinels, socket_timeout=2, sentinel_kwargs=sentinel_auth)  # type: ignore[no-untyped-call]
+    client: Redis = sentinel.master_for(parsed.path.strip("/") or "mymaster", **options)
+    return client  # owns its pool, which asks the sentinels for the primary on every new connection
+
+
+async def close_redis(client: Redis) -> None:
+    """Closes a client and, for a Sentinel-managed one, its connections to the sentinels."""
+    pool = client.connection_pool
+    await client.aclose()
+    if isinstance(pool, SentinelConnectionPool):
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose()
 
 
 INTAKE_CONNECTIONS = 16
 
 
 def _sibling_client(redis: Redis, max_connections: int) -> Redis:
-    """Another client of the same server with a pool of its own."""
+    """Another client of the same server (or Sentinel-managed primary) with a pool of its own."""
     pool = redis.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in ("connection_pool", "host", "port")}
+        client: Redis = pool.sentinel_manager.master_for(pool.service_name, max_connections=max_connections, **kwargs)
+        return client
     sibling = BlockingConnectionPool(
         connection_class=pool.connection_class, max_connections=max_connections, timeout=5, **pool.connection_kwargs
     )
