@@ -209,6 +209,12 @@ def slack_events_seen() -> str:
     return "{slack}:events-seen"
 
 
+def slack_post_attempt(job_id: str) -> str:
+    """STRING: an outbox job has tried to post to Slack. A second run of it first looks for the
+    message the first left (Slack has no idempotency key). Expires after an hour."""
+    return "{slack}:post-attempt:" + job_id
+
+
 def rate_limit(service: str, target: str) -> str:
     """STRING: the earliest time (ms) the next slot to ``target`` on ``service`` is free. Expires a
     minute after that time."""

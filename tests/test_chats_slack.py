@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from pathlib import Path
 
 import aiohttp
@@ -14,6 +15,7 @@ from bridge import keys
 from bridge.chats import ChatFlow
 from bridge.clock import ManualClock
 from bridge.config import Destination
+from bridge.outbox import OutboxJob
 from connectors.slack.emulator import Message
 from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
 
@@ -363,3 +365,18 @@ async def test_a_closed_chats_ordering_state_is_forgotten_after_its_retention(st
     await stack.sandbox.chat_message(cid, {"type": "text", "text": "a late event of the same chat"})
     await stack.settle()
     assert await stack.redis.hget(keys.thread_done(TAG), thread) == "1", "it starts again and is handled"
+
+
+async def test_a_post_whose_process_died_before_recording_it_is_not_posted_twice(stack: Stack) -> None:
+    cid, root = await open_chat(stack)
+    assert root.metadata is not None and root.metadata["event_type"] == "feige_bridge_post", "posts name their job"
+    job_id = root.metadata["event_payload"]["job"]
+    # As if the process had died after Slack took the post, before recording it: the mapping is gone
+    # and the job runs again.
+    await stack.redis.delete(keys.thread_root(TAG, f"chat:{cid}"))
+    job = OutboxJob.loads(json.dumps({"id": job_id, "kind": "slack.post", "payload": {
+        "tag": TAG, "thread_key": f"chat:{cid}", "store": "1001", "channel": CHATS, "root": True,
+        "view": {"type": "notice", "text": "again"}}}))  # fmt: skip
+    await stack.bridge.outbox.senders["slack.post"](job)
+    assert len(stack.slack.channel(CHATS)) == 1, "not posted a second time"
+    assert await stack.bridge.redis.get(keys.thread_root(TAG, f"chat:{cid}")) == f"slack:{CHATS}:{root.ts}"

@@ -36,6 +36,8 @@ from rules.solution import solution_problem
 log = logging.getLogger(__name__)
 
 CHANNEL_SPACING_SECONDS = 1.0  # Slack: about one message per second per channel
+POST_METADATA = "feige_bridge_post"  # message metadata naming the outbox job that posted it
+POST_ATTEMPT_SECONDS = 3600
 _IGNORED_SUBTYPES = {None, "file_share", "thread_broadcast"}
 
 
@@ -371,12 +373,36 @@ class SlackConnector:
             if root is None:
                 raise FinalFailure("the root message was never posted")
             thread_ts = root[1]
-        await self._space(p["channel"], job.id)
-        resp = await _call(
-            self.client.chat_postMessage(channel=p["channel"], text=text, blocks=blocks, thread_ts=thread_ts)
+        attempt = keys.slack_post_attempt(job.id)
+        landed = (
+            await self._landed_before(p["channel"], thread_ts, job.id) if await self.redis.exists(attempt) else None
         )
+        if landed is None:
+            await self._space(p["channel"], job.id)
+            await self.redis.set(attempt, "1", ex=POST_ATTEMPT_SECONDS)
+            metadata = {"event_type": POST_METADATA, "event_payload": {"job": job.id}}
+            resp = await _call(self.client.chat_postMessage(channel=p["channel"], text=text, blocks=blocks,
+                                                            thread_ts=thread_ts, metadata=metadata))  # fmt: skip
+            landed = str(resp["ts"])
         if p.get("root"):
-            await refs.save_root(self.redis, tag, chat_key, "slack", str(resp["channel"]), str(resp["ts"]))
+            await refs.save_root(self.redis, tag, chat_key, "slack", str(p["channel"]), landed)
+
+    async def _landed_before(self, channel: str, thread_ts: str | None, job_id: str) -> str | None:
+        """This job was attempted before (a process may have died after Slack took the post and
+        before it was recorded): the ts of the message it left, found by the job id in its
+        metadata, so it is not posted twice."""
+        if thread_ts is None:
+            found = await _call(
+                self.client.conversations_history(channel=channel, limit=100, include_all_metadata=True)
+            )
+        else:
+            found = await _call(self.client.conversations_replies(channel=channel, ts=thread_ts, limit=200,
+                                                                  include_all_metadata=True))  # fmt: skip
+        for message in found.get("messages", []):
+            meta = message.get("metadata") or {}
+            if meta.get("event_type") == POST_METADATA and meta.get("event_payload", {}).get("job") == job_id:
+                return str(message["ts"])
+        return None
 
     async def _update_root(self, job: OutboxJob) -> None:
         p = job.payload

@@ -39,6 +39,7 @@ class Message:
     reactions: list[str] = field(default_factory=list)
     files: list[dict[str, Any]] = field(default_factory=list)
     posted_at: float = 0.0
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass
@@ -97,6 +98,8 @@ class SlackEmulator(LocalServer):
             "files.getUploadURLExternal": self._get_upload_url,
             "files.completeUploadExternal": self._complete_upload,
             "views.open": self._views_open,
+            "conversations.history": self._history,
+            "conversations.replies": self._replies,
         }
         self.views: list[dict[str, Any]] = []
         self.missing_channels: set[str] = set()  # channels that do not exist in the workspace
@@ -186,8 +189,10 @@ class SlackEmulator(LocalServer):
         if isinstance(blocks, str):
             blocks = json.loads(blocks)
         thread = args.get("thread_ts")
+        metadata = args.get("metadata")
+        metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
         msg = Message(channel, self._ts(), BOT_USER, str(args.get("text", "")), blocks, str(thread) if thread else None,
-                      posted_at=now)  # fmt: skip
+                      posted_at=now, metadata=metadata)  # fmt: skip
         self.messages.append(msg)
         for listener in self.listeners:
             listener(msg)
@@ -233,6 +238,23 @@ class SlackEmulator(LocalServer):
             return 200, {"ok": False, "error": "channel_not_found"}, {}
         info = {"id": channel, "name": channel.lower(), "is_channel": True, "is_member": channel not in self.outside}
         return 200, {"ok": True, "channel": info}, {}
+
+    def _listing(self, messages: list[Message], args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        with_metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
+        wire = [self._wire(m) | ({"metadata": m.metadata} if with_metadata and m.metadata else {}) for m in messages]
+        return 200, {"ok": True, "messages": wire[: int(args.get("limit") or 100)], "has_more": False}, {}
+
+    def _history(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """A channel's top-level messages, newest first."""
+        return self._listing(list(reversed(self.channel(str(args.get("channel", ""))))), args)
+
+    def _replies(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """A thread: its parent, then its replies, oldest first."""
+        channel, ts = str(args.get("channel", "")), str(args.get("ts", ""))
+        parent = [m for m in self.messages if m.channel == channel and m.ts == ts]
+        if not parent:
+            return 200, {"ok": False, "error": "thread_not_found"}, {}
+        return self._listing(parent + self.thread(channel, ts), args)
 
     def _views_open(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         view = args.get("view")
