@@ -29,6 +29,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from bridge import keys
 from bridge.clock import Clock, SystemClock
+from bridge.cluster import is_cluster
 from bridge.domain import Endpoint
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,9 @@ class EventConsumer:
         self._complete = self.redis.register_script(_COMPLETE)
         self._unlock = self.redis.register_script(_UNLOCK)
         self._forget = self.redis.register_script(_FORGET)
+        self.cluster = is_cluster(self.redis)
+        self._woken = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
         self._groups: set[str] = set()
         self._parked: list[_Parked] = []
         self._stopping = False
@@ -169,6 +173,8 @@ class EventConsumer:
             except (RedisError, OSError) as exc:
                 log.warning("event consumer: Redis error, retrying in 1 s: %s", exc)
                 await asyncio.sleep(1.0)
+        if self._listener is not None:
+            await self._listener  # ends within a quarter second of stop()
 
     async def forget(self, tag: str, thread: str) -> bool:
         """Drops a finished thread's ordering state; False while one of its events is unhandled."""
@@ -177,6 +183,7 @@ class EventConsumer:
     def stop(self) -> None:
         """Stops after the current step; unfinished events stay pending for another process."""
         self._stopping = True
+        self._woken.set()
 
     async def drain(self, claim: bool = True) -> int:
         """Burst mode: handle everything available now (and, with ``claim``, what dead consumers
@@ -211,14 +218,46 @@ class EventConsumer:
                 if self._parked:
                     wait = min(wait, max(0.001, min(p.retry_at for p in self._parked) - now))
                 block_ms = max(1, int(wait * 1000))
-            reply: Any = await self.redis.xreadgroup(
-                keys.EVENTS_GROUP, self.name, dict.fromkeys(endpoints, ">"), count=self.batch, block=block_ms
-            )
+            if self.cluster:
+                reply: Any = await self._read_each(endpoints, block_ms)
+            else:
+                reply = await self.redis.xreadgroup(
+                    keys.EVENTS_GROUP, self.name, dict.fromkeys(endpoints, ">"), count=self.batch, block=block_ms
+                )
             for stream, entries in reply or []:
                 events += [self._decode(endpoints[stream], entry_id, fields) for entry_id, fields in entries]
         if events:
             await self._handle_batch(events, attempts)
         return len(events)
+
+    async def _read_each(self, streams: Mapping[str, Endpoint], block_ms: int | None) -> list[Any]:
+        """Redis Cluster: every endpoint's stream lives in its own slot, so each is read on its
+        own (at once); with nothing there, the wait is for intake's wake-up or ``block_ms``."""
+        replies = await asyncio.gather(
+            *(self.redis.xreadgroup(keys.EVENTS_GROUP, self.name, {s: ">"}, count=self.batch) for s in streams)
+        )
+        found = [entry for reply in replies for entry in reply or []]
+        if not found and block_ms:
+            self._woken.clear()
+            if self._listener is None or self._listener.done():
+                self._listener = asyncio.create_task(self._listen_for_events())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), block_ms / 1000)
+        return found
+
+    async def _listen_for_events(self) -> None:
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(keys.EVENTS_WAKE_CHANNEL)
+            while not self._stopping:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.25)
+                if message is not None:
+                    self._woken.set()
+        except Exception as exc:  # wake-ups only shorten waits; the next wait starts a new listener
+            log.warning("event wake-up channel lost: %r", exc)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _ensure_groups(self, streams: Mapping[str, Endpoint]) -> None:
         for stream in streams:

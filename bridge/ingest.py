@@ -21,6 +21,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from bridge import keys
 from bridge.clock import Clock, SystemClock
+from bridge.cluster import is_cluster
 from bridge.domain import Endpoint
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class EventLog:
         self.clock: Clock = clock or SystemClock()
         self.timeout_seconds = timeout_seconds
         self._script = redis.register_script(_STORE_PUSHES)
+        self.cluster = is_cluster(redis)
         self._queue: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
         self.round_trips = 0
@@ -133,15 +135,21 @@ class EventLog:
     async def _write(self, groups: list[list[_Pending]]) -> list[object]:
         """One round trip for the whole batch: a pipeline with one script call per endpoint."""
         for attempt in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for group in groups:
-                    pipe.evalsha(*self._command(group))  # type: ignore[arg-type]
-                results: list[object] = await pipe.execute(raise_on_error=False)
+            if self.cluster:  # scripts cannot be pipelined there; one call per endpoint, at once
+                calls = [self.redis.evalsha(*self._command(group)) for group in groups]  # type: ignore[arg-type]
+                results: list[object] = list(await asyncio.gather(*calls, return_exceptions=True))
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for group in groups:
+                        pipe.evalsha(*self._command(group))  # type: ignore[arg-type]
+                    results = await pipe.execute(raise_on_error=False)
             self.round_trips += 1
             if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
                 # Redis restarted (or failed over) and forgot the script; nothing of it ran.
                 await self.redis.script_load(_STORE_PUSHES)
                 continue
             self.pushes_written += sum(len(g) for g in groups)
+            if self.cluster:
+                await self.redis.publish(keys.EVENTS_WAKE_CHANNEL, "1")
             return results
         return results

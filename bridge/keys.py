@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import zlib
 
+EVENTS_WAKE_CHANNEL = "events:wake"
+"""Pub/sub channel, Redis Cluster only: intake stored events; consumers read the streams now
+(on one server they block on all streams in one XREADGROUP instead)."""
+
 WAKE_CHANNEL = "timers:wake"
 """Pub/sub channel. Payload: the due time (ms) of a timer scheduled earlier than its shard's head,
 so every sleeping worker wakes early. Nothing is stored."""

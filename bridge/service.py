@@ -16,18 +16,20 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import RedisError
 
 from bridge import keys
 from bridge.chats import ChatFlow
 from bridge.clock import Clock, SystemClock
+from bridge.cluster import is_cluster
 from bridge.config import ConfigHolder
 from bridge.destinations import Connector, Core, plugins
 from bridge.domain import Endpoint
@@ -220,6 +222,8 @@ class Bridge:
             shutdown_timeout=settings.shutdown_grace_seconds,
             access_log=access_log,
         )
+        if is_cluster(self.redis):  # learn the slots first: pub/sub picks its node from them
+            await self.redis.initialize()
         if run_workers:
             self._background = [
                 asyncio.create_task(self.worker.run(), name="timer-worker"),
@@ -292,8 +296,24 @@ def open_redis(url: str, max_connections: int = 64) -> Redis:
     for the current primary instead, and again after a failover."""
     if url.startswith("redis+sentinel://"):
         return _sentinel_client(url, max_connections)
+    if url.startswith("redis+cluster://"):
+        return _cluster_client(url, max_connections)
     pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5, decode_responses=True)
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
+def _cluster_client(url: str, max_connections: int) -> Redis:
+    """``redis+cluster://host:port[,host:port]``: a Redis Cluster client. Every multi-key command
+    and script of the bridge stays inside one hash tag, so it runs on one node."""
+    parsed = urllib.parse.urlsplit(url)
+    nodes = []
+    for address in parsed.netloc.split(","):
+        host, _, port = address.partition(":")
+        nodes.append(ClusterNode(host, int(port or 6379)))
+    query = dict(urllib.parse.parse_qsl(parsed.query))
+    client = RedisCluster(startup_nodes=nodes, decode_responses=True, max_connections=max_connections,
+                          password=query.get("password"))  # fmt: skip
+    return cast(Redis, client)  # the same commands; where the bridge must differ it asks cluster.is_cluster()
 
 
 def _sentinel_client(url: str, max_connections: int) -> Redis:
@@ -316,6 +336,9 @@ def _sentinel_client(url: str, max_connections: int) -> Redis:
 
 async def close_redis(client: Redis) -> None:
     """Closes a client and, for a Sentinel-managed one, its connections to the sentinels."""
+    if isinstance(client, RedisCluster):
+        await client.aclose()
+        return
     pool = client.connection_pool
     await client.aclose()
     if isinstance(pool, SentinelConnectionPool):
@@ -327,7 +350,10 @@ INTAKE_CONNECTIONS = 16
 
 
 def _sibling_client(redis: Redis, max_connections: int) -> Redis:
-    """Another client of the same server (or Sentinel-managed primary) with a pool of its own."""
+    """Another client of the same server (or Sentinel-managed primary, or cluster) with a pool of its own."""
+    if isinstance(redis, RedisCluster):
+        nodes = [ClusterNode(n.host, n.port) for n in redis.nodes_manager.startup_nodes.values()]
+        return cast(Redis, RedisCluster(startup_nodes=nodes, decode_responses=True, max_connections=max_connections))
     pool = redis.connection_pool
     if isinstance(pool, SentinelConnectionPool):
         kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in ("connection_pool", "host", "port")}

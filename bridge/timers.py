@@ -434,8 +434,8 @@ class TimerWorker:
                     message = await pubsub.get_message(timeout=0.25)
                     if message is not None and float(message["data"]) < self._next_ms:
                         self._wake.set()
-            except (RedisError, OSError) as exc:
-                log.warning("timer wake-up channel lost, resubscribing: %s", exc)
+            except Exception as exc:  # wake-ups only shorten waits: whatever broke, resubscribe
+                log.warning("timer wake-up channel lost, resubscribing: %r", exc)
                 await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(RedisError, OSError):

@@ -1,0 +1,123 @@
+"""Redis Cluster (PRODUCT C5): the flows on a real three-node cluster — every script within one
+hash tag, events read per endpoint, wake-ups through cluster-wide pub/sub."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis as sync_redis
+
+from bridge.clock import ManualClock
+from bridge.redis_server import EmbeddedRedis
+from tests.conftest import Stack, start_stack
+
+CHATS, TASKS = "C0CHATS1001", "C0TASKS1001"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[EmbeddedRedis]]:
+    base = tmp_path_factory.mktemp("cluster")
+    cluster_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
+    nodes = [EmbeddedRedis(base / f"n{i}", appendonly=False, extra_args=cluster_args).start() for i in range(3)]
+    try:
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes], "--cluster-replicas", "0",
+             "--cluster-yes"], check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        for node in nodes:
+            with sync_redis.Redis(port=node.port, decode_responses=True) as r:
+                while r.cluster("info")["cluster_state"] != "ok":
+                    assert time.monotonic() < deadline, "the cluster never became ok"
+                    time.sleep(0.1)
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture
+async def cluster_stack(cluster: list[EmbeddedRedis]) -> AsyncIterator[Stack]:
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in cluster)
+    stack = await start_stack(url, clock=ManualClock(), run_workers=False)
+    await stack.redis.flushall()
+    yield stack
+    await stack.stop()
+
+
+async def test_a_chat_and_a_task_order_on_a_cluster(cluster_stack: Stack) -> None:
+    stack = cluster_stack
+    cid = await stack.sandbox.open_chat("1001", {"type": "text", "text": "集群上能用吗？"})
+    await stack.settle()
+    root = stack.slack.channel(CHATS)[-1]
+    assert "集群上能用吗？" in str(root.blocks)
+    assignee = str(await stack.redis.hget(f"{{store:1001}}:chat:{cid}", "assignee"))
+    user = {"main-1001": "U0MAIN1001", "agent-a": "U0AGENTA", "agent-b": "U0AGENTB"}[assignee]
+    await stack.slack.user_message(user, CHATS, "能", thread_ts=root.ts)
+    await stack.settle()
+    sent = [m["content"] for m in stack.sandbox.conversations[cid].messages if m["from"] == "merchant"]
+    assert sent == [{"type": "text", "text": "能"}]
+    second = await stack.sandbox.open_chat("1001", {"type": "text", "text": "没人回"})
+    await stack.settle()
+    await stack.advance(120)
+    assert await stack.redis.hget(f"{{store:1001}}:chat:{second}", "status") == "closed", "the window timer fired"
+    tid = await stack.sandbox.create_task_order("1001", "c-7001")
+    await stack.settle()
+    card = stack.slack.channel(TASKS)[-1]
+    await stack.telegram.user_message(7001, 7001, "买家在等", reply_to=stack.telegram.by_bot(7001)[0].message_id)
+    await stack.settle()
+    assert stack.slack.thread(TASKS, card.ts)[-1].text.endswith("买家在等")
+    assert [c["side"] for c in stack.sandbox.task_orders[tid].comments] == ["creator"]
+
+
+async def test_a_guided_resolve_in_telegram_on_a_cluster(cluster_stack: Stack) -> None:
+    stack, group, owner = cluster_stack, -1001002000001, 1002001
+    tid = await stack.sandbox.create_task_order("1002", "c-7001")
+    await stack.settle()
+    card = next(m for m in stack.telegram.by_bot(group) if tid in m.text and m.reply_markup)
+    await stack.telegram.tap(owner, group, card.message_id, f"rs:{tid}")
+    await stack.settle()
+    step1 = stack.telegram.by_bot(group)[-1]
+    await stack.telegram.user_message(owner, group, "Reshipped by SF Express, SF1234567890", reply_to=step1.message_id)
+    await stack.settle()
+    step2 = stack.telegram.by_bot(group)[-1]
+    await stack.telegram.tap(owner, group, step2.message_id, f"pd:{tid}")
+    await stack.settle()
+    await stack.telegram.tap(owner, group, stack.telegram.by_bot(group)[-1].message_id, f"py:{tid}")
+    await stack.settle()
+    solution = stack.sandbox.task_orders[tid].solution
+    assert solution is not None and solution["solution"] == "Reshipped by SF Express, SF1234567890"
+
+
+async def test_timers_fire_on_time_with_live_workers_on_a_cluster(cluster: list[EmbeddedRedis]) -> None:
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in cluster)
+    stack = await start_stack(url, run_workers=True)
+    fired: list[float] = []
+
+    async def record(timer: object) -> None:
+        fired.append(time.time())
+
+    stack.bridge.timer_handlers["probe"] = record
+    try:
+        due = time.time() + 0.5
+        await stack.bridge.timers.schedule("probe:{store:1001}:one", due)
+        deadline = time.monotonic() + 10
+        while not fired:
+            assert time.monotonic() < deadline, "the timer never fired"
+            await asyncio.sleep(0.02)
+        assert fired[0] >= due
+        subscribers = 0
+        for node in cluster:  # the worker listens for wake-ups on one node; a PUBLISH reaches all
+            with sync_redis.Redis(port=node.port, decode_responses=True) as r:
+                subscribers += r.pubsub_numsub("timers:wake")[0][1]
+        assert subscribers == 1
+        cid = await stack.sandbox.open_chat("1001", {"type": "text", "text": "实时"})
+        while cid not in stack.sandbox.conversations or not stack.slack.channel(CHATS):
+            assert time.monotonic() < deadline, "the live consumer never handled the push"
+            await asyncio.sleep(0.02)
+    finally:
+        await stack.stop()
