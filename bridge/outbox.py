@@ -50,6 +50,10 @@ class FinalFailure(Exception):
         self.code = code
 
 
+class Expired(Exception):
+    """The job's moment (``expires_at``) will have passed before the service can take it: dropped."""
+
+
 @dataclass(frozen=True)
 class OutboxJob:
     id: str
@@ -166,17 +170,17 @@ class Outbox:
         if raw is None:
             return
         job = OutboxJob.loads(str(raw))
-        if job.expires_at is not None and self.clock.now() >= job.expires_at:
-            self.stats.expired += 1
-            METRICS.outbox.labels(job.kind, "expired").inc()
-            log.info("outbox %s %s (%s): expired before it could be sent; dropped", tag, job.id, job.kind)
-            await self._next(tag, thread, job)
-            return
         sender = self.senders.get(job.kind)
         try:
+            if job.expires_at is not None and self.clock.now() >= job.expires_at:
+                raise Expired("expired before it could be sent")
             if sender is None:
                 raise FinalFailure(f"no sender for {job.kind!r} in this process")
             await sender(job)
+        except Expired as exc:
+            self.stats.expired += 1
+            METRICS.outbox.labels(job.kind, "expired").inc()
+            log.info("outbox %s %s (%s): %s; dropped", tag, job.id, job.kind, exc)
         except RetryLater as exc:
             await self._retry(tag, thread, job, exc)
             return

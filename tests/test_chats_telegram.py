@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bridge import keys
+from bridge.outbox import OutboxJob
 from tests.conftest import Stack
 
 GROUP = -1001002000001
@@ -134,3 +135,20 @@ async def test_a_forum_where_the_bot_may_not_open_topics_falls_back_to_reply_cha
     await stack.telegram.user_message(OWNER, GROUP, "On it", reply_to=root_id)
     await stack.settle()
     assert merchant_texts(stack, cid) == ["On it"]
+
+
+async def test_a_reminder_whose_slot_in_a_busy_group_comes_too_late_takes_no_slot(stack: Stack) -> None:
+    assert stack.clock is not None
+    cid, _ = await open_chat(stack)  # the group's next free slot is now about 3 s away (20/min)
+    late = OutboxJob("telegram:late-reminder", "telegram.post", {
+        "tag": TAG, "thread_key": f"chat:{cid}", "store": "1002", "channel": str(GROUP), "root": False,
+        "view": {"type": "notice", "text": "too late"}}, expires_at=stack.clock.now() + 1)  # fmt: skip
+    await stack.bridge.outbox.enqueue(TAG, f"chat:{cid}:telegram", late)
+    await stack.sandbox.chat_message(cid, {"type": "text", "text": "next one"})
+    await stack.settle()
+    texts = [m.text for m in stack.telegram.by_bot(GROUP)]
+    assert not any("too late" in t for t in texts), "dropped: its slot would have come after its moment"
+    assert stack.bridge.outbox.stats.expired == 1
+    assert any("next one" in t for t in texts)
+    spacing = [m.sent_at for m in stack.telegram.by_bot(GROUP) if m.text]
+    assert spacing[1] - spacing[0] < 3.2, "the next message took the slot the reminder did not"

@@ -358,8 +358,8 @@ class SlackConnector:
         store_id = job.payload.get("store")
         return self.config().store(str(store_id)) if store_id else None
 
-    async def _space(self, channel: str, job_id: str) -> None:
-        wait = await self.spacing.wait_seconds("slack", channel, CHANNEL_SPACING_SECONDS, job_id)
+    async def _space(self, channel: str, job_id: str, not_after: float | None = None) -> None:
+        wait = await self.spacing.wait_seconds("slack", channel, CHANNEL_SPACING_SECONDS, job_id, not_after)
         if wait > 0:
             raise RetryLater(f"channel {channel} spacing", after=wait, pacing=True)
 
@@ -378,7 +378,7 @@ class SlackConnector:
             await self._landed_before(p["channel"], thread_ts, job.id) if await self.redis.exists(attempt) else None
         )
         if landed is None:
-            await self._space(p["channel"], job.id)
+            await self._space(p["channel"], job.id, job.expires_at)
             await self.redis.set(attempt, "1", ex=POST_ATTEMPT_SECONDS)
             metadata = {"event_type": POST_METADATA, "event_payload": {"job": job.id}}
             resp = await _call(self.client.chat_postMessage(channel=p["channel"], text=text, blocks=blocks,

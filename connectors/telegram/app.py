@@ -239,18 +239,26 @@ class TelegramConnector:
         except TelegramError as exc:
             raise _sorted(exc) from None
 
-    async def _space(self, chat: int, job_id: str) -> None:
+    async def _space(self, chat: int, job_id: str, not_after: float | None = None) -> None:
+        spacing = GROUP_SPACING if chat < 0 else CHAT_SPACING
         wait = max(
-            await self.spacing.wait_seconds("telegram", str(chat), GROUP_SPACING if chat < 0 else CHAT_SPACING, job_id),
+            await self.spacing.wait_seconds("telegram", str(chat), spacing, job_id, not_after),
             await self.spacing.wait_seconds("telegram", "bot", BOT_SPACING, job_id),
         )
         if wait > 0:
             raise RetryLater(f"chat {chat} spacing", after=wait, pacing=True)
 
     async def _send(
-        self, chat: int, text: str, markup: Any, job_id: str, reply_to: int | None, thread: int | None
+        self,
+        chat: int,
+        text: str,
+        markup: Any,
+        job_id: str,
+        reply_to: int | None,
+        thread: int | None,
+        not_after: float | None = None,
     ) -> Any:
-        await self._space(chat, job_id)
+        await self._space(chat, job_id, not_after)
         try:
             return await self.bot.send_message(
                 chat, text, parse_mode="HTML", reply_markup=markup, message_thread_id=thread,
@@ -314,7 +322,7 @@ class TelegramConnector:
             if root is None:
                 raise FinalFailure("the root message was never posted")
             reply_to = int(root[1])
-        sent = await self._send(chat, text, markup, job.id, reply_to, topic)
+        sent = await self._send(chat, text, markup, job.id, reply_to, topic, job.expires_at)
         if p.get("root"):
             await refs.save_root(self.redis, tag, key, "telegram", str(chat), str(sent.message_id))
         else:  # a reply to any message of the chain belongs to the same thread
