@@ -97,7 +97,7 @@ class Bridge:
         )
         self._platform = platform
         self._serve_webhooks = True
-        self._reconnecting: asyncio.Task[None] | None = None
+        self._reconnecting: asyncio.Task[bool] | None = None
         self.connectors: dict[str, Connector] = {}
         self._connected_with: dict[str, Any] = {}
         for service in plugins():
@@ -268,12 +268,9 @@ class Bridge:
             self.embedded_redis.stop()
         log.info("bridge stopped")
 
-    def reload_config(self) -> bool:
-        """SIGHUP: reload now; connectors whose settings changed are rebuilt in the background."""
-        reloaded = self.holder.reload()
-        if reloaded:
-            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect_changed())
-        return reloaded
+    def reload_config(self) -> None:
+        """SIGHUP (a signal handler cannot await): ``reload`` at once, in the background."""
+        self._reconnecting = asyncio.get_running_loop().create_task(self.reload())
 
     async def reload(self) -> bool:
         """Reloads the file; on success, destinations whose settings changed are reconnected."""
@@ -302,14 +299,16 @@ def open_redis(url: str, max_connections: int = 64) -> Redis:
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
+def _addresses(netloc: str, default_port: int) -> list[tuple[str, int]]:
+    """``host:port,host2`` → [(host, port), (host2, default_port)]."""
+    return [(host, int(port or default_port)) for host, _, port in (a.partition(":") for a in netloc.split(","))]
+
+
 def _cluster_client(url: str, max_connections: int) -> Redis:
     """``redis+cluster://host:port[,host:port]``: a Redis Cluster client. Every multi-key command
     and script of the bridge stays inside one hash tag, so it runs on one node."""
     parsed = urllib.parse.urlsplit(url)
-    nodes = []
-    for address in parsed.netloc.split(","):
-        host, _, port = address.partition(":")
-        nodes.append(ClusterNode(host, int(port or 6379)))
+    nodes = [ClusterNode(host, port) for host, port in _addresses(parsed.netloc, 6379)]
     query = dict(urllib.parse.parse_qsl(parsed.query))
     client = RedisCluster(startup_nodes=nodes, decode_responses=True, max_connections=max_connections,
                           password=query.get("password"))  # fmt: skip
@@ -318,10 +317,7 @@ def _cluster_client(url: str, max_connections: int) -> Redis:
 
 def _sentinel_client(url: str, max_connections: int) -> Redis:
     parsed = urllib.parse.urlsplit(url)
-    sentinels = []
-    for address in parsed.netloc.split(","):
-        host, _, port = address.partition(":")
-        sentinels.append((host, int(port or 26379)))
+    sentinels = _addresses(parsed.netloc, 26379)
     query = dict(urllib.parse.parse_qsl(parsed.query))
     options: dict[str, Any] = {"decode_responses": True, "max_connections": max_connections, "socket_timeout": 5}
     if "db" in query:
@@ -336,10 +332,7 @@ def _sentinel_client(url: str, max_connections: int) -> Redis:
 
 async def close_redis(client: Redis) -> None:
     """Closes a client and, for a Sentinel-managed one, its connections to the sentinels."""
-    if isinstance(client, RedisCluster):
-        await client.aclose()
-        return
-    pool = client.connection_pool
+    pool = None if isinstance(client, RedisCluster) else client.connection_pool
     await client.aclose()
     if isinstance(pool, SentinelConnectionPool):
         for sentinel in pool.sentinel_manager.sentinels:
@@ -353,7 +346,10 @@ def _sibling_client(redis: Redis, max_connections: int) -> Redis:
     """Another client of the same server (or Sentinel-managed primary, or cluster) with a pool of its own."""
     if isinstance(redis, RedisCluster):
         nodes = [ClusterNode(n.host, n.port) for n in redis.nodes_manager.startup_nodes.values()]
-        return cast(Redis, RedisCluster(startup_nodes=nodes, decode_responses=True, max_connections=max_connections))
+        auth = {k: redis.nodes_manager.connection_kwargs.get(k) for k in ("username", "password")}
+        return cast(
+            Redis, RedisCluster(startup_nodes=nodes, decode_responses=True, max_connections=max_connections, **auth)
+        )
     pool = redis.connection_pool
     if isinstance(pool, SentinelConnectionPool):
         kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in ("connection_pool", "host", "port")}
