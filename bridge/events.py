@@ -31,6 +31,7 @@ from bridge import keys
 from bridge.clock import Clock, SystemClock
 from bridge.cluster import is_cluster
 from bridge.domain import Endpoint
+from bridge.timers import listen_for_wakeups
 
 log = logging.getLogger(__name__)
 
@@ -239,25 +240,16 @@ class EventConsumer:
         found = [entry for reply in replies for entry in reply or []]
         if not found and block_ms:
             self._woken.clear()
-            if self._listener is None or self._listener.done():
-                self._listener = asyncio.create_task(self._listen_for_events())
+            if self._listener is None:
+                self._listener = asyncio.create_task(
+                    listen_for_wakeups(self.redis, keys.EVENTS_WAKE_CHANNEL, self._on_wake, lambda: self._stopping)
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), block_ms / 1000)
         return found
 
-    async def _listen_for_events(self) -> None:
-        pubsub = self.redis.pubsub()
-        try:
-            await pubsub.subscribe(keys.EVENTS_WAKE_CHANNEL)
-            while not self._stopping:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.25)
-                if message is not None:
-                    self._woken.set()
-        except Exception as exc:  # wake-ups only shorten waits; the next wait starts a new listener
-            log.warning("event wake-up channel lost: %r", exc)
-        finally:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+    def _on_wake(self, _: str | None) -> None:
+        self._woken.set()
 
     async def _ensure_groups(self, streams: Mapping[str, Endpoint]) -> None:
         for stream in streams:

@@ -253,7 +253,10 @@ class TimerWorker:
 
     async def run(self) -> None:
         self._serving = serving = asyncio.Event()
-        listener = asyncio.create_task(self._listen_for_wakeups(), name="timers-wake")
+        listener = asyncio.create_task(
+            listen_for_wakeups(self.store.redis, keys.WAKE_CHANNEL, self._on_wake, lambda: self._stopping),
+            name="timers-wake",
+        )
         acker = asyncio.create_task(self._ack_loop(), name="timers-ack")
         try:
             while not self._stopping:
@@ -421,25 +424,34 @@ class TimerWorker:
         for shard, args in by_shard.items():
             await self.store.ack_script(keys=self.store.shard_keys(shard)[:4], args=args)
 
-    async def _listen_for_wakeups(self) -> None:
-        # Polls with a short timeout rather than relying on task cancellation, which redis-py's
-        # pub/sub reader can swallow while a read is in progress.
-        while not self._stopping:
-            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(keys.WAKE_CHANNEL)
-                # A timer scheduled while we were (re)subscribing would otherwise wait max_idle.
-                self._wake.set()
-                while not self._stopping:
-                    message = await pubsub.get_message(timeout=0.25)
-                    if message is not None and float(message["data"]) < self._next_ms:
-                        self._wake.set()
-            except Exception as exc:  # wake-ups only shorten waits: whatever broke, resubscribe
-                log.warning("timer wake-up channel lost, resubscribing: %r", exc)
-                await asyncio.sleep(1.0)
-            finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    def _on_wake(self, due_ms: str | None) -> None:
+        if due_ms is None or float(due_ms) < self._next_ms:
+            self._wake.set()
+
+
+async def listen_for_wakeups(
+    redis: Redis, channel: str, on_message: Callable[[str | None], None], stopping: Callable[[], bool]
+) -> None:
+    """Calls ``on_message`` with each payload published on ``channel`` until ``stopping()``, and with
+    None each time the subscription is (re)made: something published meanwhile was missed.
+    Wake-ups only shorten waits, so whatever breaks the subscription, it is made again."""
+    # Polls with a short timeout rather than relying on task cancellation, which redis-py's
+    # pub/sub reader can swallow while a read is in progress.
+    while not stopping():
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(channel)
+            on_message(None)
+            while not stopping():
+                message = await pubsub.get_message(timeout=0.25)
+                if message is not None:
+                    on_message(str(message["data"]))
+        except Exception as exc:
+            log.warning("wake-up channel %s lost, resubscribing: %r", channel, exc)
+            await asyncio.sleep(1.0)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 async def take_steps(
