@@ -25,7 +25,7 @@ from bridge.domain import ChatClosed, ChatMessage
 from bridge.events import StoredEvent
 from bridge.i18n import t
 from bridge.metrics import METRICS
-from bridge.outbox import FinalFailure, Outbox, OutboxJob
+from bridge.outbox import FINISHED_GRACE_SECONDS, FinalFailure, Outbox, OutboxJob
 from bridge.timers import Timer, TimerStore, take_steps
 from rules.permissions import Refusal, answer_refusal
 from rules.reply_window import WindowStep, next_step_at, window_start, window_steps
@@ -33,56 +33,89 @@ from rules.routing import route_by_saturation
 
 log = logging.getLogger(__name__)
 
-# Creates the chat and assigns it, only if the loads it was decided on are still current.
-# KEYS: chat, loads. ARGV: assignee ('' for none), now, destination, platform agent, then
-# (agent, expected load) pairs. Returns {1, assignee} when created, {0, assignee} when it existed,
-# {-1} when a load changed meanwhile (decide again).
+# Every script below is one step of the flow that is safe to run again: a handler that dies after
+# it (or whose reply from Redis is lost) runs it a second time on retry and gets an answer that lets
+# it finish the rest of its work, which is idempotent (outbox job ids), without counting anything twice.
+
+# Creates the chat, assigns it and records its first message, only if the loads it was decided on are
+# still current. KEYS: chat, loads. ARGV: assignee ('' for none), now, destination, platform agent,
+# first message (view JSON), its id, the load table shown, then (agent, expected load) pairs.
+# Returns {1, assignee} when created, {0, assignee} when it existed, {-1} when a load changed
+# meanwhile (decide again).
 _OPEN = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('HGET', KEYS[1], 'assignee')} end
-for i = 5, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   if tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0') ~= tonumber(ARGV[i + 1]) then return {-1} end
 end
 redis.call('HSET', KEYS[1], 'status', 'open', 'assignee', ARGV[1], 'started_at', ARGV[2],
-           'destination', ARGV[3], 'platform_agent', ARGV[4], 'window_start', '', 'first_reply_at', '')
+           'destination', ARGV[3], 'platform_agent', ARGV[4], 'first_message', ARGV[5],
+           'first_message_id', ARGV[6], 'loads', ARGV[7], 'window_start', '', 'first_reply_at', '')
 if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[1], 1) end
 return {1, ARGV[1]}
 """
 
-# KEYS: chat, loads. ARGV: reason, now, ticket, keep seconds. Returns 1 if this closed it.
+# KEYS: chat, loads, stats. ARGV: reason, now, ticket, keep seconds. Returns 1 if this call closed it,
+# 0 if it was closed before (the caller still finishes the close's follow-ups, which are idempotent).
 _CLOSE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'closed', 'close_reason', ARGV[1], 'closed_at', ARGV[2], 'ticket', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'closed', 'close_reason', ARGV[1], 'closed_at', ARGV[2], 'ticket', ARGV[3],
+           'finished_at', ARGV[2])
 local assignee = redis.call('HGET', KEYS[1], 'assignee')
 if assignee and assignee ~= '' then
   if redis.call('HINCRBY', KEYS[2], assignee, -1) < 0 then redis.call('HSET', KEYS[2], assignee, 0) end
+  if ARGV[1] == 'reply_timeout' then redis.call('HINCRBY', KEYS[3], assignee .. ':timeouts', 1) end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
-# Starts a window decided by rules.window_start, unless one started meanwhile.
-# KEYS: chat. ARGV: start, deadline. Returns 1 if this call started it.
+# Starts a window decided by rules.window_start, unless one is running, or this message's window
+# already ran and was answered, or a reply came after the message was sent (a redelivered message
+# never restarts the window of an answered chat). KEYS: chat. ARGV: start, deadline, message id.
+# Returns 1 if the running window is this message's (started now, or by an earlier run of it).
 _WINDOW = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'open' or redis.call('HGET', KEYS[1], 'window_start') ~= '' then
+if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return 0 end
+local mine = redis.call('HGET', KEYS[1], 'window_msg') == ARGV[3]
+if redis.call('HGET', KEYS[1], 'window_start') ~= '' then
+  if mine then return 1 end
   return 0
 end
-redis.call('HSET', KEYS[1], 'window_start', ARGV[1], 'deadline', ARGV[2])
+if mine then return 0 end
+local answered = tonumber(redis.call('HGET', KEYS[1], 'last_reply_at') or '')
+if answered and tonumber(ARGV[1]) <= answered then return 0 end
+redis.call('HSET', KEYS[1], 'window_start', ARGV[1], 'deadline', ARGV[2], 'window_msg', ARGV[3])
 return 1
 """
 
-# KEYS: chat. ARGV: now, agent. Returns 'closed', 'expired', 'first' or 'again' (+ started_at).
+# Accepts a reply: stops the window and counts it (A9), once per reply however often it is handled.
+# KEYS: chat, stats. ARGV: now, agent, reply id. Returns 'repeat' (accepted before: only finish its
+# follow-ups), 'closed', 'expired', 'first' or 'again'.
 _ACCEPT = """
+local marker = 'reply:' .. ARGV[3]
+if redis.call('HEXISTS', KEYS[1], marker) == 1 then return {'repeat'} end
 if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return {'closed'} end
-local deadline = redis.call('HGET', KEYS[1], 'deadline')
-if redis.call('HGET', KEYS[1], 'window_start') ~= '' and tonumber(ARGV[1]) >= tonumber(deadline) then
+local now = tonumber(ARGV[1])
+if redis.call('HGET', KEYS[1], 'window_start') ~= '' and now >= tonumber(redis.call('HGET', KEYS[1], 'deadline')) then
   return {'expired'}
 end
-redis.call('HSET', KEYS[1], 'window_start', '', 'deadline', '')
+redis.call('HSET', KEYS[1], 'window_start', '', 'deadline', '', 'last_reply_at', ARGV[1], marker, ARGV[1])
+redis.call('HINCRBY', KEYS[2], ARGV[2] .. ':replies', 1)
 if redis.call('HGET', KEYS[1], 'first_reply_at') == '' then
   redis.call('HSET', KEYS[1], 'first_reply_at', ARGV[1], 'first_reply_by', ARGV[2])
-  return {'first', redis.call('HGET', KEYS[1], 'started_at')}
+  local elapsed = math.max(0, now - tonumber(redis.call('HGET', KEYS[1], 'started_at')))
+  redis.call('HINCRBY', KEYS[2], ARGV[2] .. ':first_replies', 1)
+  redis.call('HINCRBY', KEYS[2], ARGV[2] .. ':first_reply_ms', math.floor(elapsed * 1000))
+  return {'first', tostring(elapsed)}
 end
 return {'again'}
+"""
+
+# Counts a reply refused as too late (A9), once per reply. KEYS: chat, stats. ARGV: agent, reply id.
+_LATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HSETNX', KEYS[1], 'late:' .. ARGV[2], 1) == 1 then
+  redis.call('HINCRBY', KEYS[2], ARGV[1] .. ':late', 1)
+end
+return 1
 """
 
 
@@ -131,6 +164,7 @@ class ChatFlow:
         self._close = redis.register_script(_CLOSE)
         self._window = redis.register_script(_WINDOW)
         self._accept = redis.register_script(_ACCEPT)
+        self._late = redis.register_script(_LATE)
 
     @property
     def config(self) -> BridgeConfig:
@@ -140,50 +174,49 @@ class ChatFlow:
     # -- platform events ---------------------------------------------------------------------------
 
     async def on_platform_message(self, event: StoredEvent) -> None:
+        """Resumable: run again after a crash at any point, it finishes what the first run left and
+        repeats nothing (the chat is created once, the window started once, posts queued once)."""
         msg = ChatMessage.model_validate_json(event.raw)
         store = self.config.store(event.endpoint.id)
         if store is None:
             return
         tag, cid = event.endpoint.tag, msg.conversation_id
         dest = Destination.parse(store.destinations.platform_chats)
-        created, _, decided_on = await self._open_chat(store, tag, cid, dest, msg.sender.name)
         view = {"type": "platform_message", "content": msg.content.model_dump(), "sender": msg.sender.name}
-        if created:
-            # The root carries the header, the assignee's mention and the first message: one post,
-            # so a new chat shows up at once even where the channel allows one message a second.
-            table = ", ".join(f"{a.name} {decided_on.get(a.id, 0)}" for a in store.designated if a.im_permission)
-            first = orjson.dumps(view).decode()
-            await self.redis.hset(
-                keys.chat(tag, cid),
-                mapping={"first_message": first, "first_message_id": msg.message_id, "loads": table},
-            )
+        if await self._open_chat(store, tag, cid, dest, msg.sender.name, view, msg.message_id):
+            METRICS.chats_opened.labels(store.id).inc()
         chat = await self._chat(tag, cid)
         if chat.get("status") != "open":
             log.info("store %s: message %s for closed chat %s not mirrored", store.id, msg.message_id, cid)
             return
-        window_started = await self._start_window(store, tag, cid, chat, msg)
-        if created:
-            METRICS.chats_opened.labels(store.id).inc()
+        window = await self._start_window(store, tag, cid, chat, msg)
+        if chat.get("first_message_id") == msg.message_id:
+            # The root carries the header, the assignee's mention and the first message: one post,
+            # so a new chat shows up at once even where the channel allows one message a second.
             chat = await self._chat(tag, cid)  # with its window: the root shows the deadline at once
             await self._to_destination(store, dest, cid, f"root:{cid}", "post", self._root_view(store, chat), root=True)
-            return
-        if chat.get("first_message_id") != msg.message_id:
+        else:
             await self._to_destination(store, dest, cid, f"pm:{msg.message_id}", "post", view)
-        if window_started is not None:
-            await self._update_root(store, tag, cid, f"window:{window_started}")
+            if window is not None:
+                await self._update_root(store, tag, cid, f"window:{window}")
+        if window is not None:
+            # Only now: a reminder is queued behind the posts it refers to, never before the root.
+            await self._schedule_window(store, tag, cid, window)
 
     async def _start_window(
         self, store: Store, tag: str, cid: str, chat: dict[str, str], msg: ChatMessage
     ) -> float | None:
-        """Starts the reply window this message starts (A4), if any; returns its start."""
+        """The start of the reply window this message started (A4), now or in an earlier run of
+        the same event; None when it started none."""
         running = float(chat["window_start"]) if chat.get("window_start") else None
+        if running is not None and chat.get("window_msg") == msg.message_id:
+            return running
         started = window_start(running, _ts(msg.sent_at), msg.awaiting_reply)
         if started is None or running is not None:
             return None
         deadline = started + store.reply_window.seconds
-        if not int(await self._window(keys=[keys.chat(tag, cid)], args=[started, deadline])):
+        if not int(await self._window(keys=[keys.chat(tag, cid)], args=[started, deadline, msg.message_id])):
             return None
-        await self._schedule_window(store, tag, cid, started)
         return started
 
     async def on_platform_closed(self, event: StoredEvent) -> None:
@@ -234,26 +267,31 @@ class ChatFlow:
         await take_steps(self.timers, timer, keys.chat(tag, cid), chat, f"step:{started}:", steps, take)
 
     async def close(self, store: Store, cid: str, reason: str, ticket: str) -> bool:
-        """Closes a chat (A6): idempotent; True only for the call that closed it."""
+        """Closes a chat (A6): idempotent, and resumable — a call on a chat already closed finishes
+        the close's follow-ups a crashed call may have left (each queued once). True only for the
+        call that closed it."""
         tag = keys.store_tag(store.id)
-        closed = await self._close(
-            keys=[keys.chat(tag, cid), keys.agent_load(tag)],
-            args=[reason, self.clock.now(), ticket, keys.CHAT_KEEP_SECONDS],
+        closed = int(
+            await self._close(
+                keys=[keys.chat(tag, cid), keys.agent_load(tag), keys.chat_stats(tag)],
+                args=[reason, self.clock.now(), ticket, keys.CHAT_KEEP_SECONDS],
+            )
         )
-        if not int(closed):
-            return False
-        await self.timers.cancel(keys.window_timer(tag, cid))
-        await self.timers.schedule(keys.forget_timer(tag, f"chat:{cid}"), self.clock.now() + keys.CHAT_KEEP_SECONDS)
         chat = await self._chat(tag, cid)
-        METRICS.chats_closed.labels(store.id, reason).inc()
-        if reason == "reply_timeout" and chat.get("assignee"):
-            await self.redis.hincrby(keys.chat_stats(tag), f"{chat['assignee']}:timeouts", 1)
-            METRICS.chats_lost.labels(store.id, chat["assignee"]).inc()
+        if chat.get("status") != "closed":
+            return False
+        if closed:
+            METRICS.chats_closed.labels(store.id, chat.get("close_reason", reason)).inc()
+            if chat.get("close_reason") == "reply_timeout" and chat.get("assignee"):
+                METRICS.chats_lost.labels(store.id, chat["assignee"]).inc()
+        await self.timers.cancel(keys.window_timer(tag, cid))
+        forget_at = float(chat.get("closed_at") or self.clock.now()) + keys.CHAT_KEEP_SECONDS
+        await self.timers.schedule(keys.forget_timer(tag, f"chat:{cid}"), forget_at)
         dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
         await self._update_root(store, tag, cid, "closed")
         text = t(store.locale, "chat.closed_notice", reason=self._reason_text(store, chat))
         await self._notice(store, dest, cid, f"closed:{cid}", text)
-        return True
+        return bool(closed)
 
     # -- replies from a destination ------------------------------------------------------------------
 
@@ -274,21 +312,26 @@ class ChatFlow:
             has_content=bool(text.strip() or media),
         )
         if refusal is None and agent is not None and cid is not None:
-            state, *rest = await self._accept(keys=[keys.chat(tag, cid)], args=[self.clock.now(), agent.id])
+            state, *rest = await self._accept(
+                keys=[keys.chat(tag, cid), keys.chat_stats(tag)], args=[self.clock.now(), agent.id, str(actor.message)]
+            )
             if state == "expired":
                 await self.close(store, cid, "reply_timeout", "")
                 refusal = Refusal.CLOSED
             elif state == "closed":
                 refusal = Refusal.CLOSED
             else:
+                if state != "repeat":  # counted in Redis by the script; these are this process's metrics
+                    METRICS.replies.labels(store.id, agent.id, "yes").inc()
+                    if state == "first":
+                        METRICS.first_reply.labels(store.id, agent.id).observe(float(rest[0]))
                 await self._send_reply(store, tag, cid, agent.id, actor, text, media)
-                await self._count_reply(store, tag, agent.id, first_started=rest[0] if state == "first" else None)
-                await self.timers.cancel(keys.window_timer(tag, cid))
+                await self._stop_window_timer(store, tag, cid)
                 await self._update_root(store, tag, cid, f"answered:{actor.message}")
                 return ReplyOutcome(True)
         if refusal is not None:
-            if refusal is Refusal.CLOSED and agent is not None:
-                await self.redis.hincrby(keys.chat_stats(tag), f"{agent.id}:late", 1)
+            if refusal is Refusal.CLOSED and agent is not None and cid is not None:
+                await self._late(keys=[keys.chat(tag, cid), keys.chat_stats(tag)], args=[agent.id, str(actor.message)])
             await self._refuse(store, actor, refusal, chat, agent.id if agent else actor.user)
         return ReplyOutcome(False, refusal)
 
@@ -320,24 +363,25 @@ class ChatFlow:
             parts.append(("platform.send_image", {"media": vars(item), "index": i}))
         for i, (kind, extra) in enumerate(parts):
             payload = {"endpoint": f"store:{store.id}", "conversation_id": cid, "agent_id": agent_id} | extra
+            # A reply matters while its chat is open; after that it is dead-lettered and its author told.
             job = OutboxJob(
                 f"reply:{actor.channel}:{actor.message}:{i}",
                 kind,
                 payload,
                 report_to=report,
                 then=[react] if i == len(parts) - 1 else None,
+                relevant_key=keys.chat(tag, cid),
             )
             await self.outbox.enqueue(tag, f"chat:{cid}:platform", job)
 
-    async def _count_reply(self, store: Store, tag: str, agent_id: str, first_started: str | None) -> None:
-        stats = keys.chat_stats(tag)
-        await self.redis.hincrby(stats, f"{agent_id}:replies", 1)
-        METRICS.replies.labels(store.id, agent_id, "yes").inc()
-        if first_started is not None:
-            elapsed = max(0.0, self.clock.now() - float(first_started))
-            await self.redis.hincrby(stats, f"{agent_id}:first_replies", 1)
-            await self.redis.hincrby(stats, f"{agent_id}:first_reply_ms", int(elapsed * 1000))
-            METRICS.first_reply.labels(store.id, agent_id).observe(elapsed)
+    async def _stop_window_timer(self, store: Store, tag: str, cid: str) -> None:
+        """Cancels the answered window's timer. A platform message may have started the next window
+        meanwhile (this reply handled again after a crash): read after the cancel, that window gets
+        its timer back, whichever order the two processes ran in."""
+        await self.timers.cancel(keys.window_timer(tag, cid))
+        running = await self.redis.hget(keys.chat(tag, cid), "window_start")
+        if running:
+            await self._schedule_window(store, tag, cid, float(running))
 
     async def on_reply_failed(self, job: OutboxJob, failure: FinalFailure, tag: str) -> None:
         """The platform refused a reply for good: tell its author; a 409 means the chat is closed
@@ -380,20 +424,22 @@ class ChatFlow:
     # -- helpers -------------------------------------------------------------------------------------
 
     async def _open_chat(
-        self, store: Store, tag: str, cid: str, dest: Destination, agent_name: str
-    ) -> tuple[bool, str, dict[str, int]]:
-        """(created, assignee, the open-chat counts the assignment was decided on)."""
+        self, store: Store, tag: str, cid: str, dest: Destination, agent_name: str, first: dict[str, Any], first_id: str
+    ) -> bool:
+        """Creates and assigns the chat with its first message (A3) unless it exists; True when created."""
         candidates = [a.id for a in store.designated if a.im_permission]
         for _ in range(20):
             loads = dict(zip(candidates, await self.redis.hmget(keys.agent_load(tag), candidates), strict=True))
             counts = {a: int(v or 0) for a, v in loads.items()}
             chosen = route_by_saturation(candidates, counts) or ""
-            args: list[str | int | float] = [chosen, self.clock.now(), str(dest), agent_name]
+            table = ", ".join(f"{a.name} {counts.get(a.id, 0)}" for a in store.designated if a.im_permission)
+            args: list[str | int | float] = [chosen, self.clock.now(), str(dest), agent_name,
+                                             orjson.dumps(first).decode(), first_id, table]  # fmt: skip
             for agent, count in counts.items():
                 args += [agent, count]
             result = await self._open(keys=[keys.chat(tag, cid), keys.agent_load(tag)], args=args)
             if int(result[0]) >= 0:
-                return int(result[0]) == 1, str(result[1] or ""), counts
+                return int(result[0]) == 1
         raise RuntimeError(f"store {store.id}: could not assign chat {cid}: loads kept changing")
 
     async def _chat(self, tag: str, cid: str) -> dict[str, str]:
@@ -460,8 +506,9 @@ class ChatFlow:
         view: dict[str, Any],
         root: bool = False,
     ) -> None:
+        tag = keys.store_tag(store.id)
         await post_view(
-            self.outbox, keys.store_tag(store.id), f"chat:{cid}", store.id, dest, job_id, action, view, root
+            self.outbox, tag, f"chat:{cid}", store.id, dest, job_id, action, view, root, keys.chat(tag, cid)
         )
 
     async def _refuse(
@@ -504,11 +551,13 @@ async def post_view(
     action: str,
     view: dict[str, Any],
     root: bool = False,
+    relevant_key: str | None = None,
 ) -> None:
     """Queues a view for a destination: ``action`` is post or update_root; ``thread_key`` names what
     the messages belong to (``chat:<id>``, ``task:<id>``) under ``tag``; the root is its first post.
     ``store_id`` lets the renderer resolve agents' mentions (None for a creator's destination). A
-    view with ``expires_at`` (a reminder) is dropped rather than shown after that moment."""
+    view with ``expires_at`` (a reminder) is dead-lettered rather than shown after that moment;
+    ``relevant_key`` is the state of the chat or task order it belongs to (see ``OutboxJob``)."""
     payload = {
         "tag": tag,
         "thread_key": thread_key,
@@ -517,5 +566,6 @@ async def post_view(
         "view": view,
         "root": root,
     }
-    job = OutboxJob(f"{dest.service}:{job_id}", f"{dest.service}.{action}", payload, expires_at=view.get("expires_at"))
+    job = OutboxJob(f"{dest.service}:{job_id}", f"{dest.service}.{action}", payload, expires_at=view.get("expires_at"),
+                    relevant_key=relevant_key, relevant_grace=FINISHED_GRACE_SECONDS)  # fmt: skip
     await outbox.enqueue(tag, f"{thread_key}:{dest.service}", job)

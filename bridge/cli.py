@@ -7,9 +7,15 @@ import asyncio
 import contextlib
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
+
+from redis.asyncio import Redis
 
 from bridge.config import ConfigError, ConfigHolder, LoadedConfig, Problem, load_config
+
+T = TypeVar("T")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -177,6 +183,73 @@ def export_tasks(path: Path, status: str, fmt: str, out: Path | None) -> int:
     return 0
 
 
+async def _on_redis(work: Callable[[Redis], Awaitable[T]]) -> T:
+    """Runs ``work`` against the bridge's Redis (REDIS_URL, or the embedded server's data)."""
+    from bridge.service import close_redis, connect_redis
+
+    redis, embedded = connect_redis()
+    try:
+        return await work(redis)
+    finally:
+        await close_redis(redis)
+        if embedded is not None:
+            embedded.stop()
+
+
+def dead_letters(path: Path, action: str, letter_id: str | None, store: str | None, creator: str | None) -> int:
+    """D5: lists, replays or drops what the outbox could not deliver while it mattered."""
+    from datetime import UTC, datetime
+
+    from bridge import keys
+    from bridge.outbox import Outbox
+    from bridge.timers import TimerStore
+
+    try:
+        config = load_config(path).config
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if store is not None and config.store(store) is None:
+        print(f"{path}: no store {store!r} is configured", file=sys.stderr)
+        return 1
+    if creator is not None and config.creator(creator) is None:
+        print(f"{path}: no creator {creator!r} is configured", file=sys.stderr)
+        return 1
+    if store is not None or creator is not None:
+        tags = [keys.store_tag(store)] if store is not None else []
+        tags += [keys.creator_tag(creator)] if creator is not None else []
+    else:
+        tags = [keys.store_tag(s.id) for s in config.stores] + [keys.creator_tag(c.id) for c in config.creators]
+        tags.append(keys.NO_ENDPOINT_TAG)
+
+    async def work(redis: Redis) -> int:
+        outbox = Outbox(redis, TimerStore(redis, shards=config.timers.shards))
+        found = 0
+        for tag in tags:
+            if action == "list":
+                for letter in await outbox.dead_letters(tag):
+                    at = datetime.fromtimestamp(letter["at"], UTC).isoformat(timespec="seconds")
+                    print(f"{tag.strip('{}')}\t{letter['id']}\t{letter['job']['kind']}\t{letter['thread']}\t{at}\t"
+                          f"{letter['reason']}")  # fmt: skip
+                    found += 1
+            elif action == "retry":
+                found += await outbox.retry_dead_letter(tag, letter_id)
+            else:
+                found += await outbox.drop_dead_letter(tag, letter_id)
+        return found
+
+    count = asyncio.run(_on_redis(work))
+    if action == "list":
+        print(f"{count} dead letter(s)", file=sys.stderr)
+        return 0
+    if letter_id is not None and count == 0:
+        print(f"no dead letter {letter_id!r}" + (f" for {store or creator}" if store or creator else ""),
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"{count} dead letter(s) {'queued again' if action == 'retry' else 'dropped'}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bridge", description="Feige (飞鸽) ↔ Slack / Telegram bridge")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -219,12 +292,24 @@ def main(argv: list[str] | None = None) -> int:
     p_export.add_argument("--format", default="jsonl", choices=["jsonl", "csv"])
     p_export.add_argument("--out", type=Path, help="file to write (default: standard output)")
 
+    p_dead = sub.add_parser("dead-letters", help="list, replay or drop what could not be delivered")
+    p_dead.add_argument("action", choices=["list", "retry", "drop"])
+    p_dead.add_argument("id", nargs="?", help="one dead letter's id (retry, drop)")
+    p_dead.add_argument("--all", action="store_true", help="every dead letter (retry, drop)")
+    p_dead.add_argument("--config", type=Path, required=True)
+    p_dead.add_argument("--store", help="only this store's")
+    p_dead.add_argument("--creator", help="only this creator's")
+
     args = parser.parse_args(argv)
+    if args.command == "dead-letters" and args.action != "list" and (args.id is None) == (not args.all):
+        parser.error(f"dead-letters {args.action}: name one id, or --all")
     if args.command == "check":
         return check(args.config, args.online)
     _setup_logging(args.verbose)
     if args.command == "serve":
         return serve(args.config, args.host, args.port, args.role)
+    if args.command == "dead-letters":
+        return dead_letters(args.config, args.action, args.id, args.store, args.creator)
     if args.command == "export":
         return export_tasks(args.config, args.status, args.format, args.out)
     if args.command == "sandbox":

@@ -125,11 +125,17 @@ class ConsumerStats:
     claimed: int = 0
 
 
+WAIT_SECONDS = 0.05
+"""How soon an event whose predecessor another consumer is handling looks again."""
+
+
 @dataclass
 class _Parked:
     event: StoredEvent
     retry_at: float
     attempts: int = 0
+    waiting: bool = False
+    """Waiting for its predecessor (held by another consumer), not retrying a failure."""
 
 
 def consumer_name() -> str:
@@ -149,7 +155,10 @@ class EventConsumer:
     lock_seconds: float = 30.0
     """How long a thread stays locked by a consumer that went silent; longer than any handler runs."""
     retry_base_seconds: float = 0.5
+    max_retry_seconds: float = 30.0
     max_attempts: int = 8
+    """Failures of a handler (a bug, bad data) before its event is dead-lettered; Redis being
+    unavailable does not count."""
     stats: ConsumerStats = field(default_factory=ConsumerStats)
 
     def __post_init__(self) -> None:
@@ -188,15 +197,27 @@ class EventConsumer:
 
     async def drain(self, claim: bool = True) -> int:
         """Burst mode: handle everything available now (and, with ``claim``, what dead consumers
-        left idle past claim_idle_seconds), waiting out parked events. Returns events handled."""
+        left idle past claim_idle_seconds), and every parked retry due by the injected clock.
+        Returns events handled. Retries not yet due stay parked: ``next_retry_at`` says when, so a
+        test moves its clock there instead of sleeping through a backoff."""
         before = self.stats.handled + self.stats.ignored
         for _ in range(1000):
-            got = await self._step(block=False, force_claim=claim)
-            if not got and not self._parked:
+            if await self._step(block=False, force_claim=claim):
+                continue
+            waiting = [p for p in self._parked if p.waiting]
+            if not waiting:
                 break
-            if not got:
-                await asyncio.sleep(max(0.0, min(p.retry_at for p in self._parked) - self.clock.now()))
+            # Another consumer is handling a predecessor: that is real work in real time, not a
+            # backoff, so look again shortly whatever the injected clock says.
+            await asyncio.sleep(0.005)
+            for p in waiting:
+                p.retry_at = self.clock.now()
         return self.stats.handled + self.stats.ignored - before
+
+    def next_retry_at(self) -> float | None:
+        """When the earliest parked event (a failed handler's retry, or one waiting for its
+        predecessor) is due again, by the injected clock; None when nothing is parked."""
+        return min((p.retry_at for p in self._parked), default=None)
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -320,7 +341,10 @@ class EventConsumer:
                         continue
                     delay, tries = retry
                     self._parked += [
-                        _Parked(e, now + delay, tries if e is event else attempts.get(e.entry_id, 0)) for e in queue
+                        _Parked(
+                            e, now + delay, tries if e is event else attempts.get(e.entry_id, 0), delay == WAIT_SECONDS
+                        )
+                        for e in queue
                     ]
                     queue.clear()
             queues = {k: q for k, q in queues.items() if q}
@@ -345,7 +369,7 @@ class EventConsumer:
                 finished.append(event)
                 result[event] = None
             elif state == "wait":
-                result[event] = (0.05, attempts.get(event.entry_id, 0))
+                result[event] = (WAIT_SECONDS, attempts.get(event.entry_id, 0))
             else:
                 ready.append(event)
         for event, retry in zip(
@@ -376,6 +400,12 @@ class EventConsumer:
         except Exception as exc:
             attempts += 1
             self.stats.failed_attempts += 1
+            if isinstance(exc, RedisError | OSError):
+                # Redis down or a connection lost: the event is fine and will be handled once Redis
+                # is back, however long that takes; it is never dead-lettered for it.
+                log.warning("%s: event %s: Redis unavailable (attempt %d), retrying: %r",
+                            event.endpoint, event.msg_id, attempts, exc)  # fmt: skip
+                return (min(self.max_retry_seconds, self.retry_base_seconds * 2 ** min(attempts - 1, 10)), attempts)
             if attempts < self.max_attempts:
                 log.warning(
                     "%s: event %s failed (attempt %d), retrying: %r", event.endpoint, event.msg_id, attempts, exc

@@ -140,9 +140,11 @@ def outbox_attempts(tag: str) -> str:
     return f"{tag}:outbox-attempts"
 
 
-def outbox_failed(tag: str) -> str:
-    """LIST of jobs that failed for good (JSON with the reason), newest last; kept for an operator."""
-    return f"{tag}:outbox-failed"
+def dead_letters(tag: str) -> str:
+    """LIST of outbound calls that failed for good or stopped mattering before they could be sent
+    (JSON {id, thread, reason, status, at, job}), oldest first. Kept until an operator replays or
+    drops them (``bridge dead-letters``)."""
+    return f"{tag}:dead-letters"
 
 
 def outbox_timer(tag: str, thread: str) -> str:
@@ -228,6 +230,11 @@ def rate_limit(service: str, target: str) -> str:
 def rate_limit_slot(service: str, target: str, job_id: str) -> str:
     """STRING: the slot (ms) reserved for one outbox job; deleted when used, else expires."""
     return rate_limit(service, target) + ":slot:" + job_id
+
+
+NO_ENDPOINT_TAG = "{no-endpoint}"
+"""The tag of outbox threads that belong to no store or creator (a destination's answers to
+commands and reactions in chats it knows only by id)."""
 
 
 def telegram_updates_seen() -> str:

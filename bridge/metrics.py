@@ -37,6 +37,10 @@ class Metrics:
             "feige_outbox_jobs", "Outbound calls by outcome (sent, retried, failed, expired)", ["kind", "outcome"],
             registry=r,
         )  # fmt: skip
+        self.dead_letters = Counter(
+            "feige_dead_letters", "Outbound calls put on a dead-letter list (refused, expired, irrelevant)",
+            ["endpoint", "kind", "cause"], registry=r,
+        )  # fmt: skip
 
 
 METRICS = Metrics()

@@ -3,10 +3,15 @@
 Jobs are queued per *thread* (one chat, one task order, one Slack channel thread…) in a Redis list
 and sent strictly in order: the head of a queue is sent by a timer (kind ``outbox``), so sending
 shares the timer engine's leases, fail-over and instant wake-ups. A retryable failure reschedules the
-same head later (exponential backoff with jitter, at least the service's ``Retry-After``), which
-holds the rest of its thread back and keeps order. A final failure drops the job, records it, and
-reports it to whoever acted. A job id is the action's stable id: enqueueing it twice does nothing,
-and senders pass it on as the idempotency key so a retry after a crash is not a second action.
+same head later (capped exponential backoff with jitter, or exactly the service's ``Retry-After``),
+which holds the rest of its thread back and keeps order. It never gives up on a message that still
+matters: a job is retried for as long as it is *relevant* — a reminder until its moment
+(``expires_at``), a chat's or task order's messages while that chat or task order is live and for
+a grace period after it finished (``relevant_key``, ``relevant_grace``). What is no longer relevant,
+or fails with a final error, goes to its endpoint's dead-letter list with the reason, where an
+operator lists, replays or drops it (``bridge dead-letters``); a final failure is also reported to
+whoever acted. A job id is the action's stable id: enqueueing it twice does nothing, and senders
+pass it on as the idempotency key so a retry after a crash is not a second action.
 """
 
 from __future__ import annotations
@@ -68,8 +73,13 @@ class OutboxJob:
     """Jobs to enqueue once this one succeeded: {"tag", "thread", "job"} (e.g. a ✅ after a reply
     reached the platform)."""
     expires_at: float | None = None
-    """After this moment the job is worth nothing (a reminder once the window has closed): dropped
-    instead of sent late, when a rate limit or an outage held it back."""
+    """After this moment the job is worth nothing (a reminder once the window has closed): dead-
+    lettered instead of sent late, when a rate limit or an outage held it back."""
+    relevant_key: str | None = None
+    """The state hash (a chat's, a task order's) whose life this job shares: it is retried while
+    that hash's ``status`` is live (``LIVE_STATUSES``) and for ``relevant_grace`` seconds after its
+    ``finished_at``. None: relevant until delivered (or until ``expires_at``)."""
+    relevant_grace: float = 0.0
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
@@ -78,6 +88,16 @@ class OutboxJob:
     def loads(raw: str) -> OutboxJob:
         return OutboxJob(**json.loads(raw))
 
+
+LIVE_STATUSES = ("open", "pending")
+"""A chat is ``open``, a task order ``pending`` until it is finished."""
+
+FINISHED_GRACE_SECONDS = 24 * 3600.0
+"""A chat's or task order's messages to a destination are still delivered this long after it
+finished (its close notice after an outage); past that they are dead letters, replayable."""
+
+MAX_RETRY_DELAY_SECONDS = 60.0
+"""However long an outage lasts, a message is tried again at least once a minute."""
 
 Sender = Callable[[OutboxJob], Awaitable[None]]
 FailureReporter = Callable[[OutboxJob, FinalFailure, str], Awaitable[None]]
@@ -110,6 +130,7 @@ class OutboxStats:
     retried: int = 0
     failed: int = 0
     expired: int = 0
+    dead_lettered: int = 0
 
 
 @dataclass
@@ -120,8 +141,7 @@ class Outbox:
     on_failure: FailureReporter | None = None
     clock: Clock = field(default_factory=SystemClock)
     base_delay: float = 1.0
-    max_delay: float = 300.0
-    max_attempts: int = 10
+    max_delay: float = MAX_RETRY_DELAY_SECONDS
     stats: OutboxStats = field(default_factory=OutboxStats)
 
     def __post_init__(self) -> None:
@@ -158,8 +178,41 @@ class Outbox:
     async def pending(self, tag: str, thread: str) -> list[OutboxJob]:
         return [OutboxJob.loads(str(raw)) for raw in await self.redis.lrange(keys.outbox_queue(tag, thread), 0, -1)]
 
-    async def failed(self, tag: str) -> list[dict[str, Any]]:
-        return [json.loads(raw) for raw in await self.redis.lrange(keys.outbox_failed(tag), 0, -1)]
+    async def dead_letters(self, tag: str) -> list[dict[str, Any]]:
+        """The endpoint's dead letters, oldest first: {id, thread, reason, status, at, job}."""
+        return [json.loads(raw) for raw in await self.redis.lrange(keys.dead_letters(tag), 0, -1)]
+
+    async def retry_dead_letter(self, tag: str, letter_id: str | None) -> int:
+        """Puts dead letters (one id, or all with None) back at the end of their threads' queues,
+        in the order they died; an operator's replay, so relevance and expiry no longer apply.
+        Returns how many were queued again."""
+        replayed = 0
+        for raw in await self.redis.lrange(keys.dead_letters(tag), 0, -1):
+            raw = str(raw)
+            letter = json.loads(raw)
+            if letter_id is not None and letter["id"] != letter_id:
+                continue
+            job = replace(OutboxJob(**letter["job"]), expires_at=None, relevant_key=None)
+            await self.redis.delete(keys.outbox_job(tag, job.id))  # so the same id may be queued again
+            await self.enqueue(tag, letter["thread"], job)
+            await self.redis.lrem(keys.dead_letters(tag), 1, raw)
+            replayed += 1
+        return replayed
+
+    async def drop_dead_letter(self, tag: str, letter_id: str | None) -> int:
+        """Forgets dead letters (one id, or all with None); returns how many."""
+        if letter_id is None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.llen(keys.dead_letters(tag))
+                pipe.delete(keys.dead_letters(tag))
+                count, _ = await pipe.execute()
+            return int(count)
+        dropped = 0
+        for raw in await self.redis.lrange(keys.dead_letters(tag), 0, -1):
+            raw = str(raw)
+            if json.loads(raw)["id"] == letter_id:
+                dropped += int(await self.redis.lrem(keys.dead_letters(tag), 1, raw))
+        return dropped
 
     # -- sending (timer kind "outbox") -----------------------------------------------------------
 
@@ -173,14 +226,14 @@ class Outbox:
         sender = self.senders.get(job.kind)
         try:
             if job.expires_at is not None and self.clock.now() >= job.expires_at:
-                raise Expired("expired before it could be sent")
+                raise Expired("its moment passed before it could be sent")
             if sender is None:
                 raise FinalFailure(f"no sender for {job.kind!r} in this process")
             await sender(job)
         except Expired as exc:
             self.stats.expired += 1
             METRICS.outbox.labels(job.kind, "expired").inc()
-            log.info("outbox %s %s (%s): %s; dropped", tag, job.id, job.kind, exc)
+            await self._dead_letter(tag, thread, job, f"no longer relevant: {exc}", None, "expired")
         except RetryLater as exc:
             await self._retry(tag, thread, job, exc)
             return
@@ -200,37 +253,64 @@ class Outbox:
         if left:
             await self.timers.schedule(keys.outbox_timer(tag, thread), self.clock.now())
 
+    async def irrelevance(self, job: OutboxJob) -> str | None:
+        """Why ``job`` no longer matters, or None while it does."""
+        now = self.clock.now()
+        if job.expires_at is not None and now >= job.expires_at:
+            return "its moment has passed"
+        if job.relevant_key is None:
+            return None
+        status, finished_at = await self.redis.hmget(job.relevant_key, ["status", "finished_at"])
+        if status is None:  # not recorded yet (a creator's copy can come first), or long expired
+            if now < job.created_at + job.relevant_grace:
+                return None
+            return "what it belongs to is not (or no longer) recorded"
+        if status in LIVE_STATUSES:
+            return None
+        if finished_at and now < float(finished_at) + job.relevant_grace:
+            return None
+        return f"what it belongs to finished ({status!s}) more than {job.relevant_grace:.0f} s ago"
+
     async def _retry(self, tag: str, thread: str, job: OutboxJob, exc: RetryLater) -> None:
+        timer = keys.outbox_timer(tag, thread)
         if exc.pacing:
-            await self.timers.schedule(keys.outbox_timer(tag, thread), self.clock.now() + (exc.after or 0))
+            await self.timers.schedule(timer, self.clock.now() + (exc.after or 0))
             return
-        attempts = await self.redis.hincrby(keys.outbox_attempts(tag), job.id, 1)
-        if attempts >= self.max_attempts:
-            await self._give_up(tag, thread, job, FinalFailure(f"gave up after {attempts} attempts: {exc.reason}"))
+        gone = await self.irrelevance(job)
+        if gone is not None:
+            reason = f"no longer relevant: {gone} (last error: {exc.reason})"
+            await self._give_up(tag, thread, job, FinalFailure(reason), "irrelevant")
             await self._next(tag, thread, job)
             return
-        delay = min(self.max_delay, self.base_delay * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
         if exc.after is not None:
-            delay = max(delay, exc.after)
+            # The service said when (a 429's Retry-After): exactly then, and not counted as a failure,
+            # so a rate limit does not stretch the backoff of the next real outage.
+            delay = exc.after
+        else:
+            attempts = await self.redis.hincrby(keys.outbox_attempts(tag), job.id, 1)
+            delay = min(self.max_delay, self.base_delay * 2 ** min(attempts - 1, 16)) * random.uniform(0.5, 1.0)
         self.stats.retried += 1
         METRICS.outbox.labels(job.kind, "retried").inc()
-        log.info("outbox %s %s: %s; attempt %d, retrying in %.1f s", tag, job.id, exc.reason, attempts, delay)
-        await self.timers.schedule(keys.outbox_timer(tag, thread), self.clock.now() + delay)
+        log.info("outbox %s %s: %s; retrying in %.1f s", tag, job.id, exc.reason, delay)
+        await self.timers.schedule(timer, self.clock.now() + delay)
 
-    async def _give_up(self, tag: str, thread: str, job: OutboxJob, exc: FinalFailure) -> None:
+    async def _give_up(self, tag: str, thread: str, job: OutboxJob, exc: FinalFailure, cause: str = "refused") -> None:
+        """Dead-letters the job and tells whoever acted (a reply refused, or outlived by its chat)."""
         self.stats.failed += 1
         METRICS.outbox.labels(job.kind, "failed").inc()
-        log.warning("outbox %s %s (%s) failed for good: %s", tag, job.id, job.kind, exc.reason)
-        record = {
-            "job": asdict(job),
-            "thread": thread,
-            "reason": exc.reason,
-            "status": exc.status,
-            "at": self.clock.now(),
-        }
-        await self.redis.rpush(keys.outbox_failed(tag), json.dumps(record, ensure_ascii=False))
+        await self._dead_letter(tag, thread, job, exc.reason, exc.status, cause)
         if self.on_failure is not None and job.report_to is not None:
             try:
                 await self.on_failure(job, exc, tag)
             except Exception:
                 log.exception("outbox %s %s: could not report the failure", tag, job.id)
+
+    async def _dead_letter(
+        self, tag: str, thread: str, job: OutboxJob, reason: str, status: int | None, cause: str
+    ) -> None:
+        self.stats.dead_lettered += 1
+        METRICS.dead_letters.labels(tag.strip("{}"), job.kind, cause).inc()
+        log.warning("outbox %s %s (%s) dead-lettered: %s", tag, job.id, job.kind, reason)
+        record = {"id": job.id, "thread": thread, "reason": reason, "status": status, "at": self.clock.now(),
+                  "job": asdict(job)}  # fmt: skip
+        await self.redis.rpush(keys.dead_letters(tag), json.dumps(record, ensure_ascii=False))

@@ -45,22 +45,35 @@ redis.call('ZADD', KEYS[3], ARGV[1], ARGV[5])
 return 1
 """
 
-# KEYS: task. ARGV: side, limit. Takes one comment slot: returns the new count, or -1 when the task
-# order is not pending, or -2 when the side's limit is reached.
+# KEYS: task. ARGV: side, limit, comment id. Takes one comment slot, once per comment however often
+# it is handled: returns the side's count with it (again for a repeat), or -1 when the task order is
+# not pending, or -2 when the side's limit is reached.
 _TAKE_COMMENT = """
+local field, marker = 'comments:' .. ARGV[1], 'comment:' .. ARGV[3]
+if redis.call('HEXISTS', KEYS[1], marker) == 1 then return tonumber(redis.call('HGET', KEYS[1], field)) end
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return -1 end
-local field = 'comments:' .. ARGV[1]
 if tonumber(redis.call('HGET', KEYS[1], field) or '0') >= tonumber(ARGV[2]) then return -2 end
+redis.call('HSET', KEYS[1], marker, 1)
 return redis.call('HINCRBY', KEYS[1], field, 1)
 """
 
-# KEYS: task, pending index, new status index. ARGV: status, task id. Returns 1 if this changed it.
+# KEYS: task, pending index, new status index. ARGV: status, task id, now. Returns 1 if this call
+# finished it, 0 if it was finished before (by this status or another).
 _FINISH = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1])
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'created_at'), ARGV[2])
 return 1
+"""
+
+# Appends to the processing log once per entry id however often the step runs. KEYS: log.
+# ARGV: entry id, entry JSON (which carries the id).
+_LOG = """
+for _, e in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if cjson.decode(e)['id'] == ARGV[1] then return 0 end
+end
+return redis.call('RPUSH', KEYS[1], ARGV[2])
 """
 
 
@@ -74,6 +87,7 @@ class TaskFlow:
         self._create = redis.register_script(_CREATE)
         self._take_comment = redis.register_script(_TAKE_COMMENT)
         self._finish = redis.register_script(_FINISH)
+        self._append_log = redis.register_script(_LOG)
 
     @property
     def config(self) -> BridgeConfig:
@@ -91,14 +105,13 @@ class TaskFlow:
             member = f"{order.shop_id}:{order.task_id}"
             await self.redis.zadd(keys.creator_tasks(event.endpoint.id), {member: order.created_at.timestamp() * 1000})
             if creator is not None:
-                await self._to_creator(
-                    creator, order.task_id, "confirm", "post", self._confirm_view(creator, order, deadline), True
-                )
+                view = self._confirm_view(creator, order, deadline)
+                await self._to_creator(creator, order.shop_id, order.task_id, "confirm", "post", view, True)
             return
         if store is None:
             return
         tag = keys.store_tag(store.id)
-        created = await self._create(
+        await self._create(
             keys=[
                 keys.task(tag, order.task_id),
                 keys.tasks_by_status(tag, "all"),
@@ -106,20 +119,15 @@ class TaskFlow:
             ],
             args=[int(order.created_at.timestamp() * 1000), deadline, event.raw, order.creator.id, order.task_id],
         )
-        if not int(created):
-            return
-        await self._log(
-            tag,
-            order.task_id,
-            "created",
-            "creator",
-            order.creator.name or order.creator.id,
-            order.created_at.timestamp(),
-        )
-        steps = self._steps(store, order.created_at.timestamp(), deadline)
-        first = next_step_at(steps, set())
-        if first is not None:
-            await self.timers.schedule(keys.deadline_timer(tag, order.task_id), first)
+        # Whether created now or by a run that died after it, the rest is done (once in effect).
+        await self._log(tag, order.task_id, "created", "creator", order.creator.name or order.creator.id,
+                        order.created_at.timestamp(), entry_id="created")  # fmt: skip
+        task = await self._task(tag, order.task_id)
+        if task.get("status") == "pending":
+            steps = self._steps(store, order.created_at.timestamp(), float(task["deadline"]))
+            first = next_step_at(steps, {f.removeprefix("step:") for f in task if f.startswith("step:")})
+            if first is not None:
+                await self.timers.schedule(keys.deadline_timer(tag, order.task_id), first)
         await self._to_merchant(store, order.task_id, "card", "post", await self._card_view(store, order.task_id), True)
 
     def _deadline(self, store: Store | None, order: TaskOrderCreated) -> float:
@@ -193,25 +201,29 @@ class TaskFlow:
         creator = self.config.creator(task.get("creator", ""))
         if creator is not None:
             creator_text = t(creator.locale, "task.reminder", task_id=tid, left=left, deadline="{deadline}")
-            await self._to_creator(creator, tid, f"remind-{seconds_left}", "post",
+            await self._to_creator(creator, store.id, tid, f"remind-{seconds_left}", "post",
                                    view | {"text": creator_text, "timezone": creator.timezone})  # fmt: skip
-        await self._log(keys.store_tag(store.id), tid, "reminder_sent", "bridge", "bridge")
+        await self._log(keys.store_tag(store.id), tid, "reminder_sent", "bridge", "bridge",
+                        entry_id=f"remind-{seconds_left}")  # fmt: skip
 
     async def finish(self, store: Store, tid: str, status: str, operator: str, solution: str) -> bool:
-        """Processed (resolved / unresolvable) or timed out: idempotent; True for the call that did it."""
+        """Processed (resolved / unresolvable) or timed out: idempotent, and resumable — a call for
+        the status the task order already has finishes the follow-ups a crashed call may have left
+        (each once). True only for the call that finished it."""
         tag = keys.store_tag(store.id)
         changed = await self._finish(
             keys=[keys.task(tag, tid), keys.tasks_by_status(tag, "pending"), keys.tasks_by_status(tag, status)],
-            args=[status, tid],
+            args=[status, tid, self.clock.now()],
         )
-        if not int(changed):
-            return False
-        await self.timers.cancel(keys.deadline_timer(tag, tid))
         task = await self._task(tag, tid)
-        forget_at = self.clock.now() + keys.CHAT_KEEP_SECONDS  # the thread's ordering state, not the task order
-        for endpoint_tag in (tag, keys.creator_tag(task.get("creator", ""))):
+        if task.get("status") != status:
+            return False  # finished otherwise (the platform's result beat our deadline, or the reverse)
+        await self.timers.cancel(keys.deadline_timer(tag, tid))
+        forget_at = float(task.get("finished_at") or self.clock.now()) + keys.CHAT_KEEP_SECONDS
+        for endpoint_tag in (tag, keys.creator_tag(task.get("creator", ""))):  # ordering state, not the order
             await self.timers.schedule(keys.forget_timer(endpoint_tag, f"task:{tid}"), forget_at)
-        await self._log(tag, tid, status, "merchant" if status != "timed_out" else "platform", operator)
+        await self._log(tag, tid, status, "merchant" if status != "timed_out" else "platform", operator,
+                        entry_id=f"finish:{status}")  # fmt: skip
         order = TaskOrderCreated.model_validate_json(task["data"])
         await self._to_merchant(store, tid, f"card-{status}", "update_root", await self._card_view(store, tid))
         creator = self.config.creator(task.get("creator", ""))
@@ -225,16 +237,21 @@ class TaskFlow:
             )
             if creator is not None:
                 notice = {"type": "notice", "text": t(creator.locale, "task.timed_out", task_id=tid)}
-                await self._to_creator(creator, tid, "timed-out", "post", notice)
+                await self._to_creator(creator, store.id, tid, "timed-out", "post", notice)
         elif creator is not None:
             # B9: the consumer is not told automatically; the creator must, with Contact buyer.
             text = t(creator.locale, "task.result", task_id=tid, result=status_name(creator.locale, status),
                      solution=solution)  # fmt: skip
             button = {"label": t(creator.locale, "task.button.contact_buyer"), "url": order.buyer_chat_url}
             await self._to_creator(
-                creator, tid, f"result-{status}", "post", {"type": "notice", "text": text, "buttons": [button]}
+                creator,
+                store.id,
+                tid,
+                f"result-{status}",
+                "post",
+                {"type": "notice", "text": text, "buttons": [button]},
             )
-        return True
+        return bool(int(changed))
 
     # -- comments from destinations (B5) -----------------------------------------------------------
 
@@ -245,18 +262,20 @@ class TaskFlow:
         tag = keys.store_tag(store.id)
         task = await self._task(tag, tid)
         locale = store.locale if side == "merchant" else self._creator_locale(task)
-        taken = int(await self._take_comment(keys=[keys.task(tag, tid)], args=[side, 10]))
+        comment_id = f"{actor.service}:{actor.channel}:{actor.message}"
+        taken = int(await self._take_comment(keys=[keys.task(tag, tid)], args=[side, 10, comment_id]))
         if taken < 0:
             status = task.get("status", "pending")
             refusal = comment_refusal(status, 10 if taken == -2 else 0)
             text_key = "task.refuse.limit" if refusal == "limit" else "task.refuse.closed"
             return t(locale, text_key, status=status_name(locale, status))
         endpoint = f"store:{store.id}" if side == "merchant" else f"creator:{task.get('creator', '')}"
-        job = OutboxJob(f"comment:{actor.service}:{actor.channel}:{actor.message}", "platform.add_comment",
+        job = OutboxJob(f"comment:{comment_id}", "platform.add_comment",
                         {"endpoint": endpoint, "task_id": tid, "side": side, "author_id": author_id, "text": text},
-                        report_to=actor.as_dict() | {"store": store.id, "locale": locale})  # fmt: skip
+                        report_to=actor.as_dict() | {"store": store.id, "locale": locale},
+                        relevant_key=keys.task(tag, tid))  # fmt: skip
         await self.outbox.enqueue(tag, f"task:{tid}:platform", job)
-        await self._log(tag, tid, f"comment_{side}", side, author)
+        await self._log(tag, tid, f"comment_{side}", side, author, entry_id=f"comment:{comment_id}")
         await self._show_comment(store, tid, side, author, text, f"c:{actor.service}:{actor.message}", both=False)
         return None
 
@@ -275,7 +294,7 @@ class TaskFlow:
             shown = t(
                 creator.locale, "task.comment", side=t(creator.locale, f"task.side.{side}"), author=author, text=text
             )
-            await self._to_creator(creator, tid, job_id, "post", {"type": "notice", "text": shown})
+            await self._to_creator(creator, store.id, tid, job_id, "post", {"type": "notice", "text": shown})
 
     # -- processing (B7, B8) -------------------------------------------------------------------------
 
@@ -312,10 +331,11 @@ class TaskFlow:
                    "operator_id": operator[0], "evidence": evidence}  # fmt: skip
         report = actor.as_dict() | {"store": store.id, "locale": store.locale}
         job = OutboxJob(f"process:{tid}:{action_id}", "platform.process_with_evidence", payload, report_to=report,
-                        then=[finish])  # fmt: skip
+                        then=[finish], relevant_key=keys.task(tag, tid))  # fmt: skip
         await self.outbox.enqueue(tag, f"task:{tid}:platform", job)
         if evidence:
-            await self._log(tag, tid, "evidence_added", "merchant", f"{operator[1]} ({len(evidence)})")
+            await self._log(tag, tid, "evidence_added", "merchant", f"{operator[1]} ({len(evidence)})",
+                            entry_id=f"evidence:{action_id}")  # fmt: skip
 
     async def on_finish_job(self, job: OutboxJob) -> None:
         p = job.payload
@@ -325,9 +345,13 @@ class TaskFlow:
 
     # -- log and lists (B4, B10) ---------------------------------------------------------------------
 
-    async def _log(self, tag: str, tid: str, kind: str, side: str, operator: str, at: float | None = None) -> None:
-        entry = {"at": at if at is not None else self.clock.now(), "type": kind, "side": side, "operator": operator}
-        await self.redis.rpush(keys.task_log(tag, tid), orjson.dumps(entry).decode())
+    async def _log(
+        self, tag: str, tid: str, kind: str, side: str, operator: str, at: float | None = None, *, entry_id: str
+    ) -> None:
+        """Appends to the processing log (B4), once per ``entry_id`` however often the step runs."""
+        entry = {"id": entry_id, "at": at if at is not None else self.clock.now(), "type": kind, "side": side,
+                 "operator": operator}  # fmt: skip
+        await self._append_log(keys=[keys.task_log(tag, tid)], args=[entry_id, orjson.dumps(entry).decode()])
 
     async def log_entries(self, tag: str, tid: str) -> list[dict[str, Any]]:
         return [orjson.loads(raw) for raw in await self.redis.lrange(keys.task_log(tag, tid), 0, -1)]
@@ -455,33 +479,23 @@ class TaskFlow:
         self, store: Store, tid: str, name: str, action: str, view: dict[str, Any], root: bool = False
     ) -> None:
         dest = Destination.parse(store.destinations.task_orders)
-        await post_view(
-            self.outbox,
-            keys.store_tag(store.id),
-            f"task:{tid}",
-            store.id,
-            dest,
-            f"task:{tid}:{name}",
-            action,
-            view,
-            root,
-        )
+        tag = keys.store_tag(store.id)
+        await post_view(self.outbox, tag, f"task:{tid}", store.id, dest, f"task:{tid}:{name}", action, view, root,
+                        keys.task(tag, tid))  # fmt: skip
 
     async def _to_creator(
-        self, creator: Creator, tid: str, name: str, action: str, view: dict[str, Any], root: bool = False
+        self,
+        creator: Creator,
+        store_id: str,
+        tid: str,
+        name: str,
+        action: str,
+        view: dict[str, Any],
+        root: bool = False,
     ) -> None:
         dest = Destination.parse(creator.destination)
-        await post_view(
-            self.outbox,
-            keys.creator_tag(creator.id),
-            f"task:{tid}",
-            None,
-            dest,
-            f"task:{tid}:{name}",
-            action,
-            view,
-            root,
-        )
+        await post_view(self.outbox, keys.creator_tag(creator.id), f"task:{tid}", None, dest, f"task:{tid}:{name}",
+                        action, view, root, keys.task(keys.store_tag(store_id), tid))  # fmt: skip
 
     async def _task(self, tag: str, tid: str) -> dict[str, str]:
         return await read_hash(self.redis, keys.task(tag, tid))

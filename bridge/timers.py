@@ -464,16 +464,18 @@ async def take_steps(
     take: Callable[[WindowStep], Awaitable[bool]],
 ) -> None:
     """One timer walking a schedule of steps (a reply window's reminders and close, a task order's
-    reminders and deadline): each step due now is taken once across replicas (``HSETNX
-    <prefix><step>`` on ``state_key``, whose fields ``state`` holds) and handed to ``take``, which
-    returns False to end the schedule (the close). Then the timer is moved to the next step."""
+    reminders and deadline): each step due now and not yet marked done (``<prefix><step>`` on
+    ``state_key``, whose fields ``state`` holds) is handed to ``take``, which returns False to end
+    the schedule (the close), and marked done only once taken: a worker that dies in between leaves
+    the step to the next run, and ``take`` is idempotent, so it happens once in effect. Then the
+    timer is moved to the next step."""
     done = {f.removeprefix(prefix) for f in state if f.startswith(prefix)}
     now = timers.clock.now()
     for step in due_steps(steps, now, done):
-        if not await timers.redis.hsetnx(state_key, prefix + step.name, str(now)):
-            continue  # another replica took this step
+        go_on = await take(step)
+        await timers.redis.hsetnx(state_key, prefix + step.name, str(now))
         done.add(step.name)
-        if not await take(step):
+        if not go_on:
             return
     following = next_step_at(steps, done)
     if following is not None:

@@ -92,8 +92,13 @@ class Stack:
         raise AssertionError("the bridge never settled")
 
     async def next_due(self) -> float | None:
+        """The next moment the bridge has something to do: a timer, or a parked event's retry."""
         found = await self.redis.zrange(keys.timers_due(0), 0, 0, withscores=True)
-        return found[0][1] / 1000 if found else None
+        moments = [found[0][1] / 1000] if found else []
+        retry = self.bridge.consumer.next_retry_at()
+        if retry is not None:
+            moments.append(retry)
+        return min(moments, default=None)
 
     async def advance(self, seconds: float) -> None:
         """Moves time forward, stopping at every timer on the way, as a live bridge would."""

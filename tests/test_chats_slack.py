@@ -115,8 +115,11 @@ async def test_two_processes_assigning_at_once_never_use_stale_counts(stack: Sta
     assert store is not None
     dest = Destination.parse(store.destinations.platform_chats)
     flows = [stack.bridge.chats, other]
-    results = await asyncio.gather(*(flows[i % 2]._open_chat(store, TAG, f"c{i}", dest, "cs") for i in range(12)))
-    assert all(created for created, _, _ in results)
+    first = {"type": "platform_message", "content": {"type": "text", "text": "hi"}, "sender": "cs"}
+    results = await asyncio.gather(
+        *(flows[i % 2]._open_chat(store, TAG, f"c{i}", dest, "cs", first, f"m{i}") for i in range(12))
+    )
+    assert all(results)
     assert await stack.redis.hgetall(keys.agent_load(TAG)) == {"main-1001": "4", "agent-a": "4", "agent-b": "4"}
 
 

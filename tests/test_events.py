@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bridge import keys
+from bridge.clock import ManualClock
 from bridge.domain import Endpoint
 from bridge.events import EventConsumer, StoredEvent
 from bridge.ingest import EventLog, IncomingRecord
@@ -67,11 +69,46 @@ async def test_failing_handler_retries_then_dead_letters_and_unblocks_its_thread
         if event.msg_id == "bad":
             raise RuntimeError("boom")
 
-    c = consumer(redis, handle, retry_base_seconds=0.001, max_attempts=3)
+    clock = ManualClock()
+    c = consumer(redis, handle, retry_base_seconds=0.5, max_attempts=3, clock=clock)
+    await c.drain()
+    assert calls == ["bad"], "the retry waits for its backoff, by the injected clock"
+    assert c.next_retry_at() == clock.now() + 0.5
+    clock.advance(0.49)
+    await c.drain()
+    assert calls == ["bad"]
+    clock.advance(0.01)
+    await c.drain()
+    assert calls == ["bad", "bad"] and c.next_retry_at() == clock.now() + 1.0, "backoff doubles"
+    clock.advance(1.0)
     await c.drain()
     assert calls == ["bad", "bad", "bad", "next"]
     [dead] = await redis.lrange(keys.events_dead(STORE.tag), 0, -1)
     assert json.loads(dead)["msg_id"] == "bad" and "boom" in json.loads(dead)["error"]
+
+
+async def test_a_handler_failing_on_redis_is_retried_for_as_long_as_it_takes_never_dead_lettered(
+    redis: Redis,
+) -> None:
+    await EventLog(redis).store(STORE, [record("e", "chat:1"), record("after", "chat:1")])
+    calls: list[str] = []
+
+    async def handle(event: StoredEvent) -> None:
+        calls.append(event.msg_id)
+        if event.msg_id == "e" and len(calls) <= 20:
+            raise RedisConnectionError("Connection refused")
+
+    clock = ManualClock()
+    c = consumer(redis, handle, retry_base_seconds=0.5, max_attempts=3, clock=clock)
+    await c.drain()
+    delays = []
+    while (due := c.next_retry_at()) is not None:
+        delays.append(round(due - clock.now(), 3))
+        clock.set(due)
+        await c.drain()
+    assert calls == ["e"] * 21 + ["after"], "handled in order once Redis answered, after 20 failures"
+    assert await redis.llen(keys.events_dead(STORE.tag)) == 0
+    assert max(delays) == c.max_retry_seconds and delays[:3] == [0.5, 1.0, 2.0]
 
 
 CONSUMER_SCRIPT = """

@@ -88,7 +88,7 @@ async def test_final_failure_is_reported_and_the_thread_moves_on(stack: Stack) -
     await stack.bridge.outbox.enqueue(TAG, f"chat:{other}", reply("ok", other, "好的", agent="main-1001"))
     await stack.bridge.worker.drain()
     assert reports == [("late", "conversation closed (reply_timeout)", 409)]
-    [failed] = await stack.bridge.outbox.failed(TAG)
+    [failed] = await stack.bridge.outbox.dead_letters(TAG)
     assert failed["job"]["id"] == "late" and failed["status"] == 409
     assert texts(stack, other) == ["好的"]
 
@@ -97,7 +97,7 @@ async def test_agent_without_im_permission_is_a_final_403(stack: Stack) -> None:
     cid = await stack.sandbox.open_chat("1001")
     await stack.bridge.outbox.enqueue(TAG, f"chat:{cid}", reply("x", cid, "hi", agent="nobody"))
     await stack.bridge.worker.drain()
-    [failed] = await stack.bridge.outbox.failed(TAG)
+    [failed] = await stack.bridge.outbox.dead_letters(TAG)
     assert failed["status"] == 403 and "lacks IM permission" in failed["reason"]
 
 

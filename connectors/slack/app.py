@@ -371,7 +371,7 @@ class SlackConnector:
         if not p.get("root"):
             root = await refs.root_of(self.redis, tag, chat_key)
             if root is None:
-                raise FinalFailure("the root message was never posted")
+                raise RetryLater("waiting for the thread's first message to be posted")
             thread_ts = root[1]
         attempt = keys.slack_post_attempt(job.id)
         landed = (
@@ -408,7 +408,7 @@ class SlackConnector:
         p = job.payload
         root = await refs.root_of(self.redis, str(p["tag"]), str(p["thread_key"]))
         if root is None:
-            raise FinalFailure("the root message was never posted")
+            raise RetryLater("waiting for the thread's first message to be posted")
         text, blocks = render(self._store(job), p["view"])
         await _call(self.client.chat_update(channel=root[0], ts=root[1], text=text, blocks=blocks))
 

@@ -102,6 +102,8 @@ class SlackEmulator(LocalServer):
             "conversations.replies": self._replies,
         }
         self.views: list[dict[str, Any]] = []
+        self.down_until = 0.0
+        """Until this moment (the emulator's clock) every Web API call answers 503: an outage."""
         self.missing_channels: set[str] = set()  # channels that do not exist in the workspace
         self.outside: set[str] = set()  # channels the bot was not invited to (every other one it is in)
 
@@ -143,7 +145,9 @@ class SlackEmulator(LocalServer):
         token = request.headers.get("Authorization", "").removeprefix("Bearer ") or str(args.get("token", ""))
         handler = self._methods.get(method)
         headers: dict[str, str]
-        if method == "apps.connections.open":  # the one method that takes the app-level token
+        if self.clock.now() < self.down_until:
+            status, body, headers = 503, {"ok": False, "error": "service_unavailable"}, {}
+        elif method == "apps.connections.open":  # the one method that takes the app-level token
             if not self.app_token or token != self.app_token:
                 status, body, headers = 200, {"ok": False, "error": "invalid_auth"}, {}
             else:
@@ -174,6 +178,10 @@ class SlackEmulator(LocalServer):
 
     def _post_message(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         channel = str(args.get("channel", ""))
+        if channel in self.missing_channels:
+            return 200, {"ok": False, "error": "channel_not_found"}, {}
+        if channel in self.outside:
+            return 200, {"ok": False, "error": "not_in_channel"}, {}
         now = self.clock.now()
         tokens, at = self._buckets.get(channel, (self.BURST, now))
         tokens = min(self.BURST, tokens + (now - at))

@@ -191,7 +191,7 @@ class TelegramConnector:
         """Answers a person in the chat they wrote in, as a reply to their message."""
         payload = {"chat": inbound.chat, "reply_to": inbound.message or None, "text": text, "thread": inbound.thread}
         job = OutboxJob(f"telegram:{job_id}", "telegram.reply", payload)
-        await self.outbox.enqueue("{telegram}", f"chat:{inbound.chat}", job)
+        await self.outbox.enqueue(keys.NO_ENDPOINT_TAG, f"chat:{inbound.chat}", job)
 
     # -- outbound (outbox senders) -------------------------------------------------------------------
 
@@ -230,7 +230,7 @@ class TelegramConnector:
         """👍 on someone's message: it was taken."""
         job = OutboxJob(f"telegram:react:{inbound.chat}:{inbound.message}", "telegram.react",
                         {"channel": inbound.chat, "message": inbound.message})  # fmt: skip
-        await self.outbox.enqueue("{telegram}", f"chat:{inbound.chat}", job)
+        await self.outbox.enqueue(keys.NO_ENDPOINT_TAG, f"chat:{inbound.chat}", job)
 
     async def fetch_file(self, file_id: str) -> bytes:
         try:
@@ -320,7 +320,7 @@ class TelegramConnector:
         if not p.get("root") and topic is None:  # without a topic, the thread is a reply chain
             root = await refs.root_of(self.redis, tag, key)
             if root is None:
-                raise FinalFailure("the root message was never posted")
+                raise RetryLater("waiting for the thread's first message to be posted")
             reply_to = int(root[1])
         sent = await self._send(chat, text, markup, job.id, reply_to, topic, job.expires_at)
         if p.get("root"):
@@ -332,7 +332,7 @@ class TelegramConnector:
         p = job.payload
         root = await refs.root_of(self.redis, str(p["tag"]), str(p["thread_key"]))
         if root is None:
-            raise FinalFailure("the root message was never posted")
+            raise RetryLater("waiting for the thread's first message to be posted")
         text, markup = render(self._view(p))
         try:
             await self.bot.edit_message_text(text, chat_id=int(root[0]), message_id=int(root[1]), parse_mode="HTML",

@@ -52,7 +52,7 @@ def wire_telegram(
     async def answer(inbound: TelegramInbound, text: str | None = None) -> None:
         job = OutboxJob(f"telegram:answer:{inbound.callback_id}", "telegram.answer",
                         {"id": inbound.callback_id, "text": text})  # fmt: skip
-        await connector.outbox.enqueue("{telegram}", f"chat:{inbound.chat}", job)
+        await connector.outbox.enqueue(keys.NO_ENDPOINT_TAG, f"chat:{inbound.chat}", job)
 
     # -- a creator's chat ------------------------------------------------------------------------
 

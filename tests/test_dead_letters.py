@@ -1,0 +1,131 @@
+"""The outbox never gives up on a message that still matters (issue: nothing lost, nothing doubled).
+
+A long outage makes messages late, never lost; what stops mattering, or is refused for good, is a
+dead letter an operator lists, replays or drops with ``bridge dead-letters``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from bridge import cli, keys
+from bridge.clock import ManualClock
+from bridge.outbox import MAX_RETRY_DELAY_SECONDS
+from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
+
+CHATS = "C0CHATS1001"
+TAG = "{store:1001}"
+AGENT_A = "U0AGENTA"
+
+
+def thread_texts(stack: Stack, ts: str) -> list[str]:
+    return [m.text for m in stack.slack.thread(CHATS, ts)]
+
+
+async def test_a_ten_minute_slack_outage_makes_posts_late_never_lost(stack: Stack) -> None:
+    clock = stack.clock
+    assert isinstance(clock, ManualClock)
+    outage_ends = clock.now() + 600
+    stack.slack.down_until = outage_ends
+    cids = [await stack.sandbox.open_chat("1001", {"type": "text", "text": f"第{i}位买家"}) for i in range(3)]
+    for i, cid in enumerate(cids):
+        await stack.sandbox.chat_message(cid, {"type": "text", "text": f"补充{i}"})
+    await stack.advance(660)
+
+    refused = [c for c in stack.slack.calls if c.status == 503]
+    assert len(refused) >= 3 * 10, "retried well past the old give-up point of 10 attempts"
+    roots = stack.slack.channel(CHATS)
+    assert [r.text.count("第") for r in roots] == [1, 1, 1], "each chat's root posted once"
+    for i in range(3):
+        [root] = [r for r in roots if f"第{i}位买家" in r.text]  # chats in one channel share its turns
+        thread = thread_texts(stack, root.ts)
+        assert thread[0] == f"小飞: 补充{i}", "the chat's later message, after its root, once"
+        assert any("服务单" in text for text in thread[1:]), "the close notice came, late"
+        assert not any("还剩" in text for text in thread), "reminders whose moment passed were not posted late"
+        assert root.posted_at < outage_ends + MAX_RETRY_DELAY_SECONDS + 5, "tried at least once a minute"
+    letters = await stack.bridge.outbox.dead_letters(TAG)
+    assert letters and all(letter["reason"].startswith("no longer relevant: its moment") for letter in letters)
+    assert {letter["job"]["payload"]["view"]["type"] for letter in letters} == {"notice"}
+    assert await stack.bridge.timers.pending() == 0 or all(
+        not k.startswith("outbox:") for k in await stack.redis.zrange(keys.timers_due(0), 0, -1)
+    ), "nothing left queued"
+
+
+async def test_a_reply_is_retried_while_its_chat_is_open_then_its_author_is_told(stack: Stack) -> None:
+    cid = await stack.sandbox.open_chat("1001")
+    await stack.settle()
+    root = stack.slack.channel(CHATS)[-1]
+    stack.sandbox.fail_next("POST", "/im/conversations", 503, times=10_000)
+    await stack.slack.user_message(AGENT_A, CHATS, "马上处理", thread_ts=root.ts)
+    await stack.advance(300)
+    tries = [r for r in stack.sandbox.received("POST", "/im/conversations") if r.status == 503]
+    assert len(tries) >= 10 and await stack.bridge.outbox.dead_letters(TAG) == [], "still trying while open"
+    await stack.sandbox.close_chat(cid)
+    await stack.advance(61)
+    [letter] = await stack.bridge.outbox.dead_letters(TAG)
+    assert letter["job"]["kind"] == "platform.send_message" and "finished (closed)" in letter["reason"]
+    assert stack.slack.ephemerals[-1]["user"] == AGENT_A
+    assert stack.slack.ephemerals[-1]["text"].startswith("你的回复未能送达平台：no longer relevant")
+
+
+@pytest.fixture
+async def live_clock_stack(redis: Redis, redis_url: str) -> AsyncIterator[Stack]:
+    """A stack whose manual clock starts at the real time: the CLI, another process, schedules by it."""
+    s = await start_stack(redis_url, clock=ManualClock(time.time()), run_workers=False)
+    yield s
+    await s.stop()
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["dead-letters", *args, "--config", str(EXAMPLE_CONFIG)])
+    return code, out.getvalue(), err.getvalue()
+
+
+async def test_dead_letters_are_listed_replayed_and_dropped_from_the_command_line(
+    live_clock_stack: Stack, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = live_clock_stack
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    stack.slack.missing_channels.add(CHATS)  # the channel was archived: Slack refuses for good
+    first, second = await stack.sandbox.open_chat("1001"), await stack.sandbox.open_chat("1001")
+    await stack.settle()
+    assert stack.slack.channel(CHATS) == []
+    letters = await stack.bridge.outbox.dead_letters(TAG)
+    assert [letter["id"] for letter in letters] == [f"slack:root:{first}", f"slack:root:{second}"]
+
+    code, out, err = await asyncio.to_thread(run_cli, "list", "--store", "1001")
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert code == 0 and [r[1] for r in rows] == [f"slack:root:{first}", f"slack:root:{second}"]
+    assert rows[0][0] == "store:1001" and rows[0][2] == "slack.post" and "channel_not_found" in rows[0][5]
+    assert err.strip() == "2 dead letter(s)"
+
+    code, _, err = await asyncio.to_thread(run_cli, "retry", "nope", "--store", "1001")
+    assert code == 1 and "no dead letter 'nope'" in err
+    code, _, err = await asyncio.to_thread(run_cli, "drop", f"slack:root:{second}", "--store", "1001")
+    assert code == 0 and err.strip() == "1 dead letter(s) dropped"
+
+    stack.slack.missing_channels.clear()  # the operator restored the channel
+    code, _, err = await asyncio.to_thread(run_cli, "retry", "--all")
+    assert code == 0 and err.strip() == "1 dead letter(s) queued again"
+    await stack.settle()
+    [root] = stack.slack.channel(CHATS)
+    assert root.metadata and root.metadata["event_payload"]["job"] == f"slack:root:{first}"
+    assert await stack.bridge.outbox.dead_letters(TAG) == []
+    code, out, _ = await asyncio.to_thread(run_cli, "list")
+    assert code == 0 and out == ""
+    metrics = await (await stack.bridge.http().get(f"{stack.url}/metrics")).text()
+    assert 'feige_dead_letters_total{cause="refused",endpoint="store:1001",kind="slack.post"}' in metrics
+
+
+def test_retry_and_drop_need_an_id_or_all(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["dead-letters", "retry", "--config", str(EXAMPLE_CONFIG)])
+    assert "name one id, or --all" in capsys.readouterr().err
