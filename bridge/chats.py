@@ -243,6 +243,10 @@ class ChatFlow:
         if store is None:
             return
         chat = await self._chat(tag, cid)
+        if chat.get("status") == "closed":
+            # Closed, yet its timer fired: the close that cancels it died before its follow-ups.
+            await self.close(store, cid, chat.get("close_reason", "reply_timeout"), chat.get("ticket", ""))
+            return
         if chat.get("status") != "open" or not chat.get("window_start"):
             return
         started = float(chat["window_start"])
@@ -284,13 +288,14 @@ class ChatFlow:
             METRICS.chats_closed.labels(store.id, chat.get("close_reason", reason)).inc()
             if chat.get("close_reason") == "reply_timeout" and chat.get("assignee"):
                 METRICS.chats_lost.labels(store.id, chat["assignee"]).inc()
-        await self.timers.cancel(keys.window_timer(tag, cid))
         forget_at = float(chat.get("closed_at") or self.clock.now()) + keys.CHAT_KEEP_SECONDS
         await self.timers.schedule(keys.forget_timer(tag, f"chat:{cid}"), forget_at)
         dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
         await self._update_root(store, tag, cid, "closed")
         text = t(store.locale, "chat.closed_notice", reason=self._reason_text(store, chat))
         await self._notice(store, dest, cid, f"closed:{cid}", text)
+        # Last: when the window's own timer is closing it, that timer is what retries this call.
+        await self.timers.cancel(keys.window_timer(tag, cid))
         return bool(closed)
 
     # -- replies from a destination ------------------------------------------------------------------

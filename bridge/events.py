@@ -222,6 +222,18 @@ class EventConsumer:
     # -- one step ------------------------------------------------------------------------------
 
     async def _step(self, *, block: bool, force_claim: bool = False) -> int:
+        try:
+            return await self._step_once(block=block, force_claim=force_claim)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The stream or its group is gone (a Redis that came back without its data, a failover
+            # to a replica that had not got them): make them again rather than fail forever.
+            log.warning("event consumer: %s; creating the consumer groups again", exc)
+            self._groups.clear()
+            return await self._step_once(block=block, force_claim=force_claim)
+
+    async def _step_once(self, *, block: bool, force_claim: bool = False) -> int:
         endpoints = {keys.events(e.tag): e for e in self.endpoints()}
         await self._ensure_groups(endpoints)
         events: list[StoredEvent] = []

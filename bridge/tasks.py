@@ -149,7 +149,8 @@ class TaskFlow:
         return ours.timestamp()
 
     def _steps(self, store: Store, created: float, deadline: float) -> list[Any]:
-        return window_steps(created, max(1, int(deadline - created)), store.task_orders.reminders_before)
+        # The exact span: a whole number of seconds would put the deadline up to a second early.
+        return window_steps(created, max(1.0, deadline - created), store.task_orders.reminders_before)
 
     async def on_comment(self, event: StoredEvent) -> None:
         """A comment made on the platform itself (not through the bridge): shown on the other side."""
@@ -178,6 +179,10 @@ class TaskFlow:
         if store is None:
             return
         task = await self._task(tag, tid)
+        if task.get("status") == "timed_out":
+            # Timed out, yet its timer fired: the finish that cancels it died before its follow-ups.
+            await self.finish(store, tid, "timed_out", "bridge", "")
+            return
         if task.get("status") != "pending":
             return
         created, deadline = int(task["created_at"]) / 1000, float(task["deadline"])
@@ -218,7 +223,6 @@ class TaskFlow:
         task = await self._task(tag, tid)
         if task.get("status") != status:
             return False  # finished otherwise (the platform's result beat our deadline, or the reverse)
-        await self.timers.cancel(keys.deadline_timer(tag, tid))
         forget_at = float(task.get("finished_at") or self.clock.now()) + keys.CHAT_KEEP_SECONDS
         for endpoint_tag in (tag, keys.creator_tag(task.get("creator", ""))):  # ordering state, not the order
             await self.timers.schedule(keys.forget_timer(endpoint_tag, f"task:{tid}"), forget_at)
@@ -243,14 +247,10 @@ class TaskFlow:
             text = t(creator.locale, "task.result", task_id=tid, result=status_name(creator.locale, status),
                      solution=solution)  # fmt: skip
             button = {"label": t(creator.locale, "task.button.contact_buyer"), "url": order.buyer_chat_url}
-            await self._to_creator(
-                creator,
-                store.id,
-                tid,
-                f"result-{status}",
-                "post",
-                {"type": "notice", "text": text, "buttons": [button]},
-            )
+            view = {"type": "notice", "text": text, "buttons": [button]}
+            await self._to_creator(creator, store.id, tid, f"result-{status}", "post", view)
+        # Last: when the deadline's own timer is finishing it, that timer is what retries this call.
+        await self.timers.cancel(keys.deadline_timer(tag, tid))
         return bool(int(changed))
 
     # -- comments from destinations (B5) -----------------------------------------------------------

@@ -30,7 +30,7 @@ class WindowStep:
 
 
 def window_steps(
-    started_at: float, seconds: int, reminders_before: Sequence[int], escalate_before: int | None = None
+    started_at: float, seconds: float, reminders_before: Sequence[int], escalate_before: int | None = None
 ) -> list[WindowStep]:
     """Every step of one window, in time order."""
     deadline = started_at + seconds

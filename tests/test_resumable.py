@@ -1,0 +1,405 @@
+"""Every flow step survives a crash or a Redis error at any line: run again, it ends as one clean run.
+
+A failure is injected at the n-th Redis call a step makes — before the call reaches Redis (a crash
+before it, a connection refused) or after Redis ran it and before its answer arrives (a crash right
+after it, a lost reply) — for every n the step has. The step is then retried the way the bridge
+retries it (the consumer's backoff, the timer worker's retry, the person's redelivery), and what
+landed in Slack, on the platform and in Redis is compared with a run that had no failure."""
+
+from __future__ import annotations
+
+import contextvars
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from bridge import keys
+from bridge.chats import Actor
+from bridge.domain import Endpoint
+from bridge.events import StoredEvent
+from tests.conftest import Stack
+
+TAG = "{store:1001}"
+CHATS, TASKS, CREATOR_CHANNEL = "C0CHATS1001", "C0TASKS1001", "C0CREATOR9001"
+AGENT_A = "U0AGENTA"
+
+
+class RedisFaults:
+    """Fails the n-th Redis command (or pipeline) issued inside a wrapped step, once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._inside = contextvars.ContextVar("inside_step", default=False)
+        self.calls = 0
+        self.fail_at: int | None = None
+        self.after = False
+        self.fired = False
+        execute_command, execute = Redis.execute_command, Pipeline.execute
+
+        async def patched_command(client: Redis, *args: Any, **options: Any) -> Any:
+            return await self._call(lambda: execute_command(client, *args, **options))
+
+        async def patched_execute(pipe: Pipeline, raise_on_error: bool = True) -> Any:
+            return await self._call(lambda: execute(pipe, raise_on_error))
+
+        monkeypatch.setattr(Redis, "execute_command", patched_command)
+        monkeypatch.setattr(Pipeline, "execute", patched_execute)
+
+    async def _call(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        if not self._inside.get():
+            return await call()
+        self.calls += 1
+        if self.calls != self.fail_at or self.fired:
+            return await call()
+        self.fired = True
+        if self.after:
+            await call()
+        raise RedisConnectionError(f"injected: Redis call {self.calls} {'lost its answer' if self.after else 'failed'}")
+
+    def arm(self, n: int | None, after: bool = False) -> None:
+        self.calls, self.fail_at, self.after, self.fired = 0, n, after, False
+
+    def wrap(self, step: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def wrapped(*args: Any, **kwargs: Any) -> Any:
+            token = self._inside.set(True)
+            try:
+                return await step(*args, **kwargs)
+            finally:
+                self._inside.reset(token)
+
+        return wrapped
+
+
+@pytest.fixture
+def faults(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> RedisFaults:
+    return RedisFaults(monkeypatch)
+
+
+def normalized(text: str, *names: str) -> str:
+    for i, name in enumerate(names):
+        text = text.replace(name, f"<{i}>")
+    text = re.sub(r"<!date\^\d+\^[^>]*>", "<date>", text)
+    text = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d", "<when>", text)  # each run starts later
+    return re.sub(r"690[0-9a-f]{10}", "<order>", text)  # the sandbox numbers each run's orders anew
+
+
+def landed(stack: Stack, channel: str, job: str) -> list[Any]:
+    return [m for m in stack.slack.messages if m.channel == channel and (m.metadata or {}).get("event_payload", {})
+            .get("job") == job]  # fmt: skip
+
+
+async def chat_state(stack: Stack, cid: str) -> dict[str, Any]:
+    """Everything a person or the next step can see of one chat."""
+    chat = await stack.redis.hgetall(keys.chat(TAG, cid))
+    roots = landed(stack, CHATS, f"slack:root:{cid}")
+    thread = stack.slack.thread(CHATS, roots[0].ts) if roots else []
+    due = await stack.bridge.timers.due_at(keys.window_timer(TAG, cid))
+    conv = stack.sandbox.conversations[cid]
+    return {
+        "roots": [normalized(r.text, cid) for r in roots],
+        "thread": [normalized(m.text, cid) for m in thread],
+        "reactions": [m.reactions for m in stack.slack.messages if m.channel == CHATS and m.user == AGENT_A],
+        "ephemerals": [e["text"] for e in stack.slack.ephemerals],
+        "status": chat.get("status"),
+        "assignee": chat.get("assignee"),
+        "window": None if not chat.get("window_start") else float(chat["deadline"]) - float(chat["window_start"]),
+        "window_timer": None if due is None or not chat.get("window_start") else due - float(chat["window_start"]),
+        "answered": bool(chat.get("first_reply_at")),
+        "loads": await stack.redis.hgetall(keys.agent_load(TAG)),
+        "stats": await stack.redis.hgetall(keys.chat_stats(TAG)),
+        "to_platform": [m["content"] for m in conv.messages if m["from"] == "merchant"],
+        "queued": await stack.redis.keys(f"{TAG}:outbox:chat:{cid}:*"),
+        "dead": await stack.bridge.outbox.dead_letters(TAG),
+    }
+
+
+async def reset(stack: Stack) -> None:
+    """Between runs: a clean Redis and emulators, and the clock where the last run left it."""
+    await stack.redis.flushall()
+    stack.slack.messages.clear()
+    stack.slack.ephemerals.clear()
+    stack.slack.calls.clear()
+    stack.slack._buckets.clear()  # a new minute for the channel's allowance: runs start alike
+    stack.sandbox.records.clear()
+
+
+async def each_failure(
+    stack: Stack,
+    faults: RedisFaults,
+    prepare: Callable[[], Awaitable[Any]],
+    step: Callable[[Any], Awaitable[None]],
+    state: Callable[[Any], Awaitable[dict[str, Any]]],
+) -> int:
+    """Runs ``step`` once cleanly, then again with a failure at each of its Redis calls, before and
+    after the call; each run is retried to the end and must reach the clean run's state. Returns
+    how many failure points were tried."""
+    for _ in range(2):  # the first run also loads the scripts into Redis: count the second
+        await reset(stack)
+        subject = await prepare()
+        faults.arm(None)
+        await step(subject)
+        clean, calls = await state(subject), faults.calls
+    assert calls >= 3, "the step talks to Redis"
+    tried = 0
+    for n in range(1, calls + 1):
+        for after in (False, True):
+            await reset(stack)
+            subject = await prepare()
+            faults.arm(n, after)
+            await step(subject)
+            assert faults.fired, f"call {n} was reached"
+            got = await state(subject)
+            assert got == clean, f"failure at Redis call {n} ({'after' if after else 'before'} it): {got} != {clean}"
+            tried += 1
+    return tried
+
+
+async def settle(stack: Stack) -> None:
+    """Runs until everything is handled and sent, retries included (never across a reply window)."""
+    await stack.settle(horizon=6.0)
+
+
+# -- flow 1 ----------------------------------------------------------------------------------------
+
+
+async def test_opening_a_chat(stack: Stack, faults: RedisFaults) -> None:
+    handlers = stack.bridge.event_handlers
+    handlers["im_platform_message"] = faults.wrap(stack.bridge.chats.on_platform_message)
+
+    async def prepare() -> None:
+        return None
+
+    async def step(_: None) -> None:
+        await stack.sandbox.open_chat("1001", {"type": "text", "text": "买家问：什么时候发货？"})
+        await settle(stack)
+
+    async def state(_: None) -> dict[str, Any]:
+        [cid] = stack.sandbox.conversations.keys() - seen
+        seen.add(cid)
+        return await chat_state(stack, cid)
+
+    seen: set[str] = set()
+    assert await each_failure(stack, faults, prepare, step, state) >= 12
+    clean = await chat_state(stack, max(seen))
+    assert len(clean["roots"]) == 1 and clean["status"] == "open" and clean["window_timer"] == 60
+
+
+async def open_chat(stack: Stack) -> tuple[str, str]:
+    cid = await stack.sandbox.open_chat("1001", {"type": "text", "text": "在吗"})
+    await stack.settle()
+    return cid, landed(stack, CHATS, f"slack:root:{cid}")[0].ts
+
+
+async def test_accepting_a_reply(stack: Stack, faults: RedisFaults) -> None:
+    store = stack.bridge.holder.current.store("1001")
+    assert store is not None
+    reply = faults.wrap(stack.bridge.chats.reply)
+
+    async def step(chat: tuple[str, str]) -> None:
+        cid, root_ts = chat
+        ts, _ = await stack.slack.user_message(AGENT_A, CHATS, "今天发", thread_ts=root_ts)
+        # As the connector calls it; a failure is retried with the same message (a redelivery).
+        actor = Actor("slack", AGENT_A, CHATS, root_ts, ts)
+        try:
+            await reply(store, cid, actor, "今天发")
+        except RedisConnectionError:
+            await reply(store, cid, actor, "今天发")
+        await settle(stack)
+
+    async def state(chat: tuple[str, str]) -> dict[str, Any]:
+        return await chat_state(stack, chat[0])
+
+    await each_failure(stack, faults, lambda: open_chat(stack), step, state)
+    cid, _ = await open_chat(stack)
+    await step((cid, landed(stack, CHATS, f"slack:root:{cid}")[0].ts))
+    done = await chat_state(stack, cid)
+    assert done["to_platform"] == [{"type": "text", "text": "今天发"}] and done["answered"]
+    assert done["window"] is None and done["window_timer"] is None
+
+
+async def test_a_redelivered_platform_message_never_restarts_an_answered_window(
+    stack: Stack, faults: RedisFaults
+) -> None:
+    """The crash the issue found: a message handled again after the reply is not a new window."""
+    store = stack.bridge.holder.current.store("1001")
+    assert store is not None
+    cid, root_ts = await open_chat(stack)
+    [first] = [r for d in stack.sandbox.deliveries for r in d.records if f'"conversation_id": "{cid}"' in r["data"]]
+    await stack.slack.user_message(AGENT_A, CHATS, "好的", thread_ts=root_ts)
+    await stack.settle()
+    assert (await chat_state(stack, cid))["window"] is None
+    # The consumer runs the chat's first event again (a crash lost its completion).
+    again = StoredEvent(Endpoint("store", "1001"), "0-1", first["msg_id"], first["tag"], f"chat:{cid}", 1,
+                        first["data"], 0.0)  # fmt: skip
+    await stack.bridge.chats.on_platform_message(again)
+    await stack.advance(130)
+    got = await chat_state(stack, cid)
+    assert got["status"] == "open" and got["window"] is None, "still answered, never closed as a timeout"
+    assert len(got["roots"]) == 1 and not any("还剩" in t for t in got["thread"]), "nothing posted again"
+
+
+async def test_closing_a_chat_when_its_window_runs_out(stack: Stack, faults: RedisFaults) -> None:
+    stack.bridge.timer_handlers["window"] = faults.wrap(stack.bridge.chats.on_window_timer)
+
+    async def step(chat: tuple[str, str]) -> None:
+        await stack.advance(125)
+
+    async def state(chat: tuple[str, str]) -> dict[str, Any]:
+        return await chat_state(stack, chat[0])
+
+    await each_failure(stack, faults, lambda: open_chat(stack), step, state)
+    await reset(stack)
+    cid, _ = await open_chat(stack)
+    await step((cid, ""))
+    done = await chat_state(stack, cid)
+    assert done["status"] == "closed" and done["loads"] == {"main-1001": "0"}
+    assert done["stats"] == {"main-1001:timeouts": "1"}
+    assert [t[:12] for t in done["thread"]] == [
+        "<@U0MAIN1001",
+        "<@U0MAIN1001",
+        "<@U0AGENTA> ",
+        "⛔ 会话已关闭：超时未回",
+    ]
+
+
+# -- flow 2 ----------------------------------------------------------------------------------------
+
+CREATOR_CHAT = 7001
+
+
+async def task_state(stack: Stack, tid: str) -> dict[str, Any]:
+    """Everything a person or the next step can see of one task order."""
+    task = await stack.redis.hgetall(keys.task(TAG, tid))
+    cards = landed(stack, TASKS, f"slack:task:{tid}:card")
+    due = await stack.bridge.timers.due_at(keys.deadline_timer(TAG, tid))
+    on_platform = stack.sandbox.task_orders[tid]
+
+    async def listed(status: str) -> bool:
+        return await stack.redis.zscore(keys.tasks_by_status(TAG, status), tid) is not None
+
+    return {
+        "cards": [normalized(c.text, tid) for c in cards],
+        "thread": [normalized(m.text, tid) for m in stack.slack.thread(TASKS, cards[0].ts)] if cards else [],
+        "creator": [normalized(m.text, tid) for m in stack.telegram.by_bot(CREATOR_CHAT)],
+        "ephemerals": [e["text"] for e in stack.slack.ephemerals],
+        "status": task.get("status"),
+        "comments": (task.get("comments:merchant"), task.get("comments:creator")),
+        "deadline_timer": None if due is None else due - float(task["deadline"]),
+        "log": [(e["type"], e["side"], e["operator"]) for e in await stack.bridge.tasks.log_entries(TAG, tid)],
+        "lists": {
+            s: await stack.redis.zscore(keys.tasks_by_status(TAG, s), tid) is not None
+            for s in ("all", "pending", "resolved", "timed_out")
+        },  # fmt: skip
+        "creator_index": await stack.redis.zcard(keys.creator_tasks("c-7001")),
+        "on_platform": (on_platform.status, [c["text"] for c in on_platform.comments]),
+        "queued": await stack.redis.keys("*:outbox:task:*"),
+        "dead": await stack.bridge.outbox.dead_letters(TAG),
+    }
+
+
+async def reset_tasks(stack: Stack) -> None:
+    await reset(stack)
+    stack.telegram.messages.clear()
+    stack.telegram.calls.clear()
+    stack.telegram._sent.clear()  # the chat's allowance starts afresh: runs start alike
+
+
+async def raise_task(stack: Stack) -> str:
+    await reset_tasks(stack)
+    tid = await stack.sandbox.create_task_order("1001", "c-7001")
+    await stack.settle()
+    return tid
+
+
+async def test_creating_a_task_order(stack: Stack, faults: RedisFaults) -> None:
+    stack.bridge.event_handlers["task_order_created"] = faults.wrap(stack.bridge.tasks.on_created)
+    created: list[str] = []
+
+    async def prepare() -> None:
+        await reset_tasks(stack)
+
+    async def step(_: None) -> None:
+        created.append(await stack.sandbox.create_task_order("1001", "c-7001"))
+        await settle(stack)
+
+    async def state(_: None) -> dict[str, Any]:
+        return await task_state(stack, created[-1])
+
+    await each_failure(stack, faults, prepare, step, state)
+    done = await task_state(stack, created[-1])
+    assert len(done["cards"]) == 1 and len(done["creator"]) == 1 and done["status"] == "pending"
+    assert done["log"] == [("created", "creator", "达人 小美 Xiaomei")] and done["deadline_timer"] == -7200
+
+
+async def test_commenting(stack: Stack, faults: RedisFaults) -> None:
+    store = stack.bridge.holder.current.store("1001")
+    assert store is not None
+    comment = faults.wrap(stack.bridge.tasks.comment)
+
+    async def step(tid: str) -> None:
+        card_ts = landed(stack, TASKS, f"slack:task:{tid}:card")[0].ts
+        ts, _ = await stack.slack.user_message("U0MAIN1001", TASKS, "已安排补发", thread_ts=card_ts)
+        actor = Actor("slack", "U0MAIN1001", TASKS, card_ts, ts)
+        try:
+            await comment(store, tid, "merchant", actor, "main-1001", "店长 Li", "已安排补发")
+        except RedisConnectionError:
+            await comment(store, tid, "merchant", actor, "main-1001", "店长 Li", "已安排补发")
+        await settle(stack)
+
+    async def state(tid: str) -> dict[str, Any]:
+        return await task_state(stack, tid)
+
+    await each_failure(stack, faults, lambda: raise_task(stack), step, state)
+    tid = await raise_task(stack)
+    await step(tid)
+    done = await task_state(stack, tid)
+    assert done["comments"] == ("1", "0") and done["on_platform"] == ("pending", ["已安排补发"])
+    assert done["log"][-1] == ("comment_merchant", "merchant", "店长 Li")
+    assert any("已安排补发" in text for text in done["creator"]), "shown to the creator once"
+
+
+async def test_processing(stack: Stack, faults: RedisFaults) -> None:
+    """The merchant's decision reached the platform; finishing it here (the outbox's local job)."""
+    store = stack.bridge.holder.current.store("1001")
+    assert store is not None
+    stack.bridge.outbox.senders["bridge.task_finish"] = faults.wrap(stack.bridge.tasks.on_finish_job)
+
+    async def step(tid: str) -> None:
+        actor = Actor("slack", "U0MAIN1001", TASKS, None, None)
+        await stack.bridge.tasks.process(store, tid, "resolved", "已补发，顺丰 SF1", [], ("main-1001", "店长 Li"),
+                                         actor, "view-1")  # fmt: skip
+        await settle(stack)
+
+    async def state(tid: str) -> dict[str, Any]:
+        return await task_state(stack, tid)
+
+    await each_failure(stack, faults, lambda: raise_task(stack), step, state)
+    tid = await raise_task(stack)
+    await step(tid)
+    done = await task_state(stack, tid)
+    assert done["status"] == "resolved" and done["on_platform"][0] == "resolved" and done["deadline_timer"] is None
+    assert done["lists"] == {"all": True, "pending": False, "resolved": True, "timed_out": False}
+    assert done["log"][-1] == ("resolved", "merchant", "店长 Li")
+    assert sum("SF1" in text for text in done["creator"]) == 1, "the creator is told once"
+
+
+async def test_a_task_order_timing_out(stack: Stack, faults: RedisFaults) -> None:
+    stack.bridge.timer_handlers["deadline"] = faults.wrap(stack.bridge.tasks.on_deadline_timer)
+
+    async def step(tid: str) -> None:
+        await stack.advance(36 * 3600)  # past the deadline, even one the night moved to 09:00
+
+    async def state(tid: str) -> dict[str, Any]:
+        return await task_state(stack, tid)
+
+    await each_failure(stack, faults, lambda: raise_task(stack), step, state)
+    tid = await raise_task(stack)
+    await step(tid)
+    done = await task_state(stack, tid)
+    assert done["status"] == "timed_out" and done["lists"]["timed_out"]
+    assert [entry[0] for entry in done["log"]] == ["created", "reminder_sent", "reminder_sent", "timed_out"]
+    assert sum("超时完结" in text for text in done["creator"]) == 1
