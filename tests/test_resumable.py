@@ -400,3 +400,34 @@ async def test_a_task_order_timing_out(stack: Stack, faults: RedisFaults) -> Non
     assert done["status"] == "timed_out" and done["lists"]["timed_out"]
     assert [entry[0] for entry in done["log"]] == ["created", "reminder_sent", "reminder_sent", "timed_out"]
     assert sum("超时完结" in text for text in done["creator"]) == 1
+
+
+async def test_sending_what_a_chat_queued(stack: Stack, faults: RedisFaults) -> None:
+    """The outbox's own steps: a crash after Slack or the platform took a message and before the
+    bridge recorded it does not send it twice (Slack: the post's metadata is looked up; the platform:
+    the idempotency key)."""
+    store = stack.bridge.holder.current.store("1001")
+    assert store is not None
+    stack.bridge.timer_handlers["outbox"] = faults.wrap(stack.bridge.outbox.handle_timer)
+
+    async def prepare() -> str:
+        cid = await stack.sandbox.open_chat("1001", {"type": "text", "text": "在吗"})
+        await stack.bridge.drain()  # handled and queued; nothing sent yet
+        return cid
+
+    async def step(cid: str) -> None:
+        await settle(stack)  # the root goes out
+        root_ts = landed(stack, CHATS, f"slack:root:{cid}")[0].ts
+        ts, _ = await stack.slack.user_message(AGENT_A, CHATS, "在的", thread_ts=root_ts)
+        await settle(stack)  # the reply to the platform, its ✅, the header's update
+
+    async def state(cid: str) -> dict[str, Any]:
+        return await chat_state(stack, cid)
+
+    assert await each_failure(stack, faults, prepare, step, state) >= 16
+    await reset(stack)
+    cid = await prepare()
+    await step(cid)
+    done = await chat_state(stack, cid)
+    assert len(done["roots"]) == 1 and done["to_platform"] == [{"type": "text", "text": "在的"}]
+    assert done["reactions"] == [["white_check_mark"]] and "已回复" in done["roots"][0]
