@@ -418,7 +418,7 @@ async def test_sending_what_a_chat_queued(stack: Stack, faults: RedisFaults) -> 
     async def step(cid: str) -> None:
         await settle(stack)  # the root goes out
         root_ts = landed(stack, CHATS, f"slack:root:{cid}")[0].ts
-        ts, _ = await stack.slack.user_message(AGENT_A, CHATS, "在的", thread_ts=root_ts)
+        await stack.slack.user_message(AGENT_A, CHATS, "在的", thread_ts=root_ts)
         await settle(stack)  # the reply to the platform, its ✅, the header's update
 
     async def state(cid: str) -> dict[str, Any]:
