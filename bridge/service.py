@@ -27,6 +27,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import RedisError
 
 from bridge import keys
+from bridge.backpressure import answer_503_while_redis_is_unavailable
 from bridge.chats import ChatFlow
 from bridge.clock import Clock, SystemClock
 from bridge.cluster import is_cluster
@@ -38,6 +39,7 @@ from bridge.ingest import EventLog
 from bridge.listen import listen
 from bridge.metrics import METRICS
 from bridge.outbox import Outbox
+from bridge.redact import REDACTOR, secrets_in
 from bridge.redis_server import EmbeddedRedis
 from bridge.tasks import TaskFlow
 from bridge.timers import Handler, Timer, TimerStore, TimerWorker
@@ -59,6 +61,8 @@ class Bridge:
     embedded_redis: EmbeddedRedis | None = None
 
     def __post_init__(self) -> None:
+        REDACTOR.add(secrets_in(self.holder.current))
+        REDACTOR.install()
         settings = self.holder.current.timers
         self.timers = TimerStore(self.redis, shards=settings.shards, clock=self.clock)
         self.worker = TimerWorker(
@@ -105,7 +109,7 @@ class Bridge:
             if settings is not None:
                 self._connect(service, settings)
 
-        self.app = web.Application(client_max_size=MAX_PUSH_BYTES)
+        self.app = web.Application(client_max_size=MAX_PUSH_BYTES, middlewares=[answer_503_while_redis_is_unavailable])
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics)
@@ -276,6 +280,7 @@ class Bridge:
         """Reloads the file; on success, destinations whose settings changed are reconnected."""
         reloaded = self.holder.reload()
         if reloaded:
+            REDACTOR.add(secrets_in(self.holder.current))
             await self._reconnect_changed()
         return reloaded
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from bridge.backpressure import RETRY_AFTER_SECONDS
 from bridge.config import BridgeConfig, PlatformCredentials
 from bridge.domain import Endpoint
 from bridge.ingest import EventLog, StorageUnavailable
@@ -26,6 +27,7 @@ SUCCESS = b'{"code":0,"msg":"success"}'
 
 
 def _error(status: int, msg: str) -> web.Response:
+    """The platform's answer shape, for every refusal."""
     return web.json_response({"code": status, "msg": msg}, status=status)
 
 
@@ -76,7 +78,9 @@ class PlatformWebhooks:
             stored = await self.events.store(endpoint, records)
         except StorageUnavailable as exc:
             log.warning("%s: push not stored, asking the platform to redeliver: %s", endpoint, exc)
-            return _error(503, "storage unavailable, please redeliver")
+            response = _error(503, "storage unavailable, please redeliver")
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
         if stored < len(records):
             log.info("%s: %d of %d records were redeliveries", endpoint, len(records) - stored, len(records))
         return web.Response(body=SUCCESS, content_type="application/json")

@@ -15,10 +15,12 @@ import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bridge import keys, refs
+from bridge.backpressure import RETRY_AFTER_SECONDS, UNAVAILABLE
 from bridge.chats import Actor, ReplyMedia
 from bridge.config import Creator, Store
 from bridge.destinations import Core, Route
@@ -69,10 +71,21 @@ class SlackConnector:
         self.app.action("task_unresolvable")(self._open_process)
         self.app.view("task_process")(self._on_process_submit)
         self.app.action(re.compile(".*"))(self._ack_action)
+        self.app.error(self._on_error)
         self._close_socket_mode: Callable[[], Awaitable[None]] | None = None
 
     def routes(self) -> list[Route]:
         return [("POST", "/slack/events", self._handle)]
+
+    async def _on_error(self, error: Exception) -> BoltResponse | None:
+        """A listener that met Redis slow or down answers 503 + Retry-After: Slack delivers the event
+        again (it retries three times), and nothing was taken half-way (the flows are resumable)."""
+        if isinstance(error, UNAVAILABLE):
+            log.warning("Slack request not taken, Redis unavailable: %s", error)
+            return BoltResponse(status=503, body="storage unavailable, deliver again later",
+                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})  # fmt: skip
+        log.error("Slack listener failed: %r", error, exc_info=error)
+        return None
 
     async def start(self, serve_webhooks: bool) -> None:
         """With ``socket_mode: true`` (teams without a public URL), events arrive over Slack's

@@ -26,6 +26,7 @@ from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, 
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bridge import keys, refs
+from bridge.backpressure import RETRY_AFTER_SECONDS, UNAVAILABLE
 from bridge.chats import Actor, ReplyMedia
 from bridge.destinations import Core, Route
 from bridge.i18n import t
@@ -83,6 +84,8 @@ class TelegramConnector:
         self.application.add_handler(CommandHandler("tasks", self._on_update))
         self.application.add_handler(CallbackQueryHandler(self._on_update))
         self.application.add_handler(MessageHandler(filters.ALL, self._on_update))
+        self.application.add_error_handler(self._on_error)
+        self._failures: dict[int, Exception] = {}
         self.handlers: list[InboundHandler] = []
         self._starting: asyncio.Task[None] | None = None
         self._forums: dict[int, bool] = {}
@@ -135,8 +138,21 @@ class TelegramConnector:
         if await self.updates_seen.seen(str(update_id)):
             return web.json_response({"ok": True})  # a redelivery: handled already
         await self.application.process_update(Update.de_json(data, self.bot))
+        failure = self._failures.pop(update_id, None)
+        if isinstance(failure, UNAVAILABLE):
+            # Not taken: Telegram delivers it again (the flows are resumable, so nothing doubles).
+            log.warning("Telegram update %s not taken, Redis unavailable: %s", update_id, failure)
+            return web.json_response({"ok": False, "description": "storage unavailable, retry later"}, status=503,
+                                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)})  # fmt: skip
+        if failure is not None:  # a fault of ours: logged; answering 5xx would hold every later update back
+            log.error("Telegram update %s failed: %r", update_id, failure, exc_info=failure)
         await self.updates_seen.remember(str(update_id))
         return web.json_response({"ok": True})
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """PTB hands a handler's exception here instead of raising it: kept for the webhook's answer."""
+        if isinstance(update, Update) and context.error is not None:
+            self._failures[update.update_id] = context.error
 
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         inbound = self._translate(update)
