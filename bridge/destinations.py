@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
+
+from bridge.domain import Endpoint
+from bridge.ingest import EventLog, IncomingRecord
 
 if TYPE_CHECKING:
     import aiohttp
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
     from bridge.chats import ChatFlow
     from bridge.clock import Clock
     from bridge.config import BridgeConfig, Problem
+    from bridge.events import EventHandler
     from bridge.outbox import Outbox, Sender
     from bridge.tasks import TaskFlow
 
@@ -49,6 +54,10 @@ class Connector(Protocol):
         """Outbox senders, one per job kind ``<service>.<action>``; raise ``RetryLater`` or
         ``FinalFailure``."""
 
+    def delivery_handlers(self) -> dict[str, EventHandler]:
+        """Handlers of the deliveries it stored with ``Core.inbox`` (by kind, ``<service>.<what>``),
+        run by the event consumer with its ordering and retries."""
+
     async def fetch_file(self, ref: str) -> bytes:
         """Downloads a file a person attached (the platform sender uploads it to ``/media``)."""
 
@@ -63,6 +72,30 @@ class Connector(Protocol):
 
 
 @dataclass(frozen=True)
+class Inbox:
+    """Durable intake for what a destination delivers (Slack events, Telegram updates), as for the
+    platform's pushes: deduplicated by the service's delivery id and stored in one atomic step
+    before the service is answered, then handled by the event consumer (in order per ``thread``,
+    retried). A Redis that cannot take it raises ``StorageUnavailable``: answer 503."""
+
+    event_log: EventLog
+
+    async def accept(self, service: str, delivery_id: str, thread: str, kind: str, raw: str) -> bool:
+        """Stores one delivery; False when it was stored before (a redelivery)."""
+        record = IncomingRecord(kind, delivery_id, thread, raw)
+        return bool(await self.event_log.store(Endpoint("destination", service), [record]))
+
+
+def inbox_thread(*parts: str | int | None, buckets: int = 64) -> str:
+    """An ordering key for a destination's deliveries: the first part (a channel, a chat) plus one of
+    ``buckets`` spreads of the rest (the conversation thread in it). Deliveries of one conversation
+    thread keep their order; different threads of a channel run side by side; and the ordering
+    state stays bounded by channels × buckets, however many threads people open."""
+    first, *rest = (str(p) for p in parts if p is not None)
+    return f"{first}:{zlib.crc32(':'.join(rest).encode()) % buckets}" if rest else first
+
+
+@dataclass(frozen=True)
 class Core:
     """What the core offers a destination connector."""
 
@@ -73,6 +106,7 @@ class Core:
     http: Callable[[], aiohttp.ClientSession]
     chats: ChatFlow
     tasks: TaskFlow
+    inbox: Inbox
 
 
 @dataclass(frozen=True)

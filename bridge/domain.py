@@ -15,9 +15,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a push comes from: a store, or a creator."""
+    """Where stored events come from: a store's or a creator's platform pushes, or a destination's
+    own deliveries (``destination``/``slack``: what people did in Slack)."""
 
-    kind: Literal["store", "creator"]
+    kind: Literal["store", "creator", "destination"]
     id: str
 
     @property

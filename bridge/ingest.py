@@ -50,8 +50,8 @@ return out
 """
 
 
-class StorageUnavailable(RuntimeError):
-    pass
+class StorageUnavailable(ConnectionError):
+    """Redis did not take the write (down, slow, or no free connection): answer 503, nothing stored."""
 
 
 @dataclass(frozen=True)

@@ -210,11 +210,6 @@ def message_ref(tag: str, ref: str) -> str:
     return f"{tag}:ref:{ref}"
 
 
-def slack_events_seen() -> str:
-    """ZSET member=Slack event id, score=time (ms): Slack's retries are handled once. Trimmed to a day."""
-    return "{slack}:events-seen"
-
-
 def slack_post_attempt(job_id: str) -> str:
     """STRING: an outbox job has tried to post to Slack. A second run of it first looks for the
     message the first left (Slack has no idempotency key). Expires after an hour."""
@@ -235,11 +230,6 @@ def rate_limit_slot(service: str, target: str, job_id: str) -> str:
 NO_ENDPOINT_TAG = "{no-endpoint}"
 """The tag of outbox threads that belong to no store or creator (a destination's answers to
 commands and reactions in chats it knows only by id)."""
-
-
-def telegram_updates_seen() -> str:
-    """ZSET member=update_id, score=time (ms): Telegram's redeliveries are handled once. Trimmed to a day."""
-    return "{telegram}:updates-seen"
 
 
 # -- task orders (flow 2) ---------------------------------------------------------------------

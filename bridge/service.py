@@ -23,7 +23,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from bridge import keys
@@ -32,9 +34,9 @@ from bridge.chats import ChatFlow
 from bridge.clock import Clock, SystemClock
 from bridge.cluster import is_cluster
 from bridge.config import ConfigHolder
-from bridge.destinations import Connector, Core, plugins
+from bridge.destinations import Connector, Core, Inbox, plugins
 from bridge.domain import Endpoint
-from bridge.events import FORGET_RETRY_SECONDS, EventConsumer, EventHandler
+from bridge.events import FORGET_RETRY_SECONDS, EventConsumer, EventHandler, StoredEvent
 from bridge.ingest import EventLog
 from bridge.listen import listen
 from bridge.metrics import METRICS
@@ -97,8 +99,9 @@ class Bridge:
         self.outbox.register({"bridge.task_finish": self.tasks.on_finish_job})
         # Every configured destination (bridge/destinations.py): its senders, file fetcher and route.
         self._core = Core(
-            lambda: self.holder.current, self.redis, self.clock, self.outbox, self.http, self.chats, self.tasks
-        )
+            lambda: self.holder.current, self.redis, self.clock, self.outbox, self.http, self.chats, self.tasks,
+            Inbox(self.event_log),
+        )  # fmt: skip
         self._platform = platform
         self._serve_webhooks = True
         self._reconnecting: asyncio.Task[bool] | None = None
@@ -130,9 +133,24 @@ class Bridge:
     def _connect(self, service: str, settings: Any) -> Connector:
         connector = plugins()[service].connect(settings, self._core)
         self.outbox.register(connector.senders())
+        for kind in connector.delivery_handlers():
+            self.event_handlers[kind] = self._forward_event(service, kind)
         self._platform.fetchers[service] = connector.fetch_file
         self.connectors[service], self._connected_with[service] = connector, settings
         return connector
+
+    def _forward_event(self, service: str, kind: str) -> EventHandler:
+        """A destination's stored deliveries, handled by whichever connector of it is in force."""
+
+        async def forward(event: StoredEvent) -> None:
+            connector = self.connectors.get(service)
+            handler = connector.delivery_handlers().get(kind) if connector else None
+            if handler is None:
+                log.warning("%s delivery %s kept: %s is no longer configured", service, event.msg_id, service)
+                raise ConnectionError(f"{service} is not configured in this process")  # retried, not lost
+            await handler(event)
+
+        return forward
 
     def _forward(self, service: str, path: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """A destination's route, served by whichever connector of that service is in force."""
@@ -167,7 +185,11 @@ class Bridge:
 
     def endpoints(self) -> list[Endpoint]:
         config = self.holder.current
-        return [Endpoint("store", s.id) for s in config.stores] + [Endpoint("creator", c.id) for c in config.creators]
+        return (
+            [Endpoint("store", s.id) for s in config.stores]
+            + [Endpoint("creator", c.id) for c in config.creators]
+            + [Endpoint("destination", service) for service in self.connectors]
+        )
 
     def http(self) -> aiohttp.ClientSession:
         """The one outbound HTTP session (connection pooling); created on first use."""
@@ -300,8 +322,17 @@ def open_redis(url: str, max_connections: int = 64) -> Redis:
         return _sentinel_client(url, max_connections)
     if url.startswith("redis+cluster://"):
         return _cluster_client(url, max_connections)
-    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5, decode_responses=True)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=5, decode_responses=True, retry=reconnecting()
+    )
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
+def reconnecting() -> Retry:
+    """A command whose connection broke (Redis restarted, failed over, or closed an idle connection)
+    is sent again on a new one, a few times within a second: a restart is not a failed step. The
+    bridge's steps are resumable, so a command whose answer was lost may run twice safely."""
+    return Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3)
 
 
 def _addresses(netloc: str, default_port: int) -> list[tuple[str, int]]:
@@ -324,7 +355,8 @@ def _sentinel_client(url: str, max_connections: int) -> Redis:
     parsed = urllib.parse.urlsplit(url)
     sentinels = _addresses(parsed.netloc, 26379)
     query = dict(urllib.parse.parse_qsl(parsed.query))
-    options: dict[str, Any] = {"decode_responses": True, "max_connections": max_connections, "socket_timeout": 5}
+    options: dict[str, Any] = {"decode_responses": True, "max_connections": max_connections, "socket_timeout": 5,
+                               "retry": reconnecting()}  # fmt: skip
     if "db" in query:
         options["db"] = int(query["db"])
     if "password" in query:

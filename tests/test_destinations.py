@@ -43,6 +43,9 @@ class EchoConnector:
     def routes(self):
         return []
 
+    def delivery_handlers(self):
+        return {}
+
     def senders(self):
         async def keep(job):
             self.sent.append((job.kind, job.payload))

@@ -234,6 +234,7 @@ async def test_resolve_with_evidence_from_the_modal_and_the_thread(stack: Stack)
     tid = await raise_task(stack)
     thread_photo = stack.slack.add_file("waybill.png", PNG, "image/png")
     await stack.slack.user_message(MAIN, TASKS, "", thread_ts=card(stack).ts, files=[thread_photo])
+    await stack.settle()  # the stored event is handled (a running bridge does it within milliseconds)
     view = await open_modal(stack, tid)
     assert view["callback_id"] == "task_process" and [b["block_id"] for b in view["blocks"][1:]] == [
         "solution",

@@ -12,9 +12,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
-from slack_bolt.async_app import AsyncApp
+from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -23,11 +25,11 @@ from bridge import keys, refs
 from bridge.backpressure import RETRY_AFTER_SECONDS, UNAVAILABLE
 from bridge.chats import Actor, ReplyMedia
 from bridge.config import Creator, Store
-from bridge.destinations import Core, Route
+from bridge.destinations import Core, Route, inbox_thread
+from bridge.events import EventHandler, StoredEvent
 from bridge.i18n import t
 from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.ratelimit import SendSpacing
-from bridge.seen import SeenIds
 from bridge.tasks import evidence_problems, status_name
 from connectors.slack.render import render
 from connectors.slack.settings import SlackSettings
@@ -41,6 +43,9 @@ CHANNEL_SPACING_SECONDS = 1.0  # Slack: about one message per second per channel
 POST_METADATA = "feige_bridge_post"  # message metadata naming the outbox job that posted it
 POST_ATTEMPT_SECONDS = 3600
 _IGNORED_SUBTYPES = {None, "file_share", "thread_broadcast"}
+EVENT_KIND = "slack.event"  # a stored Events API delivery
+REPLAYED = "feige_stored"  # context flag: this request is a stored event, handled by the consumer
+FAILURE = "feige_failure"  # context key: what a stored event's listener raised
 
 
 class SlackConnector:
@@ -53,7 +58,6 @@ class SlackConnector:
         self.clock = core.clock
         self.http = core.http
         self.spacing = SendSpacing(self.redis, self.clock)
-        self.events_seen = SeenIds(self.redis, keys.slack_events_seen(), self.clock)
         self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_base_url)
         self.app = AsyncApp(
             signing_secret=settings.signing_secret,
@@ -72,14 +76,48 @@ class SlackConnector:
         self.app.view("task_process")(self._on_process_submit)
         self.app.action(re.compile(".*"))(self._ack_action)
         self.app.error(self._on_error)
+        self.app.use(self._store_events_first)
+        self.inbox = core.inbox
         self._close_socket_mode: Callable[[], Awaitable[None]] | None = None
 
     def routes(self) -> list[Route]:
         return [("POST", "/slack/events", self._handle)]
 
-    async def _on_error(self, error: Exception) -> BoltResponse | None:
-        """A listener that met Redis slow or down answers 503 + Retry-After: Slack delivers the event
-        again (it retries three times), and nothing was taken half-way (the flows are resumable)."""
+    async def _store_events_first(
+        self, body: dict[str, Any], context: AsyncBoltContext, next: Callable[[], Awaitable[BoltResponse]]
+    ) -> BoltResponse:
+        """Events (what people write) are stored, deduplicated by Slack's event id, before Slack is
+        answered — over HTTP and Socket Mode alike — and handled afterwards by the event consumer,
+        with its order and retries. Commands and clicks are answered at once, from what is at hand
+        (Slack wants their answer in the response; a modal's errors can come no later)."""
+        if body.get("type") != "event_callback" or context.get(REPLAYED):
+            return await next()
+        event = body.get("event") or {}
+        thread = inbox_thread(event.get("channel") or "-", event.get("thread_ts") or event.get("ts"))
+        await self.inbox.accept("slack", str(body.get("event_id") or ""), thread, EVENT_KIND,
+                                orjson.dumps(body).decode())  # fmt: skip
+        return BoltResponse(status=200, body="")
+
+    def delivery_handlers(self) -> dict[str, EventHandler]:
+        return {EVENT_KIND: self._handle_stored_event}
+
+    async def _handle_stored_event(self, stored: StoredEvent) -> None:
+        """A stored event, through the same bolt app (its listeners, matching and self-event rules);
+        what failed is raised, so the consumer retries it."""
+        request = AsyncBoltRequest(body=orjson.loads(stored.raw), mode="socket_mode", context={REPLAYED: True})
+        response = await self.app.async_dispatch(request)
+        failure = request.context.get(FAILURE)
+        if failure is not None:
+            raise failure
+        if response.status >= 500:
+            raise RuntimeError(f"Slack event {stored.msg_id}: {response.status} {response.body}")
+
+    async def _on_error(self, error: Exception, context: AsyncBoltContext) -> BoltResponse | None:
+        """A listener that met Redis slow or down answers 503 + Retry-After: Slack delivers the request
+        again where it does (events), and nothing was taken half-way (the flows are resumable)."""
+        if context.get(REPLAYED):
+            context[FAILURE] = error  # raised by the consumer's handler, which retries the event
+            return None
         if isinstance(error, UNAVAILABLE):
             log.warning("Slack request not taken, Redis unavailable: %s", error)
             return BoltResponse(status=503, body="storage unavailable, deliver again later",
@@ -122,23 +160,11 @@ class SlackConnector:
 
     # -- inbound -------------------------------------------------------------------------------------
 
-    async def _seen(self, event_id: str | None) -> bool:
-        """Slack retries an event it thinks we missed (X-Slack-Retry-Num); handle each id once."""
-        return bool(event_id) and await self.events_seen.seen(str(event_id))
-
-    async def _remember(self, event_id: str | None) -> None:
-        if event_id:
-            await self.events_seen.remember(str(event_id))
-
     async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         if event.get("subtype") not in _IGNORED_SUBTYPES or event.get("bot_id") or not event.get("user"):
             return
-        event_id = body.get("event_id")
-        if await self._seen(event_id):
-            return
         channel = event["channel"]
         if await self._task_comment(event, channel) or await self._creator_comment(event, channel):
-            await self._remember(event_id)
             return
         store = self.store_for(channel)
         if store is not None:
@@ -156,7 +182,6 @@ class SlackConnector:
             ]
             actor = Actor("slack", event["user"], channel, thread if in_thread else None, event["ts"])
             await self.chats.reply(store, cid, actor, slack_to_platform_text(event.get("text", "")), media)
-        await self._remember(event_id)
 
     async def _task_of_reply(self, event: dict[str, Any], channel: str, tag: str) -> str | None:
         """The task order whose thread this message replies in, if any."""

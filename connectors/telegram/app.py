@@ -26,13 +26,12 @@ from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, 
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bridge import keys, refs
-from bridge.backpressure import RETRY_AFTER_SECONDS, UNAVAILABLE
 from bridge.chats import Actor, ReplyMedia
-from bridge.destinations import Core, Route
+from bridge.destinations import Core, Route, inbox_thread
+from bridge.events import EventHandler, StoredEvent
 from bridge.i18n import t
 from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.ratelimit import SendSpacing
-from bridge.seen import SeenIds
 from connectors.telegram.render import render, topic_name
 from connectors.telegram.settings import TelegramSettings
 from rules.evidence import SNIFF_BYTES
@@ -43,6 +42,7 @@ log = logging.getLogger(__name__)
 # one chat, because two sends a slot apart can reach Telegram closer together than they left.
 CHAT_SPACING, GROUP_SPACING, BOT_SPACING = 1.1, 3.1, 1 / 30
 DOWNLOAD_LIMIT = 20 * 1024 * 1024  # getFile: bots may download files up to 20 MB
+UPDATE_KIND = "telegram.update"  # a stored webhook update
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class TelegramConnector:
         self.redis = core.redis
         self.clock = core.clock
         self.spacing = SendSpacing(self.redis, self.clock)
-        self.updates_seen = SeenIds(self.redis, keys.telegram_updates_seen(), self.clock)
+        self.inbox = core.inbox
         self.bot = Bot(settings.bot_token, base_url=settings.api_base_url, base_file_url=settings.file_base_url)
         self.application = Application.builder().bot(self.bot).updater(None).build()
         self.application.add_handler(CommandHandler("tasks", self._on_update))
@@ -125,29 +125,33 @@ class TelegramConnector:
     # -- inbound -------------------------------------------------------------------------------------
 
     async def _webhook(self, request: web.Request) -> web.Response:
+        """Verifies the secret, stores the update (deduplicated by its id) and answers: the update is
+        handled afterwards by the event consumer, in order per chat, retried; Telegram never waits
+        on a download or on Telegram itself being reachable."""
         given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
         if not hmac.compare_digest(given.encode(), self.settings.webhook_secret.encode()):
             return web.json_response({"ok": False, "description": "secret token does not match"}, status=401)
         try:
-            data = await request.json()
+            raw = await request.read()
+            data = json.loads(raw)
             update_id = int(data["update_id"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError):
             return web.json_response({"ok": False, "description": "not a Telegram update"}, status=400)
-        if self._starting is None or not self._starting.done():
-            return web.json_response({"ok": False, "description": "starting, retry later"}, status=503)
-        if await self.updates_seen.seen(str(update_id)):
-            return web.json_response({"ok": True})  # a redelivery: handled already
-        await self.application.process_update(Update.de_json(data, self.bot))
-        failure = self._failures.pop(update_id, None)
-        if isinstance(failure, UNAVAILABLE):
-            # Not taken: Telegram delivers it again (the flows are resumable, so nothing doubles).
-            log.warning("Telegram update %s not taken, Redis unavailable: %s", update_id, failure)
-            return web.json_response({"ok": False, "description": "storage unavailable, retry later"}, status=503,
-                                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)})  # fmt: skip
-        if failure is not None:  # a fault of ours: logged; answering 5xx would hold every later update back
-            log.error("Telegram update %s failed: %r", update_id, failure, exc_info=failure)
-        await self.updates_seen.remember(str(update_id))
+        await self.inbox.accept("telegram", str(update_id), inbox_thread(_chat_of(data)), UPDATE_KIND, raw.decode())
         return web.json_response({"ok": True})
+
+    def delivery_handlers(self) -> dict[str, EventHandler]:
+        return {UPDATE_KIND: self._handle_stored_update}
+
+    async def _handle_stored_update(self, stored: StoredEvent) -> None:
+        """A stored update through PTB's handlers; what failed is raised, so the consumer retries it."""
+        if self._starting is None or not self._starting.done():
+            raise ConnectionError("Telegram not reached yet (getMe); the update waits")  # retried, not lost
+        update = Update.de_json(json.loads(stored.raw), self.bot)
+        await self.application.process_update(update)
+        failure = self._failures.pop(update.update_id, None)
+        if failure is not None:
+            raise failure
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         """PTB hands a handler's exception here instead of raising it: kept for the webhook's answer."""
@@ -389,6 +393,17 @@ class TelegramConnector:
     async def _answer(self, job: OutboxJob) -> None:
         with contextlib.suppress(BadRequest):  # answerable only for a short while; a late answer is moot
             await self.bot.answer_callback_query(str(job.payload["id"]), text=job.payload.get("text"))
+
+
+def _chat_of(update: dict[str, Any]) -> str:
+    """The chat an update happened in (its ordering key), from the raw update."""
+    for field in ("message", "edited_message", "channel_post", "edited_channel_post"):
+        if isinstance(update.get(field), dict):
+            return str(update[field].get("chat", {}).get("id", "-"))
+    query = update.get("callback_query")
+    if isinstance(query, dict):
+        return str((query.get("message") or {}).get("chat", {}).get("id") or query.get("from", {}).get("id", "-"))
+    return "-"
 
 
 def _sorted(exc: TelegramError) -> Exception:

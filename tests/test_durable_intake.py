@@ -1,0 +1,95 @@
+"""Slack and Telegram intake is durable like the platform's: a delivery is deduplicated and stored
+in one step before the service is answered, and handled afterwards by the event consumer, with its
+order and retries — so a crash or a Redis error during the handling loses nothing and doubles
+nothing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bridge import keys
+from bridge.domain import Endpoint
+from bridge.events import StoredEvent
+from tests.conftest import Stack
+
+CHATS, TAG, CREATOR_CHAT = "C0CHATS1001", "{store:1001}", 7001
+SLACK, TELEGRAM = Endpoint("destination", "slack"), Endpoint("destination", "telegram")
+
+
+async def stored(stack: Stack, endpoint: Endpoint) -> list[dict[str, Any]]:
+    return [fields for _, fields in await stack.redis.xrange(keys.events(endpoint.tag))]
+
+
+def merchant_texts(stack: Stack, cid: str) -> list[str]:
+    return [m["content"]["text"] for m in stack.sandbox.conversations[cid].messages if m["from"] == "merchant"]
+
+
+async def test_a_slack_reply_is_stored_before_the_ack_and_handled_after_it(stack: Stack) -> None:
+    cid = await stack.sandbox.open_chat("1001")
+    await stack.settle()
+    root = stack.slack.channel(CHATS)[-1]
+    ts, status = await stack.slack.user_message("U0AGENTA", CHATS, "马上发", thread_ts=root.ts)
+    assert status == 200 and merchant_texts(stack, cid) == [], "answered before any handling"
+    [delivery] = await stored(stack, SLACK)
+    assert delivery["tag"] == "slack.event" and json.loads(delivery["data"])["event"]["ts"] == ts
+    redelivered = f"Ev{stack.slack._run}{int(ts.split('.')[1]) + 1:08d}"
+    await stack.slack.user_message("U0AGENTA", CHATS, "马上发", thread_ts=root.ts, retry_of=redelivered)
+    assert len(await stored(stack, SLACK)) == 1, "Slack's retry of the same event id is not stored again"
+    await stack.settle()
+    assert merchant_texts(stack, cid) == ["马上发"]
+    assert await stored(stack, SLACK) == [], "handled deliveries leave the stream"
+
+
+async def test_a_stored_slack_event_whose_handling_fails_is_retried_not_lost(stack: Stack) -> None:
+    cid = await stack.sandbox.open_chat("1001")
+    await stack.settle()
+    root = stack.slack.channel(CHATS)[-1]
+    reply, failures = stack.bridge.chats.reply, []
+
+    async def crashing_once(*args: Any, **kwargs: Any) -> Any:
+        if not failures:
+            failures.append(1)
+            raise ConnectionError("Redis went away mid-step")
+        return await reply(*args, **kwargs)
+
+    stack.bridge.chats.reply = crashing_once  # type: ignore[method-assign]
+    await stack.slack.user_message("U0AGENTA", CHATS, "稍等", thread_ts=root.ts)
+    await stack.bridge.drain()
+    assert merchant_texts(stack, cid) == [] and stack.bridge.consumer.next_retry_at() is not None
+    await stack.settle()
+    assert failures == [1] and merchant_texts(stack, cid) == ["稍等"]
+
+
+async def test_a_telegram_update_is_stored_once_and_waits_while_telegram_is_not_reached(stack: Stack) -> None:
+    chat = {"id": CREATOR_CHAT, "type": "private"}
+    person = {"id": CREATOR_CHAT, "is_bot": False, "first_name": "c"}
+    update = {"update_id": 515151, "message": {"message_id": 9, "date": 0, "chat": chat, "from": person, "text": "/tasks"}}
+    connector = stack.bridge.connectors["telegram"]
+    starting, connector._starting = connector._starting, None  # type: ignore[attr-defined]
+    assert await stack.telegram.send_update(update) == 200
+    assert await stack.telegram.send_update(update) == 200
+    [delivery] = await stored(stack, TELEGRAM)
+    assert delivery["msg_id"] == "515151" and delivery["thread"] == str(CREATOR_CHAT)
+    await stack.bridge.drain()
+    assert stack.telegram.by_bot(CREATOR_CHAT) == [], "not handled before Telegram answered getMe"
+    connector._starting = starting  # type: ignore[attr-defined]
+    await stack.settle()
+    [answer] = stack.telegram.by_bot(CREATOR_CHAT)
+    assert "任务单" in answer.text, "handled once, after the wait"
+    assert await stack.redis.llen(keys.events_dead(TELEGRAM.tag)) == 0
+
+
+async def test_a_delivery_of_a_destination_no_longer_configured_is_kept(stack: Stack) -> None:
+    handler = stack.bridge.event_handlers["slack.event"]
+    event = StoredEvent(SLACK, "0-1", "Ev1", "slack.event", "C1", 1, "{}", 0.0)
+    slack = stack.bridge.connectors.pop("slack")
+    try:
+        try:
+            await handler(event)
+        except ConnectionError as exc:
+            assert "slack is not configured" in str(exc)
+        else:
+            raise AssertionError("the delivery was taken by nobody")
+    finally:
+        stack.bridge.connectors["slack"] = slack
