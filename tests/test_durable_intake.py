@@ -64,7 +64,8 @@ async def test_a_stored_slack_event_whose_handling_fails_is_retried_not_lost(sta
 async def test_a_telegram_update_is_stored_once_and_waits_while_telegram_is_not_reached(stack: Stack) -> None:
     chat = {"id": CREATOR_CHAT, "type": "private"}
     person = {"id": CREATOR_CHAT, "is_bot": False, "first_name": "c"}
-    update = {"update_id": 515151, "message": {"message_id": 9, "date": 0, "chat": chat, "from": person, "text": "/tasks"}}
+    message = {"message_id": 9, "date": 0, "chat": chat, "from": person, "text": "/tasks"}
+    update = {"update_id": 515151, "message": message}
     connector = stack.bridge.connectors["telegram"]
     starting, connector._starting = connector._starting, None  # type: ignore[attr-defined]
     assert await stack.telegram.send_update(update) == 200
