@@ -199,7 +199,7 @@ class ServerSettings(_Model):
 
 class TimerSettings(_Model):
     shards: int = Field(default=1, ge=1, le=1024)
-    lease_seconds: float = Field(default=30.0, gt=0)
+    lease_seconds: float = Field(default=5.0, gt=0)
     concurrency: int = Field(default=200, ge=1)
 
 

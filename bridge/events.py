@@ -151,9 +151,11 @@ class EventConsumer:
     name: str = field(default_factory=consumer_name)
     batch: int = 500
     block_seconds: float = 1.0
-    claim_idle_seconds: float = 30.0
-    lock_seconds: float = 30.0
-    """How long a thread stays locked by a consumer that went silent; longer than any handler runs."""
+    claim_idle_seconds: float = 10.0
+    """A dead process's events are taken over this long after it took them."""
+    lock_seconds: float = 10.0
+    """How long a thread stays locked by a consumer that went silent; longer than any handler runs
+    (handlers only talk to Redis and queue work; what reaches outside runs in the outbox)."""
     retry_base_seconds: float = 0.5
     max_retry_seconds: float = 30.0
     max_attempts: int = 8

@@ -104,6 +104,23 @@ end
 return done
 """
 
+# Extends the leases of handlers still running (a worker that dies stops renewing, and its timers are
+# claimed again once the short lease runs out). KEYS: leased. ARGV: new lease (ms), (member, lease)*.
+# Returns 1 or 0 per pair: renewed, or no longer this run's (rescheduled, cancelled, taken over).
+_RENEW = """
+local out = {}
+for i = 2, #ARGV, 2 do
+  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if s and tonumber(s) == tonumber(ARGV[i + 1]) then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
 # Puts a leased timer back: after a failed handler (counts the attempt, gives up to the dead set past
 # max_attempts) or at shutdown (no attempt counted). Returns the due time set, or -1 when dead.
 _RELEASE = """
@@ -159,6 +176,7 @@ class TimerStore:
         self.claim_script = redis.register_script(_CLAIM)
         self.ack_script = redis.register_script(_ACK)
         self.release_script = redis.register_script(_RELEASE)
+        self.renew_script = redis.register_script(_RENEW)
 
     def shard_keys(self, shard: int) -> list[str]:
         return [
@@ -220,7 +238,7 @@ class TimerWorker:
         store: TimerStore,
         handlers: Mapping[str, Handler],
         *,
-        lease_seconds: float = 30.0,
+        lease_seconds: float = 5.0,
         batch: int = 500,
         concurrency: int = 200,
         retry_base_seconds: float = 5.0,
@@ -242,6 +260,10 @@ class TimerWorker:
         self._stopping = False
         self._next_ms: float = math.inf
         self._pending_acks: list[Timer] = []
+        self._leases: dict[int, int] = {}
+        """The lease (ms, the token in the leased set) each running timer holds now, by id(timer):
+        renewed every third of ``lease_seconds`` while its handler runs."""
+        self._lease_lock = asyncio.Lock()  # a renewal and an ack never pass each other's token
         self._acks_ready = asyncio.Event()
         self._serving: asyncio.Event | None = None
 
@@ -258,6 +280,7 @@ class TimerWorker:
             name="timers-wake",
         )
         acker = asyncio.create_task(self._ack_loop(), name="timers-ack")
+        renewer = asyncio.create_task(self._renew_loop(), name="timers-renew")
         try:
             while not self._stopping:
                 # Cleared before the claim, and any wake-up published during the claim counts
@@ -284,7 +307,7 @@ class TimerWorker:
         finally:
             self._stopping = True
             self._acks_ready.set()
-            await asyncio.gather(listener, acker, return_exceptions=True)
+            await asyncio.gather(listener, acker, renewer, return_exceptions=True)
             serving.set()
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
@@ -345,6 +368,7 @@ class TimerWorker:
             for i in range(0, len(items), 3):
                 member, due, payload = items[i], items[i + 1], items[i + 2]
                 timer = Timer(member, int(due) / 1000 if due else None, payload or None, lease_ms)
+                self._leases[id(timer)] = lease_ms
                 task = asyncio.create_task(self._fire(timer), name=f"timer:{member}")
                 self._running[task] = timer
                 task.add_done_callback(self._on_done)
@@ -388,11 +412,13 @@ class TimerWorker:
                 log.error("timer %s: gave up after %d attempts", timer.key, self.max_attempts)
 
     async def _release(self, timer: Timer, *, due_at: float, failed: bool) -> int:
+        async with self._lease_lock:
+            lease = self._leases.pop(id(timer), timer.lease_ms)
         result: int = await self.store.release_script(
             keys=self.store.keys_for(timer.key),
             args=[
                 timer.key,
-                timer.lease_ms,
+                lease,
                 _ms(due_at),
                 "1" if failed else "0",
                 self.max_attempts,
@@ -415,14 +441,53 @@ class TimerWorker:
                 await asyncio.sleep(0.5)
 
     async def _flush_acks(self) -> None:
-        self._acks_ready.clear()
-        acks, self._pending_acks = self._pending_acks, []
-        by_shard: dict[int, list[Any]] = {}
-        for timer in acks:
-            args = by_shard.setdefault(keys.timer_shard(timer.key, self.store.shards), [])
-            args += [timer.key, timer.lease_ms]
-        for shard, args in by_shard.items():
-            await self.store.ack_script(keys=self.store.shard_keys(shard)[:4], args=args)
+        async with self._lease_lock:
+            self._acks_ready.clear()
+            acks, self._pending_acks = self._pending_acks, []
+            by_shard: dict[int, list[Any]] = {}
+            for timer in acks:
+                args = by_shard.setdefault(keys.timer_shard(timer.key, self.store.shards), [])
+                args += [timer.key, self._leases.pop(id(timer), timer.lease_ms)]
+            for shard, args in by_shard.items():
+                await self.store.ack_script(keys=self.store.shard_keys(shard)[:4], args=args)
+
+    async def _renew_loop(self) -> None:
+        # Short leases, kept alive while a handler runs: a worker that dies holds its timers (an
+        # outbox thread, a reply window) for at most ``lease_seconds``, not for the longest handler.
+        while not self._stopping:
+            await self._nap_renewal(self.lease_seconds / 3)
+            try:
+                await self.renew()
+            except (RedisError, OSError) as exc:
+                log.warning("timer lease renewal failed: %s", exc)
+
+    async def _nap_renewal(self, seconds: float) -> None:
+        for _ in range(max(1, int(seconds / 0.25))):  # ends within a quarter second of stop()
+            if self._stopping:
+                return
+            await asyncio.sleep(min(0.25, seconds))
+
+    async def renew(self) -> int:
+        """Extends the leases of every handler still running; returns how many were renewed."""
+        async with self._lease_lock:
+            running = [t for task, t in self._running.items() if not task.done() and id(t) in self._leases]
+            if not running:
+                return 0
+            lease_ms = _ms(self.clock.now() + self.lease_seconds)
+            by_shard: dict[int, list[Timer]] = {}
+            for timer in running:
+                by_shard.setdefault(keys.timer_shard(timer.key, self.store.shards), []).append(timer)
+            renewed = 0
+            for shard, timers in by_shard.items():
+                args: list[Any] = [lease_ms]
+                for timer in timers:
+                    args += [timer.key, self._leases[id(timer)]]
+                kept = await self.store.renew_script(keys=[keys.timers_leased(shard)], args=args)
+                for timer, ok in zip(timers, kept, strict=True):
+                    if int(ok):
+                        self._leases[id(timer)] = lease_ms
+                        renewed += 1
+            return renewed
 
     def _on_wake(self, due_ms: str | None) -> None:
         if due_ms is None or float(due_ms) < self._next_ms:

@@ -309,3 +309,43 @@ async def test_stop_releases_leases_of_unfinished_handlers(store: TimerStore, cl
     await task
     assert await store.leased() == 0
     assert await store.due_at("w:{store:1}:a") == T0, "released back for another worker at once"
+
+
+async def test_a_running_handler_keeps_its_short_lease_and_a_dead_workers_is_taken_over_after_it(
+    store: TimerStore, clock: ManualClock
+) -> None:
+    """Leases are short (a dead worker's timers — an outbox thread, a reply window — wait seconds,
+    not minutes) and renewed while a handler runs (a long one is never run twice at once)."""
+    release, runs = asyncio.Event(), Counter[str]()
+
+    async def slow(timer: Timer) -> None:
+        runs[timer.key] += 1
+        await release.wait()
+
+    first = TimerWorker(store, {"outbox": slow}, lease_seconds=5)
+    second = TimerWorker(store, {"outbox": slow}, lease_seconds=5)
+    await store.schedule("outbox:{store:1}:chat:a", T0)
+    await first._claim_and_start()
+    await asyncio.sleep(0)
+    assert runs == {"outbox:{store:1}:chat:a": 1}
+    for _ in range(4):  # 16 s of handling, renewed every 4 s
+        clock.advance(4)
+        assert await first.renew() == 1
+        await second._claim_and_start()
+        await asyncio.sleep(0)
+        assert runs["outbox:{store:1}:chat:a"] == 1, "not taken while its handler runs and renews"
+    # The first worker dies: nothing renews its lease any more.
+    clock.advance(4.9)
+    await second._claim_and_start()
+    await asyncio.sleep(0)
+    assert runs["outbox:{store:1}:chat:a"] == 1
+    clock.advance(0.2)
+    await second._claim_and_start()
+    await asyncio.sleep(0)
+    assert runs["outbox:{store:1}:chat:a"] == 2, "taken over once the lease ran out"
+    assert await first.renew() == 0, "the dead worker's lease is no longer its own"
+    release.set()
+    await asyncio.gather(*first._running, *second._running)
+    await second._flush_acks()
+    await first._flush_acks()
+    assert await store.leased() == 0 and await store.pending() == 0, "acknowledged by the run that holds it"
