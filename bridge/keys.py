@@ -222,6 +222,12 @@ def rate_limit(service: str, target: str) -> str:
     return "{rl:" + service + ":" + target + "}"
 
 
+def rate_limit_last(service: str, target: str) -> str:
+    """STRING: when (ms) the last message to ``target`` on ``service`` was let go (or, after a 429,
+    the moment the service allows again, less one spacing). Expires a minute after it matters."""
+    return rate_limit(service, target) + ":last"
+
+
 def rate_limit_slot(service: str, target: str, job_id: str) -> str:
     """STRING: the slot (ms) reserved for one outbox job; deleted when used, else expires."""
     return rate_limit(service, target) + ":slot:" + job_id

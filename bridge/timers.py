@@ -159,7 +159,9 @@ Handler = Callable[[Timer], Awaitable[None]]
 
 
 def _ms(seconds: float) -> int:
-    return math.floor(seconds * 1000)
+    # Rounded, not floored: a moment computed as 2.2 s may be 2.19999… in floating point, and a
+    # timer set for it must not come a millisecond early, find nothing due, and set itself again.
+    return round(seconds * 1000)
 
 
 class TimerStore:

@@ -284,7 +284,39 @@ async def test_posts_to_one_channel_are_spaced_and_never_hit_slacks_rate_limit(s
     posts = [c for c in stack.slack.called("chat.postMessage") if c.args.get("channel") == CHATS]
     assert len(posts) == 6 and stack.slack.rate_limited == 0
     times = [c.at for c in posts]
-    assert all(b - a >= 1.0 for a, b in itertools.pairwise(times))
+    assert all(b - a >= 1.1 - 1e-6 for a, b in itertools.pairwise(times)), "a tenth of a second to spare"
+
+
+async def test_late_timers_never_squeeze_two_posts_closer_than_the_spacing(stack: Stack) -> None:
+    """Slots are kept between actual sends: a post whose timer fired late pushes the next one back."""
+    assert isinstance(stack.clock, ManualClock)
+    for _ in range(3):
+        await stack.sandbox.open_chat("1001")
+    start = stack.clock.now()
+    for _ in range(20):  # every timer fires 0.7 s after it was due, as on a loaded machine
+        await stack.bridge.drain()
+        due = await stack.next_due()
+        if due is None or due > start + 30:  # the posts, not the reminders a minute on
+            break
+        stack.clock.set(max(due, stack.clock.now()) + 0.7)
+    times = [c.at for c in stack.slack.called("chat.postMessage") if c.status == 200]
+    assert len(times) == 3 and all(b - a >= 1.1 - 1e-6 for a, b in itertools.pairwise(times))
+    assert stack.slack.rate_limited == 0
+
+
+async def test_a_429_rests_the_channel_and_the_refused_post_goes_first_after_it(stack: Stack) -> None:
+    stack.slack.exhaust(CHATS)  # another app just used the channel's allowance
+    first = await stack.sandbox.open_chat("1001", {"type": "text", "text": "第一位"})
+    await stack.bridge.drain()  # the first root is refused with 429 and Retry-After
+    assert stack.slack.rate_limited == 1
+    await stack.sandbox.open_chat("1001", {"type": "text", "text": "第二位"})
+    await stack.settle()
+    posts = [c for c in stack.slack.called("chat.postMessage")]
+    assert [c.status for c in posts] == [429, 200, 200], "one 429, and none after it"
+    assert posts[1].at - posts[0].at >= 1.0, "not before the Retry-After"
+    roots = stack.slack.channel(CHATS)
+    assert "第一位" in roots[0].text and "第二位" in roots[1].text, "the refused post kept its place"
+    assert first in roots[0].metadata["event_payload"]["job"]  # type: ignore[index]
 
 
 # -- A9: response figures -------------------------------------------------------------------------

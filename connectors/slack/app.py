@@ -39,7 +39,9 @@ from rules.solution import solution_problem
 
 log = logging.getLogger(__name__)
 
-CHANNEL_SPACING_SECONDS = 1.0  # Slack: about one message per second per channel
+# Slack: about one message per second per channel. A tenth more between messages to one channel,
+# because two sends a second apart can reach Slack closer together than they left.
+CHANNEL_SPACING_SECONDS = 1.1
 POST_METADATA = "feige_bridge_post"  # message metadata naming the outbox job that posted it
 POST_ATTEMPT_SECONDS = 3600
 _IGNORED_SUBTYPES = {None, "file_share", "thread_broadcast"}
@@ -419,8 +421,14 @@ class SlackConnector:
             await self._space(p["channel"], job.id, job.expires_at)
             await self.redis.set(attempt, "1", ex=POST_ATTEMPT_SECONDS)
             metadata = {"event_type": POST_METADATA, "event_payload": {"job": job.id}}
-            resp = await _call(self.client.chat_postMessage(channel=p["channel"], text=text, blocks=blocks,
-                                                            thread_ts=thread_ts, metadata=metadata))  # fmt: skip
+            try:
+                resp = await _call(self.client.chat_postMessage(channel=p["channel"], text=text, blocks=blocks,
+                                                                thread_ts=thread_ts, metadata=metadata))  # fmt: skip
+            except RetryLater as exc:
+                if exc.after is not None:  # 429: the channel rests, and this post goes first after it
+                    await self.spacing.hold("slack", p["channel"], CHANNEL_SPACING_SECONDS, job.id, exc.after)
+                    await self.redis.delete(attempt)  # refused, so nothing landed to look for
+                raise
             landed = str(resp["ts"])
         if p.get("root"):
             await refs.save_root(self.redis, tag, chat_key, "slack", str(p["channel"]), landed)

@@ -285,7 +285,12 @@ class TelegramConnector:
                 reply_to_message_id=reply_to, allow_sending_without_reply=True,
             )  # fmt: skip
         except TelegramError as exc:
-            raise _sorted(exc) from None
+            failure = _sorted(exc)
+            if isinstance(failure, RetryLater) and failure.after is not None:
+                # 429: the chat rests, and this message goes first after it
+                spacing = GROUP_SPACING if chat < 0 else CHAT_SPACING
+                await self.spacing.hold("telegram", str(chat), spacing, job_id, failure.after)
+            raise failure from None
 
     def _view(self, p: dict[str, Any]) -> dict[str, Any]:
         """The view, with the people it mentions resolved to their Telegram ids (tg://user links)."""
