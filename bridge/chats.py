@@ -25,7 +25,7 @@ from bridge.domain import ChatClosed, ChatMessage
 from bridge.events import StoredEvent
 from bridge.i18n import t
 from bridge.metrics import METRICS
-from bridge.outbox import FINISHED_GRACE_SECONDS, FinalFailure, Outbox, OutboxJob
+from bridge.outbox import FinalFailure, Outbox, OutboxJob
 from bridge.timers import Timer, TimerStore, take_steps
 from rules.permissions import Refusal, answer_refusal
 from rules.reply_window import WindowStep, next_step_at, window_start, window_steps
@@ -376,6 +376,7 @@ class ChatFlow:
                 report_to=report,
                 then=[react] if i == len(parts) - 1 else None,
                 relevant_key=keys.chat(tag, cid),
+                relevant_grace=0.0,
             )
             await self.outbox.enqueue(tag, f"chat:{cid}:platform", job)
 
@@ -572,5 +573,5 @@ async def post_view(
         "root": root,
     }
     job = OutboxJob(f"{dest.service}:{job_id}", f"{dest.service}.{action}", payload, expires_at=view.get("expires_at"),
-                    relevant_key=relevant_key, relevant_grace=FINISHED_GRACE_SECONDS)  # fmt: skip
+                    relevant_key=relevant_key)  # fmt: skip
     await outbox.enqueue(tag, f"{thread_key}:{dest.service}", job)

@@ -203,9 +203,18 @@ class TimerSettings(_Model):
     concurrency: int = Field(default=200, ge=1)
 
 
+class OutboxSettings(_Model):
+    retry_base_seconds: float = Field(default=1.0, gt=0, description="the first retry's wait; doubled each time")
+    retry_max_seconds: float = Field(default=60.0, gt=0, description="the longest wait between two tries")
+    finished_grace_seconds: float = Field(
+        default=24 * 3600.0, ge=0, description="how long a finished chat's or task order's messages are still sent"
+    )
+
+
 class BridgeConfig(_Model):
     server: ServerSettings = ServerSettings()
     timers: TimerSettings = TimerSettings()
+    outbox: OutboxSettings = OutboxSettings()
     stores: list[Store] = Field(default_factory=list)
     creators: list[Creator] = Field(default_factory=list)
     # …and one optional section per destination (``slack:``, ``telegram:``), added by _config_model.

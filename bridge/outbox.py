@@ -79,7 +79,8 @@ class OutboxJob:
     """The state hash (a chat's, a task order's) whose life this job shares: it is retried while
     that hash's ``status`` is live (``LIVE_STATUSES``) and for ``relevant_grace`` seconds after its
     ``finished_at``. None: relevant until delivered (or until ``expires_at``)."""
-    relevant_grace: float = 0.0
+    relevant_grace: float | None = None
+    """Seconds after it finished that the job still matters; None: the outbox's ``finished_grace``."""
 
     def dumps(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
@@ -142,6 +143,7 @@ class Outbox:
     clock: Clock = field(default_factory=SystemClock)
     base_delay: float = 1.0
     max_delay: float = MAX_RETRY_DELAY_SECONDS
+    finished_grace: float = FINISHED_GRACE_SECONDS
     stats: OutboxStats = field(default_factory=OutboxStats)
 
     def __post_init__(self) -> None:
@@ -261,15 +263,16 @@ class Outbox:
         if job.relevant_key is None:
             return None
         status, finished_at = await self.redis.hmget(job.relevant_key, ["status", "finished_at"])
+        grace = self.finished_grace if job.relevant_grace is None else job.relevant_grace
         if status is None:  # not recorded yet (a creator's copy can come first), or long expired
-            if now < job.created_at + job.relevant_grace:
+            if now < job.created_at + grace:
                 return None
             return "what it belongs to is not (or no longer) recorded"
         if status in LIVE_STATUSES:
             return None
-        if finished_at and now < float(finished_at) + job.relevant_grace:
+        if finished_at and now < float(finished_at) + grace:
             return None
-        return f"what it belongs to finished ({status!s}) more than {job.relevant_grace:.0f} s ago"
+        return f"what it belongs to finished ({status!s}) more than {grace:.0f} s ago"
 
     async def _retry(self, tag: str, thread: str, job: OutboxJob, exc: RetryLater) -> None:
         timer = keys.outbox_timer(tag, thread)

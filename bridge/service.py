@@ -78,7 +78,15 @@ class Bridge:
         self.intake_redis = _sibling_client(self.redis, INTAKE_CONNECTIONS)
         self.event_log = EventLog(self.intake_redis, self.clock)
         self.consumer = EventConsumer(self.redis, self.endpoints, self.event_handlers, clock=self.clock)
-        self.outbox = Outbox(self.redis, self.timers, clock=self.clock)
+        retries = self.holder.current.outbox
+        self.outbox = Outbox(
+            self.redis,
+            self.timers,
+            clock=self.clock,
+            base_delay=retries.retry_base_seconds,
+            max_delay=retries.retry_max_seconds,
+            finished_grace=retries.finished_grace_seconds,
+        )
         self.timer_handlers.setdefault("outbox", self.outbox.handle_timer)
         self.timer_handlers.setdefault("forget", self._forget_thread)
         self._http: aiohttp.ClientSession | None = None

@@ -273,7 +273,7 @@ class TaskFlow:
         job = OutboxJob(f"comment:{comment_id}", "platform.add_comment",
                         {"endpoint": endpoint, "task_id": tid, "side": side, "author_id": author_id, "text": text},
                         report_to=actor.as_dict() | {"store": store.id, "locale": locale},
-                        relevant_key=keys.task(tag, tid))  # fmt: skip
+                        relevant_key=keys.task(tag, tid), relevant_grace=0.0)  # fmt: skip
         await self.outbox.enqueue(tag, f"task:{tid}:platform", job)
         await self._log(tag, tid, f"comment_{side}", side, author, entry_id=f"comment:{comment_id}")
         await self._show_comment(store, tid, side, author, text, f"c:{actor.service}:{actor.message}", both=False)
@@ -331,7 +331,7 @@ class TaskFlow:
                    "operator_id": operator[0], "evidence": evidence}  # fmt: skip
         report = actor.as_dict() | {"store": store.id, "locale": store.locale}
         job = OutboxJob(f"process:{tid}:{action_id}", "platform.process_with_evidence", payload, report_to=report,
-                        then=[finish], relevant_key=keys.task(tag, tid))  # fmt: skip
+                        then=[finish], relevant_key=keys.task(tag, tid), relevant_grace=0.0)  # fmt: skip
         await self.outbox.enqueue(tag, f"task:{tid}:platform", job)
         if evidence:
             await self._log(tag, tid, "evidence_added", "merchant", f"{operator[1]} ({len(evidence)})",
