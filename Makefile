@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: demo test lint typecheck unit serve check bench-timers bench-ingest bench-chats redis-server wrk clean
+.PHONY: demo test lint typecheck unit serve check bench-timers bench-ingest bench-chats bench-chaos redis-server wrk clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -66,6 +66,10 @@ bench-ingest: $(STAMP) redis-server wrk
 
 bench-chats: $(STAMP) redis-server
 	$(BIN)/python bench/chats.py $(ARGS)
+
+# Several bridge processes on one AOF Redis under kills, a Redis restart, a Slack outage and a burst.
+bench-chaos: $(STAMP) redis-server
+	$(BIN)/python bench/chaos.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
