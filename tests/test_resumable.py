@@ -210,10 +210,7 @@ async def test_accepting_a_reply(stack: Stack, faults: RedisFaults) -> None:
             await reply(store, cid, actor, "今天发")
         await settle(stack)
 
-    async def state(chat: tuple[str, str]) -> dict[str, Any]:
-        return await chat_state(stack, chat[0])
-
-    await each_failure(stack, faults, lambda: open_chat(stack), step, state)
+    await each_failure(stack, faults, lambda: open_chat(stack), step, lambda chat: chat_state(stack, chat[0]))
     cid, _ = await open_chat(stack)
     await step((cid, landed(stack, CHATS, f"slack:root:{cid}")[0].ts))
     done = await chat_state(stack, cid)
@@ -248,10 +245,7 @@ async def test_closing_a_chat_when_its_window_runs_out(stack: Stack, faults: Red
     async def step(chat: tuple[str, str]) -> None:
         await stack.advance(125)
 
-    async def state(chat: tuple[str, str]) -> dict[str, Any]:
-        return await chat_state(stack, chat[0])
-
-    await each_failure(stack, faults, lambda: open_chat(stack), step, state)
+    await each_failure(stack, faults, lambda: open_chat(stack), step, lambda chat: chat_state(stack, chat[0]))
     await reset(stack)
     cid, _ = await open_chat(stack)
     await step((cid, ""))
@@ -347,10 +341,7 @@ async def test_commenting(stack: Stack, faults: RedisFaults) -> None:
             await comment(store, tid, "merchant", actor, "main-1001", "店长 Li", "已安排补发")
         await settle(stack)
 
-    async def state(tid: str) -> dict[str, Any]:
-        return await task_state(stack, tid)
-
-    await each_failure(stack, faults, lambda: raise_task(stack), step, state)
+    await each_failure(stack, faults, lambda: raise_task(stack), step, lambda tid: task_state(stack, tid))
     tid = await raise_task(stack)
     await step(tid)
     done = await task_state(stack, tid)
@@ -371,10 +362,7 @@ async def test_processing(stack: Stack, faults: RedisFaults) -> None:
                                          actor, "view-1")  # fmt: skip
         await settle(stack)
 
-    async def state(tid: str) -> dict[str, Any]:
-        return await task_state(stack, tid)
-
-    await each_failure(stack, faults, lambda: raise_task(stack), step, state)
+    await each_failure(stack, faults, lambda: raise_task(stack), step, lambda tid: task_state(stack, tid))
     tid = await raise_task(stack)
     await step(tid)
     done = await task_state(stack, tid)
@@ -390,10 +378,7 @@ async def test_a_task_order_timing_out(stack: Stack, faults: RedisFaults) -> Non
     async def step(tid: str) -> None:
         await stack.advance(36 * 3600)  # past the deadline, even one the night moved to 09:00
 
-    async def state(tid: str) -> dict[str, Any]:
-        return await task_state(stack, tid)
-
-    await each_failure(stack, faults, lambda: raise_task(stack), step, state)
+    await each_failure(stack, faults, lambda: raise_task(stack), step, lambda tid: task_state(stack, tid))
     tid = await raise_task(stack)
     await step(tid)
     done = await task_state(stack, tid)
@@ -421,10 +406,7 @@ async def test_sending_what_a_chat_queued(stack: Stack, faults: RedisFaults) -> 
         await stack.slack.user_message(AGENT_A, CHATS, "在的", thread_ts=root_ts)
         await settle(stack)  # the reply to the platform, its ✅, the header's update
 
-    async def state(cid: str) -> dict[str, Any]:
-        return await chat_state(stack, cid)
-
-    assert await each_failure(stack, faults, prepare, step, state) >= 16
+    assert await each_failure(stack, faults, prepare, step, lambda cid: chat_state(stack, cid)) >= 16
     await reset(stack)
     cid = await prepare()
     await step(cid)
