@@ -290,11 +290,15 @@ async def count(
     posts = by_job(slack)
     dead: set[str] = set()
     expired: set[str] = set()
+    reasons: Counter[str] = Counter()
     tags = [keys.store_tag(f"{3001 + i}") for i in range(stores)] + [keys.creator_tag(f"k{j}") for j in range(64)]
     for tag in tags:
         for raw in await redis.lrange(keys.dead_letters(tag), 0, -1):
             letter = json.loads(raw)
-            (expired if letter["reason"].startswith("no longer relevant: its moment") else dead).add(letter["id"])
+            # A reminder whose moment passed (held back by an outage, or no free slot in a busy
+            # channel before it) is dropped by design; anything else on the list is counted apart.
+            (expired if "moment" in letter["reason"] else dead).add(letter["id"])
+            reasons[letter["reason"].split(" (last error")[0][:80]] += 1
     rows: dict[str, Counter[str]] = {}
 
     def tally(kind: str, job: str, expected: bool = True) -> None:
@@ -373,6 +377,7 @@ async def count(
         "http_503": platform_5xx.get(503, 0) + slack_5xx.get(503, 0),
         "slack_429s": slack.rate_limited,
         "close_lateness_s": _spread(close_lateness),
+        "dead_letter_reasons": dict(reasons.most_common(5)),
     }
 
 
