@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from bridge import keys
 from bridge.clock import Clock
 from bridge.config import BridgeConfig, Destination, Store
+from bridge.destinations import DELIVERED_AT
 from bridge.domain import ChatClosed, ChatMessage
 from bridge.events import StoredEvent
 from bridge.i18n import t
@@ -32,6 +33,10 @@ from rules.reply_window import WindowStep, next_step_at, window_start, window_st
 from rules.routing import route_by_saturation
 
 log = logging.getLogger(__name__)
+
+IN_FLIGHT_SECONDS = 5.0
+"""How long a reply received by the bridge can wait to be handled when a process dies holding it
+(the consumer's lock); the window's close waits that long past the deadline."""
 
 # Every script below is one step of the flow that is safe to run again: a handler that dies after
 # it (or whose reply from Redis is lost) runs it a second time on retry and gets an answer that lets
@@ -235,7 +240,10 @@ class ChatFlow:
 
     def _steps(self, store: Store, started: float) -> list[Any]:
         w = store.reply_window
-        return window_steps(started, w.seconds, w.reminders_before, w.escalate_before)
+        steps = window_steps(started, w.seconds, w.reminders_before, w.escalate_before)
+        # The close waits a few seconds past the deadline for replies received in time and not yet
+        # handled (a backlog, a process that died holding one); the deadline itself does not move.
+        return [replace(s, at=s.at + IN_FLIGHT_SECONDS) if s.kind == "close" else s for s in steps]
 
     async def on_window_timer(self, timer: Timer) -> None:
         _, tag, cid = keys.split_timer_key(timer.key)
@@ -317,8 +325,9 @@ class ChatFlow:
             has_content=bool(text.strip() or media),
         )
         if refusal is None and agent is not None and cid is not None:
+            written = DELIVERED_AT.get() or self.clock.now()  # judged by when the bridge received it
             state, *rest = await self._accept(
-                keys=[keys.chat(tag, cid), keys.chat_stats(tag)], args=[self.clock.now(), agent.id, str(actor.message)]
+                keys=[keys.chat(tag, cid), keys.chat_stats(tag)], args=[written, agent.id, str(actor.message)]
             )
             if state == "expired":
                 await self.close(store, cid, "reply_timeout", "")

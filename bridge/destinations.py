@@ -19,6 +19,7 @@ import importlib
 import pkgutil
 import zlib
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
@@ -84,6 +85,12 @@ class Inbox:
         """Stores one delivery; False when it was stored before (a redelivery)."""
         record = IncomingRecord(kind, delivery_id, thread, raw)
         return bool(await self.event_log.store(Endpoint("destination", service), [record]))
+
+
+DELIVERED_AT: ContextVar[float | None] = ContextVar("delivered_at", default=None)
+"""While a stored delivery is handled: when the bridge received it. What a person did is judged by
+that moment, not by when the consumer got to it (a reply written in time stays in time, however
+long a backlog or a dead process kept it waiting)."""
 
 
 def inbox_thread(*parts: str | int | None, buckets: int = 64) -> str:

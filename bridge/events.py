@@ -151,9 +151,10 @@ class EventConsumer:
     name: str = field(default_factory=consumer_name)
     batch: int = 500
     block_seconds: float = 1.0
-    claim_idle_seconds: float = 10.0
-    """A dead process's events are taken over this long after it took them."""
-    lock_seconds: float = 10.0
+    claim_idle_seconds: float = 3.0
+    """A dead process's events are taken over this long after it took them (a live one that is
+    slower keeps its thread's lock, so nothing runs twice at once)."""
+    lock_seconds: float = 5.0
     """How long a thread stays locked by a consumer that went silent; longer than any handler runs
     (handlers only talk to Redis and queue work; what reaches outside runs in the outbox)."""
     retry_base_seconds: float = 0.5

@@ -12,7 +12,7 @@ import yaml
 from redis.asyncio import Redis
 
 from bridge import keys
-from bridge.chats import ChatFlow
+from bridge.chats import IN_FLIGHT_SECONDS, ChatFlow
 from bridge.clock import ManualClock
 from bridge.config import Destination
 from bridge.outbox import OutboxJob
@@ -199,9 +199,10 @@ async def test_reminders_then_the_bridge_closes_the_chat_and_refuses_late_replie
     assert "<@U0MAIN1001> ⏰ 还剩 60 秒回复" in texts(stack, root)[-1]
     await stack.advance_to(deadline - 30)
     assert "<@U0MAIN1001> ⏰ 还剩 30 秒回复" in texts(stack, root)[-1]
-    await stack.advance_to(deadline - 0.1)
+    # The close waits a few seconds past the deadline for replies received in time, still in flight.
+    await stack.advance_to(deadline + IN_FLIGHT_SECONDS - 0.1)
     assert (await stack.redis.hget(keys.chat(TAG, cid), "status")) == "open"
-    await stack.advance_to(deadline)
+    await stack.advance_to(deadline + IN_FLIGHT_SECONDS)
     assert (await stack.redis.hget(keys.chat(TAG, cid), "status")) == "closed"
     header = stack.slack.message(CHATS, root.ts)
     assert "已关闭" in header.text and "服务单" in header.text
@@ -355,7 +356,7 @@ async def test_an_english_store_reads_english(redis: Redis, redis_url: str, tmp_
         assert root.text.startswith("Feige · platform customer service chat (平台客服会话)")
         assert "Assigned to <@U0MAIN1001> (open chats when assigned: 店长 Li 0, 客服 A 0, 客服 B 0)" in str(root.blocks)
         assert root.blocks[-1]["elements"][0]["text"]["text"] == "View details"
-        await s.advance_to(float(await s.redis.hget(keys.chat(TAG, cid), "deadline")))
+        await s.advance_to(float(await s.redis.hget(keys.chat(TAG, cid), "deadline")) + IN_FLIGHT_SECONDS)
         assert "Closed: no reply in time; a service ticket (服务单) will follow" in s.slack.message(CHATS, root.ts).text
     finally:
         await s.stop()

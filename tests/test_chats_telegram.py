@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bridge import keys
+from bridge.chats import IN_FLIGHT_SECONDS
 from bridge.outbox import OutboxJob
 from tests.conftest import Stack
 
@@ -116,7 +117,7 @@ async def test_reminders_mention_the_assignee_then_the_window_closes_the_chat(st
     )
     await stack.advance(30)
     assert "⏰ 30 s left" in stack.telegram.by_bot(GROUP)[-1].text
-    await stack.advance(30)
+    await stack.advance(30 + IN_FLIGHT_SECONDS)
     assert await stack.redis.hget(keys.chat(TAG, cid), "status") == "closed"
     header = stack.telegram.message(GROUP, root_id)
     assert "⛔ Closed: no reply in time; a service ticket (服务单) will follow" in header.text, "closed, and why"

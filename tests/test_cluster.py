@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis as sync_redis
 
+from bridge.chats import IN_FLIGHT_SECONDS
 from bridge.clock import ManualClock
 from bridge.redis_server import EmbeddedRedis
 from tests.conftest import Stack, start_stack
@@ -63,7 +64,7 @@ async def test_a_chat_and_a_task_order_on_a_cluster(cluster_stack: Stack) -> Non
     assert sent == [{"type": "text", "text": "能"}]
     second = await stack.sandbox.open_chat("1001", {"type": "text", "text": "没人回"})
     await stack.settle()
-    await stack.advance(120)
+    await stack.advance(120 + IN_FLIGHT_SECONDS)
     assert await stack.redis.hget(f"{{store:1001}}:chat:{second}", "status") == "closed", "the window timer fired"
     tid = await stack.sandbox.create_task_order("1001", "c-7001")
     await stack.settle()

@@ -94,3 +94,20 @@ async def test_a_delivery_of_a_destination_no_longer_configured_is_kept(stack: S
             raise AssertionError("the delivery was taken by nobody")
     finally:
         stack.bridge.connectors["slack"] = slack
+
+
+async def test_a_reply_received_in_time_counts_as_in_time_however_late_it_is_handled(stack: Stack) -> None:
+    """The consumer may get to a stored reply seconds later (a backlog, a process that died holding
+    it): the reply is judged by when the bridge received it, and the close waits for it."""
+    assert stack.clock is not None
+    cid = await stack.sandbox.open_chat("1001")
+    stack.sandbox.conversations[cid].window_seconds = 180  # the platform's own window: 2–3 minutes
+    await stack.settle()
+    root = stack.slack.channel(CHATS)[-1]
+    deadline = float(await stack.redis.hget(keys.chat(TAG, cid), "deadline"))
+    await stack.advance_to(deadline - 1)
+    await stack.slack.user_message("U0AGENTA", CHATS, "来了", thread_ts=root.ts)  # stored, not handled
+    stack.clock.set(deadline + 3)  # handled only now, after the deadline
+    await stack.settle()
+    assert merchant_texts(stack, cid) == ["来了"]
+    assert await stack.redis.hget(keys.chat(TAG, cid), "status") == "open", "answered in time, not closed"

@@ -243,7 +243,7 @@ async def test_closing_a_chat_when_its_window_runs_out(stack: Stack, faults: Red
     stack.bridge.timer_handlers["window"] = faults.wrap(stack.bridge.chats.on_window_timer)
 
     async def step(chat: tuple[str, str]) -> None:
-        await stack.advance(125)
+        await stack.advance(130)  # past the deadline and the close's wait for replies in flight
 
     await each_failure(stack, faults, lambda: open_chat(stack), step, lambda chat: chat_state(stack, chat[0]))
     await reset(stack)

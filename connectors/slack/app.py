@@ -25,7 +25,7 @@ from bridge import keys, refs
 from bridge.backpressure import RETRY_AFTER_SECONDS, UNAVAILABLE
 from bridge.chats import Actor, ReplyMedia
 from bridge.config import Creator, Store
-from bridge.destinations import Core, Route, inbox_thread
+from bridge.destinations import DELIVERED_AT, Core, Route, inbox_thread
 from bridge.events import EventHandler, StoredEvent
 from bridge.i18n import t
 from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
@@ -107,7 +107,11 @@ class SlackConnector:
         """A stored event, through the same bolt app (its listeners, matching and self-event rules);
         what failed is raised, so the consumer retries it."""
         request = AsyncBoltRequest(body=orjson.loads(stored.raw), mode="socket_mode", context={REPLAYED: True})
-        response = await self.app.async_dispatch(request)
+        token = DELIVERED_AT.set(stored.received_at or None)
+        try:
+            response = await self.app.async_dispatch(request)
+        finally:
+            DELIVERED_AT.reset(token)
         failure = request.context.get(FAILURE)
         if failure is not None:
             raise failure

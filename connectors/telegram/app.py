@@ -27,7 +27,7 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Cont
 
 from bridge import keys, refs
 from bridge.chats import Actor, ReplyMedia
-from bridge.destinations import Core, Route, inbox_thread
+from bridge.destinations import DELIVERED_AT, Core, Route, inbox_thread
 from bridge.events import EventHandler, StoredEvent
 from bridge.i18n import t
 from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
@@ -148,7 +148,11 @@ class TelegramConnector:
         if self._starting is None or not self._starting.done():
             raise ConnectionError("Telegram not reached yet (getMe); the update waits")  # retried, not lost
         update = Update.de_json(json.loads(stored.raw), self.bot)
-        await self.application.process_update(update)
+        token = DELIVERED_AT.set(stored.received_at or None)
+        try:
+            await self.application.process_update(update)
+        finally:
+            DELIVERED_AT.reset(token)
         failure = self._failures.pop(update.update_id, None)
         if failure is not None:
             raise failure
