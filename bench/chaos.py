@@ -279,8 +279,8 @@ async def leftover(redis: Redis) -> dict[str, Any]:
     """What was still queued when the bridge was given up on: to say why a row is invalid."""
     queues = [k async for k in redis.scan_iter(match="*:outbox:*", count=1000) if ":outbox-" not in k]
     due = await redis.zrange(keys.timers_due(0), 0, 9, withscores=True)
-    return {"outbox_queues": len(queues), "sample_queues": queues[:5],
-            "next_timers": [(k, round(score / 1000 - time.time(), 1)) for k, score in due if not k.startswith("forget:")]}  # fmt: skip
+    timers = [(k, round(score / 1000 - time.time(), 1)) for k, score in due if not k.startswith("forget:")]
+    return {"outbox_queues": len(queues), "sample_queues": queues[:5], "next_timers": timers}
 
 
 async def settle(redis: Redis, deadline: float) -> bool:
