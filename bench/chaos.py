@@ -47,6 +47,7 @@ from redis.asyncio import Redis
 
 from bridge import keys
 from bridge.config import load_config
+from bridge.events import IN_FLIGHT_SECONDS
 from bridge.redis_server import EmbeddedRedis, free_port
 from connectors.platform.sandbox import PlatformSandbox
 from connectors.slack.emulator import Message, SlackEmulator
@@ -352,7 +353,8 @@ async def count(
         else:
             tally("close_notices", f"slack:closed:{cid}")
             if chat.get("closed_at") and chat.get("deadline"):
-                close_lateness.append(float(chat["closed_at"]) - float(chat["deadline"]))
+                # The close is due IN_FLIGHT_SECONDS past the deadline (for replies in flight).
+                close_lateness.append(float(chat["closed_at"]) - float(chat["deadline"]) - IN_FLIGHT_SECONDS)
         for job in [k for k in posts if k.startswith("slack:remind-") and f":{cid}:" in k]:
             if posts[job] > 1:
                 rows.setdefault("reminders", Counter())["delivered_twice_or_more"] += 1

@@ -23,7 +23,7 @@ from bridge.clock import Clock
 from bridge.config import BridgeConfig, Destination, Store
 from bridge.destinations import DELIVERED_AT
 from bridge.domain import ChatClosed, ChatMessage
-from bridge.events import StoredEvent
+from bridge.events import IN_FLIGHT_SECONDS, StoredEvent
 from bridge.i18n import t
 from bridge.metrics import METRICS
 from bridge.outbox import FinalFailure, Outbox, OutboxJob
@@ -34,9 +34,6 @@ from rules.routing import route_by_saturation
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT_SECONDS = 5.0
-"""How long a reply received by the bridge can wait to be handled when a process dies holding it
-(the consumer's lock); the window's close waits that long past the deadline."""
 
 # Every script below is one step of the flow that is safe to run again: a handler that dies after
 # it (or whose reply from Redis is lost) runs it a second time on retry and gets an answer that lets

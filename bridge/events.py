@@ -91,6 +91,13 @@ return 0
 """
 
 
+CLAIM_IDLE_SECONDS = 3.0
+LOCK_SECONDS = 5.0
+IN_FLIGHT_SECONDS = CLAIM_IDLE_SECONDS + LOCK_SECONDS
+"""The longest a stored event can wait to be handled when the process that took it dies: until it
+is claimed by another, and its thread's lock lapses."""
+
+
 @dataclass(frozen=True, eq=False)  # identity: two deliveries of one entry are two objects
 class StoredEvent:
     endpoint: Endpoint
@@ -151,10 +158,10 @@ class EventConsumer:
     name: str = field(default_factory=consumer_name)
     batch: int = 500
     block_seconds: float = 1.0
-    claim_idle_seconds: float = 3.0
+    claim_idle_seconds: float = CLAIM_IDLE_SECONDS
     """A dead process's events are taken over this long after it took them (a live one that is
     slower keeps its thread's lock, so nothing runs twice at once)."""
-    lock_seconds: float = 5.0
+    lock_seconds: float = LOCK_SECONDS
     """How long a thread stays locked by a consumer that went silent; longer than any handler runs
     (handlers only talk to Redis and queue work; what reaches outside runs in the outbox)."""
     retry_base_seconds: float = 0.5

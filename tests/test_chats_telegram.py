@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bridge import keys
-from bridge.chats import IN_FLIGHT_SECONDS
+from bridge.events import IN_FLIGHT_SECONDS
 from bridge.outbox import OutboxJob
 from tests.conftest import Stack
 

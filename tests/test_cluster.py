@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis as sync_redis
 
-from bridge.chats import IN_FLIGHT_SECONDS
 from bridge.clock import ManualClock
+from bridge.events import IN_FLIGHT_SECONDS
 from bridge.redis_server import EmbeddedRedis
 from tests.conftest import Stack, start_stack
 

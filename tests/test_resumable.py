@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from bridge import keys
 from bridge.chats import Actor
 from bridge.domain import Endpoint
-from bridge.events import StoredEvent
+from bridge.events import IN_FLIGHT_SECONDS, StoredEvent
 from tests.conftest import Stack
 
 TAG = "{store:1001}"
@@ -243,7 +243,7 @@ async def test_closing_a_chat_when_its_window_runs_out(stack: Stack, faults: Red
     stack.bridge.timer_handlers["window"] = faults.wrap(stack.bridge.chats.on_window_timer)
 
     async def step(chat: tuple[str, str]) -> None:
-        await stack.advance(130)  # past the deadline and the close's wait for replies in flight
+        await stack.advance(120 + IN_FLIGHT_SECONDS + 5)  # past the deadline and the wait for replies in flight
 
     await each_failure(stack, faults, lambda: open_chat(stack), step, lambda chat: chat_state(stack, chat[0]))
     await reset(stack)
