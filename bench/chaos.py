@@ -258,6 +258,8 @@ async def run_scenario(name: str, chats: int, tasks: int, stores: int, creators:
         redis = Redis.from_url(redis_server.url, decode_responses=True)
         settled = await settle(redis, time.time() + SETTLE_SECONDS)
         left = await leftover(redis) if not settled else {}
+        if left:  # why: what the bridges logged about the threads still queued
+            left["log"] = await asyncio.to_thread(logged_about, tmp, left["sample_queues"])
         report = await count(name, redis, sandbox, slack, people, opened, answered, raised, commented, stores)
         report |= {"load_seconds": round(load_seconds, 1), "settled": settled, "process_kills": cluster.kills}
         if left:
@@ -282,6 +284,12 @@ async def leftover(redis: Redis) -> dict[str, Any]:
     due = await redis.zrange(keys.timers_due(0), 0, 9, withscores=True)
     timers = [(k, round(score / 1000 - time.time(), 1)) for k, score in due if not k.startswith("forget:")]
     return {"outbox_queues": len(queues), "sample_queues": queues[:5], "next_timers": timers}
+
+
+def logged_about(tmp: Path, queues: list[str]) -> dict[str, list[str]]:
+    logs = "".join(f.read_text(errors="replace") for f in sorted(tmp.glob("bridge-*.log"))).splitlines()
+    threads = {q: q.split(":outbox:", 1)[1].rsplit(":", 1)[0] for q in queues}
+    return {q: [line[-300:] for line in logs if thread in line][-5:] for q, thread in threads.items()}
 
 
 async def settle(redis: Redis, deadline: float) -> bool:
