@@ -42,7 +42,7 @@ from typing import Any
 
 import aiohttp
 import yaml
-from chats import SIGNING, TOKEN, wait_up  # bench/chats.py, beside this file
+from chats import SIGNING, TOKEN, slack_store, wait_up  # bench/chats.py, beside this file
 from redis.asyncio import Redis
 
 from bridge import keys
@@ -62,18 +62,8 @@ OLD_GIVE_UP_ATTEMPTS = 10
 
 
 def chaos_config(path: Path, ports: list[int], stores: int, creators: int) -> None:
-    entries = []
-    for i in range(stores):
-        sid = f"{3001 + i}"
-        entries.append({
-            "id": sid, "name": f"Chaos store {sid}", "sandbox": True,
-            "platform": {"app_key": f"chaos-key-{sid}", "app_secrets": [f"chaos-secret-{sid}"],
-                         "api_url": "${PLATFORM_API_URL}", "api_token": f"chaos-token-{sid}"},
-            "destinations": {"platform_chats": f"slack:CC{i:03d}", "task_orders": f"slack:CT{i:03d}"},
-            "main_account": f"m{sid}",
-            "agents": [{"id": f"m{sid}", "name": f"Agent {sid}", "slack_user": f"UC{i:03d}", "im_permission": True}],
-            "reply_window": {"seconds": WINDOW, "reminders_before": REMINDERS},
-        })  # fmt: skip
+    window = {"seconds": WINDOW, "reminders_before": REMINDERS}
+    entries = [slack_store(i, 3001, "chaos", "CC", "UC") | {"reply_window": window} for i in range(stores)]
     people = [{
         "id": f"k{j}", "name": f"Creator {j}", "destination": f"slack:CK{j:03d}", "slack_user": f"UK{j:03d}",
         "platform": {"app_key": f"chaos-ckey-{j}", "app_secrets": [f"chaos-csecret-{j}"],

@@ -42,18 +42,22 @@ CHANNELS = 20
 SIGNING, TOKEN = "bench-signing-secret", "xoxb-bench"
 
 
+def slack_store(i: int, first_id: int, label: str, chats: str, agent: str) -> dict[str, Any]:
+    """The i-th benchmark store: a sandbox store whose chats go to Slack channel ``<chats><i>`` and
+    whose one agent is Slack user ``<agent><i>``."""
+    sid = f"{first_id + i}"
+    return {
+        "id": sid, "name": f"{label} store {sid}", "sandbox": True,
+        "platform": {"app_key": f"{label}-key-{sid}", "app_secrets": [f"{label}-secret-{sid}"],
+                     "api_url": "${PLATFORM_API_URL}", "api_token": f"{label}-token-{sid}"},
+        "destinations": {"platform_chats": f"slack:{chats}{i:03d}", "task_orders": f"slack:CT{i:03d}"},
+        "main_account": f"m{sid}",
+        "agents": [{"id": f"m{sid}", "name": f"Agent {sid}", "slack_user": f"{agent}{i:03d}", "im_permission": True}],
+    }  # fmt: skip
+
+
 def bench_config(path: Path, port: int) -> None:
-    stores = []
-    for i in range(CHANNELS):
-        sid = f"{2001 + i}"
-        stores.append({
-            "id": sid, "name": f"Bench store {sid}", "sandbox": True,
-            "platform": {"app_key": f"bench-key-{sid}", "app_secrets": [f"bench-secret-{sid}"],
-                         "api_url": "${PLATFORM_API_URL}", "api_token": f"bench-token-{sid}"},
-            "destinations": {"platform_chats": f"slack:CB{i:03d}", "task_orders": f"slack:CT{i:03d}"},
-            "main_account": f"m{sid}",
-            "agents": [{"id": f"m{sid}", "name": f"Agent {sid}", "slack_user": f"UB{i:03d}", "im_permission": True}],
-        })  # fmt: skip
+    stores = [slack_store(i, 2001, "bench", "CB", "UB") for i in range(CHANNELS)]
     config = {
         "server": {"host": "127.0.0.1", "port": port},
         "slack": {"bot_token": TOKEN, "signing_secret": SIGNING, "api_base_url": "${SLACK_API_URL}"},
