@@ -82,6 +82,9 @@ class OutboxJob:
     relevant_grace: float | None = None
     """Seconds after it finished that the job still matters; None: the outbox's ``finished_grace``."""
 
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
     def dumps(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
 
@@ -189,11 +192,7 @@ class Outbox:
         in the order they died; an operator's replay, so relevance and expiry no longer apply.
         Returns how many were queued again."""
         replayed = 0
-        for raw in await self.redis.lrange(keys.dead_letters(tag), 0, -1):
-            raw = str(raw)
-            letter = json.loads(raw)
-            if letter_id is not None and letter["id"] != letter_id:
-                continue
+        for raw, letter in await self._letters(tag, letter_id):
             job = replace(OutboxJob(**letter["job"]), expires_at=None, relevant_key=None)
             await self.redis.delete(keys.outbox_job(tag, job.id))  # so the same id may be queued again
             await self.enqueue(tag, letter["thread"], job)
@@ -210,11 +209,14 @@ class Outbox:
                 count, _ = await pipe.execute()
             return int(count)
         dropped = 0
-        for raw in await self.redis.lrange(keys.dead_letters(tag), 0, -1):
-            raw = str(raw)
-            if json.loads(raw)["id"] == letter_id:
-                dropped += int(await self.redis.lrem(keys.dead_letters(tag), 1, raw))
+        for raw, _ in await self._letters(tag, letter_id):
+            dropped += int(await self.redis.lrem(keys.dead_letters(tag), 1, raw))
         return dropped
+
+    async def _letters(self, tag: str, letter_id: str | None) -> list[tuple[str, dict[str, Any]]]:
+        """(stored text, decoded) of the endpoint's dead letters with ``letter_id`` (all with None)."""
+        found = [(str(raw), json.loads(raw)) for raw in await self.redis.lrange(keys.dead_letters(tag), 0, -1)]
+        return [(raw, letter) for raw, letter in found if letter_id is None or letter["id"] == letter_id]
 
     # -- sending (timer kind "outbox") -----------------------------------------------------------
 
@@ -227,7 +229,7 @@ class Outbox:
         job = OutboxJob.loads(str(raw))
         sender = self.senders.get(job.kind)
         try:
-            if job.expires_at is not None and self.clock.now() >= job.expires_at:
+            if job.expired(self.clock.now()):
                 raise Expired("its moment passed before it could be sent")
             if sender is None:
                 raise FinalFailure(f"no sender for {job.kind!r} in this process")
@@ -258,7 +260,7 @@ class Outbox:
     async def irrelevance(self, job: OutboxJob) -> str | None:
         """Why ``job`` no longer matters, or None while it does."""
         now = self.clock.now()
-        if job.expires_at is not None and now >= job.expires_at:
+        if job.expired(now):
             return "its moment has passed"
         if job.relevant_key is None:
             return None

@@ -25,7 +25,7 @@ from bridge.domain import TaskOrderComment, TaskOrderCreated, TaskOrderProcessed
 from bridge.events import StoredEvent
 from bridge.i18n import t
 from bridge.outbox import Outbox, OutboxJob
-from bridge.timers import Timer, TimerStore, take_steps
+from bridge.timers import Timer, TimerStore, done_steps, take_steps
 from rules.comments import comment_refusal
 from rules.deadline import task_deadline
 from rules.evidence import evidence_refusals
@@ -125,7 +125,7 @@ class TaskFlow:
         task = await self._task(tag, order.task_id)
         if task.get("status") == "pending":
             steps = self._steps(store, order.created_at.timestamp(), float(task["deadline"]))
-            first = next_step_at(steps, {f.removeprefix("step:") for f in task if f.startswith("step:")})
+            first = next_step_at(steps, done_steps(task, "step:"))
             if first is not None:
                 await self.timers.schedule(keys.deadline_timer(tag, order.task_id), first)
         await self._to_merchant(store, order.task_id, "card", "post", await self._card_view(store, order.task_id), True)

@@ -521,6 +521,11 @@ async def listen_for_wakeups(
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
+def done_steps(state: Mapping[str, str], prefix: str) -> set[str]:
+    """The names of the steps marked done (``<prefix><step>`` fields) in a state hash."""
+    return {f.removeprefix(prefix) for f in state if f.startswith(prefix)}
+
+
 async def take_steps(
     timers: TimerStore,
     timer: Timer,
@@ -536,7 +541,7 @@ async def take_steps(
     the schedule (the close), and marked done only once taken: a worker that dies in between leaves
     the step to the next run, and ``take`` is idempotent, so it happens once in effect. Then the
     timer is moved to the next step."""
-    done = {f.removeprefix(prefix) for f in state if f.startswith(prefix)}
+    done = done_steps(state, prefix)
     now = timers.clock.now()
     for step in due_steps(steps, now, done):
         go_on = await take(step)

@@ -264,9 +264,8 @@ class TelegramConnector:
             raise _sorted(exc) from None
 
     async def _space(self, chat: int, job_id: str, not_after: float | None = None) -> None:
-        spacing = GROUP_SPACING if chat < 0 else CHAT_SPACING
         wait = max(
-            await self.spacing.wait_seconds("telegram", str(chat), spacing, job_id, not_after),
+            await self.spacing.wait_seconds("telegram", str(chat), _spacing(chat), job_id, not_after),
             await self.spacing.wait_seconds("telegram", "bot", BOT_SPACING, job_id),
         )
         if wait > 0:
@@ -292,8 +291,7 @@ class TelegramConnector:
             failure = _sorted(exc)
             if isinstance(failure, RetryLater) and failure.after is not None:
                 # 429: the chat rests, and this message goes first after it
-                spacing = GROUP_SPACING if chat < 0 else CHAT_SPACING
-                await self.spacing.hold("telegram", str(chat), spacing, job_id, failure.after)
+                await self.spacing.hold("telegram", str(chat), _spacing(chat), job_id, failure.after)
             raise failure from None
 
     def _view(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -402,6 +400,11 @@ class TelegramConnector:
     async def _answer(self, job: OutboxJob) -> None:
         with contextlib.suppress(BadRequest):  # answerable only for a short while; a late answer is moot
             await self.bot.answer_callback_query(str(job.payload["id"]), text=job.payload.get("text"))
+
+
+def _spacing(chat: int) -> float:
+    """Seconds between two messages to one chat: groups (negative ids) allow 20 a minute."""
+    return GROUP_SPACING if chat < 0 else CHAT_SPACING
 
 
 def _chat_of(update: dict[str, Any]) -> str:
