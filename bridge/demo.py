@@ -233,7 +233,9 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
             async with http.post(f"{base}/webhooks/platform/{store.id}", data=body, headers=headers) as resp:
                 out.say("attacker", f"push signed with a guessed secret → {resp.status} {(await resp.json())['msg']}")
 
-            _, stats = await slack.slash_command(users.get(store.main_account, ""), channel, "/feige", "stats")
+            answered = len(slack.responses)
+            await slack.slash_command(users.get(store.main_account, ""), channel, "/feige", "stats")
+            stats = await _until(lambda: slack.responses[answered]["text"] if len(slack.responses) > answered else None)
             out.say("slack", f"/feige stats → {_flat(stats)}")
         watcher.poll()
         out.say(
@@ -292,16 +294,20 @@ async def _task_scenes(
             main, task_channel, f"进展 {i}：已联系快递" if i < 11 else "第 11 条", thread_ts=card_ts
         )
     await _until(lambda: any("10/10" in e["text"] for e in slack.ephemerals) or None)
-    assert await slack.block_action(main, task_channel, card_ts, "task_resolve", tid) == 200
-    view = await _until(lambda: slack.views[-1] if slack.views else None)
     good = slack.add_file("parcel.png", PNG, "image/png")
     huge = slack.add_file("whole-shelf.png", PNG, "image/png") | {"size": 6 * 1024 * 1024}
     solution = "已为买家补发，顺丰单号 SF123456789"
     for files in ([good, huge], [good]):
+        opened = len(slack.views)
+        assert await slack.block_action(main, task_channel, card_ts, "task_resolve", tid) == 200
+        view = await _until(lambda n=opened: slack.views[-1] if len(slack.views) > n else None)
         names = ", ".join(f["name"] for f in files)
+        told = len(slack.ephemerals)
         _, answer = await slack.submit_view(main, view, _modal_values(solution, files))
         errors = json.loads(answer).get("errors") if answer.strip() else None
         out.say("slack", f"modal submitted ({names}) → " + (f"refused: {_flat(str(errors))}" if errors else "accepted"))
+        if huge in files:  # the files' contents are checked after the ack; the refusal comes in the thread
+            await _until(lambda n=told: next((e for e in slack.ephemerals[n:] if tid in e["text"]), None))
     await _until(lambda: next((m for m in telegram.messages if "SF123456789" in m.text), None), within=30)
     await asyncio.sleep(1.2)
 

@@ -28,7 +28,7 @@ from bridge.outbox import Outbox, OutboxJob
 from bridge.timers import Timer, TimerStore, done_steps, take_steps
 from rules.comments import comment_refusal
 from rules.deadline import task_deadline
-from rules.evidence import evidence_refusals
+from rules.evidence import evidence_count_refusal, evidence_refusals
 from rules.reply_window import WindowStep, next_step_at, window_steps
 
 log = logging.getLogger(__name__)
@@ -530,6 +530,12 @@ def _listing(
     return "\n".join(lines)
 
 
+def evidence_count_problem(locale: str, count: int) -> str:
+    """B7's count, which is known before any file is looked at; empty when it is within bounds."""
+    refusal = evidence_count_refusal(count)
+    return t(locale, "task.process.too_many", count=count, limit=refusal.limit) if refusal else ""
+
+
 def evidence_problems(locale: str, files: list[tuple[str, bytes, int]]) -> str:
     """B7, before anything is sent, whatever the destination: at most 6 files, each allowed by its
     leading bytes and size. ``files`` are (name, leading bytes, size); the answer names every file
@@ -537,7 +543,7 @@ def evidence_problems(locale: str, files: list[tuple[str, bytes, int]]) -> str:
     lines = []
     for index, refusal in evidence_refusals([(head, size) for _, head, size in files]):
         if index < 0:
-            return t(locale, "task.process.too_many", count=len(files))
+            return evidence_count_problem(locale, len(files))
         limit_mb = (refusal.limit or 0) // (1024 * 1024)
         reason = t(locale, f"task.process.reason.{refusal.reason}", limit_mb=limit_mb)
         lines.append(t(locale, "task.process.bad_file", name=files[index][0], reason=reason))

@@ -59,9 +59,14 @@ def media_refusal(head: bytes, size: int) -> MediaRefusal | None:
     return None
 
 
+def evidence_count_refusal(count: int) -> MediaRefusal | None:
+    """More than MAX_EVIDENCE_FILES files are refused as a whole."""
+    return MediaRefusal("count", MAX_EVIDENCE_FILES) if count > MAX_EVIDENCE_FILES else None
+
+
 def evidence_refusals(files: list[tuple[bytes, int]]) -> list[tuple[int, MediaRefusal]]:
     """Every file that may not go, with its index; more than MAX_EVIDENCE_FILES is refused as a whole
     (index -1) before any file is looked at."""
-    if len(files) > MAX_EVIDENCE_FILES:
-        return [(-1, MediaRefusal("count", MAX_EVIDENCE_FILES))]
+    if (too_many := evidence_count_refusal(len(files))) is not None:
+        return [(-1, too_many)]
     return [(i, r) for i, (head, size) in enumerate(files) if (r := media_refusal(head, size)) is not None]

@@ -91,6 +91,17 @@ class Stack:
                 self.clock.set(due)
         raise AssertionError("the bridge never settled")
 
+    async def slash_command(self, user: str, channel: str, command: str, text: str = "") -> str:
+        """Runs a Slack slash command as a person would: it is acknowledged at once with nothing to
+        show, and its answer arrives later through the command's response_url."""
+        before = len(self.slack.responses)
+        status, ack = await self.slack.slash_command(user, channel, command, text)
+        assert (status, ack) == (200, ""), (status, ack)
+        await self.settle()
+        [answer] = self.slack.responses[before:]
+        assert answer["user"] == user and answer["response_type"] == "ephemeral", answer
+        return str(answer["text"])
+
     async def next_due(self) -> float | None:
         """The next moment the bridge has something to do: a timer, or a parked event's retry."""
         found = await self.redis.zrange(keys.timers_due(0), 0, 0, withscores=True)

@@ -111,3 +111,36 @@ async def test_a_reply_received_in_time_counts_as_in_time_however_late_it_is_han
     await stack.settle()
     assert merchant_texts(stack, cid) == ["来了"]
     assert await stack.redis.hget(keys.chat(TAG, cid), "status") == "open", "answered in time, not closed"
+
+
+async def test_slash_commands_and_clicks_are_stored_before_the_ack_and_answered_once(stack: Stack) -> None:
+    """A command or a click is acknowledged with nothing to show once it is stored; its answer comes
+    from the consumer (a command's through its response_url), once, even when the first try fails."""
+    tasks_channel = "C0TASKS1001"
+    listing, failures = stack.bridge.tasks.list_text, []
+
+    async def crashing_once(*args: Any, **kwargs: Any) -> Any:
+        if not failures:
+            failures.append(1)
+            raise ConnectionError("Redis went away mid-step")
+        return await listing(*args, **kwargs)
+
+    stack.bridge.tasks.list_text = crashing_once  # type: ignore[method-assign]
+    assert await stack.slack.slash_command("U0MAIN1001", tasks_channel, "/tasks") == (200, "")
+    [delivery] = await stored(stack, SLACK)
+    assert delivery["msg_id"].startswith("command:") and json.loads(delivery["data"])["command"] == "/tasks"
+    await stack.bridge.drain()
+    assert stack.slack.responses == [] and failures == [1]
+    await stack.settle()
+    [answer] = stack.slack.responses
+    assert answer["text"] == "任务单（⏳ 待处理）：0 条 · 第 1/1 页（/tasks 状态 页码）\n没有任务单。", answer
+
+    tid = await stack.sandbox.create_task_order("1001", "c-7001")
+    await stack.settle()
+    card = stack.slack.channel(tasks_channel)[-1]
+    assert await stack.slack.block_action("U0MAIN1001", tasks_channel, card.ts, "task_log", tid) == 200
+    [click] = await stored(stack, SLACK)
+    assert click["msg_id"].startswith("action:") and stack.slack.ephemerals == []
+    await stack.settle()
+    [log] = stack.slack.ephemerals
+    assert log["text"].startswith(f"📋 任务单 {tid} 处理记录") and log["user"] == "U0MAIN1001"

@@ -174,7 +174,8 @@ async def test_demo_runs_and_exits_zero(tmp_path: Path) -> None:
     )
     assert "(only U0MAIN1001 sees) 留言未发送：comment limit reached (10/10)" in text
     assert (
-        "refused: {'evidence': '文件 whole-shelf.png：超过 5 MB'}" in text
+        "modal submitted (parcel.png, whole-shelf.png) → accepted" in text
+        and "未提交处理，凭证不符合要求： ⏎ 文件 whole-shelf.png：超过 5 MB" in text
         and "modal submitted (parcel.png) → accepted" in text
     )
     assert "⚠️ 处理结果不会自动发给消费者" in text

@@ -150,10 +150,8 @@ async def test_processed_on_the_platform_pings_the_creator_with_contact_buyer(st
 async def test_tasks_listed_by_status_in_slack_and_telegram(stack: Stack) -> None:
     first = await raise_task(stack)
     second = await raise_task(stack)
-    status, answer = await stack.slack.slash_command(MAIN, TASKS, "/tasks", "pending")
-    assert status == 200 and "：2 条 · 第 1/1 页" in answer and answer.index(second) < answer.index(first), (
-        "newest first"
-    )
+    answer = await stack.slash_command(MAIN, TASKS, "/tasks", "pending")
+    assert "：2 条 · 第 1/1 页" in answer and answer.index(second) < answer.index(first), "newest first"
     listing = await stack.bridge.tasks.list_text(
         stack.bridge.holder.current.stores[0], "pending", "en", page=2, per_page=1
     )
@@ -272,27 +270,52 @@ async def test_placeholder_or_empty_solutions_are_refused_or_must_be_confirmed(s
 
 
 async def test_bad_evidence_is_refused_by_name_before_anything_is_sent(stack: Stack) -> None:
+    """The number of files is checked in the modal; their contents after the ack (Slack allows no
+    download before it), and a refusal is told privately in the task order's thread."""
     tid = await raise_task(stack)
     view = await open_modal(stack, tid)
-    fake = stack.slack.add_file("photo.jpg", TEXT_FILE, "image/jpeg")
-    huge = stack.slack.add_file("huge.png", PNG, "image/png") | {"size": 6 * 1024 * 1024}
     good = "已为买家补发，顺丰单号 SF123456789"
-    refused = errors_of(await stack.slack.submit_view(MAIN, view, values(good, files=[fake, huge])))["evidence"]
-    assert refused.splitlines() == [
-        "文件 photo.jpg：类型不支持（按文件内容判断，只收 JPG/PNG 图片和 MP4/FLV/MOV/AVI/MKV/WEBM 视频）",
-        "文件 huge.png：超过 5 MB",
-    ]
     seven = [stack.slack.add_file(f"p{i}.png", PNG, "image/png") for i in range(7)]
     assert (
         errors_of(await stack.slack.submit_view(MAIN, view, values(good, files=seven)))["evidence"]
         == "凭证最多 6 个，现有 7 个。"
     )
+    fake = stack.slack.add_file("photo.jpg", TEXT_FILE, "image/jpeg")
+    huge = stack.slack.add_file("huge.png", PNG, "image/png") | {"size": 6 * 1024 * 1024}
+    assert errors_of(await stack.slack.submit_view(MAIN, view, values(good, files=[fake, huge]))) == {}
     await stack.settle()
+    refusal = stack.slack.ephemerals[-1]
+    assert refusal["user"] == MAIN and refusal["thread_ts"] == card(stack).ts
+    assert refusal["text"].splitlines()[1:3] == [
+        "文件 photo.jpg：类型不支持（按文件内容判断，只收 JPG/PNG 图片和 MP4/FLV/MOV/AVI/MKV/WEBM 视频）",
+        "文件 huge.png：超过 5 MB",
+    ] and refusal["text"].startswith(f"任务单 {tid} 未提交处理")
     assert (
         stack.sandbox.received("POST", "/media") == []
         and stack.sandbox.received("POST", f"/task-orders/{tid}/process") == []
     )
     assert await stack.redis.hget(keys.task(TAG, tid), "status") == "pending"
+
+
+async def test_a_submission_is_handled_once_after_the_ack_even_when_slack_files_are_down(stack: Stack) -> None:
+    """A submitted modal is stored before the ack; a file download that fails is retried by the
+    consumer (never taken for a bad file), and the same submission sent twice processes once."""
+    assert stack.clock is not None
+    tid = await raise_task(stack)
+    view = await open_modal(stack, tid)
+    photo = stack.slack.add_file("parcel.png", PNG, "image/png")
+    submitted = values("已为买家补发，顺丰单号 SF123456789", files=[photo])
+    stack.slack.down_until = stack.clock.now() + 30
+    assert errors_of(await stack.slack.submit_view(MAIN, view, submitted)) == {}
+    assert errors_of(await stack.slack.submit_view(MAIN, view, submitted)) == {}, "a resubmission is acked"
+    await stack.bridge.drain()
+    assert stack.sandbox.received("POST", f"/task-orders/{tid}/process") == [], "the files could not be read yet"
+    await stack.advance(60)
+    await stack.settle()
+    [process] = stack.sandbox.received("POST", f"/task-orders/{tid}/process")
+    assert process.status == 200 and len(process.body["evidence"]) == 1
+    assert await stack.redis.hget(keys.task(TAG, tid), "status") == "resolved"
+    assert not any("未提交处理" in e["text"] for e in stack.slack.ephemerals)
 
 
 async def test_a_comment_the_platform_refuses_is_reported_to_its_author(stack: Stack) -> None:

@@ -9,6 +9,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bridge import keys, refs
 from bridge.backpressure import RETRY_AFTER_SECONDS, UNAVAILABLE
@@ -30,7 +32,7 @@ from bridge.events import EventHandler, StoredEvent
 from bridge.i18n import t
 from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.ratelimit import SendSpacing
-from bridge.tasks import evidence_problems, status_name
+from bridge.tasks import evidence_count_problem, evidence_problems, status_name
 from connectors.slack.render import render
 from connectors.slack.settings import SlackSettings
 from connectors.slack.text import slack_to_platform_text
@@ -46,6 +48,10 @@ POST_METADATA = "feige_bridge_post"  # message metadata naming the outbox job th
 POST_ATTEMPT_SECONDS = 3600
 _IGNORED_SUBTYPES = {None, "file_share", "thread_broadcast"}
 EVENT_KIND = "slack.event"  # a stored Events API delivery
+RESPONSE_URL_SECONDS = 30 * 60 - 60
+"""A slash command's ``response_url`` takes answers for 30 minutes; a minute is kept in hand."""
+DURABLE_ACTIONS = {"task_log", "task_comment"}
+"""Clicks whose work is done after the ack (the others open a modal, which must happen at once)."""
 REPLAYED = "feige_stored"  # context flag: this request is a stored event, handled by the consumer
 FAILURE = "feige_failure"  # context key: what a stored event's listener raised
 
@@ -80,6 +86,7 @@ class SlackConnector:
         self.app.error(self._on_error)
         self.app.use(self._store_events_first)
         self.inbox = core.inbox
+        self.outbox = core.outbox
         self._close_socket_mode: Callable[[], Awaitable[None]] | None = None
 
     def routes(self) -> list[Route]:
@@ -88,16 +95,16 @@ class SlackConnector:
     async def _store_events_first(
         self, body: dict[str, Any], context: AsyncBoltContext, next: Callable[[], Awaitable[BoltResponse]]
     ) -> BoltResponse:
-        """Events (what people write) are stored, deduplicated by Slack's event id, before Slack is
-        answered — over HTTP and Socket Mode alike — and handled afterwards by the event consumer,
-        with its order and retries. Commands and clicks are answered at once, from what is at hand
-        (Slack wants their answer in the response; a modal's errors can come no later)."""
-        if body.get("type") != "event_callback" or context.get(REPLAYED):
+        """What people do is stored, deduplicated, before Slack is answered — over HTTP and Socket
+        Mode alike — and handled afterwards by the event consumer, with its order and retries:
+        messages, slash commands (answered later through their ``response_url``) and clicks.
+        Opening a modal needs the click's ``trigger_id`` within 3 s and changes nothing, so it
+        is answered at once; a modal's submission is checked from what is at hand first (its
+        errors must be in the response), then stored by its listener."""
+        delivery = None if context.get(REPLAYED) else _durable_delivery(body)
+        if delivery is None:
             return await next()
-        event = body.get("event") or {}
-        thread = inbox_thread(event.get("channel") or "-", event.get("thread_ts") or event.get("ts"))
-        await self.inbox.accept("slack", str(body.get("event_id") or ""), thread, EVENT_KIND,
-                                orjson.dumps(body).decode())  # fmt: skip
+        await self.inbox.accept("slack", *delivery, EVENT_KIND, orjson.dumps(body).decode())
         return BoltResponse(status=200, body="")
 
     def delivery_handlers(self) -> dict[str, EventHandler]:
@@ -268,7 +275,8 @@ class SlackConnector:
         view = {
             "type": "modal",
             "callback_id": "task_process",
-            "private_metadata": json.dumps({"store": store.id, "task": tid, "result": result, "channel": channel}),
+            "private_metadata": json.dumps({"store": store.id, "task": tid, "result": result, "channel": channel,
+                                            "message": body.get("container", {}).get("message_ts")}),
             "title": {"type": "plain_text", "text": t(loc, "task.process.title")[:24]},
             "submit": {"type": "plain_text", "text": t(loc, "task.process.submit")},
             "blocks": [
@@ -290,56 +298,81 @@ class SlackConnector:
         except (RetryLater, FinalFailure) as exc:
             log.warning("could not open the processing modal for %s: %s", tid, exc)
 
-    async def _on_process_submit(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
+    async def _on_process_submit(
+        self, ack: Callable[..., Awaitable[None]], body: dict[str, Any], context: AsyncBoltContext
+    ) -> None:
+        """A submitted modal is checked at once from what is at hand (the task order's status, the
+        solution, the number of files), since its errors must be in the response; once it passes it
+        is stored and handled like any event. The files' contents are checked then, and a refusal
+        is told in the task order's thread."""
+        if context.get(REPLAYED):
+            await ack()
+            await self._process_submitted(body)
+            return
         view = body["view"]
         meta = json.loads(view.get("private_metadata") or "{}")
         store = self.config().store(str(meta.get("store", "")))
         if store is None:
             await ack()
             return
-        loc, tid, values = store.locale, str(meta["task"]), view.get("state", {}).get("values", {})
-        solution = slack_to_platform_text(str(values.get("solution", {}).get("solution", {}).get("value") or ""))
-        confirmed = bool(values.get("confirm", {}).get("confirm", {}).get("selected_options"))
-        files = [_media(f) for f in values.get("evidence", {}).get("evidence", {}).get("files", []) or []]
-        files += await self.tasks.thread_files(store, tid)
+        loc, tid, values = store.locale, str(meta["task"]), _view_values(view)
         errors: dict[str, str] = {}
         status = await self.tasks.status_of(store, tid)
-        problem = solution_problem(solution)
+        problem = solution_problem(values.solution)
         if status != "pending":
             errors["solution"] = t(loc, "task.process.not_pending", status=status_name(loc, status))
         elif problem == "empty":
             errors["solution"] = t(loc, "task.process.empty")
-        elif problem is not None and not confirmed:
+        elif problem is not None and not values.confirmed:
             errors["solution"] = t(loc, "task.process.weak")
-        file_errors = await self._evidence_errors(loc, files)
-        if file_errors:
-            errors["evidence"] = file_errors[:2000]
+        count_problem = evidence_count_problem(loc, len(values.files) + len(await self.tasks.thread_files(store, tid)))
+        if count_problem:
+            errors["evidence"] = count_problem
         if errors:
             await ack(response_action="errors", errors=errors)
             return
+        thread = inbox_thread(str(meta.get("channel") or "-"), meta.get("message"))
+        await self.inbox.accept("slack", f"view:{view.get('id', '')}", thread, EVENT_KIND, orjson.dumps(body).decode())
         await ack()
+
+    async def _process_submitted(self, body: dict[str, Any]) -> None:
+        view = body["view"]
+        meta = json.loads(view.get("private_metadata") or "{}")
+        store = self.config().store(str(meta.get("store", "")))
+        if store is None:
+            return
+        loc, tid, values = store.locale, str(meta["task"]), _view_values(view)
         user = body.get("user", {}).get("id", "")
         agent = next((a for a in store.agents if a.slack_user == user), None)
-        actor = Actor("slack", user, str(meta.get("channel", "")), None, None)
+        actor = Actor("slack", user, str(meta.get("channel", "")), meta.get("message"), None)
         if agent is None:  # the modal opens only for agents; one removed from the file meanwhile is told so
             await self.chats.tell_privately(store, actor, t(loc, "task.guide.not_agent"), f"not-agent:{view.get('id')}")
             return
+        files = values.files + await self.tasks.thread_files(store, tid)
+        refused = await self._evidence_errors(loc, files)
+        if refused:
+            text = t(loc, "task.process.refused", task_id=tid, problems=refused)
+            await self.chats.tell_privately(store, actor, text, f"evidence-refused:{view.get('id')}")
+            return
         operator = (agent.id, agent.name)
         await self.tasks.process(
-            store, tid, str(meta["result"]), solution, files, operator, actor, view.get("id", "view")
+            store, tid, str(meta["result"]), values.solution, files, operator, actor, view.get("id", "view")
         )
 
     async def _evidence_errors(self, loc: str, files: list[dict[str, Any]]) -> str:
         return evidence_problems(loc, [(f["name"], await self._head(f["url"]), int(f.get("size", 0))) for f in files])
 
     async def _head(self, url: str) -> bytes:
-        """The first bytes of a shared file: enough to tell its type (Slack's 3 s allow no more)."""
+        """The first bytes of a shared file: enough to tell its type. Slack unreachable is raised
+        (the consumer tries again later), never taken for a file of the wrong type."""
         headers = {"Authorization": f"Bearer {self.settings.bot_token}", "Range": f"bytes=0-{SNIFF_BYTES - 1}"}
         try:
             async with self.http().get(url, headers=headers) as resp:
+                if resp.status >= 500 or resp.status == 429:
+                    raise ConnectionError(f"Slack file download: HTTP {resp.status}")
                 return await resp.content.read(SNIFF_BYTES) if resp.status in (200, 206) else b""
-        except (aiohttp.ClientError, TimeoutError):
-            return b""
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ConnectionError(f"Slack file download: {exc}") from None
 
     async def _on_task_comment_hint(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
         await ack()
@@ -353,24 +386,36 @@ class SlackConnector:
             )
 
     async def _on_tasks_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
+        await ack()
         channel = command.get("channel_id", "")
         store = self.task_store_for(channel) or self.store_for(channel)
         creator = self.creator_for(channel)
         status, page = _list_args((command.get("text") or "").split())
         if store is None and creator is not None:
-            await ack(await self.tasks.creator_list_text(creator, status, page))
-            return
-        if store is None:
-            await ack(t("zh-CN", "stats.unknown_channel"))
-            return
-        await ack(await self.tasks.list_text(store, status, store.locale, page))
+            text = await self.tasks.creator_list_text(creator, status, page)
+            await self._answer(command, keys.creator_tag(creator.id), text)
+        elif store is None:
+            await self._answer(command, keys.NO_ENDPOINT_TAG, t("zh-CN", "stats.unknown_channel"))
+        else:
+            text = await self.tasks.list_text(store, status, store.locale, page)
+            await self._answer(command, keys.store_tag(store.id), text)
 
     async def _on_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
+        await ack()
         store = self.store_for(command.get("channel_id", ""))
         if store is None:
-            await ack(t("zh-CN", "stats.unknown_channel"))
-            return
-        await ack(await self.chats.stats_text(store))
+            await self._answer(command, keys.NO_ENDPOINT_TAG, t("zh-CN", "stats.unknown_channel"))
+        else:
+            await self._answer(command, keys.store_tag(store.id), await self.chats.stats_text(store))
+
+    async def _answer(self, command: dict[str, Any], tag: str, text: str) -> None:
+        """A slash command's answer, only for the person who ran it, through its ``response_url``
+        (the command was stored and acknowledged before it was handled)."""
+        received = DELIVERED_AT.get() or self.clock.now()
+        job = OutboxJob(f"slack:respond:{command.get('trigger_id', '')}", "slack.respond",
+                        {"url": command.get("response_url", ""), "text": text},
+                        expires_at=received + RESPONSE_URL_SECONDS)  # fmt: skip
+        await self.outbox.enqueue(tag, f"private:slack:{command.get('user_id', '')}", job)
 
     async def _ack_action(self, ack: Callable[..., Awaitable[None]]) -> None:
         await ack()  # URL buttons (View details) still send an action that must be acknowledged
@@ -383,6 +428,7 @@ class SlackConnector:
             "slack.update_root": self._update_root,
             "slack.ephemeral": self._ephemeral,
             "slack.react": self._react,
+            "slack.respond": self._respond,
         }
 
     async def fetch_file(self, url: str) -> bytes:
@@ -471,6 +517,22 @@ class SlackConnector:
             )
         )
 
+    async def _respond(self, job: OutboxJob) -> None:
+        try:
+            resp = await AsyncWebhookClient(job.payload["url"], session=self.http()).send(
+                text=job.payload["text"], response_type="ephemeral"
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RetryLater(f"Slack response_url unreachable: {exc}") from None
+        if resp.status_code == 429:
+            after = resp.headers.get("Retry-After") or resp.headers.get("retry-after")
+            raise RetryLater("Slack rate limit (response_url)", after=float(after) if after else 1.0)
+        if resp.status_code >= 500:
+            raise RetryLater(f"Slack {resp.status_code} (response_url)")
+        if resp.status_code != 200:
+            raise FinalFailure(f"Slack refused the command's answer: {resp.body or resp.status_code}",
+                               status=resp.status_code, code=resp.body)  # fmt: skip
+
     async def _react(self, job: OutboxJob) -> None:
         p = job.payload
         try:
@@ -480,11 +542,45 @@ class SlackConnector:
                 raise
 
 
+def _durable_delivery(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(delivery id, ordering thread) of a request stored before the ack, or None for one answered
+    in its response. Commands and clicks carry no delivery id: their ``trigger_id`` is unique."""
+    if body.get("type") == "event_callback":
+        event = body.get("event") or {}
+        thread = inbox_thread(event.get("channel") or "-", event.get("thread_ts") or event.get("ts"))
+        return str(body.get("event_id") or ""), thread
+    if "command" in body:
+        return f"command:{body.get('trigger_id', '')}", inbox_thread(body.get("channel_id") or "-")
+    actions = body.get("actions") or [{}]
+    if body.get("type") == "block_actions" and actions[0].get("action_id") in DURABLE_ACTIONS:
+        thread = inbox_thread((body.get("channel") or {}).get("id") or "-",
+                              (body.get("container") or {}).get("message_ts"))  # fmt: skip
+        return f"action:{body.get('trigger_id', '')}", thread
+    return None
+
+
 def _list_args(args: list[str]) -> tuple[str, int]:
     """``/tasks [status] [page]``: status defaults to pending, page to 1."""
     status = next((a for a in args if not a.isdigit()), "pending")
     page = next((int(a) for a in args if a.isdigit()), 1)
     return status, page
+
+
+@dataclass(frozen=True)
+class _Submitted:
+    solution: str
+    confirmed: bool
+    files: list[dict[str, Any]]
+
+
+def _view_values(view: dict[str, Any]) -> _Submitted:
+    """What the processing modal's fields hold."""
+    values = view.get("state", {}).get("values", {})
+    return _Submitted(
+        slack_to_platform_text(str(values.get("solution", {}).get("solution", {}).get("value") or "")),
+        bool(values.get("confirm", {}).get("confirm", {}).get("selected_options")),
+        [_media(f) for f in values.get("evidence", {}).get("evidence", {}).get("files", []) or []],
+    )
 
 
 def _media(f: dict[str, Any]) -> dict[str, Any]:

@@ -87,6 +87,10 @@ class SlackEmulator(LocalServer):
         self.app.router.add_get("/files/{file_id}/{name}", self._download)
         self.app.router.add_post("/upload/{file_id}", self._upload)
         self.app.router.add_get("/socket", self._socket_mode)
+        self.app.router.add_post("/respond/{trigger}", self._respond)
+        self.responses: list[dict[str, Any]] = []
+        """What the bridge answered through slash commands' response_url: user, channel, text."""
+        self._response_urls: dict[str, dict[str, Any]] = {}  # trigger id → the command's user, channel, time
         self._methods = {
             "auth.test": self._auth_test,
             "chat.postMessage": self._post_message,
@@ -304,6 +308,8 @@ class SlackEmulator(LocalServer):
     async def _download(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {self.bot_token}":
             return web.Response(status=403, text="url_private needs the bot token")
+        if self.clock.now() < self.down_until:
+            return web.Response(status=503)
         entry = self.files.get(request.match_info["file_id"])
         if entry is None:
             return web.Response(status=404)
@@ -354,11 +360,28 @@ class SlackEmulator(LocalServer):
         return msg.ts, status
 
     async def slash_command(self, user: str, channel: str, command: str, text: str = "") -> tuple[int, str]:
-        """A person runs a slash command; returns the bridge's status and its (ephemeral) answer."""
+        """A person runs a slash command; returns the bridge's status and the body of its ack (an
+        answer sent later through ``response_url`` lands in ``responses``)."""
+        trigger = f"tr{self._run}{next(self._ids)}"
+        self._response_urls[trigger] = {"user": user, "channel": channel, "at": self.clock.now(), "uses": 0}
         form = {"token": "legacy", "team_id": TEAM, "channel_id": channel, "user_id": user, "command": command,
-                "text": text, "response_url": f"{self.base_url}/respond",
-                "trigger_id": f"tr{next(self._ids)}"}  # fmt: skip
+                "text": text, "response_url": f"{self.base_url}/respond/{trigger}", "trigger_id": trigger}  # fmt: skip
         return await self._send_for_body(urllib.parse.urlencode(form), "application/x-www-form-urlencoded")
+
+    async def _respond(self, request: web.Request) -> web.Response:
+        """A ``response_url``: JSON, taken up to 5 times within 30 minutes of the command."""
+        command = self._response_urls.get(request.match_info["trigger"])
+        if command is None or self.clock.now() - command["at"] > 30 * 60:
+            return web.Response(status=404, text="expired_url")
+        if command["uses"] >= 5:
+            return web.Response(status=404, text="used_url")
+        if self.clock.now() < self.down_until:
+            return web.Response(status=503)
+        body = await request.json()
+        command["uses"] += 1
+        self.responses.append({"user": command["user"], "channel": command["channel"], "text": body.get("text", ""),
+                               "response_type": body.get("response_type", "ephemeral")})  # fmt: skip
+        return web.Response(text="ok")
 
     async def block_action(self, user: str, channel: str, message_ts: str, action_id: str, value: str = "") -> int:
         """A person clicks a button on a message (interactivity payload, as Slack posts it)."""

@@ -68,6 +68,8 @@ class TelegramEmulator(LocalServer):
         self.plain_member: set[int] = set()  # groups where the bot is not an admin (elsewhere it is, with all rights)
         self.topics: dict[tuple[int, int], str] = {}  # (chat, message_thread_id) → topic name
         self.rate_limited = 0
+        self.down_until = 0.0
+        """Until this moment (the emulator's clock) every Bot API call answers 502: an outage."""
         self.listeners: list[Callable[[TgMessage], None]] = []
         self._sent: list[tuple[float, int]] = []  # (time, chat) of every message the bot sent
         self._ids = itertools.count(1)
@@ -103,6 +105,8 @@ class TelegramEmulator(LocalServer):
     async def _api(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
             return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401)
+        if self.clock.now() < self.down_until:
+            return web.json_response({"ok": False, "error_code": 502, "description": "Bad Gateway"}, status=502)
         args: dict[str, Any] = {}
         if request.content_type == "application/json":
             args = await request.json()

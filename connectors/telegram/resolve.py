@@ -18,9 +18,8 @@ from bridge import keys
 from bridge.chats import ReplyMedia, post_view
 from bridge.config import Agent, Destination, Store
 from bridge.i18n import t
-from bridge.tasks import TaskFlow, evidence_problems, status_name
+from bridge.tasks import TaskFlow, evidence_count_problem, evidence_problems, status_name
 from connectors.telegram.app import TelegramConnector, TelegramInbound
-from rules.evidence import MAX_EVIDENCE_FILES
 from rules.solution import solution_problem
 
 CONVERSATION_SECONDS = 3600
@@ -120,8 +119,8 @@ class ResolveConversation:
         files: list[dict[str, Any]] = orjson.loads(state.get("files") or "[]")
         shared = len(await self.tasks.thread_files(store, tid))
         for media in inbound.media:
-            if len(files) + shared >= MAX_EVIDENCE_FILES:
-                await self._reply(inbound, t(loc, "task.process.too_many", count=len(files) + shared + 1))
+            if too_many := evidence_count_problem(loc, len(files) + shared + 1):
+                await self._reply(inbound, too_many)
                 break
             problem = await self._file_problem(loc, media)
             if problem:
@@ -136,7 +135,7 @@ class ResolveConversation:
     ) -> None:
         loc = store.locale
         files = await self._evidence(store, tid, state)
-        problems = t(loc, "task.process.too_many", count=len(files)) if len(files) > MAX_EVIDENCE_FILES else ""
+        problems = evidence_count_problem(loc, len(files))
         if not problems:
             checked = [(ReplyMedia("telegram", str(f["url"]), str(f["name"]), str(f.get("mimetype", "")),
                                    int(f.get("size", 0)))) for f in files]  # fmt: skip
