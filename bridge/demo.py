@@ -300,14 +300,14 @@ async def _task_scenes(
     for files in ([good, huge], [good]):
         opened = len(slack.views)
         assert await slack.block_action(main, task_channel, card_ts, "task_resolve", tid) == 200
-        view = await _until(lambda n=opened: slack.views[-1] if len(slack.views) > n else None)
+        view = await _until(lambda: slack.views[-1] if len(slack.views) > opened else None)  # noqa: B023 (awaited here)
         names = ", ".join(f["name"] for f in files)
         told = len(slack.ephemerals)
         _, answer = await slack.submit_view(main, view, _modal_values(solution, files))
         errors = json.loads(answer).get("errors") if answer.strip() else None
         out.say("slack", f"modal submitted ({names}) → " + (f"refused: {_flat(str(errors))}" if errors else "accepted"))
         if huge in files:  # the files' contents are checked after the ack; the refusal comes in the thread
-            await _until(lambda n=told: next((e for e in slack.ephemerals[n:] if tid in e["text"]), None))
+            await _until(lambda: next((e for e in slack.ephemerals[told:] if tid in e["text"]), None))  # noqa: B023
     await _until(lambda: next((m for m in telegram.messages if "SF123456789" in m.text), None), within=30)
     await asyncio.sleep(1.2)
 
