@@ -45,13 +45,13 @@ import yaml
 from chats import SIGNING, TOKEN, slack_store, wait_up  # bench/chats.py, beside this file
 from redis.asyncio import Redis
 
-from bridge import keys
+from bridge.app.redis_server import EmbeddedRedis, free_port
 from bridge.config import load_config
-from bridge.events import IN_FLIGHT_SECONDS
-from bridge.redis_server import EmbeddedRedis, free_port
-from connectors.platform.sandbox import PlatformSandbox
-from connectors.slack.emulator import Message, SlackEmulator
-from connectors.telegram.emulator import BOT_ID, TelegramEmulator
+from bridge.engine import keys
+from bridge.engine.events import IN_FLIGHT_SECONDS
+from bridge.sandbox.platform import PlatformSandbox
+from bridge.sandbox.slack import Message, SlackEmulator
+from bridge.sandbox.telegram import BOT_ID, TelegramEmulator
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -105,7 +105,7 @@ class Cluster:
         argv_port = ["--port", str(self.ports[i])]
         log = (self.tmp / f"bridge-{i}.log").open("ab")
         self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "serve", "--config", str(self.config), *argv_port],
+            [sys.executable, "-m", "bridge", "serve", "--config", str(self.config), *argv_port],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 

@@ -30,10 +30,10 @@ from typing import Any
 
 import yaml
 
+from bridge.app.redis_server import EmbeddedRedis, free_port
 from bridge.config import load_config
-from bridge.redis_server import EmbeddedRedis, free_port
-from connectors.platform.sandbox import PlatformSandbox
-from connectors.slack.emulator import SlackEmulator
+from bridge.sandbox.platform import PlatformSandbox
+from bridge.sandbox.slack import SlackEmulator
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -174,7 +174,7 @@ async def main_async(quick: bool) -> dict[str, Any]:
 def start_bridge(config_path: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     log = log_path.open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "serve", "--config", str(config_path)],
+        [sys.executable, "-m", "bridge", "serve", "--config", str(config_path)],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
 

@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bridge.redis_server import EmbeddedRedis, free_port
+from bridge.app.redis_server import EmbeddedRedis, free_port
 from connectors.platform.signing import sign
 
 HERE = Path(__file__).resolve().parent
@@ -137,7 +137,7 @@ def start_bridge(tmp: Path, redis_url: str, port: int, role: str = "all") -> sub
     env = dict(os.environ, REDIS_URL=redis_url, BRIDGE_PORT=str(port), SLACK_API_URL="http://127.0.0.1:9/api/")
     log = open(tmp / f"bridge-{role}-{port}.log", "wb")  # noqa: SIM115
     return subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "serve", "--config", str(ROOT / "config" / "example.yaml"),
+        [sys.executable, "-m", "bridge", "serve", "--config", str(ROOT / "config" / "example.yaml"),
          "--role", role],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip

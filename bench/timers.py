@@ -25,8 +25,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from bridge.redis_server import EmbeddedRedis
-from bridge.timers import Timer, TimerStore, TimerWorker
+from bridge.app.redis_server import EmbeddedRedis
+from bridge.engine.timers import Timer, TimerStore, TimerWorker
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "timers.json"

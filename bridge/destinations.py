@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bridge.domain import Endpoint
-from bridge.ingest import EventLog, IncomingRecord
+from bridge.engine.endpoint import Endpoint
+from bridge.engine.ingest import EventLog, IncomingRecord
 
 if TYPE_CHECKING:
     import aiohttp
@@ -33,12 +33,12 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
     from redis.asyncio import Redis
 
-    from bridge.chats import ChatFlow
-    from bridge.clock import Clock
     from bridge.config import BridgeConfig, Problem
-    from bridge.events import EventHandler
-    from bridge.outbox import Outbox, Sender
-    from bridge.tasks import TaskFlow
+    from bridge.engine.clock import Clock
+    from bridge.engine.events import EventHandler
+    from bridge.engine.outbox import Outbox, Sender
+    from bridge.flows.chats import ChatFlow
+    from bridge.flows.tasks import TaskFlow
 
 
 Route = tuple[str, str, "Callable[[web.Request], Awaitable[web.StreamResponse]]"]

@@ -10,14 +10,14 @@ from redis.asyncio import Redis
 # python-telegram-bot 22: durations as timedelta now, as they will be by default (no deprecation).
 os.environ.setdefault("PTB_TIMEDELTA", "1")
 
-from bridge import keys
-from bridge.clock import ManualClock
+from bridge.app.redis_server import EmbeddedRedis
+from bridge.app.service import Bridge, open_redis
 from bridge.config import ConfigHolder
-from bridge.redis_server import EmbeddedRedis
-from bridge.service import Bridge, open_redis
-from connectors.platform.sandbox import PlatformSandbox
-from connectors.slack.emulator import SlackEmulator
-from connectors.telegram.emulator import TelegramEmulator
+from bridge.engine import keys
+from bridge.engine.clock import ManualClock
+from bridge.sandbox.platform import PlatformSandbox
+from bridge.sandbox.slack import SlackEmulator
+from bridge.sandbox.telegram import TelegramEmulator
 
 
 @pytest.fixture(scope="session")

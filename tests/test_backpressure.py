@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bridge.clock import ManualClock
-from bridge.redis_server import EmbeddedRedis
+from bridge.app.redis_server import EmbeddedRedis
+from bridge.engine.clock import ManualClock
 from connectors.platform.signing import sign
 from tests.conftest import start_stack
 

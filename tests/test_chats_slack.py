@@ -11,12 +11,12 @@ import aiohttp
 import yaml
 from redis.asyncio import Redis
 
-from bridge import keys
-from bridge.chats import IN_FLIGHT_SECONDS, ChatFlow
-from bridge.clock import ManualClock
 from bridge.config import Destination
-from bridge.outbox import OutboxJob
-from connectors.slack.emulator import Message
+from bridge.engine import keys
+from bridge.engine.clock import ManualClock
+from bridge.engine.outbox import OutboxJob
+from bridge.flows.chats import IN_FLIGHT_SECONDS, ChatFlow
+from bridge.sandbox.slack import Message
 from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
 
 CHATS = "C0CHATS1001"

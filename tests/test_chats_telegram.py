@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bridge import keys
-from bridge.events import IN_FLIGHT_SECONDS
-from bridge.outbox import OutboxJob
+from bridge.engine import keys
+from bridge.engine.events import IN_FLIGHT_SECONDS
+from bridge.engine.outbox import OutboxJob
 from tests.conftest import Stack
 
 GROUP = -1001002000001

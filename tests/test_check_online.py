@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bridge.cli import probe_destinations
+from bridge.app.cli import probe_destinations
 from bridge.config import load_config
-from connectors.slack.emulator import SlackEmulator
-from connectors.telegram.emulator import TelegramEmulator
+from bridge.sandbox.slack import SlackEmulator
+from bridge.sandbox.telegram import TelegramEmulator
 from tests.conftest import EXAMPLE_CONFIG
 
 GROUP = -1001002000001
@@ -81,7 +81,7 @@ async def test_the_command_exits_1_on_an_error(
     slack, _, env = services
     slack.missing_channels.add("C0CHATS1001")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge.cli", "check", "--config", str(EXAMPLE_CONFIG), "--online",
+        sys.executable, "-m", "bridge", "check", "--config", str(EXAMPLE_CONFIG), "--online",
         env=dict(os.environ, **env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out = (await proc.communicate())[0].decode()

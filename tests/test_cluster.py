@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis as sync_redis
 
-from bridge.clock import ManualClock
-from bridge.events import IN_FLIGHT_SECONDS
-from bridge.redis_server import EmbeddedRedis
+from bridge.app.redis_server import EmbeddedRedis
+from bridge.engine.clock import ManualClock
+from bridge.engine.events import IN_FLIGHT_SECONDS
 from tests.conftest import Stack, start_stack
 
 CHATS, TASKS = "C0CHATS1001", "C0TASKS1001"

@@ -145,7 +145,7 @@ def test_unquoted_numeric_ids_are_accepted() -> None:
 
 def run_check(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "check", "--config", str(path)],
+        [sys.executable, "-m", "bridge", "check", "--config", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

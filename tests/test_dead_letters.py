@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from bridge import cli, keys
-from bridge.clock import ManualClock
-from bridge.outbox import MAX_RETRY_DELAY_SECONDS
+from bridge.app import cli
+from bridge.engine import keys
+from bridge.engine.clock import ManualClock
+from bridge.engine.outbox import MAX_RETRY_DELAY_SECONDS
 from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
 
 CHATS = "C0CHATS1001"

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bridge import keys
-from bridge.domain import Endpoint
-from bridge.events import StoredEvent
+from bridge.engine import keys
+from bridge.engine.endpoint import Endpoint
+from bridge.engine.events import StoredEvent
 from tests.conftest import Stack
 
 CHATS, TAG, CREATOR_CHAT = "C0CHATS1001", "{store:1001}", 7001

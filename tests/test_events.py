@@ -11,11 +11,11 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from bridge import keys
-from bridge.clock import ManualClock
-from bridge.domain import Endpoint
-from bridge.events import EventConsumer, StoredEvent
-from bridge.ingest import EventLog, IncomingRecord
+from bridge.engine import keys
+from bridge.engine.clock import ManualClock
+from bridge.engine.endpoint import Endpoint
+from bridge.engine.events import EventConsumer, StoredEvent
+from bridge.engine.ingest import EventLog, IncomingRecord
 
 STORE = Endpoint("store", "1001")
 
@@ -114,8 +114,8 @@ async def test_a_handler_failing_on_redis_is_retried_for_as_long_as_it_takes_nev
 CONSUMER_SCRIPT = """
 import asyncio, sys
 from redis.asyncio import Redis
-from bridge.domain import Endpoint
-from bridge.events import EventConsumer
+from bridge.engine.endpoint import Endpoint
+from bridge.engine.events import EventConsumer
 
 async def main():
     r = Redis.from_url(sys.argv[1], decode_responses=True)

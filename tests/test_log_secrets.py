@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from bridge.config import ConfigHolder
-from bridge.redact import MASK, REDACTOR, secrets_in
+from bridge.engine.redact import MASK, REDACTOR, secrets_in
 from tests.conftest import EXAMPLE_CONFIG, Stack
 
 TASKS, CHATS = "C0TASKS1001", "C0CHATS1001"

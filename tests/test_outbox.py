@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge import keys
-from bridge.clock import ManualClock
-from bridge.outbox import FinalFailure, Outbox, OutboxJob
+from bridge.engine import keys
+from bridge.engine.clock import ManualClock
+from bridge.engine.outbox import FinalFailure, Outbox, OutboxJob
 from connectors.platform.outbound import SEND_MESSAGE
 from tests.conftest import Stack
 

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from bridge import keys
-from bridge.clock import ManualClock
-from bridge.redis_server import EmbeddedRedis
+from bridge.app.redis_server import EmbeddedRedis
+from bridge.engine import keys
+from bridge.engine.clock import ManualClock
 from connectors.platform.signing import sign
 from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
 

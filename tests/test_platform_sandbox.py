@@ -6,12 +6,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bridge.clock import ManualClock
 from bridge.config import ConfigHolder
-from bridge.listen import listen
-from bridge.outbox import FinalFailure, RetryLater
+from bridge.engine.clock import ManualClock
+from bridge.engine.listen import listen
+from bridge.engine.outbox import FinalFailure, RetryLater
+from bridge.sandbox.platform import PlatformSandbox
 from connectors.platform.client import PlatformClient
-from connectors.platform.sandbox import PlatformSandbox
 from tests.conftest import EXAMPLE_CONFIG, Stack
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64

@@ -18,10 +18,10 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from bridge import keys
-from bridge.chats import Actor
-from bridge.domain import Endpoint
-from bridge.events import IN_FLIGHT_SECONDS, StoredEvent
+from bridge.engine import keys
+from bridge.engine.endpoint import Endpoint
+from bridge.engine.events import IN_FLIGHT_SECONDS, StoredEvent
+from bridge.flows.chats import Actor
 from tests.conftest import Stack
 
 TAG = "{store:1001}"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
-from bridge.clock import ManualClock
-from bridge.redis_server import EmbeddedRedis, free_port
+from bridge.app.redis_server import EmbeddedRedis, free_port
+from bridge.engine.clock import ManualClock
 from tests.conftest import start_stack
 
 CHATS = "C0CHATS1001"

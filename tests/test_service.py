@@ -18,9 +18,9 @@ import yaml
 from aiohttp import web
 from redis.asyncio import Redis
 
+from bridge.app.redis_server import EmbeddedRedis, free_port
+from bridge.app.service import Bridge, open_redis
 from bridge.config import ConfigHolder
-from bridge.redis_server import EmbeddedRedis, free_port
-from bridge.service import Bridge, open_redis
 from tests.conftest import Stack
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.yaml"
@@ -103,7 +103,7 @@ async def test_serve_with_embedded_redis_reload_and_sigterm(tmp_path: Path) -> N
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env |= {"BRIDGE_PORT": str(port), "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge.cli", "serve", "--config", str(config),
+        sys.executable, "-m", "bridge", "serve", "--config", str(config),
         cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -148,7 +148,7 @@ async def test_demo_runs_and_exits_zero(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env |= {"BRIDGE_PORT": str(free_port())}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge.cli", "demo", "--config", str(EXAMPLE),
+        sys.executable, "-m", "bridge", "demo", "--config", str(EXAMPLE),
         cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=110)
@@ -220,7 +220,7 @@ def stack_redis_url(stack: Stack) -> str:
 async def test_a_rotated_slack_token_takes_effect_without_a_restart(
     redis: Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    from bridge.clock import ManualClock
+    from bridge.engine.clock import ManualClock
     from tests.conftest import start_stack
 
     path = tmp_path / "config.yaml"

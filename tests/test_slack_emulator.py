@@ -8,8 +8,8 @@ import pytest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bridge.clock import ManualClock
-from connectors.slack.emulator import SlackEmulator
+from bridge.engine.clock import ManualClock
+from bridge.sandbox.slack import SlackEmulator
 from tests.conftest import Stack
 
 

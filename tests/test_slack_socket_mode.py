@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridge.clock import ManualClock
+from bridge.engine.clock import ManualClock
 from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
 
 CHATS, TASKS, MAIN = "C0CHATS1001", "C0TASKS1001", "U0MAIN1001"

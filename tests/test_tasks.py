@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 
-from bridge import keys
+from bridge.engine import keys
 from tests.conftest import Stack
 
 TASKS = "C0TASKS1001"
@@ -189,7 +189,7 @@ async def test_export_writes_every_task_order(stack: Stack, redis_url: str, tmp_
     env = dict(os.environ, REDIS_URL=redis_url)
     out = tmp_path / "tasks.csv"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge.cli", "export", "tasks", "--config", str(EXAMPLE_CONFIG),
+        sys.executable, "-m", "bridge", "export", "tasks", "--config", str(EXAMPLE_CONFIG),
         "--status", "pending", "--format", "jsonl", env=env, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     lines = (await proc.communicate())[0].decode().splitlines()
@@ -197,7 +197,7 @@ async def test_export_writes_every_task_order(stack: Stack, redis_url: str, tmp_
     row = json.loads(lines[0])
     assert row["task_id"] == first and row["status"] == "pending" and row["store"] == "1001"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge.cli", "export", "tasks", "--config", str(EXAMPLE_CONFIG),
+        sys.executable, "-m", "bridge", "export", "tasks", "--config", str(EXAMPLE_CONFIG),
         "--format", "csv", "--out", str(out), env=env,
     )  # fmt: skip
     assert await proc.wait() == 0

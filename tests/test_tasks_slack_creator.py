@@ -3,7 +3,7 @@ replies both ways, the log, /tasks, and the result with Contact buyer, all in th
 
 from __future__ import annotations
 
-from bridge import keys
+from bridge.engine import keys
 from tests.conftest import Stack
 
 CREATOR_CHANNEL, CREATOR_USER = "C0CREATOR7002", "U0C7002"

@@ -3,8 +3,8 @@ replies, and Resolve as a guided conversation (result → solution → evidence 
 
 from __future__ import annotations
 
-from bridge import keys
-from connectors.telegram.emulator import TgMessage
+from bridge.engine import keys
+from bridge.sandbox.telegram import TgMessage
 from tests.conftest import Stack
 
 GROUP = -1001002000001
@@ -169,8 +169,8 @@ async def test_files_shared_under_the_card_count_as_evidence_and_are_checked_at_
 
 
 async def test_a_resolve_conversation_survives_a_restart_of_the_bridge(stack: Stack, redis_url: str) -> None:
+    from bridge.app.service import Bridge, open_redis
     from bridge.config import ConfigHolder
-    from bridge.service import Bridge, open_redis
 
     tid, card = await raise_task(stack)
     await tap(stack, OWNER, card, f"rs:{tid}")

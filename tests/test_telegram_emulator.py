@@ -9,8 +9,8 @@ import pytest
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReactionTypeEmoji, ReplyParameters
 from telegram.error import BadRequest, RetryAfter
 
-from bridge.clock import ManualClock
-from connectors.telegram.emulator import BOT, TelegramEmulator
+from bridge.engine.clock import ManualClock
+from bridge.sandbox.telegram import BOT, TelegramEmulator
 
 TOKEN = "123456:test-token"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from bridge import keys
-from bridge.clock import ManualClock, SystemClock
-from bridge.timers import Timer, TimerStore, TimerWorker
+from bridge.engine import keys
+from bridge.engine.clock import ManualClock, SystemClock
+from bridge.engine.timers import Timer, TimerStore, TimerWorker
 
 T0 = 1_700_000_000.0
 
@@ -246,7 +246,7 @@ async def test_sleeping_worker_is_woken_by_an_earlier_timer_from_another_process
 WORKER_SCRIPT = """
 import asyncio, sys
 from redis.asyncio import Redis
-from bridge.timers import TimerStore, TimerWorker
+from bridge.engine.timers import TimerStore, TimerWorker
 
 async def main():
     r = Redis.from_url(sys.argv[1], decode_responses=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from bridge.outbox import FinalFailure, RetryLater
+from bridge.engine.outbox import FinalFailure, RetryLater
 
 
 class PlatformClient:

@@ -11,16 +11,16 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from bridge.domain import (
+from bridge.engine.endpoint import Endpoint
+from bridge.engine.ingest import IncomingRecord
+from bridge.flows.domain import (
     ChatClosed,
     ChatMessage,
-    Endpoint,
     TaskOrderComment,
     TaskOrderCreated,
     TaskOrderProcessed,
     TaskOrderTimedOut,
 )
-from bridge.ingest import IncomingRecord
 
 PING_TAG = "0"
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from bridge.backpressure import RETRY_AFTER_SECONDS
 from bridge.config import BridgeConfig, PlatformCredentials
-from bridge.domain import Endpoint
-from bridge.ingest import EventLog, StorageUnavailable
+from bridge.engine.backpressure import RETRY_AFTER_SECONDS
+from bridge.engine.endpoint import Endpoint
+from bridge.engine.ingest import EventLog, StorageUnavailable
 from connectors.platform.envelope import EnvelopeError, parse_push
 from connectors.platform.signing import signature_matches
 

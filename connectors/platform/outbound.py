@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 
 from bridge.config import BridgeConfig, PlatformCredentials
-from bridge.outbox import FinalFailure, OutboxJob, Sender
+from bridge.engine.outbox import FinalFailure, OutboxJob, Sender
 from connectors.platform.client import PlatformClient
 from rules.evidence import MAX_IMAGE_BYTES, media_refusal, sniff_media
 

@@ -23,16 +23,16 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bridge import keys, refs
-from bridge.backpressure import RETRY_AFTER_SECONDS, UNAVAILABLE
-from bridge.chats import Actor, ReplyMedia
 from bridge.config import Creator, Store
 from bridge.destinations import DELIVERED_AT, Core, Route, inbox_thread
-from bridge.events import EventHandler, StoredEvent
+from bridge.engine import keys, refs
+from bridge.engine.backpressure import RETRY_AFTER_SECONDS, UNAVAILABLE
+from bridge.engine.events import EventHandler, StoredEvent
+from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender
+from bridge.engine.ratelimit import SendSpacing
+from bridge.flows.chats import Actor, ReplyMedia
+from bridge.flows.tasks import evidence_count_problem, evidence_problems, status_name
 from bridge.i18n import t
-from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
-from bridge.ratelimit import SendSpacing
-from bridge.tasks import evidence_count_problem, evidence_problems, status_name
 from connectors.slack.render import render
 from connectors.slack.settings import SlackSettings
 from connectors.slack.text import slack_to_platform_text

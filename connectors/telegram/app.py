@@ -25,13 +25,13 @@ from telegram import Bot, Message, Update
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bridge import keys, refs
-from bridge.chats import Actor, ReplyMedia
 from bridge.destinations import DELIVERED_AT, Core, Route, inbox_thread
-from bridge.events import EventHandler, StoredEvent
+from bridge.engine import keys, refs
+from bridge.engine.events import EventHandler, StoredEvent
+from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender
+from bridge.engine.ratelimit import SendSpacing
+from bridge.flows.chats import Actor, ReplyMedia
 from bridge.i18n import t
-from bridge.outbox import FinalFailure, OutboxJob, RetryLater, Sender
-from bridge.ratelimit import SendSpacing
 from connectors.telegram.render import render, topic_name
 from connectors.telegram.settings import TelegramSettings
 from rules.evidence import SNIFF_BYTES

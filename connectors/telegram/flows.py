@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bridge import keys, refs
-from bridge.chats import ChatFlow
 from bridge.config import BridgeConfig, Creator, Store
+from bridge.engine import keys, refs
+from bridge.engine.outbox import OutboxJob
+from bridge.flows.chats import ChatFlow
+from bridge.flows.tasks import TaskFlow
 from bridge.i18n import t
-from bridge.outbox import OutboxJob
-from bridge.tasks import TaskFlow
 from connectors.telegram.app import TelegramConnector, TelegramInbound
 from connectors.telegram.resolve import RESULTS, STEP_BUTTONS, ResolveConversation
 

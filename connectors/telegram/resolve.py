@@ -14,11 +14,11 @@ from typing import Any
 
 import orjson
 
-from bridge import keys
-from bridge.chats import ReplyMedia, post_view
 from bridge.config import Agent, Destination, Store
+from bridge.engine import keys
+from bridge.flows.chats import ReplyMedia, post_view
+from bridge.flows.tasks import TaskFlow, evidence_count_problem, evidence_problems, status_name
 from bridge.i18n import t
-from bridge.tasks import TaskFlow, evidence_count_problem, evidence_problems, status_name
 from connectors.telegram.app import TelegramConnector, TelegramInbound
 from rules.solution import solution_problem
 

@@ -25,10 +25,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from bridge import keys
-from bridge.clock import Clock, SystemClock
-from bridge.metrics import METRICS
-from bridge.timers import Timer, TimerStore
+from bridge.engine import keys
+from bridge.engine.clock import Clock, SystemClock
+from bridge.engine.metrics import METRICS
+from bridge.engine.timers import Timer, TimerStore
 
 log = logging.getLogger(__name__)
 

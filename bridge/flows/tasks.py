@@ -17,15 +17,16 @@ from zoneinfo import ZoneInfo
 import orjson
 from redis.asyncio import Redis
 
-from bridge import keys
-from bridge.chats import Actor, post_view, read_hash
-from bridge.clock import Clock
 from bridge.config import BridgeConfig, Creator, Destination, Store
-from bridge.domain import TaskOrderComment, TaskOrderCreated, TaskOrderProcessed, TaskOrderTimedOut
-from bridge.events import StoredEvent
+from bridge.engine import keys
+from bridge.engine.clock import Clock
+from bridge.engine.events import StoredEvent
+from bridge.engine.outbox import Outbox, OutboxJob
+from bridge.engine.timers import Timer, TimerStore
+from bridge.flows.chats import Actor, post_view, read_hash
+from bridge.flows.domain import TaskOrderComment, TaskOrderCreated, TaskOrderProcessed, TaskOrderTimedOut
+from bridge.flows.steps import done_steps, take_steps
 from bridge.i18n import t
-from bridge.outbox import Outbox, OutboxJob
-from bridge.timers import Timer, TimerStore, done_steps, take_steps
 from rules.comments import comment_refusal
 from rules.deadline import task_deadline
 from rules.evidence import evidence_count_refusal, evidence_refusals

@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bridge.clock import Clock, SystemClock
-from bridge.listen import LocalServer
+from bridge.engine.clock import Clock, SystemClock
+from bridge.engine.listen import LocalServer
 
 BOT_ID = 7_000_000_001
 DOWNLOAD_LIMIT = 20 * 1024 * 1024  # getFile: bots may download files up to 20 MB

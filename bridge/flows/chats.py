@@ -18,16 +18,17 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from bridge import keys
-from bridge.clock import Clock
 from bridge.config import BridgeConfig, Destination, Store
 from bridge.destinations import DELIVERED_AT
-from bridge.domain import ChatClosed, ChatMessage
-from bridge.events import IN_FLIGHT_SECONDS, StoredEvent
+from bridge.engine import keys
+from bridge.engine.clock import Clock
+from bridge.engine.events import IN_FLIGHT_SECONDS, StoredEvent
+from bridge.engine.metrics import METRICS
+from bridge.engine.outbox import FinalFailure, Outbox, OutboxJob
+from bridge.engine.timers import Timer, TimerStore
+from bridge.flows.domain import ChatClosed, ChatMessage
+from bridge.flows.steps import take_steps
 from bridge.i18n import t
-from bridge.metrics import METRICS
-from bridge.outbox import FinalFailure, Outbox, OutboxJob
-from bridge.timers import Timer, TimerStore, take_steps
 from rules.permissions import Refusal, answer_refusal
 from rules.reply_window import WindowStep, next_step_at, window_start, window_steps
 from rules.routing import route_by_saturation

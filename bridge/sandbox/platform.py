@@ -23,9 +23,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bridge.clock import Clock, SystemClock
 from bridge.config import BridgeConfig, PlatformCredentials
-from bridge.listen import LocalServer
+from bridge.engine.clock import Clock, SystemClock
+from bridge.engine.listen import LocalServer
 from connectors.platform.signing import sign
 from rules.evidence import MAX_EVIDENCE_FILES, MAX_VIDEO_BYTES, SNIFF_BYTES, media_refusal, sniff_media
 

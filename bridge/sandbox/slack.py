@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bridge.clock import Clock, SystemClock
-from bridge.listen import LocalServer
+from bridge.engine.clock import Clock, SystemClock
+from bridge.engine.listen import LocalServer
 
 BOT_USER, BOT_ID, TEAM = "UBRIDGEBOT", "BBRIDGEBOT", "T0FEIGE"
 

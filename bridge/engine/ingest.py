@@ -19,10 +19,10 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-from bridge import keys
-from bridge.clock import Clock, SystemClock
-from bridge.cluster import is_cluster
-from bridge.domain import Endpoint
+from bridge.engine import keys
+from bridge.engine.clock import Clock, SystemClock
+from bridge.engine.cluster import is_cluster
+from bridge.engine.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 

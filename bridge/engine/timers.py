@@ -15,16 +15,16 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bridge import keys
-from bridge.clock import Clock, SystemClock
-from rules.reply_window import WindowStep, due_steps, next_step_at
+from bridge.engine import keys
+from bridge.engine.clock import Clock, SystemClock
+from bridge.engine.wakeups import listen_for_wakeups
 
 log = logging.getLogger(__name__)
 
@@ -494,61 +494,3 @@ class TimerWorker:
     def _on_wake(self, due_ms: str | None) -> None:
         if due_ms is None or float(due_ms) < self._next_ms:
             self._wake.set()
-
-
-async def listen_for_wakeups(
-    redis: Redis, channel: str, on_message: Callable[[str | None], None], stopping: Callable[[], bool]
-) -> None:
-    """Calls ``on_message`` with each payload published on ``channel`` until ``stopping()``, and with
-    None each time the subscription is (re)made: something published meanwhile was missed.
-    Wake-ups only shorten waits, so whatever breaks the subscription, it is made again."""
-    # Polls with a short timeout rather than relying on task cancellation, which redis-py's
-    # pub/sub reader can swallow while a read is in progress.
-    while not stopping():
-        pubsub = redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(channel)
-            on_message(None)
-            while not stopping():
-                message = await pubsub.get_message(timeout=0.25)
-                if message is not None:
-                    on_message(str(message["data"]))
-        except Exception as exc:
-            log.warning("wake-up channel %s lost, resubscribing: %r", channel, exc)
-            await asyncio.sleep(1.0)
-        finally:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-
-def done_steps(state: Mapping[str, str], prefix: str) -> set[str]:
-    """The names of the steps marked done (``<prefix><step>`` fields) in a state hash."""
-    return {f.removeprefix(prefix) for f in state if f.startswith(prefix)}
-
-
-async def take_steps(
-    timers: TimerStore,
-    timer: Timer,
-    state_key: str,
-    state: Mapping[str, str],
-    prefix: str,
-    steps: Sequence[WindowStep],
-    take: Callable[[WindowStep], Awaitable[bool]],
-) -> None:
-    """One timer walking a schedule of steps (a reply window's reminders and close, a task order's
-    reminders and deadline): each step due now and not yet marked done (``<prefix><step>`` on
-    ``state_key``, whose fields ``state`` holds) is handed to ``take``, which returns False to end
-    the schedule (the close), and marked done only once taken: a worker that dies in between leaves
-    the step to the next run, and ``take`` is idempotent, so it happens once in effect. Then the
-    timer is moved to the next step."""
-    done = done_steps(state, prefix)
-    now = timers.clock.now()
-    for step in due_steps(steps, now, done):
-        go_on = await take(step)
-        await timers.redis.hsetnx(state_key, prefix + step.name, str(now))
-        done.add(step.name)
-        if not go_on:
-            return
-    following = next_step_at(steps, done)
-    if following is not None:
-        await timers.schedule(timer.key, max(following, now))

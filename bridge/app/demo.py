@@ -23,14 +23,14 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import yaml
 
-from bridge import keys
-from bridge.cli import headline
+from bridge.app.cli import headline
+from bridge.app.service import Bridge, connect_redis
 from bridge.config import ConfigError, ConfigHolder, LoadedConfig, load_config
-from bridge.service import Bridge, connect_redis
-from connectors.platform.sandbox import PlatformSandbox
+from bridge.engine import keys
+from bridge.sandbox.platform import PlatformSandbox
+from bridge.sandbox.slack import SlackEmulator
+from bridge.sandbox.telegram import BOT_ID, TelegramEmulator
 from connectors.platform.signing import sign
-from connectors.slack.emulator import SlackEmulator
-from connectors.telegram.emulator import BOT_ID, TelegramEmulator
 
 DEMO_REDIS_DIR = Path("var/demo-redis")  # a clean slate every run: the demo's story starts from nothing
 DEMO_WINDOW = {"seconds": 10, "reminders_before": [6, 3], "escalate_before": 3}

@@ -8,7 +8,7 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from bridge import keys
+from bridge.engine import keys
 
 
 async def save_root(redis: Redis, tag: str, chat_key: str, service: str, channel: str, message: str) -> None:

@@ -27,11 +27,11 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from bridge import keys
-from bridge.clock import Clock, SystemClock
-from bridge.cluster import is_cluster
-from bridge.domain import Endpoint
-from bridge.timers import listen_for_wakeups
+from bridge.engine import keys
+from bridge.engine.clock import Clock, SystemClock
+from bridge.engine.cluster import is_cluster
+from bridge.engine.endpoint import Endpoint
+from bridge.engine.wakeups import listen_for_wakeups
 
 log = logging.getLogger(__name__)
 

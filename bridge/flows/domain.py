@@ -6,28 +6,10 @@ its pushes onto these models one to one; Slack and Telegram never appear here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where stored events come from: a store's or a creator's platform pushes, or a destination's
-    own deliveries (``destination``/``slack``: what people did in Slack)."""
-
-    kind: Literal["store", "creator", "destination"]
-    id: str
-
-    @property
-    def tag(self) -> str:
-        """The Redis hash tag of everything this endpoint owns."""
-        return "{" + self.kind + ":" + self.id + "}"
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.id}"
 
 
 class _Event(BaseModel):

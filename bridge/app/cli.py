@@ -92,7 +92,7 @@ def _load_holder(path: Path) -> ConfigHolder | None:
 
 
 def serve(path: Path, host: str | None, port: int | None, role: str = "all") -> int:
-    from bridge.service import Bridge, connect_redis, serve_until_signalled
+    from bridge.app.service import Bridge, connect_redis, serve_until_signalled
 
     holder = _load_holder(path)
     if holder is None:
@@ -106,7 +106,7 @@ def serve(path: Path, host: str | None, port: int | None, role: str = "all") -> 
 
 
 def sandbox(path: Path, host: str, port: int, bridge_url: str | None) -> int:
-    from connectors.platform.sandbox import PlatformSandbox
+    from bridge.sandbox.platform import PlatformSandbox
 
     try:
         loaded = load_config(path)
@@ -137,11 +137,11 @@ def export_tasks(path: Path, status: str, fmt: str, out: Path | None) -> int:
     import io
     import json
 
-    from bridge.clock import SystemClock
-    from bridge.outbox import Outbox
-    from bridge.service import connect_redis
-    from bridge.tasks import TaskFlow
-    from bridge.timers import TimerStore
+    from bridge.app.service import connect_redis
+    from bridge.engine.clock import SystemClock
+    from bridge.engine.outbox import Outbox
+    from bridge.engine.timers import TimerStore
+    from bridge.flows.tasks import TaskFlow
 
     try:
         config = load_config(path).config
@@ -185,7 +185,7 @@ def export_tasks(path: Path, status: str, fmt: str, out: Path | None) -> int:
 
 async def _on_redis(work: Callable[[Redis], Awaitable[T]]) -> T:
     """Runs ``work`` against the bridge's Redis (REDIS_URL, or the embedded server's data)."""
-    from bridge.service import close_redis, connect_redis
+    from bridge.app.service import close_redis, connect_redis
 
     redis, embedded = connect_redis()
     try:
@@ -200,9 +200,9 @@ def dead_letters(path: Path, action: str, letter_id: str | None, store: str | No
     """D5: lists, replays or drops what the outbox could not deliver while it mattered."""
     from datetime import UTC, datetime
 
-    from bridge import keys
-    from bridge.outbox import Outbox
-    from bridge.timers import TimerStore
+    from bridge.engine import keys
+    from bridge.engine.outbox import Outbox
+    from bridge.engine.timers import TimerStore
 
     try:
         config = load_config(path).config
@@ -314,10 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         return export_tasks(args.config, args.status, args.format, args.out)
     if args.command == "sandbox":
         return sandbox(args.config, args.host, args.port, args.bridge_url)
-    from bridge.demo import run_demo
+    from bridge.app.demo import run_demo
 
     return run_demo(args.config, keep_serving=args.serve)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

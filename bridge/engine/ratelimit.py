@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from bridge import keys
-from bridge.clock import Clock
-from bridge.outbox import Expired
+from bridge.engine import keys
+from bridge.engine.clock import Clock
+from bridge.engine.outbox import Expired
 
 # Each message reserves its own slot, so messages queued for one target do not all wake at the
 # same free moment and fight over it (a thundering herd); the slot is kept for the job until used.

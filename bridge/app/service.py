@@ -28,23 +28,23 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from bridge import keys
-from bridge.backpressure import answer_503_while_redis_is_unavailable
-from bridge.chats import ChatFlow
-from bridge.clock import Clock, SystemClock
-from bridge.cluster import is_cluster
+from bridge.app.redis_server import EmbeddedRedis
 from bridge.config import ConfigHolder
 from bridge.destinations import Connector, Core, Inbox, plugins
-from bridge.domain import Endpoint
-from bridge.events import FORGET_RETRY_SECONDS, EventConsumer, EventHandler, StoredEvent
-from bridge.ingest import EventLog
-from bridge.listen import listen
-from bridge.metrics import METRICS
-from bridge.outbox import Outbox
-from bridge.redact import REDACTOR, secrets_in
-from bridge.redis_server import EmbeddedRedis
-from bridge.tasks import TaskFlow
-from bridge.timers import Handler, Timer, TimerStore, TimerWorker
+from bridge.engine import keys
+from bridge.engine.backpressure import answer_503_while_redis_is_unavailable
+from bridge.engine.clock import Clock, SystemClock
+from bridge.engine.cluster import is_cluster
+from bridge.engine.endpoint import Endpoint
+from bridge.engine.events import FORGET_RETRY_SECONDS, EventConsumer, EventHandler, StoredEvent
+from bridge.engine.ingest import EventLog
+from bridge.engine.listen import listen
+from bridge.engine.metrics import METRICS
+from bridge.engine.outbox import Outbox
+from bridge.engine.redact import REDACTOR, secrets_in
+from bridge.engine.timers import Handler, Timer, TimerStore, TimerWorker
+from bridge.flows.chats import ChatFlow
+from bridge.flows.tasks import TaskFlow
 from connectors.platform.inbound import MAX_PUSH_BYTES, PlatformWebhooks
 from connectors.platform.outbound import PlatformSenders
 

@@ -1,0 +1,39 @@
+"""Wake-ups over Redis pub/sub: a schedule earlier than what sleeping workers know of, or a new
+stored event, wakes the workers of every process at once instead of at their next poll."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+
+async def listen_for_wakeups(
+    redis: Redis, channel: str, on_message: Callable[[str | None], None], stopping: Callable[[], bool]
+) -> None:
+    """Calls ``on_message`` with each payload published on ``channel`` until ``stopping()``, and with
+    None each time the subscription is (re)made: something published meanwhile was missed.
+    Wake-ups only shorten waits, so whatever breaks the subscription, it is made again."""
+    # Polls with a short timeout rather than relying on task cancellation, which redis-py's
+    # pub/sub reader can swallow while a read is in progress.
+    while not stopping():
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(channel)
+            on_message(None)
+            while not stopping():
+                message = await pubsub.get_message(timeout=0.25)
+                if message is not None:
+                    on_message(str(message["data"]))
+        except Exception as exc:
+            log.warning("wake-up channel %s lost, resubscribing: %r", channel, exc)
+            await asyncio.sleep(1.0)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
