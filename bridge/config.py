@@ -22,9 +22,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
+from rules import deadline, reply_window
+
 Locale = Literal["zh-CN", "en"]
 
 log = logging.getLogger(__name__)
+DEFAULT_TIMEZONE = "Asia/Shanghai"  # the platform's own (Douyin e-commerce runs on China time)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DESTINATION = re.compile(r"^([a-z][a-z0-9_]*):(\S+)$")
@@ -109,23 +112,23 @@ class Agent(_Model):
 
 
 class ReplyWindow(_Model):
-    seconds: int = Field(default=120, ge=1)
-    reminders_before: list[int] = Field(default_factory=lambda: [60, 30])
+    seconds: int = Field(default=reply_window.WINDOW_SECONDS, ge=1)
+    reminders_before: list[int] = Field(default_factory=lambda: list(reply_window.REMINDERS_BEFORE))
     escalate_before: int | None = Field(
         default=None, ge=1, description="also mention the other designated agents this long before"
     )
 
 
 class QuietHours(_Model):
-    start: time = time(21, 0)
-    end: time = time(9, 0)
+    start: time = deadline.QUIET_START
+    end: time = deadline.QUIET_END
 
 
 class TaskOrderSettings(_Model):
-    deadline_hours: int = Field(default=24, ge=1)
+    deadline_hours: int = Field(default=deadline.DEADLINE_HOURS, ge=1)
     quiet_hours: QuietHours = QuietHours()
     night_rule: Literal["move_to_morning", "carry_over"] = "move_to_morning"
-    reminders_before: list[int] = Field(default_factory=lambda: [7200, 1800])
+    reminders_before: list[int] = Field(default_factory=lambda: list(deadline.REMINDERS_BEFORE))
 
 
 class StoreDestinations(_Model):
@@ -139,7 +142,7 @@ class Store(_Model):
     id: str
     name: str = Field(min_length=1)
     locale: Locale = "zh-CN"
-    timezone: str = "Asia/Shanghai"
+    timezone: str = DEFAULT_TIMEZONE
     sandbox: bool = False
     platform: PlatformCredentials
     destinations: StoreDestinations
@@ -169,7 +172,7 @@ class Creator(_Model):
     id: str
     name: str = Field(min_length=1)
     locale: Locale = "zh-CN"
-    timezone: str = "Asia/Shanghai"
+    timezone: str = DEFAULT_TIMEZONE
     platform: PlatformCredentials
     destination: str
     telegram_user: int | None = None

@@ -14,6 +14,10 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 NightRule = Literal["move_to_morning", "carry_over"]
+DEADLINE_HOURS = 24
+QUIET_START, QUIET_END = time(21, 0), time(9, 0)
+REMINDERS_BEFORE = (7200, 1800)
+"""Reminders this many seconds before a task order's deadline (2 h and 30 min)."""
 
 
 def in_quiet_hours(moment: datetime, start: time, end: time) -> bool:
@@ -46,9 +50,9 @@ def task_deadline(
     created_at: datetime,
     tz: ZoneInfo,
     *,
-    hours: int = 24,
-    quiet_start: time = time(21, 0),
-    quiet_end: time = time(9, 0),
+    hours: int = DEADLINE_HOURS,
+    quiet_start: time = QUIET_START,
+    quiet_end: time = QUIET_END,
     night_rule: NightRule = "move_to_morning",
     platform_deadline: datetime | None = None,
 ) -> datetime:

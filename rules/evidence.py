@@ -13,6 +13,10 @@ SNIFF_BYTES = 16
 """How many leading bytes ``sniff_media`` needs."""
 
 MediaKind = Literal["image", "video"]
+IMAGE_FORMATS = ("jpg", "jpeg", "png")
+VIDEO_FORMATS = ("mp4", "flv", "mov", "avi", "mkv", "webm")
+"""File name extensions of the allowed types, for pickers that filter by name (the type itself
+is judged by content, ``sniff_media``)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,14 @@ def media_refusal(head: bytes, size: int) -> MediaRefusal | None:
 def evidence_count_refusal(count: int) -> MediaRefusal | None:
     """More than MAX_EVIDENCE_FILES files are refused as a whole."""
     return MediaRefusal("count", MAX_EVIDENCE_FILES) if count > MAX_EVIDENCE_FILES else None
+
+
+def evidence_limits() -> dict[str, int | str]:
+    """B7's limits as people read them (MB, the formats), to fill in texts and pickers."""
+    mib = 1024 * 1024
+    return {"max_files": MAX_EVIDENCE_FILES, "image_mb": MAX_IMAGE_BYTES // mib, "video_mb": MAX_VIDEO_BYTES // mib,
+            "images": "/".join(f.upper() for f in IMAGE_FORMATS if f != "jpeg"),
+            "videos": "/".join(f.upper() for f in VIDEO_FORMATS)}  # fmt: skip
 
 
 def evidence_refusals(files: list[tuple[bytes, int]]) -> list[tuple[int, MediaRefusal]]:

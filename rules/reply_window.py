@@ -12,6 +12,11 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+WINDOW_SECONDS = 120
+"""A4: the platform gives the merchant 2–3 minutes; the bridge closes at the earliest, 2."""
+REMINDERS_BEFORE = (60, 30)
+"""A5: reminders this many seconds before the close."""
+
 
 def window_start(running_since: float | None, message_at: float, awaiting_reply: bool) -> float | None:
     """When the window that is running after this platform message started (None: no window)."""

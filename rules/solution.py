@@ -23,3 +23,12 @@ def solution_problem(text: str) -> Literal["empty", "placeholder", "short"] | No
     if len(cleaned) < MIN_SOLUTION_CHARS:
         return "short"
     return None
+
+
+def solution_refusal(text: str, confirmed: bool) -> Literal["empty", "unconfirmed"] | None:
+    """Whether a solution may go, however it was written (a modal, a guided conversation): an empty
+    one never; a placeholder or short one only once the person confirmed it is meant."""
+    problem = solution_problem(text)
+    if problem == "empty":
+        return "empty"
+    return "unconfirmed" if problem is not None and not confirmed else None

@@ -18,7 +18,7 @@ from bridge import config as config_module
 from bridge.config import ConfigError, parse_config
 from bridge.destinations import plugins
 from bridge.engine.clock import ManualClock
-from bridge.flows.chats import Actor
+from bridge.flows.views import Actor
 from tests.conftest import EXAMPLE_CONFIG, start_stack
 
 ROOT = Path(__file__).resolve().parent.parent

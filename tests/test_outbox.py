@@ -7,7 +7,7 @@ from typing import Any
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
 from bridge.engine.outbox import FinalFailure, Outbox, OutboxJob
-from connectors.platform.outbound import SEND_MESSAGE
+from bridge.flows.jobs import SEND_MESSAGE
 from tests.conftest import Stack
 
 TAG = "{store:1001}"
@@ -80,7 +80,7 @@ async def test_final_failure_is_reported_and_the_thread_moves_on(stack: Stack) -
     async def report(job: OutboxJob, failure: FinalFailure, tag: str) -> None:
         reports.append((job.id, failure.reason, failure.status))
 
-    stack.bridge.outbox.on_failure = report
+    stack.bridge.outbox.failure_reporters[SEND_MESSAGE] = report
     cid = await stack.sandbox.open_chat("1001")
     stack.sandbox.conversations[cid].closed_reason = "reply_timeout"
     await stack.bridge.outbox.enqueue(TAG, f"chat:{cid}", reply("late", cid, "晚了"))

@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from bridge.engine import keys
 from bridge.engine.endpoint import Endpoint
 from bridge.engine.events import IN_FLIGHT_SECONDS, StoredEvent
-from bridge.flows.chats import Actor
+from bridge.flows.views import Actor
 from tests.conftest import Stack
 
 TAG = "{store:1001}"

@@ -172,7 +172,7 @@ async def test_demo_runs_and_exits_zero(tmp_path: Path) -> None:
         "💬 达人留言（达人 小美 Xiaomei）：好的，买家在等" in text
         and "💬 商家留言（店长 Li）：进展 10：已联系快递" in text
     )
-    assert "(only U0MAIN1001 sees) 留言未发送：comment limit reached (10/10)" in text
+    assert "(only U0MAIN1001 sees) 留言未发送：本方留言已达上限（10/10）" in text
     assert (
         "modal submitted (parcel.png, whole-shelf.png) → accepted" in text
         and "未提交处理，凭证不符合要求： ⏎ 文件 whole-shelf.png：超过 5 MB" in text

@@ -7,8 +7,10 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import aiohttp
+import pytest
 
 from bridge.engine import keys
+from bridge.flows import tasks as tasks_flow
 from tests.conftest import Stack
 
 TASKS = "C0TASKS1001"
@@ -95,7 +97,7 @@ async def test_comments_go_both_ways_and_the_eleventh_is_refused(stack: Stack) -
     await stack.settle()
     merchant = [c for c in stack.sandbox.task_orders[tid].comments if c["side"] == "merchant"]
     assert len(merchant) == 10
-    assert "comment limit reached (10/10)" in stack.slack.ephemerals[-1]["text"]
+    assert "留言未发送：本方留言已达上限（10/10）" in stack.slack.ephemerals[-1]["text"]
     assert await stack.redis.hget(keys.task(TAG, tid), "comments:merchant") == "10"
 
 
@@ -203,6 +205,18 @@ async def test_export_writes_every_task_order(stack: Stack, redis_url: str, tmp_
     assert await proc.wait() == 0
     rows = list(csv.DictReader(out.read_text(encoding="utf-8").splitlines()))
     assert len(rows) == 2 and rows[0]["issue_type"] == "物流问题 Logistics"
+
+
+async def test_the_comment_limit_comes_from_the_rule(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rules/ is the single source: the limit the flow enforces and tells is the rule's constant."""
+    monkeypatch.setattr(tasks_flow, "COMMENTS_PER_SIDE", 2)
+    tid = await raise_task(stack)
+    root = card(stack).ts
+    for i in range(3):
+        await stack.slack.user_message(MAIN, TASKS, f"进展 {i}", thread_ts=root)
+    await stack.settle()
+    assert [c["text"] for c in stack.sandbox.task_orders[tid].comments] == ["进展 0", "进展 1"]
+    assert "留言未发送：本方留言已达上限（2/2），每方最多 2 条。" in stack.slack.ephemerals[-1]["text"]
 
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 300
@@ -323,7 +337,7 @@ async def test_a_comment_the_platform_refuses_is_reported_to_its_author(stack: S
     stack.sandbox.fail_next("POST", f"/task-orders/{tid}/comments", 422)
     await stack.slack.user_message(MAIN, TASKS, "补充说明", thread_ts=card(stack).ts)
     await stack.settle()
-    assert stack.slack.ephemerals[-1]["text"] == "你的回复未能送达平台：injected fault"
+    assert stack.slack.ephemerals[-1]["text"] == f"你在任务单 {tid} 的留言未能送达平台：injected fault", "told as a comment"
 
 
 async def test_the_comment_button_explains_how_to_comment(stack: Stack) -> None:

@@ -317,4 +317,3 @@ def main(argv: list[str] | None = None) -> int:
     from bridge.app.demo import run_demo
 
     return run_demo(args.config, keep_serving=args.serve)
-

@@ -293,7 +293,7 @@ async def _task_scenes(
         await slack.user_message(
             main, task_channel, f"进展 {i}：已联系快递" if i < 11 else "第 11 条", thread_ts=card_ts
         )
-    await _until(lambda: any("10/10" in e["text"] for e in slack.ephemerals) or None)
+    await _until(lambda: any("（10/10）" in e["text"] for e in slack.ephemerals) or None)
     good = slack.add_file("parcel.png", PNG, "image/png")
     huge = slack.add_file("whole-shelf.png", PNG, "image/png") | {"size": 6 * 1024 * 1024}
     solution = "已为买家补发，顺丰单号 SF123456789"

@@ -97,14 +97,14 @@ class Bridge:
         self.event_handlers.setdefault("im_platform_message", self.chats.on_platform_message)
         self.event_handlers.setdefault("im_platform_closed", self.chats.on_platform_closed)
         self.timer_handlers.setdefault("window", self.chats.on_window_timer)
-        self.outbox.on_failure = self.chats.on_reply_failed
+        self.outbox.register({}, self.chats.failure_reporters())
         self.tasks = TaskFlow(self.redis, lambda: self.holder.current, self.timers, self.outbox, self.clock)
         self.event_handlers.setdefault("task_order_created", self.tasks.on_created)
         self.event_handlers.setdefault("task_order_comment", self.tasks.on_comment)
         self.event_handlers.setdefault("task_order_processed", self.tasks.on_processed)
         self.event_handlers.setdefault("task_order_timeout", self.tasks.on_timeout)
         self.timer_handlers.setdefault("deadline", self.tasks.on_deadline_timer)
-        self.outbox.register({"bridge.task_finish": self.tasks.on_finish_job})
+        self.outbox.register(self.tasks.senders(), self.tasks.failure_reporters())
         # Every configured destination (bridge/destinations.py): its senders, file fetcher and route.
         self._core = Core(
             lambda: self.holder.current, self.redis, self.clock, self.outbox, self.http, self.chats, self.tasks,

@@ -142,7 +142,8 @@ class Outbox:
     redis: Redis
     timers: TimerStore
     senders: dict[str, Sender] = field(default_factory=dict)
-    on_failure: FailureReporter | None = None
+    failure_reporters: dict[str, FailureReporter] = field(default_factory=dict)
+    """By job kind: who is told when a job of that kind fails for good (the flow that queued it)."""
     clock: Clock = field(default_factory=SystemClock)
     base_delay: float = 1.0
     max_delay: float = MAX_RETRY_DELAY_SECONDS
@@ -153,8 +154,10 @@ class Outbox:
         self._enqueue = self.redis.register_script(_ENQUEUE)
         self._pop_head = self.redis.register_script(_POP_HEAD)
 
-    def register(self, kinds: Mapping[str, Sender]) -> None:
+    def register(self, kinds: Mapping[str, Sender], failures: Mapping[str, FailureReporter] | None = None) -> None:
+        """Senders by job kind, and (for the flow that owns a kind) who hears of a final failure."""
         self.senders.update(kinds)
+        self.failure_reporters.update(failures or {})
 
     async def enqueue(self, tag: str, thread: str, job: OutboxJob) -> bool:
         """Queues ``job`` behind the others of its thread. False when this job id was queued before."""
@@ -304,9 +307,10 @@ class Outbox:
         self.stats.failed += 1
         METRICS.outbox.labels(job.kind, "failed").inc()
         await self._dead_letter(tag, thread, job, exc.reason, exc.status, cause)
-        if self.on_failure is not None and job.report_to is not None:
+        report = self.failure_reporters.get(job.kind)
+        if report is not None and job.report_to is not None:
             try:
-                await self.on_failure(job, exc, tag)
+                await report(job, exc, tag)
             except Exception:
                 log.exception("outbox %s %s: could not report the failure", tag, job.id)
 

@@ -24,10 +24,12 @@ from bridge.engine import keys
 from bridge.engine.clock import Clock
 from bridge.engine.events import IN_FLIGHT_SECONDS, StoredEvent
 from bridge.engine.metrics import METRICS
-from bridge.engine.outbox import FinalFailure, Outbox, OutboxJob
+from bridge.engine.outbox import FailureReporter, FinalFailure, Outbox, OutboxJob
 from bridge.engine.timers import Timer, TimerStore
+from bridge.flows import jobs
 from bridge.flows.domain import ChatClosed, ChatMessage
 from bridge.flows.steps import take_steps
+from bridge.flows.views import Actor, ReplyMedia, post_view, read_hash, tell_privately
 from bridge.i18n import t
 from rules.permissions import Refusal, answer_refusal
 from rules.reply_window import WindowStep, next_step_at, window_start, window_steps
@@ -120,30 +122,6 @@ if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HSETNX', KEYS[1], 'late:' 
 end
 return 1
 """
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who did something in a destination, and where to answer them privately."""
-
-    service: str
-    user: str
-    channel: str
-    thread: str | None = None
-    message: str | None = None
-    """The destination's id of the message they wrote (for a reaction)."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if v is not None}
-
-
-@dataclass(frozen=True)
-class ReplyMedia:
-    service: str
-    url: str
-    name: str
-    mimetype: str
-    size: int
 
 
 @dataclass(frozen=True)
@@ -357,7 +335,7 @@ class ChatFlow:
             "job": vars(
                 OutboxJob(
                     f"react:{actor.channel}:{actor.message}",
-                    f"{dest.service}.react",
+                    jobs.destination(dest.service, jobs.REACT),
                     {
                         "store": store.id,
                         "channel": actor.channel,
@@ -370,9 +348,9 @@ class ChatFlow:
         report = actor.as_dict() | {"store": store.id, "chat": cid, "locale": store.locale}
         parts: list[tuple[str, dict[str, Any]]] = []
         if text.strip():
-            parts.append(("platform.send_message", {"content": {"type": "text", "text": text}}))
+            parts.append((jobs.SEND_MESSAGE, {"content": {"type": "text", "text": text}}))
         for i, item in enumerate(media):
-            parts.append(("platform.send_image", {"media": vars(item), "index": i}))
+            parts.append((jobs.SEND_IMAGE, {"media": vars(item), "index": i}))
         for i, (kind, extra) in enumerate(parts):
             payload = {"endpoint": f"store:{store.id}", "conversation_id": cid, "agent_id": agent_id} | extra
             # A reply matters while its chat is open; after that it is dead-lettered and its author told.
@@ -396,19 +374,20 @@ class ChatFlow:
         if running:
             await self._schedule_window(store, tag, cid, float(running))
 
+    def failure_reporters(self) -> dict[str, FailureReporter]:
+        return {jobs.SEND_MESSAGE: self.on_reply_failed, jobs.SEND_IMAGE: self.on_reply_failed}
+
     async def on_reply_failed(self, job: OutboxJob, failure: FinalFailure, tag: str) -> None:
         """The platform refused a reply for good: tell its author; a 409 means the chat is closed
         on the platform's side, so it is closed here too."""
         report = job.report_to or {}
         store = self.config.store(str(report.get("store", "")))
-        if store is None or not job.kind.startswith("platform."):
+        if store is None:
             return
         if failure.status == 409 and "chat" in report:
             await self.close(store, str(report["chat"]), "platform_closed", "")
-        actor = Actor(str(report["service"]), str(report["user"]), str(report["channel"]), report.get("thread"),
-                      report.get("message"))  # fmt: skip
         text = t(str(report.get("locale") or store.locale), "reply.failed", reason=failure.reason)
-        await self.tell_privately(store, actor, text, f"failed:{job.id}")
+        await self.tell_privately(store, Actor.reported(report), text, f"failed:{job.id}")
 
     # -- stats (A9) ----------------------------------------------------------------------------------
 
@@ -531,10 +510,7 @@ class ChatFlow:
         await self.tell_privately(store, actor, text, f"refuse:{actor.channel}:{actor.message}")
 
     async def tell_privately(self, store: Store, actor: Actor, text: str, job_id: str) -> None:
-        """Only ``actor`` sees it where the destination allows (Slack ephemeral); else a reply to them."""
-        payload = {"store": store.id, "locale": store.locale, "actor": actor.as_dict(), "text": text}
-        job = OutboxJob(f"{actor.service}:{job_id}", f"{actor.service}.ephemeral", payload)
-        await self.outbox.enqueue(keys.store_tag(store.id), f"private:{actor.service}:{actor.user}", job)
+        await tell_privately(self.outbox, store, actor, text, job_id)
 
 
 def _summary(first_message: str | None) -> str:
@@ -548,37 +524,3 @@ def _summary(first_message: str | None) -> str:
         return "🖼"
     text = " ".join(str(content.get("text", "")).split())
     return text if len(text) <= 40 else text[:39] + "…"
-
-
-async def read_hash(redis: Redis, key: str) -> dict[str, str]:
-    return {str(k): str(v) for k, v in (await redis.hgetall(key)).items()}
-
-
-async def post_view(
-    outbox: Outbox,
-    tag: str,
-    thread_key: str,
-    store_id: str | None,
-    dest: Destination,
-    job_id: str,
-    action: str,
-    view: dict[str, Any],
-    root: bool = False,
-    relevant_key: str | None = None,
-) -> None:
-    """Queues a view for a destination: ``action`` is post or update_root; ``thread_key`` names what
-    the messages belong to (``chat:<id>``, ``task:<id>``) under ``tag``; the root is its first post.
-    ``store_id`` lets the renderer resolve agents' mentions (None for a creator's destination). A
-    view with ``expires_at`` (a reminder) is dead-lettered rather than shown after that moment;
-    ``relevant_key`` is the state of the chat or task order it belongs to (see ``OutboxJob``)."""
-    payload = {
-        "tag": tag,
-        "thread_key": thread_key,
-        "store": store_id,
-        "channel": dest.target,
-        "view": view,
-        "root": root,
-    }
-    job = OutboxJob(f"{dest.service}:{job_id}", f"{dest.service}.{action}", payload, expires_at=view.get("expires_at"),
-                    relevant_key=relevant_key)  # fmt: skip
-    await outbox.enqueue(tag, f"{thread_key}:{dest.service}", job)

@@ -17,19 +17,20 @@ from zoneinfo import ZoneInfo
 import orjson
 from redis.asyncio import Redis
 
-from bridge.config import BridgeConfig, Creator, Destination, Store
+from bridge.config import DEFAULT_TIMEZONE, BridgeConfig, Creator, Destination, Store, TaskOrderSettings
 from bridge.engine import keys
 from bridge.engine.clock import Clock
 from bridge.engine.events import StoredEvent
-from bridge.engine.outbox import Outbox, OutboxJob
+from bridge.engine.outbox import FailureReporter, FinalFailure, Outbox, OutboxJob, Sender
 from bridge.engine.timers import Timer, TimerStore
-from bridge.flows.chats import Actor, post_view, read_hash
+from bridge.flows import jobs
 from bridge.flows.domain import TaskOrderComment, TaskOrderCreated, TaskOrderProcessed, TaskOrderTimedOut
 from bridge.flows.steps import done_steps, take_steps
+from bridge.flows.views import Actor, post_view, read_hash, tell_privately
 from bridge.i18n import t
-from rules.comments import comment_refusal
+from rules.comments import COMMENTS_PER_SIDE, comment_refusal
 from rules.deadline import task_deadline
-from rules.evidence import evidence_count_refusal, evidence_refusals
+from rules.evidence import evidence_count_refusal, evidence_limits, evidence_refusals
 from rules.reply_window import WindowStep, next_step_at, window_steps
 
 log = logging.getLogger(__name__)
@@ -132,22 +133,16 @@ class TaskFlow:
         await self._to_merchant(store, order.task_id, "card", "post", await self._card_view(store, order.task_id), True)
 
     def _deadline(self, store: Store | None, order: TaskOrderCreated) -> float:
-        settings = store.task_orders if store else None
-        tz = ZoneInfo(store.timezone if store else "Asia/Shanghai")
-        ours = task_deadline(
+        settings = store.task_orders if store else TaskOrderSettings()
+        return task_deadline(
             order.created_at,
-            tz,
-            hours=settings.deadline_hours if settings else 24,
-            quiet_start=settings.quiet_hours.start if settings else datetime.min.time().replace(hour=21),
-            quiet_end=settings.quiet_hours.end if settings else datetime.min.time().replace(hour=9),
-            night_rule=settings.night_rule if settings else "move_to_morning",
-        )
-        if order.deadline_at is not None:
-            if abs(order.deadline_at.timestamp() - ours.timestamp()) >= 1:
-                log.info("task %s: the platform's deadline %s differs from ours %s; theirs wins",
-                         order.task_id, order.deadline_at.isoformat(), ours.isoformat())  # fmt: skip
-            return order.deadline_at.timestamp()
-        return ours.timestamp()
+            ZoneInfo(store.timezone if store else DEFAULT_TIMEZONE),
+            hours=settings.deadline_hours,
+            quiet_start=settings.quiet_hours.start,
+            quiet_end=settings.quiet_hours.end,
+            night_rule=settings.night_rule,
+            platform_deadline=order.deadline_at,
+        ).timestamp()
 
     def _steps(self, store: Store, created: float, deadline: float) -> list[Any]:
         # The exact span: a whole number of seconds would put the deadline up to a second early.
@@ -264,14 +259,14 @@ class TaskFlow:
         task = await self._task(tag, tid)
         locale = store.locale if side == "merchant" else self._creator_locale(task)
         comment_id = f"{actor.service}:{actor.channel}:{actor.message}"
-        taken = int(await self._take_comment(keys=[keys.task(tag, tid)], args=[side, 10, comment_id]))
+        taken = int(await self._take_comment(keys=[keys.task(tag, tid)], args=[side, COMMENTS_PER_SIDE, comment_id]))
         if taken < 0:
             status = task.get("status", "pending")
-            refusal = comment_refusal(status, 10 if taken == -2 else 0)
+            refusal = comment_refusal(status, COMMENTS_PER_SIDE if taken == -2 else 0, COMMENTS_PER_SIDE)
             text_key = "task.refuse.limit" if refusal == "limit" else "task.refuse.closed"
-            return t(locale, text_key, status=status_name(locale, status))
+            return t(locale, text_key, status=status_name(locale, status), limit=COMMENTS_PER_SIDE)
         endpoint = f"store:{store.id}" if side == "merchant" else f"creator:{task.get('creator', '')}"
-        job = OutboxJob(f"comment:{comment_id}", "platform.add_comment",
+        job = OutboxJob(f"comment:{comment_id}", jobs.ADD_COMMENT,
                         {"endpoint": endpoint, "task_id": tid, "side": side, "author_id": author_id, "text": text},
                         report_to=actor.as_dict() | {"store": store.id, "locale": locale},
                         relevant_key=keys.task(tag, tid), relevant_grace=0.0)  # fmt: skip
@@ -327,16 +322,34 @@ class TaskFlow:
         tag = keys.store_tag(store.id)
         done = {"store": store.id, "task_id": tid, "status": result, "operator": operator[1], "solution": solution}
         finish = {"tag": tag, "thread": f"task:{tid}:bridge",
-                  "job": vars(OutboxJob(f"finish:{tid}", "bridge.task_finish", done))}  # fmt: skip
+                  "job": vars(OutboxJob(f"finish:{tid}", jobs.FINISH_TASK_ORDER, done))}  # fmt: skip
         payload = {"endpoint": f"store:{store.id}", "task_id": tid, "result": result, "solution": solution,
                    "operator_id": operator[0], "evidence": evidence}  # fmt: skip
         report = actor.as_dict() | {"store": store.id, "locale": store.locale}
-        job = OutboxJob(f"process:{tid}:{action_id}", "platform.process_with_evidence", payload, report_to=report,
+        job = OutboxJob(f"process:{tid}:{action_id}", jobs.PROCESS_TASK_ORDER, payload, report_to=report,
                         then=[finish], relevant_key=keys.task(tag, tid), relevant_grace=0.0)  # fmt: skip
         await self.outbox.enqueue(tag, f"task:{tid}:platform", job)
         if evidence:
             await self._log(tag, tid, "evidence_added", "merchant", f"{operator[1]} ({len(evidence)})",
                             entry_id=f"evidence:{action_id}")  # fmt: skip
+
+    def senders(self) -> dict[str, Sender]:
+        """The flow's own follow-up jobs."""
+        return {jobs.FINISH_TASK_ORDER: self.on_finish_job}
+
+    def failure_reporters(self) -> dict[str, FailureReporter]:
+        return {jobs.ADD_COMMENT: self.on_platform_refused, jobs.PROCESS_TASK_ORDER: self.on_platform_refused}
+
+    async def on_platform_refused(self, job: OutboxJob, failure: FinalFailure, tag: str) -> None:
+        """The platform refused a comment or a processing for good: its author is told why."""
+        report = job.report_to or {}
+        store = self.config.store(str(report.get("store", "")))
+        if store is None:
+            return
+        key = "task.comment_failed" if job.kind == jobs.ADD_COMMENT else "task.process_failed"
+        text = t(str(report.get("locale") or store.locale), key, task_id=job.payload.get("task_id"),
+                 reason=failure.reason)  # fmt: skip
+        await tell_privately(self.outbox, store, Actor.reported(report), text, f"failed:{job.id}")
 
     async def on_finish_job(self, job: OutboxJob) -> None:
         p = job.payload
@@ -546,7 +559,7 @@ def evidence_problems(locale: str, files: list[tuple[str, bytes, int]]) -> str:
         if index < 0:
             return evidence_count_problem(locale, len(files))
         limit_mb = (refusal.limit or 0) // (1024 * 1024)
-        reason = t(locale, f"task.process.reason.{refusal.reason}", limit_mb=limit_mb)
+        reason = t(locale, f"task.process.reason.{refusal.reason}", **(evidence_limits() | {"limit_mb": limit_mb}))
         lines.append(t(locale, "task.process.bad_file", name=files[index][0], reason=reason))
     return "\n".join(lines)
 

@@ -27,11 +27,10 @@ from bridge.config import BridgeConfig, PlatformCredentials
 from bridge.engine.clock import Clock, SystemClock
 from bridge.engine.listen import LocalServer
 from connectors.platform.signing import sign
+from rules.comments import COMMENTS_PER_SIDE  # the platform keeps the same limits
 from rules.evidence import MAX_EVIDENCE_FILES, MAX_VIDEO_BYTES, SNIFF_BYTES, media_refusal, sniff_media
 
 log = logging.getLogger(__name__)
-
-COMMENTS_PER_SIDE = 10
 
 
 @dataclass

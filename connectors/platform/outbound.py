@@ -12,16 +12,12 @@ import aiohttp
 
 from bridge.config import BridgeConfig, PlatformCredentials
 from bridge.engine.outbox import FinalFailure, OutboxJob, Sender
+from bridge.flows import jobs
 from connectors.platform.client import PlatformClient
-from rules.evidence import MAX_IMAGE_BYTES, media_refusal, sniff_media
+from rules.evidence import MAX_IMAGE_BYTES, SNIFF_BYTES, media_refusal, sniff_media
 
 MediaFetcher = Callable[[str], Awaitable[bytes]]
 """Downloads a file a person attached in a destination (with that service's credentials)."""
-
-SEND_MESSAGE = "platform.send_message"
-SEND_IMAGE = "platform.send_image"
-ADD_COMMENT = "platform.add_comment"
-PROCESS_TASK_ORDER = "platform.process_task_order"
 
 
 class PlatformSenders:
@@ -41,11 +37,10 @@ class PlatformSenders:
 
     def senders(self) -> dict[str, Sender]:
         return {
-            SEND_MESSAGE: self.send_message,
-            SEND_IMAGE: self.send_image,
-            "platform.process_with_evidence": self.process_with_evidence,
-            ADD_COMMENT: self.add_comment,
-            PROCESS_TASK_ORDER: self.process_task_order,
+            jobs.SEND_MESSAGE: self.send_message,
+            jobs.SEND_IMAGE: self.send_image,
+            jobs.PROCESS_TASK_ORDER: self.process_with_evidence,
+            jobs.ADD_COMMENT: self.add_comment,
         }
 
     async def send_message(self, job: OutboxJob) -> None:
@@ -85,7 +80,7 @@ class PlatformSenders:
             if fetch is None:
                 raise FinalFailure(f"cannot download files from {item.get('service')}")
             data = await fetch(item["url"])
-            refusal = media_refusal(data[:16], len(data))
+            refusal = media_refusal(data[:SNIFF_BYTES], len(data))
             if refusal is not None:
                 raise FinalFailure(f"{item['name']}: evidence refused ({refusal.reason})")
             uploaded = await client.upload_media(data, item["name"], item.get("mimetype", ""), f"{job.id}:media:{i}")
@@ -95,9 +90,3 @@ class PlatformSenders:
     async def add_comment(self, job: OutboxJob) -> None:
         p = job.payload
         await self.client(p["endpoint"]).add_comment(p["task_id"], p["side"], p["author_id"], p["text"], job.id)
-
-    async def process_task_order(self, job: OutboxJob) -> None:
-        p = job.payload
-        await self.client(p["endpoint"]).process_task_order(
-            p["task_id"], p["result"], p["solution"], p.get("evidence", []), p["operator_id"], job.id
-        )

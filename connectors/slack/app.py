@@ -30,14 +30,16 @@ from bridge.engine.backpressure import RETRY_AFTER_SECONDS, UNAVAILABLE
 from bridge.engine.events import EventHandler, StoredEvent
 from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.engine.ratelimit import SendSpacing
-from bridge.flows.chats import Actor, ReplyMedia
+from bridge.flows import jobs
 from bridge.flows.tasks import evidence_count_problem, evidence_problems, status_name
+from bridge.flows.views import Actor, ReplyMedia
 from bridge.i18n import t
 from connectors.slack.render import render
 from connectors.slack.settings import SlackSettings
 from connectors.slack.text import slack_to_platform_text
-from rules.evidence import SNIFF_BYTES
-from rules.solution import solution_problem
+from rules.comments import COMMENTS_PER_SIDE
+from rules.evidence import IMAGE_FORMATS, MAX_EVIDENCE_FILES, SNIFF_BYTES, VIDEO_FORMATS, evidence_limits
+from rules.solution import solution_refusal
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,9 @@ CHANNEL_SPACING_SECONDS = 1.1
 POST_METADATA = "feige_bridge_post"  # message metadata naming the outbox job that posted it
 POST_ATTEMPT_SECONDS = 3600
 _IGNORED_SUBTYPES = {None, "file_share", "thread_broadcast"}
-EVENT_KIND = "slack.event"  # a stored Events API delivery
+SERVICE = "slack"
+EVENT_KIND = "slack.event"  # a stored delivery (an event, a command, a click, a modal submission)
+RESPOND = "slack.respond"  # a slash command's answer, through its response_url
 RESPONSE_URL_SECONDS = 30 * 60 - 60
 """A slash command's ``response_url`` takes answers for 30 minutes; a minute is kept in hand."""
 DURABLE_ACTIONS = {"task_log", "task_comment"}
@@ -288,9 +292,9 @@ class SlackConnector:
                  "element": {"type": "checkboxes", "action_id": "confirm", "options": [
                      {"text": {"type": "plain_text", "text": t(loc, "task.process.confirm")}, "value": "yes"}]}},
                 {"type": "input", "block_id": "evidence", "optional": True,
-                 "label": {"type": "plain_text", "text": t(loc, "task.process.evidence")[:2000]},
-                 "element": {"type": "file_input", "action_id": "evidence", "max_files": 6,
-                             "filetypes": ["jpg", "jpeg", "png", "mp4", "flv", "mov", "avi", "mkv", "webm"]}},
+                 "label": {"type": "plain_text", "text": t(loc, "task.process.evidence", **evidence_limits())[:2000]},
+                 "element": {"type": "file_input", "action_id": "evidence", "max_files": MAX_EVIDENCE_FILES,
+                             "filetypes": [*IMAGE_FORMATS, *VIDEO_FORMATS]}},
             ],
         }  # fmt: skip
         try:
@@ -318,12 +322,12 @@ class SlackConnector:
         loc, tid, values = store.locale, str(meta["task"]), _view_values(view)
         errors: dict[str, str] = {}
         status = await self.tasks.status_of(store, tid)
-        problem = solution_problem(values.solution)
+        refusal = solution_refusal(values.solution, values.confirmed)
         if status != "pending":
             errors["solution"] = t(loc, "task.process.not_pending", status=status_name(loc, status))
-        elif problem == "empty":
+        elif refusal == "empty":
             errors["solution"] = t(loc, "task.process.empty")
-        elif problem is not None and not values.confirmed:
+        elif refusal == "unconfirmed":
             errors["solution"] = t(loc, "task.process.weak")
         count_problem = evidence_count_problem(loc, len(values.files) + len(await self.tasks.thread_files(store, tid)))
         if count_problem:
@@ -382,7 +386,10 @@ class SlackConnector:
             user = body.get("user", {}).get("id", "")
             actor = Actor("slack", user, channel, body.get("container", {}).get("message_ts"), None)
             await self.chats.tell_privately(
-                store, actor, t(store.locale, "task.comment_hint"), f"hint:{body.get('trigger_id')}"
+                store,
+                actor,
+                t(store.locale, "task.comment_hint", limit=COMMENTS_PER_SIDE),
+                f"hint:{body.get('trigger_id')}",
             )
 
     async def _on_tasks_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
@@ -412,7 +419,7 @@ class SlackConnector:
         """A slash command's answer, only for the person who ran it, through its ``response_url``
         (the command was stored and acknowledged before it was handled)."""
         received = DELIVERED_AT.get() or self.clock.now()
-        job = OutboxJob(f"slack:respond:{command.get('trigger_id', '')}", "slack.respond",
+        job = OutboxJob(f"slack:respond:{command.get('trigger_id', '')}", RESPOND,
                         {"url": command.get("response_url", ""), "text": text},
                         expires_at=received + RESPONSE_URL_SECONDS)  # fmt: skip
         await self.outbox.enqueue(tag, f"private:slack:{command.get('user_id', '')}", job)
@@ -424,11 +431,11 @@ class SlackConnector:
 
     def senders(self) -> dict[str, Sender]:
         return {
-            "slack.post": self._post,
-            "slack.update_root": self._update_root,
-            "slack.ephemeral": self._ephemeral,
-            "slack.react": self._react,
-            "slack.respond": self._respond,
+            jobs.destination(SERVICE, jobs.POST): self._post,
+            jobs.destination(SERVICE, jobs.UPDATE_ROOT): self._update_root,
+            jobs.destination(SERVICE, jobs.EPHEMERAL): self._ephemeral,
+            jobs.destination(SERVICE, jobs.REACT): self._react,
+            RESPOND: self._respond,
         }
 
     async def fetch_file(self, url: str) -> bytes:

@@ -30,7 +30,8 @@ from bridge.engine import keys, refs
 from bridge.engine.events import EventHandler, StoredEvent
 from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.engine.ratelimit import SendSpacing
-from bridge.flows.chats import Actor, ReplyMedia
+from bridge.flows import jobs
+from bridge.flows.views import Actor, ReplyMedia
 from bridge.i18n import t
 from connectors.telegram.render import render, topic_name
 from connectors.telegram.settings import TelegramSettings
@@ -42,7 +43,10 @@ log = logging.getLogger(__name__)
 # one chat, because two sends a slot apart can reach Telegram closer together than they left.
 CHAT_SPACING, GROUP_SPACING, BOT_SPACING = 1.1, 3.1, 1 / 30
 DOWNLOAD_LIMIT = 20 * 1024 * 1024  # getFile: bots may download files up to 20 MB
+SERVICE = "telegram"
 UPDATE_KIND = "telegram.update"  # a stored webhook update
+REPLY = "telegram.reply"  # a message answering someone's message (what others see as ephemeral)
+ANSWER = "telegram.answer"  # answerCallbackQuery: the toast after a button tap
 
 
 @dataclass(frozen=True)
@@ -214,19 +218,19 @@ class TelegramConnector:
     async def queue_reply(self, inbound: TelegramInbound, text: str, job_id: str) -> None:
         """Answers a person in the chat they wrote in, as a reply to their message."""
         payload = {"chat": inbound.chat, "reply_to": inbound.message or None, "text": text, "thread": inbound.thread}
-        job = OutboxJob(f"telegram:{job_id}", "telegram.reply", payload)
+        job = OutboxJob(f"telegram:{job_id}", REPLY, payload)
         await self.outbox.enqueue(keys.NO_ENDPOINT_TAG, f"chat:{inbound.chat}", job)
 
     # -- outbound (outbox senders) -------------------------------------------------------------------
 
     def senders(self) -> dict[str, Sender]:
         return {
-            "telegram.post": self._post,
-            "telegram.update_root": self._update_root,
-            "telegram.reply": self._reply,
-            "telegram.ephemeral": self._ephemeral,
-            "telegram.react": self._react,
-            "telegram.answer": self._answer,
+            jobs.destination(SERVICE, jobs.POST): self._post,
+            jobs.destination(SERVICE, jobs.UPDATE_ROOT): self._update_root,
+            jobs.destination(SERVICE, jobs.EPHEMERAL): self._ephemeral,
+            jobs.destination(SERVICE, jobs.REACT): self._react,
+            REPLY: self._reply,
+            ANSWER: self._answer,
         }
 
     async def file_head(self, file_id: str, size: int) -> bytes | None:
@@ -252,7 +256,7 @@ class TelegramConnector:
 
     async def react(self, inbound: TelegramInbound) -> None:
         """👍 on someone's message: it was taken."""
-        job = OutboxJob(f"telegram:react:{inbound.chat}:{inbound.message}", "telegram.react",
+        job = OutboxJob(f"telegram:react:{inbound.chat}:{inbound.message}", jobs.destination(SERVICE, jobs.REACT),
                         {"channel": inbound.chat, "message": inbound.message})  # fmt: skip
         await self.outbox.enqueue(keys.NO_ENDPOINT_TAG, f"chat:{inbound.chat}", job)
 

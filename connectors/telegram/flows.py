@@ -18,8 +18,9 @@ from bridge.engine.outbox import OutboxJob
 from bridge.flows.chats import ChatFlow
 from bridge.flows.tasks import TaskFlow
 from bridge.i18n import t
-from connectors.telegram.app import TelegramConnector, TelegramInbound
+from connectors.telegram.app import ANSWER, TelegramConnector, TelegramInbound
 from connectors.telegram.resolve import RESULTS, STEP_BUTTONS, ResolveConversation
+from rules.comments import COMMENTS_PER_SIDE
 
 
 def wire_telegram(
@@ -50,7 +51,7 @@ def wire_telegram(
         return await lookup(connector.redis, tag, "telegram", str(inbound.chat), ref)
 
     async def answer(inbound: TelegramInbound, text: str | None = None) -> None:
-        job = OutboxJob(f"telegram:answer:{inbound.callback_id}", "telegram.answer",
+        job = OutboxJob(f"telegram:answer:{inbound.callback_id}", ANSWER,
                         {"id": inbound.callback_id, "text": text})  # fmt: skip
         await connector.outbox.enqueue(keys.NO_ENDPOINT_TAG, f"chat:{inbound.chat}", job)
 
@@ -131,7 +132,9 @@ def wire_telegram(
             text = await tasks.log_text(store, tid, store.locale)
             await connector.queue_reply(inbound, text, f"log:{inbound.chat}:{inbound.callback_id}")
         elif kind == "cm":
-            await connector.queue_reply(inbound, t(store.locale, "task.comment_hint"), f"hint:{inbound.callback_id}")
+            await connector.queue_reply(
+                inbound, t(store.locale, "task.comment_hint", limit=COMMENTS_PER_SIDE), f"hint:{inbound.callback_id}"
+            )
         elif kind in RESULTS:
             toast = await resolve.start(store, tid, kind, inbound)
         elif kind in STEP_BUTTONS:

@@ -16,11 +16,12 @@ import orjson
 
 from bridge.config import Agent, Destination, Store
 from bridge.engine import keys
-from bridge.flows.chats import ReplyMedia, post_view
 from bridge.flows.tasks import TaskFlow, evidence_count_problem, evidence_problems, status_name
+from bridge.flows.views import ReplyMedia, post_view
 from bridge.i18n import t
-from connectors.telegram.app import TelegramConnector, TelegramInbound
-from rules.solution import solution_problem
+from connectors.telegram.app import DOWNLOAD_LIMIT, TelegramConnector, TelegramInbound
+from rules.evidence import evidence_limits
+from rules.solution import solution_refusal
 
 CONVERSATION_SECONDS = 3600
 RESULTS = {"rs": "resolved", "ur": "unresolvable"}
@@ -65,12 +66,12 @@ class ResolveConversation:
             return False
         loc, step = store.locale, state["step"]
         if step in ("solution", "weak"):
-            problem = solution_problem(inbound.text)
-            if problem == "empty":
+            refusal = solution_refusal(inbound.text, confirmed=False)
+            if refusal == "empty":
                 await self._reply(inbound, t(loc, "task.process.empty"))
                 return True
             await self._save(key, solution=inbound.text)
-            if problem is not None:
+            if refusal == "unconfirmed":
                 await self._save(key, step="weak")
                 await self._prompt(store, tid, agent, inbound, "weak", t(loc, "task.guide.weak"), ["pk", "pc"])
             else:
@@ -108,7 +109,8 @@ class ResolveConversation:
 
     async def _ask_evidence(self, store: Store, tid: str, agent: Agent, inbound: TelegramInbound, key: str) -> None:
         await self._save(key, step="evidence")
-        text = t(store.locale, "task.guide.evidence", mention="{mention}")
+        limits = evidence_limits() | {"limit_mb": DOWNLOAD_LIMIT // (1024 * 1024)}
+        text = t(store.locale, "task.guide.evidence", mention="{mention}", **limits)
         await self._prompt(store, tid, agent, inbound, "evidence", text, ["pd", "pc"])
 
     async def _take_files(
@@ -175,7 +177,7 @@ class ResolveConversation:
     async def _file_problem(self, loc: str, media: ReplyMedia) -> str:
         head = await self.connector.file_head(media.url, media.size)
         if head is None:
-            reason = t(loc, "task.process.reason.download")
+            reason = t(loc, "task.process.reason.download", limit_mb=DOWNLOAD_LIMIT // (1024 * 1024))
             return t(loc, "task.process.bad_file", name=media.name, reason=reason)
         return evidence_problems(loc, [(media.name, head, media.size)])
 

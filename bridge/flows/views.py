@@ -1,0 +1,88 @@
+"""What the flows show people, whatever the destination: who acted and where (``Actor``), the
+views queued for a destination's thread (``post_view``), and a word only one person sees
+(``tell_privately``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from bridge.config import Destination, Store
+from bridge.engine import keys
+from bridge.engine.outbox import Outbox, OutboxJob
+from bridge.flows import jobs
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did something in a destination, and where to answer them privately."""
+
+    service: str
+    user: str
+    channel: str
+    thread: str | None = None
+    message: str | None = None
+    """The destination's id of the message they wrote (for a reaction)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+    @staticmethod
+    def reported(report: dict[str, Any]) -> Actor:
+        """The actor a job's ``report_to`` names (``as_dict`` plus the store and locale)."""
+        return Actor(str(report["service"]), str(report["user"]), str(report["channel"]), report.get("thread"),
+                     report.get("message"))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ReplyMedia:
+    service: str
+    url: str
+    name: str
+    mimetype: str
+    size: int
+
+
+async def read_hash(redis: Redis, key: str) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (await redis.hgetall(key)).items()}
+
+
+async def post_view(
+    outbox: Outbox,
+    tag: str,
+    thread_key: str,
+    store_id: str | None,
+    dest: Destination,
+    job_id: str,
+    action: str,
+    view: dict[str, Any],
+    root: bool = False,
+    relevant_key: str | None = None,
+) -> None:
+    """Queues a view for a destination: ``action`` is post or update_root; ``thread_key`` names what
+    the messages belong to (``chat:<id>``, ``task:<id>``) under ``tag``; the root is its first post.
+    ``store_id`` lets the renderer resolve agents' mentions (None for a creator's destination). A
+    view with ``expires_at`` (a reminder) is dead-lettered rather than shown after that moment;
+    ``relevant_key`` is the state of the chat or task order it belongs to (see ``OutboxJob``)."""
+    payload = {
+        "tag": tag,
+        "thread_key": thread_key,
+        "store": store_id,
+        "channel": dest.target,
+        "view": view,
+        "root": root,
+    }
+    kind = jobs.destination(dest.service, action)
+    job = OutboxJob(
+        f"{dest.service}:{job_id}", kind, payload, expires_at=view.get("expires_at"), relevant_key=relevant_key
+    )
+    await outbox.enqueue(tag, f"{thread_key}:{dest.service}", job)
+
+
+async def tell_privately(outbox: Outbox, store: Store, actor: Actor, text: str, job_id: str) -> None:
+    """Only ``actor`` sees it where the destination allows (Slack ephemeral); else a reply to them."""
+    payload = {"store": store.id, "locale": store.locale, "actor": actor.as_dict(), "text": text}
+    job = OutboxJob(f"{actor.service}:{job_id}", jobs.destination(actor.service, jobs.EPHEMERAL), payload)
+    await outbox.enqueue(keys.store_tag(store.id), f"private:{actor.service}:{actor.user}", job)
