@@ -232,6 +232,20 @@ class BridgeConfig(_Model):
     def creator(self, creator_id: str) -> Creator | None:
         return next((c for c in self.creators if c.id == creator_id), None)
 
+    def targets(self, service: str) -> list[tuple[str, str]]:
+        """Every (path in the file, target) on ``service``, for its online probe."""
+        found = []
+        for i, store in enumerate(self.stores):
+            for name in ("platform_chats", "task_orders"):
+                service_of, _, target = getattr(store.destinations, name).partition(":")
+                if service_of == service:
+                    found.append((f"stores[{i}].destinations.{name}", target))
+        for i, creator in enumerate(self.creators):
+            service_of, _, target = creator.destination.partition(":")
+            if service_of == service:
+                found.append((f"creators[{i}].destination", target))
+        return found
+
 
 @cache
 def _config_model() -> type[BridgeConfig]:
@@ -426,6 +440,12 @@ class LoadedConfig:
     config: BridgeConfig
     source: str
     warnings: list[Problem]
+
+    def headline(self) -> str:
+        return (
+            f"{self.source}: valid — {len(self.config.stores)} store(s), {len(self.config.creators)} creator(s), "
+            f"{len(self.warnings)} warning(s)"
+        )
 
 
 def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, str] | None = None) -> LoadedConfig:

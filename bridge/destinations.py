@@ -1,13 +1,14 @@
 """The destination interface: what a chat tool (Slack, Telegram, later Lark/Feishu, DingTalk …)
 implements to carry both flows. The core never names one.
 
-A destination is one package under ``connectors/`` whose ``__init__`` exposes ``DESTINATION``, a
-``DestinationPlugin``: the service name (the prefix of ``<service>:<target>`` destinations and the
-name of its top-level configuration section), the pydantic model of that section, and how to
-connect it to the core. The packages are found when the configuration is first read; adding a
-destination adds a package and changes nothing in ``bridge/`` or ``rules/``.
+A destination is one package under ``connectors/`` that exposes a ``DestinationPlugin`` under the
+entry-point group ``feige_bridge.destinations`` (``pyproject.toml``): the service name (the prefix
+of ``<service>:<target>`` destinations and the name of its top-level configuration section), the
+pydantic model of that section, and how to connect it to the core. The plugins are found when the
+configuration is first read; adding a destination adds a package and an entry point, and changes
+nothing in ``bridge/`` or ``rules/``.
 
-What the core gives a connector is ``Core``. What a connector gives back is ``Connector``:
+What the core gives a connector is ``bridge.core.Core``. What a connector gives back is ``Connector``:
 outbox senders for ``<service>.post``, ``.update_root``, ``.ephemeral``, ``.react`` (the views the
 flows put in the outbox), an HTTP route for the service's events, and a file fetcher for media
 people attach.
@@ -15,30 +16,22 @@ people attach.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import zlib
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge.engine.endpoint import Endpoint
 from bridge.engine.ingest import EventLog, IncomingRecord
 
 if TYPE_CHECKING:
-    import aiohttp
     from aiohttp import web
     from pydantic import BaseModel
-    from redis.asyncio import Redis
 
-    from bridge.config import BridgeConfig, Problem
-    from bridge.engine.clock import Clock
     from bridge.engine.events import EventHandler
-    from bridge.engine.outbox import Outbox, Sender
-    from bridge.flows.chats import ChatFlow
-    from bridge.flows.tasks import TaskFlow
+    from bridge.engine.outbox import Sender
 
 
 Route = tuple[str, str, "Callable[[web.Request], Awaitable[web.StreamResponse]]"]
@@ -87,12 +80,6 @@ class Inbox:
         return bool(await self.event_log.store(Endpoint("destination", service), [record]))
 
 
-DELIVERED_AT: ContextVar[float | None] = ContextVar("delivered_at", default=None)
-"""While a stored delivery is handled: when the bridge received it. What a person did is judged by
-that moment, not by when the consumer got to it (a reply written in time stays in time, however
-long a backlog or a dead process kept it waiting)."""
-
-
 def inbox_thread(*parts: str | int | None, buckets: int = 64) -> str:
     """An ordering key for a destination's deliveries: the first part (a channel, a chat) plus one of
     ``buckets`` spreads of the rest (the conversation thread in it). Deliveries of one conversation
@@ -103,58 +90,29 @@ def inbox_thread(*parts: str | int | None, buckets: int = 64) -> str:
 
 
 @dataclass(frozen=True)
-class Core:
-    """What the core offers a destination connector."""
-
-    config: Callable[[], BridgeConfig]
-    redis: Redis
-    clock: Clock
-    outbox: Outbox
-    http: Callable[[], aiohttp.ClientSession]
-    chats: ChatFlow
-    tasks: TaskFlow
-    inbox: Inbox
-
-
-@dataclass(frozen=True)
 class DestinationPlugin:
     service: str
     """``slack`` in ``slack:C0CHATS``; also the name of the configuration section."""
     settings: type[BaseModel]
-    connect: Callable[[Any, Core], Connector]
-    """Builds the connector from its validated settings section."""
+    connect: Callable[[Any, Any], Connector]
+    """Builds the connector from its validated settings section and the ``bridge.core.Core``."""
     target: str
     """How a target is written, for error messages: ``<channel id>``."""
-    probe: Callable[[Any, BridgeConfig], Awaitable[list[Problem]]] | None = None
-    """``bridge check --online``: asks the service whether the credentials work and every target
-    of the configuration is reachable and usable (the bot is in the channel, may open topics …)."""
+    probe: Callable[[Any, Any], Awaitable[list[Any]]] | None = None
+    """``bridge check --online``: given its settings and the ``BridgeConfig``, asks the service
+    whether the credentials work and every target of the configuration is reachable and usable (the
+    bot is in the channel, may open topics …); answers ``bridge.config.Problem``s."""
 
 
-def targets(config: BridgeConfig, service: str) -> list[tuple[str, str]]:
-    """Every (path in the file, target) of the configuration on ``service``, for probes."""
-    found = []
-    for i, store in enumerate(config.stores):
-        for name in ("platform_chats", "task_orders"):
-            service_of, _, target = getattr(store.destinations, name).partition(":")
-            if service_of == service:
-                found.append((f"stores[{i}].destinations.{name}", target))
-    for i, creator in enumerate(config.creators):
-        service_of, _, target = creator.destination.partition(":")
-        if service_of == service:
-            found.append((f"creators[{i}].destination", target))
-    return found
+PLUGIN_GROUP = "feige_bridge.destinations"
 
 
 @cache
 def plugins() -> dict[str, DestinationPlugin]:
-    """Every destination package under ``connectors/``, by service name."""
-    import connectors
-
+    """Every installed destination, by service name."""
     found: dict[str, DestinationPlugin] = {}
-    for module in pkgutil.iter_modules(connectors.__path__):
-        if not module.ispkg:
-            continue
-        plugin = getattr(importlib.import_module(f"connectors.{module.name}"), "DESTINATION", None)
+    for entry in entry_points(group=PLUGIN_GROUP):
+        plugin = entry.load()
         if isinstance(plugin, DestinationPlugin):
             found[plugin.service] = plugin
     return found

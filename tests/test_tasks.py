@@ -337,7 +337,8 @@ async def test_a_comment_the_platform_refuses_is_reported_to_its_author(stack: S
     stack.sandbox.fail_next("POST", f"/task-orders/{tid}/comments", 422)
     await stack.slack.user_message(MAIN, TASKS, "补充说明", thread_ts=card(stack).ts)
     await stack.settle()
-    assert stack.slack.ephemerals[-1]["text"] == f"你在任务单 {tid} 的留言未能送达平台：injected fault", "told as a comment"
+    told = stack.slack.ephemerals[-1]["text"]
+    assert told == f"你在任务单 {tid} 的留言未能送达平台：injected fault", "told as a comment"
 
 
 async def test_the_comment_button_explains_how_to_comment(stack: Stack) -> None:

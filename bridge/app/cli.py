@@ -57,18 +57,10 @@ async def probe_destinations(loaded: LoadedConfig) -> list[Problem]:
     return problems
 
 
-def headline(loaded: LoadedConfig) -> str:
-    config = loaded.config
-    return (
-        f"{loaded.source}: valid — {len(config.stores)} store(s), {len(config.creators)} creator(s), "
-        f"{len(loaded.warnings)} warning(s)"
-    )
-
-
 def summary(loaded: LoadedConfig) -> str:
     config = loaded.config
     lines = [f"{loaded.source}: {problem}" for problem in loaded.warnings]
-    lines.append(headline(loaded))
+    lines.append(loaded.headline())
     for store in config.stores:
         lines.append(
             f"  store {store.id} ({store.name}): push {store.webhook_path}; chats → "

@@ -23,7 +23,6 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import yaml
 
-from bridge.app.cli import headline
 from bridge.app.service import Bridge, connect_redis
 from bridge.config import ConfigError, ConfigHolder, LoadedConfig, load_config
 from bridge.engine import keys
@@ -164,7 +163,7 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
     env |= {"PLATFORM_API_URL": sandbox_url, "SLACK_API_URL": slack.api_url, "TELEGRAM_API_URL": telegram.api_url,
             "TELEGRAM_FILE_URL": telegram.file_url}  # fmt: skip
     holder = ConfigHolder(path, environ=env)
-    out.say("config", headline(LoadedConfig(holder.current, str(config_path), holder.warnings)))
+    out.say("config", LoadedConfig(holder.current, str(config_path), holder.warnings).headline())
     redis, embedded = connect_redis(data_dir=DEMO_REDIS_DIR, fresh=True)
     out.say(
         "redis",

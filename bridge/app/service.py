@@ -30,7 +30,8 @@ from redis.exceptions import RedisError
 
 from bridge.app.redis_server import EmbeddedRedis
 from bridge.config import ConfigHolder
-from bridge.destinations import Connector, Core, Inbox, plugins
+from bridge.core import Core
+from bridge.destinations import Connector, Inbox, plugins
 from bridge.engine import keys
 from bridge.engine.backpressure import answer_503_while_redis_is_unavailable
 from bridge.engine.clock import Clock, SystemClock
@@ -44,6 +45,7 @@ from bridge.engine.outbox import Outbox
 from bridge.engine.redact import REDACTOR, secrets_in
 from bridge.engine.timers import Handler, Timer, TimerStore, TimerWorker
 from bridge.flows.chats import ChatFlow
+from bridge.flows.router import InboundRouter
 from bridge.flows.tasks import TaskFlow
 from connectors.platform.inbound import MAX_PUSH_BYTES, PlatformWebhooks
 from connectors.platform.outbound import PlatformSenders
@@ -106,10 +108,10 @@ class Bridge:
         self.timer_handlers.setdefault("deadline", self.tasks.on_deadline_timer)
         self.outbox.register(self.tasks.senders(), self.tasks.failure_reporters())
         # Every configured destination (bridge/destinations.py): its senders, file fetcher and route.
-        self._core = Core(
-            lambda: self.holder.current, self.redis, self.clock, self.outbox, self.http, self.chats, self.tasks,
-            Inbox(self.event_log),
-        )  # fmt: skip
+        config = lambda: self.holder.current  # noqa: E731 (read at each use: a reload takes effect)
+        self.router = InboundRouter(config, self.redis, self.outbox, self.chats, self.tasks)
+        self._core = Core(config, self.redis, self.clock, self.outbox, self.http, self.chats, self.tasks,
+                          Inbox(self.event_log), self.router)  # fmt: skip
         self._platform = platform
         self._serve_webhooks = True
         self._reconnecting: asyncio.Task[bool] | None = None

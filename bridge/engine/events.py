@@ -20,6 +20,7 @@ import socket
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,11 @@ if held and string.sub(held, 1, #ARGV[2] + 1) == ARGV[2] .. '|' then return redi
 return 0
 """
 
+
+DELIVERED_AT: ContextVar[float | None] = ContextVar("delivered_at", default=None)
+"""While a stored delivery is handled: when the bridge received it. What a person did is judged by
+that moment, not by when the consumer got to it (a reply written in time stays in time, however
+long a backlog or a dead process kept it waiting)."""
 
 CLAIM_IDLE_SECONDS = 3.0
 LOCK_SECONDS = 5.0

@@ -199,7 +199,7 @@ def thread_root(tag: str, thread_key: str) -> str:
 
 
 def thread_topic(tag: str, thread_key: str) -> str:
-    """STRING: the destination's own sub-thread opened for a thread (a Telegram forum topic id).
+    """STRING: the destination's own sub-thread opened for a thread (a forum topic's id).
     Expires after REF_KEEP_SECONDS."""
     return f"{tag}:topic:{thread_key}"
 
@@ -208,12 +208,6 @@ def message_ref(tag: str, ref: str) -> str:
     """STRING thread key: the thread a destination message (``<service>:<channel>:<message>``, or
     ``…:topic:<id>``) belongs to, to route a reply to it. Expires after REF_KEEP_SECONDS."""
     return f"{tag}:ref:{ref}"
-
-
-def slack_post_attempt(job_id: str) -> str:
-    """STRING: an outbox job has tried to post to Slack. A second run of it first looks for the
-    message the first left (Slack has no idempotency key). Expires after an hour."""
-    return "{slack}:post-attempt:" + job_id
 
 
 def rate_limit(service: str, target: str) -> str:
@@ -270,8 +264,9 @@ def task_files(tag: str, task_id: str) -> str:
 
 
 def task_resolve(tag: str, task_id: str, user: str) -> str:
-    """HASH: a guided resolve conversation (Telegram) of one person on one task order: result, step,
-    solution, files (JSON). Expires an hour after the last step; nothing is sent until confirmed."""
+    """HASH: a guided resolve conversation (for destinations without modals) of one person on one
+    task order: result, step, solution, files (JSON). Expires an hour after the last step; nothing is
+    sent until confirmed."""
     return f"{tag}:task-resolve:{task_id}:{user}"
 
 

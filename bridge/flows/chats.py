@@ -19,10 +19,9 @@ import orjson
 from redis.asyncio import Redis
 
 from bridge.config import BridgeConfig, Destination, Store
-from bridge.destinations import DELIVERED_AT
 from bridge.engine import keys
 from bridge.engine.clock import Clock
-from bridge.engine.events import IN_FLIGHT_SECONDS, StoredEvent
+from bridge.engine.events import DELIVERED_AT, IN_FLIGHT_SECONDS, StoredEvent
 from bridge.engine.metrics import METRICS
 from bridge.engine.outbox import FailureReporter, FinalFailure, Outbox, OutboxJob
 from bridge.engine.timers import Timer, TimerStore

@@ -83,6 +83,11 @@ async def post_view(
 
 async def tell_privately(outbox: Outbox, store: Store, actor: Actor, text: str, job_id: str) -> None:
     """Only ``actor`` sees it where the destination allows (Slack ephemeral); else a reply to them."""
-    payload = {"store": store.id, "locale": store.locale, "actor": actor.as_dict(), "text": text}
+    await tell(outbox, keys.store_tag(store.id), actor, text, job_id)
+
+
+async def tell(outbox: Outbox, tag: str, actor: Actor, text: str, job_id: str) -> None:
+    """``tell_privately`` for an answer that belongs to ``tag`` (a creator's, or no one's)."""
+    payload = {"actor": actor.as_dict(), "text": text}
     job = OutboxJob(f"{actor.service}:{job_id}", jobs.destination(actor.service, jobs.EPHEMERAL), payload)
-    await outbox.enqueue(keys.store_tag(store.id), f"private:{actor.service}:{actor.user}", job)
+    await outbox.enqueue(tag, f"private:{actor.service}:{actor.user}", job)

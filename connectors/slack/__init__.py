@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.config import BridgeConfig, Problem
-from bridge.destinations import Connector, Core, DestinationPlugin
+from bridge.core import Core
+from bridge.destinations import Connector, DestinationPlugin
 from connectors.slack.settings import SlackSettings
 
 

@@ -23,21 +23,23 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bridge.config import Creator, Store
-from bridge.destinations import DELIVERED_AT, Core, Route, inbox_thread
-from bridge.engine import keys, refs
+from bridge.config import Store
+from bridge.core import Core
+from bridge.destinations import Route, inbox_thread
+from bridge.engine import refs
 from bridge.engine.backpressure import RETRY_AFTER_SECONDS, UNAVAILABLE
-from bridge.engine.events import EventHandler, StoredEvent
+from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
 from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.engine.ratelimit import SendSpacing
 from bridge.flows import jobs
+from bridge.flows.router import Inbound
 from bridge.flows.tasks import evidence_count_problem, evidence_problems, status_name
-from bridge.flows.views import Actor, ReplyMedia
+from bridge.flows.views import Actor, ReplyMedia, tell_privately
 from bridge.i18n import t
+from connectors.slack import keys as slack_keys
 from connectors.slack.render import render
 from connectors.slack.settings import SlackSettings
 from connectors.slack.text import slack_to_platform_text
-from rules.comments import COMMENTS_PER_SIDE
 from rules.evidence import IMAGE_FORMATS, MAX_EVIDENCE_FILES, SNIFF_BYTES, VIDEO_FORMATS, evidence_limits
 from rules.solution import solution_refusal
 
@@ -91,6 +93,7 @@ class SlackConnector:
         self.app.use(self._store_events_first)
         self.inbox = core.inbox
         self.outbox = core.outbox
+        self.router = core.router
         self._close_socket_mode: Callable[[], Awaitable[None]] | None = None
 
     def routes(self) -> list[Route]:
@@ -165,112 +168,40 @@ class SlackConnector:
     async def _handle(self, request: web.Request) -> web.Response:
         return await to_aiohttp_response(await self.app.async_dispatch(await to_bolt_request(request)))
 
-    def store_for(self, channel: str) -> Store | None:
-        return next((s for s in self.config().stores if s.destinations.platform_chats == f"slack:{channel}"), None)
-
-    def task_store_for(self, channel: str) -> Store | None:
-        return next((s for s in self.config().stores if s.destinations.task_orders == f"slack:{channel}"), None)
-
-    def creator_for(self, channel: str) -> Creator | None:
-        """The creator whose destination this channel is (a creator's team working in Slack)."""
-        return next((c for c in self.config().creators if c.destination == f"slack:{channel}"), None)
-
     # -- inbound -------------------------------------------------------------------------------------
 
     async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         if event.get("subtype") not in _IGNORED_SUBTYPES or event.get("bot_id") or not event.get("user"):
             return
-        channel = event["channel"]
-        if await self._task_comment(event, channel) or await self._creator_comment(event, channel):
-            return
-        store = self.store_for(channel)
-        if store is not None:
-            tag = keys.store_tag(store.id)
-            thread = event.get("thread_ts")
-            in_thread = thread is not None and thread != event["ts"]
-            parent = await refs.parent_of(self.redis, tag, "slack", channel, thread) if in_thread and thread else None
-            cid = parent.removeprefix("chat:") if parent and parent.startswith("chat:") else None
-            media = [
-                ReplyMedia(
-                    "slack", f["url_private"], f.get("name", "file"), f.get("mimetype", ""), int(f.get("size", 0))
-                )
-                for f in event.get("files", [])
-                if f.get("url_private")
-            ]
-            actor = Actor("slack", event["user"], channel, thread if in_thread else None, event["ts"])
-            await self.chats.reply(store, cid, actor, slack_to_platform_text(event.get("text", "")), media)
-
-    async def _task_of_reply(self, event: dict[str, Any], channel: str, tag: str) -> str | None:
-        """The task order whose thread this message replies in, if any."""
         thread = event.get("thread_ts")
-        if thread is None or thread == event["ts"]:
-            return None
-        parent = await refs.parent_of(self.redis, tag, "slack", channel, thread)
-        return parent.removeprefix("task:") if parent and parent.startswith("task:") else None
-
-    async def _task_comment(self, event: dict[str, Any], channel: str) -> bool:
-        """A reply under a task order's card is the merchant's comment on it (B5)."""
-        store = self.task_store_for(channel)
-        tid = await self._task_of_reply(event, channel, keys.store_tag(store.id)) if store else None
-        if store is None or tid is None:
-            return False
-        for f in event.get("files", []):  # offered as evidence when the task order is processed (B7)
-            if f.get("url_private"):
-                await self.tasks.add_thread_file(store, tid, _media(f))
-        agent = next((a for a in store.agents if a.slack_user == event["user"]), None)
-        author_id, author = (agent.id, agent.name) if agent else (event["user"], event["user"])
-        await self._comment(event, channel, store, tid, "merchant", author_id, author)
-        return True
-
-    async def _creator_comment(self, event: dict[str, Any], channel: str) -> bool:
-        """A reply under a task order's confirmation in a creator's channel is the creator's comment (B5)."""
-        creator = self.creator_for(channel)
-        tid = await self._task_of_reply(event, channel, keys.creator_tag(creator.id)) if creator else None
-        if creator is None or tid is None:
-            return False
-        store = await self.tasks.store_of_task(tid)
-        if store is not None:
-            await self._comment(event, channel, store, tid, "creator", creator.id, creator.name)
-        return True
-
-    async def _comment(
-        self, event: dict[str, Any], channel: str, store: Store, tid: str, side: str, author_id: str, author: str
-    ) -> None:
+        in_thread = thread is not None and thread != event["ts"]
+        media = [
+            ReplyMedia("slack", f["url_private"], f.get("name", "file"), f.get("mimetype", ""), int(f.get("size", 0)))
+            for f in event.get("files", [])
+            if f.get("url_private")
+        ]
+        actor = Actor("slack", event["user"], event["channel"], thread if in_thread else None, event["ts"])
         text = slack_to_platform_text(event.get("text", ""))
-        if not text.strip():
-            return
-        actor = Actor("slack", event["user"], channel, event.get("thread_ts"), event["ts"])
-        refusal = await self.tasks.comment(store, tid, side, actor, author_id, author, text)
-        if refusal is not None:
-            await self.chats.tell_privately(store, actor, refusal, f"task-refuse:{channel}:{event['ts']}")
+        await self.router.message(Inbound(actor, text, media, (str(thread),) if in_thread else ()))
 
     async def _on_task_log(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
         await ack()
-        channel = body.get("channel", {}).get("id", "")
+        actor = Actor("slack", body.get("user", {}).get("id", ""), body.get("channel", {}).get("id", ""), None,
+                      body.get("container", {}).get("message_ts"))  # fmt: skip
         tid = body["actions"][0].get("value", "")
-        store, creator = self.task_store_for(channel), self.creator_for(channel)
-        if store is None and creator is not None:
-            store = await self.tasks.store_of_task(tid)
-        if store is None:
-            return
-        user = body.get("user", {}).get("id", "")
-        text = await self.tasks.log_text(store, tid, creator.locale if creator else store.locale)
-        actor = Actor("slack", user, channel, None, body.get("container", {}).get("message_ts"))
-        await self.chats.tell_privately(store, actor, text, f"log:{tid}:{body.get('trigger_id', '')}")
+        await self.router.show_log(actor, tid, f"log:{tid}:{body.get('trigger_id', '')}")
 
     async def _open_process(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
         """Resolve / Cannot resolve: a modal asks for the solution and the evidence (B7, B8)."""
         await ack()
         channel = body.get("channel", {}).get("id", "")
-        store = self.task_store_for(channel)
+        store = self.router.place(SERVICE, channel).task_store
         if store is None:
             return
-        user = body.get("user", {}).get("id", "")
-        if not any(a.slack_user == user for a in store.agents):
-            # The platform records who processed it, by their platform account: only agents can.
-            actor = Actor("slack", user, channel, None, None)
-            await self.chats.tell_privately(store, actor, t(store.locale, "task.guide.not_agent"),
-                                            f"not-agent:{body.get('trigger_id', '')}")  # fmt: skip
+        actor = Actor(SERVICE, body.get("user", {}).get("id", ""), channel, None, None)
+        refusal = self.router.processing_refusal(actor)
+        if refusal is not None:
+            await tell_privately(self.outbox, store, actor, refusal, f"not-agent:{body.get('trigger_id', '')}")
             return
         action = body["actions"][0]
         tid, result = action.get("value", ""), "resolved" if action["action_id"] == "task_resolve" else "unresolvable"
@@ -347,8 +278,8 @@ class SlackConnector:
             return
         loc, tid, values = store.locale, str(meta["task"]), _view_values(view)
         user = body.get("user", {}).get("id", "")
-        agent = next((a for a in store.agents if a.slack_user == user), None)
-        actor = Actor("slack", user, str(meta.get("channel", "")), meta.get("message"), None)
+        agent = self.router.agent(store, SERVICE, user)
+        actor = Actor(SERVICE, user, str(meta.get("channel", "")), meta.get("message"), None)
         if agent is None:  # the modal opens only for agents; one removed from the file meanwhile is told so
             await self.chats.tell_privately(store, actor, t(loc, "task.guide.not_agent"), f"not-agent:{view.get('id')}")
             return
@@ -380,40 +311,20 @@ class SlackConnector:
 
     async def _on_task_comment_hint(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
         await ack()
-        channel = body.get("channel", {}).get("id", "")
-        store = self.task_store_for(channel)
-        if store is not None:
-            user = body.get("user", {}).get("id", "")
-            actor = Actor("slack", user, channel, body.get("container", {}).get("message_ts"), None)
-            await self.chats.tell_privately(
-                store,
-                actor,
-                t(store.locale, "task.comment_hint", limit=COMMENTS_PER_SIDE),
-                f"hint:{body.get('trigger_id')}",
-            )
+        actor = Actor(SERVICE, body.get("user", {}).get("id", ""), body.get("channel", {}).get("id", ""),
+                      body.get("container", {}).get("message_ts"), None)  # fmt: skip
+        await self.router.explain_comments(actor, f"hint:{body.get('trigger_id')}")
 
     async def _on_tasks_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
         await ack()
-        channel = command.get("channel_id", "")
-        store = self.task_store_for(channel) or self.store_for(channel)
-        creator = self.creator_for(channel)
-        status, page = _list_args((command.get("text") or "").split())
-        if store is None and creator is not None:
-            text = await self.tasks.creator_list_text(creator, status, page)
-            await self._answer(command, keys.creator_tag(creator.id), text)
-        elif store is None:
-            await self._answer(command, keys.NO_ENDPOINT_TAG, t("zh-CN", "stats.unknown_channel"))
-        else:
-            text = await self.tasks.list_text(store, status, store.locale, page)
-            await self._answer(command, keys.store_tag(store.id), text)
+        args = (command.get("text") or "").split()
+        text, tag = await self.router.list_tasks(SERVICE, command.get("channel_id", ""), args)
+        await self._answer(command, tag, text)
 
     async def _on_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
         await ack()
-        store = self.store_for(command.get("channel_id", ""))
-        if store is None:
-            await self._answer(command, keys.NO_ENDPOINT_TAG, t("zh-CN", "stats.unknown_channel"))
-        else:
-            await self._answer(command, keys.store_tag(store.id), await self.chats.stats_text(store))
+        text, tag = await self.router.stats(SERVICE, command.get("channel_id", ""))
+        await self._answer(command, tag, text)
 
     async def _answer(self, command: dict[str, Any], tag: str, text: str) -> None:
         """A slash command's answer, only for the person who ran it, through its ``response_url``
@@ -470,7 +381,7 @@ class SlackConnector:
             if root is None:
                 raise RetryLater("waiting for the thread's first message to be posted")
             thread_ts = root[1]
-        attempt = keys.slack_post_attempt(job.id)
+        attempt = slack_keys.post_attempt(job.id)
         landed = (
             await self._landed_before(p["channel"], thread_ts, job.id) if await self.redis.exists(attempt) else None
         )
@@ -564,13 +475,6 @@ def _durable_delivery(body: dict[str, Any]) -> tuple[str, str] | None:
                               (body.get("container") or {}).get("message_ts"))  # fmt: skip
         return f"action:{body.get('trigger_id', '')}", thread
     return None
-
-
-def _list_args(args: list[str]) -> tuple[str, int]:
-    """``/tasks [status] [page]``: status defaults to pending, page to 1."""
-    status = next((a for a in args if not a.isdigit()), "pending")
-    page = next((int(a) for a in args if a.isdigit()), 1)
-    return status, page
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bridge.config import BridgeConfig, Problem
-from bridge.destinations import targets
 from connectors.slack.settings import SlackSettings
 
 
@@ -20,7 +19,7 @@ async def probe(settings: SlackSettings, config: BridgeConfig) -> list[Problem]:
     except Exception as exc:  # any way of not reaching Slack is the operator's to see
         return [Problem("slack.api_base_url", f"Slack is not reachable: {exc}")]
     problems = []
-    for path, channel in dict.fromkeys(targets(config, "slack")):
+    for path, channel in dict.fromkeys(config.targets("slack")):
         try:
             info = (await client.conversations_info(channel=channel))["channel"]
         except SlackApiError as exc:

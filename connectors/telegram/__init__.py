@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.config import BridgeConfig, Problem
-from bridge.destinations import Connector, Core, DestinationPlugin
+from bridge.core import Core
+from bridge.destinations import Connector, DestinationPlugin
 from connectors.telegram.settings import TelegramSettings
 
 
@@ -15,7 +16,7 @@ def connect(settings: Any, core: Core) -> Connector:
     from connectors.telegram.flows import wire_telegram
 
     connector = TelegramConnector(settings, core)
-    wire_telegram(connector, core.tasks, core.chats, core.config)
+    wire_telegram(connector, core.tasks, core.router)
     return connector
 
 

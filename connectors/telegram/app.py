@@ -25,12 +25,14 @@ from telegram import Bot, Message, Update
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
-from bridge.destinations import DELIVERED_AT, Core, Route, inbox_thread
+from bridge.core import Core
+from bridge.destinations import Route, inbox_thread
 from bridge.engine import keys, refs
-from bridge.engine.events import EventHandler, StoredEvent
+from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
 from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.engine.ratelimit import SendSpacing
 from bridge.flows import jobs
+from bridge.flows.router import Inbound
 from bridge.flows.views import Actor, ReplyMedia
 from bridge.i18n import t
 from connectors.telegram.render import render, topic_name
@@ -67,6 +69,14 @@ class TelegramInbound:
         """Where to answer this person: their chat, their forum topic, their message."""
         return Actor("telegram", str(self.user), str(self.chat), str(self.thread) if self.thread else None,
                      str(self.message))  # fmt: skip
+
+    @staticmethod
+    def of(inbound: Inbound) -> TelegramInbound:
+        """Back from the core's translation (``actor``, ``threaded_under``) to Telegram's terms."""
+        actor, under = inbound.actor, next(iter(inbound.threaded_under), None)
+        reply_to = int(under) if under is not None and not under.startswith("topic:") else None
+        return TelegramInbound(int(actor.user), int(actor.channel), int(actor.message or 0), inbound.text, reply_to,
+                               int(actor.thread) if actor.thread else None, tuple(inbound.media))  # fmt: skip
 
 
 InboundHandler = Callable[[TelegramInbound], Awaitable[bool]]

@@ -7,7 +7,6 @@ from telegram import Bot, ChatMemberAdministrator
 from telegram.error import TelegramError
 
 from bridge.config import BridgeConfig, Problem
-from bridge.destinations import targets
 from connectors.telegram.settings import TelegramSettings
 
 
@@ -24,7 +23,7 @@ async def probe(settings: TelegramSettings, config: BridgeConfig) -> list[Proble
 async def _probe(bot: Bot, config: BridgeConfig) -> list[Problem]:
     await bot.initialize()  # getMe: the token
     problems = []
-    for path, target in dict.fromkeys(targets(config, "telegram")):
+    for path, target in dict.fromkeys(config.targets("telegram")):
         try:
             chat = await bot.get_chat(int(target))
             member = await bot.get_chat_member(int(target), bot.id) if int(target) < 0 else None

@@ -1,0 +1,200 @@
+"""What a message or a button in a destination means, whatever the destination.
+
+A connector translates what a person did into an ``Inbound`` (who, where, what it is threaded
+under, text, files) or an action on a task order, and hands it here. The router finds what the
+place is (a store's chat destination, a store's task-order destination, a creator's), which
+thread the message belongs to (a platform chat's, a task order's), who the person is (an agent, a
+creator, a stranger), and calls the flow: an answer to a chat, a comment on a task order, a file
+offered as evidence. Refusals are told privately to the person, in their language.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from bridge.config import Agent, BridgeConfig, Creator, Store
+from bridge.engine import keys, refs
+from bridge.engine.outbox import Outbox
+from bridge.flows.chats import ChatFlow
+from bridge.flows.tasks import TaskFlow
+from bridge.flows.views import Actor, ReplyMedia, tell
+from bridge.i18n import DEFAULT_LOCALE, t
+from rules.comments import COMMENTS_PER_SIDE
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A message a person wrote in a destination, translated."""
+
+    actor: Actor
+    """Who, in which channel, their message's id, and where an answer to them goes."""
+    text: str
+    media: Sequence[ReplyMedia] = ()
+    threaded_under: Sequence[str] = ()
+    """The destination's references of the message(s) this one is threaded under, best first (a
+    Slack thread's ts; a Telegram forum topic ``topic:<id>`` or the message it replies to)."""
+
+
+@dataclass(frozen=True)
+class Place:
+    """What a destination channel is for: a store's task orders, a store's chats, a creator's."""
+
+    task_store: Store | None
+    chat_store: Store | None
+    creator: Creator | None
+
+    @property
+    def store(self) -> Store | None:
+        return self.task_store or self.chat_store
+
+
+TaskMessageHook = Callable[[Store, str, Inbound], Awaitable[bool]]
+"""Offered a message in a task order's thread before it is taken as a comment (a guided resolve
+conversation in progress takes its answers); True when it took it."""
+
+
+class InboundRouter:
+    def __init__(
+        self, config: Callable[[], BridgeConfig], redis: Redis, outbox: Outbox, chats: ChatFlow, tasks: TaskFlow
+    ) -> None:
+        self.config = config
+        self.redis = redis
+        self.outbox = outbox
+        self.chats = chats
+        self.tasks = tasks
+        self.task_message_hooks: dict[str, TaskMessageHook] = {}
+        """By service: a destination without modals guides people through processing in the thread."""
+
+    def place(self, service: str, channel: str) -> Place:
+        here = f"{service}:{channel}"
+        config = self.config()
+        return Place(
+            next((s for s in config.stores if s.destinations.task_orders == here), None),
+            next((s for s in config.stores if s.destinations.platform_chats == here), None),
+            next((c for c in config.creators if c.destination == here), None),
+        )
+
+    @staticmethod
+    def agent(store: Store, service: str, user: str) -> Agent | None:
+        """The store's agent this person is in ``service`` (``accounts``, or the older ``<service>_user``)."""
+        return next((a for a in store.agents if a.identity(service) == user), None)
+
+    # -- messages ------------------------------------------------------------------------------------
+
+    async def message(self, inbound: Inbound) -> bool:
+        """Routes one message; False when the place is none of the bridge's (nothing done)."""
+        actor = inbound.actor
+        place = self.place(actor.service, actor.channel)
+        owners: list[tuple[str, Store | Creator]] = []
+        if place.task_store is not None:
+            owners.append((keys.store_tag(place.task_store.id), place.task_store))
+        if place.creator is not None:
+            owners.append((keys.creator_tag(place.creator.id), place.creator))
+        if place.chat_store is not None and place.chat_store is not place.task_store:
+            owners.append((keys.store_tag(place.chat_store.id), place.chat_store))
+        if not owners:
+            return False
+        parent, owner = await self._thread(actor, inbound.threaded_under, owners)
+        if parent is not None and parent.startswith("task:"):
+            tid = parent.removeprefix("task:")
+            if isinstance(owner, Creator):
+                await self._creator_comment(owner, tid, inbound)
+            elif owner is place.task_store and place.task_store is not None:
+                await self._merchant_message(place.task_store, tid, inbound)
+            return True
+        if place.chat_store is None:
+            return place.creator is not None or place.task_store is not None
+        cid = parent.removeprefix("chat:") if parent and parent.startswith("chat:") else None
+        await self.chats.reply(place.chat_store, cid, actor, inbound.text, inbound.media)
+        return True
+
+    async def _thread(
+        self, actor: Actor, threaded_under: Sequence[str], owners: list[tuple[str, Store | Creator]]
+    ) -> tuple[str | None, Store | Creator | None]:
+        """The thread (``chat:<id>``, ``task:<id>``) a message was written in, and whose it is. A
+        reply may arrive while the message it answers is still being recorded: the last lookup
+        waits for that briefly (once, not once per owner)."""
+        lookups = [(tag, owner, ref) for tag, owner in owners for ref in threaded_under]
+        for i, (tag, owner, ref) in enumerate(lookups):
+            find = refs.parent_of if i == len(lookups) - 1 else refs.chat_of
+            found = await find(self.redis, tag, actor.service, actor.channel, ref)
+            if found is not None:
+                return found, owner
+        return None, None
+
+    async def _merchant_message(self, store: Store, tid: str, inbound: Inbound) -> None:
+        hook = self.task_message_hooks.get(inbound.actor.service)
+        if hook is not None and await hook(store, tid, inbound):
+            return
+        for media in inbound.media:  # offered as evidence when the task order is processed (B7)
+            await self.tasks.add_thread_file(store, tid, {"service": media.service, "url": media.url,
+                                                          "name": media.name, "mimetype": media.mimetype,
+                                                          "size": media.size})  # fmt: skip
+        agent = self.agent(store, inbound.actor.service, inbound.actor.user)
+        author_id, author = (agent.id, agent.name) if agent else (inbound.actor.user, inbound.actor.user)
+        await self._comment(store, tid, "merchant", author_id, author, inbound)
+
+    async def _creator_comment(self, creator: Creator, tid: str, inbound: Inbound) -> None:
+        store = await self.tasks.store_of_task(tid)
+        if store is not None:
+            await self._comment(store, tid, "creator", creator.id, creator.name, inbound)
+
+    async def _comment(self, store: Store, tid: str, side: str, author_id: str, author: str, inbound: Inbound) -> None:
+        if not inbound.text.strip():
+            return
+        actor = inbound.actor
+        refusal = await self.tasks.comment(store, tid, side, actor, author_id, author, inbound.text)
+        if refusal is not None:
+            await tell(self.outbox, keys.store_tag(store.id), actor, refusal, f"refuse:{actor.channel}:{actor.message}")
+
+    # -- task-order buttons and commands -------------------------------------------------------------
+
+    async def show_log(self, actor: Actor, tid: str, job_id: str) -> bool:
+        """Log: the task order's processing log (B4), to the person who asked, in the place's language."""
+        place = self.place(actor.service, actor.channel)
+        store = place.task_store or (await self.tasks.store_of_task(tid) if place.creator else None)
+        if store is None:
+            return False
+        text = await self.tasks.log_text(store, tid, place.creator.locale if place.creator else store.locale)
+        await tell(self.outbox, keys.store_tag(store.id), actor, text, job_id)
+        return True
+
+    async def explain_comments(self, actor: Actor, job_id: str) -> bool:
+        """Comment: how to comment (a reply in the task order's thread)."""
+        store = self.place(actor.service, actor.channel).task_store
+        if store is None:
+            return False
+        text = t(store.locale, "task.comment_hint", limit=COMMENTS_PER_SIDE)
+        await tell(self.outbox, keys.store_tag(store.id), actor, text, job_id)
+        return True
+
+    def processing_refusal(self, actor: Actor) -> str | None:
+        """Why this person may not process the place's task orders (only the store's agents may:
+        the platform records who processed it, by their platform account), or None."""
+        store = self.place(actor.service, actor.channel).task_store
+        if store is None or self.agent(store, actor.service, actor.user) is not None:
+            return None
+        return t(store.locale, "task.guide.not_agent")
+
+    async def list_tasks(self, service: str, channel: str, args: Sequence[str]) -> tuple[str, str]:
+        """``/tasks [status] [page]`` (B10): the place's task orders (a store's, or a creator's), and
+        the tag the answer belongs to. Status defaults to pending, page to 1."""
+        status = next((a for a in args if not a.isdigit()), "pending")
+        page = next((int(a) for a in args if a.isdigit()), 1)
+        place = self.place(service, channel)
+        if place.store is None and place.creator is not None:
+            return await self.tasks.creator_list_text(place.creator, status, page), keys.creator_tag(place.creator.id)
+        if place.store is None:
+            return t(DEFAULT_LOCALE, "stats.unknown_channel"), keys.NO_ENDPOINT_TAG
+        text = await self.tasks.list_text(place.store, status, place.store.locale, page)
+        return text, keys.store_tag(place.store.id)
+
+    async def stats(self, service: str, channel: str) -> tuple[str, str]:
+        """Response figures of the store whose chats this place holds (A9), and the answer's tag."""
+        store = self.place(service, channel).chat_store
+        if store is None:
+            return t(DEFAULT_LOCALE, "stats.unknown_channel"), keys.NO_ENDPOINT_TAG
+        return await self.chats.stats_text(store), keys.store_tag(store.id)
