@@ -32,7 +32,7 @@ from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
 from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.engine.ratelimit import SendSpacing
 from bridge.flows import jobs
-from bridge.flows.router import Inbound
+from bridge.flows.resolve import TooLargeToFetch
 from bridge.flows.views import Actor, ReplyMedia
 from bridge.i18n import t
 from connectors.telegram.render import render, topic_name
@@ -71,14 +71,6 @@ class TelegramInbound:
         """Where to answer this person: their chat, their forum topic, their message."""
         return Actor("telegram", str(self.user), str(self.chat), str(self.thread) if self.thread else None,
                      str(self.message))  # fmt: skip
-
-    @staticmethod
-    def of(inbound: Inbound) -> TelegramInbound:
-        """Back from the core's translation (``actor``, ``threaded_under``) to Telegram's terms."""
-        actor, under = inbound.actor, next(iter(inbound.threaded_under), None)
-        reply_to = int(under) if under is not None and not under.startswith("topic:") else None
-        return TelegramInbound(int(actor.user), int(actor.channel), int(actor.message or 0), inbound.text, reply_to,
-                               int(actor.thread) if actor.thread else None, tuple(inbound.media))  # fmt: skip
 
 
 InboundHandler = Callable[[TelegramInbound], Awaitable[bool]]
@@ -245,32 +237,29 @@ class TelegramConnector:
             ANSWER: self._answer,
         }
 
-    async def file_head(self, file_id: str, size: int) -> bytes | None:
-        """The first bytes of a file someone sent (enough to tell its type), or None when Telegram
-        will not let a bot download it (over 20 MB)."""
+    async def file_head(self, file_id: str, size: int) -> bytes:
+        """The first bytes of a file someone sent (enough to tell its type). Telegram does not let a
+        bot download more than 20 MB: ``TooLargeToFetch``. Telegram unreachable is raised (the
+        update is retried), never taken for a file of the wrong type."""
         if size > DOWNLOAD_LIMIT:
-            return None
+            raise TooLargeToFetch(DOWNLOAD_LIMIT)
         try:
             tg_file = await self.bot.get_file(file_id)
         except BadRequest as exc:
             if "too big" in str(exc).lower():
-                return None
-            return b""
-        except TelegramError:
-            return b""
+                raise TooLargeToFetch(DOWNLOAD_LIMIT) from None
+            return b""  # no such file: nothing of an allowed type
+        except TelegramError as exc:
+            raise ConnectionError(f"Telegram getFile: {exc}") from None
         if not tg_file.file_path:
             return b""
         try:
             async with self.http().get(tg_file.file_path, headers={"Range": f"bytes=0-{SNIFF_BYTES - 1}"}) as resp:
+                if resp.status >= 500 or resp.status == 429:
+                    raise ConnectionError(f"Telegram file download: HTTP {resp.status}")
                 return await resp.content.read(SNIFF_BYTES) if resp.status in (200, 206) else b""
-        except (aiohttp.ClientError, TimeoutError):
-            return b""
-
-    async def react(self, inbound: TelegramInbound) -> None:
-        """👍 on someone's message: it was taken."""
-        job = OutboxJob(f"telegram:react:{inbound.chat}:{inbound.message}", jobs.destination(SERVICE, jobs.REACT),
-                        {"channel": inbound.chat, "message": inbound.message})  # fmt: skip
-        await self.outbox.enqueue(keys.NO_ENDPOINT_TAG, f"chat:{inbound.chat}", job)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ConnectionError(f"Telegram file download: {exc}") from None
 
     async def fetch_file(self, file_id: str) -> bytes:
         try:
