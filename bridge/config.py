@@ -20,7 +20,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from rules import deadline, reply_window
 
@@ -91,24 +91,35 @@ class PlatformCredentials(_Model):
     api_token: str = Field(min_length=1)
 
 
-def _identity(person: Agent | Creator, service: str) -> str | None:
-    named = getattr(person, f"{service}_user", None)
-    return str(named) if named is not None else person.accounts.get(service)
+class _Person(_Model):
+    """Someone the bridge recognises in the destinations: ``accounts`` maps each service to their
+    id there. The older ``slack_user: U…`` / ``telegram_user: 123`` (any ``<service>_user``) are read
+    as entries of it, so existing files still load."""
 
+    accounts: dict[str, str] = Field(default_factory=dict, description="their id in each destination, by service")
 
-class Agent(_Model):
-    id: str = Field(min_length=1, description="the agent's platform (Feige) account id")
-    name: str = Field(min_length=1)
-    slack_user: str | None = None
-    telegram_user: int | None = None
-    accounts: dict[str, str] = Field(
-        default_factory=dict, description="ids in other destinations, by service: {lark: ou_…}"
-    )
-    im_permission: bool = True
+    @model_validator(mode="before")
+    @classmethod
+    def _accounts_from_older_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        older = {k: v for k, v in data.items() if isinstance(k, str) and k.endswith("_user") and v is not None}
+        if not older:
+            return data
+        accounts = {k.removesuffix("_user"): str(v) for k, v in older.items()}
+        given = data.get("accounts")
+        accounts |= {str(k): str(v) for k, v in given.items()} if isinstance(given, dict) else {}
+        return {k: v for k, v in data.items() if k not in older} | {"accounts": accounts}
 
     def identity(self, service: str) -> str | None:
         """Who this person is in ``service`` (a Slack user id, a Telegram user id, …)."""
-        return _identity(self, service)
+        return self.accounts.get(service)
+
+
+class Agent(_Person):
+    id: str = Field(min_length=1, description="the agent's platform (Feige) account id")
+    name: str = Field(min_length=1)
+    im_permission: bool = True
 
 
 class ReplyWindow(_Model):
@@ -168,19 +179,13 @@ class Store(_Model):
         return f"/webhooks/platform/{self.id}"
 
 
-class Creator(_Model):
+class Creator(_Person):
     id: str
     name: str = Field(min_length=1)
     locale: Locale = "zh-CN"
     timezone: str = DEFAULT_TIMEZONE
     platform: PlatformCredentials
     destination: str
-    telegram_user: int | None = None
-    slack_user: str | None = None
-    accounts: dict[str, str] = Field(default_factory=dict, description="ids in other destinations, by service")
-
-    def identity(self, service: str) -> str | None:
-        return _identity(self, service)
 
     _tz = field_validator("timezone")(_check_timezone)
     _dest = field_validator("destination")(_check_destination)

@@ -208,3 +208,14 @@ def test_reload_keeps_old_config_when_new_one_is_bad(tmp_path: Path) -> None:
 def test_empty_variable_takes_the_default_as_in_the_shell() -> None:
     config = load_config(EXAMPLE, environ={"STORE_1001_APP_SECRET": ""}).config
     assert config.stores[0].platform.app_secrets == ["demo-app-secret-1001"]
+
+
+def test_people_are_matched_through_one_accounts_map_and_the_older_fields_still_load() -> None:
+    tree = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    tree["stores"][0]["agents"][0] = {"id": "main-1001", "name": "店长 Li", "slack_user": "U0OLD",
+                                      "telegram_user": 42, "accounts": {"lark": "ou_1"}}  # fmt: skip
+    store = parse_config(yaml.safe_dump(tree, allow_unicode=True), environ={}).config.stores[0]
+    agent = store.agents[0]
+    assert agent.accounts == {"slack": "U0OLD", "telegram": "42", "lark": "ou_1"}
+    assert (agent.identity("slack"), agent.identity("telegram"), agent.identity("dingtalk")) == ("U0OLD", "42", None)
+    assert store.agents[1].accounts == {"slack": "U0AGENTA", "telegram": "1001002"}, "the example's own form"

@@ -180,7 +180,7 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
     watching = asyncio.create_task(watcher.run())
     store = holder.current.stores[0]
     channel = store.destinations.platform_chats.split(":", 1)[1]
-    users = {a.id: a.slack_user or "" for a in store.agents}
+    users = {a.id: a.identity("slack") or "" for a in store.agents}
     try:
         async with aiohttp.ClientSession() as http:
             for probe in ("/healthz", "/readyz"):
@@ -321,7 +321,7 @@ async def _telegram_scenes(
         return
     group = int(tg_store.destinations.platform_chats.split(":", 1)[1])
     telegram.forums.add(group)  # topics on: one topic per chat and per task order
-    owner = next(a.telegram_user for a in tg_store.agents if a.id == tg_store.main_account) or 0
+    owner = int(next(a.identity("telegram") for a in tg_store.agents if a.id == tg_store.main_account) or 0)
     out.say("scene", f"6. the same chat flow with a Telegram merchant group (store {tg_store.id}, en, a forum)")
     tg_chat = await sandbox.open_chat(tg_store.id, {"type": "text", "text": "Can the buyer change the size?"})
     header = await _until(lambda: next((m for m in telegram.messages if m.chat_id == group and m.text), None))
@@ -338,7 +338,7 @@ async def _telegram_scenes(
     card = await _until(lambda: next((m for m in telegram.messages if tid in m.text and m.reply_markup), None))
     channel = slack_creator.destination.split(":", 1)[1]
     confirmation = await _until(lambda: _root_of(slack, channel, tid))
-    await slack.user_message(slack_creator.slack_user or "", channel, "Buyer asks for a tracking number",
+    await slack.user_message(slack_creator.identity("slack") or "", channel, "Buyer asks for a tracking number",
                              thread_ts=confirmation)  # fmt: skip
     await telegram.tap(owner, group, card.message_id, f"rs:{tid}")
     step = await _until(lambda: _prompt(telegram, group, "Step 1/3"))

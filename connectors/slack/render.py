@@ -15,8 +15,9 @@ def mention(store: Store | None, agent_ids: list[str]) -> str:
     out = []
     for agent_id in agent_ids:
         agent = by_id.get(agent_id)
-        if agent is not None and agent.slack_user:
-            out.append(f"<@{agent.slack_user}>")
+        slack_user = agent.identity("slack") if agent is not None else None
+        if slack_user:
+            out.append(f"<@{slack_user}>")
         else:
             out.append(agent.name if agent else agent_id)
     return " ".join(out)

@@ -306,7 +306,7 @@ class TelegramConnector:
         if store is not None:
             by_id = {a.id: a for a in store.agents}
             people = [by_id.get(a) for a in view.get("mentions", [])]
-            view["people"] = [{"name": a.name, "telegram": a.telegram_user} for a in people if a is not None]
+            view["people"] = [{"name": a.name, "telegram": a.identity(SERVICE)} for a in people if a is not None]
             view.setdefault("timezone", store.timezone)
             view["detail_label"] = t(store.locale, "order.view")
         return view
