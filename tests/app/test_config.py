@@ -11,7 +11,7 @@ import yaml
 
 from bridge.config import ConfigError, ConfigHolder, load_config, parse_config
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example.yaml"
 
 
 def example_tree() -> dict:  # type: ignore[type-arg]

@@ -20,7 +20,7 @@ from bridge.engine.clock import ManualClock
 from bridge.flows.views import Actor
 from tests.conftest import EXAMPLE_CONFIG, start_stack
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERVICE_LIBRARIES = ("slack_sdk", "slack_bolt", "telegram", "connectors.slack", "connectors.telegram")
 
 ECHO_PACKAGE = '''

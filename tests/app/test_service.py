@@ -23,7 +23,7 @@ from bridge.app.service import Bridge, open_redis
 from bridge.config import ConfigHolder
 from tests.conftest import Stack
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example.yaml"
 
 
 @pytest.fixture
