@@ -148,7 +148,7 @@ def export_tasks(path: Path, status: str, fmt: str, out: Path | None) -> int:
             flow = TaskFlow(redis, lambda: config, timers, Outbox(redis, timers), SystemClock())
             found: list[dict[str, object]] = []
             for store in config.stores:
-                found += [{"store": store.id, **row} for row in await flow.export(store, status)]
+                found += [{"store": store.id, **row} for row in await flow.records.export(store, status)]
             return found
         finally:
             await redis.aclose()

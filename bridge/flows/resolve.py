@@ -23,7 +23,8 @@ from bridge.engine import keys
 from bridge.engine.outbox import Outbox, OutboxJob
 from bridge.flows import jobs
 from bridge.flows.router import Inbound
-from bridge.flows.tasks import TaskFlow, evidence_count_problem, evidence_problems, status_name
+from bridge.flows.task_records import status_name
+from bridge.flows.tasks import TaskFlow, evidence_count_problem, evidence_problems
 from bridge.flows.views import Actor, ReplyMedia, post_view, tell
 from bridge.i18n import t
 from rules.evidence import evidence_limits

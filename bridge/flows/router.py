@@ -158,7 +158,7 @@ class InboundRouter:
         store = place.task_store or (await self.tasks.store_of_task(tid) if place.creator else None)
         if store is None:
             return False
-        text = await self.tasks.log_text(store, tid, place.creator.locale if place.creator else store.locale)
+        text = await self.tasks.records.log_text(store, tid, place.creator.locale if place.creator else store.locale)
         await tell(self.outbox, keys.store_tag(store.id), actor, text, job_id)
         return True
 
@@ -186,10 +186,12 @@ class InboundRouter:
         page = next((int(a) for a in args if a.isdigit()), 1)
         place = self.place(service, channel)
         if place.store is None and place.creator is not None:
-            return await self.tasks.creator_list_text(place.creator, status, page), keys.creator_tag(place.creator.id)
+            return await self.tasks.records.creator_list_text(place.creator, status, page), keys.creator_tag(
+                place.creator.id
+            )
         if place.store is None:
             return t(DEFAULT_LOCALE, "stats.unknown_channel"), keys.NO_ENDPOINT_TAG
-        text = await self.tasks.list_text(place.store, status, place.store.locale, page)
+        text = await self.tasks.records.list_text(place.store, status, place.store.locale, page)
         return text, keys.store_tag(place.store.id)
 
     async def stats(self, service: str, channel: str) -> tuple[str, str]:

@@ -33,7 +33,8 @@ from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender
 from bridge.engine.ratelimit import SendSpacing
 from bridge.flows import jobs
 from bridge.flows.router import Inbound
-from bridge.flows.tasks import evidence_count_problem, evidence_problems, status_name
+from bridge.flows.task_records import status_name
+from bridge.flows.tasks import evidence_count_problem, evidence_problems
 from bridge.flows.views import Actor, ReplyMedia, tell_privately
 from bridge.i18n import t
 from connectors.slack import keys as slack_keys

@@ -138,7 +138,7 @@ async def test_killed_consumer_mid_event_is_finished_by_another_process(
     script = tmp_path / "consumer.py"
     script.write_text(CONSUMER_SCRIPT)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), redis_url, cwd=Path(__file__).resolve().parents[2]
+        sys.executable, str(script), redis_url, cwd=Path(__file__).parents[2]
     )
     try:
         assert await redis.blpop(["started"], timeout=15) is not None

@@ -154,7 +154,7 @@ async def test_tasks_listed_by_status_in_slack_and_telegram(stack: Stack) -> Non
     second = await raise_task(stack)
     answer = await stack.slash_command(MAIN, TASKS, "/tasks", "pending")
     assert "：2 条 · 第 1/1 页" in answer and answer.index(second) < answer.index(first), "newest first"
-    listing = await stack.bridge.tasks.list_text(
+    listing = await stack.bridge.tasks.records.list_text(
         stack.bridge.holder.current.stores[0], "pending", "en", page=2, per_page=1
     )
     assert listing.startswith("Task orders (⏳ Pending): 2 · page 2/2") and first in listing and second not in listing
@@ -266,7 +266,7 @@ async def test_resolve_with_evidence_from_the_modal_and_the_thread(stack: Stack)
     assert len(stack.sandbox.received("POST", "/media")) == 2
     assert await stack.redis.hget(keys.task(TAG, tid), "status") == "resolved"
     assert "SF123456789" in stack.telegram.by_bot(CREATOR_CHAT)[-1].text, "the creator is pinged (B9)"
-    log = [e["type"] for e in await stack.bridge.tasks.log_entries(TAG, tid)]
+    log = [e["type"] for e in await stack.bridge.tasks.records.log_entries(TAG, tid)]
     assert log == ["created", "evidence_added", "resolved"]
 
 
