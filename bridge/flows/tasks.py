@@ -58,11 +58,29 @@ redis.call('HSET', KEYS[1], marker, 1)
 return redis.call('HINCRBY', KEYS[1], field, 1)
 """
 
-# KEYS: task, pending index, new status index. ARGV: status, task id, now. Returns 1 if this call
-# finished it, 0 if it was finished before (by this status or another).
+# KEYS: task. ARGV: side, comment id. A comment the platform already has (made on the platform and
+# pushed to us): counted once, whatever the status or the count, since the platform took it.
+_COUNT_COMMENT = """
+local field, marker = 'comments:' .. ARGV[1], 'comment:' .. ARGV[2]
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[1], marker) == 1 then return 0 end
+redis.call('HSET', KEYS[1], marker, 1)
+return redis.call('HINCRBY', KEYS[1], field, 1)
+"""
+
+# KEYS: task. ARGV: side, comment id. The platform refused a comment for good: its slot is free again.
+_RELEASE_COMMENT = """
+if redis.call('HDEL', KEYS[1], 'comment:' .. ARGV[2]) == 0 then return 0 end
+return redis.call('HINCRBY', KEYS[1], 'comments:' .. ARGV[1], -1)
+"""
+
+# KEYS: task, pending index, new status index. ARGV: status, task id, now, solution, operator name,
+# operator id. Returns 1 if this call finished it, 0 if it was finished before (by this status or
+# another). The solution is kept with the task order (B10: looked up and exported later).
 _FINISH = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[3], 'solution', ARGV[4], 'operator', ARGV[5],
+           'operator_id', ARGV[6])
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'created_at'), ARGV[2])
 return 1
@@ -87,6 +105,8 @@ class TaskFlow:
         self.clock = clock
         self._create = redis.register_script(_CREATE)
         self._take_comment = redis.register_script(_TAKE_COMMENT)
+        self._count_comment = redis.register_script(_COUNT_COMMENT)
+        self._release_comment = redis.register_script(_RELEASE_COMMENT)
         self._finish = redis.register_script(_FINISH)
         self._append_log = redis.register_script(_LOG)
         self.records = TaskRecords(redis, config)
@@ -123,7 +143,7 @@ class TaskFlow:
         )
         # Whether created now or by a run that died after it, the rest is done (once in effect).
         await self._log(tag, order.task_id, "created", "creator", order.creator.name or order.creator.id,
-                        order.created_at.timestamp(), entry_id="created")  # fmt: skip
+                        order.created_at.timestamp(), entry_id="created", operator_id=order.creator.id)  # fmt: skip
         task = await self._task(tag, order.task_id)
         if task.get("status") == "pending":
             steps = self._steps(store, order.created_at.timestamp(), float(task["deadline"]))
@@ -149,19 +169,34 @@ class TaskFlow:
         return window_steps(created, max(1.0, deadline - created), store.task_orders.reminders_before)
 
     async def on_comment(self, event: StoredEvent) -> None:
-        """A comment made on the platform itself (not through the bridge): shown on the other side."""
+        """A comment made on the platform itself (not through the bridge): counted against its side's
+        limit (B5), logged, and shown on both sides. The store's push is the one taken (the creator's
+        endpoint gets the same comment)."""
         comment = TaskOrderComment.model_validate_json(event.raw)
         store = self.config.store(comment.shop_id)
         if store is None or event.endpoint.kind != "store":
             return
-        await self._show_comment(store, comment.task_id, comment.author.side, comment.author.name or comment.author.id,
-                                 comment.text, f"pc:{comment.comment_id}", both=True)  # fmt: skip
+        tag, tid, side = keys.store_tag(store.id), comment.task_id, comment.author.side
+        comment_id = f"platform:{comment.comment_id}"
+        if int(await self._count_comment(keys=[keys.task(tag, tid)], args=[side, comment_id])) < 0:
+            return  # a task order the bridge never saw (created before it was connected)
+        author = comment.author.name or comment.author.id
+        await self._log(tag, tid, f"comment_{side}", side, author, comment.created_at.timestamp(),
+                        entry_id=f"comment:{comment_id}", operator_id=comment.author.id)  # fmt: skip
+        await self._show_comment(store, tid, side, author, comment.text, f"pc:{comment.comment_id}", both=True)
 
     async def on_processed(self, event: StoredEvent) -> None:
         done = TaskOrderProcessed.model_validate_json(event.raw)
         store = self.config.store(done.shop_id)
         if store is not None and event.endpoint.kind == "store":
-            await self.finish(store, done.task_id, done.result, done.operator.name or done.operator.id, done.solution)
+            await self.finish(
+                store,
+                done.task_id,
+                done.result,
+                done.operator.name or done.operator.id,
+                done.solution,
+                operator_id=done.operator.id,
+            )
 
     async def on_timeout(self, event: StoredEvent) -> None:
         timeout = TaskOrderTimedOut.model_validate_json(event.raw)
@@ -207,14 +242,16 @@ class TaskFlow:
         await self._log(keys.store_tag(store.id), tid, "reminder_sent", "bridge", "bridge",
                         entry_id=f"remind-{seconds_left}")  # fmt: skip
 
-    async def finish(self, store: Store, tid: str, status: str, operator: str, solution: str) -> bool:
+    async def finish(
+        self, store: Store, tid: str, status: str, operator: str, solution: str, operator_id: str | None = None
+    ) -> bool:
         """Processed (resolved / unresolvable) or timed out: idempotent, and resumable — a call for
         the status the task order already has finishes the follow-ups a crashed call may have left
         (each once). True only for the call that finished it."""
         tag = keys.store_tag(store.id)
         changed = await self._finish(
             keys=[keys.task(tag, tid), keys.tasks_by_status(tag, "pending"), keys.tasks_by_status(tag, status)],
-            args=[status, tid, self.clock.now()],
+            args=[status, tid, self.clock.now(), solution, operator, operator_id or ""],
         )
         task = await self._task(tag, tid)
         if task.get("status") != status:
@@ -223,7 +260,7 @@ class TaskFlow:
         for endpoint_tag in (tag, keys.creator_tag(task.get("creator", ""))):  # ordering state, not the order
             await self.timers.schedule(keys.forget_timer(endpoint_tag, f"task:{tid}"), forget_at)
         await self._log(tag, tid, status, "merchant" if status != "timed_out" else "platform", operator,
-                        entry_id=f"finish:{status}")  # fmt: skip
+                        entry_id=f"finish:{status}", operator_id=operator_id)  # fmt: skip
         order = TaskOrderCreated.model_validate_json(task["data"])
         await self._to_merchant(store, tid, f"card-{status}", "update_root", await self._card_view(store, tid))
         creator = self.config.creator(task.get("creator", ""))
@@ -266,14 +303,40 @@ class TaskFlow:
             text_key = "task.refuse.limit" if refusal == "limit" else "task.refuse.closed"
             return t(locale, text_key, status=status_name(locale, status), limit=COMMENTS_PER_SIDE)
         endpoint = f"store:{store.id}" if side == "merchant" else f"creator:{task.get('creator', '')}"
+        # Logged and shown to the other side only once the platform has it (B5): a follow-up job.
+        accepted = {
+            "store": store.id,
+            "task_id": tid,
+            "side": side,
+            "author_id": author_id,
+            "author": author,
+            "text": text,
+            "comment_id": comment_id,
+            "shown_as": f"c:{actor.service}:{actor.message}",
+        }
+        then = {
+            "tag": tag,
+            "thread": f"task:{tid}:bridge",
+            "job": vars(OutboxJob(f"accepted:{comment_id}", jobs.COMMENT_ACCEPTED, accepted)),
+        }
         job = OutboxJob(f"comment:{comment_id}", jobs.ADD_COMMENT,
-                        {"endpoint": endpoint, "task_id": tid, "side": side, "author_id": author_id, "text": text},
-                        report_to=actor.as_dict() | {"store": store.id, "locale": locale},
+                        {"endpoint": endpoint, "task_id": tid, "side": side, "author_id": author_id, "text": text,
+                         "comment_id": comment_id},
+                        report_to=actor.as_dict() | {"store": store.id, "locale": locale}, then=[then],
                         relevant_key=keys.task(tag, tid), relevant_grace=0.0)  # fmt: skip
         await self.outbox.enqueue(tag, f"task:{tid}:platform", job)
-        await self._log(tag, tid, f"comment_{side}", side, author, entry_id=f"comment:{comment_id}")
-        await self._show_comment(store, tid, side, author, text, f"c:{actor.service}:{actor.message}", both=False)
         return None
+
+    async def on_comment_accepted(self, job: OutboxJob) -> None:
+        """The platform took a comment written in a destination: logged, and shown to the other side."""
+        p = job.payload
+        store = self.config.store(str(p["store"]))
+        if store is None:
+            return
+        tag, tid, side = keys.store_tag(store.id), str(p["task_id"]), str(p["side"])
+        await self._log(tag, tid, f"comment_{side}", side, str(p["author"]), entry_id=f"comment:{p['comment_id']}",
+                        operator_id=str(p["author_id"]))  # fmt: skip
+        await self._show_comment(store, tid, side, str(p["author"]), str(p["text"]), str(p["shown_as"]), both=False)
 
     async def _show_comment(
         self, store: Store, tid: str, side: str, author: str, text: str, job_id: str, both: bool
@@ -320,7 +383,14 @@ class TaskFlow:
         order processed on the platform; only when that succeeded is it finished here (B8: it never
         completes by itself)."""
         tag = keys.store_tag(store.id)
-        done = {"store": store.id, "task_id": tid, "status": result, "operator": operator[1], "solution": solution}
+        done = {
+            "store": store.id,
+            "task_id": tid,
+            "status": result,
+            "operator": operator[1],
+            "solution": solution,
+            "operator_id": operator[0],
+        }
         finish = {"tag": tag, "thread": f"task:{tid}:bridge",
                   "job": vars(OutboxJob(f"finish:{tid}", jobs.FINISH_TASK_ORDER, done))}  # fmt: skip
         payload = {"endpoint": f"store:{store.id}", "task_id": tid, "result": result, "solution": solution,
@@ -331,11 +401,11 @@ class TaskFlow:
         await self.outbox.enqueue(tag, f"task:{tid}:platform", job)
         if evidence:
             await self._log(tag, tid, "evidence_added", "merchant", f"{operator[1]} ({len(evidence)})",
-                            entry_id=f"evidence:{action_id}")  # fmt: skip
+                            entry_id=f"evidence:{action_id}", operator_id=operator[0])  # fmt: skip
 
     def senders(self) -> dict[str, Sender]:
         """The flow's own follow-up jobs."""
-        return {jobs.FINISH_TASK_ORDER: self.on_finish_job}
+        return {jobs.FINISH_TASK_ORDER: self.on_finish_job, jobs.COMMENT_ACCEPTED: self.on_comment_accepted}
 
     def failure_reporters(self) -> dict[str, FailureReporter]:
         return {jobs.ADD_COMMENT: self.on_platform_refused, jobs.PROCESS_TASK_ORDER: self.on_platform_refused}
@@ -346,6 +416,10 @@ class TaskFlow:
         store = self.config.store(str(report.get("store", "")))
         if store is None:
             return
+        if job.kind == jobs.ADD_COMMENT and job.payload.get("comment_id"):
+            # The comment does not exist: its side may write another in its place (B5 counts comments).
+            task_key = keys.task(keys.store_tag(store.id), str(job.payload["task_id"]))
+            await self._release_comment(keys=[task_key], args=[job.payload["side"], job.payload["comment_id"]])
         key = "task.comment_failed" if job.kind == jobs.ADD_COMMENT else "task.process_failed"
         text = t(str(report.get("locale") or store.locale), key, task_id=job.payload.get("task_id"),
                  reason=failure.reason)  # fmt: skip
@@ -355,16 +429,33 @@ class TaskFlow:
         p = job.payload
         store = self.config.store(str(p["store"]))
         if store is not None:
-            await self.finish(store, str(p["task_id"]), str(p["status"]), str(p["operator"]), str(p["solution"]))
+            await self.finish(
+                store,
+                str(p["task_id"]),
+                str(p["status"]),
+                str(p["operator"]),
+                str(p["solution"]),
+                operator_id=p.get("operator_id"),
+            )
 
     # -- the processing log (B4) ---------------------------------------------------------------------
 
     async def _log(
-        self, tag: str, tid: str, kind: str, side: str, operator: str, at: float | None = None, *, entry_id: str
+        self,
+        tag: str,
+        tid: str,
+        kind: str,
+        side: str,
+        operator: str,
+        at: float | None = None,
+        *,
+        entry_id: str,
+        operator_id: str | None = None,
     ) -> None:
-        """Appends to the processing log (B4), once per ``entry_id`` however often the step runs."""
+        """Appends to the processing log (B4), once per ``entry_id`` however often the step runs: when,
+        what, by whom (their name, and their platform account id where known)."""
         entry = {"id": entry_id, "at": at if at is not None else self.clock.now(), "type": kind, "side": side,
-                 "operator": operator}  # fmt: skip
+                 "operator": operator, "operator_id": operator_id}  # fmt: skip
         await self._append_log(keys=[keys.task_log(tag, tid)], args=[entry_id, orjson.dumps(entry).decode()])
 
     # -- views and destinations ---------------------------------------------------------------------

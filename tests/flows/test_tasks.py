@@ -207,6 +207,40 @@ async def test_export_writes_every_task_order(stack: Stack, redis_url: str, tmp_
     assert len(rows) == 2 and rows[0]["issue_type"] == "物流问题 Logistics"
 
 
+async def test_comments_made_on_the_platform_count_are_logged_and_are_shown_both_ways(stack: Stack) -> None:
+    """B5: ten merchant comments made in the platform's own UI leave no room for one from Slack."""
+    tid = await raise_task(stack)
+    for i in range(10):
+        await stack.sandbox.comment_on_platform(tid, "merchant", "main-1001", "店长 Li", f"平台留言 {i}")
+    await stack.settle()
+    assert await stack.redis.hget(keys.task(TAG, tid), "comments:merchant") == "10"
+    in_slack = [m.text for m in stack.slack.thread(TASKS, card(stack).ts) if "平台留言" in m.text]
+    in_telegram = [m.text for m in stack.telegram.by_bot(CREATOR_CHAT) if "平台留言" in m.text]
+    assert len(in_slack) == 10 and len(in_telegram) == 10, "both sides see every comment"
+    assert in_telegram[0] == "💬 商家留言（店长 Li）：平台留言 0"
+    await stack.slack.user_message(MAIN, TASKS, "第十一条", thread_ts=card(stack).ts)
+    await stack.settle()
+    assert "留言未发送：本方留言已达上限（10/10）" in stack.slack.ephemerals[-1]["text"]
+    assert [c["text"] for c in stack.sandbox.task_orders[tid].comments].count("第十一条") == 0
+    logged = [e for e in await stack.bridge.tasks.records.log_entries(TAG, tid) if e["type"] == "comment_merchant"]
+    assert len(logged) == 10 and (logged[0]["operator"], logged[0]["operator_id"]) == ("店长 Li", "main-1001")
+
+
+async def test_a_comment_is_shown_only_once_the_platform_has_it(stack: Stack) -> None:
+    tid = await raise_task(stack)
+    before = len(stack.telegram.by_bot(CREATOR_CHAT))
+    stack.sandbox.fail_next("POST", f"/task-orders/{tid}/comments", 422)
+    await stack.slack.user_message(MAIN, TASKS, "这条平台不收", thread_ts=card(stack).ts)
+    await stack.settle()
+    assert len(stack.telegram.by_bot(CREATOR_CHAT)) == before, "the creator never saw a comment the platform refused"
+    assert await stack.redis.hget(keys.task(TAG, tid), "comments:merchant") == "0", "its slot is free again"
+    assert [e["type"] for e in await stack.bridge.tasks.records.log_entries(TAG, tid)] == ["created"]
+    await stack.slack.user_message(MAIN, TASKS, "这条可以", thread_ts=card(stack).ts)
+    await stack.settle()
+    assert stack.telegram.by_bot(CREATOR_CHAT)[-1].text == "💬 商家留言（店长 Li）：这条可以"
+    assert await stack.redis.hget(keys.task(TAG, tid), "comments:merchant") == "1"
+
+
 async def test_the_comment_limit_comes_from_the_rule(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     """rules/ is the single source: the limit the flow enforces and tells is the rule's constant."""
     monkeypatch.setattr(tasks_flow, "COMMENTS_PER_SIDE", 2)
