@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import time
 from functools import cache
 from pathlib import Path
@@ -31,6 +31,7 @@ DEFAULT_TIMEZONE = "Asia/Shanghai"  # the platform's own (Douyin e-commerce runs
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DESTINATION = re.compile(r"^([a-z][a-z0-9_]*):(\S+)$")
+_IN_LIST = re.compile(r"^(stores|creators)\[(\d+)\]\.?(.*)$")
 _STORE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -273,6 +274,19 @@ class Problem:
     def __str__(self) -> str:
         return f"{self.severity}: {self.path}: {self.message}"
 
+    def located(self, ids: Mapping[str, Sequence[object]]) -> Problem:
+        """The path as people know it: ``stores[0].platform.app_secrets`` becomes ``store 1001
+        (stores[0]): platform.app_secrets`` — the id first (``ids``: the ids of ``stores`` and
+        ``creators``, in the file's order), then where in the file."""
+        match = _IN_LIST.match(self.path)
+        if match is None:
+            return self
+        section, index, rest = match.group(1), int(match.group(2)), match.group(3)
+        known = ids.get(section, [])
+        owner = f"{section[:-1]} {known[index]} " if index < len(known) and known[index] not in (None, "") else ""
+        where = f"{owner}({section}[{index}])" if owner else f"{section}[{index}]"
+        return replace(self, path=f"{where}: {rest}" if rest else where)
+
 
 class ConfigError(Exception):
     def __init__(self, source: str, problems: list[Problem]) -> None:
@@ -472,18 +486,56 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
         for err in exc.errors():
             if _path(err["loc"]) in unresolved:
                 continue  # already reported as the missing variable that caused it
-            message = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                message = "unknown setting (check the spelling against docs/configuration.md)"
-            elif err["type"] == "missing":
-                message = "required setting is missing"
-            problems.append(Problem(_path(err["loc"]), message))
-        raise ConfigError(source, problems) from None
-    problems += _semantic_problems(config)
+            problems.append(Problem(_path(err["loc"]), _in_plain_words(err)))
+        raise ConfigError(source, _located(problems, resolved)) from None
+    problems = _located(problems + _semantic_problems(config), resolved)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise ConfigError(source, problems)
     return LoadedConfig(config, source, [p for p in problems if p.severity == "warning"])
+
+
+def _located(problems: list[Problem], tree: Any) -> list[Problem]:
+    ids = {section: [entry.get("id") if isinstance(entry, dict) else None for entry in tree.get(section) or []]
+           for section in ("stores", "creators") if isinstance(tree.get(section), list)}  # fmt: skip
+    return [p.located(ids) for p in problems]
+
+
+_NOUNS = {"app_secrets": "secret", "agents": "agent", "reminders_before": "reminder"}
+
+
+def _in_plain_words(err: Any) -> str:
+    """A validation error as a person reads it (pydantic's own wording is for programmers)."""
+    kind, ctx, where = err["type"], err.get("ctx") or {}, err["loc"][-1] if err["loc"] else ""
+    noun = _NOUNS.get(str(where), str(where).replace("_", " ").removesuffix("s")) if isinstance(where, str) else "entry"
+    least = ctx.get("min_length", 1)
+    plain = {
+        "extra_forbidden": "unknown setting (check the spelling against docs/configuration.md)",
+        "missing": "required setting is missing",
+        "too_short": f"at least {'one' if least == 1 else least} {noun} is needed",
+        "string_too_short": "must not be empty",
+        "string_pattern_mismatch": f"does not have the expected form (it must match {ctx.get('pattern')})",
+        "string_type": "must be text",
+        "int_parsing": "must be a whole number",
+        "int_type": "must be a whole number",
+        "int_from_float": "must be a whole number",
+        "float_parsing": "must be a number",
+        "float_type": "must be a number",
+        "bool_parsing": "must be true or false",
+        "bool_type": "must be true or false",
+        "greater_than_equal": f"must be at least {ctx.get('ge')}",
+        "greater_than": f"must be more than {ctx.get('gt')}",
+        "less_than_equal": f"must be at most {ctx.get('le')}",
+        "less_than": f"must be less than {ctx.get('lt')}",
+        "literal_error": f"must be one of {ctx.get('expected')}",
+        "time_parsing": "must be a time of day such as 21:00",
+        "time_type": "must be a time of day such as 21:00",
+        "list_type": "must be a list",
+        "dict_type": "must be a mapping (name: value lines)",
+        "model_type": "must be a mapping (name: value lines)",
+        "model_attributes_type": "must be a mapping (name: value lines)",
+    }.get(kind)
+    return plain if plain is not None else str(err["msg"]).removeprefix("Value error, ")
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:

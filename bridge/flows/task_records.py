@@ -81,18 +81,30 @@ class TaskRecords:
                     await self.redis.zadd(keys.creator_tasks(creator_id), {f"{store.id}:{tid!s}": float(created)})
 
     async def export(self, store: Store, status: str) -> list[dict[str, Any]]:
-        tag = keys.store_tag(store.id)
+        """Every task order of one status (or all), with what a person looks up later: the order as
+        the platform sent it, status, deadline, result, solution, who processed it and when, comment
+        counts and the whole processing log."""
+        tag, tz = keys.store_tag(store.id), ZoneInfo(store.timezone)
         rows = []
         for tid in await self.redis.zrange(keys.tasks_by_status(tag, status if status in STATUSES else "all"), 0, -1):
             task = await self._task(tag, str(tid))
-            due = datetime.fromtimestamp(float(task["deadline"]), ZoneInfo(store.timezone)).isoformat()
+            finished = task.get("finished_at")
             rows.append(
                 orjson.loads(task["data"])
                 | {
                     "status": task["status"],
-                    "deadline_at": due,
+                    "deadline_at": datetime.fromtimestamp(float(task["deadline"]), tz).isoformat(),
+                    "result": task["status"] if task["status"] in ("resolved", "unresolvable") else "",
+                    "solution": task.get("solution", ""),
+                    "processed_by": task.get("operator", ""),
+                    "processed_by_id": task.get("operator_id", ""),
+                    "finished_at": datetime.fromtimestamp(float(finished), tz).isoformat() if finished else "",
                     "comments_merchant": int(task.get("comments:merchant", 0)),
                     "comments_creator": int(task.get("comments:creator", 0)),
+                    "log": [
+                        e | {"at": datetime.fromtimestamp(e["at"], tz).isoformat()}
+                        for e in await self.log_entries(tag, str(tid))
+                    ],
                 }
             )
         return rows

@@ -169,7 +169,7 @@ def test_check_command_reports_every_problem_and_fails(tmp_path: Path) -> None:
     result = run_check(bad)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert any("stores[0].reply_window.seconds: 500 s is outside 1–180 s" in line for line in lines)
+    assert any("store 1001 (stores[0]): reply_window.seconds: 500 s is outside 1–180 s" in line for line in lines)
     assert any("warning: stores[1].agents[0]: im_permission is false" in line for line in lines)
     assert any("error: stores[1].designated_agents: no designated agent has IM permission" in line for line in lines)
     assert lines[-1].endswith("2 error(s), 1 warning(s) — not valid")
@@ -202,7 +202,7 @@ def test_reload_keeps_old_config_when_new_one_is_bad(tmp_path: Path) -> None:
     assert holder.reload() is False
     assert holder.generation == 2 and holder.current.stores[0].reply_window.seconds == 90
     assert holder.last_error is not None
-    assert "stores[0].reply_window.seconds" in str(holder.last_error)
+    assert "store 1001 (stores[0]): reply_window.seconds" in str(holder.last_error)
 
 
 def test_empty_variable_takes_the_default_as_in_the_shell() -> None:
@@ -219,3 +219,18 @@ def test_people_are_matched_through_one_accounts_map_and_the_older_fields_still_
     assert agent.accounts == {"slack": "U0OLD", "telegram": "42", "lark": "ou_1"}
     assert (agent.identity("slack"), agent.identity("telegram"), agent.identity("dingtalk")) == ("U0OLD", "42", None)
     assert store.agents[1].accounts == {"slack": "U0AGENTA", "telegram": "1001002"}, "the example's own form"
+
+
+def test_problems_name_things_as_people_know_them_in_plain_words() -> None:
+    tree = yaml.safe_load(EXAMPLE.read_text())
+    tree["stores"][0]["platform"]["app_secrets"] = []
+    tree["stores"][1]["reply_window"] = {"seconds": "soon"}
+    tree["creators"][0]["name"] = ""
+    with pytest.raises(ConfigError) as refused:
+        parse_config(yaml.safe_dump(tree, allow_unicode=True), environ={})
+    lines = str(refused.value).splitlines()[1:]
+    assert lines == [
+        "  error: store 1001 (stores[0]): platform.app_secrets: at least one secret is needed",
+        "  error: store 1002 (stores[1]): reply_window.seconds: must be a whole number",
+        "  error: creator c-7001 (creators[0]): name: must not be empty",
+    ], "the id first, then the path, in plain words; never pydantic's wording"

@@ -302,6 +302,18 @@ async def test_resolve_with_evidence_from_the_modal_and_the_thread(stack: Stack)
     assert "SF123456789" in stack.telegram.by_bot(CREATOR_CHAT)[-1].text, "the creator is pinged (B9)"
     log = [e["type"] for e in await stack.bridge.tasks.records.log_entries(TAG, tid)]
     assert log == ["created", "evidence_added", "resolved"]
+    [row] = await stack.bridge.tasks.records.export(stack.bridge.holder.current.stores[0], "resolved")
+    assert (row["result"], row["solution"], row["processed_by"], row["processed_by_id"]) == (
+        "resolved",
+        "已为买家补发，顺丰单号 SF123456789",
+        "店长 Li",
+        "main-1001",
+    ), "the export keeps what a person looks up later"
+    assert [(e["type"], e["operator_id"]) for e in row["log"]] == [
+        ("created", "c-7001"),
+        ("evidence_added", "main-1001"),
+        ("resolved", "main-1001"),
+    ] and row["finished_at"].endswith("+08:00")
 
 
 async def test_placeholder_or_empty_solutions_are_refused_or_must_be_confirmed(stack: Stack) -> None:
