@@ -89,5 +89,8 @@ async def test_the_command_exits_1_on_an_error(
     )  # fmt: skip
     out = (await proc.communicate())[0].decode()
     assert proc.returncode == 1, out
-    assert "online: error: store 1001 (stores[0]): destinations.platform_chats: channel C0CHATS1001: channel_not_found" in out
+    assert (
+        "online: error: store 1001 (stores[0]): destinations.platform_chats: channel C0CHATS1001: channel_not_found"
+        in out
+    )
     assert "online check — 1 error(s), 0 warning(s)" in out
