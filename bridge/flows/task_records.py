@@ -41,7 +41,11 @@ class TaskRecords:
         lines = [t(locale, "task.log.title", task_id=tid)]
         for e in await self.log_entries(keys.store_tag(store.id), tid):
             at = datetime.fromtimestamp(e["at"], tz).strftime("%m-%d %H:%M:%S")
-            lines.append(t(locale, "task.log.line", at=at, type=e["type"], operator=f"{e['side']} {e['operator']}"))
+            side = t(locale, f"task.side.{e['side']}")
+            who = t(locale, "task.log.operator", name=e["operator"], side=side)
+            operator = side if e["operator"] in ("bridge", "platform") else who
+            lines.append(t(locale, "task.log.line", at=at, type=t(locale, f"task.log.type.{e['type']}"),
+                           operator=operator))  # fmt: skip
         return "\n".join(lines)
 
     async def list_text(self, store: Store, status: str, locale: str, page: int = 1, per_page: int = 20) -> str:
@@ -115,7 +119,7 @@ def _listing(
 ) -> str:
     """One page of a task-order list (B10): a title with the count and pages, then a line each."""
     pages = max(1, -(-total // per_page))
-    label = status_name(locale, status) if status != "all" else status
+    label = status_name(locale, status) if status != "all" else t(locale, "task.status.all")
     lines = [t(locale, "task.list.title", status=label, count=total, page=min(max(1, page), pages), pages=pages)]
     for tid, task in rows:
         order = TaskOrderCreated.model_validate_json(task["data"])

@@ -285,9 +285,16 @@ class TelegramConnector:
         reply_to: int | None,
         thread: int | None,
         not_after: float | None = None,
+        photo: str | None = None,
     ) -> Any:
+        """Sends a message, or with ``photo`` (a URL) a photo with ``text`` as its caption."""
         await self._space(chat, job_id, not_after)
         try:
+            if photo is not None:
+                return await self.bot.send_photo(
+                    chat, photo, caption=text, parse_mode="HTML", reply_markup=markup, message_thread_id=thread,
+                    reply_to_message_id=reply_to, allow_sending_without_reply=True,
+                )  # fmt: skip
             return await self.bot.send_message(
                 chat, text, parse_mode="HTML", reply_markup=markup, message_thread_id=thread,
                 reply_to_message_id=reply_to, allow_sending_without_reply=True,
@@ -309,6 +316,7 @@ class TelegramConnector:
             view["people"] = [{"name": a.name, "telegram": a.identity(SERVICE)} for a in people if a is not None]
             view.setdefault("timezone", store.timezone)
             view["detail_label"] = t(store.locale, "order.view")
+            view["image_label"] = t(store.locale, "chat.image")
         return view
 
     async def _is_forum(self, chat: int) -> bool:
@@ -346,7 +354,8 @@ class TelegramConnector:
     async def _post(self, job: OutboxJob) -> None:
         p = job.payload
         tag, key, chat = str(p["tag"]), str(p["thread_key"]), int(p["channel"])
-        text, markup = render(self._view(p))
+        view = self._view(p)
+        text, markup = render(view)
         topic = await self._topic(p, chat)
         reply_to = None
         if not p.get("root") and topic is None:  # without a topic, the thread is a reply chain
@@ -354,7 +363,10 @@ class TelegramConnector:
             if root is None:
                 raise RetryLater("waiting for the thread's first message to be posted")
             reply_to = int(root[1])
-        sent = await self._send(chat, text, markup, job.id, reply_to, topic, job.expires_at)
+        # An image from the platform is shown as a photo, as in Slack (Telegram fetches it by its URL).
+        content = view.get("content") or {}
+        photo = str(content["url"]) if view["type"] == "platform_message" and content.get("type") == "image" else None
+        sent = await self._send(chat, text, markup, job.id, reply_to, topic, job.expires_at, photo)
         if p.get("root"):
             await refs.save_root(self.redis, tag, key, "telegram", str(chat), str(sent.message_id))
         else:  # a reply to any message of the chain belongs to the same thread

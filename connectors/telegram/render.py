@@ -44,11 +44,12 @@ def _platform_message(view: dict[str, Any]) -> tuple[str, InlineKeyboardMarkup |
     if content["type"] == "text":
         return f"<b>{sender}</b>: {html.escape(content['text'])}", None
     if content["type"] == "image":
-        return f'<b>{sender}</b>: <a href="{html.escape(content["url"])}">🖼 image</a>', None
+        label = html.escape(str(view.get("image_label") or "🖼"))
+        return f'<b>{sender}</b>: <a href="{html.escape(content["url"])}">🖼 {label}</a>', None
     amount = f"¥{content['amount_cents'] / 100:,.2f}"
     text = (f"<b>{sender}</b>: 🧾 <b>{html.escape(content['order_id'])}</b>\n{html.escape(content['product_name'])}"
             f" · {amount} · {html.escape(content['status'])}")  # fmt: skip
-    label = str(view.get("detail_label") or "View details")
+    label = str(view.get("detail_label") or "🔗")
     return text, InlineKeyboardMarkup([[InlineKeyboardButton(label, url=content["detail_url"])]])
 
 

@@ -153,3 +153,13 @@ async def test_a_reminder_whose_slot_in_a_busy_group_comes_too_late_takes_no_slo
     assert any("next one" in t for t in texts)
     spacing = [m.sent_at for m in stack.telegram.by_bot(GROUP) if m.text]
     assert spacing[1] - spacing[0] < 3.2, "the next message took the slot the reminder did not"
+
+
+async def test_an_image_from_the_platform_arrives_as_a_photo(stack: Stack) -> None:
+    cid, root_id = await open_chat(stack)
+    image = {"type": "image", "url": "https://cdn.example/img/parcel.jpg", "width": 800, "height": 600}
+    await stack.sandbox.chat_message(cid, image)
+    await stack.settle()
+    shown = stack.telegram.by_bot(GROUP)[-1]
+    assert shown.photo == "https://cdn.example/img/parcel.jpg" and shown.reply_to == root_id, "a photo in the chain"
+    assert shown.text.startswith("<b>") and "小飞" in shown.text, "captioned with who sent it"
