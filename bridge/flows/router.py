@@ -10,6 +10,7 @@ offered as evidence. Refusals are told privately to the person, in their languag
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -88,13 +89,7 @@ class InboundRouter:
         """Routes one message; False when the place is none of the bridge's (nothing done)."""
         actor = inbound.actor
         place = self.place(actor.service, actor.channel)
-        owners: list[tuple[str, Store | Creator]] = []
-        if place.task_store is not None:
-            owners.append((keys.store_tag(place.task_store.id), place.task_store))
-        if place.creator is not None:
-            owners.append((keys.creator_tag(place.creator.id), place.creator))
-        if place.chat_store is not None and place.chat_store is not place.task_store:
-            owners.append((keys.store_tag(place.chat_store.id), place.chat_store))
+        owners = self._owners(place)
         if not owners:
             return False
         parent, owner = await self._thread(actor, inbound.threaded_under, owners)
@@ -111,15 +106,56 @@ class InboundRouter:
         await self.chats.reply(place.chat_store, cid, actor, inbound.text, inbound.media)
         return True
 
+    async def changed(self, inbound: Inbound, original: str | None, deleted: bool = False) -> bool:
+        """Someone edited (``inbound`` is the new text) or deleted a message the bridge already sent
+        to the platform: the platform cannot change a sent message, so the change goes nowhere, and
+        the author is told so privately, with what the platform has (``original``, when known)."""
+        actor = inbound.actor
+        place = self.place(actor.service, actor.channel)
+        owners = self._owners(place)
+        parent, owner = await self._thread(actor, inbound.threaded_under, owners, wait=False)
+        if parent is None or owner is None:
+            return False
+        if parent.startswith("chat:") and place.chat_store is not None:
+            store = place.chat_store
+            marker = (keys.chat(keys.store_tag(store.id), parent.removeprefix("chat:")), f"reply:{actor.message}")
+        elif parent.startswith("task:"):
+            found = await self.tasks.store_of_task(parent.removeprefix("task:"))
+            if found is None:
+                return False
+            store = found
+            marker = (keys.task(keys.store_tag(store.id), parent.removeprefix("task:")),
+                      f"comment:{actor.service}:{actor.channel}:{actor.message}")  # fmt: skip
+        else:
+            return False
+        if not await self.redis.hexists(*marker):
+            return False  # never sent (refused, or not a reply): nothing to tell
+        locale = owner.locale if isinstance(owner, Creator) else store.locale
+        key = "change.deleted" if deleted else "change.edited"
+        sent = t(locale, "change.sent_was", original=original) if original else ""
+        await tell(self.outbox, keys.store_tag(store.id), actor, t(locale, key, sent=sent),
+                   f"changed:{actor.channel}:{actor.message}:{zlib.crc32(inbound.text.encode())}:{int(deleted)}")
+        return True
+
+    def _owners(self, place: Place) -> list[tuple[str, Store | Creator]]:
+        owners: list[tuple[str, Store | Creator]] = []
+        if place.task_store is not None:
+            owners.append((keys.store_tag(place.task_store.id), place.task_store))
+        if place.creator is not None:
+            owners.append((keys.creator_tag(place.creator.id), place.creator))
+        if place.chat_store is not None and place.chat_store is not place.task_store:
+            owners.append((keys.store_tag(place.chat_store.id), place.chat_store))
+        return owners
+
     async def _thread(
-        self, actor: Actor, threaded_under: Sequence[str], owners: list[tuple[str, Store | Creator]]
+        self, actor: Actor, threaded_under: Sequence[str], owners: list[tuple[str, Store | Creator]], wait: bool = True
     ) -> tuple[str | None, Store | Creator | None]:
         """The thread (``chat:<id>``, ``task:<id>``) a message was written in, and whose it is. A
         reply may arrive while the message it answers is still being recorded: the last lookup
         waits for that briefly (once, not once per owner)."""
         lookups = [(tag, owner, ref) for tag, owner in owners for ref in threaded_under]
         for i, (tag, owner, ref) in enumerate(lookups):
-            find = refs.parent_of if i == len(lookups) - 1 else refs.chat_of
+            find = refs.parent_of if wait and i == len(lookups) - 1 else refs.chat_of
             found = await find(self.redis, tag, actor.service, actor.channel, ref)
             if found is not None:
                 return found, owner

@@ -172,6 +172,9 @@ class SlackConnector:
     # -- inbound -------------------------------------------------------------------------------------
 
     async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        if event.get("subtype") in ("message_changed", "message_deleted"):
+            await self._on_change(event)
+            return
         if event.get("subtype") not in _IGNORED_SUBTYPES or event.get("bot_id") or not event.get("user"):
             return
         thread = event.get("thread_ts")
@@ -184,6 +187,21 @@ class SlackConnector:
         actor = Actor("slack", event["user"], event["channel"], thread if in_thread else None, event["ts"])
         text = slack_to_platform_text(event.get("text", ""))
         await self.router.message(Inbound(actor, text, media, (str(thread),) if in_thread else ()))
+
+    async def _on_change(self, event: dict[str, Any]) -> None:
+        """An edited or deleted message: if the bridge had sent it, its author learns the platform
+        keeps the original (the bot's own updates of its posts are not people's edits)."""
+        deleted = event["subtype"] == "message_deleted"
+        now, before = event.get("message") or {}, event.get("previous_message") or {}
+        person = before if deleted else now
+        if person.get("bot_id") or not person.get("user") or (not deleted and now.get("text") == before.get("text")):
+            return
+        thread = person.get("thread_ts")
+        in_thread = thread is not None and thread != person.get("ts")
+        actor = Actor(SERVICE, person["user"], event["channel"], thread if in_thread else None, person.get("ts"))
+        new = "" if deleted else slack_to_platform_text(now.get("text", ""))
+        original = slack_to_platform_text(before["text"]) if before.get("text") else None
+        await self.router.changed(Inbound(actor, new, (), (str(thread),) if in_thread else ()), original, deleted)
 
     async def _on_task_log(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
         await ack()

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -66,6 +66,8 @@ class TelegramInbound:
     media: tuple[ReplyMedia, ...] = ()
     callback: str | None = None
     callback_id: str | None = None
+    edited: bool = False
+    """An edit of a message written before (Telegram sends the new text only)."""
 
     def actor(self) -> Actor:
         """Where to answer this person: their chat, their forum topic, their message."""
@@ -174,6 +176,8 @@ class TelegramConnector:
         inbound = self._translate(update)
         if inbound is None:
             return
+        if update.edited_message is not None:
+            inbound = replace(inbound, edited=True)
         if inbound.text.startswith("/") and inbound.callback is None:
             name, *args = inbound.text[1:].split()
             command = self.commands.get(name.split("@", 1)[0])

@@ -31,7 +31,10 @@ def wire_telegram(connector: TelegramConnector, core: Core) -> None:
             (f"topic:{inbound.thread}",) if inbound.thread is not None
             else (str(inbound.reply_to),) if inbound.reply_to is not None else ()
         )  # fmt: skip
-        return await router.message(Inbound(inbound.actor(), inbound.text, inbound.media, threaded_under))
+        message = Inbound(inbound.actor(), inbound.text, inbound.media, threaded_under)
+        if inbound.edited:  # the platform keeps what it was sent; Telegram does not say what that was
+            return await router.changed(message, original=None)
+        return await router.message(message)
 
     async def on_button(inbound: TelegramInbound) -> None:
         kind, _, tid = (inbound.callback or "").partition(":")

@@ -415,3 +415,30 @@ async def test_a_post_whose_process_died_before_recording_it_is_not_posted_twice
     await stack.bridge.outbox.senders["slack.post"](job)
     assert len(stack.slack.channel(CHATS)) == 1, "not posted a second time"
     assert await stack.bridge.redis.get(keys.thread_root(TAG, f"chat:{cid}")) == f"slack:{CHATS}:{root.ts}"
+
+
+async def test_an_edit_or_a_deletion_of_a_sent_reply_is_explained_to_its_author(stack: Stack) -> None:
+    """The platform cannot change a sent message: the author is told, with what the platform has."""
+    cid, root = await open_chat(stack)
+    assignee = {"main-1001": MAIN, "agent-a": AGENT_A, "agent-b": AGENT_B}[
+        str(await stack.redis.hget(keys.chat(TAG, cid), "assignee"))
+    ]
+    ts, _ = await stack.slack.user_message(assignee, CHATS, "明天发货", thread_ts=root.ts)
+    await stack.settle()
+    assert await stack.slack.change_message(assignee, CHATS, ts, "今天发货") == 200
+    await stack.settle()
+    told = stack.slack.ephemerals[-1]
+    assert told["user"] == assignee and told["thread_ts"] == root.ts
+    assert told["text"] == "平台不支持修改已发送的消息，你的修改没有发出。平台收到的是：明天发货"
+    assert await stack.slack.change_message(assignee, CHATS, ts, None) == 200
+    await stack.settle()
+    assert stack.slack.ephemerals[-1]["text"].startswith("平台不支持撤回已发送的消息，对方仍能看到它。")
+    sent = [m["content"]["text"] for m in stack.sandbox.conversations[cid].messages if m["from"] == "merchant"]
+    assert sent == ["明天发货"], "nothing more reached the platform"
+    # A message the bridge never sent (here: in the channel, not in a chat's thread) is nobody's concern.
+    told_before = len(stack.slack.ephemerals)
+    loose, _ = await stack.slack.user_message(assignee, CHATS, "大家好")
+    await stack.settle()
+    await stack.slack.change_message(assignee, CHATS, loose, "大家早")
+    await stack.settle()
+    assert len(stack.slack.ephemerals) == told_before + 1, "only the refusal of the loose message itself"

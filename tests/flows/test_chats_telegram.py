@@ -163,3 +163,15 @@ async def test_an_image_from_the_platform_arrives_as_a_photo(stack: Stack) -> No
     shown = stack.telegram.by_bot(GROUP)[-1]
     assert shown.photo == "https://cdn.example/img/parcel.jpg" and shown.reply_to == root_id, "a photo in the chain"
     assert shown.text.startswith("<b>") and "小飞" in shown.text, "captioned with who sent it"
+
+
+async def test_an_edited_reply_is_explained_to_its_author(stack: Stack) -> None:
+    cid, root_id = await open_chat(stack)
+    message, _ = await stack.telegram.user_message(OWNER, GROUP, "Ships Monday", reply_to=root_id)
+    await stack.settle()
+    assert await stack.telegram.edit_user_message(GROUP, message.message_id, "Ships Tuesday") == 200
+    await stack.settle()
+    told = stack.telegram.by_bot(GROUP)[-1]
+    assert told.reply_to == message.message_id
+    assert told.text == "The platform cannot change a message once it is sent: your edit was not sent."
+    assert merchant_texts(stack, cid) == ["Ships Monday"]
