@@ -9,6 +9,7 @@ reactions) and the bridge. It ends with a summary and exits 0; ``--serve`` keeps
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
 import os
@@ -89,7 +90,7 @@ class Watcher:
             if tg.reply_markup:
                 labels = [b["text"] for row in tg.reply_markup.get("inline_keyboard", []) for b in row]
                 buttons = f" [{' | '.join(labels)}]"
-            self.out.say("telegram", f"chat {tg.chat_id} ← {who}{reply}: {_flat(tg.text)}{buttons}")
+            self.out.say("telegram", f"chat {tg.chat_id} ← {who}{reply}: {_flat(_as_seen(tg.text))}{buttons}")
         self.seen_telegram = len(self.telegram.messages)
         for (chat, topic), name in self.telegram.topics.items():
             if self.topic_names.setdefault((chat, topic), name) != name:
@@ -98,7 +99,9 @@ class Watcher:
         for tg in self.telegram.messages:
             key = f"tg:{tg.chat_id}:{tg.message_id}"
             if tg.edits > self.seen_edits.get(key, 0):
-                self.out.say("telegram", f"chat {tg.chat_id} message {tg.message_id} edited: {_flat(tg.text)}")
+                self.out.say(
+                    "telegram", f"chat {tg.chat_id} message {tg.message_id} edited: {_flat(_as_seen(tg.text))}"
+                )
                 self.seen_edits[key] = tg.edits
             if len(tg.reactions) > self.seen_reactions.get(key, 0):
                 self.out.say("telegram", f"chat {tg.chat_id} message {tg.message_id} got {tg.reactions[-1]}")
@@ -117,6 +120,11 @@ class Watcher:
         while True:
             self.poll()
             await asyncio.sleep(0.02)
+
+
+def _as_seen(telegram_html: str) -> str:
+    """A Telegram message as a person sees it: formatting applied, entities decoded."""
+    return html.unescape(re.sub(r"<[^>]+>", "", telegram_html))
 
 
 def _flat(text: str) -> str:

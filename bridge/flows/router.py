@@ -133,8 +133,13 @@ class InboundRouter:
         locale = owner.locale if isinstance(owner, Creator) else store.locale
         key = "change.deleted" if deleted else "change.edited"
         sent = t(locale, "change.sent_was", original=original) if original else ""
-        await tell(self.outbox, keys.store_tag(store.id), actor, t(locale, key, sent=sent),
-                   f"changed:{actor.channel}:{actor.message}:{zlib.crc32(inbound.text.encode())}:{int(deleted)}")
+        await tell(
+            self.outbox,
+            keys.store_tag(store.id),
+            actor,
+            t(locale, key, sent=sent),
+            f"changed:{actor.channel}:{actor.message}:{zlib.crc32(inbound.text.encode())}:{int(deleted)}",
+        )
         return True
 
     def _owners(self, place: Place) -> list[tuple[str, Store | Creator]]:
