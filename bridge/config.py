@@ -27,6 +27,7 @@ from rules import deadline, reply_window
 Locale = Literal["zh-CN", "en"]
 
 log = logging.getLogger(__name__)
+DEFAULT_NOTE_MARKERS = ("//", "#note")
 DEFAULT_TIMEZONE = "Asia/Shanghai"  # the platform's own (Douyin e-commerce runs on China time)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -165,6 +166,10 @@ class Store(_Model):
     )
     reply_window: ReplyWindow = ReplyWindow()
     task_orders: TaskOrderSettings = TaskOrderSettings()
+    note_markers: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_NOTE_MARKERS),
+        description="a message in a thread that starts with one of these stays in the team's thread",
+    )
 
     _tz = field_validator("timezone")(_check_timezone)
     _id = field_validator("id")(_check_id)

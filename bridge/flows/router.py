@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from bridge.config import Agent, BridgeConfig, Creator, Store
+from bridge.config import DEFAULT_NOTE_MARKERS, Agent, BridgeConfig, Creator, Store
 from bridge.engine import keys, refs
-from bridge.engine.outbox import Outbox
+from bridge.engine.outbox import Outbox, OutboxJob
+from bridge.flows import jobs
 from bridge.flows.chats import ChatFlow
 from bridge.flows.tasks import TaskFlow
 from bridge.flows.views import Actor, ReplyMedia, tell
@@ -51,6 +52,9 @@ class Place:
     def store(self) -> Store | None:
         return self.task_store or self.chat_store
 
+
+NOTE_EMOJI = "memo"
+"""How a note is marked where the destination has reactions (Slack's name; others map it)."""
 
 TaskMessageHook = Callable[[Store, str, Inbound], Awaitable[bool]]
 """Offered a message in a task order's thread before it is taken as a comment (a guided resolve
@@ -93,6 +97,8 @@ class InboundRouter:
         if not owners:
             return False
         parent, owner = await self._thread(actor, inbound.threaded_under, owners)
+        if parent is not None and await self._is_note(owner, inbound):
+            return True
         if parent is not None and parent.startswith("task:"):
             tid = parent.removeprefix("task:")
             if isinstance(owner, Creator):
@@ -151,6 +157,19 @@ class InboundRouter:
         if place.chat_store is not None and place.chat_store is not place.task_store:
             owners.append((keys.store_tag(place.chat_store.id), place.chat_store))
         return owners
+
+    async def _is_note(self, owner: Store | Creator | None, inbound: Inbound) -> bool:
+        """An internal note (the text starts with one of the store's note markers): it stays in the
+        team's thread, is never forwarded, and is marked as a note (📝)."""
+        markers = owner.note_markers if isinstance(owner, Store) else DEFAULT_NOTE_MARKERS
+        if not inbound.text.lstrip().startswith(tuple(m for m in markers if m)):
+            return False
+        actor = inbound.actor
+        payload = {"channel": actor.channel, "message": actor.message, "emoji": NOTE_EMOJI}
+        job = OutboxJob(f"{actor.service}:note:{actor.channel}:{actor.message}",
+                        jobs.destination(actor.service, jobs.REACT), payload)  # fmt: skip
+        await self.outbox.enqueue(keys.NO_ENDPOINT_TAG, f"notes:{actor.service}:{actor.channel}", job)
+        return True
 
     async def _thread(
         self, actor: Actor, threaded_under: Sequence[str], owners: list[tuple[str, Store | Creator]], wait: bool = True

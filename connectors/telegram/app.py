@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 CHAT_SPACING, GROUP_SPACING, BOT_SPACING = 1.1, 3.1, 1.1 / 30
 DOWNLOAD_LIMIT = 20 * 1024 * 1024  # getFile: bots may download files up to 20 MB
 SERVICE = "telegram"
+REACTIONS = {"white_check_mark": "👍", "memo": "✍"}
+"""The core's marks (Slack's emoji names) as reactions Telegram allows."""
 UPDATE_KIND = "telegram.update"  # a stored webhook update
 REPLY = "telegram.reply"  # a message answering someone's message (what others see as ephemeral)
 ANSWER = "telegram.answer"  # answerCallbackQuery: the toast after a button tap
@@ -414,7 +416,8 @@ class TelegramConnector:
     async def _react(self, job: OutboxJob) -> None:
         p = job.payload
         try:
-            await self.bot.set_message_reaction(int(p["channel"]), int(p["message"]), "👍")
+            emoji = REACTIONS.get(str(p.get("emoji")), "👍")
+            await self.bot.set_message_reaction(int(p["channel"]), int(p["message"]), emoji)
         except TelegramError as exc:
             raise _sorted(exc) from None
 

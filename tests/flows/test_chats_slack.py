@@ -442,3 +442,13 @@ async def test_an_edit_or_a_deletion_of_a_sent_reply_is_explained_to_its_author(
     await stack.slack.change_message(assignee, CHATS, loose, "大家早")
     await stack.settle()
     assert len(stack.slack.ephemerals) == told_before + 1, "only the refusal of the loose message itself"
+
+
+async def test_an_internal_note_stays_in_the_thread(stack: Stack) -> None:
+    """A message that starts with a note marker is never forwarded; the thread marks it as a note."""
+    cid, root = await open_chat(stack)
+    ts, _ = await stack.slack.user_message(MAIN, CHATS, "// 这位买家上周也问过，先查物流", thread_ts=root.ts)
+    await stack.settle()
+    assert stack.sandbox.conversations[cid].messages[-1]["from"] == "platform", "nothing reached the platform"
+    assert stack.slack.message(CHATS, ts).reactions == ["memo"]
+    assert await stack.redis.hget(keys.chat(TAG, cid), "status") == "open" and not stack.slack.ephemerals
