@@ -53,6 +53,10 @@ class Place:
         return self.task_store or self.chat_store
 
 
+CLAIM, REASSIGN, ASSIGN_TO = "chat_claim", "chat_reassign", "chat_assign_to"
+"""The chat header's buttons (the views name them; destinations pass them back)."""
+CHAT_ACTIONS = {"cl": CLAIM, "ra": REASSIGN, "at": ASSIGN_TO}
+"""The same by the short codes of destinations with small button data."""
 NOTE_EMOJI = "memo"
 """How a note is marked where the destination has reactions (Slack's name; others map it)."""
 
@@ -229,6 +233,22 @@ class InboundRouter:
             return False
         text = t(store.locale, "task.comment_hint", limit=COMMENTS_PER_SIDE)
         await tell(self.outbox, keys.store_tag(store.id), actor, text, job_id)
+        return True
+
+    async def chat_action(self, actor: Actor, action: str, value: str, action_id: str) -> bool:
+        """A button on a chat: Claim, Reassign…, or one agent of the reassign list (``<chat>:<agent>``)."""
+        store = self.place(actor.service, actor.channel).chat_store
+        if store is None:
+            return False
+        if action == CLAIM:
+            await self.chats.assign(store, value, None, actor, action_id)
+        elif action == REASSIGN:
+            await self.chats.offer_reassign(store, value, actor, action_id)
+        elif action == ASSIGN_TO:
+            cid, _, agent_id = value.rpartition(":")
+            await self.chats.assign(store, cid, agent_id, actor, action_id)
+        else:
+            return False
         return True
 
     def processing_refusal(self, actor: Actor) -> str | None:

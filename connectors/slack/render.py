@@ -49,6 +49,8 @@ def render(store: Store | None, view: dict[str, Any]) -> tuple[str, list[dict[st
             {"type": "section", "text": {"type": "mrkdwn", "text": body or " "}},
         ]
         text = f"{view['title']} · {_fill(store, view['status_line'], view)}".strip(" ·")
+        if view.get("buttons"):
+            blocks.append(_actions(view["buttons"]))
         if view.get("first_message"):
             first_text, first_blocks = _platform_message(store, view["first_message"])
             blocks += [{"type": "divider"}, *first_blocks]

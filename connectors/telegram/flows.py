@@ -9,7 +9,7 @@ from bridge.core import Core
 from bridge.engine import keys
 from bridge.engine.outbox import OutboxJob
 from bridge.flows.resolve import RESULTS, STEP_BUTTONS
-from bridge.flows.router import Inbound
+from bridge.flows.router import CHAT_ACTIONS, Inbound
 from connectors.telegram.app import ANSWER, DOWNLOAD_LIMIT, SERVICE, TelegramConnector, TelegramInbound
 
 
@@ -40,7 +40,9 @@ def wire_telegram(connector: TelegramConnector, core: Core) -> None:
         kind, _, tid = (inbound.callback or "").partition(":")
         actor, at, toast = inbound.actor(), inbound.callback_id or str(inbound.message), None
         store = router.place(SERVICE, str(inbound.chat)).task_store
-        if kind == "log":
+        if kind in CHAT_ACTIONS:
+            await router.chat_action(actor, CHAT_ACTIONS[kind], tid, at)
+        elif kind == "log":
             await router.show_log(actor, tid, f"log:{inbound.chat}:{inbound.callback_id}")
         elif kind == "cm":
             await router.explain_comments(actor, f"hint:{inbound.callback_id}")

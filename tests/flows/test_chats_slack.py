@@ -452,3 +452,42 @@ async def test_an_internal_note_stays_in_the_thread(stack: Stack) -> None:
     assert stack.sandbox.conversations[cid].messages[-1]["from"] == "platform", "nothing reached the platform"
     assert stack.slack.message(CHATS, ts).reactions == ["memo"]
     assert await stack.redis.hget(keys.chat(TAG, cid), "status") == "open" and not stack.slack.ephemerals
+
+
+async def test_claim_and_reassign_move_the_chat_and_its_load(stack: Stack) -> None:
+    """Any designated agent claims a chat; only the main account hands it to someone else. The load
+    table follows and the platform is not told."""
+    cid, root = await open_chat(stack)
+    before = str(await stack.redis.hget(keys.chat(TAG, cid), "assignee"))
+    users = {"main-1001": MAIN, "agent-a": AGENT_A, "agent-b": AGENT_B}
+    claimer = next(a for a in ("agent-a", "agent-b") if a != before)
+    buttons = [e["action_id"] for b in root.blocks if b["type"] == "actions" for e in b["elements"]]
+    assert buttons == ["chat_claim", "chat_reassign"], "the header offers Claim and Reassign…"
+    calls_before = len(stack.sandbox.received("POST"))
+
+    assert await stack.slack.block_action(STRANGER, CHATS, root.ts, "chat_claim", cid) == 200
+    await stack.settle()
+    assert stack.slack.ephemerals[-1]["user"] == STRANGER and "指定客服" in stack.slack.ephemerals[-1]["text"]
+    assert await stack.slack.block_action(users[claimer], CHATS, root.ts, "chat_claim", cid) == 200
+    await stack.settle()
+    assert await stack.redis.hget(keys.chat(TAG, cid), "assignee") == claimer
+    loads = await stack.redis.hgetall(keys.agent_load(TAG))
+    assert (loads[claimer], loads.get(before, "0")) == ("1", "0"), "the load table follows"
+    notice = stack.slack.thread(CHATS, root.ts)[-1]
+    assert notice.text.startswith("👤 ") and f"<@{users[claimer]}>" in notice.text
+    assert f"<@{users[claimer]}>" in stack.slack.message(CHATS, root.ts).text or any(
+        f"<@{users[claimer]}>" in str(b) for b in stack.slack.message(CHATS, root.ts).blocks
+    ), "the header names the new assignee"
+
+    assert await stack.slack.block_action(users[claimer], CHATS, root.ts, "chat_reassign", cid) == 200
+    await stack.settle()
+    assert stack.slack.ephemerals[-1]["text"].startswith("未转交：只有主账号"), "only the main account reassigns"
+    assert await stack.slack.block_action(MAIN, CHATS, root.ts, "chat_reassign", cid) == 200
+    await stack.settle()
+    picker = stack.slack.thread(CHATS, root.ts)[-1]
+    choices = [e["value"] for b in picker.blocks if b["type"] == "actions" for e in b["elements"]]
+    assert f"{cid}:{claimer}" not in choices and f"{cid}:main-1001" in choices
+    assert await stack.slack.block_action(MAIN, CHATS, picker.ts, "chat_assign_to", f"{cid}:main-1001") == 200
+    await stack.settle()
+    assert await stack.redis.hget(keys.chat(TAG, cid), "assignee") == "main-1001"
+    assert len(stack.sandbox.received("POST")) == calls_before, "the platform is not told"
