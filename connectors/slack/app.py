@@ -29,7 +29,7 @@ from bridge.destinations import Route, inbox_thread
 from bridge.engine import refs
 from bridge.engine.backpressure import RETRY_AFTER_SECONDS, UNAVAILABLE
 from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
-from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender
+from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender, WaitingForRoot
 from bridge.engine.ratelimit import SendSpacing
 from bridge.flows import jobs
 from bridge.flows.router import ASSIGN_TO, CLAIM, REASSIGN, Inbound
@@ -406,7 +406,7 @@ class SlackConnector:
         if not p.get("root"):
             root = await refs.root_of(self.redis, tag, chat_key)
             if root is None:
-                raise RetryLater("waiting for the thread's first message to be posted")
+                raise WaitingForRoot
             thread_ts = root[1]
         attempt = slack_keys.post_attempt(job.id)
         landed = (
@@ -449,7 +449,7 @@ class SlackConnector:
         p = job.payload
         root = await refs.root_of(self.redis, str(p["tag"]), str(p["thread_key"]))
         if root is None:
-            raise RetryLater("waiting for the thread's first message to be posted")
+            raise WaitingForRoot
         text, blocks = render(self._store(job), p["view"])
         await _call(self.client.chat_update(channel=root[0], ts=root[1], text=text, blocks=blocks))
 

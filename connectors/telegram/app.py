@@ -29,7 +29,7 @@ from bridge.core import Core
 from bridge.destinations import Route, inbox_thread
 from bridge.engine import keys, refs
 from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
-from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender
+from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender, WaitingForRoot
 from bridge.engine.ratelimit import SendSpacing
 from bridge.flows import jobs
 from bridge.flows.resolve import TooLargeToFetch
@@ -367,7 +367,7 @@ class TelegramConnector:
         if not p.get("root") and topic is None:  # without a topic, the thread is a reply chain
             root = await refs.root_of(self.redis, tag, key)
             if root is None:
-                raise RetryLater("waiting for the thread's first message to be posted")
+                raise WaitingForRoot
             reply_to = int(root[1])
         # An image from the platform is shown as a photo, as in Slack (Telegram fetches it by its URL).
         content = view.get("content") or {}
@@ -382,7 +382,7 @@ class TelegramConnector:
         p = job.payload
         root = await refs.root_of(self.redis, str(p["tag"]), str(p["thread_key"]))
         if root is None:
-            raise RetryLater("waiting for the thread's first message to be posted")
+            raise WaitingForRoot
         text, markup = render(self._view(p))
         try:
             await self.bot.edit_message_text(text, chat_id=int(root[0]), message_id=int(root[1]), parse_mode="HTML",
