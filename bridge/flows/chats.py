@@ -59,13 +59,14 @@ return {1, ARGV[1]}
 """
 
 # KEYS: chat, loads. ARGV: new assignee, action id. Moves an open chat to another agent and its A3
-# count with it, once per action. Returns {1, previous} when moved, {0, assignee} when it already was
-# (or this action ran before), {-1} when the chat is not open.
+# count with it, once per action. Returns {1, previous} when moved, {2} when this action moved it
+# before (a retry: finish the follow-ups), {0} when it is theirs already, {-1} when not open.
 _ASSIGN = """
+if redis.call('HEXISTS', KEYS[1], 'assign:' .. ARGV[2]) == 1 then return {2} end
 if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return {-1} end
 local before = redis.call('HGET', KEYS[1], 'assignee') or ''
-if before == ARGV[1] or redis.call('HSETNX', KEYS[1], 'assign:' .. ARGV[2], 1) == 0 then return {0, before} end
-redis.call('HSET', KEYS[1], 'assignee', ARGV[1])
+if before == ARGV[1] then return {0} end
+redis.call('HSET', KEYS[1], 'assignee', ARGV[1], 'assign:' .. ARGV[2], 1)
 if before ~= '' and redis.call('HINCRBY', KEYS[2], before, -1) < 0 then redis.call('HSET', KEYS[2], before, 0) end
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 return {1, before}
@@ -548,7 +549,7 @@ class ChatFlow:
             chat_open=chat.get("status") == "open",
             by_designated=by is not None and by.id in designated,
             by_main_account=by is not None and by.id == store.main_account,
-            to_self=by is not None and target == by.id,
+            to_self=target_id is None or (by is not None and target == by.id),
             target_designated=target in designated,
         )
         if refusal is not None:
@@ -556,7 +557,9 @@ class ChatFlow:
             await self.tell_privately(store, actor, text, f"assign-refused:{action_id}")
             return
         assert by is not None
-        await self._assign(keys=[keys.chat(tag, cid), keys.agent_load(tag)], args=[target, action_id])
+        moved, *_ = await self._assign(keys=[keys.chat(tag, cid), keys.agent_load(tag)], args=[target, action_id])
+        if int(moved) not in (1, 2):
+            return  # theirs already (or closed meanwhile): nothing changes
         # What follows runs again on a retry and is idempotent by its job ids.
         dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
         text = t(store.locale, "chat.assigned", by=by.name, mention="{mention}")

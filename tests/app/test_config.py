@@ -51,7 +51,7 @@ def test_missing_environment_variable_is_named_with_its_path() -> None:
     tree = example_tree()
     tree["stores"][0]["platform"]["api_token"] = "${STORE_TOKEN_NOT_SET}"
     assert problems_of(tree) == [
-        "error: stores[0].platform.api_token: environment variable STORE_TOKEN_NOT_SET is not set; "
+        "error: store 1001 (stores[0]): platform.api_token: environment variable STORE_TOKEN_NOT_SET is not set; "
         "set it or write ${STORE_TOKEN_NOT_SET:-default}"
     ]
 
@@ -61,7 +61,8 @@ def test_designated_agent_without_im_permission_is_a_warning_with_the_fix() -> N
     tree["stores"][0]["agents"][1]["im_permission"] = False
     loaded = parse_config(yaml.safe_dump(tree, allow_unicode=True), environ={})
     assert [str(w) for w in loaded.warnings] == [
-        "warning: stores[0].agents[1]: im_permission is false — this agent can never answer platform chats "
+        "warning: store 1001 (stores[0]): agents[1]: im_permission is false — this agent can never answer "
+        "platform chats "
         "(main account: 商家后台 → 店铺 → 子账号管理 → 账号管理 → enable IM, save; then set im_permission: true)"
     ]
 
@@ -71,54 +72,59 @@ def test_designated_agent_without_im_permission_is_a_warning_with_the_fix() -> N
     [
         (
             lambda t: t["stores"][0].update(sandbox=False, reply_window={"seconds": 10}),
-            "error: stores[0].reply_window.seconds: 10 s is outside 60–180 s; the platform closes chats after "
+            "error: store 1001 (stores[0]): reply_window.seconds: 10 s is outside 60–180 s; the platform closes "
+            "chats after "
             "2–3 minutes (set sandbox: true for demos and trials with shorter windows)",
         ),
         (
             lambda t: t["stores"][0].update(reply_window={"seconds": 240}),
-            "error: stores[0].reply_window.seconds: 240 s is outside 1–180 s; the platform closes chats after "
+            "error: store 1001 (stores[0]): reply_window.seconds: 240 s is outside 1–180 s; the platform closes "
+            "chats after "
             "2–3 minutes",
         ),
         (
             lambda t: t["stores"][0]["reply_window"].update(reminders_before=[60, 130]),
-            "error: stores[0].reply_window.reminders_before[1]: 130 s must be between 0 and the window (120 s)",
+            "error: store 1001 (stores[0]): reply_window.reminders_before[1]: 130 s must be between 0 and the "
+            "window (120 s)",
         ),
         (
             lambda t: t["stores"][0].update(timezone="Mars/Olympus"),
-            "error: stores[0].timezone: unknown time zone 'Mars/Olympus'; use an IANA name such as Asia/Shanghai",
+            "error: store 1001 (stores[0]): timezone: unknown time zone 'Mars/Olympus'; use an IANA name such as "
+            "Asia/Shanghai",
         ),
         (
             lambda t: t["stores"][0]["destinations"].update(task_orders="discord:123"),
-            "error: stores[0].destinations.task_orders: destination 'discord:123' is not of the form "
+            "error: store 1001 (stores[0]): destinations.task_orders: destination 'discord:123' is not of the form "
             "slack:<channel id> or telegram:<chat id>",
         ),
         (
             lambda t: t["stores"][0].update(main_account="nobody"),
-            "error: stores[0].main_account: 'nobody' is not among stores[0].agents; add it there",
+            "error: store 1001 (stores[0]): main_account: 'nobody' is not among stores[0].agents; add it there",
         ),
         (
             lambda t: t["stores"][0].update(designated_agents=["main-1001", "ghost"]),
-            "error: stores[0].designated_agents[1]: 'ghost' is not among stores[0].agents; add it there",
+            "error: store 1001 (stores[0]): designated_agents[1]: 'ghost' is not among stores[0].agents; add it there",
         ),
         (
             lambda t: t["stores"][1].update(id="1001"),
-            "error: stores[1].id: store id '1001' is used twice",
+            "error: store 1001 (stores[1]): id: store id '1001' is used twice",
         ),
         (
             lambda t: t["stores"][0].update(colour="red"),
-            "error: stores[0].colour: unknown setting (check the spelling against docs/configuration.md)",
+            "error: store 1001 (stores[0]): colour: unknown setting (check the spelling against docs/configuration.md)",
         ),
         (
             lambda t: t["stores"][0]["platform"].pop("app_secrets"),
-            "error: stores[0].platform.app_secrets: required setting is missing",
+            "error: store 1001 (stores[0]): platform.app_secrets: required setting is missing",
         ),
         (
             lambda t: t["stores"][0]["task_orders"].update(night_rule="sleep_in"),
-            "error: stores[0].task_orders.night_rule: Input should be 'move_to_morning' or 'carry_over'",
+            "error: store 1001 (stores[0]): task_orders.night_rule: must be one of 'move_to_morning' or 'carry_over'",
         ),
         (
             lambda t: t.pop("telegram"),
-            "error: stores[1].destinations.platform_chats: uses telegram but the telegram: section is missing",
+            "error: store 1002 (stores[1]): destinations.platform_chats: uses telegram but the telegram: section "
+            "is missing",
         ),
     ],
 )
@@ -170,8 +176,11 @@ def test_check_command_reports_every_problem_and_fails(tmp_path: Path) -> None:
     assert result.returncode == 1
     lines = result.stdout.splitlines()
     assert any("store 1001 (stores[0]): reply_window.seconds: 500 s is outside 1–180 s" in line for line in lines)
-    assert any("warning: stores[1].agents[0]: im_permission is false" in line for line in lines)
-    assert any("error: stores[1].designated_agents: no designated agent has IM permission" in line for line in lines)
+    assert any("warning: store 1002 (stores[1]): agents[0]: im_permission is false" in line for line in lines)
+    assert any(
+        "error: store 1002 (stores[1]): designated_agents: no designated agent has IM permission" in line
+        for line in lines
+    )
     assert lines[-1].endswith("2 error(s), 1 warning(s) — not valid")
 
 

@@ -109,7 +109,7 @@ async def test_log_records_every_operation_and_shows_on_both_sides(stack: Stack)
     await stack.settle()
     log = stack.slack.ephemerals[-1]["text"]
     assert log.startswith(f"📋 任务单 {tid} 处理记录") and "创建 — 达人 小美 Xiaomei（达人）" in log
-    assert "comment_merchant — merchant 店长 Li" in log
+    assert "商家留言 — 店长 Li（商家）" in log
     assert await stack.telegram.tap(CREATOR_CHAT, CREATOR_CHAT, confirmation(stack).message_id, f"log:{tid}") == 200
     await stack.settle()
     assert stack.telegram.by_bot(CREATOR_CHAT)[-1].text.startswith(f"📋 任务单 {tid} 处理记录")
