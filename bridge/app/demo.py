@@ -312,7 +312,11 @@ async def _task_scenes(
         told = len(slack.ephemerals)
         _, answer = await slack.submit_view(main, view, _modal_values(solution, files))
         errors = json.loads(answer).get("errors") if answer.strip() else None
-        out.say("slack", f"modal submitted ({names}) → " + (f"refused: {_flat(str(errors))}" if errors else "accepted"))
+        out.say(
+            "slack",
+            f"modal submitted ({names}) → "
+            + (f"refused: {_flat('; '.join(errors.values()))}" if errors else "accepted"),
+        )
         if huge in files:  # the files' contents are checked after the ack; the refusal comes in the thread
             await _until(lambda: next((e for e in slack.ephemerals[told:] if tid in e["text"]), None))  # noqa: B023
     await _until(lambda: next((m for m in telegram.messages if "SF123456789" in m.text), None), within=30)

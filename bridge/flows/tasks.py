@@ -229,13 +229,15 @@ class TaskFlow:
         await take_steps(self.timers, timer, keys.task(tag, tid), task, "step:", steps, take)
 
     async def _remind(self, store: Store, tid: str, task: dict[str, str], seconds_left: int, deadline: float) -> None:
-        left = f"{seconds_left // 3600} h" if seconds_left >= 3600 else f"{seconds_left // 60} min"
-        text = t(store.locale, "task.reminder", task_id=tid, left=left, deadline="{deadline}")
+        text = t(
+            store.locale, "task.reminder", task_id=tid, left=_left(store.locale, seconds_left), deadline="{deadline}"
+        )
         view = {"type": "notice", "text": text, "deadline": deadline, "deadline_date": True, "timezone": store.timezone,
                 "expires_at": deadline}  # fmt: skip
         await self._to_merchant(store, tid, f"remind-{seconds_left}", "post", view)
         creator = self.config.creator(task.get("creator", ""))
         if creator is not None:
+            left = _left(creator.locale, seconds_left)
             creator_text = t(creator.locale, "task.reminder", task_id=tid, left=left, deadline="{deadline}")
             await self._to_creator(creator, store.id, tid, f"remind-{seconds_left}", "post",
                                    view | {"text": creator_text, "timezone": creator.timezone})  # fmt: skip
@@ -571,6 +573,13 @@ def evidence_problems(locale: str, files: list[tuple[str, bytes, int]]) -> str:
         reason = t(locale, f"task.process.reason.{refusal.reason}", **(evidence_limits() | {"limit_mb": limit_mb}))
         lines.append(t(locale, "task.process.bad_file", name=files[index][0], reason=reason))
     return "\n".join(lines)
+
+
+def _left(locale: str, seconds: int) -> str:
+    """Time left, as the reader's language says it (2 小时, 30 min)."""
+    if seconds >= 3600:
+        return t(locale, "duration.hours", n=seconds // 3600)
+    return t(locale, "duration.minutes", n=seconds // 60)
 
 
 def _action(label: str, action: str, short: str, tid: str) -> dict[str, str]:

@@ -120,9 +120,9 @@ async def test_reminders_then_timeout_tell_both_sides_and_stop_comments(stack: S
     tid = await raise_task(stack)
     deadline = float(await stack.redis.hget(keys.task(TAG, tid), "deadline"))
     await stack.advance_to(deadline - 7200)
-    assert "还剩 2 h" in stack.slack.thread(TASKS, card(stack).ts)[-1].text
+    assert "还剩 2 小时" in stack.slack.thread(TASKS, card(stack).ts)[-1].text
     await stack.advance_to(deadline - 1800)
-    assert "还剩 30 min" in stack.telegram.by_bot(CREATOR_CHAT)[-1].text
+    assert "还剩 30 分钟" in stack.telegram.by_bot(CREATOR_CHAT)[-1].text
     await stack.advance_to(deadline)
     assert await stack.redis.hget(keys.task(TAG, tid), "status") == "timed_out"
     assert "超时完结" in stack.slack.thread(TASKS, card(stack).ts)[-1].text
