@@ -406,6 +406,12 @@ async def count(
                 row = rows.setdefault("comments_shown_to_creator", Counter())
             row["expected"] += 1
             row["delivered_once" if total == 1 else "delivered_twice_or_more" if total > 1 else "lost"] += 1
+    # What the bridge never acknowledged is the platform's to redeliver, not the bridge's loss; an event
+    # whose handling failed every attempt is on its endpoint's dead list. Both are counted, apart.
+    unacknowledged = sum(not d.delivered for d in sandbox.deliveries)
+    events_dead = 0
+    async for dead_list in redis.scan_iter(match="*:events-dead", count=1000):
+        events_dead += await redis.llen(dead_list)
     platform_5xx = Counter(s for d in sandbox.deliveries for s in d.statuses if s >= 500)
     slack_5xx = Counter(s for s, n in people.statuses.items() for _ in range(n) if s >= 500)
     lost = sum(r["lost"] for r in rows.values())
@@ -425,6 +431,8 @@ async def count(
         "answered_chats_closed_as_timeouts": answered_closed,
         "http_5xx_other_than_503": sum(n for s, n in (platform_5xx + slack_5xx).items() if s != 503),
         "http_503": platform_5xx.get(503, 0) + slack_5xx.get(503, 0),
+        "pushes_never_acknowledged": unacknowledged,
+        "events_dead_lettered": events_dead,
         "slack_429s": slack.rate_limited,
         "telegram_429s": telegram.rate_limited,
         "close_lateness_s": _spread(close_lateness),

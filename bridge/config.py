@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import time
 from functools import cache
 from pathlib import Path
@@ -20,17 +20,19 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from rules import deadline, reply_window
 
 Locale = Literal["zh-CN", "en"]
 
 log = logging.getLogger(__name__)
+DEFAULT_NOTE_MARKERS = ("//", "#note")
 DEFAULT_TIMEZONE = "Asia/Shanghai"  # the platform's own (Douyin e-commerce runs on China time)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DESTINATION = re.compile(r"^([a-z][a-z0-9_]*):(\S+)$")
+_IN_LIST = re.compile(r"^(stores|creators)\[(\d+)\]\.?(.*)$")
 _STORE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -91,24 +93,35 @@ class PlatformCredentials(_Model):
     api_token: str = Field(min_length=1)
 
 
-def _identity(person: Agent | Creator, service: str) -> str | None:
-    named = getattr(person, f"{service}_user", None)
-    return str(named) if named is not None else person.accounts.get(service)
+class _Person(_Model):
+    """Someone the bridge recognises in the destinations: ``accounts`` maps each service to their
+    id there. The older ``slack_user: U…`` / ``telegram_user: 123`` (any ``<service>_user``) are read
+    as entries of it, so existing files still load."""
 
+    accounts: dict[str, str] = Field(default_factory=dict, description="their id in each destination, by service")
 
-class Agent(_Model):
-    id: str = Field(min_length=1, description="the agent's platform (Feige) account id")
-    name: str = Field(min_length=1)
-    slack_user: str | None = None
-    telegram_user: int | None = None
-    accounts: dict[str, str] = Field(
-        default_factory=dict, description="ids in other destinations, by service: {lark: ou_…}"
-    )
-    im_permission: bool = True
+    @model_validator(mode="before")
+    @classmethod
+    def _accounts_from_older_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        older = {k: v for k, v in data.items() if isinstance(k, str) and k.endswith("_user") and v is not None}
+        if not older:
+            return data
+        accounts = {k.removesuffix("_user"): str(v) for k, v in older.items()}
+        given = data.get("accounts")
+        accounts |= {str(k): str(v) for k, v in given.items()} if isinstance(given, dict) else {}
+        return {k: v for k, v in data.items() if k not in older} | {"accounts": accounts}
 
     def identity(self, service: str) -> str | None:
         """Who this person is in ``service`` (a Slack user id, a Telegram user id, …)."""
-        return _identity(self, service)
+        return self.accounts.get(service)
+
+
+class Agent(_Person):
+    id: str = Field(min_length=1, description="the agent's platform (Feige) account id")
+    name: str = Field(min_length=1)
+    im_permission: bool = True
 
 
 class ReplyWindow(_Model):
@@ -153,6 +166,10 @@ class Store(_Model):
     )
     reply_window: ReplyWindow = ReplyWindow()
     task_orders: TaskOrderSettings = TaskOrderSettings()
+    note_markers: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_NOTE_MARKERS),
+        description="a message in a thread that starts with one of these stays in the team's thread",
+    )
 
     _tz = field_validator("timezone")(_check_timezone)
     _id = field_validator("id")(_check_id)
@@ -168,19 +185,13 @@ class Store(_Model):
         return f"/webhooks/platform/{self.id}"
 
 
-class Creator(_Model):
+class Creator(_Person):
     id: str
     name: str = Field(min_length=1)
     locale: Locale = "zh-CN"
     timezone: str = DEFAULT_TIMEZONE
     platform: PlatformCredentials
     destination: str
-    telegram_user: int | None = None
-    slack_user: str | None = None
-    accounts: dict[str, str] = Field(default_factory=dict, description="ids in other destinations, by service")
-
-    def identity(self, service: str) -> str | None:
-        return _identity(self, service)
 
     _tz = field_validator("timezone")(_check_timezone)
     _dest = field_validator("destination")(_check_destination)
@@ -267,6 +278,19 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.severity}: {self.path}: {self.message}"
+
+    def located(self, ids: Mapping[str, Sequence[object]]) -> Problem:
+        """The path as people know it: ``stores[0].platform.app_secrets`` becomes ``store 1001
+        (stores[0]): platform.app_secrets`` — the id first (``ids``: the ids of ``stores`` and
+        ``creators``, in the file's order), then where in the file."""
+        match = _IN_LIST.match(self.path)
+        if match is None:
+            return self
+        section, index, rest = match.group(1), int(match.group(2)), match.group(3)
+        known = ids.get(section, [])
+        owner = f"{section[:-1]} {known[index]} " if index < len(known) and known[index] not in (None, "") else ""
+        where = f"{owner}({section}[{index}])" if owner else f"{section}[{index}]"
+        return replace(self, path=f"{where}: {rest}" if rest else where)
 
 
 class ConfigError(Exception):
@@ -467,18 +491,56 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
         for err in exc.errors():
             if _path(err["loc"]) in unresolved:
                 continue  # already reported as the missing variable that caused it
-            message = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                message = "unknown setting (check the spelling against docs/configuration.md)"
-            elif err["type"] == "missing":
-                message = "required setting is missing"
-            problems.append(Problem(_path(err["loc"]), message))
-        raise ConfigError(source, problems) from None
-    problems += _semantic_problems(config)
+            problems.append(Problem(_path(err["loc"]), _in_plain_words(err)))
+        raise ConfigError(source, _located(problems, resolved)) from None
+    problems = _located(problems + _semantic_problems(config), resolved)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise ConfigError(source, problems)
     return LoadedConfig(config, source, [p for p in problems if p.severity == "warning"])
+
+
+def _located(problems: list[Problem], tree: Any) -> list[Problem]:
+    ids = {section: [entry.get("id") if isinstance(entry, dict) else None for entry in tree.get(section) or []]
+           for section in ("stores", "creators") if isinstance(tree.get(section), list)}  # fmt: skip
+    return [p.located(ids) for p in problems]
+
+
+_NOUNS = {"app_secrets": "secret", "agents": "agent", "reminders_before": "reminder"}
+
+
+def _in_plain_words(err: Any) -> str:
+    """A validation error as a person reads it (pydantic's own wording is for programmers)."""
+    kind, ctx, where = err["type"], err.get("ctx") or {}, err["loc"][-1] if err["loc"] else ""
+    noun = _NOUNS.get(str(where), str(where).replace("_", " ").removesuffix("s")) if isinstance(where, str) else "entry"
+    least = ctx.get("min_length", 1)
+    plain = {
+        "extra_forbidden": "unknown setting (check the spelling against docs/configuration.md)",
+        "missing": "required setting is missing",
+        "too_short": f"at least {'one' if least == 1 else least} {noun} is needed",
+        "string_too_short": "must not be empty",
+        "string_pattern_mismatch": f"does not have the expected form (it must match {ctx.get('pattern')})",
+        "string_type": "must be text",
+        "int_parsing": "must be a whole number",
+        "int_type": "must be a whole number",
+        "int_from_float": "must be a whole number",
+        "float_parsing": "must be a number",
+        "float_type": "must be a number",
+        "bool_parsing": "must be true or false",
+        "bool_type": "must be true or false",
+        "greater_than_equal": f"must be at least {ctx.get('ge')}",
+        "greater_than": f"must be more than {ctx.get('gt')}",
+        "less_than_equal": f"must be at most {ctx.get('le')}",
+        "less_than": f"must be less than {ctx.get('lt')}",
+        "literal_error": f"must be one of {ctx.get('expected')}",
+        "time_parsing": "must be a time of day such as 21:00",
+        "time_type": "must be a time of day such as 21:00",
+        "list_type": "must be a list",
+        "dict_type": "must be a mapping (name: value lines)",
+        "model_type": "must be a mapping (name: value lines)",
+        "model_attributes_type": "must be a mapping (name: value lines)",
+    }.get(kind)
+    return plain if plain is not None else str(err["msg"]).removeprefix("Value error, ")
 
 
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:

@@ -14,6 +14,7 @@ from bridge.destinations import Inbox
 from bridge.engine.clock import Clock
 from bridge.engine.outbox import Outbox
 from bridge.flows.chats import ChatFlow
+from bridge.flows.resolve import ResolveConversation
 from bridge.flows.router import InboundRouter
 from bridge.flows.tasks import TaskFlow
 
@@ -29,3 +30,4 @@ class Core:
     tasks: TaskFlow
     inbox: Inbox
     router: InboundRouter
+    resolve: ResolveConversation

@@ -29,6 +29,13 @@ class MediaType:
         return MAX_IMAGE_BYTES if self.kind == "image" else MAX_VIDEO_BYTES
 
 
+MP4_BRANDS = frozenset(
+    {b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso8", b"mp41", b"mp42", b"avc1", b"dash",
+     b"M4V ", b"M4VH", b"M4VP", b"mmp4", b"MSNV"}
+)  # fmt: skip
+"""Major brands of MP4 video (ISO/IEC 14496-12 and -14, and the common players' own)."""
+
+
 def sniff_media(head: bytes) -> MediaType | None:
     """The allowed media type the leading bytes show, or None when they show none."""
     if head.startswith(b"\xff\xd8\xff"):
@@ -36,7 +43,12 @@ def sniff_media(head: bytes) -> MediaType | None:
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return MediaType("image", "png")
     if len(head) >= 12 and head[4:8] == b"ftyp":
-        return MediaType("video", "mov" if head[8:10] == b"qt" else "mp4")
+        # An ISO media file says what it is in its major brand: an HEIC photo or an M4A recording
+        # has an ftyp box too, and is not a video.
+        brand = head[8:12]
+        if brand == b"qt  ":
+            return MediaType("video", "mov")
+        return MediaType("video", "mp4") if brand in MP4_BRANDS else None
     if head.startswith(b"FLV\x01"):
         return MediaType("video", "flv")
     if head.startswith(b"RIFF") and head[8:12] == b"AVI ":

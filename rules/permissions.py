@@ -16,6 +16,8 @@ class Refusal(Enum):
     NO_IM_PERMISSION = "refuse.no_im_permission"
     CLOSED = "refuse.closed"
     EMPTY = "refuse.empty"
+    NOT_MAIN = "refuse.not_main"
+    NOT_DESIGNATED_TARGET = "refuse.not_designated_target"
 
 
 def answer_refusal(
@@ -34,3 +36,18 @@ def answer_refusal(
     if not has_content:
         return Refusal.EMPTY
     return None
+
+
+def assignment_refusal(
+    *, chat_open: bool, by_designated: bool, by_main_account: bool, to_self: bool, target_designated: bool
+) -> Refusal | None:
+    """Claim and reassign (A3): any designated agent may take an open chat for themselves; only the
+    main account may hand it to another designated agent. The platform is not told: who answers for
+    the store is the store's business."""
+    if not chat_open:
+        return Refusal.CLOSED
+    if to_self:
+        return None if by_designated else Refusal.NOT_AGENT
+    if not by_main_account:
+        return Refusal.NOT_MAIN
+    return None if target_designated else Refusal.NOT_DESIGNATED_TARGET

@@ -54,7 +54,8 @@ async def probe_destinations(loaded: LoadedConfig) -> list[Problem]:
         settings = loaded.config.settings_of(service)
         if settings is not None and plugin.probe is not None:
             problems += await plugin.probe(settings, loaded.config)
-    return problems
+    ids = {"stores": [s.id for s in loaded.config.stores], "creators": [c.id for c in loaded.config.creators]}
+    return [p.located(ids) for p in problems]
 
 
 def summary(loaded: LoadedConfig) -> str:
@@ -130,10 +131,7 @@ def export_tasks(path: Path, status: str, fmt: str, out: Path | None) -> int:
     import json
 
     from bridge.app.service import connect_redis
-    from bridge.engine.clock import SystemClock
-    from bridge.engine.outbox import Outbox
-    from bridge.engine.timers import TimerStore
-    from bridge.flows.tasks import TaskFlow
+    from bridge.flows.task_records import TaskRecords
 
     try:
         config = load_config(path).config
@@ -144,11 +142,10 @@ def export_tasks(path: Path, status: str, fmt: str, out: Path | None) -> int:
     async def rows() -> list[dict[str, object]]:
         redis, embedded = connect_redis()
         try:
-            timers = TimerStore(redis)
-            flow = TaskFlow(redis, lambda: config, timers, Outbox(redis, timers), SystemClock())
+            records = TaskRecords(redis, lambda: config)
             found: list[dict[str, object]] = []
             for store in config.stores:
-                found += [{"store": store.id, **row} for row in await flow.export(store, status)]
+                found += [{"store": store.id, **row} for row in await records.export(store, status)]
             return found
         finally:
             await redis.aclose()

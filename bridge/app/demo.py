@@ -9,6 +9,7 @@ reactions) and the bridge. It ends with a summary and exits 0; ``--serve`` keeps
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
 import os
@@ -89,7 +90,7 @@ class Watcher:
             if tg.reply_markup:
                 labels = [b["text"] for row in tg.reply_markup.get("inline_keyboard", []) for b in row]
                 buttons = f" [{' | '.join(labels)}]"
-            self.out.say("telegram", f"chat {tg.chat_id} ← {who}{reply}: {_flat(tg.text)}{buttons}")
+            self.out.say("telegram", f"chat {tg.chat_id} ← {who}{reply}: {_flat(_as_seen(tg.text))}{buttons}")
         self.seen_telegram = len(self.telegram.messages)
         for (chat, topic), name in self.telegram.topics.items():
             if self.topic_names.setdefault((chat, topic), name) != name:
@@ -98,7 +99,9 @@ class Watcher:
         for tg in self.telegram.messages:
             key = f"tg:{tg.chat_id}:{tg.message_id}"
             if tg.edits > self.seen_edits.get(key, 0):
-                self.out.say("telegram", f"chat {tg.chat_id} message {tg.message_id} edited: {_flat(tg.text)}")
+                self.out.say(
+                    "telegram", f"chat {tg.chat_id} message {tg.message_id} edited: {_flat(_as_seen(tg.text))}"
+                )
                 self.seen_edits[key] = tg.edits
             if len(tg.reactions) > self.seen_reactions.get(key, 0):
                 self.out.say("telegram", f"chat {tg.chat_id} message {tg.message_id} got {tg.reactions[-1]}")
@@ -117,6 +120,11 @@ class Watcher:
         while True:
             self.poll()
             await asyncio.sleep(0.02)
+
+
+def _as_seen(telegram_html: str) -> str:
+    """A Telegram message as a person sees it: formatting applied, entities decoded."""
+    return html.unescape(re.sub(r"<[^>]+>", "", telegram_html))
 
 
 def _flat(text: str) -> str:
@@ -180,7 +188,7 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
     watching = asyncio.create_task(watcher.run())
     store = holder.current.stores[0]
     channel = store.destinations.platform_chats.split(":", 1)[1]
-    users = {a.id: a.slack_user or "" for a in store.agents}
+    users = {a.id: a.identity("slack") or "" for a in store.agents}
     try:
         async with aiohttp.ClientSession() as http:
             for probe in ("/healthz", "/readyz"):
@@ -321,7 +329,7 @@ async def _telegram_scenes(
         return
     group = int(tg_store.destinations.platform_chats.split(":", 1)[1])
     telegram.forums.add(group)  # topics on: one topic per chat and per task order
-    owner = next(a.telegram_user for a in tg_store.agents if a.id == tg_store.main_account) or 0
+    owner = int(next(a.identity("telegram") for a in tg_store.agents if a.id == tg_store.main_account) or 0)
     out.say("scene", f"6. the same chat flow with a Telegram merchant group (store {tg_store.id}, en, a forum)")
     tg_chat = await sandbox.open_chat(tg_store.id, {"type": "text", "text": "Can the buyer change the size?"})
     header = await _until(lambda: next((m for m in telegram.messages if m.chat_id == group and m.text), None))
@@ -338,7 +346,7 @@ async def _telegram_scenes(
     card = await _until(lambda: next((m for m in telegram.messages if tid in m.text and m.reply_markup), None))
     channel = slack_creator.destination.split(":", 1)[1]
     confirmation = await _until(lambda: _root_of(slack, channel, tid))
-    await slack.user_message(slack_creator.slack_user or "", channel, "Buyer asks for a tracking number",
+    await slack.user_message(slack_creator.identity("slack") or "", channel, "Buyer asks for a tracking number",
                              thread_ts=confirmation)  # fmt: skip
     await telegram.tap(owner, group, card.message_id, f"rs:{tid}")
     step = await _until(lambda: _prompt(telegram, group, "Step 1/3"))

@@ -45,6 +45,7 @@ from bridge.engine.outbox import Outbox
 from bridge.engine.redact import REDACTOR, secrets_in
 from bridge.engine.timers import Handler, Timer, TimerStore, TimerWorker
 from bridge.flows.chats import ChatFlow
+from bridge.flows.resolve import ResolveConversation
 from bridge.flows.router import InboundRouter
 from bridge.flows.tasks import TaskFlow
 from connectors.platform.inbound import MAX_PUSH_BYTES, PlatformWebhooks
@@ -110,8 +111,9 @@ class Bridge:
         # Every configured destination (bridge/destinations.py): its senders, file fetcher and route.
         config = lambda: self.holder.current  # noqa: E731 (read at each use: a reload takes effect)
         self.router = InboundRouter(config, self.redis, self.outbox, self.chats, self.tasks)
+        self.resolve = ResolveConversation(self.redis, self.outbox, self.tasks)
         self._core = Core(config, self.redis, self.clock, self.outbox, self.http, self.chats, self.tasks,
-                          Inbox(self.event_log), self.router)  # fmt: skip
+                          Inbox(self.event_log), self.router, self.resolve)  # fmt: skip
         self._platform = platform
         self._serve_webhooks = True
         self._reconnecting: asyncio.Task[bool] | None = None

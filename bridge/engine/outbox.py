@@ -45,6 +45,15 @@ class RetryLater(Exception):
         self.pacing = pacing
 
 
+class WaitingForRoot(RetryLater):
+    """A post into a thread whose first message (its root) has not landed yet. When the root's own
+    job is queued behind it in the same thread (the events that made them were handled in the other
+    order), the root goes first; otherwise the post waits for it like any retry."""
+
+    def __init__(self) -> None:
+        super().__init__("waiting for the thread's first message to be posted")
+
+
 class FinalFailure(Exception):
     """Will never succeed as it is (a 4xx other than 429): reported to the person who acted."""
 
@@ -116,6 +125,21 @@ end
 return redis.call('RPUSH', KEYS[1], ARGV[1])
 """
 
+# KEYS: queue. Moves the first job that opens the thread (payload.root) to the head. Returns 1 when
+# one was moved. Only the thread's sender runs it (it holds the thread's timer lease).
+_ROOT_FIRST = """
+local queued = redis.call('LRANGE', KEYS[1], 1, -1)
+for _, raw in ipairs(queued) do
+  local payload = cjson.decode(raw)['payload']
+  if type(payload) == 'table' and payload['root'] == true then
+    redis.call('LREM', KEYS[1], 1, raw)
+    redis.call('LPUSH', KEYS[1], raw)
+    return 1
+  end
+end
+return 0
+"""
+
 # KEYS: queue, attempts.  ARGV: job id.  Removes the head if it is still that job; returns the
 # length left.
 _POP_HEAD = """
@@ -153,6 +177,7 @@ class Outbox:
     def __post_init__(self) -> None:
         self._enqueue = self.redis.register_script(_ENQUEUE)
         self._pop_head = self.redis.register_script(_POP_HEAD)
+        self._root_first = self.redis.register_script(_ROOT_FIRST)
 
     def register(self, kinds: Mapping[str, Sender], failures: Mapping[str, FailureReporter] | None = None) -> None:
         """Senders by job kind, and (for the flow that owns a kind) who hears of a final failure."""
@@ -241,6 +266,12 @@ class Outbox:
             self.stats.expired += 1
             METRICS.outbox.labels(job.kind, "expired").inc()
             await self._dead_letter(tag, thread, job, f"no longer relevant: {exc}", None, "expired")
+        except WaitingForRoot as exc:
+            if int(await self._root_first(keys=[queue])):
+                await self.timers.schedule(timer.key, self.clock.now())  # the root, now at the head
+            else:
+                await self._retry(tag, thread, job, exc)
+            return
         except RetryLater as exc:
             await self._retry(tag, thread, job, exc)
             return

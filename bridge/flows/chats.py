@@ -30,7 +30,7 @@ from bridge.flows.domain import ChatClosed, ChatMessage
 from bridge.flows.steps import take_steps
 from bridge.flows.views import Actor, ReplyMedia, post_view, read_hash, tell_privately
 from bridge.i18n import t
-from rules.permissions import Refusal, answer_refusal
+from rules.permissions import Refusal, answer_refusal, assignment_refusal
 from rules.reply_window import WindowStep, next_step_at, window_start, window_steps
 from rules.routing import route_by_saturation
 
@@ -56,6 +56,20 @@ redis.call('HSET', KEYS[1], 'status', 'open', 'assignee', ARGV[1], 'started_at',
            'first_message_id', ARGV[6], 'loads', ARGV[7], 'window_start', '', 'first_reply_at', '')
 if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[1], 1) end
 return {1, ARGV[1]}
+"""
+
+# KEYS: chat, loads. ARGV: new assignee, action id. Moves an open chat to another agent and its A3
+# count with it, once per action. Returns {1, previous} when moved, {2} when this action moved it
+# before (a retry: finish the follow-ups), {0} when it is theirs already, {-1} when not open.
+_ASSIGN = """
+if redis.call('HEXISTS', KEYS[1], 'assign:' .. ARGV[2]) == 1 then return {2} end
+if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return {-1} end
+local before = redis.call('HGET', KEYS[1], 'assignee') or ''
+if before == ARGV[1] then return {0} end
+redis.call('HSET', KEYS[1], 'assignee', ARGV[1], 'assign:' .. ARGV[2], 1)
+if before ~= '' and redis.call('HINCRBY', KEYS[2], before, -1) < 0 then redis.call('HSET', KEYS[2], before, 0) end
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+return {1, before}
 """
 
 # KEYS: chat, loads, stats. ARGV: reason, now, ticket, keep seconds. Returns 1 if this call closed it,
@@ -144,6 +158,7 @@ class ChatFlow:
         self._close = redis.register_script(_CLOSE)
         self._window = redis.register_script(_WINDOW)
         self._accept = redis.register_script(_ACCEPT)
+        self._assign = redis.register_script(_ASSIGN)
         self._late = redis.register_script(_LATE)
 
     @property
@@ -174,7 +189,9 @@ class ChatFlow:
             # The root carries the header, the assignee's mention and the first message: one post,
             # so a new chat shows up at once even where the channel allows one message a second.
             chat = await self._chat(tag, cid)  # with its window: the root shows the deadline at once
-            await self._to_destination(store, dest, cid, f"root:{cid}", "post", self._root_view(store, chat), root=True)
+            await self._to_destination(
+                store, dest, cid, f"root:{cid}", "post", self._root_view(store, cid, chat), root=True
+            )
         else:
             await self._to_destination(store, dest, cid, f"pm:{msg.message_id}", "post", view)
             if window is not None:
@@ -443,7 +460,7 @@ class ChatFlow:
         reason = chat.get("close_reason", "platform_closed")
         return t(store.locale, f"chat.reason.{reason}", ticket=chat.get("ticket", ""))
 
-    def _root_view(self, store: Store, chat: dict[str, str]) -> dict[str, Any]:
+    def _root_view(self, store: Store, cid: str, chat: dict[str, str]) -> dict[str, Any]:
         status = chat.get("status", "open")
         if status == "closed":
             line = t(store.locale, "chat.status.closed", reason=self._reason_text(store, chat))
@@ -467,12 +484,19 @@ class ChatFlow:
             "topic": t(store.locale, "chat.topic", summary=_summary(chat.get("first_message"))),
             "deadline": float(chat["deadline"]) if chat.get("deadline") else None,
             "mentions": [chat["assignee"]] if chat.get("assignee") else [],
-        }
+            "buttons": [
+                {"label": t(store.locale, "chat.button.claim"), "action": "chat_claim", "value": cid, "short": "cl"},
+                {"label": t(store.locale, "chat.button.reassign"), "action": "chat_reassign", "value": cid,
+                 "short": "ra"},
+            ] if status == "open" else [],
+        }  # fmt: skip
 
     async def _update_root(self, store: Store, tag: str, cid: str, cause: str) -> None:
         chat = await self._chat(tag, cid)
         dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
-        await self._to_destination(store, dest, cid, f"root:{cid}:{cause}", "update_root", self._root_view(store, chat))
+        await self._to_destination(
+            store, dest, cid, f"root:{cid}:{cause}", "update_root", self._root_view(store, cid, chat)
+        )
 
     async def _notice(
         self,
@@ -510,6 +534,54 @@ class ChatFlow:
 
     async def tell_privately(self, store: Store, actor: Actor, text: str, job_id: str) -> None:
         await tell_privately(self.outbox, store, actor, text, job_id)
+
+    # -- claim and reassign (A3) ---------------------------------------------------------------------
+
+    async def assign(self, store: Store, cid: str, target_id: str | None, actor: Actor, action_id: str) -> None:
+        """Claim (``target_id`` None: the person who acted) or reassign an open chat; the header, the
+        thread and the load table follow. A refusal is told privately."""
+        tag = keys.store_tag(store.id)
+        by = next((a for a in store.agents if a.identity(actor.service) == actor.user), None)
+        designated = {a.id for a in store.designated if a.im_permission}
+        target = target_id or (by.id if by else "")
+        chat = await self._chat(tag, cid)
+        refusal = assignment_refusal(
+            chat_open=chat.get("status") == "open",
+            by_designated=by is not None and by.id in designated,
+            by_main_account=by is not None and by.id == store.main_account,
+            to_self=target_id is None or (by is not None and target == by.id),
+            target_designated=target in designated,
+        )
+        if refusal is not None:
+            text = t(store.locale, refusal.value, agent=target, reason=self._reason_text(store, chat) if chat else "")
+            await self.tell_privately(store, actor, text, f"assign-refused:{action_id}")
+            return
+        assert by is not None
+        moved, *_ = await self._assign(keys=[keys.chat(tag, cid), keys.agent_load(tag)], args=[target, action_id])
+        if int(moved) not in (1, 2):
+            return  # theirs already (or closed meanwhile): nothing changes
+        # What follows runs again on a retry and is idempotent by its job ids.
+        dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
+        text = t(store.locale, "chat.assigned", by=by.name, mention="{mention}")
+        await self._notice(store, dest, cid, f"assigned:{action_id}", text, [target])
+        await self._update_root(store, tag, cid, f"assigned:{action_id}")
+
+    async def offer_reassign(self, store: Store, cid: str, actor: Actor, action_id: str) -> None:
+        """Reassign…: the designated agents as buttons in the chat's thread, for the main account."""
+        by = next((a for a in store.agents if a.identity(actor.service) == actor.user), None)
+        tag = keys.store_tag(store.id)
+        chat = await self._chat(tag, cid)
+        if by is None or by.id != store.main_account or chat.get("status") != "open":
+            refusal = Refusal.CLOSED if chat.get("status") != "open" else Refusal.NOT_MAIN
+            text = t(store.locale, refusal.value, reason=self._reason_text(store, chat) if chat else "")
+            await self.tell_privately(store, actor, text, f"assign-refused:{action_id}")
+            return
+        buttons = [{"label": a.name, "action": "chat_assign_to", "value": f"{cid}:{a.id}", "short": "at"}
+                   for a in store.designated if a.im_permission and a.id != chat.get("assignee")]  # fmt: skip
+        dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
+        view = {"type": "notice", "text": t(store.locale, "chat.reassign.pick", mention="{mention}"),
+                "mentions": [by.id], "buttons": buttons}  # fmt: skip
+        await self._to_destination(store, dest, cid, f"reassign:{action_id}", "post", view)
 
 
 def _summary(first_message: str | None) -> str:

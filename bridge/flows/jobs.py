@@ -13,6 +13,8 @@ PROCESS_TASK_ORDER = "platform.process_with_evidence"
 
 # Inside the bridge (a flow's own follow-up, run once the job before it succeeded):
 FINISH_TASK_ORDER = "bridge.task_finish"
+COMMENT_ACCEPTED = "bridge.comment_accepted"
+"""After the platform took a comment: it is logged and shown to the other side (B5)."""
 
 # To a destination, ``<service>.<action>`` (every destination connector sends these):
 POST = "post"

@@ -10,14 +10,16 @@ offered as evidence. Refusals are told privately to the person, in their languag
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from bridge.config import Agent, BridgeConfig, Creator, Store
+from bridge.config import DEFAULT_NOTE_MARKERS, Agent, BridgeConfig, Creator, Store
 from bridge.engine import keys, refs
-from bridge.engine.outbox import Outbox
+from bridge.engine.outbox import Outbox, OutboxJob
+from bridge.flows import jobs
 from bridge.flows.chats import ChatFlow
 from bridge.flows.tasks import TaskFlow
 from bridge.flows.views import Actor, ReplyMedia, tell
@@ -50,6 +52,13 @@ class Place:
     def store(self) -> Store | None:
         return self.task_store or self.chat_store
 
+
+CLAIM, REASSIGN, ASSIGN_TO = "chat_claim", "chat_reassign", "chat_assign_to"
+"""The chat header's buttons (the views name them; destinations pass them back)."""
+CHAT_ACTIONS = {"cl": CLAIM, "ra": REASSIGN, "at": ASSIGN_TO}
+"""The same by the short codes of destinations with small button data."""
+NOTE_EMOJI = "memo"
+"""How a note is marked where the destination has reactions (Slack's name; others map it)."""
 
 TaskMessageHook = Callable[[Store, str, Inbound], Awaitable[bool]]
 """Offered a message in a task order's thread before it is taken as a comment (a guided resolve
@@ -88,16 +97,12 @@ class InboundRouter:
         """Routes one message; False when the place is none of the bridge's (nothing done)."""
         actor = inbound.actor
         place = self.place(actor.service, actor.channel)
-        owners: list[tuple[str, Store | Creator]] = []
-        if place.task_store is not None:
-            owners.append((keys.store_tag(place.task_store.id), place.task_store))
-        if place.creator is not None:
-            owners.append((keys.creator_tag(place.creator.id), place.creator))
-        if place.chat_store is not None and place.chat_store is not place.task_store:
-            owners.append((keys.store_tag(place.chat_store.id), place.chat_store))
+        owners = self._owners(place)
         if not owners:
             return False
         parent, owner = await self._thread(actor, inbound.threaded_under, owners)
+        if parent is not None and await self._is_note(owner, inbound):
+            return True
         if parent is not None and parent.startswith("task:"):
             tid = parent.removeprefix("task:")
             if isinstance(owner, Creator):
@@ -111,15 +116,74 @@ class InboundRouter:
         await self.chats.reply(place.chat_store, cid, actor, inbound.text, inbound.media)
         return True
 
+    async def changed(self, inbound: Inbound, original: str | None, deleted: bool = False) -> bool:
+        """Someone edited (``inbound`` is the new text) or deleted a message the bridge already sent
+        to the platform: the platform cannot change a sent message, so the change goes nowhere, and
+        the author is told so privately, with what the platform has (``original``, when known)."""
+        actor = inbound.actor
+        place = self.place(actor.service, actor.channel)
+        owners = self._owners(place)
+        parent, owner = await self._thread(actor, inbound.threaded_under, owners, wait=False)
+        if parent is None or owner is None:
+            return False
+        if parent.startswith("chat:") and place.chat_store is not None:
+            store = place.chat_store
+            marker = (keys.chat(keys.store_tag(store.id), parent.removeprefix("chat:")), f"reply:{actor.message}")
+        elif parent.startswith("task:"):
+            found = await self.tasks.store_of_task(parent.removeprefix("task:"))
+            if found is None:
+                return False
+            store = found
+            marker = (keys.task(keys.store_tag(store.id), parent.removeprefix("task:")),
+                      f"comment:{actor.service}:{actor.channel}:{actor.message}")  # fmt: skip
+        else:
+            return False
+        if not await self.redis.hexists(*marker):
+            return False  # never sent (refused, or not a reply): nothing to tell
+        locale = owner.locale if isinstance(owner, Creator) else store.locale
+        key = "change.deleted" if deleted else "change.edited"
+        sent = t(locale, "change.sent_was", original=original) if original else ""
+        await tell(
+            self.outbox,
+            keys.store_tag(store.id),
+            actor,
+            t(locale, key, sent=sent),
+            f"changed:{actor.channel}:{actor.message}:{zlib.crc32(inbound.text.encode())}:{int(deleted)}",
+        )
+        return True
+
+    def _owners(self, place: Place) -> list[tuple[str, Store | Creator]]:
+        owners: list[tuple[str, Store | Creator]] = []
+        if place.task_store is not None:
+            owners.append((keys.store_tag(place.task_store.id), place.task_store))
+        if place.creator is not None:
+            owners.append((keys.creator_tag(place.creator.id), place.creator))
+        if place.chat_store is not None and place.chat_store is not place.task_store:
+            owners.append((keys.store_tag(place.chat_store.id), place.chat_store))
+        return owners
+
+    async def _is_note(self, owner: Store | Creator | None, inbound: Inbound) -> bool:
+        """An internal note (the text starts with one of the store's note markers): it stays in the
+        team's thread, is never forwarded, and is marked as a note (📝)."""
+        markers = owner.note_markers if isinstance(owner, Store) else DEFAULT_NOTE_MARKERS
+        if not inbound.text.lstrip().startswith(tuple(m for m in markers if m)):
+            return False
+        actor = inbound.actor
+        payload = {"channel": actor.channel, "message": actor.message, "emoji": NOTE_EMOJI}
+        job = OutboxJob(f"{actor.service}:note:{actor.channel}:{actor.message}",
+                        jobs.destination(actor.service, jobs.REACT), payload)  # fmt: skip
+        await self.outbox.enqueue(keys.NO_ENDPOINT_TAG, f"notes:{actor.service}:{actor.channel}", job)
+        return True
+
     async def _thread(
-        self, actor: Actor, threaded_under: Sequence[str], owners: list[tuple[str, Store | Creator]]
+        self, actor: Actor, threaded_under: Sequence[str], owners: list[tuple[str, Store | Creator]], wait: bool = True
     ) -> tuple[str | None, Store | Creator | None]:
         """The thread (``chat:<id>``, ``task:<id>``) a message was written in, and whose it is. A
         reply may arrive while the message it answers is still being recorded: the last lookup
         waits for that briefly (once, not once per owner)."""
         lookups = [(tag, owner, ref) for tag, owner in owners for ref in threaded_under]
         for i, (tag, owner, ref) in enumerate(lookups):
-            find = refs.parent_of if i == len(lookups) - 1 else refs.chat_of
+            find = refs.parent_of if wait and i == len(lookups) - 1 else refs.chat_of
             found = await find(self.redis, tag, actor.service, actor.channel, ref)
             if found is not None:
                 return found, owner
@@ -158,7 +222,7 @@ class InboundRouter:
         store = place.task_store or (await self.tasks.store_of_task(tid) if place.creator else None)
         if store is None:
             return False
-        text = await self.tasks.log_text(store, tid, place.creator.locale if place.creator else store.locale)
+        text = await self.tasks.records.log_text(store, tid, place.creator.locale if place.creator else store.locale)
         await tell(self.outbox, keys.store_tag(store.id), actor, text, job_id)
         return True
 
@@ -169,6 +233,22 @@ class InboundRouter:
             return False
         text = t(store.locale, "task.comment_hint", limit=COMMENTS_PER_SIDE)
         await tell(self.outbox, keys.store_tag(store.id), actor, text, job_id)
+        return True
+
+    async def chat_action(self, actor: Actor, action: str, value: str, action_id: str) -> bool:
+        """A button on a chat: Claim, Reassign…, or one agent of the reassign list (``<chat>:<agent>``)."""
+        store = self.place(actor.service, actor.channel).chat_store
+        if store is None:
+            return False
+        if action == CLAIM:
+            await self.chats.assign(store, value, None, actor, action_id)
+        elif action == REASSIGN:
+            await self.chats.offer_reassign(store, value, actor, action_id)
+        elif action == ASSIGN_TO:
+            cid, _, agent_id = value.rpartition(":")
+            await self.chats.assign(store, cid, agent_id, actor, action_id)
+        else:
+            return False
         return True
 
     def processing_refusal(self, actor: Actor) -> str | None:
@@ -186,10 +266,12 @@ class InboundRouter:
         page = next((int(a) for a in args if a.isdigit()), 1)
         place = self.place(service, channel)
         if place.store is None and place.creator is not None:
-            return await self.tasks.creator_list_text(place.creator, status, page), keys.creator_tag(place.creator.id)
+            return await self.tasks.records.creator_list_text(place.creator, status, page), keys.creator_tag(
+                place.creator.id
+            )
         if place.store is None:
             return t(DEFAULT_LOCALE, "stats.unknown_channel"), keys.NO_ENDPOINT_TAG
-        text = await self.tasks.list_text(place.store, status, place.store.locale, page)
+        text = await self.tasks.records.list_text(place.store, status, place.store.locale, page)
         return text, keys.store_tag(place.store.id)
 
     async def stats(self, service: str, channel: str) -> tuple[str, str]:

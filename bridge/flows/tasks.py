@@ -10,7 +10,6 @@ task orders are kept and listed by status (B10).
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,6 +25,7 @@ from bridge.engine.timers import Timer, TimerStore
 from bridge.flows import jobs
 from bridge.flows.domain import TaskOrderComment, TaskOrderCreated, TaskOrderProcessed, TaskOrderTimedOut
 from bridge.flows.steps import done_steps, take_steps
+from bridge.flows.task_records import TaskRecords, status_name
 from bridge.flows.views import Actor, post_view, read_hash, tell_privately
 from bridge.i18n import t
 from rules.comments import COMMENTS_PER_SIDE, comment_refusal
@@ -35,7 +35,6 @@ from rules.reply_window import WindowStep, next_step_at, window_steps
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("pending", "resolved", "unresolvable", "timed_out")
 
 # KEYS: task, all index, pending index. ARGV: created (ms), deadline, data json, creator id.
 _CREATE = """
@@ -59,11 +58,29 @@ redis.call('HSET', KEYS[1], marker, 1)
 return redis.call('HINCRBY', KEYS[1], field, 1)
 """
 
-# KEYS: task, pending index, new status index. ARGV: status, task id, now. Returns 1 if this call
-# finished it, 0 if it was finished before (by this status or another).
+# KEYS: task. ARGV: side, comment id. A comment the platform already has (made on the platform and
+# pushed to us): counted once, whatever the status or the count, since the platform took it.
+_COUNT_COMMENT = """
+local field, marker = 'comments:' .. ARGV[1], 'comment:' .. ARGV[2]
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[1], marker) == 1 then return 0 end
+redis.call('HSET', KEYS[1], marker, 1)
+return redis.call('HINCRBY', KEYS[1], field, 1)
+"""
+
+# KEYS: task. ARGV: side, comment id. The platform refused a comment for good: its slot is free again.
+_RELEASE_COMMENT = """
+if redis.call('HDEL', KEYS[1], 'comment:' .. ARGV[2]) == 0 then return 0 end
+return redis.call('HINCRBY', KEYS[1], 'comments:' .. ARGV[1], -1)
+"""
+
+# KEYS: task, pending index, new status index. ARGV: status, task id, now, solution, operator name,
+# operator id. Returns 1 if this call finished it, 0 if it was finished before (by this status or
+# another). The solution is kept with the task order (B10: looked up and exported later).
 _FINISH = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[3], 'solution', ARGV[4], 'operator', ARGV[5],
+           'operator_id', ARGV[6])
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'created_at'), ARGV[2])
 return 1
@@ -88,8 +105,11 @@ class TaskFlow:
         self.clock = clock
         self._create = redis.register_script(_CREATE)
         self._take_comment = redis.register_script(_TAKE_COMMENT)
+        self._count_comment = redis.register_script(_COUNT_COMMENT)
+        self._release_comment = redis.register_script(_RELEASE_COMMENT)
         self._finish = redis.register_script(_FINISH)
         self._append_log = redis.register_script(_LOG)
+        self.records = TaskRecords(redis, config)
 
     @property
     def config(self) -> BridgeConfig:
@@ -123,7 +143,7 @@ class TaskFlow:
         )
         # Whether created now or by a run that died after it, the rest is done (once in effect).
         await self._log(tag, order.task_id, "created", "creator", order.creator.name or order.creator.id,
-                        order.created_at.timestamp(), entry_id="created")  # fmt: skip
+                        order.created_at.timestamp(), entry_id="created", operator_id=order.creator.id)  # fmt: skip
         task = await self._task(tag, order.task_id)
         if task.get("status") == "pending":
             steps = self._steps(store, order.created_at.timestamp(), float(task["deadline"]))
@@ -149,19 +169,34 @@ class TaskFlow:
         return window_steps(created, max(1.0, deadline - created), store.task_orders.reminders_before)
 
     async def on_comment(self, event: StoredEvent) -> None:
-        """A comment made on the platform itself (not through the bridge): shown on the other side."""
+        """A comment made on the platform itself (not through the bridge): counted against its side's
+        limit (B5), logged, and shown on both sides. The store's push is the one taken (the creator's
+        endpoint gets the same comment)."""
         comment = TaskOrderComment.model_validate_json(event.raw)
         store = self.config.store(comment.shop_id)
         if store is None or event.endpoint.kind != "store":
             return
-        await self._show_comment(store, comment.task_id, comment.author.side, comment.author.name or comment.author.id,
-                                 comment.text, f"pc:{comment.comment_id}", both=True)  # fmt: skip
+        tag, tid, side = keys.store_tag(store.id), comment.task_id, comment.author.side
+        comment_id = f"platform:{comment.comment_id}"
+        if int(await self._count_comment(keys=[keys.task(tag, tid)], args=[side, comment_id])) < 0:
+            return  # a task order the bridge never saw (created before it was connected)
+        author = comment.author.name or comment.author.id
+        await self._log(tag, tid, f"comment_{side}", side, author, comment.created_at.timestamp(),
+                        entry_id=f"comment:{comment_id}", operator_id=comment.author.id)  # fmt: skip
+        await self._show_comment(store, tid, side, author, comment.text, f"pc:{comment.comment_id}", both=True)
 
     async def on_processed(self, event: StoredEvent) -> None:
         done = TaskOrderProcessed.model_validate_json(event.raw)
         store = self.config.store(done.shop_id)
         if store is not None and event.endpoint.kind == "store":
-            await self.finish(store, done.task_id, done.result, done.operator.name or done.operator.id, done.solution)
+            await self.finish(
+                store,
+                done.task_id,
+                done.result,
+                done.operator.name or done.operator.id,
+                done.solution,
+                operator_id=done.operator.id,
+            )
 
     async def on_timeout(self, event: StoredEvent) -> None:
         timeout = TaskOrderTimedOut.model_validate_json(event.raw)
@@ -207,14 +242,16 @@ class TaskFlow:
         await self._log(keys.store_tag(store.id), tid, "reminder_sent", "bridge", "bridge",
                         entry_id=f"remind-{seconds_left}")  # fmt: skip
 
-    async def finish(self, store: Store, tid: str, status: str, operator: str, solution: str) -> bool:
+    async def finish(
+        self, store: Store, tid: str, status: str, operator: str, solution: str, operator_id: str | None = None
+    ) -> bool:
         """Processed (resolved / unresolvable) or timed out: idempotent, and resumable — a call for
         the status the task order already has finishes the follow-ups a crashed call may have left
         (each once). True only for the call that finished it."""
         tag = keys.store_tag(store.id)
         changed = await self._finish(
             keys=[keys.task(tag, tid), keys.tasks_by_status(tag, "pending"), keys.tasks_by_status(tag, status)],
-            args=[status, tid, self.clock.now()],
+            args=[status, tid, self.clock.now(), solution, operator, operator_id or ""],
         )
         task = await self._task(tag, tid)
         if task.get("status") != status:
@@ -223,7 +260,7 @@ class TaskFlow:
         for endpoint_tag in (tag, keys.creator_tag(task.get("creator", ""))):  # ordering state, not the order
             await self.timers.schedule(keys.forget_timer(endpoint_tag, f"task:{tid}"), forget_at)
         await self._log(tag, tid, status, "merchant" if status != "timed_out" else "platform", operator,
-                        entry_id=f"finish:{status}")  # fmt: skip
+                        entry_id=f"finish:{status}", operator_id=operator_id)  # fmt: skip
         order = TaskOrderCreated.model_validate_json(task["data"])
         await self._to_merchant(store, tid, f"card-{status}", "update_root", await self._card_view(store, tid))
         creator = self.config.creator(task.get("creator", ""))
@@ -266,14 +303,40 @@ class TaskFlow:
             text_key = "task.refuse.limit" if refusal == "limit" else "task.refuse.closed"
             return t(locale, text_key, status=status_name(locale, status), limit=COMMENTS_PER_SIDE)
         endpoint = f"store:{store.id}" if side == "merchant" else f"creator:{task.get('creator', '')}"
+        # Logged and shown to the other side only once the platform has it (B5): a follow-up job.
+        accepted = {
+            "store": store.id,
+            "task_id": tid,
+            "side": side,
+            "author_id": author_id,
+            "author": author,
+            "text": text,
+            "comment_id": comment_id,
+            "shown_as": f"c:{actor.service}:{actor.message}",
+        }
+        then = {
+            "tag": tag,
+            "thread": f"task:{tid}:bridge",
+            "job": vars(OutboxJob(f"accepted:{comment_id}", jobs.COMMENT_ACCEPTED, accepted)),
+        }
         job = OutboxJob(f"comment:{comment_id}", jobs.ADD_COMMENT,
-                        {"endpoint": endpoint, "task_id": tid, "side": side, "author_id": author_id, "text": text},
-                        report_to=actor.as_dict() | {"store": store.id, "locale": locale},
+                        {"endpoint": endpoint, "task_id": tid, "side": side, "author_id": author_id, "text": text,
+                         "comment_id": comment_id},
+                        report_to=actor.as_dict() | {"store": store.id, "locale": locale}, then=[then],
                         relevant_key=keys.task(tag, tid), relevant_grace=0.0)  # fmt: skip
         await self.outbox.enqueue(tag, f"task:{tid}:platform", job)
-        await self._log(tag, tid, f"comment_{side}", side, author, entry_id=f"comment:{comment_id}")
-        await self._show_comment(store, tid, side, author, text, f"c:{actor.service}:{actor.message}", both=False)
         return None
+
+    async def on_comment_accepted(self, job: OutboxJob) -> None:
+        """The platform took a comment written in a destination: logged, and shown to the other side."""
+        p = job.payload
+        store = self.config.store(str(p["store"]))
+        if store is None:
+            return
+        tag, tid, side = keys.store_tag(store.id), str(p["task_id"]), str(p["side"])
+        await self._log(tag, tid, f"comment_{side}", side, str(p["author"]), entry_id=f"comment:{p['comment_id']}",
+                        operator_id=str(p["author_id"]))  # fmt: skip
+        await self._show_comment(store, tid, side, str(p["author"]), str(p["text"]), str(p["shown_as"]), both=False)
 
     async def _show_comment(
         self, store: Store, tid: str, side: str, author: str, text: str, job_id: str, both: bool
@@ -320,7 +383,14 @@ class TaskFlow:
         order processed on the platform; only when that succeeded is it finished here (B8: it never
         completes by itself)."""
         tag = keys.store_tag(store.id)
-        done = {"store": store.id, "task_id": tid, "status": result, "operator": operator[1], "solution": solution}
+        done = {
+            "store": store.id,
+            "task_id": tid,
+            "status": result,
+            "operator": operator[1],
+            "solution": solution,
+            "operator_id": operator[0],
+        }
         finish = {"tag": tag, "thread": f"task:{tid}:bridge",
                   "job": vars(OutboxJob(f"finish:{tid}", jobs.FINISH_TASK_ORDER, done))}  # fmt: skip
         payload = {"endpoint": f"store:{store.id}", "task_id": tid, "result": result, "solution": solution,
@@ -331,11 +401,11 @@ class TaskFlow:
         await self.outbox.enqueue(tag, f"task:{tid}:platform", job)
         if evidence:
             await self._log(tag, tid, "evidence_added", "merchant", f"{operator[1]} ({len(evidence)})",
-                            entry_id=f"evidence:{action_id}")  # fmt: skip
+                            entry_id=f"evidence:{action_id}", operator_id=operator[0])  # fmt: skip
 
     def senders(self) -> dict[str, Sender]:
         """The flow's own follow-up jobs."""
-        return {jobs.FINISH_TASK_ORDER: self.on_finish_job}
+        return {jobs.FINISH_TASK_ORDER: self.on_finish_job, jobs.COMMENT_ACCEPTED: self.on_comment_accepted}
 
     def failure_reporters(self) -> dict[str, FailureReporter]:
         return {jobs.ADD_COMMENT: self.on_platform_refused, jobs.PROCESS_TASK_ORDER: self.on_platform_refused}
@@ -346,6 +416,10 @@ class TaskFlow:
         store = self.config.store(str(report.get("store", "")))
         if store is None:
             return
+        if job.kind == jobs.ADD_COMMENT and job.payload.get("comment_id"):
+            # The comment does not exist: its side may write another in its place (B5 counts comments).
+            task_key = keys.task(keys.store_tag(store.id), str(job.payload["task_id"]))
+            await self._release_comment(keys=[task_key], args=[job.payload["side"], job.payload["comment_id"]])
         key = "task.comment_failed" if job.kind == jobs.ADD_COMMENT else "task.process_failed"
         text = t(str(report.get("locale") or store.locale), key, task_id=job.payload.get("task_id"),
                  reason=failure.reason)  # fmt: skip
@@ -355,81 +429,34 @@ class TaskFlow:
         p = job.payload
         store = self.config.store(str(p["store"]))
         if store is not None:
-            await self.finish(store, str(p["task_id"]), str(p["status"]), str(p["operator"]), str(p["solution"]))
+            await self.finish(
+                store,
+                str(p["task_id"]),
+                str(p["status"]),
+                str(p["operator"]),
+                str(p["solution"]),
+                operator_id=p.get("operator_id"),
+            )
 
-    # -- log and lists (B4, B10) ---------------------------------------------------------------------
+    # -- the processing log (B4) ---------------------------------------------------------------------
 
     async def _log(
-        self, tag: str, tid: str, kind: str, side: str, operator: str, at: float | None = None, *, entry_id: str
+        self,
+        tag: str,
+        tid: str,
+        kind: str,
+        side: str,
+        operator: str,
+        at: float | None = None,
+        *,
+        entry_id: str,
+        operator_id: str | None = None,
     ) -> None:
-        """Appends to the processing log (B4), once per ``entry_id`` however often the step runs."""
+        """Appends to the processing log (B4), once per ``entry_id`` however often the step runs: when,
+        what, by whom (their name, and their platform account id where known)."""
         entry = {"id": entry_id, "at": at if at is not None else self.clock.now(), "type": kind, "side": side,
-                 "operator": operator}  # fmt: skip
+                 "operator": operator, "operator_id": operator_id}  # fmt: skip
         await self._append_log(keys=[keys.task_log(tag, tid)], args=[entry_id, orjson.dumps(entry).decode()])
-
-    async def log_entries(self, tag: str, tid: str) -> list[dict[str, Any]]:
-        return [orjson.loads(raw) for raw in await self.redis.lrange(keys.task_log(tag, tid), 0, -1)]
-
-    async def log_text(self, store: Store, tid: str, locale: str) -> str:
-        tz = ZoneInfo(store.timezone)
-        lines = [t(locale, "task.log.title", task_id=tid)]
-        for e in await self.log_entries(keys.store_tag(store.id), tid):
-            at = datetime.fromtimestamp(e["at"], tz).strftime("%m-%d %H:%M:%S")
-            lines.append(t(locale, "task.log.line", at=at, type=e["type"], operator=f"{e['side']} {e['operator']}"))
-        return "\n".join(lines)
-
-    async def list_text(self, store: Store, status: str, locale: str, page: int = 1, per_page: int = 20) -> str:
-        """Task orders of one status, newest first, ``per_page`` a page."""
-        status = status if status in STATUSES else "all"
-        tag = keys.store_tag(store.id)
-        start = (max(1, page) - 1) * per_page
-        ids = await self.redis.zrevrange(keys.tasks_by_status(tag, status), start, start + per_page - 1)
-        total = await self.redis.zcard(keys.tasks_by_status(tag, status))
-        rows = [(str(tid), await self._task(tag, str(tid))) for tid in ids]
-        return _listing(locale, ZoneInfo(store.timezone), status, rows, total, page, per_page)
-
-    async def creator_list_text(self, creator: Creator, status: str, page: int = 1, per_page: int = 20) -> str:
-        """A creator's task orders (across stores) of one status, newest first."""
-        status = status if status in STATUSES else "all"
-        locale = creator.locale
-        tz = ZoneInfo(creator.timezone)
-        if not await self.redis.exists(keys.creator_tasks(creator.id)):
-            await self._index_creator(creator.id)
-        rows = []
-        for member in await self.redis.zrevrange(keys.creator_tasks(creator.id), 0, -1):
-            store_id, _, tid = str(member).partition(":")
-            task = await self._task(keys.store_tag(store_id), tid)
-            if task and (status == "all" or task.get("status") == status):
-                rows.append((tid, task))
-        start = (max(1, page) - 1) * per_page
-        return _listing(locale, tz, status, rows[start : start + per_page], len(rows), page, per_page)
-
-    async def _index_creator(self, creator_id: str) -> None:
-        """Builds a creator's index from the stores' task orders: for task orders stored before the
-        index existed (it is kept from creation on)."""
-        for store in self.config.stores:
-            tag = keys.store_tag(store.id)
-            entries: list[Any] = await self.redis.zrange(keys.tasks_by_status(tag, "all"), 0, -1, withscores=True)
-            for tid, created in entries:
-                if await self.redis.hget(keys.task(tag, str(tid)), "creator") == creator_id:
-                    await self.redis.zadd(keys.creator_tasks(creator_id), {f"{store.id}:{tid!s}": float(created)})
-
-    async def export(self, store: Store, status: str) -> list[dict[str, Any]]:
-        tag = keys.store_tag(store.id)
-        rows = []
-        for tid in await self.redis.zrange(keys.tasks_by_status(tag, status if status in STATUSES else "all"), 0, -1):
-            task = await self._task(tag, str(tid))
-            due = datetime.fromtimestamp(float(task["deadline"]), ZoneInfo(store.timezone)).isoformat()
-            rows.append(
-                orjson.loads(task["data"])
-                | {
-                    "status": task["status"],
-                    "deadline_at": due,
-                    "comments_merchant": int(task.get("comments:merchant", 0)),
-                    "comments_creator": int(task.get("comments:creator", 0)),
-                }
-            )
-        return rows
 
     # -- views and destinations ---------------------------------------------------------------------
 
@@ -526,24 +553,6 @@ class TaskFlow:
         return creator.locale if creator else "zh-CN"
 
 
-def _listing(
-    locale: str, tz: ZoneInfo, status: str, rows: list[tuple[str, dict[str, str]]], total: int, page: int, per_page: int
-) -> str:
-    """One page of a task-order list (B10): a title with the count and pages, then a line each."""
-    pages = max(1, -(-total // per_page))
-    label = status_name(locale, status) if status != "all" else status
-    lines = [t(locale, "task.list.title", status=label, count=total, page=min(max(1, page), pages), pages=pages)]
-    for tid, task in rows:
-        order = TaskOrderCreated.model_validate_json(task["data"])
-        due = datetime.fromtimestamp(float(task["deadline"]), tz).strftime("%m-%d %H:%M")
-        state = status_name(locale, task["status"])
-        lines.append(t(locale, "task.list.line", task_id=tid, issue_type=order.issue_type, status=state,
-                       order_id=order.order_id, deadline=due))  # fmt: skip
-    if not rows:
-        lines.append(t(locale, "task.list.none"))
-    return "\n".join(lines)
-
-
 def evidence_count_problem(locale: str, count: int) -> str:
     """B7's count, which is known before any file is looked at; empty when it is within bounds."""
     refusal = evidence_count_refusal(count)
@@ -569,8 +578,3 @@ def _action(label: str, action: str, short: str, tid: str) -> dict[str, str]:
     task id; ``short`` is a compact name for destinations whose button data is small (Telegram's
     callback data is at most 64 bytes)."""
     return {"label": label, "action": action, "value": tid, "short": short}
-
-
-def status_name(locale: str, status: str) -> str:
-    """``task.status.*`` without its deadline part: ⏳ 待处理, ✅ 已解决, …"""
-    return t(locale, f"task.status.{status}", deadline="").split(" · ")[0]

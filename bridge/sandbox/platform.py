@@ -500,6 +500,25 @@ class PlatformSandbox(LocalServer):
             await self.push("creator", creator_id, [("task_order_created", data)])
         return tid
 
+    async def comment_on_platform(self, task_id: str, side: str, author_id: str, author_name: str, text: str) -> str:
+        """Someone comments in the platform's own UI (not through the bridge): kept with the task
+        order under the platform's own limit, and pushed to the store and to the creator."""
+        task = self.task_orders[task_id]
+        if sum(1 for c in task.comments if c["side"] == side) >= COMMENTS_PER_SIDE:
+            raise ValueError(f"the platform refuses an {COMMENTS_PER_SIDE + 1}th {side} comment")
+        comment = {"comment_id": self.next_id("cm"), "side": side, "author_id": author_id, "text": text,
+                   "created_at": iso(self.clock.now())}  # fmt: skip
+        task.comments.append(comment)
+        task.log.append({"at": comment["created_at"], "type": f"comment_{side}",
+                         "operator": {"side": side, "id": author_id, "name": author_name}})  # fmt: skip
+        data = {"shop_id": task.store_id, "task_id": task_id, "comment_id": comment["comment_id"],
+                "author": {"side": side, "id": author_id, "name": author_name}, "text": text,
+                "created_at": comment["created_at"]}  # fmt: skip
+        await self.push("store", task.store_id, [("task_order_comment", data)])
+        if self.config.creator(task.creator_id) is not None:
+            await self.push("creator", task.creator_id, [("task_order_comment", data)])
+        return str(comment["comment_id"])
+
     # -- pushing ----------------------------------------------------------------------------------
 
     def _credentials(self, kind: str, endpoint_id: str) -> PlatformCredentials:

@@ -359,6 +359,26 @@ class SlackEmulator(LocalServer):
         status = await self._send(json.dumps(body), "application/json", headers)
         return msg.ts, status
 
+    async def change_message(self, user: str, channel: str, ts: str, new_text: str | None) -> int:
+        """A person edits (``new_text``) or deletes (None) their message: Slack's message_changed or
+        message_deleted event, with the previous message in it."""
+        msg = next(m for m in self.messages if m.channel == channel and m.ts == ts)
+        before = {"type": "message", "user": user, "text": msg.text, "ts": ts}
+        if msg.thread_ts:
+            before["thread_ts"] = msg.thread_ts
+        event: dict[str, Any] = {"type": "message", "channel": channel, "previous_message": before,
+                                 "event_ts": self._ts(), "ts": self._ts(), "hidden": True}  # fmt: skip
+        if new_text is None:
+            event |= {"subtype": "message_deleted", "deleted_ts": ts}
+            self.messages.remove(msg)
+        else:
+            msg.text = new_text
+            event |= {"subtype": "message_changed",
+                      "message": before | {"text": new_text, "edited": {"user": user, "ts": self._ts()}}}  # fmt: skip
+        body = {"token": "legacy", "team_id": TEAM, "api_app_id": "A0FEIGE", "event": event, "type": "event_callback",
+                "event_id": f"Ev{self._run}{next(self._ids):08d}", "event_time": int(time.time())}  # fmt: skip
+        return await self._send(json.dumps(body), "application/json")
+
     async def slash_command(self, user: str, channel: str, command: str, text: str = "") -> tuple[int, str]:
         """A person runs a slash command; returns the bridge's status and the body of its ack (an
         answer sent later through ``response_url`` lands in ``responses``)."""

@@ -376,6 +376,13 @@ class TelegramEmulator(LocalServer):
             wire["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
         return m, await self._send({"update_id": next(self._updates), "message": wire})
 
+    async def edit_user_message(self, chat_id: int, message_id: int, new_text: str) -> int:
+        """A person edits their message: an ``edited_message`` update with the new text."""
+        m = self.message(chat_id, message_id)
+        m.text, m.edits = new_text, m.edits + 1
+        wire = self._wire(m) | {"edit_date": int(self.clock.now())}
+        return await self._send({"update_id": next(self._updates), "edited_message": wire})
+
     async def tap(self, user: int, chat_id: int, message_id: int, data: str) -> int:
         """A person taps an inline button; returns the bridge's status."""
         parent = self.message(chat_id, message_id)

@@ -29,11 +29,12 @@ from bridge.destinations import Route, inbox_thread
 from bridge.engine import refs
 from bridge.engine.backpressure import RETRY_AFTER_SECONDS, UNAVAILABLE
 from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
-from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender
+from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender, WaitingForRoot
 from bridge.engine.ratelimit import SendSpacing
 from bridge.flows import jobs
-from bridge.flows.router import Inbound
-from bridge.flows.tasks import evidence_count_problem, evidence_problems, status_name
+from bridge.flows.router import ASSIGN_TO, CLAIM, REASSIGN, Inbound
+from bridge.flows.task_records import status_name
+from bridge.flows.tasks import evidence_count_problem, evidence_problems
 from bridge.flows.views import Actor, ReplyMedia, tell_privately
 from bridge.i18n import t
 from connectors.slack import keys as slack_keys
@@ -56,7 +57,7 @@ EVENT_KIND = "slack.event"  # a stored delivery (an event, a command, a click, a
 RESPOND = "slack.respond"  # a slash command's answer, through its response_url
 RESPONSE_URL_SECONDS = 30 * 60 - 60
 """A slash command's ``response_url`` takes answers for 30 minutes; a minute is kept in hand."""
-DURABLE_ACTIONS = {"task_log", "task_comment"}
+DURABLE_ACTIONS = {"task_log", "task_comment", CLAIM, REASSIGN, ASSIGN_TO}
 """Clicks whose work is done after the ack (the others open a modal, which must happen at once)."""
 REPLAYED = "feige_stored"  # context flag: this request is a stored event, handled by the consumer
 FAILURE = "feige_failure"  # context key: what a stored event's listener raised
@@ -85,6 +86,7 @@ class SlackConnector:
         self.app.command("/tasks")(self._on_tasks_command)
         self.app.action("task_log")(self._on_task_log)
         self.app.action("task_comment")(self._on_task_comment_hint)
+        self.app.action(re.compile(f"^({CLAIM}|{REASSIGN}|{ASSIGN_TO})$"))(self._on_chat_action)
         self.app.action("task_resolve")(self._open_process)
         self.app.action("task_unresolvable")(self._open_process)
         self.app.view("task_process")(self._on_process_submit)
@@ -171,6 +173,9 @@ class SlackConnector:
     # -- inbound -------------------------------------------------------------------------------------
 
     async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        if event.get("subtype") in ("message_changed", "message_deleted"):
+            await self._on_change(event)
+            return
         if event.get("subtype") not in _IGNORED_SUBTYPES or event.get("bot_id") or not event.get("user"):
             return
         thread = event.get("thread_ts")
@@ -183,6 +188,21 @@ class SlackConnector:
         actor = Actor("slack", event["user"], event["channel"], thread if in_thread else None, event["ts"])
         text = slack_to_platform_text(event.get("text", ""))
         await self.router.message(Inbound(actor, text, media, (str(thread),) if in_thread else ()))
+
+    async def _on_change(self, event: dict[str, Any]) -> None:
+        """An edited or deleted message: if the bridge had sent it, its author learns the platform
+        keeps the original (the bot's own updates of its posts are not people's edits)."""
+        deleted = event["subtype"] == "message_deleted"
+        now, before = event.get("message") or {}, event.get("previous_message") or {}
+        person = before if deleted else now
+        if person.get("bot_id") or not person.get("user") or (not deleted and now.get("text") == before.get("text")):
+            return
+        thread = person.get("thread_ts")
+        in_thread = thread is not None and thread != person.get("ts")
+        actor = Actor(SERVICE, person["user"], event["channel"], thread if in_thread else None, person.get("ts"))
+        new = "" if deleted else slack_to_platform_text(now.get("text", ""))
+        original = slack_to_platform_text(before["text"]) if before.get("text") else None
+        await self.router.changed(Inbound(actor, new, (), (str(thread),) if in_thread else ()), original, deleted)
 
     async def _on_task_log(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
         await ack()
@@ -309,6 +329,13 @@ class SlackConnector:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ConnectionError(f"Slack file download: {exc}") from None
 
+    async def _on_chat_action(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
+        await ack()
+        action = body["actions"][0]
+        actor = Actor(SERVICE, body.get("user", {}).get("id", ""), body.get("channel", {}).get("id", ""),
+                      body.get("container", {}).get("message_ts"), None)  # fmt: skip
+        await self.router.chat_action(actor, action["action_id"], action.get("value", ""), body.get("trigger_id", ""))
+
     async def _on_task_comment_hint(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
         await ack()
         actor = Actor(SERVICE, body.get("user", {}).get("id", ""), body.get("channel", {}).get("id", ""),
@@ -379,7 +406,7 @@ class SlackConnector:
         if not p.get("root"):
             root = await refs.root_of(self.redis, tag, chat_key)
             if root is None:
-                raise RetryLater("waiting for the thread's first message to be posted")
+                raise WaitingForRoot
             thread_ts = root[1]
         attempt = slack_keys.post_attempt(job.id)
         landed = (
@@ -422,7 +449,7 @@ class SlackConnector:
         p = job.payload
         root = await refs.root_of(self.redis, str(p["tag"]), str(p["thread_key"]))
         if root is None:
-            raise RetryLater("waiting for the thread's first message to be posted")
+            raise WaitingForRoot
         text, blocks = render(self._store(job), p["view"])
         await _call(self.client.chat_update(channel=root[0], ts=root[1], text=text, blocks=blocks))
 

@@ -15,8 +15,9 @@ def mention(store: Store | None, agent_ids: list[str]) -> str:
     out = []
     for agent_id in agent_ids:
         agent = by_id.get(agent_id)
-        if agent is not None and agent.slack_user:
-            out.append(f"<@{agent.slack_user}>")
+        slack_user = agent.identity("slack") if agent is not None else None
+        if slack_user:
+            out.append(f"<@{slack_user}>")
         else:
             out.append(agent.name if agent else agent_id)
     return " ".join(out)
@@ -48,6 +49,8 @@ def render(store: Store | None, view: dict[str, Any]) -> tuple[str, list[dict[st
             {"type": "section", "text": {"type": "mrkdwn", "text": body or " "}},
         ]
         text = f"{view['title']} · {_fill(store, view['status_line'], view)}".strip(" ·")
+        if view.get("buttons"):
+            blocks.append(_actions(view["buttons"]))
         if view.get("first_message"):
             first_text, first_blocks = _platform_message(store, view["first_message"])
             blocks += [{"type": "divider"}, *first_blocks]

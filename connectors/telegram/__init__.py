@@ -1,5 +1,5 @@
 """Telegram as a destination: python-telegram-bot receives and sends (``app.py``); ``flows.py``
-turns what people do into flow calls, ``resolve.py`` is the guided resolve conversation."""
+hands what people do to the core (its router, and the guided resolve conversation)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def connect(settings: Any, core: Core) -> Connector:
     from connectors.telegram.flows import wire_telegram
 
     connector = TelegramConnector(settings, core)
-    wire_telegram(connector, core.tasks, core.router)
+    wire_telegram(connector, core)
     return connector
 
 

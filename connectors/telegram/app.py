@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -29,10 +29,10 @@ from bridge.core import Core
 from bridge.destinations import Route, inbox_thread
 from bridge.engine import keys, refs
 from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
-from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender
+from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender, WaitingForRoot
 from bridge.engine.ratelimit import SendSpacing
 from bridge.flows import jobs
-from bridge.flows.router import Inbound
+from bridge.flows.resolve import TooLargeToFetch
 from bridge.flows.views import Actor, ReplyMedia
 from bridge.i18n import t
 from connectors.telegram.render import render, topic_name
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 CHAT_SPACING, GROUP_SPACING, BOT_SPACING = 1.1, 3.1, 1.1 / 30
 DOWNLOAD_LIMIT = 20 * 1024 * 1024  # getFile: bots may download files up to 20 MB
 SERVICE = "telegram"
+REACTIONS = {"white_check_mark": "👍", "memo": "✍"}
+"""The core's marks (Slack's emoji names) as reactions Telegram allows."""
 UPDATE_KIND = "telegram.update"  # a stored webhook update
 REPLY = "telegram.reply"  # a message answering someone's message (what others see as ephemeral)
 ANSWER = "telegram.answer"  # answerCallbackQuery: the toast after a button tap
@@ -66,19 +68,13 @@ class TelegramInbound:
     media: tuple[ReplyMedia, ...] = ()
     callback: str | None = None
     callback_id: str | None = None
+    edited: bool = False
+    """An edit of a message written before (Telegram sends the new text only)."""
 
     def actor(self) -> Actor:
         """Where to answer this person: their chat, their forum topic, their message."""
         return Actor("telegram", str(self.user), str(self.chat), str(self.thread) if self.thread else None,
                      str(self.message))  # fmt: skip
-
-    @staticmethod
-    def of(inbound: Inbound) -> TelegramInbound:
-        """Back from the core's translation (``actor``, ``threaded_under``) to Telegram's terms."""
-        actor, under = inbound.actor, next(iter(inbound.threaded_under), None)
-        reply_to = int(under) if under is not None and not under.startswith("topic:") else None
-        return TelegramInbound(int(actor.user), int(actor.channel), int(actor.message or 0), inbound.text, reply_to,
-                               int(actor.thread) if actor.thread else None, tuple(inbound.media))  # fmt: skip
 
 
 InboundHandler = Callable[[TelegramInbound], Awaitable[bool]]
@@ -182,6 +178,8 @@ class TelegramConnector:
         inbound = self._translate(update)
         if inbound is None:
             return
+        if update.edited_message is not None:
+            inbound = replace(inbound, edited=True)
         if inbound.text.startswith("/") and inbound.callback is None:
             name, *args = inbound.text[1:].split()
             command = self.commands.get(name.split("@", 1)[0])
@@ -245,32 +243,29 @@ class TelegramConnector:
             ANSWER: self._answer,
         }
 
-    async def file_head(self, file_id: str, size: int) -> bytes | None:
-        """The first bytes of a file someone sent (enough to tell its type), or None when Telegram
-        will not let a bot download it (over 20 MB)."""
+    async def file_head(self, file_id: str, size: int) -> bytes:
+        """The first bytes of a file someone sent (enough to tell its type). Telegram does not let a
+        bot download more than 20 MB: ``TooLargeToFetch``. Telegram unreachable is raised (the
+        update is retried), never taken for a file of the wrong type."""
         if size > DOWNLOAD_LIMIT:
-            return None
+            raise TooLargeToFetch(DOWNLOAD_LIMIT)
         try:
             tg_file = await self.bot.get_file(file_id)
         except BadRequest as exc:
             if "too big" in str(exc).lower():
-                return None
-            return b""
-        except TelegramError:
-            return b""
+                raise TooLargeToFetch(DOWNLOAD_LIMIT) from None
+            return b""  # no such file: nothing of an allowed type
+        except TelegramError as exc:
+            raise ConnectionError(f"Telegram getFile: {exc}") from None
         if not tg_file.file_path:
             return b""
         try:
             async with self.http().get(tg_file.file_path, headers={"Range": f"bytes=0-{SNIFF_BYTES - 1}"}) as resp:
+                if resp.status >= 500 or resp.status == 429:
+                    raise ConnectionError(f"Telegram file download: HTTP {resp.status}")
                 return await resp.content.read(SNIFF_BYTES) if resp.status in (200, 206) else b""
-        except (aiohttp.ClientError, TimeoutError):
-            return b""
-
-    async def react(self, inbound: TelegramInbound) -> None:
-        """👍 on someone's message: it was taken."""
-        job = OutboxJob(f"telegram:react:{inbound.chat}:{inbound.message}", jobs.destination(SERVICE, jobs.REACT),
-                        {"channel": inbound.chat, "message": inbound.message})  # fmt: skip
-        await self.outbox.enqueue(keys.NO_ENDPOINT_TAG, f"chat:{inbound.chat}", job)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ConnectionError(f"Telegram file download: {exc}") from None
 
     async def fetch_file(self, file_id: str) -> bytes:
         try:
@@ -296,9 +291,16 @@ class TelegramConnector:
         reply_to: int | None,
         thread: int | None,
         not_after: float | None = None,
+        photo: str | None = None,
     ) -> Any:
+        """Sends a message, or with ``photo`` (a URL) a photo with ``text`` as its caption."""
         await self._space(chat, job_id, not_after)
         try:
+            if photo is not None:
+                return await self.bot.send_photo(
+                    chat, photo, caption=text, parse_mode="HTML", reply_markup=markup, message_thread_id=thread,
+                    reply_to_message_id=reply_to, allow_sending_without_reply=True,
+                )  # fmt: skip
             return await self.bot.send_message(
                 chat, text, parse_mode="HTML", reply_markup=markup, message_thread_id=thread,
                 reply_to_message_id=reply_to, allow_sending_without_reply=True,
@@ -317,9 +319,10 @@ class TelegramConnector:
         if store is not None:
             by_id = {a.id: a for a in store.agents}
             people = [by_id.get(a) for a in view.get("mentions", [])]
-            view["people"] = [{"name": a.name, "telegram": a.telegram_user} for a in people if a is not None]
+            view["people"] = [{"name": a.name, "telegram": a.identity(SERVICE)} for a in people if a is not None]
             view.setdefault("timezone", store.timezone)
             view["detail_label"] = t(store.locale, "order.view")
+            view["image_label"] = t(store.locale, "chat.image")
         return view
 
     async def _is_forum(self, chat: int) -> bool:
@@ -357,15 +360,19 @@ class TelegramConnector:
     async def _post(self, job: OutboxJob) -> None:
         p = job.payload
         tag, key, chat = str(p["tag"]), str(p["thread_key"]), int(p["channel"])
-        text, markup = render(self._view(p))
+        view = self._view(p)
+        text, markup = render(view)
         topic = await self._topic(p, chat)
         reply_to = None
         if not p.get("root") and topic is None:  # without a topic, the thread is a reply chain
             root = await refs.root_of(self.redis, tag, key)
             if root is None:
-                raise RetryLater("waiting for the thread's first message to be posted")
+                raise WaitingForRoot
             reply_to = int(root[1])
-        sent = await self._send(chat, text, markup, job.id, reply_to, topic, job.expires_at)
+        # An image from the platform is shown as a photo, as in Slack (Telegram fetches it by its URL).
+        content = view.get("content") or {}
+        photo = str(content["url"]) if view["type"] == "platform_message" and content.get("type") == "image" else None
+        sent = await self._send(chat, text, markup, job.id, reply_to, topic, job.expires_at, photo)
         if p.get("root"):
             await refs.save_root(self.redis, tag, key, "telegram", str(chat), str(sent.message_id))
         else:  # a reply to any message of the chain belongs to the same thread
@@ -375,7 +382,7 @@ class TelegramConnector:
         p = job.payload
         root = await refs.root_of(self.redis, str(p["tag"]), str(p["thread_key"]))
         if root is None:
-            raise RetryLater("waiting for the thread's first message to be posted")
+            raise WaitingForRoot
         text, markup = render(self._view(p))
         try:
             await self.bot.edit_message_text(text, chat_id=int(root[0]), message_id=int(root[1]), parse_mode="HTML",
@@ -409,7 +416,8 @@ class TelegramConnector:
     async def _react(self, job: OutboxJob) -> None:
         p = job.payload
         try:
-            await self.bot.set_message_reaction(int(p["channel"]), int(p["message"]), "👍")
+            emoji = REACTIONS.get(str(p.get("emoji")), "👍")
+            await self.bot.set_message_reaction(int(p["channel"]), int(p["message"]), emoji)
         except TelegramError as exc:
             raise _sorted(exc) from None
 

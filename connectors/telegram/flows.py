@@ -1,27 +1,20 @@
-"""What people do in Telegram, handed to the core's inbound router (``bridge.flows.router``).
-
-- Messages: a message in a thread (a forum topic, or a reply to any message of a reply chain) is
-  routed by the core: an answer to a platform chat, a comment on a task order, a file offered as
-  evidence, or the next step of a resolve conversation (``resolve.py``).
-- The card's buttons: Log, Comment, Resolve, Cannot resolve, and the resolve conversation's steps.
-- ``/tasks [status] [page]`` lists task orders (B10), the store's or the creator's.
-"""
+"""What people do in Telegram, handed to the core: messages to the inbound router
+(``bridge.flows.router``); the card's buttons — Log, Comment, Resolve, Cannot resolve — and the
+steps of the guided resolve conversation (``bridge.flows.resolve``: Telegram has no modals);
+``/tasks [status] [page]`` to the router's listing (B10)."""
 
 from __future__ import annotations
 
-from bridge.config import Store
+from bridge.core import Core
 from bridge.engine import keys
 from bridge.engine.outbox import OutboxJob
-from bridge.flows.router import Inbound, InboundRouter
-from bridge.flows.tasks import TaskFlow
-from connectors.telegram.app import ANSWER, TelegramConnector, TelegramInbound
-from connectors.telegram.resolve import RESULTS, STEP_BUTTONS, ResolveConversation
-
-SERVICE = "telegram"
+from bridge.flows.resolve import RESULTS, STEP_BUTTONS
+from bridge.flows.router import CHAT_ACTIONS, Inbound
+from connectors.telegram.app import ANSWER, DOWNLOAD_LIMIT, SERVICE, TelegramConnector, TelegramInbound
 
 
-def wire_telegram(connector: TelegramConnector, tasks: TaskFlow, router: InboundRouter) -> None:
-    resolve = ResolveConversation(connector, tasks)
+def wire_telegram(connector: TelegramConnector, core: Core) -> None:
+    router, resolve = core.router, core.resolve
 
     async def answer(inbound: TelegramInbound, text: str | None = None) -> None:
         job = OutboxJob(f"telegram:answer:{inbound.callback_id}", ANSWER,
@@ -38,25 +31,26 @@ def wire_telegram(connector: TelegramConnector, tasks: TaskFlow, router: Inbound
             (f"topic:{inbound.thread}",) if inbound.thread is not None
             else (str(inbound.reply_to),) if inbound.reply_to is not None else ()
         )  # fmt: skip
-        return await router.message(Inbound(inbound.actor(), inbound.text, inbound.media, threaded_under))
+        message = Inbound(inbound.actor(), inbound.text, inbound.media, threaded_under)
+        if inbound.edited:  # the platform keeps what it was sent; Telegram does not say what that was
+            return await router.changed(message, original=None)
+        return await router.message(message)
 
     async def on_button(inbound: TelegramInbound) -> None:
         kind, _, tid = (inbound.callback or "").partition(":")
-        actor, toast = inbound.actor(), None
+        actor, at, toast = inbound.actor(), inbound.callback_id or str(inbound.message), None
         store = router.place(SERVICE, str(inbound.chat)).task_store
-        if kind == "log":
+        if kind in CHAT_ACTIONS:
+            await router.chat_action(actor, CHAT_ACTIONS[kind], tid, at)
+        elif kind == "log":
             await router.show_log(actor, tid, f"log:{inbound.chat}:{inbound.callback_id}")
         elif kind == "cm":
             await router.explain_comments(actor, f"hint:{inbound.callback_id}")
         elif kind in RESULTS and store is not None:
-            toast = router.processing_refusal(actor) or await resolve.start(store, tid, kind, inbound)
+            toast = router.processing_refusal(actor) or await resolve.start(store, tid, kind, actor, at)
         elif kind in STEP_BUTTONS and store is not None:
-            toast = await resolve.on_button(store, tid, kind, inbound)
+            toast = await resolve.on_button(store, tid, kind, actor, at)
         await answer(inbound, toast)
-
-    async def on_task_message(store: Store, tid: str, inbound: Inbound) -> bool:
-        """A message under a card from someone in the middle of resolving it is the step's answer."""
-        return await resolve.on_message(store, tid, TelegramInbound.of(inbound))
 
     async def list_tasks(inbound: TelegramInbound, args: list[str]) -> str:
         text, _ = await router.list_tasks(SERVICE, str(inbound.chat), args)
@@ -64,4 +58,6 @@ def wire_telegram(connector: TelegramConnector, tasks: TaskFlow, router: Inbound
 
     connector.handlers.append(on_update)
     connector.commands["tasks"] = list_tasks
-    router.task_message_hooks[SERVICE] = on_task_message
+    resolve.heads[SERVICE] = connector.file_head
+    resolve.download_limits[SERVICE] = DOWNLOAD_LIMIT
+    router.task_message_hooks[SERVICE] = resolve.on_message

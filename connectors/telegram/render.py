@@ -44,11 +44,12 @@ def _platform_message(view: dict[str, Any]) -> tuple[str, InlineKeyboardMarkup |
     if content["type"] == "text":
         return f"<b>{sender}</b>: {html.escape(content['text'])}", None
     if content["type"] == "image":
-        return f'<b>{sender}</b>: <a href="{html.escape(content["url"])}">🖼 image</a>', None
+        label = html.escape(str(view.get("image_label") or "🖼"))
+        return f'<b>{sender}</b>: <a href="{html.escape(content["url"])}">🖼 {label}</a>', None
     amount = f"¥{content['amount_cents'] / 100:,.2f}"
     text = (f"<b>{sender}</b>: 🧾 <b>{html.escape(content['order_id'])}</b>\n{html.escape(content['product_name'])}"
             f" · {amount} · {html.escape(content['status'])}")  # fmt: skip
-    label = str(view.get("detail_label") or "View details")
+    label = str(view.get("detail_label") or "🔗")
     return text, InlineKeyboardMarkup([[InlineKeyboardButton(label, url=content["detail_url"])]])
 
 
@@ -69,11 +70,14 @@ def render(view: dict[str, Any]) -> tuple[str, InlineKeyboardMarkup | None]:
     if kind == "chat_root":
         lines = [f"<b>{html.escape(view['title'])}</b>", html.escape(view["platform_agent"])]
         lines += [_fill(view[k], view) for k in ("assignee", "status_line") if view.get(k)]
-        markup = None
+        rows: list[list[InlineKeyboardButton]] = []
         if view.get("first_message"):
-            first, markup = _platform_message(view["first_message"] | {"detail_label": view.get("detail_label")})
+            first, card = _platform_message(view["first_message"] | {"detail_label": view.get("detail_label")})
             lines += ["", first]
-        return "\n".join(lines), markup
+            rows += [list(row) for row in card.inline_keyboard] if card else []
+        header = _keyboard(view.get("buttons", []))
+        rows += [list(row) for row in header.inline_keyboard] if header else []
+        return "\n".join(lines), InlineKeyboardMarkup(rows) if rows else None
     if kind == "card":
         lines = [f"<b>{html.escape(view['title'])}</b>"]
         lines += [f"<b>{html.escape(k)}</b>: {_fill(str(v), view)}" for k, v in view.get("fields", [])]

@@ -32,9 +32,9 @@ async def test_header_with_assignee_mention_and_order_card_button(stack: Stack) 
     assert "platform customer service chat" in root.text and "Waiting for a reply" in root.text
     assert '<a href="tg://user?id=1002001">Owner Wang</a>' in root.text, "the assignee is mentioned"
     assert "6909" in root.text
-    assert root.reply_markup == {
-        "inline_keyboard": [[{"text": "View details", "url": "https://fxg.example/order/6909"}]]
-    }
+    [card, header] = root.reply_markup["inline_keyboard"]  # type: ignore[index]
+    assert card == [{"text": "View details", "url": "https://fxg.example/order/6909"}]
+    assert [(b["text"], b["callback_data"].split(":")[0]) for b in header] == [("Claim", "cl"), ("Reassign…", "ra")]
 
 
 async def test_a_reply_to_the_chain_answers_and_gets_a_reaction(stack: Stack) -> None:
@@ -153,3 +153,39 @@ async def test_a_reminder_whose_slot_in_a_busy_group_comes_too_late_takes_no_slo
     assert any("next one" in t for t in texts)
     spacing = [m.sent_at for m in stack.telegram.by_bot(GROUP) if m.text]
     assert spacing[1] - spacing[0] < 3.2, "the next message took the slot the reminder did not"
+
+
+async def test_an_image_from_the_platform_arrives_as_a_photo(stack: Stack) -> None:
+    cid, root_id = await open_chat(stack)
+    image = {"type": "image", "url": "https://cdn.example/img/parcel.jpg", "width": 800, "height": 600}
+    await stack.sandbox.chat_message(cid, image)
+    await stack.settle()
+    shown = stack.telegram.by_bot(GROUP)[-1]
+    assert shown.photo == "https://cdn.example/img/parcel.jpg" and shown.reply_to == root_id, "a photo in the chain"
+    assert shown.text.startswith("<b>") and "小飞" in shown.text, "captioned with who sent it"
+
+
+async def test_an_edited_reply_is_explained_to_its_author(stack: Stack) -> None:
+    cid, root_id = await open_chat(stack)
+    message, _ = await stack.telegram.user_message(OWNER, GROUP, "Ships Monday", reply_to=root_id)
+    await stack.settle()
+    assert await stack.telegram.edit_user_message(GROUP, message.message_id, "Ships Tuesday") == 200
+    await stack.settle()
+    told = stack.telegram.by_bot(GROUP)[-1]
+    assert told.reply_to == message.message_id
+    assert told.text == "The platform cannot change a message once it is sent: your edit was not sent."
+    assert merchant_texts(stack, cid) == ["Ships Monday"]
+
+
+async def test_the_owner_reassigns_a_chat_from_its_header(stack: Stack) -> None:
+    """Reassign… lists the store's other designated agents; store 1002 has only its owner, so the
+    owner claiming a chat already theirs changes nothing, and a stranger may not claim it."""
+    cid, root_id = await open_chat(stack)
+    assert await stack.telegram.tap(STRANGER, GROUP, root_id, f"cl:{cid}") == 200
+    await stack.settle()
+    assert stack.telegram.by_bot(GROUP)[-1].text.startswith("Not sent: only the store's designated agents")
+    assert await stack.redis.hget(keys.chat(TAG, cid), "assignee") == "main-1002"
+    assert await stack.telegram.tap(OWNER, GROUP, root_id, f"cl:{cid}") == 200
+    await stack.settle()
+    assert await stack.redis.hget(keys.agent_load(TAG), "main-1002") == "1", "counted once"
+    assert not any("handed this chat" in m.text for m in stack.telegram.by_bot(GROUP)), "nothing moved, nothing said"

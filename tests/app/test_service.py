@@ -23,7 +23,7 @@ from bridge.app.service import Bridge, open_redis
 from bridge.config import ConfigHolder
 from tests.conftest import Stack
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example.yaml"
 
 
 @pytest.fixture
@@ -164,7 +164,8 @@ async def test_demo_runs_and_exits_zero(tmp_path: Path) -> None:
     assert "guessed secret → 401" in text
     assert "/feige stats → 📊" in text and " 0 Slack 429s" in text
     assert "#C0TASKS1001 ← bridge: 【物流问题 Logistics】商达协同任务单" in text
-    assert "telegram  chat 7001 ← bridge: <b>【物流问题 Logistics】" in text
+    assert "telegram  chat 7001 ← bridge: 【物流问题 Logistics】" in text
+    assert "<b>" not in text and "&#x27;" not in text, "Telegram messages as people see them"
     assert re.search(r"#C0TASKS1001 ← bridge: 【物流问题 Logistics】.* · 截止 \d{4}-\d\d-\d\d 09:00", text), (
         "raised late in the evening: the deadline moved to 09:00"
     )
@@ -180,7 +181,7 @@ async def test_demo_runs_and_exits_zero(tmp_path: Path) -> None:
     )
     assert "⚠️ 处理结果不会自动发给消费者" in text
     assert re.search(r"chat -1001002000001: topic \d+ opened, “⏳ Platform CS · Can the buyer change the size\?”", text)
-    assert re.search(r"chat -1001002000001 ← bridge in topic \d+: <b>Feige · platform customer service chat", text)
+    assert re.search(r"chat -1001002000001 ← bridge in topic \d+: Feige · platform customer service chat", text)
     assert '"text": "Yes, exchange within 7 days 👍"' in text, "the Telegram group's answer reached the platform"
     assert "Not sent: only the store's designated agents" in text
     assert "#C0CREATOR7002 ← bridge: [物流问题 Logistics]" in text, "a creator in Slack gets the confirmation"

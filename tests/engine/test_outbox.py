@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from bridge.config import Destination
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
 from bridge.engine.outbox import FinalFailure, Outbox, OutboxJob
 from bridge.flows.jobs import SEND_MESSAGE
+from bridge.flows.views import post_view
 from tests.conftest import Stack
 
 TAG = "{store:1001}"
@@ -152,3 +154,19 @@ async def test_a_job_held_back_past_its_expiry_is_dropped_not_sent_late(stack: S
         clock.advance(2.5)
     assert texts(stack, cid) == ["下一条"], "the expired job was dropped; the next one went"
     assert stack.bridge.outbox.stats.expired == 1 and stack.bridge.outbox.stats.failed == 0
+
+
+async def test_a_post_queued_before_its_threads_root_lets_the_root_go_first(stack: Stack) -> None:
+    """Two events handled in the other order (a comment shown before the confirmation that opens the
+    creator's thread) must not leave the thread waiting for ever: the root goes first."""
+    dest = Destination.parse("slack:C0CREATOR7002")
+    note = {"type": "notice", "text": "💬 comment"}
+    await post_view(stack.bridge.outbox, TAG, "task:T1", "1001", dest, "task:T1:c:1", "post", note)
+    await post_view(stack.bridge.outbox, TAG, "task:T1", "1001", dest, "task:T1:confirm", "post",
+                    {"type": "notice", "text": "📋 confirmation"}, root=True)  # fmt: skip
+    await stack.settle()
+    [root] = stack.slack.channel("C0CREATOR7002")
+    assert root.text == "📋 confirmation" and [m.text for m in stack.slack.thread("C0CREATOR7002", root.ts)][-1] == (
+        "💬 comment"
+    )
+    assert await stack.redis.llen(keys.outbox_queue(TAG, "task:T1:slack")) == 0

@@ -189,3 +189,12 @@ async def test_a_resolve_conversation_survives_a_restart_of_the_bridge(stack: St
     await tap(stack, OWNER, last_bot(stack), f"py:{tid}")
     processed = stack.sandbox.task_orders[tid].solution
     assert processed is not None and processed["solution"] == "Reshipped by SF Express, waybill SF1234567890"
+
+
+async def test_an_internal_note_in_a_task_thread_is_not_a_comment(stack: Stack) -> None:
+    tid, card = await raise_task(stack)
+    note, _ = await stack.telegram.user_message(OWNER, GROUP, "#note ask the warehouse first", reply_to=card.message_id,
+                                                thread_id=card.thread_id)  # fmt: skip
+    await stack.settle()
+    assert stack.sandbox.task_orders[tid].comments == []
+    assert stack.telegram.message(GROUP, note.message_id).reactions == ["✍"]

@@ -283,7 +283,7 @@ async def task_state(stack: Stack, tid: str) -> dict[str, Any]:
         "status": task.get("status"),
         "comments": (task.get("comments:merchant"), task.get("comments:creator")),
         "deadline_timer": None if due is None else due - float(task["deadline"]),
-        "log": [(e["type"], e["side"], e["operator"]) for e in await stack.bridge.tasks.log_entries(TAG, tid)],
+        "log": [(e["type"], e["side"], e["operator"]) for e in await stack.bridge.tasks.records.log_entries(TAG, tid)],
         "lists": {s: await listed(s) for s in ("all", "pending", "resolved", "timed_out")},
         "creator_index": await stack.redis.zcard(keys.creator_tasks("c-7001")),
         "on_platform": (on_platform.status, [c["text"] for c in on_platform.comments]),

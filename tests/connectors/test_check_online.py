@@ -55,13 +55,16 @@ async def test_every_unusable_target_is_named_with_its_path(
     telegram.missing_chats.add(7001)
     found = [str(p) for p in await probe_destinations(load_config(EXAMPLE_CONFIG, environ=env))]
     assert found == [
-        "error: stores[0].destinations.task_orders: channel C0TASKS1001: channel_not_found (is the id right?)",
-        "error: creators[1].destination: the bot (feige-bridge) is not in #c0creator7002: /invite @feige-bridge there",
-        f"error: stores[1].destinations.platform_chats: group {GROUP} has topics: make the bot an admin with Manage "
-        "topics, so each chat and task order gets its own topic",
-        f"error: stores[1].destinations.task_orders: group {GROUP} has topics: make the bot an admin with Manage "
-        "topics, so each chat and task order gets its own topic",
-        "error: creators[0].destination: chat 7001: Chat not found (has the bot been added, is the id right?)",
+        "error: store 1001 (stores[0]): destinations.task_orders: channel C0TASKS1001: channel_not_found (is the id "
+        "right?)",
+        "error: creator c-7002 (creators[1]): destination: the bot (feige-bridge) is not in #c0creator7002: /invite "
+        "@feige-bridge there",
+        f"error: store 1002 (stores[1]): destinations.platform_chats: group {GROUP} has topics: make the bot an admin "
+        "with Manage topics, so each chat and task order gets its own topic",
+        f"error: store 1002 (stores[1]): destinations.task_orders: group {GROUP} has topics: make the bot an admin "
+        "with Manage topics, so each chat and task order gets its own topic",
+        "error: creator c-7001 (creators[0]): destination: chat 7001: Chat not found (has the bot been added, is the "
+        "id right?)",
     ]
 
 
@@ -86,5 +89,8 @@ async def test_the_command_exits_1_on_an_error(
     )  # fmt: skip
     out = (await proc.communicate())[0].decode()
     assert proc.returncode == 1, out
-    assert "online: error: stores[0].destinations.platform_chats: channel C0CHATS1001: channel_not_found" in out
+    assert (
+        "online: error: store 1001 (stores[0]): destinations.platform_chats: channel C0CHATS1001: channel_not_found"
+        in out
+    )
     assert "online check — 1 error(s), 0 warning(s)" in out

@@ -137,9 +137,7 @@ async def test_killed_consumer_mid_event_is_finished_by_another_process(
     await EventLog(redis).store(STORE, [record("e1", "chat:1"), record("e2", "chat:1"), record("e3", "chat:2")])
     script = tmp_path / "consumer.py"
     script.write_text(CONSUMER_SCRIPT)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), redis_url, cwd=Path(__file__).parent.parent
-    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), redis_url, cwd=Path(__file__).parents[2])
     try:
         assert await redis.blpop(["started"], timeout=15) is not None
     finally:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from rules.comments import comment_refusal
 from rules.deadline import in_quiet_hours, task_deadline
-from rules.evidence import MAX_IMAGE_BYTES, MAX_VIDEO_BYTES, evidence_refusals
+from rules.evidence import MAX_IMAGE_BYTES, MAX_VIDEO_BYTES, evidence_refusals, sniff_media
 from rules.solution import solution_problem
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -117,3 +117,14 @@ def test_evidence_limits_by_content_and_size() -> None:
     assert [(i, r.reason) for i, r in evidence_refusals(files)] == [(2, "size"), (4, "size"), (5, "type")]
     assert [(i, r.reason) for i, r in evidence_refusals([(PNG, 1)] * 7)] == [(-1, "count")]
     assert evidence_refusals([(PNG, 1)] * 6) == []
+
+
+@pytest.mark.parametrize(
+    ("brand", "kind"),
+    [(b"isom", "mp4"), (b"mp42", "mp4"), (b"M4V ", "mp4"), (b"qt  ", "mov"),
+     (b"heic", None), (b"mif1", None), (b"M4A ", None), (b"3gp4", None)],
+)  # fmt: skip
+def test_an_ftyp_box_is_a_video_only_by_its_brand(brand: bytes, kind: str | None) -> None:
+    """An HEIC photo or an M4A recording has an ftyp box too: the brand says what it is (B7)."""
+    found = sniff_media(b"\x00\x00\x00\x18ftyp" + brand + b"\x00" * 4)
+    assert (found.format if found else None) == kind

@@ -264,9 +264,7 @@ async def test_killed_worker_process_loses_nothing(redis_url: str, tmp_path: Pat
     await client.flushall()
     script = tmp_path / "worker.py"
     script.write_text(WORKER_SCRIPT)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), redis_url, cwd=Path(__file__).parent.parent
-    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), redis_url, cwd=Path(__file__).parents[2])
     try:
         await TimerStore(client).schedule("w:{store:1}:job", time.time())
         started = await client.blpop(["started"], timeout=10)

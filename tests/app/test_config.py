@@ -11,7 +11,7 @@ import yaml
 
 from bridge.config import ConfigError, ConfigHolder, load_config, parse_config
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example.yaml"
 
 
 def example_tree() -> dict:  # type: ignore[type-arg]
@@ -51,7 +51,7 @@ def test_missing_environment_variable_is_named_with_its_path() -> None:
     tree = example_tree()
     tree["stores"][0]["platform"]["api_token"] = "${STORE_TOKEN_NOT_SET}"
     assert problems_of(tree) == [
-        "error: stores[0].platform.api_token: environment variable STORE_TOKEN_NOT_SET is not set; "
+        "error: store 1001 (stores[0]): platform.api_token: environment variable STORE_TOKEN_NOT_SET is not set; "
         "set it or write ${STORE_TOKEN_NOT_SET:-default}"
     ]
 
@@ -61,7 +61,8 @@ def test_designated_agent_without_im_permission_is_a_warning_with_the_fix() -> N
     tree["stores"][0]["agents"][1]["im_permission"] = False
     loaded = parse_config(yaml.safe_dump(tree, allow_unicode=True), environ={})
     assert [str(w) for w in loaded.warnings] == [
-        "warning: stores[0].agents[1]: im_permission is false — this agent can never answer platform chats "
+        "warning: store 1001 (stores[0]): agents[1]: im_permission is false — this agent can never answer "
+        "platform chats "
         "(main account: 商家后台 → 店铺 → 子账号管理 → 账号管理 → enable IM, save; then set im_permission: true)"
     ]
 
@@ -71,54 +72,59 @@ def test_designated_agent_without_im_permission_is_a_warning_with_the_fix() -> N
     [
         (
             lambda t: t["stores"][0].update(sandbox=False, reply_window={"seconds": 10}),
-            "error: stores[0].reply_window.seconds: 10 s is outside 60–180 s; the platform closes chats after "
+            "error: store 1001 (stores[0]): reply_window.seconds: 10 s is outside 60–180 s; the platform closes "
+            "chats after "
             "2–3 minutes (set sandbox: true for demos and trials with shorter windows)",
         ),
         (
             lambda t: t["stores"][0].update(reply_window={"seconds": 240}),
-            "error: stores[0].reply_window.seconds: 240 s is outside 1–180 s; the platform closes chats after "
+            "error: store 1001 (stores[0]): reply_window.seconds: 240 s is outside 1–180 s; the platform closes "
+            "chats after "
             "2–3 minutes",
         ),
         (
             lambda t: t["stores"][0]["reply_window"].update(reminders_before=[60, 130]),
-            "error: stores[0].reply_window.reminders_before[1]: 130 s must be between 0 and the window (120 s)",
+            "error: store 1001 (stores[0]): reply_window.reminders_before[1]: 130 s must be between 0 and the "
+            "window (120 s)",
         ),
         (
             lambda t: t["stores"][0].update(timezone="Mars/Olympus"),
-            "error: stores[0].timezone: unknown time zone 'Mars/Olympus'; use an IANA name such as Asia/Shanghai",
+            "error: store 1001 (stores[0]): timezone: unknown time zone 'Mars/Olympus'; use an IANA name such as "
+            "Asia/Shanghai",
         ),
         (
             lambda t: t["stores"][0]["destinations"].update(task_orders="discord:123"),
-            "error: stores[0].destinations.task_orders: destination 'discord:123' is not of the form "
+            "error: store 1001 (stores[0]): destinations.task_orders: destination 'discord:123' is not of the form "
             "slack:<channel id> or telegram:<chat id>",
         ),
         (
             lambda t: t["stores"][0].update(main_account="nobody"),
-            "error: stores[0].main_account: 'nobody' is not among stores[0].agents; add it there",
+            "error: store 1001 (stores[0]): main_account: 'nobody' is not among stores[0].agents; add it there",
         ),
         (
             lambda t: t["stores"][0].update(designated_agents=["main-1001", "ghost"]),
-            "error: stores[0].designated_agents[1]: 'ghost' is not among stores[0].agents; add it there",
+            "error: store 1001 (stores[0]): designated_agents[1]: 'ghost' is not among stores[0].agents; add it there",
         ),
         (
             lambda t: t["stores"][1].update(id="1001"),
-            "error: stores[1].id: store id '1001' is used twice",
+            "error: store 1001 (stores[1]): id: store id '1001' is used twice",
         ),
         (
             lambda t: t["stores"][0].update(colour="red"),
-            "error: stores[0].colour: unknown setting (check the spelling against docs/configuration.md)",
+            "error: store 1001 (stores[0]): colour: unknown setting (check the spelling against docs/configuration.md)",
         ),
         (
             lambda t: t["stores"][0]["platform"].pop("app_secrets"),
-            "error: stores[0].platform.app_secrets: required setting is missing",
+            "error: store 1001 (stores[0]): platform.app_secrets: required setting is missing",
         ),
         (
             lambda t: t["stores"][0]["task_orders"].update(night_rule="sleep_in"),
-            "error: stores[0].task_orders.night_rule: Input should be 'move_to_morning' or 'carry_over'",
+            "error: store 1001 (stores[0]): task_orders.night_rule: must be one of 'move_to_morning' or 'carry_over'",
         ),
         (
             lambda t: t.pop("telegram"),
-            "error: stores[1].destinations.platform_chats: uses telegram but the telegram: section is missing",
+            "error: store 1002 (stores[1]): destinations.platform_chats: uses telegram but the telegram: section "
+            "is missing",
         ),
     ],
 )
@@ -169,9 +175,12 @@ def test_check_command_reports_every_problem_and_fails(tmp_path: Path) -> None:
     result = run_check(bad)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert any("stores[0].reply_window.seconds: 500 s is outside 1–180 s" in line for line in lines)
-    assert any("warning: stores[1].agents[0]: im_permission is false" in line for line in lines)
-    assert any("error: stores[1].designated_agents: no designated agent has IM permission" in line for line in lines)
+    assert any("store 1001 (stores[0]): reply_window.seconds: 500 s is outside 1–180 s" in line for line in lines)
+    assert any("warning: store 1002 (stores[1]): agents[0]: im_permission is false" in line for line in lines)
+    assert any(
+        "error: store 1002 (stores[1]): designated_agents: no designated agent has IM permission" in line
+        for line in lines
+    )
     assert lines[-1].endswith("2 error(s), 1 warning(s) — not valid")
 
 
@@ -202,9 +211,35 @@ def test_reload_keeps_old_config_when_new_one_is_bad(tmp_path: Path) -> None:
     assert holder.reload() is False
     assert holder.generation == 2 and holder.current.stores[0].reply_window.seconds == 90
     assert holder.last_error is not None
-    assert "stores[0].reply_window.seconds" in str(holder.last_error)
+    assert "store 1001 (stores[0]): reply_window.seconds" in str(holder.last_error)
 
 
 def test_empty_variable_takes_the_default_as_in_the_shell() -> None:
     config = load_config(EXAMPLE, environ={"STORE_1001_APP_SECRET": ""}).config
     assert config.stores[0].platform.app_secrets == ["demo-app-secret-1001"]
+
+
+def test_people_are_matched_through_one_accounts_map_and_the_older_fields_still_load() -> None:
+    tree = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    tree["stores"][0]["agents"][0] = {"id": "main-1001", "name": "店长 Li", "slack_user": "U0OLD",
+                                      "telegram_user": 42, "accounts": {"lark": "ou_1"}}  # fmt: skip
+    store = parse_config(yaml.safe_dump(tree, allow_unicode=True), environ={}).config.stores[0]
+    agent = store.agents[0]
+    assert agent.accounts == {"slack": "U0OLD", "telegram": "42", "lark": "ou_1"}
+    assert (agent.identity("slack"), agent.identity("telegram"), agent.identity("dingtalk")) == ("U0OLD", "42", None)
+    assert store.agents[1].accounts == {"slack": "U0AGENTA", "telegram": "1001002"}, "the example's own form"
+
+
+def test_problems_name_things_as_people_know_them_in_plain_words() -> None:
+    tree = yaml.safe_load(EXAMPLE.read_text())
+    tree["stores"][0]["platform"]["app_secrets"] = []
+    tree["stores"][1]["reply_window"] = {"seconds": "soon"}
+    tree["creators"][0]["name"] = ""
+    with pytest.raises(ConfigError) as refused:
+        parse_config(yaml.safe_dump(tree, allow_unicode=True), environ={})
+    lines = str(refused.value).splitlines()[1:]
+    assert lines == [
+        "  error: store 1001 (stores[0]): platform.app_secrets: at least one secret is needed",
+        "  error: store 1002 (stores[1]): reply_window.seconds: must be a whole number",
+        "  error: creator c-7001 (creators[0]): name: must not be empty",
+    ], "the id first, then the path, in plain words; never pydantic's wording"

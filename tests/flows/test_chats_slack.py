@@ -415,3 +415,79 @@ async def test_a_post_whose_process_died_before_recording_it_is_not_posted_twice
     await stack.bridge.outbox.senders["slack.post"](job)
     assert len(stack.slack.channel(CHATS)) == 1, "not posted a second time"
     assert await stack.bridge.redis.get(keys.thread_root(TAG, f"chat:{cid}")) == f"slack:{CHATS}:{root.ts}"
+
+
+async def test_an_edit_or_a_deletion_of_a_sent_reply_is_explained_to_its_author(stack: Stack) -> None:
+    """The platform cannot change a sent message: the author is told, with what the platform has."""
+    cid, root = await open_chat(stack)
+    assignee = {"main-1001": MAIN, "agent-a": AGENT_A, "agent-b": AGENT_B}[
+        str(await stack.redis.hget(keys.chat(TAG, cid), "assignee"))
+    ]
+    ts, _ = await stack.slack.user_message(assignee, CHATS, "明天发货", thread_ts=root.ts)
+    await stack.settle()
+    assert await stack.slack.change_message(assignee, CHATS, ts, "今天发货") == 200
+    await stack.settle()
+    told = stack.slack.ephemerals[-1]
+    assert told["user"] == assignee and told["thread_ts"] == root.ts
+    assert told["text"] == "平台不支持修改已发送的消息，你的修改没有发出。平台收到的是：明天发货"
+    assert await stack.slack.change_message(assignee, CHATS, ts, None) == 200
+    await stack.settle()
+    assert stack.slack.ephemerals[-1]["text"].startswith("平台不支持撤回已发送的消息，对方仍能看到它。")
+    sent = [m["content"]["text"] for m in stack.sandbox.conversations[cid].messages if m["from"] == "merchant"]
+    assert sent == ["明天发货"], "nothing more reached the platform"
+    # A message the bridge never sent (here: in the channel, not in a chat's thread) is nobody's concern.
+    told_before = len(stack.slack.ephemerals)
+    loose, _ = await stack.slack.user_message(assignee, CHATS, "大家好")
+    await stack.settle()
+    await stack.slack.change_message(assignee, CHATS, loose, "大家早")
+    await stack.settle()
+    assert len(stack.slack.ephemerals) == told_before + 1, "only the refusal of the loose message itself"
+
+
+async def test_an_internal_note_stays_in_the_thread(stack: Stack) -> None:
+    """A message that starts with a note marker is never forwarded; the thread marks it as a note."""
+    cid, root = await open_chat(stack)
+    ts, _ = await stack.slack.user_message(MAIN, CHATS, "// 这位买家上周也问过，先查物流", thread_ts=root.ts)
+    await stack.settle()
+    assert stack.sandbox.conversations[cid].messages[-1]["from"] == "platform", "nothing reached the platform"
+    assert stack.slack.message(CHATS, ts).reactions == ["memo"]
+    assert await stack.redis.hget(keys.chat(TAG, cid), "status") == "open" and not stack.slack.ephemerals
+
+
+async def test_claim_and_reassign_move_the_chat_and_its_load(stack: Stack) -> None:
+    """Any designated agent claims a chat; only the main account hands it to someone else. The load
+    table follows and the platform is not told."""
+    cid, root = await open_chat(stack)
+    before = str(await stack.redis.hget(keys.chat(TAG, cid), "assignee"))
+    users = {"main-1001": MAIN, "agent-a": AGENT_A, "agent-b": AGENT_B}
+    claimer = next(a for a in ("agent-a", "agent-b") if a != before)
+    buttons = [e["action_id"] for b in root.blocks if b["type"] == "actions" for e in b["elements"]]
+    assert buttons == ["chat_claim", "chat_reassign"], "the header offers Claim and Reassign…"
+    calls_before = len(stack.sandbox.received("POST"))
+
+    assert await stack.slack.block_action(STRANGER, CHATS, root.ts, "chat_claim", cid) == 200
+    await stack.settle()
+    assert stack.slack.ephemerals[-1]["user"] == STRANGER and "指定客服" in stack.slack.ephemerals[-1]["text"]
+    assert await stack.slack.block_action(users[claimer], CHATS, root.ts, "chat_claim", cid) == 200
+    await stack.settle()
+    assert await stack.redis.hget(keys.chat(TAG, cid), "assignee") == claimer
+    loads = await stack.redis.hgetall(keys.agent_load(TAG))
+    assert (loads[claimer], loads.get(before, "0")) == ("1", "0"), "the load table follows"
+    notice = stack.slack.thread(CHATS, root.ts)[-1]
+    assert notice.text.startswith("👤 ") and f"<@{users[claimer]}>" in notice.text
+    assert f"<@{users[claimer]}>" in stack.slack.message(CHATS, root.ts).text or any(
+        f"<@{users[claimer]}>" in str(b) for b in stack.slack.message(CHATS, root.ts).blocks
+    ), "the header names the new assignee"
+
+    assert await stack.slack.block_action(users[claimer], CHATS, root.ts, "chat_reassign", cid) == 200
+    await stack.settle()
+    assert stack.slack.ephemerals[-1]["text"].startswith("未转交：只有主账号"), "only the main account reassigns"
+    assert await stack.slack.block_action(MAIN, CHATS, root.ts, "chat_reassign", cid) == 200
+    await stack.settle()
+    picker = stack.slack.thread(CHATS, root.ts)[-1]
+    choices = [e["value"] for b in picker.blocks if b["type"] == "actions" for e in b["elements"]]
+    assert f"{cid}:{claimer}" not in choices and f"{cid}:main-1001" in choices
+    assert await stack.slack.block_action(MAIN, CHATS, picker.ts, "chat_assign_to", f"{cid}:main-1001") == 200
+    await stack.settle()
+    assert await stack.redis.hget(keys.chat(TAG, cid), "assignee") == "main-1001"
+    assert len(stack.sandbox.received("POST")) == calls_before, "the platform is not told"

@@ -20,7 +20,7 @@ from bridge.engine.clock import ManualClock
 from bridge.flows.views import Actor
 from tests.conftest import EXAMPLE_CONFIG, start_stack
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERVICE_LIBRARIES = ("slack_sdk", "slack_bolt", "telegram", "connectors.slack", "connectors.telegram")
 
 ECHO_PACKAGE = '''
@@ -88,7 +88,7 @@ def test_an_unknown_destination_is_refused_naming_the_forms() -> None:
     with pytest.raises(ConfigError) as refused:
         parse_config(yaml.safe_dump(tree, allow_unicode=True), environ={})
     assert (
-        "stores[1].destinations.platform_chats: destination 'lark:oc_123' is not of the form "
+        "store 1002 (stores[1]): destinations.platform_chats: destination 'lark:oc_123' is not of the form "
         "slack:<channel id> or telegram:<chat id>" in str(refused.value)
     )
 

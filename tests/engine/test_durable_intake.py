@@ -117,7 +117,7 @@ async def test_slash_commands_and_clicks_are_stored_before_the_ack_and_answered_
     """A command or a click is acknowledged with nothing to show once it is stored; its answer comes
     from the consumer (a command's through its response_url), once, even when the first try fails."""
     tasks_channel = "C0TASKS1001"
-    listing, failures = stack.bridge.tasks.list_text, []
+    listing, failures = stack.bridge.tasks.records.list_text, []
 
     async def crashing_once(*args: Any, **kwargs: Any) -> Any:
         if not failures:
@@ -125,7 +125,7 @@ async def test_slash_commands_and_clicks_are_stored_before_the_ack_and_answered_
             raise ConnectionError("Redis went away mid-step")
         return await listing(*args, **kwargs)
 
-    stack.bridge.tasks.list_text = crashing_once  # type: ignore[method-assign]
+    stack.bridge.tasks.records.list_text = crashing_once  # type: ignore[method-assign]
     assert await stack.slack.slash_command("U0MAIN1001", tasks_channel, "/tasks") == (200, "")
     [delivery] = await stored(stack, SLACK)
     assert delivery["msg_id"].startswith("command:") and json.loads(delivery["data"])["command"] == "/tasks"

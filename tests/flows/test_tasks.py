@@ -108,8 +108,8 @@ async def test_log_records_every_operation_and_shows_on_both_sides(stack: Stack)
     assert await stack.slack.block_action(MAIN, TASKS, card(stack).ts, "task_log", tid) == 200
     await stack.settle()
     log = stack.slack.ephemerals[-1]["text"]
-    assert log.startswith(f"📋 任务单 {tid} 处理记录") and "created — creator 达人 小美 Xiaomei" in log
-    assert "comment_merchant — merchant 店长 Li" in log
+    assert log.startswith(f"📋 任务单 {tid} 处理记录") and "创建 — 达人 小美 Xiaomei（达人）" in log
+    assert "商家留言 — 店长 Li（商家）" in log
     assert await stack.telegram.tap(CREATOR_CHAT, CREATOR_CHAT, confirmation(stack).message_id, f"log:{tid}") == 200
     await stack.settle()
     assert stack.telegram.by_bot(CREATOR_CHAT)[-1].text.startswith(f"📋 任务单 {tid} 处理记录")
@@ -154,7 +154,7 @@ async def test_tasks_listed_by_status_in_slack_and_telegram(stack: Stack) -> Non
     second = await raise_task(stack)
     answer = await stack.slash_command(MAIN, TASKS, "/tasks", "pending")
     assert "：2 条 · 第 1/1 页" in answer and answer.index(second) < answer.index(first), "newest first"
-    listing = await stack.bridge.tasks.list_text(
+    listing = await stack.bridge.tasks.records.list_text(
         stack.bridge.holder.current.stores[0], "pending", "en", page=2, per_page=1
     )
     assert listing.startswith("Task orders (⏳ Pending): 2 · page 2/2") and first in listing and second not in listing
@@ -205,6 +205,40 @@ async def test_export_writes_every_task_order(stack: Stack, redis_url: str, tmp_
     assert await proc.wait() == 0
     rows = list(csv.DictReader(out.read_text(encoding="utf-8").splitlines()))
     assert len(rows) == 2 and rows[0]["issue_type"] == "物流问题 Logistics"
+
+
+async def test_comments_made_on_the_platform_count_are_logged_and_are_shown_both_ways(stack: Stack) -> None:
+    """B5: ten merchant comments made in the platform's own UI leave no room for one from Slack."""
+    tid = await raise_task(stack)
+    for i in range(10):
+        await stack.sandbox.comment_on_platform(tid, "merchant", "main-1001", "店长 Li", f"平台留言 {i}")
+    await stack.settle()
+    assert await stack.redis.hget(keys.task(TAG, tid), "comments:merchant") == "10"
+    in_slack = [m.text for m in stack.slack.thread(TASKS, card(stack).ts) if "平台留言" in m.text]
+    in_telegram = [m.text for m in stack.telegram.by_bot(CREATOR_CHAT) if "平台留言" in m.text]
+    assert len(in_slack) == 10 and len(in_telegram) == 10, "both sides see every comment"
+    assert in_telegram[0] == "💬 商家留言（店长 Li）：平台留言 0"
+    await stack.slack.user_message(MAIN, TASKS, "第十一条", thread_ts=card(stack).ts)
+    await stack.settle()
+    assert "留言未发送：本方留言已达上限（10/10）" in stack.slack.ephemerals[-1]["text"]
+    assert [c["text"] for c in stack.sandbox.task_orders[tid].comments].count("第十一条") == 0
+    logged = [e for e in await stack.bridge.tasks.records.log_entries(TAG, tid) if e["type"] == "comment_merchant"]
+    assert len(logged) == 10 and (logged[0]["operator"], logged[0]["operator_id"]) == ("店长 Li", "main-1001")
+
+
+async def test_a_comment_is_shown_only_once_the_platform_has_it(stack: Stack) -> None:
+    tid = await raise_task(stack)
+    before = len(stack.telegram.by_bot(CREATOR_CHAT))
+    stack.sandbox.fail_next("POST", f"/task-orders/{tid}/comments", 422)
+    await stack.slack.user_message(MAIN, TASKS, "这条平台不收", thread_ts=card(stack).ts)
+    await stack.settle()
+    assert len(stack.telegram.by_bot(CREATOR_CHAT)) == before, "the creator never saw a comment the platform refused"
+    assert await stack.redis.hget(keys.task(TAG, tid), "comments:merchant") == "0", "its slot is free again"
+    assert [e["type"] for e in await stack.bridge.tasks.records.log_entries(TAG, tid)] == ["created"]
+    await stack.slack.user_message(MAIN, TASKS, "这条可以", thread_ts=card(stack).ts)
+    await stack.settle()
+    assert stack.telegram.by_bot(CREATOR_CHAT)[-1].text == "💬 商家留言（店长 Li）：这条可以"
+    assert await stack.redis.hget(keys.task(TAG, tid), "comments:merchant") == "1"
 
 
 async def test_the_comment_limit_comes_from_the_rule(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -266,8 +300,20 @@ async def test_resolve_with_evidence_from_the_modal_and_the_thread(stack: Stack)
     assert len(stack.sandbox.received("POST", "/media")) == 2
     assert await stack.redis.hget(keys.task(TAG, tid), "status") == "resolved"
     assert "SF123456789" in stack.telegram.by_bot(CREATOR_CHAT)[-1].text, "the creator is pinged (B9)"
-    log = [e["type"] for e in await stack.bridge.tasks.log_entries(TAG, tid)]
+    log = [e["type"] for e in await stack.bridge.tasks.records.log_entries(TAG, tid)]
     assert log == ["created", "evidence_added", "resolved"]
+    [row] = await stack.bridge.tasks.records.export(stack.bridge.holder.current.stores[0], "resolved")
+    assert (row["result"], row["solution"], row["processed_by"], row["processed_by_id"]) == (
+        "resolved",
+        "已为买家补发，顺丰单号 SF123456789",
+        "店长 Li",
+        "main-1001",
+    ), "the export keeps what a person looks up later"
+    assert [(e["type"], e["operator_id"]) for e in row["log"]] == [
+        ("created", "c-7001"),
+        ("evidence_added", "main-1001"),
+        ("resolved", "main-1001"),
+    ] and row["finished_at"].endswith("+08:00")
 
 
 async def test_placeholder_or_empty_solutions_are_refused_or_must_be_confirmed(stack: Stack) -> None:

@@ -1,0 +1,257 @@
+"""Resolve / Cannot resolve as a guided conversation in the task order's thread, for destinations
+without modals (Telegram; any tool added later gets it as it is): result (the button tapped) →
+solution → evidence → confirm. The checks are the same as a modal's (B7 evidence, B8 solution);
+nothing is sent until the last step is confirmed, and then through ``TaskFlow.process``.
+
+The conversation's state is a Redis hash per task order and person (``keys.task_resolve``): any
+replica continues it, a restart loses nothing, and it expires an hour after the last step. Steps
+are posted under the card mentioning the person, with their buttons (``short`` codes, which fit
+destinations whose button data is small).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from bridge.config import Agent, Destination, Store
+from bridge.engine import keys
+from bridge.engine.outbox import Outbox, OutboxJob
+from bridge.flows import jobs
+from bridge.flows.router import Inbound
+from bridge.flows.task_records import status_name
+from bridge.flows.tasks import TaskFlow, evidence_count_problem, evidence_problems
+from bridge.flows.views import Actor, ReplyMedia, post_view, tell
+from bridge.i18n import t
+from rules.evidence import evidence_limits
+from rules.solution import solution_refusal
+
+CONVERSATION_SECONDS = 3600
+RESULTS = {"rs": "resolved", "ur": "unresolvable"}
+"""The card's buttons that start a conversation, by short code."""
+KEEP, DONE, SEND, CANCEL = "pk", "pd", "py", "pc"
+STEP_BUTTONS = (KEEP, DONE, SEND, CANCEL)
+_LABELS = {KEEP: "task.button.keep", DONE: "task.button.done", SEND: "task.button.send", CANCEL: "task.button.cancel"}
+
+
+class TooLargeToFetch(Exception):
+    """The service does not let the bot download a file this large."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(f"over {limit_bytes} bytes")
+        self.limit_bytes = limit_bytes
+
+
+HeadFetcher = Callable[[str, int], Awaitable[bytes]]
+"""(file reference, size) → the file's first bytes (``rules.evidence.SNIFF_BYTES``); raises
+``TooLargeToFetch``, or an error to try again later (the event is retried, the file not refused)."""
+
+
+class ResolveConversation:
+    def __init__(self, redis: Redis, outbox: Outbox, tasks: TaskFlow) -> None:
+        self.redis = redis
+        self.outbox = outbox
+        self.tasks = tasks
+        self.heads: dict[str, HeadFetcher] = {}
+        """By service: how to read the first bytes of a file a person sent there."""
+        self.download_limits: dict[str, int] = {}
+        """By service: the largest file its bot may download, when it has such a limit (bytes)."""
+
+    # -- entry points ------------------------------------------------------------------------------
+
+    async def start(self, store: Store, tid: str, short: str, actor: Actor, at: str) -> str | None:
+        """Resolve / Cannot resolve tapped: step 1, the solution. Returns a refusal for the tap's
+        answer. ``at`` names the tap (a step is posted once however often it is retried)."""
+        loc, agent = store.locale, _agent(store, actor)
+        if agent is None:
+            return t(loc, "task.guide.not_agent")
+        status = await self.tasks.status_of(store, tid)
+        if status != "pending":
+            return t(loc, "task.process.not_pending", status=status_name(loc, status))
+        key = keys.task_resolve(keys.store_tag(store.id), tid, actor.user)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping={"result": RESULTS[short], "step": "solution", "files": "[]", "started": at})
+            pipe.expire(key, CONVERSATION_SECONDS)
+            await pipe.execute()
+        action = t(loc, f"task.button.{'resolve' if short == 'rs' else 'unresolvable'}")
+        text = t(loc, "task.guide.solution", mention="{mention}", action=action, task_id=tid)
+        await self._prompt(store, tid, agent, at, "solution", text, [CANCEL])
+        return None
+
+    async def on_message(self, store: Store, tid: str, inbound: Inbound) -> bool:
+        """A message under the card from someone in the middle of resolving it: the step's answer.
+        False when they are not, so the message is an ordinary comment."""
+        actor = inbound.actor
+        key = keys.task_resolve(keys.store_tag(store.id), tid, actor.user)
+        state = await self._state(key)
+        agent = _agent(store, actor)
+        if not state or agent is None:
+            return False
+        loc, step, at = store.locale, state["step"], actor.message or ""
+        if step in ("solution", "weak"):
+            refusal = solution_refusal(inbound.text, confirmed=False)
+            if refusal == "empty":
+                await self._reply(store, actor, at, t(loc, "task.process.empty"))
+                return True
+            await self._save(key, solution=inbound.text)
+            if refusal == "unconfirmed":
+                await self._save(key, step="weak")
+                await self._prompt(store, tid, agent, at, "weak", t(loc, "task.guide.weak"), [KEEP, CANCEL])
+            else:
+                await self._ask_evidence(store, tid, agent, actor, at, key)
+        elif step == "evidence":
+            if not inbound.media:
+                await self._reply(store, actor, at, t(loc, "task.guide.evidence_hint"))
+                return True
+            await self._take_files(store, tid, inbound, key, state)
+        else:
+            await self._reply(store, actor, at, t(loc, "task.guide.confirm_hint"))
+        return True
+
+    async def on_button(self, store: Store, tid: str, short: str, actor: Actor, at: str) -> str | None:
+        """Keep it / Done / Confirm and send / Cancel. Returns a refusal for the tap's answer."""
+        loc = store.locale
+        key = keys.task_resolve(keys.store_tag(store.id), tid, actor.user)
+        state = await self._state(key)
+        agent = _agent(store, actor)
+        if not state or agent is None:
+            return t(loc, "task.guide.not_yours")
+        step = state["step"]
+        if short == CANCEL:
+            await self.redis.delete(key)
+            await self._reply(store, actor, at, t(loc, "task.guide.cancelled"))
+        elif short == KEEP and step == "weak":
+            await self._ask_evidence(store, tid, agent, actor, at, key)
+        elif short == DONE and step == "evidence":
+            await self._confirm(store, tid, agent, actor, at, key, state)
+        elif short == SEND and step == "confirm":
+            return await self._send(store, tid, agent, actor, at, key, state)
+        return None
+
+    # -- steps ---------------------------------------------------------------------------------------
+
+    async def _ask_evidence(self, store: Store, tid: str, agent: Agent, actor: Actor, at: str, key: str) -> None:
+        await self._save(key, step="evidence")
+        text = t(store.locale, "task.guide.evidence", mention="{mention}", **evidence_limits())
+        limit = self.download_limits.get(actor.service)
+        if limit is not None:
+            text += t(store.locale, "task.guide.download_limit", limit_mb=limit // (1024 * 1024))
+        await self._prompt(store, tid, agent, at, "evidence", text, [DONE, CANCEL])
+
+    async def _take_files(self, store: Store, tid: str, inbound: Inbound, key: str, state: dict[str, str]) -> None:
+        """Each file is judged as it arrives (type by its first bytes, size), as the modal would."""
+        loc, actor, at = store.locale, inbound.actor, inbound.actor.message or ""
+        files: list[dict[str, Any]] = orjson.loads(state.get("files") or "[]")
+        shared = len(await self.tasks.thread_files(store, tid))
+        for media in inbound.media:
+            if too_many := evidence_count_problem(loc, len(files) + shared + 1):
+                await self._reply(store, actor, at, too_many)
+                break
+            problem = await self._file_problem(loc, media)
+            if problem:
+                await self._reply(store, actor, at, problem)
+                continue
+            files.append(_as_evidence(media))
+            await self._save(key, files=orjson.dumps(files).decode())
+            await self._react(store, actor)
+
+    async def _confirm(
+        self, store: Store, tid: str, agent: Agent, actor: Actor, at: str, key: str, state: dict[str, str]
+    ) -> None:
+        loc = store.locale
+        files = await self._evidence(store, tid, state)
+        problems = evidence_count_problem(loc, len(files))
+        if not problems:
+            checked = [ReplyMedia(str(f.get("service", actor.service)), str(f["url"]), str(f["name"]),
+                                  str(f.get("mimetype", "")), int(f.get("size", 0))) for f in files]  # fmt: skip
+            problems = "\n".join(p for p in [await self._file_problem(loc, m) for m in checked] if p)
+        if problems:
+            await self._reply(store, actor, at, problems)
+            return
+        await self._save(key, step="confirm")
+        names = ", ".join(str(f["name"]) for f in files) or t(loc, "task.guide.no_files")
+        text = t(loc, "task.guide.confirm", mention="{mention}", result=status_name(loc, state["result"]),
+                 solution=state.get("solution", ""), files=names)  # fmt: skip
+        await self._prompt(store, tid, agent, at, "confirm", text, [SEND, CANCEL])
+
+    async def _send(
+        self, store: Store, tid: str, agent: Agent, actor: Actor, at: str, key: str, state: dict[str, str]
+    ) -> str | None:
+        loc = store.locale
+        status = await self.tasks.status_of(store, tid)
+        if status != "pending":
+            await self.redis.delete(key)
+            return t(loc, "task.process.not_pending", status=status_name(loc, status))
+        files = await self._evidence(store, tid, state)
+        # The action id is the conversation's: a second tap on Confirm queues the same job, once.
+        await self.tasks.process(store, tid, state["result"], state.get("solution", ""), files, (agent.id, agent.name),
+                                 actor, f"{actor.service}-{actor.user}-{state['started']}")  # fmt: skip
+        await self.redis.delete(key)
+        await self._reply(store, actor, at, t(loc, "task.guide.sent"))
+        return None
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    async def _evidence(self, store: Store, tid: str, state: dict[str, str]) -> list[dict[str, Any]]:
+        """Files shared under the card before, and those sent in this conversation (as with a modal)."""
+        added: list[dict[str, Any]] = orjson.loads(state.get("files") or "[]")
+        return await self.tasks.thread_files(store, tid) + added
+
+    async def _file_problem(self, loc: str, media: ReplyMedia) -> str:
+        head = self.heads.get(media.service)
+        if head is None:
+            return t(loc, "task.process.bad_file", name=media.name, reason=t(loc, "task.process.reason.type",
+                                                                              **evidence_limits()))  # fmt: skip
+        try:
+            first = await head(media.url, media.size)
+        except TooLargeToFetch as exc:
+            reason = t(loc, "task.process.reason.download", limit_mb=exc.limit_bytes // (1024 * 1024))
+            return t(loc, "task.process.bad_file", name=media.name, reason=reason)
+        return evidence_problems(loc, [(media.name, first, media.size)])
+
+    async def _state(self, key: str) -> dict[str, str]:
+        return {str(k): str(v) for k, v in (await self.redis.hgetall(key)).items()}
+
+    async def _save(self, key: str, **fields: str) -> None:
+        mapping: dict[Any, Any] = dict(fields)  # redis-py types its keys invariantly
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, CONVERSATION_SECONDS)
+            await pipe.execute()
+
+    async def _prompt(
+        self, store: Store, tid: str, agent: Agent, at: str, step: str, text: str, buttons: list[str]
+    ) -> None:
+        """A step's question, posted under the card (so a reply to it is a reply in the task order's
+        thread), mentioning the person, with the step's buttons."""
+        loc = store.locale
+        keyboard = [{"label": t(loc, _LABELS[b]), "short": b, "value": tid} for b in buttons]
+        view = {"type": "notice", "text": text, "mentions": [agent.id], "buttons": keyboard}
+        await post_view(self.outbox, keys.store_tag(store.id), f"task:{tid}", store.id,
+                        Destination.parse(store.destinations.task_orders), f"task:{tid}:guide:{step}:{at}",
+                        jobs.POST, view)  # fmt: skip
+
+    async def _reply(self, store: Store, actor: Actor, at: str, text: str) -> None:
+        job_id = f"guide:{actor.channel}:{at}:{zlib.crc32(text.encode())}"
+        await tell(self.outbox, keys.store_tag(store.id), actor, text, job_id)
+
+    async def _react(self, store: Store, actor: Actor) -> None:
+        """A mark on the file's message: it was taken."""
+        payload = {"store": store.id, "channel": actor.channel, "message": actor.message, "emoji": "white_check_mark"}
+        job = OutboxJob(f"{actor.service}:react:{actor.channel}:{actor.message}",
+                        jobs.destination(actor.service, jobs.REACT), payload)  # fmt: skip
+        await self.outbox.enqueue(keys.store_tag(store.id), f"private:{actor.service}:{actor.user}", job)
+
+
+def _agent(store: Store, actor: Actor) -> Agent | None:
+    return next((a for a in store.agents if a.identity(actor.service) == actor.user), None)
+
+
+def _as_evidence(media: ReplyMedia) -> dict[str, Any]:
+    return {"service": media.service, "url": media.url, "name": media.name, "mimetype": media.mimetype,
+            "size": media.size}  # fmt: skip
