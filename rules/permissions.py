@@ -51,3 +51,11 @@ def assignment_refusal(
     if not by_main_account:
         return Refusal.NOT_MAIN
     return None if target_designated else Refusal.NOT_DESIGNATED_TARGET
+
+
+def handled_elsewhere_refusal(*, chat_open: bool, by_designated: bool) -> Refusal | None:
+    """ "Handled elsewhere" (answered in the platform's own workbench, by phone …) stops the reply
+    window's reminders and close; only a designated agent may say so, of an open chat."""
+    if not chat_open:
+        return Refusal.CLOSED
+    return None if by_designated else Refusal.NOT_AGENT

@@ -30,7 +30,7 @@ from bridge.flows.domain import ChatClosed, ChatMessage
 from bridge.flows.steps import take_steps
 from bridge.flows.views import Actor, ReplyMedia, post_view, read_hash, tell_privately
 from bridge.i18n import t
-from rules.permissions import Refusal, answer_refusal, assignment_refusal
+from rules.permissions import Refusal, answer_refusal, assignment_refusal, handled_elsewhere_refusal
 from rules.reply_window import WindowStep, next_step_at, window_start, window_steps
 from rules.routing import route_by_saturation
 
@@ -70,6 +70,17 @@ redis.call('HSET', KEYS[1], 'assignee', ARGV[1], 'assign:' .. ARGV[2], 1)
 if before ~= '' and redis.call('HINCRBY', KEYS[2], before, -1) < 0 then redis.call('HSET', KEYS[2], before, 0) end
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 return {1, before}
+"""
+
+# KEYS: chat. ARGV: agent, now, action id. Marks an open chat handled elsewhere: its running window
+# stops (no reminder, no local close). Returns 1 when marked, 2 when this action marked it before
+# (a retry), -1 when the chat is not open.
+_ELSEWHERE = """
+if redis.call('HEXISTS', KEYS[1], 'elsewhere:' .. ARGV[3]) == 1 then return 2 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return -1 end
+redis.call('HSET', KEYS[1], 'window_start', '', 'deadline', '', 'elsewhere_by', ARGV[1], 'elsewhere_at', ARGV[2],
+           'elsewhere:' .. ARGV[3], 1)
+return 1
 """
 
 # KEYS: chat, loads, stats. ARGV: reason, now, ticket, keep seconds. Returns 1 if this call closed it,
@@ -159,6 +170,7 @@ class ChatFlow:
         self._window = redis.register_script(_WINDOW)
         self._accept = redis.register_script(_ACCEPT)
         self._assign = redis.register_script(_ASSIGN)
+        self._elsewhere = redis.register_script(_ELSEWHERE)
         self._late = redis.register_script(_LATE)
 
     @property
@@ -467,6 +479,9 @@ class ChatFlow:
         elif chat.get("window_start"):
             seconds = store.reply_window.seconds
             line = t(store.locale, "chat.status.waiting", deadline="{deadline}", seconds=seconds)
+        elif chat.get("elsewhere_by"):
+            who = next((a.name for a in store.agents if a.id == chat["elsewhere_by"]), chat["elsewhere_by"])
+            line = t(store.locale, "chat.status.elsewhere", by=who)
         elif chat.get("first_reply_at"):
             line = t(store.locale, "chat.status.answered")
         else:
@@ -488,6 +503,8 @@ class ChatFlow:
                 {"label": t(store.locale, "chat.button.claim"), "action": "chat_claim", "value": cid, "short": "cl"},
                 {"label": t(store.locale, "chat.button.reassign"), "action": "chat_reassign", "value": cid,
                  "short": "ra"},
+                {"label": t(store.locale, "chat.button.elsewhere"), "action": "chat_elsewhere", "value": cid,
+                 "short": "ew"},
             ] if status == "open" else [],
         }  # fmt: skip
 
@@ -565,6 +582,30 @@ class ChatFlow:
         text = t(store.locale, "chat.assigned", by=by.name, mention="{mention}")
         await self._notice(store, dest, cid, f"assigned:{action_id}", text, [target])
         await self._update_root(store, tag, cid, f"assigned:{action_id}")
+
+    async def handled_elsewhere(self, store: Store, cid: str, actor: Actor, action_id: str) -> None:
+        """Handled elsewhere: the running window's reminders and close stop (a later platform message
+        starts a new one, as after a reply); the header and the thread say who said so."""
+        tag = keys.store_tag(store.id)
+        by = next((a for a in store.agents if a.identity(actor.service) == actor.user), None)
+        chat = await self._chat(tag, cid)
+        refusal = handled_elsewhere_refusal(
+            chat_open=chat.get("status") == "open",
+            by_designated=by is not None and by.id in {a.id for a in store.designated},
+        )
+        if refusal is not None or by is None:
+            text = t(store.locale, (refusal or Refusal.NOT_AGENT).value, agent=actor.user,
+                     reason=self._reason_text(store, chat) if chat else "")  # fmt: skip
+            await self.tell_privately(store, actor, text, f"elsewhere-refused:{action_id}")
+            return
+        marked = int(await self._elsewhere(keys=[keys.chat(tag, cid)], args=[by.id, self.clock.now(), action_id]))
+        if marked < 0:
+            return
+        # Follow-ups, again on a retry (idempotent); the timer is cancelled last.
+        dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
+        await self._notice(store, dest, cid, f"elsewhere:{action_id}", t(store.locale, "chat.elsewhere", by=by.name))
+        await self._update_root(store, tag, cid, f"elsewhere:{action_id}")
+        await self.timers.cancel(keys.window_timer(tag, cid))
 
     async def offer_reassign(self, store: Store, cid: str, actor: Actor, action_id: str) -> None:
         """Reassign…: the designated agents as buttons in the chat's thread, for the main account."""

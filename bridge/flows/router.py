@@ -53,9 +53,9 @@ class Place:
         return self.task_store or self.chat_store
 
 
-CLAIM, REASSIGN, ASSIGN_TO = "chat_claim", "chat_reassign", "chat_assign_to"
+CLAIM, REASSIGN, ASSIGN_TO, ELSEWHERE = "chat_claim", "chat_reassign", "chat_assign_to", "chat_elsewhere"
 """The chat header's buttons (the views name them; destinations pass them back)."""
-CHAT_ACTIONS = {"cl": CLAIM, "ra": REASSIGN, "at": ASSIGN_TO}
+CHAT_ACTIONS = {"cl": CLAIM, "ra": REASSIGN, "at": ASSIGN_TO, "ew": ELSEWHERE}
 """The same by the short codes of destinations with small button data."""
 NOTE_EMOJI = "memo"
 """How a note is marked where the destination has reactions (Slack's name; others map it)."""
@@ -244,6 +244,8 @@ class InboundRouter:
             await self.chats.assign(store, value, None, actor, action_id)
         elif action == REASSIGN:
             await self.chats.offer_reassign(store, value, actor, action_id)
+        elif action == ELSEWHERE:
+            await self.chats.handled_elsewhere(store, value, actor, action_id)
         elif action == ASSIGN_TO:
             cid, _, agent_id = value.rpartition(":")
             await self.chats.assign(store, cid, agent_id, actor, action_id)

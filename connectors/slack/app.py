@@ -32,7 +32,7 @@ from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
 from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender, WaitingForRoot
 from bridge.engine.ratelimit import SendSpacing
 from bridge.flows import jobs
-from bridge.flows.router import ASSIGN_TO, CLAIM, REASSIGN, Inbound
+from bridge.flows.router import ASSIGN_TO, CLAIM, ELSEWHERE, REASSIGN, Inbound
 from bridge.flows.task_records import status_name
 from bridge.flows.tasks import evidence_count_problem, evidence_problems
 from bridge.flows.views import Actor, ReplyMedia, tell_privately
@@ -57,7 +57,7 @@ EVENT_KIND = "slack.event"  # a stored delivery (an event, a command, a click, a
 RESPOND = "slack.respond"  # a slash command's answer, through its response_url
 RESPONSE_URL_SECONDS = 30 * 60 - 60
 """A slash command's ``response_url`` takes answers for 30 minutes; a minute is kept in hand."""
-DURABLE_ACTIONS = {"task_log", "task_comment", CLAIM, REASSIGN, ASSIGN_TO}
+DURABLE_ACTIONS = {"task_log", "task_comment", CLAIM, REASSIGN, ASSIGN_TO, ELSEWHERE}
 """Clicks whose work is done after the ack (the others open a modal, which must happen at once)."""
 REPLAYED = "feige_stored"  # context flag: this request is a stored event, handled by the consumer
 FAILURE = "feige_failure"  # context key: what a stored event's listener raised
@@ -86,7 +86,7 @@ class SlackConnector:
         self.app.command("/tasks")(self._on_tasks_command)
         self.app.action("task_log")(self._on_task_log)
         self.app.action("task_comment")(self._on_task_comment_hint)
-        self.app.action(re.compile(f"^({CLAIM}|{REASSIGN}|{ASSIGN_TO})$"))(self._on_chat_action)
+        self.app.action(re.compile(f"^({CLAIM}|{REASSIGN}|{ASSIGN_TO}|{ELSEWHERE})$"))(self._on_chat_action)
         self.app.action("task_resolve")(self._open_process)
         self.app.action("task_unresolvable")(self._open_process)
         self.app.view("task_process")(self._on_process_submit)

@@ -462,7 +462,7 @@ async def test_claim_and_reassign_move_the_chat_and_its_load(stack: Stack) -> No
     users = {"main-1001": MAIN, "agent-a": AGENT_A, "agent-b": AGENT_B}
     claimer = next(a for a in ("agent-a", "agent-b") if a != before)
     buttons = [e["action_id"] for b in root.blocks if b["type"] == "actions" for e in b["elements"]]
-    assert buttons == ["chat_claim", "chat_reassign"], "the header offers Claim and Reassign…"
+    assert buttons == ["chat_claim", "chat_reassign", "chat_elsewhere"], "the header's quick actions"
     calls_before = len(stack.sandbox.received("POST"))
 
     assert await stack.slack.block_action(STRANGER, CHATS, root.ts, "chat_claim", cid) == 200
@@ -491,3 +491,22 @@ async def test_claim_and_reassign_move_the_chat_and_its_load(stack: Stack) -> No
     await stack.settle()
     assert await stack.redis.hget(keys.chat(TAG, cid), "assignee") == "main-1001"
     assert len(stack.sandbox.received("POST")) == calls_before, "the platform is not told"
+
+
+async def test_handled_elsewhere_stops_the_reminders_and_the_close(stack: Stack) -> None:
+    cid, root = await open_chat(stack)
+    assignee = {"main-1001": MAIN, "agent-a": AGENT_A, "agent-b": AGENT_B}[
+        str(await stack.redis.hget(keys.chat(TAG, cid), "assignee"))
+    ]
+    assert await stack.slack.block_action(STRANGER, CHATS, root.ts, "chat_elsewhere", cid) == 200
+    await stack.settle()
+    assert stack.slack.ephemerals[-1]["user"] == STRANGER, "only designated agents may say so"
+    assert await stack.slack.block_action(assignee, CHATS, root.ts, "chat_elsewhere", cid) == 200
+    await stack.settle()
+    notice = stack.slack.thread(CHATS, root.ts)[-1].text
+    assert notice.startswith("✋ ") and "不再提醒" in notice
+    posts = len(stack.slack.thread(CHATS, root.ts))
+    await stack.advance(120 + IN_FLIGHT_SECONDS + 30)
+    assert len(stack.slack.thread(CHATS, root.ts)) == posts, "no reminder, no close notice"
+    assert await stack.redis.hget(keys.chat(TAG, cid), "status") == "open"
+    assert "已在别处处理" in stack.slack.message(CHATS, root.ts).text

@@ -34,7 +34,11 @@ async def test_header_with_assignee_mention_and_order_card_button(stack: Stack) 
     assert "6909" in root.text
     [card, header] = root.reply_markup["inline_keyboard"]  # type: ignore[index]
     assert card == [{"text": "View details", "url": "https://fxg.example/order/6909"}]
-    assert [(b["text"], b["callback_data"].split(":")[0]) for b in header] == [("Claim", "cl"), ("Reassign…", "ra")]
+    assert [(b["text"], b["callback_data"].split(":")[0]) for b in header] == [
+        ("Claim", "cl"),
+        ("Reassign…", "ra"),
+        ("Handled elsewhere", "ew"),
+    ]
 
 
 async def test_a_reply_to_the_chain_answers_and_gets_a_reaction(stack: Stack) -> None:
