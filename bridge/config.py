@@ -142,6 +142,9 @@ class TaskOrderSettings(_Model):
     quiet_hours: QuietHours = QuietHours()
     night_rule: Literal["move_to_morning", "carry_over"] = "move_to_morning"
     reminders_before: list[int] = Field(default_factory=lambda: list(deadline.REMINDERS_BEFORE))
+    digest_at: time | None = Field(
+        default=deadline.DIGEST_AT, description="the morning digest of task orders due that day; null: none"
+    )
 
 
 class StoreDestinations(_Model):

@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo
 NightRule = Literal["move_to_morning", "carry_over"]
 DEADLINE_HOURS = 24
 QUIET_START, QUIET_END = time(21, 0), time(9, 0)
+DIGEST_AT = time(8, 30)
+"""Each store's morning digest of the task orders due that day (the night rule piles them up at 09:00)."""
 REMINDERS_BEFORE = (7200, 1800)
 """Reminders this many seconds before a task order's deadline (2 h and 30 min)."""
 
@@ -66,3 +68,16 @@ def task_deadline(
         return morning
     carried = due - _quiet_start_before(due, quiet_start, quiet_end, tz)
     return morning + carried
+
+
+def next_digest_at(now: datetime, tz: ZoneInfo, at: time = DIGEST_AT) -> datetime:
+    """The next morning digest after ``now``: today at ``at`` (the store's time) if that is still to
+    come, else tomorrow's."""
+    local = now.astimezone(tz)
+    today = datetime.combine(local.date(), at, tzinfo=tz)
+    return today if today > local else datetime.combine(local.date() + timedelta(days=1), at, tzinfo=tz)
+
+
+def due_today(deadline: datetime, today_start: datetime) -> bool:
+    """A task order's deadline falls on the day that starts at ``today_start`` (local midnight)."""
+    return today_start <= deadline < today_start + timedelta(days=1)

@@ -107,6 +107,7 @@ class Bridge:
         self.event_handlers.setdefault("task_order_processed", self.tasks.on_processed)
         self.event_handlers.setdefault("task_order_timeout", self.tasks.on_timeout)
         self.timer_handlers.setdefault("deadline", self.tasks.on_deadline_timer)
+        self.timer_handlers.setdefault("digest", self.tasks.on_digest_timer)
         self.outbox.register(self.tasks.senders(), self.tasks.failure_reporters())
         # Every configured destination (bridge/destinations.py): its senders, file fetcher and route.
         config = lambda: self.holder.current  # noqa: E731 (read at each use: a reload takes effect)
@@ -268,6 +269,7 @@ class Bridge:
                 asyncio.create_task(self.consumer.run(), name="event-consumer"),
             ]
         self._watchers = [asyncio.create_task(self._watch_config(), name="config-watch")]
+        await self.tasks.schedule_digests()
         self._serve_webhooks = serve_webhooks
         for connector in self.connectors.values():
             await connector.start(serve_webhooks)
@@ -315,6 +317,7 @@ class Bridge:
         reloaded = self.holder.reload()
         if reloaded:
             REDACTOR.add(secrets_in(self.holder.current))
+            await self.tasks.schedule_digests()
             await self._reconnect_changed()
         return reloaded
 

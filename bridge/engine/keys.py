@@ -257,6 +257,11 @@ def deadline_timer(tag: str, task_id: str) -> str:
     return f"deadline:{tag}:{task_id}"
 
 
+def digest_timer(tag: str) -> str:
+    """Timer key (kind ``digest``): a store's next morning digest of the task orders due that day."""
+    return f"digest:{tag}:daily"
+
+
 def task_files(tag: str, task_id: str) -> str:
     """LIST of JSON {service, url, name, mimetype, size}: files the merchant shared in a task order's
     thread, offered as evidence when it is processed. Kept with the task order."""

@@ -10,6 +10,7 @@ task orders are kept and listed by status (B10).
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -29,11 +30,14 @@ from bridge.flows.task_records import TaskRecords, status_name
 from bridge.flows.views import Actor, post_view, read_hash, tell_privately
 from bridge.i18n import t
 from rules.comments import COMMENTS_PER_SIDE, comment_refusal
-from rules.deadline import task_deadline
+from rules.deadline import due_today, next_digest_at, task_deadline
 from rules.evidence import evidence_count_refusal, evidence_limits, evidence_refusals
 from rules.reply_window import WindowStep, next_step_at, window_steps
 
 log = logging.getLogger(__name__)
+
+DIGEST_BUTTONS = 5
+"""Resolve buttons on a digest, for the first task orders due (a keyboard stays readable)."""
 
 
 # KEYS: task, all index, pending index. ARGV: created (ms), deadline, data json, creator id.
@@ -203,6 +207,54 @@ class TaskFlow:
         store = self.config.store(timeout.shop_id)
         if store is not None and event.endpoint.kind == "store":
             await self.finish(store, timeout.task_id, "timed_out", "platform", "")
+
+    # -- the morning digest ---------------------------------------------------------------------------
+
+    async def schedule_digests(self) -> None:
+        """Each store's next morning digest (at start and after a reload); scheduling again is
+        harmless: the next one is the next one, and a digest is posted once a day."""
+        for store in self.config.stores:
+            tag = keys.store_tag(store.id)
+            at = store.task_orders.digest_at
+            if at is None:
+                await self.timers.cancel(keys.digest_timer(tag))
+                continue
+            now = datetime.fromtimestamp(self.clock.now(), ZoneInfo(store.timezone))
+            await self.timers.schedule(
+                keys.digest_timer(tag), next_digest_at(now, ZoneInfo(store.timezone), at).timestamp()
+            )
+
+    async def on_digest_timer(self, timer: Timer) -> None:
+        """The morning digest: the store's pending task orders due today, each with Resolve at hand."""
+        _, tag, _ = keys.split_timer_key(timer.key)
+        store = self.config.store(tag.removeprefix("{store:").removesuffix("}"))
+        if store is None or store.task_orders.digest_at is None:
+            return
+        tz, loc = ZoneInfo(store.timezone), store.locale
+        now = datetime.fromtimestamp(self.clock.now(), tz)
+        midnight = datetime.combine(now.date(), datetime.min.time(), tzinfo=tz)
+        due = []
+        for tid in await self.redis.zrange(keys.tasks_by_status(tag, "pending"), 0, -1):
+            task = await self._task(tag, str(tid))
+            deadline = datetime.fromtimestamp(float(task.get("deadline") or 0), tz)
+            if task and due_today(deadline, midnight):
+                due.append((deadline, str(tid), TaskOrderCreated.model_validate_json(task["data"]).issue_type))
+        due.sort()
+        date = now.strftime("%Y-%m-%d")
+        if due:
+            lines = [t(loc, "task.digest.title", date=date, count=len(due))]
+            lines += [t(loc, "task.digest.line", task_id=tid, issue_type=kind, deadline=f"{at:%H:%M}")
+                      for at, tid, kind in due]  # fmt: skip
+            buttons = [_action(f"{t(loc, 'task.button.resolve')} {tid}", "task_resolve", "rs", tid)
+                       for _, tid, _ in due[:DIGEST_BUTTONS]]  # fmt: skip
+            view: dict[str, Any] = {"type": "notice", "text": "\n".join(lines), "buttons": buttons}
+        else:
+            view = {"type": "notice", "text": t(loc, "task.digest.none", date=date)}
+        dest = Destination.parse(store.destinations.task_orders)
+        # Its own thread per day: the job id makes it once a day, however often the timer fires.
+        await post_view(self.outbox, tag, f"digest:{date}", store.id, dest, f"digest:{date}", jobs.POST, view, True)
+        following = next_digest_at(now, tz, store.task_orders.digest_at)
+        await self.timers.schedule(timer.key, following.timestamp())
 
     async def on_deadline_timer(self, timer: Timer) -> None:
         _, tag, tid = keys.split_timer_key(timer.key)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 
 from bridge.engine import keys
+from bridge.engine.timers import Timer
 from bridge.flows import tasks as tasks_flow
 from tests.conftest import Stack
 
@@ -27,7 +28,8 @@ async def raise_task(stack: Stack, **fields: object) -> str:
 
 
 def card(stack: Stack):  # type: ignore[no-untyped-def]
-    return stack.slack.channel(TASKS)[-1]
+    """The newest task order card (the morning digest also posts in this channel)."""
+    return next(m for m in reversed(stack.slack.channel(TASKS)) if m.blocks and m.blocks[0]["type"] == "header")
 
 
 def confirmation(stack: Stack):  # type: ignore[no-untyped-def]
@@ -401,3 +403,26 @@ async def test_only_the_stores_agents_can_open_the_processing_modal(stack: Stack
     assert stack.slack.views == [], "no modal"
     assert stack.slack.ephemerals[-1] == {**stack.slack.ephemerals[-1], "user": "U0STRANGER",
                                           "text": "只有本店配置的客服可以处理任务单。"}  # fmt: skip
+
+
+async def test_the_morning_digest_lists_the_task_orders_due_today(stack: Stack) -> None:
+    assert stack.clock is not None
+    tid = await raise_task(stack)  # at 06:13: due 24 h later, moved out of the night to 09:00
+    today = datetime.fromtimestamp(stack.clock.now(), SH).replace(hour=8, minute=30, second=0)
+    await stack.advance_to(today.timestamp() + 1)
+    digests = [m for m in stack.slack.channel(TASKS) if m.text.startswith("🌅")]
+    assert [m.text for m in digests] == [f"🌅 今日（{today:%Y-%m-%d}）没有到期的任务单。"]
+    tomorrow = today + timedelta(days=1)
+    await stack.advance_to(tomorrow.timestamp() + 1)
+    digest = [m for m in stack.slack.channel(TASKS) if m.text.startswith("🌅")][-1]
+    assert digest.text.splitlines() == [
+        f"🌅 今日到期的任务单（{tomorrow:%Y-%m-%d}）：1 条",
+        f"• {tid} 【物流问题 Logistics】截止 09:00",
+    ]
+    [button] = [e for b in digest.blocks if b["type"] == "actions" for e in b["elements"]]
+    assert (button["action_id"], button["value"]) == ("task_resolve", tid)
+    assert await stack.slack.block_action(MAIN, TASKS, digest.ts, "task_resolve", tid) == 200
+    assert stack.slack.views[-1]["callback_id"] == "task_process", "one tap opens the processing modal"
+    await stack.bridge.tasks.on_digest_timer(Timer(keys.digest_timer(TAG), tomorrow.timestamp(), None, 5000))
+    await stack.settle()
+    assert len([m for m in stack.slack.channel(TASKS) if m.text.startswith("🌅")]) == 2, "once a day"
