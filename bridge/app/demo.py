@@ -27,6 +27,7 @@ import yaml
 from bridge.app.service import Bridge, connect_redis
 from bridge.config import ConfigError, ConfigHolder, LoadedConfig, load_config
 from bridge.engine import keys
+from bridge.engine.metrics import METRICS
 from bridge.sandbox.platform import PlatformSandbox
 from bridge.sandbox.slack import SlackEmulator
 from bridge.sandbox.telegram import BOT_ID, TelegramEmulator
@@ -40,8 +41,12 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 512
 class Transcript:
     def __init__(self) -> None:
         self.started = time.monotonic()
+        self.before_scene: Callable[[], None] | None = None
+        """Prints what the previous scene left in flight, so each result is under its own heading."""
 
     def say(self, who: str, text: str) -> None:
+        if who == "scene" and self.before_scene is not None:
+            self.before_scene()
         print(f"[{time.monotonic() - self.started:7.3f}s] {who:<9} {text}", flush=True)
 
 
@@ -122,6 +127,17 @@ class Watcher:
             await asyncio.sleep(0.02)
 
 
+def _sent_by_kind() -> dict[str, int]:
+    """Outbound calls sent, by job kind (from the metrics), most first: they add up to the total."""
+    counts = {
+        sample.labels["kind"]: int(sample.value)
+        for metric in METRICS.outbox.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels.get("outcome") == "sent" and sample.value
+    }
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def _as_seen(telegram_html: str) -> str:
     """A Telegram message as a person sees it: formatting applied, entities decoded."""
     return html.unescape(re.sub(r"<[^>]+>", "", telegram_html))
@@ -185,6 +201,7 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
         await connector.ready()
     out.say("bridge", f"serving at {base}; platform sandbox {sandbox_url}; Slack emulator {slack.base_url}")
     watcher = Watcher(out, slack, sandbox, telegram)
+    out.before_scene = watcher.poll
     watching = asyncio.create_task(watcher.run())
     store = holder.current.stores[0]
     channel = store.destinations.platform_chats.split(":", 1)[1]
@@ -245,13 +262,15 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
             stats = await _until(lambda: slack.responses[answered]["text"] if len(slack.responses) > answered else None)
             out.say("slack", f"/feige stats → {_flat(stats)}")
         watcher.poll()
+        sent = _sent_by_kind()
         out.say(
             "summary",
-            f"events in: {len(sandbox.deliveries)} pushes, {bridge.event_log.records_stored} new events stored; "
-            f"calls out: {bridge.outbox.stats.sent} sent ({len(slack.messages)} Slack messages, "
-            f"{len(sandbox.received('POST'))} platform calls), {bridge.outbox.stats.retried} retried, "
-            f"{slack.rate_limited} Slack 429s, {len(telegram.messages)} Telegram messages; "
-            f"timers fired: {bridge.worker.stats.fired}",
+            f"events in: {len(sandbox.deliveries)} platform pushes; {bridge.event_log.records_stored} events stored "
+            f"(the pushes' records and what people did in Slack and Telegram); "
+            f"calls out: {sum(sent.values())} sent = "
+            + " + ".join(f"{n} {kind}" for kind, n in sent.items())
+            + f"; {bridge.outbox.stats.retried} retried, {slack.rate_limited} Slack 429s, "
+            f"{telegram.rate_limited} Telegram 429s; timers fired: {bridge.worker.stats.fired}",
         )
         if keep_serving:
             out.say("bridge", f"still serving: {base}/healthz · platform sandbox {sandbox_url} · Slack emulator "

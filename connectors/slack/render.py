@@ -48,7 +48,9 @@ def render(store: Store | None, view: dict[str, Any]) -> tuple[str, list[dict[st
             {"type": "header", "text": {"type": "plain_text", "text": view["title"], "emoji": True}},
             {"type": "section", "text": {"type": "mrkdwn", "text": body or " "}},
         ]
-        text = f"{view['title']} · {_fill(store, view['status_line'], view)}".strip(" ·")
+        # The notification text (and what a screen reader says) carries the header too: who has it.
+        parts = [view["title"], _fill(store, view.get("assignee") or "", view), _fill(store, view["status_line"], view)]
+        text = " · ".join(part for part in parts if part)
         if view.get("buttons"):
             blocks.append(_actions(view["buttons"]))
         if view.get("first_message"):
