@@ -165,6 +165,11 @@ async def test_demo_runs_and_exits_zero(tmp_path: Path) -> None:
     assert "/feige stats → 📊" in text and " 0 Slack 429s" in text
     assert "#C0TASKS1001 ← bridge: 【物流问题 Logistics】商达协同任务单" in text
     assert "telegram  chat 7001 ← bridge: 【物流问题 Logistics】" in text
+    scene_4, scene_5 = text.index("scene     4."), text.index("scene     5.")
+    assert scene_4 < text.index("#C0TASKS1001 ← bridge: 【物流问题 Logistics】") < scene_5, "results under their scene"
+    summary = next(line for line in text.splitlines() if "summary" in line)
+    total, parts = re.search(r"calls out: (\d+) sent = ([^;]+);", summary).groups()  # type: ignore[union-attr]
+    assert int(total) == sum(int(p.split()[0]) for p in parts.split(" + ")), "the summary's numbers add up"
     assert "<b>" not in text and "&#x27;" not in text, "Telegram messages as people see them"
     assert re.search(r"#C0TASKS1001 ← bridge: 【物流问题 Logistics】.* · 截止 \d{4}-\d\d-\d\d 09:00", text), (
         "raised late in the evening: the deadline moved to 09:00"

@@ -510,3 +510,9 @@ async def test_handled_elsewhere_stops_the_reminders_and_the_close(stack: Stack)
     assert len(stack.slack.thread(CHATS, root.ts)) == posts, "no reminder, no close notice"
     assert await stack.redis.hget(keys.chat(TAG, cid), "status") == "open"
     assert "已在别处处理" in stack.slack.message(CHATS, root.ts).text
+
+
+async def test_the_header_names_the_assignee_and_the_loads_it_was_chosen_from(stack: Stack) -> None:
+    """What a notification (and the demo's transcript) shows of the header, as Telegram's does."""
+    _, root = await open_chat(stack)
+    assert "负责人：<@" in root.text and "（分配时各客服进行中会话：店长 Li 0, 客服 A 0, 客服 B 0）" in root.text

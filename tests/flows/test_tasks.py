@@ -344,14 +344,16 @@ async def test_bad_evidence_is_refused_by_name_before_anything_is_sent(stack: St
     )
     fake = stack.slack.add_file("photo.jpg", TEXT_FILE, "image/jpeg")
     huge = stack.slack.add_file("huge.png", PNG, "image/png") | {"size": 6 * 1024 * 1024}
-    assert errors_of(await stack.slack.submit_view(MAIN, view, values(good, files=[fake, huge]))) == {}
+    heic = stack.slack.add_file("IMG_0001.mp4", b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64, "video/mp4")
+    assert errors_of(await stack.slack.submit_view(MAIN, view, values(good, files=[fake, huge, heic]))) == {}
     await stack.settle()
     refusal = stack.slack.ephemerals[-1]
     assert refusal["user"] == MAIN and refusal["thread_ts"] == card(stack).ts
-    assert refusal["text"].splitlines()[1:3] == [
+    assert refusal["text"].splitlines()[1:4] == [
         "文件 photo.jpg：类型不支持（按文件内容判断，只收 JPG/PNG 图片和 MP4/FLV/MOV/AVI/MKV/WEBM 视频）",
         "文件 huge.png：超过 5 MB",
-    ] and refusal["text"].startswith(f"任务单 {tid} 未提交处理")
+        "文件 IMG_0001.mp4：类型不支持（按文件内容判断，只收 JPG/PNG 图片和 MP4/FLV/MOV/AVI/MKV/WEBM 视频）",
+    ] and refusal["text"].startswith(f"任务单 {tid} 未提交处理"), "an HEIC photo named .mp4 is no video (B7)"
     assert (
         stack.sandbox.received("POST", "/media") == []
         and stack.sandbox.received("POST", f"/task-orders/{tid}/process") == []
