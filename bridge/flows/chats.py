@@ -117,8 +117,9 @@ return 1
 """
 
 # Accepts a reply: stops the window and counts it (A9), once per reply however often it is handled.
-# KEYS: chat, stats. ARGV: now, agent, reply id. Returns 'repeat' (accepted before: only finish its
-# follow-ups), 'closed', 'expired', 'first' or 'again'.
+# KEYS: chat, stats. ARGV: now, agent, reply id, its text (kept: what the platform has, should the
+# author edit it). Returns 'repeat' (accepted before: only finish its follow-ups), 'closed',
+# 'expired', 'first' or 'again'.
 _ACCEPT = """
 local marker = 'reply:' .. ARGV[3]
 if redis.call('HEXISTS', KEYS[1], marker) == 1 then return {'repeat'} end
@@ -127,7 +128,8 @@ local now = tonumber(ARGV[1])
 if redis.call('HGET', KEYS[1], 'window_start') ~= '' and now >= tonumber(redis.call('HGET', KEYS[1], 'deadline')) then
   return {'expired'}
 end
-redis.call('HSET', KEYS[1], 'window_start', '', 'deadline', '', 'last_reply_at', ARGV[1], marker, ARGV[1])
+redis.call('HSET', KEYS[1], 'window_start', '', 'deadline', '', 'last_reply_at', ARGV[1], marker, ARGV[1],
+           'sent:' .. ARGV[3], ARGV[4])
 redis.call('HINCRBY', KEYS[2], ARGV[2] .. ':replies', 1)
 if redis.call('HGET', KEYS[1], 'first_reply_at') == '' then
   redis.call('HSET', KEYS[1], 'first_reply_at', ARGV[1], 'first_reply_by', ARGV[2])
@@ -331,7 +333,7 @@ class ChatFlow:
         if refusal is None and agent is not None and cid is not None:
             written = DELIVERED_AT.get() or self.clock.now()  # judged by when the bridge received it
             state, *rest = await self._accept(
-                keys=[keys.chat(tag, cid), keys.chat_stats(tag)], args=[written, agent.id, str(actor.message)]
+                keys=[keys.chat(tag, cid), keys.chat_stats(tag)], args=[written, agent.id, str(actor.message), text]
             )
             if state == "expired":
                 await self.close(store, cid, "reply_timeout", "")

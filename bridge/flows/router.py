@@ -140,6 +140,11 @@ class InboundRouter:
             return False
         if not await self.redis.hexists(*marker):
             return False  # never sent (refused, or not a reply): nothing to tell
+        # What was sent, when the destination does not say (Telegram sends only the new text).
+        sent_key = "sent:" + marker[1].split(":", 1)[1]
+        if original is None:
+            kept = await self.redis.hget(marker[0], sent_key)
+            original = str(kept) if kept is not None else None
         locale = owner.locale if isinstance(owner, Creator) else store.locale
         key = "change.deleted" if deleted else "change.edited"
         sent = t(locale, "change.sent_was", original=original) if original else ""

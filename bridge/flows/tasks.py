@@ -58,7 +58,7 @@ local field, marker = 'comments:' .. ARGV[1], 'comment:' .. ARGV[3]
 if redis.call('HEXISTS', KEYS[1], marker) == 1 then return tonumber(redis.call('HGET', KEYS[1], field)) end
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return -1 end
 if tonumber(redis.call('HGET', KEYS[1], field) or '0') >= tonumber(ARGV[2]) then return -2 end
-redis.call('HSET', KEYS[1], marker, 1)
+redis.call('HSET', KEYS[1], marker, 1, 'sent:' .. ARGV[3], ARGV[4])
 return redis.call('HINCRBY', KEYS[1], field, 1)
 """
 
@@ -74,7 +74,7 @@ return redis.call('HINCRBY', KEYS[1], field, 1)
 
 # KEYS: task. ARGV: side, comment id. The platform refused a comment for good: its slot is free again.
 _RELEASE_COMMENT = """
-if redis.call('HDEL', KEYS[1], 'comment:' .. ARGV[2]) == 0 then return 0 end
+if redis.call('HDEL', KEYS[1], 'comment:' .. ARGV[2], 'sent:' .. ARGV[2]) == 0 then return 0 end
 return redis.call('HINCRBY', KEYS[1], 'comments:' .. ARGV[1], -1)
 """
 
@@ -350,7 +350,9 @@ class TaskFlow:
         task = await self._task(tag, tid)
         locale = store.locale if side == "merchant" else self._creator_locale(task)
         comment_id = f"{actor.service}:{actor.channel}:{actor.message}"
-        taken = int(await self._take_comment(keys=[keys.task(tag, tid)], args=[side, COMMENTS_PER_SIDE, comment_id]))
+        taken = int(
+            await self._take_comment(keys=[keys.task(tag, tid)], args=[side, COMMENTS_PER_SIDE, comment_id, text])
+        )
         if taken < 0:
             status = task.get("status", "pending")
             refusal = comment_refusal(status, COMMENTS_PER_SIDE if taken == -2 else 0, COMMENTS_PER_SIDE)

@@ -177,7 +177,9 @@ async def test_an_edited_reply_is_explained_to_its_author(stack: Stack) -> None:
     await stack.settle()
     told = stack.telegram.by_bot(GROUP)[-1]
     assert told.reply_to == message.message_id
-    assert told.text == "The platform cannot change a message once it is sent: your edit was not sent."
+    assert told.text == (
+        "The platform cannot change a message once it is sent: your edit was not sent. The platform has: Ships Monday"
+    ), "Telegram sends only the new text: the bridge kept what it forwarded"
     assert merchant_texts(stack, cid) == ["Ships Monday"]
 
 
