@@ -16,9 +16,10 @@ import os
 import re
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -203,75 +204,8 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
     watcher = Watcher(out, slack, sandbox, telegram)
     out.before_scene = watcher.poll
     watching = asyncio.create_task(watcher.run())
-    store = holder.current.stores[0]
-    channel = store.destinations.platform_chats.split(":", 1)[1]
-    users = {a.id: a.identity("slack") or "" for a in store.agents}
     try:
-        async with aiohttp.ClientSession() as http:
-            for probe in ("/healthz", "/readyz"):
-                async with http.get(base + probe) as resp:
-                    out.say("http", f"GET {probe} → {resp.status} {json.dumps(await resp.json(), ensure_ascii=False)}")
-            out.say("demo", f"store {store.id}: reply window shortened to {DEMO_WINDOW['seconds']} s for the demo "
-                            "(the platform's is 2–3 min), reminders at 6 s and 3 s left")  # fmt: skip
-
-            out.say("scene", "1. platform CS opens a chat with an order card")
-            card = {"type": "order_card", "order_id": "6901234567890", "product_name": "保温杯 Thermos cup 500ml",
-                    "amount_cents": 12900, "status": "已发货 shipped",
-                    "detail_url": "https://fxg.example/order/6901234567890"}  # fmt: skip
-            first = await sandbox.open_chat(store.id, card)
-            root = await _until(lambda: _root_of(slack, channel, "6901234567890"))
-
-            out.say("scene", "2. a stranger tries to answer; then the assignee answers with text, emoji and an image")
-            await slack.user_message("U0STRANGER", channel, "我来回答", thread_ts=root)
-            await asyncio.sleep(0.3)
-            assignee = await redis.hget(keys.chat(keys.store_tag(store.id), first), "assignee")
-            user = users.get(str(assignee), "")
-            await slack.user_message(user, channel, "您好，已经发货了 :truck: :+1::skin-tone-2:", thread_ts=root)
-            photo = slack.add_file("waybill.png", PNG, "image/png")
-            await slack.user_message(user, channel, "快递单见图", thread_ts=root, files=[photo])
-            await _until(
-                lambda: len([m for m in sandbox.conversations[first].messages if m["from"] == "merchant"]) >= 3
-            )
-            await asyncio.sleep(1.5)
-
-            out.say(
-                "scene",
-                "3. a second chat gets no answer: reminders, then the bridge closes it; a late reply is refused",
-            )
-            second = await sandbox.open_chat(store.id, {"type": "text", "text": "请问可以改地址吗？"})
-            root2 = await _until(lambda: _root_of(slack, channel, "改地址"))
-            await _until(lambda: _status(redis, store.id, second), within=20, async_probe=True)
-            late_user = users.get(str(await redis.hget(keys.chat(keys.store_tag(store.id), second), "assignee")), "")
-            await slack.user_message(late_user, channel, "可以的", thread_ts=root2)
-            await asyncio.sleep(1.0)
-
-            await _task_scenes(out, holder, sandbox, slack, telegram, users)
-            await _telegram_scenes(out, holder, sandbox, slack, telegram)
-
-            out.say("scene", "8. plumbing: a redelivered push changes nothing; a forged one is refused")
-            delivery = sandbox.deliveries[0]
-            again = await sandbox.push_envelope("store", store.id, delivery.records)
-            out.say("platform", f"redelivered push {delivery.records[0]['msg_id']} → {again.statuses} (stored once)")
-            body = json.dumps(delivery.records).encode()
-            headers = {"app-id": store.platform.app_key, "event-sign": sign(store.platform.app_key, body, "guess")}
-            async with http.post(f"{base}/webhooks/platform/{store.id}", data=body, headers=headers) as resp:
-                out.say("attacker", f"push signed with a guessed secret → {resp.status} {(await resp.json())['msg']}")
-
-            answered = len(slack.responses)
-            await slack.slash_command(users.get(store.main_account, ""), channel, "/feige", "stats")
-            stats = await _until(lambda: slack.responses[answered]["text"] if len(slack.responses) > answered else None)
-            out.say("slack", f"/feige stats → {_flat(stats)}")
-        watcher.poll()
-        sent = _sent_by_kind()
-        out.say(
-            "summary",
-            f"events in: {len(sandbox.deliveries)} platform pushes; {bridge.event_log.records_stored} events stored "
-            f"(the pushes' records and what people did in Slack and Telegram); "
-            f"calls out: {sum(sent.values())} sent = "
-            + " + ".join(f"{n} {kind}" for kind, n in sent.items())
-            + f"; {bridge.outbox.stats.retried} retried, {slack.rate_limited} Slack 429s, "
-            f"{telegram.rate_limited} Telegram 429s; timers fired: {bridge.worker.stats.fired}",
-        )
+        await play(out, watcher, bridge, sandbox, slack, telegram, base)
         if keep_serving:
             out.say("bridge", f"still serving: {base}/healthz · platform sandbox {sandbox_url} · Slack emulator "
                               f"{slack.base_url} · Telegram emulator {telegram.api_url} — Ctrl-C")  # fmt: skip
@@ -285,6 +219,86 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
         await telegram.stop()
         out.say("bridge", "stopped gracefully; embedded Redis stopped")
     return 0
+
+
+async def play(
+    out: Transcript,
+    watcher: Watcher,
+    bridge: Bridge,
+    sandbox: PlatformSandbox,
+    slack: SlackEmulator,
+    telegram: TelegramEmulator,
+    base: str,
+) -> None:
+    """The scenes, against a running bridge and the emulators (real time in ``bridge demo``; the
+    tests play them on an injected clock: ``PACE``)."""
+    holder, redis = bridge.holder, bridge.redis
+    store = holder.current.stores[0]
+    channel = store.destinations.platform_chats.split(":", 1)[1]
+    users = {a.id: a.identity("slack") or "" for a in store.agents}
+    async with aiohttp.ClientSession() as http:
+        for probe in ("/healthz", "/readyz"):
+            async with http.get(base + probe) as resp:
+                out.say("http", f"GET {probe} → {resp.status} {json.dumps(await resp.json(), ensure_ascii=False)}")
+        out.say("demo", f"store {store.id}: reply window shortened to {DEMO_WINDOW['seconds']} s for the demo "
+                        "(the platform's is 2–3 min), reminders at 6 s and 3 s left")  # fmt: skip
+
+        out.say("scene", "1. platform CS opens a chat with an order card")
+        card = {"type": "order_card", "order_id": "6901234567890", "product_name": "保温杯 Thermos cup 500ml",
+                "amount_cents": 12900, "status": "已发货 shipped",
+                "detail_url": "https://fxg.example/order/6901234567890"}  # fmt: skip
+        first = await sandbox.open_chat(store.id, card)
+        root = await _until(lambda: _root_of(slack, channel, "6901234567890"))
+
+        out.say("scene", "2. a stranger tries to answer; then the assignee answers with text, emoji and an image")
+        await slack.user_message("U0STRANGER", channel, "我来回答", thread_ts=root)
+        await _pause(0.3)
+        assignee = await redis.hget(keys.chat(keys.store_tag(store.id), first), "assignee")
+        user = users.get(str(assignee), "")
+        await slack.user_message(user, channel, "您好，已经发货了 :truck: :+1::skin-tone-2:", thread_ts=root)
+        photo = slack.add_file("waybill.png", PNG, "image/png")
+        await slack.user_message(user, channel, "快递单见图", thread_ts=root, files=[photo])
+        await _until(lambda: len([m for m in sandbox.conversations[first].messages if m["from"] == "merchant"]) >= 3)
+        await _pause(1.5)
+
+        out.say(
+            "scene",
+            "3. a second chat gets no answer: reminders, then the bridge closes it; a late reply is refused",
+        )
+        second = await sandbox.open_chat(store.id, {"type": "text", "text": "请问可以改地址吗？"})
+        root2 = await _until(lambda: _root_of(slack, channel, "改地址"))
+        await _until(lambda: _status(redis, store.id, second), within=20, async_probe=True)
+        late_user = users.get(str(await redis.hget(keys.chat(keys.store_tag(store.id), second), "assignee")), "")
+        await slack.user_message(late_user, channel, "可以的", thread_ts=root2)
+        await _pause(1.0)
+
+        await _task_scenes(out, holder, sandbox, slack, telegram, users)
+        await _telegram_scenes(out, holder, sandbox, slack, telegram)
+
+        out.say("scene", "8. plumbing: a redelivered push changes nothing; a forged one is refused")
+        delivery = sandbox.deliveries[0]
+        again = await sandbox.push_envelope("store", store.id, delivery.records)
+        out.say("platform", f"redelivered push {delivery.records[0]['msg_id']} → {again.statuses} (stored once)")
+        body = json.dumps(delivery.records).encode()
+        headers = {"app-id": store.platform.app_key, "event-sign": sign(store.platform.app_key, body, "guess")}
+        async with http.post(f"{base}/webhooks/platform/{store.id}", data=body, headers=headers) as resp:
+            out.say("attacker", f"push signed with a guessed secret → {resp.status} {(await resp.json())['msg']}")
+
+        answered = len(slack.responses)
+        await slack.slash_command(users.get(store.main_account, ""), channel, "/feige", "stats")
+        stats = await _until(lambda: slack.responses[answered]["text"] if len(slack.responses) > answered else None)
+        out.say("slack", f"/feige stats → {_flat(stats)}")
+    watcher.poll()
+    sent = _sent_by_kind()
+    out.say(
+        "summary",
+        f"events in: {len(sandbox.deliveries)} platform pushes; {bridge.event_log.records_stored} events stored "
+        f"(the pushes' records and what people did in Slack and Telegram); "
+        f"calls out: {sum(sent.values())} sent = "
+        + " + ".join(f"{n} {kind}" for kind, n in sent.items())
+        + f"; {bridge.outbox.stats.retried} retried, {slack.rate_limited} Slack 429s, "
+        f"{telegram.rate_limited} Telegram 429s; timers fired: {bridge.worker.stats.fired}",
+    )
 
 
 async def _task_scenes(
@@ -339,7 +353,7 @@ async def _task_scenes(
         if huge in files:  # the files' contents are checked after the ack; the refusal comes in the thread
             await _until(lambda: next((e for e in slack.ephemerals[told:] if tid in e["text"]), None))  # noqa: B023
     await _until(lambda: next((m for m in telegram.messages if "SF123456789" in m.text), None), within=30)
-    await asyncio.sleep(1.2)
+    await _pause(1.2)
 
 
 async def _telegram_scenes(
@@ -359,7 +373,7 @@ async def _telegram_scenes(
     await telegram.user_message(5555, group, "I can answer that", thread_id=header.thread_id)
     await telegram.user_message(owner, group, "Yes, exchange within 7 days 👍", thread_id=header.thread_id)
     await _until(lambda: [m for m in sandbox.conversations[tg_chat].messages if m["from"] == "merchant"] or None)
-    await asyncio.sleep(1.2)
+    await _pause(1.2)
     if slack_creator is None or tg_store.destinations.task_orders != f"telegram:{group}":
         return
 
@@ -377,13 +391,13 @@ async def _telegram_scenes(
                                 reply_to=step.message_id, thread_id=card.thread_id)  # fmt: skip
     step = await _until(lambda: _prompt(telegram, group, "Step 2/3"))
     await telegram.user_message(owner, group, "", reply_to=step.message_id, thread_id=card.thread_id, photo=PNG)
-    await asyncio.sleep(0.3)
+    await _pause(0.3)
     await telegram.tap(owner, group, step.message_id, f"pd:{tid}")
     step = await _until(lambda: _prompt(telegram, group, "Step 3/3"))
     await telegram.tap(owner, group, step.message_id, f"py:{tid}")
     await _until(lambda: next((m for m in slack.messages if "SF9876543210" in m.text), None), within=20)
     await _until(lambda: _prompt(telegram, group, "Sent to the platform"), within=20)
-    await asyncio.sleep(1.2)
+    await _pause(1.2)
 
 
 def _prompt(telegram: TelegramEmulator, chat: int, marker: str) -> Any:
@@ -404,11 +418,36 @@ async def _status(redis: Any, store_id: str, cid: str) -> bool | None:
     return True if await redis.hget(keys.chat(keys.store_tag(store_id), cid), "status") == "closed" else None
 
 
+class Pace(Protocol):
+    """How the scenes wait: real time in ``bridge demo``; a test's injected clock elsewhere."""
+
+    async def until(self, probe: Callable[[], Any], within: float, async_probe: bool) -> Any: ...
+
+    async def pause(self, seconds: float) -> None: ...
+
+
+class RealTime:
+    async def until(self, probe: Callable[[], Any], within: float, async_probe: bool) -> Any:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            found = await probe() if async_probe else probe()
+            if found is not None:
+                return found
+            await asyncio.sleep(0.02)
+        raise TimeoutError("the demo waited too long")
+
+    async def pause(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+PACE: ContextVar[Pace | None] = ContextVar("demo_pace", default=None)
+"""Set by a caller that plays the scenes on another clock; unset, they wait in real time."""
+REAL_TIME = RealTime()
+
+
 async def _until(probe: Callable[[], Any], within: float = 10.0, async_probe: bool = False) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        found = await probe() if async_probe else probe()
-        if found is not None:
-            return found
-        await asyncio.sleep(0.02)
-    raise TimeoutError("the demo waited too long")
+    return await (PACE.get() or REAL_TIME).until(probe, within, async_probe)
+
+
+async def _pause(seconds: float) -> None:
+    await (PACE.get() or REAL_TIME).pause(seconds)
