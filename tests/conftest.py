@@ -12,6 +12,7 @@ os.environ.setdefault("PTB_TIMEDELTA", "1")
 
 from bridge.app.redis_server import EmbeddedRedis
 from bridge.app.service import Bridge, open_redis
+from bridge.archive.store import Archive, migrate
 from bridge.config import ConfigHolder
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
@@ -129,7 +130,11 @@ class Stack:
 
 
 async def start_stack(
-    redis_url: str, config_path: Path = EXAMPLE_CONFIG, clock: ManualClock | None = None, run_workers: bool = True
+    redis_url: str,
+    config_path: Path = EXAMPLE_CONFIG,
+    clock: ManualClock | None = None,
+    run_workers: bool = True,
+    archive_url: str | None = None,
 ) -> Stack:
     sandbox_holder = ConfigHolder(config_path, environ={})
     sandbox = PlatformSandbox(sandbox_holder.current, "http://127.0.0.1:1", clock=clock, push_retry_seconds=0.01)
@@ -151,7 +156,11 @@ async def start_stack(
     }
     holder = ConfigHolder(config_path, environ=environ)
     kwargs = {"clock": clock} if clock is not None else {}
-    bridge = Bridge(holder, open_redis(redis_url), **kwargs)  # type: ignore[arg-type]
+    archive = None
+    if archive_url is not None:
+        migrate(archive_url)
+        archive = Archive(archive_url)
+    bridge = Bridge(holder, open_redis(redis_url), archive=archive, **kwargs)  # type: ignore[arg-type]
     await bridge.start(host="127.0.0.1", port=0, run_workers=run_workers)
     sandbox.bridge_url = slack.bridge_url = telegram.bridge_url = f"http://127.0.0.1:{bridge.port}"
     for connector in bridge.connectors.values():

@@ -86,15 +86,29 @@ def _load_holder(path: Path) -> ConfigHolder | None:
 
 def serve(path: Path, host: str | None, port: int | None, role: str = "all") -> int:
     from bridge.app.service import Bridge, connect_redis, serve_until_signalled
+    from bridge.archive.store import Archive, archive_url, migrate
 
     holder = _load_holder(path)
     if holder is None:
         return 1
     for warning in holder.warnings:
         logging.getLogger("bridge.config").warning("%s: %s", path, warning)
+    url = archive_url()
+    migrate(url)  # the schema at its newest before anything is archived
     redis, embedded = connect_redis()
-    bridge = Bridge(holder, redis, embedded_redis=embedded)
+    bridge = Bridge(holder, redis, embedded_redis=embedded, archive=Archive(url))
     asyncio.run(serve_until_signalled(bridge, host, port, role))
+    return 0
+
+
+def archive_command(action: str) -> int:
+    """``bridge archive migrate``: brings the archive's schema to the newest version."""
+    from bridge.archive.store import archive_url, migrate
+
+    url = archive_url()
+    if action == "migrate":
+        migrate(url)
+        print(f"archive at {url.split('@')[-1]}: schema up to date")
     return 0
 
 
@@ -272,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     p_sandbox.add_argument("--port", type=int, default=8701)
     p_sandbox.add_argument("--bridge-url", help="where to push events (default: the config's server.public_url)")
 
+    p_archive = sub.add_parser(
+        "archive", help="the archive of finished work (ARCHIVE_URL, default var/archive.sqlite3)"
+    )
+    p_archive.add_argument("action", choices=["migrate"])
     p_export = sub.add_parser("export", help="write records out")
     p_export.add_argument("what", choices=["tasks"])
     p_export.add_argument("--config", type=Path, required=True)
@@ -299,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args.config, args.host, args.port, args.role)
     if args.command == "dead-letters":
         return dead_letters(args.config, args.action, args.id, args.store, args.creator)
+    if args.command == "archive":
+        return archive_command(args.action)
     if args.command == "export":
         return export_tasks(args.config, args.status, args.format, args.out)
     if args.command == "sandbox":

@@ -268,6 +268,8 @@ async def play(
         second = await sandbox.open_chat(store.id, {"type": "text", "text": "请问可以改地址吗？"})
         root2 = await _until(lambda: _root_of(slack, channel, "改地址"))
         await _until(lambda: _status(redis, store.id, second), within=20, async_probe=True)
+        # The close notice is in the thread before anyone answers late: the transcript shows the close first.
+        await _until(lambda: next((m for m in slack.thread(channel, root2) if m.text.startswith("⛔")), None))
         late_user = users.get(str(await redis.hget(keys.chat(keys.store_tag(store.id), second), "assignee")), "")
         await slack.user_message(late_user, channel, "可以的", thread_ts=root2)
         await _pause(1.0)

@@ -29,6 +29,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from bridge.app.redis_server import EmbeddedRedis
+from bridge.archive.store import Archive
 from bridge.config import ConfigHolder
 from bridge.core import Core
 from bridge.destinations import Connector, Inbox, plugins
@@ -64,6 +65,8 @@ class Bridge:
     timer_handlers: dict[str, Handler] = field(default_factory=dict)
     event_handlers: dict[str, EventHandler] = field(default_factory=dict)
     embedded_redis: EmbeddedRedis | None = None
+    archive: Archive | None = None
+    """Where finished work is kept for good (``bridge.archive``); None: nothing is archived."""
 
     def __post_init__(self) -> None:
         REDACTOR.add(secrets_in(self.holder.current))
@@ -102,6 +105,7 @@ class Bridge:
         self.timer_handlers.setdefault("window", self.chats.on_window_timer)
         self.outbox.register({}, self.chats.failure_reporters())
         self.tasks = TaskFlow(self.redis, lambda: self.holder.current, self.timers, self.outbox, self.clock)
+        self.tasks.archive = self.archive
         self.event_handlers.setdefault("task_order_created", self.tasks.on_created)
         self.event_handlers.setdefault("task_order_comment", self.tasks.on_comment)
         self.event_handlers.setdefault("task_order_processed", self.tasks.on_processed)
@@ -300,6 +304,8 @@ class Bridge:
         await asyncio.gather(*watchers, return_exceptions=True)
         for connector in self.connectors.values():
             await connector.stop()
+        if self.archive is not None:
+            await self.archive.close()
         if self._http is not None:
             await self._http.close()
         await close_redis(self.intake_redis)

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from redis.asyncio import Redis
 
+from bridge.archive.store import Archive, moment
 from bridge.config import DEFAULT_TIMEZONE, BridgeConfig, Creator, Destination, Store, TaskOrderSettings
 from bridge.engine import keys
 from bridge.engine.clock import Clock
@@ -114,6 +115,8 @@ class TaskFlow:
         self._finish = redis.register_script(_FINISH)
         self._append_log = redis.register_script(_LOG)
         self.records = TaskRecords(redis, config)
+        self.archive: Archive | None = None
+        """Where finished task orders are kept (set by the composition root); None: not archived."""
 
     @property
     def config(self) -> BridgeConfig:
@@ -336,6 +339,9 @@ class TaskFlow:
             button = {"label": t(creator.locale, "task.button.contact_buyer"), "url": order.buyer_chat_url}
             view = {"type": "notice", "text": text, "buttons": [button]}
             await self._to_creator(creator, store.id, tid, f"result-{status}", "post", view)
+        if self.archive is not None:  # kept forever (B10), by a durable step: retried, never twice
+            job = OutboxJob(f"archive:{tid}", jobs.ARCHIVE_TASK, {"store": store.id, "task_id": tid})
+            await self.outbox.enqueue(tag, f"task:{tid}:bridge", job)
         # Last: when the deadline's own timer is finishing it, that timer is what retries this call.
         await self.timers.cancel(keys.deadline_timer(tag, tid))
         return bool(int(changed))
@@ -461,7 +467,8 @@ class TaskFlow:
 
     def senders(self) -> dict[str, Sender]:
         """The flow's own follow-up jobs."""
-        return {jobs.FINISH_TASK_ORDER: self.on_finish_job, jobs.COMMENT_ACCEPTED: self.on_comment_accepted}
+        return {jobs.FINISH_TASK_ORDER: self.on_finish_job, jobs.COMMENT_ACCEPTED: self.on_comment_accepted,
+                jobs.ARCHIVE_TASK: self.on_archive_job}  # fmt: skip
 
     def failure_reporters(self) -> dict[str, FailureReporter]:
         return {jobs.ADD_COMMENT: self.on_platform_refused, jobs.PROCESS_TASK_ORDER: self.on_platform_refused}
@@ -480,6 +487,31 @@ class TaskFlow:
         text = t(str(report.get("locale") or store.locale), key, task_id=job.payload.get("task_id"),
                  reason=failure.reason)  # fmt: skip
         await tell_privately(self.outbox, store, Actor.reported(report), text, f"failed:{job.id}")
+
+    async def on_archive_job(self, job: OutboxJob) -> None:
+        """Copies a finished task order and its log from Redis into the archive (an upsert by ids)."""
+        store = self.config.store(str(job.payload["store"]))
+        if store is None or self.archive is None:
+            return
+        tag, tid = keys.store_tag(store.id), str(job.payload["task_id"])
+        task = await self._task(tag, tid)
+        if not task:
+            return
+        order = TaskOrderCreated.model_validate_json(task["data"])
+        status = task["status"]
+        row = {"store_id": store.id, "task_id": tid, "creator_id": order.creator.id, "issue_type": order.issue_type,
+               "order_id": order.order_id, "status": status,
+               "result": status if status in ("resolved", "unresolvable") else "",
+               "solution": task.get("solution", ""), "processed_by": task.get("operator", ""),
+               "processed_by_id": task.get("operator_id", ""), "created_at": order.created_at,
+               "deadline_at": moment(task["deadline"]), "finished_at": moment(task.get("finished_at")),
+               "comments_merchant": int(task.get("comments:merchant", 0)),
+               "comments_creator": int(task.get("comments:creator", 0)),
+               "data": orjson.loads(task["data"])}  # fmt: skip
+        log = [{"store_id": store.id, "task_id": tid, "entry_id": e["id"], "seq": seq, "at": moment(e["at"]),
+                "type": e["type"], "side": e["side"], "operator": e["operator"], "operator_id": e.get("operator_id")}
+               for seq, e in enumerate(await self.records.log_entries(tag, tid))]  # fmt: skip
+        await self.archive.put_task(row, log)
 
     async def on_finish_job(self, job: OutboxJob) -> None:
         p = job.payload
