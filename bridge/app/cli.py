@@ -8,8 +8,10 @@ import contextlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import date, datetime
 from pathlib import Path
 from typing import TypeVar
+from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
 
@@ -138,8 +140,18 @@ def sandbox(path: Path, host: str, port: int, bridge_url: str | None) -> int:
     return 0
 
 
-def export_tasks(path: Path, status: str, fmt: str, out: Path | None) -> int:
-    """B10: every task order of every store (of one status), as JSON lines or CSV."""
+def export_tasks(
+    path: Path,
+    status: str,
+    fmt: str,
+    out: Path | None,
+    store_id: str | None = None,
+    since: date | None = None,
+    until: date | None = None,
+) -> int:
+    """B10: every task order (of one store, one status, created between two days in the store's
+    time zone, both included), as JSON lines, CSV or an Excel sheet, with every field a person looks
+    up later (result, solution, who processed it and when, the log)."""
     import csv
     import io
     import json
@@ -152,14 +164,24 @@ def export_tasks(path: Path, status: str, fmt: str, out: Path | None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    stores = [s for s in config.stores if store_id in (None, s.id)]
+    if not stores:
+        print(f"{path}: no store {store_id}", file=sys.stderr)
+        return 1
+    if fmt == "xlsx" and out is None:
+        print("an Excel sheet needs --out FILE.xlsx", file=sys.stderr)
+        return 1
 
     async def rows() -> list[dict[str, object]]:
         redis, embedded = connect_redis()
         try:
             records = TaskRecords(redis, lambda: config)
             found: list[dict[str, object]] = []
-            for store in config.stores:
-                found += [{"store": store.id, **row} for row in await records.export(store, status)]
+            for store in stores:
+                for row in await records.export(store, status):
+                    created = datetime.fromisoformat(str(row["created_at"])).astimezone(ZoneInfo(store.timezone))
+                    if (since is None or created.date() >= since) and (until is None or created.date() <= until):
+                        found.append({"store": store.id, **row})
             return found
         finally:
             await redis.aclose()
@@ -167,14 +189,28 @@ def export_tasks(path: Path, status: str, fmt: str, out: Path | None) -> int:
                 embedded.stop()
 
     records = asyncio.run(rows())
+    flat = [{k: v if isinstance(v, str | int | float) else json.dumps(v, ensure_ascii=False) for k, v in r.items()}
+            for r in records]  # fmt: skip
+    fields = sorted({k for r in flat for k in r})
+    if fmt == "xlsx":
+        from openpyxl import Workbook
+
+        book = Workbook()
+        sheet = book.active
+        assert sheet is not None
+        sheet.title = "task orders"
+        sheet.append(fields)
+        for row in flat:
+            sheet.append([row.get(f, "") for f in fields])
+        assert out is not None
+        book.save(out)
+        print(f"{len(records)} task order(s) written to {out}", file=sys.stderr)
+        return 0
     buffer = io.StringIO()
     if fmt == "jsonl":
         for record in records:
             buffer.write(json.dumps(record, ensure_ascii=False) + "\n")
     else:
-        flat = [{k: v if isinstance(v, str | int | float) else json.dumps(v, ensure_ascii=False) for k, v in r.items()}
-                for r in records]  # fmt: skip
-        fields = sorted({k for r in flat for k in r})
         writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
         writer.writerows(flat)
@@ -296,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     p_export.add_argument(
         "--status", default="all", choices=["all", "pending", "resolved", "unresolvable", "timed_out"]
     )
-    p_export.add_argument("--format", default="jsonl", choices=["jsonl", "csv"])
+    p_export.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "xlsx"])
+    p_export.add_argument("--store", help="one store's task orders (its id)")
+    p_export.add_argument("--since", type=date.fromisoformat, help="created on or after this day (YYYY-MM-DD)")
+    p_export.add_argument("--until", type=date.fromisoformat, help="created on or before this day (YYYY-MM-DD)")
     p_export.add_argument("--out", type=Path, help="file to write (default: standard output)")
 
     p_dead = sub.add_parser("dead-letters", help="list, replay or drop what could not be delivered")
@@ -320,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "archive":
         return archive_command(args.action)
     if args.command == "export":
-        return export_tasks(args.config, args.status, args.format, args.out)
+        return export_tasks(args.config, args.status, args.format, args.out, args.store, args.since, args.until)
     if args.command == "sandbox":
         return sandbox(args.config, args.host, args.port, args.bridge_url)
     from bridge.app.demo import run_demo

@@ -189,7 +189,7 @@ async def test_export_writes_every_task_order(stack: Stack, redis_url: str, tmp_
     from tests.conftest import EXAMPLE_CONFIG
 
     first = await raise_task(stack)
-    await raise_task(stack)
+    second = await raise_task(stack)
     env = dict(os.environ, REDIS_URL=redis_url)
     out = tmp_path / "tasks.csv"
     proc = await asyncio.create_subprocess_exec(
@@ -207,6 +207,24 @@ async def test_export_writes_every_task_order(stack: Stack, redis_url: str, tmp_
     assert await proc.wait() == 0
     rows = list(csv.DictReader(out.read_text(encoding="utf-8").splitlines()))
     assert len(rows) == 2 and rows[0]["issue_type"] == "物流问题 Logistics"
+    created = datetime.fromtimestamp(stack.clock.now(), SH).date()  # type: ignore[union-attr]
+    sheet = tmp_path / "tasks.xlsx"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "export", "tasks", "--config", str(EXAMPLE_CONFIG), "--format", "xlsx",
+        "--store", "1001", "--since", created.isoformat(), "--until", created.isoformat(), "--out", str(sheet), env=env,
+    )  # fmt: skip
+    assert await proc.wait() == 0
+    from openpyxl import load_workbook
+
+    table = list(load_workbook(sheet).active.iter_rows(values_only=True))  # type: ignore[union-attr]
+    header = list(table[0])
+    assert len(table) == 3 and {"task_id", "result", "solution", "processed_by_id", "log"} <= set(header)
+    assert {row[header.index("task_id")] for row in table[1:]} == {first, second}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "export", "tasks", "--config", str(EXAMPLE_CONFIG),
+        "--since", (created + timedelta(days=1)).isoformat(), env=env, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert (await proc.communicate())[0] == b"", "none created since tomorrow"
 
 
 async def test_comments_made_on_the_platform_count_are_logged_and_are_shown_both_ways(stack: Stack) -> None:
