@@ -12,7 +12,8 @@ COPY pyproject.toml README.md ./
 COPY bridge ./bridge
 COPY connectors ./connectors
 COPY rules ./rules
-RUN pip install . && useradd --system --uid 10001 --home-dir /app bridge
+# /app/var: the archive's SQLite file when ARCHIVE_URL is not set (a volume in docker-compose.yml).
+RUN pip install . && useradd --system --uid 10001 --home-dir /app bridge && install -d -o bridge /app/var
 COPY --chown=bridge config ./config
 
 USER bridge
