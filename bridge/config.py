@@ -177,6 +177,10 @@ class Store(_Model):
     _tz = field_validator("timezone")(_check_timezone)
     _id = field_validator("id")(_check_id)
 
+    def agent(self, service: str, user: str) -> Agent | None:
+        """The store's agent who is ``user`` in ``service`` (their ``accounts`` entry there)."""
+        return next((a for a in self.agents if a.identity(service) == user), None)
+
     @property
     def designated(self) -> list[Agent]:
         ids = self.designated_agents or [self.main_account]

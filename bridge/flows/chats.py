@@ -320,7 +320,7 @@ class ChatFlow:
         """A message written in the store's chat destination, by ``actor``; ``cid`` is the chat
         whose thread it was written in (None: not in a chat's thread)."""
         tag = keys.store_tag(store.id)
-        agent = next((a for a in store.agents if a.identity(actor.service) == actor.user), None)
+        agent = store.agent(actor.service, actor.user)
         designated = agent is not None and agent.id in {a.id for a in store.designated}
         chat = await self._chat(tag, cid) if cid else {}
         refusal = answer_refusal(
@@ -560,7 +560,7 @@ class ChatFlow:
         """Claim (``target_id`` None: the person who acted) or reassign an open chat; the header, the
         thread and the load table follow. A refusal is told privately."""
         tag = keys.store_tag(store.id)
-        by = next((a for a in store.agents if a.identity(actor.service) == actor.user), None)
+        by = store.agent(actor.service, actor.user)
         designated = {a.id for a in store.designated if a.im_permission}
         target = target_id or (by.id if by else "")
         chat = await self._chat(tag, cid)
@@ -589,7 +589,7 @@ class ChatFlow:
         """Handled elsewhere: the running window's reminders and close stop (a later platform message
         starts a new one, as after a reply); the header and the thread say who said so."""
         tag = keys.store_tag(store.id)
-        by = next((a for a in store.agents if a.identity(actor.service) == actor.user), None)
+        by = store.agent(actor.service, actor.user)
         chat = await self._chat(tag, cid)
         refusal = handled_elsewhere_refusal(
             chat_open=chat.get("status") == "open",
@@ -611,7 +611,7 @@ class ChatFlow:
 
     async def offer_reassign(self, store: Store, cid: str, actor: Actor, action_id: str) -> None:
         """Reassign…: the designated agents as buttons in the chat's thread, for the main account."""
-        by = next((a for a in store.agents if a.identity(actor.service) == actor.user), None)
+        by = store.agent(actor.service, actor.user)
         tag = keys.store_tag(store.id)
         chat = await self._chat(tag, cid)
         if by is None or by.id != store.main_account or chat.get("status") != "open":

@@ -66,7 +66,7 @@ class ResolveConversation:
     async def start(self, store: Store, tid: str, short: str, actor: Actor, at: str) -> str | None:
         """Resolve / Cannot resolve tapped: step 1, the solution. Returns a refusal for the tap's
         answer. ``at`` names the tap (a step is posted once however often it is retried)."""
-        loc, agent = store.locale, _agent(store, actor)
+        loc, agent = store.locale, store.agent(actor.service, actor.user)
         if agent is None:
             return t(loc, "task.guide.not_agent")
         status = await self.tasks.status_of(store, tid)
@@ -89,7 +89,7 @@ class ResolveConversation:
         actor = inbound.actor
         key = keys.task_resolve(keys.store_tag(store.id), tid, actor.user)
         state = await self._state(key)
-        agent = _agent(store, actor)
+        agent = store.agent(actor.service, actor.user)
         if not state or agent is None:
             return False
         loc, step, at = store.locale, state["step"], actor.message or ""
@@ -118,7 +118,7 @@ class ResolveConversation:
         loc = store.locale
         key = keys.task_resolve(keys.store_tag(store.id), tid, actor.user)
         state = await self._state(key)
-        agent = _agent(store, actor)
+        agent = store.agent(actor.service, actor.user)
         if not state or agent is None:
             return t(loc, "task.guide.not_yours")
         step = state["step"]
@@ -246,10 +246,6 @@ class ResolveConversation:
         job = OutboxJob(f"{actor.service}:react:{actor.channel}:{actor.message}",
                         jobs.destination(actor.service, jobs.REACT), payload)  # fmt: skip
         await self.outbox.enqueue(keys.store_tag(store.id), f"private:{actor.service}:{actor.user}", job)
-
-
-def _agent(store: Store, actor: Actor) -> Agent | None:
-    return next((a for a in store.agents if a.identity(actor.service) == actor.user), None)
 
 
 def _as_evidence(media: ReplyMedia) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from bridge.config import DEFAULT_NOTE_MARKERS, Agent, BridgeConfig, Creator, Store
+from bridge.config import DEFAULT_NOTE_MARKERS, BridgeConfig, Creator, Store
 from bridge.engine import keys, refs
 from bridge.engine.outbox import Outbox, OutboxJob
 from bridge.flows import jobs
@@ -85,11 +85,6 @@ class InboundRouter:
             next((s for s in config.stores if s.destinations.platform_chats == here), None),
             next((c for c in config.creators if c.destination == here), None),
         )
-
-    @staticmethod
-    def agent(store: Store, service: str, user: str) -> Agent | None:
-        """The store's agent this person is in ``service`` (``accounts``, or the older ``<service>_user``)."""
-        return next((a for a in store.agents if a.identity(service) == user), None)
 
     # -- messages ------------------------------------------------------------------------------------
 
@@ -202,7 +197,7 @@ class InboundRouter:
             await self.tasks.add_thread_file(store, tid, {"service": media.service, "url": media.url,
                                                           "name": media.name, "mimetype": media.mimetype,
                                                           "size": media.size})  # fmt: skip
-        agent = self.agent(store, inbound.actor.service, inbound.actor.user)
+        agent = store.agent(inbound.actor.service, inbound.actor.user)
         author_id, author = (agent.id, agent.name) if agent else (inbound.actor.user, inbound.actor.user)
         await self._comment(store, tid, "merchant", author_id, author, inbound)
 
@@ -262,7 +257,7 @@ class InboundRouter:
         """Why this person may not process the place's task orders (only the store's agents may:
         the platform records who processed it, by their platform account), or None."""
         store = self.place(actor.service, actor.channel).task_store
-        if store is None or self.agent(store, actor.service, actor.user) is not None:
+        if store is None or store.agent(actor.service, actor.user) is not None:
             return None
         return t(store.locale, "task.guide.not_agent")
 

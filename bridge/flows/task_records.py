@@ -95,16 +95,10 @@ class TaskRecords:
             finished = task.get("finished_at")
             rows.append(
                 orjson.loads(task["data"])
+                | outcome(task)
                 | {
-                    "status": task["status"],
                     "deadline_at": datetime.fromtimestamp(float(task["deadline"]), tz).isoformat(),
-                    "result": task["status"] if task["status"] in ("resolved", "unresolvable") else "",
-                    "solution": task.get("solution", ""),
-                    "processed_by": task.get("operator", ""),
-                    "processed_by_id": task.get("operator_id", ""),
                     "finished_at": datetime.fromtimestamp(float(finished), tz).isoformat() if finished else "",
-                    "comments_merchant": int(task.get("comments:merchant", 0)),
-                    "comments_creator": int(task.get("comments:creator", 0)),
                     "log": [
                         e | {"at": datetime.fromtimestamp(e["at"], tz).isoformat()}
                         for e in await self.log_entries(tag, str(tid))
@@ -130,6 +124,21 @@ def _listing(
     if not rows:
         lines.append(t(locale, "task.list.none"))
     return "\n".join(lines)
+
+
+def outcome(task: dict[str, str]) -> dict[str, Any]:
+    """What became of a task order, from its state: status, result, solution, who processed it, and
+    the comments of each side (the export and the archive keep the same fields)."""
+    status = task["status"]
+    return {
+        "status": status,
+        "result": status if status in ("resolved", "unresolvable") else "",
+        "solution": task.get("solution", ""),
+        "processed_by": task.get("operator", ""),
+        "processed_by_id": task.get("operator_id", ""),
+        "comments_merchant": int(task.get("comments:merchant", 0)),
+        "comments_creator": int(task.get("comments:creator", 0)),
+    }
 
 
 def status_name(locale: str, status: str) -> str:

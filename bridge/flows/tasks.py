@@ -27,7 +27,7 @@ from bridge.engine.timers import Timer, TimerStore
 from bridge.flows import jobs
 from bridge.flows.domain import TaskOrderComment, TaskOrderCreated, TaskOrderProcessed, TaskOrderTimedOut
 from bridge.flows.steps import done_steps, take_steps
-from bridge.flows.task_records import TaskRecords, status_name
+from bridge.flows.task_records import TaskRecords, outcome, status_name
 from bridge.flows.views import Actor, post_view, read_hash, tell_privately
 from bridge.i18n import t
 from rules.comments import COMMENTS_PER_SIDE, comment_refusal
@@ -498,16 +498,10 @@ class TaskFlow:
         if not task:
             return
         order = TaskOrderCreated.model_validate_json(task["data"])
-        status = task["status"]
         row = {"store_id": store.id, "task_id": tid, "creator_id": order.creator.id, "issue_type": order.issue_type,
-               "order_id": order.order_id, "status": status,
-               "result": status if status in ("resolved", "unresolvable") else "",
-               "solution": task.get("solution", ""), "processed_by": task.get("operator", ""),
-               "processed_by_id": task.get("operator_id", ""), "created_at": order.created_at,
-               "deadline_at": moment(task["deadline"]), "finished_at": moment(task.get("finished_at")),
-               "comments_merchant": int(task.get("comments:merchant", 0)),
-               "comments_creator": int(task.get("comments:creator", 0)),
-               "data": orjson.loads(task["data"])}  # fmt: skip
+               "order_id": order.order_id, "created_at": order.created_at, "deadline_at": moment(task["deadline"]),
+               "finished_at": moment(task.get("finished_at")),
+               "data": orjson.loads(task["data"])} | outcome(task)  # fmt: skip
         log = [{"store_id": store.id, "task_id": tid, "entry_id": e["id"], "seq": seq, "at": moment(e["at"]),
                 "type": e["type"], "side": e["side"], "operator": e["operator"], "operator_id": e.get("operator_id")}
                for seq, e in enumerate(await self.records.log_entries(tag, tid))]  # fmt: skip

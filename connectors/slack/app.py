@@ -298,7 +298,7 @@ class SlackConnector:
             return
         loc, tid, values = store.locale, str(meta["task"]), _view_values(view)
         user = body.get("user", {}).get("id", "")
-        agent = self.router.agent(store, SERVICE, user)
+        agent = store.agent(SERVICE, user)
         actor = Actor(SERVICE, user, str(meta.get("channel", "")), meta.get("message"), None)
         if agent is None:  # the modal opens only for agents; one removed from the file meanwhile is told so
             await self.chats.tell_privately(store, actor, t(loc, "task.guide.not_agent"), f"not-agent:{view.get('id')}")
