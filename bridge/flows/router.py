@@ -121,25 +121,23 @@ class InboundRouter:
         parent, owner = await self._thread(actor, inbound.threaded_under, owners, wait=False)
         if parent is None or owner is None:
             return False
+        # The flow marks what it sent by the message's id, and keeps its text under ``sent:<id>``.
         if parent.startswith("chat:") and place.chat_store is not None:
-            store = place.chat_store
-            marker = (keys.chat(keys.store_tag(store.id), parent.removeprefix("chat:")), f"reply:{actor.message}")
+            store, sent_id = place.chat_store, str(actor.message)
+            state, marker = keys.chat(keys.store_tag(store.id), parent.removeprefix("chat:")), f"reply:{sent_id}"
         elif parent.startswith("task:"):
             found = await self.tasks.store_of_task(parent.removeprefix("task:"))
             if found is None:
                 return False
-            store = found
-            marker = (keys.task(keys.store_tag(store.id), parent.removeprefix("task:")),
-                      f"comment:{actor.service}:{actor.channel}:{actor.message}")  # fmt: skip
+            store, sent_id = found, f"{actor.service}:{actor.channel}:{actor.message}"
+            state, marker = keys.task(keys.store_tag(store.id), parent.removeprefix("task:")), f"comment:{sent_id}"
         else:
             return False
-        if not await self.redis.hexists(*marker):
+        marked, kept = await self.redis.hmget(state, [marker, f"sent:{sent_id}"])
+        if marked is None:
             return False  # never sent (refused, or not a reply): nothing to tell
-        # What was sent, when the destination does not say (Telegram sends only the new text).
-        sent_key = "sent:" + marker[1].split(":", 1)[1]
-        if original is None:
-            kept = await self.redis.hget(marker[0], sent_key)
-            original = str(kept) if kept is not None else None
+        if original is None and kept is not None:  # the destination does not say (Telegram: the new text only)
+            original = str(kept)
         locale = owner.locale if isinstance(owner, Creator) else store.locale
         key = "change.deleted" if deleted else "change.edited"
         sent = t(locale, "change.sent_was", original=original) if original else ""
