@@ -332,14 +332,12 @@ class SlackConnector:
     async def _on_chat_action(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
         await ack()
         action = body["actions"][0]
-        actor = Actor(SERVICE, body.get("user", {}).get("id", ""), body.get("channel", {}).get("id", ""),
-                      body.get("container", {}).get("message_ts"), None)  # fmt: skip
+        actor = _clicker(body)
         await self.router.chat_action(actor, action["action_id"], action.get("value", ""), body.get("trigger_id", ""))
 
     async def _on_task_comment_hint(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
         await ack()
-        actor = Actor(SERVICE, body.get("user", {}).get("id", ""), body.get("channel", {}).get("id", ""),
-                      body.get("container", {}).get("message_ts"), None)  # fmt: skip
+        actor = _clicker(body)
         await self.router.explain_comments(actor, f"hint:{body.get('trigger_id')}")
 
     async def _on_tasks_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
@@ -485,6 +483,12 @@ class SlackConnector:
         except FinalFailure as exc:
             if exc.code != "already_reacted":
                 raise
+
+
+def _clicker(body: dict[str, Any]) -> Actor:
+    """Who clicked a button, answered in the thread of the message the button is on."""
+    return Actor(SERVICE, body.get("user", {}).get("id", ""), body.get("channel", {}).get("id", ""),
+                 body.get("container", {}).get("message_ts"), None)  # fmt: skip
 
 
 def _durable_delivery(body: dict[str, Any]) -> tuple[str, str] | None:
