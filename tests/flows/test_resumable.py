@@ -218,6 +218,43 @@ async def test_accepting_a_reply(stack: Stack, faults: RedisFaults) -> None:
     assert done["window"] is None and done["window_timer"] is None
 
 
+async def test_claiming_a_chat_and_marking_it_handled_elsewhere(stack: Stack, faults: RedisFaults) -> None:
+    """Claim (the chat and its load move, the thread and header say so) and Handled elsewhere (the
+    window stops) are each finished exactly once by their retry, wherever the first run failed."""
+    store = stack.bridge.holder.current.store("1001")
+    assert store is not None
+    assign, elsewhere = faults.wrap(stack.bridge.chats.assign), faults.wrap(stack.bridge.chats.handled_elsewhere)
+
+    async def twice(step: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await step()
+        except RedisConnectionError:  # the click is stored: the consumer runs it again
+            await step()
+        await settle(stack)
+
+    async def claim(chat: tuple[str, str]) -> None:
+        cid, root_ts = chat
+        await twice(lambda: assign(store, cid, None, Actor("slack", AGENT_A, CHATS, root_ts, None), "tr-claim"))
+
+    async def mark(chat: tuple[str, str]) -> None:
+        cid, root_ts = chat
+        await twice(lambda: elsewhere(store, cid, Actor("slack", AGENT_A, CHATS, root_ts, None), "tr-else"))
+
+    state = lambda chat: chat_state(stack, chat[0])  # noqa: E731
+    assert await each_failure(stack, faults, lambda: open_chat(stack), claim, state) >= 6
+    assert await each_failure(stack, faults, lambda: open_chat(stack), mark, state) >= 6
+    await reset(stack)
+    cid, root_ts = await open_chat(stack)
+    await claim((cid, root_ts))
+    claimed = await chat_state(stack, cid)
+    assert claimed["assignee"] == "agent-a" and claimed["loads"] == {"main-1001": "0", "agent-a": "1"}
+    assert sum(line.startswith("👤 ") for line in claimed["thread"]) == 1, "said once"
+    await mark((cid, root_ts))
+    marked = await chat_state(stack, cid)
+    assert marked["window"] is None and marked["window_timer"] is None and marked["status"] == "open"
+    assert sum(line.startswith("✋ ") for line in marked["thread"]) == 1
+
+
 async def test_a_redelivered_platform_message_never_restarts_an_answered_window(
     stack: Stack, faults: RedisFaults
 ) -> None:
