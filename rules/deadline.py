@@ -70,6 +70,17 @@ def task_deadline(
     return morning + carried
 
 
+DeadlineBasis = Literal["platform", "hours", "moved_out_of_night"]
+
+
+def deadline_basis(created_at: float, deadline: float, hours: int, *, platform_set: bool) -> DeadlineBasis:
+    """How a task order's deadline was set (B6), kept with it in the archive: by the platform, as
+    ``hours`` after creation, or moved because that fell in the night."""
+    if platform_set:
+        return "platform"
+    return "hours" if abs(deadline - created_at - hours * 3600) < 1 else "moved_out_of_night"
+
+
 def next_digest_at(now: datetime, tz: ZoneInfo, at: time = DIGEST_AT) -> datetime:
     """The next morning digest after ``now``: today at ``at`` (the store's time) if that is still to
     come, else tomorrow's."""

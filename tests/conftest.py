@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,11 +13,12 @@ os.environ.setdefault("PTB_TIMEDELTA", "1")
 
 from bridge.app.redis_server import EmbeddedRedis
 from bridge.app.service import Bridge, open_redis
-from bridge.archive.store import Archive, migrate
+from bridge.archive.store import Archive
 from bridge.config import ConfigHolder
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
 from bridge.sandbox.platform import PlatformSandbox
+from bridge.sandbox.postgres_server import EmbeddedPostgres
 from bridge.sandbox.slack import SlackEmulator
 from bridge.sandbox.telegram import TelegramEmulator
 
@@ -39,6 +41,23 @@ async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
 @pytest.fixture
 def redis_url(redis_server: EmbeddedRedis) -> str:
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[EmbeddedPostgres]:
+    """One real PostgreSQL server for the session (Debian's postgresql), on a free port."""
+    with EmbeddedPostgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def archive_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty archive on each back end: a SQLite file in the test's folder, or a new database on
+    the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'archive.sqlite3'}"
+    server: EmbeddedPostgres = request.getfixturevalue("postgres_server")
+    return server.new_database()
 
 
 @pytest.fixture
@@ -156,10 +175,7 @@ async def start_stack(
     }
     holder = ConfigHolder(config_path, environ=environ)
     kwargs = {"clock": clock} if clock is not None else {}
-    archive = None
-    if archive_url is not None:
-        migrate(archive_url)
-        archive = Archive(archive_url)
+    archive = Archive(archive_url or f"sqlite:///{tempfile.mkdtemp(prefix='feige-archive-')}/archive.sqlite3")
     bridge = Bridge(holder, open_redis(redis_url), archive=archive, **kwargs)  # type: ignore[arg-type]
     await bridge.start(host="127.0.0.1", port=0, run_workers=run_workers)
     sandbox.bridge_url = slack.bridge_url = telegram.bridge_url = f"http://127.0.0.1:{bridge.port}"

@@ -8,14 +8,17 @@ import contextlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
 
-from bridge.config import ConfigError, ConfigHolder, LoadedConfig, Problem, load_config
+from bridge.config import ConfigError, ConfigHolder, LoadedConfig, Problem, Store, load_config
+
+if TYPE_CHECKING:
+    from bridge.archive.store import Archive
 
 T = TypeVar("T")
 
@@ -88,17 +91,14 @@ def _load_holder(path: Path) -> ConfigHolder | None:
 
 def serve(path: Path, host: str | None, port: int | None, role: str = "all") -> int:
     from bridge.app.service import Bridge, connect_redis, serve_until_signalled
-    from bridge.archive.store import Archive, archive_url, migrate
 
     holder = _load_holder(path)
     if holder is None:
         return 1
     for warning in holder.warnings:
         logging.getLogger("bridge.config").warning("%s: %s", path, warning)
-    url = archive_url()
-    migrate(url)  # the schema at its newest before anything is archived
     redis, embedded = connect_redis()
-    bridge = Bridge(holder, redis, embedded_redis=embedded, archive=Archive(url))
+    bridge = Bridge(holder, redis, embedded_redis=embedded)
     asyncio.run(serve_until_signalled(bridge, host, port, role))
     return 0
 
@@ -140,8 +140,43 @@ def sandbox(path: Path, host: str, port: int, bridge_url: str | None) -> int:
     return 0
 
 
-def export_tasks(
+def _stores(path: Path, store_id: str | None) -> list[Store] | None:
+    try:
+        config = load_config(path).config
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    stores = [s for s in config.stores if store_id in (None, s.id)]
+    if not stores:
+        print(f"{path}: no store {store_id}", file=sys.stderr)
+        return None
+    return stores
+
+
+def _day_bounds(store: Store, since: date | None, until: date | None) -> tuple[datetime | None, datetime | None]:
+    """Two days in the store's time zone, both included, as [start, end) moments."""
+    tz = ZoneInfo(store.timezone)
+    start = datetime.combine(since, time(), tzinfo=tz) if since else None
+    end = datetime.combine(until + timedelta(days=1), time(), tzinfo=tz) if until else None
+    return start, end
+
+
+async def _on_archive(work: Callable[[Archive], Awaitable[T]]) -> T:
+    """Runs ``work`` against the archive (ARCHIVE_URL, or the embedded SQLite file)."""
+    from bridge.archive.store import Archive, archive_url, migrate
+
+    url = archive_url()
+    await asyncio.to_thread(migrate, url)
+    archive = Archive(url)
+    try:
+        return await work(archive)
+    finally:
+        await archive.close()
+
+
+def export(
     path: Path,
+    what: str,
     status: str,
     fmt: str,
     out: Path | None,
@@ -149,67 +184,60 @@ def export_tasks(
     since: date | None = None,
     until: date | None = None,
 ) -> int:
-    """B10: every task order (of one store, one status, created between two days in the store's
-    time zone, both included), as JSON lines, CSV or an Excel sheet, with every field a person looks
-    up later (result, solution, who processed it and when, the log)."""
+    """B10 and A9, from the archive: every task order (created) or chat (opened) between two days
+    in its store's time zone, both included, as JSON lines, CSV or an Excel sheet, with every field
+    kept: for a task order the result, solution, who processed it and when, comments, evidence and the
+    log; for a chat its times, assignee, who answered, replies, how it closed and its messages."""
     import csv
     import io
     import json
 
-    from bridge.app.service import connect_redis
-    from bridge.flows.task_records import TaskRecords
+    from bridge.flows.exports import chat_export, task_export
+    from bridge.flows.task_records import STATUSES
 
-    try:
-        config = load_config(path).config
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    stores = _stores(path, store_id)
+    if stores is None:
         return 1
-    stores = [s for s in config.stores if store_id in (None, s.id)]
-    if not stores:
-        print(f"{path}: no store {store_id}", file=sys.stderr)
+    allowed = ("all", *STATUSES) if what == "tasks" else ("all", "open", "closed")
+    if status not in allowed:
+        print(f"export {what} --status: one of {', '.join(allowed)}", file=sys.stderr)
         return 1
     if fmt == "xlsx" and out is None:
         print("an Excel sheet needs --out FILE.xlsx", file=sys.stderr)
         return 1
 
-    async def rows() -> list[dict[str, object]]:
-        redis, embedded = connect_redis()
-        try:
-            records = TaskRecords(redis, lambda: config)
-            found: list[dict[str, object]] = []
-            for store in stores:
-                for row in await records.export(store, status):
-                    created = datetime.fromisoformat(str(row["created_at"])).astimezone(ZoneInfo(store.timezone))
-                    if (since is None or created.date() >= since) and (until is None or created.date() <= until):
-                        found.append({"store": store.id, **row})
-            return found
-        finally:
-            await redis.aclose()
-            if embedded is not None:
-                embedded.stop()
+    async def rows(archive: Archive) -> list[dict[str, object]]:
+        found: list[dict[str, object]] = []
+        for store in stores:
+            start, end = _day_bounds(store, since, until)
+            if what == "tasks":
+                found += [{"store": store.id, **row} for row in await task_export(archive, store, status, start, end)]
+            else:
+                wanted = None if status == "all" else status
+                found += [{"store": store.id, **row} for row in await chat_export(archive, store, wanted, start, end)]
+        return found
 
-    records = asyncio.run(rows())
+    records = asyncio.run(_on_archive(rows))
+    noun = "task order(s)" if what == "tasks" else "chat(s)"
     flat = [{k: v if isinstance(v, str | int | float) else json.dumps(v, ensure_ascii=False) for k, v in r.items()}
             for r in records]  # fmt: skip
-    fields = sorted({k for r in flat for k in r})
+    fields = list(dict.fromkeys(k for r in flat for k in r))
     if fmt == "xlsx":
         from openpyxl import Workbook
 
-        book = Workbook()
-        sheet = book.active
-        assert sheet is not None
-        sheet.title = "task orders"
+        book = Workbook(write_only=True)
+        sheet = book.create_sheet("task orders" if what == "tasks" else "chats")
         sheet.append(fields)
         for row in flat:
             sheet.append([row.get(f, "") for f in fields])
         assert out is not None
         book.save(out)
-        print(f"{len(records)} task order(s) written to {out}", file=sys.stderr)
+        print(f"{len(records)} {noun} written to {out}", file=sys.stderr)
         return 0
     buffer = io.StringIO()
     if fmt == "jsonl":
         for record in records:
-            buffer.write(json.dumps(record, ensure_ascii=False) + "\n")
+            buffer.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
     else:
         writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
@@ -218,7 +246,41 @@ def export_tasks(
         sys.stdout.write(buffer.getvalue())
     else:
         out.write_text(buffer.getvalue(), encoding="utf-8")
-        print(f"{len(records)} task order(s) written to {out}", file=sys.stderr)
+        print(f"{len(records)} {noun} written to {out}", file=sys.stderr)
+    return 0
+
+
+def stats(
+    path: Path, store_id: str | None, period: str | None, since: date | None, until: date | None, fmt: str
+) -> int:
+    """A9 from the archive, per store: a named period (as ``/feige stats`` shows it) or any days."""
+    import json
+
+    from bridge.flows.statistics import period_bounds, report, stats_text
+
+    stores = _stores(path, store_id)
+    if stores is None:
+        return 1
+
+    async def run(archive: Archive) -> list[str]:
+        now = datetime.now(UTC)
+        out = []
+        for store in stores:
+            if fmt == "text" and since is None and until is None:
+                out.append(await stats_text(archive, store, period or "today", now))
+                continue
+            start, end = _day_bounds(store, since, until)
+            if since is None or until is None:
+                named = period_bounds(period or "30d", now, ZoneInfo(store.timezone))
+                start, end = start or named[0], end or named[1]
+            assert start is not None and end is not None
+            found = await report(archive, store, start, end)
+            out.append(json.dumps({"store": store.id, "since": start.isoformat(), "until": end.isoformat()}
+                                  | found.as_dict(), ensure_ascii=False))  # fmt: skip
+        return out
+
+    for block in asyncio.run(_on_archive(run)):
+        print(block)
     return 0
 
 
@@ -326,17 +388,25 @@ def main(argv: list[str] | None = None) -> int:
         "archive", help="the archive of finished work (ARCHIVE_URL, default var/archive.sqlite3)"
     )
     p_archive.add_argument("action", choices=["migrate"])
-    p_export = sub.add_parser("export", help="write records out")
-    p_export.add_argument("what", choices=["tasks"])
+    p_export = sub.add_parser("export", help="write task orders or chats out of the archive")
+    p_export.add_argument("what", choices=["tasks", "chats"])
     p_export.add_argument("--config", type=Path, required=True)
     p_export.add_argument(
-        "--status", default="all", choices=["all", "pending", "resolved", "unresolvable", "timed_out"]
+        "--status", default="all", help="tasks: pending, resolved, unresolvable, timed_out; chats: open, closed"
     )
     p_export.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "xlsx"])
-    p_export.add_argument("--store", help="one store's task orders (its id)")
-    p_export.add_argument("--since", type=date.fromisoformat, help="created on or after this day (YYYY-MM-DD)")
-    p_export.add_argument("--until", type=date.fromisoformat, help="created on or before this day (YYYY-MM-DD)")
+    p_export.add_argument("--store", help="one store's (its id)")
+    p_export.add_argument("--since", type=date.fromisoformat, help="created (opened) on or after this day")
+    p_export.add_argument("--until", type=date.fromisoformat, help="created (opened) on or before this day")
     p_export.add_argument("--out", type=Path, help="file to write (default: standard output)")
+
+    p_stats = sub.add_parser("stats", help="response statistics (A9) from the archive")
+    p_stats.add_argument("--config", type=Path, required=True)
+    p_stats.add_argument("--store", help="one store's (its id)")
+    p_stats.add_argument("--period", choices=["today", "7d", "30d"], help="a named period (default: today)")
+    p_stats.add_argument("--since", type=date.fromisoformat, help="chats opened on or after this day")
+    p_stats.add_argument("--until", type=date.fromisoformat, help="chats opened on or before this day")
+    p_stats.add_argument("--format", default="text", choices=["text", "json"], help="json: with a row per day")
 
     p_dead = sub.add_parser("dead-letters", help="list, replay or drop what could not be delivered")
     p_dead.add_argument("action", choices=["list", "retry", "drop"])
@@ -359,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "archive":
         return archive_command(args.action)
     if args.command == "export":
-        return export_tasks(args.config, args.status, args.format, args.out, args.store, args.since, args.until)
+        return export(args.config, args.what, args.status, args.format, args.out, args.store, args.since, args.until)
+    if args.command == "stats":
+        return stats(args.config, args.store, args.period, args.since, args.until, args.format)
     if args.command == "sandbox":
         return sandbox(args.config, args.host, args.port, args.bridge_url)
     from bridge.app.demo import run_demo

@@ -29,7 +29,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from bridge.app.redis_server import EmbeddedRedis
-from bridge.archive.store import Archive
+from bridge.archive.store import Archive, archive_url, migrate
 from bridge.config import ConfigHolder
 from bridge.core import Core
 from bridge.destinations import Connector, Inbox, plugins
@@ -45,6 +45,7 @@ from bridge.engine.metrics import METRICS
 from bridge.engine.outbox import Outbox
 from bridge.engine.redact import REDACTOR, secrets_in
 from bridge.engine.timers import Handler, Timer, TimerStore, TimerWorker
+from bridge.flows.archiving import FORGET_AFTER_ARCHIVE_SECONDS, Archiving
 from bridge.flows.chats import ChatFlow
 from bridge.flows.resolve import ResolveConversation
 from bridge.flows.router import InboundRouter
@@ -65,8 +66,8 @@ class Bridge:
     timer_handlers: dict[str, Handler] = field(default_factory=dict)
     event_handlers: dict[str, EventHandler] = field(default_factory=dict)
     embedded_redis: EmbeddedRedis | None = None
-    archive: Archive | None = None
-    """Where finished work is kept for good (``bridge.archive``); None: nothing is archived."""
+    archive: Archive = field(default_factory=lambda: Archive(archive_url()))
+    """Where chats and task orders are kept for good (``bridge.archive``); Redis holds live work."""
 
     def __post_init__(self) -> None:
         REDACTOR.add(secrets_in(self.holder.current))
@@ -104,8 +105,8 @@ class Bridge:
         self.event_handlers.setdefault("im_platform_closed", self.chats.on_platform_closed)
         self.timer_handlers.setdefault("window", self.chats.on_window_timer)
         self.outbox.register({}, self.chats.failure_reporters())
-        self.tasks = TaskFlow(self.redis, lambda: self.holder.current, self.timers, self.outbox, self.clock)
-        self.tasks.archive = self.archive
+        self.tasks = TaskFlow(self.redis, lambda: self.holder.current, self.timers, self.outbox, self.clock,
+                              self.archive)  # fmt: skip
         self.event_handlers.setdefault("task_order_created", self.tasks.on_created)
         self.event_handlers.setdefault("task_order_comment", self.tasks.on_comment)
         self.event_handlers.setdefault("task_order_processed", self.tasks.on_processed)
@@ -113,6 +114,10 @@ class Bridge:
         self.timer_handlers.setdefault("deadline", self.tasks.on_deadline_timer)
         self.timer_handlers.setdefault("digest", self.tasks.on_digest_timer)
         self.outbox.register(self.tasks.senders(), self.tasks.failure_reporters())
+        self.archiving = Archiving(self.timers, self.clock, self.archive,
+                                   {"chat": self.chats.snapshot, "task": self.tasks.snapshot},
+                                   {"chat": self.chats.forget_state, "task": self.tasks.forget_state})  # fmt: skip
+        self.timer_handlers.setdefault("archive", self.archiving.on_archive_timer)
         # Every configured destination (bridge/destinations.py): its senders, file fetcher and route.
         config = lambda: self.holder.current  # noqa: E731 (read at each use: a reload takes effect)
         self.router = InboundRouter(config, self.redis, self.outbox, self.chats, self.tasks)
@@ -146,6 +151,8 @@ class Bridge:
         _, tag, thread = keys.split_timer_key(timer.key)
         if not await self.consumer.forget(tag, thread):  # an event of it is still being handled
             await self.timers.schedule(timer.key, self.clock.now() + FORGET_RETRY_SECONDS)
+        elif not await self.archiving.forget(tag, thread):  # its last change is not archived yet
+            await self.timers.schedule(timer.key, self.clock.now() + FORGET_AFTER_ARCHIVE_SECONDS)
 
     def _connect(self, service: str, settings: Any) -> Connector:
         connector = plugins()[service].connect(settings, self._core)
@@ -265,6 +272,7 @@ class Bridge:
             shutdown_timeout=settings.shutdown_grace_seconds,
             access_log=access_log,
         )
+        await asyncio.to_thread(migrate, self.archive.url)  # the schema at its newest before anything is archived
         if is_cluster(self.redis):  # learn the slots first: pub/sub picks its node from them
             await self.redis.initialize()
         if run_workers:
@@ -304,8 +312,7 @@ class Bridge:
         await asyncio.gather(*watchers, return_exceptions=True)
         for connector in self.connectors.values():
             await connector.stop()
-        if self.archive is not None:
-            await self.archive.close()
+        await self.archive.close()
         if self._http is not None:
             await self._http.close()
         await close_redis(self.intake_redis)

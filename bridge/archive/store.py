@@ -1,25 +1,36 @@
-"""The archive behind one small interface: ``Archive.put_task`` (an upsert keyed by ids, so a retry
-archives nothing twice) and ``Archive.tasks`` (what lists and exports read). SQLAlchemy 2 Core over
+"""The archive behind one small interface: ``Archive.put`` (an upsert keyed by ids, so a retry
+archives nothing twice) and the reads that lists, exports and statistics make. SQLAlchemy 2 Core over
 aiosqlite (the embedded default) or asyncpg (``postgresql://``); the schema is Alembic's, run by
 ``migrate`` — at start, and by ``bridge archive migrate``."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import ColumnElement, Table, create_engine, event, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from bridge.archive.schema import task_log, task_orders
+from bridge.archive.schema import (
+    SNAPSHOT_TABLES,
+    chat_messages,
+    chats,
+    metadata,
+    task_comments,
+    task_evidence,
+    task_log,
+    task_orders,
+)
 
 EMBEDDED_ARCHIVE = Path("var") / "archive.sqlite3"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -50,19 +61,45 @@ def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
 
 
 def migrate(url: str) -> None:
-    """Brings the schema to the newest version (Alembic), creating the SQLite file's folder."""
+    """Brings the schema to the newest version (Alembic), creating the SQLite file's folder. Several
+    processes starting at once take turns: the first migrates, the others find it done."""
     _, sync_url = _drivers(url)
+    lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if sync_url.startswith("sqlite:///"):
-        Path(sync_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(sync_url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = _file_lock(path.with_name(path.name + ".migrate-lock"))
     engine = create_engine(sync_url)
     try:
-        with engine.begin() as connection:
+        with lock, engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS))
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     finally:
         engine.dispose()
+
+
+MIGRATION_LOCK_KEY = 0x46454947  # "FEIG": the advisory lock the bridge's migrations take in PostgreSQL
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+Snapshot = Mapping[str, Sequence[Mapping[str, Any]]]
+"""One chat's or task order's state as archive rows: table name → rows (its own row, its messages,
+comments, log entries, evidence)."""
+
+ROWS_PER_STATEMENT = 500  # well under SQLite's limit of bound parameters per statement
 
 
 class Archive:
@@ -76,37 +113,163 @@ class Archive:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    async def put_task(self, row: Mapping[str, Any], log: Sequence[Mapping[str, Any]]) -> None:
-        """One finished task order and its whole log, in one transaction; again replaces it."""
+    async def put(self, snapshots: Sequence[Snapshot]) -> None:
+        """Chats and task orders with everything under them, in one transaction; again replaces them,
+        and an older snapshot never replaces a newer one."""
+        by_table: dict[str, list[dict[str, Any]]] = {}
+        for snapshot in snapshots:
+            for name, rows in snapshot.items():
+                by_table.setdefault(name, []).extend({k: _utc(v) for k, v in r.items()} for r in rows)
         async with self.engine.begin() as conn:
-            await conn.run_sync(_upsert, task_orders, [dict(row)], ("store_id", "task_id"))
-            if log:
-                await conn.run_sync(_upsert, task_log, [dict(e) for e in log], ("store_id", "task_id", "entry_id"))
+            for name, rows in by_table.items():
+                table = metadata.tables[name]
+                for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                    await conn.run_sync(_upsert, table, rows[start : start + ROWS_PER_STATEMENT])
 
-    async def tasks(self, store_id: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        """Archived task orders, newest first, each with its log."""
-        query = select(task_orders).order_by(task_orders.c.created_at.desc())
-        if store_id is not None:
-            query = query.where(task_orders.c.store_id == store_id)
+    async def tasks(
+        self,
+        store_id: str | None = None,
+        status: str | None = None,
+        *,
+        task_id: str | None = None,
+        creator_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        details: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Task orders, newest first; with ``details`` each carries its log, comments and evidence."""
+        where = _filters(task_orders, store_id, since, until, "created_at")
         if status is not None:
-            query = query.where(task_orders.c.status == status)
+            where.append(task_orders.c.status == status)
+        if creator_id is not None:
+            where.append(task_orders.c.creator_id == creator_id)
+        if task_id is not None:
+            where.append(task_orders.c.task_id == task_id)
+        query = select(task_orders).where(*where).order_by(task_orders.c.created_at.desc(), task_orders.c.task_id)
+        query = query.limit(limit).offset(offset) if limit is not None else query
         async with self.engine.connect() as conn:
-            rows = [dict(r._mapping) for r in await conn.execute(query)]
-            for row in rows:
-                entries = await conn.execute(
-                    select(task_log)
-                    .where(task_log.c.store_id == row["store_id"], task_log.c.task_id == row["task_id"])
-                    .order_by(task_log.c.seq)
-                )
-                row["log"] = [dict(e._mapping) for e in entries]
+            rows = [_row(r) for r in await conn.execute(query)]
+            if details and rows:
+                ids = ("store_id", "task_id")
+                await _attach(conn, rows, ids, "log", task_log, task_log.c.seq)
+                await _attach(conn, rows, ids, "comments", task_comments, task_comments.c.at)
+                await _attach(conn, rows, ids, "evidence", task_evidence, task_evidence.c.position)
         return rows
 
+    async def count_tasks(
+        self, store_id: str | None = None, status: str | None = None, *, creator_id: str | None = None
+    ) -> int:
+        where = _filters(task_orders, store_id, None, None, "created_at")
+        if status is not None:
+            where.append(task_orders.c.status == status)
+        if creator_id is not None:
+            where.append(task_orders.c.creator_id == creator_id)
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(task_orders).where(*where))).scalar_one())
 
-def _upsert(conn: Connection, table: Any, rows: list[dict[str, Any]], keys: tuple[str, ...]) -> None:
+    async def chats(
+        self,
+        store_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        status: str | None = None,
+        details: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Chats opened in [since, until), oldest first; with ``details`` each carries its messages."""
+        where = _filters(chats, store_id, since, until, "opened_at")
+        if status is not None:
+            where.append(chats.c.status == status)
+        query = select(chats).where(*where).order_by(chats.c.opened_at, chats.c.conversation_id)
+        async with self.engine.connect() as conn:
+            rows = [_row(r) for r in await conn.execute(query)]
+            if details and rows:
+                await _attach(
+                    conn, rows, ("store_id", "conversation_id"), "messages", chat_messages, chat_messages.c.at
+                )
+        return rows
+
+    async def chat_figures(self, store_id: str, since: datetime, until: datetime) -> list[dict[str, Any]]:
+        """What response statistics need of each chat opened in [since, until) (A9), nothing more."""
+        c = chats.c
+        columns = (c.opened_at, c.assignee, c.first_reply_by, c.first_reply_seconds, c.in_window, c.close_reason,
+                   c.status)  # fmt: skip
+        query = select(*columns).where(*_filters(chats, store_id, since, until, "opened_at"))
+        async with self.engine.connect() as conn:
+            return [_row(r) for r in await conn.execute(query)]
+
+    async def task_figures(self, store_id: str, since: datetime, until: datetime) -> list[dict[str, Any]]:
+        """What statistics need of each task order whose deadline fell in [since, until)."""
+        c = task_orders.c
+        query = select(c.deadline_at, c.finished_at, c.status).where(
+            *_filters(task_orders, store_id, since, until, "deadline_at")
+        )
+        async with self.engine.connect() as conn:
+            return [_row(r) for r in await conn.execute(query)]
+
+
+def _filters(
+    table: Table, store_id: str | None, since: datetime | None, until: datetime | None, column: str
+) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = []
+    if store_id is not None:
+        where.append(table.c.store_id == store_id)
+    if since is not None:
+        where.append(table.c[column] >= _utc(since))
+    if until is not None:
+        where.append(table.c[column] < _utc(until))
+    return where
+
+
+def _utc(value: Any) -> Any:
+    """Times are kept in UTC: SQLite stores a time's fields without its offset, so a time in +08:00
+    would sort eight hours late beside one in UTC."""
+    return value.astimezone(UTC) if isinstance(value, datetime) else value
+
+
+def _row(row: Any) -> dict[str, Any]:
+    """A row as a dict, its times aware again (SQLite gives them back without a zone)."""
+    out = dict(row._mapping)
+    for k, v in out.items():
+        if isinstance(v, datetime) and v.tzinfo is None:
+            out[k] = v.replace(tzinfo=UTC)
+    return out
+
+
+async def _attach(
+    conn: AsyncConnection,
+    parents: list[dict[str, Any]],
+    ids: tuple[str, str],
+    name: str,
+    child: Table,
+    order: ColumnElement[Any],
+) -> None:
+    """Gives each parent row its child rows under ``name``, in one query per child table however
+    many parents (a list, an export of 100,000 chats)."""
+    wanted = {(p[ids[0]], p[ids[1]]) for p in parents}
+    stores = {s for s, _ in wanted}
+    query = select(child).where(child.c[ids[0]].in_(stores)).order_by(child.c[ids[0]], child.c[ids[1]], order)
+    if len(wanted) <= ROWS_PER_STATEMENT:
+        query = query.where(child.c[ids[1]].in_({i for _, i in wanted}))
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in await conn.execute(query):
+        entry = _row(row)
+        key = (entry[ids[0]], entry[ids[1]])
+        if key in wanted:
+            found.setdefault(key, []).append(entry)
+    for parent in parents:
+        parent[name] = found.get((parent[ids[0]], parent[ids[1]]), [])
+
+
+def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     statement = insert(table).values(rows)
+    keys = [c.name for c in table.primary_key.columns]
     updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
-    conn.execute(statement.on_conflict_do_update(index_elements=list(keys), set_=updates))
+    newer = table.c.snapshot_at <= statement.excluded.snapshot_at if table.name in SNAPSHOT_TABLES else None
+    conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates, where=newer))
 
 
 def moment(epoch: float | str | None) -> datetime | None:

@@ -103,7 +103,8 @@ def thread_done(tag: str) -> str:
 
 def forget_timer(tag: str, thread: str) -> str:
     """Timer key (kind ``forget``): a finished thread's ordering fields are removed when it fires
-    (CHAT_KEEP_SECONDS after a chat closed or a task order finished), so they do not pile up."""
+    (FINISHED_KEEP_SECONDS after a chat closed or a task order finished), so they do not pile up; on a
+    store's tag it also removes the chat's or task order's own state, once archived."""
     return f"forget:{tag}:{thread}"
 
 
@@ -162,13 +163,15 @@ def split_timer_key(timer_key: str) -> tuple[str, str, str]:
 
 # -- platform chats (flow 1) ------------------------------------------------------------------
 
-CHAT_KEEP_SECONDS = 30 * 24 * 3600
-"""A closed chat's state is kept this long (for stats and late events), then expires."""
+FINISHED_KEEP_SECONDS = 7 * 24 * 3600
+"""A closed chat's or finished task order's state stays in Redis this long after it finished (a late
+event, an edit, a click on an old button is still recognised), then goes once it is archived: the
+archive keeps it for good, Redis holds live work only."""
 
 
 def chat(tag: str, conversation_id: str) -> str:
-    """HASH: one platform chat's state (status, assignee, window, first reply, close). Expires
-    CHAT_KEEP_SECONDS after it closes."""
+    """HASH: one platform chat's state (status, assignee, window, first reply, close). Removed
+    FINISHED_KEEP_SECONDS after it closed, once archived."""
     return f"{tag}:chat:{conversation_id}"
 
 
@@ -187,7 +190,19 @@ def window_timer(tag: str, conversation_id: str) -> str:
     return f"window:{tag}:{conversation_id}"
 
 
-REF_KEEP_SECONDS = CHAT_KEEP_SECONDS
+def chat_messages(tag: str, conversation_id: str) -> str:
+    """HASH message id → JSON {at, direction, author, author_id, kind, text}: the chat's messages
+    both ways, for the archive. Removed with the chat."""
+    return f"{tag}:chat-messages:{conversation_id}"
+
+
+def archive_timer(tag: str, thread: str) -> str:
+    """Timer key (kind ``archive``): copy a chat (``chat:<id>``) or task order (``task:<id>``) into
+    the archive. Scheduled a moment after each change, keeping an earlier time: many changes, one copy."""
+    return f"archive:{tag}:{thread}"
+
+
+REF_KEEP_SECONDS = FINISHED_KEEP_SECONDS
 """How long the bridge remembers where a thread's messages landed: far past a chat's minutes and a
 task order's day, so a late reply is still recognised (and refused as closed)."""
 
@@ -237,18 +252,19 @@ commands and reactions in chats it knows only by id)."""
 
 def task(tag: str, task_id: str) -> str:
     """HASH: one task order's state (status, deadline, comment counts, the order's data as JSON).
-    Kept forever (B10)."""
+    Removed FINISHED_KEEP_SECONDS after it finished, once archived (the archive keeps it for good, B10)."""
     return f"{tag}:task:{task_id}"
 
 
 def task_log(tag: str, task_id: str) -> str:
-    """LIST of JSON entries {at, type, side, operator}: the processing log (B4). Kept forever."""
+    """LIST of JSON entries {id, at, type, side, operator, operator_id}: the processing log (B4).
+    Removed with the task order."""
     return f"{tag}:task-log:{task_id}"
 
 
 def tasks_by_status(tag: str, status: str) -> str:
-    """ZSET member=task id, score=created (ms): a store's task orders of one status (B10); ``all``
-    holds every one. Kept forever."""
+    """ZSET member=task id, score=created (ms): a store's task orders in Redis of one status; ``all``
+    holds every one. A task order leaves it when its state is removed (lists read the archive)."""
     return f"{tag}:tasks:{status}"
 
 
@@ -264,8 +280,20 @@ def digest_timer(tag: str) -> str:
 
 def task_files(tag: str, task_id: str) -> str:
     """LIST of JSON {service, url, name, mimetype, size}: files the merchant shared in a task order's
-    thread, offered as evidence when it is processed. Kept with the task order."""
+    thread, offered as evidence when it is processed. Removed with the task order."""
     return f"{tag}:task-files:{task_id}"
+
+
+def task_comments(tag: str, task_id: str) -> str:
+    """HASH comment id → JSON {at, side, author, author_id, text}: comments the platform has (both
+    sides), for the archive. Removed with the task order."""
+    return f"{tag}:task-comments:{task_id}"
+
+
+def task_evidence(tag: str, task_id: str) -> str:
+    """HASH processing action id → JSON list of {name, kind, size}: the evidence sent with it (B7),
+    for the archive. Removed with the task order."""
+    return f"{tag}:task-evidence:{task_id}"
 
 
 def task_resolve(tag: str, task_id: str, user: str) -> str:
@@ -273,9 +301,3 @@ def task_resolve(tag: str, task_id: str, user: str) -> str:
     task order: result, step, solution, files (JSON). Expires an hour after the last step; nothing is
     sent until confirmed."""
     return f"{tag}:task-resolve:{task_id}:{user}"
-
-
-def creator_tasks(creator_id: str) -> str:
-    """ZSET member=``<store id>:<task id>``, score=created (ms): a creator's task orders, for their
-    /tasks. Kept forever, as the task orders are."""
-    return f"{creator_tag(creator_id)}:tasks"

@@ -41,6 +41,14 @@ class Metrics:
             "feige_dead_letters", "Outbound calls put on a dead-letter list (refused, expired, irrelevant)",
             ["endpoint", "kind", "cause"], registry=r,
         )  # fmt: skip
+        self.archived = Counter(
+            "feige_archived", "Chats and task orders copied into the archive (once per change burst)", ["kind"],
+            registry=r,
+        )  # fmt: skip
+        self.archive_failures = Counter(
+            "feige_archive_failures", "Copies into the archive that failed and wait to be tried again", ["kind"],
+            registry=r,
+        )  # fmt: skip
 
 
 METRICS = Metrics()

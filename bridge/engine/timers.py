@@ -30,7 +30,11 @@ log = logging.getLogger(__name__)
 
 _SCHEDULE = """
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if ARGV[6] == '1' then
+  redis.call('ZADD', KEYS[1], 'LT', ARGV[2], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 if ARGV[3] == '1' then
@@ -192,10 +196,14 @@ class TimerStore:
     def keys_for(self, timer_key: str) -> list[str]:
         return self.shard_keys(keys.timer_shard(timer_key, self.shards))
 
-    async def schedule(self, key: str, due_at: float, payload: str | None = None) -> None:
-        """Schedule ``key`` at ``due_at`` (epoch s). Idempotent; scheduling a key again replaces it."""
+    async def schedule(
+        self, key: str, due_at: float, payload: str | None = None, *, keep_earlier: bool = False
+    ) -> None:
+        """Schedule ``key`` at ``due_at`` (epoch s). Idempotent; scheduling a key again replaces it,
+        or with ``keep_earlier`` leaves it at an earlier time already set (coalescing: many changes,
+        one run). A key whose handler is running is scheduled again either way."""
         args: list[str | int] = [key, _ms(due_at), "0" if payload is None else "1", payload or ""]
-        args.append(keys.WAKE_CHANNEL)
+        args += [keys.WAKE_CHANNEL, "1" if keep_earlier else "0"]
         await self._schedule(keys=self.keys_for(key)[:4], args=args)
 
     async def cancel(self, key: str) -> bool:

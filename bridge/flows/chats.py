@@ -10,7 +10,7 @@ reply. Every job id is derived from what caused it, so handling an event twice s
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from bridge.archive.store import Snapshot, moment
 from bridge.config import BridgeConfig, Destination, Store
 from bridge.engine import keys
 from bridge.engine.clock import Clock
@@ -26,6 +27,7 @@ from bridge.engine.metrics import METRICS
 from bridge.engine.outbox import FailureReporter, FinalFailure, Outbox, OutboxJob
 from bridge.engine.timers import Timer, TimerStore
 from bridge.flows import jobs
+from bridge.flows.archiving import archive_soon, record, recorded
 from bridge.flows.domain import ChatClosed, ChatMessage
 from bridge.flows.steps import take_steps
 from bridge.flows.views import Actor, ReplyMedia, post_view, read_hash, tell_privately
@@ -83,7 +85,7 @@ redis.call('HSET', KEYS[1], 'window_start', '', 'deadline', '', 'elsewhere_by', 
 return 1
 """
 
-# KEYS: chat, loads, stats. ARGV: reason, now, ticket, keep seconds. Returns 1 if this call closed it,
+# KEYS: chat, loads, stats. ARGV: reason, now, ticket. Returns 1 if this call closed it,
 # 0 if it was closed before (the caller still finishes the close's follow-ups, which are idempotent).
 _CLOSE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return 0 end
@@ -94,7 +96,6 @@ if assignee and assignee ~= '' then
   if redis.call('HINCRBY', KEYS[2], assignee, -1) < 0 then redis.call('HSET', KEYS[2], assignee, 0) end
   if ARGV[1] == 'reply_timeout' then redis.call('HINCRBY', KEYS[3], assignee .. ':timeouts', 1) end
 end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
@@ -198,6 +199,8 @@ class ChatFlow:
         if chat.get("status") != "open":
             log.info("store %s: message %s for closed chat %s not mirrored", store.id, msg.message_id, cid)
             return
+        await record(self.redis, keys.chat_messages(tag, cid), msg.message_id, _platform_message(msg))
+        await self._changed(tag, cid)
         window = await self._start_window(store, tag, cid, chat, msg)
         if chat.get("first_message_id") == msg.message_id:
             # The root carries the header, the assignee's mention and the first message: one post,
@@ -292,7 +295,7 @@ class ChatFlow:
         closed = int(
             await self._close(
                 keys=[keys.chat(tag, cid), keys.agent_load(tag), keys.chat_stats(tag)],
-                args=[reason, self.clock.now(), ticket, keys.CHAT_KEEP_SECONDS],
+                args=[reason, self.clock.now(), ticket],
             )
         )
         chat = await self._chat(tag, cid)
@@ -302,7 +305,8 @@ class ChatFlow:
             METRICS.chats_closed.labels(store.id, chat.get("close_reason", reason)).inc()
             if chat.get("close_reason") == "reply_timeout" and chat.get("assignee"):
                 METRICS.chats_lost.labels(store.id, chat["assignee"]).inc()
-        forget_at = float(chat.get("closed_at") or self.clock.now()) + keys.CHAT_KEEP_SECONDS
+        await self._changed(tag, cid)
+        forget_at = float(chat.get("closed_at") or self.clock.now()) + keys.FINISHED_KEEP_SECONDS
         await self.timers.schedule(keys.forget_timer(tag, f"chat:{cid}"), forget_at)
         dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
         await self._update_root(store, tag, cid, "closed")
@@ -345,6 +349,11 @@ class ChatFlow:
                     METRICS.replies.labels(store.id, agent.id, "yes").inc()
                     if state == "first":
                         METRICS.first_reply.labels(store.id, agent.id).observe(float(rest[0]))
+                sent = {"at": written, "direction": "merchant", "author": agent.name, "author_id": agent.id,
+                        "kind": "image" if media and not text.strip() else "text",
+                        "text": text + "".join(f" [{m.name}]" for m in media)}  # fmt: skip
+                await record(self.redis, keys.chat_messages(tag, cid), f"reply:{actor.message}", sent)
+                await self._changed(tag, cid)
                 await self._send_reply(store, tag, cid, agent.id, actor, text, media)
                 await self._stop_window_timer(store, tag, cid)
                 await self._update_root(store, tag, cid, f"answered:{actor.message}")
@@ -352,6 +361,7 @@ class ChatFlow:
         if refusal is not None:
             if refusal is Refusal.CLOSED and agent is not None and cid is not None:
                 await self._late(keys=[keys.chat(tag, cid), keys.chat_stats(tag)], args=[agent.id, str(actor.message)])
+                await self._changed(tag, cid)
             await self._refuse(store, actor, refusal, chat, agent.id if agent else actor.user)
         return ReplyOutcome(False, refusal)
 
@@ -419,29 +429,29 @@ class ChatFlow:
         text = t(str(report.get("locale") or store.locale), "reply.failed", reason=failure.reason)
         await self.tell_privately(store, Actor.reported(report), text, f"failed:{job.id}")
 
-    # -- stats (A9) ----------------------------------------------------------------------------------
+    # -- the archive ---------------------------------------------------------------------------------
 
-    async def stats_text(self, store: Store) -> str:
-        raw = await self._hash(keys.chat_stats(keys.store_tag(store.id)))
-        loads = await self._hash(keys.agent_load(keys.store_tag(store.id)))
-        lines = [t(store.locale, "stats.title", store=store.name)]
-        for agent in store.designated:
+    async def _changed(self, tag: str, cid: str) -> None:
+        await archive_soon(self.timers, self.clock.now(), tag, f"chat:{cid}")
 
-            def n(name: str, agent_id: str = agent.id) -> int:
-                return int(raw.get(f"{agent_id}:{name}", 0))
+    async def snapshot(self, tag: str, cid: str) -> tuple[Snapshot, float | None] | None:
+        """The chat as archive rows (A9's figures worked out), and when it closed (None: open)."""
+        chat = await self._chat(tag, cid)
+        if not chat.get("started_at"):
+            return None
+        store_id = tag.removeprefix("{store:").removesuffix("}")
+        messages = await recorded(self.redis, keys.chat_messages(tag, cid))
+        row = chat_row(store_id, cid, chat, messages.values(), snapshot_at=self.clock.now())
+        rows = [{"store_id": store_id, "conversation_id": cid, "message_id": message_id,
+                 "at": moment(m["at"]), "direction": m["direction"], "author": m["author"],
+                 "author_id": m["author_id"], "kind": m["kind"], "text": m["text"]}
+                for message_id, m in messages.items()]  # fmt: skip
+        closed = float(chat["closed_at"]) if chat.get("closed_at") else None
+        return {"chats": [row], "chat_messages": rows}, closed
 
-            firsts, replies, late = n("first_replies"), n("replies"), n("late")
-            if not (firsts or replies or late or n("timeouts") or int(loads.get(agent.id, 0))):
-                continue
-            first = f"{n('first_reply_ms') / firsts / 1000:.1f}s" if firsts else "—"
-            share = f"{replies / (replies + late):.0%}" if replies + late else "—"
-            lines.append(
-                t(store.locale, "stats.line", agent=agent.name, chats=firsts + n("timeouts"), first_reply=first,
-                  in_window=share, timeouts=n("timeouts"))
-            )  # fmt: skip
-        if len(lines) == 1:
-            lines.append(t(store.locale, "stats.none"))
-        return "\n".join(lines)
+    async def forget_state(self, tag: str, cid: str) -> None:
+        """A closed, archived chat leaves Redis (its thread's refs expire by themselves)."""
+        await self.redis.delete(keys.chat(tag, cid), keys.chat_messages(tag, cid))
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -579,6 +589,7 @@ class ChatFlow:
         moved, *_ = await self._assign(keys=[keys.chat(tag, cid), keys.agent_load(tag)], args=[target, action_id])
         if int(moved) not in (1, 2):
             return  # theirs already (or closed meanwhile): nothing changes
+        await self._changed(tag, cid)
         # What follows runs again on a retry and is idempotent by its job ids.
         dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
         text = t(store.locale, "chat.assigned", by=by.name, mention="{mention}")
@@ -603,6 +614,7 @@ class ChatFlow:
         marked = int(await self._elsewhere(keys=[keys.chat(tag, cid)], args=[by.id, self.clock.now(), action_id]))
         if marked < 0:
             return
+        await self._changed(tag, cid)
         # Follow-ups, again on a retry (idempotent); the timer is cancelled last.
         dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
         await self._notice(store, dest, cid, f"elsewhere:{action_id}", t(store.locale, "chat.elsewhere", by=by.name))
@@ -625,6 +637,49 @@ class ChatFlow:
         view = {"type": "notice", "text": t(store.locale, "chat.reassign.pick", mention="{mention}"),
                 "mentions": [by.id], "buttons": buttons}  # fmt: skip
         await self._to_destination(store, dest, cid, f"reassign:{action_id}", "post", view)
+
+
+def _platform_message(msg: ChatMessage) -> dict[str, Any]:
+    content = msg.content
+    if content.type == "text":
+        text, order_id = content.text, ""
+    elif content.type == "image":
+        text, order_id = content.url, ""
+    else:
+        text, order_id = f"{content.order_id} {content.product_name}", content.order_id
+    return {"at": _ts(msg.sent_at), "direction": "platform", "author": msg.sender.name,
+            "author_id": msg.sender.agent_id, "kind": content.type, "text": text, "order_id": order_id}  # fmt: skip
+
+
+def chat_row(
+    store_id: str, cid: str, chat: dict[str, str], messages: Iterable[dict[str, Any]], snapshot_at: float
+) -> dict[str, Any]:
+    """One chat's archive row: when it opened, was first answered (and how fast), how it closed, and
+    whether every window of it was answered in time (A9)."""
+    messages = list(messages)
+    started = float(chat["started_at"])
+    first = float(chat["first_reply_at"]) if chat.get("first_reply_at") else None
+    timed_out = chat.get("close_reason") == "reply_timeout"
+    return {
+        "store_id": store_id,
+        "conversation_id": cid,
+        "status": chat.get("status", "open"),
+        "order_id": next((m["order_id"] for m in messages if m.get("order_id")), ""),
+        "platform_agent": chat.get("platform_agent", ""),
+        "assignee": chat.get("assignee", ""),
+        "opened_at": moment(started),
+        "first_reply_at": moment(first),
+        "first_reply_by": chat.get("first_reply_by", ""),
+        "first_reply_seconds": max(0.0, first - started) if first is not None else None,
+        "replies": sum(1 for f in chat if f.startswith("reply:")),
+        "late_replies": sum(1 for f in chat if f.startswith("late:")),
+        "closed_at": moment(chat.get("closed_at")),
+        "close_reason": chat.get("close_reason", ""),
+        "ticket": chat.get("ticket", ""),
+        "in_window": first is not None and not timed_out,
+        "handled_elsewhere_by": chat.get("elsewhere_by", ""),
+        "snapshot_at": int(snapshot_at * 1000),
+    }
 
 
 def _summary(first_message: str | None) -> str:

@@ -13,8 +13,6 @@ PROCESS_TASK_ORDER = "platform.process_with_evidence"
 
 # Inside the bridge (a flow's own follow-up, run once the job before it succeeded):
 FINISH_TASK_ORDER = "bridge.task_finish"
-ARCHIVE_TASK = "bridge.archive_task"
-"""A finished task order, with its log, into the archive (B10: kept forever)."""
 COMMENT_ACCEPTED = "bridge.comment_accepted"
 """After the platform took a comment: it is logged and shown to the other side (B5)."""
 

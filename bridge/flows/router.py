@@ -13,6 +13,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
@@ -21,6 +22,7 @@ from bridge.engine import keys, refs
 from bridge.engine.outbox import Outbox, OutboxJob
 from bridge.flows import jobs
 from bridge.flows.chats import ChatFlow
+from bridge.flows.statistics import PERIODS, stats_text
 from bridge.flows.tasks import TaskFlow
 from bridge.flows.views import Actor, ReplyMedia, tell
 from bridge.i18n import DEFAULT_LOCALE, t
@@ -274,9 +276,13 @@ class InboundRouter:
         text = await self.tasks.records.list_text(place.store, status, place.store.locale, page)
         return text, keys.store_tag(place.store.id)
 
-    async def stats(self, service: str, channel: str) -> tuple[str, str]:
-        """Response figures of the store whose chats this place holds (A9), and the answer's tag."""
-        store = self.place(service, channel).chat_store
+    async def stats(self, service: str, channel: str, args: Sequence[str] = ()) -> tuple[str, str]:
+        """``stats [today|7d|30d]``: response figures of the store whose chats or task orders this
+        place holds (A9), from the archive, and the answer's tag. The period defaults to today."""
+        place = self.place(service, channel)
+        store = place.chat_store or place.task_store
         if store is None:
             return t(DEFAULT_LOCALE, "stats.unknown_channel"), keys.NO_ENDPOINT_TAG
-        return await self.chats.stats_text(store), keys.store_tag(store.id)
+        period = next((a for a in args if a in PERIODS), "today")
+        now = datetime.fromtimestamp(self.chats.clock.now(), UTC)
+        return await stats_text(self.tasks.records.archive, store, period, now), keys.store_tag(store.id)

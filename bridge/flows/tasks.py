@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from redis.asyncio import Redis
 
-from bridge.archive.store import Archive, moment
+from bridge.archive.store import Archive, Snapshot, moment
 from bridge.config import DEFAULT_TIMEZONE, BridgeConfig, Creator, Destination, Store, TaskOrderSettings
 from bridge.engine import keys
 from bridge.engine.clock import Clock
@@ -25,13 +25,14 @@ from bridge.engine.events import StoredEvent
 from bridge.engine.outbox import FailureReporter, FinalFailure, Outbox, OutboxJob, Sender
 from bridge.engine.timers import Timer, TimerStore
 from bridge.flows import jobs
+from bridge.flows.archiving import archive_soon, record, recorded
 from bridge.flows.domain import TaskOrderComment, TaskOrderCreated, TaskOrderProcessed, TaskOrderTimedOut
 from bridge.flows.steps import done_steps, take_steps
-from bridge.flows.task_records import TaskRecords, outcome, status_name
+from bridge.flows.task_records import STATUSES, TaskRecords, outcome, status_name
 from bridge.flows.views import Actor, post_view, read_hash, tell_privately
 from bridge.i18n import t
 from rules.comments import COMMENTS_PER_SIDE, comment_refusal
-from rules.deadline import due_today, next_digest_at, task_deadline
+from rules.deadline import deadline_basis, due_today, next_digest_at, task_deadline
 from rules.evidence import evidence_count_refusal, evidence_limits, evidence_refusals
 from rules.reply_window import WindowStep, next_step_at, window_steps
 
@@ -102,7 +103,9 @@ return redis.call('RPUSH', KEYS[1], ARGV[2])
 
 
 class TaskFlow:
-    def __init__(self, redis: Redis, config: Any, timers: TimerStore, outbox: Outbox, clock: Clock) -> None:
+    def __init__(
+        self, redis: Redis, config: Any, timers: TimerStore, outbox: Outbox, clock: Clock, archive: Archive
+    ) -> None:
         self.redis = redis
         self._config = config
         self.timers = timers
@@ -114,9 +117,7 @@ class TaskFlow:
         self._release_comment = redis.register_script(_RELEASE_COMMENT)
         self._finish = redis.register_script(_FINISH)
         self._append_log = redis.register_script(_LOG)
-        self.records = TaskRecords(redis, config)
-        self.archive: Archive | None = None
-        """Where finished task orders are kept (set by the composition root); None: not archived."""
+        self.records = TaskRecords(redis, config, archive)
 
     @property
     def config(self) -> BridgeConfig:
@@ -131,8 +132,6 @@ class TaskFlow:
         deadline = self._deadline(store, order)
         if event.endpoint.kind == "creator":
             creator = self.config.creator(event.endpoint.id)
-            member = f"{order.shop_id}:{order.task_id}"
-            await self.redis.zadd(keys.creator_tasks(event.endpoint.id), {member: order.created_at.timestamp() * 1000})
             if creator is not None:
                 view = self._confirm_view(creator, order, deadline)
                 await self._to_creator(creator, order.shop_id, order.task_id, "confirm", "post", view, True)
@@ -188,6 +187,9 @@ class TaskFlow:
         if int(await self._count_comment(keys=[keys.task(tag, tid)], args=[side, comment_id])) < 0:
             return  # a task order the bridge never saw (created before it was connected)
         author = comment.author.name or comment.author.id
+        said = {"at": comment.created_at.timestamp(), "side": side, "author": author, "author_id": comment.author.id,
+                "text": comment.text}  # fmt: skip
+        await record(self.redis, keys.task_comments(tag, tid), comment_id, said)
         await self._log(tag, tid, f"comment_{side}", side, author, comment.created_at.timestamp(),
                         entry_id=f"comment:{comment_id}", operator_id=comment.author.id)  # fmt: skip
         await self._show_comment(store, tid, side, author, comment.text, f"pc:{comment.comment_id}", both=True)
@@ -313,7 +315,7 @@ class TaskFlow:
         task = await self._task(tag, tid)
         if task.get("status") != status:
             return False  # finished otherwise (the platform's result beat our deadline, or the reverse)
-        forget_at = float(task.get("finished_at") or self.clock.now()) + keys.CHAT_KEEP_SECONDS
+        forget_at = float(task.get("finished_at") or self.clock.now()) + keys.FINISHED_KEEP_SECONDS
         for endpoint_tag in (tag, keys.creator_tag(task.get("creator", ""))):  # ordering state, not the order
             await self.timers.schedule(keys.forget_timer(endpoint_tag, f"task:{tid}"), forget_at)
         await self._log(tag, tid, status, "merchant" if status != "timed_out" else "platform", operator,
@@ -339,9 +341,6 @@ class TaskFlow:
             button = {"label": t(creator.locale, "task.button.contact_buyer"), "url": order.buyer_chat_url}
             view = {"type": "notice", "text": text, "buttons": [button]}
             await self._to_creator(creator, store.id, tid, f"result-{status}", "post", view)
-        if self.archive is not None:  # kept forever (B10), by a durable step: retried, never twice
-            job = OutboxJob(f"archive:{tid}", jobs.ARCHIVE_TASK, {"store": store.id, "task_id": tid})
-            await self.outbox.enqueue(tag, f"task:{tid}:bridge", job)
         # Last: when the deadline's own timer is finishing it, that timer is what retries this call.
         await self.timers.cancel(keys.deadline_timer(tag, tid))
         return bool(int(changed))
@@ -396,6 +395,9 @@ class TaskFlow:
         if store is None:
             return
         tag, tid, side = keys.store_tag(store.id), str(p["task_id"]), str(p["side"])
+        said = {"at": self.clock.now(), "side": side, "author": str(p["author"]), "author_id": str(p["author_id"]),
+                "text": str(p["text"])}  # fmt: skip
+        await record(self.redis, keys.task_comments(tag, tid), str(p["comment_id"]), said)
         await self._log(tag, tid, f"comment_{side}", side, str(p["author"]), entry_id=f"comment:{p['comment_id']}",
                         operator_id=str(p["author_id"]))  # fmt: skip
         await self._show_comment(store, tid, side, str(p["author"]), str(p["text"]), str(p["shown_as"]), both=False)
@@ -462,13 +464,15 @@ class TaskFlow:
                         then=[finish], relevant_key=keys.task(tag, tid), relevant_grace=0.0)  # fmt: skip
         await self.outbox.enqueue(tag, f"task:{tid}:platform", job)
         if evidence:
+            sent = [{"name": f.get("name", ""), "kind": str(f.get("mimetype", "")).partition("/")[0],
+                     "size": int(f.get("size", 0))} for f in evidence]  # fmt: skip
+            await record(self.redis, keys.task_evidence(tag, tid), action_id, {"files": sent})
             await self._log(tag, tid, "evidence_added", "merchant", f"{operator[1]} ({len(evidence)})",
                             entry_id=f"evidence:{action_id}", operator_id=operator[0])  # fmt: skip
 
     def senders(self) -> dict[str, Sender]:
         """The flow's own follow-up jobs."""
-        return {jobs.FINISH_TASK_ORDER: self.on_finish_job, jobs.COMMENT_ACCEPTED: self.on_comment_accepted,
-                jobs.ARCHIVE_TASK: self.on_archive_job}  # fmt: skip
+        return {jobs.FINISH_TASK_ORDER: self.on_finish_job, jobs.COMMENT_ACCEPTED: self.on_comment_accepted}
 
     def failure_reporters(self) -> dict[str, FailureReporter]:
         return {jobs.ADD_COMMENT: self.on_platform_refused, jobs.PROCESS_TASK_ORDER: self.on_platform_refused}
@@ -488,24 +492,43 @@ class TaskFlow:
                  reason=failure.reason)  # fmt: skip
         await tell_privately(self.outbox, store, Actor.reported(report), text, f"failed:{job.id}")
 
-    async def on_archive_job(self, job: OutboxJob) -> None:
-        """Copies a finished task order and its log from Redis into the archive (an upsert by ids)."""
-        store = self.config.store(str(job.payload["store"]))
-        if store is None or self.archive is None:
-            return
-        tag, tid = keys.store_tag(store.id), str(job.payload["task_id"])
+    # -- the archive ---------------------------------------------------------------------------------
+
+    async def snapshot(self, tag: str, tid: str) -> tuple[Snapshot, float | None] | None:
+        """The task order as archive rows (its log, comments and evidence with it), and when it
+        finished (None: pending)."""
         task = await self._task(tag, tid)
-        if not task:
-            return
+        if not task.get("data"):
+            return None
+        store = self.config.store(tag.removeprefix("{store:").removesuffix("}"))
         order = TaskOrderCreated.model_validate_json(task["data"])
-        row = {"store_id": store.id, "task_id": tid, "creator_id": order.creator.id, "issue_type": order.issue_type,
-               "order_id": order.order_id, "created_at": order.created_at, "deadline_at": moment(task["deadline"]),
-               "finished_at": moment(task.get("finished_at")),
-               "data": orjson.loads(task["data"])} | outcome(task)  # fmt: skip
-        log = [{"store_id": store.id, "task_id": tid, "entry_id": e["id"], "seq": seq, "at": moment(e["at"]),
-                "type": e["type"], "side": e["side"], "operator": e["operator"], "operator_id": e.get("operator_id")}
+        ids = {"store_id": order.shop_id, "task_id": tid}
+        deadline = float(task["deadline"])
+        settings = store.task_orders if store else TaskOrderSettings()
+        basis = deadline_basis(order.created_at.timestamp(), deadline, settings.deadline_hours,
+                               platform_set=order.deadline_at is not None)  # fmt: skip
+        row = ids | {"creator_id": order.creator.id, "issue_type": order.issue_type, "order_id": order.order_id,
+                     "created_at": order.created_at, "deadline_at": moment(deadline), "deadline_basis": basis,
+                     "finished_at": moment(task.get("finished_at")), "data": orjson.loads(task["data"]),
+                     "snapshot_at": int(self.clock.now() * 1000)} | outcome(task)  # fmt: skip
+        log = [ids | {"entry_id": e["id"], "seq": seq, "at": moment(e["at"]), "type": e["type"], "side": e["side"],
+                      "operator": e["operator"], "operator_id": e.get("operator_id")}
                for seq, e in enumerate(await self.records.log_entries(tag, tid))]  # fmt: skip
-        await self.archive.put_task(row, log)
+        comments = [ids | {"comment_id": cid, "at": moment(c["at"]), "side": c["side"], "author": c["author"],
+                           "author_id": c["author_id"], "text": c["text"]}
+                    for cid, c in (await recorded(self.redis, keys.task_comments(tag, tid))).items()]  # fmt: skip
+        evidence = [ids | {"action_id": action_id, "position": i} | f
+                    for action_id, sent in (await recorded(self.redis, keys.task_evidence(tag, tid))).items()
+                    for i, f in enumerate(sent["files"])]  # fmt: skip
+        finished = float(task["finished_at"]) if task.get("finished_at") else None
+        return {"task_orders": [row], "task_log": log, "task_comments": comments, "task_evidence": evidence}, finished
+
+    async def forget_state(self, tag: str, tid: str) -> None:
+        """A finished, archived task order leaves Redis; lists and exports read the archive."""
+        await self.redis.delete(keys.task(tag, tid), keys.task_log(tag, tid), keys.task_files(tag, tid),
+                                keys.task_comments(tag, tid), keys.task_evidence(tag, tid))  # fmt: skip
+        for status in ("all", *STATUSES):
+            await self.redis.zrem(keys.tasks_by_status(tag, status), tid)
 
     async def on_finish_job(self, job: OutboxJob) -> None:
         p = job.payload
@@ -539,6 +562,7 @@ class TaskFlow:
         entry = {"id": entry_id, "at": at if at is not None else self.clock.now(), "type": kind, "side": side,
                  "operator": operator, "operator_id": operator_id}  # fmt: skip
         await self._append_log(keys=[keys.task_log(tag, tid)], args=[entry_id, orjson.dumps(entry).decode()])
+        await archive_soon(self.timers, self.clock.now(), tag, f"task:{tid}")
 
     # -- views and destinations ---------------------------------------------------------------------
 

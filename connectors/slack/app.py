@@ -348,7 +348,8 @@ class SlackConnector:
 
     async def _on_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
         await ack()
-        text, tag = await self.router.stats(SERVICE, command.get("channel_id", ""))
+        args = (command.get("text") or "").split()[1:]  # "/feige stats 7d"
+        text, tag = await self.router.stats(SERVICE, command.get("channel_id", ""), args)
         await self._answer(command, tag, text)
 
     async def _answer(self, command: dict[str, Any], tag: str, text: str) -> None:

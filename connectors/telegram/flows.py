@@ -56,8 +56,13 @@ def wire_telegram(connector: TelegramConnector, core: Core) -> None:
         text, _ = await router.list_tasks(SERVICE, str(inbound.chat), args)
         return text
 
+    async def stats(inbound: TelegramInbound, args: list[str]) -> str:
+        text, _ = await router.stats(SERVICE, str(inbound.chat), args)
+        return text
+
     connector.handlers.append(on_update)
     connector.commands["tasks"] = list_tasks
+    connector.commands["stats"] = stats
     resolve.heads[SERVICE] = connector.file_head
     resolve.download_limits[SERVICE] = DOWNLOAD_LIMIT
     router.task_message_hooks[SERVICE] = resolve.on_message

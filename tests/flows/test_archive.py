@@ -1,56 +1,229 @@
-"""B10: a finished task order, with its whole processing log, is kept in the archive (SQLite here,
-the embedded default) by a durable step of the flow: once, however often the step runs."""
+"""The archive (B10, A9), on both back ends (a SQLite file, a real PostgreSQL server): chats and task
+orders are copied in moments after each change, by a durable step (once, however often it runs);
+lists, exports and statistics read it; finished work leaves Redis after its grace period; and an
+archive that is down delays copies without holding up live work."""
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from datetime import datetime, time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+import pytest
 from redis.asyncio import Redis
 
 from bridge.archive.store import Archive
+from bridge.engine import keys
 from bridge.engine.clock import ManualClock
-from bridge.engine.outbox import OutboxJob
-from bridge.flows import jobs
-from tests.conftest import start_stack
+from bridge.engine.metrics import METRICS
+from bridge.engine.timers import Timer
+from bridge.flows.archiving import ARCHIVE_RETRY_SECONDS
+from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
+
+TAG = "{store:1001}"
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+CHATS, TASKS = "C0CHATS1001", "C0TASKS1001"
+MAIN = "U0MAIN1001"
 
 
-async def test_a_finished_task_order_is_archived_once_with_its_log(
-    redis: Redis, redis_url: str, tmp_path: Path
-) -> None:
-    url = f"sqlite:///{tmp_path / 'archive.sqlite3'}"
-    stack = await start_stack(redis_url, clock=ManualClock(), run_workers=False, archive_url=url)
+@pytest.fixture
+async def archived(redis: Redis, redis_url: str, archive_url: str) -> AsyncIterator[Stack]:
+    stack = await start_stack(redis_url, clock=ManualClock(), run_workers=False, archive_url=archive_url)
+    yield stack
+    await stack.stop()
+
+
+async def reopened(url: str) -> Archive:
+    """What a later process (a list, an export, another replica) reads."""
+    return Archive(url)
+
+
+async def state_keys(redis: Redis, object_id: str) -> list[str]:
+    return sorted(k for k in await redis.keys("*") if object_id in k and not k.startswith("timers:"))
+
+
+async def test_a_task_order_is_archived_as_it_changes_with_comments_evidence_and_log(archived: Stack) -> None:
+    stack = archived
+    tid = await stack.sandbox.create_task_order("1001", "c-7001")
+    await stack.settle()
+    [live] = await stack.bridge.archive.tasks("1001")
+    moved = live["deadline_at"].astimezone(SHANGHAI).time() == time(9)  # created in the evening: out of the night
+    basis = "moved_out_of_night" if moved else "hours"
+    assert (live["task_id"], live["status"], live["deadline_basis"]) == (tid, "pending", basis), "live, archived"
+    card = stack.slack.channel(TASKS)[-1]
+    await stack.slack.user_message(MAIN, TASKS, "已联系快递", thread_ts=card.ts)
+    await stack.settle()
+    await stack.sandbox.comment_on_platform(tid, "creator", "c-7001", "达人 Xiao", "买家说还没收到")
+    await stack.settle()
+    data = {"shop_id": "1001", "task_id": tid, "result": "resolved", "solution": "已补发，顺丰 SF123456789",
+            "evidence": [], "operator": {"id": "main-1001", "name": "店长 Li"},
+            "processed_at": "2026-11-23T10:00:00+08:00"}  # fmt: skip
+    await stack.sandbox.push("store", "1001", [("task_order_processed", data)])
+    await stack.settle()
+    timer = Timer(keys.archive_timer(TAG, f"task:{tid}"), None, None, 0)
+    await stack.bridge.archiving.on_archive_timer(timer)  # a retry after a crash: nothing twice
+    archive = await reopened(stack.bridge.archive.url)
     try:
-        tid = await stack.sandbox.create_task_order("1001", "c-7001")
-        await stack.settle()
-        await stack.slack.user_message("U0MAIN1001", "C0TASKS1001", "已联系快递",
-                                       thread_ts=stack.slack.channel("C0TASKS1001")[-1].ts)  # fmt: skip
-        await stack.settle()
-        archive = stack.bridge.archive
-        assert archive is not None and await archive.tasks() == [], "a live task order is not archived"
-        data = {"shop_id": "1001", "task_id": tid, "result": "resolved", "solution": "已补发，顺丰 SF123456789",
-                "evidence": [], "operator": {"id": "main-1001", "name": "店长 Li"},
-                "processed_at": "2026-11-23T10:00:00+08:00"}  # fmt: skip
-        await stack.sandbox.push("store", "1001", [("task_order_processed", data)])
-        await stack.settle()
-        again = OutboxJob(f"archive:{tid}", jobs.ARCHIVE_TASK, {"store": "1001", "task_id": tid})
-        await stack.bridge.tasks.on_archive_job(again)  # a retry after a crash: nothing twice
+        [row] = await archive.tasks(store_id="1001")
     finally:
-        await stack.stop()
-    reopened = Archive(url)  # what a later process (a list, an export) reads
-    try:
-        [row] = await reopened.tasks(store_id="1001")
-    finally:
-        await reopened.close()
-    assert (row["task_id"], row["status"], row["result"], row["solution"]) == (
-        tid,
-        "resolved",
-        "resolved",
-        "已补发，顺丰 SF123456789",
-    )
+        await archive.close()
+    assert (row["status"], row["result"], row["solution"]) == ("resolved", "resolved", "已补发，顺丰 SF123456789")
     assert (row["processed_by"], row["processed_by_id"], row["comments_merchant"]) == ("店长 Li", "main-1001", 1)
     assert [(e["type"], e["operator_id"]) for e in row["log"]] == [
         ("created", "c-7001"),
         ("comment_merchant", "main-1001"),
+        ("comment_creator", "c-7001"),
         ("resolved", "main-1001"),
     ]
+    assert sorted((c["side"], c["author_id"], c["text"]) for c in row["comments"]) == [
+        ("creator", "c-7001", "买家说还没收到"),
+        ("merchant", "main-1001", "已联系快递"),
+    ], "both sides' comments, the platform's included"
     assert row["data"]["issue_type"] == "物流问题 Logistics" and row["finished_at"] is not None
+
+
+async def test_evidence_names_kinds_and_sizes_are_archived(archived: Stack) -> None:
+    stack = archived
+    tid = await stack.sandbox.create_task_order("1001", "c-7001")
+    await stack.settle()
+    card = stack.slack.channel(TASKS)[-1]
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
+    await stack.slack.user_message(MAIN, TASKS, "", thread_ts=card.ts,
+                                   files=[stack.slack.add_file("waybill.png", png, "image/png")])  # fmt: skip
+    await stack.settle()
+    assert await stack.slack.block_action(MAIN, TASKS, card.ts, "task_resolve", tid) == 200
+    state = {"solution": {"solution": {"type": "plain_text_input", "value": "已补发，顺丰 SF123456789"}},
+             "confirm": {"confirm": {"type": "checkboxes", "selected_options": []}},
+             "evidence": {"evidence": {"type": "file_input", "files": []}}}  # fmt: skip
+    await stack.slack.submit_view(MAIN, stack.slack.views[-1], state)
+    await stack.settle()
+    [row] = await stack.bridge.archive.tasks("1001")
+    assert [(f["name"], f["kind"], f["size"]) for f in row["evidence"]] == [("waybill.png", "image", 208)]
+    assert row["status"] == "resolved"
+
+
+async def test_a_chat_is_archived_with_its_figures_and_messages_both_ways(archived: Stack) -> None:
+    stack = archived
+    assert stack.clock is not None
+    opened = stack.clock.now()
+    cid = await stack.sandbox.open_chat("1001", {"type": "text", "text": "您好，订单 6901234567890 的物流"})
+    await stack.settle()
+    root = stack.slack.channel(CHATS)[-1]
+    await stack.advance_to(opened + 42)
+    await stack.slack.user_message(MAIN, CHATS, "在的，马上查", thread_ts=root.ts)
+    await stack.settle()
+    [live] = await stack.bridge.archive.chats("1001")
+    assert (live["status"], live["first_reply_by"], live["first_reply_seconds"]) == ("open", "main-1001", 42.0)
+    await stack.sandbox.close_chat(cid)
+    await stack.settle()
+    [row] = await stack.bridge.archive.chats("1001", status="closed")
+    assert (row["assignee"], row["replies"], row["close_reason"], row["in_window"]) == (
+        "main-1001",
+        1,
+        "platform_closed",
+        True,
+    )
+    assert [(m["direction"], m["author_id"], m["text"]) for m in row["messages"]] == [
+        ("platform", row["messages"][0]["author_id"], "您好，订单 6901234567890 的物流"),
+        ("merchant", "main-1001", "在的，马上查"),
+    ]
+
+
+async def test_finished_work_leaves_redis_after_its_grace_and_is_still_listed(archived: Stack) -> None:
+    stack = archived
+    tid = await stack.sandbox.create_task_order("1001", "c-7001")
+    await stack.settle()
+    data = {"shop_id": "1001", "task_id": tid, "result": "resolved", "solution": "已补发，顺丰 SF123456789",
+            "evidence": [], "operator": {"id": "main-1001", "name": "店长 Li"},
+            "processed_at": "2026-11-23T10:00:00+08:00"}  # fmt: skip
+    await stack.sandbox.push("store", "1001", [("task_order_processed", data)])
+    await stack.settle()
+    assert await state_keys(stack.redis, tid), "kept in Redis while recent"
+    await stack.advance(keys.FINISHED_KEEP_SECONDS + 60)
+    left = [k for k in await state_keys(stack.redis, tid) if await stack.redis.ttl(k) == -1]
+    assert left == [], "nothing of it stays in Redis for good (refs expire by themselves)"
+    answer = await stack.slash_command(MAIN, TASKS, "/tasks", "resolved")
+    assert tid in answer and "1" in answer.splitlines()[0], "listed from the archive"
+    assert await stack.slack.block_action(MAIN, TASKS, stack.slack.channel(TASKS)[-1].ts, "task_log", tid) == 200
+    await stack.settle()
+    assert "已解决" in stack.slack.ephemerals[-1]["text"] or "resolved" in stack.slack.ephemerals[-1]["text"]
+
+
+async def test_an_archive_that_is_down_delays_copies_and_holds_up_nothing(archived: Stack) -> None:
+    stack = archived
+    good = stack.bridge.archiving.archive
+    down = Archive("postgresql://postgres@127.0.0.1:9/none")  # nothing listens on port 9
+    stack.bridge.archiving.archive = down
+    failures = METRICS.archive_failures.labels("chat")._value.get()
+    try:
+        cid = await stack.sandbox.open_chat("1001")
+        await stack.settle()
+        root = stack.slack.channel(CHATS)[-1]
+        await stack.slack.user_message(MAIN, CHATS, "在的", thread_ts=root.ts)
+        await stack.settle()
+        sent = [m for m in stack.sandbox.conversations[cid].messages if m["from"] == "merchant"]
+        assert [m["content"]["text"] for m in sent] == ["在的"], "the reply reached the platform regardless"
+        assert METRICS.archive_failures.labels("chat")._value.get() > failures, "counted in /metrics"
+        assert await stack.bridge.timers.due_at(keys.archive_timer(TAG, f"chat:{cid}")) is not None, "still due"
+    finally:
+        await down.close()
+    stack.bridge.archiving.archive = good  # the archive is back
+    await stack.advance(ARCHIVE_RETRY_SECONDS + 1)
+    [row] = await good.chats("1001")
+    assert row["conversation_id"] == cid and row["replies"] == 1, "archived once it could be"
+
+
+async def test_an_older_copy_never_replaces_a_newer_one(archived: Stack) -> None:
+    stack = archived
+    cid = await stack.sandbox.open_chat("1001")
+    await stack.settle()
+    old = await stack.bridge.chats.snapshot(TAG, cid)
+    await stack.sandbox.close_chat(cid)
+    await stack.settle()
+    assert old is not None
+    await stack.bridge.archive.put([old[0]])  # a slow process finishing its copy late
+    [row] = await stack.bridge.archive.chats("1001")
+    assert row["status"] == "closed"
+
+
+async def test_stats_over_periods_and_exports_of_chats_read_the_archive(archived: Stack, tmp_path: Path) -> None:
+    stack = archived
+    assert stack.clock is not None
+    for wait in (10, 20, 30, 40, 100):
+        opened = stack.clock.now()
+        cid = await stack.sandbox.open_chat("1001")
+        await stack.settle()
+        await stack.advance_to(opened + wait)
+        await stack.slack.user_message(MAIN, CHATS, "在的", thread_ts=stack.slack.channel(CHATS)[-1].ts)
+        await stack.settle()
+        await stack.sandbox.close_chat(cid)
+        await stack.settle()
+    answer = await stack.slash_command(MAIN, CHATS, "/feige", "stats 7d")
+    assert "近 7 天" in answer.splitlines()[0]
+    assert "全店：会话 5，首次回复 p50 30.0 秒 / p90 76.0 秒，窗口内回复 100%，超时丢失 0" in answer, answer
+    env = dict(os.environ, ARCHIVE_URL=stack.bridge.archive.url)
+    today = datetime.fromtimestamp(stack.clock.now(), SHANGHAI).date().isoformat()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "stats", "--config", str(EXAMPLE_CONFIG), "--store", "1001",
+        "--since", today, "--until", today, "--format", "json", env=env, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out = (await proc.communicate())[0].decode()
+    assert proc.returncode == 0, out
+    report = json.loads(out)
+    assert report["store"]["chats"] == 5 and report["agents"]["main-1001"]["first_reply_p50"] == 30.0
+    assert sum(day["chats"] for day in report["days"].values()) == 5
+    sheet = tmp_path / "chats.csv"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "export", "chats", "--config", str(EXAMPLE_CONFIG), "--format", "csv",
+        "--status", "closed", "--out", str(sheet), env=env,
+    )  # fmt: skip
+    assert await proc.wait() == 0
+    rows = list(csv.DictReader(sheet.read_text(encoding="utf-8").splitlines()))
+    assert len(rows) == 5 and {"conversation_id", "first_reply_seconds", "close_reason", "messages"} <= set(rows[0])
+    assert sorted(float(r["first_reply_seconds"]) for r in rows) == [10.0, 20.0, 30.0, 40.0, 100.0]

@@ -331,10 +331,10 @@ async def test_stats_on_demand_and_metrics(stack: Stack) -> None:
     await open_chat(stack)
     await stack.advance(120 + IN_FLIGHT_SECONDS)
     answer = await stack.slash_command(MAIN, CHATS, "/feige", "stats")
-    assert "示例旗舰店" in answer and "店长 Li：会话 1，首次回复平均 42.0s，窗口内回复 100%，超时丢失 0" in answer, (
-        answer
-    )
-    assert "客服 A：会话 1，首次回复平均 —，窗口内回复 —，超时丢失 1" in answer
+    assert answer.startswith("📊 示例旗舰店 Demo Flagship Store 平台客服响应统计 · 今天"), answer
+    assert "全店：会话 2，首次回复 p50 42.0 秒 / p90 42.0 秒，窗口内回复 50%，超时丢失 1" in answer
+    assert "• 店长 Li：会话 1，首次回复 p50 42.0 秒 / p90 42.0 秒，窗口内回复 100%，超时丢失 0" in answer
+    assert "• 客服 A：会话 1，首次回复 p50 — / p90 —，窗口内回复 0%，超时丢失 1" in answer
     async with aiohttp.ClientSession() as http, http.get(f"{stack.url}/metrics") as resp:
         metrics = await resp.text()
     assert 'feige_first_reply_seconds_count{agent="main-1001",store="1001"}' in metrics
@@ -392,11 +392,15 @@ async def test_a_closed_chats_ordering_state_is_forgotten_after_its_retention(st
     assert await stack.redis.hget(keys.thread_done(TAG), thread) == "1"
     await stack.sandbox.close_chat(cid)
     await stack.settle()
-    await stack.advance(keys.CHAT_KEEP_SECONDS - 60)
+    await stack.advance(keys.FINISHED_KEEP_SECONDS - 60)
     assert await stack.redis.hget(keys.thread_seq(TAG), thread) == "2", "kept while the chat is"
+    assert await stack.redis.exists(keys.chat(TAG, cid), keys.chat_messages(TAG, cid)) == 2
     await stack.advance(120)
     assert await stack.redis.hget(keys.thread_seq(TAG), thread) is None
     assert await stack.redis.hget(keys.thread_done(TAG), thread) is None
+    assert await stack.redis.exists(keys.chat(TAG, cid), keys.chat_messages(TAG, cid)) == 0, "archived, then gone"
+    [archived] = await stack.bridge.archive.chats("1001")
+    assert (archived["conversation_id"], archived["status"], len(archived["messages"])) == (cid, "closed", 1)
     await stack.sandbox.chat_message(cid, {"type": "text", "text": "a late event of the same chat"})
     await stack.settle()
     assert await stack.redis.hget(keys.thread_done(TAG), thread) == "1", "it starts again and is handled"

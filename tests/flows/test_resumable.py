@@ -322,7 +322,6 @@ async def task_state(stack: Stack, tid: str) -> dict[str, Any]:
         "deadline_timer": None if due is None else due - float(task["deadline"]),
         "log": [(e["type"], e["side"], e["operator"]) for e in await stack.bridge.tasks.records.log_entries(TAG, tid)],
         "lists": {s: await listed(s) for s in ("all", "pending", "resolved", "timed_out")},
-        "creator_index": await stack.redis.zcard(keys.creator_tasks("c-7001")),
         "on_platform": (on_platform.status, [c["text"] for c in on_platform.comments]),
         "queued": await stack.redis.keys("*:outbox:task:*"),
         "dead": await stack.bridge.outbox.dead_letters(TAG),

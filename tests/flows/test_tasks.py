@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from bridge.engine import keys
+from bridge.flows.exports import task_export
 from bridge.engine.timers import Timer
 from bridge.flows import tasks as tasks_flow
 from tests.conftest import Stack
@@ -190,7 +191,8 @@ async def test_export_writes_every_task_order(stack: Stack, redis_url: str, tmp_
 
     first = await raise_task(stack)
     second = await raise_task(stack)
-    env = dict(os.environ, REDIS_URL=redis_url)
+    await stack.settle()  # archived a moment after each change
+    env = dict(os.environ, ARCHIVE_URL=stack.bridge.archive.url)
     out = tmp_path / "tasks.csv"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bridge", "export", "tasks", "--config", str(EXAMPLE_CONFIG),
@@ -322,7 +324,7 @@ async def test_resolve_with_evidence_from_the_modal_and_the_thread(stack: Stack)
     assert "SF123456789" in stack.telegram.by_bot(CREATOR_CHAT)[-1].text, "the creator is pinged (B9)"
     log = [e["type"] for e in await stack.bridge.tasks.records.log_entries(TAG, tid)]
     assert log == ["created", "evidence_added", "resolved"]
-    [row] = await stack.bridge.tasks.records.export(stack.bridge.holder.current.stores[0], "resolved")
+    [row] = await task_export(stack.bridge.archive, stack.bridge.holder.current.stores[0], "resolved")
     assert (row["result"], row["solution"], row["processed_by"], row["processed_by_id"]) == (
         "resolved",
         "已为买家补发，顺丰单号 SF123456789",

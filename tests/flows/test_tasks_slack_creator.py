@@ -69,11 +69,3 @@ async def test_a_processed_task_order_pings_the_creator_with_contact_buyer(stack
     await stack.slack.user_message(CREATOR_USER, CREATOR_CHANNEL, "thanks", thread_ts=result.ts)
     await stack.settle()
     assert "no more comments" in stack.slack.ephemerals[-1]["text"]
-
-
-async def test_task_orders_from_before_the_creator_index_are_listed(stack: Stack) -> None:
-    tid = await raise_task(stack)
-    await stack.redis.delete(keys.creator_tasks("c-7002"))  # as stored by an earlier version
-    answer = await stack.slash_command(CREATOR_USER, CREATOR_CHANNEL, "/tasks")
-    assert tid in answer and answer.startswith("Task orders (⏳ Pending): 1")
-    assert await stack.redis.zcard(keys.creator_tasks("c-7002")) == 1, "the index was rebuilt"

@@ -1,0 +1,102 @@
+"""Copies chats and task orders into the archive as they change, and removes their Redis state once
+they are finished, archived and past ``keys.FINISHED_KEEP_SECONDS``: Redis holds live work only.
+
+A change schedules the object's ``archive`` timer a moment later, keeping an earlier time already
+set, so a burst of changes makes one copy. The timer engine gives the copy its durability: a process
+that dies while copying leaves the timer to another, and a copy is an upsert by ids, so running it
+twice writes nothing twice. An archive that is down delays copies (retried, counted in /metrics) and
+never holds up live work, which does not wait for them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from sqlalchemy.exc import SQLAlchemyError
+
+from bridge.archive.store import Archive, Snapshot
+from bridge.engine import keys
+from bridge.engine.clock import Clock
+from bridge.engine.metrics import METRICS
+from bridge.engine.timers import Timer, TimerStore
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_DELAY_SECONDS = 1.0
+"""How long after a change its copy is made: the writes of one step land together."""
+
+ARCHIVE_RETRY_SECONDS = 30.0
+"""How soon a copy the archive refused is tried again; it is tried until it lands."""
+
+FORGET_AFTER_ARCHIVE_SECONDS = 60.0
+"""How soon a finished object whose last change is not archived yet is looked at again."""
+
+Snapshotter = Callable[[str, str], Awaitable[tuple[Snapshot, float | None] | None]]
+"""(tag, id) → the object's archive rows and when it finished (None: still live), or None if gone."""
+
+Forgetter = Callable[[str, str], Awaitable[None]]
+"""(tag, id) → removes the object's state from Redis."""
+
+
+async def archive_soon(timers: TimerStore, now: float, tag: str, thread: str) -> None:
+    """``thread`` (``chat:<id>``, ``task:<id>``) changed: copy it into the archive shortly."""
+    await timers.schedule(keys.archive_timer(tag, thread), now + ARCHIVE_DELAY_SECONDS, keep_earlier=True)
+
+
+async def record(redis: Redis, key: str, field: str, entry: Mapping[str, Any]) -> None:
+    """Keeps one item of an object (a message, a comment) for the archive, once by its id: a step run
+    again keeps what its first run kept."""
+    await redis.hsetnx(key, field, orjson.dumps(entry).decode())
+
+
+async def recorded(redis: Redis, key: str) -> dict[str, Any]:
+    return {str(field): orjson.loads(raw) for field, raw in (await redis.hgetall(key)).items()}
+
+
+class Archiving:
+    def __init__(
+        self,
+        timers: TimerStore,
+        clock: Clock,
+        archive: Archive,
+        snapshots: dict[str, Snapshotter],
+        forgetters: dict[str, Forgetter],
+    ) -> None:
+        self.timers = timers
+        self.clock = clock
+        self.archive = archive
+        self.snapshots = snapshots
+        self.forgetters = forgetters
+
+    async def on_archive_timer(self, timer: Timer) -> None:
+        _, tag, thread = keys.split_timer_key(timer.key)
+        kind, _, object_id = thread.partition(":")
+        found = await self.snapshots[kind](tag, object_id)
+        if found is None:
+            return  # removed meanwhile: what it was is archived already
+        snapshot, _ = found
+        try:
+            await self.archive.put([snapshot])
+        except (SQLAlchemyError, OSError) as error:
+            # Not the timer's own retry: that gives up after a few attempts, and this must not.
+            METRICS.archive_failures.labels(kind).inc()
+            log.warning("archive: copy of %s failed (%s); again in %.0f s", thread, type(error).__name__,
+                        ARCHIVE_RETRY_SECONDS)  # fmt: skip
+            await archive_soon(self.timers, self.clock.now() + ARCHIVE_RETRY_SECONDS - ARCHIVE_DELAY_SECONDS,
+                               tag, thread)  # fmt: skip
+            return
+        METRICS.archived.labels(kind).inc()
+
+    async def forget(self, tag: str, thread: str) -> bool:
+        """Removes a finished object's Redis state, unless a change of it is still to be archived
+        (then False: the caller looks again later)."""
+        kind, _, object_id = thread.partition(":")
+        if kind not in self.forgetters:
+            return True
+        if await self.timers.due_at(keys.archive_timer(tag, thread)) is not None:
+            return False
+        await self.forgetters[kind](tag, object_id)
+        return True
