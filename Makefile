@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: demo test lint typecheck unit serve check bench-timers bench-ingest bench-chats bench-chaos redis-server wrk clean
+.PHONY: demo test lint typecheck unit serve check bench-timers bench-ingest bench-chats bench-chaos redis-server postgresql wrk clean bench-archive
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,17 @@ redis-server:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; \
 	  command -v systemctl >/dev/null 2>&1 && $$SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true; \
+	}
+
+# The archive's tests run on a real PostgreSQL server started on a free port by a fixture; the
+# package's own cluster on 5432 is not used, so it is stopped.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "PostgreSQL not found: installing Debian's postgresql package"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
+	  command -v systemctl >/dev/null 2>&1 && $$SUDO systemctl disable --now postgresql >/dev/null 2>&1 || true; \
+	  $$SUDO pg_ctlcluster --force "$$(ls /usr/lib/postgresql | sort -n | tail -1)" main stop >/dev/null 2>&1 || true; \
 	}
 
 demo: $(STAMP) redis-server
@@ -38,7 +49,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy bridge connectors rules
 
-unit: $(STAMP) redis-server
+unit: $(STAMP) redis-server postgresql
 	$(BIN)/pytest -q $(ARGS)
 
 test: lint typecheck unit

@@ -43,6 +43,12 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
     return redis_server.url
 
 
+@pytest.fixture(autouse=True)
+def _archive_in_the_tests_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A bridge made without an archive of its own uses ARCHIVE_URL: never the checkout's var/."""
+    monkeypatch.setenv("ARCHIVE_URL", f"sqlite:///{tmp_path / 'default-archive.sqlite3'}")
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[EmbeddedPostgres]:
     """One real PostgreSQL server for the session (Debian's postgresql), on a free port."""

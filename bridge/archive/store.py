@@ -5,6 +5,7 @@ aiosqlite (the embedded default) or asyncpg (``postgresql://``); the schema is A
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -109,13 +110,45 @@ class Archive:
         self.engine: AsyncEngine = create_async_engine(async_url)
         if async_url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_wal)
+        self._waiting: list[tuple[Sequence[Snapshot], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
         await self.engine.dispose()
 
     async def put(self, snapshots: Sequence[Snapshot]) -> None:
-        """Chats and task orders with everything under them, in one transaction; again replaces them,
-        and an older snapshot never replaces a newer one."""
+        """Chats and task orders with everything under them; again replaces them, and an older
+        snapshot never replaces a newer one. Copies asked for while a write is under way go together
+        in the next transaction (group commit: one writer per process, which SQLite wants, and far
+        fewer commits under load); a failed group is written again one copy at a time, so one bad
+        copy fails alone."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((snapshots, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_waiting())
+        await done
+
+    async def _write_waiting(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            try:
+                await self._write([s for snapshots, _ in group for s in snapshots])
+            except Exception as error:  # handed to each waiting caller
+                if len(group) == 1:
+                    _settle(group[0][1], error)
+                    continue
+                for snapshots, done in group:
+                    try:
+                        await self._write(snapshots)
+                    except Exception as alone:
+                        _settle(done, alone)
+                    else:
+                        _settle(done, None)
+                continue
+            for _, done in group:
+                _settle(done, None)
+
+    async def _write(self, snapshots: Sequence[Snapshot]) -> None:
         by_table: dict[str, list[dict[str, Any]]] = {}
         for snapshot in snapshots:
             for name, rows in snapshot.items():
@@ -124,7 +157,7 @@ class Archive:
             for name, rows in by_table.items():
                 table = metadata.tables[name]
                 for start in range(0, len(rows), ROWS_PER_STATEMENT):
-                    await conn.run_sync(_upsert, table, rows[start : start + ROWS_PER_STATEMENT])
+                    await conn.run_sync(_upsert, table, _last_per_key(table, rows[start : start + ROWS_PER_STATEMENT]))
 
     async def tasks(
         self,
@@ -261,6 +294,27 @@ async def _attach(
             found.setdefault(key, []).append(entry)
     for parent in parents:
         parent[name] = found.get((parent[ids[0]], parent[ids[1]]), [])
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
+def _last_per_key(table: Table, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per key in a statement (PostgreSQL refuses to update a row twice in one INSERT … ON
+    CONFLICT): the newest snapshot of an object copied twice in one group wins."""
+    keys = [c.name for c in table.primary_key.columns]
+    newest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        key = tuple(row[k] for k in keys)
+        if key not in newest or row.get("snapshot_at", 0) >= newest[key].get("snapshot_at", 0):
+            newest[key] = row
+    return list(newest.values())
 
 
 def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:

@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 
 from bridge.engine import keys
-from bridge.flows.exports import task_export
 from bridge.engine.timers import Timer
 from bridge.flows import tasks as tasks_flow
+from bridge.flows.exports import task_export
 from tests.conftest import Stack
 
 TASKS = "C0TASKS1001"

@@ -170,6 +170,7 @@ async def test_files_shared_under_the_card_count_as_evidence_and_are_checked_at_
 
 async def test_a_resolve_conversation_survives_a_restart_of_the_bridge(stack: Stack, redis_url: str) -> None:
     from bridge.app.service import Bridge, open_redis
+    from bridge.archive.store import Archive
     from bridge.config import ConfigHolder
 
     tid, card = await raise_task(stack)
@@ -177,7 +178,8 @@ async def test_a_resolve_conversation_survives_a_restart_of_the_bridge(stack: St
     step1 = last_bot(stack)
     await stack.bridge.stop()  # the process that started the conversation is gone
     holder = ConfigHolder(stack.bridge.holder.path, environ=stack.bridge.holder.environ)
-    stack.bridge = Bridge(holder, open_redis(redis_url), clock=stack.clock)  # type: ignore[arg-type]
+    archive = Archive(stack.bridge.archive.url)
+    stack.bridge = Bridge(holder, open_redis(redis_url), clock=stack.clock, archive=archive)  # type: ignore[arg-type]
     await stack.bridge.start(host="127.0.0.1", port=0, run_workers=False)
     stack.sandbox.bridge_url = stack.telegram.bridge_url = f"http://127.0.0.1:{stack.bridge.port}"
     for connector in stack.bridge.connectors.values():
