@@ -41,7 +41,7 @@ from redis.asyncio import Redis
 from sqlalchemy import insert
 
 from bridge.app.redis_server import EmbeddedRedis
-from bridge.app.service import Bridge
+from bridge.app.service import Bridge, open_redis
 from bridge.archive.schema import metadata
 from bridge.archive.store import Archive, migrate
 from bridge.config import ConfigHolder
@@ -207,19 +207,23 @@ async def seed(bridge: Bridge, chats: int, tasks: int) -> None:
 
 
 async def _timers(bridge: Bridge, threads: list[tuple[str, float]]) -> None:
-    """What the flows schedule for a finished object: its copy soon, its forgetting after the grace."""
+    """What the flows schedule for a finished object: its copy soon, its forgetting after the grace.
+    The grace counts from now, as if each had just finished (their opening times, spread over 30 days,
+    are what the statistics read): the archive pass measures copies, not forgetting."""
     await asyncio.gather(*(archive_soon(bridge.timers, NOW, TAG, thread) for thread, _ in threads))
-    await asyncio.gather(
-        *(
-            bridge.timers.schedule(keys.forget_timer(TAG, thread), finished + keys.FINISHED_KEEP_SECONDS)
-            for thread, finished in threads
-        )
-    )
+    forget_at = NOW + keys.FINISHED_KEEP_SECONDS
+    await asyncio.gather(*(bridge.timers.schedule(keys.forget_timer(TAG, thread), forget_at) for thread, _ in threads))
 
 
-async def bytes_per_object(redis: Redis, kind: str, n: int = 200) -> float:
+async def memory(redis: Redis) -> tuple[int, int]:
+    """used_memory, and its dataset part (without Redis's own tables, buffers and script cache)."""
+    info = await redis.info("memory")
+    return int(info["used_memory"]), int(info["used_memory_dataset"])
+
+
+async def bytes_per_object(redis: Redis, kind: str, count: int) -> float:
     sizes = []
-    for i in range(n):
+    for i in range(min(200, count)):
         if kind == "chat":
             names = [keys.chat(TAG, f"bench-chat-{i}"), keys.chat_messages(TAG, f"bench-chat-{i}")]
         else:
@@ -262,9 +266,9 @@ def export_seconds(url: str, what: str, out: Path) -> float:
 async def one_back_end(
     name: str, url: str, floor_url: str, redis: EmbeddedRedis, chats: int, tasks: int, work: Path
 ) -> dict[str, Any]:
-    client = Redis.from_url(redis.url, decode_responses=True)
+    client = open_redis(redis.url)
     await client.flushall()
-    baseline = int((await client.info("memory"))["used_memory"])
+    baseline, baseline_data = await memory(client)
     clock = ManualClock(NOW)
     archive = Archive(url)
     bridge = Bridge(ConfigHolder(CONFIG, environ={}), client, clock=clock, archive=archive)  # type: ignore[arg-type]
@@ -273,8 +277,8 @@ async def one_back_end(
     started = time.perf_counter()
     await seed(bridge, chats, tasks)
     seeded = round(time.perf_counter() - started, 1)
-    live = int((await client.info("memory"))["used_memory"])
-    per_chat, per_task = await bytes_per_object(client, "chat"), await bytes_per_object(client, "task")
+    live, live_data = await memory(client)
+    per_chat, per_task = await bytes_per_object(client, "chat", chats), await bytes_per_object(client, "task", tasks)
     clock.set(NOW + 2)  # every archive timer is due
     cpu, started = time.process_time(), time.perf_counter()
     copies = await bridge.worker.drain()
@@ -296,10 +300,11 @@ async def one_back_end(
     stats_seconds = time.perf_counter() - started
     chats_csv = export_seconds(url, "chats", work / f"{name}-chats.csv")
     tasks_csv = export_seconds(url, "tasks", work / f"{name}-tasks.csv")
-    clock.set(NOW + keys.FINISHED_KEEP_SECONDS + 3600)  # the grace period has passed for every object
+    clock.set(NOW + keys.FINISHED_KEEP_SECONDS + 1)  # the grace period has passed for every object
     forgotten = await bridge.worker.drain()
-    after = int((await client.info("memory"))["used_memory"])
+    after, after_data = await memory(client)
     left = [k for k in await client.keys(f"{TAG}:*") if "bench-" in k]
+    keys_left = await client.dbsize()
     await archive.close()
     await client.aclose()
     valid = found_chats == chats and found_tasks == tasks and copies >= chats + tasks
@@ -332,7 +337,9 @@ async def one_back_end(
             "bytes_per_live_chat": per_chat,
             "bytes_per_live_task_order": per_task,
             "added_after_grace": after - baseline,
+            "used_memory_dataset": {"before_seed": baseline_data, "live": live_data, "after_grace": after_data},
             "object_keys_left_after_grace": len(left),
+            "keys_in_redis_after_grace": keys_left,
             "forget_timers_run": forgotten,
         },
     }

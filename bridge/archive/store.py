@@ -100,7 +100,7 @@ Snapshot = Mapping[str, Sequence[Mapping[str, Any]]]
 """One chat's or task order's state as archive rows: table name → rows (its own row, its messages,
 comments, log entries, evidence)."""
 
-ROWS_PER_STATEMENT = 500  # well under SQLite's limit of bound parameters per statement
+IDS_PER_QUERY = 500  # well under SQLite's limit of bound parameters per statement
 
 
 class Archive:
@@ -155,9 +155,9 @@ class Archive:
                 by_table.setdefault(name, []).extend({k: _utc(v) for k, v in r.items()} for r in rows)
         async with self.engine.begin() as conn:
             for name, rows in by_table.items():
-                table = metadata.tables[name]
-                for start in range(0, len(rows), ROWS_PER_STATEMENT):
-                    await conn.run_sync(_upsert, table, _last_per_key(table, rows[start : start + ROWS_PER_STATEMENT]))
+                if rows:  # an empty executemany would be sent as one row of defaults
+                    table = metadata.tables[name]
+                    await conn.run_sync(_upsert, table, _last_per_key(table, rows))
 
     async def tasks(
         self,
@@ -284,7 +284,7 @@ async def _attach(
     wanted = {(p[ids[0]], p[ids[1]]) for p in parents}
     stores = {s for s, _ in wanted}
     query = select(child).where(child.c[ids[0]].in_(stores)).order_by(child.c[ids[0]], child.c[ids[1]], order)
-    if len(wanted) <= ROWS_PER_STATEMENT:
+    if len(wanted) <= IDS_PER_QUERY:
         query = query.where(child.c[ids[1]].in_({i for _, i in wanted}))
     found: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in await conn.execute(query):
@@ -318,12 +318,14 @@ def _last_per_key(table: Table, rows: list[dict[str, Any]]) -> list[dict[str, An
 
 
 def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """One statement compiled once (and cached) for all rows: SQLAlchemy sends them as multi-row
+    INSERT … ON CONFLICT batches itself ("insertmanyvalues")."""
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    statement = insert(table).values(rows)
+    statement = insert(table)
     keys = [c.name for c in table.primary_key.columns]
     updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
     newer = table.c.snapshot_at <= statement.excluded.snapshot_at if table.name in SNAPSHOT_TABLES else None
-    conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates, where=newer))
+    conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates, where=newer), rows)
 
 
 def moment(epoch: float | str | None) -> datetime | None:

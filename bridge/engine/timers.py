@@ -214,6 +214,15 @@ class TimerStore:
         score = await self.redis.zscore(keys.timers_due(keys.timer_shard(key, self.shards)), key)
         return None if score is None else score / 1000
 
+    async def is_pending(self, key: str) -> bool:
+        """Whether ``key`` is still to run or running now (due, or leased by a worker)."""
+        due, leased = self.keys_for(key)[:2]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(due, key)
+            pipe.zscore(leased, key)
+            found = await pipe.execute()
+        return any(score is not None for score in found)
+
     async def pending(self) -> int:
         counts = await asyncio.gather(*(self.redis.zcard(keys.timers_due(s)) for s in range(self.shards)))
         return sum(counts)

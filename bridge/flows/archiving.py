@@ -29,7 +29,10 @@ ARCHIVE_DELAY_SECONDS = 1.0
 """How long after a change its copy is made: the writes of one step land together."""
 
 ARCHIVE_RETRY_SECONDS = 30.0
-"""How soon a copy the archive refused is tried again; it is tried until it lands."""
+"""How soon a copy the archive refused is first tried again; each further failure doubles the wait,
+up to ARCHIVE_RETRY_MAX_SECONDS. It is tried until it lands."""
+
+ARCHIVE_RETRY_MAX_SECONDS = 300.0
 
 FORGET_AFTER_ARCHIVE_SECONDS = 60.0
 """How soon a finished object whose last change is not archived yet is looked at again."""
@@ -81,12 +84,13 @@ class Archiving:
         try:
             await self.archive.put([snapshot])
         except (SQLAlchemyError, OSError) as error:
-            # Not the timer's own retry: that gives up after a few attempts, and this must not.
+            # Not the timer's own retry: that gives up after a few attempts, and this must not. The
+            # payload counts failures in a row (a new change, rescheduling it, starts again at one).
+            failures = int(timer.payload or 0) + 1
+            wait = min(ARCHIVE_RETRY_MAX_SECONDS, ARCHIVE_RETRY_SECONDS * 2 ** (failures - 1))
             METRICS.archive_failures.labels(kind).inc()
-            log.warning("archive: copy of %s failed (%s); again in %.0f s", thread, type(error).__name__,
-                        ARCHIVE_RETRY_SECONDS)  # fmt: skip
-            await archive_soon(self.timers, self.clock.now() + ARCHIVE_RETRY_SECONDS - ARCHIVE_DELAY_SECONDS,
-                               tag, thread)  # fmt: skip
+            log.warning("archive: copy of %s failed (%s); again in %.0f s", thread, type(error).__name__, wait)
+            await self.timers.schedule(timer.key, self.clock.now() + wait, str(failures), keep_earlier=True)
             return
         METRICS.archived.labels(kind).inc()
 
@@ -96,7 +100,7 @@ class Archiving:
         kind, _, object_id = thread.partition(":")
         if kind not in self.forgetters:
             return True
-        if await self.timers.due_at(keys.archive_timer(tag, thread)) is not None:
-            return False
+        if await self.timers.is_pending(keys.archive_timer(tag, thread)):
+            return False  # a copy is due or being made: removing the state now could lose it
         await self.forgetters[kind](tag, object_id)
         return True

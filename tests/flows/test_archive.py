@@ -23,7 +23,7 @@ from bridge.engine import keys
 from bridge.engine.clock import ManualClock
 from bridge.engine.metrics import METRICS
 from bridge.engine.timers import Timer
-from bridge.flows.archiving import ARCHIVE_RETRY_SECONDS
+from bridge.flows.archiving import ARCHIVE_RETRY_MAX_SECONDS, ARCHIVE_RETRY_SECONDS
 from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
 
 TAG = "{store:1001}"
@@ -177,6 +177,31 @@ async def test_an_archive_that_is_down_delays_copies_and_holds_up_nothing(archiv
     await stack.advance(ARCHIVE_RETRY_SECONDS + 1)
     [row] = await good.chats("1001")
     assert row["conversation_id"] == cid and row["replies"] == 1, "archived once it could be"
+
+
+async def test_finished_work_stays_in_redis_until_it_is_archived_however_long_the_archive_is_down(
+    archived: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = archived
+    monkeypatch.setattr(keys, "FINISHED_KEEP_SECONDS", 1800)  # a short grace: the same rules, fewer retries
+    good = stack.bridge.archiving.archive
+    down = Archive("postgresql://postgres@127.0.0.1:9/none")
+    stack.bridge.archiving.archive = down
+    try:
+        cid = await stack.sandbox.open_chat("1001")
+        await stack.settle()
+        await stack.sandbox.close_chat(cid)
+        await stack.settle()
+        await stack.advance(keys.FINISHED_KEEP_SECONDS + 120)
+        assert await stack.redis.exists(keys.chat(TAG, cid), keys.chat_messages(TAG, cid)) == 2, "not archived: kept"
+    finally:
+        await down.close()
+    stack.bridge.archiving.archive = good
+    await stack.advance(ARCHIVE_RETRY_MAX_SECONDS + 1)
+    [row] = await good.chats("1001")
+    assert (row["conversation_id"], row["status"], len(row["messages"])) == (cid, "closed", 1)
+    await stack.advance(120)
+    assert await stack.redis.exists(keys.chat(TAG, cid), keys.chat_messages(TAG, cid)) == 0, "archived, then gone"
 
 
 async def test_an_older_copy_never_replaces_a_newer_one(archived: Stack) -> None:
