@@ -78,6 +78,10 @@ bench-ingest: $(STAMP) redis-server wrk
 bench-chats: $(STAMP) redis-server
 	$(BIN)/python bench/chats.py $(ARGS)
 
+# 100,000 finished chats and 10,000 task orders archived into SQLite and PostgreSQL, beside a plain INSERT.
+bench-archive: $(STAMP) redis-server postgresql
+	$(BIN)/python bench/archive.py $(ARGS)
+
 # Several bridge processes on one AOF Redis under kills, a Redis restart, a Slack outage and a burst.
 bench-chaos: $(STAMP) redis-server
 	$(BIN)/python bench/chaos.py $(ARGS)
