@@ -287,8 +287,8 @@ async def one_back_end(
     found_tasks = await archive.count_tasks(STORE)
     snapshots = [s for s in [await bridge.chats.snapshot(TAG, f"bench-chat-{i}") for i in range(chats)] if s]
     snapshots += [s for s in [await bridge.tasks.snapshot(TAG, f"bench-task-{i}") for i in range(tasks)] if s]
-    rows = sum(len(r) for s, _ in snapshots for r in s.values())
-    floor = await floor_insert(floor_url, [s for s, _ in snapshots])
+    rows = sum(len(r) for s in snapshots for r in s.values())
+    floor = await floor_insert(floor_url, snapshots)
     store = bridge.holder.current.store(STORE)
     assert store is not None
     from datetime import UTC, datetime

@@ -234,10 +234,10 @@ class Archive:
             return [_row(r) for r in await conn.execute(query)]
 
     async def task_figures(self, store_id: str, since: datetime, until: datetime) -> list[dict[str, Any]]:
-        """What statistics need of each task order whose deadline fell in [since, until)."""
+        """What statistics need of each task order finished (processed or timed out) in [since, until)."""
         c = task_orders.c
         query = select(c.deadline_at, c.finished_at, c.status).where(
-            *_filters(task_orders, store_id, since, until, "deadline_at")
+            *_filters(task_orders, store_id, since, until, "finished_at")
         )
         async with self.engine.connect() as conn:
             return [_row(r) for r in await conn.execute(query)]

@@ -180,11 +180,6 @@ def agent_load(tag: str) -> str:
     return f"{tag}:agent-load"
 
 
-def chat_stats(tag: str) -> str:
-    """HASH "<agent>:<counter>" → value: response figures per agent (A9). Lives as long as the store."""
-    return f"{tag}:chat-stats"
-
-
 def window_timer(tag: str, conversation_id: str) -> str:
     """Timer key (kind ``window``): the next reminder or the close of a chat's reply window."""
     return f"window:{tag}:{conversation_id}"

@@ -37,8 +37,8 @@ ARCHIVE_RETRY_MAX_SECONDS = 300.0
 FORGET_AFTER_ARCHIVE_SECONDS = 60.0
 """How soon a finished object whose last change is not archived yet is looked at again."""
 
-Snapshotter = Callable[[str, str], Awaitable[tuple[Snapshot, float | None] | None]]
-"""(tag, id) → the object's archive rows and when it finished (None: still live), or None if gone."""
+Snapshotter = Callable[[str, str], Awaitable[Snapshot | None]]
+"""(tag, id) → the object's archive rows, or None when its state is gone."""
 
 Forgetter = Callable[[str, str], Awaitable[None]]
 """(tag, id) → removes the object's state from Redis."""
@@ -77,10 +77,9 @@ class Archiving:
     async def on_archive_timer(self, timer: Timer) -> None:
         _, tag, thread = keys.split_timer_key(timer.key)
         kind, _, object_id = thread.partition(":")
-        found = await self.snapshots[kind](tag, object_id)
-        if found is None:
+        snapshot = await self.snapshots[kind](tag, object_id)
+        if snapshot is None:
             return  # removed meanwhile: what it was is archived already
-        snapshot, _ = found
         try:
             await self.archive.put([snapshot])
         except (SQLAlchemyError, OSError) as error:
@@ -98,8 +97,8 @@ class Archiving:
         """Removes a finished object's Redis state, unless a change of it is still to be archived
         (then False: the caller looks again later)."""
         kind, _, object_id = thread.partition(":")
-        if kind not in self.forgetters:
-            return True
+        if kind not in self.forgetters or not tag.startswith("{store:"):
+            return True  # a creator's side of a task order: its state lives under the store
         if await self.timers.is_pending(keys.archive_timer(tag, thread)):
             return False  # a copy is due or being made: removing the state now could lose it
         await self.forgetters[kind](tag, object_id)

@@ -85,7 +85,7 @@ redis.call('HSET', KEYS[1], 'window_start', '', 'deadline', '', 'elsewhere_by', 
 return 1
 """
 
-# KEYS: chat, loads, stats. ARGV: reason, now, ticket. Returns 1 if this call closed it,
+# KEYS: chat, loads. ARGV: reason, now, ticket. Returns 1 if this call closed it,
 # 0 if it was closed before (the caller still finishes the close's follow-ups, which are idempotent).
 _CLOSE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return 0 end
@@ -94,7 +94,6 @@ redis.call('HSET', KEYS[1], 'status', 'closed', 'close_reason', ARGV[1], 'closed
 local assignee = redis.call('HGET', KEYS[1], 'assignee')
 if assignee and assignee ~= '' then
   if redis.call('HINCRBY', KEYS[2], assignee, -1) < 0 then redis.call('HSET', KEYS[2], assignee, 0) end
-  if ARGV[1] == 'reply_timeout' then redis.call('HINCRBY', KEYS[3], assignee .. ':timeouts', 1) end
 end
 return 1
 """
@@ -117,8 +116,8 @@ redis.call('HSET', KEYS[1], 'window_start', ARGV[1], 'deadline', ARGV[2], 'windo
 return 1
 """
 
-# Accepts a reply: stops the window and counts it (A9), once per reply however often it is handled.
-# KEYS: chat, stats. ARGV: now, agent, reply id, its text (kept: what the platform has, should the
+# Accepts a reply: stops the window and marks it (the archive counts the marks, A9), once per reply
+# however often it is handled. KEYS: chat. ARGV: now, agent, reply id, its text (kept: what the platform has, should the
 # author edit it). Returns 'repeat' (accepted before: only finish its follow-ups), 'closed',
 # 'expired', 'first' or 'again'.
 _ACCEPT = """
@@ -131,22 +130,18 @@ if redis.call('HGET', KEYS[1], 'window_start') ~= '' and now >= tonumber(redis.c
 end
 redis.call('HSET', KEYS[1], 'window_start', '', 'deadline', '', 'last_reply_at', ARGV[1], marker, ARGV[1],
            'sent:' .. ARGV[3], ARGV[4])
-redis.call('HINCRBY', KEYS[2], ARGV[2] .. ':replies', 1)
 if redis.call('HGET', KEYS[1], 'first_reply_at') == '' then
   redis.call('HSET', KEYS[1], 'first_reply_at', ARGV[1], 'first_reply_by', ARGV[2])
   local elapsed = math.max(0, now - tonumber(redis.call('HGET', KEYS[1], 'started_at')))
-  redis.call('HINCRBY', KEYS[2], ARGV[2] .. ':first_replies', 1)
-  redis.call('HINCRBY', KEYS[2], ARGV[2] .. ':first_reply_ms', math.floor(elapsed * 1000))
   return {'first', tostring(elapsed)}
 end
 return {'again'}
 """
 
-# Counts a reply refused as too late (A9), once per reply. KEYS: chat, stats. ARGV: agent, reply id.
+# Marks a reply refused as too late (the archive counts the marks, A9), once per reply, on a chat that
+# still exists. KEYS: chat. ARGV: reply id.
 _LATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HSETNX', KEYS[1], 'late:' .. ARGV[2], 1) == 1 then
-  redis.call('HINCRBY', KEYS[2], ARGV[1] .. ':late', 1)
-end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSETNX', KEYS[1], 'late:' .. ARGV[1], 1) end
 return 1
 """
 
@@ -294,7 +289,7 @@ class ChatFlow:
         tag = keys.store_tag(store.id)
         closed = int(
             await self._close(
-                keys=[keys.chat(tag, cid), keys.agent_load(tag), keys.chat_stats(tag)],
+                keys=[keys.chat(tag, cid), keys.agent_load(tag)],
                 args=[reason, self.clock.now(), ticket],
             )
         )
@@ -337,7 +332,7 @@ class ChatFlow:
         if refusal is None and agent is not None and cid is not None:
             written = DELIVERED_AT.get() or self.clock.now()  # judged by when the bridge received it
             state, *rest = await self._accept(
-                keys=[keys.chat(tag, cid), keys.chat_stats(tag)], args=[written, agent.id, str(actor.message), text]
+                keys=[keys.chat(tag, cid)], args=[written, agent.id, str(actor.message), text]
             )
             if state == "expired":
                 await self.close(store, cid, "reply_timeout", "")
@@ -360,7 +355,7 @@ class ChatFlow:
                 return ReplyOutcome(True)
         if refusal is not None:
             if refusal is Refusal.CLOSED and agent is not None and cid is not None:
-                await self._late(keys=[keys.chat(tag, cid), keys.chat_stats(tag)], args=[agent.id, str(actor.message)])
+                await self._late(keys=[keys.chat(tag, cid)], args=[str(actor.message)])
                 await self._changed(tag, cid)
             await self._refuse(store, actor, refusal, chat, agent.id if agent else actor.user)
         return ReplyOutcome(False, refusal)
@@ -434,8 +429,8 @@ class ChatFlow:
     async def _changed(self, tag: str, cid: str) -> None:
         await archive_soon(self.timers, self.clock.now(), tag, f"chat:{cid}")
 
-    async def snapshot(self, tag: str, cid: str) -> tuple[Snapshot, float | None] | None:
-        """The chat as archive rows (A9's figures worked out), and when it closed (None: open)."""
+    async def snapshot(self, tag: str, cid: str) -> Snapshot | None:
+        """The chat as archive rows, A9's figures worked out; None when its state is gone."""
         chat = await self._chat(tag, cid)
         if not chat.get("started_at"):
             return None
@@ -446,8 +441,7 @@ class ChatFlow:
                  "at": moment(m["at"]), "direction": m["direction"], "author": m["author"],
                  "author_id": m["author_id"], "kind": m["kind"], "text": m["text"]}
                 for message_id, m in messages.items()]  # fmt: skip
-        closed = float(chat["closed_at"]) if chat.get("closed_at") else None
-        return {"chats": [row], "chat_messages": rows}, closed
+        return {"chats": [row], "chat_messages": rows}
 
     async def forget_state(self, tag: str, cid: str) -> None:
         """A closed, archived chat leaves Redis (its thread's refs expire by themselves)."""

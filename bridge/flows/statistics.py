@@ -62,17 +62,17 @@ class Report:
     store: Figures
     agents: dict[str, Figures]
     days: dict[date, Figures]
-    tasks_due: int
+    tasks_finished: int
     tasks_in_time: int
 
     def as_dict(self) -> dict[str, Any]:
         return {"store": self.store.as_dict(), "agents": {a: f.as_dict() for a, f in self.agents.items()},
                 "days": {d.isoformat(): f.as_dict() for d, f in self.days.items()},
-                "tasks_due": self.tasks_due, "tasks_processed_in_time": self.tasks_in_time}  # fmt: skip
+                "tasks_finished": self.tasks_finished, "tasks_processed_in_time": self.tasks_in_time}  # fmt: skip
 
 
 async def report(archive: Archive, store: Store, since: datetime, until: datetime) -> Report:
-    """The store's figures for chats opened, and task orders due, in [since, until)."""
+    """The store's figures for chats opened, and task orders finished, in [since, until)."""
     tz = ZoneInfo(store.timezone)
     chats = await archive.chat_figures(store.id, since, until)
     by_agent: dict[str, list[dict[str, Any]]] = {}
@@ -101,10 +101,10 @@ async def stats_text(archive: Archive, store: Store, period: str, now: datetime)
     found = await report(archive, store, since, until)
     names = {a.id: a.name for a in store.agents}
     lines = [t(loc, "stats.title", store=store.name, period=t(loc, f"stats.period.{period}"))]
-    if not found.store.chats and not found.tasks_due:
+    if not found.store.chats and not found.tasks_finished:
         return "\n".join([*lines, t(loc, "stats.none")])
     lines.append(t(loc, "stats.store", **_shown(loc, found.store), tasks_in_time=found.tasks_in_time,
-                   tasks_due=found.tasks_due))  # fmt: skip
+                   tasks_finished=found.tasks_finished))  # fmt: skip
     for agent, agent_figures in found.agents.items():
         lines.append(t(loc, "stats.agent", agent=names.get(agent, agent), **_shown(loc, agent_figures)))
     if period != "today":

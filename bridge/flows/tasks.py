@@ -494,9 +494,9 @@ class TaskFlow:
 
     # -- the archive ---------------------------------------------------------------------------------
 
-    async def snapshot(self, tag: str, tid: str) -> tuple[Snapshot, float | None] | None:
-        """The task order as archive rows (its log, comments and evidence with it), and when it
-        finished (None: pending)."""
+    async def snapshot(self, tag: str, tid: str) -> Snapshot | None:
+        """The task order as archive rows, its log, comments and evidence with it; None when its
+        state is gone."""
         task = await self._task(tag, tid)
         if not task.get("data"):
             return None
@@ -520,8 +520,7 @@ class TaskFlow:
         evidence = [ids | {"action_id": action_id, "position": i} | f
                     for action_id, sent in (await recorded(self.redis, keys.task_evidence(tag, tid))).items()
                     for i, f in enumerate(sent["files"])]  # fmt: skip
-        finished = float(task["finished_at"]) if task.get("finished_at") else None
-        return {"task_orders": [row], "task_log": log, "task_comments": comments, "task_evidence": evidence}, finished
+        return {"task_orders": [row], "task_log": log, "task_comments": comments, "task_evidence": evidence}
 
     async def forget_state(self, tag: str, tid: str) -> None:
         """A finished, archived task order leaves Redis; lists and exports read the archive."""

@@ -212,7 +212,7 @@ async def test_an_older_copy_never_replaces_a_newer_one(archived: Stack) -> None
     await stack.sandbox.close_chat(cid)
     await stack.settle()
     assert old is not None
-    await stack.bridge.archive.put([old[0]])  # a slow process finishing its copy late
+    await stack.bridge.archive.put([old])  # a slow process finishing its copy late
     [row] = await stack.bridge.archive.chats("1001")
     assert row["status"] == "closed"
 

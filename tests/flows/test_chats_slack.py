@@ -211,7 +211,9 @@ async def test_reminders_then_the_bridge_closes_the_chat_and_refuses_late_replie
     await stack.settle()
     assert platform_texts(stack, cid) == []
     assert stack.slack.ephemerals[-1]["text"].startswith("消息未发送：该会话已关闭")
-    assert await stack.redis.hget(keys.chat_stats(TAG), "main-1001:timeouts") == "1"
+    await stack.settle()
+    [archived] = await stack.bridge.archive.chats("1001")
+    assert (archived["close_reason"], archived["in_window"], archived["late_replies"]) == ("reply_timeout", False, 1)
 
 
 async def test_escalation_mentions_the_other_designated_agents(stack: Stack) -> None:
@@ -262,7 +264,8 @@ async def test_slack_retries_are_handled_once(stack: Stack) -> None:
     await stack.slack.user_message(MAIN, CHATS, "好的", thread_ts=root.ts, retry_of=first_event)
     await stack.settle()
     assert platform_texts(stack, cid) == ["好的"]
-    assert await stack.redis.hget(keys.chat_stats(TAG), "main-1001:replies") == "1"
+    [archived] = await stack.bridge.archive.chats("1001")
+    assert archived["replies"] == 1 and len(archived["messages"]) == 2, "one reply, counted and kept once"
 
 
 async def test_badly_signed_slack_request_is_refused(stack: Stack) -> None:

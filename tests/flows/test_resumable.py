@@ -105,12 +105,14 @@ async def chat_state(stack: Stack, cid: str) -> dict[str, Any]:
         "reactions": [m.reactions for m in stack.slack.messages if m.channel == CHATS and m.user == AGENT_A],
         "ephemerals": [e["text"] for e in stack.slack.ephemerals],
         "status": chat.get("status"),
+        "close_reason": chat.get("close_reason"),
         "assignee": chat.get("assignee"),
         "window": None if not chat.get("window_start") else float(chat["deadline"]) - float(chat["window_start"]),
         "window_timer": None if due is None or not chat.get("window_start") else due - float(chat["window_start"]),
         "answered": bool(chat.get("first_reply_at")),
         "loads": await stack.redis.hgetall(keys.agent_load(TAG)),
-        "stats": await stack.redis.hgetall(keys.chat_stats(TAG)),
+        "counted": sorted(f.split(":")[0] for f in chat if f.startswith(("reply:", "late:"))),
+        "messages": await stack.redis.hlen(keys.chat_messages(TAG, cid)),
         "to_platform": [m["content"] for m in conv.messages if m["from"] == "merchant"],
         "queued": await stack.redis.keys(f"{TAG}:outbox:chat:{cid}:*"),
         "dead": await stack.bridge.outbox.dead_letters(TAG),
@@ -288,7 +290,7 @@ async def test_closing_a_chat_when_its_window_runs_out(stack: Stack, faults: Red
     await step((cid, ""))
     done = await chat_state(stack, cid)
     assert done["status"] == "closed" and done["loads"] == {"main-1001": "0"}
-    assert done["stats"] == {"main-1001:timeouts": "1"}
+    assert done["counted"] == [] and done["close_reason"] == "reply_timeout"
     assert [t[:12] for t in done["thread"]] == [
         "<@U0MAIN1001",
         "<@U0MAIN1001",

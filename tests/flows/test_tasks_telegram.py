@@ -145,6 +145,20 @@ async def test_tasks_command_lists_the_groups_task_orders(stack: Stack) -> None:
     assert last_bot(stack).text.startswith("Task orders (⏳ Pending): 1") and tid in last_bot(stack).text
 
 
+async def test_stats_command_in_the_group_counts_from_the_archive(stack: Stack) -> None:
+    tid, card = await raise_task(stack)
+    await tap(stack, OWNER, card, f"rs:{tid}")
+    await say(stack, "Reshipped by SF Express, waybill SF1234567890", last_bot(stack))
+    await tap(stack, OWNER, last_bot(stack), f"pd:{tid}")
+    await tap(stack, OWNER, last_bot(stack), f"py:{tid}")
+    await stack.settle()
+    await stack.telegram.user_message(OWNER, GROUP, "/stats 7d")
+    await stack.settle()
+    text = last_bot(stack).text
+    assert text.startswith("📊 ") and "· last 7 days" in text.splitlines()[0], text
+    assert "task orders processed in time 1/1" in text, text
+
+
 async def test_a_file_telegram_will_not_let_a_bot_download_is_refused_by_name(stack: Stack) -> None:
     tid, card = await raise_task(stack)
     await tap(stack, OWNER, card, f"rs:{tid}")
