@@ -37,7 +37,7 @@ demo: $(STAMP) redis-server
 	$(BIN)/bridge demo --config config/example.yaml $(ARGS)
 
 serve: $(STAMP) redis-server
-	$(BIN)/bridge serve --config config/example.yaml
+	$(BIN)/bridge serve --config config/example.yaml --demo
 
 check: $(STAMP)
 	$(BIN)/bridge check --config config/example.yaml

@@ -189,6 +189,7 @@ async def run_scenario(name: str, chats: int, tasks: int, stores: int, creators:
         env["PLATFORM_API_URL"] = await sandbox.start()
         redis_server = EmbeddedRedis(tmp / "redis", appendonly=True).start()
         env["REDIS_URL"] = redis_server.url
+        env["ARCHIVE_URL"] = f"sqlite:///{tmp / 'archive.sqlite3'}"  # one file, shared by the three processes
         cluster = Cluster(config_path, env, ports, tmp)
         await cluster.start_all()
         people = People(slack)

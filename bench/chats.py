@@ -151,6 +151,7 @@ async def main_async(quick: bool) -> dict[str, Any]:
         env["PLATFORM_API_URL"] = sandbox_url
         with EmbeddedRedis(tmp / "redis", appendonly=True) as redis:
             env["REDIS_URL"] = redis.url
+            env["ARCHIVE_URL"] = f"sqlite:///{tmp / 'archive.sqlite3'}"
             bridge = start_bridge(config_path, env, tmp / "bridge.log")
             try:
                 await wait_up(port)

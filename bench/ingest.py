@@ -134,11 +134,12 @@ async def fixed_rate(port: int, rate: int, seconds: float, offset: int, tag: str
 
 def start_bridge(tmp: Path, redis_url: str, port: int, role: str = "all") -> subprocess.Popen[bytes]:
     # Slack is pointed at a closed port: every post fails at once and is retried, as in an outage.
-    env = dict(os.environ, REDIS_URL=redis_url, BRIDGE_PORT=str(port), SLACK_API_URL="http://127.0.0.1:9/api/")
+    env = dict(os.environ, REDIS_URL=redis_url, BRIDGE_PORT=str(port), SLACK_API_URL="http://127.0.0.1:9/api/",
+               ARCHIVE_URL=f"sqlite:///{tmp / 'archive.sqlite3'}")  # fmt: skip
     log = open(tmp / f"bridge-{role}-{port}.log", "wb")  # noqa: SIM115
     return subprocess.Popen(
         [sys.executable, "-m", "bridge", "serve", "--config", str(ROOT / "config" / "example.yaml"),
-         "--role", role],
+         "--role", role, "--demo"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
 

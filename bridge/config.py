@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import time
 from functools import cache
 from pathlib import Path
@@ -321,8 +321,11 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def resolve_env(node: Any, environ: Mapping[str, str], where: str = "") -> tuple[Any, list[Problem]]:
-    """Replaces ``${NAME}`` and ``${NAME:-default}`` in every string of a parsed YAML tree."""
+def resolve_env(
+    node: Any, environ: Mapping[str, str], where: str = "", defaults: list[tuple[str, str]] | None = None
+) -> tuple[Any, list[Problem]]:
+    """Replaces ``${NAME}`` and ``${NAME:-default}`` in every string of a parsed YAML tree; each
+    (path, NAME) whose default was taken goes into ``defaults``."""
     problems: list[Problem] = []
 
     def walk(value: Any, path: str) -> Any:
@@ -335,9 +338,14 @@ def resolve_env(node: Any, environ: Mapping[str, str], where: str = "") -> tuple
             def sub(match: re.Match[str]) -> str:
                 name, default = match.group(1), match.group(2)
                 if default is not None:  # as in the shell: unset or empty takes the default
+                    if not environ.get(name) and defaults is not None:
+                        defaults.append((path, name))
                     return environ.get(name) or default
-                if name in environ:
+                if environ.get(name):
                     return environ[name]
+                if name in environ:  # an empty value is a mistake, never a silent fallback
+                    problems.append(Problem(path, f"environment variable {name} is set but empty"))
+                    return ""
                 problems.append(
                     Problem(path, f"environment variable {name} is not set; set it or write ${{{name}:-default}}")
                 )
@@ -471,6 +479,8 @@ class LoadedConfig:
     config: BridgeConfig
     source: str
     warnings: list[Problem]
+    demo_values: list[Problem] = field(default_factory=list)
+    """Settings left at the example's demo default (secrets, emulator addresses)."""
 
     def headline(self) -> str:
         return (
@@ -485,12 +495,19 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(source, [Problem("(file)", f"not valid YAML: {exc}")]) from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(file)"
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context = getattr(exc, "context", None)
+        message = f"not valid YAML: {what}" + (f" ({context})" if context else "")
+        raise ConfigError(source, [Problem(where, message)]) from None
     if raw is None:
-        raw = {}
+        raise ConfigError(source, [Problem("(file)", "the file is empty: it needs at least one store or creator "
+                                                     "(config/example.yaml shows every setting)")])  # fmt: skip
     if not isinstance(raw, dict):
         raise ConfigError(source, [Problem("(top level)", "must be a mapping with stores:, creators:, …")])
-    resolved, problems = resolve_env(raw, env)
+    defaults: list[tuple[str, str]] = []
+    resolved, problems = resolve_env(raw, env, defaults=defaults)
     try:
         config = _config_model().model_validate(resolved)
     except ValidationError as exc:
@@ -504,7 +521,14 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise ConfigError(source, problems)
-    return LoadedConfig(config, source, [p for p in problems if p.severity == "warning"])
+    demo = [Problem(path, f"{name} is not set, so the example's demo value is used: it only works against the "
+                          "local emulators") for path, name in defaults if _DEMO_ONLY.search(path)]  # fmt: skip
+    return LoadedConfig(config, source, [p for p in problems if p.severity == "warning"], demo)
+
+
+_DEMO_ONLY = re.compile(r"(token|secret|app_key|api_url|api_base_url|file_base_url)[^.]*$")
+"""Settings whose example default is a demo value (a secret, an emulator's address): ``bridge serve``
+refuses to start on them unless told ``--demo``."""
 
 
 def _located(problems: list[Problem], tree: Any) -> list[Problem]:
@@ -567,6 +591,7 @@ class ConfigHolder:
         loaded = load_config(path, environ)
         self.current: BridgeConfig = loaded.config
         self.warnings = loaded.warnings
+        self.demo_values = loaded.demo_values
         self.generation = 1
         self.last_error: ConfigError | None = None
         self._mtime = self._stat()

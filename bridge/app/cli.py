@@ -67,6 +67,10 @@ def summary(loaded: LoadedConfig) -> str:
     config = loaded.config
     lines = [f"{loaded.source}: {problem}" for problem in loaded.warnings]
     lines.append(loaded.headline())
+    if loaded.demo_values:
+        names = sorted({p.message.split(" ", 1)[0] for p in loaded.demo_values})
+        lines.append(f"  demo values: {len(names)} variable(s) not set, so `bridge serve` refuses to start without "
+                     f"--demo: {', '.join(names)}")  # fmt: skip
     for store in config.stores:
         lines.append(
             f"  store {store.id} ({store.name}): push {store.webhook_path}; chats → "
@@ -89,17 +93,33 @@ def _load_holder(path: Path) -> ConfigHolder | None:
         return None
 
 
-def serve(path: Path, host: str | None, port: int | None, role: str = "all") -> int:
-    from bridge.app.service import Bridge, connect_redis, serve_until_signalled
+def serve(path: Path, host: str | None, port: int | None, role: str = "all", demo: bool = False) -> int:
+    from bridge.app.redis_server import RedisServerError
+    from bridge.app.service import Bridge, StartupError, connect_redis, serve_until_signalled
 
     holder = _load_holder(path)
     if holder is None:
         return 1
     for warning in holder.warnings:
         logging.getLogger("bridge.config").warning("%s: %s", path, warning)
-    redis, embedded = connect_redis()
+    if holder.demo_values and not demo:
+        for problem in holder.demo_values:
+            print(f"{path}: {problem.path}: {problem.message}", file=sys.stderr)
+        names = sorted({p.message.split(" ", 1)[0] for p in holder.demo_values})
+        print(f"bridge: refusing to serve on demo values: set {', '.join(names)} (.env.example lists every "
+              "variable), or pass --demo to run against the local emulators", file=sys.stderr)  # fmt: skip
+        return 1
+    try:
+        redis, embedded = connect_redis()
+    except RedisServerError as error:
+        print(f"bridge: {error}", file=sys.stderr)
+        return 1
     bridge = Bridge(holder, redis, embedded_redis=embedded)
-    asyncio.run(serve_until_signalled(bridge, host, port, role))
+    try:
+        asyncio.run(serve_until_signalled(bridge, host, port, role))
+    except StartupError as error:
+        print(f"bridge: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -361,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--host")
     p_serve.add_argument("--port", type=int)
     p_serve.add_argument(
+        "--demo", action="store_true", help="allow the example's demo secrets and emulator addresses (local only)"
+    )
+    p_serve.add_argument(
         "--role",
         choices=["all", "web", "worker"],
         default="all",
@@ -423,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.config, args.online)
     _setup_logging(args.verbose)
     if args.command == "serve":
-        return serve(args.config, args.host, args.port, args.role)
+        return serve(args.config, args.host, args.port, args.role, args.demo)
     if args.command == "dead-letters":
         return dead_letters(args.config, args.action, args.id, args.store, args.creator)
     if args.command == "archive":

@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 
 class RedisServerError(RuntimeError):
     pass
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent(parent: int) -> Callable[[], None]:
+    """Runs in the child before redis-server starts: the kernel sends it SIGTERM (Redis flushes its
+    AOF and exits) when the process that started it dies, even by SIGKILL, so an embedded Redis
+    never outlives its bridge. Linux only; elsewhere the bridge's own stop() is what ends it."""
+
+    def arrange() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return arrange
 
 
 def free_port() -> int:
@@ -80,7 +104,9 @@ class EmbeddedRedis:
                 *self.extra_args,
             ]  # fmt: skip
             log_file = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115
-            self._process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(
+                args, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_end_with_parent(os.getpid())
+            )
             log_file.close()
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and self._process.poll() is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
 from bridge.app.redis_server import EmbeddedRedis
 from bridge.archive.store import Archive, archive_url, migrate
@@ -56,6 +58,25 @@ from connectors.platform.outbound import PlatformSenders
 log = logging.getLogger(__name__)
 
 EMBEDDED_REDIS_DIR = Path("var/redis")
+STARTUP_CHECK_SECONDS = 10.0
+
+
+class StartupError(RuntimeError):
+    """The bridge cannot start, said in one line an operator can act on (no traceback)."""
+
+
+def _redis_address(redis: Redis) -> str:
+    pool = getattr(redis, "connection_pool", None)
+    options = getattr(pool, "connection_kwargs", {}) if pool is not None else {}
+    if "host" in options:
+        return f"{options['host']}:{options.get('port', 6379)}"
+    return "REDIS_URL"
+
+
+def _where(url: str) -> str:
+    """A server's address as people can be shown it: no user, no password."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
 @dataclass
@@ -264,15 +285,33 @@ class Bridge:
         settings = self.holder.current.server
         if not serve_webhooks:
             self.app = self._health_only()
+        try:
+            await asyncio.wait_for(self.redis.ping(), timeout=STARTUP_CHECK_SECONDS)
+        except (RedisError, OSError, TimeoutError) as error:
+            reason = str(error) or type(error).__name__
+            raise StartupError(f"Redis at {_redis_address(self.redis)} does not answer: {reason} "
+                               "(is it running? REDIS_URL names it)") from None  # fmt: skip
+        try:  # the schema at its newest before anything is archived
+            await asyncio.to_thread(migrate, self.archive.url)
+        except (SQLAlchemyError, OSError) as error:
+            reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+            raise StartupError(f"the archive at {_where(self.archive.url)} cannot be used: {reason}") from None
         access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
-        self._runner, self.port = await listen(
-            self.app,
-            host or settings.host,
-            settings.port if port is None else port,
-            shutdown_timeout=settings.shutdown_grace_seconds,
-            access_log=access_log,
-        )
-        await asyncio.to_thread(migrate, self.archive.url)  # the schema at its newest before anything is archived
+        bind_host, bind_port = host or settings.host, settings.port if port is None else port
+        try:
+            self._runner, self.port = await listen(
+                self.app,
+                bind_host,
+                bind_port,
+                shutdown_timeout=settings.shutdown_grace_seconds,
+                access_log=access_log,
+            )
+        except OSError as error:
+            reason = "the address is in use" if error.errno == errno.EADDRINUSE else (error.strerror or str(error))
+            raise StartupError(
+                f"cannot listen on {bind_host}:{bind_port}: {reason} (another process has it? "
+                "choose another with server.port or --port)"
+            ) from None
         if is_cluster(self.redis):  # learn the slots first: pub/sub picks its node from them
             await self.redis.initialize()
         if run_workers:
@@ -459,7 +498,11 @@ async def serve_until_signalled(
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, bridge.reload_config)
-    await bridge.start(host, port, run_workers=role != "web", serve_webhooks=role != "worker")
+    try:
+        await bridge.start(host, port, run_workers=role != "web", serve_webhooks=role != "worker")
+    except BaseException:
+        await bridge.stop()  # the embedded Redis and every connection go with it
+        raise
     try:
         await stop.wait()
         log.info("signal received: shutting down gracefully")

@@ -65,10 +65,14 @@ class PlatformWebhooks:
         body = await _read_limited(request)
         if body is None:
             return _error(413, f"push body is larger than {MAX_PUSH_BYTES} bytes")
-        if request.headers.get("app-id", "") != creds.app_key:
+        if "app-id" not in request.headers:
+            return _error(401, "the app-id header is missing")
+        if request.headers["app-id"] != creds.app_key:
             return _error(401, f"app-id does not match {endpoint}")
         signature = request.headers.get("event-sign", "")
-        if not signature or not signature_matches(creds.app_key, body, creds.app_secrets, signature):
+        if not signature:
+            return _error(401, "the event-sign header is missing")
+        if not signature_matches(creds.app_key, body, creds.app_secrets, signature):
             return _error(401, "event-sign does not match the body signed with this endpoint's secret")
         try:
             records = parse_push(body, endpoint)

@@ -140,7 +140,10 @@ class TelegramConnector:
         """Verifies the secret, stores the update (deduplicated by its id) and answers: the update is
         handled afterwards by the event consumer, in order per chat, retried; Telegram never waits
         on a download or on Telegram itself being reachable."""
-        given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+        given = request.headers.get("X-Telegram-Bot-Api-Secret-Token")
+        if given is None:
+            description = "the X-Telegram-Bot-Api-Secret-Token header is missing (set the webhook with a secret_token)"
+            return web.json_response({"ok": False, "description": description}, status=401)
         if not hmac.compare_digest(given.encode(), self.settings.webhook_secret.encode()):
             return web.json_response({"ok": False, "description": "secret token does not match"}, status=401)
         try:

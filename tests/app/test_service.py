@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -202,3 +205,89 @@ async def test_a_rotated_slack_token_takes_effect_without_a_restart(
         assert reply.reactions == ["white_check_mark"], "confirmed with the new token too"
     finally:
         await stack.stop()
+
+
+def _serve(tmp_path: Path, port: int) -> subprocess.Popen[str]:
+    """``bridge serve`` as an operator starts it: no REDIS_URL (the embedded Redis), its own folder."""
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["ARCHIVE_URL"] = f"sqlite:///{tmp_path / 'archive.sqlite3'}"
+    command = [sys.executable, "-m", "bridge", "serve", "--config", str(EXAMPLE), "--port", str(port), "--demo"]
+    return subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """Processes whose command line names ``folder`` (the embedded redis-server's --dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and str(folder) in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+    return found
+
+
+def _gone(pids: list[int], within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _state(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
+    return ""
+
+
+def test_a_taken_port_is_one_clear_line_and_leaves_no_redis_behind(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = _serve(tmp_path, taken.getsockname()[1])
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert f"bridge: cannot listen on 127.0.0.1:{taken.getsockname()[1]}: the address is in use" in stderr
+    assert "Traceback" not in stderr
+    assert _gone(_processes_in(tmp_path / "var" / "redis")), "the embedded redis-server was stopped"
+
+
+def test_an_unreachable_redis_is_one_clear_line(tmp_path: Path) -> None:
+    env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    env["ARCHIVE_URL"] = f"sqlite:///{tmp_path / 'archive.sqlite3'}"
+    command = [sys.executable, "-m", "bridge", "serve", "--config", str(EXAMPLE), "--port", str(free_port()), "--demo"]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "bridge: Redis at 127.0.0.1:" in proc.stderr and "does not answer" in proc.stderr
+
+
+def test_the_embedded_redis_ends_with_its_bridge_even_after_sigkill(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _serve(tmp_path, port)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            time.sleep(0.05)
+        redis_servers = _processes_in(tmp_path / "var" / "redis")
+        assert redis_servers, "an embedded redis-server runs beside the bridge"
+    finally:
+        proc.kill()  # SIGKILL: no shutdown code of the bridge runs
+        proc.communicate()
+    assert _gone(redis_servers), "the kernel ended the redis-server with its parent"
+
+
+def test_serve_refuses_the_examples_demo_values_without_demo(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "TELEGRAM_", "STORE_", "CREATOR_"))}
+    env["SLACK_BOT_TOKEN"] = ""  # set but empty: an error, never a fallback to the demo token
+    command = [sys.executable, "-m", "bridge", "serve", "--config", str(EXAMPLE), "--port", str(free_port())]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "slack.bot_token: environment variable SLACK_BOT_TOKEN is set but empty" in proc.stderr
+    env.pop("SLACK_BOT_TOKEN")
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "slack.signing_secret: SLACK_SIGNING_SECRET is not set, so the example's demo value is used" in proc.stderr
+    assert "bridge: refusing to serve on demo values: set CREATOR_7001_API_TOKEN," in proc.stderr
+    assert not (tmp_path / "var").exists(), "refused before anything started"
