@@ -337,15 +337,15 @@ def resolve_env(
 
             def sub(match: re.Match[str]) -> str:
                 name, default = match.group(1), match.group(2)
-                if default is not None:  # as in the shell: unset or empty takes the default
-                    if not environ.get(name) and defaults is not None:
-                        defaults.append((path, name))
-                    return environ.get(name) or default
-                if environ.get(name):
-                    return environ[name]
-                if name in environ:  # an empty value is a mistake, never a silent fallback
+                if environ.get(name) == "":  # set but empty is a mistake, never a silent fallback
                     problems.append(Problem(path, f"environment variable {name} is set but empty"))
                     return ""
+                if default is not None:  # unset: the default
+                    if name not in environ and defaults is not None:
+                        defaults.append((path, name))
+                    return environ.get(name, default)
+                if name in environ:
+                    return environ[name]
                 problems.append(
                     Problem(path, f"environment variable {name} is not set; set it or write ${{{name}:-default}}")
                 )

@@ -164,6 +164,7 @@ def test_check_command_on_the_example() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "valid — 2 store(s), 2 creator(s), 0 warning(s)" in result.stdout
     assert "store 1001" in result.stdout and "push /webhooks/platform/1001" in result.stdout
+    assert "demo values: 20 variable(s) not set, so `bridge serve` refuses to start without --demo" in result.stdout
 
 
 def test_check_command_reports_every_problem_and_fails(tmp_path: Path) -> None:
@@ -188,9 +189,15 @@ def test_check_command_on_unreadable_and_malformed_files(tmp_path: Path) -> None
     result = run_check(tmp_path / "missing.yaml")
     assert result.returncode == 1 and "cannot read" in result.stdout
     broken = tmp_path / "broken.yaml"
-    broken.write_text("stores: [\n")
+    broken.write_text("stores:\n  - id: '1001'\n   name: x\n")
     result = run_check(broken)
-    assert result.returncode == 1 and "not valid YAML" in result.stdout
+    assert result.returncode == 1
+    assert f"{broken}: error: line 3, column 4: not valid YAML: expected <block end>" in result.stdout
+    assert "<unicode string>" not in result.stdout
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    result = run_check(empty)
+    assert result.returncode == 1 and "the file is empty" in result.stdout
 
 
 def test_reload_keeps_old_config_when_new_one_is_bad(tmp_path: Path) -> None:
@@ -214,9 +221,21 @@ def test_reload_keeps_old_config_when_new_one_is_bad(tmp_path: Path) -> None:
     assert "store 1001 (stores[0]): reply_window.seconds" in str(holder.last_error)
 
 
-def test_empty_variable_takes_the_default_as_in_the_shell() -> None:
-    config = load_config(EXAMPLE, environ={"STORE_1001_APP_SECRET": ""}).config
-    assert config.stores[0].platform.app_secrets == ["demo-app-secret-1001"]
+def test_an_empty_variable_is_an_error_never_a_fallback_to_the_demo_value() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(EXAMPLE, environ={"STORE_1001_APP_SECRET": ""})
+    assert [str(p) for p in caught.value.problems] == [
+        "error: store 1001 (stores[0]): platform.app_secrets[0]: environment variable STORE_1001_APP_SECRET is set "
+        "but empty"
+    ]
+
+
+def test_demo_values_are_named_and_real_values_are_not() -> None:
+    demo = load_config(EXAMPLE, environ={}).demo_values
+    assert {p.path for p in demo} >= {"slack.bot_token", "telegram.api_base_url", "stores[0].platform.app_secrets[0]"}
+    assert "server.port" not in {p.path for p in demo}, "a default port is no demo value"
+    real = {p.message.split(" ", 1)[0]: "https://real.example/api/" if "url" in p.path else "real-value" for p in demo}
+    assert load_config(EXAMPLE, environ=real).demo_values == []
 
 
 def test_people_are_matched_through_one_accounts_map_and_the_older_fields_still_load() -> None:

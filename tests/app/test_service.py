@@ -105,7 +105,7 @@ async def test_serve_with_embedded_redis_reload_and_sigterm(tmp_path: Path) -> N
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env |= {"BRIDGE_PORT": str(port), "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "serve", "--config", str(config),
+        sys.executable, "-m", "bridge", "serve", "--config", str(config), "--demo",
         cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -216,11 +216,12 @@ def _serve(tmp_path: Path, port: int) -> subprocess.Popen[str]:
 
 
 def _processes_in(folder: Path) -> list[int]:
-    """Processes whose command line names ``folder`` (the embedded redis-server's --dir)."""
+    """Processes working in ``folder``: redis-server changes into its --dir (and rewrites its command
+    line, so that cannot be searched)."""
     found = []
     for entry in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
-            if entry.name.isdigit() and str(folder) in (entry / "cmdline").read_bytes().decode(errors="replace"):
+            if entry.name.isdigit() and (entry / "cwd").resolve() == folder.resolve():
                 found.append(int(entry.name))
     return found
 
@@ -244,10 +245,11 @@ def test_a_taken_port_is_one_clear_line_and_leaves_no_redis_behind(tmp_path: Pat
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        proc = _serve(tmp_path, taken.getsockname()[1])
+        port = taken.getsockname()[1]
+        proc = _serve(tmp_path, port)
         _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1
-    assert f"bridge: cannot listen on 127.0.0.1:{taken.getsockname()[1]}: the address is in use" in stderr
+    assert f"bridge: cannot listen on 127.0.0.1:{port}: the address is in use" in stderr
     assert "Traceback" not in stderr
     assert _gone(_processes_in(tmp_path / "var" / "redis")), "the embedded redis-server was stopped"
 
