@@ -234,7 +234,8 @@ def test_demo_values_are_named_and_real_values_are_not() -> None:
     demo = load_config(EXAMPLE, environ={}).demo_values
     assert {p.path for p in demo} >= {"slack.bot_token", "telegram.api_base_url", "stores[0].platform.app_secrets[0]"}
     assert "server.port" not in {p.path for p in demo}, "a default port is no demo value"
-    real = {p.message.split(" ", 1)[0]: "https://real.example/api/" if "url" in p.path else "real-value" for p in demo}
+    names = {p.message.split(" ", 1)[0]: p.path for p in demo}
+    real = {name: "https://real.example/api/" if "url" in path else f"real-{name}" for name, path in names.items()}
     assert load_config(EXAMPLE, environ=real).demo_values == []
 
 
