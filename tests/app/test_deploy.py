@@ -1,0 +1,50 @@
+"""The deployment files, checked by reading them (Docker cannot run here): docker-compose.yml parses
+and runs web and worker processes from an .env file, every variable it or the example configuration
+needs is in .env.example, and the image's build context leaves out what it must not carry."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+VARIABLE = re.compile(r"\$\{([A-Z][A-Z0-9_]*)")
+
+
+def env_example() -> dict[str, str]:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_compose_runs_web_and_worker_from_the_env_file_beside_redis_with_aof_and_postgres() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"redis", "postgres", "web", "worker"}
+    for role in ("web", "worker"):
+        service = services[role]
+        assert service["env_file"] == ".env" and service["command"][-2:] == ["--role", role]
+        assert "--demo" not in service["command"], "a deployment never runs on demo values"
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert services["redis"]["command"][-4:] == ["--appendonly", "yes", "--appendfsync", "always"]
+    assert "redis-data:/data" in services["redis"]["volumes"]
+    assert set(compose["volumes"]) == {"redis-data", "postgres-data"}
+
+
+def test_every_variable_the_deployment_needs_is_in_env_example() -> None:
+    documented = env_example()
+    needed = set(VARIABLE.findall((ROOT / "docker-compose.yml").read_text()))
+    needed |= set(VARIABLE.findall((ROOT / "config" / "example.yaml").read_text())) - {"ENV_NAME"}
+    assert needed - set(documented) == set(), "missing from .env.example"
+    assert all(value for value in documented.values()), "every example value is filled in"
+    assert documented["SLACK_API_URL"] == "https://slack.com/api/", "the real services, not the emulators"
+    assert documented["TELEGRAM_API_URL"] == "https://api.telegram.org/bot"
+
+
+def test_the_image_is_built_without_the_venv_secrets_or_local_data_and_runs_as_a_user() -> None:
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".venv", ".env", ".git", "var"} <= ignored
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "USER bridge" in dockerfile and "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
