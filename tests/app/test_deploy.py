@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
+import kubernetes_validate
 import yaml
+
+from bridge.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIABLE = re.compile(r"\$\{([A-Z][A-Z0-9_]*)")
@@ -48,3 +52,49 @@ def test_the_image_is_built_without_the_venv_secrets_or_local_data_and_runs_as_a
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "USER bridge" in dockerfile and "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile
     assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+
+
+def manifests() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    docs = []
+    for name in kustomization["resources"]:
+        docs += [doc for doc in yaml.safe_load_all((KUBERNETES / name).read_text()) if doc]
+    return docs
+
+
+def test_the_kubernetes_manifests_are_valid_against_the_schemas() -> None:
+    docs = manifests()
+    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
+    assert kinds == [
+        "ConfigMap/feige-bridge-config",
+        "Deployment/feige-bridge-web",
+        "Deployment/feige-bridge-worker",
+        "HorizontalPodAutoscaler/feige-bridge-web",
+        "HorizontalPodAutoscaler/feige-bridge-worker",
+        "Namespace/feige-bridge",
+        "PodDisruptionBudget/feige-bridge-web",
+        "PodDisruptionBudget/feige-bridge-worker",
+        "Secret/feige-bridge-env",
+        "Service/feige-bridge-web",
+    ]
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.30", strict=True)  # raises on an unknown or wrong field
+
+
+def test_the_deployments_probe_health_and_stop_within_the_grace_period() -> None:
+    docs = {f"{d['kind']}/{d['metadata']['name']}": d for d in manifests()}
+    secret = docs["Secret/feige-bridge-env"]["stringData"]
+    config = parse_config(docs["ConfigMap/feige-bridge-config"]["data"]["config.yaml"], environ=secret).config
+    for role in ("web", "worker"):
+        pod = docs[f"Deployment/feige-bridge-{role}"]["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        assert container["args"][-2:] == ["--role", role] and "--demo" not in container["args"]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert pod["terminationGracePeriodSeconds"] > pause + config.server.shutdown_grace_seconds
+        assert pod["securityContext"]["runAsNonRoot"] is True
+    assert {"REDIS_URL", "ARCHIVE_URL"} <= set(secret)
