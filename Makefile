@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: demo test lint typecheck unit serve check bench-timers bench-ingest bench-chats bench-chaos redis-server postgresql wrk clean bench-archive
+.PHONY: demo test lint typecheck unit serve check bench-timers bench-ingest bench-chats bench-chaos redis-server postgresql promtool wrk clean bench-archive
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,15 @@ postgresql:
 	  $$SUDO pg_ctlcluster --force "$$(ls /usr/lib/postgresql | sort -n | tail -1)" main stop >/dev/null 2>&1 || true; \
 	}
 
+# promtool (Debian's prometheus package) checks and unit-tests deploy/prometheus/alerts.yaml.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "promtool not found: installing Debian's prometheus package"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus >/dev/null; \
+	  command -v systemctl >/dev/null 2>&1 && $$SUDO systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true; \
+	}
+
 demo: $(STAMP) redis-server
 	$(BIN)/bridge demo --config config/example.yaml $(ARGS)
 
@@ -49,7 +58,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy bridge connectors rules
 
-unit: $(STAMP) redis-server postgresql
+unit: $(STAMP) redis-server postgresql promtool
 	$(BIN)/pytest -q $(ARGS)
 
 test: lint typecheck unit

@@ -23,11 +23,29 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+def _setup_logging(verbose: bool, log_format: str = "text") -> None:
+    """Text for people at a terminal; ``json`` for a log pipeline: one object per line with time,
+    level, logger, message and what the line is about (store, creator, chat, task_order, event_id,
+    job_id, timer), so one chat can be followed through every process."""
+    from bridge.engine.logcontext import ContextFilter
+
+    handler = logging.StreamHandler()
+    handler.addFilter(ContextFilter())
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                datefmt="%Y-%m-%dT%H:%M:%S%z",
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+    # httpx (python-telegram-bot's client) logs every request's URL, which carries the bot token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def check(path: Path, online: bool = False) -> int:
@@ -374,6 +392,9 @@ def dead_letters(path: Path, action: str, letter_id: str | None, store: str | No
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bridge", description="Feige (飞鸽) ↔ Slack / Telegram bridge")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="json: one object per line, for a log pipeline"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_serve = sub.add_parser("serve", help="run the bridge service")
@@ -444,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"dead-letters {args.action}: name one id, or --all")
     if args.command == "check":
         return check(args.config, args.online)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.log_format)
     if args.command == "serve":
         return serve(args.config, args.host, args.port, args.role, args.demo)
     if args.command == "dead-letters":

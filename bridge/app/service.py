@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_REDIS_DIR = Path("var/redis")
 STARTUP_CHECK_SECONDS = 10.0
+METRICS_REDIS_SECONDS = 1.0
 
 
 class StartupError(RuntimeError):
@@ -256,8 +257,33 @@ class Bridge:
         return app
 
     async def metrics(self, request: web.Request) -> web.Response:
+        await self._observe_backlog()
         body = generate_latest(METRICS.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _observe_backlog(self) -> None:
+        """The gauges read from Redis at scrape time: is it up, how much stored work waits, how late
+        the most overdue timer is (an outbox send waiting is a timer). One round trip, bounded."""
+        now_ms = self.clock.now() * 1000
+        try:
+            async with asyncio.timeout(METRICS_REDIS_SECONDS):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for endpoint in self.endpoints():
+                        pipe.xlen(keys.events(endpoint.tag))
+                        pipe.xrange(keys.events(endpoint.tag), count=1)
+                    for shard in range(self.timers.shards):
+                        pipe.zrange(keys.timers_due(shard), 0, 0, withscores=True)
+                    found = await pipe.execute()
+        except (RedisError, OSError, TimeoutError):
+            METRICS.redis_up.set(0)
+            return
+        METRICS.redis_up.set(1)
+        streams, heads = found[: 2 * len(self.endpoints())], found[2 * len(self.endpoints()) :]
+        METRICS.events_backlog.set(sum(streams[0::2]))
+        firsts = [int(str(entries[0][0]).split("-")[0]) for entries in streams[1::2] if entries]
+        METRICS.events_oldest_seconds.set(max(0.0, (now_ms - min(firsts)) / 1000) if firsts else 0.0)
+        dues = [head[0][1] for head in heads if head]
+        METRICS.timers_overdue_seconds.set(max(0.0, (now_ms - min(dues)) / 1000) if dues else 0.0)
 
     async def readyz(self, request: web.Request) -> web.Response:
         body: dict[str, object] = {

@@ -32,6 +32,7 @@ from bridge.engine import keys
 from bridge.engine.clock import Clock, SystemClock
 from bridge.engine.cluster import is_cluster
 from bridge.engine.endpoint import Endpoint
+from bridge.engine.logcontext import about, bound
 from bridge.engine.wakeups import listen_for_wakeups
 
 log = logging.getLogger(__name__)
@@ -424,7 +425,9 @@ class EventConsumer:
             self.stats.ignored += 1
             return None
         try:
-            await handler(event)
+            with bound(**about(event.endpoint.tag, event.thread), event_id=event.msg_id):
+                await handler(event)
+                log.debug("%s: event %s (%s) handled", event.endpoint, event.msg_id, event.tag)
         except Exception as exc:
             attempts += 1
             self.stats.failed_attempts += 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 @dataclass
@@ -41,6 +41,18 @@ class Metrics:
             "feige_dead_letters", "Outbound calls put on a dead-letter list (refused, expired, irrelevant)",
             ["endpoint", "kind", "cause"], registry=r,
         )  # fmt: skip
+        self.redis_up = Gauge("feige_redis_up", "1 when Redis answered the last scrape, else 0", registry=r)
+        self.events_backlog = Gauge(
+            "feige_events_backlog", "Stored inbound events not handled yet (all endpoints)", registry=r
+        )
+        self.events_oldest_seconds = Gauge(
+            "feige_events_oldest_seconds", "Age of the oldest stored event not handled yet (0: none)", registry=r
+        )
+        self.timers_overdue_seconds = Gauge(
+            "feige_timers_overdue_seconds",
+            "How late the most overdue timer is (outbox sends, windows, deadlines, archive copies; 0: none)",
+            registry=r,
+        )
         self.archived = Counter(
             "feige_archived", "Chats and task orders copied into the archive (once per change burst)", ["kind"],
             registry=r,

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 
 from bridge.engine import keys
 from bridge.engine.clock import Clock, SystemClock
+from bridge.engine.logcontext import about, bound
 from bridge.engine.metrics import METRICS
 from bridge.engine.timers import Timer, TimerStore
 
@@ -261,7 +262,9 @@ class Outbox:
                 raise Expired("its moment passed before it could be sent")
             if sender is None:
                 raise FinalFailure(f"no sender for {job.kind!r} in this process")
-            await sender(job)
+            with bound(**about(tag, thread), job_id=job.id):
+                await sender(job)
+                log.debug("outbox %s: %s sent", thread, job.kind)
         except Expired as exc:
             self.stats.expired += 1
             METRICS.outbox.labels(job.kind, "expired").inc()

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from bridge.engine import keys
 from bridge.engine.clock import Clock, SystemClock
+from bridge.engine.logcontext import about, bound
 from bridge.engine.wakeups import listen_for_wakeups
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,16 @@ class Timer:
 
 
 Handler = Callable[[Timer], Awaitable[None]]
+
+
+def _about_timer(timer_key: str) -> dict[str, str]:
+    """The store or creator (and the chat or task order, where the key names one) of a timer."""
+    try:
+        kind, tag, rest = keys.split_timer_key(timer_key)
+    except ValueError:
+        return {}
+    thread = {"window": f"chat:{rest}", "deadline": f"task:{rest}"}.get(kind, rest)
+    return about(tag, thread)
 
 
 def _ms(seconds: float) -> int:
@@ -407,7 +418,8 @@ class TimerWorker:
         try:
             if handler is None:
                 raise LookupError(f"no handler for timer kind {timer.kind!r}")
-            await handler(timer)
+            with bound(timer=timer.key, **_about_timer(timer.key)):
+                await handler(timer)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -4,7 +4,9 @@ needs is in .env.example, and the image's build context leaves out what it must 
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import kubernetes_validate
 import yaml
 
 from bridge.config import parse_config
+from bridge.engine.metrics import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIABLE = re.compile(r"\$\{([A-Z][A-Z0-9_]*)")
@@ -98,3 +101,36 @@ def test_the_deployments_probe_health_and_stop_within_the_grace_period() -> None
         assert pod["terminationGracePeriodSeconds"] > pause + config.server.shutdown_grace_seconds
         assert pod["securityContext"]["runAsNonRoot"] is True
     assert {"REDIS_URL", "ARCHIVE_URL"} <= set(secret)
+
+
+def exported_metrics() -> set[str]:
+    """Every series name /metrics can show: counters with _total, histograms with their parts."""
+    names = set()
+    for metric in METRICS.registry.collect():
+        if metric.type == "counter":
+            names.add(f"{metric.name}_total")
+        elif metric.type == "histogram":
+            names |= {f"{metric.name}_bucket", f"{metric.name}_count", f"{metric.name}_sum"}
+        else:
+            names.add(metric.name)
+    return names
+
+
+def test_the_alert_rules_are_valid_and_fire_when_they_should() -> None:
+    rules = ROOT / "deploy" / "prometheus"
+    checked = subprocess.run(["promtool", "check", "rules", str(rules / "alerts.yaml")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = subprocess.run(
+        ["promtool", "test", "rules", "alerts.test.yaml"], cwd=rules, capture_output=True, text=True
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    used = set(re.findall(r"\bfeige_[a-z_]+", (rules / "alerts.yaml").read_text()))
+    assert used and used <= exported_metrics(), used - exported_metrics()
+
+
+def test_the_dashboard_queries_only_metrics_the_bridge_exports() -> None:
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "feige-bridge.json").read_text())
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for query in queries for name in re.findall(r"\bfeige_[a-z_]+", query)}
+    assert len(queries) >= 10 and used <= exported_metrics(), used - exported_metrics()
+    assert {"feige_first_reply_seconds_bucket", "feige_events_oldest_seconds", "feige_redis_up"} <= used

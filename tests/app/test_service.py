@@ -49,6 +49,22 @@ async def test_healthz_and_readyz(bridge: Bridge) -> None:
     assert body == {"status": "ready", "config_generation": 1, "stores": 2, "creators": 2}
 
 
+async def metrics_text(base: str) -> str:
+    async with aiohttp.ClientSession() as http, http.get(base + "/metrics") as resp:
+        return await resp.text()
+
+
+async def test_metrics_show_redis_the_backlog_of_events_and_the_most_overdue_timer(stack: Stack) -> None:
+    assert stack.clock is not None
+    await stack.sandbox.open_chat("1001")  # stored and acknowledged; not handled yet (no drain)
+    await stack.bridge.timers.schedule("demo:{store:1001}:late", stack.clock.now() - 42)
+    text = await metrics_text(stack.url)
+    assert "feige_redis_up 1.0" in text and "feige_events_backlog 1.0" in text
+    assert "feige_timers_overdue_seconds 42.0" in text
+    await stack.settle()
+    assert "feige_events_backlog 0.0" in await metrics_text(stack.url)
+
+
 async def test_readyz_is_503_with_the_reason_when_redis_is_gone(tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path / "r", appendonly=False).start()
     b = Bridge(ConfigHolder(EXAMPLE, environ={}), Redis.from_url(server.url, decode_responses=True))
@@ -61,6 +77,7 @@ async def test_readyz_is_503_with_the_reason_when_redis_is_gone(tmp_path: Path) 
         assert body["status"] == "not ready"
         assert str(body["reason"]).startswith("Redis does not answer")
         assert (await get(f"http://127.0.0.1:{b.port}/healthz"))[0] == 200, "alive even when not ready"
+        assert "feige_redis_up 0.0" in await metrics_text(f"http://127.0.0.1:{b.port}"), "what an alert fires on"
     finally:
         await b.stop()
         server.stop()
