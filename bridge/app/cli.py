@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
@@ -23,13 +23,13 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _setup_logging(verbose: bool, log_format: str = "text") -> None:
+def log_handler(log_format: str = "text", stream: TextIO | None = None) -> logging.Handler:
     """Text for people at a terminal; ``json`` for a log pipeline: one object per line with time,
     level, logger, message and what the line is about (store, creator, chat, task_order, event_id,
     job_id, timer), so one chat can be followed through every process."""
     from bridge.engine.logcontext import ContextFilter
 
-    handler = logging.StreamHandler()
+    handler = logging.StreamHandler(stream)
     handler.addFilter(ContextFilter())
     if log_format == "json":
         from pythonjsonlogger.json import JsonFormatter
@@ -43,7 +43,15 @@ def _setup_logging(verbose: bool, log_format: str = "text") -> None:
         )
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+    return handler
+
+
+def _setup_logging(verbose: bool, log_format: str = "text") -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if root.handlers:
+        return  # logging is set up already (an embedding program, a test runner): leave it as it is
+    root.addHandler(log_handler(log_format))
     # httpx (python-telegram-bot's client) logs every request's URL, which carries the bot token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -149,6 +157,54 @@ def archive_command(action: str) -> int:
     if action == "migrate":
         migrate(url)
         print(f"archive at {url.split('@')[-1]}: schema up to date")
+    return 0
+
+
+def telegram_command(path: Path, action: str, bridge_url: str | None) -> int:
+    """``bridge telegram set-webhook|set-commands|poll``: what an operator does once for the bot, or
+    long polling where the bridge has no public URL."""
+    import signal
+
+    from telegram import Bot
+    from telegram.error import TelegramError
+
+    from connectors.telegram.settings import TelegramSettings
+    from connectors.telegram.setup import WEBHOOK_PATH, poll, set_commands, set_webhook
+
+    try:
+        config = load_config(path).config
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    settings: TelegramSettings | None = getattr(config, "telegram", None)  # a destination's own section
+    if settings is None:
+        print(f"{path}: no telegram: section", file=sys.stderr)
+        return 1
+    bot = Bot(settings.bot_token, base_url=settings.api_base_url, base_file_url=settings.file_base_url)
+
+    async def run() -> str:
+        async with bot:
+            if action == "set-webhook":
+                if not config.server.public_url:
+                    raise ValueError("server.public_url (BRIDGE_PUBLIC_URL) is not set: Telegram needs the address")
+                url = await set_webhook(bot, config.server.public_url, settings.webhook_secret)
+                return f"webhook set: {url} (secret token, updates: message, edited_message, callback_query)"
+            if action == "set-commands":
+                return f"command menu set: /tasks, /stats ({', '.join(await set_commands(bot))})"
+            target = (bridge_url or f"http://127.0.0.1:{config.server.port}").rstrip("/") + WEBHOOK_PATH
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            logging.getLogger(__name__).info("long polling Telegram; updates go to %s", target)
+            handed = await poll(bot, target, settings.webhook_secret, stop)
+            return f"stopped after handing {handed} update(s) to {target}"
+
+    try:
+        print(asyncio.run(run()))
+    except (TelegramError, ValueError, OSError) as error:
+        print(f"bridge telegram {action}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -452,6 +508,11 @@ def main(argv: list[str] | None = None) -> int:
     p_stats.add_argument("--until", type=date.fromisoformat, help="chats opened on or before this day")
     p_stats.add_argument("--format", default="text", choices=["text", "json"], help="json: with a row per day")
 
+    p_telegram = sub.add_parser("telegram", help="set the bot's webhook or command menu, or long-poll")
+    p_telegram.add_argument("action", choices=["set-webhook", "set-commands", "poll"])
+    p_telegram.add_argument("--config", type=Path, required=True)
+    p_telegram.add_argument("--bridge-url", help="poll: the bridge to hand updates to (default 127.0.0.1:server.port)")
+
     p_dead = sub.add_parser("dead-letters", help="list, replay or drop what could not be delivered")
     p_dead.add_argument("action", choices=["list", "retry", "drop"])
     p_dead.add_argument("id", nargs="?", help="one dead letter's id (retry, drop)")
@@ -476,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         return export(args.config, args.what, args.status, args.format, args.out, args.store, args.since, args.until)
     if args.command == "stats":
         return stats(args.config, args.store, args.period, args.since, args.until, args.format)
+    if args.command == "telegram":
+        return telegram_command(args.config, args.action, args.bridge_url)
     if args.command == "sandbox":
         return sandbox(args.config, args.host, args.port, args.bridge_url)
     from bridge.app.demo import run_demo

@@ -63,6 +63,9 @@ class TelegramEmulator(LocalServer):
         self.callback_answers: list[dict[str, Any]] = []
         self.files: dict[str, bytes] = {}
         self.webhook: dict[str, Any] = {}
+        self.polled: list[dict[str, Any]] | None = None
+        """Updates waiting for getUpdates once the webhook was deleted (None: pushed to the webhook)."""
+        self.commands: dict[str, list[dict[str, str]]] = {}  # language code ('' default) → the command menu
         self.forums: set[int] = set()  # groups with topics enabled
         self.missing_chats: set[int] = set()  # chats the bot is not in (or that do not exist)
         self.plain_member: set[int] = set()  # groups where the bot is not an admin (elsewhere it is, with all rights)
@@ -272,7 +275,26 @@ class TelegramEmulator(LocalServer):
 
     def _m_setWebhook(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         self.webhook = args
+        self.polled = None
         return 200, {"ok": True, "result": True, "description": "Webhook was set"}
+
+    def _m_deleteWebhook(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """From now on updates wait for getUpdates instead of being pushed (long polling)."""
+        self.webhook = {}
+        self.polled = self.polled if self.polled is not None else []
+        return 200, {"ok": True, "result": True, "description": "Webhook was deleted"}
+
+    def _m_getUpdates(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if self.polled is None:
+            return self._error(409, "Conflict: can't use getUpdates method while webhook is active")
+        offset = int(args.get("offset") or 0)
+        self.polled = [u for u in self.polled if u["update_id"] >= offset]  # an offset confirms the ones before
+        return 200, {"ok": True, "result": list(self.polled)}
+
+    def _m_setMyCommands(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        commands = json.loads(args["commands"]) if isinstance(args.get("commands"), str) else args.get("commands")
+        self.commands[str(args.get("language_code") or "")] = commands or []
+        return 200, {"ok": True, "result": True}
 
     def _m_sendMessage(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if not str(args.get("text", "")).strip():
@@ -394,6 +416,9 @@ class TelegramEmulator(LocalServer):
         return await self._send(update, secret)
 
     async def _send(self, update: dict[str, Any], secret: str | None = None) -> int:
+        if self.polled is not None:  # long polling: the update waits to be fetched
+            self.polled.append(update)
+            return 200
         headers = {"X-Telegram-Bot-Api-Secret-Token": self.secret if secret is None else secret}
         async with self.http().post(f"{self.bridge_url}/telegram/webhook", json=update, headers=headers) as resp:
             return resp.status

@@ -10,21 +10,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge.app.cli import _setup_logging
+from bridge.app.cli import log_handler
 from tests.conftest import Stack
 
 
 @pytest.fixture
 def json_lines() -> Iterator[io.StringIO]:
-    root, httpx = logging.getLogger(), logging.getLogger("httpx")
-    before, level, httpx_level = root.handlers[:], root.level, httpx.level
-    _setup_logging(verbose=True, log_format="json")
-    out = io.StringIO()
-    root.handlers[0].setStream(out)  # type: ignore[attr-defined]
+    """What ``bridge --log-format json -v`` writes, captured."""
+    out, root = io.StringIO(), logging.getLogger()
+    handler, level = log_handler("json", out), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
     yield out
-    root.handlers[:] = before
+    root.removeHandler(handler)
     root.setLevel(level)
-    httpx.setLevel(httpx_level)
 
 
 async def test_one_chat_is_followed_through_every_step_by_its_fields(stack: Stack, json_lines: io.StringIO) -> None:
