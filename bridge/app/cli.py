@@ -52,8 +52,10 @@ def _setup_logging(verbose: bool, log_format: str = "text") -> None:
     if root.handlers:
         return  # logging is set up already (an embedding program, a test runner): leave it as it is
     root.addHandler(log_handler(log_format))
-    # httpx (python-telegram-bot's client) logs every request's URL, which carries the bot token.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # httpx (python-telegram-bot's client) logs every request's URL, which carries the bot token;
+    # Alembic narrates every migration plugin at start.
+    for chatty in ("httpx", "alembic"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def check(path: Path, online: bool = False) -> int:
