@@ -516,6 +516,7 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
             if _path(err["loc"]) in unresolved:
                 continue  # already reported as the missing variable that caused it
             problems.append(Problem(_path(err["loc"]), _in_plain_words(err)))
+        problems += _problems_of_the_rest(resolved, exc)
         raise ConfigError(source, _located(problems, resolved)) from None
     problems = _located(problems + _semantic_problems(config), resolved)
     errors = [p for p in problems if p.severity == "error"]
@@ -529,6 +530,38 @@ def parse_config(text: str, *, source: str = "<config>", environ: Mapping[str, s
 _DEMO_ONLY = re.compile(r"(token|secret|app_key|api_url|api_base_url|file_base_url)[^.]*$")
 """Settings whose example default is a demo value (a secret, an emulator's address): ``bridge serve``
 refuses to start on them unless told ``--demo``."""
+
+
+def _problems_of_the_rest(tree: dict[str, Any], exc: ValidationError) -> list[Problem]:
+    """The checks across fields, run on what is well formed — the file without the stores, creators
+    and sections that have errors — so one run of ``bridge check`` reports every problem, not the
+    value problems only once the structural ones are fixed."""
+    bad_items: dict[str, set[int]] = {"stores": set(), "creators": set()}
+    bad_sections: set[str] = set()
+    for err in exc.errors():
+        loc = err["loc"]
+        if len(loc) > 1 and loc[0] in bad_items and isinstance(loc[1], int):
+            bad_items[str(loc[0])].add(loc[1])
+        elif loc:
+            bad_sections.add(str(loc[0]))
+    rest: dict[str, Any] = {k: v for k, v in tree.items() if k not in bad_sections}
+    kept: dict[str, list[int]] = {}
+    for name, bad in bad_items.items():
+        if isinstance(tree.get(name), list):
+            kept[name] = [i for i in range(len(tree[name])) if i not in bad]
+            rest[name] = [tree[name][i] for i in kept[name]]
+    try:
+        config = _config_model().model_validate(rest)
+    except ValidationError:
+        return []  # not even the rest stands on its own: the errors above come first
+
+    def original(match: re.Match[str]) -> str:
+        return f"{match.group(1)}[{kept[match.group(1)][int(match.group(2))]}]"
+
+    return [replace(p, path=_ITEM.sub(original, p.path, count=1)) for p in _semantic_problems(config)]
+
+
+_ITEM = re.compile(r"^(stores|creators)\[(\d+)\]")
 
 
 def _located(problems: list[Problem], tree: Any) -> list[Problem]:

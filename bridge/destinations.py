@@ -62,6 +62,9 @@ class Connector(Protocol):
     async def ready(self) -> None:
         """Returns once the service answered (tests and the demo wait on it)."""
 
+    def unreachable(self) -> str | None:
+        """Why the service has not answered yet (shown by /readyz), or None."""
+
     async def stop(self) -> None: ...
 
 

@@ -298,6 +298,9 @@ class Bridge:
         except (RedisError, OSError, TimeoutError) as exc:
             body |= {"status": "not ready", "reason": f"Redis does not answer: {exc or 'timeout'}"}
             return web.json_response(body, status=503)
+        waiting = {service: reason for service, c in self.connectors.items() if (reason := c.unreachable())}
+        if waiting:  # intake works and posts wait in the outbox: ready, but say what is missing
+            body["destinations_unreachable"] = waiting
         return web.json_response({"status": "ready", **body})
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -162,6 +162,9 @@ class SlackConnector:
     async def ready(self) -> None:
         """Slack needs no handshake before the first call."""
 
+    def unreachable(self) -> str | None:
+        return None  # no handshake: a call that fails is retried by the outbox
+
     async def stop(self) -> None:
         if self._close_socket_mode is not None:
             await self._close_socket_mode()

@@ -98,6 +98,7 @@ class TelegramConnector:
         self.application.add_handler(MessageHandler(filters.ALL, self._on_update))
         self.application.add_error_handler(self._on_error)
         self._failures: dict[int, Exception] = {}
+        self._unreachable: str | None = None
         self.handlers: list[InboundHandler] = []
         self._starting: asyncio.Task[None] | None = None
         self._forums: dict[int, bool] = {}
@@ -111,6 +112,9 @@ class TelegramConnector:
         up even while Telegram is unreachable. Until then updates are answered 503 and redelivered."""
         self._starting = asyncio.create_task(self._initialize())
 
+    def unreachable(self) -> str | None:
+        return self._unreachable
+
     async def ready(self) -> None:
         """Waits until Telegram answered getMe (tests, the demo)."""
         if self._starting is not None:
@@ -121,9 +125,11 @@ class TelegramConnector:
         while True:
             try:
                 await self.application.initialize()
+                self._unreachable = None
                 return
             except TelegramError as exc:
-                log.warning("Telegram not reachable yet (%s); retrying in %.0f s", exc, delay)
+                self._unreachable = f"not reachable yet at {self.settings.api_base_url} ({exc})"
+                log.warning("Telegram %s; retrying in %.0f s", self._unreachable, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60)
 

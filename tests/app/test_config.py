@@ -263,3 +263,16 @@ def test_problems_name_things_as_people_know_them_in_plain_words() -> None:
         "  error: store 1002 (stores[1]): reply_window.seconds: must be a whole number",
         "  error: creator c-7001 (creators[0]): name: must not be empty",
     ], "the id first, then the path, in plain words; never pydantic's wording"
+
+
+def test_a_structural_mistake_does_not_hide_the_checks_across_fields(tmp_path: Path) -> None:
+    tree = example_tree()
+    tree["stores"][0]["reply_window"]["seconds"] = "abc"  # refused by its type
+    tree["stores"][1]["agents"][0]["im_permission"] = False  # caught only by the checks across fields
+    bad = tmp_path / "mixed.yaml"
+    bad.write_text(yaml.safe_dump(tree, allow_unicode=True))
+    lines = run_check(bad).stdout.splitlines()
+    assert any("store 1001 (stores[0]): reply_window.seconds: must be a whole number" in line for line in lines)
+    assert any("store 1002 (stores[1]): designated_agents: no designated agent has IM permission" in line
+               for line in lines), lines  # fmt: skip
+    assert lines[-1].endswith("2 error(s), 1 warning(s) — not valid")

@@ -46,6 +46,7 @@ async def test_healthz_and_readyz(bridge: Bridge) -> None:
     assert await get(base + "/healthz") == (200, {"status": "alive"})
     status, body = await get(base + "/readyz")
     assert status == 200
+    body.pop("destinations_unreachable", None)  # no Telegram emulator runs here; named by its own test
     assert body == {"status": "ready", "config_generation": 1, "stores": 2, "creators": 2}
 
 
@@ -63,6 +64,24 @@ async def test_metrics_show_redis_the_backlog_of_events_and_the_most_overdue_tim
     assert "feige_timers_overdue_seconds 42.0" in text
     await stack.settle()
     assert "feige_events_backlog 0.0" in await metrics_text(stack.url)
+
+
+async def test_readyz_names_a_destination_not_reachable_yet_without_its_token(redis_url: str) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/bot"
+    holder = ConfigHolder(EXAMPLE, environ={"TELEGRAM_API_URL": closed})
+    b = Bridge(holder, Redis.from_url(redis_url, decode_responses=True))
+    await b.start(host="127.0.0.1", port=0)
+    try:
+        for _ in range(100):
+            status, body = await get(f"http://127.0.0.1:{b.port}/readyz")
+            if "destinations_unreachable" in body:
+                break
+            await asyncio.sleep(0.05)
+        assert status == 200 and body["status"] == "ready", "pushes are still stored: ready"
+        reason = body["destinations_unreachable"]["telegram"]  # type: ignore[index]
+        assert reason.startswith(f"not reachable yet at {closed} (") and "demo-telegram-token" not in reason
+    finally:
+        await b.stop()
 
 
 async def test_readyz_is_503_with_the_reason_when_redis_is_gone(tmp_path: Path) -> None:

@@ -60,6 +60,9 @@ class EchoConnector:
     async def ready(self):
         pass
 
+    def unreachable(self):
+        return None
+
     async def stop(self):
         pass
 
