@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import yaml
 
-from bridge.app.service import Bridge, connect_redis
+from bridge.app.service import Bridge, StartupError, connect_redis
 from bridge.config import ConfigError, ConfigHolder, LoadedConfig, load_config
 from bridge.engine import keys
 from bridge.engine.metrics import METRICS
@@ -156,7 +156,11 @@ def run_demo(config_path: Path, *, keep_serving: bool = False) -> int:
     except ConfigError as exc:
         print(exc)
         return 1
-    return asyncio.run(_demo(config_path, keep_serving))
+    try:
+        return asyncio.run(_demo(config_path, keep_serving))
+    except StartupError as error:
+        print(f"bridge demo: {error}")
+        return 1
 
 
 def _demo_config(config_path: Path) -> Path:
@@ -195,7 +199,11 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
         f"embedded redis-server at {embedded.url}, AOF under {DEMO_REDIS_DIR}/" if embedded else "using REDIS_URL",
     )
     bridge = Bridge(holder, redis, embedded_redis=embedded)
-    await bridge.start()
+    try:
+        await bridge.start()
+    except BaseException:
+        await bridge.stop()  # the embedded Redis with it
+        raise
     base = f"http://{holder.current.server.host}:{bridge.port}"
     sandbox.bridge_url = slack.bridge_url = telegram.bridge_url = base
     for connector in bridge.connectors.values():
