@@ -1,6 +1,7 @@
-"""arq deferred jobs, default worker settings — run by bench/timers.py in bench/.venv-arq.
+"""arq deferred jobs — run by bench/timers.py in bench/.venv-arq, with arq's default worker settings
+or a tuned poll delay (arq polls for due jobs every ``poll_delay`` seconds, 0.5 by default).
 
-Usage: arq_timers.py REDIS_URL N SPREAD_S LEAD_S CAP_S OUT.json → writes {"lateness_ms": [...], ...}
+Usage: arq_timers.py REDIS_URL N SPREAD_S LEAD_S CAP_S OUT.json [POLL_DELAY_S] → writes {"lateness_ms": [...], ...}
 """
 
 import asyncio
@@ -39,13 +40,15 @@ async def main() -> str:
     settings = RedisSettings.from_dsn(url)
     pool = await create_pool(settings)
     await pool.flushdb()
+    tuning = {"poll_delay": float(sys.argv[7])} if len(sys.argv) > 7 else {}
+    # The worker runs while the jobs are enqueued, as in production (not only once all are in).
+    worker = Worker(functions=[fire], redis_settings=settings, handle_signals=False, **tuning)
+    task = asyncio.create_task(worker.async_run())
     t0 = time.time() + lead
     for i in range(n):
         due = t0 + spread * i / n
         await pool.enqueue_job("fire", _defer_until=datetime.fromtimestamp(due, tz=UTC))
     enqueued_at = time.time()
-    worker = Worker(functions=[fire], redis_settings=settings, handle_signals=False)  # defaults otherwise
-    task = asyncio.create_task(worker.async_run())
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(all_fired.wait(), timeout=max(0.0, t0 + spread + cap - time.time()))
     last = time.time()

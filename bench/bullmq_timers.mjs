@@ -10,6 +10,9 @@ const connection = new IORedis(url, { maxRetriesPerRequest: null });
 await connection.flushdb();
 const queue = new Queue("timers", { connection });
 const lateness = [];
+// The worker runs while the jobs are added, as in production (not only once all are in).
+const worker = new Worker("timers", async (job) => { lateness.push(Date.now() - job.data.due); },
+  { connection: new IORedis(url, { maxRetriesPerRequest: null }), concurrency: 50 });
 const t0 = Date.now() + lead;
 const batch = 1000;
 for (let start = 0; start < n; start += batch) {
@@ -22,8 +25,6 @@ for (let start = 0; start < n; start += batch) {
   await queue.addBulk(jobs);
 }
 const enqueuedAt = Date.now();
-const worker = new Worker("timers", async (job) => { lateness.push(Date.now() - job.data.due); },
-  { connection: new IORedis(url, { maxRetriesPerRequest: null }), concurrency: 50 });
 const deadline = t0 + spread + cap;
 while (lateness.length < n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
 const last = Date.now();
