@@ -188,9 +188,10 @@ async def main() -> None:
     pending_count = 1_000_000 if not args.quick else 50_000
     arq_python = HERE / ".venv-arq" / "bin" / "python"
     peers = {
-        "arq": ([str(arq_python), str(HERE / "arq_timers.py")], []),
-        "arq (poll_delay 0.05)": ([str(arq_python), str(HERE / "arq_timers.py")], ["0.05"]),
-        "bullmq": (["node", str(HERE / "bullmq_timers.mjs")], []),
+        # (command, extra arguments, jobs its enqueue API takes a second beside a running worker)
+        "arq": ([str(arq_python), str(HERE / "arq_timers.py")], [], 1_000),
+        "arq (poll_delay 0.05)": ([str(arq_python), str(HERE / "arq_timers.py")], ["0.05"], 1_000),
+        "bullmq": (["node", str(HERE / "bullmq_timers.mjs")], [], 4_000),
     }
     results: dict[str, Any] = {"machine": machine() | {"python": sys.version.split()[0]}, "loads": {}}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp), appendonly=False) as server:
@@ -202,8 +203,8 @@ async def main() -> None:
             systems: dict[str, Any] = {"ours": await run_ours(server.url, n, spread, lead, cap)}
             print("   ours", systems["ours"], flush=True)
             if not args.skip_peers:
-                for name, (cmd, extra) in peers.items():
-                    peer_lead = lead + n / 4_000  # their enqueue APIs take one round trip a job
+                for name, (cmd, extra, enqueue_rate) in peers.items():
+                    peer_lead = lead + n / enqueue_rate  # their enqueue APIs take one round trip a job
                     systems[name] = run_peer(cmd, server.url, n, spread, peer_lead, cap, extra)
                     print(f"   {name}", systems[name], flush=True)
             results["loads"][label] = systems
