@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from chaos import machine  # type: ignore[import-not-found]
+from machine import machine  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 from redis.asyncio import Redis
 from sqlalchemy import insert
 

@@ -43,6 +43,7 @@ from typing import Any
 import aiohttp
 import yaml
 from chats import SIGNING, TOKEN, slack_store, wait_up  # bench/chats.py, beside this file
+from machine import machine
 from redis.asyncio import Redis
 
 from bridge.app.redis_server import EmbeddedRedis, free_port
@@ -448,13 +449,6 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"p50": round(statistics.median(ordered), 3),
             "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3),
             "max": round(ordered[-1], 3), "n": len(ordered)}  # fmt: skip
-
-
-def machine() -> dict[str, Any]:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout)
-    return {"commit": commit, "uncommitted_changes": dirty, "cpus": os.cpu_count(),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
 
 
 async def main_async(quick: bool, only: list[str]) -> dict[str, Any]:

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from machine import machine  # type: ignore[import-not-found]  # bench/machine.py, beside this file
+from redis.asyncio import Redis
 
 from bridge.app.redis_server import EmbeddedRedis, free_port
 from bridge.config import load_config
@@ -78,8 +80,35 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
+SETTLE_SECONDS = 2.0
+
+
+class CpuMeter:
+    """CPU seconds used so far by the bridge process (from /proc) and by redis-server (INFO cpu)."""
+
+    def __init__(self, bridge_pid: int, redis_url: str) -> None:
+        self.bridge_pid = bridge_pid
+        self.redis = Redis.from_url(redis_url, decode_responses=True)
+
+    async def read(self) -> dict[str, float]:
+        info = await self.redis.info("cpu")
+        redis = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        return {"bridge": process_cpu(self.bridge_pid), "redis": redis, "bench_process": time.process_time()}
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def run_load(
-    sandbox: PlatformSandbox, slack: SlackEmulator, chats_per_channel: int, spacing: float, label: str
+    sandbox: PlatformSandbox,
+    slack: SlackEmulator,
+    chats_per_channel: int,
+    spacing: float,
+    label: str,
+    cpu: CpuMeter,
 ) -> dict[str, Any]:
     to_slack: list[float] = []
     to_platform: list[float] = []
@@ -125,12 +154,19 @@ async def run_load(
             missing.append(marker + " reply")
 
     started = time.time()
+    cpu_before = await cpu.read()
     await asyncio.gather(*(one_chat(c, n) for c in range(CHANNELS) for n in range(chats_per_channel)))
+    await asyncio.sleep(SETTLE_SECONDS)  # the follow-ups (✅ reactions, header updates) are part of a chat
+    used = {k: v - cpu_before[k] for k, v in (await cpu.read()).items()}
     slack.listeners.remove(on_slack)
     sandbox.listeners.remove(on_platform)
+    chats = CHANNELS * chats_per_channel
     return {
-        "chats": CHANNELS * chats_per_channel,
+        "chats": chats,
         "seconds": round(time.time() - started, 1),
+        "cpu_ms_per_chat": {name: round(seconds * 1000 / chats, 2) for name, seconds in used.items()},
+        "cpu_note": "process CPU over the phase (and SETTLE_SECONDS after), per chat round trip: the bridge "
+        "process and redis-server; the load generator and the emulators share this bench process",
         "platform_to_slack": percentiles(to_slack),
         "slack_to_platform": percentiles(to_platform),
         "missing": missing,
@@ -156,11 +192,14 @@ async def main_async(quick: bool) -> dict[str, Any]:
             try:
                 await wait_up(port)
                 per_channel = 2 if quick else 10
+                cpu = CpuMeter(bridge.pid, redis.url)
                 results: dict[str, Any] = {
-                    "paced": await run_load(sandbox, slack, per_channel, 3.5, "paced"),
+                    "machine": machine(),
+                    "paced": await run_load(sandbox, slack, per_channel, 3.5, "paced", cpu),
                 }
                 paced_429 = slack.rate_limited
-                results["burst"] = await run_load(sandbox, slack, per_channel, 0.0, "burst")
+                results["burst"] = await run_load(sandbox, slack, per_channel, 0.0, "burst", cpu)
+                results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
                 results["paced"]["slack_429s"] = paced_429
                 results["burst"]["slack_429s"] = slack.rate_limited - paced_429
             finally:
@@ -175,7 +214,7 @@ async def main_async(quick: bool) -> dict[str, Any]:
 def start_bridge(config_path: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     log = log_path.open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "bridge", "serve", "--config", str(config_path)],
+        [sys.executable, "-m", "bridge", "serve", "--config", str(config_path), "--demo"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 import yaml
-from chaos import machine  # type: ignore[import-not-found]  # bench/ is the script's folder
+from machine import machine  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 
 from bridge.app.redis_server import EmbeddedRedis, free_port
 from connectors.platform.signing import sign

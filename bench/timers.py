@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chaos import machine  # type: ignore[import-not-found]  # bench/ is the script's folder
+from machine import machine  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 from redis.asyncio import Redis
 
 from bridge.app.redis_server import EmbeddedRedis

@@ -1,0 +1,19 @@
+"""What every benchmark result records about the run: the commit it measured (and whether the tree
+had changes beside it), the cores, and the machine's load when it started (``at_end`` is added by
+each benchmark when it finishes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine() -> dict[str, Any]:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout)
+    return {"commit": commit, "uncommitted_changes": dirty, "cpus": os.cpu_count(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
