@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -318,14 +319,18 @@ def _last_per_key(table: Table, rows: list[dict[str, Any]]) -> list[dict[str, An
 
 
 def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """One statement compiled once (and cached) for all rows: SQLAlchemy sends them as multi-row
-    INSERT … ON CONFLICT batches itself ("insertmanyvalues")."""
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    statement = insert(table)
+    """One statement for all rows (an executemany), built once per dialect and table."""
+    conn.execute(_upsert_statement(conn.dialect.name, table.name), rows)
+
+
+@functools.cache
+def _upsert_statement(dialect: str, table_name: str) -> Any:
+    table = metadata.tables[table_name]
+    statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
     keys = [c.name for c in table.primary_key.columns]
     updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
     newer = table.c.snapshot_at <= statement.excluded.snapshot_at if table.name in SNAPSHOT_TABLES else None
-    conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates, where=newer), rows)
+    return statement.on_conflict_do_update(index_elements=keys, set_=updates, where=newer)
 
 
 def moment(epoch: float | str | None) -> datetime | None:

@@ -26,7 +26,8 @@ from bridge.engine.timers import Timer, TimerStore
 log = logging.getLogger(__name__)
 
 ARCHIVE_DELAY_SECONDS = 1.0
-"""How long after a change its copy is made: the writes of one step land together."""
+"""How long after a change its copy is made: the writes of one step land together, and lists and
+statistics lag live work by about this."""
 
 ARCHIVE_RETRY_SECONDS = 30.0
 """How soon a copy the archive refused is first tried again; each further failure doubles the wait,
