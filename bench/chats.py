@@ -81,6 +81,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 SETTLE_SECONDS = 2.0
+IDLE_SECONDS = 5.0
 
 
 class CpuMeter:
@@ -165,6 +166,7 @@ async def run_load(
         "chats": chats,
         "seconds": round(time.time() - started, 1),
         "cpu_ms_per_chat": {name: round(seconds * 1000 / chats, 2) for name, seconds in used.items()},
+        "cpu_seconds": {name: round(seconds, 3) for name, seconds in used.items()},
         "cpu_note": "process CPU over the phase (and SETTLE_SECONDS after), per chat round trip: the bridge "
         "process and redis-server; the load generator and the emulators share this bench process",
         "platform_to_slack": percentiles(to_slack),
@@ -193,13 +195,22 @@ async def main_async(quick: bool) -> dict[str, Any]:
                 await wait_up(port)
                 per_channel = 2 if quick else 10
                 cpu = CpuMeter(bridge.pid, redis.url)
+                idle_before = await cpu.read()
+                await asyncio.sleep(IDLE_SECONDS)  # what the bridge costs doing nothing: timers, watchers
+                idle = {k: (v - idle_before[k]) / IDLE_SECONDS for k, v in (await cpu.read()).items()}
                 results: dict[str, Any] = {
                     "machine": machine(),
+                    "idle_cpu_ms_per_s": {k: round(v * 1000, 2) for k, v in idle.items()},
                     "paced": await run_load(sandbox, slack, per_channel, 3.5, "paced", cpu),
                 }
                 paced_429 = slack.rate_limited
                 results["burst"] = await run_load(sandbox, slack, per_channel, 0.0, "burst", cpu)
                 results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+                for phase in ("paced", "burst"):  # less what the bridge spends idle over the same time
+                    row = results[phase]
+                    row["cpu_ms_per_chat_less_idle"] = {
+                        name: round((row["cpu_seconds"][name] - idle[name] * (row["seconds"] + SETTLE_SECONDS))
+                                    * 1000 / row["chats"], 2) for name in ("bridge", "redis")}  # fmt: skip
                 results["paced"]["slack_429s"] = paced_429
                 results["burst"]["slack_429s"] = slack.rate_limited - paced_429
             finally:
