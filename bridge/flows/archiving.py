@@ -35,6 +35,11 @@ up to ARCHIVE_RETRY_MAX_SECONDS. It is tried until it lands."""
 
 ARCHIVE_RETRY_MAX_SECONDS = 300.0
 
+COPIES_IN_FLIGHT = 16
+"""Copies one process makes at once. More wait as timers, not as running handlers: copies held up by
+a busy archive (another process's write lock, a slow PostgreSQL) must never take the timer worker's
+slots from the reply sends, reminders and window closes."""
+
 FORGET_AFTER_ARCHIVE_SECONDS = 60.0
 """How soon a finished object whose last change is not archived yet is looked at again."""
 
@@ -74,10 +79,21 @@ class Archiving:
         self.archive = archive
         self.snapshots = snapshots
         self.forgetters = forgetters
+        self._in_flight = 0
 
     async def on_archive_timer(self, timer: Timer) -> None:
         _, tag, thread = keys.split_timer_key(timer.key)
         kind, _, object_id = thread.partition(":")
+        if self._in_flight >= COPIES_IN_FLIGHT:
+            await archive_soon(self.timers, self.clock.now(), tag, thread)  # a moment later, slot given back
+            return
+        self._in_flight += 1
+        try:
+            await self._copy(timer, tag, thread, kind, object_id)
+        finally:
+            self._in_flight -= 1
+
+    async def _copy(self, timer: Timer, tag: str, thread: str, kind: str, object_id: str) -> None:
         snapshot = await self.snapshots[kind](tag, object_id)
         if snapshot is None:
             return  # removed meanwhile: what it was is archived already

@@ -23,7 +23,12 @@ from bridge.engine import keys
 from bridge.engine.clock import ManualClock
 from bridge.engine.metrics import METRICS
 from bridge.engine.timers import Timer
-from bridge.flows.archiving import ARCHIVE_RETRY_MAX_SECONDS, ARCHIVE_RETRY_SECONDS
+from bridge.flows.archiving import (
+    ARCHIVE_DELAY_SECONDS,
+    ARCHIVE_RETRY_MAX_SECONDS,
+    ARCHIVE_RETRY_SECONDS,
+    COPIES_IN_FLIGHT,
+)
 from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
 
 TAG = "{store:1001}"
@@ -252,3 +257,21 @@ async def test_stats_over_periods_and_exports_of_chats_read_the_archive(archived
     rows = list(csv.DictReader(sheet.read_text(encoding="utf-8").splitlines()))
     assert len(rows) == 5 and {"conversation_id", "first_reply_seconds", "close_reason", "messages"} <= set(rows[0])
     assert sorted(float(r["first_reply_seconds"]) for r in rows) == [10.0, 20.0, 30.0, 40.0, 100.0]
+
+
+async def test_copies_held_up_by_a_busy_archive_never_take_the_timer_workers_slots(archived: Stack) -> None:
+    """With COPIES_IN_FLIGHT copies waiting on the archive, the next copy is put back as a timer at
+    once instead of waiting in a handler slot that reply sends and window closes need."""
+    stack = archived
+    assert stack.clock is not None
+    cid = await stack.sandbox.open_chat("1001")
+    await stack.settle()
+    archiving = stack.bridge.archiving
+    archiving._in_flight = COPIES_IN_FLIGHT  # as if that many copies waited on another process's lock
+    key = keys.archive_timer(TAG, f"chat:{cid}")
+    await archiving.on_archive_timer(Timer(key, None, None, 0))
+    assert await stack.bridge.timers.due_at(key) == stack.clock.now() + ARCHIVE_DELAY_SECONDS, "put back"
+    archiving._in_flight = 0
+    await stack.advance(ARCHIVE_DELAY_SECONDS)
+    [row] = await stack.bridge.archive.chats("1001")
+    assert row["conversation_id"] == cid, "copied once a slot was free"
