@@ -28,6 +28,11 @@ def store_tag(store_id: str) -> str:
     return "{store:" + store_id + "}"
 
 
+def store_of(tag: str) -> str | None:
+    """The store id a tag names (``{store:1001}`` → ``1001``); None for any other tag."""
+    return tag[len("{store:") : -1] if tag.startswith("{store:") and tag.endswith("}") else None
+
+
 def creator_tag(creator_id: str) -> str:
     return "{creator:" + creator_id + "}"
 

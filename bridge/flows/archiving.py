@@ -114,7 +114,7 @@ class Archiving:
         """Removes a finished object's Redis state, unless a change of it is still to be archived
         (then False: the caller looks again later)."""
         kind, _, object_id = thread.partition(":")
-        if kind not in self.forgetters or not tag.startswith("{store:"):
+        if kind not in self.forgetters or keys.store_of(tag) is None:
             return True  # a creator's side of a task order: its state lives under the store
         if await self.timers.is_pending(keys.archive_timer(tag, thread)):
             return False  # a copy is due or being made: removing the state now could lose it

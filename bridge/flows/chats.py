@@ -251,7 +251,7 @@ class ChatFlow:
 
     async def on_window_timer(self, timer: Timer) -> None:
         _, tag, cid = keys.split_timer_key(timer.key)
-        store = self.config.store(tag.removeprefix("{store:").removesuffix("}"))
+        store = self.config.store(keys.store_of(tag) or "")
         if store is None:
             return
         chat = await self._chat(tag, cid)
@@ -434,7 +434,7 @@ class ChatFlow:
         chat = await self._chat(tag, cid)
         if not chat.get("started_at"):
             return None
-        store_id = tag.removeprefix("{store:").removesuffix("}")
+        store_id = keys.store_of(tag) or ""
         messages = await recorded(self.redis, keys.chat_messages(tag, cid))
         row = chat_row(store_id, cid, chat, messages.values(), snapshot_at=self.clock.now())
         rows = [{"store_id": store_id, "conversation_id": cid, "message_id": message_id,

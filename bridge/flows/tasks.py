@@ -232,7 +232,7 @@ class TaskFlow:
     async def on_digest_timer(self, timer: Timer) -> None:
         """The morning digest: the store's pending task orders due today, each with Resolve at hand."""
         _, tag, _ = keys.split_timer_key(timer.key)
-        store = self.config.store(tag.removeprefix("{store:").removesuffix("}"))
+        store = self.config.store(keys.store_of(tag) or "")
         if store is None or store.task_orders.digest_at is None:
             return
         tz, loc = ZoneInfo(store.timezone), store.locale
@@ -263,7 +263,7 @@ class TaskFlow:
 
     async def on_deadline_timer(self, timer: Timer) -> None:
         _, tag, tid = keys.split_timer_key(timer.key)
-        store = self.config.store(tag.removeprefix("{store:").removesuffix("}"))
+        store = self.config.store(keys.store_of(tag) or "")
         if store is None:
             return
         task = await self._task(tag, tid)
@@ -500,7 +500,7 @@ class TaskFlow:
         task = await self._task(tag, tid)
         if not task.get("data"):
             return None
-        store = self.config.store(tag.removeprefix("{store:").removesuffix("}"))
+        store = self.config.store(keys.store_of(tag) or "")
         order = TaskOrderCreated.model_validate_json(task["data"])
         ids = {"store_id": order.shop_id, "task_id": tid}
         deadline = float(task["deadline"])
