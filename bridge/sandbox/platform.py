@@ -519,6 +519,17 @@ class PlatformSandbox(LocalServer):
             await self.push("creator", task.creator_id, [("task_order_comment", data)])
         return str(comment["comment_id"])
 
+    async def process_on_platform(
+        self, task_id: str, result: str, solution: str, operator: tuple[str, str] = ("main-1001", "店长 Li")
+    ) -> Delivery:
+        """The merchant processes a task order in the platform's own UI (not through the bridge):
+        the result is pushed to the store as ``task_order_processed``. ``operator`` is (id, name)."""
+        task = self.task_orders[task_id]
+        data = {"shop_id": task.store_id, "task_id": task_id, "result": result, "solution": solution,
+                "evidence": [], "operator": {"id": operator[0], "name": operator[1]},
+                "processed_at": iso(self.clock.now())}  # fmt: skip
+        return await self.push("store", task.store_id, [("task_order_processed", data)])
+
     # -- pushing ----------------------------------------------------------------------------------
 
     def _credentials(self, kind: str, endpoint_id: str) -> PlatformCredentials:

@@ -6,6 +6,7 @@ archive that is down delays copies without holding up live work."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import os
@@ -49,6 +50,18 @@ async def reopened(url: str) -> Archive:
     return Archive(url)
 
 
+@contextlib.asynccontextmanager
+async def archive_down(stack: Stack) -> AsyncIterator[None]:
+    """The archive refuses every connection (nothing listens on port 9) until the block ends."""
+    good, down = stack.bridge.archiving.archive, Archive("postgresql://postgres@127.0.0.1:9/none")
+    stack.bridge.archiving.archive = down
+    try:
+        yield
+    finally:
+        stack.bridge.archiving.archive = good
+        await down.close()
+
+
 async def state_keys(redis: Redis, object_id: str) -> list[str]:
     return sorted(k for k in await redis.keys("*") if object_id in k and not k.startswith("timers:"))
 
@@ -66,10 +79,7 @@ async def test_a_task_order_is_archived_as_it_changes_with_comments_evidence_and
     await stack.settle()
     await stack.sandbox.comment_on_platform(tid, "creator", "c-7001", "达人 Xiao", "买家说还没收到")
     await stack.settle()
-    data = {"shop_id": "1001", "task_id": tid, "result": "resolved", "solution": "已补发，顺丰 SF123456789",
-            "evidence": [], "operator": {"id": "main-1001", "name": "店长 Li"},
-            "processed_at": "2026-11-23T10:00:00+08:00"}  # fmt: skip
-    await stack.sandbox.push("store", "1001", [("task_order_processed", data)])
+    await stack.sandbox.process_on_platform(tid, "resolved", "已补发，顺丰 SF123456789")
     await stack.settle()
     timer = Timer(keys.archive_timer(TAG, f"task:{tid}"), None, None, 0)
     await stack.bridge.archiving.on_archive_timer(timer)  # a retry after a crash: nothing twice
@@ -144,10 +154,7 @@ async def test_finished_work_leaves_redis_after_its_grace_and_is_still_listed(ar
     stack = archived
     tid = await stack.sandbox.create_task_order("1001", "c-7001")
     await stack.settle()
-    data = {"shop_id": "1001", "task_id": tid, "result": "resolved", "solution": "已补发，顺丰 SF123456789",
-            "evidence": [], "operator": {"id": "main-1001", "name": "店长 Li"},
-            "processed_at": "2026-11-23T10:00:00+08:00"}  # fmt: skip
-    await stack.sandbox.push("store", "1001", [("task_order_processed", data)])
+    await stack.sandbox.process_on_platform(tid, "resolved", "已补发，顺丰 SF123456789")
     await stack.settle()
     assert await state_keys(stack.redis, tid), "kept in Redis while recent"
     await stack.advance(keys.FINISHED_KEEP_SECONDS + 60)
@@ -162,11 +169,8 @@ async def test_finished_work_leaves_redis_after_its_grace_and_is_still_listed(ar
 
 async def test_an_archive_that_is_down_delays_copies_and_holds_up_nothing(archived: Stack) -> None:
     stack = archived
-    good = stack.bridge.archiving.archive
-    down = Archive("postgresql://postgres@127.0.0.1:9/none")  # nothing listens on port 9
-    stack.bridge.archiving.archive = down
     failures = METRICS.archive_failures.labels("chat")._value.get()
-    try:
+    async with archive_down(stack):
         cid = await stack.sandbox.open_chat("1001")
         await stack.settle()
         root = stack.slack.channel(CHATS)[-1]
@@ -176,11 +180,8 @@ async def test_an_archive_that_is_down_delays_copies_and_holds_up_nothing(archiv
         assert [m["content"]["text"] for m in sent] == ["在的"], "the reply reached the platform regardless"
         assert METRICS.archive_failures.labels("chat")._value.get() > failures, "counted in /metrics"
         assert await stack.bridge.timers.due_at(keys.archive_timer(TAG, f"chat:{cid}")) is not None, "still due"
-    finally:
-        await down.close()
-    stack.bridge.archiving.archive = good  # the archive is back
-    await stack.advance(ARCHIVE_RETRY_SECONDS + 1)
-    [row] = await good.chats("1001")
+    await stack.advance(ARCHIVE_RETRY_SECONDS + 1)  # the archive is back
+    [row] = await stack.bridge.archive.chats("1001")
     assert row["conversation_id"] == cid and row["replies"] == 1, "archived once it could be"
 
 
@@ -189,21 +190,15 @@ async def test_finished_work_stays_in_redis_until_it_is_archived_however_long_th
 ) -> None:
     stack = archived
     monkeypatch.setattr(keys, "FINISHED_KEEP_SECONDS", 1800)  # a short grace: the same rules, fewer retries
-    good = stack.bridge.archiving.archive
-    down = Archive("postgresql://postgres@127.0.0.1:9/none")
-    stack.bridge.archiving.archive = down
-    try:
+    async with archive_down(stack):
         cid = await stack.sandbox.open_chat("1001")
         await stack.settle()
         await stack.sandbox.close_chat(cid)
         await stack.settle()
         await stack.advance(keys.FINISHED_KEEP_SECONDS + 120)
         assert await stack.redis.exists(keys.chat(TAG, cid), keys.chat_messages(TAG, cid)) == 2, "not archived: kept"
-    finally:
-        await down.close()
-    stack.bridge.archiving.archive = good
     await stack.advance(ARCHIVE_RETRY_MAX_SECONDS + 1)
-    [row] = await good.chats("1001")
+    [row] = await stack.bridge.archive.chats("1001")
     assert (row["conversation_id"], row["status"], len(row["messages"])) == (cid, "closed", 1)
     await stack.advance(120)
     assert await stack.redis.exists(keys.chat(TAG, cid), keys.chat_messages(TAG, cid)) == 0, "archived, then gone"

@@ -138,11 +138,8 @@ async def test_reminders_then_timeout_tell_both_sides_and_stop_comments(stack: S
 
 async def test_processed_on_the_platform_pings_the_creator_with_contact_buyer(stack: Stack) -> None:
     tid = await raise_task(stack)
-    data = {"shop_id": "1001", "task_id": tid, "result": "resolved", "solution": "已补发，顺丰 SF123456789",
-            "evidence": [], "operator": {"id": "main-1001", "name": "店长 Li"},
-            "processed_at": "2026-11-23T10:00:00+08:00"}  # fmt: skip
-    await stack.sandbox.push("store", "1001", [("task_order_processed", data)])
-    await stack.sandbox.push("store", "1001", [("task_order_processed", data)])
+    await stack.sandbox.process_on_platform(tid, "resolved", "已补发，顺丰 SF123456789")
+    await stack.sandbox.process_on_platform(tid, "resolved", "已补发，顺丰 SF123456789")  # and once more
     await stack.settle()
     assert await stack.redis.hget(keys.task(TAG, tid), "status") == "resolved"
     result = stack.telegram.by_bot(CREATOR_CHAT)[-1]

@@ -57,10 +57,7 @@ async def test_the_log_button_and_tasks_command_in_the_creators_channel(stack: S
 
 async def test_a_processed_task_order_pings_the_creator_with_contact_buyer(stack: Stack) -> None:
     tid = await raise_task(stack)
-    data = {"shop_id": "1001", "task_id": tid, "result": "resolved", "solution": "Reshipped, SF123456789",
-            "evidence": [], "operator": {"id": "main-1001", "name": "店长 Li"},
-            "processed_at": "2026-11-23T10:00:00+08:00"}  # fmt: skip
-    await stack.sandbox.push("store", "1001", [("task_order_processed", data)])
+    await stack.sandbox.process_on_platform(tid, "resolved", "Reshipped, SF123456789")
     await stack.settle()
     result = stack.slack.channel(CREATOR_CHANNEL)[0]
     ping = stack.slack.thread(CREATOR_CHANNEL, result.ts)[-1]
