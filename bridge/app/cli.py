@@ -8,7 +8,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, TypeVar
 from zoneinfo import ZoneInfo
@@ -251,10 +251,10 @@ def _stores(path: Path, store_id: str | None) -> list[Store] | None:
 
 def _day_bounds(store: Store, since: date | None, until: date | None) -> tuple[datetime | None, datetime | None]:
     """Two days in the store's time zone, both included, as [start, end) moments."""
+    from bridge.flows.statistics import day_start
+
     tz = ZoneInfo(store.timezone)
-    start = datetime.combine(since, time(), tzinfo=tz) if since else None
-    end = datetime.combine(until + timedelta(days=1), time(), tzinfo=tz) if until else None
-    return start, end
+    return (day_start(since, tz) if since else None), (day_start(until + timedelta(days=1), tz) if until else None)
 
 
 async def _on_archive(work: Callable[[Archive], Awaitable[T]]) -> T:

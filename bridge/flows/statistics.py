@@ -22,10 +22,11 @@ PERIODS = {"today": 1, "7d": 7, "30d": 30}
 def period_bounds(period: str, now: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
     """[since, until) of a named period in the store's time zone; until is the end of today."""
     today = now.astimezone(tz).date()
-    return _day_start(today - timedelta(days=PERIODS[period] - 1), tz), _day_start(today + timedelta(days=1), tz)
+    return day_start(today - timedelta(days=PERIODS[period] - 1), tz), day_start(today + timedelta(days=1), tz)
 
 
-def _day_start(day: date, tz: ZoneInfo) -> datetime:
+def day_start(day: date, tz: ZoneInfo) -> datetime:
+    """Midnight that begins ``day`` in the time zone ``tz``."""
     return datetime.combine(day, time(), tzinfo=tz)
 
 

@@ -159,7 +159,7 @@ class TaskFlow:
         await self._to_merchant(store, order.task_id, "card", "post", await self._card_view(store, order.task_id), True)
 
     def _deadline(self, store: Store | None, order: TaskOrderCreated) -> float:
-        settings = store.task_orders if store else TaskOrderSettings()
+        settings = _settings(store)
         return task_deadline(
             order.created_at,
             ZoneInfo(store.timezone if store else DEFAULT_TIMEZONE),
@@ -504,7 +504,7 @@ class TaskFlow:
         order = TaskOrderCreated.model_validate_json(task["data"])
         ids = {"store_id": order.shop_id, "task_id": tid}
         deadline = float(task["deadline"])
-        settings = store.task_orders if store else TaskOrderSettings()
+        settings = _settings(store)
         basis = deadline_basis(order.created_at.timestamp(), deadline, settings.deadline_hours,
                                platform_set=order.deadline_at is not None)  # fmt: skip
         row = ids | {"creator_id": order.creator.id, "issue_type": order.issue_type, "order_id": order.order_id,
@@ -676,6 +676,11 @@ def evidence_problems(locale: str, files: list[tuple[str, bytes, int]]) -> str:
         reason = t(locale, f"task.process.reason.{refusal.reason}", **(evidence_limits() | {"limit_mb": limit_mb}))
         lines.append(t(locale, "task.process.bad_file", name=files[index][0], reason=reason))
     return "\n".join(lines)
+
+
+def _settings(store: Store | None) -> TaskOrderSettings:
+    """A store's task-order settings; the defaults for a task order of a store no longer configured."""
+    return store.task_orders if store else TaskOrderSettings()
 
 
 def _left(locale: str, seconds: int) -> str:
