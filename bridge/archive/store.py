@@ -174,13 +174,7 @@ class Archive:
         details: bool = True,
     ) -> list[dict[str, Any]]:
         """Task orders, newest first; with ``details`` each carries its log, comments and evidence."""
-        where = _filters(task_orders, store_id, since, until, "created_at")
-        if status is not None:
-            where.append(task_orders.c.status == status)
-        if creator_id is not None:
-            where.append(task_orders.c.creator_id == creator_id)
-        if task_id is not None:
-            where.append(task_orders.c.task_id == task_id)
+        where = _filters(task_orders, store_id, since, until, "created_at") + _task_filters(status, creator_id, task_id)
         query = select(task_orders).where(*where).order_by(task_orders.c.created_at.desc(), task_orders.c.task_id)
         query = query.limit(limit).offset(offset) if limit is not None else query
         async with self.engine.connect() as conn:
@@ -195,11 +189,7 @@ class Archive:
     async def count_tasks(
         self, store_id: str | None = None, status: str | None = None, *, creator_id: str | None = None
     ) -> int:
-        where = _filters(task_orders, store_id, None, None, "created_at")
-        if status is not None:
-            where.append(task_orders.c.status == status)
-        if creator_id is not None:
-            where.append(task_orders.c.creator_id == creator_id)
+        where = _filters(task_orders, store_id, None, None, "created_at") + _task_filters(status, creator_id, None)
         async with self.engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(task_orders).where(*where))).scalar_one())
 
@@ -255,6 +245,12 @@ def _filters(
     if until is not None:
         where.append(table.c[column] < _utc(until))
     return where
+
+
+def _task_filters(status: str | None, creator_id: str | None, task_id: str | None) -> list[ColumnElement[bool]]:
+    """What lists, counts and look-ups of task orders narrow by, beside store and period."""
+    asked = ((task_orders.c.status, status), (task_orders.c.creator_id, creator_id), (task_orders.c.task_id, task_id))
+    return [column == value for column, value in asked if value is not None]
 
 
 def _utc(value: Any) -> Any:
