@@ -153,12 +153,12 @@ def serve(path: Path, host: str | None, port: int | None, role: str = "all", dem
 
 def archive_command(action: str) -> int:
     """``bridge archive migrate``: brings the archive's schema to the newest version."""
-    from bridge.archive.store import archive_url, migrate
+    from bridge.archive.store import archive_url, migrate, shown_url
 
     url = archive_url()
     if action == "migrate":
         migrate(url)
-        print(f"archive at {url.split('@')[-1]}: schema up to date")
+        print(f"archive at {shown_url(url)}: schema up to date")
     return 0
 
 

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from bridge.app.redis_server import EmbeddedRedis
-from bridge.archive.store import Archive, archive_url, migrate
+from bridge.archive.store import Archive, archive_url, migrate, shown_url
 from bridge.config import ConfigHolder
 from bridge.core import Core
 from bridge.destinations import Connector, Inbox, plugins
@@ -72,12 +72,6 @@ def _redis_address(redis: Redis) -> str:
     if "host" in options:
         return f"{options['host']}:{options.get('port', 6379)}"
     return "REDIS_URL"
-
-
-def _where(url: str) -> str:
-    """A server's address as people can be shown it: no user, no password."""
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
 @dataclass
@@ -264,11 +258,11 @@ class Bridge:
     async def _observe_backlog(self) -> None:
         """The gauges read from Redis at scrape time: is it up, how much stored work waits, how late
         the most overdue timer is (an outbox send waiting is a timer). One round trip, bounded."""
-        now_ms = self.clock.now() * 1000
+        now_ms, endpoints = self.clock.now() * 1000, self.endpoints()
         try:
             async with asyncio.timeout(METRICS_REDIS_SECONDS):
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for endpoint in self.endpoints():
+                    for endpoint in endpoints:
                         pipe.xlen(keys.events(endpoint.tag))
                         pipe.xrange(keys.events(endpoint.tag), count=1)
                     for shard in range(self.timers.shards):
@@ -278,7 +272,7 @@ class Bridge:
             METRICS.redis_up.set(0)
             return
         METRICS.redis_up.set(1)
-        streams, heads = found[: 2 * len(self.endpoints())], found[2 * len(self.endpoints()) :]
+        streams, heads = found[: 2 * len(endpoints)], found[2 * len(endpoints) :]
         METRICS.events_backlog.set(sum(streams[0::2]))
         firsts = [int(str(entries[0][0]).split("-")[0]) for entries in streams[1::2] if entries]
         METRICS.events_oldest_seconds.set(max(0.0, (now_ms - min(firsts)) / 1000) if firsts else 0.0)
@@ -324,7 +318,7 @@ class Bridge:
             await asyncio.to_thread(migrate, self.archive.url)
         except (SQLAlchemyError, OSError) as error:
             reason = str(getattr(error, "orig", None) or error).splitlines()[0]
-            raise StartupError(f"the archive at {_where(self.archive.url)} cannot be used: {reason}") from None
+            raise StartupError(f"the archive at {shown_url(self.archive.url)} cannot be used: {reason}") from None
         access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
         bind_host, bind_port = host or settings.host, settings.port if port is None else port
         try:

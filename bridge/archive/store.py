@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import functools
 import os
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +43,12 @@ def archive_url(environ: Mapping[str, str] | None = None) -> str:
     """``ARCHIVE_URL`` when set (``postgresql://…`` for several replicas), else the embedded SQLite file."""
     env = os.environ if environ is None else environ
     return env.get("ARCHIVE_URL") or f"sqlite:///{EMBEDDED_ARCHIVE}"
+
+
+def shown_url(url: str) -> str:
+    """A database's address as people may be shown it (logs, errors): no user, no password."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
 
 
 def _drivers(url: str) -> tuple[str, str]:
