@@ -96,6 +96,11 @@ class CpuMeter:
         redis = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
         return {"bridge": process_cpu(self.bridge_pid), "redis": redis, "bench_process": time.process_time()}
 
+    async def commands(self) -> dict[str, int]:
+        """Commands Redis has run so far, by name (those a Lua script runs included)."""
+        stats = await self.redis.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+
 
 def process_cpu(pid: int) -> float:
     """CPU seconds (user + system) a process has used, from /proc/<pid>/stat."""
@@ -156,9 +161,11 @@ async def run_load(
 
     started = time.time()
     cpu_before = await cpu.read()
+    commands_before = await cpu.commands()
     await asyncio.gather(*(one_chat(c, n) for c in range(CHANNELS) for n in range(chats_per_channel)))
     await asyncio.sleep(SETTLE_SECONDS)  # the follow-ups (✅ reactions, header updates) are part of a chat
     used = {k: v - cpu_before[k] for k, v in (await cpu.read()).items()}
+    commands = {k: v - commands_before.get(k, 0) for k, v in (await cpu.commands()).items()}
     slack.listeners.remove(on_slack)
     sandbox.listeners.remove(on_platform)
     chats = CHANNELS * chats_per_channel
@@ -167,6 +174,12 @@ async def run_load(
         "seconds": round(time.time() - started, 1),
         "cpu_ms_per_chat": {name: round(seconds * 1000 / chats, 2) for name, seconds in used.items()},
         "cpu_seconds": {name: round(seconds, 3) for name, seconds in used.items()},
+        "redis_commands_per_chat": round(sum(commands.values()) / (CHANNELS * chats_per_channel), 1),
+        "redis_commands_by_name_per_chat": {
+            name: round(calls / (CHANNELS * chats_per_channel), 1)
+            for name, calls in sorted(commands.items(), key=lambda item: -item[1])
+            if calls
+        },
         "cpu_note": "process CPU over the phase (and SETTLE_SECONDS after), per chat round trip: the bridge "
         "process and redis-server; the load generator and the emulators share this bench process",
         "platform_to_slack": percentiles(to_slack),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, TypeVar
 from zoneinfo import ZoneInfo
 
+import uvloop
 from redis.asyncio import Redis
 
 from bridge.config import ConfigError, ConfigHolder, LoadedConfig, Problem, Store, load_config
@@ -144,7 +145,7 @@ def serve(path: Path, host: str | None, port: int | None, role: str = "all", dem
         return 1
     bridge = Bridge(holder, redis, embedded_redis=embedded)
     try:
-        asyncio.run(serve_until_signalled(bridge, host, port, role))
+        uvloop.run(serve_until_signalled(bridge, host, port, role))
     except StartupError as error:
         print(f"bridge: {error}", file=sys.stderr)
         return 1

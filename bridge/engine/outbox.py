@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from bridge.engine import keys
@@ -96,11 +97,12 @@ class OutboxJob:
         return self.expires_at is not None and now >= self.expires_at
 
     def dumps(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        # vars(), not asdict(): the payload is plain JSON data already, so no deep copy is needed.
+        return orjson.dumps(vars(self)).decode()
 
     @staticmethod
     def loads(raw: str) -> OutboxJob:
-        return OutboxJob(**json.loads(raw))
+        return OutboxJob(**orjson.loads(raw))
 
 
 LIVE_STATUSES = ("open", "pending")
@@ -142,15 +144,19 @@ return 0
 """
 
 # KEYS: queue, attempts.  ARGV: job id.  Removes the head if it is still that job; returns the
-# length left.
+# new head (false when the queue is empty).
 _POP_HEAD = """
 local head = redis.call('LINDEX', KEYS[1], 0)
 if head and cjson.decode(head)['id'] == ARGV[1] then
   redis.call('LPOP', KEYS[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
 end
-return redis.call('LLEN', KEYS[1])
+return redis.call('LINDEX', KEYS[1], 0)
 """
+
+JOBS_PER_RUN = 20
+"""A thread's sender goes on to the next queued job in the same run (no timer round trip between
+them) up to this many, then hands the rest to a new run so other threads get their turn."""
 
 
 @dataclass
@@ -199,15 +205,11 @@ class Outbox:
         if result == 1:
             # The queue was empty: nobody is sending this thread, start now.
             await self.timers.schedule(timer, self.clock.now())
-        elif abs(result) >= 1 and await self.timers.due_at(timer) is None and not await self._sending(timer):
+        elif abs(result) >= 1 and not await self.timers.is_pending(timer):
             # A queue with work and no timer: left by a process that died between push and
             # schedule. Restart it (a sender mid-flight would have a lease and reschedule itself).
             await self.timers.schedule(timer, self.clock.now())
         return result > 0
-
-    async def _sending(self, timer_key: str) -> bool:
-        shard = keys.timer_shard(timer_key, self.timers.shards)
-        return await self.redis.zscore(keys.timers_leased(shard), timer_key) is not None
 
     async def pending(self, tag: str, thread: str) -> list[OutboxJob]:
         return [OutboxJob.loads(str(raw)) for raw in await self.redis.lrange(keys.outbox_queue(tag, thread), 0, -1)]
@@ -251,11 +253,18 @@ class Outbox:
 
     async def handle_timer(self, timer: Timer) -> None:
         _, tag, thread = keys.split_timer_key(timer.key)
+        raw = await self.redis.lindex(keys.outbox_queue(tag, thread), 0)
+        for _ in range(JOBS_PER_RUN):
+            if raw is None:
+                return
+            raw = await self._send_head(timer, tag, thread, OutboxJob.loads(str(raw)))
+        if raw is not None:
+            await self.timers.schedule(timer.key, self.clock.now())
+
+    async def _send_head(self, timer: Timer, tag: str, thread: str, job: OutboxJob) -> str | None:
+        """Sends the head of the thread's queue; returns the next head when this one is done with
+        (sent, or dead-lettered) and None when the queue is empty or the head waits for a retry."""
         queue = keys.outbox_queue(tag, thread)
-        raw = await self.redis.lindex(queue, 0)
-        if raw is None:
-            return
-        job = OutboxJob.loads(str(raw))
         sender = self.senders.get(job.kind)
         try:
             if job.expired(self.clock.now()):
@@ -271,13 +280,13 @@ class Outbox:
             await self._dead_letter(tag, thread, job, f"no longer relevant: {exc}", None, "expired")
         except WaitingForRoot as exc:
             if int(await self._root_first(keys=[queue])):
-                await self.timers.schedule(timer.key, self.clock.now())  # the root, now at the head
-            else:
-                await self._retry(tag, thread, job, exc)
-            return
+                root = await self.redis.lindex(queue, 0)  # the root, now first
+                return None if root is None else str(root)
+            await self._retry(tag, thread, job, exc)
+            return None
         except RetryLater as exc:
             await self._retry(tag, thread, job, exc)
-            return
+            return None
         except FinalFailure as exc:
             await self._give_up(tag, thread, job, exc)
         else:
@@ -285,13 +294,15 @@ class Outbox:
             METRICS.outbox.labels(job.kind, "sent").inc()
             for follow in job.then or []:
                 await self.enqueue(follow["tag"], follow["thread"], OutboxJob(**follow["job"]))
-        await self._next(tag, thread, job)
+        return await self._pop(tag, thread, job)
+
+    async def _pop(self, tag: str, thread: str, job: OutboxJob) -> str | None:
+        """Removes ``job`` from the head of its queue; returns the job now first, if any."""
+        head = await self._pop_head(keys=[keys.outbox_queue(tag, thread), keys.outbox_attempts(tag)], args=[job.id])
+        return None if head is None else str(head)
 
     async def _next(self, tag: str, thread: str, job: OutboxJob) -> None:
-        left = int(
-            await self._pop_head(keys=[keys.outbox_queue(tag, thread), keys.outbox_attempts(tag)], args=[job.id])
-        )
-        if left:
+        if await self._pop(tag, thread, job) is not None:
             await self.timers.schedule(keys.outbox_timer(tag, thread), self.clock.now())
 
     async def irrelevance(self, job: OutboxJob) -> str | None:

@@ -151,6 +151,9 @@ class SlackConnector:
         """With ``socket_mode: true`` (teams without a public URL), events arrive over Slack's
         WebSocket instead of /slack/events, through the same bolt app — in processes that take
         events (not in ``--role worker``)."""
+        # The bridge's one HTTP session: without it slack_sdk opens and closes a session (a new
+        # TCP connection) for every call, which was a third of a post's CPU.
+        self.client.session = self.http()
         if not serve_webhooks or not self.settings.socket_mode or not self.settings.app_token:
             return
         from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
