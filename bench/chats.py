@@ -1,23 +1,34 @@
-"""`make bench-chats`: 200 concurrent platform chats across 20 Slack channels, end to end.
+"""`make bench-chats`: platform chats end to end through `bridge serve`, measured from outside.
 
-A `bridge serve` process sits between the platform sandbox and the Slack emulator (both in this
-process, Slack's 1 message/s per channel enforced with 429s). Each chat: platform CS writes (a
-signed push) → the bridge opens a Slack thread and mirrors the message → an agent answers in the
-thread → the reply reaches the platform. Measured per chat:
+The bridge runs as its own process(es) between the platform sandbox and the Slack emulator (both in
+this process, Slack's 1 message/s per channel enforced with 429s). Each chat: platform CS writes (a
+signed push) → the bridge opens a Slack thread with the message → an agent answers in the thread →
+the reply reaches the platform. Measured per chat:
 - platform→Slack: push sent → the platform's message visible in its Slack thread;
 - Slack→platform: the agent's message sent to the bridge → the reply received by the platform;
-- and how many 429s the emulator answered.
+- CPU per chat round trip of the bridge process(es) (/proc) and of redis-server (INFO cpu), less
+  what each spends idle over the same time (measured first), and Redis commands per chat;
+- how many 429s the emulator answered.
 
-Two loads: **paced** — chats opened so no channel is asked for more than one message a second (the
-rate limit is not the bottleneck; this is the latency the target is about), and **burst** — all 200
-at once (the channel limit is the bottleneck: every post waits its turn; shows that nothing is lost
-and no 429 is provoked). Writes bench/results/chats.json.
+Three parts:
+- **paced** — three runs of 2,000 chats each (40 channels, a new chat in each channel every 3.5 s, so
+  the rate limit is never the bottleneck): the latency the target is about, with the spread between
+  runs;
+- **burst** — 200 chats into 20 channels at once: the first post of each channel (from its push), the
+  share of the allowed rate each channel got (its posts' ideal span at 1/s over their actual span
+  from the push), and 429s;
+- **scaling** — 400 chats into 400 channels at once (one each: the rate limit is not the
+  bottleneck) with 1, 2 and 4 processes (`all`; `web` + `worker`; `web` + 3 `worker`): chats
+  completed per second, latency, and CPU per chat of each process.
+
+Writes bench/results/chats.json; ``--quick`` runs a small version and writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -25,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +52,15 @@ from bridge.sandbox.slack import SlackEmulator
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results" / "chats.json"
-CHANNELS = 20
 SIGNING, TOKEN = "bench-signing-secret", "xoxb-bench"
+
+PACED = {"channels": 40, "per_channel": 50, "spacing": 3.5, "runs": 3}
+BURST = {"channels": 20, "per_channel": 10}
+SCALING = {"channels": 400, "per_channel": 1, "processes": {1: ["all"], 2: ["web", "worker"],
+                                                            4: ["web", "worker", "worker", "worker"]}}  # fmt: skip
+QUICK = {"paced": {"channels": 20, "per_channel": 2, "spacing": 3.5, "runs": 1},
+         "burst": {"channels": 20, "per_channel": 2}, "scaling": {"channels": 40, "per_channel": 1}}  # fmt: skip
+SLACK_SPACING_SECONDS = 1.0  # what the emulator (and Slack) allow per channel
 
 
 def slack_store(i: int, first_id: int, label: str, chats: str, agent: str) -> dict[str, Any]:
@@ -58,8 +77,8 @@ def slack_store(i: int, first_id: int, label: str, chats: str, agent: str) -> di
     }  # fmt: skip
 
 
-def bench_config(path: Path, port: int) -> None:
-    stores = [slack_store(i, 2001, "bench", "CB", "UB") for i in range(CHANNELS)]
+def bench_config(path: Path, port: int, channels: int) -> None:
+    stores = [slack_store(i, 2001, "bench", "CB", "UB") for i in range(channels)]
     config = {
         "server": {"host": "127.0.0.1", "port": port},
         "slack": {"bot_token": TOKEN, "signing_secret": SIGNING, "api_base_url": "${SLACK_API_URL}"},
@@ -85,16 +104,18 @@ IDLE_SECONDS = 5.0
 
 
 class CpuMeter:
-    """CPU seconds used so far by the bridge process (from /proc) and by redis-server (INFO cpu)."""
+    """CPU seconds used so far by each bridge process (from /proc) and by redis-server (INFO cpu)."""
 
-    def __init__(self, bridge_pid: int, redis_url: str) -> None:
-        self.bridge_pid = bridge_pid
+    def __init__(self, bridges: dict[str, int], redis_url: str) -> None:
+        self.bridges = bridges
         self.redis = Redis.from_url(redis_url, decode_responses=True)
 
     async def read(self) -> dict[str, float]:
         info = await self.redis.info("cpu")
-        redis = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-        return {"bridge": process_cpu(self.bridge_pid), "redis": redis, "bench_process": time.process_time()}
+        used = {name: process_cpu(pid) for name, pid in self.bridges.items()}
+        used["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        used["bench_process"] = time.process_time()
+        return used
 
     async def commands(self) -> dict[str, int]:
         """Commands Redis has run so far, by name (those a Lua script runs included)."""
@@ -111,17 +132,24 @@ def process_cpu(pid: int) -> float:
 async def run_load(
     sandbox: PlatformSandbox,
     slack: SlackEmulator,
-    chats_per_channel: int,
+    channels: int,
+    per_channel: int,
     spacing: float,
     label: str,
     cpu: CpuMeter,
+    idle: dict[str, float],
 ) -> dict[str, Any]:
+    """Opens ``per_channel`` chats in each of ``channels`` channels, a new one in each channel every
+    ``spacing`` seconds (0: all at once), and answers each as soon as its thread shows up."""
     to_slack: list[float] = []
     to_platform: list[float] = []
     missing: list[str] = []
+    pushed_at: dict[tuple[int, int], float] = {}
+    landed_at: dict[tuple[int, int], float] = {}
     landed: dict[str, asyncio.Future[tuple[float, str]]] = {}
     replied: dict[str, asyncio.Future[float]] = {}
     loop = asyncio.get_running_loop()
+    rate_limited_before = slack.rate_limited
 
     def on_slack(message: Any) -> None:
         start = message.text.rfind("[")
@@ -140,105 +168,173 @@ async def run_load(
 
     async def one_chat(channel_index: int, n: int) -> None:
         store_id, channel = f"{2001 + channel_index}", f"CB{channel_index:03d}"
-        await asyncio.sleep(n * spacing + channel_index * (spacing / CHANNELS))
+        await asyncio.sleep(n * spacing + channel_index * (spacing / channels))
         marker = f"[{label}-{channel_index}-{n}]"
         landed[marker] = loop.create_future()
-        pushed = time.time()
+        pushed = pushed_at[channel_index, n] = time.time()
         cid = await sandbox.open_chat(store_id, {"type": "text", "text": f"您好 {marker}"})
         replied[cid] = loop.create_future()
         try:
-            posted_at, root_ts = await asyncio.wait_for(landed[marker], 120)
+            posted_at, root_ts = await asyncio.wait_for(landed[marker], 300)
         except TimeoutError:
             missing.append(marker)
             return
+        landed_at[channel_index, n] = posted_at
         to_slack.append(posted_at - pushed)
         sent = time.time()
         await slack.user_message(f"UB{channel_index:03d}", channel, f"回复 {marker}", thread_ts=root_ts)
         try:
-            to_platform.append(await asyncio.wait_for(replied[cid], 60) - sent)
+            to_platform.append(await asyncio.wait_for(replied[cid], 300) - sent)
         except TimeoutError:
             missing.append(marker + " reply")
 
     started = time.time()
     cpu_before = await cpu.read()
     commands_before = await cpu.commands()
-    await asyncio.gather(*(one_chat(c, n) for c in range(CHANNELS) for n in range(chats_per_channel)))
+    await asyncio.gather(*(one_chat(c, n) for c in range(channels) for n in range(per_channel)))
+    done = time.time()
     await asyncio.sleep(SETTLE_SECONDS)  # the follow-ups (✅ reactions, header updates) are part of a chat
     used = {k: v - cpu_before[k] for k, v in (await cpu.read()).items()}
     commands = {k: v - commands_before.get(k, 0) for k, v in (await cpu.commands()).items()}
     slack.listeners.remove(on_slack)
     sandbox.listeners.remove(on_platform)
-    chats = CHANNELS * chats_per_channel
+    chats = channels * per_channel
+    seconds = time.time() - started
+    less_idle = {name: round((used[name] - idle[name] * seconds) * 1000 / chats, 2) for name in idle}
+    bridge_names = [name for name in used if name not in ("redis", "bench_process")]
     return {
         "chats": chats,
-        "seconds": round(time.time() - started, 1),
-        "cpu_ms_per_chat": {name: round(seconds * 1000 / chats, 2) for name, seconds in used.items()},
-        "cpu_seconds": {name: round(seconds, 3) for name, seconds in used.items()},
-        "redis_commands_per_chat": round(sum(commands.values()) / (CHANNELS * chats_per_channel), 1),
+        "seconds": round(seconds, 1),
+        "chats_per_second": round(chats / (done - started), 1),
+        "cpu_ms_per_chat_less_idle": less_idle | {"bridge_total": round(sum(less_idle[n] for n in bridge_names), 2)},
+        "cpu_ms_per_chat": {name: round(value * 1000 / chats, 2) for name, value in used.items()},
+        "redis_commands_per_chat": round(sum(commands.values()) / chats, 1),
         "redis_commands_by_name_per_chat": {
-            name: round(calls / (CHANNELS * chats_per_channel), 1)
+            name: round(calls / chats, 1)
             for name, calls in sorted(commands.items(), key=lambda item: -item[1])
             if calls
         },
-        "cpu_note": "process CPU over the phase (and SETTLE_SECONDS after), per chat round trip: the bridge "
-        "process and redis-server; the load generator and the emulators share this bench process",
         "platform_to_slack": percentiles(to_slack),
         "slack_to_platform": percentiles(to_platform),
+        "slack_429s": slack.rate_limited - rate_limited_before,
         "missing": missing,
+        **(channel_rates(pushed_at, landed_at, channels) if spacing == 0 else {}),
     }
 
 
+def channel_rates(
+    pushed_at: dict[tuple[int, int], float], landed_at: dict[tuple[int, int], float], channels: int
+) -> dict[str, Any]:
+    """For a burst: how soon each channel's first post landed after its push, and the share of the
+    allowed rate each channel got — k posts need (k - 1) s at 1/s; their actual span counts from
+    the channel's first push, so a late start counts against it."""
+    first_post: list[float] = []
+    shares: list[float] = []
+    for c in range(channels):
+        posts = sorted(t for (channel, _), t in landed_at.items() if channel == c)
+        pushes = [t for (channel, _), t in pushed_at.items() if channel == c]
+        if len(posts) < 2 or not pushes:
+            continue
+        first_post.append(posts[0] - min(pushes))
+        ideal = (len(posts) - 1) * SLACK_SPACING_SECONDS
+        shares.append(ideal / max(ideal, posts[-1] - min(pushes)))
+    return {
+        "first_post_of_each_channel": percentiles(first_post),
+        "share_of_allowed_rate": {
+            "min": round(min(shares, default=0), 3),
+            "median": round(statistics.median(shares) if shares else 0, 3),
+        },
+    }
+
+
+@contextlib.asynccontextmanager
+async def running_stack(tmp: Path, channels: int, roles: list[str]) -> AsyncIterator[tuple[Any, ...]]:
+    """Redis (AOF on), the emulators and the bridge as ``roles`` processes (the first takes the
+    webhooks); yields the sandbox, the emulator, a CPU meter and the idle CPU per second."""
+    port = free_port()
+    config_path = tmp / f"bench-{channels}-{len(roles)}.yaml"
+    bench_config(config_path, port, channels)
+    slack = SlackEmulator(SIGNING, TOKEN, bridge_url=f"http://127.0.0.1:{port}")
+    await slack.start()
+    env = dict(os.environ, PLATFORM_API_URL="http://127.0.0.1:1", SLACK_API_URL=slack.api_url)
+    sandbox = PlatformSandbox(load_config(config_path, environ=env).config, f"http://127.0.0.1:{port}")
+    env["PLATFORM_API_URL"] = await sandbox.start()
+    data = tmp / f"stack-{channels}-{len(roles)}"
+    data.mkdir()
+    bridges: list[subprocess.Popen[bytes]] = []
+    try:
+        with EmbeddedRedis(data / "redis", appendonly=True) as redis:
+            env["REDIS_URL"] = redis.url
+            env["ARCHIVE_URL"] = f"sqlite:///{data / 'archive.sqlite3'}"
+            for i, role in enumerate(roles):
+                bridges.append(start_bridge(config_path, env, data / f"bridge-{i}.log", role,
+                                            port if i == 0 else free_port()))  # fmt: skip
+            await wait_up(port)
+            await asyncio.sleep(1.0)  # the workers' start-up (migrations, groups) is not idle time
+            cpu = CpuMeter({f"{role}_{i}": b.pid for i, (role, b) in enumerate(zip(roles, bridges, strict=True))},
+                           redis.url)  # fmt: skip
+            before = await cpu.read()
+            await asyncio.sleep(IDLE_SECONDS)  # what the bridge costs doing nothing: timers, watchers
+            idle = {k: (v - before[k]) / IDLE_SECONDS for k, v in (await cpu.read()).items() if k != "bench_process"}
+            yield sandbox, slack, cpu, idle
+    finally:
+        for bridge in bridges:
+            bridge.terminate()
+        for bridge in bridges:
+            bridge.wait(30)
+        await sandbox.stop()
+        await slack.stop()
+
+
+def spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run-to-run spread of the paced runs: each figure's lowest and highest."""
+    out: dict[str, Any] = {}
+    for leg in ("platform_to_slack", "slack_to_platform"):
+        for figure in ("p50_ms", "p99_ms", "max_ms"):
+            values = [r[leg][figure] for r in runs if r[leg]]
+            out[f"{leg}.{figure}"] = [min(values), max(values)] if values else []
+    for name in ("bridge_total", "redis"):
+        values = [r["cpu_ms_per_chat_less_idle"][name] for r in runs]
+        out[f"cpu_ms_per_chat.{name}"] = [min(values), max(values)]
+    return out
+
+
 async def main_async(quick: bool) -> dict[str, Any]:
+    paced = QUICK["paced"] if quick else PACED
+    burst = QUICK["burst"] if quick else BURST
+    scaling = SCALING | (QUICK["scaling"] if quick else {})
+    results: dict[str, Any] = {"machine": machine(), "paced": {"runs": []}}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        port = free_port()
-        config_path = tmp / "bench.yaml"
-        bench_config(config_path, port)
-        slack = SlackEmulator(SIGNING, TOKEN, bridge_url=f"http://127.0.0.1:{port}")
-        await slack.start()
-        env = dict(os.environ, PLATFORM_API_URL="http://127.0.0.1:1", SLACK_API_URL=slack.api_url)
-        sandbox = PlatformSandbox(load_config(config_path, environ=env).config, f"http://127.0.0.1:{port}")
-        sandbox_url = await sandbox.start()
-        env["PLATFORM_API_URL"] = sandbox_url
-        with EmbeddedRedis(tmp / "redis", appendonly=True) as redis:
-            env["REDIS_URL"] = redis.url
-            env["ARCHIVE_URL"] = f"sqlite:///{tmp / 'archive.sqlite3'}"
-            bridge = start_bridge(config_path, env, tmp / "bridge.log")
-            try:
-                await wait_up(port)
-                per_channel = 2 if quick else 10
-                cpu = CpuMeter(bridge.pid, redis.url)
-                idle_before = await cpu.read()
-                await asyncio.sleep(IDLE_SECONDS)  # what the bridge costs doing nothing: timers, watchers
-                idle = {k: (v - idle_before[k]) / IDLE_SECONDS for k, v in (await cpu.read()).items()}
-                results: dict[str, Any] = {
-                    "machine": machine(),
-                    "idle_cpu_ms_per_s": {k: round(v * 1000, 2) for k, v in idle.items()},
-                    "paced": await run_load(sandbox, slack, per_channel, 3.5, "paced", cpu),
-                }
-                paced_429 = slack.rate_limited
-                results["burst"] = await run_load(sandbox, slack, per_channel, 0.0, "burst", cpu)
-                results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-                for phase in ("paced", "burst"):  # less what the bridge spends idle over the same time
-                    row = results[phase]
-                    row["cpu_ms_per_chat_less_idle"] = {
-                        name: round((row["cpu_seconds"][name] - idle[name] * (row["seconds"] + SETTLE_SECONDS))
-                                    * 1000 / row["chats"], 2) for name in ("bridge", "redis")}  # fmt: skip
-                results["paced"]["slack_429s"] = paced_429
-                results["burst"]["slack_429s"] = slack.rate_limited - paced_429
-            finally:
-                bridge.terminate()
-                bridge.wait(20)
-                await sandbox.stop()
-                await slack.stop()
-    results["targets"] = {"p99_ms_when_not_rate_limited": 100, "slack_429s": 0}
+        async with running_stack(tmp, max(paced["channels"], burst["channels"]), ["all"]) as (sb, sl, cpu, idle):
+            results["idle_cpu_ms_per_s"] = {k: round(v * 1000, 2) for k, v in idle.items()}
+            for run in range(paced["runs"]):
+                row = await run_load(sb, sl, paced["channels"], paced["per_channel"], paced["spacing"],
+                                     f"paced{run}", cpu, idle)  # fmt: skip
+                results["paced"]["runs"].append(row)
+                print(json.dumps(results["paced"]["runs"][-1]["platform_to_slack"]), file=sys.stderr)
+            results["paced"]["spread"] = spread(results["paced"]["runs"])
+            results["burst"] = await run_load(sb, sl, burst["channels"], burst["per_channel"], 0.0, "burst", cpu, idle)
+        results["scaling"] = {}
+        for count, roles in scaling["processes"].items():
+            async with running_stack(tmp, scaling["channels"], roles) as (sb, sl, cpu, idle):
+                row = await run_load(sb, sl, scaling["channels"], scaling["per_channel"], 0.0, "scale", cpu, idle)
+                row["roles"] = roles
+                results["scaling"][f"{count}_processes"] = row
+                print(f"{count} processes: {row['chats_per_second']} chats/s", file=sys.stderr)
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["targets"] = {"cpu_ms_per_chat_bridge": 5, "p99_ms_paced_both_ways": 20, "slack_429s": 0,
+                          "burst_first_post_ms": 100, "burst_share_of_allowed_rate": 0.95}  # fmt: skip
     return results
 
 
-def start_bridge(config_path: Path, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def start_bridge(
+    config_path: Path, env: dict[str, str], log_path: Path, role: str, port: int
+) -> subprocess.Popen[bytes]:
     log = log_path.open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "bridge", "serve", "--config", str(config_path), "--demo"],
+        [sys.executable, "-m", "bridge", "serve", "--config", str(config_path), "--demo", "--role", role,
+         "--port", str(port)],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
 
@@ -257,7 +353,7 @@ async def wait_up(port: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="2 chats per channel; results not written")
+    parser.add_argument("--quick", action="store_true", help="a small version of every part; results not written")
     args = parser.parse_args()
     results = asyncio.run(main_async(args.quick))
     print(json.dumps(results, indent=2, ensure_ascii=False))
