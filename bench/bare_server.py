@@ -1,7 +1,9 @@
-"""The ceiling of the stack for bench/ingest.py: aiohttp that reads the body and answers 200."""
+"""The ceiling of the stack for bench/ingest.py: aiohttp that reads the body and answers 200, on the
+same event loop as ``bridge serve`` (uvloop)."""
 
 import sys
 
+import uvloop
 from aiohttp import web
 
 
@@ -12,4 +14,4 @@ async def handle(request: web.Request) -> web.Response:
 
 app = web.Application()
 app.router.add_post("/webhooks/platform/{id}", handle)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, loop=uvloop.new_event_loop())

@@ -106,7 +106,7 @@ class Cluster:
         argv_port = ["--port", str(self.ports[i])]
         log = (self.tmp / f"bridge-{i}.log").open("ab")
         self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "serve", "--config", str(self.config), *argv_port],
+            [sys.executable, "-m", "bridge", "serve", "--config", str(self.config), "--log-format", "json", *argv_port],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
@@ -211,6 +211,7 @@ async def run_scenario(name: str, chats: int, tasks: int, stores: int, creators:
 
         slack.listeners.append(on_post)
         answered: dict[str, str] = {}
+        timeline: dict[str, dict[str, float]] = {}  # an answered chat's moments, to explain a loss
         commented: dict[str, str] = {}
         opened: list[str] = []
         raised: dict[str, int] = {}  # task order → its creator
@@ -218,6 +219,7 @@ async def run_scenario(name: str, chats: int, tasks: int, stores: int, creators:
         async def one_chat(n: int) -> None:
             await asyncio.sleep(n / rate)
             store = n % stores
+            pushed = time.time()
             cid = await sandbox.open_chat(f"{3001 + store}", {"type": "text", "text": f"买家问题 #{n}"})
             opened.append(cid)
             if n % 3:
@@ -227,8 +229,11 @@ async def run_scenario(name: str, chats: int, tasks: int, stores: int, creators:
                 return  # the root came too late to answer in time: this chat times out, as it would
             await asyncio.sleep(random.uniform(0.2, 2.0))
             text = f"已处理 #{n}"
+            written = time.time()
             await people.write(f"UC{store:03d}", f"CC{store:03d}", text, root.ts)
             answered[cid] = text
+            timeline[cid] = {"pushed": pushed, "root_landed": root.posted_at, "written": written,
+                             "acknowledged": time.time()}  # fmt: skip
 
         async def one_task(n: int) -> None:
             await asyncio.sleep(n * (chats / rate) / max(1, tasks))
@@ -270,6 +275,7 @@ async def run_scenario(name: str, chats: int, tasks: int, stores: int, creators:
         if left:  # why: what the bridges logged about the threads still queued
             left["log"] = await asyncio.to_thread(logged_about, tmp, left["sample_queues"])
         report = await count(name, redis, sandbox, slack, telegram, people, opened, answered, raised, commented, stores)
+        report["answered_but_lost"] = await explain_losses(redis, sandbox, tmp, answered, timeline, stores)
         report |= {"load_seconds": round(load_seconds, 1), "settled": settled, "process_kills": cluster.kills}
         if left:
             report["left_when_counted"] = left
@@ -296,10 +302,43 @@ async def leftover(redis: Redis) -> dict[str, Any]:
     return {"outbox_queues": len(queues), "sample_queues": queues[:5], "next_timers": timers}
 
 
+def read_logs(tmp: Path) -> list[str]:
+    return "".join(f.read_text(errors="replace") for f in sorted(tmp.glob("bridge-*.log"))).splitlines()
+
+
 def logged_about(tmp: Path, queues: list[str]) -> dict[str, list[str]]:
-    logs = "".join(f.read_text(errors="replace") for f in sorted(tmp.glob("bridge-*.log"))).splitlines()
+    logs = read_logs(tmp)
     threads = {q: q.split(":outbox:", 1)[1].rsplit(":", 1)[0] for q in queues}
     return {q: [line[-300:] for line in logs if thread in line][-5:] for q, thread in threads.items()}
+
+
+async def explain_losses(
+    redis: Redis, sandbox: PlatformSandbox, tmp: Path, answered: dict[str, str],
+    timeline: dict[str, dict[str, float]], stores: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """For each answered chat whose reply did not reach the platform: its moments (seconds after
+    the push; the bridge's record is in epoch seconds), what the bridge recorded, and what the
+    bridges logged about it."""
+    lost = []
+    logs: list[str] | None = None
+    for cid, text in answered.items():
+        conversation = sandbox.conversations[cid]
+        if any(m["from"] == "merchant" and m["content"].get("text") == text for m in conversation.messages):
+            continue
+        tag = keys.store_tag(conversation.store_id)
+        chat = await redis.hgetall(keys.chat(tag, cid))
+        moments = timeline.get(cid, {})
+        start = moments.get("pushed", 0.0)
+        if logs is None:
+            logs = await asyncio.to_thread(read_logs, tmp)
+        lost.append({
+            "chat": cid,
+            "pushed_at_epoch": round(start, 3),
+            "seconds_after_push": {k: round(v - start, 3) for k, v in moments.items()},
+            "recorded": {k: v for k, v in chat.items() if k not in ("first_message", "loads")},
+            "logged": [line[-300:] for line in logs if cid in line][-10:],
+        })  # fmt: skip
+    return lost
 
 
 async def settle(redis: Redis, deadline: float) -> bool:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from machine import machine  # type: ignore[import-not-found]  # bench/machine.py, beside this file
+from machine import machine, process_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 from redis.asyncio import Redis
 
 from bridge.app.redis_server import EmbeddedRedis, free_port
@@ -121,12 +121,6 @@ class CpuMeter:
         """Commands Redis has run so far, by name (those a Lua script runs included)."""
         stats = await self.redis.info("commandstats")
         return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run_load(

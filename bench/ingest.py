@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis as redis_lib
 import yaml
-from machine import machine  # type: ignore[import-not-found]  # bench/machine.py, beside this file
+from machine import machine, process_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 
 from bridge.app.redis_server import EmbeddedRedis, free_port
 from connectors.platform.signing import sign
@@ -79,7 +80,38 @@ def wait_up(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def run_wrk(port: int, requests_file: Path, seconds: int, threads: int = 2, connections: int = 64) -> dict[str, Any]:
+CPU_SETTLE_SECONDS = 2.0
+"""After wrk stops, the server may still be consuming what it stored: its CPU is counted this long."""
+
+
+def cpu_now(pid: int, redis_url: str | None) -> dict[str, float]:
+    """CPU seconds so far of the server process (/proc) and, when given, of redis-server (INFO cpu)."""
+    used = {"server": process_cpu(pid)}
+    if redis_url:
+        info = redis_lib.Redis.from_url(redis_url, decode_responses=True).info("cpu")
+        used["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return used
+
+
+def run_wrk(
+    port: int,
+    requests_file: Path,
+    seconds: int,
+    threads: int = 2,
+    connections: int = 64,
+    *,
+    pid: int | None = None,
+    redis_url: str | None = None,
+) -> dict[str, Any]:
+    """wrk at full speed; with ``pid``, also the CPU each request cost that process (and Redis),
+    less what it spends idle (measured just before)."""
+    idle: dict[str, float] = {}
+    if pid is not None:
+        first = cpu_now(pid, redis_url)
+        time.sleep(CPU_SETTLE_SECONDS)
+        idle = {k: (v - first[k]) / CPU_SETTLE_SECONDS for k, v in cpu_now(pid, redis_url).items()}
+        before = cpu_now(pid, redis_url)
+        started = time.monotonic()
     out = subprocess.run(
         ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
          "-s", str(HERE / "ingest.lua"), f"http://127.0.0.1:{port}", "--", str(requests_file), str(threads)],
@@ -89,7 +121,7 @@ def run_wrk(port: int, requests_file: Path, seconds: int, threads: int = 2, conn
     if line is None:
         raise RuntimeError(f"wrk printed no result: {out.stdout[-500:]} {out.stderr[-500:]}")
     raw = json.loads(line)
-    return {
+    row = {
         "per_s": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
         "p50_ms": round(raw["p50_us"] / 1000, 2),
         "p99_ms": round(raw["p99_us"] / 1000, 2),
@@ -97,6 +129,12 @@ def run_wrk(port: int, requests_file: Path, seconds: int, threads: int = 2, conn
         "non_2xx": raw["non_2xx"],
         "socket_errors": raw["errors"],
     }
+    if pid is not None:
+        time.sleep(CPU_SETTLE_SECONDS)
+        elapsed = time.monotonic() - started
+        used = {k: v - before[k] - idle[k] * elapsed for k, v in cpu_now(pid, redis_url).items()}
+        row["cpu_us_per_request"] = {k: round(v * 1e6 / raw["requests"], 1) for k, v in used.items()}
+    return row
 
 
 async def fixed_rate(port: int, rate: int, seconds: float, offset: int, tag: str = BENCH_TAG) -> dict[str, Any]:
@@ -229,10 +267,10 @@ def main() -> None:
                 wait_up(bare_port)
                 time.sleep(1.0)
                 print("bare aiohttp, full speed…", flush=True)
-                results["bare_aiohttp"] = run_wrk(bare_port, requests_file, seconds)
+                results["bare_aiohttp"] = run_wrk(bare_port, requests_file, seconds, pid=bare.pid)
                 print("  ", results["bare_aiohttp"], flush=True)
                 print("bridge, full speed…", flush=True)
-                results["bridge"] = run_wrk(bridge_port, requests_file, seconds)
+                results["bridge"] = run_wrk(bridge_port, requests_file, seconds, pid=bridge.pid, redis_url=redis.url)
                 print("  ", results["bridge"], flush=True)
                 print("1,000 pushes/s, open loop…", flush=True)
                 results["at_1000_per_s"] = {
@@ -243,7 +281,9 @@ def main() -> None:
                 set_appendfsync(redis.url, "everysec")
                 fresh = tmp / "requests-everysec.tsv"  # new msg_ids: a repeated push is only deduplicated
                 write_requests(fresh, 12_000 * seconds, 50_000_000)
-                results["bridge_appendfsync_everysec"] = run_wrk(bridge_port, fresh, seconds)
+                results["bridge_appendfsync_everysec"] = run_wrk(
+                    bridge_port, fresh, seconds, pid=bridge.pid, redis_url=redis.url
+                )
                 results["at_1000_per_s"]["bridge_appendfsync_everysec"] = asyncio.run(
                     fixed_rate(bridge_port, 1000, min(10, seconds), 60_000_000)
                 )
@@ -254,9 +294,12 @@ def main() -> None:
                 stop(bare)
         results["flows_at_1000_per_s"] = flows_under_load(tmp, min(10, seconds))
     results["ratio"] = round(results["bridge"]["per_s"] / results["bare_aiohttp"]["per_s"], 3)
-    results["targets"] = {"ratio": 0.5, "p99_ms_at_1000_per_s": 20}
+    results["cpu_per_push_vs_bare"] = round(
+        results["bridge"]["cpu_us_per_request"]["server"] / results["bare_aiohttp"]["cpu_us_per_request"]["server"], 2
+    )
+    results["targets"] = {"ratio": 0.5, "p99_ms_at_1000_per_s": 20, "cpu_per_push_vs_bare": 1.2}
     results["machine"] = results.get("machine", {}) | {"load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
-    shown = {k: results[k] for k in ("bridge", "bare_aiohttp", "ratio", "at_1000_per_s")}
+    shown = {k: results[k] for k in ("bridge", "bare_aiohttp", "ratio", "cpu_per_push_vs_bare", "at_1000_per_s")}
     shown["at_1000_per_s"] = {name: row if row.get("valid", True) else f"INVALID: {row['invalid_reason']}"
                               for name, row in shown["at_1000_per_s"].items()}  # fmt: skip
     print(yaml.safe_dump(shown, sort_keys=False))

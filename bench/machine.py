@@ -17,3 +17,9 @@ def machine() -> dict[str, Any]:
     dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout)
     return {"commit": commit, "uncommitted_changes": dirty, "cpus": os.cpu_count(),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
