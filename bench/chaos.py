@@ -106,7 +106,7 @@ class Cluster:
         argv_port = ["--port", str(self.ports[i])]
         log = (self.tmp / f"bridge-{i}.log").open("ab")
         self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "serve", "--config", str(self.config), "--log-format", "json", *argv_port],
+            [sys.executable, "-m", "bridge", "--log-format", "json", "serve", "--config", str(self.config), *argv_port],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 

@@ -7,7 +7,8 @@ from typing import Any
 from bridge.config import Destination
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
-from bridge.engine.outbox import FinalFailure, Outbox, OutboxJob
+from bridge.engine.outbox import JOBS_PER_RUN, FinalFailure, Outbox, OutboxJob
+from bridge.engine.timers import Timer
 from bridge.flows.jobs import SEND_MESSAGE
 from bridge.flows.views import post_view
 from tests.conftest import Stack
@@ -40,6 +41,24 @@ async def test_job_is_sent_once_with_its_id_as_idempotency_key(stack: Stack) -> 
     assert call.idempotency_key == "reply:1" and call.status == 200
     assert call.body == {"agent_id": "agent-a", "content": {"type": "text", "text": "马上发货"}}
     assert texts(stack, cid) == ["马上发货"]
+    assert await stack.bridge.outbox.pending(TAG, f"chat:{cid}") == []
+
+
+async def test_one_run_sends_the_queued_jobs_in_order_then_hands_the_rest_to_a_new_run(stack: Stack) -> None:
+    """A thread's sender goes on to its next jobs without a timer round trip each, up to
+    JOBS_PER_RUN; what is left is due at once in a new run (other threads get their turn)."""
+    cid = await stack.sandbox.open_chat("1001")
+    count = JOBS_PER_RUN + 3
+    for i in range(count):
+        await stack.bridge.outbox.enqueue(TAG, f"chat:{cid}", reply(f"r{i}", cid, f"第{i}条"))
+    timer = keys.outbox_timer(TAG, f"chat:{cid}")
+    await stack.bridge.timers.cancel(timer)  # the run below is the thread's only one
+    await stack.bridge.outbox.handle_timer(Timer(timer, stack.clock.now(), None, 0))
+    assert texts(stack, cid) == [f"第{i}条" for i in range(JOBS_PER_RUN)], "one run, in order"
+    due = await stack.bridge.timers.due_at(timer)
+    assert due is not None and due <= stack.clock.now(), "the rest is due at once"
+    await stack.bridge.worker.drain()
+    assert texts(stack, cid) == [f"第{i}条" for i in range(count)]
     assert await stack.bridge.outbox.pending(TAG, f"chat:{cid}") == []
 
 
