@@ -14,7 +14,8 @@ Three parts:
 - **paced** — three runs of 2,000 chats each (40 channels, a new chat in each channel every 3.5 s, so
   the rate limit is never the bottleneck): the latency the target is about, with the spread between
   runs;
-- **burst** — 200 chats into 20 channels at once: the first post of each channel (from its push), the
+- **burst** — 200 chats into 20 channels at once, pushed in turn across the channels (every channel's
+  first chat, then every one's second…): the first post of each channel (from its push), the
   share of the allowed rate each channel got (its posts' ideal span at 1/s over their actual span
   from the push), and 429s;
 - **scaling** — 400 chats into 400 channels at once (one each: the rate limit is not the
@@ -185,7 +186,9 @@ async def run_load(
     started = time.time()
     cpu_before = await cpu.read()
     commands_before = await cpu.commands()
-    await asyncio.gather(*(one_chat(c, n) for c in range(channels) for n in range(per_channel)))
+    # In turn across the channels (every channel's first chat, then every one's second…), as chats
+    # from many stores' customers arrive, not one store's ten before the next store's first.
+    await asyncio.gather(*(one_chat(c, n) for n in range(per_channel) for c in range(channels)))
     done = time.time()
     await asyncio.sleep(SETTLE_SECONDS)  # the follow-ups (✅ reactions, header updates) are part of a chat
     used = {k: v - cpu_before[k] for k, v in (await cpu.read()).items()}

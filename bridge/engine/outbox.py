@@ -154,6 +154,21 @@ end
 return redis.call('LINDEX', KEYS[1], 0)
 """
 
+FAILURES_BEFORE_REST = 3
+"""Calls to one service failing in a row (5xx, timeouts; not 429s, which carry their own wait)
+before its sends rest: while it is down, one call at a time checks whether it is back, instead of
+every queued thread retrying on its own. The threads of the services that answer go on."""
+
+
+@dataclass
+class _Rest:
+    """A service's run of failures in this process, and the rest they called for."""
+
+    failures: int = 0
+    until: float = 0.0
+    probing: bool = False
+
+
 JOBS_PER_RUN = 20
 """A thread's sender goes on to the next queued job in the same run (no timer round trip between
 them) up to this many, then hands the rest to a new run so other threads get their turn."""
@@ -182,6 +197,7 @@ class Outbox:
     stats: OutboxStats = field(default_factory=OutboxStats)
 
     def __post_init__(self) -> None:
+        self._rests: dict[str, _Rest] = {}
         self._enqueue = self.redis.register_script(_ENQUEUE)
         self._pop_head = self.redis.register_script(_POP_HEAD)
         self._root_first = self.redis.register_script(_ROOT_FIRST)
@@ -266,11 +282,20 @@ class Outbox:
         (sent, or dead-lettered) and None when the queue is empty or the head waits for a retry."""
         queue = keys.outbox_queue(tag, thread)
         sender = self.senders.get(job.kind)
+        service = job.kind.split(".", 1)[0]
+        rest = self._rests.get(service)
+        probe = False
         try:
             if job.expired(self.clock.now()):
                 raise Expired("its moment passed before it could be sent")
             if sender is None:
                 raise FinalFailure(f"no sender for {job.kind!r} in this process")
+            if rest is not None and rest.failures >= FAILURES_BEFORE_REST:
+                if rest.probing or self.clock.now() < rest.until:
+                    later = max(rest.until, self.clock.now()) + random.uniform(0, self.base_delay)
+                    await self.timers.schedule(timer.key, later)
+                    return None
+                rest.probing = probe = True
             with bound(**about(tag, thread), job_id=job.id):
                 await sender(job)
                 log.debug("outbox %s: %s sent", thread, job.kind)
@@ -285,16 +310,45 @@ class Outbox:
             await self._retry(tag, thread, job, exc)
             return None
         except RetryLater as exc:
+            if not exc.pacing and exc.after is None:
+                self._failed(service, probe)
             await self._retry(tag, thread, job, exc)
             return None
         except FinalFailure as exc:
+            self._answered(service)
             await self._give_up(tag, thread, job, exc)
         else:
+            self._answered(service)
             self.stats.sent += 1
             METRICS.outbox.labels(job.kind, "sent").inc()
             for follow in job.then or []:
                 await self.enqueue(follow["tag"], follow["thread"], OutboxJob(**follow["job"]))
+        finally:
+            if probe and rest is not None:
+                rest.probing = False  # whatever the check ended in, the next one may go
         return await self._pop(tag, thread, job)
+
+    def _failed(self, service: str, probe: bool) -> None:
+        """A call to ``service`` failed. From the FAILURES_BEFORE_REST-th in a row its sends rest,
+        longer after each failed check (the outbox's own backoff); failures of calls that were
+        already on their way when the rest began do not lengthen it."""
+        rest = self._rests.setdefault(service, _Rest())
+        rest.probing = False
+        if rest.failures >= FAILURES_BEFORE_REST and not probe:
+            return
+        rest.failures += 1
+        if rest.failures >= FAILURES_BEFORE_REST:
+            checks = rest.failures - FAILURES_BEFORE_REST
+            wait = min(self.max_delay, self.base_delay * 2 ** min(checks, 16)) * random.uniform(0.5, 1.0)
+            rest.until = self.clock.now() + wait
+            if not checks:
+                log.warning("%s: %d calls failed in a row; its sends wait while one call at a time checks "
+                            "whether it is back", service, rest.failures)  # fmt: skip
+
+    def _answered(self, service: str) -> None:
+        rest = self._rests.pop(service, None)
+        if rest is not None and rest.failures >= FAILURES_BEFORE_REST:
+            log.warning("%s answers again: its sends go on", service)
 
     async def _pop(self, tag: str, thread: str, job: OutboxJob) -> str | None:
         """Removes ``job`` from the head of its queue; returns the job now first, if any."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -17,7 +18,8 @@ from redis.asyncio import Redis
 from bridge.app import cli
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
-from bridge.engine.outbox import MAX_RETRY_DELAY_SECONDS
+from bridge.engine.outbox import MAX_RETRY_DELAY_SECONDS, OutboxJob
+from bridge.flows.jobs import SEND_MESSAGE
 from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
 
 CHATS = "C0CHATS1001"
@@ -37,10 +39,11 @@ async def test_a_ten_minute_slack_outage_makes_posts_late_never_lost(stack: Stac
     cids = [await stack.sandbox.open_chat("1001", {"type": "text", "text": f"第{i}位买家"}) for i in range(3)]
     for i, cid in enumerate(cids):
         await stack.sandbox.chat_message(cid, {"type": "text", "text": f"补充{i}"})
-    await stack.advance(660)
+    await stack.advance(700)  # the posts after the outage take their turns in the channel, a second apart
 
-    refused = [c for c in stack.slack.calls if c.status == 503]
-    assert len(refused) >= 3 * 10, "retried well past the old give-up point of 10 attempts"
+    refused = [c.at for c in stack.slack.calls if c.status == 503]
+    assert len(refused) >= 10, "tried well past the old give-up point of 10 attempts"
+    assert all(b - a <= MAX_RETRY_DELAY_SECONDS + 1 for a, b in itertools.pairwise(refused)), "at least once a minute"
     roots = stack.slack.channel(CHATS)
     assert [r.text.count("第") for r in roots] == [1, 1, 1], "each chat's root posted once"
     for i in range(3):
@@ -56,6 +59,28 @@ async def test_a_ten_minute_slack_outage_makes_posts_late_never_lost(stack: Stac
     assert await stack.bridge.timers.pending() == 0 or all(
         not k.startswith("outbox:") for k in await stack.redis.zrange(keys.timers_due(0), 0, -1)
     ), "nothing left queued"
+
+
+async def test_while_slack_is_down_one_call_at_a_time_checks_it_and_platform_replies_go_on(stack: Stack) -> None:
+    """Ten chats' threads queued for Slack while it is down: instead of each retrying on its own (70
+    calls in two minutes), the failures make Slack's sends rest while one call at a time checks it;
+    the platform, which answers, is not held up; everything lands once Slack is back."""
+    clock = stack.clock
+    assert isinstance(clock, ManualClock)
+    outage_ends = clock.now() + 120
+    stack.slack.down_until = outage_ends
+    cids = [await stack.sandbox.open_chat("1001", {"type": "text", "text": f"第{i}位买家"}) for i in range(10)]
+    await stack.advance(30)
+    reply = OutboxJob("reply:outage", SEND_MESSAGE, {"endpoint": "store:1001", "conversation_id": cids[0],
+                      "agent_id": "agent-a", "content": {"type": "text", "text": "已发货"}})  # fmt: skip
+    await stack.bridge.outbox.enqueue(TAG, f"chat:{cids[0]}:platform", reply)
+    await stack.bridge.drain()
+    assert [r.status for r in stack.sandbox.received("POST", "/im/conversations")] == [200], "not held by Slack"
+    await stack.advance(outage_ends - clock.now() + MAX_RETRY_DELAY_SECONDS + 30)
+    refused = [c for c in stack.slack.calls if c.status == 503]
+    assert 3 <= len(refused) <= 20, f"{len(refused)} calls to a Slack that was down"
+    roots = [r for r in stack.slack.channel(CHATS) if "位买家" in r.text]
+    assert sorted(r.text.count("第") for r in roots) == [1] * 10 and len(roots) == 10, "each root once"
 
 
 async def test_a_reply_is_retried_while_its_chat_is_open_then_its_author_is_told(stack: Stack) -> None:

@@ -17,6 +17,7 @@ from bridge.engine.clock import ManualClock
 from bridge.engine.outbox import OutboxJob
 from bridge.flows.chats import IN_FLIGHT_SECONDS, ChatFlow
 from bridge.sandbox.slack import Message
+from connectors.slack.app import CHANNEL_SPACING_SECONDS
 from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
 
 CHATS = "C0CHATS1001"
@@ -288,7 +289,7 @@ async def test_posts_to_one_channel_are_spaced_and_never_hit_slacks_rate_limit(s
     posts = [c for c in stack.slack.called("chat.postMessage") if c.args.get("channel") == CHATS]
     assert len(posts) == 6 and stack.slack.rate_limited == 0
     times = [c.at for c in posts]
-    assert all(b - a >= 1.1 - 1e-6 for a, b in itertools.pairwise(times)), "a tenth of a second to spare"
+    assert all(b - a >= CHANNEL_SPACING_SECONDS - 1e-6 for a, b in itertools.pairwise(times)), "one a second"
 
 
 async def test_late_timers_never_squeeze_two_posts_closer_than_the_spacing(stack: Stack) -> None:
@@ -304,7 +305,7 @@ async def test_late_timers_never_squeeze_two_posts_closer_than_the_spacing(stack
             break
         stack.clock.set(max(due, stack.clock.now()) + 0.7)
     times = [c.at for c in stack.slack.called("chat.postMessage") if c.status == 200]
-    assert len(times) == 3 and all(b - a >= 1.1 - 1e-6 for a, b in itertools.pairwise(times))
+    assert len(times) == 3 and all(b - a >= CHANNEL_SPACING_SECONDS - 1e-6 for a, b in itertools.pairwise(times))
     assert stack.slack.rate_limited == 0
 
 
