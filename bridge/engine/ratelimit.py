@@ -55,11 +55,22 @@ return at
 """
 
 
+# KEYS: the target's last send.  ARGV: now (ms), ttl (ms). Moves it later, never earlier (a slow
+# request finishing after a later one must not pull the spacing back).
+_SENT = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
+"""
+
+
 class SendSpacing:
     def __init__(self, redis: Redis, clock: Clock) -> None:
         self.clock = clock
         self._reserve = redis.register_script(_RESERVE)
         self._hold = redis.register_script(_HOLD)
+        self._sent = redis.register_script(_SENT)
 
     @staticmethod
     def _keys(service: str, target: str, job_id: str) -> list[str]:
@@ -84,6 +95,14 @@ class SendSpacing:
         if wait < 0:
             raise Expired(f"{service} {target}: the next free slot comes after the job's moment")
         return wait / 1000
+
+    async def sent(self, service: str, target: str, spacing_seconds: float) -> None:
+        """The service took a message for ``target`` now: the next one is spaced from this moment
+        (later than the reservation, by however long the request took to leave and arrive)."""
+        now_ms = round(self.clock.now() * 1000)
+        await self._sent(
+            keys=[keys.rate_limit_last(service, target)], args=[now_ms, int(spacing_seconds * 1000) + 60000]
+        )
 
     async def hold(self, service: str, target: str, spacing_seconds: float, job_id: str, after: float) -> None:
         """The service answered 429 with Retry-After ``after``: the target rests that long and this job

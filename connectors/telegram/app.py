@@ -306,14 +306,20 @@ class TelegramConnector:
         await self._space(chat, job_id, not_after)
         try:
             if photo is not None:
-                return await self.bot.send_photo(
+                sent = await self.bot.send_photo(
                     chat, photo, caption=text, parse_mode="HTML", reply_markup=markup, message_thread_id=thread,
                     reply_to_message_id=reply_to, allow_sending_without_reply=True,
                 )  # fmt: skip
-            return await self.bot.send_message(
-                chat, text, parse_mode="HTML", reply_markup=markup, message_thread_id=thread,
-                reply_to_message_id=reply_to, allow_sending_without_reply=True,
-            )  # fmt: skip
+            else:
+                sent = await self.bot.send_message(
+                    chat, text, parse_mode="HTML", reply_markup=markup, message_thread_id=thread,
+                    reply_to_message_id=reply_to, allow_sending_without_reply=True,
+                )  # fmt: skip
+            # Telegram counts a chat's messages as they arrive and tolerates no burst: the next one
+            # is spaced from when this one was taken, not from when it left (a busy process can
+            # hold a request back long enough for the next to arrive less than a second after it).
+            await self.spacing.sent("telegram", str(chat), _spacing(chat))
+            return sent
         except TelegramError as exc:
             failure = _sorted(exc)
             if isinstance(failure, RetryLater) and failure.after is not None:

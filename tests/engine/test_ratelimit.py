@@ -1,0 +1,36 @@
+"""Send spacing shared by every process: a target never gets two messages closer than it allows."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from bridge.engine.clock import ManualClock
+from bridge.engine.ratelimit import SendSpacing
+
+
+async def test_the_next_message_is_spaced_from_when_the_service_took_the_last_one(redis: Redis) -> None:
+    """A request the process held back (busy, slow network) arrives late; spaced only from when it
+    left, the next one could arrive less than the allowed second after it — a 429 on Telegram."""
+    clock = ManualClock()
+    spacing = SendSpacing(redis, clock)
+    assert await spacing.wait_seconds("telegram", "42", 1.1, "first") == 0
+    clock.advance(0.5)  # the first request took half a second to be taken
+    await spacing.sent("telegram", "42", 1.1)
+    clock.advance(0.6)  # 1.1 s after the first left
+    assert await spacing.wait_seconds("telegram", "42", 1.1, "second") == 0.5, "1.1 s after it was taken"
+    clock.advance(0.5)
+    assert await spacing.wait_seconds("telegram", "42", 1.1, "second") == 0
+
+
+async def test_a_slow_request_finishing_late_never_pulls_the_spacing_back(redis: Redis) -> None:
+    clock = ManualClock()
+    spacing = SendSpacing(redis, clock)
+    assert await spacing.wait_seconds("telegram", "7", 1.1, "a") == 0
+    clock.advance(1.1)
+    assert await spacing.wait_seconds("telegram", "7", 1.1, "b") == 0
+    clock.advance(0.1)
+    await spacing.sent("telegram", "7", 1.1)  # b was taken
+    clock.set(clock.now() - 0.05)  # a's answer, recorded by a process whose moment is earlier
+    await spacing.sent("telegram", "7", 1.1)
+    clock.advance(1.1)  # 1.1 s after a's answer, 1.05 s after b was taken
+    assert await spacing.wait_seconds("telegram", "7", 1.1, "c") == 0.05, "spaced from b, the later one"
