@@ -435,9 +435,10 @@ class EventConsumer:
             attempts += 1
             self.stats.failed_attempts += 1
             if isinstance(exc, RedisError | OSError):
-                # Redis down or a connection lost: the event is fine and will be handled once Redis
-                # is back, however long that takes; it is never dead-lettered for it.
-                log.warning("%s: event %s: Redis unavailable (attempt %d), retrying: %r",
+                # Redis (or a service the handler needs) down, or a connection lost: the event is
+                # fine and will be handled once it is back, however long that takes; it is never
+                # dead-lettered for it.
+                log.warning("%s: event %s: unavailable (attempt %d), retrying: %r",
                             event.endpoint, event.msg_id, attempts, exc)  # fmt: skip
                 return (min(self.max_retry_seconds, self.retry_base_seconds * 2 ** min(attempts - 1, 10)), attempts)
             if attempts < self.max_attempts:

@@ -132,6 +132,10 @@ class SlackConnector:
         failure = request.context.get(FAILURE)
         if failure is not None:
             raise failure
+        if request.context.authorize_result is None:
+            # bolt could not authorize (its auth.test failed: Slack unreachable since this process
+            # started) and answered without running a listener: handled later, however long it takes.
+            raise ConnectionError(f"Slack event {stored.msg_id}: Slack did not answer auth.test")
         if response.status >= 500:
             raise RuntimeError(f"Slack event {stored.msg_id}: {response.status} {response.body}")
 
@@ -175,7 +179,16 @@ class SlackConnector:
             self._close_socket_mode = None
 
     async def _handle(self, request: web.Request) -> web.Response:
-        return await to_aiohttp_response(await self.app.async_dispatch(await to_bolt_request(request)))
+        bolt_request = await to_bolt_request(request)
+        response = await self.app.async_dispatch(bolt_request)
+        unauthorized = response.status == 200 and bolt_request.context.authorize_result is None
+        if unauthorized and _durable_delivery(bolt_request.body) is not None:
+            # Authorization runs before the event is stored, and failed (auth.test: Slack unreachable
+            # since this process started). Nothing was stored: Slack must deliver it again.
+            log.warning("Slack request not taken: Slack did not answer auth.test")
+            return web.Response(status=503, text="Slack unreachable, deliver again later",
+                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})  # fmt: skip
+        return await to_aiohttp_response(response)
 
     # -- inbound -------------------------------------------------------------------------------------
 

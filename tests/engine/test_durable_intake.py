@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from slack_bolt.middleware.authorization.async_single_team_authorization import AsyncSingleTeamAuthorization
+
 from bridge.engine import keys
 from bridge.engine.endpoint import Endpoint
 from bridge.engine.events import StoredEvent
@@ -39,6 +41,36 @@ async def test_a_slack_reply_is_stored_before_the_ack_and_handled_after_it(stack
     await stack.settle()
     assert merchant_texts(stack, cid) == ["马上发"]
     assert await stored(stack, SLACK) == [], "handled deliveries leave the stream"
+
+
+def forget_slack_authorization(stack: Stack) -> None:
+    """As in a process that has not yet asked Slack who it is (bolt asks once, at the first event)."""
+    app = stack.bridge.connectors["slack"].app  # type: ignore[attr-defined]
+    for middleware in app._async_middleware_list:
+        if isinstance(middleware, AsyncSingleTeamAuthorization):
+            middleware.auth_test_result = None
+
+
+async def test_a_slack_event_that_cannot_be_authorized_while_slack_is_down_is_not_lost(stack: Stack) -> None:
+    """bolt authorizes a request (Slack's auth.test, once per process) before the bridge can store
+    it, and again when the stored copy is handled. A process started during a Slack outage answers
+    503 instead of taking the event and dropping it; one that stored it handles it once Slack answers."""
+    cid = await stack.sandbox.open_chat("1001")
+    await stack.settle()
+    root = stack.slack.channel(CHATS)[-1]
+    stack.slack.down_until = stack.clock.now() + 20
+    ts, status = await stack.slack.user_message("U0AGENTA", CHATS, "马上发", thread_ts=root.ts)
+    assert status == 503 and await stored(stack, SLACK) == [], "not taken: Slack delivers again"
+    stack.clock.advance(21)
+    redelivered = f"Ev{stack.slack._run}{int(ts.split('.')[1]) + 1:08d}"
+    _, status = await stack.slack.user_message("U0AGENTA", CHATS, "马上发", thread_ts=root.ts, retry_of=redelivered)
+    assert status == 200 and len(await stored(stack, SLACK)) == 1
+    forget_slack_authorization(stack)  # handled by a worker process that has not asked Slack yet…
+    stack.slack.down_until = stack.clock.now() + 20  # …while Slack is down again
+    await stack.bridge.drain()
+    assert merchant_texts(stack, cid) == [] and stack.bridge.consumer.next_retry_at() is not None, "kept"
+    await stack.advance(40)  # the consumer's backoff: 0.5 s doubling, never given up
+    assert merchant_texts(stack, cid) == ["马上发"]
 
 
 async def test_a_stored_slack_event_whose_handling_fails_is_retried_not_lost(stack: Stack) -> None:
