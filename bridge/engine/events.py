@@ -100,9 +100,6 @@ long a backlog or a dead process kept it waiting)."""
 
 CLAIM_IDLE_SECONDS = 3.0
 LOCK_SECONDS = 5.0
-HANDLERS_AT_ONCE = 8
-"""Handlers a consumer runs at once. Enough to overlap their Redis round trips; few enough that
-events finish in the order they came instead of all together at the end of a burst."""
 IN_FLIGHT_SECONDS = CLAIM_IDLE_SECONDS + LOCK_SECONDS
 """The longest a stored event can wait to be handled when the process that took it dies: until it
 is claimed by another, and its thread's lock lapses."""
@@ -167,7 +164,6 @@ class EventConsumer:
     clock: Clock = field(default_factory=SystemClock)
     name: str = field(default_factory=consumer_name)
     batch: int = 500
-    handlers_at_once: int = HANDLERS_AT_ONCE
     block_seconds: float = 1.0
     claim_idle_seconds: float = CLAIM_IDLE_SECONDS
     """A dead process's events are taken over this long after it took them (a live one that is
@@ -352,71 +348,72 @@ class EventConsumer:
 
     async def _handle_batch(self, events: list[StoredEvent], attempts: Mapping[str, int]) -> None:
         """Handles a batch in rounds: each round takes the next event of every thread, asks Redis
-        about all of them in one call per endpoint, runs the ready ones in the order they arrived
-        (``handlers_at_once`` at a time), and completes them in one call per endpoint. A thread
-        whose event must wait (or failed) parks the rest of its events behind it."""
+        about all of them in one call, runs the ready ones concurrently, and completes them in one
+        call. A thread whose event must wait (or failed) parks the rest of its events behind it."""
         queues: dict[tuple[str, str], list[StoredEvent]] = defaultdict(list)
         for event in sorted(events, key=lambda e: e.seq):
             queues[(event.endpoint.tag, event.thread)].append(event)
         while queues:
-            outcome = await self._round([q[0] for q in queues.values()], attempts)
+            heads = [q[0] for q in queues.values()]
+            by_endpoint: dict[str, list[StoredEvent]] = defaultdict(list)
+            for event in heads:
+                by_endpoint[event.endpoint.tag].append(event)
+            outcomes = await asyncio.gather(
+                *(self._round(tag, round_events, attempts) for tag, round_events in by_endpoint.items())
+            )
             now = self.clock.now()
-            for event, retry in outcome.items():
-                queue = queues[(event.endpoint.tag, event.thread)]
-                if retry is None:
-                    queue.pop(0)
-                    continue
-                delay, tries = retry
-                self._parked += [
-                    _Parked(e, now + delay, tries if e is event else attempts.get(e.entry_id, 0), delay == WAIT_SECONDS)
-                    for e in queue
-                ]
-                queue.clear()
+            for outcome in outcomes:
+                for event, retry in outcome.items():
+                    queue = queues[(event.endpoint.tag, event.thread)]
+                    if retry is None:
+                        queue.pop(0)
+                        continue
+                    delay, tries = retry
+                    self._parked += [
+                        _Parked(
+                            e, now + delay, tries if e is event else attempts.get(e.entry_id, 0), delay == WAIT_SECONDS
+                        )
+                        for e in queue
+                    ]
+                    queue.clear()
             queues = {k: q for k, q in queues.items() if q}
 
     async def _round(
-        self, events: list[StoredEvent], attempts: Mapping[str, int]
+        self, tag: str, events: list[StoredEvent], attempts: Mapping[str, int]
     ) -> dict[StoredEvent, tuple[float, int] | None]:
-        """One event per thread. Returns, per event, None when finished with, or (retry in
-        seconds, attempts so far)."""
-        by_endpoint: dict[str, list[StoredEvent]] = defaultdict(list)
-        for event in events:
-            by_endpoint[event.endpoint.tag].append(event)
+        """One event per thread of one endpoint. Returns, per event, None when finished with, or
+        (retry in seconds, attempts so far)."""
         owners = {e: f"{self.name}:{e.entry_id}" for e in events}
-        now_ms, lock_ms = int(self.clock.now() * 1000), int(self.lock_seconds * 1000)
-        states = await asyncio.gather(*(
-            self._begin(keys=[keys.thread_done(tag), keys.thread_locks(tag)],
-                        args=[now_ms, lock_ms, orjson.dumps([(e.thread, e.seq, owners[e]) for e in group]).decode()])
-            for tag, group in by_endpoint.items()
-        ))  # fmt: skip
+        round_ = orjson.dumps([(e.thread, e.seq, owners[e]) for e in events]).decode()
+        states = await self._begin(
+            keys=[keys.thread_done(tag), keys.thread_locks(tag)],
+            args=[int(self.clock.now() * 1000), int(self.lock_seconds * 1000), round_],
+        )
         result: dict[StoredEvent, tuple[float, int] | None] = {}
-        finished: dict[str, list[StoredEvent]] = defaultdict(list)
+        finished: list[StoredEvent] = []
         ready: list[StoredEvent] = []
-        for group, group_states in zip(by_endpoint.values(), states, strict=True):
-            for event, state in zip(group, group_states, strict=True):
-                if state == "done":
-                    self.stats.duplicates += 1
-                    finished[event.endpoint.tag].append(event)
-                    result[event] = None
-                elif state == "wait":
-                    result[event] = (WAIT_SECONDS, attempts.get(event.entry_id, 0))
-                else:
-                    ready.append(event)
-        gate = asyncio.Semaphore(self.handlers_at_once)
-
-        async def run(event: StoredEvent) -> tuple[float, int] | None:
-            async with gate:  # first come, first finished: no event waits for all the others
-                return await self._run_handler(event, attempts.get(event.entry_id, 0))
-
-        ready.sort(key=lambda e: e.received_at)
-        for event, retry in zip(ready, await asyncio.gather(*(run(e) for e in ready)), strict=True):
+        for event, state in zip(events, states, strict=True):
+            if state == "done":
+                self.stats.duplicates += 1
+                finished.append(event)
+                result[event] = None
+            elif state == "wait":
+                result[event] = (WAIT_SECONDS, attempts.get(event.entry_id, 0))
+            else:
+                ready.append(event)
+        for event, retry in zip(
+            ready,
+            await asyncio.gather(*(self._run_handler(e, attempts.get(e.entry_id, 0)) for e in ready)),
+            strict=True,
+        ):
             result[event] = retry
             if retry is None:
-                finished[event.endpoint.tag].append(event)
+                finished.append(event)
             else:
                 with contextlib.suppress(RedisError, OSError):
-                    await self._unlock(keys=[keys.thread_locks(event.endpoint.tag)], args=[event.thread, owners[event]])
-        await asyncio.gather(*(self._finish(tag, group, owners) for tag, group in finished.items()))
+                    await self._unlock(keys=[keys.thread_locks(tag)], args=[event.thread, owners[event]])
+        if finished:
+            await self._finish(tag, finished, owners)
         return result
 
     async def _run_handler(self, event: StoredEvent, attempts: int) -> tuple[float, int] | None:

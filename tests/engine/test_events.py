@@ -45,33 +45,6 @@ async def test_events_of_one_thread_run_in_order_across_two_consumers(redis: Red
     assert await redis.xlen(keys.events(STORE.tag)) == 0
 
 
-async def test_a_burst_is_handled_in_the_order_it_arrived_a_few_at_a_time(redis: Redis) -> None:
-    """Handlers share the process: run all at once, every event of a burst finishes at the end of
-    it. A few at a time, in arrival order across endpoints, the first to come are the first done."""
-    other = Endpoint("store", "1002")
-    clock = ManualClock()
-    log = EventLog(redis, clock)
-    for i in range(6):  # arriving in turn: 1001's chat 0, 1002's chat 0, 1001's chat 1…
-        for endpoint in (STORE, other):
-            await log.store(endpoint, [record(f"{endpoint.id}-{i}", f"chat:{endpoint.id}-{i}")])
-            clock.advance(0.01)
-    started: list[str] = []
-    running, most = 0, 0
-
-    async def handle(event: StoredEvent) -> None:
-        nonlocal running, most
-        started.append(event.msg_id)
-        running += 1
-        most = max(most, running)
-        await asyncio.sleep(0.001)
-        running -= 1
-
-    c = EventConsumer(redis, lambda: [STORE, other], {"im_platform_message": handle}, clock=clock, handlers_at_once=2)
-    assert await c.drain() == 12
-    assert started == [f"{e}-{i}" for i in range(6) for e in ("1001", "1002")], "first come, first served"
-    assert most == 2
-
-
 async def test_a_handled_event_is_never_handled_again(redis: Redis) -> None:
     await EventLog(redis).store(STORE, [record("x", "chat:1")])
     calls: list[str] = []
