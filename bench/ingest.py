@@ -88,7 +88,8 @@ def cpu_now(pid: int, redis_url: str | None) -> dict[str, float]:
     """CPU seconds so far of the server process (/proc) and, when given, of redis-server (INFO cpu)."""
     used = {"server": process_cpu(pid)}
     if redis_url:
-        info = redis_lib.Redis.from_url(redis_url, decode_responses=True).info("cpu")
+        with redis_lib.Redis.from_url(redis_url, decode_responses=True) as redis:
+            info = redis.info("cpu")
         used["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
     return used
 

@@ -168,6 +168,10 @@ class _Rest:
     until: float = 0.0
     probing: bool = False
 
+    @property
+    def resting(self) -> bool:
+        return self.failures >= FAILURES_BEFORE_REST
+
 
 JOBS_PER_RUN = 20
 """A thread's sender goes on to the next queued job in the same run (no timer round trip between
@@ -290,7 +294,7 @@ class Outbox:
                 raise Expired("its moment passed before it could be sent")
             if sender is None:
                 raise FinalFailure(f"no sender for {job.kind!r} in this process")
-            if rest is not None and rest.failures >= FAILURES_BEFORE_REST:
+            if rest is not None and rest.resting:
                 if rest.probing or self.clock.now() < rest.until:
                     later = max(rest.until, self.clock.now()) + random.uniform(0, self.base_delay)
                     await self.timers.schedule(timer.key, later)
@@ -334,21 +338,24 @@ class Outbox:
         already on their way when the rest began do not lengthen it."""
         rest = self._rests.setdefault(service, _Rest())
         rest.probing = False
-        if rest.failures >= FAILURES_BEFORE_REST and not probe:
+        if rest.resting and not probe:
             return
         rest.failures += 1
-        if rest.failures >= FAILURES_BEFORE_REST:
+        if rest.resting:
             checks = rest.failures - FAILURES_BEFORE_REST
-            wait = min(self.max_delay, self.base_delay * 2 ** min(checks, 16)) * random.uniform(0.5, 1.0)
-            rest.until = self.clock.now() + wait
+            rest.until = self.clock.now() + self._backoff(checks)
             if not checks:
                 log.warning("%s: %d calls failed in a row; its sends wait while one call at a time checks "
                             "whether it is back", service, rest.failures)  # fmt: skip
 
     def _answered(self, service: str) -> None:
         rest = self._rests.pop(service, None)
-        if rest is not None and rest.failures >= FAILURES_BEFORE_REST:
+        if rest is not None and rest.resting:
             log.warning("%s answers again: its sends go on", service)
+
+    def _backoff(self, failed_before: int) -> float:
+        """Capped exponential backoff with jitter, after ``failed_before`` earlier failures."""
+        return min(self.max_delay, self.base_delay * 2.0 ** min(failed_before, 16)) * random.uniform(0.5, 1.0)
 
     async def _pop(self, tag: str, thread: str, job: OutboxJob) -> str | None:
         """Removes ``job`` from the head of its queue; returns the job now first, if any."""
@@ -395,7 +402,7 @@ class Outbox:
             delay = exc.after
         else:
             attempts = await self.redis.hincrby(keys.outbox_attempts(tag), job.id, 1)
-            delay = min(self.max_delay, self.base_delay * 2 ** min(attempts - 1, 16)) * random.uniform(0.5, 1.0)
+            delay = self._backoff(attempts - 1)
         self.stats.retried += 1
         METRICS.outbox.labels(job.kind, "retried").inc()
         log.info("outbox %s %s: %s; retrying in %.1f s", tag, job.id, exc.reason, delay)
