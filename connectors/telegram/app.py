@@ -28,6 +28,7 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Cont
 from bridge.core import Core
 from bridge.destinations import Route, inbox_thread
 from bridge.engine import keys, refs
+from bridge.engine.backpressure import UNAVAILABLE
 from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
 from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender, WaitingForRoot
 from bridge.engine.ratelimit import SendSpacing
@@ -318,7 +319,9 @@ class TelegramConnector:
             # Telegram counts a chat's messages as they arrive and tolerates no burst: the next one
             # is spaced from when this one was taken, not from when it left (a busy process can
             # hold a request back long enough for the next to arrive less than a second after it).
-            await self.spacing.sent("telegram", str(chat), _spacing(chat))
+            # Telegram has the message now: Redis failing here must not make the outbox send it again.
+            with contextlib.suppress(*UNAVAILABLE):
+                await self.spacing.sent("telegram", str(chat), _spacing(chat))
             return sent
         except TelegramError as exc:
             failure = _sorted(exc)

@@ -195,3 +195,24 @@ async def test_the_owner_reassigns_a_chat_from_its_header(stack: Stack) -> None:
     await stack.settle()
     assert await stack.redis.hget(keys.agent_load(TAG), "main-1002") == "1", "counted once"
     assert not any("handed this chat" in m.text for m in stack.telegram.by_bot(GROUP)), "nothing moved, nothing said"
+
+
+async def test_redis_failing_just_after_telegram_took_a_message_does_not_send_it_again(stack: Stack) -> None:
+    """Recording when Telegram took the message (for the spacing) is the step after the send: a
+    Redis error there must not make the outbox retry, and post, the message a second time."""
+    spacing = stack.bridge.connectors["telegram"].spacing  # type: ignore[attr-defined]
+    record, failed = spacing.sent, []
+
+    async def failing_once(*args: object) -> None:
+        if not failed:
+            failed.append(1)
+            raise ConnectionError("Redis went away")
+        await record(*args)
+
+    spacing.sent = failing_once
+    cid = await stack.sandbox.open_chat("1002", ORDER_CARD)
+    await stack.settle()
+    assert failed, "the failure was injected"
+    headers = [m for m in stack.telegram.by_bot(GROUP) if "6909" in m.text]
+    assert len(headers) == 1, "the chat's header posted once"
+    assert cid in stack.sandbox.conversations
