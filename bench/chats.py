@@ -19,8 +19,9 @@ Three parts:
   share of the allowed rate each channel got (its posts' ideal span at 1/s over their actual span
   from the push), and 429s;
 - **scaling** — 400 chats into 400 channels at once (one each: the rate limit is not the
-  bottleneck) with 1, 2 and 4 processes (`all`; `web` + `worker`; `web` + 3 `worker`): chats
-  completed per second, latency, and CPU per chat of each process.
+  bottleneck) with 1, 2 and 4 processes (`all`; `web` + `worker`; `web` + 3 `worker`) on one
+  Redis, then 1 and 4 processes on a three-node Redis Cluster: chats completed per second,
+  latency, and CPU per chat of each process and of Redis (a cluster's nodes added up).
 
 Writes bench/results/chats.json; ``--quick`` runs a small version and writes nothing.
 """
@@ -45,7 +46,7 @@ import yaml
 from machine import machine, process_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 from redis.asyncio import Redis
 
-from bridge.app.redis_server import EmbeddedRedis, free_port
+from bridge.app.redis_server import EmbeddedRedis, cluster_url, embedded_cluster, free_port
 from bridge.config import load_config
 from bridge.sandbox.platform import PlatformSandbox
 from bridge.sandbox.slack import SlackEmulator
@@ -57,8 +58,11 @@ SIGNING, TOKEN = "bench-signing-secret", "xoxb-bench"
 
 PACED = {"channels": 40, "per_channel": 50, "spacing": 3.5, "runs": 3}
 BURST = {"channels": 20, "per_channel": 10}
-SCALING = {"channels": 400, "per_channel": 1, "processes": {1: ["all"], 2: ["web", "worker"],
-                                                            4: ["web", "worker", "worker", "worker"]}}  # fmt: skip
+WEB_AND_3_WORKERS = ["web", "worker", "worker", "worker"]
+SCALING = {"channels": 400, "per_channel": 1,
+           "runs": {"1_processes": (["all"], False), "2_processes": (["web", "worker"], False),
+                    "4_processes": (WEB_AND_3_WORKERS, False), "1_processes_cluster": (["all"], True),
+                    "4_processes_cluster": (WEB_AND_3_WORKERS, True)}}  # fmt: skip
 QUICK = {"paced": {"channels": 20, "per_channel": 2, "spacing": 3.5, "runs": 1},
          "burst": {"channels": 20, "per_channel": 2}, "scaling": {"channels": 40, "per_channel": 1}}  # fmt: skip
 SLACK_SPACING_SECONDS = 1.0  # what the emulator (and Slack) allow per channel
@@ -105,23 +109,27 @@ IDLE_SECONDS = 5.0
 
 
 class CpuMeter:
-    """CPU seconds used so far by each bridge process (from /proc) and by redis-server (INFO cpu)."""
+    """CPU seconds used so far by each bridge process (from /proc) and by redis-server (INFO cpu;
+    a cluster's nodes added up)."""
 
-    def __init__(self, bridges: dict[str, int], redis_url: str) -> None:
+    def __init__(self, bridges: dict[str, int], redis_ports: list[int]) -> None:
         self.bridges = bridges
-        self.redis = Redis.from_url(redis_url, decode_responses=True)
+        self.redis = [Redis(port=port, decode_responses=True) for port in redis_ports]
 
     async def read(self) -> dict[str, float]:
-        info = await self.redis.info("cpu")
+        infos = [await node.info("cpu") for node in self.redis]
         used = {name: process_cpu(pid) for name, pid in self.bridges.items()}
-        used["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        used["redis"] = sum(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]) for info in infos)
         used["bench_process"] = time.process_time()
         return used
 
     async def commands(self) -> dict[str, int]:
         """Commands Redis has run so far, by name (those a Lua script runs included)."""
-        stats = await self.redis.info("commandstats")
-        return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+        calls: dict[str, int] = {}
+        for node in self.redis:
+            for name, row in (await node.info("commandstats")).items():
+                calls[name.removeprefix("cmdstat_")] = calls.get(name.removeprefix("cmdstat_"), 0) + int(row["calls"])
+        return calls
 
 
 async def run_load(
@@ -245,23 +253,31 @@ def channel_rates(
 
 
 @contextlib.asynccontextmanager
-async def running_stack(tmp: Path, channels: int, roles: list[str]) -> AsyncIterator[tuple[Any, ...]]:
-    """Redis (AOF on), the emulators and the bridge as ``roles`` processes (the first takes the
-    webhooks); yields the sandbox, the emulator, a CPU meter and the idle CPU per second."""
+async def running_stack(
+    tmp: Path, channels: int, roles: list[str], cluster: bool = False
+) -> AsyncIterator[tuple[Any, ...]]:
+    """Redis (AOF on; with ``cluster``, a three-node Redis Cluster), the emulators and the bridge as
+    ``roles`` processes (the first takes the webhooks); yields the sandbox, the emulator, a CPU meter
+    and the idle CPU per second."""
     port = free_port()
-    config_path = tmp / f"bench-{channels}-{len(roles)}.yaml"
+    config_path = tmp / f"bench-{channels}-{len(roles)}{'-cluster' if cluster else ''}.yaml"
     bench_config(config_path, port, channels)
     slack = SlackEmulator(SIGNING, TOKEN, bridge_url=f"http://127.0.0.1:{port}")
     await slack.start()
     env = dict(os.environ, PLATFORM_API_URL="http://127.0.0.1:1", SLACK_API_URL=slack.api_url)
     sandbox = PlatformSandbox(load_config(config_path, environ=env).config, f"http://127.0.0.1:{port}")
     env["PLATFORM_API_URL"] = await sandbox.start()
-    data = tmp / f"stack-{channels}-{len(roles)}"
+    data = tmp / f"stack-{channels}-{len(roles)}{'-cluster' if cluster else ''}"
     data.mkdir()
     bridges: list[subprocess.Popen[bytes]] = []
     try:
-        with EmbeddedRedis(data / "redis", appendonly=True) as redis:
-            env["REDIS_URL"] = redis.url
+        with contextlib.ExitStack() as servers:
+            if cluster:
+                nodes = servers.enter_context(embedded_cluster(data / "redis", appendonly=True))
+                env["REDIS_URL"] = cluster_url(nodes)
+            else:
+                nodes = [servers.enter_context(EmbeddedRedis(data / "redis", appendonly=True))]
+                env["REDIS_URL"] = nodes[0].url
             env["ARCHIVE_URL"] = f"sqlite:///{data / 'archive.sqlite3'}"
             for i, role in enumerate(roles):
                 bridges.append(start_bridge(config_path, env, data / f"bridge-{i}.log", role,
@@ -269,7 +285,7 @@ async def running_stack(tmp: Path, channels: int, roles: list[str]) -> AsyncIter
             await wait_up(port)
             await asyncio.sleep(1.0)  # the workers' start-up (migrations, groups) is not idle time
             cpu = CpuMeter({f"{role}_{i}": b.pid for i, (role, b) in enumerate(zip(roles, bridges, strict=True))},
-                           redis.url)  # fmt: skip
+                           [node.port for node in nodes])  # fmt: skip
             before = await cpu.read()
             await asyncio.sleep(IDLE_SECONDS)  # what the bridge costs doing nothing: timers, watchers
             idle = {k: (v - before[k]) / IDLE_SECONDS for k, v in (await cpu.read()).items() if k != "bench_process"}
@@ -313,12 +329,13 @@ async def main_async(quick: bool) -> dict[str, Any]:
             results["paced"]["spread"] = spread(results["paced"]["runs"])
             results["burst"] = await run_load(sb, sl, burst["channels"], burst["per_channel"], 0.0, "burst", cpu, idle)
         results["scaling"] = {}
-        for count, roles in scaling["processes"].items():
-            async with running_stack(tmp, scaling["channels"], roles) as (sb, sl, cpu, idle):
+        for name, (roles, cluster) in scaling["runs"].items():
+            async with running_stack(tmp, scaling["channels"], roles, cluster) as (sb, sl, cpu, idle):
                 row = await run_load(sb, sl, scaling["channels"], scaling["per_channel"], 0.0, "scale", cpu, idle)
                 row["roles"] = roles
-                results["scaling"][f"{count}_processes"] = row
-                print(f"{count} processes: {row['chats_per_second']} chats/s", file=sys.stderr)
+                row["redis"] = "three-node Redis Cluster" if cluster else "one Redis"
+                results["scaling"][name] = row
+                print(f"{name}: {row['chats_per_second']} chats/s", file=sys.stderr)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["targets"] = {"cpu_ms_per_chat_bridge": 5, "p99_ms_paced_both_ways": 20, "slack_429s": 0,
                           "burst_first_post_ms": 100, "burst_share_of_allowed_rate": 0.95}  # fmt: skip

@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -46,12 +46,7 @@ def free_port() -> int:
 
 
 def _answers_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
+    return _ask(port, b"PING\r\n").startswith(b"+PONG")
 
 
 class EmbeddedRedis:
@@ -143,3 +138,42 @@ class EmbeddedRedis:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def embedded_cluster(base: Path, nodes: int = 3, *, appendonly: bool = False) -> Iterator[list[EmbeddedRedis]]:
+    """A Redis Cluster of ``nodes`` primaries (no replicas) on free loopback ports, every slot
+    assigned and the cluster state ``ok`` before it is handed over: the tests' and benches' cluster."""
+    cluster_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
+    servers: list[EmbeddedRedis] = []
+    try:
+        for i in range(nodes):
+            servers.append(EmbeddedRedis(base / f"n{i}", appendonly=appendonly, extra_args=cluster_args).start())
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{s.port}" for s in servers], "--cluster-replicas", "0",
+             "--cluster-yes"], check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        for server in servers:
+            while b"cluster_state:ok" not in _ask(server.port, b"CLUSTER INFO\r\n"):
+                if time.monotonic() > deadline:
+                    raise RedisServerError("the cluster never became ok")
+                time.sleep(0.1)
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def cluster_url(servers: list[EmbeddedRedis]) -> str:
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in servers)
+
+
+def _ask(port: int, command: bytes) -> bytes:
+    """One inline command's raw reply (enough for short status answers)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(command)
+            return sock.recv(4096)
+    except OSError:
+        return b""

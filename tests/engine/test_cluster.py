@@ -4,14 +4,13 @@ hash tag, events read per endpoint, wake-ups through cluster-wide pub/sub."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis as sync_redis
 
-from bridge.app.redis_server import EmbeddedRedis
+from bridge.app.redis_server import EmbeddedRedis, cluster_url, embedded_cluster
 from bridge.engine.clock import ManualClock
 from bridge.engine.events import IN_FLIGHT_SECONDS
 from tests.conftest import Stack, start_stack
@@ -21,30 +20,13 @@ CHATS, TASKS = "C0CHATS1001", "C0TASKS1001"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[EmbeddedRedis]]:
-    base = tmp_path_factory.mktemp("cluster")
-    cluster_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
-    nodes = [EmbeddedRedis(base / f"n{i}", appendonly=False, extra_args=cluster_args).start() for i in range(3)]
-    try:
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes], "--cluster-replicas", "0",
-             "--cluster-yes"], check=True, capture_output=True, timeout=30,
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        for node in nodes:
-            with sync_redis.Redis(port=node.port, decode_responses=True) as r:
-                while r.cluster("info")["cluster_state"] != "ok":
-                    assert time.monotonic() < deadline, "the cluster never became ok"
-                    time.sleep(0.1)
+    with embedded_cluster(tmp_path_factory.mktemp("cluster")) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 @pytest.fixture
 async def cluster_stack(cluster: list[EmbeddedRedis]) -> AsyncIterator[Stack]:
-    url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in cluster)
-    stack = await start_stack(url, clock=ManualClock(), run_workers=False)
+    stack = await start_stack(cluster_url(cluster), clock=ManualClock(), run_workers=False)
     await stack.redis.flushall()
     yield stack
     await stack.stop()
@@ -95,8 +77,7 @@ async def test_a_guided_resolve_in_telegram_on_a_cluster(cluster_stack: Stack) -
 
 
 async def test_timers_fire_on_time_with_live_workers_on_a_cluster(cluster: list[EmbeddedRedis]) -> None:
-    url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in cluster)
-    stack = await start_stack(url, run_workers=True)
+    stack = await start_stack(cluster_url(cluster), run_workers=True)
     fired: list[float] = []
 
     async def record(timer: object) -> None:
