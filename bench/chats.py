@@ -169,12 +169,18 @@ async def run_load(
     slack.listeners.append(on_slack)
     sandbox.listeners.append(on_platform)
 
+    push_late: list[float] = []
+
     async def one_chat(channel_index: int, n: int) -> None:
         store_id, channel = f"{2001 + channel_index}", f"CB{channel_index:03d}"
-        await asyncio.sleep(n * spacing + channel_index * (spacing / channels))
+        # Open loop: each push has its moment, and its latency counts from that moment, so a
+        # load generator that falls behind shows up as latency (and as lateness, below).
+        due = started + n * spacing + channel_index * (spacing / channels)
+        await asyncio.sleep(max(0.0, due - time.time()))
+        push_late.append(time.time() - due)
         marker = f"[{label}-{channel_index}-{n}]"
         landed[marker] = loop.create_future()
-        pushed = pushed_at[channel_index, n] = time.time()
+        pushed_at[channel_index, n] = due
         cid = await sandbox.open_chat(store_id, {"type": "text", "text": f"您好 {marker}"})
         replied[cid] = loop.create_future()
         try:
@@ -183,7 +189,7 @@ async def run_load(
             missing.append(marker)
             return
         landed_at[channel_index, n] = posted_at
-        to_slack.append(posted_at - pushed)
+        to_slack.append(posted_at - due)
         sent = time.time()
         await slack.user_message(f"UB{channel_index:03d}", channel, f"回复 {marker}", thread_ts=root_ts)
         try:
@@ -191,12 +197,14 @@ async def run_load(
         except TimeoutError:
             missing.append(marker + " reply")
 
-    started = time.time()
     cpu_before = await cpu.read()
     commands_before = await cpu.commands()
+    lag = LoopLag()
+    started = time.time() + 0.1  # the first push's moment
     # In turn across the channels (every channel's first chat, then every one's second…), as chats
     # from many stores' customers arrive, not one store's ten before the next store's first.
-    await asyncio.gather(*(one_chat(c, n) for n in range(per_channel) for c in range(channels)))
+    async with lag.watching():
+        await asyncio.gather(*(one_chat(c, n) for n in range(per_channel) for c in range(channels)))
     done = time.time()
     await asyncio.sleep(SETTLE_SECONDS)  # the follow-ups (✅ reactions, header updates) are part of a chat
     used = {k: v - cpu_before[k] for k, v in (await cpu.read()).items()}
@@ -219,12 +227,56 @@ async def run_load(
             for name, calls in sorted(commands.items(), key=lambda item: -item[1])
             if calls
         },
-        "platform_to_slack": percentiles(to_slack),
-        "slack_to_platform": percentiles(to_platform),
+        **latency_rows(percentiles(to_slack), percentiles(to_platform), push_late, lag.delays, spacing > 0),
         "slack_429s": slack.rate_limited - rate_limited_before,
         "missing": missing,
         **(channel_rates(pushed_at, landed_at, channels) if spacing == 0 else {}),
     }
+
+
+WORLD_LAG_LIMIT_MS = 5.0
+"""The emulators and the load generator share this process. When it pushed late or its event loop
+stalled by more than this (p99), what it timed is partly its own delay: the latency rows are INVALID."""
+
+
+class LoopLag:
+    """How late this process's event loop wakes a task that sleeps a few milliseconds at a time: the
+    world's (emulators' and load generator's) own delay, while a load runs."""
+
+    TICK = 0.005
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[None]:
+        async def tick() -> None:
+            while True:
+                before = time.perf_counter()
+                await asyncio.sleep(self.TICK)
+                self.delays.append(time.perf_counter() - before - self.TICK)
+
+        task = asyncio.create_task(tick())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+
+def latency_rows(
+    to_slack: dict[str, float], to_platform: dict[str, float], push_late: list[float], lag: list[float], paced: bool
+) -> dict[str, Any]:
+    """Both latency rows, with how late the world pushed and how long its loop stalled; paced rows
+    whose world lagged past WORLD_LAG_LIMIT_MS (p99) are marked INVALID, not printed as results."""
+    world = {"push_late": percentiles(push_late), "loop_lag": percentiles(lag)}
+    worst = max(world["push_late"].get("p99_ms", 0.0), world["loop_lag"].get("p99_ms", 0.0))
+    rows: dict[str, Any] = {"platform_to_slack": to_slack, "slack_to_platform": to_platform, "world": world}
+    if paced and worst > WORLD_LAG_LIMIT_MS:
+        rows["latency_valid"] = False
+        rows["invalid_reason"] = f"the emulators' and load generator's process lagged {worst:.1f} ms (p99)"
+    else:
+        rows["latency_valid"] = True
+    return rows
 
 
 def channel_rates(
@@ -300,12 +352,14 @@ async def running_stack(
 
 
 def spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run-to-run spread of the paced runs: each figure's lowest and highest."""
-    out: dict[str, Any] = {}
+    """The run-to-run spread of the paced runs: each figure's lowest and highest; latencies only
+    from the runs whose world kept up (``latency_valid``)."""
+    valid = [r for r in runs if r["latency_valid"]]
+    out: dict[str, Any] = {"latency_from_valid_runs": f"{len(valid)} of {len(runs)}"}
     for leg in ("platform_to_slack", "slack_to_platform"):
         for figure in ("p50_ms", "p99_ms", "max_ms"):
-            values = [r[leg][figure] for r in runs if r[leg]]
-            out[f"{leg}.{figure}"] = [min(values), max(values)] if values else []
+            values = [r[leg][figure] for r in valid if r[leg]]
+            out[f"{leg}.{figure}"] = [min(values), max(values)] if values else "INVALID: no run's world kept up"
     for name in ("bridge_total", "redis"):
         values = [r["cpu_ms_per_chat_less_idle"][name] for r in runs]
         out[f"cpu_ms_per_chat.{name}"] = [min(values), max(values)]
@@ -325,7 +379,7 @@ async def main_async(quick: bool) -> dict[str, Any]:
                 row = await run_load(sb, sl, paced["channels"], paced["per_channel"], paced["spacing"],
                                      f"paced{run}", cpu, idle)  # fmt: skip
                 results["paced"]["runs"].append(row)
-                print(json.dumps(results["paced"]["runs"][-1]["platform_to_slack"]), file=sys.stderr)
+                print(json.dumps({k: row[k] for k in ("platform_to_slack", "world", "latency_valid")}), file=sys.stderr)
             results["paced"]["spread"] = spread(results["paced"]["runs"])
             results["burst"] = await run_load(sb, sl, burst["channels"], burst["per_channel"], 0.0, "burst", cpu, idle)
         results["scaling"] = {}
