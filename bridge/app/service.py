@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import shutil
+import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -413,9 +414,39 @@ def open_redis(url: str, max_connections: int = 64) -> Redis:
     if url.startswith("redis+cluster://"):
         return _cluster_client(url, max_connections)
     pool = BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=5, decode_responses=True, retry=reconnecting()
-    )
+        url, max_connections=max_connections, timeout=5, decode_responses=True, retry=reconnecting(),
+        **dead_peer_detection(),
+    )  # fmt: skip
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
+DEAD_PEER_SECONDS = 10
+"""How long a connection to Redis may go silent (no answer to keepalive probes, or data sent and
+never acknowledged) before the kernel breaks it, and the command on it fails and is retried."""
+
+
+def dead_peer_detection() -> dict[str, Any]:
+    """Connection options: no timer per command, the kernel watching each connection instead.
+
+    redis-py 8 gives every command a 5 s socket timeout, which costs an ``asyncio.wait_for`` task
+    per command sent: about a sixth of the client's CPU per command (measured: 154 → 128 µs).
+    Without it a command waits as long as Redis takes, and a peer that vanished without a reset (a
+    partition, a dead host) is found by TCP: keepalive probes on an idle connection, and
+    TCP_USER_TIMEOUT on one with unacknowledged data, each within DEAD_PEER_SECONDS. Connecting
+    stays bounded at 5 s; intake bounds its own write (``EventLog.timeout_seconds``)."""
+    probes = 5
+    options = {
+        getattr(socket, "TCP_KEEPIDLE", None): DEAD_PEER_SECONDS - probes,
+        getattr(socket, "TCP_KEEPINTVL", None): 1,
+        getattr(socket, "TCP_KEEPCNT", None): probes,
+        getattr(socket, "TCP_USER_TIMEOUT", None): DEAD_PEER_SECONDS * 1000,
+    }
+    return {
+        "socket_timeout": None,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "socket_keepalive_options": {name: value for name, value in options.items() if name is not None},
+    }
 
 
 def reconnecting() -> Retry:
@@ -437,7 +468,7 @@ def _cluster_client(url: str, max_connections: int) -> Redis:
     nodes = [ClusterNode(host, port) for host, port in _addresses(parsed.netloc, 6379)]
     query = dict(urllib.parse.parse_qsl(parsed.query))
     client = RedisCluster(startup_nodes=nodes, decode_responses=True, max_connections=max_connections,
-                          password=query.get("password"))  # fmt: skip
+                          password=query.get("password"), **dead_peer_detection())  # fmt: skip
     return cast(Redis, client)  # the same commands; where the bridge must differ it asks cluster.is_cluster()
 
 
@@ -445,8 +476,8 @@ def _sentinel_client(url: str, max_connections: int) -> Redis:
     parsed = urllib.parse.urlsplit(url)
     sentinels = _addresses(parsed.netloc, 26379)
     query = dict(urllib.parse.parse_qsl(parsed.query))
-    options: dict[str, Any] = {"decode_responses": True, "max_connections": max_connections, "socket_timeout": 5,
-                               "retry": reconnecting()}  # fmt: skip
+    options: dict[str, Any] = {"decode_responses": True, "max_connections": max_connections,
+                               "retry": reconnecting(), **dead_peer_detection()}  # fmt: skip
     if "db" in query:
         options["db"] = int(query["db"])
     if "password" in query:
@@ -475,8 +506,10 @@ def _sibling_client(redis: Redis, max_connections: int) -> Redis:
         nodes = [ClusterNode(n.host, n.port) for n in redis.nodes_manager.startup_nodes.values()]
         auth = {k: redis.nodes_manager.connection_kwargs.get(k) for k in ("username", "password")}
         return cast(
-            Redis, RedisCluster(startup_nodes=nodes, decode_responses=True, max_connections=max_connections, **auth)
-        )
+            Redis,
+            RedisCluster(startup_nodes=nodes, decode_responses=True, max_connections=max_connections,
+                         **auth, **dead_peer_detection()),
+        )  # fmt: skip
     pool = redis.connection_pool
     if isinstance(pool, SentinelConnectionPool):
         kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in ("connection_pool", "host", "port")}

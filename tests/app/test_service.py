@@ -21,7 +21,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from bridge.app.redis_server import EmbeddedRedis, free_port
-from bridge.app.service import Bridge, open_redis
+from bridge.app.service import DEAD_PEER_SECONDS, Bridge, open_redis
 from bridge.config import ConfigHolder
 from tests.conftest import Stack
 
@@ -329,3 +329,23 @@ def test_serve_refuses_the_examples_demo_values_without_demo(tmp_path: Path) -> 
     assert "slack.signing_secret: SLACK_SIGNING_SECRET is not set, so the example's demo value is used" in proc.stderr
     assert "bridge: refusing to serve on demo values: set CREATOR_7001_API_TOKEN," in proc.stderr
     assert not (tmp_path / "var").exists(), "refused before anything started"
+
+
+async def test_redis_connections_are_watched_by_the_kernel_not_by_a_timer_per_command(redis_url: str) -> None:
+    """No per-command socket timeout (its wait_for task per command cost a sixth of the client's
+    CPU); a silent Redis is found by TCP keepalive and TCP_USER_TIMEOUT on the real socket."""
+    client = open_redis(redis_url)
+    try:
+        assert await client.ping()
+        connection = await client.connection_pool.get_connection()
+        try:
+            sock = connection._writer.get_extra_info("socket")
+            assert connection.socket_timeout is None
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == DEAD_PEER_SECONDS - 5
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 5
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == DEAD_PEER_SECONDS * 1000
+        finally:
+            await client.connection_pool.release(connection)
+    finally:
+        await client.aclose()
