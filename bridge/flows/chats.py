@@ -46,10 +46,10 @@ log = logging.getLogger(__name__)
 # Creates the chat, assigns it and records its first message, only if the loads it was decided on are
 # still current. KEYS: chat, loads. ARGV: assignee ('' for none), now, destination, platform agent,
 # first message (view JSON), its id, the load table shown, then (agent, expected load) pairs.
-# Returns {1, assignee} when created, {0, assignee} when it existed, {-1} when a load changed
-# meanwhile (decide again).
+# Returns {1, fields…} when created, {0, fields…} when it existed (fields: the chat's hash, flat, so
+# the caller needs no second read), {-1} when a load changed meanwhile (decide again).
 _OPEN = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('HGET', KEYS[1], 'assignee')} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, unpack(redis.call('HGETALL', KEYS[1]))} end
 for i = 8, #ARGV, 2 do
   if tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0') ~= tonumber(ARGV[i + 1]) then return {-1} end
 end
@@ -57,7 +57,7 @@ redis.call('HSET', KEYS[1], 'status', 'open', 'assignee', ARGV[1], 'started_at',
            'destination', ARGV[3], 'platform_agent', ARGV[4], 'first_message', ARGV[5],
            'first_message_id', ARGV[6], 'loads', ARGV[7], 'window_start', '', 'first_reply_at', '')
 if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[1], 1) end
-return {1, ARGV[1]}
+return {1, unpack(redis.call('HGETALL', KEYS[1]))}
 """
 
 # KEYS: chat, loads. ARGV: new assignee, action id. Moves an open chat to another agent and its A3
@@ -188,9 +188,9 @@ class ChatFlow:
         tag, cid = event.endpoint.tag, msg.conversation_id
         dest = Destination.parse(store.destinations.platform_chats)
         view = {"type": "platform_message", "content": msg.content.model_dump(), "sender": msg.sender.name}
-        if await self._open_chat(store, tag, cid, dest, msg.sender.name, view, msg.message_id):
+        created, chat = await self._open_chat(store, tag, cid, dest, msg.sender.name, view, msg.message_id)
+        if created:
             METRICS.chats_opened.labels(store.id).inc()
-        chat = await self._chat(tag, cid)
         if chat.get("status") != "open":
             log.info("store %s: message %s for closed chat %s not mirrored", store.id, msg.message_id, cid)
             return
@@ -200,7 +200,7 @@ class ChatFlow:
         if chat.get("first_message_id") == msg.message_id:
             # The root carries the header, the assignee's mention and the first message: one post,
             # so a new chat shows up at once even where the channel allows one message a second.
-            chat = await self._chat(tag, cid)  # with its window: the root shows the deadline at once
+            # It shows the deadline at once: _start_window put the window it started into ``chat``.
             await self._to_destination(
                 store, dest, cid, f"root:{cid}", "post", self._root_view(store, cid, chat), root=True
             )
@@ -226,6 +226,8 @@ class ChatFlow:
         deadline = started + store.reply_window.seconds
         if not int(await self._window(keys=[keys.chat(tag, cid)], args=[started, deadline, msg.message_id])):
             return None
+        # What the script wrote, so the caller renders the window without reading the chat again.
+        chat.update(window_start=str(started), deadline=str(deadline), window_msg=msg.message_id)
         return started
 
     async def on_platform_closed(self, event: StoredEvent) -> None:
@@ -350,8 +352,8 @@ class ChatFlow:
                 await record(self.redis, keys.chat_messages(tag, cid), f"reply:{actor.message}", sent)
                 await self._changed(tag, cid)
                 await self._send_reply(store, tag, cid, agent.id, actor, text, media)
-                await self._stop_window_timer(store, tag, cid)
-                await self._update_root(store, tag, cid, f"answered:{actor.message}")
+                chat = await self._stop_window_timer(store, tag, cid)
+                await self._update_root(store, tag, cid, f"answered:{actor.message}", chat)
                 return ReplyOutcome(True)
         if refusal is not None:
             if refusal is Refusal.CLOSED and agent is not None and cid is not None:
@@ -400,14 +402,15 @@ class ChatFlow:
             )
             await self.outbox.enqueue(tag, f"chat:{cid}:platform", job)
 
-    async def _stop_window_timer(self, store: Store, tag: str, cid: str) -> None:
+    async def _stop_window_timer(self, store: Store, tag: str, cid: str) -> dict[str, str]:
         """Cancels the answered window's timer. A platform message may have started the next window
         meanwhile (this reply handled again after a crash): read after the cancel, that window gets
-        its timer back, whichever order the two processes ran in."""
+        its timer back, whichever order the two processes ran in. Returns the chat as read then."""
         await self.timers.cancel(keys.window_timer(tag, cid))
-        running = await self.redis.hget(keys.chat(tag, cid), "window_start")
-        if running:
-            await self._schedule_window(store, tag, cid, float(running))
+        chat = await self._chat(tag, cid)
+        if chat.get("window_start"):
+            await self._schedule_window(store, tag, cid, float(chat["window_start"]))
+        return chat
 
     def failure_reporters(self) -> dict[str, FailureReporter]:
         return {jobs.SEND_MESSAGE: self.on_reply_failed, jobs.SEND_IMAGE: self.on_reply_failed}
@@ -451,8 +454,9 @@ class ChatFlow:
 
     async def _open_chat(
         self, store: Store, tag: str, cid: str, dest: Destination, agent_name: str, first: dict[str, Any], first_id: str
-    ) -> bool:
-        """Creates and assigns the chat with its first message (A3) unless it exists; True when created."""
+    ) -> tuple[bool, dict[str, str]]:
+        """Creates and assigns the chat with its first message (A3) unless it exists; returns whether
+        this call created it, and the chat as it is now."""
         candidates = [a.id for a in store.designated if a.im_permission]
         for _ in range(20):
             loads = dict(zip(candidates, await self.redis.hmget(keys.agent_load(tag), candidates), strict=True))
@@ -463,9 +467,9 @@ class ChatFlow:
                                              orjson.dumps(first).decode(), first_id, table]  # fmt: skip
             for agent, count in counts.items():
                 args += [agent, count]
-            result = await self._open(keys=[keys.chat(tag, cid), keys.agent_load(tag)], args=args)
-            if int(result[0]) >= 0:
-                return int(result[0]) == 1
+            code, *fields = await self._open(keys=[keys.chat(tag, cid), keys.agent_load(tag)], args=args)
+            if int(code) >= 0:
+                return int(code) == 1, {str(k): str(v) for k, v in zip(fields[::2], fields[1::2], strict=True)}
         raise RuntimeError(f"store {store.id}: could not assign chat {cid}: loads kept changing")
 
     async def _chat(self, tag: str, cid: str) -> dict[str, str]:
@@ -514,8 +518,11 @@ class ChatFlow:
             ] if status == "open" else [],
         }  # fmt: skip
 
-    async def _update_root(self, store: Store, tag: str, cid: str, cause: str) -> None:
-        chat = await self._chat(tag, cid)
+    async def _update_root(
+        self, store: Store, tag: str, cid: str, cause: str, chat: dict[str, str] | None = None
+    ) -> None:
+        """Queues the header as the chat is now (``chat``: just read by the caller)."""
+        chat = chat if chat is not None else await self._chat(tag, cid)
         dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
         await self._to_destination(
             store, dest, cid, f"root:{cid}:{cause}", "update_root", self._root_view(store, cid, chat)

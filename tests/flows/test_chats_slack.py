@@ -120,7 +120,10 @@ async def test_two_processes_assigning_at_once_never_use_stale_counts(stack: Sta
     results = await asyncio.gather(
         *(flows[i % 2]._open_chat(store, TAG, f"c{i}", dest, "cs", first, f"m{i}") for i in range(12))
     )
-    assert all(results)
+    assert all(created for created, _ in results)
+    assert [chat["assignee"] for _, chat in results] == [
+        await stack.redis.hget(keys.chat(TAG, f"c{i}"), "assignee") for i in range(12)
+    ]
     assert await stack.redis.hgetall(keys.agent_load(TAG)) == {"main-1001": "4", "agent-a": "4", "agent-b": "4"}
 
 
