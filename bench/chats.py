@@ -306,20 +306,21 @@ def channel_rates(
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    tmp: Path, channels: int, roles: list[str], cluster: bool = False
+    tmp: Path, channels: int, roles: list[str], cluster: bool = False, root: Path = ROOT
 ) -> AsyncIterator[tuple[Any, ...]]:
     """Redis (AOF on; with ``cluster``, a three-node Redis Cluster), the emulators and the bridge as
     ``roles`` processes (the first takes the webhooks); yields the sandbox, the emulator, a CPU meter
     and the idle CPU per second."""
     port = free_port()
-    config_path = tmp / f"bench-{channels}-{len(roles)}{'-cluster' if cluster else ''}.yaml"
+    name = f"{channels}-{len(roles)}{'-cluster' if cluster else ''}-{time.monotonic_ns()}"
+    config_path = tmp / f"bench-{name}.yaml"
     bench_config(config_path, port, channels)
     slack = SlackEmulator(SIGNING, TOKEN, bridge_url=f"http://127.0.0.1:{port}")
     await slack.start()
     env = dict(os.environ, PLATFORM_API_URL="http://127.0.0.1:1", SLACK_API_URL=slack.api_url)
     sandbox = PlatformSandbox(load_config(config_path, environ=env).config, f"http://127.0.0.1:{port}")
     env["PLATFORM_API_URL"] = await sandbox.start()
-    data = tmp / f"stack-{channels}-{len(roles)}{'-cluster' if cluster else ''}"
+    data = tmp / f"stack-{name}"
     data.mkdir()
     bridges: list[subprocess.Popen[bytes]] = []
     try:
@@ -333,7 +334,7 @@ async def running_stack(
             env["ARCHIVE_URL"] = f"sqlite:///{data / 'archive.sqlite3'}"
             for i, role in enumerate(roles):
                 bridges.append(start_bridge(config_path, env, data / f"bridge-{i}.log", role,
-                                            port if i == 0 else free_port()))  # fmt: skip
+                                            port if i == 0 else free_port(), root))  # fmt: skip
             await wait_up(port)
             await asyncio.sleep(1.0)  # the workers' start-up (migrations, groups) is not idle time
             cpu = CpuMeter({f"{role}_{i}": b.pid for i, (role, b) in enumerate(zip(roles, bridges, strict=True))},
@@ -397,13 +398,15 @@ async def main_async(quick: bool) -> dict[str, Any]:
 
 
 def start_bridge(
-    config_path: Path, env: dict[str, str], log_path: Path, role: str, port: int
+    config_path: Path, env: dict[str, str], log_path: Path, role: str, port: int, root: Path = ROOT
 ) -> subprocess.Popen[bytes]:
+    """``bridge serve`` from the code under ``root`` (``python -m`` imports from its working
+    directory first, so another commit's checkout runs its own code)."""
     log = log_path.open("wb")
     return subprocess.Popen(
         [sys.executable, "-m", "bridge", "serve", "--config", str(config_path), "--demo", "--role", role,
          "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
 
 
@@ -419,10 +422,74 @@ async def wait_up(port: int) -> None:
     raise RuntimeError("bridge did not start")
 
 
+AGAINST = {"paced": {"channels": 20, "per_channel": 25, "spacing": 3.5}, "burst": {"channels": 200, "per_channel": 1},
+           "rounds": 2}  # fmt: skip
+
+
+async def against_async(tmp: Path, base: Path, commits: dict[str, str], quick: bool) -> dict[str, Any]:
+    """This checkout beside another commit's (``base``, a git worktree), in turns — A B, then B A —
+    on the same machine in the same run: paced chats (latency, CPU and Redis commands per chat) and
+    a burst into one channel each (CPU per chat when busy)."""
+    paced = QUICK["paced"] if quick else AGAINST["paced"]
+    burst = QUICK["scaling"] if quick else AGAINST["burst"]
+    results: dict[str, Any] = {"machine": machine(), "commits": commits, "rounds": []}
+    for turn in range(1 if quick else int(str(AGAINST["rounds"]))):
+        sides = [("base", base), ("head", ROOT)][:: 1 if turn % 2 == 0 else -1]
+        for side, root in sides:
+            channels = max(paced["channels"], burst["channels"])
+            async with running_stack(tmp, channels, ["all"], root=root) as (sb, sl, cpu, idle):
+                row = {"side": side, "turn": turn,
+                       "paced": await run_load(sb, sl, paced["channels"], paced["per_channel"],
+                                               paced["spacing"], f"ab{turn}{side}", cpu, idle),
+                       "burst": await run_load(sb, sl, burst["channels"], burst["per_channel"], 0.0,
+                                               f"abb{turn}{side}", cpu, idle)}  # fmt: skip
+            results["rounds"].append(row)
+            print(
+                f"{side}: paced {row['paced']['cpu_ms_per_chat_less_idle']['bridge_total']} ms/chat, "
+                f"burst {row['burst']['cpu_ms_per_chat_less_idle']['bridge_total']} ms/chat",
+                file=sys.stderr,
+            )
+    results["summary"] = {
+        side: {
+            "paced_cpu_ms_per_chat": [r["paced"]["cpu_ms_per_chat_less_idle"]["bridge_total"] for r in rows],
+            "paced_redis_cpu_ms_per_chat": [r["paced"]["cpu_ms_per_chat_less_idle"]["redis"] for r in rows],
+            "burst_cpu_ms_per_chat": [r["burst"]["cpu_ms_per_chat_less_idle"]["bridge_total"] for r in rows],
+            "redis_commands_per_chat": [r["paced"]["redis_commands_per_chat"] for r in rows],
+            "platform_to_slack_p50_p99_ms": [
+                (r["paced"]["platform_to_slack"]["p50_ms"], r["paced"]["platform_to_slack"]["p99_ms"]) for r in rows
+            ],
+            "slack_to_platform_p50_p99_ms": [
+                (r["paced"]["slack_to_platform"]["p50_ms"], r["paced"]["slack_to_platform"]["p99_ms"]) for r in rows
+            ],
+        }
+        for side in ("base", "head")
+        for rows in [[r for r in results["rounds"] if r["side"] == side]]
+    }
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="a small version of every part; results not written")
+    parser.add_argument("--against", metavar="COMMIT", help="compare this checkout with COMMIT, in turns")
     args = parser.parse_args()
+    if args.against:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        commits = {"base": args.against, "head": head.stdout.strip()}
+        with tempfile.TemporaryDirectory() as tmp_name:
+            base = Path(tmp_name) / "base"
+            subprocess.run(["git", "worktree", "add", "--detach", str(base), args.against], cwd=ROOT, check=True)
+            try:
+                compared = asyncio.run(against_async(Path(tmp_name), base, commits, args.quick))
+            finally:
+                subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
+        print(json.dumps(compared["summary"], indent=2))
+        if not args.quick:
+            path = RESULTS.with_name(f"chats-vs-{args.against}.json")
+            path.write_text(json.dumps(compared, indent=2, ensure_ascii=False) + "\n")
+            print(f"wrote {path}")
+        return
     results = asyncio.run(main_async(args.quick))
     print(json.dumps(results, indent=2, ensure_ascii=False))
     if not args.quick:
