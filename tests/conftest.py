@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from slack_bolt.middleware.authorization.async_single_team_authorization import AsyncSingleTeamAuthorization
 
 # python-telegram-bot 22: durations as timedelta now, as they will be by default (no deprecation).
 os.environ.setdefault("PTB_TIMEDELTA", "1")
@@ -196,3 +197,11 @@ async def stack(redis: Redis, redis_url: str) -> AsyncIterator[Stack]:
     s = await start_stack(redis_url, clock=ManualClock(), run_workers=False)
     yield s
     await s.stop()
+
+
+def forget_slack_authorization(stack: Stack) -> None:
+    """As in a process that has not yet asked Slack who it is (bolt asks once, at the first event)."""
+    app = stack.bridge.connectors["slack"].app  # type: ignore[attr-defined]
+    for middleware in app._async_middleware_list:
+        if isinstance(middleware, AsyncSingleTeamAuthorization):
+            middleware.auth_test_result = None

@@ -68,6 +68,10 @@ class SlackEmulator(LocalServer):
         self._socket: web.WebSocketResponse | None = None
         self._acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.socket_connected = asyncio.Event()
+        self.last_event_id = ""
+        """The event id of the last message a person wrote, for a test that redelivers it."""
+        self.ack_timeout_seconds = 3.0
+        """How long Slack waits for an envelope's ack over the socket (3 s, as over HTTP)."""
         self.socket_envelopes: list[dict[str, Any]] = []
         self.clock: Clock = clock or SystemClock()
         self.bridge_url = bridge_url.rstrip("/")
@@ -352,7 +356,7 @@ class SlackEmulator(LocalServer):
             event["thread_ts"] = thread_ts
         if files:
             event["files"], event["subtype"] = files, "file_share"
-        event_id = retry_of or f"Ev{self._run}{next(self._ids):08d}"
+        event_id = self.last_event_id = retry_of or f"Ev{self._run}{next(self._ids):08d}"
         body = {"token": "legacy", "team_id": TEAM, "api_app_id": "A0FEIGE", "event": event, "type": "event_callback",
                 "event_id": event_id, "event_time": int(time.time())}  # fmt: skip
         headers = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"} if retry_of else {}
@@ -465,7 +469,7 @@ class SlackEmulator(LocalServer):
         self.socket_envelopes.append(envelope)
         await self._socket.send_json(envelope)
         try:
-            ack = await asyncio.wait_for(self._acks[envelope_id], timeout=3)  # Slack waits 3 s, as over HTTP
+            ack = await asyncio.wait_for(self._acks[envelope_id], timeout=self.ack_timeout_seconds)
         except TimeoutError:
             self._acks.pop(envelope_id, None)
             return 504, ""

@@ -161,9 +161,11 @@ class SlackConnector:
         self.client.session = self.http()
         if not serve_webhooks or not self.settings.socket_mode or not self.settings.app_token:
             return
-        from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+        from connectors.slack.socket import StoringSocketModeHandler
 
-        handler = AsyncSocketModeHandler(self.app, self.settings.app_token, web_client=self.client)
+        handler = StoringSocketModeHandler(
+            self.app, self.settings.app_token, web_client=self.client, not_taken=_not_taken
+        )
         await handler.connect_async()  # type: ignore[no-untyped-call]
         self._close_socket_mode = handler.close_async
 
@@ -181,10 +183,7 @@ class SlackConnector:
     async def _handle(self, request: web.Request) -> web.Response:
         bolt_request = await to_bolt_request(request)
         response = await self.app.async_dispatch(bolt_request)
-        unauthorized = response.status == 200 and bolt_request.context.authorize_result is None
-        if unauthorized and _durable_delivery(bolt_request.body) is not None:
-            # Authorization runs before the event is stored, and failed (auth.test: Slack unreachable
-            # since this process started). Nothing was stored: Slack must deliver it again.
+        if _not_taken(bolt_request, response.status):
             log.warning("Slack request not taken: Slack did not answer auth.test")
             return web.Response(status=503, text="Slack unreachable, deliver again later",
                                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)})  # fmt: skip
@@ -510,6 +509,12 @@ def _clicker(body: dict[str, Any]) -> Actor:
     """Who clicked a button, answered in the thread of the message the button is on."""
     return Actor(SERVICE, body.get("user", {}).get("id", ""), body.get("channel", {}).get("id", ""),
                  body.get("container", {}).get("message_ts"), None)  # fmt: skip
+
+
+def _not_taken(request: AsyncBoltRequest, status: int) -> bool:
+    """A delivery bolt answered without storing it: authorization runs before the event is stored,
+    and failed (auth.test: Slack unreachable since this process started). Slack must deliver it again."""
+    return status == 200 and request.context.authorize_result is None and _durable_delivery(request.body) is not None
 
 
 def _durable_delivery(body: dict[str, Any]) -> tuple[str, str] | None:

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bridge.engine import keys
 from bridge.engine.clock import ManualClock
-from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
+from bridge.engine.endpoint import Endpoint
+from tests.conftest import EXAMPLE_CONFIG, Stack, forget_slack_authorization, start_stack
 
 CHATS, TASKS, MAIN = "C0CHATS1001", "C0TASKS1001", "U0MAIN1001"
 
@@ -51,3 +53,32 @@ async def test_events_commands_and_clicks_arrive_over_the_socket(socket_stack: S
     assert stack.slack.ephemerals[-1]["text"].startswith(f"📋 任务单 {tid} 处理记录")
     kinds = [e["type"] for e in stack.slack.socket_envelopes]
     assert kinds == ["events_api", "slash_commands", "interactive"], "all of it over the socket, none over HTTP"
+
+
+async def test_an_event_that_cannot_be_authorized_is_left_unacknowledged_and_taken_when_sent_again(
+    socket_stack: Stack,
+) -> None:
+    """bolt authorizes before the bridge can store an event; when Slack's auth.test fails, the stock
+    handler would acknowledge the envelope anyway and the reply would be gone. It is not acknowledged,
+    so Slack sends it again, and the redelivery is taken once Slack answers."""
+    stack = socket_stack
+    await stack.slack.socket_connected.wait()
+    cid = await stack.sandbox.open_chat("1001", {"type": "text", "text": "在吗？"})
+    await stack.settle()
+    root = stack.slack.channel(CHATS)[-1]
+    forget_slack_authorization(stack)  # a process that has not asked Slack who it is yet…
+    stack.slack.down_until = stack.clock.now() + 20  # …while Slack is down
+    stack.slack.ack_timeout_seconds = 0.3  # Slack's 3 s, shortened: this ack never comes
+    _, status = await stack.slack.user_message(MAIN, CHATS, "马上发", thread_ts=root.ts)
+    assert status == 504, "not acknowledged"
+    assert await stack.redis.xlen(keys.events(Endpoint("destination", "slack").tag)) == 0, "nothing stored"
+    stack.clock.advance(21)
+    stack.slack.ack_timeout_seconds = 3.0
+    envelopes = len(stack.slack.socket_envelopes)
+    _, status = await stack.slack.user_message(
+        MAIN, CHATS, "马上发", thread_ts=root.ts, retry_of=stack.slack.last_event_id
+    )
+    assert status == 200 and len(stack.slack.socket_envelopes) == envelopes + 1
+    await stack.settle()
+    sent = [m["content"] for m in stack.sandbox.conversations[cid].messages if m["from"] == "merchant"]
+    assert sent == [{"type": "text", "text": "马上发"}]

@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from slack_bolt.middleware.authorization.async_single_team_authorization import AsyncSingleTeamAuthorization
-
 from bridge.engine import keys
 from bridge.engine.endpoint import Endpoint
 from bridge.engine.events import StoredEvent
-from tests.conftest import Stack
+from tests.conftest import Stack, forget_slack_authorization
 
 CHATS, TAG, CREATOR_CHAT = "C0CHATS1001", "{store:1001}", 7001
 SLACK, TELEGRAM = Endpoint("destination", "slack"), Endpoint("destination", "telegram")
@@ -41,14 +39,6 @@ async def test_a_slack_reply_is_stored_before_the_ack_and_handled_after_it(stack
     await stack.settle()
     assert merchant_texts(stack, cid) == ["马上发"]
     assert await stored(stack, SLACK) == [], "handled deliveries leave the stream"
-
-
-def forget_slack_authorization(stack: Stack) -> None:
-    """As in a process that has not yet asked Slack who it is (bolt asks once, at the first event)."""
-    app = stack.bridge.connectors["slack"].app  # type: ignore[attr-defined]
-    for middleware in app._async_middleware_list:
-        if isinstance(middleware, AsyncSingleTeamAuthorization):
-            middleware.auth_test_result = None
 
 
 async def test_a_slack_event_that_cannot_be_authorized_while_slack_is_down_is_not_lost(stack: Stack) -> None:
