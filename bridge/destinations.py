@@ -37,6 +37,16 @@ if TYPE_CHECKING:
 Route = tuple[str, str, "Callable[[web.Request], Awaitable[web.StreamResponse]]"]
 """(HTTP method, path, handler)."""
 
+SNIFF_TIMEOUT_SECONDS = 3.0
+"""The longest a connector waits for the first bytes of a shared file (to tell its type). That read
+happens while an event is handled, and the handler holds its thread's lock (``LOCK_SECONDS``): a
+file server that stalls is taken as unreachable, and the event is tried again later."""
+
+STALL_SECONDS = 30.0
+"""An outbound call of the shared HTTP session (a whole file fetched to be sent on) fails when no
+data arrives for this long; a slow transfer that keeps moving goes on. The services' SDKs set
+their own, shorter limits on their API calls."""
+
 
 class Connector(Protocol):
     def routes(self) -> list[Route]:

@@ -35,7 +35,7 @@ from bridge.app.redis_server import EmbeddedRedis
 from bridge.archive.store import Archive, archive_url, migrate, shown_url
 from bridge.config import ConfigHolder
 from bridge.core import Core
-from bridge.destinations import Connector, Inbox, plugins
+from bridge.destinations import STALL_SECONDS, Connector, Inbox, plugins
 from bridge.engine import keys
 from bridge.engine.backpressure import answer_503_while_redis_is_unavailable
 from bridge.engine.clock import Clock, SystemClock
@@ -235,7 +235,9 @@ class Bridge:
     def http(self) -> aiohttp.ClientSession:
         """The one outbound HTTP session (connection pooling); created on first use."""
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
+            # aiohttp's default would let a stalled transfer hold its job for five minutes.
+            stall = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=STALL_SECONDS)
+            self._http = aiohttp.ClientSession(timeout=stall)
         return self._http
 
     # -- HTTP ----------------------------------------------------------------------------------

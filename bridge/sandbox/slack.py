@@ -68,6 +68,8 @@ class SlackEmulator(LocalServer):
         self._socket: web.WebSocketResponse | None = None
         self._acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.socket_connected = asyncio.Event()
+        self.file_stall_seconds = 0.0
+        """Real seconds a file download waits before its answer (a stalled file server)."""
         self.last_event_id = ""
         """The event id of the last message a person wrote, for a test that redelivers it."""
         self.ack_timeout_seconds = 3.0
@@ -317,6 +319,8 @@ class SlackEmulator(LocalServer):
         entry = self.files.get(request.match_info["file_id"])
         if entry is None:
             return web.Response(status=404)
+        if self.file_stall_seconds:
+            await asyncio.sleep(self.file_stall_seconds)  # a file server that accepted and went quiet
         return web.Response(body=entry["data"], content_type="application/octet-stream")
 
     @staticmethod

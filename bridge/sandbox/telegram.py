@@ -7,6 +7,7 @@ python-telegram-bot on the bridge side.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -62,6 +63,8 @@ class TelegramEmulator(LocalServer):
         self.calls: list[TgCall] = []
         self.callback_answers: list[dict[str, Any]] = []
         self.files: dict[str, bytes] = {}
+        self.file_stall_seconds = 0.0
+        """Real seconds a file download waits before its answer (a stalled file server)."""
         self.webhook: dict[str, Any] = {}
         self.polled: list[dict[str, Any]] | None = None
         """Updates waiting for getUpdates once the webhook was deleted (None: pushed to the webhook)."""
@@ -357,6 +360,8 @@ class TelegramEmulator(LocalServer):
         data = self.files.get(request.match_info["path"].rsplit("/", 1)[-1])
         if data is None:
             return web.Response(status=404)
+        if self.file_stall_seconds:
+            await asyncio.sleep(self.file_stall_seconds)  # a file server that accepted and went quiet
         if request.http_range.start is not None or request.http_range.stop is not None:
             part = data[request.http_range]
             content_range = f"bytes 0-{len(part) - 1}/{len(data)}"

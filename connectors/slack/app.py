@@ -25,7 +25,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bridge.config import Store
 from bridge.core import Core
-from bridge.destinations import Route, inbox_thread
+from bridge.destinations import SNIFF_TIMEOUT_SECONDS, Route, inbox_thread
 from bridge.engine import refs
 from bridge.engine.backpressure import RETRY_AFTER_SECONDS, UNAVAILABLE
 from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
@@ -74,6 +74,7 @@ class SlackConnector:
         self.clock = core.clock
         self.http = core.http
         self.spacing = SendSpacing(self.redis, self.clock)
+        self.sniff_timeout = aiohttp.ClientTimeout(total=SNIFF_TIMEOUT_SECONDS)
         self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_base_url)
         self.app = AsyncApp(
             signing_secret=settings.signing_secret,
@@ -341,7 +342,7 @@ class SlackConnector:
         (the consumer tries again later), never taken for a file of the wrong type."""
         headers = {"Authorization": f"Bearer {self.settings.bot_token}", "Range": f"bytes=0-{SNIFF_BYTES - 1}"}
         try:
-            async with self.http().get(url, headers=headers) as resp:
+            async with self.http().get(url, headers=headers, timeout=self.sniff_timeout) as resp:
                 if resp.status >= 500 or resp.status == 429:
                     raise ConnectionError(f"Slack file download: HTTP {resp.status}")
                 return await resp.content.read(SNIFF_BYTES) if resp.status in (200, 206) else b""

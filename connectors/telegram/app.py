@@ -26,7 +26,7 @@ from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, 
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
 from bridge.core import Core
-from bridge.destinations import Route, inbox_thread
+from bridge.destinations import SNIFF_TIMEOUT_SECONDS, Route, inbox_thread
 from bridge.engine import keys, refs
 from bridge.engine.backpressure import UNAVAILABLE
 from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
@@ -91,6 +91,7 @@ class TelegramConnector:
         self.redis = core.redis
         self.clock = core.clock
         self.spacing = SendSpacing(self.redis, self.clock)
+        self.sniff_timeout = aiohttp.ClientTimeout(total=SNIFF_TIMEOUT_SECONDS)
         self.inbox = core.inbox
         self.bot = Bot(settings.bot_token, base_url=settings.api_base_url, base_file_url=settings.file_base_url)
         self.application = Application.builder().bot(self.bot).updater(None).build()
@@ -270,7 +271,8 @@ class TelegramConnector:
         if not tg_file.file_path:
             return b""
         try:
-            async with self.http().get(tg_file.file_path, headers={"Range": f"bytes=0-{SNIFF_BYTES - 1}"}) as resp:
+            sniff = {"Range": f"bytes=0-{SNIFF_BYTES - 1}"}
+            async with self.http().get(tg_file.file_path, headers=sniff, timeout=self.sniff_timeout) as resp:
                 if resp.status >= 500 or resp.status == 429:
                     raise ConnectionError(f"Telegram file download: HTTP {resp.status}")
                 return await resp.content.read(SNIFF_BYTES) if resp.status in (200, 206) else b""

@@ -335,6 +335,26 @@ async def test_resolve_with_evidence_from_the_modal_and_the_thread(stack: Stack)
     ] and row["finished_at"].endswith("+08:00")
 
 
+async def test_a_file_server_that_goes_quiet_is_given_up_on_and_the_evidence_taken_later(stack: Stack) -> None:
+    """The evidence's type is read from each file's first bytes while the submission is handled, its
+    thread locked. A file server that accepts the request and goes quiet is given up on within the
+    sniff limit (not aiohttp's five minutes, long past the lock); the submission is tried again."""
+    tid = await raise_task(stack)
+    view = await open_modal(stack, tid)
+    stack.bridge.connectors["slack"].sniff_timeout = aiohttp.ClientTimeout(total=0.2)  # type: ignore[attr-defined]
+    stack.slack.file_stall_seconds = 1.0
+    photo = stack.slack.add_file("parcel.png", PNG, "image/png")
+    submitted = await stack.slack.submit_view(MAIN, view, values("已为买家补发，顺丰单号 SF123456789", files=[photo]))
+    assert errors_of(submitted) == {}
+    await stack.bridge.drain()
+    assert stack.sandbox.received("POST", f"/task-orders/{tid}/process") == []
+    assert stack.bridge.consumer.next_retry_at() is not None, "kept for a retry"
+    stack.slack.file_stall_seconds = 0.0
+    await stack.settle()
+    [process] = stack.sandbox.received("POST", f"/task-orders/{tid}/process")
+    assert process.status == 200 and len(process.body["evidence"]) == 1
+
+
 async def test_placeholder_or_empty_solutions_are_refused_or_must_be_confirmed(stack: Stack) -> None:
     tid = await raise_task(stack)
     view = await open_modal(stack, tid, "task_unresolvable")

@@ -3,6 +3,8 @@ replies, and Resolve as a guided conversation (result → solution → evidence 
 
 from __future__ import annotations
 
+import aiohttp
+
 from bridge.engine import keys
 from bridge.sandbox.telegram import TgMessage
 from tests.conftest import Stack
@@ -100,6 +102,26 @@ async def test_guided_resolve_with_evidence_processes_once_on_confirm(stack: Sta
     assert "Resolved" in edited.text and [b["text"] for b in buttons(edited)] == ["Contact buyer", "Share link", "Log"]
     ping = stack.telegram.by_bot(CREATOR_CHAT)[-1]
     assert "Reshipped by SF Express" in ping.text and buttons(ping)[0]["url"].startswith("https://im.example/buyer/")
+
+
+async def test_a_file_server_that_goes_quiet_is_given_up_on_and_the_photo_taken_later(stack: Stack) -> None:
+    """A sent file's type is read from its first bytes while the update is handled, its thread
+    locked: a file server that goes quiet is given up on within the sniff limit, and the update is
+    tried again, not lost."""
+    tid, card = await raise_task(stack)
+    await tap(stack, OWNER, card, f"rs:{tid}")
+    await say(stack, "Reshipped by SF Express, waybill SF1234567890", last_bot(stack))
+    step2 = last_bot(stack)
+    stack.bridge.connectors["telegram"].sniff_timeout = aiohttp.ClientTimeout(total=0.2)  # type: ignore[attr-defined]
+    stack.telegram.file_stall_seconds = 1.0
+    photo, status = await stack.telegram.user_message(OWNER, GROUP, "", reply_to=step2.message_id, photo=PNG)
+    assert status == 200
+    await stack.bridge.drain()
+    assert stack.telegram.message(GROUP, photo.message_id).reactions == []
+    assert stack.bridge.consumer.next_retry_at() is not None, "kept for a retry"
+    stack.telegram.file_stall_seconds = 0.0
+    await stack.settle()
+    assert stack.telegram.message(GROUP, photo.message_id).reactions == ["👍"]
 
 
 async def test_an_empty_solution_is_refused_and_cancel_sends_nothing(stack: Stack) -> None:
