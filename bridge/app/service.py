@@ -24,7 +24,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
@@ -463,14 +463,45 @@ def _addresses(netloc: str, default_port: int) -> list[tuple[str, int]]:
     return [(host, int(port or default_port)) for host, _, port in (a.partition(":") for a in netloc.split(","))]
 
 
+PUBSUB_CONNECTIONS = 8
+"""Connections a cluster node keeps free of commands: the wake-up listeners' subscriptions."""
+
+
+class WaitingCluster(RedisCluster):
+    """A Redis Cluster client that waits for a free connection when every one is in use, as the
+    single-server client's BlockingConnectionPool does. redis-py's cluster client raises
+    MaxConnectionsError at once instead, so a burst (the consumer reading hundreds of stores'
+    streams at once, the timer worker's handlers) failed its Redis calls: at 400 stores on three
+    nodes the consumer never got past its first read. Commands and pipelines in flight are bounded
+    below ``max_connections``, so no node is asked for more connections than it has."""
+
+    def __init__(self, *, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(max_connections=max_connections, **kwargs)
+        self.in_flight = asyncio.Semaphore(max(1, max_connections - PUBSUB_CONNECTIONS))
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.in_flight:
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        return _WaitingPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py's own pipeline()
+
+
+class _WaitingPipeline(ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        client = cast(WaitingCluster, self.cluster_client)
+        async with client.in_flight:
+            return await super().execute(raise_on_error, allow_redirections)
+
+
 def _cluster_client(url: str, max_connections: int) -> Redis:
     """``redis+cluster://host:port[,host:port]``: a Redis Cluster client. Every multi-key command
     and script of the bridge stays inside one hash tag, so it runs on one node."""
     parsed = urllib.parse.urlsplit(url)
     nodes = [ClusterNode(host, port) for host, port in _addresses(parsed.netloc, 6379)]
     query = dict(urllib.parse.parse_qsl(parsed.query))
-    client = RedisCluster(startup_nodes=nodes, decode_responses=True, max_connections=max_connections,
-                          password=query.get("password"), **dead_peer_detection())  # fmt: skip
+    client = WaitingCluster(startup_nodes=nodes, decode_responses=True, max_connections=max_connections,
+                            password=query.get("password"), **dead_peer_detection())  # fmt: skip
     return cast(Redis, client)  # the same commands; where the bridge must differ it asks cluster.is_cluster()
 
 
@@ -509,8 +540,8 @@ def _sibling_client(redis: Redis, max_connections: int) -> Redis:
         auth = {k: redis.nodes_manager.connection_kwargs.get(k) for k in ("username", "password")}
         return cast(
             Redis,
-            RedisCluster(startup_nodes=nodes, decode_responses=True, max_connections=max_connections,
-                         **auth, **dead_peer_detection()),
+            WaitingCluster(startup_nodes=nodes, decode_responses=True, max_connections=max_connections,
+                           **auth, **dead_peer_detection()),
         )  # fmt: skip
     pool = redis.connection_pool
     if isinstance(pool, SentinelConnectionPool):

@@ -198,7 +198,7 @@ class EventConsumer:
             try:
                 await self._step(block=True)
             except (RedisError, OSError) as exc:
-                log.warning("event consumer: Redis error, retrying in 1 s: %s", exc)
+                log.warning("event consumer: Redis error, retrying in 1 s: %r", exc)  # some carry no message
                 await asyncio.sleep(1.0)
         if self._listener is not None:
             await self._listener  # ends within a quarter second of stop()

@@ -117,7 +117,7 @@ class EventLog:
                     if p.done.done():
                         continue
                     if isinstance(result, Exception):
-                        p.done.set_exception(StorageUnavailable(str(result)))
+                        p.done.set_exception(StorageUnavailable(str(result) or type(result).__name__))
                     else:
                         stored = int(result[i])  # type: ignore[index]
                         self.records_stored += stored

@@ -11,6 +11,7 @@ import pytest
 import redis as sync_redis
 
 from bridge.app.redis_server import EmbeddedRedis, cluster_url, embedded_cluster
+from bridge.app.service import PUBSUB_CONNECTIONS, open_redis
 from bridge.engine.clock import ManualClock
 from bridge.engine.events import IN_FLIGHT_SECONDS
 from tests.conftest import Stack, start_stack
@@ -103,3 +104,29 @@ async def test_timers_fire_on_time_with_live_workers_on_a_cluster(cluster: list[
             await asyncio.sleep(0.02)
     finally:
         await stack.stop()
+
+
+async def test_a_burst_larger_than_the_connection_pool_waits_for_connections_instead_of_failing(
+    cluster: list[EmbeddedRedis],
+) -> None:
+    """redis-py's cluster client raises MaxConnectionsError when a node's connections are all in
+    use; at 400 stores the consumer's read of every stream failed each round and nothing was handled.
+    The bridge's client waits for a free connection, as its single-server pool does."""
+    client = open_redis(cluster_url(cluster), max_connections=PUBSUB_CONNECTIONS + 4)
+    try:
+        streams = [f"{{store:{i}}}:burst" for i in range(200)]
+        await asyncio.gather(*(client.xadd(s, {"n": "1"}) for s in streams))
+        lengths = await asyncio.gather(*(client.xlen(s) for s in streams))
+        async with client.pipeline() as pipe:
+            for s in streams[:50]:
+                pipe.xlen(s)
+            piped = await pipe.execute()
+        assert lengths == [1] * 200 and piped == [1] * 50
+        for node in cluster:  # never more connections to a node than the client may open
+            with sync_redis.Redis(port=node.port, decode_responses=True) as r:
+                assert len(r.client_list()) <= PUBSUB_CONNECTIONS + 4 + 1
+    finally:
+        await client.aclose()
+        for node in cluster:
+            with sync_redis.Redis(port=node.port) as r:
+                r.flushall()
