@@ -39,12 +39,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
-from machine import machine, process_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
+from machine import machine, process_cpu, redis_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 from redis.asyncio import Redis
 
 from bridge.app.redis_server import EmbeddedRedis, cluster_url, embedded_cluster, free_port
@@ -120,17 +121,17 @@ class CpuMeter:
     async def read(self) -> dict[str, float]:
         infos = [await node.info("cpu") for node in self.redis]
         used = {name: process_cpu(pid) for name, pid in self.bridges.items()}
-        used["redis"] = sum(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]) for info in infos)
+        used["redis"] = sum(redis_cpu(info) for info in infos)
         used["bench_process"] = time.process_time()
         return used
 
     async def commands(self) -> dict[str, int]:
         """Commands Redis has run so far, by name (those a Lua script runs included)."""
-        calls: dict[str, int] = {}
+        calls: Counter[str] = Counter()
         for node in self.redis:
-            for name, row in (await node.info("commandstats")).items():
-                calls[name.removeprefix("cmdstat_")] = calls.get(name.removeprefix("cmdstat_"), 0) + int(row["calls"])
-        return calls
+            calls.update({name.removeprefix("cmdstat_"): int(row["calls"])
+                          for name, row in (await node.info("commandstats")).items()})  # fmt: skip
+        return dict(calls)
 
 
 async def run_load(
@@ -438,8 +439,8 @@ async def wait_up(port: int) -> None:
     raise RuntimeError("bridge did not start")
 
 
-AGAINST = {"paced": {"channels": 20, "per_channel": 25, "spacing": 3.5}, "burst": {"channels": 200, "per_channel": 1},
-           "rounds": 2}  # fmt: skip
+AGAINST = {"paced": {"channels": 20, "per_channel": 25, "spacing": 3.5}, "burst": {"channels": 200, "per_channel": 1}}
+AGAINST_TURNS = 2
 
 
 async def against_async(tmp: Path, base: Path, commits: dict[str, str], quick: bool) -> dict[str, Any]:
@@ -449,10 +450,10 @@ async def against_async(tmp: Path, base: Path, commits: dict[str, str], quick: b
     paced = QUICK["paced"] if quick else AGAINST["paced"]
     burst = QUICK["scaling"] if quick else AGAINST["burst"]
     results: dict[str, Any] = {"machine": machine(), "commits": commits, "rounds": []}
-    for turn in range(1 if quick else int(str(AGAINST["rounds"]))):
+    channels = max(paced["channels"], burst["channels"])
+    for turn in range(1 if quick else AGAINST_TURNS):
         sides = [("base", base), ("head", ROOT)][:: 1 if turn % 2 == 0 else -1]
         for side, root in sides:
-            channels = max(paced["channels"], burst["channels"])
             async with running_stack(tmp, channels, ["all"], root=root) as (sb, sl, cpu, idle):
                 row = {"side": side, "turn": turn,
                        "paced": await run_load(sb, sl, paced["channels"], paced["per_channel"],

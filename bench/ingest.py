@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 import redis as redis_lib
 import yaml
-from machine import machine, process_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
+from machine import machine, process_cpu, redis_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 
 from bridge.app.redis_server import EmbeddedRedis, free_port
 from connectors.platform.signing import sign
@@ -92,7 +92,7 @@ def cpu_now(pid: int, redis_url: str | None) -> dict[str, float]:
     if redis_url:
         with redis_lib.Redis.from_url(redis_url, decode_responses=True) as redis:
             info = redis.info("cpu")
-        used["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        used["redis"] = redis_cpu(info)
     return used
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,3 +24,8 @@ def process_cpu(pid: int) -> float:
     """CPU seconds (user + system) a process has used, from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu(info: Mapping[str, Any]) -> float:
+    """CPU seconds (user + system) a redis-server has used, from its ``INFO cpu``."""
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
