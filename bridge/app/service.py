@@ -415,11 +415,54 @@ def open_redis(url: str, max_connections: int = 64) -> Redis:
         return _sentinel_client(url, max_connections)
     if url.startswith("redis+cluster://"):
         return _cluster_client(url, max_connections)
-    pool = BlockingConnectionPool.from_url(
+    pool = ShortcutPool.from_url(
         url, max_connections=max_connections, timeout=5, decode_responses=True, retry=reconnecting(),
         **dead_peer_detection(),
     )  # fmt: skip
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
+class ShortcutPool(BlockingConnectionPool):
+    """redis-py's BlockingConnectionPool, with a shortcut when a connection is free and no task waits.
+
+    For every command redis-py 8's pool takes an ``asyncio.Condition``, starts a timeout and records
+    wait-time metrics, then on release takes the condition again and dispatches an event: about 30
+    µs of client CPU per command on this project's machine, a third of what one command costs
+    (measured in a loop: 87 → 57 µs), and a chat makes about fifty. While a connection is free and
+    no task waits for one, it is handed out and taken back directly. The library's own path runs
+    whenever anything is unusual: a task waiting (it keeps its turn: nothing takes a connection
+    past it), no free connection, a closed connection or one holding unread bytes (dropped and
+    connected again), one marked for reconnection, or a maintenance notice being handled. The
+    release event it skips serves features the bridge does not use (re-authentication with
+    streaming credentials, maintenance notices)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._waiting = 0
+
+    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        if self._available_connections and not self._waiting and not self._in_maintenance:
+            connection = self._available_connections.pop()
+            if connection.is_connected and not await connection.can_read():
+                self._in_use_connections.add(connection)
+                return connection
+            # Bytes nobody read are a stale answer, or a maintenance notice (RESP3) that only asks for
+            # a reconnection: the library stopped checking while its notices are on (its default),
+            # and dropping the connection is right for both.
+            await connection.disconnect()
+            self._available_connections.append(connection)
+        self._waiting += 1
+        try:
+            return await super().get_connection()  # type: ignore[no-untyped-call]
+        finally:
+            self._waiting -= 1
+
+    async def release(self, connection: Any) -> None:
+        if self._waiting or self._in_maintenance or connection.should_reconnect():
+            await super().release(connection)
+            return
+        self._in_use_connections.remove(connection)
+        self._available_connections.append(connection)
 
 
 DEAD_PEER_SECONDS = 10
@@ -548,7 +591,7 @@ def _sibling_client(redis: Redis, max_connections: int) -> Redis:
         kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in ("connection_pool", "host", "port")}
         client: Redis = pool.sentinel_manager.master_for(pool.service_name, max_connections=max_connections, **kwargs)
         return client
-    sibling = BlockingConnectionPool(
+    sibling = ShortcutPool(
         connection_class=pool.connection_class, max_connections=max_connections, timeout=5, **pool.connection_kwargs
     )
     return Redis.from_pool(sibling)

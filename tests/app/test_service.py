@@ -349,3 +349,48 @@ async def test_redis_connections_are_watched_by_the_kernel_not_by_a_timer_per_co
             await client.connection_pool.release(connection)
     finally:
         await client.aclose()
+
+
+async def test_the_pool_shortcut_keeps_the_bound_and_gives_each_command_its_own_answer(redis_url: str) -> None:
+    """The pool's shortcut (a free connection handed out directly) still bounds the connections:
+    twelve blocking reads through three connections queue for them, and every answer is the
+    caller's own, under concurrency too."""
+    client, pusher = open_redis(redis_url, max_connections=3), Redis.from_url(redis_url, decode_responses=True)
+    try:
+        reads = [asyncio.create_task(client.blpop([f"shortcut:{i}"], timeout=10)) for i in range(12)]
+        await asyncio.sleep(0.05)  # the first three hold every connection; the rest wait for one
+        before = int((await pusher.info("clients"))["connected_clients"])
+        for i in range(12):
+            await pusher.rpush(f"shortcut:{i}", f"item {i}")
+        assert await asyncio.gather(*reads) == [(f"shortcut:{i}", f"item {i}") for i in range(12)]
+        assert before == 1 + 3, "the pusher and three pooled connections, never more"
+        pool = client.connection_pool
+        assert len(pool._available_connections) + len(pool._in_use_connections) <= 3
+
+        async def set_and_get(i: int) -> str | None:
+            await client.set(f"shortcut:v{i}", f"value {i}")
+            return await client.get(f"shortcut:v{i}")
+
+        assert await asyncio.gather(*(set_and_get(i) for i in range(200))) == [f"value {i}" for i in range(200)]
+    finally:
+        await client.aclose()
+        await pusher.aclose()
+
+
+async def test_the_pool_shortcut_never_hands_out_a_connection_with_an_unread_answer(redis_url: str) -> None:
+    """A connection given back with an answer still unread (or closed) is not taken by the shortcut:
+    the library's path reconnects it, so the next command does not read the stale answer."""
+    client = open_redis(redis_url, max_connections=1)
+    try:
+        await client.set("shortcut:k", "its value")
+        connection = await client.connection_pool.get_connection()
+        await connection.send_command("PING")
+        await asyncio.sleep(0.05)  # the PONG arrives in the connection's buffer, unread
+        await client.connection_pool.release(connection)
+        assert await client.get("shortcut:k") == "its value"
+        connection = await client.connection_pool.get_connection()
+        await connection.disconnect()
+        await client.connection_pool.release(connection)
+        assert await client.get("shortcut:k") == "its value"
+    finally:
+        await client.aclose()
