@@ -223,8 +223,9 @@ class Outbox:
         )
         timer = keys.outbox_timer(tag, thread)
         if result == 1:
-            # The queue was empty: nobody is sending this thread, start now.
-            await self.timers.schedule(timer, self.clock.now())
+            # The queue was empty: nobody is sending this thread, start now (here, when this
+            # process's timer worker has room).
+            await self.timers.start_now(timer)
         elif abs(result) >= 1 and not await self.timers.is_pending(timer):
             # A queue with work and no timer: left by a process that died between push and
             # schedule. Restart it (a sender mid-flight would have a lease and reschedule itself).

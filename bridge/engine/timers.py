@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -54,6 +55,17 @@ local n = redis.call('ZREM', KEYS[1], ARGV[1]) + redis.call('ZREM', KEYS[2], ARG
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 return n
+"""
+
+# Leases a timer to the caller at once, as a schedule for now and the caller's claim would, in one
+# step: pending or running, it is replaced (a run holding the old lease no longer acknowledges it).
+# KEYS: due, leased, payload, attempts. ARGV: member, lease (ms).
+_TAKE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+return 1
 """
 
 # Returns {member, due_ms ('' when re-claimed from a dead worker), payload ('' when none)}* and,
@@ -190,10 +202,13 @@ class TimerStore:
         self.clock: Clock = clock or SystemClock()
         self._schedule = redis.register_script(_SCHEDULE)
         self._cancel = redis.register_script(_CANCEL)
+        self.take_script = redis.register_script(_TAKE)
         self.claim_script = redis.register_script(_CLAIM)
         self.ack_script = redis.register_script(_ACK)
         self.release_script = redis.register_script(_RELEASE)
         self.renew_script = redis.register_script(_RENEW)
+        self.local: TimerWorker | None = None
+        """The worker serving in this process, if any: ``start_now`` runs a timer there at once."""
 
     def shard_keys(self, shard: int) -> list[str]:
         return [
@@ -216,6 +231,15 @@ class TimerStore:
         args: list[str | int] = [key, _ms(due_at), "0" if payload is None else "1", payload or ""]
         args += [keys.WAKE_CHANNEL, "1" if keep_earlier else "0"]
         await self._schedule(keys=self.keys_for(key)[:4], args=args)
+
+    async def start_now(self, key: str) -> None:
+        """Runs ``key`` now: in this process at once when its worker serves and has room, leased to
+        it directly (no wake-up sent to every process, no claim), otherwise scheduled for now like
+        any timer. A process that dies holding it leaves the lease to run out, and another worker
+        takes it then, as it takes any timer a dead worker held."""
+        worker = self.local
+        if worker is None or not await worker.run_now(key):
+            await self.schedule(key, self.clock.now())
 
     async def cancel(self, key: str) -> bool:
         """Cancel ``key`` whether pending or running; True when there was something to cancel."""
@@ -296,6 +320,7 @@ class TimerWorker:
         self._lease_lock = asyncio.Lock()  # a renewal and an ack never pass each other's token
         self._acks_ready = asyncio.Event()
         self._serving: asyncio.Event | None = None
+        self._context = contextvars.copy_context()
 
     @property
     def clock(self) -> Clock:
@@ -305,6 +330,8 @@ class TimerWorker:
 
     async def run(self) -> None:
         self._serving = serving = asyncio.Event()
+        self._context = contextvars.copy_context()
+        self.store.local = self
         listener = asyncio.create_task(
             listen_for_wakeups(self.store.redis, keys.WAKE_CHANNEL, self._on_wake, lambda: self._stopping),
             name="timers-wake",
@@ -336,6 +363,8 @@ class TimerWorker:
                 await self._nap(delay)
         finally:
             self._stopping = True
+            if self.store.local is self:
+                self.store.local = None
             self._acks_ready.set()
             await asyncio.gather(listener, acker, renewer, return_exceptions=True)
             serving.set()
@@ -397,15 +426,29 @@ class TimerWorker:
                 next_ms = min(next_ms, float(head))
             for i in range(0, len(items), 3):
                 member, due, payload = items[i], items[i + 1], items[i + 2]
-                timer = Timer(member, int(due) / 1000 if due else None, payload or None, lease_ms)
-                self._leases[id(timer)] = lease_ms
-                task = asyncio.create_task(self._fire(timer), name=f"timer:{member}")
-                self._running[task] = timer
-                task.add_done_callback(self._on_done)
+                self._start(Timer(member, int(due) / 1000 if due else None, payload or None, lease_ms))
             taken = len(items) // 3
             more = more or taken == room
             room -= taken
         return more, next_ms
+
+    def _start(self, timer: Timer) -> None:
+        self._leases[id(timer)] = timer.lease_ms
+        # The worker's own context, not the caller's: a timer started by run_now from inside an
+        # event's handler must not carry that event's context (its log fields, its delivery time).
+        task = asyncio.create_task(self._fire(timer), name=f"timer:{timer.key}", context=self._context.copy())
+        self._running[task] = timer
+        task.add_done_callback(self._on_done)
+
+    async def run_now(self, key: str) -> bool:
+        """Takes ``key`` (pending or not) and runs it here at once; False, having done nothing,
+        when this worker is not serving or has no room."""
+        if self._serving is None or self._stopping or len(self._running) >= self.concurrency:
+            return False
+        lease_ms = _ms(self.clock.now() + self.lease_seconds)
+        await self.store.take_script(keys=self.store.keys_for(key)[:4], args=[key, lease_ms])
+        self._start(Timer(key, self.clock.now(), None, lease_ms))
+        return True
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)

@@ -8,6 +8,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -347,3 +348,80 @@ async def test_a_running_handler_keeps_its_short_lease_and_a_dead_workers_is_tak
     await second._flush_acks()
     await first._flush_acks()
     assert await store.leased() == 0 and await store.pending() == 0, "acknowledged by the run that holds it"
+
+
+async def _until(condition: Any, seconds: float = 3.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_timer_started_now_runs_here_without_waking_every_process(redis_url: str) -> None:
+    """start_now leases the timer to this process's serving worker and runs it at once: no wake-up
+    is published (every process would claim on it), and the other process's worker never runs it.
+    Where no worker serves, it is scheduled for now, and any worker runs it."""
+    client, other = Redis.from_url(redis_url, decode_responses=True), Redis.from_url(redis_url, decode_responses=True)
+    await client.flushall()
+    here: list[Timer] = []
+    there: list[Timer] = []
+    worker = TimerWorker(TimerStore(client), {"w": recorder(here)}, max_idle_seconds=30)
+    elsewhere = TimerWorker(TimerStore(other), {"w": recorder(there)}, max_idle_seconds=30)
+    tasks = [asyncio.create_task(worker.run()), asyncio.create_task(elsewhere.run())]
+    await _until(lambda: _true(worker.store.local is worker and elsewhere.store.local is elsewhere))
+    await client.config_resetstat()
+
+    await worker.store.start_now("w:{store:1}:now")
+    await _until(lambda: _true(len(here) == 1))
+    await _until(lambda: _none_leased(worker.store))
+    assert "cmdstat_publish" not in await client.info("commandstats")
+
+    await TimerStore(client).start_now("w:{store:1}:no-worker-here")  # this store has no serving worker
+    await _until(lambda: _true(len(here) + len(there) == 2))
+    for w in (worker, elsewhere):
+        await w.stop()
+    await asyncio.gather(*tasks)
+    assert "cmdstat_publish" in await client.info("commandstats"), "scheduled for now: the workers are woken"
+    assert [t.key for t in here if t.key.endswith("now")] == ["w:{store:1}:now"]
+    assert "w:{store:1}:now" not in [t.key for t in there]
+    assert sorted(t.key for t in here + there) == ["w:{store:1}:no-worker-here", "w:{store:1}:now"]
+    assert worker.store.local is None, "a stopped worker takes nothing"
+    await client.aclose()
+    await other.aclose()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _none_leased(store: TimerStore) -> bool:
+    return await store.leased() == 0 and await store.pending() == 0
+
+
+async def test_a_timer_started_now_by_a_process_that_dies_runs_elsewhere_after_its_lease(
+    store: TimerStore, clock: ManualClock
+) -> None:
+    started = asyncio.Event()
+
+    async def hangs(timer: Timer) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    dying = TimerWorker(store, {"w": hangs}, lease_seconds=5, max_idle_seconds=30)
+    serving = asyncio.create_task(dying.run())
+    await _until(lambda: _true(store.local is dying))
+    await store.start_now("w:{store:1}:taken")
+    await started.wait()
+    serving.cancel()  # the process is gone: no ack, no release
+    for task in list(dying._running):
+        task.cancel()
+    await asyncio.gather(serving, *dying._running, return_exceptions=True)
+
+    fired: list[Timer] = []
+    survivor = TimerWorker(store, {"w": recorder(fired)})
+    clock.advance(4.9)
+    assert await survivor.drain() == 0, "taken over while its lease held"
+    clock.advance(0.1)
+    assert await survivor.drain() == 1
+    assert [t.key for t in fired] == ["w:{store:1}:taken"] and survivor.stats.redelivered == 1
+    assert await store.leased() == 0 and await store.pending() == 0
