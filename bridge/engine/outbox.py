@@ -226,9 +226,12 @@ class Outbox:
             # The queue was empty: nobody is sending this thread, start now (here, when this
             # process's timer worker has room).
             await self.timers.start_now(timer)
-        elif abs(result) >= 1 and not await self.timers.is_pending(timer):
-            # A queue with work and no timer: left by a process that died between push and
-            # schedule. Restart it (a sender mid-flight would have a lease and reschedule itself).
+        elif result < 0 and not await self.timers.is_pending(timer):
+            # Queued before: the step that queued it is running again, and its first run may have
+            # died between the push and the start. A queue with work and no timer is restarted (a
+            # sender mid-flight has a lease and reschedules itself). A job pushed behind others is
+            # left alone: the step that pushed the first of them starts the sender, or runs again
+            # and does. Starting it here too could start a second sender of the same thread.
             await self.timers.schedule(timer, self.clock.now())
         return result > 0
 

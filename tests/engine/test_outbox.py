@@ -146,12 +146,28 @@ async def test_queued_jobs_survive_a_restart(stack: Stack) -> None:
     assert texts(stack, cid) == ["一", "二"] and fresh.stats.sent == 2
 
 
-async def test_a_queue_left_without_its_timer_is_restarted_by_the_next_enqueue(stack: Stack) -> None:
+async def test_a_step_run_again_restarts_the_queue_its_first_run_left_without_a_sender(stack: Stack) -> None:
     cid = await stack.sandbox.open_chat("1001")
     thread = f"chat:{cid}"
     await stack.bridge.outbox.enqueue(TAG, thread, reply("a", cid, "一"))
-    await stack.bridge.timers.cancel(keys.outbox_timer(TAG, thread))  # as if the process died in between
-    await stack.bridge.outbox.enqueue(TAG, thread, reply("b", cid, "二"))
+    await stack.bridge.timers.cancel(keys.outbox_timer(TAG, thread))  # the run died between push and start
+    assert not await stack.bridge.outbox.enqueue(TAG, thread, reply("a", cid, "一")), "queued before"
+    await stack.bridge.worker.drain()
+    assert texts(stack, cid) == ["一"]
+
+
+async def test_a_job_queued_behind_one_not_started_yet_leaves_the_start_to_that_ones_step(stack: Stack) -> None:
+    """A job pushed in the moment between another step's push (into the empty queue) and that
+    step's start of the sender does not start one of its own: two starts could make two senders
+    of one thread, each sending its head."""
+    cid = await stack.sandbox.open_chat("1001")
+    thread = f"chat:{cid}"
+    timer = keys.outbox_timer(TAG, thread)
+    await stack.bridge.outbox.enqueue(TAG, thread, reply("a", cid, "一"))
+    await stack.bridge.timers.cancel(timer)  # "a" is pushed; its step has not started the sender yet
+    assert await stack.bridge.outbox.enqueue(TAG, thread, reply("b", cid, "二"))
+    assert not await stack.bridge.timers.is_pending(timer), "a second start of the thread's sender"
+    await stack.bridge.timers.start_now(timer)  # the first step goes on
     await stack.bridge.worker.drain()
     assert texts(stack, cid) == ["一", "二"]
 
