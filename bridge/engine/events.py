@@ -283,10 +283,11 @@ class EventConsumer:
 
     async def _read_each(self, streams: Mapping[str, Endpoint], block_ms: int | None) -> list[Any]:
         """Redis Cluster: every endpoint's stream lives in its own slot, so each is read on its
-        own (at once); with nothing there, the wait is for intake's wake-up or ``block_ms``."""
-        replies = await asyncio.gather(
-            *(self.redis.xreadgroup(keys.EVENTS_GROUP, self.name, {s: ">"}, count=self.batch) for s in streams)
-        )
+        own, all in one pipeline; with nothing there, the wait is for intake's wake-up or ``block_ms``."""
+        async with self.redis.pipeline(transaction=False) as pipe:  # a round trip per node, not per store
+            for stream in streams:
+                pipe.xreadgroup(keys.EVENTS_GROUP, self.name, {stream: ">"}, count=self.batch)
+            replies = await pipe.execute()
         found = [entry for reply in replies for entry in reply or []]
         if not found and block_ms:
             self._woken.clear()
@@ -313,21 +314,27 @@ class EventConsumer:
             self._groups.add(stream)
 
     async def _claim_abandoned(self, streams: Mapping[str, Endpoint]) -> list[StoredEvent]:
+        """Takes over what dead consumers left idle past ``claim_idle_seconds``: every stream in one
+        pipeline (a round trip per Redis node, however many stores), again for the streams that
+        had more than a batch."""
         claimed: list[StoredEvent] = []
         min_idle = int(self.claim_idle_seconds * 1000)
-        for stream, endpoint in streams.items():
-            start = "0-0"
-            while True:
-                reply = await self.redis.xautoclaim(
-                    stream, keys.EVENTS_GROUP, self.name, min_idle, start_id=start, count=self.batch
-                )
+        starts = dict.fromkeys(streams, "0-0")
+        while starts:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream, start in starts.items():
+                    pipe.xautoclaim(stream, keys.EVENTS_GROUP, self.name, min_idle, start_id=start, count=self.batch)
+                replies = await pipe.execute()
+            mine = {p.event.entry_id for p in self._parked}
+            more: dict[str, str] = {}
+            for stream, reply in zip(starts, replies, strict=True):
                 start, entries = reply[0], reply[1]
-                mine = {p.event.entry_id for p in self._parked}
                 for entry_id, fields in entries:
                     if fields and entry_id not in mine:
-                        claimed.append(self._decode(endpoint, entry_id, fields))
-                if start == "0-0":
-                    break
+                        claimed.append(self._decode(streams[stream], entry_id, fields))
+                if start != "0-0":
+                    more[stream] = start
+            starts = more
         if claimed:
             self.stats.claimed += len(claimed)
             log.info("event consumer %s: claimed %d events left by another process", self.name, len(claimed))
