@@ -27,7 +27,7 @@ from bridge.engine.metrics import METRICS
 from bridge.engine.outbox import FailureReporter, FinalFailure, Outbox, OutboxJob
 from bridge.engine.timers import Timer, TimerStore
 from bridge.flows import jobs
-from bridge.flows.archiving import archive_soon, record, recorded
+from bridge.flows.archiving import archive_soon, recorded
 from bridge.flows.domain import ChatClosed, ChatMessage
 from bridge.flows.steps import take_steps
 from bridge.flows.views import Actor, ReplyMedia, post_view, read_hash, tell_privately
@@ -43,21 +43,48 @@ log = logging.getLogger(__name__)
 # it (or whose reply from Redis is lost) runs it a second time on retry and gets an answer that lets
 # it finish the rest of its work, which is idempotent (outbox job ids), without counting anything twice.
 
-# Creates the chat, assigns it and records its first message, only if the loads it was decided on are
-# still current. KEYS: chat, loads. ARGV: assignee ('' for none), now, destination, platform agent,
-# first message (view JSON), its id, the load table shown, then (agent, expected load) pairs.
-# Returns {1, fields…} when created, {0, fields…} when it existed (fields: the chat's hash, flat, so
-# the caller needs no second read), {-1} when a load changed meanwhile (decide again).
-_OPEN = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, unpack(redis.call('HGETALL', KEYS[1]))} end
-for i = 8, #ARGV, 2 do
-  if tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0') ~= tonumber(ARGV[i + 1]) then return {-1} end
+# One platform message, in one step: creates the chat if it is new (assigned, with this first
+# message), then, while it is open, keeps the message for the archive and starts the reply window
+# rules.window_start gave for a chat with none running. KEYS: chat, loads, messages. ARGV: assignee,
+# now, destination, platform agent, message (view JSON), its id, the load table shown, its archive
+# record (JSON), the window's start and deadline ('' for none), then (agent, expected load) pairs.
+# A new chat is created only if those loads are still current; otherwise (and on a first call,
+# which expects -1) the answer is {-1, load…} in the pairs' order: decide, and call again.
+# A window starts unless one is running, or this message's window already ran (and was answered),
+# or a reply came after the message was sent: a redelivered message never restarts the window of an
+# answered chat. Returns {created (0/1), window (1: the running window is this message's, started
+# now or by an earlier run of it), the chat's hash, flat}, so the caller needs no second read.
+_RECEIVE = """
+local created = 0
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local current, stale = {}, false
+  for i = 11, #ARGV, 2 do
+    local load = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0')
+    current[#current + 1] = load
+    if load ~= tonumber(ARGV[i + 1]) then stale = true end
+  end
+  if stale then return {-1, unpack(current)} end
+  redis.call('HSET', KEYS[1], 'status', 'open', 'assignee', ARGV[1], 'started_at', ARGV[2],
+             'destination', ARGV[3], 'platform_agent', ARGV[4], 'first_message', ARGV[5],
+             'first_message_id', ARGV[6], 'loads', ARGV[7], 'window_start', '', 'first_reply_at', '')
+  if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[1], 1) end
+  created = 1
 end
-redis.call('HSET', KEYS[1], 'status', 'open', 'assignee', ARGV[1], 'started_at', ARGV[2],
-           'destination', ARGV[3], 'platform_agent', ARGV[4], 'first_message', ARGV[5],
-           'first_message_id', ARGV[6], 'loads', ARGV[7], 'window_start', '', 'first_reply_at', '')
-if ARGV[1] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[1], 1) end
-return {1, unpack(redis.call('HGETALL', KEYS[1]))}
+local window = 0
+if redis.call('HGET', KEYS[1], 'status') == 'open' then
+  redis.call('HSETNX', KEYS[3], ARGV[6], ARGV[8])
+  local mine = redis.call('HGET', KEYS[1], 'window_msg') == ARGV[6]
+  if redis.call('HGET', KEYS[1], 'window_start') ~= '' then
+    if mine then window = 1 end
+  elseif ARGV[9] ~= '' and not mine then
+    local answered = tonumber(redis.call('HGET', KEYS[1], 'last_reply_at') or '')
+    if not (answered and tonumber(ARGV[9]) <= answered) then
+      redis.call('HSET', KEYS[1], 'window_start', ARGV[9], 'deadline', ARGV[10], 'window_msg', ARGV[6])
+      window = 1
+    end
+  end
+end
+return {created, window, unpack(redis.call('HGETALL', KEYS[1]))}
 """
 
 # KEYS: chat, loads. ARGV: new assignee, action id. Moves an open chat to another agent and its A3
@@ -98,28 +125,10 @@ end
 return 1
 """
 
-# Starts a window decided by rules.window_start, unless one is running, or this message's window
-# already ran and was answered, or a reply came after the message was sent (a redelivered message
-# never restarts the window of an answered chat). KEYS: chat. ARGV: start, deadline, message id.
-# Returns 1 if the running window is this message's (started now, or by an earlier run of it).
-_WINDOW = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return 0 end
-local mine = redis.call('HGET', KEYS[1], 'window_msg') == ARGV[3]
-if redis.call('HGET', KEYS[1], 'window_start') ~= '' then
-  if mine then return 1 end
-  return 0
-end
-if mine then return 0 end
-local answered = tonumber(redis.call('HGET', KEYS[1], 'last_reply_at') or '')
-if answered and tonumber(ARGV[1]) <= answered then return 0 end
-redis.call('HSET', KEYS[1], 'window_start', ARGV[1], 'deadline', ARGV[2], 'window_msg', ARGV[3])
-return 1
-"""
-
-# Accepts a reply: stops the window and marks it (the archive counts the marks, A9), once per reply
-# however often it is handled. KEYS: chat. ARGV: now, agent, reply id, its text (kept: what the platform has, should the
-# author edit it). Returns 'repeat' (accepted before: only finish its follow-ups), 'closed',
-# 'expired', 'first' or 'again'.
+# Accepts a reply: stops the window, marks it (the archive counts the marks, A9) and keeps it for the
+# archive, once per reply however often it is handled. KEYS: chat, messages. ARGV: now, agent, reply
+# id, its text (kept: what the platform has, should the author edit it), its archive record (JSON).
+# Returns 'repeat' (accepted before: only finish its follow-ups), 'closed', 'expired', 'first' or 'again'.
 _ACCEPT = """
 local marker = 'reply:' .. ARGV[3]
 if redis.call('HEXISTS', KEYS[1], marker) == 1 then return {'repeat'} end
@@ -130,6 +139,7 @@ if redis.call('HGET', KEYS[1], 'window_start') ~= '' and now >= tonumber(redis.c
 end
 redis.call('HSET', KEYS[1], 'window_start', '', 'deadline', '', 'last_reply_at', ARGV[1], marker, ARGV[1],
            'sent:' .. ARGV[3], ARGV[4])
+redis.call('HSETNX', KEYS[2], marker, ARGV[5])
 if redis.call('HGET', KEYS[1], 'first_reply_at') == '' then
   redis.call('HSET', KEYS[1], 'first_reply_at', ARGV[1], 'first_reply_by', ARGV[2])
   local elapsed = math.max(0, now - tonumber(redis.call('HGET', KEYS[1], 'started_at')))
@@ -163,9 +173,8 @@ class ChatFlow:
         self.timers = timers
         self.outbox = outbox
         self.clock = clock
-        self._open = redis.register_script(_OPEN)
+        self._receive = redis.register_script(_RECEIVE)
         self._close = redis.register_script(_CLOSE)
-        self._window = redis.register_script(_WINDOW)
         self._accept = redis.register_script(_ACCEPT)
         self._assign = redis.register_script(_ASSIGN)
         self._elsewhere = redis.register_script(_ELSEWHERE)
@@ -188,19 +197,17 @@ class ChatFlow:
         tag, cid = event.endpoint.tag, msg.conversation_id
         dest = Destination.parse(store.destinations.platform_chats)
         view = {"type": "platform_message", "content": msg.content.model_dump(), "sender": msg.sender.name}
-        created, chat = await self._open_chat(store, tag, cid, dest, msg.sender.name, view, msg.message_id)
+        created, window, chat = await self._receive_message(store, tag, cid, dest, view, msg)
         if created:
             METRICS.chats_opened.labels(store.id).inc()
         if chat.get("status") != "open":
             log.info("store %s: message %s for closed chat %s not mirrored", store.id, msg.message_id, cid)
             return
-        await record(self.redis, keys.chat_messages(tag, cid), msg.message_id, _platform_message(msg))
         await self._changed(tag, cid)
-        window = await self._start_window(store, tag, cid, chat, msg)
         if chat.get("first_message_id") == msg.message_id:
             # The root carries the header, the assignee's mention and the first message: one post,
             # so a new chat shows up at once even where the channel allows one message a second.
-            # It shows the deadline at once: _start_window put the window it started into ``chat``.
+            # It shows the deadline at once: ``chat`` was read after the window started.
             await self._to_destination(
                 store, dest, cid, f"root:{cid}", "post", self._root_view(store, cid, chat), root=True
             )
@@ -211,24 +218,6 @@ class ChatFlow:
         if window is not None:
             # Only now: a reminder is queued behind the posts it refers to, never before the root.
             await self._schedule_window(store, tag, cid, window)
-
-    async def _start_window(
-        self, store: Store, tag: str, cid: str, chat: dict[str, str], msg: ChatMessage
-    ) -> float | None:
-        """The start of the reply window this message started (A4), now or in an earlier run of
-        the same event; None when it started none."""
-        running = float(chat["window_start"]) if chat.get("window_start") else None
-        if running is not None and chat.get("window_msg") == msg.message_id:
-            return running
-        started = window_start(running, _ts(msg.sent_at), msg.awaiting_reply)
-        if started is None or running is not None:
-            return None
-        deadline = started + store.reply_window.seconds
-        if not int(await self._window(keys=[keys.chat(tag, cid)], args=[started, deadline, msg.message_id])):
-            return None
-        # What the script wrote, so the caller renders the window without reading the chat again.
-        chat.update(window_start=str(started), deadline=str(deadline), window_msg=msg.message_id)
-        return started
 
     async def on_platform_closed(self, event: StoredEvent) -> None:
         closed = ChatClosed.model_validate_json(event.raw)
@@ -333,8 +322,12 @@ class ChatFlow:
         )
         if refusal is None and agent is not None and cid is not None:
             written = DELIVERED_AT.get() or self.clock.now()  # judged by when the bridge received it
+            sent = {"at": written, "direction": "merchant", "author": agent.name, "author_id": agent.id,
+                    "kind": "image" if media and not text.strip() else "text",
+                    "text": text + "".join(f" [{m.name}]" for m in media)}  # fmt: skip
             state, *rest = await self._accept(
-                keys=[keys.chat(tag, cid)], args=[written, agent.id, str(actor.message), text]
+                keys=[keys.chat(tag, cid), keys.chat_messages(tag, cid)],
+                args=[written, agent.id, str(actor.message), text, orjson.dumps(sent).decode()],
             )
             if state == "expired":
                 await self.close(store, cid, "reply_timeout", "")
@@ -346,10 +339,6 @@ class ChatFlow:
                     METRICS.replies.labels(store.id, agent.id, "yes").inc()
                     if state == "first":
                         METRICS.first_reply.labels(store.id, agent.id).observe(float(rest[0]))
-                sent = {"at": written, "direction": "merchant", "author": agent.name, "author_id": agent.id,
-                        "kind": "image" if media and not text.strip() else "text",
-                        "text": text + "".join(f" [{m.name}]" for m in media)}  # fmt: skip
-                await record(self.redis, keys.chat_messages(tag, cid), f"reply:{actor.message}", sent)
                 await self._changed(tag, cid)
                 await self._send_reply(store, tag, cid, agent.id, actor, text, media)
                 chat = await self._stop_window_timer(store, tag, cid)
@@ -452,24 +441,37 @@ class ChatFlow:
 
     # -- helpers -------------------------------------------------------------------------------------
 
-    async def _open_chat(
-        self, store: Store, tag: str, cid: str, dest: Destination, agent_name: str, first: dict[str, Any], first_id: str
-    ) -> tuple[bool, dict[str, str]]:
-        """Creates and assigns the chat with its first message (A3) unless it exists; returns whether
-        this call created it, and the chat as it is now."""
+    async def _receive_message(
+        self, store: Store, tag: str, cid: str, dest: Destination, view: dict[str, Any], msg: ChatMessage
+    ) -> tuple[bool, float | None, dict[str, str]]:
+        """Creates and assigns the chat with this first message (A3) unless it exists, keeps the
+        message, and starts its reply window (A4). Returns whether this call created the chat, the
+        start of the window this message started (now or in an earlier run of it; None when none),
+        and the chat as it is now."""
         candidates = [a.id for a in store.designated if a.im_permission]
+        sent_at = _ts(msg.sent_at)
+        started = window_start(None, sent_at, msg.awaiting_reply)  # with none running; the script checks
+        deadline = "" if started is None else started + store.reply_window.seconds
+        archived = orjson.dumps(_platform_message(msg)).decode()
+        loads: list[int] | None = None  # unknown until Redis says: the first call expects -1
         for _ in range(20):
-            loads = dict(zip(candidates, await self.redis.hmget(keys.agent_load(tag), candidates), strict=True))
-            counts = {a: int(v or 0) for a, v in loads.items()}
-            chosen = route_by_saturation(candidates, counts) or ""
+            counts = dict(zip(candidates, [-1] * len(candidates) if loads is None else loads, strict=True))
+            chosen = "" if loads is None else route_by_saturation(candidates, counts) or ""
             table = ", ".join(f"{a.name} {counts.get(a.id, 0)}" for a in store.designated if a.im_permission)
-            args: list[str | int | float] = [chosen, self.clock.now(), str(dest), agent_name,
-                                             orjson.dumps(first).decode(), first_id, table]  # fmt: skip
+            args: list[str | int | float] = [chosen, self.clock.now(), str(dest), msg.sender.name,
+                                             orjson.dumps(view).decode(), msg.message_id, table, archived,
+                                             "" if started is None else started, deadline]  # fmt: skip
             for agent, count in counts.items():
                 args += [agent, count]
-            code, *fields = await self._open(keys=[keys.chat(tag, cid), keys.agent_load(tag)], args=args)
-            if int(code) >= 0:
-                return int(code) == 1, {str(k): str(v) for k, v in zip(fields[::2], fields[1::2], strict=True)}
+            code, *rest = await self._receive(
+                keys=[keys.chat(tag, cid), keys.agent_load(tag), keys.chat_messages(tag, cid)], args=args
+            )
+            if int(code) < 0:
+                loads = [int(n) for n in rest]  # a new chat: decide with these, and ask again
+                continue
+            window, *fields = rest
+            chat = {str(k): str(v) for k, v in zip(fields[::2], fields[1::2], strict=True)}
+            return int(code) == 1, float(chat["window_start"]) if int(window) else None, chat
         raise RuntimeError(f"store {store.id}: could not assign chat {cid}: loads kept changing")
 
     async def _chat(self, tag: str, cid: str) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +17,7 @@ from bridge.engine import keys
 from bridge.engine.clock import ManualClock
 from bridge.engine.outbox import OutboxJob
 from bridge.flows.chats import IN_FLIGHT_SECONDS, ChatFlow
+from bridge.flows.domain import ChatMessage, PlatformAgent, TextContent
 from bridge.sandbox.slack import Message
 from connectors.slack.app import CHANNEL_SPACING_SECONDS
 from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
@@ -117,11 +119,22 @@ async def test_two_processes_assigning_at_once_never_use_stale_counts(stack: Sta
     dest = Destination.parse(store.destinations.platform_chats)
     flows = [stack.bridge.chats, other]
     first = {"type": "platform_message", "content": {"type": "text", "text": "hi"}, "sender": "cs"}
+
+    def message(i: int) -> ChatMessage:
+        return ChatMessage(
+            shop_id="1001",
+            conversation_id=f"c{i}",
+            message_id=f"m{i}",
+            sender=PlatformAgent(agent_id="cs"),
+            sent_at=datetime.fromtimestamp(stack.bridge.clock.now(), UTC),
+            content=TextContent(type="text", text="hi"),
+        )
+
     results = await asyncio.gather(
-        *(flows[i % 2]._open_chat(store, TAG, f"c{i}", dest, "cs", first, f"m{i}") for i in range(12))
+        *(flows[i % 2]._receive_message(store, TAG, f"c{i}", dest, first, message(i)) for i in range(12))
     )
-    assert all(created for created, _ in results)
-    assert [chat["assignee"] for _, chat in results] == [
+    assert all(created for created, _, _ in results)
+    assert [chat["assignee"] for _, _, chat in results] == [
         await stack.redis.hget(keys.chat(TAG, f"c{i}"), "assignee") for i in range(12)
     ]
     assert await stack.redis.hgetall(keys.agent_load(TAG)) == {"main-1001": "4", "agent-a": "4", "agent-b": "4"}
