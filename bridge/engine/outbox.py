@@ -215,17 +215,20 @@ class Outbox:
         """Queues ``job`` behind the others of its thread. False when this job id was queued before."""
         if not job.created_at:
             job = replace(job, created_at=self.clock.now())
+        raw = job.dumps()
         result = int(
             await self._enqueue(
                 keys=[keys.outbox_queue(tag, thread), keys.outbox_job(tag, job.id)],
-                args=[job.dumps(), keys.OUTBOX_JOB_TTL_SECONDS],
+                args=[raw, keys.OUTBOX_JOB_TTL_SECONDS],
             )
         )
         timer = keys.outbox_timer(tag, thread)
         if result == 1:
             # The queue was empty: nobody is sending this thread, start now (here, when this
-            # process's timer worker has room).
-            await self.timers.start_now(timer)
+            # process's timer worker has room). This job is the head, and stays it until the
+            # sender started now pops it (only a thread's sender moves its queue's head), so
+            # the job is handed to it instead of read back.
+            await self.timers.start_now(timer, handed=raw)
         elif result < 0 and not await self.timers.is_pending(timer):
             # Queued before: the step that queued it is running again, and its first run may have
             # died between the push and the start. A queue with work and no timer is restarted (a
@@ -277,7 +280,7 @@ class Outbox:
 
     async def handle_timer(self, timer: Timer) -> None:
         _, tag, thread = keys.split_timer_key(timer.key)
-        raw = await self.redis.lindex(keys.outbox_queue(tag, thread), 0)
+        raw = timer.handed or await self.redis.lindex(keys.outbox_queue(tag, thread), 0)
         for _ in range(JOBS_PER_RUN):
             if raw is None:
                 return

@@ -166,6 +166,9 @@ class Timer:
     """When it was due; None when it is a redelivery after a worker died holding it."""
     payload: str | None
     lease_ms: int
+    handed: str | None = None
+    """What the step that started this run here handed to it (``start_now``), in memory only: None
+    for a timer claimed from Redis, a redelivery included."""
 
     @property
     def kind(self) -> str:
@@ -232,13 +235,14 @@ class TimerStore:
         args += [keys.WAKE_CHANNEL, "1" if keep_earlier else "0"]
         await self._schedule(keys=self.keys_for(key)[:4], args=args)
 
-    async def start_now(self, key: str) -> None:
+    async def start_now(self, key: str, handed: str | None = None) -> None:
         """Runs ``key`` now: in this process at once when its worker serves and has room, leased to
         it directly (no wake-up sent to every process, no claim), otherwise scheduled for now like
         any timer. A process that dies holding it leaves the lease to run out, and another worker
-        takes it then, as it takes any timer a dead worker held."""
+        takes it then, as it takes any timer a dead worker held. ``handed`` reaches the handler
+        (``Timer.handed``) only when the run is here and now."""
         worker = self.local
-        if worker is None or not await worker.run_now(key):
+        if worker is None or not await worker.run_now(key, handed):
             await self.schedule(key, self.clock.now())
 
     async def cancel(self, key: str) -> bool:
@@ -440,14 +444,14 @@ class TimerWorker:
         self._running[task] = timer
         task.add_done_callback(self._on_done)
 
-    async def run_now(self, key: str) -> bool:
+    async def run_now(self, key: str, handed: str | None = None) -> bool:
         """Takes ``key`` (pending or not) and runs it here at once; False, having done nothing,
         when this worker is not serving or has no room."""
         if self._serving is None or self._stopping or len(self._running) >= self.concurrency:
             return False
         lease_ms = _ms(self.clock.now() + self.lease_seconds)
         await self.store.take_script(keys=self.store.keys_for(key)[:4], args=[key, lease_ms])
-        self._start(Timer(key, self.clock.now(), None, lease_ms))
+        self._start(Timer(key, self.clock.now(), None, lease_ms, handed))
         return True
 
     def _on_done(self, task: asyncio.Task[None]) -> None:

@@ -371,12 +371,13 @@ async def test_a_timer_started_now_runs_here_without_waking_every_process(redis_
     await _until(lambda: _true(worker.store.local is worker and elsewhere.store.local is elsewhere))
     await client.config_resetstat()
 
-    await worker.store.start_now("w:{store:1}:now")
+    await worker.store.start_now("w:{store:1}:now", handed="in hand")
     await _until(lambda: _true(len(here) == 1))
+    assert here[0].handed == "in hand", "what the step handed reaches the run it started"
     await _until(lambda: _none_leased(worker.store))
     assert "cmdstat_publish" not in await client.info("commandstats")
 
-    await TimerStore(client).start_now("w:{store:1}:no-worker-here")  # this store has no serving worker
+    await TimerStore(client).start_now("w:{store:1}:no-worker-here", handed="lost")  # no serving worker here
     await _until(lambda: _true(len(here) + len(there) == 2))
     for w in (worker, elsewhere):
         await w.stop()
@@ -385,6 +386,7 @@ async def test_a_timer_started_now_runs_here_without_waking_every_process(redis_
     assert [t.key for t in here if t.key.endswith("now")] == ["w:{store:1}:now"]
     assert "w:{store:1}:now" not in [t.key for t in there]
     assert sorted(t.key for t in here + there) == ["w:{store:1}:no-worker-here", "w:{store:1}:now"]
+    assert [t.handed for t in here + there if t.key.endswith("here")] == [None], "claimed: nothing in hand"
     assert worker.store.local is None, "a stopped worker takes nothing"
     await client.aclose()
     await other.aclose()
@@ -410,7 +412,7 @@ async def test_a_timer_started_now_by_a_process_that_dies_runs_elsewhere_after_i
     dying = TimerWorker(store, {"w": hangs}, lease_seconds=5, max_idle_seconds=30)
     serving = asyncio.create_task(dying.run())
     await _until(lambda: _true(store.local is dying))
-    await store.start_now("w:{store:1}:taken")
+    await store.start_now("w:{store:1}:taken", handed="in hand")
     await started.wait()
     serving.cancel()  # the process is gone: no ack, no release
     for task in list(dying._running):
@@ -424,4 +426,5 @@ async def test_a_timer_started_now_by_a_process_that_dies_runs_elsewhere_after_i
     clock.advance(0.1)
     assert await survivor.drain() == 1
     assert [t.key for t in fired] == ["w:{store:1}:taken"] and survivor.stats.redelivered == 1
+    assert fired[0].handed is None, "a redelivery reads what it needs from Redis"
     assert await store.leased() == 0 and await store.pending() == 0
