@@ -159,6 +159,10 @@ return tonumber(ARGV[3])
 """
 
 
+ACK_LINGER_SECONDS = 0.005
+"""How long a finished run's acknowledgement waits for others to share its call."""
+
+
 @dataclass(frozen=True)
 class Timer:
     key: str
@@ -511,6 +515,10 @@ class TimerWorker:
         # inside a command, which would leave a cancelled task waiting forever.
         while not (self._stopping and not self._pending_acks):
             await self._acks_ready.wait()
+            if not self._stopping:
+                # Runs that end together (a reply's send, its header's update, its ✅) share one
+                # call; the lease a late ack leaves is only a token, and nothing waits on it.
+                await asyncio.sleep(ACK_LINGER_SECONDS)
             try:
                 await self._flush_acks()
             except (RedisError, OSError) as exc:
