@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from bridge.engine import keys
 from bridge.engine.clock import Clock, SystemClock
@@ -188,6 +188,8 @@ class EventConsumer:
         self._listener: asyncio.Task[None] | None = None
         self._groups: set[str] = set()
         self._parked: list[_Parked] = []
+        self._unfinished: dict[str, list[tuple[str, int, str, str]]] = {}
+        """Per endpoint: events handled (or found handled) and not yet completed in Redis."""
         self._stopping = False
         self._last_claim = 0.0
 
@@ -200,6 +202,8 @@ class EventConsumer:
             except (RedisError, OSError) as exc:
                 log.warning("event consumer: Redis error, retrying in 1 s: %r", exc)  # some carry no message
                 await asyncio.sleep(1.0)
+        with contextlib.suppress(RedisError, OSError):  # else they are handled again, as after a crash
+            await self._complete_unfinished()
         if self._listener is not None:
             await self._listener  # ends within a quarter second of stop()
 
@@ -229,6 +233,7 @@ class EventConsumer:
             await asyncio.sleep(0.005)
             for p in waiting:
                 p.retry_at = self.clock.now()
+        await self._complete_unfinished()
         return self.stats.handled + self.stats.ignored - before
 
     def next_retry_at(self) -> float | None:
@@ -261,6 +266,7 @@ class EventConsumer:
         attempts = {p.event.entry_id: p.attempts for p in due}
         if force_claim or now - self._last_claim >= self.claim_idle_seconds / 2:
             self._last_claim = now
+            await self._complete_unfinished()  # what this process finished is not anybody's to claim
             events += await self._claim_abandoned(endpoints)
         if endpoints:
             block_ms: int | None = None
@@ -270,16 +276,49 @@ class EventConsumer:
                     wait = min(wait, max(0.001, min(p.retry_at for p in self._parked) - now))
                 block_ms = max(1, int(wait * 1000))
             if self.cluster:
+                await self._complete_unfinished()
                 reply: Any = await self._read_each(endpoints, block_ms)
             else:
-                reply = await self.redis.xreadgroup(
-                    keys.EVENTS_GROUP, self.name, dict.fromkeys(endpoints, ">"), count=self.batch, block=block_ms
-                )
+                reply = await self._complete_and_read(endpoints, block_ms)
             for stream, entries in reply or []:
                 events += [self._decode(endpoints[stream], entry_id, fields) for entry_id, fields in entries]
         if events:
             await self._handle_batch(events, attempts)
         return len(events)
+
+    async def _complete_and_read(self, streams: Mapping[str, Endpoint], block_ms: int | None) -> Any:
+        """The last round's completions and the next read, in one round trip: the completions run
+        first, so the wait for new events never holds a finished thread's lock."""
+        new: dict[Any, Any] = dict.fromkeys(streams, ">")
+        if not self._unfinished:
+            return await self.redis.xreadgroup(keys.EVENTS_GROUP, self.name, new, count=self.batch, block=block_ms)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tag, rows in self._unfinished.items():
+                pipe.evalsha(self._complete.sha, 3, *self._completion(tag, rows))
+            pipe.xreadgroup(keys.EVENTS_GROUP, self.name, new, count=self.batch, block=block_ms)
+            *completed, reply = await pipe.execute(raise_on_error=False)
+        if any(isinstance(result, NoScriptError) for result in completed):
+            await self._complete_unfinished()  # Redis forgot the script (a restart); loaded, run again
+        else:
+            for result in completed:
+                if isinstance(result, Exception):
+                    raise result
+            self._unfinished.clear()
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def _completion(self, tag: str, rows: list[tuple[str, int, str, str]]) -> list[str]:
+        """KEYS and ARGV of _COMPLETE for ``rows`` (thread, seq, entry id, owner) of one endpoint."""
+        return [keys.thread_done(tag), keys.thread_locks(tag), keys.events(tag), keys.EVENTS_GROUP,
+                orjson.dumps(rows).decode()]  # fmt: skip
+
+    async def _complete_unfinished(self) -> None:
+        """Records as handled, unlocks, acknowledges and deletes what the last rounds finished."""
+        for tag, rows in list(self._unfinished.items()):
+            call = self._completion(tag, rows)
+            await self._complete(keys=call[:3], args=call[3:])
+            del self._unfinished[tag]
 
     async def _read_each(self, streams: Mapping[str, Endpoint], block_ms: int | None) -> list[Any]:
         """Redis Cluster: every endpoint's stream lives in its own slot, so each is read on its
@@ -361,6 +400,7 @@ class EventConsumer:
         for event in sorted(events, key=lambda e: e.seq):
             queues[(event.endpoint.tag, event.thread)].append(event)
         while queues:
+            await self._complete_unfinished()  # a thread's next event begins only after its last
             heads = [q[0] for q in queues.values()]
             by_endpoint: dict[str, list[StoredEvent]] = defaultdict(list)
             for event in heads:
@@ -419,8 +459,8 @@ class EventConsumer:
             else:
                 with contextlib.suppress(RedisError, OSError):
                     await self._unlock(keys=[keys.thread_locks(tag)], args=[event.thread, owners[event]])
-        if finished:
-            await self._finish(tag, finished, owners)
+        # Completed with the next call this consumer makes (its next read, claim or round).
+        self._unfinished.setdefault(tag, []).extend((e.thread, e.seq, e.entry_id, owners[e]) for e in finished)
         return result
 
     async def _run_handler(self, event: StoredEvent, attempts: int) -> tuple[float, int] | None:
@@ -459,9 +499,3 @@ class EventConsumer:
             return None
         self.stats.handled += 1
         return None
-
-    async def _finish(self, tag: str, events: list[StoredEvent], owners: Mapping[StoredEvent, str]) -> None:
-        finished = orjson.dumps([(e.thread, e.seq, e.entry_id, owners[e]) for e in events]).decode()
-        await self._complete(
-            keys=[keys.thread_done(tag), keys.thread_locks(tag), keys.events(tag)], args=[keys.EVENTS_GROUP, finished]
-        )

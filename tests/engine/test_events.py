@@ -155,3 +155,52 @@ async def test_killed_consumer_mid_event_is_finished_by_another_process(
     assert await redis.xlen(keys.events(STORE.tag)) == 0
     pending = await redis.xpending(keys.events(STORE.tag), keys.EVENTS_GROUP)
     assert pending["pending"] == 0
+
+
+async def test_a_served_consumer_completes_what_it_handled_before_it_waits_for_more(redis: Redis) -> None:
+    """Completions go out with the consumer's next read, ahead of its wait for new events: a handled
+    event is recorded, acknowledged and deleted at once, not after that wait (5 s here)."""
+    handled: list[str] = []
+
+    async def handle(event: StoredEvent) -> None:
+        handled.append(event.msg_id)
+
+    c = consumer(redis, handle, block_seconds=5.0)
+    serving = asyncio.create_task(c.run())
+    await EventLog(redis).store(STORE, [record("x", "chat:1")])
+    for _ in range(100):
+        if handled and not await redis.xlen(keys.events(STORE.tag)):
+            break
+        await asyncio.sleep(0.01)
+    assert handled == ["x"]
+    assert await redis.xlen(keys.events(STORE.tag)) == 0, "completed within a second, while the read waits"
+    assert await redis.hget(keys.thread_done(STORE.tag), "chat:1") == "1"
+    assert not await redis.hgetall(keys.thread_locks(STORE.tag)), "the thread's lock is released"
+    c.stop()
+    await EventLog(redis).store(STORE, [record("y", "chat:2")])  # ends the wait: the loop sees the stop
+    await asyncio.wait_for(serving, 10)
+    assert await redis.xlen(keys.events(STORE.tag)) == 0, "what the last step handled is completed on the way out"
+
+
+async def test_events_handled_by_a_consumer_that_died_before_completing_them_are_handled_again(
+    redis: Redis,
+) -> None:
+    """Between handling a round and completing it (with the next read) a process may die: its events
+    are claimed by another, handled again (handlers are idempotent), and the thread goes on in order."""
+    calls: list[str] = []
+
+    async def handle(event: StoredEvent) -> None:
+        calls.append(event.msg_id)
+
+    clock = ManualClock()
+    await EventLog(redis).store(STORE, [record("first", "chat:1")])
+    dying = consumer(redis, handle, clock=clock)
+    assert await dying._step(block=False) == 1  # handled; its completion would go with the next read
+    await EventLog(redis).store(STORE, [record("second", "chat:1")])
+    survivor = consumer(redis, handle, clock=clock, claim_idle_seconds=0.05)
+    await asyncio.sleep(0.1)  # the dead consumer's delivery ages past the claim time (Redis's clock)
+    clock.advance(dying.lock_seconds)  # and its thread lock lapses (the injected clock)
+    await survivor.drain()
+    assert calls == ["first", "first", "second"]
+    assert await redis.xlen(keys.events(STORE.tag)) == 0
+    assert await redis.hget(keys.thread_done(STORE.tag), "chat:1") == "2"
