@@ -84,8 +84,8 @@ class Watcher:
                 self.seen_reactions[m.ts] = len(m.reactions)
         for tg in self.telegram.messages[self.seen_telegram :]:
             if tg.thread_id == tg.message_id:
-                name = self.telegram.topics.get((tg.chat_id, tg.message_id), "")
-                self.out.say("telegram", f"chat {tg.chat_id}: topic {tg.message_id} opened, “{name}”")
+                # The name it was opened with: by now the bridge may have renamed it (its status).
+                self.out.say("telegram", f"chat {tg.chat_id}: topic {tg.message_id} opened, “{tg.topic_created}”")
                 continue
             who = "bridge" if tg.from_id == BOT_ID else f"user {tg.from_id}"
             reply = f" (reply to {tg.reply_to})" if tg.reply_to and tg.reply_to != tg.thread_id else ""

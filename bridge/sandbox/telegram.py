@@ -43,6 +43,8 @@ class TgMessage:
     edits: int = 0
     reactions: list[str] = field(default_factory=list)
     sent_at: float = 0.0
+    topic_created: str | None = None
+    """A topic's opening service message: the name it was opened with (``forum_topic_created``)."""
 
 
 @dataclass
@@ -260,7 +262,7 @@ class TelegramEmulator(LocalServer):
         if not 1 <= len(name) <= 128:
             return self._error(400, "Bad Request: TOPIC_TITLE_EMPTY" if not name else "Bad Request: name too long")
         # A topic's id is the id of the service message that opened it, as in Telegram.
-        opened = TgMessage(chat_id, next(self._ids), BOT_ID, "", sent_at=self.clock.now())
+        opened = TgMessage(chat_id, next(self._ids), BOT_ID, "", sent_at=self.clock.now(), topic_created=name)
         opened.thread_id = opened.message_id
         self.messages.append(opened)
         self.topics[(chat_id, opened.message_id)] = name
