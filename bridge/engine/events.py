@@ -140,9 +140,9 @@ class ConsumerStats:
 
 
 ROUND_EVENTS = 20
-"""Events begun together at most. In a burst the first to arrive are finished first, and their
-posts go out while the later ones are handled, instead of every event of the burst finishing late
-together (all of them sharing the CPU at once)."""
+"""Events with a handler begun together at most. In a burst the first to arrive are finished
+first, and their posts go out while the later ones are handled, instead of every event of the
+burst finishing late together (all of them sharing the CPU at once)."""
 
 
 def _arrival(event: StoredEvent) -> tuple[float, int, int]:
@@ -414,7 +414,7 @@ class EventConsumer:
             queues[(event.endpoint.tag, event.thread)].append(event)
         while queues:
             await self._complete_unfinished()  # a thread's next event begins only after its last
-            heads = sorted((q[0] for q in queues.values()), key=_arrival)[:ROUND_EVENTS]
+            heads = self._round_heads(sorted((q[0] for q in queues.values()), key=_arrival))
             by_endpoint: dict[str, list[StoredEvent]] = defaultdict(list)
             for event in heads:
                 by_endpoint[event.endpoint.tag].append(event)
@@ -437,6 +437,18 @@ class EventConsumer:
                     ]
                     queue.clear()
             queues = {k: q for k, q in queues.items() if q}
+
+    def _round_heads(self, heads: list[StoredEvent]) -> list[StoredEvent]:
+        """The first of ``heads`` (in arrival order) up to ROUND_EVENTS that have a handler: an
+        event without one costs no work, so a backlog of them is not cut into rounds for nothing."""
+        taken: list[StoredEvent] = []
+        handled = 0
+        for event in heads:
+            if handled == ROUND_EVENTS:
+                break
+            taken.append(event)
+            handled += event.tag in self.handlers
+        return taken
 
     async def _round(
         self, tag: str, events: list[StoredEvent], attempts: Mapping[str, int]

@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
 from bridge.engine.endpoint import Endpoint
-from bridge.engine.events import EventConsumer, StoredEvent
+from bridge.engine.events import ROUND_EVENTS, EventConsumer, StoredEvent
 from bridge.engine.ingest import EventLog, IncomingRecord
 
 STORE = Endpoint("store", "1001")
@@ -204,3 +204,29 @@ async def test_events_handled_by_a_consumer_that_died_before_completing_them_are
     assert calls == ["first", "first", "second"]
     assert await redis.xlen(keys.events(STORE.tag)) == 0
     assert await redis.hget(keys.thread_done(STORE.tag), "chat:1") == "2"
+
+
+async def test_a_burst_is_begun_in_arrival_order_at_most_a_round_at_a_time(redis: Redis) -> None:
+    """45 events of 45 threads: at most ROUND_EVENTS handlers run at once, the first to arrive
+    first, so a burst's first chats finish (and post) while the later ones wait their turn. Events
+    without a handler are not counted: they cost no work."""
+    log = EventLog(redis)
+    for i in range(45):
+        await log.store(
+            STORE, [record(f"e{i}", f"chat:{i}"), IncomingRecord("no_handler", f"x{i}", f"other:{i}", "{}")]
+        )
+    running, most, order = 0, 0, []
+
+    async def handle(event: StoredEvent) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.001)
+        order.append(int(event.msg_id[1:]))
+        running -= 1
+
+    c = consumer(redis, handle)
+    await c.drain()
+    assert most == ROUND_EVENTS == 20
+    assert sorted(order[:20]) == list(range(20)) and sorted(order[20:40]) == list(range(20, 40))
+    assert c.stats.handled == 45 and c.stats.ignored == 45
