@@ -298,19 +298,23 @@ class EventConsumer:
             await self._handle_batch(events, attempts)
         return len(events)
 
-    async def _complete_and_read(self, streams: Mapping[str, Endpoint], block_ms: int | None) -> Any:
-        """The last round's completions and the next read, in one round trip: the completions run
-        first, so the wait for new events never holds a finished thread's lock."""
-        new: dict[Any, Any] = dict.fromkeys(streams, ">")
+    async def _complete_and_read(self, streams: Mapping[str, Endpoint] | None, block_ms: int | None) -> Any:
+        """The last rounds' completions and the next read (None: none), in one round trip: the
+        completions run first, so the wait for new events never holds a finished thread's lock."""
+        new: dict[Any, Any] = dict.fromkeys(streams or (), ">")
         if not self._unfinished:
+            if streams is None:
+                return None
             return await self.redis.xreadgroup(keys.EVENTS_GROUP, self.name, new, count=self.batch, block=block_ms)
         async with self.redis.pipeline(transaction=False) as pipe:
             for tag, rows in self._unfinished.items():
                 pipe.evalsha(self._complete.sha, 3, *self._completion(tag, rows))
-            pipe.xreadgroup(keys.EVENTS_GROUP, self.name, new, count=self.batch, block=block_ms)
-            *completed, reply = await pipe.execute(raise_on_error=False)
+            if streams is not None:
+                pipe.xreadgroup(keys.EVENTS_GROUP, self.name, new, count=self.batch, block=block_ms)
+            results = await pipe.execute(raise_on_error=False)
+        completed, reply = (results[:-1], results[-1]) if streams is not None else (results, None)
         if any(isinstance(result, NoScriptError) for result in completed):
-            await self._complete_unfinished()  # Redis forgot the script (a restart); loaded, run again
+            await self._complete_each()  # Redis forgot the script (a restart): loaded, run again
         else:
             for result in completed:
                 if isinstance(result, Exception):
@@ -326,11 +330,17 @@ class EventConsumer:
                 orjson.dumps(rows).decode()]  # fmt: skip
 
     async def _complete_unfinished(self) -> None:
-        """Records as handled, unlocks, acknowledges and deletes what the last rounds finished."""
-        for tag, rows in list(self._unfinished.items()):
-            call = self._completion(tag, rows)
-            await self._complete(keys=call[:3], args=call[3:])
-            del self._unfinished[tag]
+        """Records as handled, unlocks, acknowledges and deletes what the last rounds finished: one
+        pipeline on a single Redis; on a cluster, each endpoint's call at once."""
+        if self.cluster:
+            await self._complete_each()
+        else:
+            await self._complete_and_read(None, None)
+
+    async def _complete_each(self) -> None:
+        calls = [self._completion(tag, rows) for tag, rows in self._unfinished.items()]
+        await asyncio.gather(*(self._complete(keys=call[:3], args=call[3:]) for call in calls))
+        self._unfinished.clear()
 
     async def _read_each(self, streams: Mapping[str, Endpoint], block_ms: int | None) -> list[Any]:
         """Redis Cluster: every endpoint's stream lives in its own slot, so each is read on its

@@ -230,3 +230,21 @@ async def test_a_burst_is_begun_in_arrival_order_at_most_a_round_at_a_time(redis
     assert most == ROUND_EVENTS == 20
     assert sorted(order[:20]) == list(range(20)) and sorted(order[20:40]) == list(range(20, 40))
     assert c.stats.handled == 45 and c.stats.ignored == 45
+
+
+async def test_completions_survive_a_redis_that_forgot_its_scripts(redis: Redis) -> None:
+    """A Redis restarted between a round and its completion has no scripts: the completion,
+    pipelined with the next read, is sent again through a call that loads the script."""
+    calls: list[str] = []
+
+    async def handle(event: StoredEvent) -> None:
+        calls.append(event.msg_id)
+
+    await EventLog(redis).store(STORE, [record("a", "chat:1"), record("b", "chat:2")])
+    c = consumer(redis, handle)
+    assert await c._step(block=False) == 2  # handled; completed with the next read
+    await redis.script_flush()
+    await c.drain()
+    assert sorted(calls) == ["a", "b"]
+    assert await redis.xlen(keys.events(STORE.tag)) == 0
+    assert await redis.hgetall(keys.thread_done(STORE.tag)) == {"chat:1": "1", "chat:2": "1"}
