@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -23,6 +24,16 @@ T0 = 1_700_000_000.0
 def recorder(fired: list[Timer]):  # type: ignore[no-untyped-def]
     async def handle(timer: Timer) -> None:
         fired.append(timer)
+
+    return handle
+
+
+def hanging(started: asyncio.Event) -> Callable[[Timer], Awaitable[None]]:
+    """A handler that never finishes, as in a process killed while running it."""
+
+    async def handle(timer: Timer) -> None:
+        started.set()
+        await asyncio.Event().wait()
 
     return handle
 
@@ -101,12 +112,7 @@ async def test_cancel(store: TimerStore, clock: ManualClock) -> None:
 
 async def test_dead_worker_lease_expires_and_another_takes_over(store: TimerStore, clock: ManualClock) -> None:
     started = asyncio.Event()
-
-    async def hangs(timer: Timer) -> None:
-        started.set()
-        await asyncio.Event().wait()
-
-    dying = TimerWorker(store, {"window": hangs}, lease_seconds=30)
+    dying = TimerWorker(store, {"window": hanging(started)}, lease_seconds=30)
     await store.schedule("window:{store:1}:c", T0 + 1)
     clock.advance(1)
     drain = asyncio.create_task(dying.drain())
@@ -350,9 +356,13 @@ async def test_a_running_handler_keeps_its_short_lease_and_a_dead_workers_is_tak
     assert await store.leased() == 0 and await store.pending() == 0, "acknowledged by the run that holds it"
 
 
-async def _until(condition: Any, seconds: float = 3.0) -> None:
+async def _until(condition: Callable[[], bool | Awaitable[bool]], seconds: float = 3.0) -> None:
+    """Waits (in real time: other tasks are at work) until ``condition`` holds."""
     deadline = time.monotonic() + seconds
-    while not await condition():
+    while True:
+        met = condition()
+        if await met if inspect.isawaitable(met) else met:
+            return
         assert time.monotonic() < deadline, "not within the time allowed"
         await asyncio.sleep(0.01)
 
@@ -368,17 +378,17 @@ async def test_a_timer_started_now_runs_here_without_waking_every_process(redis_
     worker = TimerWorker(TimerStore(client), {"w": recorder(here)}, max_idle_seconds=30)
     elsewhere = TimerWorker(TimerStore(other), {"w": recorder(there)}, max_idle_seconds=30)
     tasks = [asyncio.create_task(worker.run()), asyncio.create_task(elsewhere.run())]
-    await _until(lambda: _true(worker.store.local is worker and elsewhere.store.local is elsewhere))
+    await _until(lambda: worker.store.local is worker and elsewhere.store.local is elsewhere)
     await client.config_resetstat()
 
     await worker.store.start_now("w:{store:1}:now", handed="in hand")
-    await _until(lambda: _true(len(here) == 1))
+    await _until(lambda: len(here) == 1)
     assert here[0].handed == "in hand", "what the step handed reaches the run it started"
     await _until(lambda: _none_leased(worker.store))
     assert "cmdstat_publish" not in await client.info("commandstats")
 
     await TimerStore(client).start_now("w:{store:1}:no-worker-here", handed="lost")  # no serving worker here
-    await _until(lambda: _true(len(here) + len(there) == 2))
+    await _until(lambda: len(here) + len(there) == 2)
     for w in (worker, elsewhere):
         await w.stop()
     await asyncio.gather(*tasks)
@@ -392,10 +402,6 @@ async def test_a_timer_started_now_runs_here_without_waking_every_process(redis_
     await other.aclose()
 
 
-async def _true(value: bool) -> bool:
-    return value
-
-
 async def _none_leased(store: TimerStore) -> bool:
     return await store.leased() == 0 and await store.pending() == 0
 
@@ -404,14 +410,9 @@ async def test_a_timer_started_now_by_a_process_that_dies_runs_elsewhere_after_i
     store: TimerStore, clock: ManualClock
 ) -> None:
     started = asyncio.Event()
-
-    async def hangs(timer: Timer) -> None:
-        started.set()
-        await asyncio.Event().wait()
-
-    dying = TimerWorker(store, {"w": hangs}, lease_seconds=5, max_idle_seconds=30)
+    dying = TimerWorker(store, {"w": hanging(started)}, lease_seconds=5, max_idle_seconds=30)
     serving = asyncio.create_task(dying.run())
-    await _until(lambda: _true(store.local is dying))
+    await _until(lambda: store.local is dying)
     await store.start_now("w:{store:1}:taken", handed="in hand")
     await started.wait()
     serving.cancel()  # the process is gone: no ack, no release
