@@ -1,13 +1,15 @@
 """`make bench-chats`: platform chats end to end through `bridge serve`, measured from outside.
 
-The bridge runs as its own process(es) between the platform sandbox and the Slack emulator (both in
-this process, Slack's 1 message/s per channel enforced with 429s). Each chat: platform CS writes (a
+The bridge runs as its own process(es) between the platform sandbox and the Slack emulator, each of
+those in a process of its own with its side of the load (bench/world.py; Slack's 1 message/s per
+channel enforced with 429s); this process only coordinates. Each chat: platform CS writes (a
 signed push) → the bridge opens a Slack thread with the message → an agent answers in the thread →
 the reply reaches the platform. Measured per chat:
 - platform→Slack: push sent → the platform's message visible in its Slack thread;
 - Slack→platform: the agent's message sent to the bridge → the reply received by the platform;
-- CPU per chat round trip of the bridge process(es) (/proc) and of redis-server (INFO cpu), less
-  what each spends idle over the same time (measured first), and Redis commands per chat;
+- CPU per chat round trip of the bridge process(es) and the world's (/proc) and of redis-server
+  (INFO cpu), less what each spends idle over the same time (measured first), and Redis commands
+  per chat;
 - how many 429s the emulator answered.
 
 Three parts:
@@ -31,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import os
 import statistics
@@ -40,18 +41,17 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from machine import machine, process_cpu, redis_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 from redis.asyncio import Redis
+from world import PlatformSide, SlackSide, WorldProcess  # type: ignore[import-not-found]  # bench/world.py
 
 from bridge.app.redis_server import EmbeddedRedis, cluster_url, embedded_cluster, free_port
-from bridge.config import load_config
-from bridge.sandbox.platform import PlatformSandbox
-from bridge.sandbox.slack import SlackEmulator
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -111,16 +111,17 @@ IDLE_SECONDS = 5.0
 
 
 class CpuMeter:
-    """CPU seconds used so far by each bridge process (from /proc) and by redis-server (INFO cpu;
-    a cluster's nodes added up)."""
+    """CPU seconds used so far by each bridge process and each world process (from /proc) and by
+    redis-server (INFO cpu; a cluster's nodes added up)."""
 
-    def __init__(self, bridges: dict[str, int], redis_ports: list[int]) -> None:
+    def __init__(self, bridges: dict[str, int], worlds: dict[str, int], redis_ports: list[int]) -> None:
         self.bridges = bridges
+        self.worlds = worlds
         self.redis = [Redis(port=port, decode_responses=True) for port in redis_ports]
 
     async def read(self) -> dict[str, float]:
         infos = [await node.info("cpu") for node in self.redis]
-        used = {name: process_cpu(pid) for name, pid in self.bridges.items()}
+        used = {name: process_cpu(pid) for name, pid in (self.bridges | self.worlds).items()}
         used["redis"] = sum(redis_cpu(info) for info in infos)
         used["bench_process"] = time.process_time()
         return used
@@ -134,9 +135,16 @@ class CpuMeter:
         return dict(calls)
 
 
+@dataclass
+class World:
+    """The two world processes (bench/world.py): Slack's, which answers, and the platform's, which pushes."""
+
+    slack: WorldProcess
+    platform: WorldProcess
+
+
 async def run_load(
-    sandbox: PlatformSandbox,
-    slack: SlackEmulator,
+    world: World,
     channels: int,
     per_channel: int,
     spacing: float,
@@ -146,83 +154,42 @@ async def run_load(
 ) -> dict[str, Any]:
     """Opens ``per_channel`` chats in each of ``channels`` channels, a new one in each channel every
     ``spacing`` seconds (0: all at once), and answers each as soon as its thread shows up."""
-    to_slack: list[float] = []
-    to_platform: list[float] = []
-    missing: list[str] = []
-    pushed_at: dict[tuple[int, int], float] = {}
-    landed_at: dict[tuple[int, int], float] = {}
-    landed: dict[str, asyncio.Future[tuple[float, str]]] = {}
-    replied: dict[str, asyncio.Future[float]] = {}
-    loop = asyncio.get_running_loop()
-    rate_limited_before = slack.rate_limited
-
-    def on_slack(message: Any) -> None:
-        start = message.text.rfind("[")
-        waiting = landed.get(message.text[start : message.text.find("]", start) + 1]) if start >= 0 else None
-        if waiting is not None and not waiting.done():
-            waiting.set_result((message.posted_at, message.thread_ts or message.ts))
-
-    def on_platform(record: Any) -> None:
-        cid = record.path.split("/")[3] if record.path.startswith("/im/conversations/") else ""
-        waiting = replied.get(cid)
-        if waiting is not None and record.status == 200 and not waiting.done():
-            waiting.set_result(record.at)
-
-    slack.listeners.append(on_slack)
-    sandbox.listeners.append(on_platform)
-
-    push_late: list[float] = []
-
-    async def one_chat(channel_index: int, n: int) -> None:
-        store_id, channel = f"{2001 + channel_index}", f"CB{channel_index:03d}"
-        # Open loop: each push has its moment, and its latency counts from that moment, so a
-        # load generator that falls behind shows up as latency (and as lateness, below).
-        due = started + n * spacing + channel_index * (spacing / channels)
-        await asyncio.sleep(max(0.0, due - time.time()))
-        push_late.append(time.time() - due)
-        marker = f"[{label}-{channel_index}-{n}]"
-        landed[marker] = loop.create_future()
-        pushed_at[channel_index, n] = due
-        cid = await sandbox.open_chat(store_id, {"type": "text", "text": f"您好 {marker}"})
-        replied[cid] = loop.create_future()
-        try:
-            posted_at, root_ts = await asyncio.wait_for(landed[marker], 300)
-        except TimeoutError:
-            missing.append(marker)
-            return
-        landed_at[channel_index, n] = posted_at
-        to_slack.append(posted_at - due)
-        sent = time.time()
-        await slack.user_message(f"UB{channel_index:03d}", channel, f"回复 {marker}", thread_ts=root_ts)
-        try:
-            to_platform.append(await asyncio.wait_for(replied[cid], 300) - sent)
-        except TimeoutError:
-            missing.append(marker + " reply")
-
     cpu_before = await cpu.read()
     commands_before = await cpu.commands()
-    lag = LoopLag()
-    started = time.time() + 0.1  # the first push's moment
-    # In turn across the channels (every channel's first chat, then every one's second…), as chats
-    # from many stores' customers arrive, not one store's ten before the next store's first.
-    with no_collector_pauses():
-        async with lag.watching():
-            await asyncio.gather(*(one_chat(c, n) for n in range(per_channel) for c in range(channels)))
+    chats = channels * per_channel
+    await world.slack.call("arm", label=label, chats=chats)
+    started = time.time() + 0.1  # the first push's moment, once the platform's process has the command
+    pushed, answered = await asyncio.gather(
+        world.platform.call("push", label=label, channels=channels, per_channel=per_channel, spacing=spacing,
+                            started=started),
+        world.slack.call("collect"),
+    )  # fmt: skip
     done = time.time()
     await asyncio.sleep(SETTLE_SECONDS)  # the follow-ups (✅ reactions, header updates) are part of a chat
     used = {k: v - cpu_before[k] for k, v in (await cpu.read()).items()}
     commands = {k: v - commands_before.get(k, 0) for k, v in (await cpu.commands()).items()}
-    slack.listeners.remove(on_slack)
-    sandbox.listeners.remove(on_platform)
-    chats = channels * per_channel
+    to_slack, to_platform, missing = [], [], []
+    pushed_at: dict[tuple[int, int], float] = {}
+    landed_at: dict[tuple[int, int], float] = {}
+    for marker, (channel_index, n, due, reply_at) in pushed["chats"].items():
+        pushed_at[channel_index, n] = due
+        if marker not in answered["landed"]:
+            missing.append(marker)
+            continue
+        posted_at, reply_sent = answered["landed"][marker]
+        landed_at[channel_index, n] = posted_at
+        to_slack.append(posted_at - due)
+        if reply_at is None:
+            missing.append(marker + " reply")
+        else:
+            to_platform.append(reply_at - reply_sent)
     seconds = time.time() - started
     less_idle = {name: round((used[name] - idle[name] * seconds) * 1000 / chats, 2) for name in idle}
-    bridge_names = [name for name in used if name not in ("redis", "bench_process")]
     return {
         "chats": chats,
         "seconds": round(seconds, 1),
         "chats_per_second": round(chats / (done - started), 1),
-        "cpu_ms_per_chat_less_idle": less_idle | {"bridge_total": round(sum(less_idle[n] for n in bridge_names), 2)},
+        "cpu_ms_per_chat_less_idle": less_idle | {"bridge_total": round(sum(less_idle[n] for n in cpu.bridges), 2)},
         "cpu_ms_per_chat": {name: round(value * 1000 / chats, 2) for name, value in used.items()},
         "redis_commands_per_chat": round(sum(commands.values()) / chats, 1),
         "redis_commands_by_name_per_chat": {
@@ -230,67 +197,35 @@ async def run_load(
             for name, calls in sorted(commands.items(), key=lambda item: -item[1])
             if calls
         },
-        **latency_rows(percentiles(to_slack), percentiles(to_platform), push_late, lag.delays, spacing > 0),
-        "slack_429s": slack.rate_limited - rate_limited_before,
-        "missing": missing,
+        **latency_rows(percentiles(to_slack), percentiles(to_platform), pushed, answered, spacing > 0),
+        "slack_429s": answered["slack_429s"],
+        "missing": sorted(missing),
         **(channel_rates(pushed_at, landed_at, channels) if spacing == 0 else {}),
     }
 
 
 WORLD_LAG_LIMIT_MS = 5.0
-"""The emulators and the load generator share this process. When it pushed late or its event loop
-stalled by more than this (p99), what it timed is partly its own delay: the latency rows are INVALID."""
-
-
-class LoopLag:
-    """How late this process's event loop wakes a task that sleeps a few milliseconds at a time: the
-    world's (emulators' and load generator's) own delay, while a load runs."""
-
-    TICK = 0.005
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    @contextlib.asynccontextmanager
-    async def watching(self) -> AsyncIterator[None]:
-        async def tick() -> None:
-            while True:
-                before = time.perf_counter()
-                await asyncio.sleep(self.TICK)
-                self.delays.append(time.perf_counter() - before - self.TICK)
-
-        task = asyncio.create_task(tick())
-        try:
-            yield
-        finally:
-            task.cancel()
-
-
-@contextlib.contextmanager
-def no_collector_pauses() -> Iterator[None]:
-    """This process is the measuring instrument (emulators, load generator): its garbage collector
-    is kept from running during a load, whose objects it only keeps growing, because a full
-    collection of its heap stalled it 60–300 ms and every chat timed across that stall looked as
-    late. The bridge's processes keep their collectors: their pauses are the bridge's own."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+"""When a world process pushed late or its event loop stalled by more than this (p99), what it timed
+is partly its own delay: the paced latency rows are INVALID."""
 
 
 def latency_rows(
-    to_slack: dict[str, float], to_platform: dict[str, float], push_late: list[float], lag: list[float], paced: bool
+    to_slack: dict[str, float],
+    to_platform: dict[str, float],
+    pushed: dict[str, Any],
+    answered: dict[str, Any],
+    paced: bool,
 ) -> dict[str, Any]:
-    """Both latency rows, with how late the world pushed and how long its loop stalled; paced rows
-    whose world lagged past WORLD_LAG_LIMIT_MS (p99) are marked INVALID, not printed as results."""
-    world = {"push_late": percentiles(push_late), "loop_lag": percentiles(lag)}
-    worst = max(world["push_late"].get("p99_ms", 0.0), world["loop_lag"].get("p99_ms", 0.0))
+    """Both latency rows, with how late the platform's process pushed and how long each world
+    process's loop stalled; paced rows whose world lagged past WORLD_LAG_LIMIT_MS (p99) are marked
+    INVALID, not printed as results."""
+    world = {"push_late": percentiles(pushed["push_late"]), "platform_loop_lag": percentiles(pushed["loop_lag"]),
+             "slack_loop_lag": percentiles(answered["loop_lag"])}  # fmt: skip
+    worst = max(row.get("p99_ms", 0.0) for row in world.values())
     rows: dict[str, Any] = {"platform_to_slack": to_slack, "slack_to_platform": to_platform, "world": world}
     if paced and worst > WORLD_LAG_LIMIT_MS:
         rows["latency_valid"] = False
-        rows["invalid_reason"] = f"the emulators' and load generator's process lagged {worst:.1f} ms (p99)"
+        rows["invalid_reason"] = f"a world process lagged {worst:.1f} ms (p99)"
     else:
         rows["latency_valid"] = True
     return rows
@@ -324,23 +259,24 @@ def channel_rates(
 @contextlib.asynccontextmanager
 async def running_stack(
     tmp: Path, channels: int, roles: list[str], cluster: bool = False, root: Path = ROOT
-) -> AsyncIterator[tuple[Any, ...]]:
-    """Redis (AOF on; with ``cluster``, a three-node Redis Cluster), the emulators and the bridge as
-    ``roles`` processes (the first takes the webhooks); yields the sandbox, the emulator, a CPU meter
-    and the idle CPU per second."""
+) -> AsyncIterator[tuple[World, CpuMeter, dict[str, float]]]:
+    """Redis (AOF on; with ``cluster``, a three-node Redis Cluster), the two world processes and the
+    bridge as ``roles`` processes (the first takes the webhooks); yields the world, a CPU meter and
+    the idle CPU per second of every process measured."""
     port = free_port()
     name = f"{channels}-{len(roles)}{'-cluster' if cluster else ''}-{time.monotonic_ns()}"
     config_path = tmp / f"bench-{name}.yaml"
     bench_config(config_path, port, channels)
-    slack = SlackEmulator(SIGNING, TOKEN, bridge_url=f"http://127.0.0.1:{port}")
-    await slack.start()
-    env = dict(os.environ, PLATFORM_API_URL="http://127.0.0.1:1", SLACK_API_URL=slack.api_url)
-    sandbox = PlatformSandbox(load_config(config_path, environ=env).config, f"http://127.0.0.1:{port}")
-    env["PLATFORM_API_URL"] = await sandbox.start()
+    bridge_url = f"http://127.0.0.1:{port}"
+    slack = WorldProcess("slack_world", SlackSide, SIGNING, TOKEN, bridge_url)
+    platform: WorldProcess | None = None
     data = tmp / f"stack-{name}"
     data.mkdir()
     bridges: list[subprocess.Popen[bytes]] = []
     try:
+        env = dict(os.environ, PLATFORM_API_URL="http://127.0.0.1:1", SLACK_API_URL=await slack.started())
+        platform = WorldProcess("platform_world", PlatformSide, config_path, env, bridge_url)
+        env["PLATFORM_API_URL"] = await platform.started()
         with contextlib.ExitStack() as servers:
             if cluster:
                 nodes = servers.enter_context(embedded_cluster(data / "redis", appendonly=True))
@@ -355,18 +291,19 @@ async def running_stack(
             await wait_up(port)
             await asyncio.sleep(1.0)  # the workers' start-up (migrations, groups) is not idle time
             cpu = CpuMeter({f"{role}_{i}": b.pid for i, (role, b) in enumerate(zip(roles, bridges, strict=True))},
-                           [node.port for node in nodes])  # fmt: skip
+                           {w.name: w.pid for w in (slack, platform)}, [node.port for node in nodes])  # fmt: skip
             before = await cpu.read()
-            await asyncio.sleep(IDLE_SECONDS)  # what the bridge costs doing nothing: timers, watchers
+            await asyncio.sleep(IDLE_SECONDS)  # what each process costs doing nothing: timers, watchers
             idle = {k: (v - before[k]) / IDLE_SECONDS for k, v in (await cpu.read()).items() if k != "bench_process"}
-            yield sandbox, slack, cpu, idle
+            yield World(slack, platform), cpu, idle
     finally:
         for bridge in bridges:
             bridge.terminate()
         for bridge in bridges:
             bridge.wait(30)
-        await sandbox.stop()
-        await slack.stop()
+        for world_process in (slack, platform):
+            if world_process is not None:
+                world_process.stop()
 
 
 def spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -391,19 +328,19 @@ async def main_async(quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "paced": {"runs": []}}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        async with running_stack(tmp, max(paced["channels"], burst["channels"]), ["all"]) as (sb, sl, cpu, idle):
+        async with running_stack(tmp, max(paced["channels"], burst["channels"]), ["all"]) as (world, cpu, idle):
             results["idle_cpu_ms_per_s"] = {k: round(v * 1000, 2) for k, v in idle.items()}
             for run in range(paced["runs"]):
-                row = await run_load(sb, sl, paced["channels"], paced["per_channel"], paced["spacing"],
+                row = await run_load(world, paced["channels"], paced["per_channel"], paced["spacing"],
                                      f"paced{run}", cpu, idle)  # fmt: skip
                 results["paced"]["runs"].append(row)
                 print(json.dumps({k: row[k] for k in ("platform_to_slack", "world", "latency_valid")}), file=sys.stderr)
             results["paced"]["spread"] = spread(results["paced"]["runs"])
-            results["burst"] = await run_load(sb, sl, burst["channels"], burst["per_channel"], 0.0, "burst", cpu, idle)
+            results["burst"] = await run_load(world, burst["channels"], burst["per_channel"], 0.0, "burst", cpu, idle)
         results["scaling"] = {}
         for name, (roles, cluster) in scaling["runs"].items():
-            async with running_stack(tmp, scaling["channels"], roles, cluster) as (sb, sl, cpu, idle):
-                row = await run_load(sb, sl, scaling["channels"], scaling["per_channel"], 0.0, "scale", cpu, idle)
+            async with running_stack(tmp, scaling["channels"], roles, cluster) as (world, cpu, idle):
+                row = await run_load(world, scaling["channels"], scaling["per_channel"], 0.0, "scale", cpu, idle)
                 row["roles"] = roles
                 row["redis"] = "three-node Redis Cluster" if cluster else "one Redis"
                 results["scaling"][name] = row
@@ -454,11 +391,11 @@ async def against_async(tmp: Path, base: Path, commits: dict[str, str], quick: b
     for turn in range(1 if quick else AGAINST_TURNS):
         sides = [("base", base), ("head", ROOT)][:: 1 if turn % 2 == 0 else -1]
         for side, root in sides:
-            async with running_stack(tmp, channels, ["all"], root=root) as (sb, sl, cpu, idle):
+            async with running_stack(tmp, channels, ["all"], root=root) as (world, cpu, idle):
                 row = {"side": side, "turn": turn,
-                       "paced": await run_load(sb, sl, paced["channels"], paced["per_channel"],
+                       "paced": await run_load(world, paced["channels"], paced["per_channel"],
                                                paced["spacing"], f"ab{turn}{side}", cpu, idle),
-                       "burst": await run_load(sb, sl, burst["channels"], burst["per_channel"], 0.0,
+                       "burst": await run_load(world, burst["channels"], burst["per_channel"], 0.0,
                                                f"abb{turn}{side}", cpu, idle)}  # fmt: skip
             results["rounds"].append(row)
             print(
