@@ -62,7 +62,11 @@ class WorldProcess:
         return await asyncio.to_thread(self._answer)
 
     def _answer(self) -> Any:
-        answer = self.conn.recv()
+        try:
+            answer = self.conn.recv()
+        except EOFError:
+            self.process.join(5)
+            raise WorldFailed(f"the {self.name} process ended (exit code {self.process.exitcode})") from None
         if isinstance(answer, WorldFailed):
             raise answer
         return answer

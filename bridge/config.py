@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import time
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -245,10 +245,20 @@ class BridgeConfig(_Model):
         return getattr(self, service, None)
 
     def store(self, store_id: str) -> Store | None:
-        return next((s for s in self.stores if s.id == store_id), None)
+        return self._stores_by_id.get(store_id)
 
     def creator(self, creator_id: str) -> Creator | None:
-        return next((c for c in self.creators if c.id == creator_id), None)
+        return self._creators_by_id.get(creator_id)
+
+    @cached_property
+    def _stores_by_id(self) -> dict[str, Store]:
+        # Looked up for every push and event: an operator's file may list many stores (each id once,
+        # as loading checks).
+        return {s.id: s for s in self.stores}
+
+    @cached_property
+    def _creators_by_id(self) -> dict[str, Creator]:
+        return {c.id: c for c in self.creators}
 
     def targets(self, service: str) -> list[tuple[str, str]]:
         """Every (path in the file, target) on ``service``, for its online probe."""

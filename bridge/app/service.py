@@ -151,7 +151,7 @@ class Bridge:
             if settings is not None:
                 self._connect(service, settings)
 
-        self.app = web.Application(client_max_size=MAX_PUSH_BYTES, middlewares=[answer_503_while_redis_is_unavailable])
+        self.app = web.Application(client_max_size=MAX_PUSH_BYTES)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics)
@@ -201,7 +201,7 @@ class Bridge:
             handler = next((h for _, p, h in connector.routes() if p == path), None) if connector else None
             if handler is None:
                 return web.json_response({"error": f"{service} is no longer configured"}, status=404)
-            return await handler(request)
+            return await answer_503_while_redis_is_unavailable(request, handler)
 
         return forward
 

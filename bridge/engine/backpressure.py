@@ -27,10 +27,12 @@ def unavailable(reason: str) -> web.Response:
     )
 
 
-@web.middleware
 async def answer_503_while_redis_is_unavailable(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    """Runs a destination's webhook handler. The platform's own intake, health and metrics handle
+    Redis failing themselves, so this wraps only the routes that need it rather than every request
+    as a middleware (which cost each platform push a few microseconds)."""
     try:
         return await handler(request)
     except UNAVAILABLE as exc:

@@ -12,7 +12,10 @@ from collections.abc import Iterable
 
 
 def sign(app_key: str, body: bytes, app_secret: str) -> str:
-    return hashlib.md5(app_key.encode() + body + app_secret.encode(), usedforsecurity=False).hexdigest()
+    digest = hashlib.md5(app_key.encode(), usedforsecurity=False)
+    digest.update(body)  # fed in parts: the body is not copied into a concatenation
+    digest.update(app_secret.encode())
+    return digest.hexdigest()
 
 
 def signature_matches(app_key: str, body: bytes, secrets: Iterable[str], signature: str) -> bool:
