@@ -171,8 +171,10 @@ async def run_load(
     to_slack, to_platform, missing = [], [], []
     pushed_at: dict[tuple[int, int], float] = {}
     landed_at: dict[tuple[int, int], float] = {}
-    for marker, (channel_index, n, due, reply_at) in pushed["chats"].items():
+    acknowledged = []
+    for marker, (channel_index, n, due, acked_at, reply_at) in pushed["chats"].items():
         pushed_at[channel_index, n] = due
+        acknowledged.append(acked_at - due)
         if marker not in answered["landed"]:
             missing.append(marker)
             continue
@@ -198,6 +200,7 @@ async def run_load(
             if calls
         },
         **latency_rows(percentiles(to_slack), percentiles(to_platform), pushed, answered, spacing > 0),
+        "push_acknowledged": percentiles(acknowledged),
         "slack_429s": answered["slack_429s"],
         "missing": sorted(missing),
         **(channel_rates(pushed_at, landed_at, channels) if spacing == 0 else {}),

@@ -185,11 +185,11 @@ class PlatformSide:
     async def push(self, label: str, channels: int, per_channel: int, spacing: float, started: float) -> dict[str, Any]:
         """Opens ``per_channel`` chats in each of ``channels`` stores, a new one in each every ``spacing``
         seconds from ``started`` (0: all at once), in turn across the stores; waits for each reply.
-        For each marker: its store's index, its number, its push's moment and when its reply reached
-        the platform (None: it did not)."""
+        For each marker: its store's index, its number, its push's moment, when the bridge acknowledged
+        the push, and when the chat's reply reached the platform (None: it did not)."""
         loop = asyncio.get_running_loop()
         replies: dict[str, asyncio.Future[float]] = {}
-        chats: dict[str, tuple[int, int, float, float | None]] = {}
+        chats: dict[str, tuple[int, int, float, float, float | None]] = {}
         push_late: list[float] = []
 
         def on_platform(record: Recorded) -> None:
@@ -206,11 +206,13 @@ class PlatformSide:
             push_late.append(time.time() - due)
             marker = f"[{label}-{channel_index}-{n}]"
             cid = await self.sandbox.open_chat(f"{2001 + channel_index}", {"type": "text", "text": f"您好 {marker}"})
+            acknowledged = time.time()
             reply = replies.setdefault(cid, loop.create_future())
             try:
-                chats[marker] = (channel_index, n, due, await asyncio.wait_for(reply, CHAT_TIMEOUT_SECONDS))
+                replied: float | None = await asyncio.wait_for(reply, CHAT_TIMEOUT_SECONDS)
             except TimeoutError:
-                chats[marker] = (channel_index, n, due, None)
+                replied = None
+            chats[marker] = (channel_index, n, due, acknowledged, replied)
 
         self.sandbox.listeners.append(on_platform)
         try:
