@@ -7,10 +7,11 @@ and measures latency. Writes bench/results/ingest.json.
 
 What is measured is intake: verify, parse, validate, store, acknowledge. The CPU per stored push is
 compared with bare aiohttp's for a `--role web` process (intake only, as deployed in front of
-workers); the `--role all` row adds the consumer taking each event off the stream in the same
-process. The records carry a tag no flow handles (stored and acknowledged, as the
-platform contract says of unknown tags), so the flows' own work — opening chats, posting to Slack —
-is not in this figure; `make bench-chats` measures that end to end.
+workers), the two run in turns three times (the middle turn's ratio is the result); the
+`--role all` row adds the consumer taking each event off the stream in the same process. The
+records carry a tag no flow handles (stored and acknowledged, as the platform contract says of
+unknown tags), so the flows' own work — opening chats, posting to Slack — is not in this figure;
+`make bench-chats` measures that end to end.
 """
 
 from __future__ import annotations
@@ -229,6 +230,40 @@ def flows_under_load(tmp: Path, seconds: float) -> dict[str, Any]:
     return out
 
 
+INTAKE_TURNS = 3
+
+
+def intake_in_turns(tmp: Path, seconds: int, turns: int) -> list[dict[str, Any]]:
+    """The goal's comparison: a `--role web` process (intake only) and bare aiohttp, each at full
+    speed in turns (web, bare, web, bare…), both running throughout, so a change in what else the
+    machine does falls on both. Each turn sends the bridge pushes it has not seen (a repeated push
+    is only deduplicated). Sorted by the turn's ratio; the middle one is the result."""
+    rows = []
+    with EmbeddedRedis(tmp / "redis-intake", appendonly=True) as redis:
+        intake_port, bare_port = free_port(), free_port()
+        intake, bare = start_bridge(tmp, redis.url, intake_port, "web"), start_bare(bare_port)
+        try:
+            wait_up(intake_port)
+            wait_up(bare_port)
+            time.sleep(1.0)
+            for turn in range(turns):
+                fresh = tmp / f"requests-turn-{turn}.tsv"
+                write_requests(fresh, 12_000 * seconds, 100_000_000 * (turn + 1))
+                print(f"turn {turn + 1}: bridge --role web (intake only), then bare aiohttp, full speed…", flush=True)
+                row = {"bridge": run_wrk(intake_port, fresh, seconds, pid=intake.pid, redis_url=redis.url),
+                       "bare_aiohttp": run_wrk(bare_port, fresh, seconds, pid=bare.pid)}  # fmt: skip
+                row["cpu_per_push_vs_bare"] = round(
+                    row["bridge"]["cpu_us_per_request"]["server"] / row["bare_aiohttp"]["cpu_us_per_request"]["server"],
+                    2,
+                )
+                print("  ", row, flush=True)
+                rows.append(row)
+        finally:
+            stop(intake)
+            stop(bare)
+    return sorted(rows, key=lambda row: row["cpu_per_push_vs_bare"])
+
+
 def start_bare(port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, str(HERE / "bare_server.py"), str(port)], cwd=ROOT)
 
@@ -261,19 +296,8 @@ def main() -> None:
             return
         requests_file = tmp / "requests.tsv"
         write_requests(requests_file, 12_000 * seconds, 0)
-        with EmbeddedRedis(tmp / "redis-intake", appendonly=True) as redis:
-            intake_port = free_port()
-            intake = start_bridge(tmp, redis.url, intake_port, "web")
-            try:
-                wait_up(intake_port)
-                time.sleep(1.0)
-                print("bridge --role web (intake only), full speed…", flush=True)
-                results["bridge_intake_only"] = run_wrk(
-                    intake_port, requests_file, seconds, pid=intake.pid, redis_url=redis.url
-                )
-                print("  ", results["bridge_intake_only"], flush=True)
-            finally:
-                stop(intake)
+        results["intake_turns"] = intake_in_turns(tmp, seconds, 1 if args.quick else INTAKE_TURNS)
+        results["bridge_intake_only"] = results["intake_turns"][len(results["intake_turns"]) // 2]["bridge"]
         with EmbeddedRedis(tmp / "redis", appendonly=True) as redis:
             bridge_port, bare_port = free_port(), free_port()
             bridge = start_bridge(tmp, redis.url, bridge_port)
@@ -311,9 +335,11 @@ def main() -> None:
         results["flows_at_1000_per_s"] = flows_under_load(tmp, min(10, seconds))
     bare_cpu = results["bare_aiohttp"]["cpu_us_per_request"]["server"]
     results["ratio"] = round(results["bridge"]["per_s"] / results["bare_aiohttp"]["per_s"], 3)
-    results["ratio_intake_only"] = round(results["bridge_intake_only"]["per_s"] / results["bare_aiohttp"]["per_s"], 3)
-    # The goal's figure: a stored push, in the process that takes the webhooks.
-    results["cpu_per_push_vs_bare"] = round(results["bridge_intake_only"]["cpu_us_per_request"]["server"] / bare_cpu, 2)
+    # The goal's figure: a stored push, in the process that takes the webhooks, beside bare in turns.
+    middle = results["intake_turns"][len(results["intake_turns"]) // 2]
+    results["ratio_intake_only"] = round(middle["bridge"]["per_s"] / middle["bare_aiohttp"]["per_s"], 3)
+    results["cpu_per_push_vs_bare"] = middle["cpu_per_push_vs_bare"]
+    results["cpu_per_push_vs_bare_each_turn"] = [row["cpu_per_push_vs_bare"] for row in results["intake_turns"]]
     results["cpu_per_push_vs_bare_with_consumer"] = round(
         results["bridge"]["cpu_us_per_request"]["server"] / bare_cpu, 2
     )
@@ -328,6 +354,7 @@ def main() -> None:
             "ratio",
             "ratio_intake_only",
             "cpu_per_push_vs_bare",
+            "cpu_per_push_vs_bare_each_turn",
             "cpu_per_push_vs_bare_with_consumer",
             "at_1000_per_s",
         )

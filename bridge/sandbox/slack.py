@@ -137,7 +137,9 @@ class SlackEmulator(LocalServer):
         return [m for m in self.messages if m.channel == channel and m.thread_ts == ts]
 
     def message(self, channel: str, ts: str) -> Message:
-        return next(m for m in self.messages if m.channel == channel and m.ts == ts)
+        # From the newest: what is updated or reacted to is recent, and a long benchmark keeps
+        # tens of thousands of messages (a scan from the oldest grew the emulator's cost per call).
+        return next(m for m in reversed(self.messages) if m.channel == channel and m.ts == ts)
 
     def called(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method]
@@ -370,7 +372,7 @@ class SlackEmulator(LocalServer):
     async def change_message(self, user: str, channel: str, ts: str, new_text: str | None) -> int:
         """A person edits (``new_text``) or deletes (None) their message: Slack's message_changed or
         message_deleted event, with the previous message in it."""
-        msg = next(m for m in self.messages if m.channel == channel and m.ts == ts)
+        msg = self.message(channel, ts)
         before = {"type": "message", "user": user, "text": msg.text, "ts": ts}
         if msg.thread_ts:
             before["thread_ts"] = msg.thread_ts
