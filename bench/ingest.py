@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -200,15 +201,15 @@ CLIENT_LATE_LIMIT_MS = 20.0
 """A client that starts requests later than this (p99) is not sending the rate it claims."""
 
 
-def start_bridge(tmp: Path, redis_url: str, port: int, role: str = "all") -> subprocess.Popen[bytes]:
+def start_bridge(tmp: Path, redis_url: str, port: int, role: str = "all", root: Path = ROOT) -> subprocess.Popen[bytes]:
     # Slack is pointed at a closed port: every post fails at once and is retried, as in an outage.
     env = dict(os.environ, REDIS_URL=redis_url, BRIDGE_PORT=str(port), SLACK_API_URL="http://127.0.0.1:9/api/",
                ARCHIVE_URL=f"sqlite:///{tmp / 'archive.sqlite3'}")  # fmt: skip
     log = open(tmp / f"bridge-{role}-{port}.log", "wb")  # noqa: SIM115
     return subprocess.Popen(
-        [sys.executable, "-m", "bridge", "serve", "--config", str(ROOT / "config" / "example.yaml"),
+        [sys.executable, "-m", "bridge", "serve", "--config", str(root / "config" / "example.yaml"),
          "--role", role, "--demo"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
 
 
@@ -242,40 +243,55 @@ def flows_under_load(tmp: Path, seconds: float) -> dict[str, Any]:
 INTAKE_TURNS = 3
 
 
-def intake_in_turns(tmp: Path, seconds: int, turns: int) -> list[dict[str, Any]]:
-    """The goal's comparison: a `--role web` process (intake only) and bare aiohttp, each at full
-    speed in turns (web, bare, web, bare…), both running throughout, so a change in what else the
-    machine does falls on both. Each turn sends the bridge pushes it has not seen (a repeated push
-    is only deduplicated). Valid turns sorted by their ratio, then any INVALID one; the middle valid
-    turn is the result."""
+def intake_in_turns(tmp: Path, seconds: int, turns: int, sides: dict[str, Path]) -> list[dict[str, Any]]:
+    """The goal's comparison: a `--role web` process (intake only) of each side (the code under its
+    root, each on its own Redis) and bare aiohttp, each at full speed in turns (the sides' order
+    alternating, then bare), all running throughout, so a change in what else the machine does
+    falls on each. Each turn sends pushes no bridge has seen (a repeated push is only deduplicated).
+    Per turn: each side's row, bare's, and each side's CPU per push over bare's (INVALID for a row
+    that did not measure fresh pushes only)."""
     rows = []
-    with EmbeddedRedis(tmp / "redis-intake", appendonly=True) as redis:
-        intake_port, bare_port = free_port(), free_port()
-        intake, bare = start_bridge(tmp, redis.url, intake_port, "web"), start_bare(bare_port)
+    with contextlib.ExitStack() as running:
+        servers = {name: running.enter_context(EmbeddedRedis(tmp / f"redis-intake-{name}", appendonly=True))
+                   for name in sides}  # fmt: skip
+        ports = {name: free_port() for name in [*sides, "bare_aiohttp"]}
+        procs = {name: start_bridge(tmp, servers[name].url, ports[name], "web", root) for name, root in sides.items()}
+        procs["bare_aiohttp"] = start_bare(ports["bare_aiohttp"])
         try:
-            wait_up(intake_port)
-            wait_up(bare_port)
+            for port in ports.values():
+                wait_up(port)
             time.sleep(1.0)
             for turn in range(turns):
                 fresh = tmp / f"requests-turn-{turn}.tsv"
                 write_requests(fresh, LINES_PER_SECOND * seconds, 100_000_000 * (turn + 1))
-                print(f"turn {turn + 1}: bridge --role web (intake only), then bare aiohttp, full speed…", flush=True)
-                row = {"bridge": run_wrk(intake_port, fresh, seconds, pid=intake.pid, redis_url=redis.url),
-                       "bare_aiohttp": run_wrk(bare_port, fresh, seconds, pid=bare.pid)}  # fmt: skip
-                cpu = [row[side]["cpu_us_per_request"]["server"] for side in ("bridge", "bare_aiohttp")]
-                ratio = cpu[0] / cpu[1]
-                row["cpu_per_push_vs_bare"] = round(ratio, 2) if row["bridge"].get("valid", True) else "INVALID"
+                order = list(sides)[:: 1 if turn % 2 == 0 else -1]
+                print(f"turn {turn + 1}: {', '.join(order)} (--role web), then bare aiohttp, full speed…", flush=True)
+                row: dict[str, Any] = {name: run_wrk(ports[name], fresh, seconds, pid=procs[name].pid,
+                                                     redis_url=servers[name].url) for name in order}  # fmt: skip
+                row["bare_aiohttp"] = bare = run_wrk(
+                    ports["bare_aiohttp"], fresh, seconds, pid=procs["bare_aiohttp"].pid
+                )
+                row["cpu_per_push_vs_bare"] = {
+                    name: round(row[name]["cpu_us_per_request"]["server"] / bare["cpu_us_per_request"]["server"], 2)
+                    if row[name].get("valid", True) else "INVALID"
+                    for name in sides
+                }  # fmt: skip
                 print("  ", row, flush=True)
                 rows.append(row)
                 fresh.unlink()
         finally:
-            stop(intake)
-            stop(bare)
-    valid = sorted((row for row in rows if row["cpu_per_push_vs_bare"] != "INVALID"),
-                   key=lambda row: row["cpu_per_push_vs_bare"])  # fmt: skip
+            for proc in procs.values():
+                stop(proc)
+    return rows
+
+
+def middle_turn(rows: list[dict[str, Any]], side: str) -> dict[str, Any]:
+    """Of the turns whose ``side`` row is valid, the one with the middle ratio."""
+    valid = sorted((row for row in rows if row["cpu_per_push_vs_bare"][side] != "INVALID"),
+                   key=lambda row: row["cpu_per_push_vs_bare"][side])  # fmt: skip
     if not valid:
         raise RuntimeError("no turn measured fresh pushes only: raise LINES_PER_SECOND")
-    return valid + [row for row in rows if row not in valid]
+    return valid[len(valid) // 2]
 
 
 def start_bare(port: int) -> subprocess.Popen[bytes]:
@@ -296,10 +312,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="3 s runs: a smoke test, results not written")
     parser.add_argument("--only-flows", action="store_true", help="only the flow-load comparison (roles split)")
+    parser.add_argument(
+        "--against", metavar="COMMIT", help="intake of this checkout beside COMMIT's and bare, in turns"
+    )
     args = parser.parse_args()
     seconds = 3 if args.quick else args.seconds
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk (make bench-ingest does this)")
+    if args.against:
+        against(args.against, seconds, 1 if args.quick else INTAKE_TURNS, write=not args.quick)
+        return
     results: dict[str, Any] = {"machine": machine(), "seconds": seconds, "connections": 64,
                                "tag": f"{BENCH_TAG} (stored and acknowledged; no flow runs)",
                                "redis": "AOF, appendfsync always unless named"}  # fmt: skip
@@ -310,7 +332,7 @@ def main() -> None:
             return
         requests_file = tmp / "requests.tsv"
         write_requests(requests_file, LINES_PER_SECOND * seconds, 0)
-        results["intake_turns"] = intake_in_turns(tmp, seconds, 1 if args.quick else INTAKE_TURNS)
+        results["intake_turns"] = intake_in_turns(tmp, seconds, 1 if args.quick else INTAKE_TURNS, {"bridge": ROOT})
 
         with EmbeddedRedis(tmp / "redis", appendonly=True) as redis:
             bridge_port, bare_port = free_port(), free_port()
@@ -350,12 +372,13 @@ def main() -> None:
     bare_cpu = results["bare_aiohttp"]["cpu_us_per_request"]["server"]
     results["ratio"] = round(results["bridge"]["per_s"] / results["bare_aiohttp"]["per_s"], 3)
     # The goal's figure: a stored push, in the process that takes the webhooks, beside bare in turns.
-    valid_turns = [row for row in results["intake_turns"] if row["cpu_per_push_vs_bare"] != "INVALID"]
-    middle = valid_turns[len(valid_turns) // 2]
+    middle = middle_turn(results["intake_turns"], "bridge")
     results["ratio_intake_only"] = round(middle["bridge"]["per_s"] / middle["bare_aiohttp"]["per_s"], 3)
     results["bridge_intake_only"] = middle["bridge"]
-    results["cpu_per_push_vs_bare"] = middle["cpu_per_push_vs_bare"]
-    results["cpu_per_push_vs_bare_each_turn"] = [row["cpu_per_push_vs_bare"] for row in results["intake_turns"]]
+    results["cpu_per_push_vs_bare"] = middle["cpu_per_push_vs_bare"]["bridge"]
+    results["cpu_per_push_vs_bare_each_turn"] = [
+        row["cpu_per_push_vs_bare"]["bridge"] for row in results["intake_turns"]
+    ]
     results["cpu_per_push_vs_bare_with_consumer"] = round(
         results["bridge"]["cpu_us_per_request"]["server"] / bare_cpu, 2
     )
@@ -382,6 +405,29 @@ def main() -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {RESULTS}")
+
+
+def against(commit: str, seconds: int, turns: int, write: bool) -> None:
+    """Intake (`--role web`) of this checkout and of ``commit`` (a git worktree of it) beside bare
+    aiohttp, in turns in the same run; writes bench/results/ingest-vs-<commit>.json."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    results: dict[str, Any] = {"machine": machine(), "commits": {"base": commit, "head": head.stdout.strip()},
+                               "seconds": seconds, "connections": 64}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp_name:
+        base = Path(tmp_name) / "base"
+        subprocess.run(["git", "worktree", "add", "--detach", str(base), commit], cwd=ROOT, check=True)
+        try:
+            results["turns"] = intake_in_turns(Path(tmp_name), seconds, turns, {"head": ROOT, "base": base})
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
+    results["cpu_per_push_vs_bare"] = {side: [row["cpu_per_push_vs_bare"][side] for row in results["turns"]]
+                                       for side in ("head", "base")}  # fmt: skip
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(yaml.safe_dump(results["cpu_per_push_vs_bare"], sort_keys=False))
+    if write:
+        path = RESULTS.with_name(f"ingest-vs-{commit}.json")
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
