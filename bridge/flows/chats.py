@@ -203,7 +203,6 @@ class ChatFlow:
         if chat.get("status") != "open":
             log.info("store %s: message %s for closed chat %s not mirrored", store.id, msg.message_id, cid)
             return
-        await self._changed(tag, cid)
         if chat.get("first_message_id") == msg.message_id:
             # The root carries the header, the assignee's mention and the first message: one post,
             # so a new chat shows up at once even where the channel allows one message a second.
@@ -218,6 +217,9 @@ class ChatFlow:
         if window is not None:
             # Only now: a reminder is queued behind the posts it refers to, never before the root.
             await self._schedule_window(store, tag, cid, window)
+        # The archive's copy last: nothing waits on it, while the post does (a run that dies
+        # before this line is run again whole, and gets here).
+        await self._changed(tag, cid)
 
     async def on_platform_closed(self, event: StoredEvent) -> None:
         closed = ChatClosed.model_validate_json(event.raw)
@@ -339,10 +341,10 @@ class ChatFlow:
                     METRICS.replies.labels(store.id, agent.id, "yes").inc()
                     if state == "first":
                         METRICS.first_reply.labels(store.id, agent.id).observe(float(rest[0]))
-                await self._changed(tag, cid)
                 await self._send_reply(store, tag, cid, agent.id, actor, text, media)
                 chat = await self._stop_window_timer(store, tag, cid)
                 await self._update_root(store, tag, cid, f"answered:{actor.message}", chat)
+                await self._changed(tag, cid)  # last, as for a platform message: the send goes first
                 return ReplyOutcome(True)
         if refusal is not None:
             if refusal is Refusal.CLOSED and agent is not None and cid is not None:
