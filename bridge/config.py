@@ -253,7 +253,8 @@ class BridgeConfig(_Model):
     @cached_property
     def _stores_by_id(self) -> dict[str, Store]:
         # Looked up for every push and event: an operator's file may list many stores (each id once,
-        # as loading checks).
+        # as loading checks). Built on first use: a config is only made by validation (load_config);
+        # model_copy(update=…) would carry this index over, stale, so it is not used on configs.
         return {s.id: s for s in self.stores}
 
     @cached_property
