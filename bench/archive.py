@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from machine import machine  # type: ignore[import-not-found]  # bench/machine.py, beside this file
+from machine import at_end, machine  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 from redis.asyncio import Redis
 from sqlalchemy import insert
 
@@ -357,7 +357,7 @@ async def main_async(chats: int, tasks: int) -> dict[str, Any]:
             for name, url, floor_url in runs:
                 print(f"{name}: seeding {chats} chats and {tasks} task orders…", file=sys.stderr)
                 results["runs"].append(await one_back_end(name, url, floor_url, redis, chats, tasks, work))
-    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["machine"] |= at_end(results["machine"])
     return results
 
 

@@ -43,7 +43,7 @@ from typing import Any
 import aiohttp
 import yaml
 from chats import SIGNING, TOKEN, slack_store, wait_up  # bench/chats.py, beside this file
-from machine import machine
+from machine import at_end, machine
 from redis.asyncio import Redis
 
 from bridge.app.redis_server import EmbeddedRedis, free_port
@@ -514,7 +514,7 @@ async def main_async(quick: bool, only: list[str]) -> dict[str, Any]:
         scenarios.append(report)
         print(json.dumps({k: report[k] for k in ("scenario", "lost", "doubled", "slack_429s")}), file=sys.stderr)
     results["scenarios"] = scenarios
-    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["machine"] |= at_end(results["machine"])
     results["goal"] = {"lost": 0, "doubled": 0, "answered_chats_closed_as_timeouts": 0, "slack_429s": 0}
     return results
 

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from machine import machine, process_cpu, redis_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
+from machine import at_end, machine, process_cpu, redis_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 from redis.asyncio import Redis
 from world import PlatformSide, SlackSide, WorldProcess  # type: ignore[import-not-found]  # bench/world.py
 
@@ -348,7 +348,7 @@ async def main_async(quick: bool) -> dict[str, Any]:
                 row["redis"] = "three-node Redis Cluster" if cluster else "one Redis"
                 results["scaling"][name] = row
                 print(f"{name}: {row['chats_per_second']} chats/s", file=sys.stderr)
-    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["machine"] |= at_end(results["machine"])
     results["targets"] = {"cpu_ms_per_chat_bridge": 5, "p99_ms_paced_both_ways": 20, "slack_429s": 0,
                           "burst_first_post_ms": 100, "burst_share_of_allowed_rate": 0.95}  # fmt: skip
     return results
@@ -422,7 +422,7 @@ async def against_async(tmp: Path, base: Path, commits: dict[str, str], quick: b
         for side in ("base", "head")
         for rows in [[r for r in results["rounds"] if r["side"] == side]]
     }
-    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["machine"] |= at_end(results["machine"])
     return results
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 import redis as redis_lib
 import yaml
-from machine import machine, process_cpu, redis_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
+from machine import at_end, machine, process_cpu, redis_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 
 from bridge.app.redis_server import EmbeddedRedis, free_port
 from connectors.platform.signing import sign
@@ -383,7 +383,7 @@ def main() -> None:
         results["bridge"]["cpu_us_per_request"]["server"] / bare_cpu, 2
     )
     results["targets"] = {"ratio": 0.5, "p99_ms_at_1000_per_s": 20, "cpu_per_push_vs_bare": 1.2}
-    results["machine"] = results.get("machine", {}) | {"load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+    results["machine"] |= at_end(results["machine"])
     shown = {
         k: results[k]
         for k in (
@@ -422,7 +422,7 @@ def against(commit: str, seconds: int, turns: int, write: bool) -> None:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
     results["cpu_per_push_vs_bare"] = {side: [row["cpu_per_push_vs_bare"][side] for row in results["turns"]]
                                        for side in ("head", "base")}  # fmt: skip
-    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["machine"] |= at_end(results["machine"])
     print(yaml.safe_dump(results["cpu_per_push_vs_bare"], sort_keys=False))
     if write:
         path = RESULTS.with_name(f"ingest-vs-{commit}.json")

@@ -1,11 +1,12 @@
 """What every benchmark result records about the run: the commit it measured (and whether the tree
-had changes beside it), the cores, and the machine's load when it started (``at_end`` is added by
-each benchmark when it finishes)."""
+had changes beside it), the cores, and the machine's load and CPU pressure when it started and when
+it finished (``at_end``), with the share of the run during which some task waited for a core."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,35 @@ ROOT = Path(__file__).resolve().parent.parent
 def machine() -> dict[str, Any]:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout)
-    return {"commit": commit, "uncommitted_changes": dirty, "cpus": os.cpu_count(),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+    return {"commit": commit, "uncommitted_changes": dirty, "cpus": os.cpu_count(), "started_at": round(time.time()),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            "cpu_pressure_at_start": cpu_pressure()}  # fmt: skip
+
+
+def at_end(start: Mapping[str, Any]) -> dict[str, Any]:
+    """What a benchmark adds to its ``machine()`` record when it finishes: the load and CPU pressure
+    then, and the share of the run's time during which some runnable task waited for a core (from
+    the kernel's running total; None where it does not report pressure)."""
+    end, before = cpu_pressure(), start.get("cpu_pressure_at_start")
+    waited = None
+    if end is not None and before is not None:
+        seconds = max(1.0, time.time() - start["started_at"])
+        waited = round((end["some_total_us"] - before["some_total_us"]) / 1e6 / seconds, 3)
+    return {"load_average_at_end": [round(x, 2) for x in os.getloadavg()], "cpu_pressure_at_end": end,
+            "cpu_waiting_share_of_run": waited}  # fmt: skip
+
+
+def cpu_pressure() -> dict[str, float] | None:
+    """The kernel's CPU pressure (PSI, /proc/pressure/cpu): the % of time some runnable task waited
+    for a core over the last 10 and 60 s, and the running total of that waiting (µs); None where the
+    kernel does not report it."""
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    fields = dict(field.split("=", 1) for field in some)
+    return {"some_avg10_pct": float(fields["avg10"]), "some_avg60_pct": float(fields["avg60"]),
+            "some_total_us": int(fields["total"])}  # fmt: skip
 
 
 def process_cpu(pid: int) -> float:

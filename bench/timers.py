@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import machine  # type: ignore[import-not-found]  # bench/machine.py, beside this file
+from machine import at_end, machine  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 from redis.asyncio import Redis
 
 from bridge.app.redis_server import EmbeddedRedis
@@ -211,7 +210,7 @@ async def main() -> None:
         results["bytes_per_pending_timer"] = await bytes_per_pending_timer(server.url, pending_count)
         results["pending_timers_measured"] = pending_count
 
-    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["machine"] |= at_end(results["machine"])
     first = next(iter(results["loads"].values()))
     for name in ("ours", "arq", "arq (poll_delay 0.05)", "bullmq"):
         if name in first:
