@@ -218,6 +218,8 @@ class PlatformSide:
         try:
             with no_collector_pauses():
                 async with watching_loop_lag() as lag:
+                    # In turn across the stores (every store's first chat, then every one's second…),
+                    # as chats from many stores' customers arrive, not one store's ten before the next's first.
                     await asyncio.gather(*(one_chat(c, n) for n in range(per_channel) for c in range(channels)))
         finally:
             self.sandbox.listeners.remove(on_platform)
