@@ -99,6 +99,28 @@ async def test_new_chat_goes_to_the_least_loaded_designated_agent(stack: Stack) 
     assert "<@U0MAIN1001>" in blocks_text(root), "a tie goes to the agent listed first"
 
 
+async def test_a_new_chat_is_decided_in_one_call_while_the_loads_this_process_knows_still_hold(stack: Stack) -> None:
+    receive, calls = stack.bridge.chats._receive, []
+
+    async def counted(**kwargs: object) -> object:
+        calls.append(kwargs)
+        return await receive(**kwargs)  # type: ignore[arg-type]
+
+    stack.bridge.chats._receive = counted  # type: ignore[assignment]
+    _, first = await open_chat(stack)
+    assert len(calls) == 2, "the store's first chat here: the loads are read, then the chat is created"
+    _, second = await open_chat(stack)
+    assert len(calls) == 3, "the next one: decided with the loads known, which still held"
+    await stack.redis.hset(keys.agent_load(TAG), mapping={"main-1001": 0, "agent-a": 9, "agent-b": 9})
+    _, third = await open_chat(stack)
+    assert len(calls) == 5, "changed elsewhere: the script refused the known loads and said the new ones"
+    assert [
+        next(m for m in ("<@U0MAIN1001>", "<@U0AGENTA>", "<@U0AGENTB>") if m in blocks_text(root))
+        for root in (first, second, third)
+    ] == ["<@U0MAIN1001>", "<@U0AGENTA>", "<@U0MAIN1001>"]
+    assert "店长 Li 0, 客服 A 9, 客服 B 9" in blocks_text(third), "the root shows the loads it was decided with"
+
+
 async def test_closing_a_chat_frees_its_agent(stack: Stack) -> None:
     first, _ = await open_chat(stack)
     _, second = await open_chat(stack)
