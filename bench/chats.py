@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from machine import at_end, machine, process_cpu, redis_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
+from machine import at_end, checkout_beside, machine, process_cpu, redis_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 from redis.asyncio import Redis
 from world import PlatformSide, SlackSide, WorldProcess  # type: ignore[import-not-found]  # bench/world.py
 
@@ -432,15 +432,11 @@ def main() -> None:
     parser.add_argument("--against", metavar="COMMIT", help="compare this checkout with COMMIT, in turns")
     args = parser.parse_args()
     if args.against:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        commits = {"base": args.against, "head": head.stdout.strip()}
-        with tempfile.TemporaryDirectory() as tmp_name:
-            base = Path(tmp_name) / "base"
-            subprocess.run(["git", "worktree", "add", "--detach", str(base), args.against], cwd=ROOT, check=True)
-            try:
-                compared = asyncio.run(against_async(Path(tmp_name), base, commits, args.quick))
-            finally:
-                subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
+        with (
+            tempfile.TemporaryDirectory() as tmp_name,
+            checkout_beside(args.against, Path(tmp_name)) as (base, commits),
+        ):
+            compared = asyncio.run(against_async(Path(tmp_name), base, commits, args.quick))
         print(json.dumps(compared["summary"], indent=2))
         if not args.quick:
             path = RESULTS.with_name(f"chats-vs-{args.against}.json")

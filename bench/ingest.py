@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 import redis as redis_lib
 import yaml
-from machine import at_end, machine, process_cpu, redis_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
+from machine import at_end, checkout_beside, machine, process_cpu, redis_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 
 from bridge.app.redis_server import EmbeddedRedis, free_port
 from connectors.platform.signing import sign
@@ -330,9 +330,9 @@ def main() -> None:
         if args.only_flows:
             print(yaml.safe_dump(flows_under_load(tmp, min(10, seconds)), sort_keys=False, allow_unicode=True))
             return
+        results["intake_turns"] = intake_in_turns(tmp, seconds, 1 if args.quick else INTAKE_TURNS, {"bridge": ROOT})
         requests_file = tmp / "requests.tsv"
         write_requests(requests_file, LINES_PER_SECOND * seconds, 0)
-        results["intake_turns"] = intake_in_turns(tmp, seconds, 1 if args.quick else INTAKE_TURNS, {"bridge": ROOT})
 
         with EmbeddedRedis(tmp / "redis", appendonly=True) as redis:
             bridge_port, bare_port = free_port(), free_port()
@@ -410,16 +410,10 @@ def main() -> None:
 def against(commit: str, seconds: int, turns: int, write: bool) -> None:
     """Intake (`--role web`) of this checkout and of ``commit`` (a git worktree of it) beside bare
     aiohttp, in turns in the same run; writes bench/results/ingest-vs-<commit>.json."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    results: dict[str, Any] = {"machine": machine(), "commits": {"base": commit, "head": head.stdout.strip()},
-                               "seconds": seconds, "connections": 64}  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp_name:
-        base = Path(tmp_name) / "base"
-        subprocess.run(["git", "worktree", "add", "--detach", str(base), commit], cwd=ROOT, check=True)
-        try:
-            results["turns"] = intake_in_turns(Path(tmp_name), seconds, turns, {"head": ROOT, "base": base})
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
+    results: dict[str, Any] = {"machine": machine(), "seconds": seconds, "connections": 64}
+    with tempfile.TemporaryDirectory() as tmp_name, checkout_beside(commit, Path(tmp_name)) as (base, commits):
+        results["commits"] = commits
+        results["turns"] = intake_in_turns(Path(tmp_name), seconds, turns, {"head": ROOT, "base": base})
     results["cpu_per_push_vs_bare"] = {side: [row["cpu_per_push_vs_bare"][side] for row in results["turns"]]
                                        for side in ("head", "base")}  # fmt: skip
     results["machine"] |= at_end(results["machine"])

@@ -4,10 +4,11 @@ it finished (``at_end``), with the share of the run during which some task waite
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,19 @@ def machine() -> dict[str, Any]:
     return {"commit": commit, "uncommitted_changes": dirty, "cpus": os.cpu_count(), "started_at": round(time.time()),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
             "cpu_pressure_at_start": cpu_pressure()}  # fmt: skip
+
+
+@contextlib.contextmanager
+def checkout_beside(commit: str, parent: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """``commit``'s code in a detached git worktree under ``parent``, removed afterwards, to run
+    beside this checkout's (``--against``); yields its path and both commits' names."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    base = parent / "base"
+    subprocess.run(["git", "worktree", "add", "--detach", str(base), commit], cwd=ROOT, check=True)
+    try:
+        yield base, {"base": commit, "head": head.stdout.strip()}
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
 
 
 def at_end(start: Mapping[str, Any]) -> dict[str, Any]:
