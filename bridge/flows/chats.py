@@ -454,14 +454,14 @@ class ChatFlow:
         message, and starts its reply window (A4). Returns whether this call created the chat, the
         start of the window this message started (now or in an earlier run of it; None when none),
         and the chat as it is now."""
-        candidates = [a.id for a in store.designated if a.im_permission]
+        candidates = tuple(a.id for a in store.designated if a.im_permission)
         known = self._known_loads.get(tag)
         sent_at = _ts(msg.sent_at)
         started = window_start(None, sent_at, msg.awaiting_reply)  # with none running; the script checks
         deadline = "" if started is None else started + store.reply_window.seconds
         archived = orjson.dumps(_platform_message(msg)).decode()
         # Unknown until Redis says (the first call then expects -1, which no count is).
-        loads: list[int] | None = known[1] if known is not None and known[0] == tuple(candidates) else None
+        loads: list[int] | None = known[1] if known is not None and known[0] == candidates else None
         for _ in range(20):
             counts = dict(zip(candidates, [-1] * len(candidates) if loads is None else loads, strict=True))
             chosen = "" if loads is None else route_by_saturation(candidates, counts) or ""
@@ -476,11 +476,11 @@ class ChatFlow:
             )
             if int(code) < 0:
                 loads = [int(n) for n in rest]  # a new chat: decide with these, and ask again
-                self._known_loads[tag] = (tuple(candidates), loads)
+                self._known_loads[tag] = (candidates, loads)
                 continue
             if int(code) == 1 and loads is not None:  # created with these: the chosen one has one more
                 now_open = [n + (agent == chosen) for agent, n in zip(candidates, loads, strict=True)]
-                self._known_loads[tag] = (tuple(candidates), now_open)
+                self._known_loads[tag] = (candidates, now_open)
             window, *fields = rest
             chat = {str(k): str(v) for k, v in zip(fields[::2], fields[1::2], strict=True)}
             return int(code) == 1, float(chat["window_start"]) if int(window) else None, chat
