@@ -417,7 +417,7 @@ def open_redis(url: str, max_connections: int = 64) -> Redis:
         return _cluster_client(url, max_connections)
     pool = ShortcutPool.from_url(
         url, max_connections=max_connections, timeout=5, decode_responses=True, retry=reconnecting(),
-        **dead_peer_detection(),
+        **(dead_peer_detection() if not url.startswith("unix:") else LOCAL_SOCKET),
     )  # fmt: skip
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
@@ -468,6 +468,11 @@ class ShortcutPool(BlockingConnectionPool):
 DEAD_PEER_SECONDS = 10
 """How long a connection to Redis may go silent (no answer to keepalive probes, or data sent and
 never acknowledged) before the kernel breaks it, and the command on it fails and is retried."""
+
+
+LOCAL_SOCKET: dict[str, Any] = {"socket_timeout": None, "socket_connect_timeout": 5}
+"""A Unix socket's peer is on this host: when Redis dies the socket is closed at once, so there is
+nothing for keepalive probes to find (and no TCP option applies)."""
 
 
 def dead_peer_detection() -> dict[str, Any]:

@@ -62,7 +62,12 @@ async def record(redis: Redis, key: str, field: str, entry: Mapping[str, Any]) -
 
 
 async def recorded(redis: Redis, key: str) -> dict[str, Any]:
-    return {str(field): orjson.loads(raw) for field, raw in (await redis.hgetall(key)).items()}
+    return decode_recorded(await redis.hgetall(key))
+
+
+def decode_recorded(kept: Mapping[Any, Any]) -> dict[str, Any]:
+    """The items ``record`` kept, as read from their hash."""
+    return {str(field): orjson.loads(raw) for field, raw in kept.items()}
 
 
 class Archiving:

@@ -27,10 +27,10 @@ from bridge.engine.metrics import METRICS
 from bridge.engine.outbox import FailureReporter, FinalFailure, Outbox, OutboxJob
 from bridge.engine.timers import Timer, TimerStore
 from bridge.flows import jobs
-from bridge.flows.archiving import archive_soon, recorded
+from bridge.flows.archiving import archive_soon, decode_recorded
 from bridge.flows.domain import ChatClosed, ChatMessage
 from bridge.flows.steps import take_steps
-from bridge.flows.views import Actor, ReplyMedia, post_view, read_hash, tell_privately
+from bridge.flows.views import Actor, ReplyMedia, post_view, read_hash, read_hashes, tell_privately
 from bridge.i18n import t
 from rules.permissions import Refusal, answer_refusal, assignment_refusal, handled_elsewhere_refusal
 from rules.reply_window import WindowStep, next_step_at, window_start, window_steps
@@ -429,11 +429,11 @@ class ChatFlow:
 
     async def snapshot(self, tag: str, cid: str) -> Snapshot | None:
         """The chat as archive rows, A9's figures worked out; None when its state is gone."""
-        chat = await self._chat(tag, cid)
+        chat, kept = await read_hashes(self.redis, keys.chat(tag, cid), keys.chat_messages(tag, cid))
         if not chat.get("started_at"):
             return None
         store_id = keys.store_of(tag) or ""
-        messages = await recorded(self.redis, keys.chat_messages(tag, cid))
+        messages = decode_recorded(kept)
         row = chat_row(store_id, cid, chat, messages.values(), snapshot_at=self.clock.now())
         rows = [{"store_id": store_id, "conversation_id": cid, "message_id": message_id,
                  "at": moment(m["at"]), "direction": m["direction"], "author": m["author"],

@@ -428,12 +428,12 @@ class SlackConnector:
                 raise WaitingForRoot
             thread_ts = root[1]
         attempt = slack_keys.post_attempt(job.id)
-        landed = (
-            await self._landed_before(p["channel"], thread_ts, job.id) if await self.redis.exists(attempt) else None
-        )
+        await self._space(p["channel"], job.id, job.expires_at)
+        # Marks this attempt and learns of an earlier one in one call; only after the spacing, which
+        # refuses most posts of a burst at first, and a refused post must not look like an attempt.
+        tried = await self.redis.set(attempt, "1", ex=POST_ATTEMPT_SECONDS, get=True)
+        landed = await self._landed_before(p["channel"], thread_ts, job.id) if tried is not None else None
         if landed is None:
-            await self._space(p["channel"], job.id, job.expires_at)
-            await self.redis.set(attempt, "1", ex=POST_ATTEMPT_SECONDS)
             metadata = {"event_type": POST_METADATA, "event_payload": {"job": job.id}}
             try:
                 resp = await _call(self.client.chat_postMessage(channel=p["channel"], text=text, blocks=blocks,

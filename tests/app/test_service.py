@@ -351,6 +351,24 @@ async def test_redis_connections_are_watched_by_the_kernel_not_by_a_timer_per_co
         await client.aclose()
 
 
+async def test_redis_on_this_host_can_be_reached_by_its_unix_socket(tmp_path: Path) -> None:
+    """REDIS_URL=unix://…: the TCP-only options (keepalive probes, TCP_USER_TIMEOUT) are not applied
+    to a Unix socket, which once made every command fail."""
+    sock = tmp_path / "redis.sock"
+    with EmbeddedRedis(tmp_path / "redis", extra_args=["--unixsocket", str(sock), "--unixsocketperm", "700"]):
+        client = open_redis(f"unix://{sock}?db=0")
+        try:
+            await client.set("reached", "by its socket")
+            assert await client.get("reached") == "by its socket"
+            connection = await client.connection_pool.get_connection()
+            try:
+                assert connection._writer.get_extra_info("socket").family == socket.AF_UNIX
+            finally:
+                await client.connection_pool.release(connection)
+        finally:
+            await client.aclose()
+
+
 async def test_the_pool_shortcut_keeps_the_bound_and_gives_each_command_its_own_answer(redis_url: str) -> None:
     """The pool's shortcut (a free connection handed out directly) still bounds the connections:
     twelve blocking reads through three connections queue for them, and every answer is the
