@@ -204,6 +204,8 @@ class EventConsumer:
         """Per endpoint: events handled (or found handled) and not yet completed in Redis."""
         self._stopping = False
         self._last_claim = 0.0
+        self._listed: list[Endpoint] | None = None
+        self._streams: dict[str, Endpoint] = {}
 
     # -- serving -------------------------------------------------------------------------------
 
@@ -268,7 +270,11 @@ class EventConsumer:
             return await self._step_once(block=block, force_claim=force_claim)
 
     async def _step_once(self, *, block: bool, force_claim: bool = False) -> int:
-        endpoints = {keys.events(e.tag): e for e in self.endpoints()}
+        listed = self.endpoints()
+        if listed is not self._listed:  # the same list while nothing changed: its streams are known
+            self._streams = {keys.events(e.tag): e for e in listed}
+            self._listed = listed
+        endpoints = self._streams
         await self._ensure_groups(endpoints)
         events: list[StoredEvent] = []
         now = self.clock.now()

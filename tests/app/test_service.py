@@ -13,12 +13,16 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from unittest import mock
 
 import aiohttp
+import hiredis
 import pytest
 import yaml
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
+from redis.exceptions import DataError
 
 from bridge.app.redis_server import EmbeddedRedis, free_port
 from bridge.app.service import DEAD_PEER_SECONDS, Bridge, open_redis
@@ -367,6 +371,36 @@ async def test_redis_on_this_host_can_be_reached_by_its_unix_socket(tmp_path: Pa
                 await client.connection_pool.release(connection)
         finally:
             await client.aclose()
+
+
+async def test_commands_packed_in_c_are_the_same_bytes_and_bad_arguments_are_still_refused_readably(
+    redis_url: str,
+) -> None:
+    """The connections pack commands with hiredis (C) instead of redis-py's Python packer: the same
+    bytes for every kind of argument the bridge sends, the same values back, and what hiredis
+    does not take (a bool, None) refused with redis-py's own error naming it."""
+    client = open_redis(redis_url)
+    try:
+        connection = await client.connection_pool.get_connection()
+        await client.connection_pool.release(connection)
+        python_packer = Connection()
+        streams = [f"{{store:{i}}}:events" for i in range(500)]
+        for args in [
+            ("SET", "飞鸽:key", 1796252483.7543526),
+            ("EVALSHA", "ab" * 20, 2, "k1", "k2", -5, 10**20, b"\xff"),
+            ("XREADGROUP", "GROUP", "g", "c", "STREAMS", *streams, *[">"] * len(streams)),
+        ]:
+            assert b"".join(connection.pack_command(*args)) == b"".join(python_packer.pack_command(*args))
+        with mock.patch.object(hiredis, "pack_command", wraps=hiredis.pack_command) as packer:
+            assert await client.set("text", "在的 ✅") and await client.get("text") == "在的 ✅"
+        assert packer.call_count == 2, "both commands were packed in C"
+        assert await client.set("when", 1796252483.7543526) and float(await client.get("when")) == 1796252483.7543526
+        assert await client.client_setname("packed") and await client.client_getname() == "packed"  # "CLIENT SETNAME"
+        for bad in (True, None):
+            with pytest.raises(DataError, match=f"Invalid input of type: '{type(bad).__name__}'"):
+                await client.set("bad", bad)  # type: ignore[arg-type]
+    finally:
+        await client.aclose()
 
 
 async def test_the_pool_shortcut_keeps_the_bound_and_gives_each_command_its_own_answer(redis_url: str) -> None:
