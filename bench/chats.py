@@ -12,7 +12,7 @@ the reply reaches the platform. Measured per chat:
   per chat;
 - how many 429s the emulator answered.
 
-Three parts:
+Four parts:
 - **paced** — three runs of 2,000 chats each (40 channels, a new chat in each channel every 3.5 s, so
   the rate limit is never the bottleneck): the latency the target is about, with the spread between
   runs;
@@ -24,6 +24,9 @@ Three parts:
   bottleneck) with 1, 2 and 4 processes (`all`; `web` + `worker`; `web` + 3 `worker`) on one
   Redis, then 1 and 4 processes on a three-node Redis Cluster: chats completed per second,
   latency, and CPU per chat of each process and of Redis (a cluster's nodes added up).
+
+- **stores** — 200 paced chats in 20 stores, with 40 and with 1,000 stores configured: what each
+  configured store costs (idle CPU per second, CPU per chat).
 
 Writes bench/results/chats.json; ``--quick`` runs a small version and writes nothing.
 """
@@ -65,8 +68,10 @@ SCALING = {"channels": 400, "per_channel": 1,
            "runs": {"1_processes": (["all"], False), "2_processes": (["web", "worker"], False),
                     "4_processes": (WEB_AND_3_WORKERS, False), "1_processes_cluster": (["all"], True),
                     "4_processes_cluster": (WEB_AND_3_WORKERS, True)}}  # fmt: skip
+STORES = {"configured": [40, 1000], "channels": 20, "per_channel": 10, "spacing": 3.5}
 QUICK = {"paced": {"channels": 20, "per_channel": 2, "spacing": 3.5, "runs": 1},
-         "burst": {"channels": 20, "per_channel": 2}, "scaling": {"channels": 40, "per_channel": 1}}  # fmt: skip
+         "burst": {"channels": 20, "per_channel": 2}, "scaling": {"channels": 40, "per_channel": 1},
+         "stores": {"configured": [20, 200], "channels": 10, "per_channel": 2, "spacing": 3.5}}  # fmt: skip
 SLACK_SPACING_SECONDS = 1.0  # what the emulator (and Slack) allow per channel
 
 
@@ -348,10 +353,33 @@ async def main_async(quick: bool) -> dict[str, Any]:
                 row["redis"] = "three-node Redis Cluster" if cluster else "one Redis"
                 results["scaling"][name] = row
                 print(f"{name}: {row['chats_per_second']} chats/s", file=sys.stderr)
+        results["stores"] = await many_stores(tmp, QUICK["stores"] if quick else STORES)
     results["machine"] |= at_end(results["machine"])
     results["targets"] = {"cpu_ms_per_chat_bridge": 5, "p99_ms_paced_both_ways": 20, "slack_429s": 0,
                           "burst_first_post_ms": 100, "burst_share_of_allowed_rate": 0.95}  # fmt: skip
     return results
+
+
+async def many_stores(tmp: Path, part: dict[str, Any]) -> dict[str, Any]:
+    """What the number of stores in the configuration costs: the same paced chats in the same few
+    stores, with few and with many stores configured (the consumer reads every store's stream, and
+    claims from each): CPU per chat and idle CPU per second of the bridge and of Redis."""
+    rows: dict[str, Any] = {}
+    for configured in part["configured"]:
+        async with running_stack(tmp, configured, ["all"]) as (world, cpu, idle):
+            row = await run_load(world, part["channels"], part["per_channel"], part["spacing"], f"st{configured}",
+                                 cpu, idle)  # fmt: skip
+        rows[f"{configured}_stores"] = {
+            "idle_cpu_ms_per_s": {k: round(v * 1000, 2) for k, v in idle.items()},
+            "cpu_ms_per_chat_less_idle": row["cpu_ms_per_chat_less_idle"],
+            "redis_commands_per_chat": row["redis_commands_per_chat"],
+            "platform_to_slack": row["platform_to_slack"],
+            "slack_to_platform": row["slack_to_platform"],
+            "latency_valid": row["latency_valid"],
+            "chats": row["chats"],
+        }
+        print(f"{configured} stores: {row['cpu_ms_per_chat_less_idle']['bridge_total']} ms/chat", file=sys.stderr)
+    return rows
 
 
 def start_bridge(
