@@ -113,8 +113,8 @@ class Cluster:
     async def start_all(self) -> None:
         for i in range(len(self.ports)):
             self.start(i)
-        for port in self.ports:
-            await wait_up(port)
+        for port, proc in zip(self.ports, self.procs, strict=True):
+            await wait_up(port, proc)
 
     def url(self, i: int) -> str:
         return f"http://127.0.0.1:{self.ports[i]}"
@@ -126,7 +126,7 @@ class Cluster:
             proc.wait()
             self.kills += 1
         self.start(i)
-        await wait_up(self.ports[i])
+        await wait_up(self.ports[i], self.procs[i])
 
     def stop(self) -> None:
         for proc in self.procs:

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 from machine import at_end, checkout_beside, machine, process_cpu, redis_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 from redis.asyncio import Redis
@@ -298,10 +299,11 @@ async def running_stack(
                 nodes = [servers.enter_context(EmbeddedRedis(data / "redis", appendonly=True))]
                 env["REDIS_URL"] = nodes[0].url
             env["ARCHIVE_URL"] = f"sqlite:///{data / 'archive.sqlite3'}"
-            for i, role in enumerate(roles):
-                bridges.append(start_bridge(config_path, env, data / f"bridge-{i}.log", role,
-                                            port if i == 0 else free_port(), root))  # fmt: skip
-            await wait_up(port)
+            ports = [port] + [free_port() for _ in roles[1:]]
+            for i, (role, bridge_port) in enumerate(zip(roles, ports, strict=True)):
+                bridges.append(start_bridge(config_path, env, data / f"bridge-{i}.log", role, bridge_port, root))
+            for bridge, bridge_port in zip(bridges, ports, strict=True):
+                await wait_up(bridge_port, bridge)
             await asyncio.sleep(1.0)  # the workers' start-up (migrations, groups) is not idle time
             cpu = CpuMeter({f"{role}_{i}": b.pid for i, (role, b) in enumerate(zip(roles, bridges, strict=True))},
                            {w.name: w.pid for w in (slack, platform)}, [node.port for node in nodes])  # fmt: skip
@@ -309,6 +311,10 @@ async def running_stack(
             await asyncio.sleep(IDLE_SECONDS)  # what each process costs doing nothing: timers, watchers
             idle = {k: (v - before[k]) / IDLE_SECONDS for k, v in (await cpu.read()).items() if k != "bench_process"}
             yield World(slack, platform), cpu, idle
+            for i, bridge in enumerate(bridges):
+                if bridge.poll() is not None:  # what it measured included a dead process: not a result
+                    log_tail = (data / f"bridge-{i}.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"bridge {i} ({roles[i]}) exited with code {bridge.returncode}:\n{log_tail}")
     finally:
         for bridge in bridges:
             bridge.terminate()
@@ -407,16 +413,24 @@ def start_bridge(
     )  # fmt: skip
 
 
-async def wait_up(port: int) -> None:
+async def wait_up(port: int, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Until the bridge on ``port`` answers its health check. A port that merely accepts a connection
+    is not enough: free_port() only probes, and another server (a Redis node started meanwhile) may
+    have taken it, while the bridge failed to bind and exited (one scaling row pushed 400 chats
+    into a Redis that way and counted them all missing)."""
     deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while time.time() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the bridge for port {port} exited with code {process.returncode}")
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    if resp.status == 200 and (await resp.json()).get("status") == "alive":
+                        return
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                pass
             await asyncio.sleep(0.1)
-    raise RuntimeError("bridge did not start")
+    raise RuntimeError(f"no bridge answered on port {port}")
 
 
 AGAINST = {"paced": {"channels": 20, "per_channel": 25, "spacing": 3.5}, "burst": {"channels": 200, "per_channel": 1}}
