@@ -52,9 +52,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import yaml
 from machine import at_end, checkout_beside, machine, process_cpu, redis_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
+from machine import wait_up as machine_wait_up
 from redis.asyncio import Redis
 from world import PlatformSide, SlackSide, WorldProcess  # type: ignore[import-not-found]  # bench/world.py
 
@@ -414,23 +414,8 @@ def start_bridge(
 
 
 async def wait_up(port: int, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Until the bridge on ``port`` answers its health check. A port that merely accepts a connection
-    is not enough: free_port() only probes, and another server (a Redis node started meanwhile) may
-    have taken it, while the bridge failed to bind and exited (one scaling row pushed 400 chats
-    into a Redis that way and counted them all missing)."""
-    deadline = time.time() + 30
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-        while time.time() < deadline:
-            if process is not None and process.poll() is not None:
-                raise RuntimeError(f"the bridge for port {port} exited with code {process.returncode}")
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                    if resp.status == 200 and (await resp.json()).get("status") == "alive":
-                        return
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"no bridge answered on port {port}")
+    """bench/machine.py's ``wait_up``, off the event loop the world and the meters run on."""
+    await asyncio.to_thread(machine_wait_up, port, process)
 
 
 AGAINST = {"paced": {"channels": 20, "per_channel": 25, "spacing": 3.5}, "burst": {"channels": 200, "per_channel": 1}}

@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 import redis as redis_lib
 import yaml
-from machine import at_end, checkout_beside, machine, process_cpu, redis_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
+from machine import at_end, checkout_beside, machine, process_cpu, redis_cpu, wait_up  # type: ignore[import-not-found]  # bench/machine.py, beside this file
 
 from bridge.app.redis_server import EmbeddedRedis, free_port
 from connectors.platform.signing import sign
@@ -75,19 +75,6 @@ def write_requests(path: Path, count: int, offset: int) -> None:
     with path.open("w", encoding="utf-8") as out:
         for i in range(offset, offset + count):
             out.write("\t".join(push_line(i)) + "\n")
-
-
-def wait_up(port: int, timeout: float = 30) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on {port}")
 
 
 CPU_SETTLE_SECONDS = 2.0
@@ -228,8 +215,8 @@ def flows_under_load(tmp: Path, seconds: float) -> dict[str, Any]:
             ports = [free_port() for _ in roles]
             procs = [start_bridge(tmp, redis.url, port, role) for port, role in zip(ports, roles, strict=True)]
             try:
-                for port in ports:
-                    wait_up(port)
+                for port, proc in zip(ports, procs, strict=True):
+                    wait_up(port, proc)
                 time.sleep(1.0)
                 print(f"{mode}: {FLOW_TAG} at 1,000 pushes/s, open loop…", flush=True)
                 out[mode] = asyncio.run(fixed_rate(ports[0], 1000, seconds, 30_000_000, FLOW_TAG))
@@ -258,8 +245,8 @@ def intake_in_turns(tmp: Path, seconds: int, turns: int, sides: dict[str, Path])
         procs = {name: start_bridge(tmp, servers[name].url, ports[name], "web", root) for name, root in sides.items()}
         procs["bare_aiohttp"] = start_bare(ports["bare_aiohttp"])
         try:
-            for port in ports.values():
-                wait_up(port)
+            for name, port in ports.items():
+                wait_up(port, procs[name])
             time.sleep(1.0)
             for turn in range(turns):
                 fresh = tmp / f"requests-turn-{turn}.tsv"
@@ -339,8 +326,8 @@ def main() -> None:
             bridge = start_bridge(tmp, redis.url, bridge_port)
             bare = start_bare(bare_port)
             try:
-                wait_up(bridge_port)
-                wait_up(bare_port)
+                wait_up(bridge_port, bridge)
+                wait_up(bare_port, bare)
                 time.sleep(1.0)
                 print("bare aiohttp, full speed…", flush=True)
                 results["bare_aiohttp"] = run_wrk(bare_port, requests_file, seconds, pid=bare.pid)

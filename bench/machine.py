@@ -5,9 +5,12 @@ it finished (``at_end``), with the share of the run during which some task waite
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -78,3 +81,23 @@ def process_cpu(pid: int) -> float:
 def redis_cpu(info: Mapping[str, Any]) -> float:
     """CPU seconds (user + system) a redis-server has used, from its ``INFO cpu``."""
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def wait_up(port: int, process: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> None:
+    """Until the server on ``port`` (a bridge, or bench/bare_server.py) answers its health check. A
+    port that merely accepts a connection is not enough: free_port() only probes, and another
+    server (a Redis node started meanwhile) may have taken it while ours failed to bind and exited
+    (one bench-chats scaling row pushed 400 chats into a Redis that way and counted them all
+    missing). Raises at once when ``process`` has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server for port {port} exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                if json.load(resp).get("status") == "alive":
+                    return
+        except (OSError, ValueError):  # refused, not HTTP, not ours (urllib's errors are OSErrors)
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"no server of ours answered on port {port}")
