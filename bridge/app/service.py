@@ -17,6 +17,7 @@ import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -30,6 +31,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
+from redis.driver_info import DriverInfo
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -55,6 +57,7 @@ from bridge.flows.chats import ChatFlow
 from bridge.flows.resolve import ResolveConversation
 from bridge.flows.router import InboundRouter
 from bridge.flows.tasks import TaskFlow
+from bridge.i18n import catalogue
 from connectors.platform.inbound import MAX_PUSH_BYTES, PlatformWebhooks
 from connectors.platform.outbound import PlatformSenders
 
@@ -332,6 +335,7 @@ class Bridge:
         except (SQLAlchemyError, OSError) as error:
             reason = str(getattr(error, "orig", None) or error).splitlines()[0]
             raise StartupError(f"the archive at {shown_url(self.archive.url)} cannot be used: {reason}") from None
+        catalogue()  # read now: otherwise the first chat after a start waits for it
         access_log = logging.getLogger("aiohttp.access") if settings.access_log else None
         bind_host, bind_port = host or settings.host, settings.port if port is None else port
         try:
@@ -427,7 +431,7 @@ def open_redis(url: str, max_connections: int = 64) -> Redis:
         return _cluster_client(url, max_connections)
     pool = ShortcutPool.from_url(
         url, max_connections=max_connections, timeout=5, decode_responses=True, retry=reconnecting(),
-        **(dead_peer_detection() if not url.startswith("unix:") else LOCAL_SOCKET),
+        driver_info=DRIVER, **(dead_peer_detection() if not url.startswith("unix:") else LOCAL_SOCKET),
     )  # fmt: skip
     pool.connection_class = packing_in_c(pool.connection_class)  # the URL's scheme chose TCP, TLS or Unix
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
@@ -509,6 +513,11 @@ class ShortcutPool(BlockingConnectionPool):
         self._in_use_connections.remove(connection)
         self._available_connections.append(connection)
 
+
+DRIVER = DriverInfo().add_upstream_driver("feige-bridge", package_version("feige-bridge"))
+"""What each connection tells Redis it is (CLIENT SETINFO: ``redis-py(feige-bridge_v0.1.0)`` in CLIENT
+LIST), worked out once. Left to redis-py, every new connection reads the package metadata again:
+about 1 ms each, and a burst opens dozens of connections while the first posts wait."""
 
 DEAD_PEER_SECONDS = 10
 """How long a connection to Redis may go silent (no answer to keepalive probes, or data sent and
@@ -600,7 +609,7 @@ def _cluster_client(url: str, max_connections: int) -> Redis:
     nodes = [ClusterNode(host, port) for host, port in _addresses(parsed.netloc, 6379)]
     query = dict(urllib.parse.parse_qsl(parsed.query))
     client = WaitingCluster(startup_nodes=nodes, decode_responses=True, max_connections=max_connections,
-                            password=query.get("password"), **dead_peer_detection())  # fmt: skip
+                            password=query.get("password"), driver_info=DRIVER, **dead_peer_detection())  # fmt: skip
     return cast(Redis, client)  # the same commands; where the bridge must differ it asks cluster.is_cluster()
 
 
@@ -610,7 +619,7 @@ def _sentinel_client(url: str, max_connections: int) -> Redis:
     query = dict(urllib.parse.parse_qsl(parsed.query))
     options: dict[str, Any] = {"decode_responses": True, "max_connections": max_connections,
                                "retry": reconnecting(), "connection_class": packing_in_c(SentinelManagedConnection),
-                               **dead_peer_detection()}  # fmt: skip
+                               "driver_info": DRIVER, **dead_peer_detection()}  # fmt: skip
     if "db" in query:
         options["db"] = int(query["db"])
     if "password" in query:

@@ -142,7 +142,10 @@ class ConsumerStats:
 ROUND_EVENTS = 20
 """Events with a handler begun together at most. In a burst the first to arrive are finished
 first, and their posts go out while the later ones are handled, instead of every event of the
-burst finishing late together (all of them sharing the CPU at once)."""
+burst finishing late together (all of them sharing the CPU at once). Each round takes every
+endpoint's oldest waiting event before any endpoint's second, so a store's burst does not hold up
+another store's first chat; between rounds the consumer reads again, so a store whose events came
+in after the read is in the next round, not behind the whole backlog."""
 
 
 def _arrival(event: StoredEvent) -> tuple[float, int, int]:
@@ -200,6 +203,10 @@ class EventConsumer:
         self._listener: asyncio.Task[None] | None = None
         self._groups: set[str] = set()
         self._parked: list[_Parked] = []
+        self._backlog: dict[tuple[str, str], list[StoredEvent]] = {}
+        """Events read and not yet begun, per (endpoint, thread), oldest first: a round at a time."""
+        self._attempts: dict[tuple[str, str], int] = {}
+        """Failed attempts so far of backlogged events back from being parked, by (endpoint, entry id)."""
         self._unfinished: dict[str, list[tuple[str, int, str, str]]] = {}
         """Per endpoint: events handled (or found handled) and not yet completed in Redis."""
         self._stopping = False
@@ -217,6 +224,9 @@ class EventConsumer:
                 log.warning("event consumer: Redis error, retrying in 1 s: %r", exc)  # some carry no message
                 await asyncio.sleep(1.0)
         with contextlib.suppress(RedisError, OSError):  # else they are handled again, as after a crash
+            while self._backlog:  # what was read is finished, not left to a claim seconds later
+                await self._complete_unfinished()
+                await self._run_round()
             await self._complete_unfinished()
         if self._listener is not None:
             await self._listener  # ends within a quarter second of stop()
@@ -281,14 +291,14 @@ class EventConsumer:
         due = [p for p in self._parked if p.retry_at <= now]
         self._parked = [p for p in self._parked if p.retry_at > now]
         events += [p.event for p in due]
-        attempts = {p.event.entry_id: p.attempts for p in due}
+        self._attempts.update({(p.event.endpoint.tag, p.event.entry_id): p.attempts for p in due})
         if force_claim or now - self._last_claim >= self.claim_idle_seconds / 2:
             self._last_claim = now
             await self._complete_unfinished()  # what this process finished is not anybody's to claim
             events += await self._claim_abandoned(endpoints)
         if endpoints:
             block_ms: int | None = None
-            if block and not events:
+            if block and not events and not self._backlog:
                 wait = self.block_seconds
                 if self._parked:
                     wait = min(wait, max(0.001, min(p.retry_at for p in self._parked) - now))
@@ -300,9 +310,9 @@ class EventConsumer:
                 reply = await self._complete_and_read(endpoints, block_ms)
             for stream, entries in reply or []:
                 events += [self._decode(endpoints[stream], entry_id, fields) for entry_id, fields in entries]
-        if events:
-            await self._handle_batch(events, attempts)
-        return len(events)
+        self._take(events)
+        await self._complete_unfinished()  # a thread's next event begins only after its last
+        return await self._run_round()
 
     async def _complete_and_read(self, streams: Mapping[str, Endpoint] | None, block_ms: int | None) -> Any:
         """The last rounds' completions and the next read (None: none), in one round trip: the
@@ -392,12 +402,15 @@ class EventConsumer:
                 for stream, start in starts.items():
                     pipe.xautoclaim(stream, keys.EVENTS_GROUP, self.name, min_idle, start_id=start, count=self.batch)
                 replies = await pipe.execute()
-            mine = {p.event.entry_id for p in self._parked}
+            # Its own parked and backlogged events are idle in its list of pending entries too.
+            # Entry ids repeat across streams (one batch writes several in the same millisecond).
+            mine = {(p.event.endpoint.tag, p.event.entry_id) for p in self._parked}
+            mine.update((e.endpoint.tag, e.entry_id) for queue in self._backlog.values() for e in queue)
             more: dict[str, str] = {}
             for stream, reply in zip(starts, replies, strict=True):
                 start, entries = reply[0], reply[1]
                 for entry_id, fields in entries:
-                    if fields and entry_id not in mine:
+                    if fields and (streams[stream].tag, entry_id) not in mine:
                         claimed.append(self._decode(streams[stream], entry_id, fields))
                 if start != "0-0":
                     more[stream] = start
@@ -420,46 +433,56 @@ class EventConsumer:
             received_at=int(fields.get("received_at", "0")) / 1000,
         )
 
-    async def _handle_batch(self, events: list[StoredEvent], attempts: Mapping[str, int]) -> None:
-        """Handles a batch in rounds: each round takes the next event of up to ROUND_EVENTS threads,
-        those that arrived first, asks Redis about them in one call per endpoint, runs the ready ones
-        concurrently, and completes them with the next call. A thread whose event must wait (or
-        failed) parks the rest of its events behind it."""
-        queues: dict[tuple[str, str], list[StoredEvent]] = defaultdict(list)
-        for event in sorted(events, key=lambda e: e.seq):
-            queues[(event.endpoint.tag, event.thread)].append(event)
-        while queues:
-            await self._complete_unfinished()  # a thread's next event begins only after its last
-            heads = self._round_heads(sorted((q[0] for q in queues.values()), key=_arrival))
-            by_endpoint: dict[str, list[StoredEvent]] = defaultdict(list)
-            for event in heads:
-                by_endpoint[event.endpoint.tag].append(event)
-            outcomes = await asyncio.gather(
-                *(self._round(tag, round_events, attempts) for tag, round_events in by_endpoint.items())
-            )
-            now = self.clock.now()
-            for outcome in outcomes:
-                for event, retry in outcome.items():
-                    queue = queues[(event.endpoint.tag, event.thread)]
-                    if retry is None:
-                        queue.pop(0)
-                        continue
-                    delay, tries = retry
-                    self._parked += [
-                        _Parked(
-                            e, now + delay, tries if e is event else attempts.get(e.entry_id, 0), delay == WAIT_SECONDS
-                        )
-                        for e in queue
-                    ]
-                    queue.clear()
-            queues = {k: q for k, q in queues.items() if q}
+    def _take(self, events: list[StoredEvent]) -> None:
+        """Adds ``events`` to the backlog, each behind those of its thread already there."""
+        touched = set()
+        for event in events:
+            touched.add(key := (event.endpoint.tag, event.thread))
+            self._backlog.setdefault(key, []).append(event)
+        for key in touched:  # a parked event back for its retry may be older than those read since
+            self._backlog[key].sort(key=lambda e: e.seq)
+
+    async def _run_round(self) -> int:
+        """Begins the next event of up to ROUND_EVENTS threads of the backlog, each endpoint's oldest
+        before any endpoint's second, asks Redis about them in one call per endpoint, runs the ready
+        ones concurrently; they are completed with the next call. A thread whose event must wait (or
+        failed) parks the rest of its events behind it. Returns how many events it began."""
+        heads = self._round_heads([queue[0] for queue in self._backlog.values()])
+        by_endpoint: dict[str, list[StoredEvent]] = defaultdict(list)
+        for event in heads:
+            by_endpoint[event.endpoint.tag].append(event)
+        outcomes = await asyncio.gather(
+            *(self._round(tag, round_events, self._attempts) for tag, round_events in by_endpoint.items())
+        )
+        now = self.clock.now()
+        for outcome in outcomes:
+            for event, retry in outcome.items():
+                queue = self._backlog[(event.endpoint.tag, event.thread)]
+                if retry is None:
+                    self._attempts.pop((event.endpoint.tag, queue.pop(0).entry_id), None)
+                    continue
+                delay, tries = retry
+                for e in queue:
+                    earlier = self._attempts.pop((e.endpoint.tag, e.entry_id), 0)
+                    self._parked.append(
+                        _Parked(e, now + delay, tries if e is event else earlier, delay == WAIT_SECONDS)
+                    )
+                queue.clear()
+        self._backlog = {k: q for k, q in self._backlog.items() if q}
+        return len(heads)
 
     def _round_heads(self, heads: list[StoredEvent]) -> list[StoredEvent]:
-        """The first of ``heads`` (in arrival order) up to ROUND_EVENTS that have a handler: an
-        event without one costs no work, so a backlog of them is not cut into rounds for nothing."""
+        """Up to ROUND_EVENTS of ``heads`` that have a handler: every endpoint's first (in arrival
+        order) before any endpoint's second, and so on. An event without a handler costs no work,
+        so a backlog of them is not cut into rounds for nothing."""
+        ranks: dict[str, int] = defaultdict(int)
+        ranked: list[tuple[int, tuple[float, int, int], StoredEvent]] = []
+        for event in sorted(heads, key=_arrival):
+            ranked.append((ranks[event.endpoint.tag], _arrival(event), event))
+            ranks[event.endpoint.tag] += 1
         taken: list[StoredEvent] = []
         handled = 0
-        for event in heads:
+        for _, _, event in sorted(ranked, key=lambda row: row[:2]):
             if handled == ROUND_EVENTS:
                 break
             taken.append(event)
@@ -467,7 +490,7 @@ class EventConsumer:
         return taken
 
     async def _round(
-        self, tag: str, events: list[StoredEvent], attempts: Mapping[str, int]
+        self, tag: str, events: list[StoredEvent], attempts: Mapping[tuple[str, str], int]
     ) -> dict[StoredEvent, tuple[float, int] | None]:
         """One event per thread of one endpoint. Returns, per event, None when finished with, or
         (retry in seconds, attempts so far)."""
@@ -486,12 +509,12 @@ class EventConsumer:
                 finished.append(event)
                 result[event] = None
             elif state == "wait":
-                result[event] = (WAIT_SECONDS, attempts.get(event.entry_id, 0))
+                result[event] = (WAIT_SECONDS, attempts.get((tag, event.entry_id), 0))
             else:
                 ready.append(event)
         for event, retry in zip(
             ready,
-            await asyncio.gather(*(self._run_handler(e, attempts.get(e.entry_id, 0)) for e in ready)),
+            await asyncio.gather(*(self._run_handler(e, attempts.get((tag, e.entry_id), 0)) for e in ready)),
             strict=True,
         ):
             result[event] = retry

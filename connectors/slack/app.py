@@ -420,7 +420,6 @@ class SlackConnector:
     async def _post(self, job: OutboxJob) -> None:
         p = job.payload
         tag, chat_key = str(p["tag"]), str(p["thread_key"])
-        text, blocks = render(self._store(job), p["view"])
         thread_ts: str | None = None
         if not p.get("root"):
             root = await refs.root_of(self.redis, tag, chat_key)
@@ -429,6 +428,7 @@ class SlackConnector:
             thread_ts = root[1]
         attempt = slack_keys.post_attempt(job.id)
         await self._space(p["channel"], job.id, job.expires_at)
+        text, blocks = render(self._store(job), p["view"])  # after the spacing, which refuses most of a burst
         # Marks this attempt and learns of an earlier one in one call; only after the spacing, which
         # refuses most posts of a burst at first, and a refused post must not look like an attempt.
         tried = await self.redis.set(attempt, "1", ex=POST_ATTEMPT_SECONDS, get=True)

@@ -56,7 +56,8 @@ async def test_a_handled_event_is_never_handled_again(redis: Redis) -> None:
     assert await c.drain() == 1
     # The same entry delivered again (a crash between effect and acknowledgement) is only acked.
     event = StoredEvent(STORE, "0-1", "x", "im_platform_message", "chat:1", 1, "{}", 0)
-    await c._handle_batch([event], {})
+    c._take([event])
+    await c._run_round()
     assert calls == ["x"] and c.stats.duplicates == 1
 
 
@@ -230,6 +231,34 @@ async def test_a_burst_is_begun_in_arrival_order_at_most_a_round_at_a_time(redis
     assert most == ROUND_EVENTS == 20
     assert sorted(order[:20]) == list(range(20)) and sorted(order[20:40]) == list(range(20, 40))
     assert c.stats.handled == 45 and c.stats.ignored == 45
+
+
+async def test_a_stores_burst_does_not_hold_up_another_stores_first_chat(redis: Redis) -> None:
+    """Store A's 30 chats came first, then store B's 5: the first round takes every store's oldest
+    before any store's second, so all of B's are in it. A chat of store C stored while the first
+    round runs is read before the next round and begun in it, not after A's whole backlog."""
+    a, b, c = STORE, Endpoint("store", "1002"), Endpoint("store", "1003")
+    log = EventLog(redis)
+    await log.store(a, [record(f"a{i}", f"chat:a{i}") for i in range(30)])
+    await log.store(b, [record(f"b{i}", f"chat:b{i}") for i in range(5)])
+    rounds: list[list[str]] = [[]]
+
+    async def handle(event: StoredEvent) -> None:
+        rounds[-1].append(event.msg_id)
+        if event.msg_id == "a0":  # while the first round runs, C's customer writes
+            await log.store(c, [record("c0", "chat:c0")])
+
+    consumer_ = EventConsumer(redis, lambda: [a, b, c], {"im_platform_message": handle})
+    while await consumer_._step(block=False):
+        rounds.append([])
+    first, second = rounds[0], rounds[1]
+    assert len(first) == ROUND_EVENTS and {f"b{i}" for i in range(5)} <= set(first)
+    assert sorted(first) == sorted([f"a{i}" for i in range(15)] + [f"b{i}" for i in range(5)])
+    assert sorted(second) == sorted(["c0"] + [f"a{i}" for i in range(15, 30)])
+    assert rounds[2:] == [[]]
+    assert consumer_.stats.handled == 36
+    for store in (a, b, c):
+        assert await redis.xlen(keys.events(store.tag)) == 0
 
 
 async def test_completions_survive_a_redis_that_forgot_its_scripts(redis: Redis) -> None:
