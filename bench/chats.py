@@ -74,10 +74,12 @@ SCALING = {"channels": 400, "per_channel": 1,
                     "4_processes_cluster": (WEB_AND_3_WORKERS, True)}}  # fmt: skip
 SUSTAINED = {"channels": 200, "per_channel": 10, "spacing": 2.0}
 STORES = {"configured": [40, 1000], "channels": 20, "per_channel": 10, "spacing": 3.5}
+FLOOR = {"channels": 40, "per_channel": 10, "spacing": 3.5}
 QUICK = {"paced": {"channels": 20, "per_channel": 2, "spacing": 3.5, "runs": 1},
          "burst": {"channels": 20, "per_channel": 2}, "scaling": {"channels": 40, "per_channel": 1},
          "sustained": {"channels": 50, "per_channel": 2, "spacing": 2.0},
-         "stores": {"configured": [20, 200], "channels": 10, "per_channel": 2, "spacing": 3.5}}  # fmt: skip
+         "stores": {"configured": [20, 200], "channels": 10, "per_channel": 2, "spacing": 3.5},
+         "floor": {"channels": 20, "per_channel": 2, "spacing": 3.5}}  # fmt: skip
 SLACK_SPACING_SECONDS = 1.0  # what the emulator (and Slack) allow per channel
 
 
@@ -137,6 +139,12 @@ class CpuMeter:
         used["bench_process"] = time.process_time()
         return used
 
+    async def round_trips(self) -> int:
+        """Requests Redis has read so far (``total_reads_processed``: a pipeline or a script call
+        read at once counts once), every node added up: the round trips made to it."""
+        infos = [await node.info("stats") for node in self.redis]
+        return sum(int(info["total_reads_processed"]) for info in infos)
+
     async def commands(self) -> dict[str, int]:
         """Commands Redis has run so far, by name (those a Lua script runs included)."""
         calls: Counter[str] = Counter()
@@ -167,6 +175,7 @@ async def run_load(
     ``spacing`` seconds (0: all at once), and answers each as soon as its thread shows up."""
     cpu_before = await cpu.read()
     commands_before = await cpu.commands()
+    round_trips_before = await cpu.round_trips()
     chats = channels * per_channel
     await world.slack.call("arm", label=label, chats=chats)
     started = time.time() + 0.1  # the first push's moment, once the platform's process has the command
@@ -179,6 +188,7 @@ async def run_load(
     await asyncio.sleep(SETTLE_SECONDS)  # the follow-ups (✅ reactions, header updates) are part of a chat
     used = {k: v - cpu_before[k] for k, v in (await cpu.read()).items()}
     commands = {k: v - commands_before.get(k, 0) for k, v in (await cpu.commands()).items()}
+    round_trips = await cpu.round_trips() - round_trips_before
     to_slack, to_platform, missing = [], [], []
     pushed_at: dict[tuple[int, int], float] = {}
     landed_at: dict[tuple[int, int], float] = {}
@@ -205,6 +215,7 @@ async def run_load(
         "cpu_ms_per_chat_less_idle": less_idle | {"bridge_total": round(sum(less_idle[n] for n in cpu.bridges), 2)},
         "cpu_ms_per_chat": {name: round(value * 1000 / chats, 2) for name, value in used.items()},
         "redis_commands_per_chat": round(sum(commands.values()) / chats, 1),
+        "redis_round_trips_per_chat": round(round_trips / chats, 1),
         "redis_commands_by_name_per_chat": {
             name: round(calls / chats, 1)
             for name, calls in sorted(commands.items(), key=lambda item: -item[1])
@@ -272,11 +283,17 @@ def channel_rates(
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    tmp: Path, channels: int, roles: list[str], cluster: bool = False, root: Path = ROOT
+    tmp: Path,
+    channels: int,
+    roles: list[str],
+    cluster: bool = False,
+    root: Path = ROOT,
+    floor_round_trips: int | None = None,
 ) -> AsyncIterator[tuple[World, CpuMeter, dict[str, float]]]:
     """Redis (AOF on; with ``cluster``, a three-node Redis Cluster), the two world processes and the
     bridge as ``roles`` processes (the first takes the webhooks); yields the world, a CPU meter and
-    the idle CPU per second of every process measured."""
+    the idle CPU per second of every process measured. With ``floor_round_trips``, bench/floor_relay.py
+    takes the bridge's place, making that many Redis round trips per chat."""  # fmt: skip
     port = free_port()
     name = f"{channels}-{len(roles)}{'-cluster' if cluster else ''}-{time.monotonic_ns()}"
     config_path = tmp / f"bench-{name}.yaml"
@@ -301,7 +318,11 @@ async def running_stack(
             env["ARCHIVE_URL"] = f"sqlite:///{data / 'archive.sqlite3'}"
             ports = [port] + [free_port() for _ in roles[1:]]
             for i, (role, bridge_port) in enumerate(zip(roles, ports, strict=True)):
-                bridges.append(start_bridge(config_path, env, data / f"bridge-{i}.log", role, bridge_port, root))
+                log_path = data / f"bridge-{i}.log"
+                if floor_round_trips is None:
+                    bridges.append(start_bridge(config_path, env, log_path, role, bridge_port, root))
+                else:
+                    bridges.append(start_floor(config_path, env, log_path, bridge_port, floor_round_trips))
             for bridge, bridge_port in zip(bridges, ports, strict=True):
                 await wait_up(bridge_port, bridge)
             await asyncio.sleep(1.0)  # the workers' start-up (migrations, groups) is not idle time
@@ -356,6 +377,7 @@ async def main_async(quick: bool) -> dict[str, Any]:
                 print(json.dumps({k: row[k] for k in ("platform_to_slack", "world", "latency_valid")}), file=sys.stderr)
             results["paced"]["spread"] = spread(results["paced"]["runs"])
             results["burst"] = await run_load(world, burst["channels"], burst["per_channel"], 0.0, "burst", cpu, idle)
+        results["floor"] = await floor(tmp, QUICK["floor"] if quick else FLOOR, results["paced"]["runs"])
         sustained = QUICK["sustained"] if quick else SUSTAINED
         async with running_stack(tmp, sustained["channels"], ["all"]) as (world, cpu, idle):
             results["sustained"] = await run_load(world, sustained["channels"], sustained["per_channel"],
@@ -376,6 +398,32 @@ async def main_async(quick: bool) -> dict[str, Any]:
     results["targets"] = {"cpu_ms_per_chat_bridge": 5, "p99_ms_paced_both_ways": 20, "slack_429s": 0,
                           "burst_first_post_ms": 100, "burst_share_of_allowed_rate": 0.95}  # fmt: skip
     return results
+
+
+async def floor(tmp: Path, part: dict[str, Any], paced_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The same paced chats through bench/floor_relay.py instead of the bridge: the same calls to
+    the world per chat and nothing else, first with no Redis, then with as many Redis round trips
+    per chat as the bridge made in this run's paced rows, through the bridge's own client. What the
+    bridge costs above the second row is its SDKs, rules, timers and durability work."""
+    bridge_round_trips = round(statistics.median(r["redis_round_trips_per_chat"] for r in paced_runs))
+    rows: dict[str, Any] = {}
+    for name, round_trips in (("http_only", 0), ("http_and_redis_round_trips", bridge_round_trips)):
+        async with running_stack(tmp, part["channels"], ["all"], floor_round_trips=round_trips) as (world, cpu, idle):
+            row = await run_load(world, part["channels"], part["per_channel"], part["spacing"], f"fl{round_trips}",
+                                 cpu, idle)  # fmt: skip
+        kept = (
+            "chats",
+            "cpu_ms_per_chat_less_idle",
+            "redis_round_trips_per_chat",
+            "platform_to_slack",
+            "slack_to_platform",
+            "latency_valid",
+            "missing",
+        )
+        rows[name] = {key: row[key] for key in kept}
+        rows[name]["round_trips_made_per_chat"] = round_trips
+        print(f"floor {name}: {row['cpu_ms_per_chat_less_idle']['bridge_total']} ms/chat", file=sys.stderr)
+    return rows
 
 
 async def many_stores(tmp: Path, part: dict[str, Any]) -> dict[str, Any]:
@@ -413,6 +461,18 @@ def start_bridge(
     )  # fmt: skip
 
 
+def start_floor(
+    config_path: Path, env: dict[str, str], log_path: Path, port: int, round_trips: int
+) -> subprocess.Popen[bytes]:
+    """bench/floor_relay.py in the bridge's place: the same calls per chat, and nothing else."""
+    log = log_path.open("wb")
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "floor_relay.py"), str(config_path), str(port), "--redis-url", env["REDIS_URL"],
+         "--round-trips", str(round_trips)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
 async def wait_up(port: int, process: subprocess.Popen[bytes] | None = None) -> None:
     """bench/machine.py's ``wait_up``, off the event loop the world and the meters run on."""
     await asyncio.to_thread(machine_wait_up, port, process)
@@ -425,9 +485,11 @@ AGAINST_TURNS = 2
 async def against_async(tmp: Path, base: Path, commits: dict[str, str], quick: bool) -> dict[str, Any]:
     """This checkout beside another commit's (``base``, a git worktree), in turns — A B, then B A —
     on the same machine in the same run: paced chats (latency, CPU and Redis commands per chat) and
-    a burst into one channel each (CPU per chat when busy)."""
+    a burst into one channel each (CPU per chat when busy), and the burst of several chats a channel
+    (how soon each channel's first post lands, and the share of the allowed rate)."""
     paced = QUICK["paced"] if quick else AGAINST["paced"]
     burst = QUICK["scaling"] if quick else AGAINST["burst"]
+    channel_burst = QUICK["burst"] if quick else BURST
     results: dict[str, Any] = {"machine": machine(), "commits": commits, "rounds": []}
     channels = max(paced["channels"], burst["channels"])
     for turn in range(1 if quick else AGAINST_TURNS):
@@ -438,7 +500,9 @@ async def against_async(tmp: Path, base: Path, commits: dict[str, str], quick: b
                        "paced": await run_load(world, paced["channels"], paced["per_channel"],
                                                paced["spacing"], f"ab{turn}{side}", cpu, idle),
                        "burst": await run_load(world, burst["channels"], burst["per_channel"], 0.0,
-                                               f"abb{turn}{side}", cpu, idle)}  # fmt: skip
+                                               f"abb{turn}{side}", cpu, idle),
+                       "channel_burst": await run_load(world, channel_burst["channels"], channel_burst["per_channel"],
+                                                       0.0, f"abc{turn}{side}", cpu, idle)}  # fmt: skip
             results["rounds"].append(row)
             print(
                 f"{side}: paced {row['paced']['cpu_ms_per_chat_less_idle']['bridge_total']} ms/chat, "
@@ -454,6 +518,12 @@ async def against_async(tmp: Path, base: Path, commits: dict[str, str], quick: b
             "paced_redis_cpu_ms_per_chat": [r["paced"]["cpu_ms_per_chat_less_idle"]["redis"] for r in rows],
             "burst_cpu_ms_per_chat": [r["burst"]["cpu_ms_per_chat_less_idle"]["bridge_total"] for r in rows],
             "redis_commands_per_chat": [r["paced"]["redis_commands_per_chat"] for r in rows],
+            "channel_burst_first_post_p50_max_ms": [
+                (first["p50_ms"], first["max_ms"])
+                for first in (r["channel_burst"]["first_post_of_each_channel"] for r in rows)
+            ],
+            "channel_burst_share_min": [r["channel_burst"]["share_of_allowed_rate"]["min"] for r in rows],
+            "channel_burst_slack_429s": [r["channel_burst"]["slack_429s"] for r in rows],
             "platform_to_slack_p50_p99_ms": [
                 (r["paced"]["platform_to_slack"]["p50_ms"], r["paced"]["platform_to_slack"]["p99_ms"]) for r in rows
             ],
