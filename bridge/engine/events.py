@@ -296,7 +296,9 @@ class EventConsumer:
             self._last_claim = now
             await self._complete_unfinished()  # what this process finished is not anybody's to claim
             events += await self._claim_abandoned(endpoints)
-        if endpoints:
+        # Reads while its backlog is short: a consumer that read on under a flood would take every
+        # new event into its own memory, out of the other processes' reach until they claimed it.
+        if endpoints and sum(map(len, self._backlog.values())) < self.batch:
             block_ms: int | None = None
             if block and not events and not self._backlog:
                 wait = self.block_seconds

@@ -261,6 +261,32 @@ async def test_a_stores_burst_does_not_hold_up_another_stores_first_chat(redis: 
         assert await redis.xlen(keys.events(store.tag)) == 0
 
 
+async def test_a_consumer_with_a_long_backlog_leaves_new_events_to_the_others(redis: Redis) -> None:
+    """Three stores' 15 chats each, read 10 a stream at a time: a consumer whose backlog holds a
+    batch's worth reads no more until it is shorter, so what it cannot handle now stays in Redis
+    for the other processes instead of waiting in its memory."""
+    stores = [Endpoint("store", f"{1001 + i}") for i in range(3)]
+    log = EventLog(redis)
+    for store in stores:
+        await log.store(store, [record(f"{store.id}-{i}", f"chat:{store.id}-{i}") for i in range(15)])
+    handled: dict[str, list[str]] = {"busy": [], "other": []}
+
+    def handler(name: str):  # type: ignore[no-untyped-def]
+        async def handle(event: StoredEvent) -> None:
+            handled[name].append(event.msg_id)
+
+        return handle
+
+    busy = EventConsumer(redis, lambda: stores, {"im_platform_message": handler("busy")}, batch=10)
+    assert await busy._step(block=False) == ROUND_EVENTS  # read 30 (10 a stream), began 20
+    assert await busy._step(block=False) == 10  # 10 left, a batch's worth: no read before this round
+    other = EventConsumer(redis, lambda: stores, {"im_platform_message": handler("other")}, batch=10)
+    await other.drain()
+    await busy.drain()
+    assert len(handled["busy"]) == 30 and len(handled["other"]) == 15
+    assert sorted(handled["busy"] + handled["other"]) == sorted(f"{s.id}-{i}" for s in stores for i in range(15))
+
+
 async def test_completions_survive_a_redis_that_forgot_its_scripts(redis: Redis) -> None:
     """A Redis restarted between a round and its completion has no scripts: the completion,
     pipelined with the next read, is sent again through a call that loads the script."""
