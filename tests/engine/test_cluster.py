@@ -13,7 +13,9 @@ import redis as sync_redis
 from bridge.app.redis_server import EmbeddedRedis, cluster_url, embedded_cluster
 from bridge.app.service import PUBSUB_CONNECTIONS, open_redis
 from bridge.engine.clock import ManualClock
-from bridge.engine.events import IN_FLIGHT_SECONDS
+from bridge.engine.endpoint import Endpoint
+from bridge.engine.events import IN_FLIGHT_SECONDS, EventConsumer, StoredEvent
+from bridge.engine.ingest import EventLog, IncomingRecord
 from tests.conftest import Stack, start_stack
 
 CHATS, TASKS = "C0CHATS1001", "C0TASKS1001"
@@ -130,3 +132,32 @@ async def test_a_burst_larger_than_the_connection_pool_waits_for_connections_ins
         for node in cluster:
             with sync_redis.Redis(port=node.port) as r:
                 r.flushall()
+
+
+async def test_a_consumer_on_a_cluster_finishes_its_backlog_before_reading_again(
+    cluster: list[EmbeddedRedis],
+) -> None:
+    """On a cluster a read is a command per stream, so a consumer does not read between rounds
+    (on one Redis it does, and a store that wrote meanwhile is in the next round): store D's chat,
+    written while the first round runs, is read once the 45 read before it are begun."""
+    client = open_redis(cluster_url(cluster))
+    stores = [Endpoint("store", f"{1001 + i}") for i in range(4)]
+    log = EventLog(client)
+    handled: list[str] = []
+
+    async def handle(event: StoredEvent) -> None:
+        handled.append(event.msg_id)
+        if event.msg_id == "1001-0":
+            await log.store(stores[3], [IncomingRecord("im_platform_message", "d", "chat:d", "{}")])
+
+    try:
+        for store in stores[:3]:
+            records = [IncomingRecord("im_platform_message", f"{store.id}-{i}", f"chat:{i}", "{}") for i in range(15)]
+            await log.store(store, records)
+        consumer = EventConsumer(client, lambda: stores, {"im_platform_message": handle})
+        await consumer.drain()
+        assert len(handled) == 46 and handled[-1] == "d"
+        assert sorted(handled[:45]) == sorted(f"{s.id}-{i}" for s in stores[:3] for i in range(15))
+    finally:
+        await client.flushall()
+        await client.aclose()
