@@ -516,7 +516,7 @@ class ShortcutPool(BlockingConnectionPool):
 
 DRIVER = DriverInfo().add_upstream_driver("feige-bridge", package_version("feige-bridge"))
 """What each connection tells Redis it is (CLIENT SETINFO: ``redis-py(feige-bridge_v0.1.0)`` in CLIENT
-LIST), worked out once. Left to redis-py, every new connection reads the package metadata again:
+LIST, from Redis 7.2), worked out once. Left to redis-py, every new connection reads the package metadata again:
 about 1 ms each, and a burst opens dozens of connections while the first posts wait."""
 
 DEAD_PEER_SECONDS = 10

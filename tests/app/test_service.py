@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from importlib.metadata import version
 from pathlib import Path
 from unittest import mock
 
@@ -399,6 +400,27 @@ async def test_commands_packed_in_c_are_the_same_bytes_and_bad_arguments_are_sti
         for bad in (True, None):
             with pytest.raises(DataError, match=f"Invalid input of type: '{type(bad).__name__}'"):
                 await client.set("bad", bad)  # type: ignore[arg-type]
+    finally:
+        await client.aclose()
+
+
+async def test_each_connection_names_the_bridge_to_redis_without_reading_package_metadata_again(
+    redis_url: str,
+) -> None:
+    """Each connection tells Redis what it is (CLIENT SETINFO, in CLIENT LIST from Redis 7.2):
+    redis-py, used by feige-bridge, and which version of each. The description is worked out once,
+    not from the installed packages' metadata for every new connection (a burst opens dozens)."""
+    client = open_redis(redis_url)
+    try:
+        with mock.patch("redis.utils.metadata.version", side_effect=AssertionError("metadata read")) as lookup:
+            await asyncio.gather(*(client.blpop([f"named:{i}"], timeout=0.1) for i in range(5)))  # five connections
+        assert lookup.call_count == 0
+        pool = client.connection_pool
+        connections = [*pool._available_connections, *pool._in_use_connections]
+        assert len(connections) == 5
+        for connection in connections:
+            assert connection.driver_info.formatted_name == f"redis-py(feige-bridge_v{version('feige-bridge')})"
+            assert connection.driver_info.lib_version == version("redis")
     finally:
         await client.aclose()
 
