@@ -38,7 +38,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import yaml
@@ -297,7 +297,7 @@ SETTLE_SECONDS = 420
 async def leftover(redis: Redis) -> dict[str, Any]:
     """What was still queued when the bridge was given up on: to say why a row is invalid."""
     queues = [k async for k in redis.scan_iter(match="*:outbox:*", count=1000) if ":outbox-" not in k]
-    due = await redis.zrange(keys.timers_due(0), 0, 9, withscores=True)
+    due = cast(list[tuple[str, float]], await redis.zrange(keys.timers_due(0), 0, 9, withscores=True))
     timers = [(k, round(score / 1000 - time.time(), 1)) for k, score in due if not k.startswith("forget:")]
     return {"outbox_queues": len(queues), "sample_queues": queues[:5], "next_timers": timers}
 
@@ -345,7 +345,9 @@ async def settle(redis: Redis, deadline: float) -> bool:
     """Waits until no outbox queue, no unhandled event and no timer due soon is left."""
     while time.time() < deadline:
         queues = [k async for k in redis.scan_iter(match="*:outbox:*", count=1000) if ":outbox-" not in k]
-        due = await redis.zrangebyscore(keys.timers_due(0), "-inf", int((time.time() + WINDOW + 5) * 1000))
+        due = cast(
+            list[str], await redis.zrangebyscore(keys.timers_due(0), "-inf", int((time.time() + WINDOW + 5) * 1000))
+        )
         backlog = 0
         async for stream in redis.scan_iter(match="*:events", count=1000):
             backlog += await redis.xlen(stream)
@@ -439,8 +441,8 @@ async def count(
             hits = sum(c["text"] == commented[tid] for c in sandbox.task_orders[tid].comments)
             row["delivered_once" if hits == 1 else "delivered_twice_or_more" if hits > 1 else "lost"] += 1
             if in_telegram:
-                chat = TELEGRAM_CREATOR_CHAT + creator
-                total = sum(m.chat_id == chat and commented[tid] in m.text for m in by_bot)
+                creator_chat = TELEGRAM_CREATOR_CHAT + creator
+                total = sum(m.chat_id == creator_chat and commented[tid] in m.text for m in by_bot)
                 row = rows.setdefault("telegram_comments_shown_to_creator", Counter())
             else:
                 total = sum(posts[k] for k in posts if k.startswith(f"slack:task:{tid}:c:"))

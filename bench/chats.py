@@ -53,10 +53,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from machine import at_end, checkout_beside, machine, process_cpu, redis_cpu  # type: ignore[import-not-found]  # bench/machine.py, beside this file
+from machine import at_end, checkout_beside, machine, process_cpu, redis_cpu  # bench/machine.py, beside this file
 from machine import wait_up as machine_wait_up
 from redis.asyncio import Redis
-from world import PlatformSide, SlackSide, WorldProcess  # type: ignore[import-not-found]  # bench/world.py
+from world import PlatformSide, SlackSide, WorldProcess  # bench/world.py
 
 from bridge.app.redis_server import EmbeddedRedis, cluster_url, embedded_cluster, free_port
 
@@ -65,17 +65,17 @@ ROOT = HERE.parent
 RESULTS = HERE / "results" / "chats.json"
 SIGNING, TOKEN = "bench-signing-secret", "xoxb-bench"
 
-PACED = {"channels": 40, "per_channel": 50, "spacing": 3.5, "runs": 3}
-BURST = {"channels": 20, "per_channel": 10}
+PACED: dict[str, Any] = {"channels": 40, "per_channel": 50, "spacing": 3.5, "runs": 3}
+BURST: dict[str, Any] = {"channels": 20, "per_channel": 10}
 WEB_AND_3_WORKERS = ["web", "worker", "worker", "worker"]
-SCALING = {"channels": 400, "per_channel": 1,
+SCALING: dict[str, Any] = {"channels": 400, "per_channel": 1,
            "runs": {"1_processes": (["all"], False), "2_processes": (["web", "worker"], False),
                     "4_processes": (WEB_AND_3_WORKERS, False), "1_processes_cluster": (["all"], True),
                     "4_processes_cluster": (WEB_AND_3_WORKERS, True)}}  # fmt: skip
-SUSTAINED = {"channels": 200, "per_channel": 10, "spacing": 2.0}
-STORES = {"configured": [40, 1000], "channels": 20, "per_channel": 10, "spacing": 3.5}
-FLOOR = {"channels": 40, "per_channel": 10, "spacing": 3.5}
-QUICK = {"paced": {"channels": 20, "per_channel": 2, "spacing": 3.5, "runs": 1},
+SUSTAINED: dict[str, Any] = {"channels": 200, "per_channel": 10, "spacing": 2.0}
+STORES: dict[str, Any] = {"configured": [40, 1000], "channels": 20, "per_channel": 10, "spacing": 3.5}
+FLOOR: dict[str, Any] = {"channels": 40, "per_channel": 10, "spacing": 3.5}
+QUICK: dict[str, dict[str, Any]] = {"paced": {"channels": 20, "per_channel": 2, "spacing": 3.5, "runs": 1},
          "burst": {"channels": 20, "per_channel": 2}, "scaling": {"channels": 40, "per_channel": 1},
          "sustained": {"channels": 50, "per_channel": 2, "spacing": 2.0},
          "stores": {"configured": [20, 200], "channels": 10, "per_channel": 2, "spacing": 3.5},
@@ -478,7 +478,10 @@ async def wait_up(port: int, process: subprocess.Popen[bytes] | None = None) -> 
     await asyncio.to_thread(machine_wait_up, port, process)
 
 
-AGAINST = {"paced": {"channels": 20, "per_channel": 25, "spacing": 3.5}, "burst": {"channels": 200, "per_channel": 1}}
+AGAINST: dict[str, dict[str, Any]] = {
+    "paced": {"channels": 20, "per_channel": 25, "spacing": 3.5},
+    "burst": {"channels": 200, "per_channel": 1},
+}
 AGAINST_TURNS = 2
 
 
@@ -496,7 +499,7 @@ async def against_async(tmp: Path, base: Path, commits: dict[str, str], quick: b
         sides = [("base", base), ("head", ROOT)][:: 1 if turn % 2 == 0 else -1]
         for side, root in sides:
             async with running_stack(tmp, channels, ["all"], root=root) as (world, cpu, idle):
-                row = {"side": side, "turn": turn,
+                row: dict[str, Any] = {"side": side, "turn": turn,
                        "paced": await run_load(world, paced["channels"], paced["per_channel"],
                                                paced["spacing"], f"ab{turn}{side}", cpu, idle),
                        "burst": await run_load(world, burst["channels"], burst["per_channel"], 0.0,

@@ -33,7 +33,14 @@ from typing import Any
 import aiohttp
 import redis as redis_lib
 import yaml
-from machine import at_end, checkout_beside, machine, process_cpu, redis_cpu, wait_up  # type: ignore[import-not-found]  # bench/machine.py, beside this file
+from machine import (
+    at_end,
+    checkout_beside,
+    machine,
+    process_cpu,
+    redis_cpu,
+    wait_up,
+)  # bench/machine.py, beside this file
 
 from bridge.app.redis_server import EmbeddedRedis, free_port
 from connectors.platform.signing import sign

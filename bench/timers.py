@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import at_end, machine  # type: ignore[import-not-found]  # bench/machine.py, beside this file
+from machine import at_end, machine  # bench/machine.py, beside this file
 from redis.asyncio import Redis
 
 from bridge.app.redis_server import EmbeddedRedis
@@ -93,7 +93,7 @@ async def run_ours(url: str, n: int, spread: float, lead: float, cap: float) -> 
     batch = 2000
     for start in range(0, n, batch):
         async with redis.pipeline(transaction=False) as pipe:
-            sched = TimerStore(pipe)  # type: ignore[arg-type]
+            sched = TimerStore(pipe)
             for i in range(start, min(n, start + batch)):
                 await sched.schedule(f"bench:{{store:{i % 50}}}:{i}", t0 + spread * i / n)
             await pipe.execute()
@@ -147,7 +147,7 @@ async def bytes_per_pending_timer(url: str, count: int) -> float:
     batch = 10_000
     for start in range(0, count, batch):
         async with redis.pipeline(transaction=False) as pipe:
-            sched = TimerStore(pipe)  # type: ignore[arg-type]
+            sched = TimerStore(pipe)
             for i in range(start, min(count, start + batch)):
                 await sched.schedule(f"window:{{store:{1000 + i % 500}}}:conv-{i:09d}", store_due + i)
             await pipe.execute()
