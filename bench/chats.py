@@ -12,7 +12,7 @@ the reply reaches the platform. Measured per chat:
   per chat;
 - how many 429s the emulator answered.
 
-Five parts:
+Six parts:
 - **paced** — three runs of 2,000 chats each (40 channels, a new chat in each channel every 3.5 s, so
   the rate limit is never the bottleneck): the latency the target is about, with the spread between
   runs;
@@ -23,8 +23,9 @@ Five parts:
 - **scaling** — 400 chats into 400 channels at once (one each: the rate limit is not the
   bottleneck) with 1, 2 and 4 processes (`all`; `web` + `worker`; `web` + 3 `worker`) on one
   Redis, then 1 and 4 processes on a three-node Redis Cluster: chats completed per second,
-  latency, and CPU per chat of each process and of Redis (a cluster's nodes added up).
-
+  latency, and CPU per chat of each process and of Redis (a cluster's nodes added up);
+- **floor** — the paced chats through bench/floor_relay.py instead of the bridge: the same calls to
+  the world in plain aiohttp, then with as many Redis round trips per chat as the bridge made;
 - **sustained** — 2,000 chats at 100 a second (200 channels, a new chat in each every 2 s; the
   rate limit still never the bottleneck): CPU per chat and latency of a busy process, where work
   done close together shares wake-ups;
@@ -400,6 +401,15 @@ async def main_async(quick: bool) -> dict[str, Any]:
     return results
 
 
+PART_ROW_KEYS = ("chats", "cpu_ms_per_chat_less_idle", "redis_commands_per_chat", "redis_round_trips_per_chat",
+                 "platform_to_slack", "slack_to_platform", "latency_valid", "missing")  # fmt: skip
+
+
+def part_row(row: dict[str, Any]) -> dict[str, Any]:
+    """What a part that compares runs (floor, stores) keeps of each: a row without the by-name detail."""
+    return {key: row[key] for key in PART_ROW_KEYS}
+
+
 async def floor(tmp: Path, part: dict[str, Any], paced_runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The same paced chats through bench/floor_relay.py instead of the bridge: the same calls to
     the world per chat and nothing else, first with no Redis, then with as many Redis round trips
@@ -411,17 +421,7 @@ async def floor(tmp: Path, part: dict[str, Any], paced_runs: list[dict[str, Any]
         async with running_stack(tmp, part["channels"], ["all"], floor_round_trips=round_trips) as (world, cpu, idle):
             row = await run_load(world, part["channels"], part["per_channel"], part["spacing"], f"fl{round_trips}",
                                  cpu, idle)  # fmt: skip
-        kept = (
-            "chats",
-            "cpu_ms_per_chat_less_idle",
-            "redis_round_trips_per_chat",
-            "platform_to_slack",
-            "slack_to_platform",
-            "latency_valid",
-            "missing",
-        )
-        rows[name] = {key: row[key] for key in kept}
-        rows[name]["round_trips_made_per_chat"] = round_trips
+        rows[name] = part_row(row) | {"round_trips_made_per_chat": round_trips}
         print(f"floor {name}: {row['cpu_ms_per_chat_less_idle']['bridge_total']} ms/chat", file=sys.stderr)
     return rows
 
@@ -435,14 +435,8 @@ async def many_stores(tmp: Path, part: dict[str, Any]) -> dict[str, Any]:
         async with running_stack(tmp, configured, ["all"]) as (world, cpu, idle):
             row = await run_load(world, part["channels"], part["per_channel"], part["spacing"], f"st{configured}",
                                  cpu, idle)  # fmt: skip
-        rows[f"{configured}_stores"] = {
-            "idle_cpu_ms_per_s": {k: round(v * 1000, 2) for k, v in idle.items()},
-            "cpu_ms_per_chat_less_idle": row["cpu_ms_per_chat_less_idle"],
-            "redis_commands_per_chat": row["redis_commands_per_chat"],
-            "platform_to_slack": row["platform_to_slack"],
-            "slack_to_platform": row["slack_to_platform"],
-            "latency_valid": row["latency_valid"],
-            "chats": row["chats"],
+        rows[f"{configured}_stores"] = part_row(row) | {
+            "idle_cpu_ms_per_s": {k: round(v * 1000, 2) for k, v in idle.items()}
         }
         print(f"{configured} stores: {row['cpu_ms_per_chat_less_idle']['bridge_total']} ms/chat", file=sys.stderr)
     return rows

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import time
@@ -30,6 +28,7 @@ import aiohttp
 import uvloop
 import yaml
 from aiohttp import web
+from slack_sdk.signature import SignatureVerifier
 
 from bridge.app.service import open_redis  # the bridge's client, for the round trips
 from connectors.platform.signing import signature_matches
@@ -40,7 +39,7 @@ SUCCESS = {"code": 0, "msg": "success"}
 class Relay:
     def __init__(self, config: dict[str, Any], round_trips: int, redis_url: str | None) -> None:
         self.stores = {str(s["id"]): s for s in config["stores"]}
-        self.signing_secret = config["slack"]["signing_secret"].encode()
+        self.slack_signature = SignatureVerifier(config["slack"]["signing_secret"])
         self.slack_headers = {"Authorization": f"Bearer {config['slack']['bot_token']}"}
         self.slack_url = os.environ["SLACK_API_URL"].rstrip("/")
         self.platform_url = os.environ["PLATFORM_API_URL"].rstrip("/")
@@ -86,10 +85,8 @@ class Relay:
 
     async def slack_event(self, request: web.Request) -> web.Response:
         body = await request.read()
-        stamp = request.headers.get("X-Slack-Request-Timestamp", "")
-        signed = b"v0:" + stamp.encode() + b":" + body
-        expected = "v0=" + hmac.new(self.signing_secret, signed, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, request.headers.get("X-Slack-Signature", "")):
+        stamp, signature = request.headers.get("X-Slack-Request-Timestamp"), request.headers.get("X-Slack-Signature")
+        if not self.slack_signature.is_valid(body, stamp, signature):
             return web.Response(status=401)
         event = json.loads(body).get("event") or {}
         chat = self.chats.get(event.get("thread_ts", ""))
