@@ -1,7 +1,8 @@
 """The archive behind one small interface: ``Archive.put`` (an upsert keyed by ids, so a retry
-archives nothing twice) and the reads that lists, exports and statistics make. SQLAlchemy 2 Core over
-aiosqlite (the embedded default) or asyncpg (``postgresql://``); the schema is Alembic's, run by
-``migrate`` — at start, and by ``bridge archive migrate``."""
+archives nothing twice) and the reads that lists, exports and statistics make. SQLAlchemy 2 Core on
+SQLite (the embedded default) or PostgreSQL (``postgresql://``): reads through aiosqlite or asyncpg,
+copies through the synchronous driver (sqlite3, psycopg) on a thread of their own. The schema is
+Alembic's, run by ``migrate`` — at start, and by ``bridge archive migrate``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import functools
 import os
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -111,18 +113,37 @@ comments, log entries, evidence)."""
 IDS_PER_QUERY = 500  # well under SQLite's limit of bound parameters per statement
 
 
+WRITER_CONNECT_TIMEOUT_SECONDS = 10
+"""How long the writer waits for a PostgreSQL server that does not answer before the copy fails (and
+is tried again later): its one thread must not hang on a lost host while copies queue behind it."""
+
+
 class Archive:
     def __init__(self, url: str) -> None:
-        async_url, _ = _drivers(url)
+        async_url, sync_url = _drivers(url)
         self.url = url
         self.engine: AsyncEngine = create_async_engine(async_url)
+        """Reads: lists, exports, statistics."""
+        # Copies are written by the synchronous driver on one thread of their own, a whole group in
+        # one hop to it. Through the async engine every statement, the BEGIN and the COMMIT was a hop
+        # of its own to aiosqlite's thread and back: a chat's copy cost 0.80 ms of CPU on SQLite, and
+        # 0.34 ms this way (0.62 and 0.50 ms on PostgreSQL, asyncpg against psycopg).
+        self._writes = create_engine(
+            sync_url,
+            connect_args={} if sync_url.startswith("sqlite") else {"connect_timeout": WRITER_CONNECT_TIMEOUT_SECONDS},
+        )
         if async_url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_wal)
+            event.listen(self._writes, "connect", _sqlite_wal)
+        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-writer")
         self._waiting: list[tuple[Sequence[Snapshot], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
         await self.engine.dispose()
+        # After the write under way, if any: the thread takes its work in order.
+        await asyncio.get_running_loop().run_in_executor(self._writer_thread, self._writes.dispose)
+        self._writer_thread.shutdown(wait=False)
 
     async def put(self, snapshots: Sequence[Snapshot]) -> None:
         """Chats and task orders with everything under them; again replaces them, and an older
@@ -161,11 +182,15 @@ class Archive:
         for snapshot in snapshots:
             for name, rows in snapshot.items():
                 by_table.setdefault(name, []).extend({k: _utc(v) for k, v in r.items()} for r in rows)
-        async with self.engine.begin() as conn:
+        await asyncio.get_running_loop().run_in_executor(self._writer_thread, self._write_rows, by_table)
+
+    def _write_rows(self, by_table: Mapping[str, list[dict[str, Any]]]) -> None:
+        """On the writer thread: one transaction."""
+        with self._writes.begin() as conn:
             for name, rows in by_table.items():
                 if rows:  # an empty executemany would be sent as one row of defaults
                     table = metadata.tables[name]
-                    await conn.run_sync(_upsert, table, _last_per_key(table, rows))
+                    _upsert(conn, table, _last_per_key(table, rows))
 
     async def tasks(
         self,
