@@ -28,9 +28,10 @@ from redis.asyncio import Redis
 
 from bridge.engine import keys
 from bridge.engine.clock import Clock, SystemClock
+from bridge.engine.cluster import is_cluster
 from bridge.engine.logcontext import about, bound
 from bridge.engine.metrics import METRICS
-from bridge.engine.timers import Timer, TimerStore
+from bridge.engine.timers import Timer, TimerStore, take_lua
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +122,19 @@ FailureReporter = Callable[[OutboxJob, FinalFailure, str], Awaitable[None]]
 
 # KEYS: queue, job marker.  ARGV: job json, marker ttl.
 # Returns the queue length after the push, negated when the job was already enqueued before.
-_ENQUEUE = """
+_PUSH = """
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
   return -redis.call('LLEN', KEYS[1])
 end
-return redis.call('RPUSH', KEYS[1], ARGV[1])
+local n = redis.call('RPUSH', KEYS[1], ARGV[1])
 """
+_ENQUEUE = _PUSH + "return n\n"
+
+# As _ENQUEUE; a job that finds its queue empty also leases the thread's sender to the caller, which
+# runs it at once (start_now's work, in the same call). KEYS 3–6: the sender timer's shard keys;
+# ARGV 3–4: the sender timer, the lease (ms). One Redis only: on a cluster the timers' keys are in
+# slots of their own, and the two are separate calls.
+_ENQUEUE_AND_TAKE = _PUSH + "if n == 1 then\n" + take_lua(3, 3) + "end\nreturn n\n"
 
 # KEYS: queue. Moves the first job that opens the thread (payload.root) to the head. Returns 1 when
 # one was moved. Only the thread's sender runs it (it holds the thread's timer lease).
@@ -203,6 +211,8 @@ class Outbox:
     def __post_init__(self) -> None:
         self._rests: dict[str, _Rest] = {}
         self._enqueue = self.redis.register_script(_ENQUEUE)
+        self._enqueue_and_take = self.redis.register_script(_ENQUEUE_AND_TAKE)
+        self._one_redis = not is_cluster(self.redis)
         self._pop_head = self.redis.register_script(_POP_HEAD)
         self._root_first = self.redis.register_script(_ROOT_FIRST)
 
@@ -216,20 +226,28 @@ class Outbox:
         if not job.created_at:
             job = replace(job, created_at=self.clock.now())
         raw = job.dumps()
-        result = int(
-            await self._enqueue(
-                keys=[keys.outbox_queue(tag, thread), keys.outbox_job(tag, job.id)],
-                args=[raw, keys.OUTBOX_JOB_TTL_SECONDS],
-            )
-        )
+        pushed = [keys.outbox_queue(tag, thread), keys.outbox_job(tag, job.id)]
         timer = keys.outbox_timer(tag, thread)
-        if result == 1:
-            # The queue was empty: nobody is sending this thread, start now (here, when this
-            # process's timer worker has room). This job is the head, and stays it until the
-            # sender started now pops it (only a thread's sender moves its queue's head), so
-            # the job is handed to it instead of read back.
-            await self.timers.start_now(timer, handed=raw)
-        elif result < 0 and not await self.timers.is_pending(timer):
+        # A job that finds its queue empty starts its thread's sender now: nobody is sending the
+        # thread. It runs here when this process's timer worker has room. This job is the head, and
+        # stays it until the sender started now pops it (only a thread's sender moves its queue's
+        # head), so the job is handed to it instead of read back.
+        worker = self.timers.local_with_room() if self._one_redis else None
+        if worker is not None:
+            lease_ms = worker.lease_from_now()
+            result = int(
+                await self._enqueue_and_take(
+                    keys=[*pushed, *self.timers.keys_for(timer)[:4]],
+                    args=[raw, keys.OUTBOX_JOB_TTL_SECONDS, timer, lease_ms],
+                )
+            )
+            if result == 1:
+                worker.run_taken(timer, lease_ms, handed=raw)
+        else:
+            result = int(await self._enqueue(keys=pushed, args=[raw, keys.OUTBOX_JOB_TTL_SECONDS]))
+            if result == 1:
+                await self.timers.start_now(timer, handed=raw)
+        if result < 0 and not await self.timers.is_pending(timer):
             # Queued before: the step that queued it is running again, and its first run may have
             # died between the push and the start. A queue with work and no timer is restarted (a
             # sender mid-flight has a lease and reschedules itself). A job pushed behind others is

@@ -57,16 +57,23 @@ redis.call('HDEL', KEYS[4], ARGV[1])
 return n
 """
 
-# Leases a timer to the caller at once, as a schedule for now and the caller's claim would, in one
-# step: pending or running, it is replaced (a run holding the old lease no longer acknowledges it).
-# KEYS: due, leased, payload, attempts. ARGV: member, lease (ms).
-_TAKE = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-return 1
-"""
+
+def take_lua(first_key: int, first_arg: int) -> str:
+    """Lua that leases a timer to the caller at once, as a schedule for now and the caller's claim
+    would, in one step: pending or running, it is replaced (a run holding the old lease no longer
+    acknowledges it). KEYS from ``first_key``: the shard's due, leased, payload and attempts; ARGV
+    from ``first_arg``: the timer, the lease (ms). Other scripts take a timer with it too."""
+    due, leased, payload, attempts = (f"KEYS[{first_key + i}]" for i in range(4))
+    timer, lease = f"ARGV[{first_arg}]", f"ARGV[{first_arg + 1}]"
+    return (
+        f"redis.call('ZREM', {due}, {timer})\n"
+        f"redis.call('ZADD', {leased}, {lease}, {timer})\n"
+        f"redis.call('HDEL', {payload}, {timer})\n"
+        f"redis.call('HDEL', {attempts}, {timer})\n"
+    )
+
+
+_TAKE = take_lua(1, 1) + "return 1\n"
 
 # Returns {member, due_ms ('' when re-claimed from a dead worker), payload ('' when none)}* and,
 # last, the earliest score among pending timers and live leases ('' when both are empty).
@@ -248,6 +255,11 @@ class TimerStore:
         worker = self.local
         if worker is None or not await worker.run_now(key, handed):
             await self.schedule(key, self.clock.now())
+
+    def local_with_room(self) -> TimerWorker | None:
+        """This process's serving worker, when a timer taken now would run there at once."""
+        worker = self.local
+        return worker if worker is not None and worker.has_room() else None
 
     async def cancel(self, key: str) -> bool:
         """Cancel ``key`` whether pending or running; True when there was something to cancel."""
@@ -448,15 +460,28 @@ class TimerWorker:
         self._running[task] = timer
         task.add_done_callback(self._on_done)
 
+    def has_room(self) -> bool:
+        """Serving, not stopping, with a free slot: a timer taken now would run here at once."""
+        return self._serving is not None and not self._stopping and len(self._running) < self.concurrency
+
+    def lease_from_now(self) -> int:
+        """The lease (ms) a timer taken now holds."""
+        return _ms(self.clock.now() + self.lease_seconds)
+
     async def run_now(self, key: str, handed: str | None = None) -> bool:
         """Takes ``key`` (pending or not) and runs it here at once; False, having done nothing,
         when this worker is not serving or has no room."""
-        if self._serving is None or self._stopping or len(self._running) >= self.concurrency:
+        if not self.has_room():
             return False
-        lease_ms = _ms(self.clock.now() + self.lease_seconds)
+        lease_ms = self.lease_from_now()
         await self.store.take_script(keys=self.store.keys_for(key)[:4], args=[key, lease_ms])
-        self._start(Timer(key, self.clock.now(), None, lease_ms, handed))
+        self.run_taken(key, lease_ms, handed)
         return True
+
+    def run_taken(self, key: str, lease_ms: int, handed: str | None = None) -> None:
+        """Runs ``key`` here at once, which a script (``take_lua``) leased to this worker under
+        ``lease_ms`` together with other work."""
+        self._start(Timer(key, self.clock.now(), None, lease_ms, handed))
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)

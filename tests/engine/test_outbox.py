@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+import pytest
 
 from bridge.config import Destination
 from bridge.engine import keys
@@ -205,3 +208,59 @@ async def test_a_post_queued_before_its_threads_root_lets_the_root_go_first(stac
         "💬 comment"
     )
     assert await stack.redis.llen(keys.outbox_queue(TAG, "task:T1:slack")) == 0
+
+
+async def _serving(stack: Stack) -> asyncio.Task[None]:
+    """The stack's timer worker serving (as in a running bridge), so a started sender runs here."""
+    task = asyncio.create_task(stack.bridge.worker.run())
+    for _ in range(200):
+        if stack.bridge.timers.local is stack.bridge.worker:
+            return task
+        await asyncio.sleep(0.01)
+    raise AssertionError("the worker did not start serving")
+
+
+async def test_a_job_into_an_empty_queue_is_sent_at_once_by_this_process(stack: Stack) -> None:
+    """On one Redis the push and the lease of the thread's sender are one call; the sender runs here
+    with the job in hand, and leaves neither a timer nor a lease behind."""
+    cid = await stack.sandbox.open_chat("1001")
+    thread = f"chat:{cid}"
+    serving = await _serving(stack)
+    await stack.redis.config_resetstat()
+    assert await stack.bridge.outbox.enqueue(TAG, thread, reply("now", cid, "马上"))
+    for _ in range(300):
+        if texts(stack, cid) and not await stack.bridge.timers.leased():
+            break
+        await asyncio.sleep(0.01)
+    await stack.bridge.worker.stop()
+    await serving
+    assert texts(stack, cid) == ["马上"]
+    assert await stack.bridge.outbox.pending(TAG, thread) == []
+    assert await stack.bridge.timers.leased() == 0 and not await stack.bridge.timers.is_pending(
+        keys.outbox_timer(TAG, thread)
+    )
+    assert "cmdstat_publish" not in await stack.redis.info("commandstats"), "no other process was woken for it"
+
+
+async def test_a_process_that_dies_after_pushing_and_taking_the_sender_leaves_it_to_another(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed between the call that pushed the job and leased the sender, and the sender's start:
+    the lease runs out and another worker sends the job, once."""
+    clock = stack.clock
+    assert isinstance(clock, ManualClock)
+    cid = await stack.sandbox.open_chat("1001")
+    thread = f"chat:{cid}"
+    serving = await _serving(stack)
+    monkeypatch.setattr(stack.bridge.worker, "run_taken", lambda *args, **kwargs: None)  # dead before the start
+    assert await stack.bridge.outbox.enqueue(TAG, thread, reply("orphan", cid, "还在"))
+    serving.cancel()
+    await asyncio.gather(serving, return_exceptions=True)
+    monkeypatch.undo()
+    assert await stack.bridge.timers.leased() == 1 and texts(stack, cid) == []
+    assert await stack.bridge.worker.drain() == 0, "the lease still holds"
+    clock.advance(stack.bridge.worker.lease_seconds)
+    await stack.bridge.worker.drain()
+    assert texts(stack, cid) == ["还在"]
+    await stack.bridge.worker.drain()
+    assert texts(stack, cid) == ["还在"] and await stack.bridge.outbox.pending(TAG, thread) == []
