@@ -16,15 +16,16 @@ import contextlib
 import contextvars
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from bridge.engine import keys
 from bridge.engine.clock import Clock, SystemClock
+from bridge.engine.cluster import is_cluster
 from bridge.engine.logcontext import about, bound
 from bridge.engine.wakeups import listen_for_wakeups
 
@@ -199,6 +200,16 @@ def _about_timer(timer_key: str) -> dict[str, str]:
     return about(tag, thread)
 
 
+Schedule = tuple[str, float, bool]
+"""A timer to set, for ``TimerStore.change``: (key, due at, keep an earlier time already set)."""
+
+
+def _schedule_args(key: str, due_at: float, payload: str | None, keep_earlier: bool) -> list[str | int]:
+    """ARGV of _SCHEDULE."""
+    return [key, _ms(due_at), "0" if payload is None else "1", payload or "", keys.WAKE_CHANNEL,
+            "1" if keep_earlier else "0"]  # fmt: skip
+
+
 def _ms(seconds: float) -> int:
     # Rounded, not floored: a moment computed as 2.2 s may be 2.19999… in floating point, and a
     # timer set for it must not come a millisecond early, find nothing due, and set itself again.
@@ -221,6 +232,7 @@ class TimerStore:
         self.ack_script = redis.register_script(_ACK)
         self.release_script = redis.register_script(_RELEASE)
         self.renew_script = redis.register_script(_RENEW)
+        self.cluster = is_cluster(redis)
         self.local: TimerWorker | None = None
         """The worker serving in this process, if any: ``start_now`` runs a timer there at once."""
 
@@ -242,9 +254,29 @@ class TimerStore:
         """Schedule ``key`` at ``due_at`` (epoch s). Idempotent; scheduling a key again replaces it,
         or with ``keep_earlier`` leaves it at an earlier time already set (coalescing: many changes,
         one run). A key whose handler is running is scheduled again either way."""
-        args: list[str | int] = [key, _ms(due_at), "0" if payload is None else "1", payload or ""]
-        args += [keys.WAKE_CHANNEL, "1" if keep_earlier else "0"]
-        await self._schedule(keys=self.keys_for(key)[:4], args=args)
+        await self._schedule(keys=self.keys_for(key)[:4], args=_schedule_args(key, due_at, payload, keep_earlier))
+
+    async def change(self, schedules: Sequence[Schedule], cancels: Sequence[str] = ()) -> None:
+        """Several schedules (as ``schedule``, without payloads) and cancels in one round trip (on
+        a cluster, a call each, all at once): the timers one step of a flow sets and stops together."""
+        calls = [(self._schedule, k, _schedule_args(k, due, None, keep)) for k, due, keep in schedules]
+        calls += [(self._cancel, k, [k]) for k in cancels]
+        if not calls:
+            return
+        if self.cluster:  # redis-py refuses scripts in a cluster's pipeline: a call each, at once
+            await asyncio.gather(*(script(keys=self.keys_for(key)[:4], args=args) for script, key, args in calls))
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for script, key, args in calls:
+                # evalsha, not the script object: a pipeline with scripts first asks Redis whether
+                # it has them, a round trip of its own.
+                pipe.evalsha(script.sha, 4, *self.keys_for(key)[:4], *args)
+            results = await pipe.execute(raise_on_error=False)
+        for (script, key, args), result in zip(calls, results, strict=True):
+            if isinstance(result, NoScriptError):  # Redis forgot it (a restart): loaded, run again
+                await script(keys=self.keys_for(key)[:4], args=args)
+            elif isinstance(result, Exception):
+                raise result
 
     async def start_now(self, key: str, handed: str | None = None) -> None:
         """Runs ``key`` now: in this process at once when its worker serves and has room, leased to

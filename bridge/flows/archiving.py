@@ -21,7 +21,7 @@ from bridge.archive.store import Archive, Snapshot
 from bridge.engine import keys
 from bridge.engine.clock import Clock
 from bridge.engine.metrics import METRICS
-from bridge.engine.timers import Timer, TimerStore
+from bridge.engine.timers import Schedule, Timer, TimerStore
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,13 @@ Forgetter = Callable[[str, str], Awaitable[None]]
 
 async def archive_soon(timers: TimerStore, now: float, tag: str, thread: str) -> None:
     """``thread`` (``chat:<id>``, ``task:<id>``) changed: copy it into the archive shortly."""
-    await timers.schedule(keys.archive_timer(tag, thread), now + ARCHIVE_DELAY_SECONDS, keep_earlier=True)
+    key, due_at, keep_earlier = archive_schedule(now, tag, thread)
+    await timers.schedule(key, due_at, keep_earlier=keep_earlier)
+
+
+def archive_schedule(now: float, tag: str, thread: str) -> Schedule:
+    """``archive_soon`` as a schedule, for a step that sets it together with other timers."""
+    return keys.archive_timer(tag, thread), now + ARCHIVE_DELAY_SECONDS, True
 
 
 async def record(redis: Redis, key: str, field: str, entry: Mapping[str, Any]) -> None:

@@ -25,9 +25,9 @@ from bridge.engine.clock import Clock
 from bridge.engine.events import DELIVERED_AT, IN_FLIGHT_SECONDS, StoredEvent
 from bridge.engine.metrics import METRICS
 from bridge.engine.outbox import FailureReporter, FinalFailure, Outbox, OutboxJob
-from bridge.engine.timers import Timer, TimerStore
+from bridge.engine.timers import Schedule, Timer, TimerStore
 from bridge.flows import jobs
-from bridge.flows.archiving import archive_soon, decode_recorded
+from bridge.flows.archiving import archive_schedule, archive_soon, decode_recorded
 from bridge.flows.domain import ChatClosed, ChatMessage
 from bridge.flows.steps import take_steps
 from bridge.flows.views import Actor, ReplyMedia, post_view, read_hash, read_hashes, tell_privately
@@ -218,12 +218,11 @@ class ChatFlow:
             await self._to_destination(store, dest, cid, f"pm:{msg.message_id}", "post", view)
             if window is not None:
                 await self._update_root(store, tag, cid, f"window:{window}")
-        if window is not None:
-            # Only now: a reminder is queued behind the posts it refers to, never before the root.
-            await self._schedule_window(store, tag, cid, window)
-        # The archive's copy last: nothing waits on it, while the post does (a run that dies
+        # Only now: a reminder is queued behind the posts it refers to, never before the root. The
+        # archive's copy with it, last: nothing waits on it, while the post does (a run that dies
         # before this line is run again whole, and gets here).
-        await self._changed(tag, cid)
+        first = [] if window is None else self._first_window_step(store, tag, cid, window)
+        await self.timers.change([*first, archive_schedule(self.clock.now(), tag, f"chat:{cid}")])
 
     async def on_platform_closed(self, event: StoredEvent) -> None:
         closed = ChatClosed.model_validate_json(event.raw)
@@ -233,11 +232,11 @@ class ChatFlow:
 
     # -- the window --------------------------------------------------------------------------------
 
-    async def _schedule_window(self, store: Store, tag: str, cid: str, started: float) -> None:
-        steps = self._steps(store, started)
-        first = next_step_at(steps, set())
-        if first is not None:
-            await self.timers.schedule(keys.window_timer(tag, cid), first)
+    def _first_window_step(self, store: Store, tag: str, cid: str, started: float) -> list[Schedule]:
+        """The window timer set for the first step of a window started at ``started`` (none when
+        the window has no step left)."""
+        first = next_step_at(self._steps(store, started), set())
+        return [] if first is None else [(keys.window_timer(tag, cid), first, False)]
 
     def _steps(self, store: Store, started: float) -> list[Any]:
         w = store.reply_window
@@ -348,7 +347,6 @@ class ChatFlow:
                 await self._send_reply(store, tag, cid, agent.id, actor, text, media)
                 chat = await self._stop_window_timer(store, tag, cid)
                 await self._update_root(store, tag, cid, f"answered:{actor.message}", chat)
-                await self._changed(tag, cid)  # last, as for a platform message: the send goes first
                 return ReplyOutcome(True)
         if refusal is not None:
             if refusal is Refusal.CLOSED and agent is not None and cid is not None:
@@ -398,13 +396,16 @@ class ChatFlow:
             await self.outbox.enqueue(tag, f"chat:{cid}:platform", job)
 
     async def _stop_window_timer(self, store: Store, tag: str, cid: str) -> dict[str, str]:
-        """Cancels the answered window's timer. A platform message may have started the next window
-        meanwhile (this reply handled again after a crash): read after the cancel, that window gets
-        its timer back, whichever order the two processes ran in. Returns the chat as read then."""
-        await self.timers.cancel(keys.window_timer(tag, cid))
+        """Cancels the answered window's timer, and sets the chat's archive copy (after the reply's
+        send, as for a platform message: the send goes first). A platform message may have started
+        the next window meanwhile (this reply handled again after a crash): read after the cancel,
+        that window gets its timer back, whichever order the two processes ran in. Returns the chat
+        as read then."""
+        archive = archive_schedule(self.clock.now(), tag, f"chat:{cid}")
+        await self.timers.change([archive], cancels=[keys.window_timer(tag, cid)])
         chat = await self._chat(tag, cid)
         if chat.get("window_start"):
-            await self._schedule_window(store, tag, cid, float(chat["window_start"]))
+            await self.timers.change(self._first_window_step(store, tag, cid, float(chat["window_start"])))
         return chat
 
     def failure_reporters(self) -> dict[str, FailureReporter]:
