@@ -177,16 +177,11 @@ class Archive:
             for name, rows in snapshot.items():
                 by_table.setdefault(name, []).extend({k: _utc(v) for k, v in r.items()} for r in rows)
         if self._sqlite_writes is not None:
-            await asyncio.get_running_loop().run_in_executor(self._sqlite_writer, self._write_sqlite, by_table)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._sqlite_writer, _upsert_in_one_transaction, self._sqlite_writes, by_table)
             return
         async with self.engine.begin() as conn:
             await conn.run_sync(_upsert_all, by_table)
-
-    def _write_sqlite(self, by_table: Mapping[str, list[dict[str, Any]]]) -> None:
-        """On the SQLite writer's thread: one transaction."""
-        assert self._sqlite_writes is not None
-        with self._sqlite_writes.begin() as conn:
-            _upsert_all(conn, by_table)
 
     async def tasks(
         self,
@@ -340,6 +335,12 @@ def _last_per_key(table: Table, rows: list[dict[str, Any]]) -> list[dict[str, An
         if key not in newest or row.get("snapshot_at", 0) >= newest[key].get("snapshot_at", 0):
             newest[key] = row
     return list(newest.values())
+
+
+def _upsert_in_one_transaction(engine: Engine, by_table: Mapping[str, list[dict[str, Any]]]) -> None:
+    """On SQLite's writer thread."""
+    with engine.begin() as conn:
+        _upsert_all(conn, by_table)
 
 
 def _upsert_all(conn: Connection, by_table: Mapping[str, list[dict[str, Any]]]) -> None:

@@ -428,9 +428,10 @@ class SlackConnector:
             thread_ts = root[1]
         attempt = slack_keys.post_attempt(job.id)
         await self._space(p["channel"], job.id, job.expires_at)
-        text, blocks = render(self._store(job), p["view"])  # after the spacing, which refuses most of a burst
-        # Marks this attempt and learns of an earlier one in one call; only after the spacing, which
-        # refuses most posts of a burst at first, and a refused post must not look like an attempt.
+        # Rendered, and this attempt marked, only once the spacing lets the post go: it refuses most
+        # posts of a burst at first, and a refused post must not look like an attempt. The mark
+        # learns of an earlier attempt in the same call.
+        text, blocks = render(self._store(job), p["view"])
         tried = await self.redis.set(attempt, "1", ex=POST_ATTEMPT_SECONDS, get=True)
         landed = await self._landed_before(p["channel"], thread_ts, job.id) if tried is not None else None
         if landed is None:
