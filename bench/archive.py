@@ -48,7 +48,7 @@ from bridge.archive.store import Archive, migrate
 from bridge.config import ConfigHolder
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
-from bridge.flows.archiving import ARCHIVE_DELAY_SECONDS, archive_soon
+from bridge.flows.archiving import archive_soon
 from bridge.flows.statistics import report
 from bridge.sandbox.postgres_server import EmbeddedPostgres
 
@@ -283,10 +283,8 @@ async def one_back_end(
     clock.set(NOW + 2)  # every archive timer is due
     cpu, started = time.process_time(), time.perf_counter()
     copies = 0
-    while ran := await bridge.worker.drain():
+    while ran := await bridge.worker.drain():  # COPIES_IN_FLIGHT at once; the others wait due, in their lane
         copies += ran
-        # A process makes COPIES_IN_FLIGHT copies at once and puts the others a moment later.
-        clock.advance(ARCHIVE_DELAY_SECONDS)
     archive_seconds, archive_cpu = time.perf_counter() - started, time.process_time() - cpu
     found_chats = len(await archive.chats(STORE, details=False))
     found_tasks = await archive.count_tasks(STORE)

@@ -297,7 +297,8 @@ SETTLE_SECONDS = 420
 async def leftover(redis: Redis) -> dict[str, Any]:
     """What was still queued when the bridge was given up on: to say why a row is invalid."""
     queues = [k async for k in redis.scan_iter(match="*:outbox:*", count=1000) if ":outbox-" not in k]
-    due = cast(list[tuple[str, float]], await redis.zrange(keys.timers_due(0), 0, 9, withscores=True))
+    due = [entry for key in keys.timers_due_sets(0)
+           for entry in cast(list[tuple[str, float]], await redis.zrange(key, 0, 9, withscores=True))]  # fmt: skip
     timers = [(k, round(score / 1000 - time.time(), 1)) for k, score in due if not k.startswith("forget:")]
     return {"outbox_queues": len(queues), "sample_queues": queues[:5], "next_timers": timers}
 
@@ -345,9 +346,9 @@ async def settle(redis: Redis, deadline: float) -> bool:
     """Waits until no outbox queue, no unhandled event and no timer due soon is left."""
     while time.time() < deadline:
         queues = [k async for k in redis.scan_iter(match="*:outbox:*", count=1000) if ":outbox-" not in k]
-        due = cast(
-            list[str], await redis.zrangebyscore(keys.timers_due(0), "-inf", int((time.time() + WINDOW + 5) * 1000))
-        )
+        soon = int((time.time() + WINDOW + 5) * 1000)
+        due = [d for key in keys.timers_due_sets(0)
+               for d in cast(list[str], await redis.zrangebyscore(key, "-inf", soon))]  # fmt: skip
         backlog = 0
         async for stream in redis.scan_iter(match="*:events", count=1000):
             backlog += await redis.xlen(stream)

@@ -131,8 +131,8 @@ class Stack:
 
     async def next_due(self) -> float | None:
         """The next moment the bridge has something to do: a timer, or a parked event's retry."""
-        found = await self.redis.zrange(keys.timers_due(0), 0, 0, withscores=True)
-        moments = [found[0][1] / 1000] if found else []
+        heads = [await self.redis.zrange(due, 0, 0, withscores=True) for due in keys.timers_due_sets(0)]
+        moments = [found[0][1] / 1000 for found in heads if found]
         retry = self.bridge.consumer.next_retry_at()
         if retry is not None:
             moments.append(retry)

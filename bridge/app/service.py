@@ -52,7 +52,7 @@ from bridge.engine.metrics import METRICS
 from bridge.engine.outbox import Outbox
 from bridge.engine.redact import REDACTOR, secrets_in
 from bridge.engine.timers import Handler, Timer, TimerStore, TimerWorker
-from bridge.flows.archiving import FORGET_AFTER_ARCHIVE_SECONDS, Archiving
+from bridge.flows.archiving import COPIES_IN_FLIGHT, FORGET_AFTER_ARCHIVE_SECONDS, Archiving
 from bridge.flows.chats import ChatFlow
 from bridge.flows.resolve import ResolveConversation
 from bridge.flows.router import InboundRouter
@@ -101,6 +101,7 @@ class Bridge:
             self.timer_handlers,
             lease_seconds=settings.lease_seconds,
             concurrency=settings.concurrency,
+            lanes={"archive": COPIES_IN_FLIGHT},
         )
         # Intake has connections of its own: flow work that fills the main pool (a retry storm while
         # Slack is down) must never make a push wait for a connection, or fail with 503.
@@ -282,7 +283,8 @@ class Bridge:
                         pipe.xlen(keys.events(endpoint.tag))
                         pipe.xrange(keys.events(endpoint.tag), count=1)
                     for shard in range(self.timers.shards):
-                        pipe.zrange(keys.timers_due(shard), 0, 0, withscores=True)
+                        for due in keys.timers_due_sets(shard):
+                            pipe.zrange(due, 0, 0, withscores=True)
                     found = await pipe.execute()
         except (RedisError, OSError, TimeoutError):
             METRICS.redis_up.set(0)

@@ -41,9 +41,27 @@ def timer_shard(timer_key: str, shards: int) -> int:
     return zlib.crc32(timer_key.encode()) % shards
 
 
-def timers_due(shard: int) -> str:
-    """ZSET member=timer key, score=due time (epoch ms). A member stays until claimed or cancelled."""
-    return f"timers:{{{shard}}}:due"
+TIMER_LANES = ("archive",)
+"""Timer kinds with a due set of their own in each shard (a *lane*). A worker claims a lane's timers
+only while it runs fewer than the lane's limit of them (TimerWorker ``lanes``); the rest wait there,
+due and untouched, instead of being claimed and put back, and never take the slots of other kinds."""
+
+
+def timer_lane(timer_key: str) -> str:
+    """The lane a timer's due time is kept in: its kind when that has a lane, else the main one ("")."""
+    kind = timer_key.split(":", 1)[0]
+    return kind if kind in TIMER_LANES else ""
+
+
+def timers_due(shard: int, lane: str = "") -> str:
+    """ZSET member=timer key, score=due time (epoch ms). A member stays until claimed or cancelled.
+    One per lane (``timers:{<n>}:due:<lane>``; the main lane has no suffix)."""
+    return f"timers:{{{shard}}}:due" + (f":{lane}" if lane else "")
+
+
+def timers_due_sets(shard: int) -> list[str]:
+    """Every due set of the shard: the main lane's, then each of ``TIMER_LANES``."""
+    return [timers_due(shard, lane) for lane in ("", *TIMER_LANES)]
 
 
 def timers_leased(shard: int) -> str:

@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import logging
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,11 +77,14 @@ def take_lua(first_key: int, first_arg: int) -> str:
 
 _TAKE = take_lua(1, 1) + "return 1\n"
 
+# KEYS: the shard's main due, leased, payload, then its lanes' due sets. ARGV: now, lease until, room
+# of the main lane (expired leases of any kind count in it), then each lane's room.
 # Returns {member, due_ms ('' when re-claimed from a dead worker), payload ('' when none)}* and,
-# last, the earliest score among pending timers and live leases ('' when both are empty).
+# last, the earliest score among pending timers of lanes with room left and live leases ('' when
+# none): a lane that is full is not looked at again until one of its runs ends.
 _CLAIM = """
-local now, lease_until, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-local out = {}
+local now, lease_until = tonumber(ARGV[1]), ARGV[2]
+local out, nxt = {}, nil
 local has_payload = redis.call('EXISTS', KEYS[3]) == 1
 local function take(member, due)
   out[#out + 1] = member
@@ -88,39 +92,55 @@ local function take(member, due)
   local p = has_payload and redis.call('HGET', KEYS[3], member)
   out[#out + 1] = p or ''
 end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)
+local function earliest(key)
+  local s = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]
+  if s and (nxt == nil or tonumber(s) < nxt) then nxt = tonumber(s) end
+end
+local function claim(due_key, room)
+  if room > 0 then
+    local due = redis.call('ZRANGEBYSCORE', due_key, '-inf', now, 'WITHSCORES', 'LIMIT', 0, room)
+    for i = 1, #due, 2 do
+      redis.call('ZREM', due_key, due[i])
+      redis.call('ZADD', KEYS[2], lease_until, due[i])
+      take(due[i], due[i + 1])
+    end
+    room = room - #due / 2
+  end
+  return room
+end
+local main = tonumber(ARGV[3])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, main)
 for _, m in ipairs(expired) do
   redis.call('ZADD', KEYS[2], lease_until, m)
   take(m, '')
 end
-local room = limit - #expired
-if room > 0 then
-  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, room)
-  for i = 1, #due, 2 do
-    redis.call('ZREM', KEYS[1], due[i])
-    redis.call('ZADD', KEYS[2], lease_until, due[i])
-    take(due[i], due[i + 1])
-  end
+claim(KEYS[1], main - #expired)
+earliest(KEYS[1])
+for i = 4, #KEYS do
+  if claim(KEYS[i], tonumber(ARGV[i])) > 0 then earliest(KEYS[i]) end
 end
-local nd = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
-local nl = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2]
-local nxt = ''
-if nd and nl then nxt = math.min(tonumber(nd), tonumber(nl))
-elseif nd then nxt = nd elseif nl then nxt = nl end
-out[#out + 1] = tostring(nxt)
+earliest(KEYS[2])
+out[#out + 1] = nxt and string.format('%d', nxt) or ''
 return out
 """
 
-# ARGV: (member, lease_ms)*. A lease that no longer matches belongs to someone else (rescheduled,
-# cancelled, or taken over after expiry) and is left alone.
+# KEYS: the shard's main due, leased, payload, attempts, then its lanes' due sets. ARGV: (member,
+# lease_ms)*. A lease that no longer matches belongs to someone else (rescheduled, cancelled, or
+# taken over after expiry) and is left alone; so is the payload of a timer scheduled again.
 _ACK = """
+local function pending(member)
+  for k = 1, #KEYS do
+    if (k == 1 or k > 4) and redis.call('ZSCORE', KEYS[k], member) then return true end
+  end
+  return false
+end
 local done = 0
 for i = 1, #ARGV, 2 do
   local s = redis.call('ZSCORE', KEYS[2], ARGV[i])
   if s and tonumber(s) == tonumber(ARGV[i + 1]) then
     redis.call('ZREM', KEYS[2], ARGV[i])
     redis.call('HDEL', KEYS[4], ARGV[i])
-    if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    if not pending(ARGV[i]) then
       redis.call('HDEL', KEYS[3], ARGV[i])
     end
     done = done + 1
@@ -245,8 +265,14 @@ class TimerStore:
             keys.timers_dead(shard),
         ]
 
+    def lane_keys(self, shard: int) -> list[str]:
+        """The due sets of the shard's lanes (``keys.TIMER_LANES``), in that order."""
+        return keys.timers_due_sets(shard)[1:]
+
     def keys_for(self, timer_key: str) -> list[str]:
-        return self.shard_keys(keys.timer_shard(timer_key, self.shards))
+        """``shard_keys`` of the timer's shard, with the due set of its own lane first."""
+        shard = keys.timer_shard(timer_key, self.shards)
+        return [keys.timers_due(shard, keys.timer_lane(timer_key)), *self.shard_keys(shard)[1:]]
 
     async def schedule(
         self, key: str, due_at: float, payload: str | None = None, *, keep_earlier: bool = False
@@ -298,7 +324,7 @@ class TimerStore:
         return bool(await self._cancel(keys=self.keys_for(key)[:4], args=[key]))
 
     async def due_at(self, key: str) -> float | None:
-        score = await self.redis.zscore(keys.timers_due(keys.timer_shard(key, self.shards)), key)
+        score = await self.redis.zscore(self.keys_for(key)[0], key)
         return None if score is None else score / 1000
 
     async def is_pending(self, key: str) -> bool:
@@ -311,8 +337,8 @@ class TimerStore:
         return any(score is not None for score in found)
 
     async def pending(self) -> int:
-        counts = await asyncio.gather(*(self.redis.zcard(keys.timers_due(s)) for s in range(self.shards)))
-        return sum(counts)
+        due = [key for shard in range(self.shards) for key in keys.timers_due_sets(shard)]
+        return sum(await asyncio.gather(*(self.redis.zcard(key) for key in due)))
 
     async def leased(self) -> int:
         counts = await asyncio.gather(*(self.redis.zcard(keys.timers_leased(s)) for s in range(self.shards)))
@@ -337,6 +363,10 @@ class TimerWorker:
 
     ``run()`` serves until ``stop()``; ``drain()`` is the burst mode for tests and tools: it fires
     everything due at the clock's current time, waits for the handlers and returns how many ran.
+
+    ``concurrency`` bounds the handlers of the main lane running at once; each lane of
+    ``keys.TIMER_LANES`` has its own bound in ``lanes`` (``concurrency`` when not given), so the runs
+    of a lane held up by something slow never take the main lane's slots.
     """
 
     def __init__(
@@ -350,6 +380,7 @@ class TimerWorker:
         retry_base_seconds: float = 5.0,
         max_attempts: int = 8,
         max_idle_seconds: float = 5.0,
+        lanes: Mapping[str, int] | None = None,
     ) -> None:
         self.store = store
         self.handlers = handlers  # shared: flows may register kinds after the worker exists
@@ -359,8 +390,11 @@ class TimerWorker:
         self.retry_base_seconds = retry_base_seconds
         self.max_attempts = max_attempts
         self.max_idle_seconds = max_idle_seconds
+        self.lanes = {lane: (lanes or {}).get(lane, concurrency) for lane in keys.TIMER_LANES}
         self.stats = WorkerStats()
         self._running: dict[asyncio.Task[None], Timer] = {}
+        self._running_in: Counter[str] = Counter()
+        """Handlers running now, by lane (the main lane is "")."""
         self._slot_free = asyncio.Event()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -402,7 +436,7 @@ class TimerWorker:
                     log.warning("timer claim failed, retrying in 1 s: %s", exc)
                     await self._nap(1.0)
                     continue
-                if len(self._running) >= self.concurrency:
+                if self._running_in[""] >= self.concurrency:
                     self._slot_free.clear()
                     await self._slot_free.wait()
                     continue
@@ -460,32 +494,37 @@ class TimerWorker:
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
     async def _claim_and_start(self) -> tuple[bool, float]:
-        """Claims up to the free room. Returns whether a shard filled it (more may be due) and
-        the earliest due time or lease expiry left (ms, inf when none)."""
+        """Claims up to the free room of each lane. Returns whether a shard filled a lane's room
+        (more may be due) and the earliest due time or lease expiry left (ms, inf when none)."""
         now = self.clock.now()
         lease_ms = _ms(now + self.lease_seconds)
-        room = min(self.batch, self.concurrency - len(self._running))
+        room = {lane: min(self.batch, limit - self._running_in[lane])
+                for lane, limit in [("", self.concurrency), *self.lanes.items()]}  # fmt: skip
         more, next_ms = False, math.inf
         for shard in range(self.store.shards):
-            if room <= 0:
+            if room[""] <= 0:
                 more = True
                 break
             reply: list[str] = await self.store.claim_script(
-                keys=self.store.shard_keys(shard)[:3], args=[_ms(now), lease_ms, room]
+                keys=[*self.store.shard_keys(shard)[:3], *self.store.lane_keys(shard)],
+                args=[_ms(now), lease_ms, *(max(0, n) for n in room.values())],
             )
             *items, head = reply
             if head:
                 next_ms = min(next_ms, float(head))
+            taken: Counter[str] = Counter()
             for i in range(0, len(items), 3):
                 member, due, payload = items[i], items[i + 1], items[i + 2]
                 self._start(Timer(member, int(due) / 1000 if due else None, payload or None, lease_ms))
-            taken = len(items) // 3
-            more = more or taken == room
-            room -= taken
+                taken[keys.timer_lane(member)] += 1
+            more = more or any(0 < room[lane] <= taken[lane] for lane in room)
+            for lane in room:
+                room[lane] -= taken[lane]
         return more, next_ms
 
     def _start(self, timer: Timer) -> None:
         self._leases[id(timer)] = timer.lease_ms
+        self._running_in[keys.timer_lane(timer.key)] += 1
         # The worker's own context, not the caller's: a timer started by run_now from inside an
         # event's handler must not carry that event's context (its log fields, its delivery time).
         task = asyncio.create_task(self._fire(timer), name=f"timer:{timer.key}", context=self._context.copy())
@@ -494,7 +533,7 @@ class TimerWorker:
 
     def has_room(self) -> bool:
         """Serving, not stopping, with a free slot: a timer taken now would run here at once."""
-        return self._serving is not None and not self._stopping and len(self._running) < self.concurrency
+        return self._serving is not None and not self._stopping and self._running_in[""] < self.concurrency
 
     def lease_from_now(self) -> int:
         """The lease (ms) a timer taken now holds."""
@@ -516,7 +555,12 @@ class TimerWorker:
         self._start(Timer(key, self.clock.now(), None, lease_ms, handed))
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
+        timer = self._running.pop(task, None)
+        if timer is not None and (lane := keys.timer_lane(timer.key)):
+            self._running_in[lane] -= 1
+            self._wake.set()  # the lane has room again: its waiting timers are claimed now
+        elif timer is not None:
+            self._running_in[""] -= 1
         self._slot_free.set()
 
     async def _fire(self, timer: Timer) -> None:
@@ -592,7 +636,8 @@ class TimerWorker:
                 args = by_shard.setdefault(keys.timer_shard(timer.key, self.store.shards), [])
                 args += [timer.key, self._leases.pop(id(timer), timer.lease_ms)]
             for shard, args in by_shard.items():
-                await self.store.ack_script(keys=self.store.shard_keys(shard)[:4], args=args)
+                await self.store.ack_script(keys=[*self.store.shard_keys(shard)[:4], *self.store.lane_keys(shard)],
+                                            args=args)  # fmt: skip
 
     async def _renew_loop(self) -> None:
         # Short leases, kept alive while a handler runs: a worker that dies holds its timers (an

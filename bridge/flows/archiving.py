@@ -1,8 +1,11 @@
 """Copies chats and task orders into the archive as they change, and removes their Redis state once
 they are finished, archived and past ``keys.FINISHED_KEEP_SECONDS``: Redis holds live work only.
 
-A change schedules the object's ``archive`` timer a moment later, keeping an earlier time already
-set, so a burst of changes makes one copy. The timer engine gives the copy its durability: a process
+A change schedules the object's ``archive`` timer for the next whole second at least
+ARCHIVE_DELAY_SECONDS away, keeping an earlier time already set, so a burst of changes makes one
+copy, and the copies of every change within a second fall due together: they are claimed in one
+call, written in one transaction and acknowledged in one call. The timer engine gives the copy its
+durability: a process
 that dies while copying leaves the timer to another, and a copy is an upsert by ids, so running it
 twice writes nothing twice. An archive that is down delays copies (retried, counted in /metrics) and
 never holds up live work, which does not wait for them."""
@@ -10,6 +13,7 @@ never holds up live work, which does not wait for them."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -25,9 +29,12 @@ from bridge.engine.timers import Schedule, Timer, TimerStore
 
 log = logging.getLogger(__name__)
 
-ARCHIVE_DELAY_SECONDS = 1.0
-"""How long after a change its copy is made: the writes of one step land together, and lists and
-statistics lag live work by about this."""
+ARCHIVE_DELAY_SECONDS = 0.5
+"""The least time between a change and its copy, so that the writes of one step land together."""
+
+ARCHIVE_TICK_SECONDS = 1.0
+"""Copies fall due on whole multiples of this (0.5–1.5 s after their change: lists and statistics
+lag live work by about a second), so that those of one second are made together."""
 
 ARCHIVE_RETRY_SECONDS = 30.0
 """How soon a copy the archive refused is first tried again; each further failure doubles the wait,
@@ -36,9 +43,10 @@ up to ARCHIVE_RETRY_MAX_SECONDS. It is tried until it lands."""
 ARCHIVE_RETRY_MAX_SECONDS = 300.0
 
 COPIES_IN_FLIGHT = 16
-"""Copies one process makes at once. More wait as timers, not as running handlers: copies held up by
-a busy archive (another process's write lock, a slow PostgreSQL) must never take the timer worker's
-slots from the reply sends, reminders and window closes."""
+"""Copies one process makes at once: the limit of the timers' ``archive`` lane. Copies beyond it
+wait due in Redis, untouched, until one ends; copies held up by a busy archive (another process's
+write lock, a slow PostgreSQL) never take the timer worker's slots from the reply sends, reminders
+and window closes."""
 
 FORGET_AFTER_ARCHIVE_SECONDS = 60.0
 """How soon a finished object whose last change is not archived yet is looked at again."""
@@ -58,7 +66,8 @@ async def archive_soon(timers: TimerStore, now: float, tag: str, thread: str) ->
 
 def archive_schedule(now: float, tag: str, thread: str) -> Schedule:
     """``archive_soon`` as a schedule, for a step that sets it together with other timers."""
-    return keys.archive_timer(tag, thread), now + ARCHIVE_DELAY_SECONDS, True
+    due_at = math.ceil((now + ARCHIVE_DELAY_SECONDS) / ARCHIVE_TICK_SECONDS) * ARCHIVE_TICK_SECONDS
+    return keys.archive_timer(tag, thread), due_at, True
 
 
 async def record(redis: Redis, key: str, field: str, entry: Mapping[str, Any]) -> None:
@@ -90,21 +99,10 @@ class Archiving:
         self.archive = archive
         self.snapshots = snapshots
         self.forgetters = forgetters
-        self._in_flight = 0
 
     async def on_archive_timer(self, timer: Timer) -> None:
         _, tag, thread = keys.split_timer_key(timer.key)
         kind, _, object_id = thread.partition(":")
-        if self._in_flight >= COPIES_IN_FLIGHT:
-            await archive_soon(self.timers, self.clock.now(), tag, thread)  # a moment later, slot given back
-            return
-        self._in_flight += 1
-        try:
-            await self._copy(timer, tag, thread, kind, object_id)
-        finally:
-            self._in_flight -= 1
-
-    async def _copy(self, timer: Timer, tag: str, thread: str, kind: str, object_id: str) -> None:
         snapshot = await self.snapshots[kind](tag, object_id)
         if snapshot is None:
             return  # removed meanwhile: what it was is archived already

@@ -453,3 +453,69 @@ async def test_a_step_sets_and_stops_several_timers_in_one_call(store: TimerStor
     clock.advance(2)
     assert await worker.drain() == 2
     assert sorted(t.key for t in fired) == ["archive:{store:1}:chat:c1", "window:{store:1}:c3"]
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Waits (a few seconds at most) for what a running worker does in real time."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_a_lane_runs_at_most_its_limit_while_its_backlog_waits_untouched_and_other_kinds_go_on(
+    store: TimerStore, clock: ManualClock
+) -> None:
+    """Forty archive copies due, the lane's limit 4, its handler held up (a busy archive): four run,
+    the other 36 stay due at their own time, neither claimed nor put back; a reply window due
+    meanwhile runs at once; when the held runs end, the rest run, each once."""
+    release, started, windows = asyncio.Event(), Counter[str](), []
+
+    async def copy(timer: Timer) -> None:
+        started[timer.key] += 1
+        await release.wait()
+
+    worker = TimerWorker(store, {"archive": copy, "window": recorder(windows)}, lanes={"archive": 4}, concurrency=10)
+    copies = [keys.archive_timer("{store:1}", f"chat:c{i}") for i in range(40)]
+    await store.change([(key, T0 - i, False) for i, key in enumerate(copies)])
+    await store.redis.config_resetstat()
+    running = asyncio.create_task(worker.run())
+    await until(lambda: sum(started.values()) == 4, "four copies started")
+    lane = await store.redis.zrange(keys.timers_due(0, "archive"), 0, -1, withscores=True)
+    assert {key: score for key, score in lane} == {key: (T0 - i) * 1000 for i, key in enumerate(copies[:36])}
+    assert set(started) == set(copies[36:]), "the earliest due first"
+    await store.schedule("window:{store:1}:w1", T0)
+    await until(lambda: len(windows) == 1, "the window ran")
+    stats = await store.redis.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] < 20, "no claiming and putting back in a loop"
+    assert sum(started.values()) == 4
+    release.set()
+    await until(lambda: sum(started.values()) == 40, "every copy ran")
+    await worker.stop()
+    await running
+    assert set(started.values()) == {1} and await store.pending() == 0 and await store.leased() == 0
+
+
+async def test_a_lane_timer_left_in_the_main_set_by_an_earlier_version_still_runs_and_keeps_a_new_payload(
+    store: TimerStore, clock: ManualClock
+) -> None:
+    """Before lanes every timer was due in the main set: one found there runs as any other. And a lane
+    timer its handler scheduled again (a failed copy, with its count of failures) keeps its payload
+    when the finished run is acknowledged."""
+    fired: list[Timer] = []
+
+    async def fail_once(timer: Timer) -> None:
+        fired.append(timer)
+        if timer.payload is None:
+            await store.schedule(timer.key, T0 + 30, "1")
+
+    worker = TimerWorker(store, {"archive": fail_once}, lanes={"archive": 2})
+    await store.redis.zadd(keys.timers_due(0), {"archive:{store:1}:chat:old": int(T0 * 1000)})
+    await store.schedule("archive:{store:1}:chat:new", T0)
+    assert await worker.drain() == 2
+    assert sorted(t.key for t in fired) == ["archive:{store:1}:chat:new", "archive:{store:1}:chat:old"]
+    assert await store.due_at("archive:{store:1}:chat:new") == T0 + 30
+    assert await store.redis.hget(keys.timers_payload(0), "archive:{store:1}:chat:new") == "1"
+    clock.advance(30)
+    assert await worker.drain() == 2 and [t.payload for t in fired[2:]] == ["1", "1"]

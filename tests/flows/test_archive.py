@@ -25,10 +25,8 @@ from bridge.engine.clock import ManualClock
 from bridge.engine.metrics import METRICS
 from bridge.engine.timers import Timer
 from bridge.flows.archiving import (
-    ARCHIVE_DELAY_SECONDS,
     ARCHIVE_RETRY_MAX_SECONDS,
     ARCHIVE_RETRY_SECONDS,
-    COPIES_IN_FLIGHT,
 )
 from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
 
@@ -254,19 +252,27 @@ async def test_stats_over_periods_and_exports_of_chats_read_the_archive(archived
     assert sorted(float(r["first_reply_seconds"]) for r in rows) == [10.0, 20.0, 30.0, 40.0, 100.0]
 
 
-async def test_copies_held_up_by_a_busy_archive_never_take_the_timer_workers_slots(archived: Stack) -> None:
-    """With COPIES_IN_FLIGHT copies waiting on the archive, the next copy is put back as a timer at
-    once instead of waiting in a handler slot that reply sends and window closes need."""
+async def test_the_copies_of_changes_within_a_second_fall_due_together_on_a_whole_second(archived: Stack) -> None:
+    """Copies fall due on the first whole second at least ARCHIVE_DELAY_SECONDS after their change, in
+    the archive's own lane of the timers: two chats opened 0.3 s apart are copied together, and a
+    third opened later in the same second waits for the next one."""
     stack = archived
     assert stack.clock is not None
-    cid = await stack.sandbox.open_chat("1001")
-    await stack.settle()
-    archiving = stack.bridge.archiving
-    archiving._in_flight = COPIES_IN_FLIGHT  # as if that many copies waited on another process's lock
-    key = keys.archive_timer(TAG, f"chat:{cid}")
-    await archiving.on_archive_timer(Timer(key, None, None, 0))
-    assert await stack.bridge.timers.due_at(key) == stack.clock.now() + ARCHIVE_DELAY_SECONDS, "put back"
-    archiving._in_flight = 0
-    await stack.advance(ARCHIVE_DELAY_SECONDS)
-    [row] = await stack.bridge.archive.chats("1001")
-    assert row["conversation_id"] == cid, "copied once a slot was free"
+    opened = []
+    for moment in (1_700_000_100.1, 1_700_000_100.4, 1_700_000_100.6):
+        stack.clock.set(moment)
+        opened.append(await stack.sandbox.open_chat("1001"))
+        await stack.bridge.drain()
+    timers = [keys.archive_timer(TAG, f"chat:{cid}") for cid in opened]
+    assert [await stack.bridge.timers.due_at(key) for key in timers] == [1_700_000_101.0] * 2 + [1_700_000_102.0]
+    assert all([await stack.redis.zscore(keys.timers_due(0, "archive"), key) for key in timers]), "in their lane"
+    assert not any([await stack.redis.zscore(keys.timers_due(0), key) for key in timers]), "not in the main one"
+    stack.clock.set(1_700_000_100.99)
+    await stack.bridge.drain()
+    assert await stack.bridge.archive.chats("1001") == [], "none before their second"
+    stack.clock.set(1_700_000_101.0)
+    await stack.bridge.drain()
+    assert sorted(row["conversation_id"] for row in await stack.bridge.archive.chats("1001")) == sorted(opened[:2])
+    stack.clock.set(1_700_000_102.0)
+    await stack.bridge.drain()
+    assert sorted(row["conversation_id"] for row in await stack.bridge.archive.chats("1001")) == sorted(opened)
