@@ -261,6 +261,25 @@ class BridgeConfig(_Model):
     def _creators_by_id(self) -> dict[str, Creator]:
         return {c.id: c for c in self.creators}
 
+    def at(self, destination: str) -> tuple[Store | None, Store | None, Creator | None]:
+        """Whose a destination (``slack:C0123``) is: the store whose task orders go there, the store
+        whose chats go there, the creator who is pinged there (the first of each in the file)."""
+        return self._by_destination.get(destination, (None, None, None))
+
+    @cached_property
+    def _by_destination(self) -> dict[str, tuple[Store | None, Store | None, Creator | None]]:
+        # Every message and click from a chat tool is placed by its channel: one lookup, not a scan
+        # of every store (an operator's file may list thousands).
+        tasks: dict[str, Store] = {}
+        chats: dict[str, Store] = {}
+        creators: dict[str, Creator] = {}
+        for store in self.stores:
+            tasks.setdefault(store.destinations.task_orders, store)
+            chats.setdefault(store.destinations.platform_chats, store)
+        for creator in self.creators:
+            creators.setdefault(creator.destination, creator)
+        return {d: (tasks.get(d), chats.get(d), creators.get(d)) for d in {*tasks, *chats, *creators}}
+
     def targets(self, service: str) -> list[tuple[str, str]]:
         """Every (path in the file, target) on ``service``, for its online probe."""
         found = []

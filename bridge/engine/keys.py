@@ -274,6 +274,13 @@ def task(tag: str, task_id: str) -> str:
     return f"{tag}:task:{task_id}"
 
 
+def task_store(creator_tag: str, task_id: str) -> str:
+    """STRING: the id of the store a creator's task order belongs to, set when it reaches the
+    creator, so that a comment in the creator's thread finds its store in one lookup. Expires with
+    the refs of the thread (REF_KEEP_SECONDS), after which nothing in it is recognised anyway."""
+    return f"{creator_tag}:task-store:{task_id}"
+
+
 def task_log(tag: str, task_id: str) -> str:
     """LIST of JSON entries {id, at, type, side, operator, operator_id}: the processing log (B4).
     Removed with the task order."""

@@ -80,13 +80,7 @@ class InboundRouter:
         """By service: a destination without modals guides people through processing in the thread."""
 
     def place(self, service: str, channel: str) -> Place:
-        here = f"{service}:{channel}"
-        config = self.config()
-        return Place(
-            next((s for s in config.stores if s.destinations.task_orders == here), None),
-            next((s for s in config.stores if s.destinations.platform_chats == here), None),
-            next((c for c in config.creators if c.destination == here), None),
-        )
+        return Place(*self.config().at(f"{service}:{channel}"))
 
     # -- messages ------------------------------------------------------------------------------------
 
@@ -128,11 +122,12 @@ class InboundRouter:
             store, sent_id = place.chat_store, str(actor.message)
             state, marker = keys.chat(keys.store_tag(store.id), parent.removeprefix("chat:")), f"reply:{sent_id}"
         elif parent.startswith("task:"):
-            found = await self.tasks.store_of_task(parent.removeprefix("task:"))
+            tid = parent.removeprefix("task:")
+            found = owner if isinstance(owner, Store) else await self.tasks.store_of_task(owner, tid)
             if found is None:
                 return False
             store, sent_id = found, f"{actor.service}:{actor.channel}:{actor.message}"
-            state, marker = keys.task(keys.store_tag(store.id), parent.removeprefix("task:")), f"comment:{sent_id}"
+            state, marker = keys.task(keys.store_tag(store.id), tid), f"comment:{sent_id}"
         else:
             return False
         marked, kept = await self.redis.hmget(state, [marker, f"sent:{sent_id}"])
@@ -202,7 +197,7 @@ class InboundRouter:
         await self._comment(store, tid, "merchant", author_id, author, inbound)
 
     async def _creator_comment(self, creator: Creator, tid: str, inbound: Inbound) -> None:
-        store = await self.tasks.store_of_task(tid)
+        store = await self.tasks.store_of_task(creator, tid)
         if store is not None:
             await self._comment(store, tid, "creator", creator.id, creator.name, inbound)
 
@@ -219,7 +214,7 @@ class InboundRouter:
     async def show_log(self, actor: Actor, tid: str, job_id: str) -> bool:
         """Log: the task order's processing log (B4), to the person who asked, in the place's language."""
         place = self.place(actor.service, actor.channel)
-        store = place.task_store or (await self.tasks.store_of_task(tid) if place.creator else None)
+        store = place.task_store or (await self.tasks.store_of_task(place.creator, tid) if place.creator else None)
         if store is None:
             return False
         text = await self.tasks.records.log_text(store, tid, place.creator.locale if place.creator else store.locale)

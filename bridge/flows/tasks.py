@@ -133,6 +133,8 @@ class TaskFlow:
         if event.endpoint.kind == "creator":
             creator = self.config.creator(event.endpoint.id)
             if creator is not None:
+                index = keys.task_store(keys.creator_tag(creator.id), order.task_id)
+                await self.redis.set(index, order.shop_id, ex=keys.REF_KEEP_SECONDS)
                 view = self._confirm_view(creator, order, deadline)
                 await self._to_creator(creator, order.shop_id, order.task_id, "confirm", "post", view, True)
             return
@@ -646,11 +648,14 @@ class TaskFlow:
     async def _task(self, tag: str, tid: str) -> dict[str, str]:
         return await read_hash(self.redis, keys.task(tag, tid))
 
-    async def store_of_task(self, tid: str) -> Store | None:
-        """The store a task order belongs to (a creator's reply names only the task)."""
-        for store in self.config.stores:
-            if await self.redis.exists(keys.task(keys.store_tag(store.id), tid)):
-                return store
+    async def store_of_task(self, creator: Creator, tid: str) -> Store | None:
+        """The store of a task order of ``creator`` in Redis (a creator's reply names only the task)."""
+        store = self.config.store(str(await self.redis.get(keys.task_store(keys.creator_tag(creator.id), tid)) or ""))
+        # Not known when the task order reached the creator before the bridge kept this: looked for.
+        candidates = [store] if store is not None else self.config.stores
+        for candidate in candidates:
+            if await self.redis.exists(keys.task(keys.store_tag(candidate.id), tid)):
+                return candidate
         return None
 
     def _creator_locale(self, task: dict[str, str]) -> str:

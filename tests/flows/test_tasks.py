@@ -465,3 +465,20 @@ async def test_the_morning_digest_lists_the_task_orders_due_today(stack: Stack) 
     await stack.bridge.tasks.on_digest_timer(Timer(keys.digest_timer(TAG), tomorrow.timestamp(), None, 5000))
     await stack.settle()
     assert len([m for m in stack.slack.channel(TASKS) if m.text.startswith("🌅")]) == 2, "once a day"
+
+
+async def test_a_creators_comment_finds_its_store_by_the_task_orders_index_or_by_looking(stack: Stack) -> None:
+    """The store of a creator's task order is kept when it reaches the creator (one lookup for each of
+    their comments, however many stores the bridge serves); one that reached them before the bridge
+    kept it is still found, by looking in each store."""
+    tid = await raise_task(stack)
+    index = keys.task_store(keys.creator_tag("c-7001"), tid)
+    assert await stack.redis.get(index) == "1001"
+    assert 0 < await stack.redis.ttl(index) <= keys.REF_KEEP_SECONDS
+    root = card(stack).ts
+    for text in ("谢谢，买家在等", "补发单号收到了"):
+        await stack.telegram.user_message(CREATOR_CHAT, CREATOR_CHAT, text, reply_to=confirmation(stack).message_id)
+        await stack.settle()
+        assert stack.sandbox.task_orders[tid].comments[-1]["text"] == text
+        assert stack.slack.thread(TASKS, root)[-1].text == f"💬 达人留言（达人 小美 Xiaomei）：{text}"
+        await stack.redis.delete(index)  # as if it had reached the creator before this version
