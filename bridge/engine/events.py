@@ -85,6 +85,26 @@ return 1
 
 FORGET_RETRY_SECONDS = 24 * 3600
 
+# KEYS: every endpoint's stream.  ARGV: group, consumer, min idle (ms), count, then each stream's start.
+# XAUTOCLAIM only where the stream has entries: a handled event is deleted, so the stream of a store
+# with nothing in flight is empty, and a bridge serving a thousand stores does not ask each of them
+# every time it looks. Returns {stream's position (from 1), next start, entries}* for the streams
+# that gave entries or have more to look through.
+_CLAIM_ABANDONED = """
+local out = {}
+for i, stream in ipairs(KEYS) do
+  if redis.call('XLEN', stream) > 0 then
+    local r = redis.call('XAUTOCLAIM', stream, ARGV[1], ARGV[2], ARGV[3], ARGV[4 + i], 'COUNT', ARGV[4])
+    if #r[2] > 0 or r[1] ~= '0-0' then
+      out[#out + 1] = i
+      out[#out + 1] = r[1]
+      out[#out + 1] = r[2]
+    end
+  end
+end
+return out
+"""
+
 # KEYS: locks hash.  ARGV: thread, owner.
 _UNLOCK = """
 local held = redis.call('HGET', KEYS[1], ARGV[1])
@@ -198,6 +218,7 @@ class EventConsumer:
         self._complete = self.redis.register_script(_COMPLETE)
         self._unlock = self.redis.register_script(_UNLOCK)
         self._forget = self.redis.register_script(_FORGET)
+        self._claim = self.redis.register_script(_CLAIM_ABANDONED)
         self.cluster = is_cluster(self.redis)
         self._woken = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
@@ -392,23 +413,19 @@ class EventConsumer:
 
     async def _claim_abandoned(self, streams: Mapping[str, Endpoint]) -> list[StoredEvent]:
         """Takes over what dead consumers left idle past ``claim_idle_seconds``: every stream in one
-        pipeline (a round trip per Redis node, however many stores), again for the streams that
-        had more than a batch."""
+        call (on a cluster, a pipeline: a round trip per node, however many stores), again for the
+        streams that had more than a batch."""
         claimed: list[StoredEvent] = []
         min_idle = int(self.claim_idle_seconds * 1000)
         starts = dict.fromkeys(streams, "0-0")
         while starts:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for stream, start in starts.items():
-                    pipe.xautoclaim(stream, keys.EVENTS_GROUP, self.name, min_idle, start_id=start, count=self.batch)
-                replies = await pipe.execute()
+            replies = await self._claim_from(starts, min_idle)
             # Its own parked and backlogged events are idle in its list of pending entries too.
             # Entry ids repeat across streams (one batch writes several in the same millisecond).
             mine = {(p.event.endpoint.tag, p.event.entry_id) for p in self._parked}
             mine.update((e.endpoint.tag, e.entry_id) for queue in self._backlog.values() for e in queue)
             more: dict[str, str] = {}
-            for stream, reply in zip(starts, replies, strict=True):
-                start, entries = reply[0], reply[1]
+            for stream, (start, entries) in replies.items():
                 for entry_id, fields in entries:
                     if fields and (streams[stream].tag, entry_id) not in mine:
                         claimed.append(self._decode(streams[stream], entry_id, fields))
@@ -419,6 +436,27 @@ class EventConsumer:
             self.stats.claimed += len(claimed)
             log.info("event consumer %s: claimed %d events left by another process", self.name, len(claimed))
         return claimed
+
+    async def _claim_from(self, starts: Mapping[str, str], min_idle: int) -> dict[str, tuple[str, list[Any]]]:
+        """One XAUTOCLAIM pass from each stream's start: per stream that answered, the next start and
+        the entries taken, each (id, fields as a mapping; empty when the entry is gone)."""
+        if self.cluster:  # a script cannot reach streams in other slots: a command per stream
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream, start in starts.items():
+                    pipe.xautoclaim(stream, keys.EVENTS_GROUP, self.name, min_idle, start_id=start, count=self.batch)
+                replies = await pipe.execute()
+            return {stream: (reply[0], reply[1]) for stream, reply in zip(starts, replies, strict=True)}
+        names = list(starts)
+        args: list[str | int] = [keys.EVENTS_GROUP, self.name, min_idle, self.batch, *starts.values()]
+        found = await self._claim(keys=names, args=args)
+        return {
+            names[int(found[i]) - 1]: (
+                str(found[i + 1]),
+                [(entry_id, dict(zip(fields[0::2], fields[1::2], strict=True)) if fields else {})
+                 for entry_id, fields in found[i + 2]],
+            )
+            for i in range(0, len(found), 3)
+        }  # fmt: skip
 
     @staticmethod
     def _decode(endpoint: Endpoint, entry_id: str, fields: Mapping[str, str]) -> StoredEvent:

@@ -303,3 +303,39 @@ async def test_completions_survive_a_redis_that_forgot_its_scripts(redis: Redis)
     assert sorted(calls) == ["a", "b"]
     assert await redis.xlen(keys.events(STORE.tag)) == 0
     assert await redis.hgetall(keys.thread_done(STORE.tag)) == {"chat:1": "1", "chat:2": "1"}
+
+
+async def test_abandoned_events_are_claimed_from_the_streams_that_have_any_in_one_call(redis: Redis) -> None:
+    """A bridge of 300 stores, two of them with events a dead consumer took: the survivor claims
+    both in one call that asks only those two streams, and handles each once; more than a batch
+    left in one stream is claimed in further passes."""
+    stores = [Endpoint("store", str(2000 + i)) for i in range(300)]
+    busy = [stores[7], stores[250]]
+    log = EventLog(redis)
+    for endpoint in busy:
+        await log.store(endpoint, [record(f"{endpoint.id}-{i}", f"chat:{endpoint.id}-{i}") for i in range(5)])
+    handled: list[str] = []
+
+    async def handle(event: StoredEvent) -> None:
+        handled.append(event.msg_id)
+
+    def on(batch: int, **kw: float) -> EventConsumer:
+        return EventConsumer(redis, lambda: stores, {"im_platform_message": handle}, batch=batch, **kw)
+
+    dying = on(500)
+    await dying._ensure_groups({keys.events(e.tag): e for e in stores})
+    await dying._read_each({keys.events(e.tag): e for e in busy}, None)  # read, then the process died
+    survivor = on(2, claim_idle_seconds=0.05)
+    await asyncio.sleep(0.1)  # the dead consumer's deliveries age past the claim time (Redis's clock)
+    await redis.config_resetstat()
+    claimed = await survivor._claim_abandoned({keys.events(e.tag): e for e in stores})
+    stats = await redis.info("commandstats")
+    assert sorted(e.msg_id for e in claimed) == sorted(f"{e.id}-{i}" for e in busy for i in range(5))
+    assert stats["cmdstat_xautoclaim"]["calls"] == 2 * 3, "two streams, three passes of two (5 entries)"
+    assert stats["cmdstat_evalsha"]["calls"] <= 3 + 1, "a call per pass (the first loads the script)"
+    assert stats["cmdstat_xlen"]["calls"] == 300 + 2 * 2, "every stream looked at once, then the two with more"
+    survivor._take(claimed)
+    while survivor._backlog:
+        await survivor._run_round()
+        await survivor._complete_unfinished()
+    assert sorted(handled) == sorted(e.msg_id for e in claimed) and len(handled) == 10
