@@ -556,11 +556,11 @@ class TimerWorker:
 
     def _on_done(self, task: asyncio.Task[None]) -> None:
         timer = self._running.pop(task, None)
-        if timer is not None and (lane := keys.timer_lane(timer.key)):
+        if timer is not None:
+            lane = keys.timer_lane(timer.key)
             self._running_in[lane] -= 1
-            self._wake.set()  # the lane has room again: its waiting timers are claimed now
-        elif timer is not None:
-            self._running_in[""] -= 1
+            if lane:
+                self._wake.set()  # the lane has room again: its waiting timers are claimed now
         self._slot_free.set()
 
     async def _fire(self, timer: Timer) -> None:
