@@ -141,7 +141,7 @@ class Bridge:
         self.timer_handlers.setdefault("digest", self.tasks.on_digest_timer)
         self.outbox.register(self.tasks.senders(), self.tasks.failure_reporters())
         self.archiving = Archiving(self.timers, self.clock, self.archive,
-                                   {"chat": self.chats.snapshot, "task": self.tasks.snapshot},
+                                   {"chat": self.chats.snapshots, "task": self.tasks.snapshots},
                                    {"chat": self.chats.forget_state, "task": self.tasks.forget_state})  # fmt: skip
         self.timer_handlers.setdefault("archive", self.archiving.on_archive_timer)
         # Every configured destination (bridge/destinations.py): its senders, file fetcher and route.

@@ -12,10 +12,12 @@ never holds up live work, which does not wait for them."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
@@ -51,8 +53,33 @@ and window closes."""
 FORGET_AFTER_ARCHIVE_SECONDS = 60.0
 """How soon a finished object whose last change is not archived yet is looked at again."""
 
-Snapshotter = Callable[[str, str], Awaitable[Snapshot | None]]
-"""(tag, id) → the object's archive rows, or None when its state is gone."""
+Read = tuple[Literal["hgetall", "lrange"], str]
+"""One read of an object's state: a hash (HGETALL) or a whole list (LRANGE 0 -1), by its key."""
+
+
+@dataclass(frozen=True)
+class Snapshots:
+    """How one kind of object becomes archive rows: what to read of it, ``(tag, id) → reads``, and
+    the rows made of what they found, ``(tag, id, found) → rows`` (None when its state is gone)."""
+
+    reads: Callable[[str, str], list[Read]]
+    rows: Callable[[str, str, list[Any]], Snapshot | None]
+
+    async def of(self, redis: Redis, tag: str, object_id: str) -> Snapshot | None:
+        """One object's rows, read now."""
+        return self.rows(tag, object_id, await read_all(redis, self.reads(tag, object_id)))
+
+
+async def read_all(redis: Redis, reads: Sequence[Read]) -> list[Any]:
+    """What each read found, in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for command, key in reads:
+            if command == "hgetall":
+                pipe.hgetall(key)
+            else:
+                pipe.lrange(key, 0, -1)
+        return list(await pipe.execute())
+
 
 Forgetter = Callable[[str, str], Awaitable[None]]
 """(tag, id) → removes the object's state from Redis."""
@@ -76,10 +103,6 @@ async def record(redis: Redis, key: str, field: str, entry: Mapping[str, Any]) -
     await redis.hsetnx(key, field, orjson.dumps(entry).decode())
 
 
-async def recorded(redis: Redis, key: str) -> dict[str, Any]:
-    return decode_recorded(await redis.hgetall(key))
-
-
 def decode_recorded(kept: Mapping[Any, Any]) -> dict[str, Any]:
     """The items ``record`` kept, as read from their hash."""
     return {str(field): orjson.loads(raw) for field, raw in kept.items()}
@@ -91,7 +114,7 @@ class Archiving:
         timers: TimerStore,
         clock: Clock,
         archive: Archive,
-        snapshots: dict[str, Snapshotter],
+        snapshots: dict[str, Snapshots],
         forgetters: dict[str, Forgetter],
     ) -> None:
         self.timers = timers
@@ -99,11 +122,14 @@ class Archiving:
         self.archive = archive
         self.snapshots = snapshots
         self.forgetters = forgetters
+        self._reads: list[tuple[list[Read], asyncio.Future[list[Any]]]] = []
+        self._reader: asyncio.Task[None] | None = None
 
     async def on_archive_timer(self, timer: Timer) -> None:
         _, tag, thread = keys.split_timer_key(timer.key)
         kind, _, object_id = thread.partition(":")
-        snapshot = await self.snapshots[kind](tag, object_id)
+        how = self.snapshots[kind]
+        snapshot = how.rows(tag, object_id, await self._read(how.reads(tag, object_id)))
         if snapshot is None:
             return  # removed meanwhile: what it was is archived already
         try:
@@ -118,6 +144,32 @@ class Archiving:
             await self.timers.schedule(timer.key, self.clock.now() + wait, str(failures), keep_earlier=True)
             return
         METRICS.archived.labels(kind).inc()
+
+    async def _read(self, reads: list[Read]) -> list[Any]:
+        """What ``reads`` found, read in one round trip with those of every copy begun meanwhile: the
+        copies of one whole second are claimed, and so read, together."""
+        found: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._reads.append((reads, found))
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read_waiting())
+        return await found
+
+    async def _read_waiting(self) -> None:
+        await asyncio.sleep(0)  # the copies started in this turn of the loop join the first read
+        while self._reads:
+            batch, self._reads = self._reads, []
+            try:
+                results = await read_all(self.timers.redis, [read for reads, _ in batch for read in reads])
+            except Exception as error:  # each copy fails with it, and its timer runs again
+                for _, found in batch:
+                    if not found.done():  # a copy cancelled meanwhile (shutdown) is not waiting
+                        found.set_exception(error)
+                continue
+            at = 0
+            for reads, found in batch:
+                if not found.done():
+                    found.set_result(results[at : at + len(reads)])
+                at += len(reads)
 
     async def forget(self, tag: str, thread: str) -> bool:
         """Removes a finished object's Redis state, unless a change of it is still to be archived

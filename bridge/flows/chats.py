@@ -27,10 +27,10 @@ from bridge.engine.metrics import METRICS
 from bridge.engine.outbox import FailureReporter, FinalFailure, Outbox, OutboxJob
 from bridge.engine.timers import Schedule, Timer, TimerStore
 from bridge.flows import jobs
-from bridge.flows.archiving import archive_schedule, archive_soon, decode_recorded
+from bridge.flows.archiving import Read, Snapshots, archive_schedule, archive_soon, decode_recorded
 from bridge.flows.domain import ChatClosed, ChatMessage
 from bridge.flows.steps import take_steps
-from bridge.flows.views import Actor, ReplyMedia, post_view, read_hash, read_hashes, tell_privately
+from bridge.flows.views import Actor, ReplyMedia, post_view, read_hash, tell_privately
 from bridge.i18n import t
 from rules.permissions import Refusal, answer_refusal, assignment_refusal, handled_elsewhere_refusal
 from rules.reply_window import WindowStep, next_step_at, window_start, window_steps
@@ -183,6 +183,8 @@ class ChatFlow:
         self._assign = redis.register_script(_ASSIGN)
         self._elsewhere = redis.register_script(_ELSEWHERE)
         self._late = redis.register_script(_LATE)
+        self.snapshots = Snapshots(self._snapshot_reads, self._snapshot_rows)
+        """What the archive reads of a chat, and the rows it makes of it."""
 
     @property
     def config(self) -> BridgeConfig:
@@ -429,8 +431,15 @@ class ChatFlow:
         await archive_soon(self.timers, self.clock.now(), tag, f"chat:{cid}")
 
     async def snapshot(self, tag: str, cid: str) -> Snapshot | None:
+        return await self.snapshots.of(self.redis, tag, cid)
+
+    @staticmethod
+    def _snapshot_reads(tag: str, cid: str) -> list[Read]:
+        return [("hgetall", keys.chat(tag, cid)), ("hgetall", keys.chat_messages(tag, cid))]
+
+    def _snapshot_rows(self, tag: str, cid: str, found: list[Any]) -> Snapshot | None:
         """The chat as archive rows, A9's figures worked out; None when its state is gone."""
-        chat, kept = await read_hashes(self.redis, keys.chat(tag, cid), keys.chat_messages(tag, cid))
+        chat, kept = found
         if not chat.get("started_at"):
             return None
         store_id = keys.store_of(tag) or ""

@@ -25,7 +25,7 @@ from bridge.engine.events import StoredEvent
 from bridge.engine.outbox import FailureReporter, FinalFailure, Outbox, OutboxJob, Sender
 from bridge.engine.timers import Timer, TimerStore
 from bridge.flows import jobs
-from bridge.flows.archiving import archive_soon, record, recorded
+from bridge.flows.archiving import Read, Snapshots, archive_soon, decode_recorded, record
 from bridge.flows.domain import TaskOrderComment, TaskOrderCreated, TaskOrderProcessed, TaskOrderTimedOut
 from bridge.flows.steps import done_steps, take_steps
 from bridge.flows.task_records import STATUSES, TaskRecords, outcome, status_name
@@ -118,6 +118,8 @@ class TaskFlow:
         self._finish = redis.register_script(_FINISH)
         self._append_log = redis.register_script(_LOG)
         self.records = TaskRecords(redis, config, archive)
+        self.snapshots = Snapshots(self._snapshot_reads, self._snapshot_rows)
+        """What the archive reads of a task order, and the rows it makes of it."""
 
     @property
     def config(self) -> BridgeConfig:
@@ -497,9 +499,17 @@ class TaskFlow:
     # -- the archive ---------------------------------------------------------------------------------
 
     async def snapshot(self, tag: str, tid: str) -> Snapshot | None:
+        return await self.snapshots.of(self.redis, tag, tid)
+
+    @staticmethod
+    def _snapshot_reads(tag: str, tid: str) -> list[Read]:
+        return [("hgetall", keys.task(tag, tid)), ("lrange", keys.task_log(tag, tid)),
+                ("hgetall", keys.task_comments(tag, tid)), ("hgetall", keys.task_evidence(tag, tid))]  # fmt: skip
+
+    def _snapshot_rows(self, tag: str, tid: str, found: list[Any]) -> Snapshot | None:
         """The task order as archive rows, its log, comments and evidence with it; None when its
         state is gone."""
-        task = await self._task(tag, tid)
+        task, log_entries, kept_comments, kept_evidence = found
         if not task.get("data"):
             return None
         store = self.config.store(keys.store_of(tag) or "")
@@ -515,12 +525,12 @@ class TaskFlow:
                      "snapshot_at": int(self.clock.now() * 1000)} | outcome(task)  # fmt: skip
         log = [ids | {"entry_id": e["id"], "seq": seq, "at": moment(e["at"]), "type": e["type"], "side": e["side"],
                       "operator": e["operator"], "operator_id": e.get("operator_id")}
-               for seq, e in enumerate(await self.records.log_entries(tag, tid))]  # fmt: skip
+               for seq, e in enumerate(orjson.loads(raw) for raw in log_entries)]  # fmt: skip
         comments = [ids | {"comment_id": cid, "at": moment(c["at"]), "side": c["side"], "author": c["author"],
                            "author_id": c["author_id"], "text": c["text"]}
-                    for cid, c in (await recorded(self.redis, keys.task_comments(tag, tid))).items()]  # fmt: skip
+                    for cid, c in decode_recorded(kept_comments).items()]  # fmt: skip
         evidence = [ids | {"action_id": action_id, "position": i} | f
-                    for action_id, sent in (await recorded(self.redis, keys.task_evidence(tag, tid))).items()
+                    for action_id, sent in decode_recorded(kept_evidence).items()
                     for i, f in enumerate(sent["files"])]  # fmt: skip
         return {"task_orders": [row], "task_log": log, "task_comments": comments, "task_evidence": evidence}
 

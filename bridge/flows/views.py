@@ -49,15 +49,6 @@ async def read_hash(redis: Redis, key: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in (await redis.hgetall(key)).items()}
 
 
-async def read_hashes(redis: Redis, *keys: str) -> list[dict[str, str]]:
-    """Several hashes of one object (one hash slot) in one round trip."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hgetall(key)
-        found = await pipe.execute()
-    return [{str(k): str(v) for k, v in fields.items()} for fields in found]
-
-
 async def post_view(
     outbox: Outbox,
     tag: str,

@@ -276,3 +276,19 @@ async def test_the_copies_of_changes_within_a_second_fall_due_together_on_a_whol
     stack.clock.set(1_700_000_102.0)
     await stack.bridge.drain()
     assert sorted(row["conversation_id"] for row in await stack.bridge.archive.chats("1001")) == sorted(opened)
+
+
+async def test_the_copies_that_fall_due_together_are_read_in_one_round_trip(archived: Stack) -> None:
+    """Six chats changed in one second: at their whole second their six copies are claimed, read,
+    written and acknowledged with a handful of round trips to Redis, not a read each."""
+    stack = archived
+    assert stack.clock is not None
+    stack.clock.set(1_700_000_200.1)
+    opened = [await stack.sandbox.open_chat("1001") for _ in range(6)]
+    await stack.bridge.drain()
+    stack.clock.set(1_700_000_201.0)
+    before = int((await stack.redis.info("stats"))["total_reads_processed"])
+    await stack.bridge.worker.drain()
+    used = int((await stack.redis.info("stats"))["total_reads_processed"]) - before - 1  # less the INFO
+    assert sorted(row["conversation_id"] for row in await stack.bridge.archive.chats("1001")) == sorted(opened)
+    assert used <= 4, f"a claim, one read of the six, an acknowledgement and the next claim: {used}"
