@@ -4,11 +4,10 @@ they are finished, archived and past ``keys.FINISHED_KEEP_SECONDS``: Redis holds
 A change schedules the object's ``archive`` timer for the next whole second at least
 ARCHIVE_DELAY_SECONDS away, keeping an earlier time already set, so a burst of changes makes one
 copy, and the copies of every change within a second fall due together: they are claimed in one
-call, written in one transaction and acknowledged in one call. The timer engine gives the copy its
-durability: a process
-that dies while copying leaves the timer to another, and a copy is an upsert by ids, so running it
-twice writes nothing twice. An archive that is down delays copies (retried, counted in /metrics) and
-never holds up live work, which does not wait for them."""
+call, read in one, written in one transaction and acknowledged in one call. The timer engine gives
+the copy its durability: a process that dies while copying leaves the timer to another, and a copy
+is an upsert by ids, so running it twice writes nothing twice. An archive that is down delays
+copies (retried, counted in /metrics) and never holds up live work, which does not wait for them."""
 
 from __future__ import annotations
 
@@ -67,18 +66,27 @@ class Snapshots:
 
     async def of(self, redis: Redis, tag: str, object_id: str) -> Snapshot | None:
         """One object's rows, read now."""
-        return self.rows(tag, object_id, await read_all(redis, self.reads(tag, object_id)))
+        return self.rows(tag, object_id, found(await read_all(redis, self.reads(tag, object_id))))
 
 
 async def read_all(redis: Redis, reads: Sequence[Read]) -> list[Any]:
-    """What each read found, in one round trip."""
+    """What each read found, in one round trip; a read that failed (a key of another type) gives
+    its error in its place, so that it fails only the object it belongs to."""
     async with redis.pipeline(transaction=False) as pipe:
         for command, key in reads:
             if command == "hgetall":
                 pipe.hgetall(key)
             else:
                 pipe.lrange(key, 0, -1)
-        return list(await pipe.execute())
+        return list(await pipe.execute(raise_on_error=False))
+
+
+def found(results: list[Any]) -> list[Any]:
+    """An object's results from ``read_all``, or the error of the first of its reads that failed."""
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
 
 
 Forgetter = Callable[[str, str], Awaitable[None]]
@@ -129,7 +137,7 @@ class Archiving:
         _, tag, thread = keys.split_timer_key(timer.key)
         kind, _, object_id = thread.partition(":")
         how = self.snapshots[kind]
-        snapshot = how.rows(tag, object_id, await self._read(how.reads(tag, object_id)))
+        snapshot = how.rows(tag, object_id, found(await self._read(how.reads(tag, object_id))))
         if snapshot is None:
             return  # removed meanwhile: what it was is archived already
         try:
@@ -148,11 +156,11 @@ class Archiving:
     async def _read(self, reads: list[Read]) -> list[Any]:
         """What ``reads`` found, read in one round trip with those of every copy begun meanwhile: the
         copies of one whole second are claimed, and so read, together."""
-        found: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._reads.append((reads, found))
+        results: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._reads.append((reads, results))
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read_waiting())
-        return await found
+        return await results
 
     async def _read_waiting(self) -> None:
         await asyncio.sleep(0)  # the copies started in this turn of the loop join the first read
@@ -160,15 +168,15 @@ class Archiving:
             batch, self._reads = self._reads, []
             try:
                 results = await read_all(self.timers.redis, [read for reads, _ in batch for read in reads])
-            except Exception as error:  # each copy fails with it, and its timer runs again
-                for _, found in batch:
-                    if not found.done():  # a copy cancelled meanwhile (shutdown) is not waiting
-                        found.set_exception(error)
+            except Exception as error:  # Redis unavailable: each copy fails with it, and its timer runs again
+                for _, waiting in batch:
+                    if not waiting.done():  # a copy cancelled meanwhile (shutdown) is not waiting
+                        waiting.set_exception(error)
                 continue
             at = 0
-            for reads, found in batch:
-                if not found.done():
-                    found.set_result(results[at : at + len(reads)])
+            for reads, waiting in batch:
+                if not waiting.done():
+                    waiting.set_result(results[at : at + len(reads)])
                 at += len(reads)
 
     async def forget(self, tag: str, thread: str) -> bool:

@@ -292,3 +292,22 @@ async def test_the_copies_that_fall_due_together_are_read_in_one_round_trip(arch
     used = int((await stack.redis.info("stats"))["total_reads_processed"]) - before - 1  # less the INFO
     assert sorted(row["conversation_id"] for row in await stack.bridge.archive.chats("1001")) == sorted(opened)
     assert used <= 4, f"a claim, one read of the six, an acknowledgement and the next claim: {used}"
+
+
+async def test_a_copy_whose_state_cannot_be_read_fails_alone_and_its_second_is_copied(archived: Stack) -> None:
+    """Three chats copied in the same second, one of them with a damaged key (not a hash): its copy
+    fails and is retried by its timer, and the other two land."""
+    stack = archived
+    assert stack.clock is not None
+    stack.clock.set(1_700_000_300.1)
+    opened = [await stack.sandbox.open_chat("1001") for _ in range(3)]
+    await stack.bridge.drain()
+    damaged = keys.chat_messages(TAG, opened[1])
+    await stack.redis.delete(damaged)
+    await stack.redis.set(damaged, "not a hash")
+    stack.clock.set(1_700_000_301.0)
+    await stack.bridge.worker.drain()
+    assert sorted(row["conversation_id"] for row in await stack.bridge.archive.chats("1001")) == sorted(
+        [opened[0], opened[2]]
+    )
+    assert await stack.bridge.timers.is_pending(keys.archive_timer(TAG, f"chat:{opened[1]}")), "retried later"
