@@ -288,8 +288,9 @@ async def one_back_end(
     archive_seconds, archive_cpu = time.perf_counter() - started, time.process_time() - cpu
     found_chats = len(await archive.chats(STORE, details=False))
     found_tasks = await archive.count_tasks(STORE)
-    snapshots = [s for s in [await bridge.chats.snapshot(TAG, f"bench-chat-{i}") for i in range(chats)] if s]
-    snapshots += [s for s in [await bridge.tasks.snapshot(TAG, f"bench-task-{i}") for i in range(tasks)] if s]
+    read = [(bridge.chats.snapshots, f"bench-chat-{i}") for i in range(chats)]
+    read += [(bridge.tasks.snapshots, f"bench-task-{i}") for i in range(tasks)]
+    snapshots = [s for s in [await kind.of(client, TAG, object_id) for kind, object_id in read] if s]
     rows = sum(len(r) for s in snapshots for r in s.values())
     floor = await floor_insert(floor_url, snapshots)
     store = bridge.holder.current.store(STORE)

@@ -430,9 +430,6 @@ class ChatFlow:
     async def _changed(self, tag: str, cid: str) -> None:
         await archive_soon(self.timers, self.clock.now(), tag, f"chat:{cid}")
 
-    async def snapshot(self, tag: str, cid: str) -> Snapshot | None:
-        return await self.snapshots.of(self.redis, tag, cid)
-
     @staticmethod
     def _snapshot_reads(tag: str, cid: str) -> list[Read]:
         return [("hgetall", keys.chat(tag, cid)), ("hgetall", keys.chat_messages(tag, cid))]

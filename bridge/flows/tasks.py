@@ -498,9 +498,6 @@ class TaskFlow:
 
     # -- the archive ---------------------------------------------------------------------------------
 
-    async def snapshot(self, tag: str, tid: str) -> Snapshot | None:
-        return await self.snapshots.of(self.redis, tag, tid)
-
     @staticmethod
     def _snapshot_reads(tag: str, tid: str) -> list[Read]:
         return [("hgetall", keys.task(tag, tid)), ("lrange", keys.task_log(tag, tid)),

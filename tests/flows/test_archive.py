@@ -206,7 +206,7 @@ async def test_an_older_copy_never_replaces_a_newer_one(archived: Stack) -> None
     stack = archived
     cid = await stack.sandbox.open_chat("1001")
     await stack.settle()
-    old = await stack.bridge.chats.snapshot(TAG, cid)
+    old = await stack.bridge.chats.snapshots.of(stack.redis, TAG, cid)
     await stack.sandbox.close_chat(cid)
     await stack.settle()
     assert old is not None
