@@ -31,7 +31,7 @@ from bridge.engine.clock import Clock, SystemClock
 from bridge.engine.cluster import is_cluster
 from bridge.engine.logcontext import about, bound
 from bridge.engine.metrics import METRICS
-from bridge.engine.timers import Timer, TimerStore, take_lua
+from bridge.engine.timers import Timer, TimerStore, settle_lua, take_lua
 
 log = logging.getLogger(__name__)
 
@@ -153,14 +153,28 @@ return 0
 
 # KEYS: queue, attempts.  ARGV: job id.  Removes the head if it is still that job; returns the
 # new head (false when the queue is empty).
-_POP_HEAD = """
+_POP = """
 local head = redis.call('LINDEX', KEYS[1], 0)
 if head and cjson.decode(head)['id'] == ARGV[1] then
   redis.call('LPOP', KEYS[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
 end
-return redis.call('LINDEX', KEYS[1], 0)
 """
+_POP_HEAD = _POP + "return redis.call('LINDEX', KEYS[1], 0)\n"
+
+# As _POP_HEAD; when the queue is left empty, also acknowledges the sender's run (KEYS 3–6: the
+# sender timer's due, leased, payload and attempts; ARGV 2–3: the timer, the run's lease), which
+# would otherwise be a call of its own. Returns {new head or '', 1 when the run was acknowledged}.
+# One Redis only, as _ENQUEUE_AND_TAKE.
+_POP_HEAD_AND_SETTLE = (
+    _POP
+    + """head = redis.call('LINDEX', KEYS[1], 0)
+if head then return {head, 0} end
+local settled = false
+"""
+    + settle_lua("redis.call('ZSCORE', KEYS[3], ARGV[2])", "KEYS[4]", "KEYS[5]", "KEYS[6]", "ARGV[2]", "ARGV[3]")
+    + "return {'', settled and 1 or 0}\n"
+)
 
 FAILURES_BEFORE_REST = 3
 """Calls to one service failing in a row (5xx, timeouts; not 429s, which carry their own wait)
@@ -214,6 +228,7 @@ class Outbox:
         self._enqueue_and_take = self.redis.register_script(_ENQUEUE_AND_TAKE)
         self._one_redis = not is_cluster(self.redis)
         self._pop_head = self.redis.register_script(_POP_HEAD)
+        self._pop_head_and_settle = self.redis.register_script(_POP_HEAD_AND_SETTLE)
         self._root_first = self.redis.register_script(_ROOT_FIRST)
 
     def register(self, kinds: Mapping[str, Sender], failures: Mapping[str, FailureReporter] | None = None) -> None:
@@ -336,12 +351,12 @@ class Outbox:
             if int(await self._root_first(keys=[queue])):
                 root = await self.redis.lindex(queue, 0)  # the root, now first
                 return None if root is None else str(root)
-            await self._retry(tag, thread, job, exc)
+            await self._retry(timer, tag, thread, job, exc)
             return None
         except RetryLater as exc:
             if not exc.pacing and exc.after is None:
                 self._failed(service, probe)
-            await self._retry(tag, thread, job, exc)
+            await self._retry(timer, tag, thread, job, exc)
             return None
         except FinalFailure as exc:
             self._answered(service)
@@ -355,7 +370,7 @@ class Outbox:
         finally:
             if probe and rest is not None:
                 rest.probing = False  # whatever the check ended in, the next one may go
-        return await self._pop(tag, thread, job)
+        return await self._pop(timer, tag, thread, job)
 
     def _failed(self, service: str, probe: bool) -> None:
         """A call to ``service`` failed. From the FAILURES_BEFORE_REST-th in a row its sends rest,
@@ -382,14 +397,25 @@ class Outbox:
         """Capped exponential backoff with jitter, after ``failed_before`` earlier failures."""
         return min(self.max_delay, self.base_delay * 2.0 ** min(failed_before, 16)) * random.uniform(0.5, 1.0)
 
-    async def _pop(self, tag: str, thread: str, job: OutboxJob) -> str | None:
-        """Removes ``job`` from the head of its queue; returns the job now first, if any."""
-        head = await self._pop_head(keys=[keys.outbox_queue(tag, thread), keys.outbox_attempts(tag)], args=[job.id])
-        return None if head is None else str(head)
+    async def _pop(self, timer: Timer, tag: str, thread: str, job: OutboxJob) -> str | None:
+        """Removes ``job`` from the head of its queue; returns the job now first, if any. The run of
+        ``timer`` that sent it ends when the queue is empty: on a single Redis it is acknowledged in
+        the same call."""
+        queue = [keys.outbox_queue(tag, thread), keys.outbox_attempts(tag)]
+        if not self._one_redis or not timer.lease.held:
+            head = await self._pop_head(keys=queue, args=[job.id])
+            return None if head is None else str(head)
+        lease = timer.lease.token  # read before the call: a renewal meanwhile makes it not match
+        head, settled = await self._pop_head_and_settle(
+            keys=[*queue, *self.timers.keys_for(timer.key)[:4]], args=[job.id, timer.key, lease]
+        )
+        if int(settled):
+            timer.lease.held = False
+        return str(head) or None
 
-    async def _next(self, tag: str, thread: str, job: OutboxJob) -> None:
-        if await self._pop(tag, thread, job) is not None:
-            await self.timers.schedule(keys.outbox_timer(tag, thread), self.clock.now())
+    async def _next(self, timer: Timer, tag: str, thread: str, job: OutboxJob) -> None:
+        if await self._pop(timer, tag, thread, job) is not None:
+            await self.timers.schedule(timer.key, self.clock.now())
 
     async def irrelevance(self, job: OutboxJob) -> str | None:
         """Why ``job`` no longer matters, or None while it does."""
@@ -410,16 +436,15 @@ class Outbox:
             return None
         return f"what it belongs to finished ({status!s}) more than {grace:.0f} s ago"
 
-    async def _retry(self, tag: str, thread: str, job: OutboxJob, exc: RetryLater) -> None:
-        timer = keys.outbox_timer(tag, thread)
+    async def _retry(self, timer: Timer, tag: str, thread: str, job: OutboxJob, exc: RetryLater) -> None:
         if exc.pacing:
-            await self.timers.schedule(timer, self.clock.now() + (exc.after or 0))
+            await self.timers.schedule(timer.key, self.clock.now() + (exc.after or 0))
             return
         gone = await self.irrelevance(job)
         if gone is not None:
             reason = f"no longer relevant: {gone} (last error: {exc.reason})"
             await self._give_up(tag, thread, job, FinalFailure(reason), "irrelevant")
-            await self._next(tag, thread, job)
+            await self._next(timer, tag, thread, job)
             return
         if exc.after is not None:
             # The service said when (a 429's Retry-After): exactly then, and not counted as a failure,
@@ -431,7 +456,7 @@ class Outbox:
         self.stats.retried += 1
         METRICS.outbox.labels(job.kind, "retried").inc()
         log.info("outbox %s %s: %s; retrying in %.1f s", tag, job.id, exc.reason, delay)
-        await self.timers.schedule(timer, self.clock.now() + delay)
+        await self.timers.schedule(timer.key, self.clock.now() + delay)
 
     async def _give_up(self, tag: str, thread: str, job: OutboxJob, exc: FinalFailure, cause: str = "refused") -> None:
         """Dead-letters the job and tells whoever acted (a reply refused, or outlived by its chat)."""

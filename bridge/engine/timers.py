@@ -18,7 +18,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -124,10 +124,28 @@ out[#out + 1] = nxt and string.format('%d', nxt) or ''
 return out
 """
 
+
+def settle_lua(due: str, leased: str, payload: str, attempts: str, timer: str, lease: str) -> str:
+    """Lua that acknowledges a finished run of ``timer`` holding ``lease`` (its token in the leased
+    set), setting ``settled`` to true when it did. A lease that no longer matches belongs to someone
+    else (rescheduled, cancelled, or taken over after expiry) and is left alone; so is the payload of
+    a timer scheduled again, which ``due`` (a Lua expression) finds pending. Each argument is a Lua
+    expression; the worker's acknowledgement and a handler's own last call (the outbox's) share it."""
+    return (
+        f"local s = redis.call('ZSCORE', {leased}, {timer})\n"
+        f"if s and tonumber(s) == tonumber({lease}) then\n"
+        f"  redis.call('ZREM', {leased}, {timer})\n"
+        f"  redis.call('HDEL', {attempts}, {timer})\n"
+        f"  if not ({due}) then redis.call('HDEL', {payload}, {timer}) end\n"
+        f"  settled = true\n"
+        f"end\n"
+    )
+
+
 # KEYS: the shard's main due, leased, payload, attempts, then its lanes' due sets. ARGV: (member,
-# lease_ms)*. A lease that no longer matches belongs to someone else (rescheduled, cancelled, or
-# taken over after expiry) and is left alone; so is the payload of a timer scheduled again.
-_ACK = """
+# lease_ms)*.
+_ACK = (
+    """
 local function pending(member)
   for k = 1, #KEYS do
     if (k == 1 or k > 4) and redis.call('ZSCORE', KEYS[k], member) then return true end
@@ -136,18 +154,14 @@ local function pending(member)
 end
 local done = 0
 for i = 1, #ARGV, 2 do
-  local s = redis.call('ZSCORE', KEYS[2], ARGV[i])
-  if s and tonumber(s) == tonumber(ARGV[i + 1]) then
-    redis.call('ZREM', KEYS[2], ARGV[i])
-    redis.call('HDEL', KEYS[4], ARGV[i])
-    if not pending(ARGV[i]) then
-      redis.call('HDEL', KEYS[3], ARGV[i])
-    end
-    done = done + 1
-  end
+  local settled = false
+"""
+    + settle_lua("pending(ARGV[i])", "KEYS[2]", "KEYS[3]", "KEYS[4]", "ARGV[i]", "ARGV[i + 1]")
+    + """  if settled then done = done + 1 end
 end
 return done
 """
+)
 
 # Extends the leases of handlers still running (a worker that dies stops renewing, and its timers are
 # claimed again once the short lease runs out). KEYS: leased. ARGV: new lease (ms), (member, lease)*.
@@ -191,6 +205,17 @@ ACK_LINGER_SECONDS = 0.005
 """How long a finished run's acknowledgement waits for others to share its call."""
 
 
+@dataclass
+class Lease:
+    """A run's hold on its timer."""
+
+    token: int
+    """The run's score in the leased set (ms): renewed while its handler runs, so it changes."""
+    held: bool = True
+    """False once the run is acknowledged or handed back, by the worker or by the handler's own
+    last call (``settle_lua``): nothing renews or acknowledges it then."""
+
+
 @dataclass(frozen=True)
 class Timer:
     key: str
@@ -198,9 +223,14 @@ class Timer:
     """When it was due; None when it is a redelivery after a worker died holding it."""
     payload: str | None
     lease_ms: int
+    """The lease the run started with (``lease`` holds the current one)."""
     handed: str | None = None
     """What the step that started this run here handed to it (``start_now``), in memory only: None
     for a timer claimed from Redis, a redelivery included."""
+    lease: Lease = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lease", Lease(self.lease_ms))
 
     @property
     def kind(self) -> str:
@@ -400,9 +430,6 @@ class TimerWorker:
         self._stopping = False
         self._next_ms: float = math.inf
         self._pending_acks: list[Timer] = []
-        self._leases: dict[int, int] = {}
-        """The lease (ms, the token in the leased set) each running timer holds now, by id(timer):
-        renewed every third of ``lease_seconds`` while its handler runs."""
         self._lease_lock = asyncio.Lock()  # a renewal and an ack never pass each other's token
         self._acks_ready = asyncio.Event()
         self._serving: asyncio.Event | None = None
@@ -523,7 +550,6 @@ class TimerWorker:
         return more, next_ms
 
     def _start(self, timer: Timer) -> None:
-        self._leases[id(timer)] = timer.lease_ms
         self._running_in[keys.timer_lane(timer.key)] += 1
         # The worker's own context, not the caller's: a timer started by run_now from inside an
         # event's handler must not carry that event's context (its log fields, its delivery time).
@@ -580,8 +606,9 @@ class TimerWorker:
             await self._retry_later(timer)
             return
         self.stats.fired += 1
-        self._pending_acks.append(timer)
-        self._acks_ready.set()
+        if timer.lease.held:  # else the handler's own last call acknowledged it
+            self._pending_acks.append(timer)
+            self._acks_ready.set()
 
     async def _retry_later(self, timer: Timer) -> None:
         attempt_delay = self.retry_base_seconds
@@ -596,7 +623,7 @@ class TimerWorker:
 
     async def _release(self, timer: Timer, *, due_at: float, failed: bool) -> int:
         async with self._lease_lock:
-            lease = self._leases.pop(id(timer), timer.lease_ms)
+            lease, timer.lease.held = timer.lease.token, False
         result: int = await self.store.release_script(
             keys=self.store.keys_for(timer.key),
             args=[
@@ -634,7 +661,8 @@ class TimerWorker:
             by_shard: dict[int, list[Any]] = {}
             for timer in acks:
                 args = by_shard.setdefault(keys.timer_shard(timer.key, self.store.shards), [])
-                args += [timer.key, self._leases.pop(id(timer), timer.lease_ms)]
+                args += [timer.key, timer.lease.token]
+                timer.lease.held = False
             for shard, args in by_shard.items():
                 await self.store.ack_script(keys=[*self.store.shard_keys(shard)[:4], *self.store.lane_keys(shard)],
                                             args=args)  # fmt: skip
@@ -658,7 +686,7 @@ class TimerWorker:
     async def renew(self) -> int:
         """Extends the leases of every handler still running; returns how many were renewed."""
         async with self._lease_lock:
-            running = [t for task, t in self._running.items() if not task.done() and id(t) in self._leases]
+            running = [t for task, t in self._running.items() if not task.done() and t.lease.held]
             if not running:
                 return 0
             lease_ms = _ms(self.clock.now() + self.lease_seconds)
@@ -669,11 +697,11 @@ class TimerWorker:
             for shard, timers in by_shard.items():
                 args: list[Any] = [lease_ms]
                 for timer in timers:
-                    args += [timer.key, self._leases[id(timer)]]
+                    args += [timer.key, timer.lease.token]
                 kept = await self.store.renew_script(keys=[keys.timers_leased(shard)], args=args)
                 for timer, ok in zip(timers, kept, strict=True):
                     if int(ok):
-                        self._leases[id(timer)] = lease_ms
+                        timer.lease.token = lease_ms
                         renewed += 1
             return renewed
 

@@ -264,3 +264,33 @@ async def test_a_process_that_dies_after_pushing_and_taking_the_sender_leaves_it
     assert texts(stack, cid) == ["还在"]
     await stack.bridge.worker.drain()
     assert texts(stack, cid) == ["还在"] and await stack.bridge.outbox.pending(TAG, thread) == []
+
+
+async def test_a_sender_that_empties_its_queue_acknowledges_its_run_in_the_same_call(stack: Stack) -> None:
+    """On one Redis the pop that leaves the queue empty also ends the sender's run, so the worker has
+    nothing left to acknowledge; a run whose lease was renewed meanwhile (the token it sends is no
+    longer the one in Redis) is left alone, for the worker's own acknowledgement."""
+    cid = await stack.sandbox.open_chat("1001")
+    thread = f"chat:{cid}"
+    store = stack.bridge.timers
+    timer = keys.outbox_timer(TAG, thread)
+
+    async def taken(lease: int) -> Timer:
+        await store.cancel(timer)
+        await store.take_script(keys=store.keys_for(timer)[:4], args=[timer, lease])
+        return Timer(timer, stack.clock.now(), None, lease)
+
+    await stack.bridge.outbox.enqueue(TAG, thread, reply("one", cid, "好的"))
+    run = await taken(round(stack.clock.now() * 1000) + 5000)
+    await stack.bridge.outbox.handle_timer(run)
+    assert texts(stack, cid) == ["好的"]
+    assert not run.lease.held and not await store.is_pending(timer), "acknowledged with the pop"
+
+    await stack.bridge.outbox.enqueue(TAG, thread, reply("two", cid, "再见"))
+    run = await taken(round(stack.clock.now() * 1000) + 5000)
+    renewed = run.lease_ms + 1000
+    assert await store.renew_script(keys=[keys.timers_leased(0)], args=[renewed, timer, run.lease_ms]) == [1]
+    await stack.bridge.outbox.handle_timer(run)
+    assert texts(stack, cid) == ["好的", "再见"]
+    assert run.lease.held, "not acknowledged with a token that no longer holds"
+    assert await stack.redis.zscore(keys.timers_leased(0), timer) == renewed
