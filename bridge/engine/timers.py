@@ -312,27 +312,47 @@ class TimerStore:
         one run). A key whose handler is running is scheduled again either way."""
         await self._schedule(keys=self.keys_for(key)[:4], args=_schedule_args(key, due_at, payload, keep_earlier))
 
-    async def change(self, schedules: Sequence[Schedule], cancels: Sequence[str] = ()) -> None:
+    async def change(
+        self, schedules: Sequence[Schedule], cancels: Sequence[str] = (), *, read_after: str | None = None
+    ) -> dict[str, str]:
         """Several schedules (as ``schedule``, without payloads) and cancels in one round trip (on
-        a cluster, a call each, all at once): the timers one step of a flow sets and stops together."""
+        a cluster, a call each, all at once): the timers one step of a flow sets and stops together.
+        With ``read_after``, that hash is read once they are made, in the same round trip, and
+        returned (empty otherwise): a step that must see what another process wrote after its
+        cancel reads it without a call of its own."""
         calls = [(self._schedule, k, _schedule_args(k, due, None, keep)) for k, due, keep in schedules]
         calls += [(self._cancel, k, [k]) for k in cancels]
-        if not calls:
-            return
         if self.cluster:  # redis-py refuses scripts in a cluster's pipeline: a call each, at once
             await asyncio.gather(*(script(keys=self.keys_for(key)[:4], args=args) for script, key, args in calls))
-            return
+            read: Any = {} if read_after is None else await self.redis.hgetall(read_after)
+        elif calls or read_after is not None:
+            read = await self._change_in_one_call(calls, read_after)
+        else:
+            read = {}
+        return {str(k): str(v) for k, v in read.items()}
+
+    async def _change_in_one_call(self, calls: list[tuple[Any, str, list[Any]]], read_after: str | None) -> Any:
         async with self.redis.pipeline(transaction=False) as pipe:
             for script, key, args in calls:
                 # evalsha, not the script object: a pipeline with scripts first asks Redis whether
                 # it has them, a round trip of its own.
                 pipe.evalsha(script.sha, 4, *self.keys_for(key)[:4], *args)
+            if read_after is not None:
+                pipe.hgetall(read_after)
             results = await pipe.execute(raise_on_error=False)
+        read = results.pop() if read_after is not None else {}
+        forgotten = False
         for (script, key, args), result in zip(calls, results, strict=True):
             if isinstance(result, NoScriptError):  # Redis forgot it (a restart): loaded, run again
                 await script(keys=self.keys_for(key)[:4], args=args)
+                forgotten = True
             elif isinstance(result, Exception):
                 raise result
+        if isinstance(read, Exception):
+            raise read
+        if forgotten and read_after is not None:  # read before those changes were made: read again
+            read = await self.redis.hgetall(read_after)
+        return read
 
     async def start_now(self, key: str, handed: str | None = None) -> None:
         """Runs ``key`` now: in this process at once when its worker serves and has room, leased to

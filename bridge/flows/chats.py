@@ -404,8 +404,8 @@ class ChatFlow:
         that window gets its timer back, whichever order the two processes ran in. Returns the chat
         as read then."""
         archive = archive_schedule(self.clock.now(), tag, f"chat:{cid}")
-        await self.timers.change([archive], cancels=[keys.window_timer(tag, cid)])
-        chat = await self._chat(tag, cid)
+        window = keys.window_timer(tag, cid)
+        chat = await self.timers.change([archive], cancels=[window], read_after=keys.chat(tag, cid))
         if chat.get("window_start"):
             await self.timers.change(self._first_window_step(store, tag, cid, float(chat["window_start"])))
         return chat

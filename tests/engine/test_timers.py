@@ -432,24 +432,29 @@ async def test_a_timer_started_now_by_a_process_that_dies_runs_elsewhere_after_i
 
 
 async def test_a_step_sets_and_stops_several_timers_in_one_call(store: TimerStore, clock: ManualClock) -> None:
-    """``change``: a reply stops its window and sets its archive copy together; scheduling with
-    keep_earlier leaves an earlier time alone; and a Redis that forgot its scripts (a restart) still
-    takes every change."""
+    """``change``: a reply stops its window, sets its archive copy and reads its chat together;
+    scheduling with keep_earlier leaves an earlier time alone; and a Redis that forgot its scripts
+    (a restart) still takes every change, and the read comes after them."""
     fired: list[Timer] = []
     worker = TimerWorker(store, {"window": recorder(fired), "archive": recorder(fired)})
     await store.schedule("window:{store:1}:c1", T0 + 60)
     await store.schedule("archive:{store:1}:chat:c2", T0 + 0.5)
     await store.cancel("window:{store:1}:none")  # both scripts are known to Redis now
+    await store.redis.hset("{store:1}:chat:c1", mapping={"status": "open", "window_start": ""})
     await store.redis.config_resetstat()
-    await store.change(
+    chat = await store.change(
         [("archive:{store:1}:chat:c1", T0 + 1, True), ("archive:{store:1}:chat:c2", T0 + 1, True)],
         cancels=["window:{store:1}:c1"],
+        read_after="{store:1}:chat:c1",
     )
     assert int((await store.redis.info("stats"))["total_reads_processed"]) <= 2, "one call (and INFO itself)"
+    assert chat == {"status": "open", "window_start": ""}
     assert await store.due_at("window:{store:1}:c1") is None
     assert await store.due_at("archive:{store:1}:chat:c2") == T0 + 0.5, "an earlier copy is kept"
     await store.redis.script_flush()
-    await store.change([("window:{store:1}:c3", T0 + 2, False)], cancels=["archive:{store:1}:chat:c2"])
+    read = store.change([("window:{store:1}:c3", T0 + 2, False)], cancels=["archive:{store:1}:chat:c2"],
+                        read_after="{store:1}:chat:c3")  # fmt: skip
+    assert await read == {}
     clock.advance(2)
     assert await worker.drain() == 2
     assert sorted(t.key for t in fired) == ["archive:{store:1}:chat:c1", "window:{store:1}:c3"]
