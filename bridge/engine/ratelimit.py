@@ -10,34 +10,42 @@ from redis.asyncio import Redis
 
 from bridge.engine import keys
 from bridge.engine.clock import Clock
+from bridge.engine.cluster import is_cluster
 from bridge.engine.outbox import Expired
 
 # Each message reserves its own slot, so messages queued for one target do not all wake at the
 # same free moment and fight over it (a thundering herd); the slot is kept for the job until used.
 # And the spacing is kept between actual sends, not only between slots: a timer that fires late must
 # not send closer to the next message than the service allows.
-# KEYS: the target's next-free time, this job's slot, the target's last send.  ARGV: now (ms),
-# spacing (ms), not after (ms or ''). Returns 0 when the job may send now (recorded as the last
-# send), else how many ms until it may; -1 when its slot would come after "not after", and then
-# nothing is reserved, so no slot goes to waste.
+# KEYS: the target's next-free time, this job's slot, the target's last send, and optionally the
+# job's attempt mark.  ARGV: now (ms), spacing (ms), not after (ms or ''), the mark's life (s).
+# Returns {wait, mark}: wait is 0 when the job may send now (recorded as the last send), else how
+# many ms until it may; -1 when its slot would come after "not after", and then nothing is reserved,
+# so no slot goes to waste. A job let go now sets its attempt mark, and mark is what was there
+# before ('' when nothing: its first attempt).
 _RESERVE = """
-local now, spacing = tonumber(ARGV[1]), tonumber(ARGV[2])
-local earliest = tonumber(redis.call('GET', KEYS[3]) or '0') + spacing
-local mine = tonumber(redis.call('GET', KEYS[2]) or '')
-if not mine then
-  local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'), earliest)
-  if ARGV[3] ~= '' and slot > tonumber(ARGV[3]) then return -1 end
-  redis.call('SET', KEYS[1], slot + spacing, 'PX', slot - now + 60000)
-  mine = slot
+local function reserve()
+  local now, spacing = tonumber(ARGV[1]), tonumber(ARGV[2])
+  local earliest = tonumber(redis.call('GET', KEYS[3]) or '0') + spacing
+  local mine = tonumber(redis.call('GET', KEYS[2]) or '')
+  if not mine then
+    local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'), earliest)
+    if ARGV[3] ~= '' and slot > tonumber(ARGV[3]) then return -1 end
+    redis.call('SET', KEYS[1], slot + spacing, 'PX', slot - now + 60000)
+    mine = slot
+  end
+  local go = math.max(mine, earliest)
+  if go > now then
+    redis.call('SET', KEYS[2], go, 'PX', go - now + 60000)
+    return go - now
+  end
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[3], now, 'PX', spacing + 60000)
+  return 0
 end
-local go = math.max(mine, earliest)
-if go > now then
-  redis.call('SET', KEYS[2], go, 'PX', go - now + 60000)
-  return go - now
-end
-redis.call('DEL', KEYS[2])
-redis.call('SET', KEYS[3], now, 'PX', spacing + 60000)
-return 0
+local wait, before = reserve(), ''
+if wait == 0 and KEYS[4] then before = redis.call('SET', KEYS[4], '1', 'EX', ARGV[4], 'GET') or '' end
+return {wait, before}
 """
 
 # The service said "too many" (429 + Retry-After): nobody sends to the target before it allows, and
@@ -68,6 +76,8 @@ return 1
 class SendSpacing:
     def __init__(self, redis: Redis, clock: Clock) -> None:
         self.clock = clock
+        self._redis = redis
+        self._cluster = is_cluster(redis)
         self._reserve = redis.register_script(_RESERVE)
         self._hold = redis.register_script(_HOLD)
         self._sent = redis.register_script(_SENT)
@@ -85,16 +95,37 @@ class SendSpacing:
     ) -> float:
         """0 when ``job_id`` may send to ``target`` now (taken as sent now), else how long until it
         may. Raises ``Expired`` (reserving nothing) when its slot would come after ``not_after``."""
+        wait, _ = await self.reserve(service, target, spacing_seconds, job_id, not_after)
+        return wait
+
+    async def reserve(
+        self,
+        service: str,
+        target: str,
+        spacing_seconds: float,
+        job_id: str,
+        not_after: float | None = None,
+        *,
+        attempt: str | None = None,
+        attempt_seconds: int = 3600,
+    ) -> tuple[float, bool]:
+        """As ``wait_seconds``; with ``attempt`` (a key), a job let go now also marks its attempt
+        there for ``attempt_seconds``, in the same call on a single Redis, and the second value
+        says whether an earlier attempt had marked it (a sender with no idempotency key then looks
+        for what that attempt left). A job told to wait marks nothing: it has not tried."""
         now_ms = round(self.clock.now() * 1000)  # not truncated: 1.1 s is 1100 ms, not 1099
         limit = "" if not_after is None else int(not_after * 1000)
-        wait = int(
-            await self._reserve(
-                keys=self._keys(service, target, job_id), args=[now_ms, int(spacing_seconds * 1000), limit]
-            )
+        # On a cluster the mark lives in a slot of its own: it is set by a call of its own.
+        marked_here = [attempt] if attempt is not None and not self._cluster else []
+        wait, before = await self._reserve(
+            keys=[*self._keys(service, target, job_id), *marked_here],
+            args=[now_ms, int(spacing_seconds * 1000), limit, attempt_seconds],
         )
-        if wait < 0:
+        if int(wait) < 0:
             raise Expired(f"{service} {target}: the next free slot comes after the job's moment")
-        return wait / 1000
+        if attempt is not None and not marked_here and int(wait) == 0:
+            before = await self._redis.set(attempt, "1", ex=attempt_seconds, get=True)
+        return int(wait) / 1000, bool(before)
 
     async def sent(self, service: str, target: str, spacing_seconds: float) -> None:
         """The service took a message for ``target`` now: the next one is spaced from this moment

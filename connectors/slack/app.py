@@ -412,10 +412,15 @@ class SlackConnector:
         store_id = job.payload.get("store")
         return self.config().store(str(store_id)) if store_id else None
 
-    async def _space(self, channel: str, job_id: str, not_after: float | None = None) -> None:
-        wait = await self.spacing.wait_seconds("slack", channel, CHANNEL_SPACING_SECONDS, job_id, not_after)
+    async def _space(self, channel: str, job_id: str, not_after: float | None = None) -> bool:
+        """Waits for the channel's spacing (RetryLater); once the post may go, its attempt is marked.
+        Returns whether an earlier attempt of the job had marked it."""
+        wait, tried = await self.spacing.reserve("slack", channel, CHANNEL_SPACING_SECONDS, job_id, not_after,
+                                                 attempt=slack_keys.post_attempt(job_id),
+                                                 attempt_seconds=POST_ATTEMPT_SECONDS)  # fmt: skip
         if wait > 0:
             raise RetryLater(f"channel {channel} spacing", after=wait, pacing=True)
+        return tried
 
     async def _post(self, job: OutboxJob) -> None:
         p = job.payload
@@ -426,14 +431,12 @@ class SlackConnector:
             if root is None:
                 raise WaitingForRoot
             thread_ts = root[1]
-        attempt = slack_keys.post_attempt(job.id)
-        await self._space(p["channel"], job.id, job.expires_at)
-        # Rendered, and this attempt marked, only once the spacing lets the post go: it refuses most
-        # posts of a burst at first, and a refused post must not look like an attempt. The mark
-        # learns of an earlier attempt in the same call.
+        # The attempt is marked, and the post rendered, only once the spacing lets it go: the
+        # spacing refuses most posts of a burst at first, and a refused post must not look like an
+        # attempt. The mark learns of an earlier attempt in the same call.
+        tried = await self._space(p["channel"], job.id, job.expires_at)
         text, blocks = render(self._store(job), p["view"])
-        tried = await self.redis.set(attempt, "1", ex=POST_ATTEMPT_SECONDS, get=True)
-        landed = await self._landed_before(p["channel"], thread_ts, job.id) if tried is not None else None
+        landed = await self._landed_before(p["channel"], thread_ts, job.id) if tried else None
         if landed is None:
             metadata = {"event_type": POST_METADATA, "event_payload": {"job": job.id}}
             try:
@@ -442,7 +445,7 @@ class SlackConnector:
             except RetryLater as exc:
                 if exc.after is not None:  # 429: the channel rests, and this post goes first after it
                     await self.spacing.hold("slack", p["channel"], CHANNEL_SPACING_SECONDS, job.id, exc.after)
-                    await self.redis.delete(attempt)  # refused, so nothing landed to look for
+                    await self.redis.delete(slack_keys.post_attempt(job.id))  # refused: nothing landed
                 raise
             landed = str(resp["ts"])
         if p.get("root"):

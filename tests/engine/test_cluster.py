@@ -17,6 +17,7 @@ from bridge.engine.endpoint import Endpoint
 from bridge.engine.events import IN_FLIGHT_SECONDS, EventConsumer, StoredEvent
 from bridge.engine.ingest import EventLog, IncomingRecord
 from tests.conftest import Stack, start_stack
+from tests.engine.test_ratelimit import marks_an_attempt_only_when_the_job_goes
 
 CHATS, TASKS = "C0CHATS1001", "C0TASKS1001"
 
@@ -161,3 +162,13 @@ async def test_a_consumer_on_a_cluster_finishes_its_backlog_before_reading_again
     finally:
         await client.flushall()
         await client.aclose()
+
+
+async def test_a_job_marks_its_attempt_only_when_it_goes_on_a_cluster(cluster: list[EmbeddedRedis]) -> None:
+    """The mark lives in a slot of its own there, so it is a call of its own: the same outcome."""
+    redis = open_redis(cluster_url(cluster))
+    try:
+        await redis.flushall()
+        await marks_an_attempt_only_when_the_job_goes(redis)
+    finally:
+        await redis.aclose()

@@ -34,3 +34,23 @@ async def test_a_slow_request_finishing_late_never_pulls_the_spacing_back(redis:
     await spacing.sent("telegram", "7", 1.1)
     clock.advance(1.1)  # 1.1 s after a's answer, 1.05 s after b was taken
     assert await spacing.wait_seconds("telegram", "7", 1.1, "c") == 0.05, "spaced from b, the later one"
+
+
+async def marks_an_attempt_only_when_the_job_goes(redis: Redis) -> None:
+    """A job let go marks its attempt, and learns of an earlier one; a job told to wait marks nothing
+    (most posts of a burst are told to wait at first, and they have not tried)."""
+    clock = ManualClock()
+    spacing = SendSpacing(redis, clock)
+    mark = "{slack}:post-attempt:post-1"
+    assert await spacing.reserve("slack", "C1", 1.0, "post-0", attempt="{slack}:post-attempt:post-0") == (0, False)
+    assert await spacing.reserve("slack", "C1", 1.0, "post-1", attempt=mark, attempt_seconds=60) == (1.0, False)
+    assert await redis.exists(mark) == 0, "told to wait: no attempt"
+    clock.advance(1.0)
+    assert await spacing.reserve("slack", "C1", 1.0, "post-1", attempt=mark, attempt_seconds=60) == (0, False)
+    assert 0 < await redis.ttl(mark) <= 60
+    clock.advance(1.0)  # its process died after the post; the job runs again
+    assert await spacing.reserve("slack", "C1", 1.0, "post-1", attempt=mark, attempt_seconds=60) == (0, True)
+
+
+async def test_a_job_marks_its_attempt_only_when_it_goes(redis: Redis) -> None:
+    await marks_an_attempt_only_when_the_job_goes(redis)
