@@ -11,7 +11,9 @@ a grace period after it finished (``relevant_key``, ``relevant_grace``). What is
 or fails with a final error, goes to its endpoint's dead-letter list with the reason, where an
 operator lists, replays or drops it (``bridge dead-letters``); a final failure is also reported to
 whoever acted. A job id is the action's stable id: enqueueing it twice does nothing, and senders
-pass it on as the idempotency key so a retry after a crash is not a second action.
+pass it on as the idempotency key so a retry after a crash is not a second action. What a send
+learned (where its message landed) is recorded in the call that takes the job off its queue, so a
+job is either still queued or done with and recorded.
 """
 
 from __future__ import annotations
@@ -116,7 +118,11 @@ finished (its close notice after an outage); past that they are dead letters, re
 MAX_RETRY_DELAY_SECONDS = 60.0
 """However long an outage lasts, a message is tried again at least once a minute."""
 
-Sender = Callable[[OutboxJob], Awaitable[None]]
+Recorded = Mapping[str, str]
+"""What a send learned that later work needs (where the message landed: ``refs``), as keys under the
+job's own tag and their values. The outbox sets them, kept ``keys.REF_KEEP_SECONDS``, in the call
+that takes the job off its queue: recorded exactly when the job is done with."""
+Sender = Callable[[OutboxJob], Awaitable[Recorded | None]]
 FailureReporter = Callable[[OutboxJob, FinalFailure, str], Awaitable[None]]
 """Called with the job, the failure and the tag of its endpoint when a job fails for good."""
 
@@ -151,23 +157,36 @@ end
 return 0
 """
 
-# KEYS: queue, attempts.  ARGV: job id.  Removes the head if it is still that job; returns the
-# new head (false when the queue is empty).
-_POP = """
+
+def _pop_lua(first_record_key: int, first_record_arg: int) -> str:
+    """Lua that removes the head of the queue (KEYS[1]) if it is still the job ARGV[1], forgetting
+    its attempts (KEYS[2]), and sets what its send recorded: KEYS from ``first_record_key`` to the
+    values in ARGV from ``first_record_arg`` + 1, each kept ARGV[``first_record_arg``] seconds."""
+    shift = first_record_arg + 1 - first_record_key  # from a record's key to its value
+    value = f"ARGV[i {'+' if shift >= 0 else '-'} {abs(shift)}]"
+    return f"""
 local head = redis.call('LINDEX', KEYS[1], 0)
 if head and cjson.decode(head)['id'] == ARGV[1] then
   redis.call('LPOP', KEYS[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
 end
+for i = {first_record_key}, #KEYS do
+  redis.call('SET', KEYS[i], {value}, 'EX', ARGV[{first_record_arg}])
+end
 """
-_POP_HEAD = _POP + "return redis.call('LINDEX', KEYS[1], 0)\n"
+
+
+# KEYS: queue, attempts, then the records.  ARGV: job id, the records' life (s), then their values.
+# Returns the new head (false when the queue is empty).
+_POP_HEAD = _pop_lua(3, 2) + "return redis.call('LINDEX', KEYS[1], 0)\n"
 
 # As _POP_HEAD; when the queue is left empty, also acknowledges the sender's run (KEYS 3–6: the
 # sender timer's due, leased, payload and attempts; ARGV 2–3: the timer, the run's lease), which
-# would otherwise be a call of its own. Returns {new head or '', 1 when the run was acknowledged}.
-# One Redis only, as _ENQUEUE_AND_TAKE.
+# would otherwise be a call of its own. KEYS from 7: the records; ARGV 4: their life, then their
+# values. Returns {new head or '', 1 when the run was acknowledged}. One Redis only, as
+# _ENQUEUE_AND_TAKE.
 _POP_HEAD_AND_SETTLE = (
-    _POP
+    _pop_lua(7, 4)
     + """head = redis.call('LINDEX', KEYS[1], 0)
 if head then return {head, 0} end
 local settled = false
@@ -329,6 +348,7 @@ class Outbox:
         service = job.kind.split(".", 1)[0]
         rest = self._rests.get(service)
         probe = False
+        recorded: Recorded | None = None
         try:
             if job.expired(self.clock.now()):
                 raise Expired("its moment passed before it could be sent")
@@ -341,7 +361,7 @@ class Outbox:
                     return None
                 rest.probing = probe = True
             with bound(**about(tag, thread), job_id=job.id):
-                await sender(job)
+                recorded = await sender(job)
                 log.debug("outbox %s: %s sent", thread, job.kind)
         except Expired as exc:
             self.stats.expired += 1
@@ -370,7 +390,7 @@ class Outbox:
         finally:
             if probe and rest is not None:
                 rest.probing = False  # whatever the check ended in, the next one may go
-        return await self._pop(timer, tag, thread, job)
+        return await self._pop(timer, tag, thread, job, recorded)
 
     def _failed(self, service: str, probe: bool) -> None:
         """A call to ``service`` failed. From the FAILURES_BEFORE_REST-th in a row its sends rest,
@@ -397,17 +417,23 @@ class Outbox:
         """Capped exponential backoff with jitter, after ``failed_before`` earlier failures."""
         return min(self.max_delay, self.base_delay * 2.0 ** min(failed_before, 16)) * random.uniform(0.5, 1.0)
 
-    async def _pop(self, timer: Timer, tag: str, thread: str, job: OutboxJob) -> str | None:
-        """Removes ``job`` from the head of its queue; returns the job now first, if any. The run of
-        ``timer`` that sent it ends when the queue is empty: on a single Redis it is acknowledged in
-        the same call."""
+    async def _pop(
+        self, timer: Timer, tag: str, thread: str, job: OutboxJob, recorded: Recorded | None = None
+    ) -> str | None:
+        """Removes ``job`` from the head of its queue, setting what its send ``recorded``; returns the
+        job now first, if any. The run of ``timer`` that sent it ends when the queue is empty: on a
+        single Redis it is acknowledged in the same call."""
         queue = [keys.outbox_queue(tag, thread), keys.outbox_attempts(tag)]
+        records = dict(recorded or {})
         if not self._one_redis or not timer.lease.held:
-            head = await self._pop_head(keys=queue, args=[job.id])
+            head = await self._pop_head(
+                keys=[*queue, *records], args=[job.id, keys.REF_KEEP_SECONDS, *records.values()]
+            )
             return None if head is None else str(head)
         lease = timer.lease.token  # read before the call: a renewal meanwhile makes it not match
         head, settled = await self._pop_head_and_settle(
-            keys=[*queue, *self.timers.keys_for(timer.key)[:4]], args=[job.id, timer.key, lease]
+            keys=[*queue, *self.timers.keys_for(timer.key)[:4], *records],
+            args=[job.id, timer.key, lease, keys.REF_KEEP_SECONDS, *records.values()],
         )
         if int(settled):
             timer.lease.held = False

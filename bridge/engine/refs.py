@@ -11,17 +11,17 @@ from redis.asyncio import Redis
 from bridge.engine import keys
 
 
-async def save_root(redis: Redis, tag: str, chat_key: str, service: str, channel: str, message: str) -> None:
+def root_records(tag: str, chat_key: str, service: str, channel: str, message: str) -> dict[str, str]:
+    """What a thread's root message, once posted, is recorded as (a sender returns it to the outbox,
+    which sets it, kept ``keys.REF_KEEP_SECONDS``, with the job's removal from its queue)."""
     ref = f"{service}:{channel}:{message}"
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.set(keys.thread_root(tag, chat_key), ref, ex=keys.REF_KEEP_SECONDS)
-        pipe.set(keys.message_ref(tag, ref), chat_key, ex=keys.REF_KEEP_SECONDS)
-        await pipe.execute()
+    return {keys.thread_root(tag, chat_key): ref, keys.message_ref(tag, ref): chat_key}
 
 
-async def save_member(redis: Redis, tag: str, chat_key: str, service: str, channel: str, message: str) -> None:
-    """A later message of the thread (where a destination has no threads, a reply to it counts)."""
-    await redis.set(keys.message_ref(tag, f"{service}:{channel}:{message}"), chat_key, ex=keys.REF_KEEP_SECONDS)
+def member_records(tag: str, chat_key: str, service: str, channel: str, message: str) -> dict[str, str]:
+    """As ``root_records``, for a later message of the thread (where a destination has no threads,
+    a reply to it counts)."""
+    return {keys.message_ref(tag, f"{service}:{channel}:{message}"): chat_key}
 
 
 async def save_topic(redis: Redis, tag: str, chat_key: str, service: str, channel: str, topic: str) -> None:

@@ -29,7 +29,7 @@ from bridge.destinations import SNIFF_TIMEOUT_SECONDS, Route, inbox_thread
 from bridge.engine import refs
 from bridge.engine.backpressure import RETRY_AFTER_SECONDS, UNAVAILABLE
 from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
-from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender, WaitingForRoot
+from bridge.engine.outbox import FinalFailure, OutboxJob, Recorded, RetryLater, Sender, WaitingForRoot
 from bridge.engine.ratelimit import SendSpacing
 from bridge.flows import jobs
 from bridge.flows.router import ASSIGN_TO, CLAIM, ELSEWHERE, REASSIGN, Inbound
@@ -422,7 +422,7 @@ class SlackConnector:
             raise RetryLater(f"channel {channel} spacing", after=wait, pacing=True)
         return tried
 
-    async def _post(self, job: OutboxJob) -> None:
+    async def _post(self, job: OutboxJob) -> Recorded | None:
         p = job.payload
         tag, chat_key = str(p["tag"]), str(p["thread_key"])
         thread_ts: str | None = None
@@ -448,8 +448,7 @@ class SlackConnector:
                     await self.redis.delete(slack_keys.post_attempt(job.id))  # refused: nothing landed
                 raise
             landed = str(resp["ts"])
-        if p.get("root"):
-            await refs.save_root(self.redis, tag, chat_key, "slack", str(p["channel"]), landed)
+        return refs.root_records(tag, chat_key, SERVICE, str(p["channel"]), landed) if p.get("root") else None
 
     async def _landed_before(self, channel: str, thread_ts: str | None, job_id: str) -> str | None:
         """This job was attempted before (a process may have died after Slack took the post and

@@ -30,7 +30,7 @@ from bridge.destinations import SNIFF_TIMEOUT_SECONDS, Route, inbox_thread
 from bridge.engine import keys, refs
 from bridge.engine.backpressure import UNAVAILABLE
 from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
-from bridge.engine.outbox import FinalFailure, OutboxJob, RetryLater, Sender, WaitingForRoot
+from bridge.engine.outbox import FinalFailure, OutboxJob, Recorded, RetryLater, Sender, WaitingForRoot
 from bridge.engine.ratelimit import SendSpacing
 from bridge.flows import jobs
 from bridge.flows.resolve import TooLargeToFetch
@@ -377,7 +377,7 @@ class TelegramConnector:
         await refs.save_topic(self.redis, tag, key, "telegram", str(chat), str(created.message_thread_id))
         return created.message_thread_id
 
-    async def _post(self, job: OutboxJob) -> None:
+    async def _post(self, job: OutboxJob) -> Recorded:
         p = job.payload
         tag, key, chat = str(p["tag"]), str(p["thread_key"]), int(p["channel"])
         view = self._view(p)
@@ -394,9 +394,9 @@ class TelegramConnector:
         photo = str(content["url"]) if view["type"] == "platform_message" and content.get("type") == "image" else None
         sent = await self._send(chat, text, markup, job.id, reply_to, topic, job.expires_at, photo)
         if p.get("root"):
-            await refs.save_root(self.redis, tag, key, "telegram", str(chat), str(sent.message_id))
-        else:  # a reply to any message of the chain belongs to the same thread
-            await refs.save_member(self.redis, tag, key, "telegram", str(chat), str(sent.message_id))
+            return refs.root_records(tag, key, SERVICE, str(chat), str(sent.message_id))
+        # A reply to any message of the chain belongs to the same thread.
+        return refs.member_records(tag, key, SERVICE, str(chat), str(sent.message_id))
 
     async def _update_root(self, job: OutboxJob) -> None:
         p = job.payload

@@ -17,7 +17,8 @@ async def test_a_reply_that_arrives_before_its_parent_is_recorded_is_routed_once
 
     async def record_the_post_a_little_later() -> None:
         await asyncio.sleep(0.03)
-        await refs.save_root(redis, TAG, "chat:c1", "slack", "C1", "1700000000.000100")
+        for key, value in refs.root_records(TAG, "chat:c1", "slack", "C1", "1700000000.000100").items():
+            await redis.set(key, value)
 
     recording = asyncio.create_task(record_the_post_a_little_later())
     assert await refs.chat_of(redis, TAG, "slack", "C1", "1700000000.000100") is None

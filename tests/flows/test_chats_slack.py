@@ -16,6 +16,7 @@ from bridge.config import Destination
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
 from bridge.engine.outbox import OutboxJob
+from bridge.engine.timers import Timer
 from bridge.flows.chats import IN_FLIGHT_SECONDS, ChatFlow
 from bridge.flows.domain import ChatMessage, PlatformAgent, TextContent
 from bridge.sandbox.slack import Message
@@ -452,15 +453,18 @@ async def test_a_post_whose_process_died_before_recording_it_is_not_posted_twice
     cid, root = await open_chat(stack)
     assert root.metadata is not None and root.metadata["event_type"] == "feige_bridge_post", "posts name their job"
     job_id = root.metadata["event_payload"]["job"]
-    # As if the process had died after Slack took the post, before recording it: the mapping is gone
-    # and the job runs again.
+    # As if the process had died after Slack took the post, before recording it and taking the job
+    # off its queue: the mapping is gone, the job is first again, and its thread's sender runs.
     await stack.redis.delete(keys.thread_root(TAG, f"chat:{cid}"))
     job = OutboxJob.loads(json.dumps({"id": job_id, "kind": "slack.post", "payload": {
         "tag": TAG, "thread_key": f"chat:{cid}", "store": "1001", "channel": CHATS, "root": True,
         "view": {"type": "notice", "text": "again"}}}))  # fmt: skip
-    await stack.bridge.outbox.senders["slack.post"](job)
+    thread = f"chat:{cid}:slack"
+    await stack.redis.lpush(keys.outbox_queue(TAG, thread), job.dumps())
+    await stack.bridge.outbox.handle_timer(Timer(keys.outbox_timer(TAG, thread), stack.clock.now(), None, 0))
     assert len(stack.slack.channel(CHATS)) == 1, "not posted a second time"
     assert await stack.bridge.redis.get(keys.thread_root(TAG, f"chat:{cid}")) == f"slack:{CHATS}:{root.ts}"
+    assert await stack.bridge.outbox.pending(TAG, thread) == []
 
 
 async def test_an_edit_or_a_deletion_of_a_sent_reply_is_explained_to_its_author(stack: Stack) -> None:
