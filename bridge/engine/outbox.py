@@ -21,19 +21,20 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from bridge.engine import keys
 from bridge.engine.clock import Clock, SystemClock
 from bridge.engine.cluster import is_cluster
 from bridge.engine.logcontext import about, bound
 from bridge.engine.metrics import METRICS
-from bridge.engine.timers import Timer, TimerStore, settle_lua, take_lua
+from bridge.engine.timers import Timer, TimerStore, TimerWorker, settle_lua, take_lua
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,20 @@ class OutboxStats:
     dead_lettered: int = 0
 
 
+@dataclass(frozen=True)
+class _Push:
+    """A job's push into its thread's queue: the script call, and what its answer calls for."""
+
+    script: Any
+    keys: list[str]
+    args: list[Any]
+    timer: str
+    raw: str
+    worker: TimerWorker | None = None
+    """This process's worker, when the call also leases the thread's sender to it (under ``lease_ms``)."""
+    lease_ms: int = 0
+
+
 @dataclass
 class Outbox:
     redis: Redis
@@ -257,6 +272,11 @@ class Outbox:
 
     async def enqueue(self, tag: str, thread: str, job: OutboxJob) -> bool:
         """Queues ``job`` behind the others of its thread. False when this job id was queued before."""
+        push = self._push(tag, thread, job)
+        return await self._pushed(push, await push.script(keys=push.keys, args=push.args))
+
+    def _push(self, tag: str, thread: str, job: OutboxJob) -> _Push:
+        """The call that queues ``job``; ``_pushed`` does what its answer calls for."""
         if not job.created_at:
             job = replace(job, created_at=self.clock.now())
         raw = job.dumps()
@@ -267,27 +287,26 @@ class Outbox:
         # stays it until the sender started now pops it (only a thread's sender moves its queue's
         # head), so the job is handed to it instead of read back.
         worker = self.timers.local_with_room() if self._one_redis else None
-        if worker is not None:
-            lease_ms = worker.lease_from_now()
-            result = int(
-                await self._enqueue_and_take(
-                    keys=[*pushed, *self.timers.keys_for(timer)[:4]],
-                    args=[raw, keys.OUTBOX_JOB_TTL_SECONDS, timer, lease_ms],
-                )
-            )
-            if result == 1:
-                worker.run_taken(timer, lease_ms, handed=raw)
-        else:
-            result = int(await self._enqueue(keys=pushed, args=[raw, keys.OUTBOX_JOB_TTL_SECONDS]))
-            if result == 1:
-                await self.timers.start_now(timer, handed=raw)
-        if result < 0 and not await self.timers.is_pending(timer):
+        if worker is None:
+            return _Push(self._enqueue, pushed, [raw, keys.OUTBOX_JOB_TTL_SECONDS], timer, raw)
+        lease_ms = worker.lease_from_now()
+        return _Push(self._enqueue_and_take, [*pushed, *self.timers.keys_for(timer)[:4]],
+                     [raw, keys.OUTBOX_JOB_TTL_SECONDS, timer, lease_ms], timer, raw, worker, lease_ms)  # fmt: skip
+
+    async def _pushed(self, push: _Push, answer: Any) -> bool:
+        result = int(answer)
+        if result == 1:
+            if push.worker is not None:
+                push.worker.run_taken(push.timer, push.lease_ms, handed=push.raw)
+            else:
+                await self.timers.start_now(push.timer, handed=push.raw)
+        if result < 0 and not await self.timers.is_pending(push.timer):
             # Queued before: the step that queued it is running again, and its first run may have
             # died between the push and the start. A queue with work and no timer is restarted (a
             # sender mid-flight has a lease and reschedules itself). A job pushed behind others is
             # left alone: the step that pushed the first of them starts the sender, or runs again
             # and does. Starting it here too could start a second sender of the same thread.
-            await self.timers.schedule(timer, self.clock.now())
+            await self.timers.schedule(push.timer, self.clock.now())
         return result > 0
 
     async def pending(self, tag: str, thread: str) -> list[OutboxJob]:
@@ -349,6 +368,7 @@ class Outbox:
         rest = self._rests.get(service)
         probe = False
         recorded: Recorded | None = None
+        follows: list[_Push] = []
         try:
             if job.expired(self.clock.now()):
                 raise Expired("its moment passed before it could be sent")
@@ -385,12 +405,12 @@ class Outbox:
             self._answered(service)
             self.stats.sent += 1
             METRICS.outbox.labels(job.kind, "sent").inc()
-            for follow in job.then or []:
-                await self.enqueue(follow["tag"], follow["thread"], OutboxJob(**follow["job"]))
+            # Queued with this job's pop, in the same round trip, just ahead of it.
+            follows = [self._push(f["tag"], f["thread"], OutboxJob(**f["job"])) for f in job.then or []]
         finally:
             if probe and rest is not None:
                 rest.probing = False  # whatever the check ended in, the next one may go
-        return await self._pop(timer, tag, thread, job, recorded)
+        return await self._pop(timer, tag, thread, job, recorded, follows)
 
     def _failed(self, service: str, probe: bool) -> None:
         """A call to ``service`` failed. From the FAILURES_BEFORE_REST-th in a row its sends rest,
@@ -418,26 +438,54 @@ class Outbox:
         return min(self.max_delay, self.base_delay * 2.0 ** min(failed_before, 16)) * random.uniform(0.5, 1.0)
 
     async def _pop(
-        self, timer: Timer, tag: str, thread: str, job: OutboxJob, recorded: Recorded | None = None
+        self,
+        timer: Timer,
+        tag: str,
+        thread: str,
+        job: OutboxJob,
+        recorded: Recorded | None = None,
+        follows: Sequence[_Push] = (),
     ) -> str | None:
-        """Removes ``job`` from the head of its queue, setting what its send ``recorded``; returns the
-        job now first, if any. The run of ``timer`` that sent it ends when the queue is empty: on a
-        single Redis it is acknowledged in the same call."""
+        """Removes ``job`` from the head of its queue, setting what its send ``recorded`` and queueing
+        the jobs that ``follow`` it first; returns the job now first, if any. The run of ``timer``
+        that sent it ends when the queue is empty: on a single Redis it is acknowledged in the same
+        call, and the whole is one round trip."""
         queue = [keys.outbox_queue(tag, thread), keys.outbox_attempts(tag)]
         records = dict(recorded or {})
-        if not self._one_redis or not timer.lease.held:
-            head = await self._pop_head(
-                keys=[*queue, *records], args=[job.id, keys.REF_KEEP_SECONDS, *records.values()]
-            )
-            return None if head is None else str(head)
+        settling = self._one_redis and timer.lease.held
         lease = timer.lease.token  # read before the call: a renewal meanwhile makes it not match
-        head, settled = await self._pop_head_and_settle(
-            keys=[*queue, *self.timers.keys_for(timer.key)[:4], *records],
-            args=[job.id, timer.key, lease, keys.REF_KEEP_SECONDS, *records.values()],
-        )
+        calls = [(push.script, push.keys, push.args) for push in follows]
+        if settling:
+            calls.append((self._pop_head_and_settle, [*queue, *self.timers.keys_for(timer.key)[:4], *records],
+                          [job.id, timer.key, lease, keys.REF_KEEP_SECONDS, *records.values()]))  # fmt: skip
+        else:
+            calls.append((self._pop_head, [*queue, *records], [job.id, keys.REF_KEEP_SECONDS, *records.values()]))
+        *pushed, popped = await self._in_one_call(calls)
+        for push, answer in zip(follows, pushed, strict=True):
+            await self._pushed(push, answer)
+        if not settling:
+            return None if popped is None else str(popped)
+        head, settled = popped
         if int(settled):
             timer.lease.held = False
         return str(head) or None
+
+    async def _in_one_call(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """Runs the scripts in order, in one round trip on a single Redis (a pipeline; a script Redis
+        forgot, after a restart, is loaded and run again); on a cluster, whose pipelines refuse
+        scripts, one after another."""
+        if not self._one_redis or len(calls) == 1:
+            return [await script(keys=k, args=a) for script, k, a in calls]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for script, k, a in calls:
+                pipe.evalsha(script.sha, len(k), *k, *a)
+            results = await pipe.execute(raise_on_error=False)
+        for i, ((script, k, a), result) in enumerate(zip(calls, results, strict=True)):
+            if isinstance(result, NoScriptError):
+                results[i] = await script(keys=k, args=a)
+            elif isinstance(result, Exception):
+                raise result
+        return list(results)
 
     async def _next(self, timer: Timer, tag: str, thread: str, job: OutboxJob) -> None:
         if await self._pop(timer, tag, thread, job) is not None:

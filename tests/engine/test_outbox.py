@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -294,3 +295,31 @@ async def test_a_sender_that_empties_its_queue_acknowledges_its_run_in_the_same_
     assert texts(stack, cid) == ["好的", "再见"]
     assert run.lease.held, "not acknowledged with a token that no longer holds"
     assert await stack.redis.zscore(keys.timers_leased(0), timer) == renewed
+
+
+async def test_what_follows_a_sent_job_is_queued_with_its_pop_in_one_round_trip(stack: Stack) -> None:
+    """A job's follow-ups (a ✅ after a reply) are queued in the pipeline that pops the job, ahead of
+    the pop; a Redis that forgot its scripts (a restart) still takes both."""
+    cid = await stack.sandbox.open_chat("1001")
+    store = stack.bridge.timers
+    first, second = f"chat:{cid}", f"chat:{cid}:after"
+    runs = ("first", "counted", "after a restart")  # the first run loads the scripts into Redis
+    for run in runs:
+        follow = {"tag": TAG, "thread": second, "job": vars(reply(f"after-{run}", cid, f"随后-{run}"))}
+        await stack.bridge.outbox.enqueue(TAG, first, replace(reply(f"sent-{run}", cid, run), then=[follow]))
+        timer = keys.outbox_timer(TAG, first)
+        await store.cancel(timer)
+        lease = round(stack.clock.now() * 1000) + 5000
+        await store.take_script(keys=store.keys_for(timer)[:4], args=[timer, lease])
+        if run == "after a restart":
+            await stack.redis.script_flush()
+        await stack.redis.config_resetstat()
+        await stack.bridge.outbox.handle_timer(Timer(timer, stack.clock.now(), None, lease))
+        if run == "counted":
+            # The head's read, the pipeline, the follow-up's sender scheduled (no worker serves
+            # here), and INFO itself.
+            assert int((await stack.redis.info("stats"))["total_reads_processed"]) == 4
+        assert [j.id for j in await stack.bridge.outbox.pending(TAG, second)] == [f"after-{run}"]
+        assert await stack.bridge.outbox.pending(TAG, first) == [] and not await store.is_pending(timer)
+        await stack.bridge.worker.drain()
+    assert texts(stack, cid) == [text for run in runs for text in (run, f"随后-{run}")]
