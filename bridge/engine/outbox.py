@@ -27,13 +27,13 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from bridge.engine import keys
 from bridge.engine.clock import Clock, SystemClock
 from bridge.engine.cluster import is_cluster
 from bridge.engine.logcontext import about, bound
 from bridge.engine.metrics import METRICS
+from bridge.engine.scripts import ScriptCall, in_one_call
 from bridge.engine.timers import Timer, TimerStore, TimerWorker, settle_lua, take_lua
 
 log = logging.getLogger(__name__)
@@ -454,7 +454,7 @@ class Outbox:
         records = dict(recorded or {})
         settling = self._one_redis and timer.lease.held
         lease = timer.lease.token  # read before the call: a renewal meanwhile makes it not match
-        calls = [(push.script, push.keys, push.args) for push in follows]
+        calls: list[ScriptCall] = [(push.script, push.keys, push.args) for push in follows]
         if settling:
             calls.append((self._pop_head_and_settle, [*queue, *self.timers.keys_for(timer.key)[:4], *records],
                           [job.id, timer.key, lease, keys.REF_KEEP_SECONDS, *records.values()]))  # fmt: skip
@@ -470,22 +470,13 @@ class Outbox:
             timer.lease.held = False
         return str(head) or None
 
-    async def _in_one_call(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
-        """Runs the scripts in order, in one round trip on a single Redis (a pipeline; a script Redis
-        forgot, after a restart, is loaded and run again); on a cluster, whose pipelines refuse
-        scripts, one after another."""
+    async def _in_one_call(self, calls: list[ScriptCall]) -> list[Any]:
+        """Runs the scripts in order: in one round trip on a single Redis; on a cluster, whose
+        pipelines refuse scripts, one after another."""
         if not self._one_redis or len(calls) == 1:
             return [await script(keys=k, args=a) for script, k, a in calls]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for script, k, a in calls:
-                pipe.evalsha(script.sha, len(k), *k, *a)
-            results = await pipe.execute(raise_on_error=False)
-        for i, ((script, k, a), result) in enumerate(zip(calls, results, strict=True)):
-            if isinstance(result, NoScriptError):
-                results[i] = await script(keys=k, args=a)
-            elif isinstance(result, Exception):
-                raise result
-        return list(results)
+        answers, _ = await in_one_call(self.redis, calls)
+        return answers
 
     async def _next(self, timer: Timer, tag: str, thread: str, job: OutboxJob) -> None:
         if await self._pop(timer, tag, thread, job) is not None:

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from bridge.engine import keys
 from bridge.engine.clock import Clock, SystemClock
 from bridge.engine.cluster import is_cluster
 from bridge.engine.logcontext import about, bound
+from bridge.engine.scripts import in_one_call
 from bridge.engine.wakeups import listen_for_wakeups
 
 log = logging.getLogger(__name__)
@@ -324,35 +325,13 @@ class TimerStore:
         calls += [(self._cancel, k, [k]) for k in cancels]
         if self.cluster:  # redis-py refuses scripts in a cluster's pipeline: a call each, at once
             await asyncio.gather(*(script(keys=self.keys_for(key)[:4], args=args) for script, key, args in calls))
-            read: Any = {} if read_after is None else await self.redis.hgetall(read_after)
+            read: Any = None if read_after is None else await self.redis.hgetall(read_after)
         elif calls or read_after is not None:
-            read = await self._change_in_one_call(calls, read_after)
+            scripts = [(script, self.keys_for(key)[:4], args) for script, key, args in calls]
+            _, read = await in_one_call(self.redis, scripts, read_after=read_after)
         else:
-            read = {}
-        return {str(k): str(v) for k, v in read.items()}
-
-    async def _change_in_one_call(self, calls: list[tuple[Any, str, list[Any]]], read_after: str | None) -> Any:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for script, key, args in calls:
-                # evalsha, not the script object: a pipeline with scripts first asks Redis whether
-                # it has them, a round trip of its own.
-                pipe.evalsha(script.sha, 4, *self.keys_for(key)[:4], *args)
-            if read_after is not None:
-                pipe.hgetall(read_after)
-            results = await pipe.execute(raise_on_error=False)
-        read = results.pop() if read_after is not None else {}
-        forgotten = False
-        for (script, key, args), result in zip(calls, results, strict=True):
-            if isinstance(result, NoScriptError):  # Redis forgot it (a restart): loaded, run again
-                await script(keys=self.keys_for(key)[:4], args=args)
-                forgotten = True
-            elif isinstance(result, Exception):
-                raise result
-        if isinstance(read, Exception):
-            raise read
-        if forgotten and read_after is not None:  # read before those changes were made: read again
-            read = await self.redis.hgetall(read_after)
-        return read
+            read = None
+        return {str(k): str(v) for k, v in (read or {}).items()}
 
     async def start_now(self, key: str, handed: str | None = None) -> None:
         """Runs ``key`` now: in this process at once when its worker serves and has room, leased to
