@@ -243,21 +243,23 @@ def message_ref(tag: str, ref: str) -> str:
     return f"{tag}:ref:{ref}"
 
 
-def rate_limit(service: str, target: str) -> str:
+def rate_limit(service: str, target: str, *, sender_wide: bool = False) -> str:
     """STRING: the earliest time (ms) the next slot to ``target`` on ``service`` is free. Expires a
-    minute after that time."""
-    return "{rl:" + service + ":" + target + "}"
+    minute after that time. ``sender_wide``: the service also spaces the sender as a whole, and
+    all its targets share one hash tag, so one script can reserve a target and the sender."""
+    return "{rl:" + service + "}:" + target if sender_wide else "{rl:" + service + ":" + target + "}"
 
 
-def rate_limit_last(service: str, target: str) -> str:
-    """STRING: when (ms) the last message to ``target`` on ``service`` was let go (or, after a 429,
-    the moment the service allows again, less one spacing). Expires a minute after it matters."""
-    return rate_limit(service, target) + ":last"
+def rate_limit_last(target_key: str) -> str:
+    """STRING: when (ms) the last message to a target (its ``rate_limit`` key) was let go (or,
+    after a 429, the moment the service allows again, less one spacing). Expires a minute after it
+    matters."""
+    return target_key + ":last"
 
 
-def rate_limit_slot(service: str, target: str, job_id: str) -> str:
+def rate_limit_slot(target_key: str, job_id: str) -> str:
     """STRING: the slot (ms) reserved for one outbox job; deleted when used, else expires."""
-    return rate_limit(service, target) + ":slot:" + job_id
+    return target_key + ":slot:" + job_id
 
 
 NO_ENDPOINT_TAG = "{no-endpoint}"

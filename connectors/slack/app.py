@@ -73,7 +73,7 @@ class SlackConnector:
         self.tasks = core.tasks
         self.clock = core.clock
         self.http = core.http
-        self.spacing = SendSpacing(self.redis, self.clock)
+        self.spacing = SendSpacing(self.redis, self.clock, SERVICE)
         self.sniff_timeout = aiohttp.ClientTimeout(total=SNIFF_TIMEOUT_SECONDS)
         self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_base_url)
         self.app = AsyncApp(
@@ -415,7 +415,7 @@ class SlackConnector:
     async def _space(self, channel: str, job_id: str, not_after: float | None = None) -> bool:
         """Waits for the channel's spacing (RetryLater); once the post may go, its attempt is marked.
         Returns whether an earlier attempt of the job had marked it."""
-        wait, tried = await self.spacing.reserve("slack", channel, CHANNEL_SPACING_SECONDS, job_id, not_after,
+        wait, tried = await self.spacing.reserve(channel, CHANNEL_SPACING_SECONDS, job_id, not_after,
                                                  attempt=slack_keys.post_attempt(job_id),
                                                  attempt_seconds=POST_ATTEMPT_SECONDS)  # fmt: skip
         if wait > 0:
@@ -444,7 +444,7 @@ class SlackConnector:
                                                                 thread_ts=thread_ts, metadata=metadata))  # fmt: skip
             except RetryLater as exc:
                 if exc.after is not None:  # 429: the channel rests, and this post goes first after it
-                    await self.spacing.hold("slack", p["channel"], CHANNEL_SPACING_SECONDS, job.id, exc.after)
+                    await self.spacing.hold(p["channel"], CHANNEL_SPACING_SECONDS, job.id, exc.after)
                     await self.redis.delete(slack_keys.post_attempt(job.id))  # refused: nothing landed
                 raise
             landed = str(resp["ts"])

@@ -90,7 +90,7 @@ class TelegramConnector:
         self.config = core.config
         self.redis = core.redis
         self.clock = core.clock
-        self.spacing = SendSpacing(self.redis, self.clock)
+        self.spacing = SendSpacing(self.redis, self.clock, SERVICE, sender_spacing=BOT_SPACING)
         self.sniff_timeout = aiohttp.ClientTimeout(total=SNIFF_TIMEOUT_SECONDS)
         self.inbox = core.inbox
         self.bot = Bot(settings.bot_token, base_url=settings.api_base_url, base_file_url=settings.file_base_url)
@@ -287,10 +287,8 @@ class TelegramConnector:
             raise _sorted(exc) from None
 
     async def _space(self, chat: int, job_id: str, not_after: float | None = None) -> None:
-        wait = max(
-            await self.spacing.wait_seconds("telegram", str(chat), _spacing(chat), job_id, not_after),
-            await self.spacing.wait_seconds("telegram", "bot", BOT_SPACING, job_id),
-        )
+        # The chat's spacing and the bot's overall rate, reserved together (BOT_SPACING).
+        wait = await self.spacing.wait_seconds(str(chat), _spacing(chat), job_id, not_after)
         if wait > 0:
             raise RetryLater(f"chat {chat} spacing", after=wait, pacing=True)
 
@@ -323,13 +321,13 @@ class TelegramConnector:
             # hold a request back long enough for the next to arrive less than a second after it).
             # Telegram has the message now: Redis failing here must not make the outbox send it again.
             with contextlib.suppress(*UNAVAILABLE):
-                await self.spacing.sent("telegram", str(chat), _spacing(chat))
+                await self.spacing.sent(str(chat), _spacing(chat))
             return sent
         except TelegramError as exc:
             failure = _sorted(exc)
             if isinstance(failure, RetryLater) and failure.after is not None:
                 # 429: the chat rests, and this message goes first after it
-                await self.spacing.hold("telegram", str(chat), _spacing(chat), job_id, failure.after)
+                await self.spacing.hold(str(chat), _spacing(chat), job_id, failure.after)
             raise failure from None
 
     def _view(self, p: dict[str, Any]) -> dict[str, Any]:

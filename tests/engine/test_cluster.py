@@ -17,7 +17,10 @@ from bridge.engine.endpoint import Endpoint
 from bridge.engine.events import IN_FLIGHT_SECONDS, EventConsumer, StoredEvent
 from bridge.engine.ingest import EventLog, IncomingRecord
 from tests.conftest import Stack, start_stack
-from tests.engine.test_ratelimit import marks_an_attempt_only_when_the_job_goes
+from tests.engine.test_ratelimit import (
+    a_target_and_its_sender_are_reserved_together,
+    marks_an_attempt_only_when_the_job_goes,
+)
 
 CHATS, TASKS = "C0CHATS1001", "C0TASKS1001"
 
@@ -170,5 +173,15 @@ async def test_a_job_marks_its_attempt_only_when_it_goes_on_a_cluster(cluster: l
     try:
         await redis.flushall()
         await marks_an_attempt_only_when_the_job_goes(redis)
+    finally:
+        await redis.aclose()
+
+
+async def test_a_target_and_its_sender_are_reserved_together_on_a_cluster(cluster: list[EmbeddedRedis]) -> None:
+    """A chat's keys and the bot's share one hash tag, so the one script reserves both there too."""
+    redis = open_redis(cluster_url(cluster))
+    try:
+        await redis.flushall()
+        await a_target_and_its_sender_are_reserved_together(redis)
     finally:
         await redis.aclose()
