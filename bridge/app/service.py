@@ -328,6 +328,8 @@ class Bridge:
             self.app = self._health_only()
         try:
             await asyncio.wait_for(self.redis.ping(), timeout=STARTUP_CHECK_SECONDS)
+            for client in (self.redis, self.intake_redis):
+                await asyncio.wait_for(open_connections(client), timeout=STARTUP_CHECK_SECONDS)
         except (RedisError, OSError, TimeoutError) as error:
             reason = str(error) or type(error).__name__
             raise StartupError(f"Redis at {_redis_address(self.redis)} does not answer: {reason} "
@@ -567,6 +569,31 @@ def _addresses(netloc: str, default_port: int) -> list[tuple[str, int]]:
     return [(host, int(port or default_port)) for host, _, port in (a.partition(":") for a in netloc.split(","))]
 
 
+OPENED_AT_START = 48
+"""Connections each Redis client opens as the process starts (at most its pool's size): the first
+burst after a start otherwise waits while they are made, each a TCP connect and three round trips
+(HELLO, the maintenance-notice handshake, CLIENT SETINFO). A burst of 200 chats into one process
+needed 37; more are opened when needed."""
+
+
+async def open_connections(redis: Redis) -> None:
+    """Opens ``OPENED_AT_START`` connections of ``redis``'s pool (a cluster client: to each primary),
+    or as many as the pool holds."""
+    if isinstance(redis, WaitingCluster):
+        await redis.initialize()
+        for node in redis.get_primaries():
+            connections = [node.acquire_connection() for _ in range(min(OPENED_AT_START, redis.commands_at_once))]
+            try:
+                await asyncio.gather(*(connection.connect() for connection in connections))
+            finally:
+                for connection in connections:
+                    node.release(connection)
+        return
+    # Each PING holds its connection until its answer, so as many at once need as many connections.
+    count = min(OPENED_AT_START, redis.connection_pool.max_connections)
+    await asyncio.gather(*(redis.ping() for _ in range(count)))
+
+
 PUBSUB_CONNECTIONS = 8
 """Connections a cluster node keeps free of commands: the wake-up listeners' subscriptions."""
 
@@ -581,7 +608,8 @@ class WaitingCluster(RedisCluster):
 
     def __init__(self, *, max_connections: int, **kwargs: Any) -> None:
         super().__init__(max_connections=max_connections, **kwargs)
-        self.in_flight = asyncio.Semaphore(max(1, max_connections - PUBSUB_CONNECTIONS))
+        self.commands_at_once = max(1, max_connections - PUBSUB_CONNECTIONS)
+        self.in_flight = asyncio.Semaphore(self.commands_at_once)
         # The cluster client takes no connection class of its own: the nodes it knows and those it
         # learns of later make their connections from these.
         packed = packing_in_c(self.nodes_manager.connection_kwargs["connection_class"])

@@ -26,7 +26,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
 
 from bridge.app.redis_server import EmbeddedRedis, free_port
-from bridge.app.service import DEAD_PEER_SECONDS, Bridge, open_redis
+from bridge.app.service import DEAD_PEER_SECONDS, INTAKE_CONNECTIONS, OPENED_AT_START, Bridge, open_redis
 from bridge.config import ConfigHolder
 from tests.conftest import Stack
 
@@ -69,6 +69,22 @@ async def test_metrics_show_redis_the_backlog_of_events_and_the_most_overdue_tim
     assert "feige_timers_overdue_seconds 42.0" in text
     await stack.settle()
     assert "feige_events_backlog 0.0" in await metrics_text(stack.url)
+
+
+async def test_a_started_process_has_its_redis_connections_open_before_the_first_burst(
+    redis: Redis, redis_url: str
+) -> None:
+    """Made during a burst, each connection held up the first posts (a TCP connect and three round
+    trips), so a process's first burst was slower than its later ones."""
+    before = len(await redis.client_list())
+    b = Bridge(ConfigHolder(EXAMPLE, environ={}), open_redis(redis_url))
+    await b.start(host="127.0.0.1", port=0, run_workers=False)
+    try:
+        opened = len(await redis.client_list()) - before
+        assert opened == OPENED_AT_START + INTAKE_CONNECTIONS, "the pool's and the intake's, all open"
+        assert len(b.redis.connection_pool._available_connections) == OPENED_AT_START, "idle, ready to hand out"
+    finally:
+        await b.stop()
 
 
 async def test_readyz_names_a_destination_not_reachable_yet_without_its_token(redis_url: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 import redis as sync_redis
 
 from bridge.app.redis_server import EmbeddedRedis, cluster_url, embedded_cluster
-from bridge.app.service import PUBSUB_CONNECTIONS, open_redis
+from bridge.app.service import OPENED_AT_START, PUBSUB_CONNECTIONS, open_connections, open_redis
 from bridge.engine.clock import ManualClock
 from bridge.engine.endpoint import Endpoint
 from bridge.engine.events import IN_FLIGHT_SECONDS, EventConsumer, StoredEvent
@@ -185,3 +185,18 @@ async def test_a_target_and_its_sender_are_reserved_together_on_a_cluster(cluste
         await a_target_and_its_sender_are_reserved_together(redis)
     finally:
         await redis.aclose()
+
+
+async def test_a_cluster_client_opens_its_connections_to_every_primary_at_start(cluster: list[EmbeddedRedis]) -> None:
+    redis = open_redis(cluster_url(cluster))
+    nodes = [sync_redis.Redis(port=node.port) for node in cluster]
+    try:
+        before = [len(node.client_list()) for node in nodes]
+        await open_connections(redis)
+        opened = [len(node.client_list()) - b for node, b in zip(nodes, before, strict=True)]
+        # One node also has the connection that asked the cluster for its slots.
+        assert sorted(opened)[:2] == [OPENED_AT_START] * 2 and max(opened) <= OPENED_AT_START + 1, opened
+    finally:
+        await redis.aclose()
+        for node in nodes:
+            node.close()
