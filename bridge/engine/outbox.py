@@ -34,7 +34,7 @@ from bridge.engine.cluster import is_cluster
 from bridge.engine.logcontext import about, bound
 from bridge.engine.metrics import METRICS
 from bridge.engine.scripts import ScriptCall, in_one_call
-from bridge.engine.timers import Timer, TimerStore, TimerWorker, settle_lua, take_lua
+from bridge.engine.timers import Timer, TimerChange, TimerStore, TimerWorker, settle_lua, take_lua
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +274,15 @@ class Outbox:
         """Queues ``job`` behind the others of its thread. False when this job id was queued before."""
         push = self._push(tag, thread, job)
         return await self._pushed(push, await push.script(keys=push.keys, args=push.args))
+
+    async def enqueue_then(self, tag: str, thread: str, job: OutboxJob, change: TimerChange) -> dict[str, str]:
+        """``enqueue``, then the timers its step sets or stops after it (a reminder is queued behind
+        the post it refers to), in one round trip on a single Redis. Returns the hash ``change``
+        reads after them (empty without ``read_after``)."""
+        push = self._push(tag, thread, job)
+        answers, read = await self.timers.make(change, before=[(push.script, push.keys, push.args)])
+        await self._pushed(push, answers[0])
+        return read
 
     def _push(self, tag: str, thread: str, job: OutboxJob) -> _Push:
         """The call that queues ``job``; ``_pushed`` does what its answer calls for."""

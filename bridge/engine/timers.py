@@ -28,7 +28,7 @@ from bridge.engine import keys
 from bridge.engine.clock import Clock, SystemClock
 from bridge.engine.cluster import is_cluster
 from bridge.engine.logcontext import about, bound
-from bridge.engine.scripts import in_one_call
+from bridge.engine.scripts import ScriptCall, in_one_call
 from bridge.engine.wakeups import listen_for_wakeups
 
 log = logging.getLogger(__name__)
@@ -255,6 +255,16 @@ Schedule = tuple[str, float, bool]
 """A timer to set, for ``TimerStore.change``: (key, due at, keep an earlier time already set)."""
 
 
+@dataclass(frozen=True)
+class TimerChange:
+    """The timers one step of a flow sets and stops together, for ``TimerStore.change``; with
+    ``read_after``, that hash is read once they are made."""
+
+    schedules: Sequence[Schedule] = ()
+    cancels: Sequence[str] = ()
+    read_after: str | None = None
+
+
 def _schedule_args(key: str, due_at: float, payload: str | None, keep_earlier: bool) -> list[str | int]:
     """ARGV of _SCHEDULE."""
     return [key, _ms(due_at), "0" if payload is None else "1", payload or "", keys.WAKE_CHANNEL,
@@ -321,17 +331,31 @@ class TimerStore:
         With ``read_after``, that hash is read once they are made, in the same round trip, and
         returned (empty otherwise): a step that must see what another process wrote after its
         cancel reads it without a call of its own."""
-        calls = [(self._schedule, k, _schedule_args(k, due, None, keep)) for k, due, keep in schedules]
-        calls += [(self._cancel, k, [k]) for k in cancels]
-        if self.cluster:  # redis-py refuses scripts in a cluster's pipeline: a call each, at once
-            await asyncio.gather(*(script(keys=self.keys_for(key)[:4], args=args) for script, key, args in calls))
-            read: Any = None if read_after is None else await self.redis.hgetall(read_after)
-        elif calls or read_after is not None:
-            scripts = [(script, self.keys_for(key)[:4], args) for script, key, args in calls]
-            _, read = await in_one_call(self.redis, scripts, read_after=read_after)
+        _, read = await self.make(TimerChange(schedules, cancels, read_after))
+        return read
+
+    async def make(self, change: TimerChange, before: Sequence[ScriptCall] = ()) -> tuple[list[Any], dict[str, str]]:
+        """``change``, after the scripts ``before`` (another part's calls of the same step; their
+        answers are returned first) in the same round trip on a single Redis, and the hash read
+        after it (empty without ``read_after``). On a cluster, ``before`` runs first, one call
+        after another."""
+        if self.cluster:  # redis-py refuses scripts in a cluster's pipeline: a call each
+            answers = [await script(keys=k, args=a) for script, k, a in before]
+            calls = self.calls(change)
+            await asyncio.gather(*(script(keys=k, args=a) for script, k, a in calls))
+            read: Any = None if change.read_after is None else await self.redis.hgetall(change.read_after)
+        elif before or change.schedules or change.cancels or change.read_after is not None:
+            answers, read = await in_one_call(self.redis, [*before, *self.calls(change)], read_after=change.read_after)
+            answers = answers[: len(before)]
         else:
-            read = None
-        return {str(k): str(v) for k, v in (read or {}).items()}
+            answers, read = [], None
+        return answers, {str(k): str(v) for k, v in (read or {}).items()}
+
+    def calls(self, change: TimerChange) -> list[ScriptCall]:
+        """The script calls that make ``change`` (its read aside)."""
+        calls = [(self._schedule, k, _schedule_args(k, due, None, keep)) for k, due, keep in change.schedules]
+        calls += [(self._cancel, k, [k]) for k in change.cancels]
+        return [(script, self.keys_for(key)[:4], args) for script, key, args in calls]
 
     async def start_now(self, key: str, handed: str | None = None) -> None:
         """Runs ``key`` now: in this process at once when its worker serves and has room, leased to

@@ -25,7 +25,7 @@ from bridge.engine.clock import Clock
 from bridge.engine.events import DELIVERED_AT, IN_FLIGHT_SECONDS, StoredEvent
 from bridge.engine.metrics import METRICS
 from bridge.engine.outbox import FailureReporter, FinalFailure, Outbox, OutboxJob
-from bridge.engine.timers import Schedule, Timer, TimerStore
+from bridge.engine.timers import Schedule, Timer, TimerChange, TimerStore
 from bridge.flows import jobs
 from bridge.flows.archiving import Read, Snapshots, archive_schedule, archive_soon, decode_recorded
 from bridge.flows.domain import ChatClosed, ChatMessage
@@ -209,22 +209,22 @@ class ChatFlow:
         if chat.get("status") != "open":
             log.info("store %s: message %s for closed chat %s not mirrored", store.id, msg.message_id, cid)
             return
+        # The timers go with the last post, after it in the same round trip: a reminder is queued
+        # behind the posts it refers to, never before the root. The archive's copy with it, last:
+        # nothing waits on it, while the post does (a run that dies before them runs again whole).
+        first = [] if window is None else self._first_window_step(store, tag, cid, window)
+        timers = TimerChange([*first, archive_schedule(self.clock.now(), tag, f"chat:{cid}")])
         if chat.get("first_message_id") == msg.message_id:
             # The root carries the header, the assignee's mention and the first message: one post,
             # so a new chat shows up at once even where the channel allows one message a second.
             # It shows the deadline at once: ``chat`` was read after the window started.
-            await self._to_destination(
-                store, dest, cid, f"root:{cid}", "post", self._root_view(store, cid, chat), root=True
-            )
+            root_view = self._root_view(store, cid, chat)
+            await self._to_destination(store, dest, cid, f"root:{cid}", "post", root_view, root=True, then=timers)
+        elif window is None:
+            await self._to_destination(store, dest, cid, f"pm:{msg.message_id}", "post", view, then=timers)
         else:
             await self._to_destination(store, dest, cid, f"pm:{msg.message_id}", "post", view)
-            if window is not None:
-                await self._update_root(store, tag, cid, f"window:{window}")
-        # Only now: a reminder is queued behind the posts it refers to, never before the root. The
-        # archive's copy with it, last: nothing waits on it, while the post does (a run that dies
-        # before this line is run again whole, and gets here).
-        first = [] if window is None else self._first_window_step(store, tag, cid, window)
-        await self.timers.change([*first, archive_schedule(self.clock.now(), tag, f"chat:{cid}")])
+            await self._update_root(store, tag, cid, f"window:{window}", then=timers)
 
     async def on_platform_closed(self, event: StoredEvent) -> None:
         closed = ChatClosed.model_validate_json(event.raw)
@@ -346,8 +346,9 @@ class ChatFlow:
                     METRICS.replies.labels(store.id, agent.id, "yes").inc()
                     if state == "first":
                         METRICS.first_reply.labels(store.id, agent.id).observe(float(rest[0]))
-                await self._send_reply(store, tag, cid, agent.id, actor, text, media)
-                chat = await self._stop_window_timer(store, tag, cid)
+                chat = await self._send_reply(store, tag, cid, agent.id, actor, text, media)
+                if chat.get("window_start"):  # the next window had started: it gets its timer back
+                    await self.timers.change(self._first_window_step(store, tag, cid, float(chat["window_start"])))
                 await self._update_root(store, tag, cid, f"answered:{actor.message}", chat)
                 return ReplyOutcome(True)
         if refusal is not None:
@@ -359,7 +360,13 @@ class ChatFlow:
 
     async def _send_reply(
         self, store: Store, tag: str, cid: str, agent_id: str, actor: Actor, text: str, media: Sequence[ReplyMedia]
-    ) -> None:
+    ) -> dict[str, str]:
+        """Queues the reply's parts; with the last, in the same round trip, the answered window's
+        timer is cancelled and the chat's archive copy set (after the send, as for a platform
+        message: the send goes first), and the chat is read after the cancel, and returned. A
+        platform message may have started the next window meanwhile (this reply handled again after
+        a crash): read after the cancel, that window gets its timer back, whichever order the two
+        processes ran in."""
         dest = Destination.parse(store.destinations.platform_chats)
         react = {
             "tag": tag,
@@ -383,10 +390,11 @@ class ChatFlow:
             parts.append((jobs.SEND_MESSAGE, {"content": {"type": "text", "text": text}}))
         for i, item in enumerate(media):
             parts.append((jobs.SEND_IMAGE, {"media": vars(item), "index": i}))
+        queued: list[OutboxJob] = []
         for i, (kind, extra) in enumerate(parts):
             payload = {"endpoint": f"store:{store.id}", "conversation_id": cid, "agent_id": agent_id} | extra
             # A reply matters while its chat is open; after that it is dead-lettered and its author told.
-            job = OutboxJob(
+            queued.append(OutboxJob(
                 f"reply:{actor.channel}:{actor.message}:{i}",
                 kind,
                 payload,
@@ -394,21 +402,13 @@ class ChatFlow:
                 then=[react] if i == len(parts) - 1 else None,
                 relevant_key=keys.chat(tag, cid),
                 relevant_grace=0.0,
-            )
+            ))  # fmt: skip
+        *first, last = queued  # a reply has content: at least one part
+        for job in first:
             await self.outbox.enqueue(tag, f"chat:{cid}:platform", job)
-
-    async def _stop_window_timer(self, store: Store, tag: str, cid: str) -> dict[str, str]:
-        """Cancels the answered window's timer, and sets the chat's archive copy (after the reply's
-        send, as for a platform message: the send goes first). A platform message may have started
-        the next window meanwhile (this reply handled again after a crash): read after the cancel,
-        that window gets its timer back, whichever order the two processes ran in. Returns the chat
-        as read then."""
-        archive = archive_schedule(self.clock.now(), tag, f"chat:{cid}")
-        window = keys.window_timer(tag, cid)
-        chat = await self.timers.change([archive], cancels=[window], read_after=keys.chat(tag, cid))
-        if chat.get("window_start"):
-            await self.timers.change(self._first_window_step(store, tag, cid, float(chat["window_start"])))
-        return chat
+        answered = TimerChange([archive_schedule(self.clock.now(), tag, f"chat:{cid}")],
+                               cancels=[keys.window_timer(tag, cid)], read_after=keys.chat(tag, cid))  # fmt: skip
+        return await self.outbox.enqueue_then(tag, f"chat:{cid}:platform", last, answered)
 
     def failure_reporters(self) -> dict[str, FailureReporter]:
         return {jobs.SEND_MESSAGE: self.on_reply_failed, jobs.SEND_IMAGE: self.on_reply_failed}
@@ -540,14 +540,20 @@ class ChatFlow:
         }  # fmt: skip
 
     async def _update_root(
-        self, store: Store, tag: str, cid: str, cause: str, chat: dict[str, str] | None = None
+        self,
+        store: Store,
+        tag: str,
+        cid: str,
+        cause: str,
+        chat: dict[str, str] | None = None,
+        then: TimerChange | None = None,
     ) -> None:
-        """Queues the header as the chat is now (``chat``: just read by the caller)."""
+        """Queues the header as the chat is now (``chat``: just read by the caller); ``then``: the
+        timers changed after it, in the same round trip."""
         chat = chat if chat is not None else await self._chat(tag, cid)
         dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
-        await self._to_destination(
-            store, dest, cid, f"root:{cid}:{cause}", "update_root", self._root_view(store, cid, chat)
-        )
+        view = self._root_view(store, cid, chat)
+        await self._to_destination(store, dest, cid, f"root:{cid}:{cause}", "update_root", view, then=then)
 
     async def _notice(
         self,
@@ -571,10 +577,11 @@ class ChatFlow:
         action: str,
         view: dict[str, Any],
         root: bool = False,
-    ) -> None:
+        then: TimerChange | None = None,
+    ) -> dict[str, str]:
         tag = keys.store_tag(store.id)
-        await post_view(
-            self.outbox, tag, f"chat:{cid}", store.id, dest, job_id, action, view, root, keys.chat(tag, cid)
+        return await post_view(
+            self.outbox, tag, f"chat:{cid}", store.id, dest, job_id, action, view, root, keys.chat(tag, cid), then
         )
 
     async def _refuse(

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from bridge.config import Destination, Store
 from bridge.engine import keys
 from bridge.engine.outbox import Outbox, OutboxJob
+from bridge.engine.timers import TimerChange
 from bridge.flows import jobs
 
 
@@ -60,12 +61,15 @@ async def post_view(
     view: dict[str, Any],
     root: bool = False,
     relevant_key: str | None = None,
-) -> None:
+    then: TimerChange | None = None,
+) -> dict[str, str]:
     """Queues a view for a destination: ``action`` is post or update_root; ``thread_key`` names what
     the messages belong to (``chat:<id>``, ``task:<id>``) under ``tag``; the root is its first post.
     ``store_id`` lets the renderer resolve agents' mentions (None for a creator's destination). A
     view with ``expires_at`` (a reminder) is dead-lettered rather than shown after that moment;
-    ``relevant_key`` is the state of the chat or task order it belongs to (see ``OutboxJob``)."""
+    ``relevant_key`` is the state of the chat or task order it belongs to (see ``OutboxJob``).
+    ``then``: the timers the step changes after queueing it, in the same round trip; returns what
+    that change reads (``Outbox.enqueue_then``)."""
     payload = {
         "tag": tag,
         "thread_key": thread_key,
@@ -78,7 +82,10 @@ async def post_view(
     job = OutboxJob(
         f"{dest.service}:{job_id}", kind, payload, expires_at=view.get("expires_at"), relevant_key=relevant_key
     )
+    if then is not None:
+        return await outbox.enqueue_then(tag, f"{thread_key}:{dest.service}", job, then)
     await outbox.enqueue(tag, f"{thread_key}:{dest.service}", job)
+    return {}
 
 
 async def tell_privately(outbox: Outbox, store: Store, actor: Actor, text: str, job_id: str) -> None:

@@ -12,7 +12,7 @@ from bridge.config import Destination
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
 from bridge.engine.outbox import JOBS_PER_RUN, FinalFailure, Outbox, OutboxJob
-from bridge.engine.timers import Timer
+from bridge.engine.timers import Timer, TimerChange
 from bridge.flows.jobs import SEND_MESSAGE
 from bridge.flows.views import post_view
 from tests.conftest import Stack
@@ -323,3 +323,30 @@ async def test_what_follows_a_sent_job_is_queued_with_its_pop_in_one_round_trip(
         assert await stack.bridge.outbox.pending(TAG, first) == [] and not await store.is_pending(timer)
         await stack.bridge.worker.drain()
     assert texts(stack, cid) == [text for run in runs for text in (run, f"随后-{run}")]
+
+
+async def test_a_post_and_the_timers_its_step_sets_after_it_go_in_one_round_trip(stack: Stack) -> None:
+    """A step queues its post, then sets its timers (a reminder behind the post it refers to) and
+    reads its state after them: one pipeline, in that order; a Redis that forgot its scripts (a
+    restart) still takes all of it."""
+    cid = await stack.sandbox.open_chat("1001")
+    await stack.settle()
+    thread, reminder, chat = f"chat:{cid}:platform", keys.window_timer(TAG, cid), keys.chat(TAG, cid)
+    runs = ("first", "counted", "after a restart")  # the first run loads the scripts into Redis
+    for run in runs:
+        await stack.redis.hset(chat, "seen", "before")
+        if run == "after a restart":
+            await stack.redis.script_flush()
+        await stack.redis.config_resetstat()
+        due = stack.clock.now() + 30
+        read = await stack.bridge.outbox.enqueue_then(
+            TAG, thread, reply(f"post-{run}", cid, run), TimerChange([(reminder, due, False)], read_after=chat)
+        )
+        if run == "counted":
+            # The pipeline, the sender's start (no worker serves here), and INFO itself.
+            assert int((await stack.redis.info("stats"))["total_reads_processed"]) == 3
+        assert read["seen"] == "before" and read["status"] == "open", "the chat, read after the scripts"
+        assert await stack.bridge.timers.due_at(reminder) == due
+        assert [j.id for j in await stack.bridge.outbox.pending(TAG, thread)] == [f"post-{run}"]
+        await stack.bridge.worker.drain()
+    assert texts(stack, cid) == list(runs)

@@ -185,7 +185,7 @@ async def test_opening_a_chat(stack: Stack, faults: RedisFaults) -> None:
         return await chat_state(stack, cid)
 
     seen: set[str] = set()
-    assert await each_failure(stack, faults, prepare, step, state) >= 10
+    assert await each_failure(stack, faults, prepare, step, state) >= 8  # 4 calls; the root and its timers are one
     clean = await chat_state(stack, max(seen))
     assert len(clean["roots"]) == 1 and clean["status"] == "open" and clean["window_timer"] == 60
 
