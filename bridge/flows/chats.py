@@ -128,10 +128,12 @@ return 1
 # Accepts a reply: stops the window, marks it (the archive counts the marks, A9) and keeps it for the
 # archive, once per reply however often it is handled. KEYS: chat, messages. ARGV: now, agent, reply
 # id, its text (kept: what the platform has, should the author edit it), its archive record (JSON).
-# Returns 'repeat' (accepted before: only finish its follow-ups), 'closed', 'expired', 'first' or 'again'.
+# Returns 'repeat' (accepted before: only finish its follow-ups), 'missing' (no such chat), 'closed',
+# 'expired', 'first' or 'again'.
 _ACCEPT = """
 local marker = 'reply:' .. ARGV[3]
 if redis.call('HEXISTS', KEYS[1], marker) == 1 then return {'repeat'} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return {'closed'} end
 local now = tonumber(ARGV[1])
 if redis.call('HGET', KEYS[1], 'window_start') ~= '' and now >= tonumber(redis.call('HGET', KEYS[1], 'deadline')) then
@@ -319,15 +321,14 @@ class ChatFlow:
         tag = keys.store_tag(store.id)
         agent = store.agent(actor.service, actor.user)
         designated = agent is not None and agent.id in {a.id for a in store.designated}
-        chat = await self._chat(tag, cid) if cid else {}
-        refusal = answer_refusal(
-            in_chat_thread=bool(chat),
-            designated=designated,
-            im_permission=bool(agent and agent.im_permission),
-            chat_open=chat.get("status") == "open",
-            has_content=bool(text.strip() or media),
-        )
-        if refusal is None and agent is not None and cid is not None:
+        im_permission, has_content = bool(agent and agent.im_permission), bool(text.strip() or media)
+        state = ""
+        if agent is not None and cid is not None and answer_refusal(
+            in_chat_thread=True, designated=designated, im_permission=im_permission, chat_open=True,
+            has_content=has_content,
+        ) is None:  # fmt: skip
+            # All that does not depend on the chat allows it: the script checks the chat itself, so
+            # an answer reads nothing first; the chat is read only to explain a refusal.
             written = DELIVERED_AT.get() or self.clock.now()  # judged by when the bridge received it
             sent = {"at": written, "direction": "merchant", "author": agent.name, "author_id": agent.id,
                     "kind": "image" if media and not text.strip() else "text",
@@ -336,12 +337,7 @@ class ChatFlow:
                 keys=[keys.chat(tag, cid), keys.chat_messages(tag, cid)],
                 args=[written, agent.id, str(actor.message), text, orjson.dumps(sent).decode()],
             )
-            if state == "expired":
-                await self.close(store, cid, "reply_timeout", "")
-                refusal = Refusal.CLOSED
-            elif state == "closed":
-                refusal = Refusal.CLOSED
-            else:
+            if state in ("first", "again", "repeat"):
                 if state != "repeat":  # counted in Redis by the script; these are this process's metrics
                     METRICS.replies.labels(store.id, agent.id, "yes").inc()
                     if state == "first":
@@ -351,6 +347,16 @@ class ChatFlow:
                     await self.timers.change(self._first_window_step(store, tag, cid, float(chat["window_start"])))
                 await self._update_root(store, tag, cid, f"answered:{actor.message}", chat)
                 return ReplyOutcome(True)
+            if state == "expired":
+                await self.close(store, cid, "reply_timeout", "")
+        chat = await self._chat(tag, cid) if cid else {}
+        refusal = answer_refusal(
+            in_chat_thread=bool(chat) and state != "missing",
+            designated=designated,
+            im_permission=im_permission,
+            chat_open=chat.get("status") == "open" and state not in ("closed", "expired"),
+            has_content=has_content,
+        )
         if refusal is not None:
             if refusal is Refusal.CLOSED and agent is not None and cid is not None:
                 await self._late(keys=[keys.chat(tag, cid)], args=[str(actor.message)])

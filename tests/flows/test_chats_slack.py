@@ -294,6 +294,18 @@ async def test_a_message_outside_a_chat_thread_is_not_forwarded(stack: Stack) ->
     assert stack.slack.ephemerals[-1]["text"].startswith("消息未转发：商家不能主动联系平台客服")
 
 
+async def test_an_answer_in_the_thread_of_a_chat_no_longer_kept_is_not_forwarded(stack: Stack) -> None:
+    """The thread outlives the chat's state (forgotten after its retention): an answer there is
+    outside any chat, and writes nothing."""
+    cid, root = await open_chat(stack)
+    await stack.bridge.chats.forget_state(TAG, cid)
+    await stack.slack.user_message(MAIN, CHATS, "还在吗", thread_ts=root.ts)
+    await stack.settle()
+    assert platform_texts(stack, cid) == []
+    assert stack.slack.ephemerals[-1]["text"].startswith("消息未转发：商家不能主动联系平台客服")
+    assert await stack.redis.exists(keys.chat(TAG, cid), keys.chat_messages(TAG, cid)) == 0, "nothing written"
+
+
 # -- Slack's own behaviour -------------------------------------------------------------------
 
 
