@@ -329,7 +329,8 @@ class Bridge:
             self.app = self._health_only()
         try:
             await asyncio.wait_for(self.redis.ping(), timeout=STARTUP_CHECK_SECONDS)
-            for client in (self.redis, self.intake_redis):
+            # Intake's client serves the webhooks only: a worker process leaves its pool closed.
+            for client in (self.redis, self.intake_redis) if serve_webhooks else (self.redis,):
                 await asyncio.wait_for(open_connections(client), timeout=STARTUP_CHECK_SECONDS)
         except (RedisError, OSError, TimeoutError) as error:
             reason = str(error) or type(error).__name__

@@ -139,14 +139,14 @@ class SendSpacing:
         for what that attempt left). A job told to wait marks nothing: it has not tried."""
         now_ms = round(self.clock.now() * 1000)  # not truncated: 1.1 s is 1100 ms, not 1099
         limit = "" if not_after is None else int(not_after * 1000)
-        targets, spacings = self._keys(target, job_id), [int(spacing_seconds * 1000)]
+        target_keys, spacings = self._keys(target, job_id), [int(spacing_seconds * 1000)]
         if self._sender_spacing is not None:
-            targets += self._keys(SENDER, job_id)
+            target_keys += self._keys(SENDER, job_id)
             spacings.append(int(self._sender_spacing * 1000))
         # On a cluster the mark lives in a slot of its own: it is set by a call of its own.
         marked_here = [attempt] if attempt is not None and not self._cluster else []
         wait, before = await self._reserve(
-            keys=[*targets, *marked_here], args=[now_ms, limit, attempt_seconds, *spacings]
+            keys=[*target_keys, *marked_here], args=[now_ms, limit, attempt_seconds, *spacings]
         )
         if int(wait) < 0:
             raise Expired(f"{self.service} {target}: the next free slot comes after the job's moment")

@@ -85,6 +85,13 @@ async def test_a_started_process_has_its_redis_connections_open_before_the_first
         assert len(b.redis.connection_pool._available_connections) == OPENED_AT_START, "idle, ready to hand out"
     finally:
         await b.stop()
+    worker = Bridge(ConfigHolder(EXAMPLE, environ={}), open_redis(redis_url))
+    before = len(await redis.client_list())
+    await worker.start(host="127.0.0.1", port=0, run_workers=False, serve_webhooks=False)
+    try:
+        assert len(await redis.client_list()) - before == OPENED_AT_START, "a worker takes no webhooks: no intake pool"
+    finally:
+        await worker.stop()
 
 
 async def test_readyz_names_a_destination_not_reachable_yet_without_its_token(redis_url: str) -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis as sync_redis
+from redis.asyncio import Redis
 
 from bridge.app.redis_server import EmbeddedRedis, cluster_url, embedded_cluster
 from bridge.app.service import OPENED_AT_START, PUBSUB_CONNECTIONS, open_connections, open_redis
@@ -167,28 +168,27 @@ async def test_a_consumer_on_a_cluster_finishes_its_backlog_before_reading_again
         await client.aclose()
 
 
-async def test_a_job_marks_its_attempt_only_when_it_goes_on_a_cluster(cluster: list[EmbeddedRedis]) -> None:
+@pytest.fixture
+async def cluster_client(cluster: list[EmbeddedRedis]) -> AsyncIterator[Redis]:
+    """The bridge's own client of the cluster, every node emptied."""
+    redis = open_redis(cluster_url(cluster))
+    await redis.flushall()
+    yield redis
+    await redis.aclose()
+
+
+async def test_a_job_marks_its_attempt_only_when_it_goes_on_a_cluster(cluster_client: Redis) -> None:
     """The mark lives in a slot of its own there, so it is a call of its own: the same outcome."""
-    redis = open_redis(cluster_url(cluster))
-    try:
-        await redis.flushall()
-        await marks_an_attempt_only_when_the_job_goes(redis)
-    finally:
-        await redis.aclose()
+    await marks_an_attempt_only_when_the_job_goes(cluster_client)
 
 
-async def test_a_target_and_its_sender_are_reserved_together_on_a_cluster(cluster: list[EmbeddedRedis]) -> None:
+async def test_a_target_and_its_sender_are_reserved_together_on_a_cluster(cluster_client: Redis) -> None:
     """A chat's keys and the bot's share one hash tag, so the one script reserves both there too."""
-    redis = open_redis(cluster_url(cluster))
-    try:
-        await redis.flushall()
-        await a_target_and_its_sender_are_reserved_together(redis)
-    finally:
-        await redis.aclose()
+    await a_target_and_its_sender_are_reserved_together(cluster_client)
 
 
 async def test_a_cluster_client_opens_its_connections_to_every_primary_at_start(cluster: list[EmbeddedRedis]) -> None:
-    redis = open_redis(cluster_url(cluster))
+    redis = open_redis(cluster_url(cluster))  # a fresh client: none of its connections made yet
     nodes = [sync_redis.Redis(port=node.port) for node in cluster]
     try:
         before = [len(node.client_list()) for node in nodes]
