@@ -25,7 +25,8 @@ Six parts:
   Redis, then 1 and 4 processes on a three-node Redis Cluster: chats completed per second,
   latency, and CPU per chat of each process and of Redis (a cluster's nodes added up);
 - **floor** — the paced chats through bench/floor_relay.py instead of the bridge: the same calls to
-  the world in plain aiohttp, then with as many Redis round trips per chat as the bridge made;
+  the world in plain aiohttp, then with as many Redis round trips per chat as the bridge made; then
+  both again with Slack through its SDKs (slack-bolt in, slack_sdk out), as the bridge must talk to it;
 - **sustained** — 2,000 chats at 100 a second (200 channels, a new chat in each every 2 s; the
   rate limit still never the bottleneck): CPU per chat and latency of a busy process, where work
   done close together shares wake-ups;
@@ -290,11 +291,13 @@ async def running_stack(
     cluster: bool = False,
     root: Path = ROOT,
     floor_round_trips: int | None = None,
+    floor_sdks: bool = False,
 ) -> AsyncIterator[tuple[World, CpuMeter, dict[str, float]]]:
     """Redis (AOF on; with ``cluster``, a three-node Redis Cluster), the two world processes and the
     bridge as ``roles`` processes (the first takes the webhooks); yields the world, a CPU meter and
     the idle CPU per second of every process measured. With ``floor_round_trips``, bench/floor_relay.py
-    takes the bridge's place, making that many Redis round trips per chat."""  # fmt: skip
+    takes the bridge's place, making that many Redis round trips per chat (with ``floor_sdks``,
+    through Slack's SDKs)."""  # fmt: skip
     port = free_port()
     name = f"{channels}-{len(roles)}{'-cluster' if cluster else ''}-{time.monotonic_ns()}"
     config_path = tmp / f"bench-{name}.yaml"
@@ -323,7 +326,7 @@ async def running_stack(
                 if floor_round_trips is None:
                     bridges.append(start_bridge(config_path, env, log_path, role, bridge_port, root))
                 else:
-                    bridges.append(start_floor(config_path, env, log_path, bridge_port, floor_round_trips))
+                    bridges.append(start_floor(config_path, env, log_path, bridge_port, floor_round_trips, floor_sdks))
             for bridge, bridge_port in zip(bridges, ports, strict=True):
                 await wait_up(bridge_port, bridge)
             await asyncio.sleep(1.0)  # the workers' start-up (migrations, groups) is not idle time
@@ -413,15 +416,20 @@ def part_row(row: dict[str, Any]) -> dict[str, Any]:
 async def floor(tmp: Path, part: dict[str, Any], paced_runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The same paced chats through bench/floor_relay.py instead of the bridge: the same calls to
     the world per chat and nothing else, first with no Redis, then with as many Redis round trips
-    per chat as the bridge made in this run's paced rows, through the bridge's own client. What the
-    bridge costs above the second row is its SDKs, rules, timers and durability work."""
+    per chat as the bridge made in this run's paced rows, through the bridge's own client; then both
+    with Slack through slack-bolt and slack_sdk (one dispatch of each event), as the bridge must use
+    them. What the bridge costs above the last row is its second dispatch of each Slack event, its
+    rules, timers, scripts and durability work."""
     bridge_round_trips = round(statistics.median(r["redis_round_trips_per_chat"] for r in paced_runs))
     rows: dict[str, Any] = {}
-    for name, round_trips in (("http_only", 0), ("http_and_redis_round_trips", bridge_round_trips)):
-        async with running_stack(tmp, part["channels"], ["all"], floor_round_trips=round_trips) as (world, cpu, idle):
+    for name, round_trips, sdks in (("http_only", 0, False), ("http_and_redis_round_trips", bridge_round_trips, False),
+                                    ("slack_sdks_only", 0, True),
+                                    ("slack_sdks_and_redis_round_trips", bridge_round_trips, True)):  # fmt: skip
+        async with running_stack(tmp, part["channels"], ["all"], floor_round_trips=round_trips,
+                                 floor_sdks=sdks) as (world, cpu, idle):  # fmt: skip
             row = await run_load(world, part["channels"], part["per_channel"], part["spacing"], f"fl{round_trips}",
                                  cpu, idle)  # fmt: skip
-        rows[name] = part_row(row) | {"round_trips_made_per_chat": round_trips}
+        rows[name] = part_row(row) | {"round_trips_made_per_chat": round_trips, "slack_sdks": sdks}
         print(f"floor {name}: {row['cpu_ms_per_chat_less_idle']['bridge_total']} ms/chat", file=sys.stderr)
     return rows
 
@@ -456,13 +464,13 @@ def start_bridge(
 
 
 def start_floor(
-    config_path: Path, env: dict[str, str], log_path: Path, port: int, round_trips: int
+    config_path: Path, env: dict[str, str], log_path: Path, port: int, round_trips: int, sdks: bool
 ) -> subprocess.Popen[bytes]:
     """bench/floor_relay.py in the bridge's place: the same calls per chat, and nothing else."""
     log = log_path.open("wb")
     return subprocess.Popen(
         [sys.executable, str(HERE / "floor_relay.py"), str(config_path), str(port), "--redis-url", env["REDIS_URL"],
-         "--round-trips", str(round_trips)],
+         "--round-trips", str(round_trips), *(["--sdks"] if sdks else [])],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
 

@@ -10,7 +10,12 @@ With ``--redis-url`` and ``--round-trips N`` it also makes N sequential Redis ro
 through the bridge's own client (``open_redis``), half while taking the push and half while taking
 the reply: what the round trips alone cost, without the scripts and the work around them.
 
-    python bench/floor_relay.py CONFIG PORT [--redis-url URL --round-trips N]
+With ``--sdks`` it talks to Slack as the bridge must, through Slack's own SDKs: the event is
+verified and dispatched once by a slack-bolt ``AsyncApp`` to a ``message`` listener, and the three
+calls go through slack_sdk's ``AsyncWebClient`` on the shared session. The platform has no SDK;
+its side stays plain aiohttp.
+
+    python bench/floor_relay.py CONFIG PORT [--redis-url URL --round-trips N] [--sdks]
 
 The world's URLs come from SLACK_API_URL and PLATFORM_API_URL, as the bridge's do."""
 
@@ -28,7 +33,10 @@ import aiohttp
 import uvloop
 import yaml
 from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
 from slack_sdk.signature import SignatureVerifier
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bridge.app.service import open_redis  # the bridge's client, for the round trips
 from connectors.platform.signing import signature_matches
@@ -37,7 +45,11 @@ SUCCESS = {"code": 0, "msg": "success"}
 
 
 class Relay:
-    def __init__(self, config: dict[str, Any], round_trips: int, redis_url: str | None) -> None:
+    def __init__(self, config: dict[str, Any], round_trips: int, redis_url: str | None, sdks: bool = False) -> None:
+        self.sdks = sdks
+        self.client = AsyncWebClient(token=config["slack"]["bot_token"], base_url=os.environ["SLACK_API_URL"])
+        self.app = AsyncApp(signing_secret=config["slack"]["signing_secret"], client=self.client)
+        self.app.event("message")(self._on_message)
         self.stores = {str(s["id"]): s for s in config["stores"]}
         self.slack_signature = SignatureVerifier(config["slack"]["signing_secret"])
         self.slack_headers = {"Authorization": f"Bearer {config['slack']['bot_token']}"}
@@ -61,9 +73,13 @@ class Relay:
 
     async def _slack(self, method: str, args: dict[str, Any]) -> dict[str, Any]:
         assert self.session is not None
-        async with self.session.post(f"{self.slack_url}/{method}", json=args, headers=self.slack_headers) as resp:
-            answer: dict[str, Any] = await resp.json()
+        if self.sdks:
+            # The typed method, as the bridge calls it: chat.postMessage → chat_postMessage.
+            answer: dict[str, Any] = (await getattr(self.client, method.replace(".", "_"))(**args)).data
             return answer
+        async with self.session.post(f"{self.slack_url}/{method}", json=args, headers=self.slack_headers) as resp:
+            answered: dict[str, Any] = await resp.json()
+            return answered
 
     async def push(self, request: web.Request) -> web.Response:
         store = self.stores.get(request.match_info["id"])
@@ -84,16 +100,20 @@ class Relay:
         self.chats[posted["ts"]] = (str(store["id"]), record["conversation_id"], channel)
 
     async def slack_event(self, request: web.Request) -> web.Response:
+        if self.sdks:
+            return await to_aiohttp_response(await self.app.async_dispatch(await to_bolt_request(request)))
         body = await request.read()
         stamp, signature = request.headers.get("X-Slack-Request-Timestamp"), request.headers.get("X-Slack-Signature")
         if not self.slack_signature.is_valid(body, stamp, signature):
             return web.Response(status=401)
-        event = json.loads(body).get("event") or {}
+        await self._on_message(json.loads(body).get("event") or {})
+        return web.Response(status=200)
+
+    async def _on_message(self, event: dict[str, Any]) -> None:
         chat = self.chats.get(event.get("thread_ts", ""))
         if chat is not None and event.get("user"):
             await self._round_trips(self.at_reply)
             self._later(self._reply(chat, event))
-        return web.Response(status=200)
 
     async def _reply(self, chat: tuple[str, str, str], event: dict[str, Any]) -> None:
         assert self.session is not None
@@ -113,7 +133,7 @@ class Relay:
 
 
 async def serve(relay: Relay, port: int) -> None:
-    relay.session = aiohttp.ClientSession()
+    relay.session = relay.client.session = aiohttp.ClientSession()
     app = web.Application()
     app.router.add_post("/webhooks/platform/{id}", relay.push)
     app.router.add_post("/slack/events", relay.slack_event)
@@ -130,9 +150,10 @@ def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("--redis-url")
     parser.add_argument("--round-trips", type=int, default=0)
+    parser.add_argument("--sdks", action="store_true", help="Slack through slack-bolt and slack_sdk, as the bridge")
     args = parser.parse_args()
     config = yaml.safe_load(args.config.read_text(encoding="utf-8"))
-    uvloop.run(serve(Relay(config, args.round_trips, args.redis_url), args.port))
+    uvloop.run(serve(Relay(config, args.round_trips, args.redis_url, args.sdks), args.port))
 
 
 if __name__ == "__main__":
