@@ -112,6 +112,8 @@ class SlackEmulator(LocalServer):
             "conversations.replies": self._replies,
         }
         self.views: list[dict[str, Any]] = []
+        self._delivered: dict[str, Message] = {}
+        """The message each event id this emulator sent carried (a redelivery carries it again)."""
         self.down_until = 0.0
         """Until this moment (the emulator's clock) every Web API call answers 503: an outage."""
         self.missing_channels: set[str] = set()  # channels that do not exist in the workspace
@@ -352,8 +354,11 @@ class SlackEmulator(LocalServer):
         retry_of: str | None = None,
     ) -> tuple[str, int]:
         """A person writes in a channel (or a thread). Returns the message ts and the bridge's status.
-        ``retry_of`` redelivers an earlier event id, as Slack does when an ack was late."""
-        msg = Message(channel, self._ts(), user, text, thread_ts=thread_ts, files=files or [])
+        ``retry_of`` redelivers an earlier event id, as Slack does when an ack was late: the same
+        message, with the same ts, when this emulator sent that event."""
+        msg = self._delivered.get(retry_of or "") or Message(
+            channel, self._ts(), user, text, thread_ts=thread_ts, files=files or []
+        )
         if retry_of is None:
             self.messages.append(msg)
         event: dict[str, Any] = {"type": "message", "channel": channel, "user": user, "text": text, "ts": msg.ts,
@@ -363,6 +368,7 @@ class SlackEmulator(LocalServer):
         if files:
             event["files"], event["subtype"] = files, "file_share"
         event_id = self.last_event_id = retry_of or f"Ev{self._run}{next(self._ids):08d}"
+        self._delivered.setdefault(event_id, msg)
         body = {"token": "legacy", "team_id": TEAM, "api_app_id": "A0FEIGE", "event": event, "type": "event_callback",
                 "event_id": event_id, "event_time": int(time.time())}  # fmt: skip
         headers = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"} if retry_of else {}

@@ -33,7 +33,7 @@ async def test_a_slack_reply_is_stored_before_the_ack_and_handled_after_it(stack
     assert status == 200 and merchant_texts(stack, cid) == [], "answered before any handling"
     [delivery] = await stored(stack, SLACK)
     assert delivery["tag"] == "slack.event" and json.loads(delivery["data"])["event"]["ts"] == ts
-    redelivered = f"Ev{stack.slack._run}{int(ts.split('.')[1]) + 1:08d}"
+    redelivered = stack.slack.last_event_id
     await stack.slack.user_message("U0AGENTA", CHATS, "马上发", thread_ts=root.ts, retry_of=redelivered)
     assert len(await stored(stack, SLACK)) == 1, "Slack's retry of the same event id is not stored again"
     await stack.settle()
@@ -43,8 +43,9 @@ async def test_a_slack_reply_is_stored_before_the_ack_and_handled_after_it(stack
 
 async def test_a_slack_event_that_cannot_be_authorized_while_slack_is_down_is_not_lost(stack: Stack) -> None:
     """bolt authorizes a request (Slack's auth.test, once per process) before the bridge can store
-    it, and again when the stored copy is handled. A process started during a Slack outage answers
-    503 instead of taking the event and dropping it; one that stored it handles it once Slack answers."""
+    it. A process started during a Slack outage answers 503 instead of taking the event and
+    dropping it. A stored message is handled without asking Slack anything: its answer reaches the
+    platform while Slack is still down, and its ✅ follows once Slack answers."""
     cid = await stack.sandbox.open_chat("1001")
     await stack.settle()
     root = stack.slack.channel(CHATS)[-1]
@@ -52,15 +53,31 @@ async def test_a_slack_event_that_cannot_be_authorized_while_slack_is_down_is_no
     ts, status = await stack.slack.user_message("U0AGENTA", CHATS, "马上发", thread_ts=root.ts)
     assert status == 503 and await stored(stack, SLACK) == [], "not taken: Slack delivers again"
     stack.clock.advance(21)
-    redelivered = f"Ev{stack.slack._run}{int(ts.split('.')[1]) + 1:08d}"
+    redelivered = stack.slack.last_event_id
     _, status = await stack.slack.user_message("U0AGENTA", CHATS, "马上发", thread_ts=root.ts, retry_of=redelivered)
     assert status == 200 and len(await stored(stack, SLACK)) == 1
     forget_slack_authorization(stack)  # handled by a worker process that has not asked Slack yet…
     stack.slack.down_until = stack.clock.now() + 20  # …while Slack is down again
     await stack.bridge.drain()
-    assert merchant_texts(stack, cid) == [] and stack.bridge.consumer.next_retry_at() is not None, "kept"
+    assert merchant_texts(stack, cid) == ["马上发"] and await stored(stack, SLACK) == []
+    assert stack.slack.message(CHATS, ts).reactions == [], "the ✅ waits for Slack"
+    await stack.advance(40)
+    assert stack.slack.message(CHATS, ts).reactions == ["white_check_mark"]
+    assert merchant_texts(stack, cid) == ["马上发"], "sent once"
+
+
+async def test_a_stored_slack_command_waits_for_slack_to_authorize_it(stack: Stack) -> None:
+    """A stored command or click runs through bolt's listeners, which need the process to know who
+    it is in Slack: a worker that cannot ask keeps the delivery and runs it once Slack answers."""
+    assert await stack.slack.slash_command("U0MAIN1001", "C0TASKS1001", "/tasks") == (200, "")
+    assert len(await stored(stack, SLACK)) == 1
+    forget_slack_authorization(stack)
+    stack.slack.down_until = stack.clock.now() + 20
+    await stack.bridge.drain()
+    assert stack.slack.responses == [] and stack.bridge.consumer.next_retry_at() is not None, "kept"
     await stack.advance(40)  # the consumer's backoff: 0.5 s doubling, never given up
-    assert merchant_texts(stack, cid) == ["马上发"]
+    [answer] = stack.slack.responses
+    assert answer["text"].startswith("任务单（⏳ 待处理）：0 条"), answer
 
 
 async def test_a_stored_slack_event_whose_handling_fails_is_retried_not_lost(stack: Stack) -> None:
