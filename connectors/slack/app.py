@@ -124,7 +124,7 @@ class SlackConnector:
         """A stored event, through the same bolt app (its listeners, matching and self-event rules);
         what failed is raised, so the consumer retries it. A message, the event every answer in a
         chat is, goes straight to its handler: bolt took it at intake (its signature, its
-        self-event rule), and a second dispatch was about a tenth of a chat's CPU."""
+        self-event rule), and a second dispatch cost about 4 % of a paced chat's CPU."""
         body = orjson.loads(stored.raw)
         token = DELIVERED_AT.set(stored.received_at or None)
         try:
