@@ -27,6 +27,9 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
 
 from bridge.engine import keys
 from bridge.engine.clock import Clock, SystemClock
@@ -219,6 +222,13 @@ JOBS_PER_RUN = 20
 """A thread's sender goes on to the next queued job in the same run (no timer round trip between
 them) up to this many, then hands the rest to a new run so other threads get their turn."""
 
+RECORDING_A_SEND = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=20, supported_errors=(RedisError,))
+"""How a job that went out is taken off its queue when Redis fails at that moment (restarted,
+failing over): by the run that sent it, again and again for about 15 s, rather than left for a
+later run to send again. That run could not tell the message had gone: Telegram keeps nothing a
+bot can look up, so it would post it twice (Slack's post would look for itself; the platform
+would replay its answer)."""
+
 
 @dataclass
 class OutboxStats:
@@ -375,7 +385,7 @@ class Outbox:
         sender = self.senders.get(job.kind)
         service = job.kind.split(".", 1)[0]
         rest = self._rests.get(service)
-        probe = False
+        probe = sent = False
         recorded: Recorded | None = None
         follows: list[_Push] = []
         try:
@@ -411,6 +421,7 @@ class Outbox:
             self._answered(service)
             await self._give_up(tag, thread, job, exc)
         else:
+            sent = True
             self._answered(service)
             self.stats.sent += 1
             METRICS.outbox.labels(job.kind, "sent").inc()
@@ -419,7 +430,16 @@ class Outbox:
         finally:
             if probe and rest is not None:
                 rest.probing = False  # whatever the check ended in, the next one may go
-        return await self._pop(timer, tag, thread, job, recorded, follows)
+        if not sent:
+            return await self._pop(timer, tag, thread, job, recorded, follows)
+
+        async def waiting(exc: Exception, failures: int) -> None:
+            if failures == 1:
+                log.warning("outbox %s: %s went out; taking it off its queue waits for Redis: %r", thread, job.id, exc)
+
+        return await RECORDING_A_SEND.call_with_retry(
+            lambda: self._pop(timer, tag, thread, job, recorded, follows), waiting, with_failure_count=True
+        )
 
     def _failed(self, service: str, probe: bool) -> None:
         """A call to ``service`` failed. From the FAILURES_BEFORE_REST-th in a row its sends rest,

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bridge.config import Destination
 from bridge.engine import keys
@@ -350,3 +351,31 @@ async def test_a_post_and_the_timers_its_step_sets_after_it_go_in_one_round_trip
         assert [j.id for j in await stack.bridge.outbox.pending(TAG, thread)] == [f"post-{run}"]
         await stack.bridge.worker.drain()
     assert texts(stack, cid) == list(runs)
+
+
+@pytest.mark.parametrize("lost", ["before Redis ran it", "its answer"])
+async def test_a_telegram_post_whose_removal_meets_a_redis_error_is_not_posted_again(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, lost: str
+) -> None:
+    """Telegram took the message, then Redis failed as the job came off its queue (a restart, a
+    failover). Telegram keeps nothing to look up, so sending it again would post it twice: the run
+    that sent it takes it off the queue once Redis answers."""
+    group = -1001002000001  # store 1002's task orders are in a Telegram group
+    pop, failed = stack.bridge.outbox._pop, []
+
+    async def failing_once(timer: Timer, tag: str, thread: str, job: OutboxJob, *args: Any) -> Any:
+        if job.kind.startswith("telegram.") and not failed:
+            failed.append(job.id)
+            if lost == "its answer":
+                await pop(timer, tag, thread, job, *args)
+            raise RedisConnectionError("injected: Redis went away")
+        return await pop(timer, tag, thread, job, *args)
+
+    monkeypatch.setattr(stack.bridge.outbox, "_pop", failing_once)
+    tid = await stack.sandbox.create_task_order("1002", "c-7001")
+    await stack.settle()
+    cards = [m for m in stack.telegram.by_bot(group) if tid in m.text and m.reply_markup]
+    assert failed and len(cards) == 1, (failed, [m.text for m in stack.telegram.by_bot(group)])
+    texts = [m.text for chat in (group, 7001) for m in stack.telegram.by_bot(chat)]
+    assert len(texts) == len(set(texts)), texts
+    assert await stack.redis.keys(f"{{store:1002}}:outbox:task:{tid}*") == [], "every job done with"
