@@ -425,6 +425,7 @@ async def count(
                 found = [k for k in [*posts, *expired, *dead] if k.startswith(prefix)]
                 tally("reminders", found[0] if found else prefix + "never-queued")
     by_bot = [m for m in telegram.messages if m.from_id == BOT_ID]
+    telegram_doubles: list[dict[str, Any]] = []
     for tid, creator in raised.items():
         tally("task_cards", f"slack:task:{tid}:card")
         in_telegram = creator_destination(creator).startswith("telegram:")
@@ -432,8 +433,10 @@ async def count(
             # Telegram keeps no metadata to find a post by: the confirmation names the task order,
             # the comment shown carries the comment's text.
             mine = [m for m in by_bot if m.chat_id == TELEGRAM_CREATOR_CHAT + creator and tid in m.text]
-            confirmations = sum(not m.text.startswith("💬") for m in mine)
-            tally("telegram_creator_confirmations", f"telegram:task:{tid}:confirm", n=confirmations)
+            confirmations = [m for m in mine if not m.text.startswith("💬")]
+            tally("telegram_creator_confirmations", f"telegram:task:{tid}:confirm", n=len(confirmations))
+            if len(confirmations) > 1:  # what was counted twice, to tell a double from another message
+                telegram_doubles.append({"task_order": tid, "texts": [m.text for m in confirmations]})
         else:
             tally("creator_confirmations", f"slack:task:{tid}:confirm")
         if tid in commented:
@@ -472,6 +475,7 @@ async def count(
         "lost": lost,
         "doubled": doubled,
         "telegram_doubled_after_a_crash": telegram_doubled,
+        "telegram_doubled_texts": telegram_doubles,
         "answered_chats_closed_as_timeouts": answered_closed,
         "http_5xx_other_than_503": sum(n for s, n in (platform_5xx + slack_5xx).items() if s != 503),
         "http_503": platform_5xx.get(503, 0) + slack_5xx.get(503, 0),
