@@ -222,9 +222,17 @@ JOBS_PER_RUN = 20
 """A thread's sender goes on to the next queued job in the same run (no timer round trip between
 them) up to this many, then hands the rest to a new run so other threads get their turn."""
 
-RECORDING_A_SEND = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=20, supported_errors=(RedisError,))
+
+class _AtOnceThenExponential(ExponentialBackoff):
+    """The first retry at once (the client's own reconnection already waited), then doubling."""
+
+    def compute(self, failures: int) -> float:
+        return 0.0 if failures <= 1 else super().compute(failures - 1)
+
+
+RECORDING_A_SEND = Retry(_AtOnceThenExponential(cap=1.0, base=0.05), retries=20, supported_errors=(RedisError,))
 """How a job that went out is taken off its queue when Redis fails at that moment (restarted,
-failing over): by the run that sent it, again and again for about 15 s, rather than left for a
+failing over): by the run that sent it, again and again for about 16 s, rather than left for a
 later run to send again. That run could not tell the message had gone: Telegram keeps nothing a
 bot can look up, so it would post it twice (Slack's post would look for itself; the platform
 would replay its answer)."""
