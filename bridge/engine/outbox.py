@@ -497,7 +497,7 @@ class Outbox:
                           [job.id, timer.key, lease, keys.REF_KEEP_SECONDS, *records.values()]))  # fmt: skip
         else:
             calls.append((self._pop_head, [*queue, *records], [job.id, keys.REF_KEEP_SECONDS, *records.values()]))
-        *pushed, popped = await self._in_one_call(calls)
+        (*pushed, popped), _ = await in_one_call(self.redis, calls)
         for push, answer in zip(follows, pushed, strict=True):
             await self._pushed(push, answer)
         if not settling:
@@ -506,14 +506,6 @@ class Outbox:
         if int(settled):
             timer.lease.held = False
         return str(head) or None
-
-    async def _in_one_call(self, calls: list[ScriptCall]) -> list[Any]:
-        """Runs the scripts in order: in one round trip on a single Redis; on a cluster, whose
-        pipelines refuse scripts, one after another."""
-        if not self._one_redis or len(calls) == 1:
-            return [await script(keys=k, args=a) for script, k, a in calls]
-        answers, _ = await in_one_call(self.redis, calls)
-        return answers
 
     async def _next(self, timer: Timer, tag: str, thread: str, job: OutboxJob) -> None:
         if await self._pop(timer, tag, thread, job) is not None:

@@ -8,6 +8,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from bridge.engine.cluster import is_cluster
+
 ScriptCall = tuple[Any, list[Any], list[Any]]
 """A registered script (``Redis.register_script``), its KEYS and its ARGV."""
 
@@ -19,7 +21,11 @@ async def in_one_call(
     ``read_after``, that hash is read after them in the same round trip (second value; None
     without). A script Redis forgot (a restart) is loaded and run again, and the hash then read
     again, after it. Scripts go as EVALSHA, not as script objects: a pipeline with script objects
-    first asks Redis whether it has them, a round trip of its own."""
+    first asks Redis whether it has them, a round trip of its own. On a cluster, whose pipelines
+    refuse scripts, and for a lone script, they run one after another, each a call of its own."""
+    if is_cluster(redis) or (len(calls) == 1 and read_after is None):
+        answers = [await script(keys=keys, args=args) for script, keys, args in calls]
+        return answers, None if read_after is None else await redis.hgetall(read_after)
     async with redis.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)

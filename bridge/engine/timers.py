@@ -340,7 +340,7 @@ class TimerStore:
         after it (empty without ``read_after``). On a cluster, ``before`` runs first, one call
         after another."""
         if self.cluster:  # redis-py refuses scripts in a cluster's pipeline: a call each
-            answers = [await script(keys=k, args=a) for script, k, a in before]
+            answers, _ = await in_one_call(self.redis, before)
             calls = self.calls(change)
             await asyncio.gather(*(script(keys=k, args=a) for script, k, a in calls))
             read: Any = None if change.read_after is None else await self.redis.hgetall(change.read_after)
