@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -431,8 +432,11 @@ async def count(
         in_telegram = creator_destination(creator).startswith("telegram:")
         if in_telegram:
             # Telegram keeps no metadata to find a post by: the confirmation names the task order,
-            # the comment shown carries the comment's text.
-            mine = [m for m in by_bot if m.chat_id == TELEGRAM_CREATOR_CHAT + creator and tid in m.text]
+            # the comment shown carries the comment's text. The id as a whole word: the sandbox's ids
+            # grow a digit past 9999, and T…1234 is inside T…12345 (another order of the same creator
+            # then looked like a second confirmation of this one).
+            named = re.compile(rf"(?<![0-9A-Za-z]){re.escape(tid)}(?![0-9A-Za-z])")
+            mine = [m for m in by_bot if m.chat_id == TELEGRAM_CREATOR_CHAT + creator and named.search(m.text)]
             confirmations = [m for m in mine if not m.text.startswith("💬")]
             tally("telegram_creator_confirmations", f"telegram:task:{tid}:confirm", n=len(confirmations))
             if len(confirmations) > 1:  # what was counted twice, to tell a double from another message
