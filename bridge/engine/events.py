@@ -85,24 +85,52 @@ return 1
 
 FORGET_RETRY_SECONDS = 24 * 3600
 
-# KEYS: every endpoint's stream.  ARGV: group, consumer, min idle (ms), count, then each stream's start.
-# XAUTOCLAIM only where the stream has entries: a handled event is deleted, so the stream of a store
-# with nothing in flight is empty, and a bridge serving a thousand stores does not ask each of them
-# every time it looks. Returns {stream's position (from 1), next start, entries}* for the streams
-# that gave entries or have more to look through.
+# KEYS: the ready set (keys.EVENTS_READY), then every endpoint's stream.  ARGV: group, consumer, min
+# idle (ms), count, then each stream's start. XAUTOCLAIM only where the stream has entries: a handled
+# event is deleted, so the stream of a store with nothing in flight is empty, and a bridge serving a
+# thousand stores does not ask each of them every time it looks. A stream with entries is listed as
+# ready too, so what no read took (stored before the ready set existed, or listed by a write whose
+# stream a read then left with more than a batch while its consumer stopped) is read within seconds.
+# Returns {stream's position (from 1), next start, entries}* for the streams that gave entries or
+# have more to look through.
 _CLAIM_ABANDONED = """
 local out = {}
-for i, stream in ipairs(KEYS) do
+for i = 2, #KEYS do
+  local stream = KEYS[i]
   if redis.call('XLEN', stream) > 0 then
-    local r = redis.call('XAUTOCLAIM', stream, ARGV[1], ARGV[2], ARGV[3], ARGV[4 + i], 'COUNT', ARGV[4])
+    redis.call('SADD', KEYS[1], stream)
+    local r = redis.call('XAUTOCLAIM', stream, ARGV[1], ARGV[2], ARGV[3], ARGV[3 + i], 'COUNT', ARGV[4])
     if #r[2] > 0 or r[1] ~= '0-0' then
-      out[#out + 1] = i
+      out[#out + 1] = i - 1
       out[#out + 1] = r[1]
       out[#out + 1] = r[2]
     end
   end
 end
 return out
+"""
+
+# One server: reads every stream listed as ready (keys.EVENTS_READY), and takes a stream off the
+# list when the read took its last unread entry, in the same script, so a write after it lists it
+# again and no entry is left unread and unlisted. A stream that no longer exists leaves the list; one
+# without the group (a Redis that came back without it) stays, and is named in the answer.
+# KEYS: the ready set.  ARGV: group, consumer, count per stream.
+# Returns {{stream, entries}*, {stream without the group}*}.
+_READ_READY = """
+local read, groupless = {}, {}
+for _, stream in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local ok, reply = pcall(redis.call, 'XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
+                          'STREAMS', stream, '>')
+  if not ok then
+    if redis.call('EXISTS', stream) == 0 then redis.call('SREM', KEYS[1], stream)
+    else groupless[#groupless + 1] = stream end
+  else
+    local entries = reply and reply[1][2] or {}
+    if #entries < tonumber(ARGV[3]) then redis.call('SREM', KEYS[1], stream) end
+    if #entries > 0 then read[#read + 1] = {stream, entries} end
+  end
+end
+return {read, groupless}
 """
 
 # KEYS: locks hash.  ARGV: thread, owner.
@@ -168,6 +196,12 @@ another store's first chat; between rounds the consumer reads again, so a store 
 in after the read is in the next round, not behind the whole backlog."""
 
 
+def _fields(flat: list[Any] | None) -> dict[str, str]:
+    """A stream entry's fields as a script returns them (``[name, value, …]``; nothing for an entry
+    deleted meanwhile) as a mapping."""
+    return dict(zip(flat[0::2], flat[1::2], strict=True)) if flat else {}
+
+
 def _arrival(event: StoredEvent) -> tuple[float, int, int]:
     """Arrival order across streams: when stored, then the entry id (``<ms>-<n>``) within a stream."""
     ms, _, n = event.entry_id.partition("-")
@@ -219,6 +253,7 @@ class EventConsumer:
         self._unlock = self.redis.register_script(_UNLOCK)
         self._forget = self.redis.register_script(_FORGET)
         self._claim = self.redis.register_script(_CLAIM_ABANDONED)
+        self._read_ready = self.redis.register_script(_READ_READY)
         self.cluster = is_cluster(self.redis)
         self._woken = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
@@ -329,27 +364,41 @@ class EventConsumer:
                 reply: Any = await self._read_each(endpoints, block_ms)
             else:
                 reply = await self._complete_and_read(endpoints, block_ms)
+                if not self._groups.issuperset(endpoints):  # a group was gone: made again, read again
+                    await self._ensure_groups(endpoints)
+                    reply += await self._complete_and_read(endpoints, None)
             for stream, entries in reply or []:
-                events += [self._decode(endpoints[stream], entry_id, fields) for entry_id, fields in entries]
+                # A stream of an endpoint this process does not serve (its configuration is older
+                # than the writer's): what it took is claimed by a process that serves it.
+                if (endpoint := endpoints.get(stream)) is not None:
+                    events += [self._decode(endpoint, entry_id, fields) for entry_id, fields in entries]
         self._take(events)
         await self._complete_unfinished()  # a thread's next event begins only after its last
         return await self._run_round()
 
     async def _complete_and_read(self, streams: Mapping[str, Endpoint] | None, block_ms: int | None) -> Any:
         """The last rounds' completions and the next read (None: none), in one round trip: the
-        completions run first, so the wait for new events never holds a finished thread's lock."""
-        new: dict[Any, Any] = dict.fromkeys(streams or (), ">")
-        if not self._unfinished:
+        completions run first, so the wait for new events never holds a finished thread's lock.
+        The read takes the streams listed as ready; with ``block_ms`` it first waits up to that
+        long for intake's next write (the read runs the moment it comes, in the same round trip)."""
+        read_args: list[str | int] = [keys.EVENTS_GROUP, self.name, self.batch]
+        if not self._unfinished and block_ms is None:
             if streams is None:
                 return None
-            return await self.redis.xreadgroup(keys.EVENTS_GROUP, self.name, new, count=self.batch, block=block_ms)
+            return self._ready_reply(streams, await self._read_ready(keys=[keys.EVENTS_READY], args=read_args))
         async with self.redis.pipeline(transaction=False) as pipe:
             for tag, rows in self._unfinished.items():
                 pipe.evalsha(self._complete.sha, 3, *self._completion(tag, rows))
+            reading = 0
             if streams is not None:
-                pipe.xreadgroup(keys.EVENTS_GROUP, self.name, new, count=self.batch, block=block_ms)
+                if block_ms is not None:
+                    wake = keys.EVENTS_READY_WAKE
+                    pipe.blmpop(block_ms / 1000, 1, wake, direction="LEFT", count=keys.READY_WAKE_KEPT)
+                    reading += 1
+                pipe.evalsha(self._read_ready.sha, 1, keys.EVENTS_READY, *read_args)
+                reading += 1
             results = await pipe.execute(raise_on_error=False)
-        completed, reply = (results[:-1], results[-1]) if streams is not None else (results, None)
+        completed, read = results[: len(results) - reading], results[len(results) - reading :]
         if any(isinstance(result, NoScriptError) for result in completed):
             await self._complete_each()  # Redis forgot the script (a restart): loaded, run again
         else:
@@ -357,9 +406,27 @@ class EventConsumer:
                 if isinstance(result, Exception):
                     raise result
             self._unfinished.clear()
-        if isinstance(reply, Exception):
+        if streams is None:
+            return None
+        for result in read[:-1]:  # the wait
+            if isinstance(result, Exception):
+                raise result
+        reply = read[-1]
+        if isinstance(reply, NoScriptError):  # loaded, and read again: what the wait took was only a signal
+            reply = await self._read_ready(keys=[keys.EVENTS_READY], args=read_args)
+        elif isinstance(reply, Exception):
             raise reply
-        return reply
+        return self._ready_reply(streams, reply)
+
+    def _ready_reply(self, streams: Mapping[str, Endpoint], reply: Any) -> list[tuple[str, list[Any]]]:
+        """_READ_READY's answer as XREADGROUP's: (stream, [(entry id, fields)]) per stream. A stream
+        of this process whose group is gone gets it again with the next step."""
+        read, groupless = reply
+        for stream in groupless:
+            if stream in streams and stream in self._groups:
+                log.warning("event consumer: %s has lost its consumer group; creating it again", stream)
+                self._groups.discard(stream)
+        return [(str(stream), [(entry_id, _fields(flat)) for entry_id, flat in entries]) for stream, entries in read]
 
     def _completion(self, tag: str, rows: list[tuple[str, int, str, str]]) -> list[str]:
         """KEYS and ARGV of _COMPLETE for ``rows`` (thread, seq, entry id, owner) of one endpoint."""
@@ -448,15 +515,11 @@ class EventConsumer:
             return {stream: (reply[0], reply[1]) for stream, reply in zip(starts, replies, strict=True)}
         names = list(starts)
         args: list[str | int] = [keys.EVENTS_GROUP, self.name, min_idle, self.batch, *starts.values()]
-        found = await self._claim(keys=names, args=args)
+        found = await self._claim(keys=[keys.EVENTS_READY, *names], args=args)
         return {
-            names[int(found[i]) - 1]: (
-                str(found[i + 1]),
-                [(entry_id, dict(zip(fields[0::2], fields[1::2], strict=True)) if fields else {})
-                 for entry_id, fields in found[i + 2]],
-            )
+            names[int(found[i]) - 1]: (str(found[i + 1]), [(entry, _fields(flat)) for entry, flat in found[i + 2]])
             for i in range(0, len(found), 3)
-        }  # fmt: skip
+        }
 
     @staticmethod
     def _decode(endpoint: Endpoint, entry_id: str, fields: Mapping[str, str]) -> StoredEvent:

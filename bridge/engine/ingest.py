@@ -27,13 +27,14 @@ from bridge.engine.endpoint import Endpoint
 log = logging.getLogger(__name__)
 
 # One call stores a whole batch of pushes to one endpoint (each push still all or nothing: a
-# script runs atomically). KEYS: stream, thread-seq hash, seen zset. ARGV: now (ms), oldest msg_id
-# time to remember (ms), then the batch as JSON: [[[msg_id, tag, thread, data], ...], ...], a list
-# of records per push. Passing the batch as one argument keeps the client's encoding cost flat.
-# Returns, per push, how many of its records were new.
+# script runs atomically). KEYS: stream, thread-seq hash, seen zset, and on one server the ready set
+# and its wake list (keys.EVENTS_READY). ARGV: now (ms), oldest msg_id time to remember (ms), the
+# batch as JSON: [[[msg_id, tag, thread, data], ...], ...], a list of records per push (one argument
+# keeps the client's encoding cost flat), and the wake list's length kept. Returns, per push, how
+# many of its records were new.
 _STORE_PUSHES = """
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[2])
-local out = {}
+local out, any = {}, false
 for _, push in ipairs(cjson.decode(ARGV[3])) do
   local stored = 0
   for _, r in ipairs(push) do
@@ -42,9 +43,14 @@ for _, push in ipairs(cjson.decode(ARGV[3])) do
       redis.call('XADD', KEYS[1], '*', 'msg_id', r[1], 'tag', r[2], 'thread', r[3], 'seq', seq,
                  'data', r[4], 'received_at', ARGV[1])
       stored = stored + 1
+      any = true
     end
   end
   out[#out + 1] = stored
+end
+if any and #KEYS > 3 then
+  redis.call('SADD', KEYS[4], KEYS[1])
+  if redis.call('RPUSH', KEYS[5], KEYS[1]) > tonumber(ARGV[4]) then redis.call('LTRIM', KEYS[5], -ARGV[4], -1) end
 end
 return out
 """
@@ -127,9 +133,10 @@ class EventLog:
         tag = group[0].endpoint.tag
         now_ms = int(self.clock.now() * 1000)
         batch = orjson.dumps([[(r.msg_id, r.tag, r.thread, r.data) for r in p.records] for p in group]).decode()
+        ready = [] if self.cluster else [keys.EVENTS_READY, keys.EVENTS_READY_WAKE]  # another slot there
         return [
-            self._script.sha, 3, keys.events(tag), keys.thread_seq(tag), keys.seen(tag),
-            now_ms, now_ms - keys.SEEN_SECONDS * 1000, batch,
+            self._script.sha, 3 + len(ready), keys.events(tag), keys.thread_seq(tag), keys.seen(tag), *ready,
+            now_ms, now_ms - keys.SEEN_SECONDS * 1000, batch, keys.READY_WAKE_KEPT,
         ]  # fmt: skip
 
     async def _write(self, groups: list[list[_Pending]]) -> list[object]:

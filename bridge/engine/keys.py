@@ -17,7 +17,19 @@ import zlib
 
 EVENTS_WAKE_CHANNEL = "events:wake"
 """Pub/sub channel, Redis Cluster only: intake stored events; consumers read the streams now
-(on one server they block on all streams in one XREADGROUP instead)."""
+(on one server they wait on EVENTS_READY_WAKE instead)."""
+
+EVENTS_READY = "events:ready"
+"""SET, one server only: the event streams that may hold entries no consumer has read. Intake adds
+a stream with each write; the read that takes a stream's last unread entries takes it out, in the
+same script. So a read names only the streams with new events, not every configured store's (at
+1,000 stores a read naming them all cost 0.5 ms of Redis CPU and 0.4 ms of the bridge's)."""
+
+EVENTS_READY_WAKE = "events:ready-wake"
+"""LIST, one server only: a stream's name for each write of intake (the newest READY_WAKE_KEPT);
+a consumer with nothing to do waits on it (BLMPOP), and its read follows in the same round trip."""
+
+READY_WAKE_KEPT = 1000
 
 WAKE_CHANNEL = "timers:wake"
 """Pub/sub channel. Payload: the due time (ms) of a timer scheduled earlier than its shard's head,

@@ -339,3 +339,73 @@ async def test_abandoned_events_are_claimed_from_the_streams_that_have_any_in_on
         await survivor._run_round()
         await survivor._complete_unfinished()
     assert sorted(handled) == sorted(e.msg_id for e in claimed) and len(handled) == 10
+
+
+async def test_a_read_asks_only_the_streams_intake_wrote_to(redis: Redis) -> None:
+    """A bridge of 300 stores, two of them with new events: intake lists those two streams as
+    ready, and the consumer's read asks only them (one XREADGROUP each, not one naming all 300),
+    takes each off the list once read to its end, and everything is handled once."""
+    stores = [Endpoint("store", str(2000 + i)) for i in range(300)]
+    busy = [stores[7], stores[250]]
+    log = EventLog(redis)
+    for endpoint in busy:
+        await log.store(endpoint, [record(f"{endpoint.id}-{i}", f"chat:{endpoint.id}-{i}") for i in range(3)])
+    assert await redis.smembers(keys.EVENTS_READY) == {keys.events(e.tag) for e in busy}
+    assert await redis.lrange(keys.EVENTS_READY_WAKE, 0, -1) == [keys.events(e.tag) for e in busy], "a wake per write"
+    handled: list[str] = []
+
+    async def handle(event: StoredEvent) -> None:
+        handled.append(event.msg_id)
+
+    c = EventConsumer(redis, lambda: stores, {"im_platform_message": handle})
+    await c._ensure_groups({keys.events(e.tag): e for e in stores})
+    await redis.config_resetstat()
+    assert await c._step(block=False) == 6
+    stats = await redis.info("commandstats")
+    assert stats["cmdstat_xreadgroup"]["calls"] == 2, "the two ready streams, each asked once"
+    assert not await redis.smembers(keys.EVENTS_READY), "both read to their end: off the list"
+    await c.drain()
+    assert sorted(handled) == sorted(f"{e.id}-{i}" for e in busy for i in range(3))
+    assert [await redis.xlen(keys.events(e.tag)) for e in busy] == [0, 0]
+
+
+async def test_events_stored_without_being_listed_as_ready_are_read_all_the_same(redis: Redis) -> None:
+    """Events stored by a bridge from before the ready list (an upgrade), or whose listing was lost,
+    are listed again by the consumer's look for abandoned events and handled."""
+    await EventLog(redis).store(STORE, [record("stored-before", "chat:1")])
+    await redis.delete(keys.EVENTS_READY, keys.EVENTS_READY_WAKE)
+    handled: list[str] = []
+
+    async def handle(event: StoredEvent) -> None:
+        handled.append(event.msg_id)
+
+    assert await consumer(redis, handle).drain() == 1
+    assert handled == ["stored-before"]
+    assert await redis.xlen(keys.events(STORE.tag)) == 0
+
+
+async def test_an_event_of_a_store_a_process_does_not_serve_is_left_to_one_that_does(redis: Redis) -> None:
+    """A process whose configuration is older than intake's (it lacks a new store) may read that
+    store's events off the ready list: it leaves them alone, and a process that serves the store
+    takes them over and handles each once."""
+    added = Endpoint("store", "1002")
+    await EventLog(redis).store(added, [record("first-of-a-new-store", "chat:9")])
+    by_older: list[str] = []
+    by_newer: list[str] = []
+
+    async def older_handles(event: StoredEvent) -> None:
+        by_older.append(event.msg_id)
+
+    async def newer_handles(event: StoredEvent) -> None:
+        by_newer.append(event.msg_id)
+
+    newer = EventConsumer(redis, lambda: [STORE, added], {"im_platform_message": newer_handles},
+                          claim_idle_seconds=0.05)  # fmt: skip
+    await newer._ensure_groups({keys.events(e.tag): e for e in (STORE, added)})
+    older = consumer(redis, older_handles)
+    assert await older.drain() == 0
+    assert by_older == [] and not await redis.smembers(keys.EVENTS_READY), "read off the list, left alone"
+    await asyncio.sleep(0.1)  # what the older process took ages past the claim time (Redis's clock)
+    await newer.drain()
+    assert by_newer == ["first-of-a-new-store"]
+    assert await redis.xlen(keys.events(added.tag)) == 0
