@@ -2,7 +2,9 @@
 
 A push is stored by one Lua call: each record's ``msg_id`` is marked seen (7 days) and, if it was
 not seen before, the record is appended to the endpoint's stream with the next sequence number of
-its thread. The webhook answers success only after that call returns.
+its thread; on one server the same call lists the stream as ready for the consumers' next read
+(``keys.EVENTS_READY``) and wakes one that waits. The webhook answers success only after that call
+returns.
 
 Concurrent pushes share round trips: whatever arrives while a write is in flight goes out together
 in the next pipeline (a group commit), so the ingest rate is not one round trip per push.
