@@ -113,8 +113,10 @@ return out
 # One server: reads every stream listed as ready (keys.EVENTS_READY), and takes a stream off the
 # list when the read took its last unread entry, in the same script, so a write after it lists it
 # again and no entry is left unread and unlisted. A stream that no longer exists leaves the list; one
-# without the group (a Redis that came back without it) stays, and is named in the answer.
-# KEYS: the ready set.  ARGV: group, consumer, count per stream.
+# without the group (a Redis that came back without it) stays, and is named in the answer. With
+# nothing left listed, the wake-ups still queued are for what this read took: they are dropped, so
+# they do not wake the other consumers for nothing.
+# KEYS: the ready set, its wake list.  ARGV: group, consumer, count per stream.
 # Returns {{stream, entries}*, {stream without the group}*}.
 _READ_READY = """
 local read, groupless = {}, {}
@@ -130,6 +132,7 @@ for _, stream in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     if #entries > 0 then read[#read + 1] = {stream, entries} end
   end
 end
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
 return {read, groupless}
 """
 
@@ -381,21 +384,22 @@ class EventConsumer:
         completions run first, so the wait for new events never holds a finished thread's lock.
         The read takes the streams listed as ready; with ``block_ms`` it first waits up to that
         long for intake's next write (the read runs the moment it comes, in the same round trip)."""
+        ready = [keys.EVENTS_READY, keys.EVENTS_READY_WAKE]
         read_args: list[str | int] = [keys.EVENTS_GROUP, self.name, self.batch]
         if not self._unfinished and block_ms is None:
             if streams is None:
                 return None
-            return self._ready_reply(streams, await self._read_ready(keys=[keys.EVENTS_READY], args=read_args))
+            return self._ready_reply(streams, await self._read_ready(keys=ready, args=read_args))
         async with self.redis.pipeline(transaction=False) as pipe:
             for tag, rows in self._unfinished.items():
                 pipe.evalsha(self._complete.sha, 3, *self._completion(tag, rows))
             reading = 0
             if streams is not None:
                 if block_ms is not None:
-                    wake = keys.EVENTS_READY_WAKE
-                    pipe.blmpop(block_ms / 1000, 1, wake, direction="LEFT", count=keys.READY_WAKE_KEPT)
+                    # One wake-up: a burst's next write wakes the next waiting consumer.
+                    pipe.blmpop(block_ms / 1000, 1, keys.EVENTS_READY_WAKE, direction="LEFT", count=1)
                     reading += 1
-                pipe.evalsha(self._read_ready.sha, 1, keys.EVENTS_READY, *read_args)
+                pipe.evalsha(self._read_ready.sha, 2, *ready, *read_args)
                 reading += 1
             results = await pipe.execute(raise_on_error=False)
         completed, read = results[: len(results) - reading], results[len(results) - reading :]
@@ -413,7 +417,7 @@ class EventConsumer:
                 raise result
         reply = read[-1]
         if isinstance(reply, NoScriptError):  # loaded, and read again: what the wait took was only a signal
-            reply = await self._read_ready(keys=[keys.EVENTS_READY], args=read_args)
+            reply = await self._read_ready(keys=ready, args=read_args)
         elif isinstance(reply, Exception):
             raise reply
         return self._ready_reply(streams, reply)

@@ -364,6 +364,7 @@ async def test_a_read_asks_only_the_streams_intake_wrote_to(redis: Redis) -> Non
     stats = await redis.info("commandstats")
     assert stats["cmdstat_xreadgroup"]["calls"] == 2, "the two ready streams, each asked once"
     assert not await redis.smembers(keys.EVENTS_READY), "both read to their end: off the list"
+    assert not await redis.llen(keys.EVENTS_READY_WAKE), "their wake-ups dropped: no consumer woken for nothing"
     await c.drain()
     assert sorted(handled) == sorted(f"{e.id}-{i}" for e in busy for i in range(3))
     assert [await redis.xlen(keys.events(e.tag)) for e in busy] == [0, 0]
