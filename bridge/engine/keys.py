@@ -27,7 +27,8 @@ same script. So a read names only the streams with new events, not every configu
 
 EVENTS_READY_WAKE = "events:ready-wake"
 """LIST, one server only: a stream's name for each write of intake (the newest READY_WAKE_KEPT);
-a consumer with nothing to do waits on it (BLMPOP), and its read follows in the same round trip."""
+a consumer with nothing to do waits on it (BLMPOP, one at a time) and its read follows in the same
+round trip; a read that leaves nothing listed drops it."""
 
 READY_WAKE_KEPT = 1000
 
