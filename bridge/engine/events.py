@@ -261,6 +261,7 @@ class EventConsumer:
         self._woken = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._groups: set[str] = set()
+        self._group_lost = False
         self._parked: list[_Parked] = []
         self._backlog: dict[tuple[str, str], list[StoredEvent]] = {}
         """Events read and not yet begun, per (endpoint, thread), oldest first: a round at a time."""
@@ -367,7 +368,8 @@ class EventConsumer:
                 reply: Any = await self._read_each(endpoints, block_ms)
             else:
                 reply = await self._complete_and_read(endpoints, block_ms)
-                if not self._groups.issuperset(endpoints):  # a group was gone: made again, read again
+                if self._group_lost:  # made again, and read again
+                    self._group_lost = False
                     await self._ensure_groups(endpoints)
                     reply += await self._complete_and_read(endpoints, None)
             for stream, entries in reply or []:
@@ -430,6 +432,7 @@ class EventConsumer:
             if stream in streams and stream in self._groups:
                 log.warning("event consumer: %s has lost its consumer group; creating it again", stream)
                 self._groups.discard(stream)
+                self._group_lost = True
         return [(str(stream), [(entry_id, _fields(flat)) for entry_id, flat in entries]) for stream, entries in read]
 
     def _completion(self, tag: str, rows: list[tuple[str, int, str, str]]) -> list[str]:
