@@ -410,3 +410,33 @@ async def test_an_event_of_a_store_a_process_does_not_serve_is_left_to_one_that_
     await newer.drain()
     assert by_newer == ["first-of-a-new-store"]
     assert await redis.xlen(keys.events(added.tag)) == 0
+
+
+async def test_a_waiting_consumer_whose_read_script_redis_forgot_still_takes_the_event(redis: Redis) -> None:
+    """The read goes as EVALSHA behind the wait for intake's next write, in one round trip: when
+    Redis has forgotten the script (a restart) by the time that write wakes it, the script is
+    loaded and the read made again, and the event that woke it is handled, once."""
+    handled: list[str] = []
+
+    async def handle(event: StoredEvent) -> None:
+        handled.append(event.msg_id)
+
+    c = consumer(redis, handle, block_seconds=5.0)
+    serving = asyncio.create_task(c.run())
+    await EventLog(redis).store(STORE, [record("before", "chat:1")])
+    for _ in range(200):
+        if handled:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # waiting again, its read script queued behind the wait
+    await redis.script_flush()
+    await EventLog(redis).store(STORE, [record("after", "chat:2")])
+    for _ in range(200):
+        if len(handled) == 2:
+            break
+        await asyncio.sleep(0.01)
+    c.stop()
+    await EventLog(redis).store(STORE, [record("stop", "chat:3")])  # ends the wait: the loop sees the stop
+    await asyncio.wait_for(serving, 10)
+    assert handled[:2] == ["before", "after"] and handled.count("after") == 1
+    assert await redis.hget(keys.thread_done(STORE.tag), "chat:2") == "1"
