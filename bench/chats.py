@@ -19,7 +19,8 @@ Six parts:
 - **burst** — 200 chats into 20 channels at once, pushed in turn across the channels (every channel's
   first chat, then every one's second…): the first post of each channel (from its push), the
   share of the allowed rate each channel got (its posts' ideal span at 1/s over their actual span
-  from the push), and 429s;
+  from the push), and 429s. Before each burst (here and in the scaling part) the platform's process
+  opens its connections to the bridge, as a platform pushing all day holds them open;
 - **scaling** — 400 chats into 400 channels at once (one each: the rate limit is not the
   bottleneck) with 1, 2 and 4 processes (`all`; `web` + `worker`; `web` + 3 `worker`) on one
   Redis, then 1 and 4 processes on a three-node Redis Cluster: chats completed per second,
@@ -174,11 +175,14 @@ async def run_load(
     idle: dict[str, float],
 ) -> dict[str, Any]:
     """Opens ``per_channel`` chats in each of ``channels`` channels, a new one in each channel every
-    ``spacing`` seconds (0: all at once), and answers each as soon as its thread shows up."""
+    ``spacing`` seconds (0: all at once), and answers each as soon as its thread shows up. Before a
+    burst the platform's process opens its connections to the bridge (see PlatformSide.open_connections),
+    outside the CPU counted."""
+    chats = channels * per_channel
+    connections = await world.platform.call("open_connections", count=chats) if spacing == 0 else 0
     cpu_before = await cpu.read()
     commands_before = await cpu.commands()
     round_trips_before = await cpu.round_trips()
-    chats = channels * per_channel
     await world.slack.call("arm", label=label, chats=chats)
     started = time.time() + 0.1  # the first push's moment, once the platform's process has the command
     pushed, answered = await asyncio.gather(
@@ -225,6 +229,7 @@ async def run_load(
         },
         **latency_rows(percentiles(to_slack), percentiles(to_platform), pushed, answered, spacing > 0),
         "push_acknowledged": percentiles(acknowledged),
+        **({"connections_opened_before": connections} if spacing == 0 else {}),
         "slack_429s": answered["slack_429s"],
         "missing": sorted(missing),
         **(channel_rates(pushed_at, landed_at, channels) if spacing == 0 else {}),
