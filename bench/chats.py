@@ -16,11 +16,12 @@ Six parts:
 - **paced** — three runs of 2,000 chats each (40 channels, a new chat in each channel every 3.5 s, so
   the rate limit is never the bottleneck): the latency the target is about, with the spread between
   runs;
-- **burst** — 200 chats into 20 channels at once, pushed in turn across the channels (every channel's
-  first chat, then every one's second…): the first post of each channel (from its push), the
-  share of the allowed rate each channel got (its posts' ideal span at 1/s over their actual span
-  from the push), and 429s. Before each burst (here and in the scaling part) the platform's process
-  opens its connections to the bridge, as a platform pushing all day holds them open;
+- **burst** — three times, 200 chats into 20 channels at once, pushed in turn across the channels
+  (every channel's first chat, then every one's second…): the first post of each channel (from its
+  push), the share of the allowed rate each channel got (its posts' ideal span at 1/s over their
+  actual span from the push), and 429s, with the spread of the three. Before each burst (here and
+  in the scaling part) the platform's process opens its connections to the bridge, as a platform
+  pushing all day holds them open;
 - **scaling** — 400 chats into 400 channels at once (one each: the rate limit is not the
   bottleneck) with 1, 2 and 4 processes (`all`; `web` + `worker`; `web` + 3 `worker`) on one
   Redis, then 1 and 4 processes on a three-node Redis Cluster: chats completed per second,
@@ -69,7 +70,7 @@ RESULTS = HERE / "results" / "chats.json"
 SIGNING, TOKEN = "bench-signing-secret", "xoxb-bench"
 
 PACED: dict[str, Any] = {"channels": 40, "per_channel": 50, "spacing": 3.5, "runs": 3}
-BURST: dict[str, Any] = {"channels": 20, "per_channel": 10}
+BURST: dict[str, Any] = {"channels": 20, "per_channel": 10, "runs": 3}
 WEB_AND_3_WORKERS = ["web", "worker", "worker", "worker"]
 SCALING: dict[str, Any] = {"channels": 400, "per_channel": 1,
            "runs": {"1_processes": (["all"], False), "2_processes": (["web", "worker"], False),
@@ -79,7 +80,7 @@ SUSTAINED: dict[str, Any] = {"channels": 200, "per_channel": 10, "spacing": 2.0}
 STORES: dict[str, Any] = {"configured": [40, 1000], "channels": 20, "per_channel": 10, "spacing": 3.5}
 FLOOR: dict[str, Any] = {"channels": 40, "per_channel": 10, "spacing": 3.5}
 QUICK: dict[str, dict[str, Any]] = {"paced": {"channels": 20, "per_channel": 2, "spacing": 3.5, "runs": 1},
-         "burst": {"channels": 20, "per_channel": 2}, "scaling": {"channels": 40, "per_channel": 1},
+         "burst": {"channels": 20, "per_channel": 2, "runs": 1}, "scaling": {"channels": 40, "per_channel": 1},
          "sustained": {"channels": 50, "per_channel": 2, "spacing": 2.0},
          "stores": {"configured": [20, 200], "channels": 10, "per_channel": 2, "spacing": 3.5},
          "floor": {"channels": 20, "per_channel": 2, "spacing": 3.5}}  # fmt: skip
@@ -385,7 +386,9 @@ async def main_async(quick: bool) -> dict[str, Any]:
                 results["paced"]["runs"].append(row)
                 print(json.dumps({k: row[k] for k in ("platform_to_slack", "world", "latency_valid")}), file=sys.stderr)
             results["paced"]["spread"] = spread(results["paced"]["runs"])
-            results["burst"] = await run_load(world, burst["channels"], burst["per_channel"], 0.0, "burst", cpu, idle)
+            bursts = [await run_load(world, burst["channels"], burst["per_channel"], 0.0, f"burst{run}", cpu, idle)
+                      for run in range(burst["runs"])]  # fmt: skip
+            results["burst"] = {"runs": bursts, "spread": burst_spread(bursts)}
         results["floor"] = await floor(tmp, QUICK["floor"] if quick else FLOOR, results["paced"]["runs"])
         sustained = QUICK["sustained"] if quick else SUSTAINED
         async with running_stack(tmp, sustained["channels"], ["all"]) as (world, cpu, idle):
@@ -407,6 +410,26 @@ async def main_async(quick: bool) -> dict[str, Any]:
     results["targets"] = {"cpu_ms_per_chat_bridge": 5, "p99_ms_paced_both_ways": 20, "slack_429s": 0,
                           "burst_first_post_ms": 100, "burst_share_of_allowed_rate": 0.95}  # fmt: skip
     return results
+
+
+def burst_spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run-to-run spread of the bursts: each figure's lowest and highest. One burst's slowest
+    first post is one sample of a wide spread (64–142 ms in probes of one machine), so the goal is
+    judged on every run's."""
+    out: dict[str, Any] = {}
+    for figure in ("p50_ms", "max_ms"):
+        values = [r["first_post_of_each_channel"][figure] for r in runs]
+        out[f"first_post_of_each_channel.{figure}"] = [min(values), max(values)]
+    shares = [r["share_of_allowed_rate"]["min"] for r in runs]
+    late = [r["world"]["push_late"]["p50_ms"] for r in runs]
+    cpu = [r["cpu_ms_per_chat_less_idle"]["bridge_total"] for r in runs]
+    return out | {
+        "share_of_allowed_rate.min": [min(shares), max(shares)],
+        "push_late.p50_ms": [min(late), max(late)],
+        "cpu_ms_per_chat.bridge_total": [min(cpu), max(cpu)],
+        "slack_429s": sum(r["slack_429s"] for r in runs),
+        "missing": sum(len(r["missing"]) for r in runs),
+    }
 
 
 PART_ROW_KEYS = ("chats", "cpu_ms_per_chat_less_idle", "redis_commands_per_chat", "redis_round_trips_per_chat",
