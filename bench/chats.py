@@ -10,7 +10,9 @@ the reply reaches the platform. Measured per chat:
 - CPU per chat round trip of the bridge process(es) and the world's (/proc) and of redis-server
   (INFO cpu), less what each spends idle over the same time (measured first), and Redis commands
   per chat;
-- how many 429s the emulator answered.
+- how many 429s the emulator answered;
+- after each part, each bridge process's resident memory and what Redis holds (a leak shows as
+  growth from run to run on one stack).
 
 Six parts:
 - **paced** — three runs of 2,000 chats each (40 channels, a new chat in each channel every 3.5 s, so
@@ -57,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from machine import at_end, checkout_beside, machine, process_cpu, redis_cpu  # bench/machine.py, beside this file
+from machine import at_end, checkout_beside, machine, process_cpu, redis_cpu, resident_mb  # bench/machine.py
 from machine import wait_up as machine_wait_up
 from redis.asyncio import Redis
 from world import PlatformSide, SlackSide, WorldProcess  # bench/world.py
@@ -142,6 +144,13 @@ class CpuMeter:
         used["redis"] = sum(redis_cpu(info) for info in infos)
         used["bench_process"] = time.process_time()
         return used
+
+    async def memory(self) -> dict[str, float]:
+        """Resident memory (MB) of each bridge process, and what Redis holds (``used_memory``, every
+        node added up): read after each part, so a leak shows as growth from one run to the next."""
+        used = {name: resident_mb(pid) for name, pid in self.bridges.items()}
+        infos = [await node.info("memory") for node in self.redis]
+        return used | {"redis": round(sum(int(info["used_memory"]) for info in infos) / 2**20, 1)}
 
     async def round_trips(self) -> int:
         """Requests Redis has read so far (``total_reads_processed``: a pipeline or a script call
@@ -233,6 +242,7 @@ async def run_load(
         **({"connections_opened_before": connections} if spacing == 0 else {}),
         "slack_429s": answered["slack_429s"],
         "missing": sorted(missing),
+        "memory_mb_after": await cpu.memory(),
         **(channel_rates(pushed_at, landed_at, channels) if spacing == 0 else {}),
     }
 

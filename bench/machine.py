@@ -64,6 +64,14 @@ def cpu_pressure() -> dict[str, float] | None:
             "some_total_us": int(fields["total"])}  # fmt: skip
 
 
+def resident_mb(pid: int) -> float:
+    """A process's resident memory (VmRSS), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def process_cpu(pid: int) -> float:
     """CPU seconds a process has used: the sum of its threads' time on a CPU, in nanoseconds
     (/proc/<pid>/task/*/schedstat). /proc/<pid>/stat counts in clock ticks (10 ms here): over a 5 s
