@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,19 @@ from bridge.sandbox.platform import PlatformSandbox
 from bridge.sandbox.postgres_server import EmbeddedPostgres
 from bridge.sandbox.slack import SlackEmulator
 from bridge.sandbox.telegram import TelegramEmulator
+
+
+async def until(condition: Callable[[], bool | Awaitable[bool]], what: str, within: float = 5.0) -> None:
+    """Waits, in real time (other tasks are at work), until ``condition`` (plain or awaitable)
+    holds; fails naming ``what`` when it has not within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        met = condition()
+        if await met if inspect.isawaitable(met) else met:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {within} s: {what}")
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from bridge.engine.clock import ManualClock
 from bridge.engine.endpoint import Endpoint
 from bridge.engine.events import ROUND_EVENTS, EventConsumer, StoredEvent
 from bridge.engine.ingest import EventLog, IncomingRecord
+from tests.conftest import until
 
 STORE = Endpoint("store", "1001")
 
@@ -169,10 +170,11 @@ async def test_a_served_consumer_completes_what_it_handled_before_it_waits_for_m
     c = consumer(redis, handle, block_seconds=5.0)
     serving = asyncio.create_task(c.run())
     await EventLog(redis).store(STORE, [record("x", "chat:1")])
-    for _ in range(100):
-        if handled and not await redis.xlen(keys.events(STORE.tag)):
-            break
-        await asyncio.sleep(0.01)
+
+    async def completed() -> bool:
+        return bool(handled) and not await redis.xlen(keys.events(STORE.tag))
+
+    await until(completed, "handled and deleted", within=1.0)
     assert handled == ["x"]
     assert await redis.xlen(keys.events(STORE.tag)) == 0, "completed within a second, while the read waits"
     assert await redis.hget(keys.thread_done(STORE.tag), "chat:1") == "1"
@@ -424,17 +426,11 @@ async def test_a_waiting_consumer_whose_read_script_redis_forgot_still_takes_the
     c = consumer(redis, handle, block_seconds=5.0)
     serving = asyncio.create_task(c.run())
     await EventLog(redis).store(STORE, [record("before", "chat:1")])
-    for _ in range(200):
-        if handled:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: bool(handled), "the first event handled", within=2.0)
     await asyncio.sleep(0.05)  # waiting again, its read script queued behind the wait
     await redis.script_flush()
     await EventLog(redis).store(STORE, [record("after", "chat:2")])
-    for _ in range(200):
-        if len(handled) == 2:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: len(handled) == 2, "the event that woke it handled", within=2.0)
     c.stop()
     await EventLog(redis).store(STORE, [record("stop", "chat:3")])  # ends the wait: the loop sees the stop
     await asyncio.wait_for(serving, 10)

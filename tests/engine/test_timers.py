@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import signal
 import sys
 import time
@@ -17,6 +16,7 @@ from redis.asyncio import Redis
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock, SystemClock
 from bridge.engine.timers import Timer, TimerStore, TimerWorker
+from tests.conftest import until
 
 T0 = 1_700_000_000.0
 
@@ -356,17 +356,6 @@ async def test_a_running_handler_keeps_its_short_lease_and_a_dead_workers_is_tak
     assert await store.leased() == 0 and await store.pending() == 0, "acknowledged by the run that holds it"
 
 
-async def _until(condition: Callable[[], bool | Awaitable[bool]], seconds: float = 3.0) -> None:
-    """Waits (in real time: other tasks are at work) until ``condition`` holds."""
-    deadline = time.monotonic() + seconds
-    while True:
-        met = condition()
-        if await met if inspect.isawaitable(met) else met:
-            return
-        assert time.monotonic() < deadline, "not within the time allowed"
-        await asyncio.sleep(0.01)
-
-
 async def test_a_timer_started_now_runs_here_without_waking_every_process(redis_url: str) -> None:
     """start_now leases the timer to this process's serving worker and runs it at once: no wake-up
     is published (every process would claim on it), and the other process's worker never runs it.
@@ -378,17 +367,19 @@ async def test_a_timer_started_now_runs_here_without_waking_every_process(redis_
     worker = TimerWorker(TimerStore(client), {"w": recorder(here)}, max_idle_seconds=30)
     elsewhere = TimerWorker(TimerStore(other), {"w": recorder(there)}, max_idle_seconds=30)
     tasks = [asyncio.create_task(worker.run()), asyncio.create_task(elsewhere.run())]
-    await _until(lambda: worker.store.local is worker and elsewhere.store.local is elsewhere)
+    await until(
+        lambda: worker.store.local is worker and elsewhere.store.local is elsewhere, "both workers serving", within=3.0
+    )
     await client.config_resetstat()
 
     await worker.store.start_now("w:{store:1}:now", handed="in hand")
-    await _until(lambda: len(here) == 1)
+    await until(lambda: len(here) == 1, "the timer ran here", within=3.0)
     assert here[0].handed == "in hand", "what the step handed reaches the run it started"
-    await _until(lambda: _none_leased(worker.store))
+    await until(lambda: _none_leased(worker.store), "nothing leased", within=3.0)
     assert "cmdstat_publish" not in await client.info("commandstats")
 
     await TimerStore(client).start_now("w:{store:1}:no-worker-here", handed="lost")  # no serving worker here
-    await _until(lambda: len(here) + len(there) == 2)
+    await until(lambda: len(here) + len(there) == 2, "both timers ran", within=3.0)
     for w in (worker, elsewhere):
         await w.stop()
     await asyncio.gather(*tasks)
@@ -412,7 +403,7 @@ async def test_a_timer_started_now_by_a_process_that_dies_runs_elsewhere_after_i
     started = asyncio.Event()
     dying = TimerWorker(store, {"w": hanging(started)}, lease_seconds=5, max_idle_seconds=30)
     serving = asyncio.create_task(dying.run())
-    await _until(lambda: store.local is dying)
+    await until(lambda: store.local is dying, "the dying worker serving", within=3.0)
     await store.start_now("w:{store:1}:taken", handed="in hand")
     await started.wait()
     serving.cancel()  # the process is gone: no ack, no release
@@ -458,15 +449,6 @@ async def test_a_step_sets_and_stops_several_timers_in_one_call(store: TimerStor
     clock.advance(2)
     assert await worker.drain() == 2
     assert sorted(t.key for t in fired) == ["archive:{store:1}:chat:c1", "window:{store:1}:c3"]
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Waits (a few seconds at most) for what a running worker does in real time."""
-    for _ in range(500):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never: {what}")
 
 
 async def test_a_lane_runs_at_most_its_limit_while_its_backlog_waits_untouched_and_other_kinds_go_on(
