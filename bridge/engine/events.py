@@ -199,14 +199,6 @@ another store's first chat; between rounds the consumer reads again, so a store 
 in after the read is in the next round, not behind the whole backlog."""
 
 
-LATECOMER_SECONDS = 0.01
-"""How long a round runs before the consumer looks for latecomers: stores whose first events were
-stored after the round's read. Each gets its oldest event begun at once, beside the round, instead
-of waiting for the whole round to finish and the next to begin (in a burst, that wait was half of
-the stores' first posts: 50–60 ms each on this project's machine). A round that ends sooner (one
-chat, paced) never looks."""
-
-
 def _fields(flat: list[Any] | None) -> dict[str, str]:
     """A stream entry's fields as a script returns them (``[name, value, …]``; nothing for an entry
     deleted meanwhile) as a mapping."""
@@ -256,8 +248,6 @@ class EventConsumer:
     max_attempts: int = 8
     """Failures of a handler (a bug, bad data) before its event is dead-lettered; Redis being
     unavailable does not count."""
-    latecomer_seconds: float | None = LATECOMER_SECONDS
-    """How long a round runs before latecomers join it; None: they wait for the next round."""
     stats: ConsumerStats = field(default_factory=ConsumerStats)
 
     def __post_init__(self) -> None:
@@ -382,7 +372,11 @@ class EventConsumer:
                     self._group_lost = False
                     await self._ensure_groups(endpoints)
                     reply += await self._complete_and_read(endpoints, None)
-            events += self._decoded(reply or [])
+            for stream, entries in reply or []:
+                # A stream of an endpoint this process does not serve (its configuration is older
+                # than the writer's): what it took is claimed by a process that serves it.
+                if (endpoint := endpoints.get(stream)) is not None:
+                    events += [self._decode(endpoint, entry_id, fields) for entry_id, fields in entries]
         self._take(events)
         await self._complete_unfinished()  # a thread's next event begins only after its last
         return await self._run_round()
@@ -534,13 +528,6 @@ class EventConsumer:
             for i in range(0, len(found), 3)
         }
 
-    def _decoded(self, reply: list[tuple[str, list[Any]]]) -> list[StoredEvent]:
-        """The events of a read's answer. A stream of an endpoint this process does not serve (its
-        configuration is older than the writer's) is skipped: what the read took of it is claimed
-        by a process that serves it."""
-        return [self._decode(self._streams[stream], entry_id, fields)
-                for stream, entries in reply if stream in self._streams for entry_id, fields in entries]  # fmt: skip
-
     @staticmethod
     def _decode(endpoint: Endpoint, entry_id: str, fields: Mapping[str, str]) -> StoredEvent:
         return StoredEvent(
@@ -576,85 +563,31 @@ class EventConsumer:
     async def _run_round(self) -> int:
         """Begins the next event of up to ROUND_EVENTS threads of the backlog, each endpoint's oldest
         before any endpoint's second, asks Redis about them in one call per endpoint, runs the ready
-        ones concurrently; they are completed with the next call. While the round runs, latecomers
-        join it (see LATECOMER_SECONDS). A thread whose event must wait (or failed) parks the rest of
-        its events behind it. Returns how many events it began."""
+        ones concurrently; they are completed with the next call. A thread whose event must wait (or
+        failed) parks the rest of its events behind it. Returns how many events it began."""
         heads = self._round_heads([queue[0] for queue in self._backlog.values()])
-        in_round = {event.endpoint.tag for event in heads}
-        running = {self._begin_all(heads)}
-        outcomes: list[dict[StoredEvent, tuple[float, int] | None] | BaseException] = []
-        while running:
-            looks = self.latecomer_seconds is not None and bool(self._streams) and not self.cluster
-            looks = looks and not self._stopping
-            try:
-                finished, running = await asyncio.wait(running, timeout=self.latecomer_seconds if looks else None)
-            except asyncio.CancelledError:
-                for batch in running:  # as a gather awaited directly would: nothing runs on unawaited
-                    batch.cancel()
-                raise
-            for batch in finished:
-                outcomes += batch.result()
-            if running and looks and self._reads_now():
-                latecomers = await self._latecomers(in_round)
-                if latecomers:
-                    in_round.update(event.endpoint.tag for event in latecomers)
-                    heads += latecomers
-                    running.add(self._begin_all(latecomers))
+        by_endpoint: dict[str, list[StoredEvent]] = defaultdict(list)
+        for event in heads:
+            by_endpoint[event.endpoint.tag].append(event)
+        outcomes = await asyncio.gather(
+            *(self._round(tag, round_events, self._attempts) for tag, round_events in by_endpoint.items())
+        )
         now = self.clock.now()
         for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                continue
             for event, retry in outcome.items():
                 queue = self._backlog[(event.endpoint.tag, event.thread)]
-                queue.remove(event)  # its thread's head: what is read meanwhile queues behind it
                 if retry is None:
-                    self._attempts.pop((event.endpoint.tag, event.entry_id), None)
+                    self._attempts.pop((event.endpoint.tag, queue.pop(0).entry_id), None)
                     continue
                 delay, tries = retry
-                for e in (event, *queue):
+                for e in queue:
                     earlier = self._attempts.pop((e.endpoint.tag, e.entry_id), 0)
                     self._parked.append(
                         _Parked(e, now + delay, tries if e is event else earlier, delay == WAIT_SECONDS)
                     )
                 queue.clear()
         self._backlog = {k: q for k, q in self._backlog.items() if q}
-        for outcome in outcomes:  # the other endpoints' outcomes are kept; this one's events are read again
-            if isinstance(outcome, BaseException):
-                raise outcome
         return len(heads)
-
-    def _begin_all(self, heads: list[StoredEvent]) -> asyncio.Future[list[Any]]:
-        """Begins and runs ``heads``: each endpoint's in one call to Redis, all at once; the future
-        gives each endpoint's outcome (or what it raised)."""
-        by_endpoint: dict[str, list[StoredEvent]] = defaultdict(list)
-        for event in heads:
-            by_endpoint[event.endpoint.tag].append(event)
-        return asyncio.gather(
-            *(self._round(tag, round_events, self._attempts) for tag, round_events in by_endpoint.items()),
-            return_exceptions=True,
-        )
-
-    async def _latecomers(self, in_round: set[str]) -> list[StoredEvent]:
-        """Reads what was stored since the round's read (into the backlog, like any read); returns
-        the oldest event of each endpoint that had nothing waiting or running before it. An endpoint
-        already waiting keeps its turn, so the round's limit holds for a backlog. A failed read is
-        left to the next step: the round goes on."""
-        waiting = in_round | {tag for tag, _ in self._backlog}
-        try:
-            reply = self._ready_reply(
-                self._streams,
-                await self._read_ready(keys=[keys.EVENTS_READY, keys.EVENTS_READY_WAKE],
-                                       args=[keys.EVENTS_GROUP, self.name, self.batch]),
-            )  # fmt: skip
-        except (RedisError, OSError) as exc:
-            log.debug("event consumer: looking for latecomers failed; the next read takes them: %r", exc)
-            return []
-        self._take(self._decoded(reply))
-        firsts: dict[str, StoredEvent] = {}
-        for (tag, _), queue in self._backlog.items():
-            if tag not in waiting and (tag not in firsts or _arrival(queue[0]) < _arrival(firsts[tag])):
-                firsts[tag] = queue[0]
-        return sorted(firsts.values(), key=_arrival)[:ROUND_EVENTS]
 
     def _round_heads(self, heads: list[StoredEvent]) -> list[StoredEvent]:
         """Up to ROUND_EVENTS of ``heads`` that have a handler: every endpoint's first (in arrival

@@ -7,7 +7,6 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -239,7 +238,7 @@ async def test_a_burst_is_begun_in_arrival_order_at_most_a_round_at_a_time(redis
 async def test_a_stores_burst_does_not_hold_up_another_stores_first_chat(redis: Redis) -> None:
     """Store A's 30 chats came first, then store B's 5: the first round takes every store's oldest
     before any store's second, so all of B's are in it. A chat of store C stored while the first
-    round runs joins that round (a latecomer: C had nothing waiting), not the next one after it."""
+    round runs is read before the next round and begun in it, not after A's whole backlog."""
     a, b, c = STORE, Endpoint("store", "1002"), Endpoint("store", "1003")
     log = EventLog(redis)
     await log.store(a, [record(f"a{i}", f"chat:a{i}") for i in range(30)])
@@ -250,79 +249,17 @@ async def test_a_stores_burst_does_not_hold_up_another_stores_first_chat(redis: 
         rounds[-1].append(event.msg_id)
         if event.msg_id == "a0":  # while the first round runs, C's customer writes
             await log.store(c, [record("c0", "chat:c0")])
-            await until(lambda: "c0" in rounds[0], "C's chat begun while the first round still runs")
 
     consumer_ = EventConsumer(redis, lambda: [a, b, c], {"im_platform_message": handle})
     while await consumer_._step(block=False):
         rounds.append([])
     first, second = rounds[0], rounds[1]
-    assert sorted(first) == sorted([f"a{i}" for i in range(15)] + [f"b{i}" for i in range(5)] + ["c0"])
-    assert sorted(second) == sorted(f"a{i}" for i in range(15, 30))
+    assert len(first) == ROUND_EVENTS and {f"b{i}" for i in range(5)} <= set(first)
+    assert sorted(first) == sorted([f"a{i}" for i in range(15)] + [f"b{i}" for i in range(5)])
+    assert sorted(second) == sorted(["c0"] + [f"a{i}" for i in range(15, 30)])
     assert rounds[2:] == [[]]
     assert consumer_.stats.handled == 36
     for store in (a, b, c):
-        assert await redis.xlen(keys.events(store.tag)) == 0
-
-
-async def test_only_a_store_with_nothing_waiting_joins_a_running_round(redis: Redis) -> None:
-    """25 stores' first chats are waiting: a round takes 20 and the other 5 keep their turn, even
-    when the round runs long. A new store's chat stored meanwhile joins it at once."""
-    stores = [Endpoint("store", f"{2001 + i}") for i in range(25)]
-    late = Endpoint("store", "3001")
-    log = EventLog(redis)
-    for store in stores:
-        await log.store(store, [record(f"s{store.id}", f"chat:{store.id}")])
-    rounds: list[list[str]] = [[]]
-
-    async def handle(event: StoredEvent) -> None:
-        rounds[-1].append(event.msg_id)
-        if event.msg_id == "s2001":
-            await asyncio.sleep(0.05)  # five looks for latecomers while the round runs
-            await log.store(late, [record("late", "chat:late")])
-            await until(lambda: "late" in rounds[0], "the new store's chat begun in the running round")
-
-    consumer_ = EventConsumer(redis, lambda: [*stores, late], {"im_platform_message": handle})
-    while await consumer_._step(block=False):
-        rounds.append([])
-    assert sorted(rounds[0]) == sorted([f"s{2001 + i}" for i in range(20)] + ["late"])
-    assert sorted(rounds[1]) == [f"s{2001 + i}" for i in range(20, 25)]
-    assert consumer_.stats.handled == 26
-
-
-async def test_a_failed_look_for_latecomers_leaves_them_to_the_next_read(redis: Redis) -> None:
-    """Redis fails the look for latecomers: the round finishes as it was, and the next step reads
-    the new store's chat and handles it once."""
-    a, c = STORE, Endpoint("store", "1003")
-    log = EventLog(redis)
-    await log.store(a, [record("a0", "chat:a0")])
-    rounds: list[list[str]] = [[]]
-    failing = False
-    consumer_ = EventConsumer(redis, lambda: [a, c], {"im_platform_message": lambda e: handle(e)})
-    read_ready = consumer_._read_ready
-
-    async def flaky_read(**kw: Any) -> Any:
-        nonlocal failing
-        if failing:
-            failing = False
-            raise RedisConnectionError("Connection reset by peer")
-        return await read_ready(**kw)
-
-    flaky_read.sha = read_ready.sha  # type: ignore[attr-defined]  # the pipelined read's way in
-    consumer_._read_ready = flaky_read  # type: ignore[assignment]
-
-    async def handle(event: StoredEvent) -> None:
-        nonlocal failing
-        rounds[-1].append(event.msg_id)
-        if event.msg_id == "a0":
-            await log.store(c, [record("c0", "chat:c0")])
-            failing = True
-            await until(lambda: not failing, "a look for latecomers made (and failed)")
-
-    while await consumer_._step(block=False):
-        rounds.append([])
-    assert rounds == [["a0"], ["c0"], []]
-    assert consumer_.stats.handled == 2 and consumer_.stats.duplicates == 0
-    for store in (a, c):
         assert await redis.xlen(keys.events(store.tag)) == 0
 
 
