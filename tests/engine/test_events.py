@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -261,6 +262,68 @@ async def test_a_stores_burst_does_not_hold_up_another_stores_first_chat(redis: 
     assert consumer_.stats.handled == 36
     for store in (a, b, c):
         assert await redis.xlen(keys.events(store.tag)) == 0
+
+
+async def _burst(redis: Redis, stores_first: int, second_read_fails: bool = False) -> list[list[str]]:
+    """Store A's two chats (and with ``stores_first`` 2, store B's one) are there when a quiet
+    consumer looks; store C's chat is stored just after the consumer read. Returns what each step's
+    round handled."""
+    a, b, c = STORE, Endpoint("store", "1002"), Endpoint("store", "1003")
+    log = EventLog(redis)
+    rounds: list[list[str]] = [[]]
+
+    async def handle(event: StoredEvent) -> None:
+        rounds[-1].append(event.msg_id)
+
+    consumer_ = EventConsumer(redis, lambda: [a, b, c], {"im_platform_message": handle}, burst_gather_seconds=0.5)
+    await consumer_._step(block=False)  # the groups made, nothing there
+    reads = 0
+    read = consumer_._read
+
+    async def read_or_fail(*args: Any) -> list[StoredEvent]:
+        nonlocal reads
+        reads += 1
+        if second_read_fails and reads == 2:
+            raise RedisConnectionError("Connection reset by peer")
+        return await read(*args)
+
+    async def first_read_done() -> bool:
+        return reads == 1 and (await redis.xpending(keys.events(a.tag), keys.EVENTS_GROUP))["pending"] > 0
+
+    consumer_._read = read_or_fail  # type: ignore[method-assign]
+    await log.store(a, [record("a0", "chat:a0"), record("a1", "chat:a1")])
+    if stores_first == 2:
+        await log.store(b, [record("b0", "chat:b0")])
+    step = asyncio.create_task(consumer_._step(block=True))
+    await until(first_read_done, "the consumer's first read")
+    await log.store(c, [record("c0", "chat:c0")])
+    await step
+    while True:
+        rounds.append([])
+        if not await consumer_._step(block=False):
+            break
+    assert consumer_.stats.handled == sum(map(len, rounds)) and consumer_.stats.duplicates == 0
+    for store in (a, b, c):
+        assert await redis.xlen(keys.events(store.tag)) == 0
+    return [sorted(r) for r in rounds[:-1]]
+
+
+async def test_a_burst_across_stores_is_gathered_before_its_first_round(redis: Redis) -> None:
+    """The first read after a quiet spell takes two stores' chats: the consumer reads again before
+    its round, so store C's chat, stored just after the first read, is in the first round."""
+    assert await _burst(redis, stores_first=2) == [["a0", "a1", "b0", "c0"]]
+
+
+async def test_one_stores_events_are_not_held_up(redis: Redis) -> None:
+    """A read that takes one store's events begins them at once: a chat of another store stored
+    just after it waits for the next read."""
+    assert await _burst(redis, stores_first=1) == [["a0", "a1"], ["c0"]]
+
+
+async def test_a_failed_second_read_of_a_burst_leaves_its_events_to_the_next(redis: Redis) -> None:
+    """Redis fails the burst's second read: the first read's chats are handled in the round, the
+    one it missed in the next step, each once."""
+    assert await _burst(redis, stores_first=2, second_read_fails=True) == [["a0", "a1", "b0"], ["c0"]]
 
 
 async def test_a_consumer_with_a_long_backlog_leaves_new_events_to_the_others(redis: Redis) -> None:
