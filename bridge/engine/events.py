@@ -381,8 +381,9 @@ class EventConsumer:
                 self._take(events + read)
                 events, read = [], []
                 await asyncio.sleep(self.burst_gather_seconds or 0)
-                with contextlib.suppress(RedisError, OSError):  # what it did not take, the next read does
-                    read = await self._read(endpoints, None)
+                if self._reads_now():  # under a flood, what the first read took is enough
+                    with contextlib.suppress(RedisError, OSError):  # what it did not take, the next read does
+                        read = await self._read(endpoints, None)
             events += read
         self._take(events)
         await self._complete_unfinished()  # a thread's next event begins only after its last
