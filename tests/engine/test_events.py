@@ -264,7 +264,7 @@ async def test_a_stores_burst_does_not_hold_up_another_stores_first_chat(redis: 
         assert await redis.xlen(keys.events(store.tag)) == 0
 
 
-async def _burst(redis: Redis, stores_first: int, second_read_fails: bool = False) -> list[list[str]]:
+async def _burst(redis: Redis, stores_first: int, second_read_fails: bool = False, batch: int = 500) -> list[list[str]]:
     """Store A's two chats (and with ``stores_first`` 2, store B's one) are there when a quiet
     consumer looks; store C's chat is stored just after the consumer read. Returns what each step's
     round handled."""
@@ -275,7 +275,9 @@ async def _burst(redis: Redis, stores_first: int, second_read_fails: bool = Fals
     async def handle(event: StoredEvent) -> None:
         rounds[-1].append(event.msg_id)
 
-    consumer_ = EventConsumer(redis, lambda: [a, b, c], {"im_platform_message": handle}, burst_gather_seconds=0.5)
+    consumer_ = EventConsumer(
+        redis, lambda: [a, b, c], {"im_platform_message": handle}, burst_gather_seconds=0.5, batch=batch
+    )
     await consumer_._step(block=False)  # the groups made, nothing there
     reads = 0
     read = consumer_._read
@@ -324,6 +326,12 @@ async def test_a_failed_second_read_of_a_burst_leaves_its_events_to_the_next(red
     """Redis fails the burst's second read: the first read's chats are handled in the round, the
     one it missed in the next step, each once."""
     assert await _burst(redis, stores_first=2, second_read_fails=True) == [["a0", "a1", "b0"], ["c0"]]
+
+
+async def test_a_flood_is_not_read_twice_before_its_round(redis: Redis) -> None:
+    """The first read took a batch's worth (a flood): no second read before the round, so what
+    this process cannot begin soon stays in Redis for the others."""
+    assert await _burst(redis, stores_first=2, batch=2) == [["a0", "a1", "b0"], ["c0"]]
 
 
 async def test_a_consumer_with_a_long_backlog_leaves_new_events_to_the_others(redis: Redis) -> None:
