@@ -377,9 +377,9 @@ class EventConsumer:
                     wait = min(wait, max(0.001, min(p.retry_at for p in self._parked) - now))
                 block_ms = max(1, int(wait * 1000))
             read = await self._read(endpoints, block_ms)
-            if block_ms is not None and self._burst_begins(read):
-                self._take(events + read)
-                events, read = [], []
+            if block_ms is not None and self._burst_begins(read):  # a wait is only taken with nothing in hand
+                self._take(read)  # before the wait: the flood check below counts them
+                read = []
                 await asyncio.sleep(self.burst_gather_seconds or 0)
                 if self._reads_now():  # under a flood, what the first read took is enough
                     with contextlib.suppress(RedisError, OSError):  # what it did not take, the next read does
