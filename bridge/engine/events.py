@@ -602,11 +602,18 @@ class EventConsumer:
         by_endpoint: dict[str, list[StoredEvent]] = defaultdict(list)
         for event in heads:
             by_endpoint[event.endpoint.tag].append(event)
+        # Every endpoint's round runs to its end before a failure of one is raised: a round left
+        # running would finish its handlers unseen, and their events would be begun again.
         outcomes = await asyncio.gather(
-            *(self._round(tag, round_events, self._attempts) for tag, round_events in by_endpoint.items())
+            *(self._round(tag, round_events, self._attempts) for tag, round_events in by_endpoint.items()),
+            return_exceptions=True,
         )
         now = self.clock.now()
+        failure: BaseException | None = None
         for outcome in outcomes:
+            if isinstance(outcome, BaseException):  # its events stay in the backlog, begun again
+                failure = failure or outcome
+                continue
             for event, retry in outcome.items():
                 queue = self._backlog[(event.endpoint.tag, event.thread)]
                 if retry is None:
@@ -620,6 +627,8 @@ class EventConsumer:
                     )
                 queue.clear()
         self._backlog = {k: q for k, q in self._backlog.items() if q}
+        if failure is not None:
+            raise failure
         return len(heads)
 
     def _round_heads(self, heads: list[StoredEvent]) -> list[StoredEvent]:
@@ -705,11 +714,16 @@ class EventConsumer:
                     "%s: event %s failed (attempt %d), retrying: %r", event.endpoint, event.msg_id, attempts, exc
                 )
                 return (self.retry_base_seconds * 2 ** (attempts - 1), attempts)
-            log.exception(
-                "%s: event %s failed %d times; moved to the dead list", event.endpoint, event.msg_id, attempts
-            )
             dead = {"msg_id": event.msg_id, "tag": event.tag, "data": event.raw, "error": repr(exc)}
-            await self.redis.rpush(keys.events_dead(event.endpoint.tag), json.dumps(dead, ensure_ascii=False))
+            try:
+                await self.redis.rpush(keys.events_dead(event.endpoint.tag), json.dumps(dead, ensure_ascii=False))
+            except (RedisError, OSError) as unreachable:
+                # Not on the dead list yet: handled once more later, and its next failure puts it there.
+                log.warning("%s: event %s failed %d times, and the dead list is unreachable; retrying: %r",
+                            event.endpoint, event.msg_id, attempts, unreachable)  # fmt: skip
+                return (self.retry_base_seconds, attempts - 1)
+            log.error("%s: event %s failed %d times; moved to the dead list",
+                      event.endpoint, event.msg_id, attempts, exc_info=exc)  # fmt: skip
             self.stats.dead += 1
             return None
         self.stats.handled += 1

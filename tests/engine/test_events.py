@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -88,6 +89,42 @@ async def test_failing_handler_retries_then_dead_letters_and_unblocks_its_thread
     assert calls == ["bad", "bad", "bad", "next"]
     [dead] = await redis.lrange(keys.events_dead(STORE.tag), 0, -1)
     assert json.loads(dead)["msg_id"] == "bad" and "boom" in json.loads(dead)["error"]
+
+
+async def test_an_event_whose_dead_list_push_fails_is_retried_then_dead_lettered_once(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler fails for good, and Redis fails the push to the dead list: the event is handled
+    once more after the backoff and dead-lettered then; the other chat of its round is handled."""
+    await EventLog(redis).store(STORE, [record("bad", "chat:1"), record("good", "chat:2")])
+    calls: list[str] = []
+
+    async def handle(event: StoredEvent) -> None:
+        calls.append(event.msg_id)
+        if event.msg_id == "bad":
+            raise RuntimeError("boom")
+
+    push, pushes = redis.rpush, 0
+
+    async def push_or_fail(*args: Any) -> Any:
+        nonlocal pushes
+        pushes += 1
+        if pushes == 1:
+            raise RedisConnectionError("Connection reset by peer")
+        return await push(*args)
+
+    monkeypatch.setattr(redis, "rpush", push_or_fail)
+    clock = ManualClock()
+    c = consumer(redis, handle, retry_base_seconds=0.5, max_attempts=1, clock=clock)
+    await c.drain()
+    assert sorted(calls) == ["bad", "good"] and await redis.llen(keys.events_dead(STORE.tag)) == 0
+    assert c.next_retry_at() == clock.now() + 0.5
+    clock.advance(0.5)
+    await c.drain()
+    assert sorted(calls) == ["bad", "bad", "good"] and c.next_retry_at() is None
+    [dead] = await redis.lrange(keys.events_dead(STORE.tag), 0, -1)
+    assert json.loads(dead)["msg_id"] == "bad" and c.stats.dead == 1
+    assert await redis.xlen(keys.events(STORE.tag)) == 0
 
 
 async def test_a_handler_failing_on_redis_is_retried_for_as_long_as_it_takes_never_dead_lettered(
@@ -326,6 +363,46 @@ async def test_a_failed_second_read_of_a_burst_leaves_its_events_to_the_next(red
     """Redis fails the burst's second read: the first read's chats are handled in the round, the
     one it missed in the next step, each once."""
     assert await _burst(redis, stores_first=2, second_read_fails=True) == [["a0", "a1", "b0"], ["c0"]]
+
+
+async def test_a_round_whose_begin_fails_for_one_store_finishes_the_others_before_it_fails(
+    redis: Redis,
+) -> None:
+    """Redis fails store B's begin in a round that also holds store A's chat: the step fails only
+    once A's handler has finished, and A's outcome counts, so A's chat is not begun again. B's chat
+    is handled in the next step; each once."""
+    a, b = STORE, Endpoint("store", "1002")
+    log = EventLog(redis)
+    await log.store(a, [record("a0", "chat:a0")])
+    await log.store(b, [record("b0", "chat:b0")])
+    handled: list[str] = []
+
+    async def handle(event: StoredEvent) -> None:
+        for _ in range(3):  # a handler's round trips: others run meanwhile
+            await asyncio.sleep(0)
+        handled.append(event.msg_id)
+
+    consumer_ = EventConsumer(redis, lambda: [a, b], {"im_platform_message": handle})
+    begin, failing_store = consumer_._begin, keys.thread_done(b.tag)
+    failures = 1
+
+    async def begin_or_fail(**call: Any) -> Any:
+        nonlocal failures
+        if call["keys"][0] == failing_store and failures:
+            failures -= 1
+            raise RedisConnectionError("Connection reset by peer")
+        return await begin(**call)
+
+    consumer_._begin = begin_or_fail  # type: ignore[assignment]
+    with pytest.raises(RedisConnectionError):
+        await consumer_._step(block=False)
+    assert handled == ["a0"], "store A's handler finished before the step failed"
+    while await consumer_._step(block=False):
+        pass
+    assert handled == ["a0", "b0"]
+    assert consumer_.stats.handled == 2 and consumer_.stats.duplicates == 0
+    for store in (a, b):
+        assert await redis.xlen(keys.events(store.tag)) == 0
 
 
 async def test_a_flood_is_not_read_twice_before_its_round(redis: Redis) -> None:
