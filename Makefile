@@ -56,7 +56,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check bridge connectors rules tests bench
 
 typecheck: $(STAMP)
-	$(BIN)/mypy bridge connectors rules bench
+	$(BIN)/mypy bridge connectors rules bench tests
 
 unit: $(STAMP) redis-server postgresql promtool
 	$(BIN)/pytest -q $(ARGS)

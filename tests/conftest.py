@@ -40,6 +40,18 @@ async def until(condition: Callable[[], bool | Awaitable[bool]], what: str, with
         await asyncio.sleep(0.01)
 
 
+async def stored_fields(redis: Redis, stream: str) -> list[dict[str, str]]:
+    """The fields of every entry of an event stream, oldest first."""
+    return [{str(k): str(v) for k, v in (fields or {}).items()} for _, fields in await redis.xrange(stream) or []]
+
+
+async def hash_number(redis: Redis, key: str, field: str) -> float:
+    """A number the bridge keeps in a Redis hash (a deadline, the start of a window)."""
+    value = await redis.hget(key, field)
+    assert value is not None, f"{key} has no {field}"
+    return float(value)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     """One real redis-server for the session, on a free port; each test gets it flushed."""
@@ -148,7 +160,7 @@ class Stack:
     async def next_due(self) -> float | None:
         """The next moment the bridge has something to do: a timer, or a parked event's retry."""
         heads = [await self.redis.zrange(due, 0, 0, withscores=True) for due in keys.timers_due_sets(0)]
-        moments = [found[0][1] / 1000 for found in heads if found]
+        moments = [float(found[0][1]) / 1000 for found in heads if found]
         retry = self.bridge.consumer.next_retry_at()
         if retry is not None:
             moments.append(retry)
@@ -181,12 +193,12 @@ async def start_stack(
     sandbox_holder = ConfigHolder(config_path, environ={})
     sandbox = PlatformSandbox(sandbox_holder.current, "http://127.0.0.1:1", clock=clock, push_retry_seconds=0.01)
     sandbox_url = await sandbox.start()
-    slack_settings = sandbox_holder.current.slack
+    slack_settings = sandbox_holder.current.settings_of("slack")
     assert slack_settings is not None
     app_token = slack_settings.app_token if slack_settings.socket_mode else None
     slack = SlackEmulator(slack_settings.signing_secret, slack_settings.bot_token, clock=clock, app_token=app_token)
     await slack.start()
-    tg_settings = sandbox_holder.current.telegram
+    tg_settings = sandbox_holder.current.settings_of("telegram")
     assert tg_settings is not None
     telegram = TelegramEmulator(tg_settings.bot_token, tg_settings.webhook_secret, clock=clock)
     await telegram.start()

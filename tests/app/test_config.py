@@ -36,7 +36,8 @@ def test_example_is_valid_with_demo_defaults() -> None:
     assert store.reply_window.seconds == 120 and store.reply_window.reminders_before == [60, 30]
     assert store.task_orders.deadline_hours == 24 and store.task_orders.reminders_before == [7200, 1800]
     assert str(store.task_orders.quiet_hours.start) == "21:00:00"
-    assert config.slack is not None and config.slack.api_base_url.startswith("http://127.0.0.1")
+    slack = config.settings_of("slack")
+    assert slack is not None and slack.api_base_url.startswith("http://127.0.0.1")
     assert config.creators[0].webhook_path == "/webhooks/creator/c-7001"
 
 
@@ -44,7 +45,8 @@ def test_environment_references_are_resolved() -> None:
     env = {"STORE_1001_APP_SECRET": "s3cret", "SLACK_API_URL": "https://slack.example/api/"}
     config = load_config(EXAMPLE, environ=env).config
     assert config.stores[0].platform.app_secrets == ["s3cret"]
-    assert config.slack is not None and config.slack.api_base_url == "https://slack.example/api/"
+    slack = config.settings_of("slack")
+    assert slack is not None and slack.api_base_url == "https://slack.example/api/"
 
 
 def test_missing_environment_variable_is_named_with_its_path() -> None:

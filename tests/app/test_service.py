@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import aiohttp
@@ -186,7 +187,8 @@ async def test_serve_with_embedded_redis_reload_and_sigterm(tmp_path: Path) -> N
         await asyncio.sleep(0.5)
         status, body = await get(base + "/readyz")
         assert status == 200 and body["config_generation"] == 1
-        assert any("reply_window.seconds" in p for p in body["config_reload_refused"])  # type: ignore[union-attr]
+        refused = body["config_reload_refused"]
+        assert isinstance(refused, list) and any("reply_window.seconds" in p for p in refused)
 
         # A good change is picked up from the file without a signal.
         tree["stores"][0]["reply_window"]["seconds"] = 90
@@ -365,7 +367,7 @@ async def test_redis_connections_are_watched_by_the_kernel_not_by_a_timer_per_co
     client = open_redis(redis_url)
     try:
         assert await client.ping()
-        connection = await client.connection_pool.get_connection()
+        connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             sock = connection._writer.get_extra_info("socket")
             assert connection.socket_timeout is None
@@ -388,7 +390,7 @@ async def test_redis_on_this_host_can_be_reached_by_its_unix_socket(tmp_path: Pa
         try:
             await client.set("reached", "by its socket")
             assert await client.get("reached") == "by its socket"
-            connection = await client.connection_pool.get_connection()
+            connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
             try:
                 assert connection._writer.get_extra_info("socket").family == socket.AF_UNIX
             finally:
@@ -405,7 +407,7 @@ async def test_commands_packed_in_c_are_the_same_bytes_and_bad_arguments_are_sti
     does not take (a bool, None) refused with redis-py's own error naming it."""
     client = open_redis(redis_url)
     try:
-        connection = await client.connection_pool.get_connection()
+        connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         await client.connection_pool.release(connection)
         python_packer = Connection()
         streams = [f"{{store:{i}}}:events" for i in range(500)]
@@ -418,7 +420,7 @@ async def test_commands_packed_in_c_are_the_same_bytes_and_bad_arguments_are_sti
         with mock.patch.object(hiredis, "pack_command", wraps=hiredis.pack_command) as packer:
             assert await client.set("text", "在的 ✅") and await client.get("text") == "在的 ✅"
         assert packer.call_count == 2, "both commands were packed in C"
-        assert await client.set("when", 1796252483.7543526) and float(await client.get("when")) == 1796252483.7543526
+        assert await client.set("when", 1796252483.7543526) and await client.get("when") == "1796252483.7543526"
         assert await client.client_setname("packed") and await client.client_getname() == "packed"  # "CLIENT SETNAME"
         for bad in (True, None):
             with pytest.raises(DataError, match=f"Invalid input of type: '{type(bad).__name__}'"):
@@ -442,6 +444,7 @@ async def test_each_connection_names_the_bridge_to_redis_without_reading_package
         connections = [*pool._available_connections, *pool._in_use_connections]
         assert len(connections) == 5
         for connection in connections:
+            assert connection.driver_info is not None
             assert connection.driver_info.formatted_name == f"redis-py(feige-bridge_v{version('feige-bridge')})"
             assert connection.driver_info.lib_version == version("redis")
     finally:
@@ -454,7 +457,7 @@ async def test_the_pool_shortcut_keeps_the_bound_and_gives_each_command_its_own_
     caller's own, under concurrency too."""
     client, pusher = open_redis(redis_url, max_connections=3), Redis.from_url(redis_url, decode_responses=True)
     try:
-        reads = [asyncio.create_task(client.blpop([f"shortcut:{i}"], timeout=10)) for i in range(12)]
+        reads = [asyncio.ensure_future(client.blpop([f"shortcut:{i}"], timeout=10)) for i in range(12)]
         await asyncio.sleep(0.05)  # the first three hold every connection; the rest wait for one
         before = int((await pusher.info("clients"))["connected_clients"])
         for i in range(12):
@@ -464,7 +467,7 @@ async def test_the_pool_shortcut_keeps_the_bound_and_gives_each_command_its_own_
         pool = client.connection_pool
         assert len(pool._available_connections) + len(pool._in_use_connections) <= 3
 
-        async def set_and_get(i: int) -> str | None:
+        async def set_and_get(i: int) -> Any:
             await client.set(f"shortcut:v{i}", f"value {i}")
             return await client.get(f"shortcut:v{i}")
 
@@ -480,12 +483,12 @@ async def test_the_pool_shortcut_never_hands_out_a_connection_with_an_unread_ans
     client = open_redis(redis_url, max_connections=1)
     try:
         await client.set("shortcut:k", "its value")
-        connection = await client.connection_pool.get_connection()
+        connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         await connection.send_command("PING")
         await asyncio.sleep(0.05)  # the PONG arrives in the connection's buffer, unread
         await client.connection_pool.release(connection)
         assert await client.get("shortcut:k") == "its value"
-        connection = await client.connection_pool.get_connection()
+        connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         await connection.disconnect()
         await client.connection_pool.release(connection)
         assert await client.get("shortcut:k") == "its value"

@@ -18,7 +18,7 @@ from bridge.app.redis_server import EmbeddedRedis
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
 from connectors.platform.signing import sign
-from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
+from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack, stored_fields
 
 KEY, SECRET = "demo-app-key-1001", "demo-app-secret-1001"
 STREAM = keys.events("{store:1001}")
@@ -56,7 +56,7 @@ async def post(
 
 
 async def stored(stack: Stack, stream: str = STREAM) -> list[dict[str, str]]:
-    return [fields for _, fields in await stack.redis.xrange(stream)]
+    return await stored_fields(stack.redis, stream)
 
 
 # -- signatures ------------------------------------------------------------------------------

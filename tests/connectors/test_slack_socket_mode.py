@@ -62,6 +62,7 @@ async def test_an_event_that_cannot_be_authorized_is_left_unacknowledged_and_tak
     handler would acknowledge the envelope anyway and the reply would be gone. It is not acknowledged,
     so Slack sends it again, and the redelivery is taken once Slack answers."""
     stack = socket_stack
+    assert stack.clock is not None
     await stack.slack.socket_connected.wait()
     cid = await stack.sandbox.open_chat("1001", {"type": "text", "text": "在吗？"})
     await stack.settle()

@@ -57,7 +57,7 @@ async def test_a_ten_minute_slack_outage_makes_posts_late_never_lost(stack: Stac
     assert letters and all(letter["reason"].startswith("no longer relevant: its moment") for letter in letters)
     assert {letter["job"]["payload"]["view"]["type"] for letter in letters} == {"notice"}
     assert await stack.bridge.timers.pending() == 0 or all(
-        not k.startswith("outbox:") for k in await stack.redis.zrange(keys.timers_due(0), 0, -1)
+        not str(k).startswith("outbox:") for k in await stack.redis.zrange(keys.timers_due(0), 0, -1)
     ), "nothing left queued"
 
 

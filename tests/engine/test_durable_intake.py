@@ -11,14 +11,14 @@ from typing import Any
 from bridge.engine import keys
 from bridge.engine.endpoint import Endpoint
 from bridge.engine.events import StoredEvent
-from tests.conftest import Stack, forget_slack_authorization
+from tests.conftest import Stack, forget_slack_authorization, hash_number, stored_fields
 
 CHATS, TAG, CREATOR_CHAT = "C0CHATS1001", "{store:1001}", 7001
 SLACK, TELEGRAM = Endpoint("destination", "slack"), Endpoint("destination", "telegram")
 
 
-async def stored(stack: Stack, endpoint: Endpoint) -> list[dict[str, Any]]:
-    return [fields for _, fields in await stack.redis.xrange(keys.events(endpoint.tag))]
+async def stored(stack: Stack, endpoint: Endpoint) -> list[dict[str, str]]:
+    return await stored_fields(stack.redis, keys.events(endpoint.tag))
 
 
 def merchant_texts(stack: Stack, cid: str) -> list[str]:
@@ -46,6 +46,7 @@ async def test_a_slack_event_that_cannot_be_authorized_while_slack_is_down_is_no
     it. A process started during a Slack outage answers 503 instead of taking the event and
     dropping it. A stored message is handled without asking Slack anything: its answer reaches the
     platform while Slack is still down, and its ✅ follows once Slack answers."""
+    assert stack.clock is not None
     cid = await stack.sandbox.open_chat("1001")
     await stack.settle()
     root = stack.slack.channel(CHATS)[-1]
@@ -71,6 +72,7 @@ async def test_a_slack_event_that_cannot_be_authorized_while_slack_is_down_is_no
 async def test_a_stored_slack_command_waits_for_slack_to_authorize_it(stack: Stack) -> None:
     """A stored command or click runs through bolt's listeners, which need the process to know who
     it is in Slack: a worker that cannot ask keeps the delivery and runs it once Slack answers."""
+    assert stack.clock is not None
     assert await stack.slack.slash_command("U0MAIN1001", "C0TASKS1001", "/tasks") == (200, "")
     assert len(await stored(stack, SLACK)) == 1
     forget_slack_authorization(stack)
@@ -86,7 +88,7 @@ async def test_a_stored_slack_event_whose_handling_fails_is_retried_not_lost(sta
     cid = await stack.sandbox.open_chat("1001")
     await stack.settle()
     root = stack.slack.channel(CHATS)[-1]
-    reply, failures = stack.bridge.chats.reply, []
+    reply, failures = stack.bridge.chats.reply, list[int]()
 
     async def crashing_once(*args: Any, **kwargs: Any) -> Any:
         if not failures:
@@ -145,7 +147,7 @@ async def test_a_reply_received_in_time_counts_as_in_time_however_late_it_is_han
     stack.sandbox.conversations[cid].window_seconds = 180  # the platform's own window: 2–3 minutes
     await stack.settle()
     root = stack.slack.channel(CHATS)[-1]
-    deadline = float(await stack.redis.hget(keys.chat(TAG, cid), "deadline"))
+    deadline = await hash_number(stack.redis, keys.chat(TAG, cid), "deadline")
     await stack.advance_to(deadline - 1)
     await stack.slack.user_message("U0AGENTA", CHATS, "来了", thread_ts=root.ts)  # stored, not handled
     stack.clock.set(deadline + 3)  # handled only now, after the deadline
@@ -158,7 +160,7 @@ async def test_slash_commands_and_clicks_are_stored_before_the_ack_and_answered_
     """A command or a click is acknowledged with nothing to show once it is stored; its answer comes
     from the consumer (a command's through its response_url), once, even when the first try fails."""
     tasks_channel = "C0TASKS1001"
-    listing, failures = stack.bridge.tasks.records.list_text, []
+    listing, failures = stack.bridge.tasks.records.list_text, list[int]()
 
     async def crashing_once(*args: Any, **kwargs: Any) -> Any:
         if not failures:

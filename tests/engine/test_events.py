@@ -329,7 +329,7 @@ async def _burst(redis: Redis, stores_first: int, second_read_fails: bool = Fals
     async def first_read_done() -> bool:
         return reads == 1 and (await redis.xpending(keys.events(a.tag), keys.EVENTS_GROUP))["pending"] > 0
 
-    consumer_._read = read_or_fail  # type: ignore[method-assign]
+    consumer_._read = read_or_fail  # type: ignore[method-assign, assignment]
     await log.store(a, [record("a0", "chat:a0"), record("a1", "chat:a1")])
     if stores_first == 2:
         await log.store(b, [record("b0", "chat:b0")])
@@ -469,7 +469,7 @@ async def test_abandoned_events_are_claimed_from_the_streams_that_have_any_in_on
     async def handle(event: StoredEvent) -> None:
         handled.append(event.msg_id)
 
-    def on(batch: int, **kw: float) -> EventConsumer:
+    def on(batch: int, **kw: Any) -> EventConsumer:
         return EventConsumer(redis, lambda: stores, {"im_platform_message": handle}, batch=batch, **kw)
 
     dying = on(500)

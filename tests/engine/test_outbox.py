@@ -52,6 +52,7 @@ async def test_job_is_sent_once_with_its_id_as_idempotency_key(stack: Stack) -> 
 async def test_one_run_sends_the_queued_jobs_in_order_then_hands_the_rest_to_a_new_run(stack: Stack) -> None:
     """A thread's sender goes on to its next jobs without a timer round trip each, up to
     JOBS_PER_RUN; what is left is due at once in a new run (other threads get their turn)."""
+    assert stack.clock is not None
     cid = await stack.sandbox.open_chat("1001")
     count = JOBS_PER_RUN + 3
     for i in range(count):
@@ -272,12 +273,14 @@ async def test_a_sender_that_empties_its_queue_acknowledges_its_run_in_the_same_
     """On one Redis the pop that leaves the queue empty also ends the sender's run, so the worker has
     nothing left to acknowledge; a run whose lease was renewed meanwhile (the token it sends is no
     longer the one in Redis) is left alone, for the worker's own acknowledgement."""
+    assert stack.clock is not None
     cid = await stack.sandbox.open_chat("1001")
     thread = f"chat:{cid}"
     store = stack.bridge.timers
     timer = keys.outbox_timer(TAG, thread)
 
     async def taken(lease: int) -> Timer:
+        assert stack.clock is not None
         await store.cancel(timer)
         await store.take_script(keys=store.keys_for(timer)[:4], args=[timer, lease])
         return Timer(timer, stack.clock.now(), None, lease)
@@ -301,6 +304,7 @@ async def test_a_sender_that_empties_its_queue_acknowledges_its_run_in_the_same_
 async def test_what_follows_a_sent_job_is_queued_with_its_pop_in_one_round_trip(stack: Stack) -> None:
     """A job's follow-ups (a ✅ after a reply) are queued in the pipeline that pops the job, ahead of
     the pop; a Redis that forgot its scripts (a restart) still takes both."""
+    assert stack.clock is not None
     cid = await stack.sandbox.open_chat("1001")
     store = stack.bridge.timers
     first, second = f"chat:{cid}", f"chat:{cid}:after"
@@ -330,6 +334,7 @@ async def test_a_post_and_the_timers_its_step_sets_after_it_go_in_one_round_trip
     """A step queues its post, then sets its timers (a reminder behind the post it refers to) and
     reads its state after them: one pipeline, in that order; a Redis that forgot its scripts (a
     restart) still takes all of it."""
+    assert stack.clock is not None
     cid = await stack.sandbox.open_chat("1001")
     await stack.settle()
     thread, reminder, chat = f"chat:{cid}:platform", keys.window_timer(TAG, cid), keys.chat(TAG, cid)
@@ -361,7 +366,7 @@ async def test_a_telegram_post_whose_removal_meets_a_redis_error_is_not_posted_a
     failover). Telegram keeps nothing to look up, so sending it again would post it twice: the run
     that sent it takes it off the queue once Redis answers."""
     group = -1001002000001  # store 1002's task orders are in a Telegram group
-    pop, failed = stack.bridge.outbox._pop, []
+    pop, failed = stack.bridge.outbox._pop, list[str]()
 
     async def failing_once(timer: Timer, tag: str, thread: str, job: OutboxJob, *args: Any) -> Any:
         if job.kind.startswith("telegram.") and not failed:

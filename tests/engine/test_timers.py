@@ -188,7 +188,7 @@ async def test_sharded_layout_fires_everything(redis: Redis, clock: ManualClock)
     worker = TimerWorker(store, {"t": recorder(fired)})
     for i in range(200):
         await store.schedule(f"t:{{store:{i % 7}}}:{i}", T0 + i)
-    assert {k.split(":")[1] for k in await redis.keys("timers:*:due")} == {"{0}", "{1}", "{2}", "{3}"}
+    assert {str(k).split(":")[1] for k in await redis.keys("timers:*:due")} == {"{0}", "{1}", "{2}", "{3}"}
     clock.advance(200)
     assert await worker.drain() == 200
     assert sorted(int(t.key.rsplit(":", 1)[1]) for t in fired) == list(range(200))
@@ -457,7 +457,7 @@ async def test_a_lane_runs_at_most_its_limit_while_its_backlog_waits_untouched_a
     """Forty archive copies due, the lane's limit 4, its handler held up (a busy archive): four run,
     the other 36 stay due at their own time, neither claimed nor put back; a reply window due
     meanwhile runs at once; when the held runs end, the rest run, each once."""
-    release, started, windows = asyncio.Event(), Counter[str](), []
+    release, started, windows = asyncio.Event(), Counter[str](), list[Timer]()
 
     async def copy(timer: Timer) -> None:
         started[timer.key] += 1
@@ -470,7 +470,7 @@ async def test_a_lane_runs_at_most_its_limit_while_its_backlog_waits_untouched_a
     running = asyncio.create_task(worker.run())
     await until(lambda: sum(started.values()) == 4, "four copies started")
     lane = await store.redis.zrange(keys.timers_due(0, "archive"), 0, -1, withscores=True)
-    assert {key: score for key, score in lane} == {key: (T0 - i) * 1000 for i, key in enumerate(copies[:36])}
+    assert {str(row[0]): row[1] for row in lane} == {key: (T0 - i) * 1000 for i, key in enumerate(copies[:36])}
     assert set(started) == set(copies[36:]), "the earliest due first"
     await store.schedule("window:{store:1}:w1", T0)
     await until(lambda: len(windows) == 1, "the window ran")

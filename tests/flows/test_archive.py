@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import datetime, time
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -61,7 +62,7 @@ async def archive_down(stack: Stack) -> AsyncIterator[None]:
 
 
 async def state_keys(redis: Redis, object_id: str) -> list[str]:
-    return sorted(k for k in await redis.keys("*") if object_id in k and not k.startswith("timers:"))
+    return sorted(k for k in map(str, await redis.keys("*")) if object_id in k and not k.startswith("timers:"))
 
 
 async def test_a_task_order_is_archived_as_it_changes_with_comments_evidence_and_log(archived: Stack) -> None:
@@ -111,9 +112,11 @@ async def test_evidence_names_kinds_and_sizes_are_archived(archived: Stack) -> N
                                    files=[stack.slack.add_file("waybill.png", png, "image/png")])  # fmt: skip
     await stack.settle()
     assert await stack.slack.block_action(MAIN, TASKS, card.ts, "task_resolve", tid) == 200
-    state = {"solution": {"solution": {"type": "plain_text_input", "value": "已补发，顺丰 SF123456789"}},
-             "confirm": {"confirm": {"type": "checkboxes", "selected_options": []}},
-             "evidence": {"evidence": {"type": "file_input", "files": []}}}  # fmt: skip
+    state: dict[str, dict[str, Any]] = {
+        "solution": {"solution": {"type": "plain_text_input", "value": "已补发，顺丰 SF123456789"}},
+        "confirm": {"confirm": {"type": "checkboxes", "selected_options": []}},
+        "evidence": {"evidence": {"type": "file_input", "files": []}},
+    }
     await stack.slack.submit_view(MAIN, stack.slack.views[-1], state)
     await stack.settle()
     [row] = await stack.bridge.archive.tasks("1001")

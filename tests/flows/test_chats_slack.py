@@ -15,13 +15,14 @@ from redis.asyncio import Redis
 from bridge.config import Destination
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
+from bridge.engine.events import IN_FLIGHT_SECONDS
 from bridge.engine.outbox import OutboxJob
 from bridge.engine.timers import Timer
-from bridge.flows.chats import IN_FLIGHT_SECONDS, ChatFlow
+from bridge.flows.chats import ChatFlow
 from bridge.flows.domain import ChatMessage, PlatformAgent, TextContent
 from bridge.sandbox.slack import Message
 from connectors.slack.app import CHANNEL_SPACING_SECONDS
-from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
+from tests.conftest import EXAMPLE_CONFIG, Stack, hash_number, start_stack
 
 CHATS = "C0CHATS1001"
 TAG = "{store:1001}"
@@ -226,13 +227,13 @@ async def test_agent_without_im_permission_is_told_how_to_fix_it(redis: Redis, r
 
 
 async def deadline_of(stack: Stack, cid: str) -> float:
-    return float(await stack.redis.hget(keys.chat(TAG, cid), "deadline"))
+    return await hash_number(stack.redis, keys.chat(TAG, cid), "deadline")
 
 
 async def test_reminders_then_the_bridge_closes_the_chat_and_refuses_late_replies(stack: Stack) -> None:
     cid, root = await open_chat(stack)
     deadline = await deadline_of(stack, cid)
-    assert deadline == float(await stack.redis.hget(keys.chat(TAG, cid), "window_start")) + 120
+    assert deadline == await hash_number(stack.redis, keys.chat(TAG, cid), "window_start") + 120
     await stack.advance_to(deadline - 60.1)
     assert texts(stack, root) == [], "no reminder before 60 s are left"
     await stack.advance_to(deadline - 60)
@@ -410,7 +411,7 @@ async def test_an_english_store_reads_english(redis: Redis, redis_url: str, tmp_
         assert root.text.startswith("Feige · platform customer service chat (平台客服会话)")
         assert "Assigned to <@U0MAIN1001> (open chats when assigned: 店长 Li 0, 客服 A 0, 客服 B 0)" in str(root.blocks)
         assert root.blocks[-1]["elements"][0]["text"]["text"] == "View details"
-        await s.advance_to(float(await s.redis.hget(keys.chat(TAG, cid), "deadline")) + IN_FLIGHT_SECONDS)
+        await s.advance_to(await hash_number(s.redis, keys.chat(TAG, cid), "deadline") + IN_FLIGHT_SECONDS)
         assert "Closed: no reply in time; a service ticket (服务单) will follow" in s.slack.message(CHATS, root.ts).text
     finally:
         await s.stop()
@@ -430,6 +431,7 @@ async def test_a_reply_racing_the_roots_bookkeeping_is_not_refused(stack: Stack)
     cid, root = await open_chat(stack)
     ref = keys.message_ref(TAG, f"slack:{CHATS}:{root.ts}")
     thread = await stack.redis.get(ref)
+    assert thread is not None
     await stack.redis.delete(ref)  # as if the root's post had not been recorded yet
     reply = asyncio.create_task(stack.slack.user_message(MAIN, CHATS, "秒回", thread_ts=root.ts))
     await asyncio.sleep(0.3)
@@ -462,6 +464,7 @@ async def test_a_closed_chats_ordering_state_is_forgotten_after_its_retention(st
 
 
 async def test_a_post_whose_process_died_before_recording_it_is_not_posted_twice(stack: Stack) -> None:
+    assert stack.clock is not None
     cid, root = await open_chat(stack)
     assert root.metadata is not None and root.metadata["event_type"] == "feige_bridge_post", "posts name their job"
     job_id = root.metadata["event_payload"]["job"]

@@ -201,7 +201,7 @@ async def test_redis_failing_just_after_telegram_took_a_message_does_not_send_it
     """Recording when Telegram took the message (for the spacing) is the step after the send: a
     Redis error there must not make the outbox retry, and post, the message a second time."""
     spacing = stack.bridge.connectors["telegram"].spacing  # type: ignore[attr-defined]
-    record, failed = spacing.sent, []
+    record, failed = spacing.sent, list[int]()
 
     async def failing_once(*args: object) -> None:
         if not failed:

@@ -41,7 +41,7 @@ class RedisFaults:
         execute_command, execute = Redis.execute_command, Pipeline.execute
 
         async def patched_command(client: Redis, *args: Any, **options: Any) -> Any:
-            return await self._call(lambda: execute_command(client, *args, **options))
+            return await self._call(lambda: execute_command(client, *args, **options))  # type: ignore[no-untyped-call]
 
         async def patched_execute(pipe: Pipeline, raise_on_error: bool = True) -> Any:
             return await self._call(lambda: execute(pipe, raise_on_error))
@@ -111,7 +111,7 @@ async def chat_state(stack: Stack, cid: str) -> dict[str, Any]:
         "window_timer": None if due is None or not chat.get("window_start") else due - float(chat["window_start"]),
         "answered": bool(chat.get("first_reply_at")),
         "loads": await stack.redis.hgetall(keys.agent_load(TAG)),
-        "counted": sorted(f.split(":")[0] for f in chat if f.startswith(("reply:", "late:"))),
+        "counted": sorted(str(f).split(":")[0] for f in chat if str(f).startswith(("reply:", "late:"))),
         "messages": await stack.redis.hlen(keys.chat_messages(TAG, cid)),
         "to_platform": [m["content"] for m in conv.messages if m["from"] == "merchant"],
         "queued": await stack.redis.keys(f"{TAG}:outbox:chat:{cid}:*"),

@@ -13,7 +13,7 @@ from bridge.engine import keys
 from bridge.engine.timers import Timer
 from bridge.flows import tasks as tasks_flow
 from bridge.flows.exports import task_export
-from tests.conftest import Stack
+from tests.conftest import Stack, hash_number
 
 TASKS = "C0TASKS1001"
 CREATOR_CHAT = 7001
@@ -57,7 +57,7 @@ async def test_merchant_card_leads_with_the_issue_type_and_creator_gets_a_confir
     )
     confirm = confirmation(stack)
     assert tid in confirm.text and "截止" in confirm.text
-    keyboard = confirm.reply_markup["inline_keyboard"][0]  # type: ignore[index]
+    keyboard = confirm.reply_markup["inline_keyboard"][0]
     assert keyboard[0]["url"].startswith("https://fxg.example/task/") and keyboard[1]["callback_data"] == f"log:{tid}"
 
 
@@ -66,7 +66,7 @@ async def test_deadline_before_nine_moves_to_nine_that_morning(stack: Stack) -> 
     created = datetime.fromtimestamp(stack.clock.now(), SH)
     assert created.hour < 9, "the manual clock starts at 06:13 Shanghai time"
     tid = await raise_task(stack)
-    deadline = datetime.fromtimestamp(float(await stack.redis.hget(keys.task(TAG, tid), "deadline")), SH)
+    deadline = datetime.fromtimestamp(await hash_number(stack.redis, keys.task(TAG, tid), "deadline"), SH)
     assert (deadline.date() - created.date()).days == 1 and (deadline.hour, deadline.minute) == (9, 0)
     assert deadline.strftime("%Y-%m-%d %H:%M") in confirmation(stack).text
 
@@ -74,7 +74,7 @@ async def test_deadline_before_nine_moves_to_nine_that_morning(stack: Stack) -> 
 async def test_the_platforms_own_deadline_wins(stack: Stack) -> None:
     theirs = "2031-01-01T12:00:00+08:00"
     tid = await raise_task(stack, deadline_at=theirs)
-    assert float(await stack.redis.hget(keys.task(TAG, tid), "deadline")) == datetime.fromisoformat(theirs).timestamp()
+    assert await hash_number(stack.redis, keys.task(TAG, tid), "deadline") == datetime.fromisoformat(theirs).timestamp()
 
 
 async def test_comments_go_both_ways_and_the_eleventh_is_refused(stack: Stack) -> None:
@@ -121,7 +121,7 @@ async def test_log_records_every_operation_and_shows_on_both_sides(stack: Stack)
 
 async def test_reminders_then_timeout_tell_both_sides_and_stop_comments(stack: Stack) -> None:
     tid = await raise_task(stack)
-    deadline = float(await stack.redis.hget(keys.task(TAG, tid), "deadline"))
+    deadline = await hash_number(stack.redis, keys.task(TAG, tid), "deadline")
     await stack.advance_to(deadline - 7200)
     assert "还剩 2 小时" in stack.slack.thread(TASKS, card(stack).ts)[-1].text
     await stack.advance_to(deadline - 1800)

@@ -150,7 +150,7 @@ async def test_an_oversize_image_and_a_seventh_file_are_refused(stack: Stack) ->
     await say(stack, "", step2, photo=PNG)
     assert last_bot(stack).text.startswith("At most 6 evidence files")
     state = await stack.redis.hget(keys.task_resolve(TAG, tid, str(OWNER)), "files")
-    assert state is not None and state.count("photo-") == 6
+    assert state is not None and str(state).count("photo-") == 6
 
 
 async def test_only_the_stores_agents_can_resolve(stack: Stack) -> None:

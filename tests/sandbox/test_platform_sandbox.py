@@ -12,7 +12,7 @@ from bridge.engine.listen import listen
 from bridge.engine.outbox import FinalFailure, RetryLater
 from bridge.sandbox.platform import PlatformSandbox
 from connectors.platform.client import PlatformClient
-from tests.conftest import EXAMPLE_CONFIG, Stack
+from tests.conftest import EXAMPLE_CONFIG, Stack, stored_fields
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 MP4 = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64
@@ -176,5 +176,5 @@ async def test_control_endpoints_drive_the_sandbox_over_http(stack: Stack) -> No
             records = await resp.json()
     endpoints = [d["endpoint"] for d in records["deliveries"]]
     assert endpoints == ["store:1001", "store:1001", "store:1001", "creator:c-7001"]
-    tags = [e["tag"] for _, e in await stack.redis.xrange("{store:1001}:events")]
+    tags = [e["tag"] for e in await stored_fields(stack.redis, "{store:1001}:events")]
     assert tags == ["im_platform_message", "im_platform_closed", "task_order_created"]
