@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: demo test lint typecheck unit serve check bench-timers bench-ingest bench-chats bench-chaos redis-server postgresql promtool wrk clean bench-archive
+.PHONY: demo test test-lowest lint typecheck unit serve check bench-timers bench-ingest bench-chats bench-chaos redis-server postgresql promtool wrk clean bench-archive
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -62,6 +62,15 @@ unit: $(STAMP) redis-server postgresql promtool
 	$(BIN)/pytest -q $(ARGS)
 
 test: lint typecheck unit
+
+# The whole suite with every dependency at the oldest version pyproject.toml allows (uv's
+# lowest-direct resolution), in var/venv-lowest: the lower bounds are only true while this passes.
+LOWEST := var/venv-lowest
+test-lowest: $(STAMP) redis-server postgresql promtool
+	$(BIN)/python -m pip install --quiet 'uv>=0.5'
+	$(BIN)/uv venv --quiet --allow-existing --python $(BIN)/python $(LOWEST)
+	$(BIN)/uv pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[dev]'
+	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider $(ARGS)
 
 # The peers live in their own environments: arq 0.28 pins redis<6, BullMQ is Node.
 bench/.venv-arq/.stamp:
