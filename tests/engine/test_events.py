@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,17 @@ def record(msg_id: str, thread: str) -> IncomingRecord:
 
 def consumer(redis: Redis, handler, **kw) -> EventConsumer:  # type: ignore[no-untyped-def]
     return EventConsumer(redis, lambda: [STORE], {"im_platform_message": handler}, **kw)
+
+
+def failing_for_good(bad: str, calls: list[str]) -> Callable[[StoredEvent], Awaitable[None]]:
+    """A handler that notes every event it is given in ``calls`` and fails (a bug) on ``bad``."""
+
+    async def handle(event: StoredEvent) -> None:
+        calls.append(event.msg_id)
+        if event.msg_id == bad:
+            raise RuntimeError("boom")
+
+    return handle
 
 
 async def test_events_of_one_thread_run_in_order_across_two_consumers(redis: Redis) -> None:
@@ -67,11 +79,7 @@ async def test_a_handled_event_is_never_handled_again(redis: Redis) -> None:
 async def test_failing_handler_retries_then_dead_letters_and_unblocks_its_thread(redis: Redis) -> None:
     await EventLog(redis).store(STORE, [record("bad", "chat:1"), record("next", "chat:1")])
     calls: list[str] = []
-
-    async def handle(event: StoredEvent) -> None:
-        calls.append(event.msg_id)
-        if event.msg_id == "bad":
-            raise RuntimeError("boom")
+    handle = failing_for_good("bad", calls)
 
     clock = ManualClock()
     c = consumer(redis, handle, retry_base_seconds=0.5, max_attempts=3, clock=clock)
@@ -98,11 +106,7 @@ async def test_an_event_whose_dead_list_push_fails_is_retried_then_dead_lettered
     once more after the backoff and dead-lettered then; the other chat of its round is handled."""
     await EventLog(redis).store(STORE, [record("bad", "chat:1"), record("good", "chat:2")])
     calls: list[str] = []
-
-    async def handle(event: StoredEvent) -> None:
-        calls.append(event.msg_id)
-        if event.msg_id == "bad":
-            raise RuntimeError("boom")
+    handle = failing_for_good("bad", calls)
 
     push, pushes = redis.rpush, 0
 
