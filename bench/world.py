@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import multiprocessing
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import h11
 
 from bridge.config import load_config
 from bridge.sandbox.platform import PlatformSandbox, Recorded
@@ -170,40 +175,140 @@ class SlackSide:
                 "slack_429s": self.slack.rate_limited - rate_limited_before, "loop_lag": lag}  # fmt: skip
 
 
+class PushConnections:
+    """Keep-alive connections to the bridge on which each push is prepared ahead and written at its moment.
+
+    aiohttp's client on Python 3.11 writes a request's body from a task of its own, which runs only
+    after every task already waiting: of 200 pushes due at once, the first left the process 33 ms
+    after its moment (strace), once all 200 had been prepared, and the bridge was timed from a moment
+    its push had not yet been sent. Here a push is built, signed and framed (h11) before its moment
+    (``PREPARE_AHEAD_SECONDS``); at the moment the pushes due then are written one after another in
+    the order they were prepared, and the moment each was written is recorded (``Scheduled``)."""
+
+    def __init__(self, bridge_url: str) -> None:
+        parts = urlsplit(bridge_url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection]] = []
+        self._gates: dict[float, asyncio.Future[None]] = {}
+
+    async def open(self, count: int) -> int:
+        """Opens connections until ``count`` are idle; returns how many are."""
+        missing = max(0, count - len(self.idle))
+        self.idle.extend(await asyncio.gather(*(self._connect() for _ in range(missing))))
+        return len(self.idle)
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection]:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        return reader, writer, h11.Connection(h11.CLIENT)
+
+    async def close(self) -> None:
+        for _, writer, _ in self.idle:
+            writer.close()
+        self.idle.clear()
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """The sandbox's ``send_push``: one request on an idle connection (a new one if none is),
+        written at the sending task's ``Scheduled`` moment (at once when it has passed)."""
+        reader, writer, http = self.idle.pop() if self.idle else await self._connect()
+        head = [("Host", self.host), ("Content-Length", str(len(body))), *headers.items()]
+        request = h11.Request(method="POST", target=urlsplit(url).path, headers=head)
+        frames = b"".join(http.send(event) or b"" for event in (request, h11.Data(data=body), h11.EndOfMessage()))
+        scheduled = SCHEDULED.get(None)
+        if scheduled is not None and scheduled.due > time.time():
+            await self._gate(scheduled.due)
+        writer.write(frames)
+        if scheduled is not None and scheduled.written_at is None:
+            scheduled.written_at = time.time()
+        try:
+            status, answer = await _read_response(reader, http)
+        except BaseException:
+            writer.close()
+            raise
+        http.start_next_cycle()
+        self.idle.append((reader, writer, http))
+        return status, answer
+
+    def _gate(self, due: float) -> asyncio.Future[None]:
+        """One future per moment, done at that moment: its waiters resume in the order they began to
+        wait (a future's callbacks run in order), which timers due at the same moment do not promise."""
+        gate = self._gates.get(due)
+        if gate is None:
+            loop = asyncio.get_running_loop()
+            gate = self._gates[due] = loop.create_future()
+            loop.call_at(loop.time() + due - time.time(), self._open_gate, due)
+        return gate
+
+    def _open_gate(self, due: float) -> None:
+        self._gates.pop(due).set_result(None)
+
+
+PREPARE_AHEAD_SECONDS = 0.08
+"""How long before its moment a push is prepared: long enough for a burst of 200 (about 40 ms on
+this machine), well short of the lead the benchmark gives the platform's process (bench/chats.py: PUSH_LEAD_SECONDS)."""
+
+
+@dataclass
+class Scheduled:
+    """A push's moment, and when PushConnections wrote it (the first time, if it was redelivered)."""
+
+    due: float
+    written_at: float | None = None
+
+
+SCHEDULED: contextvars.ContextVar[Scheduled] = contextvars.ContextVar("SCHEDULED")
+"""Set by the task that opens a chat, read by PushConnections.post, which the sandbox calls for it."""
+
+
+async def _read_response(reader: asyncio.StreamReader, http: h11.Connection) -> tuple[int, bytes]:
+    status, chunks = 0, []
+    while True:
+        try:
+            event = http.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise ConnectionResetError(f"the bridge's answer could not be read: {exc}") from exc
+        if event is h11.NEED_DATA:
+            http.receive_data(await reader.read(65536))
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            chunks.append(bytes(event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            return status, b"".join(chunks)
+        elif isinstance(event, h11.ConnectionClosed):
+            raise ConnectionResetError("the bridge closed the connection before answering")
+
+
 class PlatformSide:
-    """The platform sandbox and platform CS, who open the chats."""
+    """The platform sandbox and platform CS, who open the chats; the pushes go through PushConnections."""
 
     def __init__(self, config_path: Path, environ: dict[str, str], bridge_url: str) -> None:
         self.sandbox = PlatformSandbox(load_config(config_path, environ=environ).config, bridge_url)
+        self.connections = PushConnections(bridge_url)
+        self.sandbox.send_push = self.connections.post
 
     async def start(self) -> str:
         return await self.sandbox.start()
 
     async def stop(self) -> None:
+        await self.connections.close()
         await self.sandbox.stop()
 
     async def open_connections(self, count: int) -> int:
-        """Opens up to ``count`` keep-alive connections to the bridge (that many requests to its
-        health check at once; the pool keeps at most its limit), and returns how many answered.
+        """Opens ``count`` keep-alive connections to the bridge, and returns how many are open and idle.
         Before a burst: a platform that pushes all day holds its connections open, and a burst
         from a process still connecting measured that process (its pushes went out 40 ms late
         at p50 on the first burst of a fresh stack, 9 ms on later ones), not the bridge."""
-
-        async def health() -> bool:
-            async with self.sandbox.http().get(self.sandbox.bridge_url + "/healthz") as response:
-                await response.read()
-                return response.status == 200
-
-        return sum(await asyncio.gather(*(health() for _ in range(count))))
+        return await self.connections.open(count)
 
     async def push(self, label: str, channels: int, per_channel: int, spacing: float, started: float) -> dict[str, Any]:
         """Opens ``per_channel`` chats in each of ``channels`` stores, a new one in each every ``spacing``
         seconds from ``started`` (0: all at once), in turn across the stores; waits for each reply.
-        For each marker: its store's index, its number, its push's moment, when the bridge acknowledged
-        the push, and when the chat's reply reached the platform (None: it did not)."""
+        For each marker: its store's index, its number, its push's moment, how late the push was
+        written after it, when the bridge acknowledged the push, and when the chat's reply reached
+        the platform (None: it did not)."""
         loop = asyncio.get_running_loop()
         replies: dict[str, asyncio.Future[float]] = {}
-        chats: dict[str, tuple[int, int, float, float, float | None]] = {}
+        chats: dict[str, tuple[int, int, float, float, float, float | None]] = {}
         push_late: list[float] = []
 
         def on_platform(record: Recorded) -> None:
@@ -216,17 +321,19 @@ class PlatformSide:
             # Open loop: each push has its moment, and its latency counts from that moment, so a
             # world that falls behind shows up as latency (and as lateness, recorded).
             due = started + n * spacing + channel_index * (spacing / channels)
-            await asyncio.sleep(max(0.0, due - time.time()))
-            push_late.append(time.time() - due)
+            await asyncio.sleep(max(0.0, due - PREPARE_AHEAD_SECONDS - time.time()))
             marker = f"[{label}-{channel_index}-{n}]"
+            SCHEDULED.set(scheduled := Scheduled(due))
             cid = await self.sandbox.open_chat(f"{2001 + channel_index}", {"type": "text", "text": f"您好 {marker}"})
             acknowledged = time.time()
+            late = (scheduled.written_at or acknowledged) - due
+            push_late.append(late)
             reply = replies.setdefault(cid, loop.create_future())
             try:
                 replied: float | None = await asyncio.wait_for(reply, CHAT_TIMEOUT_SECONDS)
             except TimeoutError:
                 replied = None
-            chats[marker] = (channel_index, n, due, acknowledged, replied)
+            chats[marker] = (channel_index, n, due, late, acknowledged, replied)
 
         self.sandbox.listeners.append(on_platform)
         try:

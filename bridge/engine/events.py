@@ -408,11 +408,15 @@ class EventConsumer:
 
     def _burst_begins(self, read: list[StoredEvent]) -> bool:
         """Whether the first read after a quiet spell took events of more than one endpoint: a
-        burst across stores is arriving (see BURST_GATHER_SECONDS)."""
+        burst across stores is arriving (see BURST_GATHER_SECONDS). Not when the read already holds
+        events with a handler of ROUND_EVENTS endpoints: the round takes one of each, every store
+        arriving later would be behind them anyway, and the wait would only delay their posts."""
         if self.burst_gather_seconds is None or not read:
             return False
         first = read[0].endpoint.tag
-        return any(event.endpoint.tag != first for event in read)
+        if all(event.endpoint.tag == first for event in read):
+            return False
+        return len({event.endpoint.tag for event in read if event.tag in self.handlers}) < ROUND_EVENTS
 
     async def _complete_and_read(self, streams: Mapping[str, Endpoint] | None, block_ms: int | None) -> Any:
         """The last rounds' completions and the next read (None: none), in one round trip: the

@@ -15,7 +15,7 @@ import itertools
 import json
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +44,11 @@ class Recorded:
     response: dict[str, Any]
     at: float
     replayed: bool = False
+
+
+PushSender = Callable[[str, bytes, dict[str, str]], Awaitable[tuple[int, bytes]]]
+"""Sends one signed push (URL, body, headers) and returns the bridge's status and answer; raises
+``aiohttp.ClientError`` or ``OSError`` when the push did not get an answer."""
 
 
 @dataclass
@@ -109,6 +114,8 @@ class PlatformSandbox(LocalServer):
         self.window_grace_seconds = window_grace_seconds
         self.push_retry_seconds = push_retry_seconds
         self.push_max_attempts = push_max_attempts
+        self.send_push: PushSender = self._send_push_with_aiohttp
+        """How pushes reach the bridge: aiohttp by default; a load generator may send its own way."""
         self.records: list[Recorded] = []
         self.listeners: list[Callable[[Recorded], None]] = []
         """Called with each API request recorded (benchmarks wait on these instead of polling)."""
@@ -561,14 +568,18 @@ class PlatformSandbox(LocalServer):
         self.deliveries.append(delivery)
         for attempt in range(self.push_max_attempts):
             try:
-                async with self.http().post(self.bridge_url + path, data=body, headers=headers) as resp:
-                    answer = await resp.json(content_type=None)
-                    delivery.statuses.append(resp.status)
-                    if resp.status == 200 and isinstance(answer, dict) and answer.get("code") == 0:
-                        delivery.delivered = True
-                        return delivery
-            except (aiohttp.ClientError, json.JSONDecodeError) as exc:
+                status, raw = await self.send_push(self.bridge_url + path, body, headers)
+                answer = json.loads(raw) if raw.strip() else None
+                delivery.statuses.append(status)
+                if status == 200 and isinstance(answer, dict) and answer.get("code") == 0:
+                    delivery.delivered = True
+                    return delivery
+            except (aiohttp.ClientError, OSError, json.JSONDecodeError) as exc:
                 delivery.statuses.append(0)
                 log.info("sandbox push to %s failed (%s); redelivering", path, exc)
             await asyncio.sleep(min(2.0, self.push_retry_seconds * 2**attempt))
         return delivery
+
+    async def _send_push_with_aiohttp(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        async with self.http().post(url, data=body, headers=headers) as resp:
+            return resp.status, await resp.read()

@@ -363,6 +363,43 @@ async def test_one_stores_events_are_not_held_up(redis: Redis) -> None:
     assert await _burst(redis, stores_first=1) == [["a0", "a1"], ["c0"]]
 
 
+async def test_a_first_read_that_fills_a_round_begins_it_at_once(redis: Redis) -> None:
+    """The first read after a quiet spell already takes chats of ROUND_EVENTS stores: the round
+    begins without the gathering wait and second read, and holds each store's first chat; a chat of
+    another store stored after the read follows, each chat handled once."""
+    stores = [Endpoint("store", f"{2001 + i}") for i in range(ROUND_EVENTS + 1)]
+    log = EventLog(redis)
+    handled: list[list[str]] = [[]]
+
+    async def handle(event: StoredEvent) -> None:
+        handled[-1].append(event.msg_id)
+
+    consumer_ = EventConsumer(redis, lambda: stores, {"im_platform_message": handle}, burst_gather_seconds=60.0)
+    await consumer_._step(block=False)  # the groups made, nothing there
+    reads = 0
+    read = consumer_._read
+
+    async def counted_read(*args: Any) -> list[StoredEvent]:
+        nonlocal reads
+        reads += 1
+        return await read(*args)
+
+    consumer_._read = counted_read  # type: ignore[method-assign, assignment]
+    for i, store in enumerate(stores[:-1]):
+        await log.store(store, [record(f"s{i}-0", f"chat:s{i}-0"), record(f"s{i}-1", f"chat:s{i}-1")])
+    async with asyncio.timeout(5):  # a gathering wait of 60 s would fail here
+        await consumer_._step(block=True)
+    assert reads == 1
+    await log.store(stores[-1], [record("late", "chat:late")])
+    while handled[-1]:
+        handled.append([])
+        await consumer_._step(block=False)
+    assert sorted(handled[0]) == sorted(f"s{i}-0" for i in range(ROUND_EVENTS))
+    seconds = [f"s{i}-1" for i in range(ROUND_EVENTS)]
+    assert sorted(m for later in handled[1:] for m in later) == sorted(["late", *seconds])
+    assert consumer_.stats.duplicates == 0
+
+
 async def test_a_failed_second_read_of_a_burst_leaves_its_events_to_the_next(redis: Redis) -> None:
     """Redis fails the burst's second read: the first read's chats are handled in the round, the
     one it missed in the next step, each once."""
