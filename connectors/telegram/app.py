@@ -104,6 +104,7 @@ class TelegramConnector:
         self.handlers: list[InboundHandler] = []
         self._starting: asyncio.Task[None] | None = None
         self._forums: dict[int, bool] = {}
+        self._marking: set[asyncio.Task[None]] = set()
         self.commands: dict[str, Callable[[TelegramInbound, list[str]], Awaitable[str]]] = {}
 
     def routes(self) -> list[Route]:
@@ -139,6 +140,7 @@ class TelegramConnector:
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
             await asyncio.gather(self._starting, return_exceptions=True)
+        await asyncio.gather(*self._marking, return_exceptions=True)
         if self.application._initialized:
             await self.application.shutdown()
 
@@ -316,12 +318,7 @@ class TelegramConnector:
                     chat, text, parse_mode="HTML", reply_markup=markup, message_thread_id=thread,
                     reply_to_message_id=reply_to, allow_sending_without_reply=True,
                 )  # fmt: skip
-            # Telegram counts a chat's messages as they arrive and tolerates no burst: the next one
-            # is spaced from when this one was taken, not from when it left (a busy process can
-            # hold a request back long enough for the next to arrive less than a second after it).
-            # Telegram has the message now: Redis failing here must not make the outbox send it again.
-            with contextlib.suppress(*UNAVAILABLE):
-                await self.spacing.sent(str(chat), _spacing(chat))
+            self._mark_sent(chat)
             return sent
         except TelegramError as exc:
             failure = _sorted(exc)
@@ -329,6 +326,22 @@ class TelegramConnector:
                 # 429: the chat rests, and this message goes first after it
                 await self.spacing.hold(str(chat), _spacing(chat), job_id, failure.after)
             raise failure from None
+
+    def _mark_sent(self, chat: int) -> None:
+        """Telegram counts a chat's messages as they arrive and tolerates no burst: the next one is
+        spaced from when this one was taken, not from when it left (a busy process can hold a request
+        back long enough for the next to arrive less than a second after it). The mark goes to Redis
+        beside the outbox's record of the send rather than before it: until that record, a process
+        killed would leave the message to be sent again (Telegram keeps no history to look it up in),
+        so nothing waits in between. Redis failing on the mark must not make the outbox send it again."""
+
+        async def mark() -> None:
+            with contextlib.suppress(*UNAVAILABLE):
+                await self.spacing.sent(str(chat), _spacing(chat))
+
+        task = asyncio.create_task(mark())
+        self._marking.add(task)
+        task.add_done_callback(self._marking.discard)
 
     def _view(self, p: dict[str, Any]) -> dict[str, Any]:
         """The view, with the people it mentions resolved to their Telegram ids (tg://user links)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from bridge.engine import keys
 from bridge.engine.events import IN_FLIGHT_SECONDS
 from bridge.engine.outbox import OutboxJob
@@ -198,8 +200,8 @@ async def test_the_owner_reassigns_a_chat_from_its_header(stack: Stack) -> None:
 
 
 async def test_redis_failing_just_after_telegram_took_a_message_does_not_send_it_again(stack: Stack) -> None:
-    """Recording when Telegram took the message (for the spacing) is the step after the send: a
-    Redis error there must not make the outbox retry, and post, the message a second time."""
+    """Recording when Telegram took the message (for the spacing) goes beside the outbox's record of
+    the send: a Redis error there must not make the outbox retry, and post, the message a second time."""
     spacing = stack.bridge.connectors["telegram"].spacing  # type: ignore[attr-defined]
     record, failed = spacing.sent, list[int]()
 
@@ -216,3 +218,27 @@ async def test_redis_failing_just_after_telegram_took_a_message_does_not_send_it
     headers = [m for m in stack.telegram.by_bot(GROUP) if "6909" in m.text]
     assert len(headers) == 1, "the chat's header posted once"
     assert cid in stack.sandbox.conversations
+
+
+async def test_the_outbox_records_a_telegram_send_without_waiting_for_the_spacing_mark(stack: Stack) -> None:
+    """Until the outbox records a send Telegram took, a process killed would leave the message to be
+    sent again, so nothing waits in that gap: with the spacing's mark held up in Redis, the header
+    is posted once and every outbox queue of the store is done with."""
+    spacing = stack.bridge.connectors["telegram"].spacing  # type: ignore[attr-defined]
+    record, release, held = spacing.sent, asyncio.Event(), list[tuple[object, ...]]()
+
+    async def held_up(*args: object) -> None:
+        held.append(args)
+        await release.wait()
+        await record(*args)
+
+    spacing.sent = held_up
+    try:
+        await stack.sandbox.open_chat("1002", ORDER_CARD)
+        async with asyncio.timeout(10):  # a send that waited for the mark would never be recorded
+            await stack.settle()
+        assert held and not release.is_set(), "the mark was begun and is still held up"
+        assert await stack.redis.keys(keys.outbox_queue(TAG, "*")) == [], "the send was recorded"
+        assert len([m for m in stack.telegram.by_bot(GROUP) if "6909" in m.text]) == 1
+    finally:
+        release.set()
