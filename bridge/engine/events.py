@@ -274,6 +274,8 @@ class EventConsumer:
         self._woken = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._groups: set[str] = set()
+        self._grouped: Mapping[str, Endpoint] | None = None
+        """The streams last found to have their groups (the same mapping while nothing changed)."""
         self._group_lost = False
         self._parked: list[_Parked] = []
         self._backlog: dict[tuple[str, str], list[StoredEvent]] = {}
@@ -350,6 +352,7 @@ class EventConsumer:
             # to a replica that had not got them): make them again rather than fail forever.
             log.warning("event consumer: %s; creating the consumer groups again", exc)
             self._groups.clear()
+            self._grouped = None
             return await self._step_once(block=block, force_claim=force_claim)
 
     async def _step_once(self, *, block: bool, force_claim: bool = False) -> int:
@@ -469,6 +472,7 @@ class EventConsumer:
             if stream in streams and stream in self._groups:
                 log.warning("event consumer: %s has lost its consumer group; creating it again", stream)
                 self._groups.discard(stream)
+                self._grouped = None
                 self._group_lost = True
         return [(str(stream), [(entry_id, _fields(flat)) for entry_id, flat in entries]) for stream, entries in read]
 
@@ -512,6 +516,8 @@ class EventConsumer:
         self._woken.set()
 
     async def _ensure_groups(self, streams: Mapping[str, Endpoint]) -> None:
+        if streams is self._grouped:  # every step asks; a look at each of 1,000 streams took 50 µs
+            return
         for stream in streams:
             if stream in self._groups:
                 continue
@@ -521,6 +527,7 @@ class EventConsumer:
                 if "BUSYGROUP" not in str(exc):
                     raise
             self._groups.add(stream)
+        self._grouped = streams
 
     async def _claim_abandoned(self, streams: Mapping[str, Endpoint]) -> list[StoredEvent]:
         """Takes over what dead consumers left idle past ``claim_idle_seconds``: every stream in one
