@@ -183,7 +183,7 @@ class PushConnections:
     after its moment (strace), once all 200 had been prepared, and the bridge was timed from a moment
     its push had not yet been sent. Here a push is built, signed and framed (h11) before its moment
     (``PREPARE_AHEAD_SECONDS``); at the moment the pushes due then are written one after another in
-    the order they were prepared, and the moment each was written is recorded (``Scheduled``)."""
+    the order they were sent (``at``), and the moment each was written is recorded (``Scheduled``)."""
 
     def __init__(self, bridge_url: str) -> None:
         parts = urlsplit(bridge_url)
@@ -214,8 +214,8 @@ class PushConnections:
         request = h11.Request(method="POST", target=urlsplit(url).path, headers=head)
         frames = b"".join(http.send(event) or b"" for event in (request, h11.Data(data=body), h11.EndOfMessage()))
         scheduled = SCHEDULED.get(None)
-        if scheduled is not None and scheduled.due > time.time():
-            await self._gate(scheduled.due)
+        if scheduled is not None:
+            await self.at(scheduled.due)
         writer.write(frames)
         if scheduled is not None and scheduled.written_at is None:
             scheduled.written_at = time.time()
@@ -228,15 +228,19 @@ class PushConnections:
         self.idle.append((reader, writer, http))
         return status, answer
 
-    def _gate(self, due: float) -> asyncio.Future[None]:
-        """One future per moment, done at that moment: its waiters resume in the order they began to
-        wait (a future's callbacks run in order), which timers due at the same moment do not promise."""
-        gate = self._gates.get(due)
+    async def at(self, moment: float) -> None:
+        """Returns at ``moment`` (at once if it has passed). The tasks waiting for one moment resume
+        in the order they began to wait (one future per moment, whose callbacks run in order), which
+        sleeps due at the same moment do not promise: a burst's pushes are prepared and written in
+        the order they were sent, every store's first chat first."""
+        if moment <= time.time():
+            return
+        gate = self._gates.get(moment)
         if gate is None:
             loop = asyncio.get_running_loop()
-            gate = self._gates[due] = loop.create_future()
-            loop.call_at(loop.time() + due - time.time(), self._open_gate, due)
-        return gate
+            gate = self._gates[moment] = loop.create_future()
+            loop.call_at(loop.time() + moment - time.time(), self._open_gate, moment)
+        await gate
 
     def _open_gate(self, due: float) -> None:
         self._gates.pop(due).set_result(None)
@@ -321,7 +325,7 @@ class PlatformSide:
             # Open loop: each push has its moment, and its latency counts from that moment, so a
             # world that falls behind shows up as latency (and as lateness, recorded).
             due = started + n * spacing + channel_index * (spacing / channels)
-            await asyncio.sleep(max(0.0, due - PREPARE_AHEAD_SECONDS - time.time()))
+            await self.connections.at(due - PREPARE_AHEAD_SECONDS)
             marker = f"[{label}-{channel_index}-{n}]"
             SCHEDULED.set(scheduled := Scheduled(due))
             cid = await self.sandbox.open_chat(f"{2001 + channel_index}", {"type": "text", "text": f"您好 {marker}"})
