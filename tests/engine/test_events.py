@@ -305,6 +305,20 @@ async def test_a_stores_burst_does_not_hold_up_another_stores_first_chat(redis: 
         assert await redis.xlen(keys.events(store.tag)) == 0
 
 
+class CountedReads:
+    """Counts a consumer's reads, and fails read number ``fail_on`` as Redis dropping the connection."""
+
+    def __init__(self, consumer_: EventConsumer, fail_on: int | None = None) -> None:
+        self.count, self.fail_on, self._read = 0, fail_on, consumer_._read
+        consumer_._read = self  # type: ignore[method-assign, assignment]
+
+    async def __call__(self, *args: Any) -> list[StoredEvent]:
+        self.count += 1
+        if self.count == self.fail_on:
+            raise RedisConnectionError("Connection reset by peer")
+        return await self._read(*args)
+
+
 async def _burst(redis: Redis, stores_first: int, second_read_fails: bool = False, batch: int = 500) -> list[list[str]]:
     """Store A's two chats (and with ``stores_first`` 2, store B's one) are there when a quiet
     consumer looks; store C's chat is stored just after the consumer read. Returns what each step's
@@ -320,20 +334,11 @@ async def _burst(redis: Redis, stores_first: int, second_read_fails: bool = Fals
         redis, lambda: [a, b, c], {"im_platform_message": handle}, burst_gather_seconds=0.5, batch=batch
     )
     await consumer_._step(block=False)  # the groups made, nothing there
-    reads = 0
-    read = consumer_._read
-
-    async def read_or_fail(*args: Any) -> list[StoredEvent]:
-        nonlocal reads
-        reads += 1
-        if second_read_fails and reads == 2:
-            raise RedisConnectionError("Connection reset by peer")
-        return await read(*args)
+    reads = CountedReads(consumer_, fail_on=2 if second_read_fails else None)
 
     async def first_read_done() -> bool:
-        return reads == 1 and (await redis.xpending(keys.events(a.tag), keys.EVENTS_GROUP))["pending"] > 0
+        return reads.count == 1 and (await redis.xpending(keys.events(a.tag), keys.EVENTS_GROUP))["pending"] > 0
 
-    consumer_._read = read_or_fail  # type: ignore[method-assign, assignment]
     await log.store(a, [record("a0", "chat:a0"), record("a1", "chat:a1")])
     if stores_first == 2:
         await log.store(b, [record("b0", "chat:b0")])
@@ -376,20 +381,12 @@ async def test_a_first_read_that_fills_a_round_begins_it_at_once(redis: Redis) -
 
     consumer_ = EventConsumer(redis, lambda: stores, {"im_platform_message": handle}, burst_gather_seconds=60.0)
     await consumer_._step(block=False)  # the groups made, nothing there
-    reads = 0
-    read = consumer_._read
-
-    async def counted_read(*args: Any) -> list[StoredEvent]:
-        nonlocal reads
-        reads += 1
-        return await read(*args)
-
-    consumer_._read = counted_read  # type: ignore[method-assign, assignment]
+    reads = CountedReads(consumer_)
     for i, store in enumerate(stores[:-1]):
         await log.store(store, [record(f"s{i}-0", f"chat:s{i}-0"), record(f"s{i}-1", f"chat:s{i}-1")])
     async with asyncio.timeout(5):  # a gathering wait of 60 s would fail here
         await consumer_._step(block=True)
-    assert reads == 1
+    assert reads.count == 1
     await log.store(stores[-1], [record("late", "chat:late")])
     while handled[-1]:
         handled.append([])
