@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from bridge.engine import keys
 from bridge.engine.events import IN_FLIGHT_SECONDS
 from bridge.engine.outbox import OutboxJob
@@ -199,9 +201,12 @@ async def test_the_owner_reassigns_a_chat_from_its_header(stack: Stack) -> None:
     assert not any("handed this chat" in m.text for m in stack.telegram.by_bot(GROUP)), "nothing moved, nothing said"
 
 
-async def test_redis_failing_just_after_telegram_took_a_message_does_not_send_it_again(stack: Stack) -> None:
+async def test_redis_failing_just_after_telegram_took_a_message_does_not_send_it_again(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
     """Recording when Telegram took the message (for the spacing) goes beside the outbox's record of
-    the send: a Redis error there must not make the outbox retry, and post, the message a second time."""
+    the send: a Redis error there must not make the outbox retry, and post, the message a second
+    time; the operator is told the mark was lost."""
     spacing = stack.bridge.connectors["telegram"].spacing  # type: ignore[attr-defined]
     record, failed = spacing.sent, list[int]()
 
@@ -218,6 +223,9 @@ async def test_redis_failing_just_after_telegram_took_a_message_does_not_send_it
     headers = [m for m in stack.telegram.by_bot(GROUP) if "6909" in m.text]
     assert len(headers) == 1, "the chat's header posted once"
     assert cid in stack.sandbox.conversations
+    warned = [r.getMessage() for r in caplog.records if "was not stored" in r.getMessage()]
+    assert warned == [f"Telegram chat {GROUP}: when its last message was taken was not stored (Redis went away); "
+                      "its next message may be answered 429 and sent after the pause"]  # fmt: skip
 
 
 async def test_the_outbox_records_a_telegram_send_without_waiting_for_the_spacing_mark(stack: Stack) -> None:
