@@ -24,18 +24,24 @@ Six parts:
   actual span from the push), and 429s, with the spread of the three. Before each burst (here and
   in the scaling part) the platform's process opens its connections to the bridge, as a platform
   pushing all day holds them open;
-- **scaling** — 400 chats into 400 channels at once (one each: the rate limit is not the
-  bottleneck) with 1, 2 and 4 processes (`all`; `web` + `worker`; `web` + 3 `worker`) on one
-  Redis, then 1 and 4 processes on a three-node Redis Cluster: chats completed per second,
-  latency, and CPU per chat of each process and of Redis (a cluster's nodes added up);
-- **floor** — the paced chats through bench/floor_relay.py instead of the bridge: the same calls to
-  the world in plain aiohttp, then with as many Redis round trips per chat as the bridge made; then
-  both again with Slack through its SDKs (slack-bolt in, slack_sdk out), as the bridge must talk to it;
+- **floor** — after each paced run, the same paced chats through bench/floor_relay.py instead of the
+  bridge: the same calls to the world in plain aiohttp, then with as many Redis round trips per
+  chat as the bridge just made; then both again with Slack through its SDKs (slack-bolt in,
+  slack_sdk out), as the bridge must talk to it. Each paced run is compared with its own turn's
+  floor, the machine's speed moving within minutes;
 - **sustained** — 2,000 chats at 100 a second (200 channels, a new chat in each every 2 s; the
   rate limit still never the bottleneck): CPU per chat and latency of a busy process, where work
   done close together shares wake-ups;
+- **scaling** — 400 chats into 400 channels at once (one each: the rate limit is not the
+  bottleneck) with 1, 2 and 4 processes (`all`; `web` + `worker`; `web` + 3 `worker`) on one
+  Redis, then 1 and 4 processes on a three-node Redis Cluster: chats completed per second,
+  latency, and CPU per chat of each process and of Redis (a cluster's nodes added up); two turns,
+  the second in reverse order;
 - **stores** — 200 paced chats in 20 stores, with 40 and with 1,000 stores configured: what each
-  configured store costs (idle CPU per second, CPU per chat).
+  configured store costs (idle CPU per second, CPU per chat); two turns, the second in reverse order.
+
+Rows compared with each other run in turns, every other turn in reverse order (A B, B A), so that
+the machine's drift does not fall on one of them.
 
 Writes bench/results/chats.json; ``--quick`` runs a small version and writes nothing.
 """
@@ -56,7 +62,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from machine import at_end, checkout_beside, machine, process_cpu, redis_cpu, resident_mb  # bench/machine.py
@@ -86,6 +92,9 @@ QUICK: dict[str, dict[str, Any]] = {"paced": {"channels": 20, "per_channel": 2, 
          "sustained": {"channels": 50, "per_channel": 2, "spacing": 2.0},
          "stores": {"configured": [20, 200], "channels": 10, "per_channel": 2, "spacing": 3.5},
          "floor": {"channels": 20, "per_channel": 2, "spacing": 3.5}}  # fmt: skip
+Row = TypeVar("Row")
+SCALING_TURNS = 2
+STORES_TURNS = 2
 SLACK_SPACING_SECONDS = 1.0  # what the emulator (and Slack) allow per channel
 
 
@@ -403,11 +412,22 @@ def spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def turn_order(names: list[Row], turn: int) -> list[Row]:
+    """Rows compared in turns run in reverse order every other turn (A B C, C B A, A B C): the
+    machine's speed moves within minutes, and a row always run first or last would carry that drift
+    as if it were its own."""
+    return names if turn % 2 == 0 else names[::-1]
+
+
+def in_turns(names: list[Row], turns: int) -> list[tuple[int, Row]]:
+    return [(turn, name) for turn in range(turns) for name in turn_order(names, turn)]
+
+
 async def main_async(quick: bool) -> dict[str, Any]:
     paced = QUICK["paced"] if quick else PACED
     burst = QUICK["burst"] if quick else BURST
     scaling = SCALING | (QUICK["scaling"] if quick else {})
-    results: dict[str, Any] = {"machine": machine(), "paced": {"runs": []}}
+    results: dict[str, Any] = {"machine": machine(), "paced": {"runs": []}, "floor": {"turns": []}}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         async with running_stack(tmp, max(paced["channels"], burst["channels"]), ["all"]) as (world, cpu, idle):
@@ -417,11 +437,15 @@ async def main_async(quick: bool) -> dict[str, Any]:
                                      f"paced{run}", cpu, idle)  # fmt: skip
                 results["paced"]["runs"].append(row)
                 print(json.dumps({k: row[k] for k in ("platform_to_slack", "world", "latency_valid")}), file=sys.stderr)
+                # The floor right after each paced run, so each run has its own to compare with
+                # (this stack stays up, idle, beside it: a few ms of CPU a second).
+                floor_turn = await floor(tmp, QUICK["floor"] if quick else FLOOR, row, run)
+                results["floor"]["turns"].append(floor_turn)
             results["paced"]["spread"] = spread(results["paced"]["runs"])
+            results["floor"]["spread"] = floor_spread(results["floor"]["turns"])
             bursts = [await run_load(world, burst["channels"], burst["per_channel"], 0.0, f"burst{run}", cpu, idle)
                       for run in range(burst["runs"])]  # fmt: skip
             results["burst"] = {"runs": bursts, "spread": burst_spread(bursts)}
-        results["floor"] = await floor(tmp, QUICK["floor"] if quick else FLOOR, results["paced"]["runs"])
         sustained = QUICK["sustained"] if quick else SUSTAINED
         async with running_stack(tmp, sustained["channels"], ["all"]) as (world, cpu, idle):
             results["sustained"] = await run_load(world, sustained["channels"], sustained["per_channel"],
@@ -429,19 +453,42 @@ async def main_async(quick: bool) -> dict[str, Any]:
         print(
             f"sustained: {results['sustained']['cpu_ms_per_chat_less_idle']['bridge_total']} ms/chat", file=sys.stderr
         )
-        results["scaling"] = {}
-        for name, (roles, cluster) in scaling["runs"].items():
+        results["scaling"] = {"turns": [{} for _ in range(SCALING_TURNS)]}
+        for turn, name in in_turns(list(scaling["runs"]), SCALING_TURNS):
+            roles, cluster = scaling["runs"][name]
             async with running_stack(tmp, scaling["channels"], roles, cluster) as (world, cpu, idle):
                 row = await run_load(world, scaling["channels"], scaling["per_channel"], 0.0, "scale", cpu, idle)
                 row["roles"] = roles
                 row["redis"] = "three-node Redis Cluster" if cluster else "one Redis"
-                results["scaling"][name] = row
+                results["scaling"]["turns"][turn][name] = row
                 print(f"{name}: {row['chats_per_second']} chats/s", file=sys.stderr)
+        results["scaling"]["spread"] = scaling_spread(results["scaling"]["turns"])
         results["stores"] = await many_stores(tmp, QUICK["stores"] if quick else STORES)
     results["machine"] |= at_end(results["machine"])
     results["targets"] = {"cpu_ms_per_chat_bridge": 5, "p99_ms_paced_both_ways": 20, "slack_429s": 0,
                           "burst_first_post_ms": 100, "burst_share_of_allowed_rate": 0.95}  # fmt: skip
     return results
+
+
+def low_high(values: list[float]) -> list[float]:
+    return [min(values), max(values)]
+
+
+def scaling_spread(turns: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Each scaling row's figures over its turns: lowest and highest."""
+    return {
+        name: {
+            "chats_per_second": low_high([turn[name]["chats_per_second"] for turn in turns]),
+            "cpu_ms_per_chat.bridge_total": low_high(
+                [turn[name]["cpu_ms_per_chat_less_idle"]["bridge_total"] for turn in turns]
+            ),
+            "cpu_ms_per_chat.redis": low_high([turn[name]["cpu_ms_per_chat_less_idle"]["redis"] for turn in turns]),
+            "platform_to_slack.p99_ms": low_high([turn[name]["platform_to_slack"]["p99_ms"] for turn in turns]),
+            "slack_429s": sum(turn[name]["slack_429s"] for turn in turns),
+            "missing": sum(len(turn[name]["missing"]) for turn in turns),
+        }
+        for name in turns[0]
+    }
 
 
 def burst_spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -476,41 +523,82 @@ def part_row(row: dict[str, Any]) -> dict[str, Any]:
     return {key: row[key] for key in PART_ROW_KEYS}
 
 
-async def floor(tmp: Path, part: dict[str, Any], paced_runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The same paced chats through bench/floor_relay.py instead of the bridge: the same calls to
-    the world per chat and nothing else, first with no Redis, then with as many Redis round trips
-    per chat as the bridge made in this run's paced rows, through the bridge's own client; then both
-    with Slack through slack-bolt and slack_sdk (one dispatch of each event), as the bridge must use
-    them. What the bridge costs above the last row is its second dispatch of each Slack event, its
-    rules, timers, scripts and durability work."""
-    bridge_round_trips = round(statistics.median(r["redis_round_trips_per_chat"] for r in paced_runs))
+FLOOR_ROWS: dict[str, tuple[bool, bool]] = {
+    "http_only": (False, False), "http_and_redis_round_trips": (True, False),
+    "slack_sdks_only": (False, True), "slack_sdks_and_redis_round_trips": (True, True),
+}  # fmt: skip
+"""Each floor row: whether it makes the bridge's Redis round trips, whether it talks to Slack through its SDKs."""
+GOAL_FLOOR = "slack_sdks_and_redis_round_trips"
+
+
+async def floor(tmp: Path, part: dict[str, Any], paced_row: dict[str, Any], turn: int) -> dict[str, Any]:
+    """One turn of the floor, run right after a paced run (``paced_row``): the same paced chats through
+    bench/floor_relay.py instead of the bridge, the same calls to the world per chat and nothing else,
+    first with no Redis, then with as many Redis round trips per chat as the bridge just made, through
+    the bridge's own client; then both with Slack through slack-bolt and slack_sdk (one dispatch of
+    each event), as the bridge must use them; every other turn in reverse order. What the bridge costs
+    above the last row is its second dispatch of each Slack event, its rules, timers, scripts and
+    durability work."""
+    bridge_round_trips = round(paced_row["redis_round_trips_per_chat"])
     rows: dict[str, Any] = {}
-    for name, round_trips, sdks in (("http_only", 0, False), ("http_and_redis_round_trips", bridge_round_trips, False),
-                                    ("slack_sdks_only", 0, True),
-                                    ("slack_sdks_and_redis_round_trips", bridge_round_trips, True)):  # fmt: skip
+    for name in turn_order(list(FLOOR_ROWS), turn):
+        with_round_trips, sdks = FLOOR_ROWS[name]
+        round_trips = bridge_round_trips if with_round_trips else 0
         async with running_stack(tmp, part["channels"], ["all"], floor_round_trips=round_trips,
                                  floor_sdks=sdks) as (world, cpu, idle):  # fmt: skip
             row = await run_load(world, part["channels"], part["per_channel"], part["spacing"], f"fl{round_trips}",
                                  cpu, idle)  # fmt: skip
         rows[name] = part_row(row) | {"round_trips_made_per_chat": round_trips, "slack_sdks": sdks}
         print(f"floor {name}: {row['cpu_ms_per_chat_less_idle']['bridge_total']} ms/chat", file=sys.stderr)
-    return rows
+    bridge = paced_row["cpu_ms_per_chat_less_idle"]["bridge_total"]
+    goal_floor = rows[GOAL_FLOOR]["cpu_ms_per_chat_less_idle"]["bridge_total"]
+    return {
+        "order": list(rows),
+        "rows": rows,
+        "paced_bridge_cpu_ms_per_chat": bridge,
+        "bridge_over_floor": round(bridge / goal_floor, 2),
+        "bridge_above_floor_ms": round(bridge - goal_floor, 2),
+    }
+
+
+def floor_spread(turns: list[dict[str, Any]]) -> dict[str, Any]:
+    """The floor's rows and the bridge's paced run against the floor with the SDKs and the round
+    trips, over the turns: lowest and highest."""
+    out: dict[str, Any] = {
+        f"{name}.cpu_ms_per_chat": low_high(
+            [t["rows"][name]["cpu_ms_per_chat_less_idle"]["bridge_total"] for t in turns]
+        )
+        for name in FLOOR_ROWS
+    }
+    return out | {key: low_high([t[key] for t in turns]) for key in ("bridge_over_floor", "bridge_above_floor_ms")}
 
 
 async def many_stores(tmp: Path, part: dict[str, Any]) -> dict[str, Any]:
     """What the number of stores in the configuration costs: the same paced chats in the same few
     stores, with few and with many stores configured (the consumer reads every store's stream, and
     claims from each): CPU per chat and idle CPU per second of the bridge and of Redis."""
-    rows: dict[str, Any] = {}
-    for configured in part["configured"]:
+    turns: list[dict[str, Any]] = [{} for _ in range(STORES_TURNS)]
+    for turn, configured in in_turns(part["configured"], STORES_TURNS):
         async with running_stack(tmp, configured, ["all"]) as (world, cpu, idle):
             row = await run_load(world, part["channels"], part["per_channel"], part["spacing"], f"st{configured}",
                                  cpu, idle)  # fmt: skip
-        rows[f"{configured}_stores"] = part_row(row) | {
+        turns[turn][f"{configured}_stores"] = part_row(row) | {
             "idle_cpu_ms_per_s": {k: round(v * 1000, 2) for k, v in idle.items()}
         }
         print(f"{configured} stores: {row['cpu_ms_per_chat_less_idle']['bridge_total']} ms/chat", file=sys.stderr)
-    return rows
+    spread = {
+        name: {
+            "cpu_ms_per_chat.bridge_total": low_high(
+                [t[name]["cpu_ms_per_chat_less_idle"]["bridge_total"] for t in turns]
+            ),
+            "cpu_ms_per_chat.redis": low_high([t[name]["cpu_ms_per_chat_less_idle"]["redis"] for t in turns]),
+            "redis_commands_per_chat": low_high([t[name]["redis_commands_per_chat"] for t in turns]),
+            "idle_cpu_ms_per_s.all_0": low_high([t[name]["idle_cpu_ms_per_s"]["all_0"] for t in turns]),
+            "idle_cpu_ms_per_s.redis": low_high([t[name]["idle_cpu_ms_per_s"]["redis"] for t in turns]),
+        }
+        for name in turns[0]
+    }
+    return {"turns": turns, "spread": spread}
 
 
 def start_bridge(
@@ -561,7 +649,7 @@ async def against_async(tmp: Path, base: Path, commits: dict[str, str], quick: b
     results: dict[str, Any] = {"machine": machine(), "commits": commits, "rounds": []}
     channels = max(paced["channels"], burst["channels"])
     for turn in range(1 if quick else AGAINST_TURNS):
-        sides = [("base", base), ("head", ROOT)][:: 1 if turn % 2 == 0 else -1]
+        sides = turn_order([("base", base), ("head", ROOT)], turn)
         for side, root in sides:
             async with running_stack(tmp, channels, ["all"], root=root) as (world, cpu, idle):
                 row: dict[str, Any] = {"side": side, "turn": turn,
