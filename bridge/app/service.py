@@ -498,12 +498,16 @@ class ShortcutPool(BlockingConnectionPool):
     async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
         if self._available_connections and not self._waiting and not self._in_maintenance:
             connection = self._available_connections.pop()
-            if connection.is_connected and not await connection.can_read():
+            try:
+                reusable = connection.is_connected and not await connection.can_read()
+            except (RedisError, OSError):  # redis-py 8.2 raises for a connection the server closed
+                reusable = False
+            if reusable:
                 self._in_use_connections.add(connection)
                 return connection
             # Bytes nobody read are a stale answer, or a maintenance notice (RESP3) that only asks for
             # a reconnection: the library stopped checking while its notices are on (its default),
-            # and dropping the connection is right for both.
+            # and dropping the connection is right for both, as it is for one the server closed.
             await connection.disconnect()
             self._available_connections.append(connection)
         self._waiting += 1
@@ -657,7 +661,8 @@ def _sentinel_client(url: str, max_connections: int) -> Redis:
     if "password" in query:
         options["password"] = query["password"]
     sentinel_auth = {"password": query["sentinel_password"]} if "sentinel_password" in query else {}
-    sentinel = Sentinel(sentinels, socket_timeout=2, sentinel_kwargs=sentinel_auth)  # type: ignore[no-untyped-call]
+    # untyped in redis-py 8.1, typed from 8.2: both are supported (pyproject)
+    sentinel = Sentinel(sentinels, socket_timeout=2, sentinel_kwargs=sentinel_auth)  # type: ignore[no-untyped-call, unused-ignore]
     client: Redis = sentinel.master_for(parsed.path.strip("/") or "mymaster", **options)
     return client  # owns its pool, which asks the sentinels for the primary on every new connection
 

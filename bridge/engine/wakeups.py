@@ -36,4 +36,5 @@ async def listen_for_wakeups(
             await asyncio.sleep(1.0)
         finally:
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                # untyped in redis-py 8.1, typed from 8.2: both are supported (pyproject)
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
