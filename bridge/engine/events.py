@@ -149,6 +149,17 @@ DELIVERED_AT: ContextVar[float | None] = ContextVar("delivered_at", default=None
 that moment, not by when the consumer got to it (a reply written in time stays in time, however
 long a backlog or a dead process kept it waiting)."""
 
+
+class NotYetRecorded(Exception):
+    """Raised by a handler whose event refers to something another step has yet to record (a reply
+    under a message whose record a dead process left undone): the event is tried again after
+    ``after`` seconds. Not a failure: it counts towards no attempt and is never dead-lettered."""
+
+    def __init__(self, reason: str, after: float) -> None:
+        super().__init__(reason)
+        self.after = after
+
+
 CLAIM_IDLE_SECONDS = 3.0
 LOCK_SECONDS = 5.0
 IN_FLIGHT_SECONDS = CLAIM_IDLE_SECONDS + LOCK_SECONDS
@@ -710,6 +721,9 @@ class EventConsumer:
             with bound(**about(event.endpoint.tag, event.thread), event_id=event.msg_id):
                 await handler(event)
                 log.debug("%s: event %s (%s) handled", event.endpoint, event.msg_id, event.tag)
+        except NotYetRecorded as exc:
+            log.debug("%s: event %s waits: %s", event.endpoint, event.msg_id, exc)
+            return (exc.after, attempts)
         except Exception as exc:
             attempts += 1
             self.stats.failed_attempts += 1

@@ -50,6 +50,13 @@ async def root_of(redis: Redis, tag: str, chat_key: str) -> tuple[str, str] | No
 PARENT_WAIT_SECONDS = 1.5
 """How long a reply waits for the mapping of the message it answers (within Slack's 3 s ack)."""
 
+UNRECORDED_PARENT_SECONDS = 15.0
+"""How long after the bridge received a message in an unknown thread it is tried again before it
+counts as written outside the bridge's threads: a process that died between the service taking
+the thread's first message and recording it leaves the record to the process that takes the send
+over (its lease lapses after 5 s) and finds the message in the service."""
+UNRECORDED_PARENT_RETRY_SECONDS = 1.0
+
 
 async def parent_of(redis: Redis, tag: str, service: str, channel: str, message: str) -> str | None:
     """Like ``chat_of``, for a reply that may arrive while the message it answers is still being

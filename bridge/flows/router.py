@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from bridge.config import DEFAULT_NOTE_MARKERS, BridgeConfig, Creator, Store
 from bridge.engine import keys, refs
+from bridge.engine.events import DELIVERED_AT, NotYetRecorded
 from bridge.engine.outbox import Outbox, OutboxJob
 from bridge.flows import jobs
 from bridge.flows.chats import ChatFlow
@@ -91,7 +92,13 @@ class InboundRouter:
         owners = self._owners(place)
         if not owners:
             return False
-        parent, owner = await self._thread(actor, inbound.threaded_under, owners)
+        age = self._age()
+        parent, owner = await self._thread(actor, inbound.threaded_under, owners, wait=age < refs.PARENT_WAIT_SECONDS)
+        if parent is None and inbound.threaded_under and age < refs.UNRECORDED_PARENT_SECONDS:
+            # The thread's first message may be the bridge's, taken by the service from a process
+            # that died before recording it; the process taking that send over records it soon.
+            raise NotYetRecorded(f"thread {inbound.threaded_under[0]} not known yet",
+                                 after=refs.UNRECORDED_PARENT_RETRY_SECONDS)  # fmt: skip
         if parent is not None and await self._is_note(owner, inbound):
             return True
         if parent is not None and parent.startswith("task:"):
@@ -169,6 +176,11 @@ class InboundRouter:
                         jobs.destination(actor.service, jobs.REACT), payload)  # fmt: skip
         await self.outbox.enqueue(keys.NO_ENDPOINT_TAG, f"notes:{actor.service}:{actor.channel}", job)
         return True
+
+    def _age(self) -> float:
+        """How long ago the bridge received the message being handled (0 outside a stored event)."""
+        now = self.chats.clock.now()
+        return now - (DELIVERED_AT.get() or now)
 
     async def _thread(
         self, actor: Actor, threaded_under: Sequence[str], owners: list[tuple[str, Store | Creator]], wait: bool = True

@@ -581,3 +581,34 @@ async def test_the_header_names_the_assignee_and_the_loads_it_was_chosen_from(st
     """What a notification (and the demo's transcript) shows of the header, as Telegram's does."""
     _, root = await open_chat(stack)
     assert "负责人：<@" in root.text and "（分配时各客服进行中会话：店长 Li 0, 客服 A 0, 客服 B 0）" in root.text
+
+
+async def test_a_reply_under_a_root_a_dead_process_did_not_record_reaches_the_platform(stack: Stack) -> None:
+    """Slack took the chat's root, and the process that sent it died before recording where it
+    landed: the record waits for the process that takes the send over (once the lease lapses, 5
+    s), longer than a reply waits for it at first. An agent's answer in that thread is tried again
+    until the root is known, instead of counting as written outside any chat."""
+    senders = stack.bridge.outbox.senders
+    post, taken, recording = senders["slack.post"], asyncio.Event(), asyncio.Event()
+
+    async def held_after_slack_took_it(job: OutboxJob) -> object:
+        landed = await post(job)
+        taken.set()
+        await recording.wait()  # the record comes only from the run that takes the send over
+        return landed
+
+    senders["slack.post"] = held_after_slack_took_it  # type: ignore[assignment]
+    cid = await stack.sandbox.open_chat("1001")
+    await stack.bridge.consumer.drain(claim=False)
+    sending = asyncio.create_task(stack.bridge.worker.drain())
+    async with asyncio.timeout(5):
+        await taken.wait()
+    root = stack.slack.channel(CHATS)[-1]
+    await stack.slack.user_message(AGENT_A, CHATS, "在的", thread_ts=root.ts)
+    await stack.bridge.consumer.drain(claim=False)  # waits its 1.5 s for the root, in vain
+    assert platform_texts(stack, cid) == [], "nothing sent while its chat is unknown"
+    recording.set()
+    await sending
+    await stack.settle()
+    assert platform_texts(stack, cid) == ["在的"]
+    assert len([m for m in stack.slack.channel(CHATS) if m.ts == root.ts]) == 1, "the root posted once"
