@@ -50,12 +50,31 @@ async def root_of(redis: Redis, tag: str, chat_key: str) -> tuple[str, str] | No
 PARENT_WAIT_SECONDS = 1.5
 """How long a reply waits for the mapping of the message it answers (within Slack's 3 s ack)."""
 
-UNRECORDED_PARENT_SECONDS = 15.0
-"""How long after the bridge received a message in an unknown thread it is tried again before it
-counts as written outside the bridge's threads: a process that died between the service taking
-the thread's first message and recording it leaves the record to the process that takes the send
-over (its lease lapses after 5 s) and finds the message in the service."""
-UNRECORDED_PARENT_RETRY_SECONDS = 1.0
+SEND_SECONDS = 35.0
+"""The longest one send of a message can take to be recorded: Slack's client gives up on an answer
+after 30 s (its default; Telegram's and the platform's sooner), and the send given up is tried again
+about a second later, finding the message the service took."""
+
+
+def unrecorded_parent_seconds(lease_seconds: float) -> float:
+    """How long after a thread's first message was written (or, where the destination does not say,
+    after the bridge received a message in it) a message in that unknown thread is tried again
+    before it counts as written outside the bridge's threads. The first message may be the
+    bridge's own, taken by the service and not recorded yet: its send is still waiting for the
+    service's answer, or its process died and the one that takes the send over (once the timer
+    lease of ``lease_seconds`` lapses) records it."""
+    return lease_seconds + SEND_SECONDS
+
+
+UNRECORDED_PARENT_RETRY_SECONDS = (1.0, 5.0)
+"""The shortest and the longest wait between two tries of a message in an unknown thread."""
+
+
+def unrecorded_parent_retry_seconds(waited: float) -> float:
+    """When a message in an unknown thread is tried again, having waited ``waited`` seconds: soon
+    at first (the record usually comes within seconds), then further apart."""
+    shortest, longest = UNRECORDED_PARENT_RETRY_SECONDS
+    return min(longest, max(shortest, waited))
 
 
 async def parent_of(redis: Redis, tag: str, service: str, channel: str, message: str) -> str | None:

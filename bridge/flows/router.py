@@ -41,6 +41,12 @@ class Inbound:
     threaded_under: Sequence[str] = ()
     """The destination's references of the message(s) this one is threaded under, best first (a
     Slack thread's ts; a Telegram forum topic ``topic:<id>`` or the message it replies to)."""
+    parent_written_at: float | None = None
+    """When the message this one is threaded under was written, where the destination says (a Slack
+    thread's ts is that moment; Telegram sends the date of the message replied to)."""
+    parent_by_person: bool = False
+    """The destination says a person wrote the message this one is threaded under: it cannot be one
+    of the bridge's own whose record is still to come."""
 
 
 @dataclass(frozen=True)
@@ -94,11 +100,9 @@ class InboundRouter:
             return False
         age = self._age()
         parent, owner = await self._thread(actor, inbound.threaded_under, owners, wait=age < refs.PARENT_WAIT_SECONDS)
-        if parent is None and inbound.threaded_under and age < refs.UNRECORDED_PARENT_SECONDS:
-            # The thread's first message may be the bridge's, taken by the service from a process
-            # that died before recording it; the process taking that send over records it soon.
+        if parent is None and self._may_be_unrecorded(inbound, age):
             raise NotYetRecorded(f"thread {inbound.threaded_under[0]} not known yet",
-                                 after=refs.UNRECORDED_PARENT_RETRY_SECONDS)  # fmt: skip
+                                 after=refs.unrecorded_parent_retry_seconds(age))  # fmt: skip
         if parent is not None and await self._is_note(owner, inbound):
             return True
         if parent is not None and parent.startswith("task:"):
@@ -176,6 +180,17 @@ class InboundRouter:
                         jobs.destination(actor.service, jobs.REACT), payload)  # fmt: skip
         await self.outbox.enqueue(keys.NO_ENDPOINT_TAG, f"notes:{actor.service}:{actor.channel}", job)
         return True
+
+    def _may_be_unrecorded(self, inbound: Inbound, age: float) -> bool:
+        """Whether the unknown thread of a message received ``age`` seconds ago may still be one of
+        the bridge's own, whose first message the service took and the bridge has yet to record
+        (its send waits for the service's answer, or its process died and another takes it over)."""
+        if not inbound.threaded_under or inbound.parent_by_person:
+            return False
+        since = age
+        if inbound.parent_written_at is not None:  # never below the age: a service clock ahead of ours ends too
+            since = max(age, self.chats.clock.now() - inbound.parent_written_at)
+        return since < refs.unrecorded_parent_seconds(self.config().timers.lease_seconds)
 
     def _age(self) -> float:
         """How long ago the bridge received the message being handled (0 outside a stored event)."""

@@ -188,7 +188,14 @@ class TelegramEmulator(LocalServer):
             parent = next((p for p in self.messages if p.chat_id == m.chat_id and p.message_id == m.reply_to), None)
             if parent is not None:
                 wire["reply_to_message"] = self._wire(
-                    TgMessage(parent.chat_id, parent.message_id, parent.from_id, parent.text)
+                    TgMessage(
+                        parent.chat_id,
+                        parent.message_id,
+                        parent.from_id,
+                        parent.text,
+                        sent_at=parent.sent_at,
+                        topic_created=parent.topic_created,
+                    )
                 )
         if m.photo:
             wire["photo"] = [{"file_id": m.photo, "file_unique_id": "u" + m.photo, "width": 100, "height": 100,

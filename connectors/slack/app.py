@@ -213,7 +213,11 @@ class SlackConnector:
         ]
         actor = Actor("slack", event["user"], event["channel"], thread if in_thread else None, event["ts"])
         text = slack_to_platform_text(event.get("text", ""))
-        await self.router.message(Inbound(actor, text, media, (str(thread),) if in_thread else ()))
+        if not in_thread:
+            await self.router.message(Inbound(actor, text, media))
+            return
+        # A thread's ts is the moment its first message was written.
+        await self.router.message(Inbound(actor, text, media, (str(thread),), parent_written_at=float(str(thread))))
 
     async def _on_change(self, event: dict[str, Any]) -> None:
         """An edited or deleted message: if the bridge had sent it, its author learns the platform

@@ -65,6 +65,10 @@ class TelegramInbound:
     text: str
     reply_to: int | None = None
     thread: int | None = None
+    parent_written_at: float | None = None
+    """When the message this one replies to (in a topic: the topic's opening) was written."""
+    parent_by_person: bool = False
+    """That message was a person's, not a bot's."""
     media: tuple[ReplyMedia, ...] = ()
     callback: str | None = None
     callback_id: str | None = None
@@ -225,7 +229,8 @@ class TelegramConnector:
                 name = sent.file_name or f"file-{m.message_id}"
                 media.append(ReplyMedia("telegram", sent.file_id, name, sent.mime_type or "", sent.file_size or 0))
         in_topic = bool(m.is_topic_message and m.message_thread_id)
-        reply_to = m.reply_to_message.message_id if m.reply_to_message else None
+        parent = m.reply_to_message
+        reply_to = parent.message_id if parent else None
         return TelegramInbound(
             user=m.from_user.id,
             chat=m.chat.id,
@@ -234,6 +239,8 @@ class TelegramConnector:
             # In a topic a plain message "replies" to the topic's opening; that is not a reply.
             reply_to=None if in_topic and reply_to == m.message_thread_id else reply_to,
             thread=m.message_thread_id if in_topic else None,
+            parent_written_at=parent.date.timestamp() if parent else None,
+            parent_by_person=bool(parent and parent.from_user and not parent.from_user.is_bot),
             media=tuple(media),
         )
 

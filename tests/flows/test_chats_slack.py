@@ -13,7 +13,7 @@ import yaml
 from redis.asyncio import Redis
 
 from bridge.config import Destination
-from bridge.engine import keys
+from bridge.engine import keys, refs
 from bridge.engine.clock import ManualClock
 from bridge.engine.events import IN_FLIGHT_SECONDS
 from bridge.engine.outbox import OutboxJob
@@ -305,6 +305,28 @@ async def test_an_answer_in_the_thread_of_a_chat_no_longer_kept_is_not_forwarded
     assert platform_texts(stack, cid) == []
     assert stack.slack.ephemerals[-1]["text"].startswith("消息未转发：商家不能主动联系平台客服")
     assert await stack.redis.exists(keys.chat(TAG, cid), keys.chat_messages(TAG, cid)) == 0, "nothing written"
+
+
+async def test_an_answer_in_an_unknown_thread_is_refused_once_no_send_of_the_bridge_can_still_record_it(
+    stack: Stack,
+) -> None:
+    """A thread the bridge does not know may be its own, the record of its first message still to
+    come, for as long as a send can take (the lease, then the send): an answer there is tried again
+    until then, and refused after. A thread started before that is refused at once."""
+    grace = refs.unrecorded_parent_seconds(stack.bridge.holder.current.timers.lease_seconds)
+    lunch, _ = await stack.slack.user_message(MAIN, CHATS, "午饭吃什么")
+    await stack.settle()
+    assert len(stack.slack.ephemerals) == 1, "the top-level message refused"
+    await stack.slack.user_message(MAIN, CHATS, "面", thread_ts=lunch)
+    await stack.advance(grace - 1)
+    assert len(stack.slack.ephemerals) == 1, "an answer in a fresh thread is tried again"
+    await stack.advance(1 + refs.UNRECORDED_PARENT_RETRY_SECONDS[1])  # its first try after that
+    assert len(stack.slack.ephemerals) == 2
+    assert stack.slack.ephemerals[-1]["text"].startswith("消息未转发：商家不能主动联系平台客服")
+
+    await stack.slack.user_message(MAIN, CHATS, "饭", thread_ts=lunch)  # the thread is older than that now
+    await stack.bridge.drain()
+    assert len(stack.slack.ephemerals) == 3, "refused at once"
 
 
 # -- Slack's own behaviour -------------------------------------------------------------------
@@ -606,9 +628,14 @@ async def test_a_reply_under_a_root_a_dead_process_did_not_record_reaches_the_pl
     root = stack.slack.channel(CHATS)[-1]
     await stack.slack.user_message(AGENT_A, CHATS, "在的", thread_ts=root.ts)
     await stack.bridge.consumer.drain(claim=False)  # waits its 1.5 s for the root, in vain
+    assert stack.clock is not None
+    for _ in range(6):  # 30 s: as long as a live process's send may wait for Slack's answer
+        stack.clock.advance(5)
+        await stack.bridge.consumer.drain(claim=False)
     assert platform_texts(stack, cid) == [], "nothing sent while its chat is unknown"
     recording.set()
     await sending
     await stack.settle()
     assert platform_texts(stack, cid) == ["在的"]
+    assert stack.slack.ephemerals == [], "never refused"
     assert len([m for m in stack.slack.channel(CHATS) if m.ts == root.ts]) == 1, "the root posted once"

@@ -71,6 +71,21 @@ async def test_refusals_reply_to_the_refused_message(stack: Stack) -> None:
     assert await stack.redis.hget(keys.chat(TAG, cid), "status") == "open"
 
 
+async def test_a_reply_to_a_person_is_refused_at_once_and_holds_nothing_back(stack: Stack) -> None:
+    """A reply to a person's message cannot be in a chat whose first message is still being
+    recorded (those start with the bot's): it is refused at once, and an answer written after it
+    in the group, in line behind it, is not held back."""
+    cid, root_id = await open_chat(stack)
+    chatter, _ = await stack.telegram.user_message(STRANGER, GROUP, "lunch?")
+    aside, _ = await stack.telegram.user_message(OWNER, GROUP, "12:30", reply_to=chatter.message_id)
+    await stack.telegram.user_message(OWNER, GROUP, "Shipped today", reply_to=root_id)
+    await stack.bridge.drain()  # the clock stands still: nothing waits for a retry
+    assert merchant_texts(stack, cid) == ["Shipped today"]
+    await stack.settle()
+    replies = {m.reply_to: m.text for m in stack.telegram.by_bot(GROUP) if m.reply_to is not None}
+    assert replies[aside.message_id].startswith("Not forwarded: merchants cannot start a chat")
+
+
 async def test_a_photo_reply_is_downloaded_from_telegram_and_uploaded(stack: Stack) -> None:
     cid, root_id = await open_chat(stack)
     png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
