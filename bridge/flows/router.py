@@ -188,7 +188,8 @@ class InboundRouter:
         if not inbound.threaded_under or inbound.parent_by_person:
             return False
         since = age
-        if inbound.parent_written_at is not None:  # never below the age: a service clock ahead of ours ends too
+        if inbound.parent_written_at is not None:
+            # Never less than the age: a service whose clock runs ahead cannot keep it waiting longer.
             since = max(age, self.chats.clock.now() - inbound.parent_written_at)
         return since < refs.unrecorded_parent_seconds(self.config().timers.lease_seconds)
 
