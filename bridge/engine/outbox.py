@@ -119,6 +119,11 @@ FINISHED_GRACE_SECONDS = 24 * 3600.0
 """A chat's or task order's messages to a destination are still delivered this long after it
 finished (its close notice after an outage); past that they are dead letters, replayable."""
 
+CALL_TIMEOUT_SECONDS = 30  # whole seconds: slack_sdk takes an int
+"""The longest a sender's client waits for a service's answer to one call before the call counts as
+failed and is retried (a service may have taken it: senders find it before sending again). The
+connectors give it to their clients, or use shorter ones."""
+
 MAX_RETRY_DELAY_SECONDS = 60.0
 """However long an outage lasts, a message is tried again at least once a minute."""
 

@@ -9,6 +9,7 @@ import asyncio
 from redis.asyncio import Redis
 
 from bridge.engine import keys
+from bridge.engine.outbox import CALL_TIMEOUT_SECONDS
 
 
 def root_records(tag: str, chat_key: str, service: str, channel: str, message: str) -> dict[str, str]:
@@ -50,10 +51,10 @@ async def root_of(redis: Redis, tag: str, chat_key: str) -> tuple[str, str] | No
 PARENT_WAIT_SECONDS = 1.5
 """How long a reply waits for the mapping of the message it answers (within Slack's 3 s ack)."""
 
-SEND_SECONDS = 35.0
-"""The longest one send of a message can take to be recorded: Slack's client gives up on an answer
-after 30 s (its default; Telegram's and the platform's sooner), and the send given up is tried again
-about a second later, finding the message the service took."""
+SEND_SECONDS = CALL_TIMEOUT_SECONDS + 5.0
+"""The longest one send of a message can take to be recorded: its client gives up on the service's
+answer after ``CALL_TIMEOUT_SECONDS``, and the send given up is tried again about a second later,
+finding the message the service took."""
 
 
 def unrecorded_parent_seconds(lease_seconds: float) -> float:

@@ -29,7 +29,15 @@ from bridge.destinations import SNIFF_TIMEOUT_SECONDS, Route, inbox_thread
 from bridge.engine import refs
 from bridge.engine.backpressure import RETRY_AFTER_SECONDS, UNAVAILABLE
 from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
-from bridge.engine.outbox import FinalFailure, OutboxJob, Recorded, RetryLater, Sender, WaitingForRoot
+from bridge.engine.outbox import (
+    CALL_TIMEOUT_SECONDS,
+    FinalFailure,
+    OutboxJob,
+    Recorded,
+    RetryLater,
+    Sender,
+    WaitingForRoot,
+)
 from bridge.engine.ratelimit import SendSpacing
 from bridge.flows import jobs
 from bridge.flows.router import ASSIGN_TO, CLAIM, ELSEWHERE, REASSIGN, Inbound
@@ -75,7 +83,9 @@ class SlackConnector:
         self.http = core.http
         self.spacing = SendSpacing(self.redis, self.clock, SERVICE)
         self.sniff_timeout = aiohttp.ClientTimeout(total=SNIFF_TIMEOUT_SECONDS)
-        self.client = AsyncWebClient(token=settings.bot_token, base_url=settings.api_base_url)
+        self.client = AsyncWebClient(
+            token=settings.bot_token, base_url=settings.api_base_url, timeout=CALL_TIMEOUT_SECONDS
+        )
         self.app = AsyncApp(
             signing_secret=settings.signing_secret,
             client=self.client,
