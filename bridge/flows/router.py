@@ -45,8 +45,9 @@ class Inbound:
     """When the message this one is threaded under was written, where the destination says (a Slack
     thread's ts is that moment; Telegram sends the date of the message replied to)."""
     parent_by_person: bool = False
-    """The destination says a person wrote the message this one is threaded under: it cannot be one
-    of the bridge's own whose record is still to come."""
+    """The destination says a person wrote the message this one is threaded under (Slack's
+    ``parent_user_id``, Telegram's ``reply_to_message.from``): it cannot be one of the bridge's own
+    whose record is still to come."""
 
 
 @dataclass(frozen=True)

@@ -365,6 +365,9 @@ class SlackEmulator(LocalServer):
                                  "channel_type": "channel", "event_ts": msg.ts}  # fmt: skip
         if thread_ts:
             event["thread_ts"] = thread_ts
+            parent = next((m for m in self.messages if m.channel == channel and m.ts == thread_ts), None)
+            if parent is not None:  # Slack names who wrote a reply's thread root
+                event["parent_user_id"] = parent.user
         if files:
             event["files"], event["subtype"] = files, "file_share"
         event_id = self.last_event_id = retry_of or f"Ev{self._run}{next(self._ids):08d}"

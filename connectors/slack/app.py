@@ -108,6 +108,8 @@ class SlackConnector:
         self.outbox = core.outbox
         self.router = core.router
         self._close_socket_mode: Callable[[], Awaitable[None]] | None = None
+        self._bot_user: str | None = None
+        """The bot's own user id, as bolt's authorization of a request in this process found it."""
 
     def routes(self) -> list[Route]:
         return [("POST", "/slack/events", self._handle)]
@@ -121,6 +123,7 @@ class SlackConnector:
         Opening a modal needs the click's ``trigger_id`` within 3 s and changes nothing, so it
         is answered at once; a modal's submission is checked from what is at hand first (its
         errors must be in the response), then stored by its listener."""
+        self._bot_user = context.bot_user_id or self._bot_user
         delivery = None if context.get(REPLAYED) else _durable_delivery(body)
         if delivery is None:
             return await next()
@@ -144,6 +147,7 @@ class SlackConnector:
                 return
             request = AsyncBoltRequest(body=body, mode="socket_mode", context={REPLAYED: True})
             response = await self.app.async_dispatch(request)
+            self._bot_user = request.context.bot_user_id or self._bot_user
         finally:
             DELIVERED_AT.reset(token)
         failure = request.context.get(FAILURE)
@@ -226,8 +230,13 @@ class SlackConnector:
         if not in_thread:
             await self.router.message(Inbound(actor, text, media))
             return
-        # A thread's ts is the moment its first message was written.
-        await self.router.message(Inbound(actor, text, media, (str(thread),), parent_written_at=float(str(thread))))
+        # A thread's ts is the moment its first message was written, and Slack names who wrote it.
+        # Whether that was this bot is known once bolt authorized a request in this process (a
+        # process that only consumes may not know: its unknown threads may be its own).
+        started_by = event.get("parent_user_id")
+        by_person = started_by is not None and self._bot_user is not None and started_by != self._bot_user
+        await self.router.message(Inbound(actor, text, media, (str(thread),), parent_written_at=float(str(thread)),
+                                          parent_by_person=by_person))  # fmt: skip
 
     async def _on_change(self, event: dict[str, Any]) -> None:
         """An edited or deleted message: if the bridge had sent it, its author learns the platform

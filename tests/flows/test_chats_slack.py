@@ -307,26 +307,32 @@ async def test_an_answer_in_the_thread_of_a_chat_no_longer_kept_is_not_forwarded
     assert await stack.redis.exists(keys.chat(TAG, cid), keys.chat_messages(TAG, cid)) == 0, "nothing written"
 
 
-async def test_an_answer_in_an_unknown_thread_is_refused_once_no_send_of_the_bridge_can_still_record_it(
+async def test_an_answer_in_an_unknown_thread_of_the_bot_is_tried_again_until_no_send_can_still_record_it(
     stack: Stack,
 ) -> None:
-    """A thread the bridge does not know may be its own, the record of its first message still to
-    come, for as long as a send can take (the lease, then the send): an answer there is tried again
-    until then, and refused after. A thread started before that is refused at once."""
+    """A thread the bot started that the bridge does not know may be a chat whose root's record is
+    still to come, for as long as a send can take (the lease, then the send): an answer there is
+    tried again until then, and refused after. In a thread started before that, or by a person
+    (Slack names who), it is refused at once."""
     grace = refs.unrecorded_parent_seconds(stack.bridge.holder.current.timers.lease_seconds)
-    lunch, _ = await stack.slack.user_message(MAIN, CHATS, "午饭吃什么")
-    await stack.settle()
-    assert len(stack.slack.ephemerals) == 1, "the top-level message refused"
-    await stack.slack.user_message(MAIN, CHATS, "面", thread_ts=lunch)
+    cid, root = await open_chat(stack)
+    await stack.redis.delete(keys.message_ref(TAG, f"slack:{CHATS}:{root.ts}"))  # as if never recorded
+    await stack.slack.user_message(MAIN, CHATS, "在的", thread_ts=root.ts)
     await stack.advance(grace - 1)
-    assert len(stack.slack.ephemerals) == 1, "an answer in a fresh thread is tried again"
+    assert stack.slack.ephemerals == [], "an answer in a fresh thread of the bot's is tried again"
     await stack.advance(1 + refs.UNRECORDED_PARENT_RETRY_SECONDS[1])  # its first try after that
-    assert len(stack.slack.ephemerals) == 2
-    assert stack.slack.ephemerals[-1]["text"].startswith("消息未转发：商家不能主动联系平台客服")
+    assert [e["text"][:6] for e in stack.slack.ephemerals] == ["消息未转发："]
+    assert platform_texts(stack, cid) == []
 
-    await stack.slack.user_message(MAIN, CHATS, "饭", thread_ts=lunch)  # the thread is older than that now
+    await stack.slack.user_message(MAIN, CHATS, "还在吗", thread_ts=root.ts)  # the thread is older now
     await stack.bridge.drain()
-    assert len(stack.slack.ephemerals) == 3, "refused at once"
+    assert len(stack.slack.ephemerals) == 2, "refused at once"
+
+    lunch, _ = await stack.slack.user_message(MAIN, CHATS, "午饭吃什么")
+    await stack.bridge.drain()
+    await stack.slack.user_message(AGENT_A, CHATS, "面", thread_ts=lunch)  # a person's fresh thread
+    await stack.bridge.drain()
+    assert [e["thread_ts"] for e in stack.slack.ephemerals[2:]] == [None, lunch], "both refused at once"
 
 
 # -- Slack's own behaviour -------------------------------------------------------------------
