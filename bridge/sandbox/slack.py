@@ -139,9 +139,15 @@ class SlackEmulator(LocalServer):
         return [m for m in self.messages if m.channel == channel and m.thread_ts == ts]
 
     def message(self, channel: str, ts: str) -> Message:
-        # From the newest: what is updated or reacted to is recent, and a long benchmark keeps
-        # tens of thousands of messages (a scan from the oldest grew the emulator's cost per call).
-        return next(m for m in reversed(self.messages) if m.channel == channel and m.ts == ts)
+        found = self._find(channel, ts)
+        if found is None:
+            raise LookupError(f"no message {ts} in {channel}")
+        return found
+
+    def _find(self, channel: str, ts: str) -> Message | None:
+        # From the newest: what is updated, reacted to or answered is recent, and a long benchmark
+        # keeps tens of thousands of messages (a scan from the oldest grew the emulator's cost per call).
+        return next((m for m in reversed(self.messages) if m.channel == channel and m.ts == ts), None)
 
     def called(self, method: str) -> list[Call]:
         return [c for c in self.calls if c.method == method]
@@ -221,9 +227,8 @@ class SlackEmulator(LocalServer):
         return 200, {"ok": True, "channel": channel, "ts": msg.ts, "message": self._wire(msg)}, {}
 
     def _update(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
-        try:
-            msg = self.message(str(args.get("channel")), str(args.get("ts")))
-        except StopIteration:
+        msg = self._find(str(args.get("channel")), str(args.get("ts")))
+        if msg is None:
             return 200, {"ok": False, "error": "message_not_found"}, {}
         msg.text = str(args.get("text", msg.text))
         blocks = args.get("blocks") or msg.blocks
@@ -236,9 +241,8 @@ class SlackEmulator(LocalServer):
         return 200, {"ok": True, "message_ts": self._ts()}, {}
 
     def _reactions_add(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
-        try:
-            msg = self.message(str(args.get("channel")), str(args.get("timestamp")))
-        except StopIteration:
+        msg = self._find(str(args.get("channel")), str(args.get("timestamp")))
+        if msg is None:
             return 200, {"ok": False, "error": "message_not_found"}, {}
         name = str(args.get("name"))
         if name in msg.reactions:
@@ -365,7 +369,7 @@ class SlackEmulator(LocalServer):
                                  "channel_type": "channel", "event_ts": msg.ts}  # fmt: skip
         if thread_ts:
             event["thread_ts"] = thread_ts
-            parent = next((m for m in self.messages if m.channel == channel and m.ts == thread_ts), None)
+            parent = self._find(channel, thread_ts)
             if parent is not None:  # Slack names who wrote a reply's thread root
                 event["parent_user_id"] = parent.user
         if files:
