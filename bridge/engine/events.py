@@ -150,6 +150,11 @@ that moment, not by when the consumer got to it (a reply written in time stays i
 long a backlog or a dead process kept it waiting)."""
 
 
+def delivered_at(clock: Clock) -> float:
+    """When the bridge received the event being handled (``DELIVERED_AT``); now outside one."""
+    return DELIVERED_AT.get() or clock.now()
+
+
 class NotYetRecorded(Exception):
     """Raised by a handler whose event refers to something another step has yet to record (a reply
     under a message whose record a dead process left undone): the event is tried again after

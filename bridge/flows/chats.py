@@ -22,7 +22,7 @@ from bridge.archive.store import Snapshot, moment
 from bridge.config import BridgeConfig, Destination, Store
 from bridge.engine import keys
 from bridge.engine.clock import Clock
-from bridge.engine.events import DELIVERED_AT, IN_FLIGHT_SECONDS, StoredEvent
+from bridge.engine.events import IN_FLIGHT_SECONDS, StoredEvent, delivered_at
 from bridge.engine.metrics import METRICS
 from bridge.engine.outbox import FailureReporter, FinalFailure, Outbox, OutboxJob
 from bridge.engine.timers import Schedule, Timer, TimerChange, TimerStore
@@ -329,7 +329,7 @@ class ChatFlow:
         ) is None:  # fmt: skip
             # All that does not depend on the chat allows it: the script checks the chat itself, so
             # an answer reads nothing first; the chat is read only to explain a refusal.
-            written = DELIVERED_AT.get() or self.clock.now()  # judged by when the bridge received it
+            written = delivered_at(self.clock)  # judged by when the bridge received it
             sent = {"at": written, "direction": "merchant", "author": agent.name, "author_id": agent.id,
                     "kind": "image" if media and not text.strip() else "text",
                     "text": text + "".join(f" [{m.name}]" for m in media)}  # fmt: skip

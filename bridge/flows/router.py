@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from bridge.config import DEFAULT_NOTE_MARKERS, BridgeConfig, Creator, Store
 from bridge.engine import keys, refs
-from bridge.engine.events import DELIVERED_AT, NotYetRecorded
+from bridge.engine.events import NotYetRecorded, delivered_at
 from bridge.engine.outbox import Outbox, OutboxJob
 from bridge.flows import jobs
 from bridge.flows.chats import ChatFlow
@@ -196,8 +196,7 @@ class InboundRouter:
 
     def _age(self) -> float:
         """How long ago the bridge received the message being handled (0 outside a stored event)."""
-        now = self.chats.clock.now()
-        return now - (DELIVERED_AT.get() or now)
+        return self.chats.clock.now() - delivered_at(self.chats.clock)
 
     async def _thread(
         self, actor: Actor, threaded_under: Sequence[str], owners: list[tuple[str, Store | Creator]], wait: bool = True

@@ -28,7 +28,7 @@ from bridge.core import Core
 from bridge.destinations import SNIFF_TIMEOUT_SECONDS, Route, inbox_thread
 from bridge.engine import refs
 from bridge.engine.backpressure import RETRY_AFTER_SECONDS, UNAVAILABLE
-from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
+from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent, delivered_at
 from bridge.engine.outbox import (
     CALL_TIMEOUT_SECONDS,
     FinalFailure,
@@ -404,7 +404,7 @@ class SlackConnector:
     async def _answer(self, command: dict[str, Any], tag: str, text: str) -> None:
         """A slash command's answer, only for the person who ran it, through its ``response_url``
         (the command was stored and acknowledged before it was handled)."""
-        received = DELIVERED_AT.get() or self.clock.now()
+        received = delivered_at(self.clock)
         job = OutboxJob(f"slack:respond:{command.get('trigger_id', '')}", RESPOND,
                         {"url": command.get("response_url", ""), "text": text},
                         expires_at=received + RESPONSE_URL_SECONDS)  # fmt: skip
