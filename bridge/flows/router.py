@@ -44,10 +44,10 @@ class Inbound:
     parent_written_at: float | None = None
     """When the message this one is threaded under was written, where the destination says (a Slack
     thread's ts is that moment; Telegram sends the date of the message replied to)."""
-    parent_by_person: bool = False
-    """The destination says a person wrote the message this one is threaded under (Slack's
-    ``parent_user_id``, Telegram's ``reply_to_message.from``): it cannot be one of the bridge's own
-    whose record is still to come."""
+    parent_not_ours: bool = False
+    """The destination says someone other than the bridge's bot (a person, another bot) wrote the
+    message this one is threaded under (Slack's ``parent_user_id``, Telegram's
+    ``reply_to_message.from``): it cannot be one of the bridge's own whose record is still to come."""
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ class InboundRouter:
         """Whether the unknown thread of a message received ``age`` seconds ago may still be one of
         the bridge's own, whose first message the service took and the bridge has yet to record
         (its send waits for the service's answer, or its process died and another takes it over)."""
-        if not inbound.threaded_under or inbound.parent_by_person:
+        if not inbound.threaded_under or inbound.parent_not_ours:
             return False
         since = age
         if inbound.parent_written_at is not None:

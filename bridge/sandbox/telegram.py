@@ -75,6 +75,7 @@ class TelegramEmulator(LocalServer):
         self.missing_chats: set[int] = set()  # chats the bot is not in (or that do not exist)
         self.plain_member: set[int] = set()  # groups where the bot is not an admin (elsewhere it is, with all rights)
         self.topics: dict[tuple[int, int], str] = {}  # (chat, message_thread_id) → topic name
+        self.other_bots: set[int] = set()  # user ids of the other bots in the chats (see bot_message)
         self.rate_limited = 0
         self.down_until = 0.0
         """Until this moment (the emulator's clock) every Bot API call answers 502: an outage."""
@@ -176,7 +177,7 @@ class TelegramEmulator(LocalServer):
             "chat": {"id": m.chat_id, "type": chat_type, **({"is_forum": True} if m.chat_id in self.forums else {})},
             "from": BOT
             if m.from_id == BOT_ID
-            else {"id": m.from_id, "is_bot": False, "first_name": f"user{m.from_id}"},
+            else {"id": m.from_id, "is_bot": m.from_id in self.other_bots, "first_name": f"user{m.from_id}"},
         }
         if m.text:
             wire["text"] = m.text
@@ -411,6 +412,14 @@ class TelegramEmulator(LocalServer):
             command = text.split()[0]
             wire["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
         return m, await self._send({"update_id": next(self._updates), "message": wire})
+
+    def bot_message(self, bot: int, chat_id: int, text: str) -> TgMessage:
+        """Another bot in the chat writes. Telegram delivers no bot's messages to other bots, so the
+        bridge sees it only when a person replies to it."""
+        self.other_bots.add(bot)
+        m = TgMessage(chat_id, next(self._ids), bot, text, sent_at=self.clock.now())
+        self.messages.append(m)
+        return m
 
     async def edit_user_message(self, chat_id: int, message_id: int, new_text: str) -> int:
         """A person edits their message: an ``edited_message`` update with the new text."""

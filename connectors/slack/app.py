@@ -5,6 +5,7 @@ into ChatFlow calls, core views into Slack messages.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -19,7 +20,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
@@ -109,7 +110,8 @@ class SlackConnector:
         self.router = core.router
         self._close_socket_mode: Callable[[], Awaitable[None]] | None = None
         self._bot_user: str | None = None
-        """The bot's own user id, as bolt's authorization of a request in this process found it."""
+        """The bot's own user id, as Slack's auth.test told it (this connector's at start, or bolt's)."""
+        self._learning: asyncio.Task[None] | None = None
 
     def routes(self) -> list[Route]:
         return [("POST", "/slack/events", self._handle)]
@@ -180,6 +182,7 @@ class SlackConnector:
         # The bridge's one HTTP session: without it slack_sdk opens and closes a session (a new
         # TCP connection) for every call, which was a third of a post's CPU.
         self.client.session = self.http()
+        self._learning = asyncio.create_task(self._learn_own_user())
         if not serve_webhooks or not self.settings.socket_mode or not self.settings.app_token:
             return
         from connectors.slack.socket import StoringSocketModeHandler
@@ -190,13 +193,31 @@ class SlackConnector:
         await handler.connect_async()  # type: ignore[no-untyped-call]
         self._close_socket_mode = handler.close_async
 
+    async def _learn_own_user(self) -> None:
+        """Asks Slack who the bot is (auth.test), again until it answers, without holding anything
+        up: it tells a thread a person started from one of the bot's whose record may still be to
+        come, in every process, including one that only consumes and so never has bolt ask."""
+        delay = 1.0
+        while self._bot_user is None:
+            try:
+                self._bot_user = str((await self.client.auth_test())["user_id"])
+            except (SlackClientError, aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("Slack did not say who the bot is (auth.test: %s); asking again in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60)
+
     async def ready(self) -> None:
-        """Slack needs no handshake before the first call."""
+        """Slack needs no handshake before the first call; the bot's user id is known once it is."""
+        if self._learning is not None:
+            await asyncio.shield(self._learning)
 
     def unreachable(self) -> str | None:
         return None  # no handshake: a call that fails is retried by the outbox
 
     async def stop(self) -> None:
+        if self._learning is not None and not self._learning.done():
+            self._learning.cancel()
+            await asyncio.gather(self._learning, return_exceptions=True)
         if self._close_socket_mode is not None:
             await self._close_socket_mode()
             self._close_socket_mode = None
@@ -231,12 +252,11 @@ class SlackConnector:
             await self.router.message(Inbound(actor, text, media))
             return
         # A thread's ts is the moment its first message was written, and Slack names who wrote it.
-        # Whether that was this bot is known once bolt authorized a request in this process (a
-        # process that only consumes may not know: its unknown threads may be its own).
         started_by = event.get("parent_user_id")
-        by_person = started_by is not None and self._bot_user is not None and started_by != self._bot_user
+        # Until this process knows who the bot is, a thread's reply waits as long as the bot's could.
+        not_ours = started_by is not None and self._bot_user is not None and started_by != self._bot_user
         await self.router.message(Inbound(actor, text, media, (str(thread),), parent_written_at=float(str(thread)),
-                                          parent_by_person=by_person))  # fmt: skip
+                                          parent_not_ours=not_ours))  # fmt: skip
 
     async def _on_change(self, event: dict[str, Any]) -> None:
         """An edited or deleted message: if the bridge had sent it, its author learns the platform

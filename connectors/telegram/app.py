@@ -67,8 +67,8 @@ class TelegramInbound:
     thread: int | None = None
     parent_written_at: float | None = None
     """When the message this one replies to (in a topic: the topic's opening) was written."""
-    parent_by_person: bool = False
-    """That message was a person's, not a bot's."""
+    parent_not_ours: bool = False
+    """That message was not this bot's (a person's, another bot's)."""
     media: tuple[ReplyMedia, ...] = ()
     callback: str | None = None
     callback_id: str | None = None
@@ -191,7 +191,7 @@ class TelegramConnector:
             self._failures[update.update_id] = context.error
 
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        inbound = self._translate(update)
+        inbound = self._translate(update, self.bot.id)  # updates are handled once getMe answered
         if inbound is None:
             return
         if update.edited_message is not None:
@@ -208,7 +208,7 @@ class TelegramConnector:
                 return
 
     @staticmethod
-    def _translate(update: Update) -> TelegramInbound | None:
+    def _translate(update: Update, own_id: int) -> TelegramInbound | None:
         if update.callback_query is not None:
             q = update.callback_query
             message = q.message
@@ -239,8 +239,12 @@ class TelegramConnector:
             # In a topic a plain message "replies" to the topic's opening; that is not a reply.
             reply_to=None if in_topic and reply_to == m.message_thread_id else reply_to,
             thread=m.message_thread_id if in_topic else None,
+            # In a topic a message replied to is no older than the topic. One someone else wrote is
+            # taken as not in a topic of the bot's still being recorded: that record is written as
+            # soon as Telegram answers the topic's creation, and people replying to each other
+            # before then is far rarer than a group of people's own topics, which a wait would hold.
             parent_written_at=parent.date.timestamp() if parent else None,
-            parent_by_person=bool(parent and parent.from_user and not parent.from_user.is_bot),
+            parent_not_ours=bool(parent and parent.from_user and parent.from_user.id != own_id),
             media=tuple(media),
         )
 

@@ -32,7 +32,7 @@ def wire_telegram(connector: TelegramConnector, core: Core) -> None:
             else (str(inbound.reply_to),) if inbound.reply_to is not None else ()
         )  # fmt: skip
         message = Inbound(inbound.actor(), inbound.text, inbound.media, threaded_under,
-                          inbound.parent_written_at, inbound.parent_by_person)  # fmt: skip
+                          inbound.parent_written_at, inbound.parent_not_ours)  # fmt: skip
         if inbound.edited:  # the platform keeps what it was sent; Telegram does not say what that was
             return await router.changed(message, original=None)
         return await router.message(message)

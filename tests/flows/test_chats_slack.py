@@ -12,7 +12,9 @@ import aiohttp
 import yaml
 from redis.asyncio import Redis
 
-from bridge.config import Destination
+from bridge.app.service import Bridge, open_redis
+from bridge.archive.store import Archive
+from bridge.config import ConfigHolder, Destination
 from bridge.engine import keys, refs
 from bridge.engine.clock import ManualClock
 from bridge.engine.events import IN_FLIGHT_SECONDS
@@ -333,6 +335,25 @@ async def test_an_answer_in_an_unknown_thread_of_the_bot_is_tried_again_until_no
     await stack.slack.user_message(AGENT_A, CHATS, "面", thread_ts=lunch)  # a person's fresh thread
     await stack.bridge.drain()
     assert [e["thread_ts"] for e in stack.slack.ephemerals[2:]] == [None, lunch], "both refused at once"
+
+
+async def test_a_process_that_only_consumes_knows_the_bots_threads_from_a_persons(stack: Stack, redis_url: str) -> None:
+    """bolt learns who the bot is when it authorizes a request, which a worker process never does:
+    the connector asks Slack itself at start, so a worker refuses an answer in a person's fresh
+    thread at once as well, instead of holding it as possibly one of the bot's."""
+    holder = ConfigHolder(stack.bridge.holder.path, environ=stack.bridge.holder.environ)
+    worker = Bridge(holder, open_redis(redis_url), clock=stack.clock, archive=Archive(stack.bridge.archive.url))  # type: ignore[arg-type]
+    await worker.start(host="127.0.0.1", port=0, run_workers=False, serve_webhooks=False)
+    try:
+        for connector in worker.connectors.values():
+            await connector.ready()
+        lunch, _ = await stack.slack.user_message(MAIN, CHATS, "午饭吃什么")  # taken by the web process
+        await stack.slack.user_message(AGENT_A, CHATS, "面", thread_ts=lunch)
+        await worker.drain()  # the clock stands still: nothing waits for a retry
+        refused = sorted(str(e["thread_ts"]) for e in stack.slack.ephemerals)  # two queues: either may land first
+        assert refused == [lunch, "None"], "both refused at once"
+    finally:
+        await worker.stop()
 
 
 # -- Slack's own behaviour -------------------------------------------------------------------

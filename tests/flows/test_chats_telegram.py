@@ -13,6 +13,7 @@ from tests.conftest import Stack
 
 GROUP = -1001002000001
 OWNER, STRANGER = 1002001, 5555
+OTHER_BOT = 7777  # another bot in the group (a stand-up bot)
 TAG = "{store:1002}"
 
 ORDER_CARD = {"type": "order_card", "order_id": "6909", "product_name": "Mug", "amount_cents": 5900, "status": "paid",
@@ -71,19 +72,22 @@ async def test_refusals_reply_to_the_refused_message(stack: Stack) -> None:
     assert await stack.redis.hget(keys.chat(TAG, cid), "status") == "open"
 
 
-async def test_a_reply_to_a_person_is_refused_at_once_and_holds_nothing_back(stack: Stack) -> None:
-    """A reply to a person's message cannot be in a chat whose first message is still being
-    recorded (those start with the bot's): it is refused at once, and an answer written after it
-    in the group, in line behind it, is not held back."""
+async def test_a_reply_to_a_person_or_another_bot_is_refused_at_once_and_holds_nothing_back(stack: Stack) -> None:
+    """A reply to a message that was not the bridge's bot's cannot be in a chat whose first message
+    is still being recorded (those start with the bot's): it is refused at once, and an answer
+    written after it in the group, in line behind it, is not held back."""
     cid, root_id = await open_chat(stack)
     chatter, _ = await stack.telegram.user_message(STRANGER, GROUP, "lunch?")
     aside, _ = await stack.telegram.user_message(OWNER, GROUP, "12:30", reply_to=chatter.message_id)
+    poll = stack.telegram.bot_message(OTHER_BOT, GROUP, "Daily stand-up: what did you ship?")
+    to_bot, _ = await stack.telegram.user_message(OWNER, GROUP, "the mugs", reply_to=poll.message_id)
     await stack.telegram.user_message(OWNER, GROUP, "Shipped today", reply_to=root_id)
     await stack.bridge.drain()  # the clock stands still: nothing waits for a retry
     assert merchant_texts(stack, cid) == ["Shipped today"]
     await stack.settle()
     replies = {m.reply_to: m.text for m in stack.telegram.by_bot(GROUP) if m.reply_to is not None}
     assert replies[aside.message_id].startswith("Not forwarded: merchants cannot start a chat")
+    assert replies[to_bot.message_id].startswith("Not forwarded: merchants cannot start a chat")
 
 
 async def test_a_photo_reply_is_downloaded_from_telegram_and_uploaded(stack: Stack) -> None:
