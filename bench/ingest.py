@@ -7,7 +7,7 @@ and measures latency. Writes bench/results/ingest.json.
 
 What is measured is intake: verify, parse, validate, store, acknowledge. The CPU per stored push is
 compared with bare aiohttp's for a `--role web` process (intake only, as deployed in front of
-workers), the two run in turns three times (the middle turn's ratio is the result); the
+workers), the two run in turns three times, every other turn in reverse (the middle turn's ratio is the result); the
 `--role all` row adds the consumer taking each event off the stream in the same process. The
 records carry a tag no flow handles (stored and acknowledged, as the platform contract says of
 unknown tags), so the flows' own work — opening chats, posting to Slack — is not in this figure;
@@ -262,13 +262,15 @@ def intake_in_turns(tmp: Path, seconds: int, turns: int, sides: dict[str, Path])
             for turn in range(turns):
                 fresh = tmp / f"requests-turn-{turn}.tsv"
                 write_requests(fresh, LINES_PER_SECOND * seconds, 100_000_000 * (turn + 1))
-                order = list(sides)[:: 1 if turn % 2 == 0 else -1]
-                print(f"turn {turn + 1}: {', '.join(order)} (--role web), then bare aiohttp, full speed…", flush=True)
-                row: dict[str, Any] = {name: run_wrk(ports[name], fresh, seconds, pid=procs[name].pid,
-                                                     redis_url=servers[name].url) for name in order}  # fmt: skip
-                row["bare_aiohttp"] = bare = run_wrk(
-                    ports["bare_aiohttp"], fresh, seconds, pid=procs["bare_aiohttp"].pid, deduplicates=False
-                )
+                # Every other turn runs in reverse, bare first: the machine's speed drifts within
+                # minutes, and a server always run last would carry that drift as its own.
+                order = [*sides, "bare_aiohttp"][:: 1 if turn % 2 == 0 else -1]
+                print(f"turn {turn + 1}: {', '.join(order)} (the bridge as --role web), full speed…", flush=True)
+                row: dict[str, Any] = {}
+                for name in order:
+                    row[name] = run_wrk(ports[name], fresh, seconds, pid=procs[name].pid, deduplicates=name in sides,
+                                        redis_url=servers[name].url if name in sides else None)  # fmt: skip
+                bare = row["bare_aiohttp"]
                 row["cpu_per_push_vs_bare"] = {
                     name: round(row[name]["cpu_us_per_request"]["server"] / bare["cpu_us_per_request"]["server"], 2)
                     if row[name].get("valid", True) else "INVALID"
