@@ -63,13 +63,14 @@ unit: $(STAMP) redis-server postgresql promtool
 
 test: lint typecheck unit
 
-# The whole suite with every dependency at the oldest version pyproject.toml allows (uv's
+# mypy --strict and the whole suite with every dependency at the oldest version pyproject.toml allows (uv's
 # lowest-direct resolution), in var/venv-lowest: the lower bounds are only true while this passes.
 LOWEST := var/venv-lowest
 test-lowest: $(STAMP) redis-server postgresql promtool
 	$(BIN)/python -m pip install --quiet 'uv>=0.5'
 	$(BIN)/uv venv --quiet --allow-existing --python $(BIN)/python $(LOWEST)
 	$(BIN)/uv pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -e '.[dev]'
+	$(LOWEST)/bin/mypy bridge connectors rules bench tests
 	$(LOWEST)/bin/python -m pytest -q -p no:cacheprovider $(ARGS)
 
 # The peers live in their own environments: arq 0.28 pins redis<6, BullMQ is Node.

@@ -358,7 +358,8 @@ def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
 @functools.cache
 def _upsert_statement(dialect: str, table_name: str) -> Any:
     table = metadata.tables[table_name]
-    statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
+    # untyped in the lowest SQLAlchemy pyproject allows, typed in newer ones: both are supported
+    statement = pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)  # type: ignore[no-untyped-call, unused-ignore]
     keys = [c.name for c in table.primary_key.columns]
     updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
     newer = table.c.snapshot_at <= statement.excluded.snapshot_at if table.name in SNAPSHOT_TABLES else None
@@ -367,4 +368,4 @@ def _upsert_statement(dialect: str, table_name: str) -> Any:
 
 def moment(epoch: float | str | None) -> datetime | None:
     """An epoch (as Redis keeps it) as an aware UTC datetime."""
-    return datetime.fromtimestamp(float(epoch), UTC) if epoch not in (None, "") else None
+    return None if epoch is None or epoch == "" else datetime.fromtimestamp(float(epoch), UTC)

@@ -138,7 +138,7 @@ class SendSpacing:
         says whether an earlier attempt had marked it (a sender with no idempotency key then looks
         for what that attempt left). A job told to wait marks nothing: it has not tried."""
         now_ms = round(self.clock.now() * 1000)  # not truncated: 1.1 s is 1100 ms, not 1099
-        limit = "" if not_after is None else int(not_after * 1000)
+        limit: str | int = "" if not_after is None else int(not_after * 1000)
         target_keys, spacings = self._keys(target, job_id), [int(spacing_seconds * 1000)]
         if self._sender_spacing is not None:
             target_keys += self._keys(SENDER, job_id)

@@ -471,7 +471,7 @@ class ChatFlow:
         known = self._known_loads.get(tag)
         sent_at = _ts(msg.sent_at)
         started = window_start(None, sent_at, msg.awaiting_reply)  # with none running; the script checks
-        deadline = "" if started is None else started + store.reply_window.seconds
+        deadline: str | float = "" if started is None else started + store.reply_window.seconds
         archived = orjson.dumps(_platform_message(msg)).decode()
         # Unknown until Redis says (the first call then expects -1, which no count is).
         loads: list[int] | None = known[1] if known is not None and known[0] == candidates else None

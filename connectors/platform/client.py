@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 
@@ -44,13 +44,13 @@ class PlatformClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RetryLater(f"platform {method} {path}: {type(exc).__name__} {exc}".strip()) from None
         try:
-            body = json.loads(text) if text else {}
+            body: object = json.loads(text) if text else {}
         except json.JSONDecodeError:
             body = {"msg": text[:200]}
         if not isinstance(body, dict):
             body = {"result": body}
         if 200 <= status < 300:
-            return body
+            return cast(dict[str, Any], body)
         msg = str(body.get("msg") or f"HTTP {status}")
         if status == 429:
             after = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None

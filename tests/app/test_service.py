@@ -411,11 +411,12 @@ async def test_commands_packed_in_c_are_the_same_bytes_and_bad_arguments_are_sti
         await client.connection_pool.release(connection)
         python_packer = Connection()
         streams = [f"{{store:{i}}}:events" for i in range(500)]
-        for args in [
+        cases: list[tuple[str | int | float | bytes, ...]] = [
             ("SET", "飞鸽:key", 1796252483.7543526),
             ("EVALSHA", "ab" * 20, 2, "k1", "k2", -5, 10**20, b"\xff"),
             ("XREADGROUP", "GROUP", "g", "c", "STREAMS", *streams, *[">"] * len(streams)),
-        ]:
+        ]
+        for args in cases:
             assert b"".join(connection.pack_command(*args)) == b"".join(python_packer.pack_command(*args))
         with mock.patch.object(hiredis, "pack_command", wraps=hiredis.pack_command) as packer:
             assert await client.set("text", "在的 ✅") and await client.get("text") == "在的 ✅"
