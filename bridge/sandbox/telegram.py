@@ -104,7 +104,14 @@ class TelegramEmulator(LocalServer):
         return [m for m in self.chat(chat_id) if m.from_id == BOT_ID]
 
     def message(self, chat_id: int, message_id: int) -> TgMessage:
-        return next(m for m in self.messages if m.chat_id == chat_id and m.message_id == message_id)
+        found = self._find(chat_id, message_id)
+        if found is None:
+            raise LookupError(f"no message {message_id} in {chat_id}")
+        return found
+
+    def _find(self, chat_id: int, message_id: int) -> TgMessage | None:
+        # From the newest: what is edited, reacted to or replied to is recent, as in the Slack emulator.
+        return next((m for m in reversed(self.messages) if m.chat_id == chat_id and m.message_id == message_id), None)
 
     def called(self, method: str) -> list[TgCall]:
         return [c for c in self.calls if c.method == method]
@@ -186,7 +193,7 @@ class TelegramEmulator(LocalServer):
         if m.thread_id:
             wire["message_thread_id"], wire["is_topic_message"] = m.thread_id, True
         if m.reply_to:
-            parent = next((p for p in self.messages if p.chat_id == m.chat_id and p.message_id == m.reply_to), None)
+            parent = self._find(m.chat_id, m.reply_to)
             if parent is not None:
                 wire["reply_to_message"] = self._wire(
                     TgMessage(
@@ -322,8 +329,8 @@ class TelegramEmulator(LocalServer):
 
     def _edit(self, args: dict[str, Any]) -> TgMessage | None:
         try:
-            return self.message(int(args["chat_id"]), int(args["message_id"]))
-        except (StopIteration, KeyError, ValueError):
+            return self._find(int(args["chat_id"]), int(args["message_id"]))
+        except (KeyError, ValueError):
             return None
 
     def _m_editMessageText(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
