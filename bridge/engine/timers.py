@@ -409,6 +409,8 @@ class WorkerStats:
     fired: int = 0
     failed: int = 0
     redelivered: int = 0
+    claims: int = 0
+    """Claim calls made (one round trip per shard each)."""
 
 
 class TimerWorker:
@@ -452,6 +454,8 @@ class TimerWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._next_ms: float = math.inf
+        self._claim_asked = False
+        """Set by what a nap cannot tell from a due time: a lane's room freed, a missed wake-up."""
         self._pending_acks: list[Timer] = []
         self._lease_lock = asyncio.Lock()  # a renewal and an ack never pass each other's token
         self._acks_ready = asyncio.Event()
@@ -479,6 +483,7 @@ class TimerWorker:
                 # Cleared before the claim, and any wake-up published during the claim counts
                 # (next_ms = inf), so a timer scheduled meanwhile is never slept past.
                 self._wake.clear()
+                self._claim_asked = False
                 self._next_ms = math.inf
                 try:
                     more, next_ms = await self._claim_and_start()
@@ -492,11 +497,8 @@ class TimerWorker:
                     continue
                 if more:
                     continue
-                self._next_ms = next_ms
-                delay = self.max_idle_seconds
-                if next_ms != math.inf:
-                    delay = min(delay, max(0.0, next_ms / 1000 - self.clock.now()))
-                await self._nap(delay)
+                self._next_ms = min(self._next_ms, next_ms)  # a wake-up during the claim told of it
+                await self._nap_until_due()
         finally:
             self._stopping = True
             if self.store.local is self:
@@ -539,9 +541,26 @@ class TimerWorker:
 
     # -- internals ---------------------------------------------------------------------------
 
-    async def _nap(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
+    async def _nap(self, seconds: float) -> bool:
+        """Sleeps ``seconds`` or until woken; True when woken."""
+        try:
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _nap_until_due(self) -> None:
+        """Sleeps until the earliest due time known, at most ``max_idle_seconds``. A wake-up telling
+        of a timer due later only brings the end of the nap forward: nothing is due yet, so there is
+        nothing to claim (every process's worker claimed at each such schedule, and again at its time)."""
+        idle_until = self.clock.now() + self.max_idle_seconds
+        while not self._stopping and not self._claim_asked:
+            delay = min(idle_until, self._next_ms / 1000) - self.clock.now()
+            if delay <= 0:
+                return
+            self._wake.clear()
+            if not await self._nap(delay):
+                return
 
     async def _claim_and_start(self) -> tuple[bool, float]:
         """Claims up to the free room of each lane. Returns whether a shard filled a lane's room
@@ -555,6 +574,7 @@ class TimerWorker:
             if room[""] <= 0:
                 more = True
                 break
+            self.stats.claims += 1
             reply: list[str] = await self.store.claim_script(
                 keys=[*self.store.shard_keys(shard)[:3], *self.store.lane_keys(shard)],
                 args=[_ms(now), lease_ms, *(max(0, n) for n in room.values())],
@@ -608,8 +628,11 @@ class TimerWorker:
         if timer is not None:
             lane = keys.timer_lane(timer.key)
             self._running_in[lane] -= 1
-            if lane:
-                self._wake.set()  # the lane has room again: its waiting timers are claimed now
+            if lane and self._running_in[lane] + 1 >= self.lanes[lane]:
+                # The lane was full, so the last claim did not look at its waiting timers: claimed now.
+                # (Below its limit, the claim took what was due and its next time is known.)
+                self._claim_asked = True
+                self._wake.set()
         self._slot_free.set()
 
     async def _fire(self, timer: Timer) -> None:
@@ -729,5 +752,9 @@ class TimerWorker:
             return renewed
 
     def _on_wake(self, due_ms: str | None) -> None:
-        if due_ms is None or float(due_ms) < self._next_ms:
+        if due_ms is None:  # subscribed again: what was published meanwhile is unknown
+            self._claim_asked = True
+            self._wake.set()
+        elif float(due_ms) < self._next_ms:
+            self._next_ms = float(due_ms)
             self._wake.set()

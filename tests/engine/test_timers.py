@@ -250,6 +250,60 @@ async def test_sleeping_worker_is_woken_by_an_earlier_timer_from_another_process
     await client.aclose()
 
 
+async def _subscribed_and_settled(redis: Redis, workers: int) -> None:
+    """Every worker listens for wake-ups and has made the claim that its subscribing asks for."""
+
+    async def listening() -> bool:
+        return dict(await redis.pubsub_numsub(keys.WAKE_CHANNEL)).get(keys.WAKE_CHANNEL, 0) == workers
+
+    await until(listening, "every worker subscribed", within=3.0)
+    await asyncio.sleep(0.2)  # the claim the subscription asks for (a millisecond's work) is made
+
+
+async def test_a_timer_due_later_wakes_every_process_but_each_claims_only_at_its_time(redis_url: str) -> None:
+    """A schedule earlier than what the sleeping workers know of wakes the worker of every process.
+    Nothing is due yet, so the wake-up only brings each nap's end forward: each worker claims once,
+    at the timer's time, not also when woken (one round trip per process saved on every such
+    schedule: a quiet store's chat opening, its archive copy)."""
+    clients = [Redis.from_url(redis_url, decode_responses=True) for _ in range(3)]
+    await clients[0].flushall()
+    fired: list[Timer] = []
+    workers = [TimerWorker(TimerStore(c), {"w": recorder(fired)}, max_idle_seconds=30) for c in clients[:2]]
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    await _subscribed_and_settled(clients[2], 2)
+    claims_before = sum(w.stats.claims for w in workers)
+
+    await TimerStore(clients[2]).schedule("w:{store:1}:later", time.time() + 1.0)
+    await until(lambda: len(fired) == 1 and sum(w.stats.claims for w in workers) >= claims_before + 2,
+                "the timer ran and both workers claimed", within=5.0)  # fmt: skip
+    assert sum(w.stats.claims for w in workers) - claims_before == 2, "one claim a process, at the due time"
+    assert [t.key for t in fired] == ["w:{store:1}:later"]
+    for w in workers:
+        await w.stop()
+    await asyncio.gather(*tasks)
+    for c in clients:
+        await c.aclose()
+
+
+async def test_a_lane_run_that_ends_below_the_lanes_limit_makes_no_claim(store: TimerStore) -> None:
+    """The claim that started a lane's runs with room to spare took everything due in it and knows
+    its next time: their ends call for no claim. Only a run ending in a full lane does (the claims
+    made while it was full did not look at it; the lane test above shows its backlog then runs)."""
+    copies: list[Timer] = []
+    worker = TimerWorker(store, {"archive": recorder(copies)}, lanes={"archive": 4}, max_idle_seconds=30)
+    running = asyncio.create_task(worker.run())
+    await _subscribed_and_settled(store.redis, 1)
+    claims_before = worker.stats.claims
+
+    await store.change([(keys.archive_timer("{store:1}", f"chat:c{i}"), T0, False) for i in range(3)])
+    await until(lambda: len(copies) == 3, "the three copies ran")
+    await until(lambda: _none_leased(store), "the three acknowledged")
+    await asyncio.sleep(0.05)  # a claim the runs' ends asked for would be made by now
+    assert worker.stats.claims - claims_before == 1, "the one claim the schedule's wake-up made"
+    await worker.stop()
+    await running
+
+
 WORKER_SCRIPT = """
 import asyncio, sys
 from redis.asyncio import Redis
