@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from bridge.app.service import open_redis
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock, SystemClock
 from bridge.engine.timers import Timer, TimerStore, TimerWorker
@@ -283,6 +284,30 @@ async def test_a_timer_due_later_wakes_every_process_but_each_claims_only_at_its
     await asyncio.gather(*tasks)
     for c in clients:
         await c.aclose()
+
+
+async def test_a_wake_up_published_while_the_subscription_is_made_again_is_not_slept_past(redis_url: str) -> None:
+    """redis-py makes a lost pub/sub connection again by itself and raises nothing: a timer
+    scheduled before it has subscribed again has its wake-up published to nobody. The listener is
+    told the subscription was made again, and the worker claims then, not at its next idle claim
+    (30 s here; 5 s by default)."""
+    client = open_redis(redis_url)  # the bridge's client, which makes a lost connection again at once
+    other = Redis.from_url(redis_url, decode_responses=True)
+    await client.flushall()
+    fired: list[Timer] = []
+    worker = TimerWorker(TimerStore(client), {"w": recorder(fired)}, max_idle_seconds=30)
+    task = asyncio.create_task(worker.run())
+    await _subscribed_and_settled(other, 1)
+
+    assert await other.client_kill_filter(_type="pubsub") == 1
+    # At once, while the listener's connection is made again (a connect and three round trips).
+    await TimerStore(other).schedule("w:{store:1}:meanwhile", time.time())
+    await until(lambda: len(fired) == 1, "the timer ran", within=5.0)
+    assert [t.key for t in fired] == ["w:{store:1}:meanwhile"]
+    await worker.stop()
+    await task
+    await client.aclose()
+    await other.aclose()
 
 
 async def test_a_lane_run_that_ends_below_the_lanes_limit_makes_no_claim(store: TimerStore) -> None:
