@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextvars
 import re
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from redis.asyncio import Redis
@@ -299,6 +301,23 @@ async def test_closing_a_chat_when_its_window_runs_out(stack: Stack, faults: Red
     ]
 
 
+async def test_the_platform_closing_a_chat(stack: Stack, faults: RedisFaults) -> None:
+    """The platform's own close (its agent ended the chat): the header, the notice, the agent's load."""
+    stack.bridge.event_handlers["im_platform_closed"] = faults.wrap(stack.bridge.chats.on_platform_closed)
+
+    async def step(chat: tuple[str, str]) -> None:
+        await stack.sandbox.close_chat(chat[0])
+        await settle(stack)
+
+    await each_failure(stack, faults, lambda: open_chat(stack), step, lambda chat: chat_state(stack, chat[0]))
+    await reset(stack)
+    cid, _ = await open_chat(stack)
+    await step((cid, ""))
+    done = await chat_state(stack, cid)
+    assert (done["status"], done["close_reason"], done["loads"]) == ("closed", "platform_closed", {"main-1001": "0"})
+    assert done["window_timer"] is None and len(done["thread"]) == 1 and "⛔" in done["thread"][0]
+
+
 # -- flow 2 ----------------------------------------------------------------------------------------
 
 CREATOR_CHAT = 7001
@@ -425,6 +444,96 @@ async def test_a_task_order_timing_out(stack: Stack, faults: RedisFaults) -> Non
     assert sum("超时完结" in text for text in done["creator"]) == 1
 
 
+async def test_a_comment_made_on_the_platform(stack: Stack, faults: RedisFaults) -> None:
+    """A creator's comment made in the platform's own UI: counted (B5), logged, shown once."""
+    stack.bridge.event_handlers["task_order_comment"] = faults.wrap(stack.bridge.tasks.on_comment)
+
+    async def step(tid: str) -> None:
+        await stack.sandbox.comment_on_platform(tid, "creator", "c-7001", "达人 小美 Xiaomei", "买家在催")
+        await settle(stack)
+
+    await each_failure(stack, faults, lambda: raise_task(stack), step, lambda tid: task_state(stack, tid))
+    tid = await raise_task(stack)
+    await step(tid)
+    done = await task_state(stack, tid)
+    assert done["comments"] == ("0", "1") and done["log"][-1] == ("comment_creator", "creator", "达人 小美 Xiaomei")
+    assert sum("买家在催" in text for text in done["thread"]) == 1, "shown in the merchant's thread once"
+
+
+async def test_the_platform_processing_a_task_order(stack: Stack, faults: RedisFaults) -> None:
+    """The merchant processed it in the platform's own UI: finished here as if done from Slack."""
+    stack.bridge.event_handlers["task_order_processed"] = faults.wrap(stack.bridge.tasks.on_processed)
+
+    async def step(tid: str) -> None:
+        await stack.sandbox.process_on_platform(tid, "resolved", "已补发，顺丰 SF2")
+        await settle(stack)
+
+    await each_failure(stack, faults, lambda: raise_task(stack), step, lambda tid: task_state(stack, tid))
+    tid = await raise_task(stack)
+    await step(tid)
+    done = await task_state(stack, tid)
+    assert done["status"] == "resolved" and done["deadline_timer"] is None
+    assert done["lists"] == {"all": True, "pending": False, "resolved": True, "timed_out": False}
+    assert done["log"][-1] == ("resolved", "merchant", "店长 Li")
+    assert sum("SF2" in text for text in done["creator"]) == 1, "the creator is told once"
+
+
+async def test_the_platform_timing_a_task_order_out(stack: Stack, faults: RedisFaults) -> None:
+    """The platform's own timeout push (its clock, not the bridge's deadline timer)."""
+    stack.bridge.event_handlers["task_order_timeout"] = faults.wrap(stack.bridge.tasks.on_timeout)
+    assert stack.clock is not None
+
+    async def step(tid: str) -> None:
+        at = datetime.fromtimestamp(stack.clock.now(), UTC).isoformat()  # type: ignore[union-attr]
+        data = {"shop_id": "1001", "task_id": tid, "timed_out_at": at}
+        assert (await stack.sandbox.push("store", "1001", [("task_order_timeout", data)])).statuses == [200]
+        await settle(stack)
+
+    await each_failure(stack, faults, lambda: raise_task(stack), step, lambda tid: task_state(stack, tid))
+    tid = await raise_task(stack)
+    await step(tid)
+    done = await task_state(stack, tid)
+    assert done["status"] == "timed_out" and done["deadline_timer"] is None and done["lists"]["timed_out"]
+    assert done["log"][-1][0] == "timed_out" and sum("超时完结" in text for text in done["creator"]) == 1
+
+
+async def test_the_morning_digest(stack: Stack, faults: RedisFaults) -> None:
+    """Posted once a day (its job id names the day), and the next one scheduled, whatever fails."""
+    stack.bridge.timer_handlers["digest"] = faults.wrap(stack.bridge.tasks.on_digest_timer)
+    assert stack.clock is not None
+    shanghai = ZoneInfo("Asia/Shanghai")
+
+    async def prepare() -> str:
+        await reset_tasks(stack)
+        now = datetime.fromtimestamp(stack.clock.now(), shanghai)  # type: ignore[union-attr]
+        await stack.advance_to((now + timedelta(days=1)).replace(hour=6, minute=13, second=0).timestamp())
+        await stack.bridge.tasks.schedule_digests()
+        tid = await stack.sandbox.create_task_order("1001", "c-7001")  # due tomorrow, moved to 09:00
+        await stack.settle()
+        return tid
+
+    async def step(tid: str) -> None:
+        await stack.advance(27 * 3600)  # today's digest at 08:30 (none due) and tomorrow's (this one)
+
+    async def state(tid: str) -> dict[str, Any]:
+        due = await stack.bridge.timers.due_at(keys.digest_timer(TAG))
+        digests = [m for m in stack.slack.channel(TASKS) if m.text.startswith("🌅")]
+        return {
+            "digests": [re.sub(r"\d{4}-\d\d-\d\d", "<day>", normalized(m.text, tid)) for m in digests],
+            "next": None if due is None else datetime.fromtimestamp(due, shanghai).strftime("%H:%M"),
+            "dead": await stack.bridge.outbox.dead_letters(TAG),
+        }
+
+    assert await each_failure(stack, faults, prepare, step, state) >= 4
+    tid = await prepare()
+    await step(tid)
+    done = await state(tid)
+    assert done["next"] == "08:30" and [d.splitlines()[0] for d in done["digests"]] == [
+        "🌅 今日（<day>）没有到期的任务单。",
+        "🌅 今日到期的任务单（<day>）：1 条",
+    ]
+
+
 async def test_sending_what_a_chat_queued(stack: Stack, faults: RedisFaults) -> None:
     """The outbox's own steps: a crash after Slack or the platform took a message and before the
     bridge recorded it does not send it twice (Slack: the post's metadata is looked up; the platform:
@@ -451,3 +560,40 @@ async def test_sending_what_a_chat_queued(stack: Stack, faults: RedisFaults) -> 
     done = await chat_state(stack, cid)
     assert len(done["roots"]) == 1 and done["to_platform"] == [{"type": "text", "text": "在的"}]
     assert done["reactions"] == [["white_check_mark"]] and "已回复" in done["roots"][0]
+
+
+# -- the archive -----------------------------------------------------------------------------------
+
+
+async def test_archiving_a_finished_chat_and_then_forgetting_it(stack: Stack, faults: RedisFaults) -> None:
+    """The copy into the archive after the close, and the step that takes the chat out of Redis
+    after its grace: a failure in either ends with one row holding everything and no state left."""
+    stack.bridge.timer_handlers["archive"] = faults.wrap(stack.bridge.archiving.on_archive_timer)
+    stack.bridge.timer_handlers["forget"] = faults.wrap(stack.bridge.timer_handlers["forget"])
+
+    async def prepare() -> str:
+        cid, root_ts = await open_chat(stack)
+        await stack.slack.user_message(AGENT_A, CHATS, "在的", thread_ts=root_ts)
+        await stack.settle()  # answered, and that copy archived
+        return cid
+
+    async def step(cid: str) -> None:
+        await stack.sandbox.close_chat(cid)
+        await stack.bridge.drain()  # closed; its copy is due a second later
+        await stack.advance(keys.FINISHED_KEEP_SECONDS + 3600)
+
+    async def state(cid: str) -> dict[str, Any]:
+        rows = [row for row in await stack.bridge.archive.chats("1001") if row["conversation_id"] == cid]
+        left = [k for k in map(str, await stack.redis.keys(f"*{cid}*")) if await stack.redis.ttl(k) == -1]
+        return {
+            "rows": [(r["status"], r["close_reason"], r["replies"], [m["text"] for m in r["messages"]]) for r in rows],
+            "left_in_redis": sorted(normalized(k, cid) for k in left),
+            "dead": await stack.bridge.outbox.dead_letters(TAG),
+        }
+
+    assert await each_failure(stack, faults, prepare, step, state) >= 6
+    await reset(stack)
+    cid = await prepare()
+    await step(cid)
+    done = await state(cid)
+    assert done["rows"] == [("closed", "platform_closed", 1, ["在吗", "在的"])] and done["left_in_redis"] == []
