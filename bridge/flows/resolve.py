@@ -7,6 +7,14 @@ The conversation's state is a Redis hash per task order and person (``keys.task_
 replica continues it, a restart loses nothing, and it expires an hour after the last step. Steps
 are posted under the card mentioning the person, with their buttons (``short`` codes, which fit
 destinations whose button data is small).
+
+Each message or tap is handled again after a crash or a Redis error, so a step queues what it
+posts first (its job ids name the message or tap: queued again, nothing is posted twice) and then
+saves the conversation's next state together with ``done:<message or tap>`` in one transaction.
+Handled again after that save, the step finds its mark and does nothing more: a message is never
+taken for the answer to the step it led to (a solution for missing evidence), a tap never finds
+its own next step and does nothing, and a file is never taken twice. A conversation that ended
+keeps the mark of the tap that ended it, with that tap's answer, for an hour (step ``ended``).
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from rules.evidence import evidence_limits
 from rules.solution import solution_refusal
 
 CONVERSATION_SECONDS = 3600
+ENDED = "ended"
+"""The step of a conversation that was sent or cancelled: kept only for its ``done:`` marks."""
 RESULTS = {"rs": "resolved", "ur": "unresolvable"}
 """The card's buttons that start a conversation, by short code."""
 KEEP, DONE, SEND, CANCEL = "pk", "pd", "py", "pc"
@@ -90,20 +100,22 @@ class ResolveConversation:
         key = keys.task_resolve(keys.store_tag(store.id), tid, actor.user)
         state = await self._state(key)
         agent = store.agent(actor.service, actor.user)
-        if not state or agent is None:
+        loc, at = store.locale, actor.message or ""
+        if _done(state, at):
+            return True  # handled before, to its end
+        if not state or state["step"] == ENDED or agent is None:
             return False
-        loc, step, at = store.locale, state["step"], actor.message or ""
+        step = state["step"]
         if step in ("solution", "weak"):
             refusal = solution_refusal(inbound.text, confirmed=False)
             if refusal == "empty":
                 await self._reply(store, actor, at, t(loc, "task.process.empty"))
                 return True
-            await self._save(key, solution=inbound.text)
             if refusal == "unconfirmed":
-                await self._save(key, step="weak")
                 await self._prompt(store, tid, agent, at, "weak", t(loc, "task.guide.weak"), [KEEP, CANCEL])
+                await self._save(key, at, solution=inbound.text, step="weak")
             else:
-                await self._ask_evidence(store, tid, agent, actor, at, key)
+                await self._ask_evidence(store, tid, agent, actor, at, key, solution=inbound.text)
         elif step == "evidence":
             if not inbound.media:
                 await self._reply(store, actor, at, t(loc, "task.guide.evidence_hint"))
@@ -119,29 +131,33 @@ class ResolveConversation:
         key = keys.task_resolve(keys.store_tag(store.id), tid, actor.user)
         state = await self._state(key)
         agent = store.agent(actor.service, actor.user)
-        if not state or agent is None:
+        if _done(state, at):
+            return state[f"done:{at}"] or None  # handled before, to its end: the same answer
+        if not state or state["step"] == ENDED or agent is None:
             return t(loc, "task.guide.not_yours")
         step = state["step"]
         if short == CANCEL:
-            await self.redis.delete(key)
             await self._reply(store, actor, at, t(loc, "task.guide.cancelled"))
+            await self._end(key, at)
         elif short == KEEP and step == "weak":
             await self._ask_evidence(store, tid, agent, actor, at, key)
         elif short == DONE and step == "evidence":
             await self._confirm(store, tid, agent, actor, at, key, state)
-        elif short == SEND and step == "confirm":
+        elif short == SEND and step in ("confirm", "sending"):
             return await self._send(store, tid, agent, actor, at, key, state)
         return None
 
     # -- steps ---------------------------------------------------------------------------------------
 
-    async def _ask_evidence(self, store: Store, tid: str, agent: Agent, actor: Actor, at: str, key: str) -> None:
-        await self._save(key, step="evidence")
+    async def _ask_evidence(
+        self, store: Store, tid: str, agent: Agent, actor: Actor, at: str, key: str, **fields: str
+    ) -> None:
         text = t(store.locale, "task.guide.evidence", mention="{mention}", **evidence_limits())
         limit = self.download_limits.get(actor.service)
         if limit is not None:
             text += t(store.locale, "task.guide.download_limit", limit_mb=limit // (1024 * 1024))
         await self._prompt(store, tid, agent, at, "evidence", text, [DONE, CANCEL])
+        await self._save(key, at, step="evidence", **fields)
 
     async def _take_files(self, store: Store, tid: str, inbound: Inbound, key: str, state: dict[str, str]) -> None:
         """Each file is judged as it arrives (type by its first bytes, size), as the modal would."""
@@ -157,8 +173,8 @@ class ResolveConversation:
                 await self._reply(store, actor, at, problem)
                 continue
             files.append(_as_evidence(media))
-            await self._save(key, files=orjson.dumps(files).decode())
             await self._react(store, actor)
+        await self._save(key, at, files=orjson.dumps(files).decode())
 
     async def _confirm(
         self, store: Store, tid: str, agent: Agent, actor: Actor, at: str, key: str, state: dict[str, str]
@@ -173,26 +189,31 @@ class ResolveConversation:
         if problems:
             await self._reply(store, actor, at, problems)
             return
-        await self._save(key, step="confirm")
         names = ", ".join(str(f["name"]) for f in files) or t(loc, "task.guide.no_files")
         text = t(loc, "task.guide.confirm", mention="{mention}", result=status_name(loc, state["result"]),
                  solution=state.get("solution", ""), files=names)  # fmt: skip
         await self._prompt(store, tid, agent, at, "confirm", text, [SEND, CANCEL])
+        await self._save(key, at, step="confirm")
 
     async def _send(
         self, store: Store, tid: str, agent: Agent, actor: Actor, at: str, key: str, state: dict[str, str]
     ) -> str | None:
         loc = store.locale
-        status = await self.tasks.status_of(store, tid)
-        if status != "pending":
-            await self.redis.delete(key)
-            return t(loc, "task.process.not_pending", status=status_name(loc, status))
+        if state["step"] == "confirm":
+            status = await self.tasks.status_of(store, tid)
+            if status != "pending":
+                refusal = t(loc, "task.process.not_pending", status=status_name(loc, status))
+                await self._end(key, at, refusal)
+                return refusal
+            # Sending from here on: handled again, the tap goes on to its end even once the platform
+            # has the decision and the task order is no longer pending.
+            await self._save(key, "", step="sending")
         files = await self._evidence(store, tid, state)
         # The action id is the conversation's: a second tap on Confirm queues the same job, once.
         await self.tasks.process(store, tid, state["result"], state.get("solution", ""), files, (agent.id, agent.name),
                                  actor, f"{actor.service}-{actor.user}-{state['started']}")  # fmt: skip
-        await self.redis.delete(key)
         await self._reply(store, actor, at, t(loc, "task.guide.sent"))
+        await self._end(key, at)
         return None
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -217,10 +238,19 @@ class ResolveConversation:
     async def _state(self, key: str) -> dict[str, str]:
         return {str(k): str(v) for k, v in (await self.redis.hgetall(key)).items()}
 
-    async def _save(self, key: str, **fields: str) -> None:
-        mapping: dict[Any, Any] = dict(fields)  # redis-py types its keys invariantly
+    async def _save(self, key: str, at: str, **fields: str) -> None:
+        """The conversation's next state, and the mark that the message or tap ``at`` led to it."""
+        mapping: dict[Any, Any] = {**fields, **({f"done:{at}": ""} if at else {})}  # redis-py types keys invariantly
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=mapping)
+            pipe.expire(key, CONVERSATION_SECONDS)
+            await pipe.execute()
+
+    async def _end(self, key: str, at: str, answer: str = "") -> None:
+        """Sent or cancelled: only the tap that ended it is kept, with the answer it got."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping={"step": ENDED, f"done:{at}": answer})
             pipe.expire(key, CONVERSATION_SECONDS)
             await pipe.execute()
 
@@ -251,3 +281,8 @@ class ResolveConversation:
 def _as_evidence(media: ReplyMedia) -> dict[str, Any]:
     return {"service": media.service, "url": media.url, "name": media.name, "mimetype": media.mimetype,
             "size": media.size}  # fmt: skip
+
+
+def _done(state: dict[str, str], at: str) -> bool:
+    """Whether the message or tap ``at`` was handled to its end (its state saved after its posts)."""
+    return bool(at) and f"done:{at}" in state

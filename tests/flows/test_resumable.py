@@ -534,6 +534,77 @@ async def test_the_morning_digest(stack: Stack, faults: RedisFaults) -> None:
     ]
 
 
+GROUP, OWNER, STORE_1002 = -1001002000001, 1002001, "{store:1002}"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
+
+
+async def test_resolving_a_task_order_in_a_guided_conversation(stack: Stack, faults: RedisFaults) -> None:
+    """Telegram's Resolve, step by step (solution, a photo, Done, Confirm): each update handled
+    again after a failure ends as if handled once. No step is skipped, no file taken twice, no
+    refusal for a tap that was taken."""
+    stack.bridge.event_handlers["telegram.update"] = faults.wrap(stack.bridge.event_handlers["telegram.update"])
+    tg = stack.telegram
+
+    def newest() -> Any:
+        return tg.by_bot(GROUP)[-1]
+
+    async def tap(message: Any, data: str) -> None:
+        assert await tg.tap(OWNER, GROUP, message.message_id, data) == 200
+        await settle(stack)
+
+    async def say(reply_to: Any, text: str = "", **files: Any) -> None:
+        _, status = await tg.user_message(OWNER, GROUP, text, reply_to=reply_to.message_id, **files)
+        assert status == 200
+        await settle(stack)
+
+    async def prepare() -> str:
+        await reset_tasks(stack)
+        tg.callback_answers.clear()
+        tid = await stack.sandbox.create_task_order("1002", "c-7001")
+        await stack.settle()
+        card = next(m for m in tg.by_bot(GROUP) if tid in m.text and m.reply_markup)
+        assert await tg.tap(OWNER, GROUP, card.message_id, f"rs:{tid}") == 200
+        await stack.settle()
+        return tid
+
+    async def step(tid: str) -> None:
+        await say(newest(), "Reshipped by SF Express, waybill SF1234567890")
+        evidence_step = newest()
+        await say(evidence_step, photo=PNG)
+        await tap(evidence_step, f"pd:{tid}")
+        await tap(newest(), f"py:{tid}")
+
+    async def conversation(tid: str) -> tuple[str | None, list[str]]:
+        """Its step, and the answers of the marks it keeps (which message or tap differs by run)."""
+        kept = {
+            str(k): str(v)
+            for k, v in (await stack.redis.hgetall(keys.task_resolve(STORE_1002, tid, str(OWNER)))).items()
+        }
+        return kept.get("step"), sorted(v for k, v in kept.items() if k.startswith("done:"))
+
+    async def state(tid: str) -> dict[str, Any]:
+        processed = stack.sandbox.task_orders[tid].solution
+        return {
+            "posted": [re.sub(r"photo-\d+", "photo-<n>", normalized(m.text, tid)) for m in tg.by_bot(GROUP)],
+            "reactions": [m.reactions for m in tg.messages if m.chat_id == GROUP and m.reactions],
+            "answers": [a.get("text") for a in tg.callback_answers],
+            "processed": None if processed is None else (processed["result"], len(processed["evidence"])),
+            "uploads": len(stack.sandbox.received("POST", "/media")),
+            "status": await stack.redis.hget(keys.task(STORE_1002, tid), "status"),
+            "conversation": await conversation(tid),
+            "dead": await stack.bridge.outbox.dead_letters(STORE_1002),
+        }
+
+    assert await each_failure(stack, faults, prepare, step, state) >= 12
+    tid = await prepare()
+    await step(tid)
+    done = await state(tid)
+    assert done["processed"] == ("resolved", 1) and done["uploads"] == 1 and done["status"] == "resolved"
+    assert done["conversation"] == ("ended", [""]) and done["reactions"] == [["👍"]]
+    assert [p for p in done["posted"] if "Step" in p][-3:][0].count("Step 1/3") == 1
+    assert sum("Step 2/3" in p for p in done["posted"]) == 1 and sum("Step 3/3" in p for p in done["posted"]) == 1
+
+
 async def test_sending_what_a_chat_queued(stack: Stack, faults: RedisFaults) -> None:
     """The outbox's own steps: a crash after Slack or the platform took a message and before the
     bridge recorded it does not send it twice (Slack: the post's metadata is looked up; the platform:

@@ -132,7 +132,7 @@ async def test_an_empty_solution_is_refused_and_cancel_sends_nothing(stack: Stac
     assert last_bot(stack).text.startswith("Write the solution")
     await tap(stack, OWNER, step1, f"pc:{tid}")
     assert last_bot(stack).text.startswith("Cancelled")
-    assert not await stack.redis.exists(keys.task_resolve(TAG, tid, str(OWNER)))
+    assert await stack.redis.hget(keys.task_resolve(TAG, tid, str(OWNER)), "step") == "ended"
     await say(stack, "now this is a comment again", card)
     assert stack.sandbox.task_orders[tid].solution is None
     assert [c["text"] for c in stack.sandbox.task_orders[tid].comments] == ["now this is a comment again"]
