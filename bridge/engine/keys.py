@@ -184,6 +184,13 @@ def dead_letters(tag: str) -> str:
     return f"{tag}:dead-letters"
 
 
+def dead_letter_ids(tag: str) -> str:
+    """HASH job id → 1 of the jobs in ``dead_letters``: a job is dead-lettered once however often
+    the step that gives up on it runs (a doubled letter would be sent twice by a replay of all).
+    A replay or a drop takes the id out, so the job may die again."""
+    return f"{tag}:dead-letter-ids"
+
+
 def outbox_timer(tag: str, thread: str) -> str:
     """Timer key (kind ``outbox``) that sends the head of one thread's queue when due."""
     return f"outbox:{tag}:{thread}"

@@ -187,6 +187,12 @@ end
 
 # KEYS: queue, attempts, then the records.  ARGV: job id, the records' life (s), then their values.
 # Returns the new head (false when the queue is empty).
+# KEYS: the endpoint's dead letters, the ids in them (keys.dead_letter_ids). ARGV: job id, letter.
+_DEAD_LETTER = """
+if redis.call('HSETNX', KEYS[2], ARGV[1], 1) == 0 then return 0 end
+return redis.call('RPUSH', KEYS[1], ARGV[2])
+"""
+
 _POP_HEAD = _pop_lua(3, 2) + "return redis.call('LINDEX', KEYS[1], 0)\n"
 
 # As _POP_HEAD; when the queue is left empty, also acknowledges the sender's run (KEYS 3–6: the
@@ -287,6 +293,7 @@ class Outbox:
         self._pop_head = self.redis.register_script(_POP_HEAD)
         self._pop_head_and_settle = self.redis.register_script(_POP_HEAD_AND_SETTLE)
         self._root_first = self.redis.register_script(_ROOT_FIRST)
+        self._put_dead_letter = self.redis.register_script(_DEAD_LETTER)
 
     def register(self, kinds: Mapping[str, Sender], failures: Mapping[str, FailureReporter] | None = None) -> None:
         """Senders by job kind, and (for the flow that owns a kind) who hears of a final failure."""
@@ -357,7 +364,7 @@ class Outbox:
             job = replace(OutboxJob(**letter["job"]), expires_at=None, relevant_key=None)
             await self.redis.delete(keys.outbox_job(tag, job.id))  # so the same id may be queued again
             await self.enqueue(tag, letter["thread"], job)
-            await self.redis.lrem(keys.dead_letters(tag), 1, raw)
+            await self._forget_letter(tag, raw, job.id)
             replayed += 1
         return replayed
 
@@ -366,13 +373,21 @@ class Outbox:
         if letter_id is None:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.llen(keys.dead_letters(tag))
-                pipe.delete(keys.dead_letters(tag))
+                pipe.delete(keys.dead_letters(tag), keys.dead_letter_ids(tag))
                 count, _ = await pipe.execute()
             return int(count)
         dropped = 0
-        for raw, _ in await self._letters(tag, letter_id):
-            dropped += int(await self.redis.lrem(keys.dead_letters(tag), 1, raw))
+        for raw, letter in await self._letters(tag, letter_id):
+            dropped += await self._forget_letter(tag, raw, letter["id"])
         return dropped
+
+    async def _forget_letter(self, tag: str, raw: str, job_id: str) -> int:
+        """Takes one dead letter off the list, and its id, so that job may die again."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrem(keys.dead_letters(tag), 1, raw)
+            pipe.hdel(keys.dead_letter_ids(tag), job_id)
+            removed, _ = await pipe.execute()
+        return int(removed)
 
     async def _letters(self, tag: str, letter_id: str | None) -> list[tuple[str, dict[str, Any]]]:
         """(stored text, decoded) of the endpoint's dead letters with ``letter_id`` (all with None)."""
@@ -566,15 +581,20 @@ class Outbox:
         if report is not None and job.report_to is not None:
             try:
                 await report(job, exc, tag)
+            except (RedisError, OSError):
+                raise  # the step runs again: the job is dead-lettered once, and the report is made then
             except Exception:
                 log.exception("outbox %s %s: could not report the failure", tag, job.id)
 
     async def _dead_letter(
         self, tag: str, thread: str, job: OutboxJob, reason: str, status: int | None, cause: str
     ) -> None:
+        record = {"id": job.id, "thread": thread, "reason": reason, "status": status, "at": self.clock.now(),
+                  "job": asdict(job)}  # fmt: skip
+        letter = json.dumps(record, ensure_ascii=False)
+        if not int(await self._put_dead_letter(keys=[keys.dead_letters(tag), keys.dead_letter_ids(tag)],
+                                               args=[job.id, letter])):  # fmt: skip
+            return  # dead-lettered by a run of this step that died before taking the job off its queue
         self.stats.dead_lettered += 1
         METRICS.dead_letters.labels(tag.strip("{}"), job.kind, cause).inc()
         log.warning("outbox %s %s (%s) dead-lettered: %s", tag, job.id, job.kind, reason)
-        record = {"id": job.id, "thread": thread, "reason": reason, "status": status, "at": self.clock.now(),
-                  "job": asdict(job)}  # fmt: skip
-        await self.redis.rpush(keys.dead_letters(tag), json.dumps(record, ensure_ascii=False))

@@ -101,6 +101,13 @@ end
 return redis.call('RPUSH', KEYS[1], ARGV[2])
 """
 
+# A file shared under the card, kept once however often its message is handled (the same file
+# shared again is the same evidence). KEYS: the task order's files. ARGV: the file as JSON.
+_KEEP_FILE = """
+if redis.call('LPOS', KEYS[1], ARGV[1]) then return 0 end
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"""
+
 
 class TaskFlow:
     def __init__(
@@ -117,6 +124,7 @@ class TaskFlow:
         self._release_comment = redis.register_script(_RELEASE_COMMENT)
         self._finish = redis.register_script(_FINISH)
         self._append_log = redis.register_script(_LOG)
+        self._keep_file = redis.register_script(_KEEP_FILE)
         self.records = TaskRecords(redis, config, archive)
         self.snapshots = Snapshots(self._snapshot_reads, self._snapshot_rows)
         """What the archive reads of a task order, and the rows it makes of it."""
@@ -426,7 +434,9 @@ class TaskFlow:
     # -- processing (B7, B8) -------------------------------------------------------------------------
 
     async def add_thread_file(self, store: Store, tid: str, media: dict[str, Any]) -> None:
-        await self.redis.rpush(keys.task_files(keys.store_tag(store.id), tid), orjson.dumps(media).decode())
+        await self._keep_file(
+            keys=[keys.task_files(keys.store_tag(store.id), tid)], args=[orjson.dumps(media).decode()]
+        )
 
     async def thread_files(self, store: Store, tid: str) -> list[dict[str, Any]]:
         return [

@@ -157,3 +157,18 @@ def test_retry_and_drop_need_an_id_or_all(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         cli.main(["dead-letters", "retry", "--config", str(EXAMPLE_CONFIG)])
     assert "name one id, or --all" in capsys.readouterr().err
+
+
+async def test_a_replayed_job_that_dies_again_is_dead_lettered_again(stack: Stack) -> None:
+    """A job is dead-lettered once (keys.dead_letter_ids); a replay or a drop takes its id out, so
+    the same job failing again after a replay is on the list again, once."""
+    stack.slack.missing_channels.add(CHATS)
+    cid = await stack.sandbox.open_chat("1001")
+    await stack.settle()
+    assert [d["id"] for d in await stack.bridge.outbox.dead_letters(TAG)] == [f"slack:root:{cid}"]
+    assert await stack.bridge.outbox.retry_dead_letter(TAG, None) == 1  # still missing: it dies again
+    await stack.settle()
+    again = await stack.bridge.outbox.dead_letters(TAG)
+    assert [d["id"] for d in again] == [f"slack:root:{cid}"] and "channel_not_found" in again[0]["reason"]
+    assert await stack.bridge.outbox.drop_dead_letter(TAG, f"slack:root:{cid}") == 1
+    assert await stack.redis.hgetall(keys.dead_letter_ids(TAG)) == {}, "dropped: nothing of it left"

@@ -318,6 +318,30 @@ async def test_the_platform_closing_a_chat(stack: Stack, faults: RedisFaults) ->
     assert done["window_timer"] is None and len(done["thread"]) == 1 and "⛔" in done["thread"][0]
 
 
+async def test_a_reply_the_platform_refuses_because_the_chat_closed_there(stack: Stack, faults: RedisFaults) -> None:
+    """A reply refused with 409 (the platform closed the chat): one dead letter, the chat closed here
+    too (header, load, notice), the agent told once, whatever fails on the way."""
+    stack.bridge.timer_handlers["outbox"] = faults.wrap(stack.bridge.outbox.handle_timer)
+
+    async def step(chat: tuple[str, str]) -> None:
+        stack.sandbox.fail_next("POST", f"/im/conversations/{chat[0]}/messages", 409, times=10)
+        await stack.slack.user_message(AGENT_A, CHATS, "在的", thread_ts=chat[1])
+        await settle(stack)
+        stack.sandbox._faults.clear()
+
+    async def state(chat: tuple[str, str]) -> dict[str, Any]:
+        got = await chat_state(stack, chat[0])
+        return got | {"dead": [(d["job"]["kind"], d["status"]) for d in got["dead"]]}
+
+    await each_failure(stack, faults, lambda: open_chat(stack), step, state)
+    await reset(stack)
+    chat = await open_chat(stack)
+    await step(chat)
+    done = await state(chat)
+    assert (done["status"], done["close_reason"], done["loads"]) == ("closed", "platform_closed", {"main-1001": "0"})
+    assert done["dead"] == [("platform.send_message", 409)] and len(done["ephemerals"]) == 1
+
+
 # -- flow 2 ----------------------------------------------------------------------------------------
 
 CREATOR_CHAT = 7001
@@ -405,6 +429,56 @@ async def test_commenting(stack: Stack, faults: RedisFaults) -> None:
     assert done["comments"] == ("1", "0") and done["on_platform"] == ("pending", ["已安排补发"])
     assert done["log"][-1] == ("comment_merchant", "merchant", "店长 Li")
     assert any("已安排补发" in text for text in done["creator"]), "shown to the creator once"
+
+
+async def test_a_file_shared_under_a_task_card(stack: Stack, faults: RedisFaults) -> None:
+    """A merchant's message with a file under the card: a comment, and the file kept to be offered
+    as evidence (B7) once, however often the message is handled."""
+    store = stack.bridge.holder.current.store("1001")
+    assert store is not None
+    stack.bridge.event_handlers["slack.event"] = faults.wrap(stack.bridge.event_handlers["slack.event"])
+
+    async def step(tid: str) -> None:
+        waybill = stack.slack.add_file("waybill.png", PNG, "image/png")
+        card_ts = landed(stack, TASKS, f"slack:task:{tid}:card")[0].ts
+        await stack.slack.user_message("U0MAIN1001", TASKS, "运单照片", thread_ts=card_ts, files=[waybill])
+        await settle(stack)
+
+    async def state(tid: str) -> dict[str, Any]:
+        files = [f["name"] for f in await stack.bridge.tasks.thread_files(store, tid)]
+        return await task_state(stack, tid) | {"files": files}
+
+    await each_failure(stack, faults, lambda: raise_task(stack), step, state)
+    tid = await raise_task(stack)
+    await step(tid)
+    done = await state(tid)
+    assert done["files"] == ["waybill.png"] and done["comments"] == ("1", "0")
+    assert done["on_platform"] == ("pending", ["运单照片"])
+
+
+async def test_a_comment_the_platform_refuses_for_good(stack: Stack, faults: RedisFaults) -> None:
+    """The outbox gives up on a call the platform refuses (422): one dead letter (a second would be
+    sent twice by a replay of all), the author told once, the comment's slot free again."""
+    stack.bridge.timer_handlers["outbox"] = faults.wrap(stack.bridge.outbox.handle_timer)
+
+    async def step(tid: str) -> None:
+        stack.sandbox.fail_next("POST", f"/task-orders/{tid}/comments", 422, times=10)  # each time asked
+        card_ts = landed(stack, TASKS, f"slack:task:{tid}:card")[0].ts
+        await stack.slack.user_message("U0MAIN1001", TASKS, "这条平台不收", thread_ts=card_ts)
+        await settle(stack)
+        stack.sandbox._faults.clear()
+
+    async def state(tid: str) -> dict[str, Any]:
+        dead = [(d["job"]["kind"], normalized(d["reason"], tid)) for d in await stack.bridge.outbox.dead_letters(TAG)]
+        told = [normalized(text, tid) for text in (await task_state(stack, tid))["ephemerals"]]
+        return await task_state(stack, tid) | {"dead": dead, "ephemerals": told}
+
+    await each_failure(stack, faults, lambda: raise_task(stack), step, state)
+    tid = await raise_task(stack)
+    await step(tid)
+    done = await state(tid)
+    assert done["comments"] == ("0", "0") and len(done["dead"]) == 1 and done["on_platform"] == ("pending", [])
+    assert len(done["ephemerals"]) == 1 and "这条平台不收" not in "".join(done["creator"])
 
 
 async def test_processing(stack: Stack, faults: RedisFaults) -> None:
