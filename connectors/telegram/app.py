@@ -29,7 +29,15 @@ from bridge.core import Core
 from bridge.destinations import SNIFF_TIMEOUT_SECONDS, Route, inbox_thread
 from bridge.engine import keys, refs
 from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
-from bridge.engine.outbox import FinalFailure, OutboxJob, Recorded, RetryLater, Sender, WaitingForRoot
+from bridge.engine.outbox import (
+    RECORDING_A_SEND,
+    FinalFailure,
+    OutboxJob,
+    Recorded,
+    RetryLater,
+    Sender,
+    WaitingForRoot,
+)
 from bridge.engine.ratelimit import SendSpacing
 from bridge.flows import jobs
 from bridge.flows.resolve import TooLargeToFetch
@@ -400,7 +408,17 @@ class TelegramConnector:
             return None
         except TelegramError as exc:
             raise _sorted(exc) from None
-        await refs.save_topic(self.redis, tag, key, "telegram", str(chat), str(created.message_thread_id))
+        topic = str(created.message_thread_id)
+
+        async def waiting(exc: Exception, failures: int) -> None:
+            if failures == 1:
+                log.warning("Telegram chat %s: topic %s opened; recording it waits for Redis: %r", chat, topic, exc)
+
+        # As a sent message is recorded (the outbox's RECORDING_A_SEND): a run that fails here would
+        # open a second topic, since Telegram keeps nothing a bot can look up.
+        await RECORDING_A_SEND.call_with_retry(
+            lambda: refs.save_topic(self.redis, tag, key, SERVICE, str(chat), topic), waiting, with_failure_count=True
+        )
         return created.message_thread_id
 
     async def _post(self, job: OutboxJob) -> Recorded:

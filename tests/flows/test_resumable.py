@@ -27,6 +27,8 @@ from bridge.flows.views import Actor
 from tests.conftest import Stack
 
 TAG = "{store:1001}"
+GROUP, OWNER, STORE_1002 = -1001002000001, 1002001, "{store:1002}"
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
 CHATS, TASKS, CREATOR_CHANNEL = "C0CHATS1001", "C0TASKS1001", "C0CREATOR9001"
 AGENT_A = "U0AGENTA"
 
@@ -342,6 +344,35 @@ async def test_a_reply_the_platform_refuses_because_the_chat_closed_there(stack:
     assert done["dead"] == [("platform.send_message", 409)] and len(done["ephemerals"]) == 1
 
 
+async def test_opening_a_chat_in_a_telegram_forum(stack: Stack, faults: RedisFaults) -> None:
+    """Store 1002's group is a forum: a chat opens its own topic, once, and its header goes there,
+    whatever fails between Telegram opening the topic and the bridge recording it."""
+    stack.bridge.timer_handlers["outbox"] = faults.wrap(stack.bridge.outbox.handle_timer)
+    tg = stack.telegram
+
+    async def prepare() -> str:
+        await reset_tasks(stack)
+        tg.topics.clear()
+        tg.forums.add(GROUP)
+        return await stack.sandbox.open_chat("1002", {"type": "text", "text": "Can the buyer change the size?"})
+
+    async def step(cid: str) -> None:
+        await settle(stack)
+
+    async def state(cid: str) -> dict[str, Any]:
+        return {
+            "topics": sorted(tg.topics.values()),
+            "posted": [(m.thread_id is not None, normalized(m.text, cid)[:40]) for m in tg.by_bot(GROUP)],
+            "dead": await stack.bridge.outbox.dead_letters(STORE_1002),
+        }
+
+    assert await each_failure(stack, faults, prepare, step, state) >= 4
+    cid = await prepare()
+    await step(cid)
+    done = await state(cid)
+    assert len(done["topics"]) == 1 and [in_topic for in_topic, text in done["posted"] if text] == [True]
+
+
 # -- flow 2 ----------------------------------------------------------------------------------------
 
 CREATOR_CHAT = 7001
@@ -606,10 +637,6 @@ async def test_the_morning_digest(stack: Stack, faults: RedisFaults) -> None:
         "🌅 今日（<day>）没有到期的任务单。",
         "🌅 今日到期的任务单（<day>）：1 条",
     ]
-
-
-GROUP, OWNER, STORE_1002 = -1001002000001, 1002001, "{store:1002}"
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
 
 
 async def test_resolving_a_task_order_in_a_guided_conversation(stack: Stack, faults: RedisFaults) -> None:
