@@ -373,6 +373,30 @@ async def test_opening_a_chat_in_a_telegram_forum(stack: Stack, faults: RedisFau
     assert len(done["topics"]) == 1 and [in_topic for in_topic, text in done["posted"] if text] == [True]
 
 
+async def test_a_follow_up_from_platform_cs_after_the_reply(stack: Stack, faults: RedisFaults) -> None:
+    """Platform CS writes again in an answered chat: the message mirrored once, a new window started
+    once (header and timer), its timers set once."""
+    stack.bridge.event_handlers["im_platform_message"] = faults.wrap(stack.bridge.chats.on_platform_message)
+
+    async def prepare() -> tuple[str, str]:
+        cid, root_ts = await open_chat(stack)
+        await stack.slack.user_message(AGENT_A, CHATS, "在的", thread_ts=root_ts)
+        await stack.settle()
+        return cid, root_ts
+
+    async def step(chat: tuple[str, str]) -> None:
+        await stack.sandbox.chat_message(chat[0], {"type": "text", "text": "买家还想改地址"})
+        await settle(stack)
+
+    await each_failure(stack, faults, prepare, step, lambda chat: chat_state(stack, chat[0]))
+    await reset(stack)
+    chat = await prepare()
+    await step(chat)
+    done = await chat_state(stack, chat[0])
+    assert done["status"] == "open" and done["window"] == 120 and done["window_timer"] == 60
+    assert sum("买家还想改地址" in line for line in done["thread"]) == 1 and "待回复" in done["roots"][0]
+
+
 # -- flow 2 ----------------------------------------------------------------------------------------
 
 CREATOR_CHAT = 7001
@@ -769,3 +793,39 @@ async def test_archiving_a_finished_chat_and_then_forgetting_it(stack: Stack, fa
     await step(cid)
     done = await state(cid)
     assert done["rows"] == [("closed", "platform_closed", 1, ["在吗", "在的"])] and done["left_in_redis"] == []
+
+
+async def test_archiving_a_finished_task_order_and_then_forgetting_it(stack: Stack, faults: RedisFaults) -> None:
+    """The same for a task order: one row with its log and comments, and no state left in Redis
+    (its hash, log, files, comments, evidence and its place in every status list)."""
+    stack.bridge.timer_handlers["archive"] = faults.wrap(stack.bridge.archiving.on_archive_timer)
+    stack.bridge.timer_handlers["forget"] = faults.wrap(stack.bridge.timer_handlers["forget"])
+
+    async def prepare() -> str:
+        tid = await raise_task(stack)
+        await stack.sandbox.comment_on_platform(tid, "creator", "c-7001", "达人 小美 Xiaomei", "买家在催")
+        await stack.settle()
+        return tid
+
+    async def step(tid: str) -> None:
+        await stack.sandbox.process_on_platform(tid, "resolved", "已补发，顺丰 SF3")
+        await stack.bridge.drain()
+        await stack.advance(keys.FINISHED_KEEP_SECONDS + 3600)
+
+    async def state(tid: str) -> dict[str, Any]:
+        rows = await stack.bridge.archive.tasks(task_id=tid)
+        left = [k for k in map(str, await stack.redis.keys(f"*{tid}*")) if await stack.redis.ttl(k) == -1]
+        listed = [
+            s for s in ("all", "pending", "resolved") if await stack.redis.zscore(keys.tasks_by_status(TAG, s), tid)
+        ]
+        return {
+            "rows": [(r["status"], r["solution"], len(r["log"]), len(r["comments"])) for r in rows],
+            "left_in_redis": sorted(normalized(k, tid) for k in left) + listed,
+            "dead": await stack.bridge.outbox.dead_letters(TAG),
+        }
+
+    assert await each_failure(stack, faults, prepare, step, state) >= 6
+    tid = await prepare()
+    await step(tid)
+    done = await state(tid)
+    assert done["rows"] == [("resolved", "已补发，顺丰 SF3", 3, 1)] and done["left_in_redis"] == []
