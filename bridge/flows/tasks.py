@@ -476,13 +476,15 @@ class TaskFlow:
         report = actor.as_dict() | {"store": store.id, "locale": store.locale}
         job = OutboxJob(f"process:{tid}:{action_id}", jobs.PROCESS_TASK_ORDER, payload, report_to=report,
                         then=[finish], relevant_key=keys.task(tag, tid), relevant_grace=0.0)  # fmt: skip
-        await self.outbox.enqueue(tag, f"task:{tid}:platform", job)
         if evidence:
+            # Kept before the job is queued: a step run again after queueing it could otherwise log
+            # the evidence after the platform's answer had already finished the task order.
             sent = [{"name": f.get("name", ""), "kind": str(f.get("mimetype", "")).partition("/")[0],
                      "size": int(f.get("size", 0))} for f in evidence]  # fmt: skip
             await record(self.redis, keys.task_evidence(tag, tid), action_id, {"files": sent})
             await self._log(tag, tid, "evidence_added", "merchant", f"{operator[1]} ({len(evidence)})",
                             entry_id=f"evidence:{action_id}", operator_id=operator[0])  # fmt: skip
+        await self.outbox.enqueue(tag, f"task:{tid}:platform", job)
 
     def senders(self) -> dict[str, Sender]:
         """The flow's own follow-up jobs."""

@@ -536,6 +536,78 @@ async def test_a_comment_the_platform_refuses_for_good(stack: Stack, faults: Red
     assert len(done["ephemerals"]) == 1 and "这条平台不收" not in "".join(done["creator"])
 
 
+async def test_sending_a_comment_and_showing_it_once_the_platform_has_it(stack: Stack, faults: RedisFaults) -> None:
+    """The outbox's side of a comment: to the platform, then (once accepted) logged and shown to the
+    creator in Telegram, each once (B5)."""
+    senders = stack.bridge.outbox.senders
+    senders["bridge.comment_accepted"] = faults.wrap(senders["bridge.comment_accepted"])
+
+    async def step(tid: str) -> None:
+        card_ts = landed(stack, TASKS, f"slack:task:{tid}:card")[0].ts
+        await stack.slack.user_message("U0MAIN1001", TASKS, "已安排补发", thread_ts=card_ts)
+        await settle(stack)
+
+    assert await each_failure(stack, faults, lambda: raise_task(stack), step, lambda tid: task_state(stack, tid)) >= 4
+    tid = await raise_task(stack)
+    await step(tid)
+    done = await task_state(stack, tid)
+    assert done["comments"] == ("1", "0") and done["on_platform"] == ("pending", ["已安排补发"])
+    assert done["log"][-1] == ("comment_merchant", "merchant", "店长 Li")
+    assert sum("已安排补发" in text for text in done["creator"]) == 1
+
+
+async def test_a_creators_comment_from_telegram(stack: Stack, faults: RedisFaults) -> None:
+    """The creator answers the confirmation in Telegram: one comment on the platform, counted and
+    logged once, shown once in the merchant's thread."""
+    stack.bridge.event_handlers["telegram.update"] = faults.wrap(stack.bridge.event_handlers["telegram.update"])
+
+    async def step(tid: str) -> None:
+        [confirmation] = [m for m in stack.telegram.by_bot(CREATOR_CHAT) if tid in m.text]
+        _, status = await stack.telegram.user_message(
+            CREATOR_CHAT, CREATOR_CHAT, "买家在等", reply_to=confirmation.message_id
+        )
+        assert status == 200
+        await settle(stack)
+
+    assert await each_failure(stack, faults, lambda: raise_task(stack), step, lambda tid: task_state(stack, tid)) >= 4
+    tid = await raise_task(stack)
+    await step(tid)
+    done = await task_state(stack, tid)
+    assert done["comments"] == ("0", "1") and done["on_platform"] == ("pending", ["买家在等"])
+    assert done["log"][-1] == ("comment_creator", "creator", "达人 小美 Xiaomei")
+    assert sum("买家在等" in text for text in done["thread"]) == 1
+
+
+async def test_resolving_from_slacks_modal(stack: Stack, faults: RedisFaults) -> None:
+    """A submitted modal is stored and handled later: its files checked, then the decision queued
+    once, whatever fails while it is handled."""
+    stack.bridge.event_handlers["slack.event"] = faults.wrap(stack.bridge.event_handlers["slack.event"])
+
+    async def step(tid: str) -> None:
+        card_ts = landed(stack, TASKS, f"slack:task:{tid}:card")[0].ts
+        assert await stack.slack.block_action("U0MAIN1001", TASKS, card_ts, "task_resolve", tid) == 200
+        view = stack.slack.views[-1]
+        photo = stack.slack.add_file("parcel.png", PNG, "image/png")
+        state: dict[str, dict[str, Any]] = {
+            "solution": {"solution": {"type": "plain_text_input", "value": "已补发，顺丰 SF4"}},
+            "confirm": {"confirm": {"type": "checkboxes", "selected_options": []}},
+            "evidence": {"evidence": {"type": "file_input", "files": [photo]}},
+        }
+        assert (await stack.slack.submit_view("U0MAIN1001", view, state))[0] == 200
+        await settle(stack)
+
+    async def state(tid: str) -> dict[str, Any]:
+        uploads = len(stack.sandbox.received("POST", "/media"))
+        return await task_state(stack, tid) | {"uploads": uploads}
+
+    assert await each_failure(stack, faults, lambda: raise_task(stack), step, state) >= 4
+    tid = await raise_task(stack)
+    await step(tid)
+    done = await state(tid)
+    assert done["status"] == "resolved" and done["uploads"] == 1 and done["on_platform"][0] == "resolved"
+    assert [entry[0] for entry in done["log"]] == ["created", "evidence_added", "resolved"]
+
+
 async def test_processing(stack: Stack, faults: RedisFaults) -> None:
     """The merchant's decision reached the platform; finishing it here (the outbox's local job)."""
     store = stack.bridge.holder.current.store("1001")
