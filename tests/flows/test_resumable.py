@@ -96,6 +96,11 @@ def landed(stack: Stack, channel: str, job: str) -> list[Any]:
             .get("job") == job]  # fmt: skip
 
 
+def card_ts(stack: Stack, tid: str) -> str:
+    """Where the task order's card landed in Slack: replies under it are the merchant's."""
+    return str(landed(stack, TASKS, f"slack:task:{tid}:card")[0].ts)
+
+
 async def chat_state(stack: Stack, cid: str) -> dict[str, Any]:
     """Everything a person or the next step can see of one chat."""
     chat = await stack.redis.hgetall(keys.chat(TAG, cid))
@@ -468,9 +473,9 @@ async def test_commenting(stack: Stack, faults: RedisFaults) -> None:
     comment = faults.wrap(stack.bridge.tasks.comment)
 
     async def step(tid: str) -> None:
-        card_ts = landed(stack, TASKS, f"slack:task:{tid}:card")[0].ts
-        ts, _ = await stack.slack.user_message("U0MAIN1001", TASKS, "已安排补发", thread_ts=card_ts)
-        actor = Actor("slack", "U0MAIN1001", TASKS, card_ts, ts)
+        card = card_ts(stack, tid)
+        ts, _ = await stack.slack.user_message("U0MAIN1001", TASKS, "已安排补发", thread_ts=card)
+        actor = Actor("slack", "U0MAIN1001", TASKS, card, ts)
         try:
             await comment(store, tid, "merchant", actor, "main-1001", "店长 Li", "已安排补发")
         except RedisConnectionError:
@@ -495,8 +500,7 @@ async def test_a_file_shared_under_a_task_card(stack: Stack, faults: RedisFaults
 
     async def step(tid: str) -> None:
         waybill = stack.slack.add_file("waybill.png", PNG, "image/png")
-        card_ts = landed(stack, TASKS, f"slack:task:{tid}:card")[0].ts
-        await stack.slack.user_message("U0MAIN1001", TASKS, "运单照片", thread_ts=card_ts, files=[waybill])
+        await stack.slack.user_message("U0MAIN1001", TASKS, "运单照片", thread_ts=card_ts(stack, tid), files=[waybill])
         await settle(stack)
 
     async def state(tid: str) -> dict[str, Any]:
@@ -518,8 +522,7 @@ async def test_a_comment_the_platform_refuses_for_good(stack: Stack, faults: Red
 
     async def step(tid: str) -> None:
         stack.sandbox.fail_next("POST", f"/task-orders/{tid}/comments", 422, times=10)  # each time asked
-        card_ts = landed(stack, TASKS, f"slack:task:{tid}:card")[0].ts
-        await stack.slack.user_message("U0MAIN1001", TASKS, "这条平台不收", thread_ts=card_ts)
+        await stack.slack.user_message("U0MAIN1001", TASKS, "这条平台不收", thread_ts=card_ts(stack, tid))
         await settle(stack)
         stack.sandbox._faults.clear()
 
@@ -543,8 +546,7 @@ async def test_sending_a_comment_and_showing_it_once_the_platform_has_it(stack: 
     senders["bridge.comment_accepted"] = faults.wrap(senders["bridge.comment_accepted"])
 
     async def step(tid: str) -> None:
-        card_ts = landed(stack, TASKS, f"slack:task:{tid}:card")[0].ts
-        await stack.slack.user_message("U0MAIN1001", TASKS, "已安排补发", thread_ts=card_ts)
+        await stack.slack.user_message("U0MAIN1001", TASKS, "已安排补发", thread_ts=card_ts(stack, tid))
         await settle(stack)
 
     assert await each_failure(stack, faults, lambda: raise_task(stack), step, lambda tid: task_state(stack, tid)) >= 4
@@ -584,8 +586,7 @@ async def test_resolving_from_slacks_modal(stack: Stack, faults: RedisFaults) ->
     stack.bridge.event_handlers["slack.event"] = faults.wrap(stack.bridge.event_handlers["slack.event"])
 
     async def step(tid: str) -> None:
-        card_ts = landed(stack, TASKS, f"slack:task:{tid}:card")[0].ts
-        assert await stack.slack.block_action("U0MAIN1001", TASKS, card_ts, "task_resolve", tid) == 200
+        assert await stack.slack.block_action("U0MAIN1001", TASKS, card_ts(stack, tid), "task_resolve", tid) == 200
         view = stack.slack.views[-1]
         photo = stack.slack.add_file("parcel.png", PNG, "image/png")
         state: dict[str, dict[str, Any]] = {
