@@ -185,14 +185,14 @@ end
 """
 
 
-# KEYS: queue, attempts, then the records.  ARGV: job id, the records' life (s), then their values.
-# Returns the new head (false when the queue is empty).
 # KEYS: the endpoint's dead letters, the ids in them (keys.dead_letter_ids). ARGV: job id, letter.
 _DEAD_LETTER = """
 if redis.call('HSETNX', KEYS[2], ARGV[1], 1) == 0 then return 0 end
 return redis.call('RPUSH', KEYS[1], ARGV[2])
 """
 
+# KEYS: queue, attempts, then the records.  ARGV: job id, the records' life (s), then their values.
+# Returns the new head (false when the queue is empty).
 _POP_HEAD = _pop_lua(3, 2) + "return redis.call('LINDEX', KEYS[1], 0)\n"
 
 # As _POP_HEAD; when the queue is left empty, also acknowledges the sender's run (KEYS 3–6: the
