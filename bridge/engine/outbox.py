@@ -23,7 +23,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
@@ -241,12 +241,25 @@ class _AtOnceThenExponential(ExponentialBackoff):
         return 0.0 if failures <= 1 else super().compute(failures - 1)
 
 
+_Recorded = TypeVar("_Recorded")
+
 RECORDING_A_SEND = Retry(_AtOnceThenExponential(cap=1.0, base=0.05), retries=20, supported_errors=(RedisError,))
 """How a job that went out is taken off its queue when Redis fails at that moment (restarted,
 failing over): by the run that sent it, again and again for about 16 s, rather than left for a
 later run to send again. That run could not tell the message had gone: Telegram keeps nothing a
 bot can look up, so it would post it twice (Slack's post would look for itself; the platform
 would replay its answer)."""
+
+
+async def record_what_went_out(record: Callable[[], Awaitable[_Recorded]], doing: str) -> _Recorded:
+    """Runs ``record`` (writing down what a service already did) as ``RECORDING_A_SEND`` says,
+    warning once when Redis fails; ``doing`` names it for that warning."""
+
+    async def waiting(exc: Exception, failures: int) -> None:
+        if failures == 1:
+            log.warning("%s waits for Redis: %r", doing, exc)
+
+    return await RECORDING_A_SEND.call_with_retry(record, waiting, with_failure_count=True)
 
 
 @dataclass
@@ -461,12 +474,9 @@ class Outbox:
         if not sent:
             return await self._pop(timer, tag, thread, job, recorded, follows)
 
-        async def waiting(exc: Exception, failures: int) -> None:
-            if failures == 1:
-                log.warning("outbox %s: %s went out; taking it off its queue waits for Redis: %r", thread, job.id, exc)
-
-        return await RECORDING_A_SEND.call_with_retry(
-            lambda: self._pop(timer, tag, thread, job, recorded, follows), waiting, with_failure_count=True
+        return await record_what_went_out(
+            lambda: self._pop(timer, tag, thread, job, recorded, follows),
+            f"outbox {thread}: {job.id} went out; taking it off its queue",
         )
 
     def _failed(self, service: str, probe: bool) -> None:

@@ -30,13 +30,13 @@ from bridge.destinations import SNIFF_TIMEOUT_SECONDS, Route, inbox_thread
 from bridge.engine import keys, refs
 from bridge.engine.events import DELIVERED_AT, EventHandler, StoredEvent
 from bridge.engine.outbox import (
-    RECORDING_A_SEND,
     FinalFailure,
     OutboxJob,
     Recorded,
     RetryLater,
     Sender,
     WaitingForRoot,
+    record_what_went_out,
 )
 from bridge.engine.ratelimit import SendSpacing
 from bridge.flows import jobs
@@ -409,15 +409,11 @@ class TelegramConnector:
         except TelegramError as exc:
             raise _sorted(exc) from None
         topic = str(created.message_thread_id)
-
-        async def waiting(exc: Exception, failures: int) -> None:
-            if failures == 1:
-                log.warning("Telegram chat %s: topic %s opened; recording it waits for Redis: %r", chat, topic, exc)
-
-        # As a sent message is recorded (the outbox's RECORDING_A_SEND): a run that fails here would
-        # open a second topic, since Telegram keeps nothing a bot can look up.
-        await RECORDING_A_SEND.call_with_retry(
-            lambda: refs.save_topic(self.redis, tag, key, SERVICE, str(chat), topic), waiting, with_failure_count=True
+        # As a sent message is recorded: a run that fails here would open a second topic, since
+        # Telegram keeps nothing a bot can look up.
+        await record_what_went_out(
+            lambda: refs.save_topic(self.redis, tag, key, SERVICE, str(chat), topic),
+            f"Telegram chat {chat}: topic {topic} opened; recording it",
         )
         return created.message_thread_id
 
