@@ -191,6 +191,12 @@ def dead_letter_ids(tag: str) -> str:
     return f"{tag}:dead-letter-ids"
 
 
+def dead_letter_replays(tag: str) -> str:
+    """HASH job id → thread of the dead letters a replay has queued again and whose thread's sender
+    it has not yet made sure of: a replay stopped there finishes them when it runs again."""
+    return f"{tag}:dead-letter-replays"
+
+
 def outbox_timer(tag: str, thread: str) -> str:
     """Timer key (kind ``outbox``) that sends the head of one thread's queue when due."""
     return f"outbox:{tag}:{thread}"

@@ -191,6 +191,20 @@ if redis.call('HSETNX', KEYS[2], ARGV[1], 1) == 0 then return 0 end
 return redis.call('RPUSH', KEYS[1], ARGV[2])
 """
 
+# An operator's replay of one dead letter, all or nothing, so a replay stopped anywhere and run again
+# queues each letter once: the letter and its id go, the job is marked queued and pushed at the end
+# of its thread's queue, and the replay notes the thread until it has made sure of its sender.
+# KEYS: dead letters, their ids, the thread's queue, the job's marker, the replays. ARGV: the letter
+# as stored, job id, the job to queue, the marker's life (s), thread. Returns the queue's length
+# after the push, or 0 when the letter is no longer there (replayed or dropped meanwhile).
+_REPLAY_LETTER = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[4], '1', 'EX', ARGV[4])
+redis.call('HSET', KEYS[5], ARGV[2], ARGV[5])
+return redis.call('RPUSH', KEYS[3], ARGV[3])
+"""
+
 # KEYS: queue, attempts, then the records.  ARGV: job id, the records' life (s), then their values.
 # Returns the new head (false when the queue is empty).
 _POP_HEAD = _pop_lua(3, 2) + "return redis.call('LINDEX', KEYS[1], 0)\n"
@@ -307,6 +321,7 @@ class Outbox:
         self._pop_head_and_settle = self.redis.register_script(_POP_HEAD_AND_SETTLE)
         self._root_first = self.redis.register_script(_ROOT_FIRST)
         self._put_dead_letter = self.redis.register_script(_DEAD_LETTER)
+        self._replay_letter = self.redis.register_script(_REPLAY_LETTER)
 
     def register(self, kinds: Mapping[str, Sender], failures: Mapping[str, FailureReporter] | None = None) -> None:
         """Senders by job kind, and (for the flow that owns a kind) who hears of a final failure."""
@@ -371,15 +386,34 @@ class Outbox:
     async def retry_dead_letter(self, tag: str, letter_id: str | None) -> int:
         """Puts dead letters (one id, or all with None) back at the end of their threads' queues,
         in the order they died; an operator's replay, so relevance and expiry no longer apply.
-        Returns how many were queued again."""
+        Returns how many were queued again. Stopped anywhere and run again, it queues none twice
+        and leaves no thread without its sender."""
+        await self._finish_replays(tag)
         replayed = 0
         for raw, letter in await self._letters(tag, letter_id):
             job = replace(OutboxJob(**letter["job"]), expires_at=None, relevant_key=None)
-            await self.redis.delete(keys.outbox_job(tag, job.id))  # so the same id may be queued again
-            await self.enqueue(tag, letter["thread"], job)
-            await self._forget_letter(tag, raw, job.id)
+            thread = letter["thread"]
+            queued = int(await self._replay_letter(
+                keys=[keys.dead_letters(tag), keys.dead_letter_ids(tag), keys.outbox_queue(tag, thread),
+                      keys.outbox_job(tag, job.id), keys.dead_letter_replays(tag)],
+                args=[raw, job.id, job.dumps(), keys.OUTBOX_JOB_TTL_SECONDS, thread],
+            ))  # fmt: skip
+            if not queued:
+                continue
+            if queued == 1:  # the queue was empty: nobody is sending the thread
+                await self.timers.start_now(keys.outbox_timer(tag, thread))
+            await self.redis.hdel(keys.dead_letter_replays(tag), job.id)
             replayed += 1
         return replayed
+
+    async def _finish_replays(self, tag: str) -> None:
+        """Makes sure of the senders of the threads an earlier replay queued letters in and stopped
+        before it had (it may have died right after queueing into an empty queue)."""
+        for job_id, thread in (await self.redis.hgetall(keys.dead_letter_replays(tag))).items():
+            timer = keys.outbox_timer(tag, str(thread))
+            if await self.redis.llen(keys.outbox_queue(tag, str(thread))) and not await self.timers.is_pending(timer):
+                await self.timers.schedule(timer, self.clock.now())
+            await self.redis.hdel(keys.dead_letter_replays(tag), job_id)
 
     async def drop_dead_letter(self, tag: str, letter_id: str | None) -> int:
         """Forgets dead letters (one id, or all with None); returns how many."""

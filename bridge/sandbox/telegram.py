@@ -220,6 +220,8 @@ class TelegramEmulator(LocalServer):
 
     def _new_message(self, args: dict[str, Any], **content: Any) -> tuple[int, dict[str, Any]]:
         chat_id = int(args["chat_id"])
+        if chat_id in self.missing_chats:
+            return self._error(400, "Bad Request: chat not found")
         limited = self._limit(chat_id)
         if limited is not None:
             return limited

@@ -902,3 +902,47 @@ async def test_archiving_a_finished_task_order_and_then_forgetting_it(stack: Sta
     await step(tid)
     done = await state(tid)
     assert done["rows"] == [("resolved", "已补发，顺丰 SF3", 3, 1)] and done["left_in_redis"] == []
+
+
+# -- the operator's replay -------------------------------------------------------------------------
+
+
+async def test_replaying_dead_letters(stack: Stack, faults: RedisFaults) -> None:
+    """``bridge dead-letters retry`` stopped at any point (a crash, a Redis error) and run again sends
+    each letter once. Telegram keeps nothing a bot could look up, so a letter queued twice would be
+    posted twice."""
+    tg = stack.telegram
+    replay = faults.wrap(stack.bridge.outbox.retry_dead_letter)
+
+    async def prepare() -> str:
+        await reset_tasks(stack)
+        tg.missing_chats.add(GROUP)  # the bot was removed from the store's group: Telegram refuses
+        cid = await stack.sandbox.open_chat("1002", {"type": "text", "text": "Can the buyer change the size?"})
+        await settle(stack)
+        assert len(await stack.bridge.outbox.dead_letters(STORE_1002)) >= 1
+        tg.missing_chats.discard(GROUP)  # and added back
+        return cid
+
+    async def step(cid: str) -> None:
+        while True:  # the operator runs the command again until it says it is done
+            try:
+                await replay(STORE_1002, None)
+                break
+            except RedisConnectionError:
+                continue
+        await settle(stack)
+
+    async def state(cid: str) -> dict[str, Any]:
+        return {
+            "posted": [normalized(m.text, cid)[:60] for m in tg.by_bot(GROUP)],
+            "dead": await stack.bridge.outbox.dead_letters(STORE_1002),
+            "queued": await stack.redis.keys(f"{STORE_1002}:outbox:*"),
+        }
+
+    assert await each_failure(stack, faults, prepare, step, state) >= 6
+    cid = await prepare()
+    await step(cid)
+    done = await state(cid)
+    [header] = tg.by_bot(GROUP)
+    assert "Can the buyer change the size?" in header.text and done["dead"] == [] and done["queued"] == []
+    assert await stack.redis.hgetall(keys.dead_letter_replays(STORE_1002)) == {}
