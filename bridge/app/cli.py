@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import uvloop
 from redis.asyncio import Redis
 
-from bridge.config import ConfigError, ConfigHolder, LoadedConfig, Problem, Store, load_config
+from bridge.config import BridgeConfig, ConfigError, ConfigHolder, LoadedConfig, Problem, Store, load_config
 
 if TYPE_CHECKING:
     from bridge.archive.store import Archive
@@ -394,31 +394,57 @@ async def _on_redis(work: Callable[[Redis], Awaitable[T]]) -> T:
             embedded.stop()
 
 
-def dead_letters(path: Path, action: str, letter_id: str | None, store: str | None, creator: str | None) -> int:
-    """D5: lists, replays or drops what the outbox could not deliver while it mattered."""
-    from datetime import UTC, datetime
-
+def _endpoint_tags(
+    path: Path, store: str | None, creator: str | None, destinations: bool
+) -> tuple[BridgeConfig, list[str]]:
+    """The configuration, and the tags of the endpoints named (every one with neither): stores',
+    creators' and, with ``destinations``, the destinations' own. Raises ValueError to print."""
+    from bridge.destinations import plugins
     from bridge.engine import keys
-    from bridge.engine.outbox import Outbox
-    from bridge.engine.timers import TimerStore
+    from bridge.engine.endpoint import Endpoint
 
     try:
         config = load_config(path).config
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        raise ValueError(str(exc)) from exc
     if store is not None and config.store(store) is None:
-        print(f"{path}: no store {store!r} is configured", file=sys.stderr)
-        return 1
+        raise ValueError(f"{path}: no store {store!r} is configured")
     if creator is not None and config.creator(creator) is None:
-        print(f"{path}: no creator {creator!r} is configured", file=sys.stderr)
-        return 1
+        raise ValueError(f"{path}: no creator {creator!r} is configured")
     if store is not None or creator is not None:
         tags = [keys.store_tag(store)] if store is not None else []
-        tags += [keys.creator_tag(creator)] if creator is not None else []
-    else:
-        tags = [keys.store_tag(s.id) for s in config.stores] + [keys.creator_tag(c.id) for c in config.creators]
-        tags.append(keys.NO_ENDPOINT_TAG)
+        return config, tags + ([keys.creator_tag(creator)] if creator is not None else [])
+    tags = [keys.store_tag(s.id) for s in config.stores] + [keys.creator_tag(c.id) for c in config.creators]
+    if destinations:
+        return config, tags + [Endpoint("destination", service).tag for service in plugins()]
+    return config, [*tags, keys.NO_ENDPOINT_TAG]
+
+
+def _dead_report(what: str, action: str, count: int, entry_id: str | None, named: str | None) -> int:
+    if action == "list":
+        print(f"{count} {what}(s)", file=sys.stderr)
+        return 0
+    if entry_id is not None and count == 0:
+        print(f"no {what} {entry_id!r}" + (f" for {named}" if named else ""), file=sys.stderr)
+        return 1
+    print(f"{count} {what}(s) {'queued again' if action == 'retry' else 'dropped'}", file=sys.stderr)
+    return 0
+
+
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
+
+
+def dead_letters(path: Path, action: str, letter_id: str | None, store: str | None, creator: str | None) -> int:
+    """D5: lists, replays or drops what the outbox could not deliver while it mattered."""
+    from bridge.engine.outbox import Outbox
+    from bridge.engine.timers import TimerStore
+
+    try:
+        config, tags = _endpoint_tags(path, store, creator, destinations=False)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 1
 
     async def work(redis: Redis) -> int:
         outbox = Outbox(redis, TimerStore(redis, shards=config.timers.shards))
@@ -426,9 +452,8 @@ def dead_letters(path: Path, action: str, letter_id: str | None, store: str | No
         for tag in tags:
             if action == "list":
                 for letter in await outbox.dead_letters(tag):
-                    at = datetime.fromtimestamp(letter["at"], UTC).isoformat(timespec="seconds")
-                    print(f"{tag.strip('{}')}\t{letter['id']}\t{letter['job']['kind']}\t{letter['thread']}\t{at}\t"
-                          f"{letter['reason']}")  # fmt: skip
+                    print(f"{tag.strip('{}')}\t{letter['id']}\t{letter['job']['kind']}\t{letter['thread']}\t"
+                          f"{_when(letter['at'])}\t{letter['reason']}")  # fmt: skip
                     found += 1
             elif action == "retry":
                 found += await outbox.retry_dead_letter(tag, letter_id)
@@ -436,16 +461,35 @@ def dead_letters(path: Path, action: str, letter_id: str | None, store: str | No
                 found += await outbox.drop_dead_letter(tag, letter_id)
         return found
 
-    count = asyncio.run(_on_redis(work))
-    if action == "list":
-        print(f"{count} dead letter(s)", file=sys.stderr)
-        return 0
-    if letter_id is not None and count == 0:
-        print(f"no dead letter {letter_id!r}" + (f" for {store or creator}" if store or creator else ""),
-              file=sys.stderr)  # fmt: skip
+    return _dead_report("dead letter", action, asyncio.run(_on_redis(work)), letter_id, store or creator)
+
+
+def dead_events(path: Path, action: str, msg_id: str | None, store: str | None, creator: str | None) -> int:
+    """D5: lists, replays or drops the stored events whose handler failed every attempt."""
+    from bridge.engine.events import DeadEvents
+
+    try:
+        _, tags = _endpoint_tags(path, store, creator, destinations=True)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 1
-    print(f"{count} dead letter(s) {'queued again' if action == 'retry' else 'dropped'}", file=sys.stderr)
-    return 0
+
+    async def work(redis: Redis) -> int:
+        dead = DeadEvents(redis)
+        found = 0
+        for tag in tags:
+            if action == "list":
+                for event in await dead.entries.read(tag):
+                    print(f"{tag.strip('{}')}\t{event['msg_id']}\t{event['tag']}\t{event.get('thread', '')}\t"
+                          f"{_when(event.get('at', event.get('received_at', 0)))}\t{event['error']}")  # fmt: skip
+                    found += 1
+            elif action == "retry":
+                found += await dead.retry(tag, msg_id)
+            else:
+                found += await dead.entries.drop(tag, msg_id)
+        return found
+
+    return _dead_report("dead event", action, asyncio.run(_on_redis(work)), msg_id, store or creator)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -516,17 +560,25 @@ def main(argv: list[str] | None = None) -> int:
     p_telegram.add_argument("--config", type=Path, required=True)
     p_telegram.add_argument("--bridge-url", help="poll: the bridge to hand updates to (default 127.0.0.1:server.port)")
 
-    p_dead = sub.add_parser("dead-letters", help="list, replay or drop what could not be delivered")
-    p_dead.add_argument("action", choices=["list", "retry", "drop"])
-    p_dead.add_argument("id", nargs="?", help="one dead letter's id (retry, drop)")
-    p_dead.add_argument("--all", action="store_true", help="every dead letter (retry, drop)")
-    p_dead.add_argument("--config", type=Path, required=True)
-    p_dead.add_argument("--store", help="only this store's")
-    p_dead.add_argument("--creator", help="only this creator's")
+    for command, what, helped in (
+        ("dead-letters", "dead letter", "list, replay or drop what could not be delivered"),
+        ("dead-events", "dead event", "list, replay or drop the events whose handling failed every attempt"),
+    ):
+        p_dead = sub.add_parser(command, help=helped)
+        p_dead.add_argument("action", choices=["list", "retry", "drop"])
+        p_dead.add_argument("id", nargs="?", help=f"one {what}'s id (retry, drop)")
+        p_dead.add_argument("--all", action="store_true", help=f"every {what} (retry, drop)")
+        p_dead.add_argument("--config", type=Path, required=True)
+        p_dead.add_argument("--store", help="only this store's")
+        p_dead.add_argument("--creator", help="only this creator's")
 
     args = parser.parse_args(argv)
-    if args.command == "dead-letters" and args.action != "list" and (args.id is None) == (not args.all):
-        parser.error(f"dead-letters {args.action}: name one id, or --all")
+    if (
+        args.command in ("dead-letters", "dead-events")
+        and args.action != "list"
+        and (args.id is None) == (not args.all)
+    ):
+        parser.error(f"{args.command} {args.action}: name one id, or --all")
     if args.command == "check":
         return check(args.config, args.online)
     _setup_logging(args.verbose, args.log_format)
@@ -534,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args.config, args.host, args.port, args.role, args.demo)
     if args.command == "dead-letters":
         return dead_letters(args.config, args.action, args.id, args.store, args.creator)
+    if args.command == "dead-events":
+        return dead_events(args.config, args.action, args.id, args.store, args.creator)
     if args.command == "archive":
         return archive_command(args.action)
     if args.command == "export":

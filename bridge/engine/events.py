@@ -31,8 +31,11 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from bridge.engine import keys
 from bridge.engine.clock import Clock, SystemClock
 from bridge.engine.cluster import is_cluster
+from bridge.engine.deadlist import DeadList
 from bridge.engine.endpoint import Endpoint
+from bridge.engine.ingest import list_ready_lua
 from bridge.engine.logcontext import about, bound
+from bridge.engine.metrics import METRICS
 from bridge.engine.wakeups import listen_for_wakeups
 
 log = logging.getLogger(__name__)
@@ -142,6 +145,61 @@ local held = redis.call('HGET', KEYS[1], ARGV[1])
 if held and string.sub(held, 1, #ARGV[2] + 1) == ARGV[2] .. '|' then return redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 0
 """
+
+
+# An operator's replay of a dead event: taken off the dead list and stored again as the newest event
+# of its thread, at once, so a replay stopped anywhere and run again stores it once. It keeps when
+# the bridge received it (what a person did is judged by that moment). On one server the stream is
+# listed as ready and a waiting consumer woken, as intake does.
+# KEYS: the dead list, its ids, the stream, the thread-seq hash[, the ready set, its wake list].
+# ARGV: the entry as stored, msg id, tag, thread, data, received at (ms), wake-ups kept.
+# Returns 1, or 0 when the entry is no longer on the list (replayed or dropped meanwhile).
+_REVIVE = (
+    """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[2])
+local seq = redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
+redis.call('XADD', KEYS[3], '*', 'msg_id', ARGV[2], 'tag', ARGV[3], 'thread', ARGV[4], 'seq', seq,
+           'data', ARGV[5], 'received_at', ARGV[6])
+if #KEYS > 4 then
+"""
+    + list_ready_lua("KEYS[3]", "KEYS[5]", "KEYS[6]", "ARGV[7]")
+    + "end\nreturn 1\n"
+)
+
+
+class DeadEvents:
+    """Events whose handler failed every attempt (a bug, data it cannot take), kept per endpoint for
+    an operator to list, replay once the cause is fixed, or drop (``bridge dead-events``)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.entries = DeadList(redis, keys.events_dead, keys.events_dead_ids, "msg_id")
+        self._revive = redis.register_script(_REVIVE)
+        self._one_redis = not is_cluster(redis)
+
+    async def bury(self, event: StoredEvent, error: Exception, now: float) -> bool:
+        """Puts ``event`` on its endpoint's dead list; False when it is there already (a process
+        that gave up on it died before acknowledging it, and the event failed again)."""
+        return await self.entries.put(event.endpoint.tag, {
+            "msg_id": event.msg_id, "tag": event.tag, "thread": event.thread, "data": event.raw,
+            "received_at": event.received_at, "at": now, "error": repr(error),
+        })  # fmt: skip
+
+    async def retry(self, tag: str, msg_id: str | None) -> int:
+        """Stores dead events (one msg_id, or all with None) again, each as the newest event of its
+        thread, in the order they died; returns how many."""
+        ready = [keys.EVENTS_READY, keys.EVENTS_READY_WAKE] if self._one_redis else []
+        revived = 0
+        for raw, dead in await self.entries.matching(tag, msg_id):
+            revived += int(await self._revive(
+                keys=[keys.events_dead(tag), keys.events_dead_ids(tag), keys.events(tag), keys.thread_seq(tag), *ready],
+                args=[raw, dead["msg_id"], dead["tag"], dead["thread"], dead["data"],
+                      round(dead["received_at"] * 1000), keys.READY_WAKE_KEPT],
+            ))  # fmt: skip
+        if revived and not self._one_redis:
+            await self.redis.publish(keys.EVENTS_WAKE_CHANNEL, "1")
+        return revived
 
 
 DELIVERED_AT: ContextVar[float | None] = ContextVar("delivered_at", default=None)
@@ -286,6 +344,7 @@ class EventConsumer:
         self._forget = self.redis.register_script(_FORGET)
         self._claim = self.redis.register_script(_CLAIM_ABANDONED)
         self._read_ready = self.redis.register_script(_READ_READY)
+        self.dead = DeadEvents(self.redis)
         self.cluster = is_cluster(self.redis)
         self._woken = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
@@ -744,9 +803,10 @@ class EventConsumer:
                     "%s: event %s failed (attempt %d), retrying: %r", event.endpoint, event.msg_id, attempts, exc
                 )
                 return (self.retry_base_seconds * 2 ** (attempts - 1), attempts)
-            dead = {"msg_id": event.msg_id, "tag": event.tag, "data": event.raw, "error": repr(exc)}
             try:
-                await self.redis.rpush(keys.events_dead(event.endpoint.tag), json.dumps(dead, ensure_ascii=False))
+                # Once on the list, however often this runs: an earlier run may have put it there
+                # and lost the answer, or died before acknowledging the event.
+                await self.dead.bury(event, exc, self.clock.now())
             except (RedisError, OSError) as unreachable:
                 # Not on the dead list yet: handled once more later, and its next failure puts it there.
                 log.warning("%s: event %s failed %d times, and the dead list is unreachable; retrying: %r",
@@ -755,6 +815,7 @@ class EventConsumer:
             log.error("%s: event %s failed %d times; moved to the dead list",
                       event.endpoint, event.msg_id, attempts, exc_info=exc)  # fmt: skip
             self.stats.dead += 1
+            METRICS.dead_events.labels(event.endpoint.tag.strip("{}"), event.tag).inc()
             return None
         self.stats.handled += 1
         return None

@@ -28,13 +28,23 @@ from bridge.engine.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
 
+
+def list_ready_lua(stream: str, ready: str, wake: str, kept: str) -> str:
+    """Lua, one server only: lists ``stream`` as ready for the consumers' next read and wakes one
+    that waits (keys.EVENTS_READY, keys.EVENTS_READY_WAKE, the newest ``kept`` wake-ups kept)."""
+    return f"""redis.call('SADD', {ready}, {stream})
+if redis.call('RPUSH', {wake}, {stream}) > tonumber({kept}) then redis.call('LTRIM', {wake}, -{kept}, -1) end
+"""
+
+
 # One call stores a whole batch of pushes to one endpoint (each push still all or nothing: a
 # script runs atomically). KEYS: stream, thread-seq hash, seen zset, and on one server the ready set
 # and its wake list (keys.EVENTS_READY). ARGV: now (ms), oldest msg_id time to remember (ms), the
 # batch as JSON: [[[msg_id, tag, thread, data], ...], ...], a list of records per push (one argument
 # keeps the client's encoding cost flat), and the wake list's length kept. Returns, per push, how
 # many of its records were new.
-_STORE_PUSHES = """
+_STORE_PUSHES = (
+    """
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[2])
 local out, any = {}, false
 for _, push in ipairs(cjson.decode(ARGV[3])) do
@@ -51,11 +61,12 @@ for _, push in ipairs(cjson.decode(ARGV[3])) do
   out[#out + 1] = stored
 end
 if any and #KEYS > 3 then
-  redis.call('SADD', KEYS[4], KEYS[1])
-  if redis.call('RPUSH', KEYS[5], KEYS[1]) > tonumber(ARGV[4]) then redis.call('LTRIM', KEYS[5], -ARGV[4], -1) end
-end
+"""
+    + list_ready_lua("KEYS[1]", "KEYS[4]", "KEYS[5]", "ARGV[4]")
+    + """end
 return out
 """
+)
 
 
 class StorageUnavailable(ConnectionError):

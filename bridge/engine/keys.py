@@ -151,8 +151,17 @@ def thread_locks(tag: str) -> str:
 
 
 def events_dead(tag: str) -> str:
-    """LIST of events whose handler failed every attempt (JSON); kept for an operator."""
+    """LIST of events whose handler failed every attempt (JSON {msg_id, tag, thread, data,
+    received_at, at, error}), oldest first. Kept until an operator replays or drops them
+    (``bridge dead-events``)."""
     return f"{tag}:events-dead"
+
+
+def events_dead_ids(tag: str) -> str:
+    """HASH msg_id → 1 of the events in ``events_dead``: an event is put there once however often
+    it fails for good (a process that gave up on it may die before acknowledging it). A replay or a
+    drop takes the id out."""
+    return f"{tag}:events-dead-ids"
 
 
 # -- outbox -------------------------------------------------------------------------------------

@@ -41,6 +41,10 @@ class Metrics:
             "feige_dead_letters", "Outbound calls put on a dead-letter list (refused, expired, irrelevant)",
             ["endpoint", "kind", "cause"], registry=r,
         )  # fmt: skip
+        self.dead_events = Counter(
+            "feige_dead_events", "Stored inbound events whose handling failed every attempt (a bug, data it cannot take)",
+            ["endpoint", "tag"], registry=r,
+        )  # fmt: skip
         self.redis_up = Gauge("feige_redis_up", "1 when Redis answered the last scrape, else 0", registry=r)
         self.events_backlog = Gauge(
             "feige_events_backlog", "Stored inbound events not handled yet (all endpoints)", registry=r

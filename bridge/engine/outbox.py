@@ -18,7 +18,6 @@ job is either still queued or done with and recorded.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -34,6 +33,7 @@ from redis.exceptions import RedisError
 from bridge.engine import keys
 from bridge.engine.clock import Clock, SystemClock
 from bridge.engine.cluster import is_cluster
+from bridge.engine.deadlist import DeadList
 from bridge.engine.logcontext import about, bound
 from bridge.engine.metrics import METRICS
 from bridge.engine.scripts import ScriptCall, in_one_call
@@ -185,12 +185,6 @@ end
 """
 
 
-# KEYS: the endpoint's dead letters, the ids in them (keys.dead_letter_ids). ARGV: job id, letter.
-_DEAD_LETTER = """
-if redis.call('HSETNX', KEYS[2], ARGV[1], 1) == 0 then return 0 end
-return redis.call('RPUSH', KEYS[1], ARGV[2])
-"""
-
 # An operator's replay of one dead letter, all or nothing, so a replay stopped anywhere and run again
 # queues each letter once: the letter and its id go, the job is marked queued and pushed at the end
 # of its thread's queue, and the replay notes the thread until it has made sure of its sender.
@@ -320,7 +314,7 @@ class Outbox:
         self._pop_head = self.redis.register_script(_POP_HEAD)
         self._pop_head_and_settle = self.redis.register_script(_POP_HEAD_AND_SETTLE)
         self._root_first = self.redis.register_script(_ROOT_FIRST)
-        self._put_dead_letter = self.redis.register_script(_DEAD_LETTER)
+        self.letters = DeadList(self.redis, keys.dead_letters, keys.dead_letter_ids, "id")
         self._replay_letter = self.redis.register_script(_REPLAY_LETTER)
 
     def register(self, kinds: Mapping[str, Sender], failures: Mapping[str, FailureReporter] | None = None) -> None:
@@ -381,7 +375,7 @@ class Outbox:
 
     async def dead_letters(self, tag: str) -> list[dict[str, Any]]:
         """The endpoint's dead letters, oldest first: {id, thread, reason, status, at, job}."""
-        return [json.loads(raw) for raw in await self.redis.lrange(keys.dead_letters(tag), 0, -1)]
+        return await self.letters.read(tag)
 
     async def retry_dead_letter(self, tag: str, letter_id: str | None) -> int:
         """Puts dead letters (one id, or all with None) back at the end of their threads' queues,
@@ -390,7 +384,7 @@ class Outbox:
         and leaves no thread without its sender."""
         await self._finish_replays(tag)
         replayed = 0
-        for raw, letter in await self._letters(tag, letter_id):
+        for raw, letter in await self.letters.matching(tag, letter_id):
             job = replace(OutboxJob(**letter["job"]), expires_at=None, relevant_key=None)
             thread = letter["thread"]
             queued = int(await self._replay_letter(
@@ -417,29 +411,7 @@ class Outbox:
 
     async def drop_dead_letter(self, tag: str, letter_id: str | None) -> int:
         """Forgets dead letters (one id, or all with None); returns how many."""
-        if letter_id is None:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.llen(keys.dead_letters(tag))
-                pipe.delete(keys.dead_letters(tag), keys.dead_letter_ids(tag))
-                count, _ = await pipe.execute()
-            return int(count)
-        dropped = 0
-        for raw, letter in await self._letters(tag, letter_id):
-            dropped += await self._forget_letter(tag, raw, letter["id"])
-        return dropped
-
-    async def _forget_letter(self, tag: str, raw: str, job_id: str) -> int:
-        """Takes one dead letter off the list, and its id, so that job may die again."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(keys.dead_letters(tag), 1, raw)
-            pipe.hdel(keys.dead_letter_ids(tag), job_id)
-            removed, _ = await pipe.execute()
-        return int(removed)
-
-    async def _letters(self, tag: str, letter_id: str | None) -> list[tuple[str, dict[str, Any]]]:
-        """(stored text, decoded) of the endpoint's dead letters with ``letter_id`` (all with None)."""
-        found = [(str(raw), json.loads(raw)) for raw in await self.redis.lrange(keys.dead_letters(tag), 0, -1)]
-        return [(raw, letter) for raw, letter in found if letter_id is None or letter["id"] == letter_id]
+        return await self.letters.drop(tag, letter_id)
 
     # -- sending (timer kind "outbox") -----------------------------------------------------------
 
@@ -635,9 +607,7 @@ class Outbox:
     ) -> None:
         record = {"id": job.id, "thread": thread, "reason": reason, "status": status, "at": self.clock.now(),
                   "job": asdict(job)}  # fmt: skip
-        letter = json.dumps(record, ensure_ascii=False)
-        if not int(await self._put_dead_letter(keys=[keys.dead_letters(tag), keys.dead_letter_ids(tag)],
-                                               args=[job.id, letter])):  # fmt: skip
+        if not await self.letters.put(tag, record):
             return  # dead-lettered by a run of this step that died before taking the job off its queue
         self.stats.dead_lettered += 1
         METRICS.dead_letters.labels(tag.strip("{}"), job.kind, cause).inc()

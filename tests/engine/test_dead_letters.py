@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from bridge.app import cli
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
+from bridge.engine.events import StoredEvent
 from bridge.engine.outbox import MAX_RETRY_DELAY_SECONDS, OutboxJob
 from bridge.flows.jobs import SEND_MESSAGE
 from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
@@ -108,10 +109,10 @@ async def live_clock_stack(redis: Redis, redis_url: str) -> AsyncIterator[Stack]
     await s.stop()
 
 
-def run_cli(*args: str) -> tuple[int, str, str]:
+def run_cli(command: str, *args: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(["dead-letters", *args, "--config", str(EXAMPLE_CONFIG)])
+        code = cli.main([command, *args, "--config", str(EXAMPLE_CONFIG)])
     return code, out.getvalue(), err.getvalue()
 
 
@@ -129,25 +130,25 @@ async def test_dead_letters_are_listed_replayed_and_dropped_from_the_command_lin
     if letters[0] != f"slack:root:{first}":
         first, second = second, first
 
-    code, out, err = await asyncio.to_thread(run_cli, "list", "--store", "1001")
+    code, out, err = await asyncio.to_thread(run_cli, "dead-letters", "list", "--store", "1001")
     rows = [line.split("\t") for line in out.splitlines()]
     assert code == 0 and [r[1] for r in rows] == letters, "oldest first"
     assert rows[0][0] == "store:1001" and rows[0][2] == "slack.post" and "channel_not_found" in rows[0][5]
     assert err.strip() == "2 dead letter(s)"
 
-    code, _, err = await asyncio.to_thread(run_cli, "retry", "nope", "--store", "1001")
+    code, _, err = await asyncio.to_thread(run_cli, "dead-letters", "retry", "nope", "--store", "1001")
     assert code == 1 and "no dead letter 'nope'" in err
-    code, _, err = await asyncio.to_thread(run_cli, "drop", f"slack:root:{second}", "--store", "1001")
+    code, _, err = await asyncio.to_thread(run_cli, "dead-letters", "drop", f"slack:root:{second}", "--store", "1001")
     assert code == 0 and err.strip() == "1 dead letter(s) dropped"
 
     stack.slack.missing_channels.clear()  # the operator restored the channel
-    code, _, err = await asyncio.to_thread(run_cli, "retry", "--all")
+    code, _, err = await asyncio.to_thread(run_cli, "dead-letters", "retry", "--all")
     assert code == 0 and err.strip() == "1 dead letter(s) queued again"
     await stack.settle()
     [root] = stack.slack.channel(CHATS)
     assert root.metadata and root.metadata["event_payload"]["job"] == f"slack:root:{first}"
     assert await stack.bridge.outbox.dead_letters(TAG) == []
-    code, out, _ = await asyncio.to_thread(run_cli, "list")
+    code, out, _ = await asyncio.to_thread(run_cli, "dead-letters", "list")
     assert code == 0 and out == ""
     metrics = await (await stack.bridge.http().get(f"{stack.url}/metrics")).text()
     assert 'feige_dead_letters_total{cause="refused",endpoint="store:1001",kind="slack.post"}' in metrics
@@ -172,3 +173,47 @@ async def test_a_replayed_job_that_dies_again_is_dead_lettered_again(stack: Stac
     assert [d["id"] for d in again] == [f"slack:root:{cid}"] and "channel_not_found" in again[0]["reason"]
     assert await stack.bridge.outbox.drop_dead_letter(TAG, f"slack:root:{cid}") == 1
     assert await stack.redis.hgetall(keys.dead_letter_ids(TAG)) == {}, "dropped: nothing of it left"
+
+
+async def test_an_event_whose_handling_fails_every_attempt_is_listed_replayed_once_fixed_and_dropped(
+    stack: Stack, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug makes a platform message fail every attempt: it goes to the store's dead events, once;
+    ``bridge dead-events`` lists it, replays it once the bug is fixed (the chat then opens in Slack)
+    and drops another."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    handlers = stack.bridge.event_handlers
+    fixed = handlers["im_platform_message"]
+
+    async def broken(event: StoredEvent) -> None:
+        raise ValueError("a bug in the handler")
+
+    handlers["im_platform_message"] = broken
+    cid = await stack.sandbox.open_chat("1001", {"type": "text", "text": "在吗"})
+    await stack.settle(horizon=40)  # every attempt, with its backoff
+    assert stack.slack.channel(CHATS) == [] and stack.bridge.consumer.stats.dead == 1
+
+    code, out, err = await asyncio.to_thread(run_cli, "dead-events", "list", "--store", "1001")
+    [row] = [line.split("\t") for line in out.splitlines()]
+    assert code == 0 and err.strip() == "1 dead event(s)"
+    assert row[0] == "store:1001" and row[2] == "im_platform_message" and "a bug in the handler" in row[5]
+    code, out, _ = await asyncio.to_thread(run_cli, "dead-events", "list")
+    assert [line.split("\t")[1] for line in out.splitlines()] == [row[1]], "every endpoint, this one event"
+
+    handlers["im_platform_message"] = fixed  # the fix is deployed
+    code, _, err = await asyncio.to_thread(run_cli, "dead-events", "retry", row[1], "--store", "1001")
+    assert code == 0 and err.strip() == "1 dead event(s) queued again"
+    await stack.settle()
+    [root] = stack.slack.channel(CHATS)
+    assert root.metadata and root.metadata["event_payload"]["job"] == f"slack:root:{cid}"
+    assert await stack.redis.llen(keys.events_dead(TAG)) == 0
+    code, _, err = await asyncio.to_thread(run_cli, "dead-events", "retry", row[1], "--store", "1001")
+    assert code == 1 and err.strip() == f"no dead event '{row[1]}' for 1001", "replayed once"
+
+    handlers["im_platform_message"] = broken
+    await stack.sandbox.open_chat("1001", {"type": "text", "text": "还在吗"})
+    await stack.settle(horizon=40)
+    code, _, err = await asyncio.to_thread(run_cli, "dead-events", "drop", "--all", "--store", "1001")
+    assert code == 0 and err.strip() == "1 dead event(s) dropped"
+    assert await stack.redis.exists(keys.events_dead(TAG), keys.events_dead_ids(TAG)) == 0
+    assert len(stack.slack.channel(CHATS)) == 1

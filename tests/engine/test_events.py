@@ -99,36 +99,39 @@ async def test_failing_handler_retries_then_dead_letters_and_unblocks_its_thread
     assert json.loads(dead)["msg_id"] == "bad" and "boom" in json.loads(dead)["error"]
 
 
+@pytest.mark.parametrize("lost_answer", [False, True], ids=["refused", "answer lost"])
 async def test_an_event_whose_dead_list_push_fails_is_retried_then_dead_lettered_once(
-    redis: Redis, monkeypatch: pytest.MonkeyPatch
+    redis: Redis, monkeypatch: pytest.MonkeyPatch, lost_answer: bool
 ) -> None:
-    """A handler fails for good, and Redis fails the push to the dead list: the event is handled
-    once more after the backoff and dead-lettered then; the other chat of its round is handled."""
+    """A handler fails for good, and Redis fails the push to the dead list (before it, or after it
+    with its answer lost): the event is handled once more after the backoff and is on the dead list
+    once then; the other chat of its round is handled."""
     await EventLog(redis).store(STORE, [record("bad", "chat:1"), record("good", "chat:2")])
     calls: list[str] = []
     handle = failing_for_good("bad", calls)
-
-    push, pushes = redis.rpush, 0
+    clock = ManualClock()
+    c = consumer(redis, handle, retry_base_seconds=0.5, max_attempts=1, clock=clock)
+    push, pushes = c.dead.entries.put, 0
 
     async def push_or_fail(*args: Any) -> Any:
         nonlocal pushes
         pushes += 1
         if pushes == 1:
+            if lost_answer:
+                await push(*args)
             raise RedisConnectionError("Connection reset by peer")
         return await push(*args)
 
-    monkeypatch.setattr(redis, "rpush", push_or_fail)
-    clock = ManualClock()
-    c = consumer(redis, handle, retry_base_seconds=0.5, max_attempts=1, clock=clock)
+    monkeypatch.setattr(c.dead.entries, "put", push_or_fail)
     await c.drain()
-    assert sorted(calls) == ["bad", "good"] and await redis.llen(keys.events_dead(STORE.tag)) == 0
+    assert sorted(calls) == ["bad", "good"] and await redis.llen(keys.events_dead(STORE.tag)) == int(lost_answer)
     assert c.next_retry_at() == clock.now() + 0.5
     clock.advance(0.5)
     await c.drain()
     assert sorted(calls) == ["bad", "bad", "good"] and c.next_retry_at() is None
     [dead] = await redis.lrange(keys.events_dead(STORE.tag), 0, -1)
-    assert json.loads(dead)["msg_id"] == "bad" and c.stats.dead == 1
-    assert await redis.xlen(keys.events(STORE.tag)) == 0
+    assert json.loads(dead)["msg_id"] == "bad" and json.loads(dead)["thread"] == "chat:1"
+    assert c.stats.dead == 1 and await redis.xlen(keys.events(STORE.tag)) == 0
 
 
 async def test_a_handler_failing_on_redis_is_retried_for_as_long_as_it_takes_never_dead_lettered(

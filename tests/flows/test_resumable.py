@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bridge.engine import keys
 from bridge.engine.endpoint import Endpoint
-from bridge.engine.events import IN_FLIGHT_SECONDS, StoredEvent
+from bridge.engine.events import IN_FLIGHT_SECONDS, DeadEvents, StoredEvent
 from bridge.flows.views import Actor
 from tests.conftest import Stack
 
@@ -946,3 +946,41 @@ async def test_replaying_dead_letters(stack: Stack, faults: RedisFaults) -> None
     [header] = tg.by_bot(GROUP)
     assert "Can the buyer change the size?" in header.text and done["dead"] == [] and done["queued"] == []
     assert await stack.redis.hgetall(keys.dead_letter_replays(STORE_1002)) == {}
+
+
+async def test_replaying_dead_events(stack: Stack, faults: RedisFaults) -> None:
+    """``bridge dead-events retry`` stopped at any point and run again stores each dead event once:
+    the chat a fixed handler opens lands in Slack once."""
+    handlers = stack.bridge.event_handlers
+    fixed = handlers["im_platform_message"]
+    dead = DeadEvents(stack.redis)
+    replay = faults.wrap(dead.retry)
+
+    async def broken(event: StoredEvent) -> None:
+        raise ValueError("a bug in the handler")
+
+    async def prepare() -> str:
+        handlers["im_platform_message"] = broken
+        cid = await stack.sandbox.open_chat("1001", {"type": "text", "text": "在吗"})
+        await stack.settle(horizon=40)  # every attempt, with its backoff
+        handlers["im_platform_message"] = fixed  # the fix is deployed
+        return cid
+
+    async def step(cid: str) -> None:
+        for tag in (TAG, STORE_1002):  # as the command goes through every endpoint
+            while True:
+                try:
+                    await replay(tag, None)
+                    break
+                except RedisConnectionError:
+                    continue
+        await settle(stack)
+
+    async def state(cid: str) -> dict[str, Any]:
+        return await chat_state(stack, cid) | {"dead_events": await dead.entries.read(TAG)}
+
+    assert await each_failure(stack, faults, prepare, step, state) >= 6
+    cid = await prepare()
+    await step(cid)
+    done = await state(cid)
+    assert len(done["roots"]) == 1 and done["status"] == "open" and done["dead_events"] == []
