@@ -42,7 +42,7 @@ class Metrics:
             ["endpoint", "kind", "cause"], registry=r,
         )  # fmt: skip
         self.dead_events = Counter(
-            "feige_dead_events", "Stored inbound events whose handling failed every attempt (a bug, data it cannot take)",
+            "feige_dead_events", "Stored inbound events whose handling failed every attempt (a bug, unusable data)",
             ["endpoint", "tag"], registry=r,
         )  # fmt: skip
         self.redis_up = Gauge("feige_redis_up", "1 when Redis answered the last scrape, else 0", registry=r)
