@@ -172,8 +172,9 @@ class DeadEvents:
     """Events whose handler failed every attempt (a bug, data it cannot take), kept per endpoint for
     an operator to list, replay once the cause is fixed, or drop (``bridge dead-events``)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, clock: Clock | None = None) -> None:
         self.redis = redis
+        self.clock: Clock = clock or SystemClock()
         self.entries = DeadList(redis, keys.events_dead, keys.events_dead_ids, "msg_id")
         self._revive = redis.register_script(_REVIVE)
         self._one_redis = not is_cluster(redis)
@@ -192,10 +193,13 @@ class DeadEvents:
         ready = [keys.EVENTS_READY, keys.EVENTS_READY_WAKE] if self._one_redis else []
         revived = 0
         for raw, dead in await self.entries.matching(tag, msg_id):
+            # An entry kept before its thread and arrival were (older releases) runs on a thread of
+            # its own, as received now.
+            thread, received_at = dead.get("thread") or dead["msg_id"], dead.get("received_at") or self.clock.now()
             revived += int(await self._revive(
                 keys=[keys.events_dead(tag), keys.events_dead_ids(tag), keys.events(tag), keys.thread_seq(tag), *ready],
-                args=[raw, dead["msg_id"], dead["tag"], dead["thread"], dead["data"],
-                      round(dead["received_at"] * 1000), keys.READY_WAKE_KEPT],
+                args=[raw, dead["msg_id"], dead["tag"], thread, dead["data"], round(received_at * 1000),
+                      keys.READY_WAKE_KEPT],
             ))  # fmt: skip
         if revived and not self._one_redis:
             await self.redis.publish(keys.EVENTS_WAKE_CHANNEL, "1")
@@ -344,7 +348,7 @@ class EventConsumer:
         self._forget = self.redis.register_script(_FORGET)
         self._claim = self.redis.register_script(_CLAIM_ABANDONED)
         self._read_ready = self.redis.register_script(_READ_READY)
-        self.dead = DeadEvents(self.redis)
+        self.dead = DeadEvents(self.redis, self.clock)
         self.cluster = is_cluster(self.redis)
         self._woken = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None

@@ -15,7 +15,7 @@ from bridge.app.redis_server import EmbeddedRedis, cluster_url, embedded_cluster
 from bridge.app.service import OPENED_AT_START, PUBSUB_CONNECTIONS, open_connections, open_redis
 from bridge.engine.clock import ManualClock
 from bridge.engine.endpoint import Endpoint
-from bridge.engine.events import IN_FLIGHT_SECONDS, EventConsumer, StoredEvent
+from bridge.engine.events import IN_FLIGHT_SECONDS, DeadEvents, EventConsumer, StoredEvent
 from bridge.engine.ingest import EventLog, IncomingRecord
 from tests.conftest import Stack, start_stack
 from tests.engine.test_ratelimit import (
@@ -23,7 +23,7 @@ from tests.engine.test_ratelimit import (
     marks_an_attempt_only_when_the_job_goes,
 )
 
-CHATS, TASKS = "C0CHATS1001", "C0TASKS1001"
+CHATS, TASKS, TAG = "C0CHATS1001", "C0TASKS1001", "{store:1001}"
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +200,34 @@ async def test_a_cluster_client_opens_its_connections_to_every_primary_at_start(
         await redis.aclose()
         for node in nodes:
             node.close()
+
+
+async def test_dead_letters_and_dead_events_are_replayed_on_a_cluster(cluster_stack: Stack) -> None:
+    """Both replays are one script each, within the endpoint's hash tag (a cluster refuses a script
+    whose keys lie in different slots)."""
+    stack = cluster_stack
+    stack.slack.missing_channels.add(CHATS)
+    cid = await stack.sandbox.open_chat("1001", {"type": "text", "text": "频道被归档了"})
+    await stack.settle()
+    assert [d["id"] for d in await stack.bridge.outbox.dead_letters(TAG)] == [f"slack:root:{cid}"]
+    stack.slack.missing_channels.clear()
+    assert await stack.bridge.outbox.retry_dead_letter(TAG, None) == 1
+    await stack.settle()
+    assert "频道被归档了" in str(stack.slack.channel(CHATS)[-1].blocks)
+
+    handlers = stack.bridge.event_handlers
+    fixed = handlers["im_platform_message"]
+
+    async def broken(event: StoredEvent) -> None:
+        raise ValueError("a bug in the handler")
+
+    handlers["im_platform_message"] = broken
+    await stack.sandbox.open_chat("1001", {"type": "text", "text": "处理失败了"})
+    await stack.settle(horizon=40)
+    dead = DeadEvents(stack.redis)
+    assert len(await dead.entries.read(TAG)) == 1
+    handlers["im_platform_message"] = fixed
+    assert await dead.retry(TAG, None) == 1
+    await stack.settle()
+    assert "处理失败了" in str(stack.slack.channel(CHATS)[-1].blocks)
+    assert await dead.entries.read(TAG) == [] and await stack.bridge.outbox.dead_letters(TAG) == []

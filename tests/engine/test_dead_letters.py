@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import io
 import itertools
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -213,7 +214,20 @@ async def test_an_event_whose_handling_fails_every_attempt_is_listed_replayed_on
     handlers["im_platform_message"] = broken
     await stack.sandbox.open_chat("1001", {"type": "text", "text": "还在吗"})
     await stack.settle(horizon=40)
+    # As an older release kept it, without its thread and arrival: replayed all the same.
+    [kept] = await stack.redis.lrange(keys.events_dead(TAG), 0, -1)
+    legacy = {k: v for k, v in json.loads(kept).items() if k in ("msg_id", "tag", "data", "error")}
+    await stack.redis.lset(keys.events_dead(TAG), 0, json.dumps(legacy, ensure_ascii=False))
+    handlers["im_platform_message"] = fixed
+    code, _, err = await asyncio.to_thread(run_cli, "dead-events", "retry", "--all")
+    assert code == 0 and err.strip() == "1 dead event(s) queued again"
+    await stack.settle()
+    assert "还在吗" in str(stack.slack.channel(CHATS)[-1].blocks) and len(stack.slack.channel(CHATS)) == 2
+
+    handlers["im_platform_message"] = broken
+    await stack.sandbox.open_chat("1001", {"type": "text", "text": "有人吗"})
+    await stack.settle(horizon=40)
     code, _, err = await asyncio.to_thread(run_cli, "dead-events", "drop", "--all", "--store", "1001")
     assert code == 0 and err.strip() == "1 dead event(s) dropped"
     assert await stack.redis.exists(keys.events_dead(TAG), keys.events_dead_ids(TAG)) == 0
-    assert len(stack.slack.channel(CHATS)) == 1
+    assert len(stack.slack.channel(CHATS)) == 2
