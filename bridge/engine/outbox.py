@@ -28,7 +28,9 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge.engine import keys
 from bridge.engine.clock import Clock, SystemClock
@@ -251,23 +253,36 @@ class _AtOnceThenExponential(ExponentialBackoff):
 
 _Recorded = TypeVar("_Recorded")
 
-RECORDING_A_SEND = Retry(_AtOnceThenExponential(cap=1.0, base=0.05), retries=20, supported_errors=(RedisError,))
-"""How a job that went out is taken off its queue when Redis fails at that moment (restarted,
-failing over): by the run that sent it, again and again for about 16 s, rather than left for a
-later run to send again. That run could not tell the message had gone: Telegram keeps nothing a
-bot can look up, so it would post it twice (Slack's post would look for itself; the platform
-would replay its answer)."""
+RECORDING_A_SEND = Retry(
+    _AtOnceThenExponential(cap=0.25, base=0.05), retries=-1, supported_errors=(RedisConnectionError, RedisTimeoutError)
+)
+"""How a job that went out is taken off its queue when Redis is unreachable at that moment (restarted,
+failing over: a Sentinel failover takes 30 s and more with its defaults): by the run that sent it,
+every quarter second at most, for as long as it takes, rather than left for a later run to send
+again. That run could not tell the message had gone: Telegram keeps nothing a bot can look up, so
+it would post it twice (Slack's post would look for itself; the platform would replay its answer).
+Trying often matters once Redis is back: the run's lease has lapsed meanwhile, and another
+worker's run would send the same job if it got there first."""
+
+RECORDING_ON_ERROR_ANSWERS = Retry(
+    _AtOnceThenExponential(cap=1.0, base=0.05), retries=20, supported_errors=(RedisError,)
+)
+"""An error that is Redis's answer (out of memory, a replica that cannot write) rather than its
+absence: tried again for about 16 s, then the run fails and is retried as any failed run."""
 
 
 async def record_what_went_out(record: Callable[[], Awaitable[_Recorded]], doing: str) -> _Recorded:
-    """Runs ``record`` (writing down what a service already did) as ``RECORDING_A_SEND`` says,
-    warning once when Redis fails; ``doing`` names it for that warning."""
+    """Runs ``record`` (writing down what a service already did) as ``RECORDING_A_SEND`` and
+    ``RECORDING_ON_ERROR_ANSWERS`` say, warning when Redis fails; ``doing`` names it for that warning."""
 
     async def waiting(exc: Exception, failures: int) -> None:
         if failures == 1:
             log.warning("%s waits for Redis: %r", doing, exc)
 
-    return await RECORDING_A_SEND.call_with_retry(record, waiting, with_failure_count=True)
+    async def until_reachable() -> _Recorded:
+        return await RECORDING_A_SEND.call_with_retry(record, waiting, with_failure_count=True)
+
+    return await RECORDING_ON_ERROR_ANSWERS.call_with_retry(until_reachable, waiting, with_failure_count=True)
 
 
 @dataclass

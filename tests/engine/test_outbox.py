@@ -384,3 +384,35 @@ async def test_a_telegram_post_whose_removal_meets_a_redis_error_is_not_posted_a
     texts = [m.text for chat in (group, 7001) for m in stack.telegram.by_bot(chat)]
     assert len(texts) == len(set(texts)), texts
     assert await stack.redis.keys(f"{{store:1002}}:outbox:task:{tid}*") == [], "every job done with"
+
+
+async def test_a_telegram_post_recorded_only_after_a_long_redis_failover_is_not_posted_again(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis is gone for longer than any fixed number of tries would wait (a Sentinel failover takes
+    30 s and more with its defaults) right after Telegram took a message: the run that sent it keeps
+    trying to take it off its queue, often, until Redis answers, and the message is posted once. An
+    error that is Redis's answer rather than its absence still fails the run after a few tries."""
+    group = -1001002000001
+    pop, failures, waited = stack.bridge.outbox._pop, 0, list[float]()
+
+    async def failing_over(timer: Timer, tag: str, thread: str, job: OutboxJob, *args: Any) -> Any:
+        nonlocal failures
+        if job.kind.startswith("telegram.") and sum(waited) < 45.0:
+            failures += 1
+            raise RedisConnectionError("injected: Redis is failing over")
+        return await pop(timer, tag, thread, job, *args)
+
+    async def no_real_wait(seconds: float) -> None:  # the retries' waits, by an injected clock
+        waited.append(seconds)
+
+    monkeypatch.setattr("redis.asyncio.retry.sleep", no_real_wait)
+    monkeypatch.setattr(stack.bridge.outbox, "_pop", failing_over)
+    tid = await stack.sandbox.create_task_order("1002", "c-7001")
+    await stack.settle()
+    cards = [m for m in stack.telegram.by_bot(group) if tid in m.text and m.reply_markup]
+    assert len(cards) == 1 and sum(waited) >= 45.0 and max(waited) <= 0.25, (len(cards), sum(waited), max(waited))
+    assert failures > 100, "tried often, so the run that sent it is the first to find Redis back"
+    texts = [m.text for chat in (group, 7001) for m in stack.telegram.by_bot(chat)]
+    assert len(texts) == len(set(texts)), texts
+    assert await stack.redis.keys(f"{{store:1002}}:outbox:task:{tid}*") == [], "every job done with"
