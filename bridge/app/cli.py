@@ -8,6 +8,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, TypeVar
@@ -420,11 +421,44 @@ def _endpoint_tags(
     return config, [*tags, keys.NO_ENDPOINT_TAG]
 
 
-def _dead_report(what: str, action: str, count: int, entry_id: str | None, named: str | None) -> int:
+@dataclass(frozen=True)
+class _DeadList:
+    """What ``bridge dead-letters`` and ``bridge dead-events`` do to one endpoint's list."""
+
+    rows: Callable[[str], Awaitable[list[list[str]]]]
+    """Each entry's columns after the endpoint's: id, kind, thread, when, why."""
+    retry: Callable[[str, str | None], Awaitable[int]]
+    drop: Callable[[str, str | None], Awaitable[int]]
+
+
+def _on_dead_list(
+    what: str, path: Path, action: str, entry_id: str | None, store: str | None, creator: str | None,
+    *, destinations: bool, open_list: Callable[[Redis, BridgeConfig], _DeadList],
+) -> int:  # fmt: skip
+    """Lists, replays or drops the entries (one id, or all) of the endpoints named (every one)."""
+    try:
+        config, tags = _endpoint_tags(path, store, creator, destinations)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+    async def work(redis: Redis) -> int:
+        dead, found = open_list(redis, config), 0
+        for tag in tags:
+            if action == "list":
+                for row in await dead.rows(tag):
+                    print("\t".join([tag.strip("{}"), *row]))
+                    found += 1
+            else:
+                found += await (dead.retry if action == "retry" else dead.drop)(tag, entry_id)
+        return found
+
+    count = asyncio.run(_on_redis(work))
     if action == "list":
         print(f"{count} {what}(s)", file=sys.stderr)
         return 0
     if entry_id is not None and count == 0:
+        named = store or creator
         print(f"no {what} {entry_id!r}" + (f" for {named}" if named else ""), file=sys.stderr)
         return 1
     print(f"{count} {what}(s) {'queued again' if action == 'retry' else 'dropped'}", file=sys.stderr)
@@ -440,56 +474,32 @@ def dead_letters(path: Path, action: str, letter_id: str | None, store: str | No
     from bridge.engine.outbox import Outbox
     from bridge.engine.timers import TimerStore
 
-    try:
-        config, tags = _endpoint_tags(path, store, creator, destinations=False)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-
-    async def work(redis: Redis) -> int:
+    def letters(redis: Redis, config: BridgeConfig) -> _DeadList:
         outbox = Outbox(redis, TimerStore(redis, shards=config.timers.shards))
-        found = 0
-        for tag in tags:
-            if action == "list":
-                for letter in await outbox.dead_letters(tag):
-                    print(f"{tag.strip('{}')}\t{letter['id']}\t{letter['job']['kind']}\t{letter['thread']}\t"
-                          f"{_when(letter['at'])}\t{letter['reason']}")  # fmt: skip
-                    found += 1
-            elif action == "retry":
-                found += await outbox.retry_dead_letter(tag, letter_id)
-            else:
-                found += await outbox.drop_dead_letter(tag, letter_id)
-        return found
 
-    return _dead_report("dead letter", action, asyncio.run(_on_redis(work)), letter_id, store or creator)
+        async def rows(tag: str) -> list[list[str]]:
+            return [[d["id"], d["job"]["kind"], d["thread"], _when(d["at"]), d["reason"]]
+                    for d in await outbox.dead_letters(tag)]  # fmt: skip
+
+        return _DeadList(rows, outbox.retry_dead_letter, outbox.drop_dead_letter)
+
+    return _on_dead_list("dead letter", path, action, letter_id, store, creator, destinations=False, open_list=letters)
 
 
 def dead_events(path: Path, action: str, msg_id: str | None, store: str | None, creator: str | None) -> int:
     """D5: lists, replays or drops the stored events whose handler failed every attempt."""
     from bridge.engine.events import DeadEvents
 
-    try:
-        _, tags = _endpoint_tags(path, store, creator, destinations=True)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-
-    async def work(redis: Redis) -> int:
+    def events(redis: Redis, config: BridgeConfig) -> _DeadList:
         dead = DeadEvents(redis)
-        found = 0
-        for tag in tags:
-            if action == "list":
-                for event in await dead.entries.read(tag):
-                    print(f"{tag.strip('{}')}\t{event['msg_id']}\t{event['tag']}\t{event.get('thread', '')}\t"
-                          f"{_when(event.get('at', event.get('received_at', 0)))}\t{event['error']}")  # fmt: skip
-                    found += 1
-            elif action == "retry":
-                found += await dead.retry(tag, msg_id)
-            else:
-                found += await dead.entries.drop(tag, msg_id)
-        return found
 
-    return _dead_report("dead event", action, asyncio.run(_on_redis(work)), msg_id, store or creator)
+        async def rows(tag: str) -> list[list[str]]:
+            return [[d["msg_id"], d["tag"], d.get("thread", ""), _when(d.get("at", 0)), d["error"]]
+                    for d in await dead.entries.read(tag)]  # fmt: skip
+
+        return _DeadList(rows, dead.retry, dead.entries.drop)
+
+    return _on_dead_list("dead event", path, action, msg_id, store, creator, destinations=True, open_list=events)
 
 
 def main(argv: list[str] | None = None) -> int:

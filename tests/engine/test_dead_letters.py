@@ -155,10 +155,15 @@ async def test_dead_letters_are_listed_replayed_and_dropped_from_the_command_lin
     assert 'feige_dead_letters_total{cause="refused",endpoint="store:1001",kind="slack.post"}' in metrics
 
 
-def test_retry_and_drop_need_an_id_or_all(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("command", ["dead-letters", "dead-events"])
+def test_retry_and_drop_need_an_id_or_all_and_a_store_that_is_configured(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit):
-        cli.main(["dead-letters", "retry", "--config", str(EXAMPLE_CONFIG)])
-    assert "name one id, or --all" in capsys.readouterr().err
+        cli.main([command, "retry", "--config", str(EXAMPLE_CONFIG)])
+    assert f"{command} retry: name one id, or --all" in capsys.readouterr().err
+    code, out, err = run_cli(command, "drop", "--all", "--store", "9999")
+    assert (code, out) == (1, "") and err.strip() == f"{EXAMPLE_CONFIG}: no store '9999' is configured"
 
 
 async def test_a_replayed_job_that_dies_again_is_dead_lettered_again(stack: Stack) -> None:

@@ -9,6 +9,7 @@ landed in Slack, on the platform and in Redis is compared with a run that had no
 from __future__ import annotations
 
 import contextvars
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -907,6 +908,16 @@ async def test_archiving_a_finished_task_order_and_then_forgetting_it(stack: Sta
 # -- the operator's replay -------------------------------------------------------------------------
 
 
+async def until_done(command: Callable[[], Awaitable[Any]]) -> None:
+    """As an operator does: runs the command again after a failure until it says it is done."""
+    while True:
+        try:
+            await command()
+            return
+        except RedisConnectionError:
+            continue
+
+
 async def test_replaying_dead_letters(stack: Stack, faults: RedisFaults) -> None:
     """``bridge dead-letters retry`` stopped at any point (a crash, a Redis error) and run again sends
     each letter once. Telegram keeps nothing a bot could look up, so a letter queued twice would be
@@ -924,12 +935,7 @@ async def test_replaying_dead_letters(stack: Stack, faults: RedisFaults) -> None
         return cid
 
     async def step(cid: str) -> None:
-        while True:  # the operator runs the command again until it says it is done
-            try:
-                await replay(STORE_1002, None)
-                break
-            except RedisConnectionError:
-                continue
+        await until_done(lambda: replay(STORE_1002, None))
         await settle(stack)
 
     async def state(cid: str) -> dict[str, Any]:
@@ -968,12 +974,7 @@ async def test_replaying_dead_events(stack: Stack, faults: RedisFaults) -> None:
 
     async def step(cid: str) -> None:
         for tag in (TAG, STORE_1002):  # as the command goes through every endpoint
-            while True:
-                try:
-                    await replay(tag, None)
-                    break
-                except RedisConnectionError:
-                    continue
+            await until_done(functools.partial(replay, tag, None))
         await settle(stack)
 
     async def state(cid: str) -> dict[str, Any]:
