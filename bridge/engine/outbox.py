@@ -239,6 +239,12 @@ class _Rest:
         return self.failures >= FAILURES_BEFORE_REST
 
 
+TAKEN_OVER_GRACE_SECONDS = 1.0
+"""A thread's sender taken over from a run whose lease lapsed waits this long before it sends: that
+run may be alive, cut off from Redis after a message went out and trying four times a second to
+take it off the queue (``RECORDING_A_SEND``), and would do so as soon as Redis is back. A dead
+run's thread goes on this much later."""
+
 JOBS_PER_RUN = 20
 """A thread's sender goes on to the next queued job in the same run (no timer round trip between
 them) up to this many, then hands the rest to a new run so other threads get their turn."""
@@ -431,6 +437,9 @@ class Outbox:
     # -- sending (timer kind "outbox") -----------------------------------------------------------
 
     async def handle_timer(self, timer: Timer) -> None:
+        if timer.due_at is None:  # taken over from a run whose lease lapsed
+            await self.timers.schedule(timer.key, self.clock.now() + TAKEN_OVER_GRACE_SECONDS)
+            return
         _, tag, thread = keys.split_timer_key(timer.key)
         raw = timer.handed or await self.redis.lindex(keys.outbox_queue(tag, thread), 0)
         for _ in range(JOBS_PER_RUN):
@@ -495,10 +504,24 @@ class Outbox:
         if not sent:
             return await self._pop(timer, tag, thread, job, recorded, follows)
 
-        return await record_what_went_out(
-            lambda: self._pop(timer, tag, thread, job, recorded, follows),
-            f"outbox {thread}: {job.id} went out; taking it off its queue",
-        )
+        waited = False
+
+        async def pop() -> str | None:
+            nonlocal waited
+            try:
+                return await self._pop(timer, tag, thread, job, recorded, follows)
+            except RedisError:
+                waited = True
+                raise
+
+        head = await record_what_went_out(pop, f"outbox {thread}: {job.id} went out; taking it off its queue")
+        if waited and head is not None:
+            # Redis was gone while this run held the thread, long enough, maybe, for its lease to
+            # lapse and another run to take the thread over (waiting TAKEN_OVER_GRACE_SECONDS for
+            # this pop): the next job goes in a run of its own, never in two at once.
+            await self.timers.schedule(timer.key, self.clock.now())
+            return None
+        return head
 
     def _failed(self, service: str, probe: bool) -> None:
         """A call to ``service`` failed. From the FAILURES_BEFORE_REST-th in a row its sends rest,

@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from bridge.config import Destination
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
-from bridge.engine.outbox import JOBS_PER_RUN, FinalFailure, Outbox, OutboxJob
+from bridge.engine.outbox import JOBS_PER_RUN, TAKEN_OVER_GRACE_SECONDS, FinalFailure, Outbox, OutboxJob
 from bridge.engine.timers import Timer, TimerChange
 from bridge.flows.jobs import SEND_MESSAGE
 from bridge.flows.views import post_view
@@ -249,7 +249,8 @@ async def test_a_process_that_dies_after_pushing_and_taking_the_sender_leaves_it
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Killed between the call that pushed the job and leased the sender, and the sender's start:
-    the lease runs out and another worker sends the job, once."""
+    the lease runs out and another worker sends the job, once (a moment later: the run it took over
+    might have been alive)."""
     clock = stack.clock
     assert isinstance(clock, ManualClock)
     cid = await stack.sandbox.open_chat("1001")
@@ -263,6 +264,9 @@ async def test_a_process_that_dies_after_pushing_and_taking_the_sender_leaves_it
     assert await stack.bridge.timers.leased() == 1 and texts(stack, cid) == []
     assert await stack.bridge.worker.drain() == 0, "the lease still holds"
     clock.advance(stack.bridge.worker.lease_seconds)
+    await stack.bridge.worker.drain()
+    assert texts(stack, cid) == []
+    clock.advance(TAKEN_OVER_GRACE_SECONDS)
     await stack.bridge.worker.drain()
     assert texts(stack, cid) == ["还在"]
     await stack.bridge.worker.drain()
@@ -416,3 +420,58 @@ async def test_a_telegram_post_recorded_only_after_a_long_redis_failover_is_not_
     texts = [m.text for chat in (group, 7001) for m in stack.telegram.by_bot(chat)]
     assert len(texts) == len(set(texts)), texts
     assert await stack.redis.keys(f"{{store:1002}}:outbox:task:{tid}*") == [], "every job done with"
+
+
+async def test_a_sender_cut_off_from_redis_after_a_send_and_taken_over_sends_nothing_twice(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message went out, then Redis went away for longer than the run's lease: once Redis is back,
+    another run takes the thread over while the first one is about to take the message off its
+    queue. The taker waits a moment rather than sending it again (Telegram could not tell), the
+    first run takes it off, and the thread's next message goes once, in a run of its own."""
+    outbox, worker, thread, clock = stack.bridge.outbox, stack.bridge.worker, "chat:cut-off", stack.clock
+    assert isinstance(clock, ManualClock)
+    sent: list[str] = []
+    redis_gone, answered = False, asyncio.Event()
+
+    async def note(job: OutboxJob) -> None:
+        nonlocal redis_gone
+        sent.append(job.id)
+        redis_gone = job.id == "first"  # right after the service took the first message
+        if job.id == "second":
+            await answered.wait()  # a slow answer: a second sender of the thread would start meanwhile
+
+    pop = outbox._pop
+
+    async def pop_unless_gone(*args: Any) -> Any:
+        if redis_gone:
+            raise RedisConnectionError("injected: Redis is gone")
+        return await pop(*args)
+
+    async def retry_wait(seconds: float) -> None:  # the record's waits, without real time
+        await asyncio.sleep(0)
+
+    outbox.register({"test.note": note})
+    monkeypatch.setattr(outbox, "_pop", pop_unless_gone)
+    monkeypatch.setattr("redis.asyncio.retry.sleep", retry_wait)
+    for job_id in ("first", "second"):
+        await outbox.enqueue(TAG, thread, OutboxJob(job_id, "test.note", {}))
+    await worker._claim_and_start()  # the first run: sends "first", then cannot take it off
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert sent == ["first"] and redis_gone
+    clock.advance(worker.lease_seconds + 1)  # its lease lapsed while Redis was gone
+    await worker._claim_and_start()  # Redis is back: another run takes the thread over first
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert sent == ["first"], "the taker waits for the run that may still be recording"
+    redis_gone = False  # the first run's next try reaches Redis
+    for _ in range(50):
+        await asyncio.sleep(0)
+    clock.advance(TAKEN_OVER_GRACE_SECONDS)
+    await worker._claim_and_start()
+    for _ in range(50):
+        await asyncio.sleep(0)
+    answered.set()
+    await stack.settle()
+    assert sent == ["first", "second"] and await outbox.pending(TAG, thread) == []
