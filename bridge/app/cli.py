@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 from zoneinfo import ZoneInfo
 
 import uvloop
@@ -288,7 +289,6 @@ def export(
     log; for a chat its times, assignee, who answered, replies, how it closed and its messages."""
     import csv
     import io
-    import json
 
     from bridge.flows.exports import chat_export, task_export
     from bridge.flows.task_records import STATUSES
@@ -352,8 +352,6 @@ def stats(
     path: Path, store_id: str | None, period: str | None, since: date | None, until: date | None, fmt: str
 ) -> int:
     """A9 from the archive, per store: a named period (as ``/feige stats`` shows it) or any days."""
-    import json
-
     from bridge.flows.statistics import period_bounds, report, stats_text
 
     stores = _stores(path, store_id)
@@ -425,8 +423,9 @@ def _endpoint_tags(
 class _DeadList:
     """What ``bridge dead-letters`` and ``bridge dead-events`` do to one endpoint's list."""
 
-    rows: Callable[[str], Awaitable[list[list[str]]]]
-    """Each entry's columns after the endpoint's: id, kind, thread, when, why."""
+    read: Callable[[str], Awaitable[list[dict[str, Any]]]]
+    columns: Callable[[dict[str, Any]], list[str]]
+    """An entry's columns in ``list``, after the endpoint's: id, kind, thread, when, why."""
     retry: Callable[[str, str | None], Awaitable[int]]
     drop: Callable[[str, str | None], Awaitable[int]]
 
@@ -435,7 +434,8 @@ def _on_dead_list(
     what: str, path: Path, action: str, entry_id: str | None, store: str | None, creator: str | None,
     *, destinations: bool, open_list: Callable[[Redis, BridgeConfig], _DeadList],
 ) -> int:  # fmt: skip
-    """Lists, replays or drops the entries (one id, or all) of the endpoints named (every one)."""
+    """Lists, shows (one id, whole, as JSON), replays or drops the entries (one id, or all) of the
+    endpoints named (every one)."""
     try:
         config, tags = _endpoint_tags(path, store, creator, destinations)
     except ValueError as exc:
@@ -445,9 +445,14 @@ def _on_dead_list(
     async def work(redis: Redis) -> int:
         dead, found = open_list(redis, config), 0
         for tag in tags:
-            if action == "list":
-                for row in await dead.rows(tag):
-                    print("\t".join([tag.strip("{}"), *row]))
+            if action in ("list", "show"):
+                for entry in await dead.read(tag):
+                    if action == "list":
+                        print("\t".join([tag.strip("{}"), *dead.columns(entry)]))
+                    elif entry_id in dead.columns(entry)[:1]:
+                        print(json.dumps({"endpoint": tag.strip("{}")} | entry, ensure_ascii=False, indent=2))
+                    else:
+                        continue
                     found += 1
             else:
                 found += await (dead.retry if action == "retry" else dead.drop)(tag, entry_id)
@@ -456,6 +461,8 @@ def _on_dead_list(
     count = asyncio.run(_on_redis(work))
     if action == "list":
         print(f"{count} {what}(s)", file=sys.stderr)
+        return 0
+    if action == "show" and count:
         return 0
     if entry_id is not None and count == 0:
         named = store or creator
@@ -477,11 +484,10 @@ def dead_letters(path: Path, action: str, letter_id: str | None, store: str | No
     def letters(redis: Redis, config: BridgeConfig) -> _DeadList:
         outbox = Outbox(redis, TimerStore(redis, shards=config.timers.shards))
 
-        async def rows(tag: str) -> list[list[str]]:
-            return [[d["id"], d["job"]["kind"], d["thread"], _when(d["at"]), d["reason"]]
-                    for d in await outbox.dead_letters(tag)]  # fmt: skip
+        def columns(d: dict[str, Any]) -> list[str]:
+            return [d["id"], d["job"]["kind"], d["thread"], _when(d["at"]), d["reason"]]
 
-        return _DeadList(rows, outbox.retry_dead_letter, outbox.drop_dead_letter)
+        return _DeadList(outbox.dead_letters, columns, outbox.retry_dead_letter, outbox.drop_dead_letter)
 
     return _on_dead_list("dead letter", path, action, letter_id, store, creator, destinations=False, open_list=letters)
 
@@ -493,11 +499,10 @@ def dead_events(path: Path, action: str, msg_id: str | None, store: str | None, 
     def events(redis: Redis, config: BridgeConfig) -> _DeadList:
         dead = DeadEvents(redis)
 
-        async def rows(tag: str) -> list[list[str]]:
-            return [[d["msg_id"], d["tag"], d.get("thread", ""), _when(d.get("at", 0)), d["error"]]
-                    for d in await dead.entries.read(tag)]  # fmt: skip
+        def columns(d: dict[str, Any]) -> list[str]:
+            return [d["msg_id"], d["tag"], d.get("thread", ""), _when(d.get("at", 0)), d["error"]]
 
-        return _DeadList(rows, dead.retry, dead.entries.drop)
+        return _DeadList(dead.entries.read, columns, dead.retry, dead.entries.drop)
 
     return _on_dead_list("dead event", path, action, msg_id, store, creator, destinations=True, open_list=events)
 
@@ -571,21 +576,23 @@ def main(argv: list[str] | None = None) -> int:
     p_telegram.add_argument("--bridge-url", help="poll: the bridge to hand updates to (default 127.0.0.1:server.port)")
 
     for command, what, helped in (
-        ("dead-letters", "dead letter", "list, replay or drop what could not be delivered"),
-        ("dead-events", "dead event", "list, replay or drop the events whose handling failed every attempt"),
+        ("dead-letters", "dead letter", "list, show, replay or drop what could not be delivered"),
+        ("dead-events", "dead event", "list, show, replay or drop the events whose handling failed every attempt"),
     ):
         p_dead = sub.add_parser(command, help=helped)
-        p_dead.add_argument("action", choices=["list", "retry", "drop"])
-        p_dead.add_argument("id", nargs="?", help=f"one {what}'s id (retry, drop)")
+        p_dead.add_argument("action", choices=["list", "show", "retry", "drop"])
+        p_dead.add_argument("id", nargs="?", help=f"one {what}'s id (show, retry, drop)")
         p_dead.add_argument("--all", action="store_true", help=f"every {what} (retry, drop)")
         p_dead.add_argument("--config", type=Path, required=True)
         p_dead.add_argument("--store", help="only this store's")
         p_dead.add_argument("--creator", help="only this creator's")
 
     args = parser.parse_args(argv)
+    if args.command in ("dead-letters", "dead-events") and args.action == "show" and (args.id is None or args.all):
+        parser.error(f"{args.command} show: name one id")
     if (
         args.command in ("dead-letters", "dead-events")
-        and args.action != "list"
+        and args.action not in ("list", "show")
         and (args.id is None) == (not args.all)
     ):
         parser.error(f"{args.command} {args.action}: name one id, or --all")

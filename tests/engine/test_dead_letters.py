@@ -137,6 +137,11 @@ async def test_dead_letters_are_listed_replayed_and_dropped_from_the_command_lin
     assert rows[0][0] == "store:1001" and rows[0][2] == "slack.post" and "channel_not_found" in rows[0][5]
     assert err.strip() == "2 dead letter(s)"
 
+    code, out, _ = await asyncio.to_thread(run_cli, "dead-letters", "show", letters[0])
+    shown = json.loads(out)
+    assert code == 0 and shown["job"]["id"] == letters[0] and shown["job"]["payload"]["channel"] == CHATS
+    code, out, err = await asyncio.to_thread(run_cli, "dead-letters", "show", "nope")
+    assert (code, out, err.strip()) == (1, "", "no dead letter 'nope'")
     code, _, err = await asyncio.to_thread(run_cli, "dead-letters", "retry", "nope", "--store", "1001")
     assert code == 1 and "no dead letter 'nope'" in err
     code, _, err = await asyncio.to_thread(run_cli, "dead-letters", "drop", f"slack:root:{second}", "--store", "1001")
@@ -162,6 +167,9 @@ def test_retry_and_drop_need_an_id_or_all_and_a_store_that_is_configured(
     with pytest.raises(SystemExit):
         cli.main([command, "retry", "--config", str(EXAMPLE_CONFIG)])
     assert f"{command} retry: name one id, or --all" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([command, "show", "--all", "--config", str(EXAMPLE_CONFIG)])
+    assert f"{command} show: name one id" in capsys.readouterr().err
     code, out, err = run_cli(command, "drop", "--all", "--store", "9999")
     assert (code, out) == (1, "") and err.strip() == f"{EXAMPLE_CONFIG}: no store '9999' is configured"
 
@@ -205,6 +213,10 @@ async def test_an_event_whose_handling_fails_every_attempt_is_listed_replayed_on
     assert row[0] == "store:1001" and row[2] == "im_platform_message" and "a bug in the handler" in row[5]
     code, out, _ = await asyncio.to_thread(run_cli, "dead-events", "list")
     assert [line.split("\t")[1] for line in out.splitlines()] == [row[1]], "every endpoint, this one event"
+    code, out, _ = await asyncio.to_thread(run_cli, "dead-events", "show", row[1])
+    shown = json.loads(out)
+    assert code == 0 and shown["endpoint"] == "store:1001" and shown["msg_id"] == row[1]
+    assert json.loads(shown["data"])["conversation_id"] == cid and "在吗" in shown["data"], "the event as received"
 
     handlers["im_platform_message"] = fixed  # the fix is deployed
     code, _, err = await asyncio.to_thread(run_cli, "dead-events", "retry", row[1], "--store", "1001")
