@@ -32,7 +32,11 @@ class Metrics:
             buckets=(5, 10, 20, 30, 45, 60, 90, 120, 180),
             registry=r,
         )
-        self.pushes = Counter("feige_pushes", "Platform pushes answered", ["status"], registry=r)
+        self.pushes = Counter("feige_pushes", "Platform pushes answered, by HTTP status", ["status"], registry=r)
+        self.push_redeliveries = Counter(
+            "feige_push_redeliveries", "Records of platform pushes that were stored before (sent again)", ["endpoint"],
+            registry=r,
+        )  # fmt: skip
         self.outbox = Counter(
             "feige_outbox_jobs", "Outbound calls by outcome (sent, retried, failed, expired)", ["kind", "outcome"],
             registry=r,

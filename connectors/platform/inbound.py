@@ -16,6 +16,7 @@ from bridge.config import BridgeConfig, PlatformCredentials
 from bridge.engine.backpressure import RETRY_AFTER_SECONDS
 from bridge.engine.endpoint import Endpoint
 from bridge.engine.ingest import EventLog, StorageUnavailable
+from bridge.engine.metrics import METRICS
 from connectors.platform.envelope import EnvelopeError, parse_push
 from connectors.platform.signing import signature_matches
 
@@ -24,6 +25,13 @@ log = logging.getLogger(__name__)
 MAX_PUSH_BYTES = 1024 * 1024
 
 SUCCESS = b'{"code":0,"msg":"success"}'
+
+_ANSWERED_OK = METRICS.pushes.labels("200")  # bound once: every stored push counts it
+
+
+def _counted(response: web.Response) -> web.Response:
+    (_ANSWERED_OK if response.status == 200 else METRICS.pushes.labels(str(response.status))).inc()
+    return response
 
 
 def _error(status: int, msg: str) -> web.Response:
@@ -52,14 +60,14 @@ class PlatformWebhooks:
     async def store_push(self, request: web.Request) -> web.Response:
         store = self.config().store(request.match_info["id"])
         if store is None:
-            return _error(404, f"unknown store {request.match_info['id']!r}")
-        return await self._receive(request, Endpoint("store", store.id), store.platform)
+            return _counted(_error(404, f"unknown store {request.match_info['id']!r}"))
+        return _counted(await self._receive(request, Endpoint("store", store.id), store.platform))
 
     async def creator_push(self, request: web.Request) -> web.Response:
         creator = self.config().creator(request.match_info["id"])
         if creator is None:
-            return _error(404, f"unknown creator {request.match_info['id']!r}")
-        return await self._receive(request, Endpoint("creator", creator.id), creator.platform)
+            return _counted(_error(404, f"unknown creator {request.match_info['id']!r}"))
+        return _counted(await self._receive(request, Endpoint("creator", creator.id), creator.platform))
 
     async def _receive(self, request: web.Request, endpoint: Endpoint, creds: PlatformCredentials) -> web.Response:
         body = await _read_limited(request)
@@ -86,5 +94,8 @@ class PlatformWebhooks:
             response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
             return response
         if stored < len(records):
-            log.info("%s: %d of %d records were redeliveries", endpoint, len(records) - stored, len(records))
+            # The platform sent them again (our answer was late or lost): normal, so counted, and
+            # logged only at debug level, not a line per push in a storm of them.
+            METRICS.push_redeliveries.labels(endpoint.tag.strip("{}")).inc(len(records) - stored)
+            log.debug("%s: %d of %d records were redeliveries", endpoint, len(records) - stored, len(records))
         return web.Response(body=SUCCESS, content_type="application/json")

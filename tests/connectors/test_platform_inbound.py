@@ -12,6 +12,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from bridge.app.redis_server import EmbeddedRedis
@@ -57,6 +58,18 @@ async def post(
 
 async def stored(stack: Stack, stream: str = STREAM) -> list[dict[str, str]]:
     return await stored_fields(stack.redis, stream)
+
+
+async def scraped(stack: Stack) -> dict[tuple[str, str], float]:
+    """What Prometheus would read from ``/metrics`` of the pushes: (series, its one label) → value."""
+    async with aiohttp.ClientSession() as http, http.get(stack.url + "/metrics") as resp:
+        text = await resp.text()
+    return {(s.name, next(iter(s.labels.values()), "")): s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name in ("feige_pushes_total", "feige_push_redeliveries_total")}  # fmt: skip
+
+
+def increase(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
 
 
 # -- signatures ------------------------------------------------------------------------------
@@ -183,6 +196,7 @@ async def test_redis_down_is_503_and_nothing_half_written(redis_url: str, tmp_pa
     server = EmbeddedRedis(tmp_path / "r", appendonly=True).start()
     s = await start_stack(server.url, run_workers=False)
     try:
+        before = await scraped(s)
         server.kill()
         code, answer = await post(s, [message("a"), message("b")])
         assert code == 503 and answer == {"code": 503, "msg": "storage unavailable, please redeliver"}
@@ -190,6 +204,8 @@ async def test_redis_down_is_503_and_nothing_half_written(redis_url: str, tmp_pa
         assert await stored(s) == []
         assert (await post(s, [message("a"), message("b")]))[0] == 200, "the redelivery is taken"
         assert [e["msg_id"] for e in await stored(s)] == ["a", "b"]
+        counted = increase(before, await scraped(s))
+        assert counted == {("feige_pushes_total", "503"): 1, ("feige_pushes_total", "200"): 1}, "what the alert reads"
     finally:
         await s.stop()
         server.stop()
@@ -199,12 +215,18 @@ async def test_redis_down_is_503_and_nothing_half_written(redis_url: str, tmp_pa
 
 
 async def test_redelivered_push_is_acknowledged_and_changes_nothing(stack: Stack) -> None:
+    before = await scraped(stack)
     push = [message("a"), message("b", conversation="conv-2")]
     assert (await post(stack, push))[0] == 200
     assert (await post(stack, push))[0] == 200
     assert (await post(stack, [message("a"), message("c")]))[0] == 200
+    assert (await post(stack, push, secret="wrong"))[0] == 401
     assert [e["msg_id"] for e in await stored(stack)] == ["a", "b", "c"]
     assert await stack.redis.zcard(keys.seen("{store:1001}")) == 3
+    assert increase(before, await scraped(stack)) == {
+        ("feige_pushes_total", "200"): 3, ("feige_pushes_total", "401"): 1,
+        ("feige_push_redeliveries_total", "store:1001"): 3,
+    }  # fmt: skip
 
 
 async def test_msg_ids_are_remembered_seven_days(stack: Stack) -> None:
