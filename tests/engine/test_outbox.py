@@ -8,11 +8,19 @@ from typing import Any
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from bridge.config import Destination
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
-from bridge.engine.outbox import JOBS_PER_RUN, TAKEN_OVER_GRACE_SECONDS, FinalFailure, Outbox, OutboxJob
+from bridge.engine.outbox import (
+    JOBS_PER_RUN,
+    TAKEN_OVER_GRACE_SECONDS,
+    FinalFailure,
+    Outbox,
+    OutboxJob,
+    record_what_went_out,
+)
 from bridge.engine.timers import Timer, TimerChange
 from bridge.flows.jobs import SEND_MESSAGE
 from bridge.flows.views import post_view
@@ -362,6 +370,20 @@ async def test_a_post_and_the_timers_its_step_sets_after_it_go_in_one_round_trip
     assert texts(stack, cid) == list(runs)
 
 
+GROUP_1002 = -1001002000001  # store 1002's task orders are in a Telegram group
+
+
+async def telegram_task_cards(stack: Stack) -> list[Any]:
+    """Raises a task order of store 1002 and runs the bridge to the end. Returns the cards posted in
+    its Telegram group, having checked that no message went out twice and every job is done with."""
+    tid = await stack.sandbox.create_task_order("1002", "c-7001")
+    await stack.settle()
+    texts = [m.text for chat in (GROUP_1002, 7001) for m in stack.telegram.by_bot(chat)]
+    assert len(texts) == len(set(texts)), texts
+    assert await stack.redis.keys(f"{{store:1002}}:outbox:task:{tid}*") == [], "every job done with"
+    return [m for m in stack.telegram.by_bot(GROUP_1002) if tid in m.text and m.reply_markup]
+
+
 @pytest.mark.parametrize("lost", ["before Redis ran it", "its answer"])
 async def test_a_telegram_post_whose_removal_meets_a_redis_error_is_not_posted_again(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, lost: str
@@ -369,7 +391,6 @@ async def test_a_telegram_post_whose_removal_meets_a_redis_error_is_not_posted_a
     """Telegram took the message, then Redis failed as the job came off its queue (a restart, a
     failover). Telegram keeps nothing to look up, so sending it again would post it twice: the run
     that sent it takes it off the queue once Redis answers."""
-    group = -1001002000001  # store 1002's task orders are in a Telegram group
     pop, failed = stack.bridge.outbox._pop, list[str]()
 
     async def failing_once(timer: Timer, tag: str, thread: str, job: OutboxJob, *args: Any) -> Any:
@@ -381,13 +402,8 @@ async def test_a_telegram_post_whose_removal_meets_a_redis_error_is_not_posted_a
         return await pop(timer, tag, thread, job, *args)
 
     monkeypatch.setattr(stack.bridge.outbox, "_pop", failing_once)
-    tid = await stack.sandbox.create_task_order("1002", "c-7001")
-    await stack.settle()
-    cards = [m for m in stack.telegram.by_bot(group) if tid in m.text and m.reply_markup]
-    assert failed and len(cards) == 1, (failed, [m.text for m in stack.telegram.by_bot(group)])
-    texts = [m.text for chat in (group, 7001) for m in stack.telegram.by_bot(chat)]
-    assert len(texts) == len(set(texts)), texts
-    assert await stack.redis.keys(f"{{store:1002}}:outbox:task:{tid}*") == [], "every job done with"
+    cards = await telegram_task_cards(stack)
+    assert failed and len(cards) == 1, (failed, [m.text for m in stack.telegram.by_bot(GROUP_1002)])
 
 
 async def test_a_telegram_post_recorded_only_after_a_long_redis_failover_is_not_posted_again(
@@ -395,9 +411,7 @@ async def test_a_telegram_post_recorded_only_after_a_long_redis_failover_is_not_
 ) -> None:
     """Redis is gone for longer than any fixed number of tries would wait (a Sentinel failover takes
     30 s and more with its defaults) right after Telegram took a message: the run that sent it keeps
-    trying to take it off its queue, often, until Redis answers, and the message is posted once. An
-    error that is Redis's answer rather than its absence still fails the run after a few tries."""
-    group = -1001002000001
+    trying to take it off its queue, often, until Redis answers, and the message is posted once."""
     pop, failures, waited = stack.bridge.outbox._pop, 0, list[float]()
 
     async def failing_over(timer: Timer, tag: str, thread: str, job: OutboxJob, *args: Any) -> Any:
@@ -412,14 +426,9 @@ async def test_a_telegram_post_recorded_only_after_a_long_redis_failover_is_not_
 
     monkeypatch.setattr("redis.asyncio.retry.sleep", no_real_wait)
     monkeypatch.setattr(stack.bridge.outbox, "_pop", failing_over)
-    tid = await stack.sandbox.create_task_order("1002", "c-7001")
-    await stack.settle()
-    cards = [m for m in stack.telegram.by_bot(group) if tid in m.text and m.reply_markup]
+    cards = await telegram_task_cards(stack)
     assert len(cards) == 1 and sum(waited) >= 45.0 and max(waited) <= 0.25, (len(cards), sum(waited), max(waited))
     assert failures > 100, "tried often, so the run that sent it is the first to find Redis back"
-    texts = [m.text for chat in (group, 7001) for m in stack.telegram.by_bot(chat)]
-    assert len(texts) == len(set(texts)), texts
-    assert await stack.redis.keys(f"{{store:1002}}:outbox:task:{tid}*") == [], "every job done with"
 
 
 async def test_a_sender_cut_off_from_redis_after_a_send_and_taken_over_sends_nothing_twice(
@@ -475,3 +484,36 @@ async def test_a_sender_cut_off_from_redis_after_a_send_and_taken_over_sends_not
     answered.set()
     await stack.settle()
     assert sent == ["first", "second"] and await outbox.pending(TAG, thread) == []
+
+
+async def test_recording_a_send_waits_out_an_unreachable_redis_but_not_an_error_redis_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waited: list[float] = []
+
+    async def no_real_wait(seconds: float) -> None:  # the retries' waits, by an injected clock
+        waited.append(seconds)
+
+    monkeypatch.setattr("redis.asyncio.retry.sleep", no_real_wait)
+    tries = 0
+
+    async def unreachable_for_a_while() -> str:
+        nonlocal tries
+        tries += 1
+        if tries <= 400:
+            raise RedisConnectionError("Connection refused")
+        return "recorded"
+
+    assert await record_what_went_out(unreachable_for_a_while, "a test record") == "recorded"
+    assert tries == 401 and sum(waited) >= 90 and max(waited) == 0.25, "every quarter second, however long"
+
+    tries, waited[:] = 0, []
+
+    async def out_of_memory() -> str:
+        nonlocal tries
+        tries += 1
+        raise ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+
+    with pytest.raises(ResponseError, match="OOM"):
+        await record_what_went_out(out_of_memory, "a test record")
+    assert tries == 21 and 10 <= sum(waited) <= 20, "an answer from Redis: about 16 s, then the run fails"
