@@ -477,7 +477,7 @@ def _when(at: float) -> str:
 
 
 def dead_letters(path: Path, action: str, letter_id: str | None, store: str | None, creator: str | None) -> int:
-    """D5: lists, replays or drops what the outbox could not deliver while it mattered."""
+    """D5: lists, shows, replays or drops what the outbox could not deliver while it mattered."""
     from bridge.engine.outbox import Outbox
     from bridge.engine.timers import TimerStore
 
@@ -493,7 +493,7 @@ def dead_letters(path: Path, action: str, letter_id: str | None, store: str | No
 
 
 def dead_events(path: Path, action: str, msg_id: str | None, store: str | None, creator: str | None) -> int:
-    """D5: lists, replays or drops the stored events whose handler failed every attempt."""
+    """D5: lists, shows, replays or drops the stored events whose handler failed every attempt."""
     from bridge.engine.events import DeadEvents
 
     def events(redis: Redis, config: BridgeConfig) -> _DeadList:
