@@ -126,6 +126,21 @@ def test_the_alert_rules_are_valid_and_fire_when_they_should() -> None:
     assert tested.returncode == 0, tested.stdout + tested.stderr
     used = set(re.findall(r"\bfeige_[a-z_]+", (rules / "alerts.yaml").read_text()))
     assert used and used <= exported_metrics(), used - exported_metrics()
+    alerts = set(re.findall(r"- alert: (\w+)", (rules / "alerts.yaml").read_text()))
+    alert_tests = set(re.findall(r"alertname: (\w+)", (rules / "alerts.test.yaml").read_text()))
+    assert alerts == alert_tests, f"alerts without a promtool test: {alerts - alert_tests}"
+
+
+def test_every_metric_is_counted_somewhere() -> None:
+    """A metric declared and never counted looks healthy on a dashboard and keeps its alert silent
+    (``feige_pushes`` was, until 11dae24)."""
+    code = "\n".join(p.read_text() for d in ("bridge", "connectors") for p in (ROOT / d).rglob("*.py"))
+    declared = re.findall(
+        r"self\.(\w+) = (?:Counter|Gauge|Histogram)\(", (ROOT / "bridge/engine/metrics.py").read_text()
+    )
+    assert len(declared) >= 10
+    uncounted = [m for m in declared if not re.search(rf"METRICS\.{m}\.(?:labels\(|inc\(|set\(|observe\()", code)]
+    assert uncounted == []
 
 
 def test_the_dashboard_queries_only_metrics_the_bridge_exports() -> None:
