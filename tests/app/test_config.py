@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from bridge.config import ConfigError, ConfigHolder, load_config, parse_config
+from bridge.config import BridgeConfig, ConfigError, ConfigHolder, load_config, parse_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "example.yaml"
 
@@ -278,3 +280,32 @@ def test_a_structural_mistake_does_not_hide_the_checks_across_fields(tmp_path: P
     assert any("store 1002 (stores[1]): designated_agents: no designated agent has IM permission" in line
                for line in lines), lines  # fmt: skip
     assert lines[-1].endswith("2 error(s), 1 warning(s) — not valid")
+
+
+def test_every_setting_is_in_the_configuration_reference() -> None:
+    """docs/configuration.md names every setting the file takes (by its path below its section, as
+    `reply_window.seconds`); a section named there whole (`task_orders.quiet_hours`) counts for the
+    settings inside it."""
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+
+    def named(path: list[str]) -> bool:
+        return any(f"`{'.'.join(path[i:])}{end}" in reference for i in range(len(path)) for end in ("`", "[]`"))
+
+    def sections(annotation: object) -> list[type[BaseModel]]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        return [m for arg in typing.get_args(annotation) for m in sections(arg)]
+
+    def unnamed(model: type[BaseModel], path: list[str]) -> list[str]:
+        missing = []
+        for name, field in model.model_fields.items():
+            here = [*path, field.alias or name]
+            inner = sections(field.annotation)
+            if inner and (not path or not named(here)):  # a file's section, or one not named whole
+                for section in inner:
+                    missing += unnamed(section, here)
+            elif not named(here):
+                missing.append(".".join(here))
+        return missing
+
+    assert unnamed(BridgeConfig, []) == []
