@@ -46,7 +46,7 @@ class DeadList:
 
     async def read(self, tag: str) -> list[dict[str, Any]]:
         """The endpoint's entries, oldest first."""
-        return [json.loads(raw) for raw in await self.redis.lrange(self.entries_key(tag), 0, -1)]
+        return [entry for _, entry in await self.matching(tag, None)]
 
     async def matching(self, tag: str, entry_id: str | None) -> list[tuple[str, dict[str, Any]]]:
         """(as stored, decoded) of the entries with ``entry_id`` (all with None), oldest first."""

@@ -382,14 +382,19 @@ class Outbox:
                 push.worker.run_taken(push.timer, push.lease_ms, handed=push.raw)
             else:
                 await self.timers.start_now(push.timer, handed=push.raw)
-        if result < 0 and not await self.timers.is_pending(push.timer):
+        if result < 0:
             # Queued before: the step that queued it is running again, and its first run may have
-            # died between the push and the start. A queue with work and no timer is restarted (a
-            # sender mid-flight has a lease and reschedules itself). A job pushed behind others is
-            # left alone: the step that pushed the first of them starts the sender, or runs again
-            # and does. Starting it here too could start a second sender of the same thread.
-            await self.timers.schedule(push.timer, self.clock.now())
+            # died between the push and the start. A job pushed behind others is left alone: the
+            # step that pushed the first of them starts the sender, or runs again and does.
+            # Starting it here too could start a second sender of the same thread.
+            await self._restart_if_stopped(push.timer)
         return result > 0
+
+    async def _restart_if_stopped(self, timer: str) -> None:
+        """Starts the sender of a queue with work whose sender is neither due nor running (a step
+        died between its push and the start); a sender mid-flight has a lease and reschedules itself."""
+        if not await self.timers.is_pending(timer):
+            await self.timers.schedule(timer, self.clock.now())
 
     async def pending(self, tag: str, thread: str) -> list[OutboxJob]:
         return [OutboxJob.loads(str(raw)) for raw in await self.redis.lrange(keys.outbox_queue(tag, thread), 0, -1)]
@@ -407,16 +412,15 @@ class Outbox:
         replayed = 0
         for raw, letter in await self.letters.matching(tag, letter_id):
             job = replace(OutboxJob(**letter["job"]), expires_at=None, relevant_key=None)
-            thread = letter["thread"]
-            queued = int(await self._replay_letter(
-                keys=[keys.dead_letters(tag), keys.dead_letter_ids(tag), keys.outbox_queue(tag, thread),
-                      keys.outbox_job(tag, job.id), keys.dead_letter_replays(tag)],
-                args=[raw, job.id, job.dumps(), keys.OUTBOX_JOB_TTL_SECONDS, thread],
-            ))  # fmt: skip
-            if not queued:
-                continue
-            if queued == 1:  # the queue was empty: nobody is sending the thread
-                await self.timers.start_now(keys.outbox_timer(tag, thread))
+            thread, queued_raw = letter["thread"], job.dumps()
+            push = _Push(self._replay_letter,
+                         [keys.dead_letters(tag), keys.dead_letter_ids(tag), keys.outbox_queue(tag, thread),
+                          keys.outbox_job(tag, job.id), keys.dead_letter_replays(tag)],
+                         [raw, job.id, queued_raw, keys.OUTBOX_JOB_TTL_SECONDS, thread],
+                         keys.outbox_timer(tag, thread), queued_raw)  # fmt: skip
+            # Its answer is a queue's length, as a push's: into an empty queue, the sender starts.
+            if not await self._pushed(push, await push.script(keys=push.keys, args=push.args)):
+                continue  # replayed or dropped meanwhile
             await self.redis.hdel(keys.dead_letter_replays(tag), job.id)
             replayed += 1
         return replayed
@@ -425,9 +429,8 @@ class Outbox:
         """Makes sure of the senders of the threads an earlier replay queued letters in and stopped
         before it had (it may have died right after queueing into an empty queue)."""
         for job_id, thread in (await self.redis.hgetall(keys.dead_letter_replays(tag))).items():
-            timer = keys.outbox_timer(tag, str(thread))
-            if await self.redis.llen(keys.outbox_queue(tag, str(thread))) and not await self.timers.is_pending(timer):
-                await self.timers.schedule(timer, self.clock.now())
+            if await self.redis.llen(keys.outbox_queue(tag, str(thread))):
+                await self._restart_if_stopped(keys.outbox_timer(tag, str(thread)))
             await self.redis.hdel(keys.dead_letter_replays(tag), job_id)
 
     async def drop_dead_letter(self, tag: str, letter_id: str | None) -> int:
