@@ -24,7 +24,7 @@ from bridge.engine.outbox import (
 from bridge.engine.timers import Timer, TimerChange
 from bridge.flows.jobs import SEND_MESSAGE
 from bridge.flows.views import post_view
-from tests.conftest import Stack
+from tests.conftest import Stack, until
 
 TAG = "{store:1001}"
 
@@ -466,17 +466,18 @@ async def test_a_sender_cut_off_from_redis_after_a_send_and_taken_over_sends_not
     for job_id in ("first", "second"):
         await outbox.enqueue(TAG, thread, OutboxJob(job_id, "test.note", {}))
     await worker._claim_and_start()  # the first run: sends "first", then cannot take it off
-    for _ in range(50):
-        await asyncio.sleep(0)
-    assert sent == ["first"] and redis_gone
+    await until(lambda: sent == ["first"] and redis_gone, "the first run sent its message")
     clock.advance(worker.lease_seconds + 1)  # its lease lapsed while Redis was gone
     await worker._claim_and_start()  # Redis is back: another run takes the thread over first
     for _ in range(50):
         await asyncio.sleep(0)
     assert sent == ["first"], "the taker waits for the run that may still be recording"
     redis_gone = False  # the first run's next try reaches Redis
-    for _ in range(50):
-        await asyncio.sleep(0)
+
+    async def only_second_left() -> bool:
+        return [job.id for job in await outbox.pending(TAG, thread)] == ["second"]
+
+    await until(only_second_left, "the first run took its message off once Redis was back")
     clock.advance(TAKEN_OVER_GRACE_SECONDS)
     await worker._claim_and_start()
     for _ in range(50):
