@@ -129,14 +129,16 @@ return 1
 # archive, once per reply however often it is handled. KEYS: chat, messages. ARGV: now, agent, reply
 # id, its text (kept: what the platform has, should the author edit it), its archive record (JSON).
 # Returns 'repeat' (accepted before: only finish its follow-ups), 'missing' (no such chat), 'closed',
-# 'expired', 'first' or 'again'.
+# 'expired', 'first', 'again' (it stopped a window) or 'more' (no window was running: the chat's
+# header does not change).
 _ACCEPT = """
 local marker = 'reply:' .. ARGV[3]
 if redis.call('HEXISTS', KEYS[1], marker) == 1 then return {'repeat'} end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 if redis.call('HGET', KEYS[1], 'status') ~= 'open' then return {'closed'} end
 local now = tonumber(ARGV[1])
-if redis.call('HGET', KEYS[1], 'window_start') ~= '' and now >= tonumber(redis.call('HGET', KEYS[1], 'deadline')) then
+local running = redis.call('HGET', KEYS[1], 'window_start') ~= ''
+if running and now >= tonumber(redis.call('HGET', KEYS[1], 'deadline')) then
   return {'expired'}
 end
 redis.call('HSET', KEYS[1], 'window_start', '', 'deadline', '', 'last_reply_at', ARGV[1], marker, ARGV[1],
@@ -147,7 +149,8 @@ if redis.call('HGET', KEYS[1], 'first_reply_at') == '' then
   local elapsed = math.max(0, now - tonumber(redis.call('HGET', KEYS[1], 'started_at')))
   return {'first', tostring(elapsed)}
 end
-return {'again'}
+if running then return {'again'} end
+return {'more'}
 """
 
 # Marks a reply refused as too late (the archive counts the marks, A9), once per reply, on a chat that
@@ -337,7 +340,7 @@ class ChatFlow:
                 keys=[keys.chat(tag, cid), keys.chat_messages(tag, cid)],
                 args=[written, agent.id, str(actor.message), text, orjson.dumps(sent).decode()],
             )
-            if state in ("first", "again", "repeat"):
+            if state in ("first", "again", "more", "repeat"):
                 if state != "repeat":  # counted in Redis by the script; these are this process's metrics
                     METRICS.replies.labels(store.id, agent.id, "yes").inc()
                     if state == "first":
@@ -345,7 +348,10 @@ class ChatFlow:
                 chat = await self._send_reply(store, tag, cid, agent.id, actor, text, media)
                 if chat.get("window_start"):  # the next window had started: it gets its timer back
                     await self.timers.change(self._first_window_step(store, tag, cid, float(chat["window_start"])))
-                await self._update_root(store, tag, cid, f"answered:{actor.message}", chat)
+                if state != "more" or chat.get("window_start"):
+                    # A further reply while no window runs leaves the header as it was: not edited
+                    # again (an edit per message of a merchant who writes several in a row).
+                    await self._update_root(store, tag, cid, f"answered:{actor.message}", chat)
                 return ReplyOutcome(True)
             if state == "expired":
                 await self.close(store, cid, "reply_timeout", "")

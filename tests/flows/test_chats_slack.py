@@ -185,6 +185,25 @@ async def test_designated_agent_answers_in_time_with_emoji_and_gets_a_check_mark
     assert await stack.bridge.timers.due_at(keys.window_timer(TAG, cid)) is None, "the window stopped"
 
 
+async def test_several_replies_in_a_row_edit_the_header_once_and_a_new_window_again(stack: Stack) -> None:
+    cid, root = await open_chat(stack)
+    for text in ("您好", "已发货", "单号稍后发您"):
+        await stack.slack.user_message(AGENT_A, CHATS, text, thread_ts=root.ts)
+        await stack.settle()
+    assert platform_texts(stack, cid) == ["您好", "已发货", "单号稍后发您"]
+    header = stack.slack.message(CHATS, root.ts)
+    assert "已回复" in header.text and header.edits == 1, "only the reply that stopped the window changed it"
+    assert [m.reactions for m in stack.slack.thread(CHATS, root.ts)] == [["white_check_mark"]] * 3
+
+    await stack.sandbox.chat_message(cid, {"type": "text", "text": "还有别的颜色吗？"})  # the window runs again
+    await stack.settle()
+    assert "待回复" in stack.slack.message(CHATS, root.ts).text
+    await stack.slack.user_message(AGENT_A, CHATS, "有的", thread_ts=root.ts)
+    await stack.settle()
+    header = stack.slack.message(CHATS, root.ts)
+    assert "已回复" in header.text and header.edits == 3, "waiting, then answered again"
+
+
 async def test_image_reply_is_downloaded_from_slack_and_uploaded_to_the_platform(stack: Stack) -> None:
     cid, root = await open_chat(stack)
     file = stack.slack.add_file("proof.png", PNG, "image/png")
