@@ -227,6 +227,36 @@ async def test_accepting_a_reply(stack: Stack, faults: RedisFaults) -> None:
     assert done["window"] is None and done["window_timer"] is None
 
 
+async def test_accepting_a_further_reply_while_no_window_runs(stack: Stack, faults: RedisFaults) -> None:
+    """The reply that leaves the header as it was: run again after a failure anywhere, it still
+    reaches the platform once, with its ✅, and the header still says answered."""
+    store = stack.bridge.holder.current.store("1001")
+    assert store is not None
+    reply = faults.wrap(stack.bridge.chats.reply)
+
+    async def answered_chat() -> tuple[str, str]:
+        cid, root_ts = await open_chat(stack)
+        ts, _ = await stack.slack.user_message(AGENT_A, CHATS, "在的", thread_ts=root_ts)
+        await stack.bridge.chats.reply(store, cid, Actor("slack", AGENT_A, CHATS, root_ts, ts), "在的")
+        await settle(stack)
+        return cid, root_ts
+
+    async def step(chat: tuple[str, str]) -> None:
+        cid, root_ts = chat
+        ts, _ = await stack.slack.user_message(AGENT_A, CHATS, "今天发", thread_ts=root_ts)
+        actor = Actor("slack", AGENT_A, CHATS, root_ts, ts)
+        try:
+            await reply(store, cid, actor, "今天发")
+        except RedisConnectionError:
+            await reply(store, cid, actor, "今天发")
+        await settle(stack)
+
+    tried, done = await each_failure(stack, faults, answered_chat, step, lambda chat: chat_state(stack, chat[0]))
+    assert tried >= 4
+    assert done["to_platform"] == [{"type": "text", "text": "在的"}, {"type": "text", "text": "今天发"}]
+    assert done["reactions"] == [["white_check_mark"]] * 2 and "已回复" in done["roots"][0]
+
+
 async def test_claiming_a_chat_and_marking_it_handled_elsewhere(stack: Stack, faults: RedisFaults) -> None:
     """Claim (the chat and its load move, the thread and header say so) and Handled elsewhere (the
     window stops) are each finished exactly once by their retry, wherever the first run failed."""
