@@ -146,7 +146,10 @@ class Archiving:
             # Not the timer's own retry: that gives up after a few attempts, and this must not. The
             # payload counts failures in a row (a new change, rescheduling it, starts again at one).
             failures = int(timer.payload or 0) + 1
-            wait = min(ARCHIVE_RETRY_MAX_SECONDS, ARCHIVE_RETRY_SECONDS * 2 ** (failures - 1))
+            # The doubling stops at the cap by itself: in full, 2 ** 1,024 and more is past a float,
+            # and the wait's OverflowError after some three and a half days of refusals failed the
+            # copy for good.
+            wait = min(ARCHIVE_RETRY_MAX_SECONDS, ARCHIVE_RETRY_SECONDS * 2.0 ** min(failures - 1, 32))
             METRICS.archive_failures.labels(kind).inc()
             log.warning("archive: copy of %s failed (%s); again in %.0f s", thread, type(error).__name__, wait)
             await self.timers.schedule(timer.key, self.clock.now() + wait, str(failures), keep_earlier=True)

@@ -186,6 +186,24 @@ async def test_an_archive_that_is_down_delays_copies_and_holds_up_nothing(archiv
     assert row["conversation_id"] == cid and row["replies"] == 1, "archived once it could be"
 
 
+async def test_an_archive_down_for_days_is_still_tried_every_five_minutes(archived: Stack) -> None:
+    stack = archived
+    async with archive_down(stack):
+        cid = await stack.sandbox.open_chat("1001")
+        await stack.settle()
+        copy = keys.archive_timer(TAG, f"chat:{cid}")
+        # The copy's count of failures in a row, as 1,030 of them leave it: some three and a half
+        # days of a refusing archive at the longest wait (the doubling once overflowed there).
+        await stack.bridge.timers.schedule(copy, stack.clock.now(), "1030")
+        await stack.settle(horizon=0)
+        assert stack.clock is not None
+        due = await stack.bridge.timers.due_at(copy)
+        assert due is not None and due - stack.clock.now() == pytest.approx(ARCHIVE_RETRY_MAX_SECONDS)
+    await stack.advance(ARCHIVE_RETRY_MAX_SECONDS + 1)  # the archive is back
+    [row] = await stack.bridge.archive.chats("1001")
+    assert row["conversation_id"] == cid, "archived once it could be"
+
+
 async def test_finished_work_stays_in_redis_until_it_is_archived_however_long_the_archive_is_down(
     archived: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
