@@ -194,9 +194,9 @@ async def test_an_archive_down_for_days_is_still_tried_every_five_minutes(archiv
         copy = keys.archive_timer(TAG, f"chat:{cid}")
         # The copy's count of failures in a row, as 1,030 of them leave it: some three and a half
         # days of a refusing archive at the longest wait (the doubling once overflowed there).
+        assert stack.clock is not None
         await stack.bridge.timers.schedule(copy, stack.clock.now(), "1030")
         await stack.settle(horizon=0)
-        assert stack.clock is not None
         due = await stack.bridge.timers.due_at(copy)
         assert due is not None and due - stack.clock.now() == pytest.approx(ARCHIVE_RETRY_MAX_SECONDS)
     await stack.advance(ARCHIVE_RETRY_MAX_SECONDS + 1)  # the archive is back
