@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from bridge.config import Store
 from bridge.engine import keys
 from bridge.engine.endpoint import Endpoint
 from bridge.engine.events import IN_FLIGHT_SECONDS, DeadEvents, StoredEvent
@@ -206,22 +207,29 @@ async def open_chat(stack: Stack) -> tuple[str, str]:
     return cid, landed(stack, CHATS, f"slack:root:{cid}")[0].ts
 
 
-async def test_accepting_a_reply(stack: Stack, faults: RedisFaults) -> None:
-    store = stack.bridge.holder.current.store("1001")
-    assert store is not None
-    reply = faults.wrap(stack.bridge.chats.reply)
+def replying(
+    stack: Stack, store: Store, reply: Callable[..., Awaitable[Any]], text: str
+) -> Callable[[tuple[str, str]], Awaitable[None]]:
+    """An agent's reply in a chat's thread, handled as the connector calls it; a failure is retried
+    with the same message (a redelivery)."""
 
     async def step(chat: tuple[str, str]) -> None:
         cid, root_ts = chat
-        ts, _ = await stack.slack.user_message(AGENT_A, CHATS, "今天发", thread_ts=root_ts)
-        # As the connector calls it; a failure is retried with the same message (a redelivery).
+        ts, _ = await stack.slack.user_message(AGENT_A, CHATS, text, thread_ts=root_ts)
         actor = Actor("slack", AGENT_A, CHATS, root_ts, ts)
         try:
-            await reply(store, cid, actor, "今天发")
+            await reply(store, cid, actor, text)
         except RedisConnectionError:
-            await reply(store, cid, actor, "今天发")
+            await reply(store, cid, actor, text)
         await settle(stack)
 
+    return step
+
+
+async def test_accepting_a_reply(stack: Stack, faults: RedisFaults) -> None:
+    store = stack.bridge.holder.current.store("1001")
+    assert store is not None
+    step = replying(stack, store, faults.wrap(stack.bridge.chats.reply), "今天发")
     _, done = await each_failure(stack, faults, lambda: open_chat(stack), step, lambda chat: chat_state(stack, chat[0]))
     assert done["to_platform"] == [{"type": "text", "text": "今天发"}] and done["answered"]
     assert done["window"] is None and done["window_timer"] is None
@@ -232,25 +240,13 @@ async def test_accepting_a_further_reply_while_no_window_runs(stack: Stack, faul
     reaches the platform once, with its ✅, and the header still says answered."""
     store = stack.bridge.holder.current.store("1001")
     assert store is not None
-    reply = faults.wrap(stack.bridge.chats.reply)
 
     async def answered_chat() -> tuple[str, str]:
-        cid, root_ts = await open_chat(stack)
-        ts, _ = await stack.slack.user_message(AGENT_A, CHATS, "在的", thread_ts=root_ts)
-        await stack.bridge.chats.reply(store, cid, Actor("slack", AGENT_A, CHATS, root_ts, ts), "在的")
-        await settle(stack)
-        return cid, root_ts
+        chat = await open_chat(stack)
+        await replying(stack, store, stack.bridge.chats.reply, "在的")(chat)
+        return chat
 
-    async def step(chat: tuple[str, str]) -> None:
-        cid, root_ts = chat
-        ts, _ = await stack.slack.user_message(AGENT_A, CHATS, "今天发", thread_ts=root_ts)
-        actor = Actor("slack", AGENT_A, CHATS, root_ts, ts)
-        try:
-            await reply(store, cid, actor, "今天发")
-        except RedisConnectionError:
-            await reply(store, cid, actor, "今天发")
-        await settle(stack)
-
+    step = replying(stack, store, faults.wrap(stack.bridge.chats.reply), "今天发")
     tried, done = await each_failure(stack, faults, answered_chat, step, lambda chat: chat_state(stack, chat[0]))
     assert tried >= 4
     assert done["to_platform"] == [{"type": "text", "text": "在的"}, {"type": "text", "text": "今天发"}]
