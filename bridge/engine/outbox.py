@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
-from redis.backoff import AbstractBackoff
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -250,20 +250,13 @@ JOBS_PER_RUN = 20
 them) up to this many, then hands the rest to a new run so other threads get their turn."""
 
 
-class _AtOnceThenExponential(AbstractBackoff):
-    """The first retry at once (the client's own reconnection already waited), then doubling up to
-    ``cap``. The doubling stops at the cap by itself: redis-py 8.1's ExponentialBackoff computes
-    ``base * 2**failures`` in full and raises OverflowError past about 1,000 failures, which for a
-    retry without a limit (``RECORDING_A_SEND``) was a Redis outage of some four minutes."""
-
-    def __init__(self, cap: float, base: float) -> None:
-        self.cap = cap
-        self.base = base
+class _AtOnceThenExponential(ExponentialBackoff):
+    """The first retry at once (the client's own reconnection already waited), then doubling. (It
+    needs redis-py 8.2: 8.1's doubling overflowed after about 1,000 failures, some four minutes of
+    an outage for ``RECORDING_A_SEND``, and ended the retry that has no limit.)"""
 
     def compute(self, failures: int) -> float:
-        if failures <= 1:
-            return 0.0
-        return min(self.cap, self.base * 2.0 ** min(failures - 1, 32))
+        return 0.0 if failures <= 1 else super().compute(failures - 1)
 
 
 _Recorded = TypeVar("_Recorded")

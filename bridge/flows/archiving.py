@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
+from redis.backoff import ExponentialBackoff
 from sqlalchemy.exc import SQLAlchemyError
 
 from bridge.archive.store import Archive, Snapshot
@@ -42,6 +43,7 @@ ARCHIVE_RETRY_SECONDS = 30.0
 up to ARCHIVE_RETRY_MAX_SECONDS. It is tried until it lands."""
 
 ARCHIVE_RETRY_MAX_SECONDS = 300.0
+_ARCHIVE_BACKOFF = ExponentialBackoff(cap=ARCHIVE_RETRY_MAX_SECONDS, base=ARCHIVE_RETRY_SECONDS)
 
 COPIES_IN_FLIGHT = 16
 """Copies one process makes at once: the limit of the timers' ``archive`` lane. Copies beyond it
@@ -146,10 +148,9 @@ class Archiving:
             # Not the timer's own retry: that gives up after a few attempts, and this must not. The
             # payload counts failures in a row (a new change, rescheduling it, starts again at one).
             failures = int(timer.payload or 0) + 1
-            # The doubling stops at the cap by itself: in full, 2 ** 1,024 and more is past a float,
-            # and the wait's OverflowError after some three and a half days of refusals failed the
-            # copy for good.
-            wait = min(ARCHIVE_RETRY_MAX_SECONDS, ARCHIVE_RETRY_SECONDS * 2.0 ** min(failures - 1, 32))
+            # redis-py's doubling stops at the cap; computed in full, 2 ** 1,024 is past a float, and
+            # after some three and a half days of refusals the copy failed for good.
+            wait = _ARCHIVE_BACKOFF.compute(failures - 1)
             METRICS.archive_failures.labels(kind).inc()
             log.warning("archive: copy of %s failed (%s); again in %.0f s", thread, type(error).__name__, wait)
             await self.timers.schedule(timer.key, self.clock.now() + wait, str(failures), keep_earlier=True)
