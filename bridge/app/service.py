@@ -661,8 +661,7 @@ def _sentinel_client(url: str, max_connections: int) -> Redis:
     if "password" in query:
         options["password"] = query["password"]
     sentinel_auth = {"password": query["sentinel_password"]} if "sentinel_password" in query else {}
-    # untyped in redis-py 8.1, typed from 8.2: both are supported (pyproject)
-    sentinel = Sentinel(sentinels, socket_timeout=2, sentinel_kwargs=sentinel_auth)  # type: ignore[no-untyped-call, unused-ignore]
+    sentinel = Sentinel(sentinels, socket_timeout=2, sentinel_kwargs=sentinel_auth)
     client: Redis = sentinel.master_for(parsed.path.strip("/") or "mymaster", **options)
     return client  # owns its pool, which asks the sentinels for the primary on every new connection
 
