@@ -22,6 +22,7 @@ from bridge.config import BridgeConfig, ConfigError, ConfigHolder, LoadedConfig,
 
 if TYPE_CHECKING:
     from bridge.archive.store import Archive
+    from bridge.engine.deadlist import DeadList
 
 T = TypeVar("T")
 
@@ -423,11 +424,10 @@ def _endpoint_tags(
 class _DeadList:
     """What ``bridge dead-letters`` and ``bridge dead-events`` do to one endpoint's list."""
 
-    read: Callable[[str], Awaitable[list[dict[str, Any]]]]
+    entries: DeadList
     columns: Callable[[dict[str, Any]], list[str]]
     """An entry's columns in ``list``, after the endpoint's: id, kind, thread, when, why."""
     retry: Callable[[str, str | None], Awaitable[int]]
-    drop: Callable[[str, str | None], Awaitable[int]]
 
 
 def _on_dead_list(
@@ -445,17 +445,16 @@ def _on_dead_list(
     async def work(redis: Redis) -> int:
         dead, found = open_list(redis, config), 0
         for tag in tags:
-            if action in ("list", "show"):
-                for entry in await dead.read(tag):
-                    if action == "list":
-                        print("\t".join([tag.strip("{}"), *dead.columns(entry)]))
-                    elif entry_id in dead.columns(entry)[:1]:
-                        print(json.dumps({"endpoint": tag.strip("{}")} | entry, ensure_ascii=False, indent=2))
-                    else:
-                        continue
+            if action == "list":
+                for entry in await dead.entries.read(tag):
+                    print("\t".join([tag.strip("{}"), *dead.columns(entry)]))
+                    found += 1
+            elif action == "show":
+                for _, entry in await dead.entries.matching(tag, entry_id):
+                    print(json.dumps({"endpoint": tag.strip("{}")} | entry, ensure_ascii=False, indent=2))
                     found += 1
             else:
-                found += await (dead.retry if action == "retry" else dead.drop)(tag, entry_id)
+                found += await (dead.retry if action == "retry" else dead.entries.drop)(tag, entry_id)
         return found
 
     count = asyncio.run(_on_redis(work))
@@ -487,7 +486,7 @@ def dead_letters(path: Path, action: str, letter_id: str | None, store: str | No
         def columns(d: dict[str, Any]) -> list[str]:
             return [d["id"], d["job"]["kind"], d["thread"], _when(d["at"]), d["reason"]]
 
-        return _DeadList(outbox.dead_letters, columns, outbox.retry_dead_letter, outbox.drop_dead_letter)
+        return _DeadList(outbox.letters, columns, outbox.retry_dead_letter)
 
     return _on_dead_list("dead letter", path, action, letter_id, store, creator, destinations=False, open_list=letters)
 
@@ -502,7 +501,7 @@ def dead_events(path: Path, action: str, msg_id: str | None, store: str | None, 
         def columns(d: dict[str, Any]) -> list[str]:
             return [d["msg_id"], d["tag"], d.get("thread", ""), _when(d.get("at", 0)), d["error"]]
 
-        return _DeadList(dead.entries.read, columns, dead.retry, dead.entries.drop)
+        return _DeadList(dead.entries, columns, dead.retry)
 
     return _on_dead_list("dead event", path, action, msg_id, store, creator, destinations=True, open_list=events)
 

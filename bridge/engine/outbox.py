@@ -435,10 +435,6 @@ class Outbox:
                 await self._restart_if_stopped(keys.outbox_timer(tag, str(thread)))
             await self.redis.hdel(keys.dead_letter_replays(tag), job_id)
 
-    async def drop_dead_letter(self, tag: str, letter_id: str | None) -> int:
-        """Forgets dead letters (one id, or all with None); returns how many."""
-        return await self.letters.drop(tag, letter_id)
-
     # -- sending (timer kind "outbox") -----------------------------------------------------------
 
     async def handle_timer(self, timer: Timer) -> None:

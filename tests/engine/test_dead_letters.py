@@ -185,7 +185,7 @@ async def test_a_replayed_job_that_dies_again_is_dead_lettered_again(stack: Stac
     await stack.settle()
     again = await stack.bridge.outbox.dead_letters(TAG)
     assert [d["id"] for d in again] == [f"slack:root:{cid}"] and "channel_not_found" in again[0]["reason"]
-    assert await stack.bridge.outbox.drop_dead_letter(TAG, f"slack:root:{cid}") == 1
+    assert await stack.bridge.outbox.letters.drop(TAG, f"slack:root:{cid}") == 1
     assert await stack.redis.hgetall(keys.dead_letter_ids(TAG)) == {}, "dropped: nothing of it left"
 
 
