@@ -9,7 +9,7 @@ When the platform sends its own deadline, that one wins.
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -60,14 +60,16 @@ def task_deadline(
 ) -> datetime:
     if platform_deadline is not None:
         return platform_deadline
-    due = (created_at + timedelta(hours=hours)).astimezone(tz)
+    # Spans of time are reckoned in UTC: Python subtracts and adds datetimes of one zone by their wall
+    # clocks, which is an hour off across a daylight-saving change in the night.
+    due = (created_at.astimezone(UTC) + timedelta(hours=hours)).astimezone(tz)
     if not in_quiet_hours(due, quiet_start, quiet_end):
         return due
     morning = _quiet_end_after(due, quiet_start, quiet_end, tz)
     if night_rule == "move_to_morning":
         return morning
-    carried = due - _quiet_start_before(due, quiet_start, quiet_end, tz)
-    return morning + carried
+    carried = due.astimezone(UTC) - _quiet_start_before(due, quiet_start, quiet_end, tz).astimezone(UTC)
+    return (morning.astimezone(UTC) + carried).astimezone(tz)
 
 
 DeadlineBasis = Literal["platform", "hours", "moved_out_of_night"]

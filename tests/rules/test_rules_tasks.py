@@ -50,6 +50,31 @@ def test_carry_over_rule(created: str, expected: str) -> None:
     assert task_deadline(at(created), SH, night_rule="carry_over") == at(expected)
 
 
+NY = ZoneInfo("America/New_York")
+
+
+@pytest.mark.parametrize(
+    ("created_utc", "expected_local"),
+    [
+        # The 24 h end at 03:00 EST on the night clocks go back (01:00–02:00 runs twice): 21:00 EDT to
+        # 03:00 EST is 7 h, not the 6 the wall clock shows, so the deadline is 16:00, not 15:00.
+        ("2026-10-31 08:00:00", "2026-11-01 16:00:00-05:00"),
+        # 03:30 EDT on the night clocks go forward (02:00–03:00 never happens): 5.5 h carried, not 6.5.
+        ("2026-03-07 07:30:00", "2026-03-08 14:30:00-04:00"),
+    ],
+)
+def test_carry_over_counts_real_hours_across_a_daylight_saving_change(created_utc: str, expected_local: str) -> None:
+    created = datetime.fromisoformat(created_utc).replace(tzinfo=UTC)
+    assert task_deadline(created, NY, night_rule="carry_over") == datetime.fromisoformat(expected_local)
+
+
+def test_twenty_four_hours_are_real_hours_when_creation_is_given_in_a_daylight_saving_zone() -> None:
+    created = datetime(2026, 10, 31, 10, 0, tzinfo=NY)  # EDT; the clocks go back before 24 h are up
+    due = task_deadline(created, NY)
+    assert due.astimezone(UTC) - created.astimezone(UTC) == timedelta(hours=24)
+    assert due == datetime.fromisoformat("2026-11-01 09:00:00-05:00")
+
+
 def test_platform_deadline_wins() -> None:
     theirs = at("2026-11-24 12:00:00")
     assert task_deadline(at("2026-11-23 23:00:00"), SH, platform_deadline=theirs) == theirs
