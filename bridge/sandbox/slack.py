@@ -27,6 +27,42 @@ from bridge.engine.listen import LocalServer
 BOT_USER, BOT_ID, TEAM = "UBRIDGEBOT", "BBRIDGEBOT", "T0FEIGE"
 
 
+MAX_BLOCKS = 50
+"""Block Kit's limits, as Slack enforces them: a message of more blocks, or a text over its limit, is
+refused whole with ``invalid_blocks`` and an error naming where."""
+TEXT_LIMITS = {"header": 150, "section": 3000, "field": 2000, "context": 3000, "button": 75}
+
+
+def block_kit_errors(blocks: list[dict[str, Any]]) -> list[str]:
+    """What Slack would object to in ``blocks`` (the limits the bridge's messages could reach)."""
+    errors = []
+    if len(blocks) > MAX_BLOCKS:
+        errors.append(f"must provide no more than {MAX_BLOCKS} items [json-pointer:/blocks]")
+
+    def check(text: Any, kind: str, pointer: str) -> None:
+        if isinstance(text, dict) and len(str(text.get("text", ""))) > TEXT_LIMITS[kind]:
+            errors.append(f"must be less than {TEXT_LIMITS[kind] + 1} characters [json-pointer:{pointer}/text]")
+
+    for i, block in enumerate(blocks):
+        at = f"/blocks/{i}"
+        if block.get("type") in ("header", "section"):
+            check(block.get("text"), str(block["type"]), f"{at}/text")
+        fields = block.get("fields") or []
+        if len(fields) > 10:
+            errors.append(f"must provide no more than 10 items [json-pointer:{at}/fields]")
+        for j, f in enumerate(fields):
+            check(f, "field", f"{at}/fields/{j}")
+        for j, element in enumerate(block.get("elements") or []):
+            kind = "button" if element.get("type") == "button" else "context"
+            check(element.get("text") if kind == "button" else element, kind, f"{at}/elements/{j}")
+    return errors
+
+
+def _invalid_blocks(errors: list[str]) -> dict[str, Any]:
+    return {"ok": False, "error": "invalid_blocks", "errors": errors,
+            "response_metadata": {"messages": [f"[ERROR] {e}" for e in errors]}}  # fmt: skip
+
+
 @dataclass
 class Message:
     channel: str
@@ -212,10 +248,12 @@ class SlackEmulator(LocalServer):
             return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(wait)}
         if not args.get("text") and not args.get("blocks"):
             return 200, {"ok": False, "error": "no_text"}, {}
-        self._buckets[channel] = (tokens - 1.0, now)
         blocks = args.get("blocks") or []
         if isinstance(blocks, str):
             blocks = json.loads(blocks)
+        if errors := block_kit_errors(blocks):
+            return 200, _invalid_blocks(errors), {}
+        self._buckets[channel] = (tokens - 1.0, now)
         thread = args.get("thread_ts")
         metadata = args.get("metadata")
         metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
@@ -230,9 +268,11 @@ class SlackEmulator(LocalServer):
         msg = self._find(str(args.get("channel")), str(args.get("ts")))
         if msg is None:
             return 200, {"ok": False, "error": "message_not_found"}, {}
-        msg.text = str(args.get("text", msg.text))
         blocks = args.get("blocks") or msg.blocks
-        msg.blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
+        blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
+        if errors := block_kit_errors(blocks):
+            return 200, _invalid_blocks(errors), {}
+        msg.text, msg.blocks = str(args.get("text", msg.text)), blocks
         msg.edits += 1
         return 200, {"ok": True, "channel": msg.channel, "ts": msg.ts, "text": msg.text}, {}
 

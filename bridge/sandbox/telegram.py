@@ -8,8 +8,10 @@ python-telegram-bot on the bridge side.
 from __future__ import annotations
 
 import asyncio
+import html
 import itertools
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +26,16 @@ from bridge.engine.listen import LocalServer
 BOT_ID = 7_000_000_001
 DOWNLOAD_LIMIT = 20 * 1024 * 1024  # getFile: bots may download files up to 20 MB
 BOT: dict[str, object] = {"id": BOT_ID, "is_bot": True, "first_name": "Feige Bridge", "username": "feige_bridge_bot"}
+TEXT_LIMIT, CAPTION_LIMIT = 4096, 1024
+"""Characters of a message's text and of a caption, counted as Telegram does: after its entities
+are parsed (the HTML tags read, the escapes undone)."""
+
+
+def _too_long(args: dict[str, Any], key: str, limit: int) -> bool:
+    text = str(args.get(key) or "")
+    if args.get("parse_mode") == "HTML":
+        text = html.unescape(re.sub(r"<[^>]*>", "", text))
+    return len(text) > limit
 
 
 @dataclass
@@ -321,12 +333,18 @@ class TelegramEmulator(LocalServer):
     def _m_sendMessage(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if not str(args.get("text", "")).strip():
             return self._error(400, "Bad Request: message text is empty")
+        if _too_long(args, "text", TEXT_LIMIT):
+            return self._error(400, "Bad Request: message is too long")
         return self._new_message(args, text=args["text"])
 
     def _m_sendPhoto(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if _too_long(args, "caption", CAPTION_LIMIT):
+            return self._error(400, "Bad Request: message caption is too long")
         return self._new_message(args, text=args.get("caption", ""), photo=str(args.get("photo")))
 
     def _m_sendDocument(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if _too_long(args, "caption", CAPTION_LIMIT):
+            return self._error(400, "Bad Request: message caption is too long")
         return self._new_message(args, text=args.get("caption", ""), document=str(args.get("document")))
 
     def _edit(self, args: dict[str, Any]) -> TgMessage | None:
@@ -339,6 +357,8 @@ class TelegramEmulator(LocalServer):
         m = self._edit(args)
         if m is None:
             return self._error(400, "Bad Request: message to edit not found")
+        if _too_long(args, "text", TEXT_LIMIT):
+            return self._error(400, "Bad Request: MESSAGE_TOO_LONG")
         if m.text == args.get("text") and m.reply_markup == args.get("reply_markup"):
             return self._error(400, "Bad Request: message is not modified")
         m.text, m.edits = str(args.get("text", m.text)), m.edits + 1

@@ -47,7 +47,7 @@ from bridge.flows.tasks import evidence_count_problem, evidence_problems
 from bridge.flows.views import Actor, ReplyMedia, tell_privately
 from bridge.i18n import t
 from connectors.slack import keys as slack_keys
-from connectors.slack.render import render
+from connectors.slack.render import escaped, render
 from connectors.slack.settings import SlackSettings
 from connectors.slack.text import slack_to_platform_text
 from rules.evidence import IMAGE_FORMATS, MAX_EVIDENCE_FILES, SNIFF_BYTES, VIDEO_FORMATS, evidence_limits
@@ -304,7 +304,7 @@ class SlackConnector:
             "title": {"type": "plain_text", "text": t(loc, "task.process.title")[:24]},
             "submit": {"type": "plain_text", "text": t(loc, "task.process.submit")},
             "blocks": [
-                {"type": "section", "text": {"type": "mrkdwn", "text": f"*{title}* · {tid}"}},
+                {"type": "section", "text": {"type": "mrkdwn", "text": f"*{title}* · {escaped(tid)}"}},
                 {"type": "input", "block_id": "solution",
                  "label": {"type": "plain_text", "text": t(loc, "task.process.solution")},
                  "element": {"type": "plain_text_input", "action_id": "solution", "multiline": True}},
@@ -529,14 +529,14 @@ class SlackConnector:
         extra = {"thread_ts": actor["thread"]} if actor.get("thread") else {}
         await _call(
             self.client.chat_postEphemeral(
-                channel=actor["channel"], user=actor["user"], text=job.payload["text"], **extra
+                channel=actor["channel"], user=actor["user"], text=escaped(job.payload["text"]), **extra
             )
         )
 
     async def _respond(self, job: OutboxJob) -> None:
         try:
             resp = await AsyncWebhookClient(job.payload["url"], session=self.http()).send(
-                text=job.payload["text"], response_type="ephemeral"
+                text=escaped(job.payload["text"]), response_type="ephemeral"
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RetryLater(f"Slack response_url unreachable: {exc}") from None

@@ -375,6 +375,7 @@ class TelegramConnector:
             people = [by_id.get(a) for a in view.get("mentions", [])]
             view["people"] = [{"name": a.name, "telegram": a.identity(SERVICE)} for a in people if a is not None]
             view.setdefault("timezone", store.timezone)
+            view.setdefault("locale", store.locale)
             view["detail_label"] = t(store.locale, "order.view")
             view["image_label"] = t(store.locale, "chat.image")
         return view

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import html
+import re
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+
+from bridge.i18n import DEFAULT_LOCALE, t
 
 
 def _people(view: dict[str, Any]) -> str:
@@ -63,7 +67,59 @@ def topic_name(view: dict[str, Any]) -> str:
     return f"{icon} {view.get('topic') or view.get('title') or ''}".strip()[:128]
 
 
+TEXT_CHARS = 4096
+"""Telegram refuses a message of more characters than this once its HTML is read ("message is too
+long"): a post, and the root's every edit, must fit."""
+_TAG = re.compile(r"<[^>]*>")
+
+
+def shown_length(text: str) -> int:
+    """The characters Telegram counts in an HTML message: its tags read, its entities undone."""
+    return len(html.unescape(_TAG.sub("", text)))
+
+
 def render(view: dict[str, Any]) -> tuple[str, InlineKeyboardMarkup | None]:
+    """A view as Telegram HTML and its keyboard. A message refused for its length would not be shown
+    at all, so one over Telegram's length has its longest parts (what the platform or a person wrote)
+    cut to fit, each with a note of how much is not shown and where to read it all."""
+    text, markup = _render(view)
+    over = shown_length(text) - TEXT_CHARS
+    return (text, markup) if over <= 0 else _render(_cut_to_fit(view, over))
+
+
+def _cut_to_fit(view: dict[str, Any], over: int) -> dict[str, Any]:
+    """``view`` with its longest written parts cut to one length, as long as the whole can be, with
+    the note after each: ``over`` characters fewer in all, notes included."""
+    view = copy.deepcopy(view)
+    places: list[tuple[Any, Any]] = []  # (container, key) of each text the platform or a person wrote
+    if isinstance(view.get("text"), str):
+        places.append((view, "text"))
+    for message in (view, view.get("first_message") or {}):
+        content = message.get("content")
+        if isinstance(content, dict) and isinstance(content.get("text"), str):
+            places.append((content, "text"))
+    if "fields" in view:
+        view["fields"] = [list(field) for field in view["fields"]]
+        places += [(field, 1) for field in view["fields"] if isinstance(field[1], str)]
+    lengths = [len(where[key]) for where, key in places]
+    locale = str(view.get("locale") or DEFAULT_LOCALE)
+    added = 1 + len(t(locale, "message.cut", count=max(lengths, default=0)))  # "…" and the note, at most
+    budget = sum(lengths) - over
+
+    def length_with(cap: int) -> int:  # a part longer than cap plus its note is cut to cap, then the note
+        return sum(min(n, cap + added) for n in lengths)
+
+    low, high = 0, max(lengths, default=0)  # the longest cap that fits (length_with only grows with it)
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if length_with(middle) <= budget else (low, middle - 1)
+    for (where, key), n in zip(places, lengths, strict=True):
+        if n > low + added:
+            where[key] = where[key][:low] + "…" + t(locale, "message.cut", count=n - low)
+    return view
+
+
+def _render(view: dict[str, Any]) -> tuple[str, InlineKeyboardMarkup | None]:
     kind = view["type"]
     if kind == "platform_message":
         return _platform_message(view)

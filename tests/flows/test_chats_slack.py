@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import itertools
 import json
 from datetime import UTC, datetime
@@ -373,6 +374,34 @@ async def test_a_process_that_only_consumes_knows_the_bots_threads_from_a_person
         assert refused == [lunch, "None"], "both refused at once"
     finally:
         await worker.stop()
+
+
+# -- What the platform wrote arrives as written -------------------------------------------------
+
+
+def sections_shown(message: Message) -> str:
+    """The text of a message's sections as Slack shows it: its escapes undone."""
+    return html.unescape("".join(b["text"]["text"] for b in message.blocks if b["type"] == "section" and "text" in b))
+
+
+async def test_a_long_question_with_slack_markup_in_it_arrives_whole_and_pings_nobody(stack: Stack) -> None:
+    question = "满<100元 & 包邮吗？<!channel> <@U0AGENTB> " + "买家说物流一直没有更新，希望尽快处理。" * 400
+    cid, root = await open_chat(stack, {"type": "text", "text": question})
+    follow_up = "另外 <https://evil.example|点这里> 是什么？" + "\n补充说明" * 700
+    await stack.sandbox.chat_message(cid, {"type": "text", "text": follow_up})
+    await stack.settle()
+    assert await stack.bridge.outbox.dead_letters(TAG) == []
+    [message] = stack.slack.thread(CHATS, root.ts)
+    for posted in (root, message):
+        sections = [b["text"]["text"] for b in posted.blocks if b["type"] == "section" and "text" in b]
+        assert len(sections) >= 2 and max(map(len, sections)) <= 3000, "Block Kit takes 3,000 characters a section"
+    assert sections_shown(root).endswith("*小飞*: " + question), "the root's first message, every character"
+    # Cut where a line ends, the line break becomes the break between two sections.
+    assert sections_shown(message).replace("\n", "") == ("*小飞*: " + follow_up).replace("\n", "")
+    wire = str(root.blocks) + root.text + str(message.blocks) + message.text
+    for markup in ("<!channel>", "<@U0AGENTB>", "<https://evil"):
+        assert markup not in wire, "escaped, as Slack asks: shown as written, and pinging nobody"
+    assert "满&lt;100元 &amp; 包邮吗？&lt;!channel&gt;" in str(root.blocks)
 
 
 # -- Slack's own behaviour -------------------------------------------------------------------

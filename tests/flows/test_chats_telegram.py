@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import html
+import re
 
 import pytest
 
@@ -44,6 +46,27 @@ async def test_header_with_assignee_mention_and_order_card_button(stack: Stack) 
         ("Reassign…", "ra"),
         ("Handled elsewhere", "ew"),
     ]
+
+
+async def test_a_question_longer_than_telegram_takes_is_shown_cut_with_a_note_rather_than_lost(stack: Stack) -> None:
+    question = "The buyer says <b>nothing</b> & " + "the parcel has not moved for a week. " * 150  # 5,582 characters
+    cid = await stack.sandbox.open_chat("1002", {"type": "text", "text": question})
+    await stack.settle()
+    await stack.sandbox.chat_message(cid, {"type": "text", "text": question})
+    await stack.settle()
+    assert await stack.bridge.outbox.dead_letters(TAG) == []
+    root, message = stack.telegram.by_bot(GROUP)[-2:]
+    for posted in (root, message):
+        shown = html.unescape(re.sub(r"<[^>]*>", "", posted.text))
+        assert len(shown) <= 4096, "Telegram's length, counted as Telegram counts it"
+        [count] = re.findall(r"… \((\d+) more characters are over the message length and not shown; read the whole "
+                             r"text in Feige\)", shown)  # fmt: skip
+        assert question[: len(question) - int(count)] + "…" in shown, "what is shown is the start, as written"
+        assert "says <b>nothing</b> &" in shown, "the platform's text is shown as written, not read as HTML"
+    await stack.telegram.user_message(OWNER, GROUP, "Resent today", reply_to=message.message_id)
+    await stack.settle()
+    assert merchant_texts(stack, cid) == ["Resent today"]
+    assert "Answered" in stack.telegram.message(GROUP, root.message_id).text, "the header's edit fits too"
 
 
 async def test_a_reply_to_the_chain_answers_and_gets_a_reaction(stack: Stack) -> None:

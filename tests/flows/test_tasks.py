@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -59,6 +60,18 @@ async def test_merchant_card_leads_with_the_issue_type_and_creator_gets_a_confir
     assert tid in confirm.text and "截止" in confirm.text
     keyboard = confirm.reply_markup["inline_keyboard"][0]
     assert keyboard[0]["url"].startswith("https://fxg.example/task/") and keyboard[1]["callback_data"] == f"log:{tid}"
+
+
+async def test_a_long_story_from_the_consumer_arrives_whole_and_as_written(stack: Stack) -> None:
+    story = "买家说 <!here> 收到的杯子有裂痕 & 要求换货。" + "快递员说包裹在中转站压坏了，买家拍了照片。" * 120
+    tid = await raise_task(stack, consumer_description=story, creator_suggestion="请补发 <新杯子>")
+    assert await stack.bridge.outbox.dead_letters(TAG) == []
+    message = card(stack)
+    assert tid in message.text
+    sections = [b["text"]["text"] for b in message.blocks if b["type"] == "section" and "text" in b]
+    assert html.unescape("".join(sections)).endswith(story), "too long for a field: in sections of its own, whole"
+    fields = [f["text"] for b in message.blocks for f in b.get("fields", [])]
+    assert "请补发 &lt;新杯子&gt;" in "".join(fields) and "<!here>" not in str(message.blocks)
 
 
 async def test_deadline_before_nine_moves_to_nine_that_morning(stack: Stack) -> None:

@@ -3,6 +3,9 @@ replies, and Resolve as a guided conversation (result → solution → evidence 
 
 from __future__ import annotations
 
+import html
+import re
+
 import aiohttp
 
 from bridge.engine import keys
@@ -43,6 +46,19 @@ async def say(stack: Stack, text: str, reply_to: TgMessage, **files: object) -> 
     assert status == 200
     await stack.settle()
     return sent
+
+
+async def test_a_card_longer_than_telegram_takes_is_cut_in_its_longest_parts_keeping_its_buttons(stack: Stack) -> None:
+    story, suggestion = "The cup arrived cracked. " * 200, "Resend <a new cup> & refund the postage. " * 150
+    tid = await stack.sandbox.create_task_order("1002", "c-7001", consumer_description=story,
+                                                creator_suggestion=suggestion)  # fmt: skip
+    await stack.settle()
+    assert await stack.bridge.outbox.dead_letters(TAG) == []
+    card = next(m for m in stack.telegram.by_bot(GROUP) if tid in m.text and m.reply_markup)
+    shown = html.unescape(re.sub(r"<[^>]*>", "", card.text))
+    assert len(shown) <= 4096 and len(buttons(card)) == 6
+    assert shown.count("more characters are over the message length") == 2, "both long parts cut, each saying so"
+    assert "Resend <a new cup> & refund" in shown and "The cup arrived cracked." in shown
 
 
 async def test_card_has_the_six_buttons_and_leads_with_the_issue_type(stack: Stack) -> None:

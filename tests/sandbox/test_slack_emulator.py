@@ -69,3 +69,24 @@ async def test_button_clicks_are_acknowledged_by_the_bridge(stack: Stack) -> Non
     await stack.settle()
     root = stack.slack.channel("C0CHATS1001")[-1]
     assert cid and await stack.slack.block_action("U0MAIN1001", "C0CHATS1001", root.ts, "order_detail") == 200
+
+
+async def test_blocks_over_block_kits_limits_are_refused_whole(emulator: SlackEmulator) -> None:
+    client = AsyncWebClient(token="xoxb-test", base_url=emulator.api_url)
+    too_long = [{"type": "section", "text": {"type": "mrkdwn", "text": "字" * 3001}}]
+    with pytest.raises(SlackApiError) as info:
+        await client.chat_postMessage(channel="C1", text="t", blocks=too_long)
+    assert info.value.response["error"] == "invalid_blocks"
+    assert info.value.response["errors"] == ["must be less than 3001 characters [json-pointer:/blocks/0/text/text]"]
+    fields = [{"type": "section", "fields": [{"type": "mrkdwn", "text": "x" * 2001}]}]
+    header = [{"type": "header", "text": {"type": "plain_text", "text": "h" * 151}}]
+    many = [{"type": "divider"}] * 51
+    for blocks in (fields, header, many):
+        with pytest.raises(SlackApiError) as info:
+            await client.chat_postMessage(channel="C1", text="t", blocks=blocks)
+        assert info.value.response["error"] == "invalid_blocks"
+    posted = await client.chat_postMessage(channel="C1", text="t", blocks=[{"type": "divider"}] * 50)
+    with pytest.raises(SlackApiError) as info:
+        await client.chat_update(channel="C1", ts=posted["ts"], text="t", blocks=too_long)
+    assert info.value.response["error"] == "invalid_blocks"
+    assert [len(m.blocks) for m in emulator.channel("C1")] == [50], "nothing refused was kept or changed"

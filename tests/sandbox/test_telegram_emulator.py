@@ -70,3 +70,17 @@ async def test_files_upload_and_download(bot: Bot, emulator: TelegramEmulator) -
     file_id = sent.photo[-1].file_id
     tg_file = await bot.get_file(file_id)
     assert bytes(await tg_file.download_as_bytearray()).startswith(b"\x89PNG")
+
+
+async def test_texts_over_telegrams_lengths_are_refused_counted_after_the_html_is_read(
+    bot: Bot, emulator: TelegramEmulator
+) -> None:
+    at_the_limit = "<b>" + "&lt;" * 4096 + "</b>"  # 4,096 characters once read, whatever the markup adds
+    sent = await bot.send_message(7001, at_the_limit, parse_mode="HTML")
+    with pytest.raises(BadRequest, match="Message is too long"):
+        await bot.send_message(7002, "字" * 4097)
+    with pytest.raises(BadRequest, match="Message_too_long"):
+        await bot.edit_message_text("字" * 4097, chat_id=7001, message_id=sent.message_id)
+    with pytest.raises(BadRequest, match="Message caption is too long"):
+        await bot.send_photo(7003, "https://img.example/a.png", caption="字" * 1025)
+    assert [m.text for m in emulator.messages] == [at_the_limit], "nothing refused was sent or changed"
