@@ -26,6 +26,7 @@ import aiohttp
 import yaml
 
 from bridge.app.service import Bridge, StartupError, connect_redis
+from bridge.archive.store import Archive, archive_url
 from bridge.config import ConfigError, ConfigHolder, LoadedConfig, load_config
 from bridge.engine import keys
 from bridge.engine.metrics import METRICS
@@ -35,6 +36,9 @@ from bridge.sandbox.telegram import BOT_ID, TelegramEmulator
 from connectors.platform.signing import sign
 
 DEMO_REDIS_DIR = Path("var/demo-redis")  # a clean slate every run: the demo's story starts from nothing
+DEMO_ARCHIVE = Path("var/demo-archive.sqlite3")
+"""The demo's own archive, as fresh as its Redis: not the embedded one ``bridge serve`` keeps (the
+demo's chats are not the store's), and not last run's (its statistics would count both)."""
 DEMO_WINDOW = {"seconds": 10, "reminders_before": [6, 3], "escalate_before": 3}
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 512
 
@@ -163,6 +167,14 @@ def run_demo(config_path: Path, *, keep_serving: bool = False) -> int:
         return 1
 
 
+def fresh_archive(env: dict[str, str]) -> Archive:
+    """ARCHIVE_URL when set, as for Redis; else the demo's own file, emptied first (WAL and lock too)."""
+    if "ARCHIVE_URL" not in env:
+        for left in DEMO_ARCHIVE.parent.glob(f"{DEMO_ARCHIVE.name}*"):
+            left.unlink()
+    return Archive(archive_url(env, DEMO_ARCHIVE))
+
+
 def _demo_config(config_path: Path) -> Path:
     """The example, with the first store's reply window shortened so the demo does not take minutes."""
     tree = yaml.safe_load(config_path.read_text(encoding="utf-8"))
@@ -198,7 +210,7 @@ async def _demo(config_path: Path, keep_serving: bool) -> int:
         "redis",
         f"embedded redis-server at {embedded.url}, AOF under {DEMO_REDIS_DIR}/" if embedded else "using REDIS_URL",
     )
-    bridge = Bridge(holder, redis, embedded_redis=embedded)
+    bridge = Bridge(holder, redis, embedded_redis=embedded, archive=fresh_archive(env))
     try:
         await bridge.start()
     except BaseException:

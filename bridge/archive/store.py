@@ -41,10 +41,10 @@ EMBEDDED_ARCHIVE = Path("var") / "archive.sqlite3"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def archive_url(environ: Mapping[str, str] | None = None) -> str:
+def archive_url(environ: Mapping[str, str] | None = None, embedded: Path = EMBEDDED_ARCHIVE) -> str:
     """``ARCHIVE_URL`` when set (``postgresql://…`` for several replicas), else the embedded SQLite file."""
     env = os.environ if environ is None else environ
-    return env.get("ARCHIVE_URL") or f"sqlite:///{EMBEDDED_ARCHIVE}"
+    return env.get("ARCHIVE_URL") or f"sqlite:///{embedded}"
 
 
 def shown_url(url: str) -> str:

@@ -112,3 +112,19 @@ async def test_the_demo_plays_its_scenes_on_an_injected_clock(
     assert "Step 1/3" in text and "Step 2/3" in text and "Step 3/3" in text
     assert '"solution": "Reshipped by SF Express, waybill SF9876543210", "evidence": ["media' in text
     assert re.search(r"#C0CREATOR7002 thread [\d.]+ ← bridge: The merchant processed task order", text)
+
+
+def test_the_demo_keeps_its_own_archive_new_each_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its chats are not the store's: `bridge serve`'s embedded archive is left alone, and a second run
+    does not count the first's in its statistics."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "var").mkdir()
+    served, last_run = tmp_path / "var/archive.sqlite3", tmp_path / "var/demo-archive.sqlite3"
+    for path in (served, last_run, tmp_path / "var/demo-archive.sqlite3-wal"):
+        path.write_bytes(b"kept rows")
+    archive = demo.fresh_archive({})
+    assert archive.url == "sqlite:///var/demo-archive.sqlite3"
+    assert sorted(p.name for p in (tmp_path / "var").iterdir()) == ["archive.sqlite3"], "last run's file and WAL went"
+    assert served.read_bytes() == b"kept rows"
+    given = demo.fresh_archive({"ARCHIVE_URL": "postgresql://demo@127.0.0.1/demo"})
+    assert given.url == "postgresql://demo@127.0.0.1/demo", "a given archive is used, as a given Redis is"
