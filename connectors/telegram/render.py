@@ -27,8 +27,11 @@ def _people(view: dict[str, Any]) -> str:
 def _fill(text: str, view: dict[str, Any]) -> str:
     out = html.escape(text, quote=False).replace("{mention}", _people(view))
     if view.get("deadline"):
+        # As in Slack: a task order's deadline is a day away (its date and time), a reply window's
+        # minutes (the time to the second: "by 01:34" would read as up to a minute more than there is).
         tz = ZoneInfo(str(view.get("timezone") or "Asia/Shanghai"))
-        out = out.replace("{deadline}", datetime.fromtimestamp(float(view["deadline"]), tz).strftime("%Y-%m-%d %H:%M"))
+        shown = "%Y-%m-%d %H:%M" if view.get("deadline_date") else "%H:%M:%S"
+        out = out.replace("{deadline}", datetime.fromtimestamp(float(view["deadline"]), tz).strftime(shown))
     return out
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import html
 import re
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from bridge.engine import keys
 from bridge.engine.events import IN_FLIGHT_SECONDS
 from bridge.engine.outbox import OutboxJob
-from tests.conftest import Stack
+from tests.conftest import Stack, hash_number
 
 GROUP = -1001002000001
 OWNER, STRANGER = 1002001, 5555
@@ -34,9 +36,14 @@ def merchant_texts(stack: Stack, cid: str) -> list[object]:
 
 
 async def test_header_with_assignee_mention_and_order_card_button(stack: Stack) -> None:
-    _, root_id = await open_chat(stack)
+    cid, root_id = await open_chat(stack)
     root = stack.telegram.message(GROUP, root_id)
     assert "platform customer service chat" in root.text and "Waiting for a reply" in root.text
+    store = stack.bridge.holder.current.store("1002")
+    assert store is not None
+    deadline = datetime.fromtimestamp(await hash_number(stack.redis, keys.chat(TAG, cid), "deadline"),
+                                      ZoneInfo(store.timezone))  # fmt: skip
+    assert f"answer by {deadline:%H:%M:%S} (120 s window)" in root.text, "a window's close, to the second"
     assert '<a href="tg://user?id=1002001">Owner Wang</a>' in root.text, "the assignee is mentioned"
     assert "6909" in root.text
     [card, header] = root.reply_markup["inline_keyboard"]  # type: ignore[index]
