@@ -181,6 +181,10 @@ class Store(_Model):
         """The store's agent who is ``user`` in ``service`` (their ``accounts`` entry there)."""
         return next((a for a in self.agents if a.identity(service) == user), None)
 
+    def agent_name(self, agent_id: str) -> str:
+        """How the store calls an agent: their name, or the id of one no longer configured."""
+        return next((a.name for a in self.agents if a.id == agent_id), agent_id)
+
     @property
     def designated(self) -> list[Agent]:
         ids = self.designated_agents or [self.main_account]

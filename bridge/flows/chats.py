@@ -268,21 +268,30 @@ class ChatFlow:
         close = float(chat["deadline"])  # a reminder that cannot arrive before it is not sent
         dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
 
+        steps = self._steps(store, started)
+        assignee = chat.get("assignee") or ""
+        others = [a.id for a in store.designated if a.id != assignee and a.im_permission]
+        # An escalation due with a reminder goes in the reminder: one post, on time (the channel's
+        # spacing would put a second one a second later, its "seconds left" a second wrong).
+        joined = {s.at for s in steps if s.kind == "remind"} & {s.at for s in steps if s.kind == "escalate"}
+
         async def take(step: WindowStep) -> bool:
+            job_id = f"{step.name}:{cid}:{started}"
             if step.kind == "close":
                 await self.close(store, cid, "reply_timeout", "")
                 return False
-            if step.kind == "remind" and chat.get("assignee"):
+            if step.kind == "remind" and assignee and others and step.at in joined:
+                text = t(store.locale, "chat.reminder_and_escalation", mention="{mention}", seconds=step.seconds_left,
+                         assignee=store.agent_name(assignee))  # fmt: skip
+                await self._notice(store, dest, cid, job_id, text, [assignee, *others], close)
+            elif step.kind == "remind" and assignee:
                 text = t(store.locale, "chat.reminder", mention="{mention}", seconds=step.seconds_left)
-                await self._notice(store, dest, cid, f"{step.name}:{cid}:{started}", text, [chat["assignee"]], close)
-            if step.kind == "escalate":
-                others = [a.id for a in store.designated if a.id != chat.get("assignee") and a.im_permission]
-                if others:
-                    text = t(store.locale, "chat.escalation", mentions="{mention}", seconds=step.seconds_left)
-                    await self._notice(store, dest, cid, f"{step.name}:{cid}:{started}", text, others, close)
+                await self._notice(store, dest, cid, job_id, text, [assignee], close)
+            if step.kind == "escalate" and others and not (assignee and step.at in joined):
+                text = t(store.locale, "chat.escalation", mentions="{mention}", seconds=step.seconds_left)
+                await self._notice(store, dest, cid, job_id, text, others, close)
             return True
 
-        steps = self._steps(store, started)
         await take_steps(self.timers, timer, keys.chat(tag, cid), chat, f"step:{started}:", steps, take)
 
     async def close(self, store: Store, cid: str, reason: str, ticket: str) -> bool:
@@ -523,7 +532,7 @@ class ChatFlow:
             seconds = store.reply_window.seconds
             line = t(store.locale, "chat.status.waiting", deadline="{deadline}", seconds=seconds)
         elif chat.get("elsewhere_by"):
-            who = next((a.name for a in store.agents if a.id == chat["elsewhere_by"]), chat["elsewhere_by"])
+            who = store.agent_name(chat["elsewhere_by"])
             line = t(store.locale, "chat.status.elsewhere", by=who)
         elif chat.get("first_reply_at"):
             line = t(store.locale, "chat.status.answered")

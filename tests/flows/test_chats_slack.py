@@ -279,11 +279,35 @@ async def test_reminders_then_the_bridge_closes_the_chat_and_refuses_late_replie
     assert (archived["close_reason"], archived["in_window"], archived["late_replies"]) == ("reply_timeout", False, 1)
 
 
-async def test_escalation_mentions_the_other_designated_agents(stack: Stack) -> None:
+async def test_an_escalation_due_with_a_reminder_goes_in_it_on_time(stack: Stack) -> None:
     cid, root = await open_chat(stack)
-    await stack.advance_to(await deadline_of(stack, cid) - 28)  # posts in one channel are a second apart
-    escalation = [t for t in texts(stack, root) if "🆘" in t]
-    assert escalation == ["<@U0AGENTA> <@U0AGENTB> 🆘 请协助回复：还剩 30 秒"]
+    await stack.advance_to(await deadline_of(stack, cid) - 30)  # the example escalates at 30 s, as it reminds
+    assert texts(stack, root)[1:] == [
+        "<@U0MAIN1001> <@U0AGENTA> <@U0AGENTB> ⏰ 还剩 30 秒回复，超时会话将关闭并生成服务单（service ticket）。"
+        "🆘 负责人 店长 Li 尚未回复，请其他客服协助"
+    ], "one post when it is due, naming the assignee and the others (the 60 s reminder came first)"
+    await stack.advance_to(await deadline_of(stack, cid) - 20)
+    assert len(texts(stack, root)) == 2, "and no second post for the escalation"
+
+
+async def test_an_escalation_due_alone_mentions_the_other_designated_agents(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    tree = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    tree["stores"][0]["reply_window"]["escalate_before"] = 45
+    path = tmp_path / "escalate.yaml"
+    path.write_text(yaml.safe_dump(tree, allow_unicode=True))
+    s = await start_stack(redis_url, path, clock=ManualClock(), run_workers=False)
+    try:
+        cid, root = await open_chat(s)
+        await s.advance_to(await deadline_of(s, cid) - 30)
+        assert texts(s, root) == [
+            "<@U0MAIN1001> ⏰ 还剩 60 秒回复，超时会话将关闭并生成服务单（service ticket）",
+            "<@U0AGENTA> <@U0AGENTB> 🆘 请协助回复：还剩 45 秒",
+            "<@U0MAIN1001> ⏰ 还剩 30 秒回复，超时会话将关闭并生成服务单（service ticket）",
+        ]
+    finally:
+        await s.stop()
 
 
 async def test_platform_close_closes_it_once(stack: Stack) -> None:

@@ -320,12 +320,12 @@ async def test_closing_a_chat_when_its_window_runs_out(stack: Stack, faults: Red
     _, done = await each_failure(stack, faults, lambda: open_chat(stack), step, lambda chat: chat_state(stack, chat[0]))
     assert done["status"] == "closed" and done["loads"] == {"main-1001": "0"}
     assert done["counted"] == [] and done["close_reason"] == "reply_timeout"
-    assert [t[:12] for t in done["thread"]] == [
-        "<@U0MAIN1001",
-        "<@U0MAIN1001",
-        "<@U0AGENTA> ",
-        "⛔ 会话已关闭：超时未回",
+    assert [t[:14] for t in done["thread"]] == [
+        "<@U0MAIN1001> ",  # 60 s left
+        "<@U0MAIN1001> ",  # 30 s left, with the escalation to the others
+        "⛔ 会话已关闭：超时未回复，",
     ]
+    assert "<@U0AGENTA> <@U0AGENTB> ⏰ 还剩 30 秒" in done["thread"][1]
 
 
 async def test_the_platform_closing_a_chat(stack: Stack, faults: RedisFaults) -> None:
