@@ -275,21 +275,25 @@ class ChatFlow:
         # spacing would put a second one a second later, its "seconds left" a second wrong).
         joined = {s.at for s in steps if s.kind == "remind"} & {s.at for s in steps if s.kind == "escalate"}
 
+        def countdown(key: str, step: WindowStep, **values: str) -> str:
+            # The close's time beside the seconds left: a post the channel's queue held back still
+            # says when the window closes.
+            return t(store.locale, key, mention="{mention}", mentions="{mention}", deadline="{deadline}",
+                     seconds=step.seconds_left, **values)  # fmt: skip
+
         async def take(step: WindowStep) -> bool:
             job_id = f"{step.name}:{cid}:{started}"
             if step.kind == "close":
                 await self.close(store, cid, "reply_timeout", "")
                 return False
-            if step.kind == "remind" and assignee and others and step.at in joined:
-                text = t(store.locale, "chat.reminder_and_escalation", mention="{mention}", seconds=step.seconds_left,
-                         assignee=store.agent_name(assignee))  # fmt: skip
-                await self._notice(store, dest, cid, job_id, text, [assignee, *others], close)
-            elif step.kind == "remind" and assignee:
-                text = t(store.locale, "chat.reminder", mention="{mention}", seconds=step.seconds_left)
-                await self._notice(store, dest, cid, job_id, text, [assignee], close)
+            if step.kind == "remind" and assignee:
+                if others and step.at in joined:
+                    text = countdown("chat.reminder_and_escalation", step, assignee=store.agent_name(assignee))
+                    await self._notice(store, dest, cid, job_id, text, [assignee, *others], close)
+                else:
+                    await self._notice(store, dest, cid, job_id, countdown("chat.reminder", step), [assignee], close)
             if step.kind == "escalate" and others and not (assignee and step.at in joined):
-                text = t(store.locale, "chat.escalation", mentions="{mention}", seconds=step.seconds_left)
-                await self._notice(store, dest, cid, job_id, text, others, close)
+                await self._notice(store, dest, cid, job_id, countdown("chat.escalation", step), others, close)
             return True
 
         await take_steps(self.timers, timer, keys.chat(tag, cid), chat, f"step:{started}:", steps, take)
@@ -584,9 +588,12 @@ class ChatFlow:
         job_id: str,
         text: str,
         mentions: Sequence[str] = (),
-        expires_at: float | None = None,
+        window_close: float | None = None,
     ) -> None:
-        view = {"type": "notice", "text": text, "mentions": list(mentions), "expires_at": expires_at}
+        """A notice in the chat's thread; one about a window (``window_close``) is not sent after the
+        close, and shows its time where the text says ``{deadline}``."""
+        view = {"type": "notice", "text": text, "mentions": list(mentions), "expires_at": window_close,
+                "deadline": window_close}  # fmt: skip
         await self._to_destination(store, dest, cid, job_id, "post", view)
 
     async def _to_destination(

@@ -8,6 +8,7 @@ import itertools
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import yaml
@@ -31,6 +32,7 @@ CHATS = "C0CHATS1001"
 TAG = "{store:1001}"
 MAIN, AGENT_A, AGENT_B, STRANGER = "U0MAIN1001", "U0AGENTA", "U0AGENTB", "U0STRANGER"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
+SH = ZoneInfo("Asia/Shanghai")
 
 ORDER_CARD = {
     "type": "order_card",
@@ -259,9 +261,10 @@ async def test_reminders_then_the_bridge_closes_the_chat_and_refuses_late_replie
     await stack.advance_to(deadline - 60.1)
     assert texts(stack, root) == [], "no reminder before 60 s are left"
     await stack.advance_to(deadline - 60)
-    assert "<@U0MAIN1001> ⏰ 还剩 60 秒回复" in texts(stack, root)[-1]
+    close = f"<!date^{int(deadline)}^{{time_secs}}|{datetime.fromtimestamp(deadline, SH):%H:%M:%S}>"
+    assert texts(stack, root)[-1].startswith(f"<@U0MAIN1001> ⏰ 还剩 60 秒回复（{close} 前），超时会话将关闭")
     await stack.advance_to(deadline - 30)
-    assert "<@U0MAIN1001> ⏰ 还剩 30 秒回复" in texts(stack, root)[-1]
+    assert texts(stack, root)[-1].startswith(f"<@U0MAIN1001> <@U0AGENTA> <@U0AGENTB> ⏰ 还剩 30 秒回复（{close} 前）")
     # The close waits a few seconds past the deadline for replies received in time, still in flight.
     await stack.advance_to(deadline + IN_FLIGHT_SECONDS - 0.1)
     assert (await stack.redis.hget(keys.chat(TAG, cid), "status")) == "open"
@@ -282,10 +285,11 @@ async def test_reminders_then_the_bridge_closes_the_chat_and_refuses_late_replie
 async def test_an_escalation_due_with_a_reminder_goes_in_it_on_time(stack: Stack) -> None:
     cid, root = await open_chat(stack)
     await stack.advance_to(await deadline_of(stack, cid) - 30)  # the example escalates at 30 s, as it reminds
-    assert texts(stack, root)[1:] == [
-        "<@U0MAIN1001> <@U0AGENTA> <@U0AGENTB> ⏰ 还剩 30 秒回复，超时会话将关闭并生成服务单（service ticket）。"
-        "🆘 负责人 店长 Li 尚未回复，请其他客服协助"
-    ], "one post when it is due, naming the assignee and the others (the 60 s reminder came first)"
+    [_, reminder] = texts(stack, root)  # the 60 s reminder came first
+    assert reminder.startswith("<@U0MAIN1001> <@U0AGENTA> <@U0AGENTB> ⏰ 还剩 30 秒回复（<!date^"), "one post, on time"
+    assert reminder.endswith(
+        "前），超时会话将关闭并生成服务单（service ticket）。🆘 负责人 店长 Li 尚未回复，请其他客服协助"
+    ), "naming the assignee"
     await stack.advance_to(await deadline_of(stack, cid) - 20)
     assert len(texts(stack, root)) == 2, "and no second post for the escalation"
 
@@ -300,11 +304,13 @@ async def test_an_escalation_due_alone_mentions_the_other_designated_agents(
     s = await start_stack(redis_url, path, clock=ManualClock(), run_workers=False)
     try:
         cid, root = await open_chat(s)
-        await s.advance_to(await deadline_of(s, cid) - 30)
+        deadline = await deadline_of(s, cid)
+        await s.advance_to(deadline - 30)
+        close = f"<!date^{int(deadline)}^{{time_secs}}|{datetime.fromtimestamp(deadline, SH):%H:%M:%S}>"
         assert texts(s, root) == [
-            "<@U0MAIN1001> ⏰ 还剩 60 秒回复，超时会话将关闭并生成服务单（service ticket）",
-            "<@U0AGENTA> <@U0AGENTB> 🆘 请协助回复：还剩 45 秒",
-            "<@U0MAIN1001> ⏰ 还剩 30 秒回复，超时会话将关闭并生成服务单（service ticket）",
+            f"<@U0MAIN1001> ⏰ 还剩 60 秒回复（{close} 前），超时会话将关闭并生成服务单（service ticket）",
+            f"<@U0AGENTA> <@U0AGENTB> 🆘 请协助回复：还剩 45 秒（{close} 前）",
+            f"<@U0MAIN1001> ⏰ 还剩 30 秒回复（{close} 前），超时会话将关闭并生成服务单（service ticket）",
         ]
     finally:
         await s.stop()

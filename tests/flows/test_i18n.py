@@ -13,8 +13,8 @@ def test_every_entry_has_every_locale_with_the_same_placeholders() -> None:
 
 
 def test_platform_terms_keep_their_feige_names() -> None:
-    assert "服务单" in t("en", "chat.reminder", mention="@a", seconds=30)
-    assert "service ticket" in t("zh-CN", "chat.reminder", mention="@a", seconds=30)
+    assert "服务单" in t("en", "chat.reminder", mention="@a", seconds=30, deadline="10:00:00")
+    assert "service ticket" in t("zh-CN", "chat.reminder", mention="@a", seconds=30, deadline="10:00:00")
 
 
 def test_unknown_locale_falls_back_to_chinese() -> None:
