@@ -661,6 +661,7 @@ class TaskFlow:
         root: bool = False,
     ) -> None:
         dest = Destination.parse(creator.destination)
+        view = {"locale": creator.locale} | view  # what a connector adds in words (a note, a label) in theirs
         await post_view(self.outbox, keys.creator_tag(creator.id), f"task:{tid}", None, dest, f"task:{tid}:{name}",
                         action, view, root, keys.task(keys.store_tag(store_id), tid))  # fmt: skip
 

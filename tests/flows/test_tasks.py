@@ -5,16 +5,20 @@ from __future__ import annotations
 import html
 import json
 from datetime import datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
+import yaml
+from redis.asyncio import Redis
 
 from bridge.engine import keys
+from bridge.engine.clock import ManualClock
 from bridge.engine.timers import Timer
 from bridge.flows import tasks as tasks_flow
 from bridge.flows.exports import task_export
-from tests.conftest import Stack, hash_number
+from tests.conftest import EXAMPLE_CONFIG, Stack, hash_number, start_stack
 
 TASKS = "C0TASKS1001"
 CREATOR_CHAT = 7001
@@ -273,6 +277,29 @@ async def test_a_comment_is_shown_only_once_the_platform_has_it(stack: Stack) ->
     await stack.settle()
     assert stack.telegram.by_bot(CREATOR_CHAT)[-1].text == "💬 商家留言（店长 Li）：这条可以"
     assert await stack.redis.hget(keys.task(TAG, tid), "comments:merchant") == "1"
+
+
+async def test_a_comment_too_long_for_telegram_reaches_the_creator_cut_with_a_note_in_their_language(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    tree = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    next(c for c in tree["creators"] if c["id"] == "c-7001")["locale"] = "en"
+    path = tmp_path / "english-creator.yaml"
+    path.write_text(yaml.safe_dump(tree, allow_unicode=True))
+    s = await start_stack(redis_url, path, clock=ManualClock(), run_workers=False)
+    try:
+        tid = await raise_task(s)
+        comment = "已安排补发，顺丰单号稍后发。" * 400  # 5,600 characters
+        await s.slack.user_message(MAIN, TASKS, comment, thread_ts=card(s).ts)
+        await s.settle()
+        assert s.sandbox.task_orders[tid].comments[-1]["text"] == comment, "the platform has it whole"
+        shown = html.unescape(s.telegram.by_bot(CREATOR_CHAT)[-1].text)
+        assert shown.startswith("💬 Comment from the merchant (店长 Li): 已安排补发") and len(shown) <= 4096
+        assert shown.endswith(
+            "more characters are over the message length and not shown; read the whole text in Feige)"
+        )
+    finally:
+        await s.stop()
 
 
 async def test_the_comment_limit_comes_from_the_rule(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
