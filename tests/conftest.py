@@ -6,9 +6,12 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from redis.asyncio import Redis
 from slack_bolt.middleware.authorization.async_single_team_authorization import AsyncSingleTeamAuthorization
 
@@ -217,6 +220,23 @@ async def start_stack(
     for connector in bridge.connectors.values():
         await connector.ready()
     return Stack(bridge, sandbox, slack, telegram, clock)
+
+
+@asynccontextmanager
+async def stack_changed(
+    redis_url: str, tmp_path: Path, change: Callable[[dict[str, Any]], object]
+) -> AsyncIterator[Stack]:
+    """A stack as the ``stack`` fixture's, on the example config as ``change`` leaves it (a store in
+    English, another escalation …). Its test takes the ``redis`` fixture too, for an empty Redis."""
+    tree = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    change(tree)
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(tree, allow_unicode=True))
+    s = await start_stack(redis_url, path, clock=ManualClock(), run_workers=False)
+    try:
+        yield s
+    finally:
+        await s.stop()
 
 
 @pytest.fixture

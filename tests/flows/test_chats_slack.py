@@ -11,7 +11,6 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import aiohttp
-import yaml
 from redis.asyncio import Redis
 
 from bridge.app.service import Bridge, open_redis
@@ -26,7 +25,7 @@ from bridge.flows.chats import ChatFlow
 from bridge.flows.domain import ChatMessage, PlatformAgent, TextContent
 from bridge.sandbox.slack import Message
 from connectors.slack.app import CHANNEL_SPACING_SECONDS
-from tests.conftest import EXAMPLE_CONFIG, Stack, hash_number, start_stack
+from tests.conftest import Stack, hash_number, stack_changed
 
 CHATS = "C0CHATS1001"
 TAG = "{store:1001}"
@@ -229,12 +228,9 @@ async def test_someone_not_designated_is_refused_privately(stack: Stack) -> None
 
 
 async def test_agent_without_im_permission_is_told_how_to_fix_it(redis: Redis, redis_url: str, tmp_path: Path) -> None:
-    tree = yaml.safe_load(EXAMPLE_CONFIG.read_text())
-    tree["stores"][0]["agents"][2]["im_permission"] = False
-    path = tmp_path / "no-im.yaml"
-    path.write_text(yaml.safe_dump(tree, allow_unicode=True))
-    s = await start_stack(redis_url, path, clock=ManualClock(), run_workers=False)
-    try:
+    async with stack_changed(
+        redis_url, tmp_path, lambda tree: tree["stores"][0]["agents"][2].update(im_permission=False)
+    ) as s:
         cid = await s.sandbox.open_chat("1001")
         await s.settle()
         root = s.slack.channel(CHATS)[-1]
@@ -243,8 +239,6 @@ async def test_agent_without_im_permission_is_told_how_to_fix_it(redis: Redis, r
         [note] = s.slack.ephemerals
         assert "没有飞鸽 IM 权限" in note["text"] and "商家后台 → 店铺 → 子账号管理 → 账号管理" in note["text"]
         assert [m for m in s.sandbox.conversations[cid].messages if m["from"] == "merchant"] == []
-    finally:
-        await s.stop()
 
 
 # -- A5, A6: reminders and the close ------------------------------------------------------------
@@ -297,12 +291,9 @@ async def test_an_escalation_due_with_a_reminder_goes_in_it_on_time(stack: Stack
 async def test_an_escalation_due_alone_mentions_the_other_designated_agents(
     redis: Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    tree = yaml.safe_load(EXAMPLE_CONFIG.read_text())
-    tree["stores"][0]["reply_window"]["escalate_before"] = 45
-    path = tmp_path / "escalate.yaml"
-    path.write_text(yaml.safe_dump(tree, allow_unicode=True))
-    s = await start_stack(redis_url, path, clock=ManualClock(), run_workers=False)
-    try:
+    async with stack_changed(
+        redis_url, tmp_path, lambda tree: tree["stores"][0]["reply_window"].update(escalate_before=45)
+    ) as s:
         cid, root = await open_chat(s)
         deadline = await deadline_of(s, cid)
         await s.advance_to(deadline - 30)
@@ -312,8 +303,6 @@ async def test_an_escalation_due_alone_mentions_the_other_designated_agents(
             f"<@U0AGENTA> <@U0AGENTB> 🆘 请协助回复：还剩 45 秒（{close} 前）",
             f"<@U0MAIN1001> ⏰ 还剩 30 秒回复（{close} 前），超时会话将关闭并生成服务单（service ticket）",
         ]
-    finally:
-        await s.stop()
 
 
 async def test_platform_close_closes_it_once(stack: Stack) -> None:
@@ -526,12 +515,7 @@ async def test_stats_on_demand_and_metrics(stack: Stack) -> None:
 
 
 async def test_an_english_store_reads_english(redis: Redis, redis_url: str, tmp_path: Path) -> None:
-    tree = yaml.safe_load(EXAMPLE_CONFIG.read_text())
-    tree["stores"][0]["locale"] = "en"
-    path = tmp_path / "en.yaml"
-    path.write_text(yaml.safe_dump(tree, allow_unicode=True))
-    s = await start_stack(redis_url, path, clock=ManualClock(), run_workers=False)
-    try:
+    async with stack_changed(redis_url, tmp_path, lambda tree: tree["stores"][0].update(locale="en")) as s:
         cid = await s.sandbox.open_chat("1001", ORDER_CARD)
         await s.settle()
         root = s.slack.channel(CHATS)[-1]
@@ -540,8 +524,6 @@ async def test_an_english_store_reads_english(redis: Redis, redis_url: str, tmp_
         assert root.blocks[-1]["elements"][0]["text"]["text"] == "View details"
         await s.advance_to(await hash_number(s.redis, keys.chat(TAG, cid), "deadline") + IN_FLIGHT_SECONDS)
         assert "Closed: no reply in time; a service ticket (服务单) will follow" in s.slack.message(CHATS, root.ts).text
-    finally:
-        await s.stop()
 
 
 async def test_a_429_from_slack_is_retried_after_its_retry_after(stack: Stack) -> None:

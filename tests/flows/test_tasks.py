@@ -6,19 +6,18 @@ import html
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
-import yaml
 from redis.asyncio import Redis
 
 from bridge.engine import keys
-from bridge.engine.clock import ManualClock
 from bridge.engine.timers import Timer
 from bridge.flows import tasks as tasks_flow
 from bridge.flows.exports import task_export
-from tests.conftest import EXAMPLE_CONFIG, Stack, hash_number, start_stack
+from tests.conftest import Stack, hash_number, stack_changed
 
 TASKS = "C0TASKS1001"
 CREATOR_CHAT = 7001
@@ -282,12 +281,10 @@ async def test_a_comment_is_shown_only_once_the_platform_has_it(stack: Stack) ->
 async def test_a_comment_too_long_for_telegram_reaches_the_creator_cut_with_a_note_in_their_language(
     redis: Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    tree = yaml.safe_load(EXAMPLE_CONFIG.read_text())
-    next(c for c in tree["creators"] if c["id"] == "c-7001")["locale"] = "en"
-    path = tmp_path / "english-creator.yaml"
-    path.write_text(yaml.safe_dump(tree, allow_unicode=True))
-    s = await start_stack(redis_url, path, clock=ManualClock(), run_workers=False)
-    try:
+    def english_creator(tree: dict[str, Any]) -> None:
+        next(c for c in tree["creators"] if c["id"] == "c-7001")["locale"] = "en"
+
+    async with stack_changed(redis_url, tmp_path, english_creator) as s:
         tid = await raise_task(s)
         comment = "已安排补发，顺丰单号稍后发。" * 400  # 5,600 characters
         await s.slack.user_message(MAIN, TASKS, comment, thread_ts=card(s).ts)
@@ -298,8 +295,6 @@ async def test_a_comment_too_long_for_telegram_reaches_the_creator_cut_with_a_no
         assert shown.endswith(
             "more characters are over the message length and not shown; read the whole text in Feige)"
         )
-    finally:
-        await s.stop()
 
 
 async def test_the_comment_limit_comes_from_the_rule(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
