@@ -52,8 +52,9 @@ def escaped(text: str) -> str:
 
 
 def _sections(text: str) -> list[dict[str, Any]]:
-    """``text`` as section blocks of at most SECTION_CHARS each, cut at a line break or a space where
-    there is one (never inside an escape, nor inside the markup ``_fill`` puts in)."""
+    """``text`` as section blocks of at most SECTION_CHARS each, cut at a line break, else a space, in
+    the second half of a section where there is one, and never inside an escape. (What ``_fill`` puts
+    in, a mention or a date, sits in the short texts of the catalogue, far from a cut.)"""
     parts: list[str] = []
     while len(text) > SECTION_CHARS and len(parts) < MAX_SECTIONS:
         half = SECTION_CHARS // 2  # a break in the second half, or the sections get needlessly short
