@@ -85,6 +85,7 @@ class TelegramEmulator(LocalServer):
         self.commands: dict[str, list[dict[str, str]]] = {}  # language code ('' default) → the command menu
         self.forums: set[int] = set()  # groups with topics enabled
         self.missing_chats: set[int] = set()  # chats the bot is not in (or that do not exist)
+        self.unfetchable: set[str] = set()  # photo URLs Telegram cannot get (private, too big, not an image)
         self.plain_member: set[int] = set()  # groups where the bot is not an admin (elsewhere it is, with all rights)
         self.topics: dict[tuple[int, int], str] = {}  # (chat, message_thread_id) → topic name
         self.other_bots: set[int] = set()  # user ids of the other bots in the chats (see bot_message)
@@ -340,6 +341,8 @@ class TelegramEmulator(LocalServer):
     def _m_sendPhoto(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if _too_long(args, "caption", CAPTION_LIMIT):
             return self._error(400, "Bad Request: message caption is too long")
+        if str(args.get("photo")) in self.unfetchable:
+            return self._error(400, "Bad Request: failed to get HTTP URL content")
         return self._new_message(args, text=args.get("caption", ""), photo=str(args.get("photo")))
 
     def _m_sendDocument(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -326,12 +326,19 @@ class TelegramConnector:
         """Sends a message, or with ``photo`` (a URL) a photo with ``text`` as its caption."""
         await self._space(chat, job_id, not_after)
         try:
+            sent = None
             if photo is not None:
-                sent = await self.bot.send_photo(
-                    chat, photo, caption=text, parse_mode="HTML", reply_markup=markup, message_thread_id=thread,
-                    reply_to_message_id=reply_to, allow_sending_without_reply=True,
-                )  # fmt: skip
-            else:
+                try:
+                    sent = await self.bot.send_photo(
+                        chat, photo, caption=text, parse_mode="HTML", reply_markup=markup, message_thread_id=thread,
+                        reply_to_message_id=reply_to, allow_sending_without_reply=True,
+                    )  # fmt: skip
+                except BadRequest as exc:
+                    # Telegram fetches the photo from its URL itself, and cannot always (an address it
+                    # cannot reach, a size or type it does not take). Refused, nothing was sent: the
+                    # caption, which links the image, goes as the message instead, in the same slot.
+                    log.warning("Telegram chat %s: the photo was refused (%s); sending its link instead", chat, exc)
+            if sent is None:
                 sent = await self.bot.send_message(
                     chat, text, parse_mode="HTML", reply_markup=markup, message_thread_id=thread,
                     reply_to_message_id=reply_to, allow_sending_without_reply=True,

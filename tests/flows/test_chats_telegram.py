@@ -222,6 +222,20 @@ async def test_an_image_from_the_platform_arrives_as_a_photo(stack: Stack) -> No
     assert shown.text.startswith("<b>") and "小飞" in shown.text, "captioned with who sent it"
 
 
+async def test_an_image_telegram_cannot_fetch_arrives_as_its_link_rather_than_not_at_all(stack: Stack) -> None:
+    cid, root_id = await open_chat(stack)
+    url = "https://cdn.example/private/parcel.jpg?sign=abc&expires=1"
+    stack.telegram.unfetchable.add(url)
+    await stack.sandbox.chat_message(cid, {"type": "image", "url": url, "width": 800, "height": 600})
+    await stack.settle()
+    assert await stack.bridge.outbox.dead_letters(TAG) == []
+    shown = stack.telegram.by_bot(GROUP)[-1]
+    assert shown.photo is None and shown.reply_to == root_id
+    link = '<a href="https://cdn.example/private/parcel.jpg?sign=abc&amp;expires=1">🖼 Image from platform CS</a>'
+    assert shown.text == f"<b>小飞</b>: {link}"
+    assert [c.method for c in stack.telegram.calls][-2:] == ["sendPhoto", "sendMessage"], "the link, once"
+
+
 async def test_an_edited_reply_is_explained_to_its_author(stack: Stack) -> None:
     cid, root_id = await open_chat(stack)
     message, _ = await stack.telegram.user_message(OWNER, GROUP, "Ships Monday", reply_to=root_id)
