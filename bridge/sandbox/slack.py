@@ -154,6 +154,7 @@ class SlackEmulator(LocalServer):
         """Until this moment (the emulator's clock) every Web API call answers 503: an outage."""
         self.missing_channels: set[str] = set()  # channels that do not exist in the workspace
         self.outside: set[str] = set()  # channels the bot was not invited to (every other one it is in)
+        self.unfetchable: set[str] = set()  # image URLs Slack cannot download (private, not an image)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -232,6 +233,12 @@ class SlackEmulator(LocalServer):
         """As if another app had just used the channel's allowance."""
         self._buckets[channel] = (0.0, self.clock.now())
 
+    def _image_errors(self, blocks: list[dict[str, Any]]) -> list[str]:
+        """Slack downloads an image block's picture when the message is posted, and refuses the whole
+        message when it cannot."""
+        fails = [i for i, b in enumerate(blocks) if b.get("type") == "image" and b.get("image_url") in self.unfetchable]
+        return [f"downloading image failed [json-pointer:/blocks/{i}/image_url]" for i in fails]
+
     def _post_message(self, args: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         channel = str(args.get("channel", ""))
         if channel in self.missing_channels:
@@ -251,7 +258,7 @@ class SlackEmulator(LocalServer):
         blocks = args.get("blocks") or []
         if isinstance(blocks, str):
             blocks = json.loads(blocks)
-        if errors := block_kit_errors(blocks):
+        if errors := block_kit_errors(blocks) + self._image_errors(blocks):
             return 200, _invalid_blocks(errors), {}
         self._buckets[channel] = (tokens - 1.0, now)
         thread = args.get("thread_ts")
@@ -270,7 +277,7 @@ class SlackEmulator(LocalServer):
             return 200, {"ok": False, "error": "message_not_found"}, {}
         blocks = args.get("blocks") or msg.blocks
         blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
-        if errors := block_kit_errors(blocks):
+        if errors := block_kit_errors(blocks) + self._image_errors(blocks):
             return 200, _invalid_blocks(errors), {}
         msg.text, msg.blocks = str(args.get("text", msg.text)), blocks
         msg.edits += 1

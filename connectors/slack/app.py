@@ -47,7 +47,7 @@ from bridge.flows.tasks import evidence_count_problem, evidence_problems
 from bridge.flows.views import Actor, ReplyMedia, tell_privately
 from bridge.i18n import t
 from connectors.slack import keys as slack_keys
-from connectors.slack.render import escaped, render
+from connectors.slack.render import escaped, images_as_links, render
 from connectors.slack.settings import SlackSettings
 from connectors.slack.text import slack_to_platform_text
 from rules.evidence import IMAGE_FORMATS, MAX_EVIDENCE_FILES, SNIFF_BYTES, VIDEO_FORMATS, evidence_limits
@@ -489,8 +489,8 @@ class SlackConnector:
         if landed is None:
             metadata = {"event_type": POST_METADATA, "event_payload": {"job": job.id}}
             try:
-                resp = await _call(self.client.chat_postMessage(channel=p["channel"], text=text, blocks=blocks,
-                                                                thread_ts=thread_ts, metadata=metadata))  # fmt: skip
+                resp = await _with_blocks(blocks, lambda shown: self.client.chat_postMessage(
+                    channel=p["channel"], text=text, blocks=shown, thread_ts=thread_ts, metadata=metadata))  # fmt: skip
             except RetryLater as exc:
                 if exc.after is not None:  # 429: the channel rests, and this post goes first after it
                     await self.spacing.hold(p["channel"], CHANNEL_SPACING_SECONDS, job.id, exc.after)
@@ -522,7 +522,8 @@ class SlackConnector:
         if root is None:
             raise WaitingForRoot
         text, blocks = render(self._store(job), p["view"])
-        await _call(self.client.chat_update(channel=root[0], ts=root[1], text=text, blocks=blocks))
+        await _with_blocks(blocks, lambda shown: self.client.chat_update(channel=root[0], ts=root[1], text=text,
+                                                                         blocks=shown))  # fmt: skip
 
     async def _ephemeral(self, job: OutboxJob) -> None:
         actor = job.payload["actor"]
@@ -607,6 +608,20 @@ def _view_values(view: dict[str, Any]) -> _Submitted:
 def _media(f: dict[str, Any]) -> dict[str, Any]:
     return {"service": "slack", "url": f.get("url_private", ""), "name": f.get("name", "file"),
             "mimetype": f.get("mimetype", ""), "size": int(f.get("size", 0))}  # fmt: skip
+
+
+async def _with_blocks(blocks: list[dict[str, Any]], send: Callable[[list[dict[str, Any]]], Awaitable[Any]]) -> Any:
+    """Sends a message's blocks. Slack downloads an image block's picture itself and refuses the
+    whole message when it cannot (``invalid_blocks``: an address it cannot reach, not an image); the
+    message then goes with the image as its link rather than not at all. (Refused, nothing was posted.)"""
+    try:
+        return await _call(send(blocks))
+    except FinalFailure as exc:
+        linked = images_as_links(blocks)
+        if exc.code != "invalid_blocks" or linked is None:
+            raise
+        log.warning("Slack refused a message with an image (%s); sending the image as its link", exc)
+        return await _call(send(linked))
 
 
 async def _call(request: Awaitable[Any]) -> Any:

@@ -154,6 +154,18 @@ def _platform_message(store: Store | None, view: dict[str, Any]) -> tuple[str, l
     ]
 
 
+def images_as_links(blocks: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """``blocks`` with each image block a link to its picture instead (None when there is none)."""
+    if not any(b["type"] == "image" for b in blocks):
+        return None
+
+    def link(image: dict[str, Any]) -> dict[str, Any]:
+        text = f"<{escaped(image['image_url'])}|🖼 {escaped(image['alt_text'])}>"
+        return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+    return [link(b) if b["type"] == "image" else b for b in blocks]
+
+
 def _locale(store: Store | None, view: dict[str, Any]) -> str:
     return str(view.get("locale") or (store.locale if store else "zh-CN"))
 

@@ -423,6 +423,22 @@ async def test_a_long_question_with_slack_markup_in_it_arrives_whole_and_pings_n
     assert "满&lt;100元 &amp; 包邮吗？&lt;!channel&gt;" in str(root.blocks)
 
 
+async def test_an_image_slack_cannot_download_arrives_as_its_link_rather_than_not_at_all(stack: Stack) -> None:
+    private = "https://cdn.example/private/parcel.jpg?sign=abc&expires=1"
+    stack.slack.unfetchable.add(private)
+    cid, root = await open_chat(stack, {"type": "image", "url": private})  # in the root, which is edited later too
+    await stack.sandbox.chat_message(cid, {"type": "image", "url": private})
+    await stack.settle()
+    assert await stack.bridge.outbox.dead_letters(TAG) == []
+    [message] = stack.slack.thread(CHATS, root.ts)
+    link = "<https://cdn.example/private/parcel.jpg?sign=abc&amp;expires=1|🖼 平台客服发送的图片>"
+    for posted in (root, message):
+        assert posted.blocks[-1] == {"type": "section", "text": {"type": "mrkdwn", "text": link}}
+    await stack.slack.user_message(MAIN, CHATS, "收到", thread_ts=root.ts)
+    await stack.settle()
+    assert "已回复" in stack.slack.message(CHATS, root.ts).text and stack.slack.message(CHATS, root.ts).edits == 1
+
+
 # -- Slack's own behaviour -------------------------------------------------------------------
 
 
