@@ -50,6 +50,8 @@ class TgMessage:
     photo: str | None = None
     document: str | None = None
     video: str | None = None
+    sticker: str | None = None
+    """A sticker's emoji: the message is the sticker, with no text."""
     file_name: str | None = None
     mime_type: str | None = None
     edits: int = 0
@@ -218,6 +220,11 @@ class TelegramEmulator(LocalServer):
                         topic_created=parent.topic_created,
                     )
                 )
+        if m.sticker:
+            wire.pop("text", None)
+            wire["sticker"] = {"file_id": f"sticker{m.message_id}", "file_unique_id": f"us{m.message_id}",
+                               "type": "regular", "width": 512, "height": 512, "is_animated": False,
+                               "is_video": False, "emoji": m.sticker}  # fmt: skip
         if m.photo:
             wire["photo"] = [{"file_id": m.photo, "file_unique_id": "u" + m.photo, "width": 100, "height": 100,
                               "file_size": len(self.files.get(m.photo, b""))}]  # fmt: skip
@@ -420,7 +427,7 @@ class TelegramEmulator(LocalServer):
     async def user_message(
         self, user: int, chat_id: int, text: str, *, reply_to: int | None = None, photo: bytes | None = None,
         thread_id: int | None = None, document: tuple[str, str, bytes] | None = None,
-        video: tuple[str, bytes] | None = None,
+        video: tuple[str, bytes] | None = None, sticker: str | None = None,
     ) -> tuple[TgMessage, int]:  # fmt: skip
         """A person writes (a reply when ``reply_to``, in a forum topic when ``thread_id``), with a photo,
         a document (name, MIME type, bytes) or a video (name, bytes); returns the message and the
@@ -434,6 +441,7 @@ class TelegramEmulator(LocalServer):
             m.file_name, m.mime_type, m.document = document[0], document[1], self.add_file(document[2])
         if video is not None:
             m.file_name, m.mime_type, m.video = video[0], "video/mp4", self.add_file(video[1])
+        m.sticker = sticker
         if thread_id is not None and reply_to is None:
             m.reply_to = thread_id  # in a topic, Telegram makes a plain message a reply to the topic's opening
         self.messages.append(m)

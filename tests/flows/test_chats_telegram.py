@@ -236,6 +236,18 @@ async def test_an_image_telegram_cannot_fetch_arrives_as_its_link_rather_than_no
     assert [c.method for c in stack.telegram.calls][-2:] == ["sendPhoto", "sendMessage"], "the link, once"
 
 
+async def test_a_sticker_is_not_forwarded_and_its_sender_is_told_what_the_platform_takes(stack: Stack) -> None:
+    cid, root_id = await open_chat(stack)
+    sticker, _ = await stack.telegram.user_message(OWNER, GROUP, "", reply_to=root_id, sticker="👍")
+    await stack.settle()
+    assert merchant_texts(stack, cid) == []
+    [told] = [m for m in stack.telegram.by_bot(GROUP) if m.reply_to == sticker.message_id]
+    assert told.text == (
+        "Not sent: nothing in it the platform takes. Platform CS receives text, emoji and images; stickers, voice "
+        "messages and the like cannot be forwarded."
+    )
+
+
 async def test_an_edited_reply_is_explained_to_its_author(stack: Stack) -> None:
     cid, root_id = await open_chat(stack)
     message, _ = await stack.telegram.user_message(OWNER, GROUP, "Ships Monday", reply_to=root_id)
