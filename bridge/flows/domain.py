@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from rules.task_order import EXPLANATION_MAX_CHARS
+
 
 class _Event(BaseModel):
     # Forward compatible: fields the platform adds later are kept, not refused.
@@ -90,7 +92,7 @@ class TaskOrderCreated(_Event):
     product: Product
     creator_suggestion: str
     consumer_description: str
-    explanation_message: str | None = Field(default=None, max_length=100)
+    explanation_message: str | None = Field(default=None, max_length=EXPLANATION_MAX_CHARS)
     share_url: str
     buyer_chat_url: str
     deadline_at: AwareDatetime | None = None

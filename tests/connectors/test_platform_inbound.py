@@ -284,3 +284,17 @@ async def test_arbitrary_input_never_5xx_and_never_stores_unsigned(
     if not valid:
         assert resp.status != 200 or signature == "valid"
         assert await stack.redis.dbsize() == before, "stored something without a valid signature"
+
+
+async def test_an_explanation_over_the_platforms_limit_is_refused_naming_the_field(stack: Stack) -> None:
+    """B1: the platform sends at most 100 characters; one more breaks its contract."""
+    at_the_limit = await stack.sandbox.create_task_order("1001", "c-7001", explanation_message="话" * 100)
+    assert stack.sandbox.deliveries[-2].statuses == [200], at_the_limit
+    records = stack.sandbox.deliveries[-1].records
+    records[0]["data"] = json.dumps(json.loads(records[0]["data"]) | {"explanation_message": "话" * 101})
+    records[0]["msg_id"] = "a-new-one"  # not a redelivery
+    code, answer = await post(stack, records, path="/webhooks/creator/c-7001", key="demo-app-key-c7001",
+                              secret="demo-app-secret-c7001")  # fmt: skip
+    assert code == 400 and answer["msg"].startswith(
+        "record 0: data.explanation_message: String should have at most 100"
+    )
