@@ -32,6 +32,7 @@ from bridge.flows.domain import ChatClosed, ChatMessage
 from bridge.flows.steps import take_steps
 from bridge.flows.views import Actor, ReplyMedia, post_view, read_hash, tell_privately
 from bridge.i18n import t
+from rules.evidence import evidence_limits
 from rules.permissions import Refusal, answer_refusal, assignment_refusal, handled_elsewhere_refusal
 from rules.reply_window import WindowStep, next_step_at, window_start, window_steps
 from rules.routing import route_by_saturation
@@ -447,7 +448,11 @@ class ChatFlow:
             return
         if failure.status == 409 and "chat" in report:
             await self.close(store, str(report["chat"]), "platform_closed", "")
-        text = t(str(report.get("locale") or store.locale), "reply.failed", reason=failure.reason)
+        locale = str(report.get("locale") or store.locale)
+        reason = failure.reason
+        if failure.code == jobs.IMAGE_REFUSED:
+            reason = t(locale, "reply.reason.image", name=job.payload["media"]["name"], **evidence_limits())
+        text = t(locale, "reply.failed", reason=reason)
         await self.tell_privately(store, Actor.reported(report), text, f"failed:{job.id}")
 
     # -- the archive ---------------------------------------------------------------------------------

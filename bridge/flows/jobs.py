@@ -7,6 +7,9 @@ from __future__ import annotations
 # To the platform (its connector's senders):
 SEND_MESSAGE = "platform.send_message"
 SEND_IMAGE = "platform.send_image"
+IMAGE_REFUSED = "image_refused"
+"""The code of a SEND_IMAGE failure for a file the platform does not take as an image (A8, B7's image
+limits): its author is told so in their language."""
 ADD_COMMENT = "platform.add_comment"
 PROCESS_TASK_ORDER = "platform.process_with_evidence"
 """Uploads the evidence, then processes the task order (B7, B8)."""

@@ -14,7 +14,7 @@ from bridge.config import BridgeConfig, PlatformCredentials
 from bridge.engine.outbox import FinalFailure, OutboxJob, Sender
 from bridge.flows import jobs
 from connectors.platform.client import PlatformClient
-from rules.evidence import MAX_IMAGE_BYTES, SNIFF_BYTES, media_refusal, sniff_media
+from rules.evidence import MAX_IMAGE_BYTES, SNIFF_BYTES, evidence_limits, media_refusal, sniff_media
 
 MediaFetcher = Callable[[str], Awaitable[bytes]]
 """Downloads a file a person attached in a destination (with that service's credentials)."""
@@ -52,15 +52,18 @@ class PlatformSenders:
         The upload carries its own idempotency key, so a retry reuses the same media id."""
         p = job.payload
         media = p["media"]
+        limits = evidence_limits()
+        refused = FinalFailure(f"{media['name']}: only {limits['images']} images up to {limits['image_mb']} MB can be "
+                               "sent", code=jobs.IMAGE_REFUSED)  # fmt: skip
         if int(media.get("size", 0)) > MAX_IMAGE_BYTES:
-            raise FinalFailure(f"{media['name']}: images may be at most 5 MB")
+            raise refused
         fetch = self.fetchers.get(media.get("service", "slack"))
         if fetch is None:
             raise FinalFailure(f"cannot download files from {media.get('service')}")
         data = await fetch(media["url"])
-        kind = sniff_media(data[:16])
-        if media_refusal(data[:16], len(data)) is not None or kind is None or kind.kind != "image":
-            raise FinalFailure(f"{media['name']}: only JPG and PNG images up to 5 MB can be sent")
+        kind = sniff_media(data[:SNIFF_BYTES])
+        if media_refusal(data[:SNIFF_BYTES], len(data)) is not None or kind is None or kind.kind != "image":
+            raise refused
         client = self.client(p["endpoint"])
         uploaded = await client.upload_media(
             data, media["name"], media.get("mimetype", "image/jpeg"), f"{job.id}:media"

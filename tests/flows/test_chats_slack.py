@@ -218,6 +218,17 @@ async def test_image_reply_is_downloaded_from_slack_and_uploaded_to_the_platform
     assert (media["kind"], media["format"], media["size"]) == ("image", "png", len(PNG))
 
 
+async def test_a_file_that_is_not_an_image_is_refused_to_its_author_in_their_language(stack: Stack) -> None:
+    cid, root = await open_chat(stack)
+    pdf = stack.slack.add_file("发票.pdf", b"%PDF-1.7\n" + b"\x00" * 100, "application/pdf")
+    await stack.slack.user_message(MAIN, CHATS, "发票见附件", thread_ts=root.ts, files=[pdf])
+    await stack.settle()
+    assert platform_texts(stack, cid) == ["发票见附件"], "the text went; the file could not"
+    assert stack.slack.ephemerals[-1]["text"] == (
+        "你的回复未能送达平台：文件 发票.pdf 不是平台客服能接收的图片（按文件内容判断，只收 JPG/PNG 图片，不超过 5 MB）"
+    )
+
+
 async def test_someone_not_designated_is_refused_privately(stack: Stack) -> None:
     cid, root = await open_chat(stack)
     await stack.slack.user_message(STRANGER, CHATS, "我来回复", thread_ts=root.ts)
