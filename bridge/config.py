@@ -459,13 +459,13 @@ def _semantic_problems(config: BridgeConfig) -> list[Problem]:
                     )
                 )
         window = store.reply_window
-        low = 1 if store.sandbox else 60
-        if not low <= window.seconds <= 180:
+        if (allowed := reply_window.window_allowed(window.seconds, store.sandbox)) is not None:
             hint = "" if store.sandbox else " (set sandbox: true for demos and trials with shorter windows)"
             problems.append(
                 Problem(
                     f"{at}.reply_window.seconds",
-                    f"{window.seconds} s is outside {low}–180 s; the platform closes chats after 2–3 minutes{hint}",
+                    f"{window.seconds} s is outside {allowed[0]}–{allowed[1]} s; the platform closes chats after 2–3 "
+                    f"minutes{hint}",
                 )
             )
         for j, before in enumerate(window.reminders_before):

@@ -14,6 +14,18 @@ from typing import Literal
 
 WINDOW_SECONDS = 120
 """A4: the platform gives the merchant 2–3 minutes; the bridge closes at the earliest, 2."""
+WINDOW_RANGE = (60, 180)
+"""A4: the windows a store may configure: within the platform's 2–3 minutes, or shorter to be safe."""
+SANDBOX_MIN_SECONDS = 1
+"""A4: a sandbox store (demos, trials, acceptance runs) may use any window from this up."""
+
+
+def window_allowed(seconds: int, sandbox: bool) -> tuple[int, int] | None:
+    """None when a store may use a window of ``seconds``, else the range it must be in."""
+    low, high = (SANDBOX_MIN_SECONDS if sandbox else WINDOW_RANGE[0]), WINDOW_RANGE[1]
+    return None if low <= seconds <= high else (low, high)
+
+
 REMINDERS_BEFORE = (60, 30)
 """A5: reminders this many seconds before the close."""
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rules.permissions import Refusal, answer_refusal
-from rules.reply_window import due_steps, next_step_at, window_start, window_steps
+from rules.reply_window import due_steps, next_step_at, window_allowed, window_start, window_steps
 from rules.routing import route_by_saturation
 
 
@@ -84,3 +84,12 @@ def test_due_steps_and_next() -> None:
 def test_answer_refusal(kwargs: dict[str, bool], expected: Refusal | None) -> None:
     facts = {"in_chat_thread": True, "designated": True, "im_permission": True, "chat_open": True, "has_content": True}
     assert answer_refusal(**(facts | kwargs)) == expected
+
+
+@pytest.mark.parametrize(
+    ("seconds", "sandbox", "expected"),
+    [(60, False, None), (180, False, None), (59, False, (60, 180)), (181, False, (60, 180)), (1, True, None),
+     (0, True, (1, 180)), (181, True, (1, 180))],
+)  # fmt: skip
+def test_which_windows_a_store_may_configure(seconds: int, sandbox: bool, expected: tuple[int, int] | None) -> None:
+    assert window_allowed(seconds, sandbox) == expected
