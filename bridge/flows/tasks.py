@@ -632,7 +632,7 @@ class TaskFlow:
                 (t(loc, "task.product"), order.product.name),
                 (t(loc, "task.deadline"), "{deadline}"),
             ],
-            "status_line": t(loc, "task.confirm", deadline="{deadline}"),
+            "status_line": t(loc, "task.confirm", deadline="{deadline}", limit=COMMENTS_PER_SIDE),
             "deadline": deadline,
             "deadline_date": True,
             "timezone": creator.timezone,

@@ -307,6 +307,7 @@ async def test_the_comment_limit_comes_from_the_rule(stack: Stack, monkeypatch: 
     await stack.settle()
     assert [c["text"] for c in stack.sandbox.task_orders[tid].comments] == ["进展 0", "进展 1"]
     assert "留言未发送：本方留言已达上限（2/2），每方最多 2 条。" in stack.slack.ephemerals[-1]["text"]
+    assert "回复本消息即可留言（最多 2 条）" in confirmation(stack).text, "the creator is told the same limit"
 
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 300
