@@ -449,10 +449,15 @@ class ChatFlow:
         if failure.status == 409 and "chat" in report:
             await self.close(store, str(report["chat"]), "platform_closed", "")
         locale = str(report.get("locale") or store.locale)
-        reason = failure.reason
-        if failure.code == jobs.IMAGE_REFUSED:
-            reason = t(locale, "reply.reason.image", name=job.payload["media"]["name"], **evidence_limits())
-        text = t(locale, "reply.failed", reason=reason)
+        if failure.status == 403:
+            # The platform says the agent lacks IM permission (A2), which the store's config did not
+            # know: they are told how to get it, as when the config says so.
+            text = t(locale, Refusal.NO_IM_PERMISSION.value, agent=str(job.payload.get("agent_id", "")))
+        else:
+            reason = failure.reason
+            if failure.code == jobs.IMAGE_REFUSED:
+                reason = t(locale, "reply.reason.image", name=job.payload["media"]["name"], **evidence_limits())
+            text = t(locale, "reply.failed", reason=reason)
         await self.tell_privately(store, Actor.reported(report), text, f"failed:{job.id}")
 
     # -- the archive ---------------------------------------------------------------------------------

@@ -252,6 +252,20 @@ async def test_agent_without_im_permission_is_told_how_to_fix_it(redis: Redis, r
         assert [m for m in s.sandbox.conversations[cid].messages if m["from"] == "merchant"] == []
 
 
+async def test_an_agent_the_platform_says_lacks_im_permission_is_told_how_to_get_it(stack: Stack) -> None:
+    """The store's config says agent B may answer; the platform, which knows better, answers 403."""
+    agents = stack.sandbox.config.stores[0].agents
+    agents[2] = agents[2].model_copy(update={"im_permission": False})  # the platform's view only
+    cid, root = await open_chat(stack)
+    await stack.slack.user_message(AGENT_B, CHATS, "收到", thread_ts=root.ts)
+    await stack.settle()
+    assert platform_texts(stack, cid) == []
+    assert stack.slack.ephemerals[-1]["text"] == (
+        "消息未发送：你的账号 agent-b 没有飞鸽 IM 权限。"
+        "请主账号在 商家后台 → 店铺 → 子账号管理 → 账号管理 中开启 IM 权限并保存。"
+    )
+
+
 # -- A5, A6: reminders and the close ------------------------------------------------------------
 
 
