@@ -503,9 +503,14 @@ class TaskFlow:
             # The comment does not exist: its side may write another in its place (B5 counts comments).
             task_key = keys.task(keys.store_tag(store.id), str(job.payload["task_id"]))
             await self._release_comment(keys=[task_key], args=[job.payload["side"], job.payload["comment_id"]])
-        key = "task.comment_failed" if job.kind == jobs.ADD_COMMENT else "task.process_failed"
-        text = t(str(report.get("locale") or store.locale), key, task_id=job.payload.get("task_id"),
-                 reason=failure.reason)  # fmt: skip
+        locale = str(report.get("locale") or store.locale)
+        if job.kind == jobs.ADD_COMMENT and failure.status == 422:
+            # The platform counted this side's comments at the limit before the bridge did (some made
+            # on the platform, their pushes still on the way): the limit's own words (B5).
+            text = t(locale, "task.refuse.limit", limit=COMMENTS_PER_SIDE)
+        else:
+            key = "task.comment_failed" if job.kind == jobs.ADD_COMMENT else "task.process_failed"
+            text = t(locale, key, task_id=job.payload.get("task_id"), reason=failure.reason)
         await tell_privately(self.outbox, store, Actor.reported(report), text, f"failed:{job.id}")
 
     # -- the archive ---------------------------------------------------------------------------------

@@ -278,6 +278,21 @@ async def test_a_comment_is_shown_only_once_the_platform_has_it(stack: Stack) ->
     assert await stack.redis.hget(keys.task(TAG, tid), "comments:merchant") == "1"
 
 
+async def test_a_comment_the_platform_counts_over_the_limit_is_refused_in_the_limits_words(stack: Stack) -> None:
+    """Ten merchant comments made on the platform itself, their pushes not yet here: the platform
+    refuses the bridge's next one (422), and its author reads the same refusal as for an 11th."""
+    tid = await raise_task(stack)
+    made_there = [
+        {"comment_id": f"p{i}", "side": "merchant", "author_id": "main-1001", "text": f"{i}"} for i in range(10)
+    ]
+    stack.sandbox.task_orders[tid].comments.extend(made_there)
+    await stack.slack.user_message(MAIN, TASKS, "已安排补发", thread_ts=card(stack).ts)
+    await stack.settle()
+    assert stack.sandbox.task_orders[tid].comments == made_there
+    assert stack.slack.ephemerals[-1]["text"] == "留言未发送：本方留言已达上限（10/10），每方最多 10 条。"
+    assert await stack.redis.hget(keys.task(TAG, tid), "comments:merchant") == "0", "its place is given back"
+
+
 async def test_a_comment_too_long_for_telegram_reaches_the_creator_cut_with_a_note_in_their_language(
     redis: Redis, redis_url: str, tmp_path: Path
 ) -> None:
