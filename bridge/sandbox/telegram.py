@@ -1,7 +1,8 @@
 """A local Telegram Bot API: the methods the bridge uses, in the Bot API's wire format, and people
 who write, reply, tap buttons and run commands — sent to the bridge's webhook with the secret
 header, as Telegram does. Enforces 1 message/s per chat, 20/min per group and 30/s per bot
-(429 with parameters.retry_after) and records every call. Used by the demo and the tests, with
+(429 with parameters.retry_after) and the lengths of texts and captions (and refuses the photo URLs
+it is told it cannot fetch), and records every call. Used by the demo and the tests, with
 python-telegram-bot on the bridge side.
 """
 
