@@ -1,7 +1,8 @@
 """A local Slack: the Web API methods the bridge uses, in Slack's wire format, and a workspace whose
 users write messages, run slash commands and click buttons — sent to the bridge signed as Slack
 signs them. Enforces one message per second per channel (HTTP 429 + Retry-After) and Block Kit's
-limits (``invalid_blocks``, as are images it is told it cannot download), and records every call. Used by the demo and the tests, with the real slack_sdk client on the bridge side.
+limits (``invalid_blocks``, as are images it is told it cannot download), and records every call.
+Used by the demo and the tests, with the real slack_sdk client on the bridge side.
 """
 
 from __future__ import annotations

@@ -35,11 +35,12 @@ def deadline(store: Store | None, ts: float, with_date: bool = False) -> str:
 SECTION_CHARS = 3000
 FIELD_CHARS = 2000
 HEADER_CHARS = 150
+BUTTON_CHARS = 75
 MAX_SECTIONS = 40
 MAX_BLOCKS = 50
 TEXT_CHARS = 40_000
 """Block Kit refuses a whole message (``invalid_blocks``) when a section's text passes 3,000
-characters, a field's 2,000 or a header's 150, or when it has more than 50 blocks (and cuts the
+characters, a field's 2,000, a header's 150 or a button's 75, or when it has more than 50 blocks (and cuts the
 notification text at 40,000). A long text is spread over several sections (40 of them, 120,000
 characters, leave room for the rest of the message), so a long question from the platform arrives
 whole rather than not at all."""
@@ -173,7 +174,7 @@ def _locale(store: Store | None, view: dict[str, Any]) -> str:
 def _actions(buttons: list[dict[str, str]]) -> dict[str, Any]:
     elements: list[dict[str, Any]] = []
     for b in buttons:
-        element: dict[str, Any] = {"type": "button", "text": {"type": "plain_text", "text": b["label"]}}
+        element: dict[str, Any] = {"type": "button", "text": {"type": "plain_text", "text": b["label"][:BUTTON_CHARS]}}
         if b.get("url"):
             element |= {"url": b["url"], "action_id": f"link_{len(elements)}"}
         else:

@@ -8,6 +8,7 @@ import itertools
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -706,6 +707,24 @@ async def test_claim_and_reassign_move_the_chat_and_its_load(stack: Stack) -> No
     await stack.settle()
     assert await stack.redis.hget(keys.chat(TAG, cid), "assignee") == "main-1001"
     assert len(stack.sandbox.received("POST")) == calls_before, "the platform is not told"
+
+
+async def test_an_agent_with_a_long_name_still_gets_a_reassign_picker(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    long_name = "客服 B（华东仓售后专席，负责退换货、补发与物流异常）" * 4
+
+    def long_named(tree: dict[str, Any]) -> None:
+        tree["stores"][0]["agents"][2]["name"] = long_name
+
+    async with stack_changed(redis_url, tmp_path, long_named) as s:
+        cid, root = await open_chat(s)
+        assert await s.slack.block_action(MAIN, CHATS, root.ts, "chat_reassign", cid) == 200
+        await s.settle()
+        picker = s.slack.thread(CHATS, root.ts)[-1]
+        labels = [e["text"]["text"] for b in picker.blocks if b["type"] == "actions" for e in b["elements"]]
+        assert long_name[:75] in labels, "Slack takes 75 characters a button: the name is cut, the picker posted"
+        assert await s.bridge.outbox.dead_letters(TAG) == []
 
 
 async def test_handled_elsewhere_stops_the_reminders_and_the_close(stack: Stack) -> None:
