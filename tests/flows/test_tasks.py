@@ -474,7 +474,7 @@ async def test_a_submission_is_handled_once_after_the_ack_even_when_slack_files_
 
 async def test_a_comment_the_platform_refuses_is_reported_to_its_author(stack: Stack) -> None:
     tid = await raise_task(stack)
-    stack.sandbox.fail_next("POST", f"/task-orders/{tid}/comments", 422)
+    stack.sandbox.fail_next("POST", f"/task-orders/{tid}/comments", 400)
     await stack.slack.user_message(MAIN, TASKS, "补充说明", thread_ts=card(stack).ts)
     await stack.settle()
     told = stack.slack.ephemerals[-1]["text"]
