@@ -323,12 +323,25 @@ def export(
     fields = list(dict.fromkeys(k for r in flat for k in r))
     if fmt == "xlsx":
         from openpyxl import Workbook
+        from openpyxl.cell import WriteOnlyCell
+        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
         book = Workbook(write_only=True)
         sheet = book.create_sheet("task orders" if what == "tasks" else "chats")
+
+        def cell(value: object) -> object:
+            if not isinstance(value, str):
+                return value
+            # What a consumer or an agent wrote stays text: a leading "=" would make it a formula
+            # Excel runs, and a control character (a pasted vertical tab) makes openpyxl refuse the
+            # whole sheet. Those characters become spaces.
+            text = WriteOnlyCell(sheet, ILLEGAL_CHARACTERS_RE.sub(" ", value))
+            text.data_type = "s"
+            return text
+
         sheet.append(fields)
         for row in flat:
-            sheet.append([row.get(f, "") for f in fields])
+            sheet.append([cell(row.get(f, "")) for f in fields])
         assert out is not None
         book.save(out)
         print(f"{len(records)} {noun} written to {out}", file=sys.stderr)

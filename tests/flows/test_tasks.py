@@ -195,6 +195,31 @@ async def test_telegram_webhook_checks_its_secret_and_handles_an_update_once(sta
             assert resp.status == 400
 
 
+async def test_an_excel_export_keeps_what_people_wrote_as_text(stack: Stack, tmp_path: Path) -> None:
+    """A consumer's text that starts with "=" is not a formula Excel runs, and a pasted control
+    character does not make the export fail."""
+    import asyncio
+    import os
+    import sys
+
+    from openpyxl import load_workbook
+
+    from tests.conftest import EXAMPLE_CONFIG
+
+    story = '=HYPERLINK("https://evil.example","点我查看")\x0b买家说杯子裂了'
+    await raise_task(stack, consumer_description=story)
+    await stack.settle()
+    sheet = tmp_path / "tasks.xlsx"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "export", "tasks", "--config", str(EXAMPLE_CONFIG), "--format", "xlsx",
+        "--out", str(sheet), env=dict(os.environ, ARCHIVE_URL=stack.bridge.archive.url),
+    )  # fmt: skip
+    assert await proc.wait() == 0
+    rows = list(load_workbook(sheet).active.iter_rows())  # type: ignore[union-attr]
+    told = rows[1][[c.value for c in rows[0]].index("consumer_description")]
+    assert (told.value, told.data_type) == ('=HYPERLINK("https://evil.example","点我查看") 买家说杯子裂了', "s")
+
+
 async def test_export_writes_every_task_order(stack: Stack, redis_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import asyncio
     import csv
