@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 # it finish the rest of its work, which is idempotent (outbox job ids), without counting anything twice.
 
 # One platform message, in one step: creates the chat if it is new (assigned, with this first
-# message), then, while it is open, keeps the message for the archive and starts the reply window
-# rules.window_start gave for a chat with none running. KEYS: chat, loads, messages. ARGV: assignee,
+# message), keeps the message for the archive (after a close too), and while the chat is open starts
+# the reply window rules.window_start gave for a chat with none running. KEYS: chat, loads, messages. ARGV: assignee,
 # now, destination, platform agent, message (view JSON), its id, the load table shown, its archive
 # record (JSON), the window's start and deadline ('' for none), then (agent, expected load) pairs.
 # A new chat is created only if those loads are still current; otherwise (and on a first call,
@@ -72,8 +72,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   created = 1
 end
 local window = 0
+redis.call('HSETNX', KEYS[3], ARGV[6], ARGV[8])
 if redis.call('HGET', KEYS[1], 'status') == 'open' then
-  redis.call('HSETNX', KEYS[3], ARGV[6], ARGV[8])
   local mine = redis.call('HGET', KEYS[1], 'window_msg') == ARGV[6]
   if redis.call('HGET', KEYS[1], 'window_start') ~= '' then
     if mine then window = 1 end
@@ -213,7 +213,11 @@ class ChatFlow:
         if created:
             METRICS.chats_opened.labels(store.id).inc()
         if chat.get("status") != "open":
-            log.info("store %s: message %s for closed chat %s not mirrored", store.id, msg.message_id, cid)
+            # Platform CS wrote to a chat the bridge has closed: its own window (2–3 minutes) outlasts
+            # the bridge's, or the message came late. Mirrored all the same, so the team reads all it
+            # said (an answer is refused, as in any closed chat), and kept with the chat's messages.
+            archived = TimerChange([archive_schedule(self.clock.now(), tag, f"chat:{cid}")])
+            await self._to_destination(store, dest, cid, f"pm:{msg.message_id}", "post", view, then=archived)
             return
         # The timers go with the last post, after it in the same round trip: a reminder is queued
         # behind the posts it refers to, never before the root. The archive's copy with it, last:

@@ -342,6 +342,26 @@ async def test_platform_close_closes_it_once(stack: Stack) -> None:
     assert await stack.bridge.timers.due_at(keys.window_timer(TAG, cid)) is None
 
 
+async def test_what_platform_cs_writes_after_the_bridge_closed_the_chat_is_still_shown(stack: Stack) -> None:
+    """The platform's window (2–3 minutes) outlasts the bridge's (2): a message platform CS writes
+    after the bridge's close is mirrored and archived, and an answer to it is refused as in any
+    closed chat."""
+    cid, root = await open_chat(stack)
+    await stack.advance_to(await deadline_of(stack, cid) + IN_FLIGHT_SECONDS)
+    assert texts(stack, root)[-1].startswith("⛔ 会话已关闭")
+    await stack.sandbox.chat_message(cid, {"type": "text", "text": "商家还在吗？买家在等"})
+    await stack.advance(2)  # the archive copies a change a moment after it
+    assert texts(stack, root)[-1] == "小飞: 商家还在吗？买家在等"
+    assert await stack.redis.hget(keys.chat(TAG, cid), "status") == "closed", "no window starts again"
+    [archived] = await stack.bridge.archive.chats("1001")
+    assert "商家还在吗？买家在等" in str(archived["messages"][-1])
+    await stack.slack.user_message(MAIN, CHATS, "在的", thread_ts=root.ts)
+    await stack.settle()
+    assert platform_texts(stack, cid) == [] and stack.slack.ephemerals[-1]["text"].startswith(
+        "消息未发送：该会话已关闭"
+    )
+
+
 async def test_platform_409_closes_the_chat_locally_and_tells_the_author(stack: Stack) -> None:
     cid, root = await open_chat(stack)
     stack.sandbox.conversations[cid].closed_reason = "platform_closed"  # closed on the platform's side only

@@ -408,6 +408,25 @@ async def test_a_follow_up_from_platform_cs_after_the_reply(stack: Stack, faults
     assert sum("买家还想改地址" in line for line in done["thread"]) == 1 and "待回复" in done["roots"][0]
 
 
+async def test_a_message_from_platform_cs_after_the_bridge_closed_the_chat(stack: Stack, faults: RedisFaults) -> None:
+    """Mirrored once and kept once with the chat's messages; the chat stays closed, no window timer."""
+    stack.bridge.event_handlers["im_platform_message"] = faults.wrap(stack.bridge.chats.on_platform_message)
+
+    async def prepare() -> tuple[str, str]:
+        cid, root_ts = await open_chat(stack)
+        await stack.sandbox.close_chat(cid)
+        await stack.settle()
+        return cid, root_ts
+
+    async def step(chat: tuple[str, str]) -> None:
+        await stack.sandbox.chat_message(chat[0], {"type": "text", "text": "买家还想改地址"})
+        await settle(stack)
+
+    _, done = await each_failure(stack, faults, prepare, step, lambda chat: chat_state(stack, chat[0]))
+    assert done["status"] == "closed" and done["window_timer"] is None and done["messages"] == 2
+    assert sum("买家还想改地址" in line for line in done["thread"]) == 1 and "⛔" in done["thread"][0]
+
+
 # -- flow 2 ----------------------------------------------------------------------------------------
 
 CREATOR_CHAT = 7001
