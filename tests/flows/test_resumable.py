@@ -388,14 +388,16 @@ async def test_opening_a_chat_in_a_telegram_forum(stack: Stack, faults: RedisFau
     assert len(done["topics"]) == 1 and [in_topic for in_topic, text in done["posted"] if text] == [True]
 
 
-async def test_a_follow_up_from_platform_cs_after_the_reply(stack: Stack, faults: RedisFaults) -> None:
-    """Platform CS writes again in an answered chat: the message mirrored once, a new window started
-    once (header and timer), its timers set once."""
+async def platform_cs_writes_again(
+    stack: Stack, faults: RedisFaults, before: Callable[[str, str], Awaitable[object]]
+) -> dict[str, Any]:
+    """Platform CS writes "买家还想改地址" in a chat ``before`` (given its id and root) brought to some
+    state; each Redis call of handling it fails in turn. Returns the clean run's state."""
     stack.bridge.event_handlers["im_platform_message"] = faults.wrap(stack.bridge.chats.on_platform_message)
 
     async def prepare() -> tuple[str, str]:
         cid, root_ts = await open_chat(stack)
-        await stack.slack.user_message(AGENT_A, CHATS, "在的", thread_ts=root_ts)
+        await before(cid, root_ts)
         await stack.settle()
         return cid, root_ts
 
@@ -404,25 +406,22 @@ async def test_a_follow_up_from_platform_cs_after_the_reply(stack: Stack, faults
         await settle(stack)
 
     _, done = await each_failure(stack, faults, prepare, step, lambda chat: chat_state(stack, chat[0]))
+    return done
+
+
+async def test_a_follow_up_from_platform_cs_after_the_reply(stack: Stack, faults: RedisFaults) -> None:
+    """Platform CS writes again in an answered chat: the message mirrored once, a new window started
+    once (header and timer), its timers set once."""
+    done = await platform_cs_writes_again(
+        stack, faults, lambda _, root_ts: stack.slack.user_message(AGENT_A, CHATS, "在的", thread_ts=root_ts)
+    )
     assert done["status"] == "open" and done["window"] == 120 and done["window_timer"] == 60
     assert sum("买家还想改地址" in line for line in done["thread"]) == 1 and "待回复" in done["roots"][0]
 
 
 async def test_a_message_from_platform_cs_after_the_bridge_closed_the_chat(stack: Stack, faults: RedisFaults) -> None:
     """Mirrored once and kept once with the chat's messages; the chat stays closed, no window timer."""
-    stack.bridge.event_handlers["im_platform_message"] = faults.wrap(stack.bridge.chats.on_platform_message)
-
-    async def prepare() -> tuple[str, str]:
-        cid, root_ts = await open_chat(stack)
-        await stack.sandbox.close_chat(cid)
-        await stack.settle()
-        return cid, root_ts
-
-    async def step(chat: tuple[str, str]) -> None:
-        await stack.sandbox.chat_message(chat[0], {"type": "text", "text": "买家还想改地址"})
-        await settle(stack)
-
-    _, done = await each_failure(stack, faults, prepare, step, lambda chat: chat_state(stack, chat[0]))
+    done = await platform_cs_writes_again(stack, faults, lambda cid, _: stack.sandbox.close_chat(cid))
     assert done["status"] == "closed" and done["window_timer"] is None and done["messages"] == 2
     assert sum("买家还想改地址" in line for line in done["thread"]) == 1 and "⛔" in done["thread"][0]
 
