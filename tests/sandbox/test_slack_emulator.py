@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from slack_sdk.errors import SlackApiError
@@ -78,10 +79,12 @@ async def test_blocks_over_block_kits_limits_are_refused_whole(emulator: SlackEm
         await client.chat_postMessage(channel="C1", text="t", blocks=too_long)
     assert info.value.response["error"] == "invalid_blocks"
     assert info.value.response["errors"] == ["must be less than 3001 characters [json-pointer:/blocks/0/text/text]"]
-    fields = [{"type": "section", "fields": [{"type": "mrkdwn", "text": "x" * 2001}]}]
-    header = [{"type": "header", "text": {"type": "plain_text", "text": "h" * 151}}]
-    many = [{"type": "divider"}] * 51
-    for blocks in (fields, header, many):
+    refused: list[list[dict[str, Any]]] = [
+        [{"type": "section", "fields": [{"type": "mrkdwn", "text": "x" * 2001}]}],
+        [{"type": "header", "text": {"type": "plain_text", "text": "h" * 151}}],
+        [{"type": "divider"}] * 51,
+    ]
+    for blocks in refused:
         with pytest.raises(SlackApiError) as info:
             await client.chat_postMessage(channel="C1", text="t", blocks=blocks)
         assert info.value.response["error"] == "invalid_blocks"
