@@ -247,7 +247,8 @@ class SlackConnector:
             if f.get("url_private")
         ]
         actor = Actor("slack", event["user"], event["channel"], thread if in_thread else None, event["ts"])
-        text = slack_to_platform_text(event.get("text", ""))
+        raw = str(event.get("text", ""))
+        text = slack_to_platform_text(raw, self._agent_names() if "<@" in raw else None)
         if not in_thread:
             await self.router.message(Inbound(actor, text, media))
             return
@@ -257,6 +258,11 @@ class SlackConnector:
         not_ours = started_by is not None and self._bot_user is not None and started_by != self._bot_user
         await self.router.message(Inbound(actor, text, media, (str(thread),), parent_written_at=float(str(thread)),
                                           parent_not_ours=not_ours))  # fmt: skip
+
+    def _agent_names(self) -> dict[str, str]:
+        """Agents' names by their Slack user id: Slack writes a mention as the id alone, which would
+        reach platform CS as "@U0…"."""
+        return {user: a.name for store in self.config().stores for a in store.agents if (user := a.identity(SERVICE))}
 
     async def _on_change(self, event: dict[str, Any]) -> None:
         """An edited or deleted message: if the bridge had sent it, its author learns the platform

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Mapping
 
 import emoji
 
@@ -20,11 +21,13 @@ _LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|([^>]+))?>")
 _MENTION = re.compile(r"<[@#!]([^|>]+)(?:\|([^>]+))?>")
 
 
-def slack_to_platform_text(text: str) -> str:
+def slack_to_platform_text(text: str, names: Mapping[str, str] | None = None) -> str:
     """Shortcodes (and skin tones) become Unicode emoji, links show their label and address,
-    mentions their label, and Slack's HTML escapes are undone."""
+    mentions their label (a person's ``names``, by Slack user id, where Slack gives none), and
+    Slack's HTML escapes are undone."""
     text = _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})" if m.group(2) else m.group(1), text)
-    text = _MENTION.sub(lambda m: "@" + (m.group(2) or m.group(1)), text)
+    named = names or {}
+    text = _MENTION.sub(lambda m: "@" + (m.group(2) or named.get(m.group(1)) or m.group(1)), text)
     text = _SKIN.sub(lambda m: _SKIN_TONES[m.group(1)], text)
     text = emoji.emojize(text, language="alias")
     return html.unescape(text)

@@ -230,6 +230,15 @@ async def test_a_file_that_is_not_an_image_is_refused_to_its_author_in_their_lan
     )
 
 
+async def test_a_colleague_mentioned_in_a_reply_reaches_the_platform_by_name(stack: Stack) -> None:
+    cid, root = await open_chat(stack)
+    await stack.slack.user_message(MAIN, CHATS, "<@U0AGENTB> 会跟进物流，<@U0SOMEONE> 也知道", thread_ts=root.ts)
+    await stack.settle()
+    assert platform_texts(stack, cid) == ["@客服 B 会跟进物流，@U0SOMEONE 也知道"], (
+        "an agent by name; anyone else as Slack wrote"
+    )
+
+
 async def test_someone_not_designated_is_refused_privately(stack: Stack) -> None:
     cid, root = await open_chat(stack)
     await stack.slack.user_message(STRANGER, CHATS, "我来回复", thread_ts=root.ts)
