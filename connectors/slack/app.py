@@ -247,8 +247,7 @@ class SlackConnector:
             if f.get("url_private")
         ]
         actor = Actor("slack", event["user"], event["channel"], thread if in_thread else None, event["ts"])
-        raw = str(event.get("text", ""))
-        text = slack_to_platform_text(raw, self._agent_names() if "<@" in raw else None)
+        text = self._platform_text(str(event.get("text", "")))
         if not in_thread:
             await self.router.message(Inbound(actor, text, media))
             return
@@ -259,10 +258,13 @@ class SlackConnector:
         await self.router.message(Inbound(actor, text, media, (str(thread),), parent_written_at=float(str(thread)),
                                           parent_not_ours=not_ours))  # fmt: skip
 
-    def _agent_names(self) -> dict[str, str]:
-        """Agents' names by their Slack user id: Slack writes a mention as the id alone, which would
-        reach platform CS as "@U0…"."""
-        return {user: a.name for store in self.config().stores for a in store.agents if (user := a.identity(SERVICE))}
+    def _platform_text(self, raw: str) -> str:
+        """What platform CS reads of a Slack text. Slack writes a mention as the user id alone, which
+        would read "@U0…": an agent's is their name."""
+        if "<@" not in raw:
+            return slack_to_platform_text(raw)
+        stores = self.config().stores
+        return slack_to_platform_text(raw, {u: a.name for s in stores for a in s.agents if (u := a.identity(SERVICE))})
 
     async def _on_change(self, event: dict[str, Any]) -> None:
         """An edited or deleted message: if the bridge had sent it, its author learns the platform
@@ -275,8 +277,8 @@ class SlackConnector:
         thread = person.get("thread_ts")
         in_thread = thread is not None and thread != person.get("ts")
         actor = Actor(SERVICE, person["user"], event["channel"], thread if in_thread else None, person.get("ts"))
-        new = "" if deleted else slack_to_platform_text(now.get("text", ""))
-        original = slack_to_platform_text(before["text"]) if before.get("text") else None
+        new = "" if deleted else self._platform_text(str(now.get("text", "")))
+        original = self._platform_text(str(before["text"])) if before.get("text") else None
         await self.router.changed(Inbound(actor, new, (), (str(thread),) if in_thread else ()), original, deleted)
 
     async def _on_task_log(self, ack: Callable[..., Awaitable[None]], body: dict[str, Any]) -> None:
