@@ -283,7 +283,7 @@ class ChatFlow:
         def countdown(key: str, step: WindowStep, **values: str) -> str:
             # The close's time beside the seconds left: a post the channel's queue held back still
             # says when the window closes.
-            return t(store.locale, key, mention="{mention}", mentions="{mention}", deadline="{deadline}",
+            return t(store.locale, key, mention="{mention}", deadline="{deadline}",
                      seconds=step.seconds_left, **values)  # fmt: skip
 
         async def take(step: WindowStep) -> bool:
