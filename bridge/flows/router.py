@@ -11,7 +11,7 @@ offered as evidence. Refusals are told privately to the person, in their languag
 from __future__ import annotations
 
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -26,8 +26,8 @@ from bridge.flows.chats import ChatFlow
 from bridge.flows.statistics import PERIODS, stats_text
 from bridge.flows.tasks import TaskFlow
 from bridge.flows.views import Actor, ReplyMedia, tell
-from bridge.i18n import DEFAULT_LOCALE, t
-from rules.comments import COMMENTS_PER_SIDE
+from bridge.i18n import DEFAULT_LOCALE, LOCALES, t
+from rules.comments import COMMENTS_PER_SIDE, comment_content_refusal
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,10 @@ class InboundRouter:
                 await self._merchant_message(place.task_store, tid, inbound)
             return True
         if place.chat_store is None:
-            return place.creator is not None or place.task_store is not None
+            problem = comment_content_refusal(in_task_thread=False, has_text=bool(inbound.text.strip()),
+                                              has_files=bool(inbound.media), files_kept_as_evidence=False)  # fmt: skip
+            await self._refuse_comment(place.creator or place.task_store, inbound, problem)
+            return True
         cid = parent.removeprefix("chat:") if parent and parent.startswith("chat:") else None
         await self.chats.reply(place.chat_store, cid, actor, inbound.text, inbound.media)
         return True
@@ -230,12 +233,27 @@ class InboundRouter:
             await self._comment(store, tid, "creator", creator.id, creator.name, inbound)
 
     async def _comment(self, store: Store, tid: str, side: str, author_id: str, author: str, inbound: Inbound) -> None:
-        if not inbound.text.strip():
+        has_text = bool(inbound.text.strip())
+        problem = comment_content_refusal(in_task_thread=True, has_text=has_text, has_files=bool(inbound.media),
+                                          files_kept_as_evidence=side == "merchant")  # fmt: skip
+        if problem is not None:
+            owner = store if side == "merchant" else self.config().creator(author_id)
+            await self._refuse_comment(owner or store, inbound, problem)
+        if not has_text:
             return
         actor = inbound.actor
         refusal = await self.tasks.comment(store, tid, side, actor, author_id, author, inbound.text)
         if refusal is not None:
             await tell(self.outbox, keys.store_tag(store.id), actor, refusal, f"refuse:{actor.channel}:{actor.message}")
+
+    async def _refuse_comment(self, owner: Store | Creator | None, inbound: Inbound, problem: str | None) -> None:
+        """Tells the author, privately, what of their message did not become a comment and why."""
+        if owner is None or problem is None:
+            return
+        actor = inbound.actor
+        tag = keys.store_tag(owner.id) if isinstance(owner, Store) else keys.creator_tag(owner.id)
+        text = t(owner.locale, f"task.refuse.{problem}")
+        await tell(self.outbox, tag, actor, text, f"{problem}:{actor.channel}:{actor.message}")
 
     # -- task-order buttons and commands -------------------------------------------------------------
 
@@ -298,6 +316,34 @@ class InboundRouter:
             return t(DEFAULT_LOCALE, "stats.unknown_channel"), keys.NO_ENDPOINT_TAG
         text = await self.tasks.records.list_text(place.store, status, place.store.locale, page)
         return text, keys.store_tag(place.store.id)
+
+    def help_text(self, service: str, channel: str, commands: Mapping[str, str]) -> tuple[str, str]:
+        """What the bridge does in this place and how to use it, for someone who asks (a bot's
+        /start or /help). ``commands`` are how the destination writes the task list, the statistics
+        and the help (``tasks``, ``stats``, ``help``). A place the configuration does not name is told
+        its own id, which is what the operator needs to connect it; no one's language is known
+        there, so it is said in each. Returned with the tag the answer belongs to."""
+        place = self.place(service, channel)
+        owner = place.store or place.creator
+        if owner is None:
+            unknown = "\n".join(t(loc, "help.unknown", destination=f"{service}:{channel}") for loc in LOCALES)
+            return unknown, keys.NO_ENDPOINT_TAG
+        loc = owner.locale
+        lines = [t(loc, "help.title", name=owner.name)]
+        if place.chat_store is not None:
+            store = place.chat_store
+            lines.append(t(loc, "help.chats", window=store.reply_window.seconds, marker=store.note_markers[0]
+                           if store.note_markers else ""))  # fmt: skip
+        if place.task_store is not None:
+            lines.append(t(loc, "help.tasks", limit=COMMENTS_PER_SIDE))
+        if place.creator is not None:
+            lines.append(t(loc, "help.creator", limit=COMMENTS_PER_SIDE))
+        lines.append(t(loc, "help.command.tasks", command=commands["tasks"]))
+        if place.store is not None:
+            lines.append(t(loc, "help.command.stats", command=commands["stats"], periods="|".join(PERIODS)))
+        lines.append(t(loc, "help.command.help", command=commands["help"]))
+        tag = keys.store_tag(owner.id) if isinstance(owner, Store) else keys.creator_tag(owner.id)
+        return "\n".join(lines), tag
 
     async def stats(self, service: str, channel: str, args: Sequence[str] = ()) -> tuple[str, str]:
         """``stats [today|7d|30d]``: response figures of the store whose chats or task orders this

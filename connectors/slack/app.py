@@ -64,6 +64,8 @@ POST_ATTEMPT_SECONDS = 3600
 _IGNORED_SUBTYPES = {None, "file_share", "thread_broadcast"}
 SERVICE = "slack"
 EVENT_KIND = "slack.event"  # a stored delivery (an event, a command, a click, a modal submission)
+SLASH_COMMANDS = {"tasks": "/tasks", "stats": "/feige stats", "help": "/feige help"}
+"""How the app's slash commands are written (they are registered in the Slack app's settings)."""
 RESPOND = "slack.respond"  # a slash command's answer, through its response_url
 RESPONSE_URL_SECONDS = 30 * 60 - 60
 """A slash command's ``response_url`` takes answers for 30 minutes; a minute is kept in hand."""
@@ -424,9 +426,15 @@ class SlackConnector:
         await self._answer(command, tag, text)
 
     async def _on_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
+        """``/feige stats [period]``; ``/feige help``, or anything else, answers with what the bridge
+        does in the channel and its commands."""
         await ack()
-        args = (command.get("text") or "").split()[1:]  # "/feige stats 7d"
-        text, tag = await self.router.stats(SERVICE, command.get("channel_id", ""), args)
+        subcommand, *args = (command.get("text") or "").split() or [""]  # "/feige stats 7d"
+        channel = command.get("channel_id", "")
+        if subcommand == "stats":
+            text, tag = await self.router.stats(SERVICE, channel, args)
+        else:
+            text, tag = self.router.help_text(SERVICE, channel, SLASH_COMMANDS)
         await self._answer(command, tag, text)
 
     async def _answer(self, command: dict[str, Any], tag: str, text: str) -> None:

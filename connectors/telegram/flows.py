@@ -11,6 +11,7 @@ from bridge.engine.outbox import OutboxJob
 from bridge.flows.resolve import RESULTS, STEP_BUTTONS
 from bridge.flows.router import CHAT_ACTIONS, Inbound
 from connectors.telegram.app import ANSWER, DOWNLOAD_LIMIT, SERVICE, TelegramConnector, TelegramInbound
+from connectors.telegram.setup import COMMANDS
 
 
 def wire_telegram(connector: TelegramConnector, core: Core) -> None:
@@ -61,9 +62,15 @@ def wire_telegram(connector: TelegramConnector, core: Core) -> None:
         text, _ = await router.stats(SERVICE, str(inbound.chat), args)
         return text
 
+    async def help_text(inbound: TelegramInbound, args: list[str]) -> str:
+        text, _ = router.help_text(SERVICE, str(inbound.chat), {name: f"/{name}" for name in COMMANDS})
+        return text
+
     connector.handlers.append(on_update)
     connector.commands["tasks"] = list_tasks
     connector.commands["stats"] = stats
+    connector.commands["help"] = help_text
+    connector.commands["start"] = help_text  # what Telegram sends when someone first opens the bot
     resolve.heads[SERVICE] = connector.file_head
     resolve.download_limits[SERVICE] = DOWNLOAD_LIMIT
     router.task_message_hooks[SERVICE] = resolve.on_message

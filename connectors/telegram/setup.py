@@ -21,7 +21,7 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
 """The update types the connector handles (connectors/telegram/app.py); Telegram sends no other."""
 
-COMMANDS = ("tasks", "stats")
+COMMANDS = ("tasks", "stats", "help")
 POLL_TIMEOUT_SECONDS = 30
 """How long one getUpdates waits on Telegram's side for an update (long polling)."""
 

@@ -44,10 +44,12 @@ async def test_set_commands_sets_the_menu_in_both_locales(stack: Stack) -> None:
     assert stack.telegram.commands[""] == [
         {"command": "tasks", "description": "任务单列表：/tasks [状态] [页码]"},
         {"command": "stats", "description": "响应统计：/stats [today|7d|30d]"},
+        {"command": "help", "description": "使用说明：/help"},
     ]
     assert [c["description"] for c in stack.telegram.commands["en"]] == [
         "Task orders: /tasks [status] [page]",
         "Response stats: /stats [today|7d|30d]",
+        "How to use the bot: /help",
     ]
 
 

@@ -571,14 +571,16 @@ async def test_sending_a_comment_and_showing_it_once_the_platform_has_it(stack: 
 
 
 async def test_a_creators_comment_from_telegram(stack: Stack, faults: RedisFaults) -> None:
-    """The creator answers the confirmation in Telegram: one comment on the platform, counted and
-    logged once, shown once in the merchant's thread."""
+    """The creator answers the confirmation in Telegram, with a photo: one comment on the platform,
+    counted and logged once, shown once in the merchant's thread, and the creator told once that the
+    photo did not go with it."""
     stack.bridge.event_handlers["telegram.update"] = faults.wrap(stack.bridge.event_handlers["telegram.update"])
 
     async def step(tid: str) -> None:
         [confirmation] = [m for m in stack.telegram.by_bot(CREATOR_CHAT) if tid in m.text]
+        photo = b"\x89PNG\r\n\x1a\n" + bytes(64)
         _, status = await stack.telegram.user_message(
-            CREATOR_CHAT, CREATOR_CHAT, "买家在等", reply_to=confirmation.message_id
+            CREATOR_CHAT, CREATOR_CHAT, "买家在等", reply_to=confirmation.message_id, photo=photo
         )
         assert status == 200
         await settle(stack)
@@ -588,6 +590,7 @@ async def test_a_creators_comment_from_telegram(stack: Stack, faults: RedisFault
     assert done["comments"] == ("0", "1") and done["on_platform"] == ("pending", ["买家在等"])
     assert done["log"][-1] == ("comment_creator", "creator", "达人 小美 Xiaomei")
     assert sum("买家在等" in text for text in done["thread"]) == 1
+    assert sum(text.startswith("只有文字作为留言发送") for text in done["creator"]) == 1
 
 
 async def test_resolving_from_slacks_modal(stack: Stack, faults: RedisFaults) -> None:

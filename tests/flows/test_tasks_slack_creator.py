@@ -66,3 +66,27 @@ async def test_a_processed_task_order_pings_the_creator_with_contact_buyer(stack
     await stack.slack.user_message(CREATOR_USER, CREATOR_CHANNEL, "thanks", thread_ts=result.ts)
     await stack.settle()
     assert "no more comments" in stack.slack.ephemerals[-1]["text"]
+
+
+async def test_a_message_outside_a_task_orders_thread_is_told_it_is_no_comment(stack: Stack) -> None:
+    tid = await raise_task(stack)
+    await stack.slack.user_message(CREATOR_USER, CREATOR_CHANNEL, "Any news on the parcel?")
+    await stack.slack.user_message(MAIN, TASKS, "谁来跟一下这个任务单？")
+    await stack.settle()
+    creator, merchant = stack.slack.ephemerals[-2:]
+    assert (creator["channel"], creator["user"]) == (CREATOR_CHANNEL, CREATOR_USER)
+    assert creator["text"].startswith("Comment not sent: this message is not in a task order's thread.")
+    assert (merchant["channel"], merchant["user"]) == (TASKS, MAIN)
+    assert merchant["text"].startswith("留言未发送：这条消息不在任何任务单的消息串里")
+    assert stack.sandbox.task_orders[tid].comments == []
+
+
+async def test_feige_help_says_what_the_bridge_does_in_the_channel(stack: Stack) -> None:
+    creator = await stack.slash_command(CREATOR_USER, CREATOR_CHANNEL, "/feige", "help")
+    assert creator.startswith("Feige bridge · 达人 阿杰 Ajie") and "/tasks [status] [page]" in creator
+    assert "/feige help: this help" in creator and "/feige stats" not in creator
+    tasks = await stack.slash_command(MAIN, TASKS, "/feige")
+    assert tasks.startswith("飞鸽桥 · 示例旗舰店 Demo Flagship Store")
+    assert "/feige stats [today|7d|30d]：响应统计" in tasks
+    unknown = await stack.slash_command("U0SOMEONE", "C0ELSEWHERE", "/feige", "help")
+    assert "Give slack:C0ELSEWHERE to the bridge's operator" in unknown

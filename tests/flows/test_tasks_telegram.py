@@ -252,3 +252,43 @@ async def test_an_internal_note_in_a_task_thread_is_not_a_comment(stack: Stack) 
     await stack.settle()
     assert stack.sandbox.task_orders[tid].comments == []
     assert stack.telegram.message(GROUP, note.message_id).reactions == ["✍"]
+
+
+async def test_a_creator_is_told_what_did_not_become_a_comment(stack: Stack) -> None:
+    """Only text in a task order's thread is a comment. A creator who writes anywhere else, or sends
+    a photo or a sticker, is told so in their language, not left thinking the merchant has it."""
+    tid, _ = await raise_task(stack)
+    confirmation = stack.telegram.by_bot(CREATOR_CHAT)[-1]
+    await stack.telegram.user_message(CREATOR_CHAT, CREATOR_CHAT, "请问处理得怎么样了")
+    await stack.settle()
+    assert stack.telegram.by_bot(CREATOR_CHAT)[-1].text.startswith("留言未发送：这条消息不在任何任务单的消息串里")
+    await stack.telegram.user_message(CREATOR_CHAT, CREATOR_CHAT, "", reply_to=confirmation.message_id, photo=PNG)
+    await stack.settle()
+    assert stack.telegram.by_bot(CREATOR_CHAT)[-1].text == "留言未发送：任务单留言只能是文字。"
+    await stack.telegram.user_message(CREATOR_CHAT, CREATOR_CHAT, "", reply_to=confirmation.message_id, sticker="👍")
+    await stack.settle()
+    assert stack.telegram.by_bot(CREATOR_CHAT)[-1].text == "留言未发送：任务单留言只能是文字。"
+    assert stack.sandbox.task_orders[tid].comments == []
+    await stack.telegram.user_message(CREATOR_CHAT, CREATOR_CHAT, "买家的照片", reply_to=confirmation.message_id,
+                                      photo=PNG)  # fmt: skip
+    await stack.settle()
+    assert [c["text"] for c in stack.sandbox.task_orders[tid].comments] == ["买家的照片"]
+    told = stack.telegram.by_bot(CREATOR_CHAT)[-1]
+    assert told.text.startswith("只有文字作为留言发送，附带的图片和文件不会发送")
+    assert told.reply_to is not None, "told in reply to their message"
+
+
+async def test_start_and_help_say_what_the_bot_does_here_and_an_unknown_chat_its_id(stack: Stack) -> None:
+    await stack.telegram.user_message(CREATOR_CHAT, CREATOR_CHAT, "/start")
+    await stack.telegram.user_message(OWNER, GROUP, "/help@feige_bridge_bot")
+    await stack.telegram.user_message(424242, 424242, "/start")
+    await stack.settle()
+    creator = stack.telegram.by_bot(CREATOR_CHAT)[-1].text
+    assert creator.startswith("飞鸽桥 · 达人 小美 Xiaomei") and "回复任务单的消息即给商家留言" in creator
+    assert "/tasks [状态] [页码]" in creator and "/stats" not in creator, "a creator has no store statistics"
+    group = last_bot(stack).text
+    assert group.startswith("Feige bridge · Demo Telegram Store")
+    assert "within 120 s" in group and "A message starting with // is an internal note" in group
+    assert "/stats [today|7d|30d]: response statistics" in group and "/help: this help" in group
+    unknown = stack.telegram.by_bot(424242)[-1].text
+    assert "把 telegram:424242 交给桥的管理员" in unknown and "Give telegram:424242 to the bridge's operator" in unknown

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rules.comments import comment_refusal
+from rules.comments import comment_content_refusal, comment_refusal
 from rules.deadline import in_quiet_hours, task_deadline
 from rules.evidence import MAX_IMAGE_BYTES, MAX_VIDEO_BYTES, evidence_refusals, sniff_media
 from rules.solution import solution_problem
@@ -112,6 +112,27 @@ def test_deadline_properties(created: datetime, zone: str, rule: str) -> None:
 )
 def test_comment_refusal(status: str, count: int, expected: str | None) -> None:
     assert comment_refusal(status, count) == expected
+
+
+@pytest.mark.parametrize(
+    ("in_thread", "text", "files", "evidence", "expected"),
+    [
+        (False, True, False, True, "outside"),  # anywhere but a task order's thread, nothing is a comment
+        (False, False, True, True, "outside"),
+        (True, True, False, False, None),
+        (True, False, False, True, "not_text"),  # a sticker
+        (True, False, True, True, None),  # the merchant's file alone: kept as evidence, not a comment
+        (True, False, True, False, "not_text"),  # the creator's photo alone goes nowhere
+        (True, True, True, True, None),  # the merchant's text is the comment, the file evidence
+        (True, True, True, False, "files_not_sent"),  # the creator's text goes, the photo does not
+    ],
+)
+def test_comment_content_refusal(
+    in_thread: bool, text: bool, files: bool, evidence: bool, expected: str | None
+) -> None:
+    refusal = comment_content_refusal(in_task_thread=in_thread, has_text=text, has_files=files,
+                                      files_kept_as_evidence=evidence)  # fmt: skip
+    assert refusal == expected
 
 
 @pytest.mark.parametrize(
