@@ -28,12 +28,12 @@ from redis.asyncio import Redis
 
 from bridge.config import Agent, Destination, Store
 from bridge.engine import keys
-from bridge.engine.outbox import Outbox, OutboxJob
+from bridge.engine.outbox import Outbox
 from bridge.flows import jobs
 from bridge.flows.router import Inbound
 from bridge.flows.task_records import status_name
 from bridge.flows.tasks import TaskFlow, evidence_count_problem, evidence_problems
-from bridge.flows.views import Actor, ReplyMedia, post_view, tell
+from bridge.flows.views import Actor, ReplyMedia, post_view, react, tell
 from bridge.i18n import t
 from rules.evidence import evidence_limits
 from rules.solution import solution_refusal
@@ -272,10 +272,7 @@ class ResolveConversation:
 
     async def _react(self, store: Store, actor: Actor) -> None:
         """A mark on the file's message: it was taken."""
-        payload = {"store": store.id, "channel": actor.channel, "message": actor.message, "emoji": "white_check_mark"}
-        job = OutboxJob(f"{actor.service}:react:{actor.channel}:{actor.message}",
-                        jobs.destination(actor.service, jobs.REACT), payload)  # fmt: skip
-        await self.outbox.enqueue(keys.store_tag(store.id), f"private:{actor.service}:{actor.user}", job)
+        await react(self.outbox, keys.store_tag(store.id), actor, "white_check_mark", "evidence")
 
 
 def _as_evidence(media: ReplyMedia) -> dict[str, Any]:

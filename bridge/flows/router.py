@@ -20,12 +20,11 @@ from redis.asyncio import Redis
 from bridge.config import DEFAULT_NOTE_MARKERS, BridgeConfig, Creator, Store
 from bridge.engine import keys, refs
 from bridge.engine.events import NotYetRecorded, delivered_at
-from bridge.engine.outbox import Outbox, OutboxJob
-from bridge.flows import jobs
+from bridge.engine.outbox import Outbox
 from bridge.flows.chats import ChatFlow
 from bridge.flows.statistics import PERIODS, stats_text
 from bridge.flows.tasks import TaskFlow
-from bridge.flows.views import Actor, ReplyMedia, tell
+from bridge.flows.views import Actor, ReplyMedia, react, tell
 from bridge.i18n import DEFAULT_LOCALE, LOCALES, t
 from rules.comments import COMMENTS_PER_SIDE, comment_content_refusal
 
@@ -178,11 +177,7 @@ class InboundRouter:
         markers = owner.note_markers if isinstance(owner, Store) else DEFAULT_NOTE_MARKERS
         if not inbound.text.lstrip().startswith(tuple(m for m in markers if m)):
             return False
-        actor = inbound.actor
-        payload = {"channel": actor.channel, "message": actor.message, "emoji": NOTE_EMOJI}
-        job = OutboxJob(f"{actor.service}:note:{actor.channel}:{actor.message}",
-                        jobs.destination(actor.service, jobs.REACT), payload)  # fmt: skip
-        await self.outbox.enqueue(keys.NO_ENDPOINT_TAG, f"notes:{actor.service}:{actor.channel}", job)
+        await react(self.outbox, keys.NO_ENDPOINT_TAG, inbound.actor, NOTE_EMOJI, "note")
         return True
 
     def _may_be_unrecorded(self, inbound: Inbound, age: float) -> bool:

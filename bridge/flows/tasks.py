@@ -29,7 +29,7 @@ from bridge.flows.archiving import Read, Snapshots, archive_soon, decode_recorde
 from bridge.flows.domain import TaskOrderComment, TaskOrderCreated, TaskOrderProcessed, TaskOrderTimedOut
 from bridge.flows.steps import done_steps, take_steps
 from bridge.flows.task_records import STATUSES, TaskRecords, outcome, status_name
-from bridge.flows.views import Actor, post_view, read_hash, tell_privately
+from bridge.flows.views import Actor, post_view, react, read_hash, tell_privately
 from bridge.i18n import t
 from rules.comments import COMMENTS_PER_SIDE, comment_refusal
 from rules.deadline import deadline_basis, due_today, next_digest_at, task_deadline
@@ -386,6 +386,7 @@ class TaskFlow:
             "text": text,
             "comment_id": comment_id,
             "shown_as": f"c:{actor.service}:{actor.message}",
+            "actor": actor.as_dict(),
         }
         then = {
             "tag": tag,
@@ -413,6 +414,9 @@ class TaskFlow:
         await self._log(tag, tid, f"comment_{side}", side, str(p["author"]), entry_id=f"comment:{p['comment_id']}",
                         operator_id=str(p["author_id"]))  # fmt: skip
         await self._show_comment(store, tid, side, str(p["author"]), str(p["text"]), str(p["shown_as"]), both=False)
+        if "actor" in p:  # (a job queued by an older release does not say where the comment was written)
+            # Its author sees it went, as a reply's author does (✅): a refused one is told instead.
+            await react(self.outbox, tag, Actor(**p["actor"]), "white_check_mark", "comment")
 
     async def _show_comment(
         self, store: Store, tid: str, side: str, author: str, text: str, job_id: str, both: bool

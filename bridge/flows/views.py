@@ -93,6 +93,15 @@ async def tell_privately(outbox: Outbox, store: Store, actor: Actor, text: str, 
     await tell(outbox, keys.store_tag(store.id), actor, text, job_id)
 
 
+async def react(outbox: Outbox, tag: str, actor: Actor, emoji: str, why: str) -> None:
+    """A mark on the message ``actor`` wrote (its id in ``actor.message``): ``why`` names what it
+    marks, so that one message can carry a mark for each."""
+    payload = {"channel": actor.channel, "message": actor.message, "emoji": emoji}
+    job = OutboxJob(f"{actor.service}:{why}-react:{actor.channel}:{actor.message}",
+                    jobs.destination(actor.service, jobs.REACT), payload)  # fmt: skip
+    await outbox.enqueue(tag, f"private:{actor.service}:{actor.user}", job)
+
+
 async def tell(outbox: Outbox, tag: str, actor: Actor, text: str, job_id: str) -> None:
     """``tell_privately`` for an answer that belongs to ``tag`` (a creator's, or no one's)."""
     payload = {"actor": actor.as_dict(), "text": text}

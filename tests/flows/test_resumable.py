@@ -555,15 +555,23 @@ async def test_a_comment_the_platform_refuses_for_good(stack: Stack, faults: Red
 
 async def test_sending_a_comment_and_showing_it_once_the_platform_has_it(stack: Stack, faults: RedisFaults) -> None:
     """The outbox's side of a comment: to the platform, then (once accepted) logged and shown to the
-    creator in Telegram, each once (B5)."""
+    creator in Telegram, each once (B5), and its author's message marked ✅."""
     senders = stack.bridge.outbox.senders
     senders["bridge.comment_accepted"] = faults.wrap(senders["bridge.comment_accepted"])
+    written: list[str] = []
 
     async def step(tid: str) -> None:
-        await stack.slack.user_message("U0MAIN1001", TASKS, "已安排补发", thread_ts=card_ts(stack, tid))
+        ts, _ = await stack.slack.user_message("U0MAIN1001", TASKS, "已安排补发", thread_ts=card_ts(stack, tid))
+        written.append(ts)
         await settle(stack)
 
-    tried, done = await each_failure(stack, faults, lambda: raise_task(stack), step, lambda tid: task_state(stack, tid))
+    async def state(tid: str) -> dict[str, Any]:
+        marks = [c.args["name"] for c in stack.slack.called("reactions.add")]
+        return await task_state(stack, tid) | {"marked": stack.slack.message(TASKS, written[-1]).reactions,
+                                               "marks": marks}  # fmt: skip
+
+    tried, done = await each_failure(stack, faults, lambda: raise_task(stack), step, state)
+    assert done["marked"] == ["white_check_mark"] and done["marks"] == ["white_check_mark"]
     assert tried >= 4
     assert done["comments"] == ("1", "0") and done["on_platform"] == ("pending", ["已安排补发"])
     assert done["log"][-1] == ("comment_merchant", "merchant", "店长 Li")

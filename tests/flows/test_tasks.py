@@ -96,24 +96,27 @@ async def test_the_platforms_own_deadline_wins(stack: Stack) -> None:
 async def test_comments_go_both_ways_and_the_eleventh_is_refused(stack: Stack) -> None:
     tid = await raise_task(stack)
     root = card(stack).ts
-    await stack.slack.user_message(MAIN, TASKS, "已安排补发", thread_ts=root)
+    first, _ = await stack.slack.user_message(MAIN, TASKS, "已安排补发", thread_ts=root)
     await stack.settle()
+    assert stack.slack.message(TASKS, first).reactions == ["white_check_mark"], "its author sees the platform has it"
     [sent] = stack.sandbox.task_orders[tid].comments
     assert (sent["side"], sent["text"]) == ("merchant", "已安排补发")
     shown = stack.telegram.by_bot(CREATOR_CHAT)[-1]
     assert shown.text == "💬 商家留言（店长 Li）：已安排补发" and shown.reply_to == confirmation(stack).message_id
 
-    await stack.telegram.user_message(
+    thanks, _ = await stack.telegram.user_message(
         CREATOR_CHAT, CREATOR_CHAT, "谢谢，买家在等", reply_to=confirmation(stack).message_id
     )
     await stack.settle()
     assert stack.sandbox.task_orders[tid].comments[-1]["side"] == "creator"
+    assert stack.telegram.message(CREATOR_CHAT, thanks.message_id).reactions == ["👍"]
     assert stack.slack.thread(TASKS, root)[-1].text == "💬 达人留言（达人 小美 Xiaomei）：谢谢，买家在等"
 
     for i in range(9):
         await stack.slack.user_message(MAIN, TASKS, f"进展 {i}", thread_ts=root)
-    await stack.slack.user_message(MAIN, TASKS, "第十一条", thread_ts=root)
+    eleventh, _ = await stack.slack.user_message(MAIN, TASKS, "第十一条", thread_ts=root)
     await stack.settle()
+    assert stack.slack.message(TASKS, eleventh).reactions == [], "a refused comment is not marked as sent"
     merchant = [c for c in stack.sandbox.task_orders[tid].comments if c["side"] == "merchant"]
     assert len(merchant) == 10
     assert "留言未发送：本方留言已达上限（10/10）" in stack.slack.ephemerals[-1]["text"]
@@ -292,8 +295,9 @@ async def test_a_comment_is_shown_only_once_the_platform_has_it(stack: Stack) ->
     tid = await raise_task(stack)
     before = len(stack.telegram.by_bot(CREATOR_CHAT))
     stack.sandbox.fail_next("POST", f"/task-orders/{tid}/comments", 422)
-    await stack.slack.user_message(MAIN, TASKS, "这条平台不收", thread_ts=card(stack).ts)
+    refused, _ = await stack.slack.user_message(MAIN, TASKS, "这条平台不收", thread_ts=card(stack).ts)
     await stack.settle()
+    assert stack.slack.message(TASKS, refused).reactions == []
     assert len(stack.telegram.by_bot(CREATOR_CHAT)) == before, "the creator never saw a comment the platform refused"
     assert await stack.redis.hget(keys.task(TAG, tid), "comments:merchant") == "0", "its slot is free again"
     assert [e["type"] for e in await stack.bridge.tasks.records.log_entries(TAG, tid)] == ["created"]
