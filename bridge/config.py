@@ -67,6 +67,9 @@ def _check_destination(value: str) -> str:
     if not match or match.group(1) not in known:
         forms = " or ".join(f"{p.service}:{p.target}" for p in known.values())
         raise ValueError(f"destination {value!r} is not of the form {forms}")
+    plugin = known[match.group(1)]
+    if not re.fullmatch(plugin.target_pattern, value.split(":", 1)[1]):
+        raise ValueError(f"{value!r}: the target must be {plugin.target_hint or plugin.target}")
     return value
 
 
@@ -416,6 +419,20 @@ def _semantic_problems(config: BridgeConfig) -> list[Problem]:
                 )
             )
         keys_seen.setdefault(key, label)
+
+    # Every message and click is placed by its channel (``BridgeConfig.at``): a second store's chats,
+    # a second store's task orders or a second creator in one channel could not be told apart from
+    # the first's, and would be answered as the first's.
+    places = [(f"stores[{i}].destinations.{kind}", getattr(s.destinations, kind), kind, f"store {s.id}")
+              for kind in ("platform_chats", "task_orders") for i, s in enumerate(config.stores)]  # fmt: skip
+    places += [(f"creators[{i}].destination", c.destination, "creator", f"creator {c.id}")
+               for i, c in enumerate(config.creators)]  # fmt: skip
+    taken: dict[tuple[str, str], str] = {}
+    for path, destination, kind, owner in places:
+        if (first := taken.setdefault((kind, destination), owner)) != owner:
+            what = {"platform_chats": "platform chats", "task_orders": "task orders", "creator": "pings"}[kind]
+            problems.append(Problem(path, f"{destination} already has the {what} of {first}; each needs a place of "
+                                          "its own, or a message there would be taken as the first's"))  # fmt: skip
 
     for i, store in enumerate(config.stores):
         at = f"stores[{i}]"

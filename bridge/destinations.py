@@ -111,6 +111,11 @@ class DestinationPlugin:
     """Builds the connector from its validated settings section and the ``bridge.core.Core``."""
     target: str
     """How a target is written, for error messages: ``<channel id>``."""
+    target_pattern: str = ".+"
+    """What a target must match: the id the service's events carry, since each message and click
+    is placed by it (a name would never match one)."""
+    target_hint: str = ""
+    """What a target is and where to find it, for the error of one that does not match."""
     probe: Callable[[Any, Any], Awaitable[list[Any]]] | None = None
     """``bridge check --online``: given its settings and the ``BridgeConfig``, asks the service
     whether the credentials work and every target of the configuration is reachable and usable (the

@@ -22,4 +22,12 @@ async def probe(settings: Any, config: BridgeConfig) -> list[Problem]:
     return await slack_probe(settings, config)
 
 
-DESTINATION = DestinationPlugin("slack", SlackSettings, connect, "<channel id>", probe)
+DESTINATION = DestinationPlugin(
+    "slack",
+    SlackSettings,
+    connect,
+    "<channel id>",
+    target_pattern=r"[CGD][A-Z0-9]{2,}",
+    target_hint="a channel's id such as C0123ABCD, not its #name (`/feige help` in the channel shows it)",
+    probe=probe,
+)

@@ -26,4 +26,13 @@ async def probe(settings: Any, config: BridgeConfig) -> list[Problem]:
     return await telegram_probe(settings, config)
 
 
-DESTINATION = DestinationPlugin("telegram", TelegramSettings, connect, "<chat id>", probe)
+DESTINATION = DestinationPlugin(
+    "telegram",
+    TelegramSettings,
+    connect,
+    "<chat id>",
+    target_pattern=r"-?[0-9]+",
+    target_hint="a chat's numeric id such as 123456789, or -1001234567890 for a group, not a @username "
+    "(/start or /help in the chat shows it)",
+    probe=probe,
+)

@@ -102,6 +102,27 @@ def test_designated_agent_without_im_permission_is_a_warning_with_the_fix() -> N
             "slack:<channel id> or telegram:<chat id>",
         ),
         (
+            lambda t: t["creators"][0].update(destination="telegram:@xiaomei"),
+            "error: creator c-7001 (creators[0]): destination: 'telegram:@xiaomei': the target must be a chat's "
+            "numeric id such as 123456789, or -1001234567890 for a group, not a @username (/start or /help in the "
+            "chat shows it)",
+        ),
+        (
+            lambda t: t["stores"][0]["destinations"].update(platform_chats="slack:#feige-chats"),
+            "error: store 1001 (stores[0]): destinations.platform_chats: 'slack:#feige-chats': the target must be "
+            "a channel's id such as C0123ABCD, not its #name (`/feige help` in the channel shows it)",
+        ),
+        (
+            lambda t: t["stores"][1]["destinations"].update(task_orders="slack:C0TASKS1001"),
+            "error: store 1002 (stores[1]): destinations.task_orders: slack:C0TASKS1001 already has the task orders "
+            "of store 1001; each needs a place of its own, or a message there would be taken as the first's",
+        ),
+        (
+            lambda t: t["creators"][1].update(destination="telegram:7001"),
+            "error: creator c-7002 (creators[1]): destination: telegram:7001 already has the pings of creator "
+            "c-7001; each needs a place of its own, or a message there would be taken as the first's",
+        ),
+        (
             lambda t: t["stores"][0].update(main_account="nobody"),
             "error: store 1001 (stores[0]): main_account: 'nobody' is not among stores[0].agents; add it there",
         ),
