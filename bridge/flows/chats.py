@@ -30,7 +30,7 @@ from bridge.flows import jobs
 from bridge.flows.archiving import Read, Snapshots, archive_schedule, archive_soon, decode_recorded
 from bridge.flows.domain import ChatClosed, ChatMessage
 from bridge.flows.steps import take_steps
-from bridge.flows.views import Actor, ReplyMedia, post_view, read_hash, tell_privately
+from bridge.flows.views import Actor, ReplyMedia, post_view, read_hash, refusal_reason, tell_privately
 from bridge.i18n import t
 from rules.evidence import evidence_limits
 from rules.permissions import Refusal, answer_refusal, assignment_refusal, handled_elsewhere_refusal
@@ -457,8 +457,10 @@ class ChatFlow:
             # The platform says the agent lacks IM permission (A2), which the store's config did not
             # know: they are told how to get it, as when the config says so.
             text = t(locale, Refusal.NO_IM_PERMISSION.value, agent=str(job.payload.get("agent_id", "")))
+        elif failure.status == 409:  # as a reply to a chat the bridge closed reads
+            text = t(locale, Refusal.CLOSED.value, reason=t(locale, "chat.reason.platform_closed"))
         else:
-            reason = failure.reason
+            reason = refusal_reason(locale, failure)
             if failure.code == jobs.IMAGE_REFUSED:
                 reason = t(locale, "reply.reason.image", name=job.payload["media"]["name"], **evidence_limits())
             text = t(locale, "reply.failed", reason=reason)

@@ -29,7 +29,7 @@ from bridge.flows.archiving import Read, Snapshots, archive_soon, decode_recorde
 from bridge.flows.domain import TaskOrderComment, TaskOrderCreated, TaskOrderProcessed, TaskOrderTimedOut
 from bridge.flows.steps import done_steps, take_steps
 from bridge.flows.task_records import STATUSES, TaskRecords, outcome, status_name
-from bridge.flows.views import Actor, post_view, react, read_hash, tell_privately
+from bridge.flows.views import Actor, post_view, react, read_hash, refusal_reason, tell_privately
 from bridge.i18n import t
 from rules.comments import COMMENTS_PER_SIDE, comment_refusal
 from rules.deadline import deadline_basis, due_today, next_digest_at, task_deadline
@@ -514,7 +514,9 @@ class TaskFlow:
             text = t(locale, "task.refuse.limit", limit=COMMENTS_PER_SIDE)
         else:
             key = "task.comment_failed" if job.kind == jobs.ADD_COMMENT else "task.process_failed"
-            text = t(locale, key, task_id=job.payload.get("task_id"), reason=failure.reason)
+            # 409: processed or timed out on the platform, whose push has not arrived yet.
+            reason = t(locale, "task.reason.finished") if failure.status == 409 else refusal_reason(locale, failure)
+            text = t(locale, key, task_id=job.payload.get("task_id"), reason=reason)
         await tell_privately(self.outbox, store, Actor.reported(report), text, f"failed:{job.id}")
 
     # -- the archive ---------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ from redis.asyncio import Redis
 
 from bridge.config import Destination, Store
 from bridge.engine import keys
-from bridge.engine.outbox import Outbox, OutboxJob
+from bridge.engine.outbox import FinalFailure, Outbox, OutboxJob
 from bridge.engine.timers import TimerChange
 from bridge.flows import jobs
+from bridge.i18n import t
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,14 @@ async def post_view(
 async def tell_privately(outbox: Outbox, store: Store, actor: Actor, text: str, job_id: str) -> None:
     """Only ``actor`` sees it where the destination allows (Slack ephemeral); else a reply to them."""
     await tell(outbox, keys.store_tag(store.id), actor, text, job_id)
+
+
+def refusal_reason(locale: str, failure: FinalFailure) -> str:
+    """What a person reads of the platform's final refusal of what they did: the platform's own
+    words, unless its status says plainly what is wrong in words of their language."""
+    if failure.status == 401:  # the store's (or creator's) token: nothing its author can mend
+        return t(locale, "platform.reason.credentials")
+    return failure.reason
 
 
 async def react(outbox: Outbox, tag: str, actor: Actor, emoji: str, why: str) -> None:

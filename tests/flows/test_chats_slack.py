@@ -377,7 +377,19 @@ async def test_platform_409_closes_the_chat_locally_and_tells_the_author(stack: 
     await stack.slack.user_message(AGENT_A, CHATS, "在的", thread_ts=root.ts)
     await stack.settle()
     assert (await stack.redis.hget(keys.chat(TAG, cid), "status")) == "closed"
-    assert stack.slack.ephemerals[-1]["text"] == "你的回复未能送达平台：conversation closed (platform_closed)"
+    told = stack.slack.ephemerals[-1]["text"]
+    assert told == "消息未发送：该会话已关闭（平台客服已结束会话）。", "as a reply to a closed chat reads"
+
+
+async def test_a_reply_the_platform_refuses_for_the_bridges_credentials_tells_the_author_to_ask_the_operator(
+    stack: Stack,
+) -> None:
+    cid, root = await open_chat(stack)
+    stack.sandbox.fail_next("POST", f"/im/conversations/{cid}/messages", 401)
+    await stack.slack.user_message(AGENT_A, CHATS, "在的", thread_ts=root.ts)
+    await stack.settle()
+    told = stack.slack.ephemerals[-1]["text"]
+    assert told == "你的回复未能送达平台：平台不接受桥为此使用的接口凭证（api_token），请告诉桥的管理员"
 
 
 # -- A7: one way only --------------------------------------------------------------------------

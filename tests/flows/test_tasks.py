@@ -510,6 +510,20 @@ async def test_a_comment_the_platform_refuses_is_reported_to_its_author(stack: S
     assert told == f"你在任务单 {tid} 的留言未能送达平台：injected fault", "told as a comment"
 
 
+async def test_a_comment_on_a_task_order_finished_on_the_platform_is_told_so_in_the_authors_words(
+    stack: Stack,
+) -> None:
+    """The platform processed the task order, and its push has not arrived: it refuses the comment
+    with 409, which its author reads in their language, not as the platform's own message."""
+    tid = await raise_task(stack)
+    stack.sandbox.task_orders[tid].status = "resolved"
+    await stack.slack.user_message(MAIN, TASKS, "补充说明", thread_ts=card(stack).ts)
+    await stack.settle()
+    assert stack.sandbox.task_orders[tid].comments == []
+    told = stack.slack.ephemerals[-1]["text"]
+    assert told == f"你在任务单 {tid} 的留言未能送达平台：任务单在平台上已处理或已超时完结"
+
+
 async def test_the_comment_button_explains_how_to_comment(stack: Stack) -> None:
     tid = await raise_task(stack)
     assert await stack.slack.block_action(MAIN, TASKS, card(stack).ts, "task_comment", tid) == 200
