@@ -23,6 +23,7 @@ from bridge.engine.events import NotYetRecorded, delivered_at
 from bridge.engine.outbox import Outbox
 from bridge.flows.chats import ChatFlow
 from bridge.flows.statistics import PERIODS, stats_text
+from bridge.flows.task_records import list_status_words, status_from_words
 from bridge.flows.tasks import TaskFlow
 from bridge.flows.views import Actor, ReplyMedia, react, tell
 from bridge.i18n import DEFAULT_LOCALE, LOCALES, t
@@ -300,17 +301,20 @@ class InboundRouter:
     async def list_tasks(self, service: str, channel: str, args: Sequence[str]) -> tuple[str, str]:
         """``/tasks [status] [page]`` (B10): the place's task orders (a store's, or a creator's), and
         the tag the answer belongs to. Status defaults to pending, page to 1."""
-        status = next((a for a in args if not a.isdigit()), "pending")
+        words = " ".join(a for a in args if not a.isdigit())
+        status = status_from_words(words) if words else "pending"
         page = next((int(a) for a in args if a.isdigit()), 1)
         place = self.place(service, channel)
-        if place.store is None and place.creator is not None:
-            return await self.tasks.records.creator_list_text(place.creator, status, page), keys.creator_tag(
-                place.creator.id
-            )
-        if place.store is None:
+        owner = place.store or place.creator
+        if owner is None:
             return t(DEFAULT_LOCALE, "stats.unknown_channel"), keys.NO_ENDPOINT_TAG
-        text = await self.tasks.records.list_text(place.store, status, place.store.locale, page)
-        return text, keys.store_tag(place.store.id)
+        tag = keys.store_tag(owner.id) if isinstance(owner, Store) else keys.creator_tag(owner.id)
+        if status is None:  # never a list of something else, read as the one asked for
+            return t(owner.locale, "task.list.unknown_status", words=words,
+                     statuses=list_status_words(owner.locale)), tag  # fmt: skip
+        if isinstance(owner, Creator):
+            return await self.tasks.records.creator_list_text(owner, status, page), tag
+        return await self.tasks.records.list_text(owner, status, owner.locale, page), tag
 
     def help_text(self, service: str, channel: str, commands: Mapping[str, str]) -> tuple[str, str]:
         """What the bridge does in this place and how to use it, for someone who asks (a bot's
@@ -333,7 +337,7 @@ class InboundRouter:
             lines.append(t(loc, "help.tasks", limit=COMMENTS_PER_SIDE))
         if place.creator is not None:
             lines.append(t(loc, "help.creator", limit=COMMENTS_PER_SIDE))
-        lines.append(t(loc, "help.command.tasks", command=commands["tasks"]))
+        lines.append(t(loc, "help.command.tasks", command=commands["tasks"], statuses=list_status_words(loc)))
         if place.store is not None:
             lines.append(t(loc, "help.command.stats", command=commands["stats"], periods="|".join(PERIODS)))
         lines.append(t(loc, "help.command.help", command=commands["help"]))

@@ -3,6 +3,7 @@ store's, a creator's across stores) and the export. Reads only; the flow writes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -14,7 +15,7 @@ from redis.asyncio import Redis
 from bridge.archive.store import Archive
 from bridge.config import BridgeConfig, Creator, Store
 from bridge.engine import keys
-from bridge.i18n import t
+from bridge.i18n import LOCALES, t
 
 STATUSES = ("pending", "resolved", "unresolvable", "timed_out")
 
@@ -110,3 +111,35 @@ def outcome(task: dict[str, str]) -> dict[str, Any]:
 def status_name(locale: str, status: str) -> str:
     """``task.status.*`` without its deadline part: ⏳ 待处理, ✅ 已解决, …"""
     return t(locale, f"task.status.{status}", deadline="").split(" · ")[0]
+
+
+LIST_STATUSES = (*STATUSES, "all")
+
+
+def list_status_name(locale: str, status: str) -> str:
+    """A status a list can show (``all`` too), as people read it."""
+    return t(locale, "task.status.all") if status == "all" else status_name(locale, status)
+
+
+def list_status_words(locale: str) -> str:
+    """The statuses a list can be asked for, as they are written after ``/tasks``."""
+    return "|".join(_bare(list_status_name(locale, status)) for status in LIST_STATUSES)
+
+
+def status_from_words(words: str) -> str | None:
+    """The list status someone asked for: its id (``timed_out``) or its name in either language
+    (已解决, Cannot be resolved), whatever the case, spacing or emoji; None when it is none of them."""
+    asked = _plain(words)
+    for status in LIST_STATUSES:
+        if asked == _plain(status) or any(asked == _plain(list_status_name(loc, status)) for loc in LOCALES):
+            return status
+    return None
+
+
+def _bare(name: str) -> str:
+    """A status's name without its emoji and its gloss in the other language: 超时完结, Timed out."""
+    return re.sub(r"^\W+", "", re.sub(r"\s*\(.*\)$", "", name))
+
+
+def _plain(name: str) -> str:
+    return "".join(ch for ch in _bare(name) if ch.isalnum()).casefold()

@@ -184,6 +184,24 @@ async def test_tasks_listed_by_status_in_slack_and_telegram(stack: Stack) -> Non
     assert first in stack.telegram.by_bot(CREATOR_CHAT)[-1].text
 
 
+async def test_a_status_is_asked_for_by_its_name_as_the_list_shows_it_and_a_wrong_one_is_said_to_be(
+    stack: Stack,
+) -> None:
+    """People type the status as the list and the cards write it (已解决), not only its id."""
+    tid = await raise_task(stack)
+    await stack.sandbox.process_on_platform(tid, "unresolvable", "买家已申请退款，不再补发")
+    await stack.settle()
+    for words in ("无法解决", "unresolvable", "Cannot be resolved", "⚠️ 无法解决"):
+        answer = await stack.slash_command(MAIN, TASKS, "/tasks", words)
+        assert answer.startswith("任务单（⚠️ 无法解决）：1 条") and tid in answer, words
+    assert (await stack.slash_command(MAIN, TASKS, "/tasks", "已解决")).startswith("任务单（✅ 已解决）：0 条")
+    wrong = await stack.slash_command(MAIN, TASKS, "/tasks", "done 2")
+    assert wrong == "没有“done”这个状态。可选：待处理|已解决|无法解决|超时完结|全部（例如 /tasks 已解决 2）。"
+    await stack.telegram.user_message(CREATOR_CHAT, CREATOR_CHAT, "/tasks 全部")
+    await stack.settle()
+    assert stack.telegram.by_bot(CREATOR_CHAT)[-1].text.startswith("任务单（全部）：1 条")
+
+
 async def test_telegram_webhook_checks_its_secret_and_handles_an_update_once(stack: Stack) -> None:
     update = {"update_id": 424242, "message": {"message_id": 1, "date": 0, "chat": {"id": 7001, "type": "private"},
               "from": {"id": 7001, "is_bot": False, "first_name": "c"}, "text": "/tasks"}}  # fmt: skip
