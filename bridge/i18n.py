@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterable
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -25,3 +27,23 @@ def t(locale: str, key: str, **values: Any) -> str:
     """The text for ``key`` in ``locale`` (zh-CN when the locale has none), with values filled in."""
     entry = catalogue()[key]
     return entry.get(locale, entry[DEFAULT_LOCALE]).format(**values)
+
+
+def bare_name(name: str) -> str:
+    """A name as it is typed: without its leading emoji and its gloss in the other language in
+    parentheses (⌛ Timed out (超时完结) → Timed out)."""
+    return re.sub(r"^\W+", "", re.sub(r"\s*\(.*\)$", "", name))
+
+
+def named(words: str, choices: Iterable[str], name: Callable[[str, str], str]) -> str | None:
+    """The choice someone typed (``words``): its id or its ``name(locale, choice)`` in any locale,
+    whatever the case, spacing or emoji; None when it is none of them."""
+
+    def typed(text: str) -> str:
+        return "".join(ch for ch in bare_name(text) if ch.isalnum()).casefold()
+
+    asked = typed(words)
+    for choice in choices:
+        if asked == typed(choice) or any(asked == typed(name(loc, choice)) for loc in LOCALES):
+            return choice
+    return None

@@ -26,7 +26,7 @@ from bridge.flows.statistics import PERIODS, stats_text
 from bridge.flows.task_records import list_status_words, status_from_words
 from bridge.flows.tasks import TaskFlow
 from bridge.flows.views import Actor, ReplyMedia, react, tell
-from bridge.i18n import DEFAULT_LOCALE, LOCALES, t
+from bridge.i18n import DEFAULT_LOCALE, LOCALES, named, t
 from rules.comments import COMMENTS_PER_SIDE, comment_content_refusal
 
 
@@ -351,6 +351,10 @@ class InboundRouter:
         store = place.chat_store or place.task_store
         if store is None:
             return t(DEFAULT_LOCALE, "stats.unknown_channel"), keys.NO_ENDPOINT_TAG
-        period = next((a for a in args if a in PERIODS), "today")
+        words = " ".join(args)
+        period = named(words, PERIODS, lambda loc, p: t(loc, f"stats.period.{p}")) if words else "today"
+        if period is None:  # never the figures of another period, read as the ones asked for
+            periods = "|".join(PERIODS)
+            return t(store.locale, "stats.unknown_period", words=words, periods=periods), keys.store_tag(store.id)
         now = datetime.fromtimestamp(self.chats.clock.now(), UTC)
         return await stats_text(self.tasks.records.archive, store, period, now), keys.store_tag(store.id)

@@ -3,7 +3,6 @@ store's, a creator's across stores) and the export. Reads only; the flow writes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -15,7 +14,7 @@ from redis.asyncio import Redis
 from bridge.archive.store import Archive
 from bridge.config import BridgeConfig, Creator, Store
 from bridge.engine import keys
-from bridge.i18n import LOCALES, t
+from bridge.i18n import bare_name, named, t
 
 STATUSES = ("pending", "resolved", "unresolvable", "timed_out")
 
@@ -123,23 +122,10 @@ def list_status_name(locale: str, status: str) -> str:
 
 def list_status_words(locale: str) -> str:
     """The statuses a list can be asked for, as they are written after ``/tasks``."""
-    return "|".join(_bare(list_status_name(locale, status)) for status in LIST_STATUSES)
+    return "|".join(bare_name(list_status_name(locale, status)) for status in LIST_STATUSES)
 
 
 def status_from_words(words: str) -> str | None:
     """The list status someone asked for: its id (``timed_out``) or its name in either language
     (已解决, Cannot be resolved), whatever the case, spacing or emoji; None when it is none of them."""
-    asked = _plain(words)
-    for status in LIST_STATUSES:
-        if asked == _plain(status) or any(asked == _plain(list_status_name(loc, status)) for loc in LOCALES):
-            return status
-    return None
-
-
-def _bare(name: str) -> str:
-    """A status's name without its emoji and its gloss in the other language: 超时完结, Timed out."""
-    return re.sub(r"^\W+", "", re.sub(r"\s*\(.*\)$", "", name))
-
-
-def _plain(name: str) -> str:
-    return "".join(ch for ch in _bare(name) if ch.isalnum()).casefold()
+    return named(words, LIST_STATUSES, list_status_name)
