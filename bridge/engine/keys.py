@@ -358,6 +358,16 @@ def task_evidence(tag: str, task_id: str) -> str:
     return f"{tag}:task-evidence:{task_id}"
 
 
+def task_draft(tag: str, task_id: str, user: str) -> str:
+    """STRING: the solution a person wrote in a processing form whose evidence was refused after the
+    form had closed (a modal's files are read once it is submitted); the form opens with it again.
+    Expires after ``DRAFT_SECONDS``."""
+    return f"{tag}:task-draft:{task_id}:{user}"
+
+
+DRAFT_SECONDS = 3600
+
+
 def task_resolve(tag: str, task_id: str, user: str) -> str:
     """HASH: a guided resolve conversation (for destinations without modals) of one person on one
     task order: result, step, solution, files (JSON). Expires an hour after the last step; nothing is

@@ -447,6 +447,15 @@ class TaskFlow:
             orjson.loads(raw) for raw in await self.redis.lrange(keys.task_files(keys.store_tag(store.id), tid), 0, -1)
         ]
 
+    async def keep_draft(self, store: Store, tid: str, user: str, solution: str) -> None:
+        """What ``user`` wrote as the solution of a processing that was refused after its form closed,
+        to fill the form in when they open it again."""
+        key = keys.task_draft(keys.store_tag(store.id), tid, user)
+        await self.redis.set(key, solution, ex=keys.DRAFT_SECONDS)
+
+    async def draft(self, store: Store, tid: str, user: str) -> str:
+        return str(await self.redis.get(keys.task_draft(keys.store_tag(store.id), tid, user)) or "")
+
     async def status_of(self, store: Store, tid: str) -> str:
         return str(await self.redis.hget(keys.task(keys.store_tag(store.id), tid), "status") or "")
 

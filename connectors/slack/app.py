@@ -304,6 +304,7 @@ class SlackConnector:
             return
         action = body["actions"][0]
         tid, result = action.get("value", ""), "resolved" if action["action_id"] == "task_resolve" else "unresolvable"
+        draft = await self.tasks.draft(store, tid, actor.user)
         loc = store.locale
         title = t(loc, f"task.button.{'resolve' if result == 'resolved' else 'unresolvable'}")
         view = {
@@ -317,7 +318,8 @@ class SlackConnector:
                 {"type": "section", "text": {"type": "mrkdwn", "text": f"*{title}* · {escaped(tid)}"}},
                 {"type": "input", "block_id": "solution",
                  "label": {"type": "plain_text", "text": t(loc, "task.process.solution")},
-                 "element": {"type": "plain_text_input", "action_id": "solution", "multiline": True}},
+                 "element": {"type": "plain_text_input", "action_id": "solution", "multiline": True}
+                             | ({"initial_value": draft} if draft else {})},
                 {"type": "input", "block_id": "confirm", "optional": True, "label": {"type": "plain_text", "text": " "},
                  "element": {"type": "checkboxes", "action_id": "confirm", "options": [
                      {"text": {"type": "plain_text", "text": t(loc, "task.process.confirm")}, "value": "yes"}]}},
@@ -385,6 +387,7 @@ class SlackConnector:
         files = values.files + await self.tasks.thread_files(store, tid)
         refused = await self._evidence_errors(loc, files)
         if refused:
+            await self.tasks.keep_draft(store, tid, user, values.solution)  # the form, opened again, has it
             text = t(loc, "task.process.refused", task_id=tid, problems=refused)
             await self.chats.tell_privately(store, actor, text, f"evidence-refused:{view.get('id')}")
             return

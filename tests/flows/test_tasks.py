@@ -383,8 +383,8 @@ def errors_of(answer: tuple[int, str]) -> dict[str, str]:
     return errors
 
 
-async def open_modal(stack: Stack, tid: str, action: str = "task_resolve") -> dict:  # type: ignore[type-arg]
-    assert await stack.slack.block_action(MAIN, TASKS, card(stack).ts, action, tid) == 200
+async def open_modal(stack: Stack, tid: str, action: str = "task_resolve", user: str = MAIN) -> dict:  # type: ignore[type-arg]
+    assert await stack.slack.block_action(user, TASKS, card(stack).ts, action, tid) == 200
     return stack.slack.views[-1]
 
 
@@ -496,6 +496,12 @@ async def test_bad_evidence_is_refused_by_name_before_anything_is_sent(stack: St
         and stack.sandbox.received("POST", f"/task-orders/{tid}/process") == []
     )
     assert await stack.redis.hget(keys.task(TAG, tid), "status") == "pending"
+    assert refusal["text"].endswith("请重新点按钮处理，已写的方案会自动填好。")
+    again = await open_modal(stack, tid)
+    solution = next(b for b in again["blocks"] if b.get("block_id") == "solution")
+    assert solution["element"]["initial_value"] == good, "what they wrote is not lost"
+    assert "initial_value" not in next(b for b in (await open_modal(stack, tid, user="U0AGENTA"))["blocks"]
+                                       if b.get("block_id") == "solution"), "only for its author"  # fmt: skip
 
 
 async def test_a_submission_is_handled_once_after_the_ack_even_when_slack_files_are_down(stack: Stack) -> None:
