@@ -454,6 +454,14 @@ class TelegramEmulator(LocalServer):
             wire["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
         return m, await self._send({"update_id": next(self._updates), "message": wire})
 
+    async def member_joins(self, user: int, chat_id: int) -> int:
+        """Someone joins a group: Telegram sends a service message from them, with no text, that
+        lists the new members; returns the bridge's status."""
+        m = TgMessage(chat_id, next(self._ids), user, "", sent_at=self.clock.now())
+        self.messages.append(m)
+        wire = self._wire(m) | {"new_chat_members": [{"id": user, "is_bot": False, "first_name": f"user{user}"}]}
+        return await self._send({"update_id": next(self._updates), "message": wire})
+
     def bot_message(self, bot: int, chat_id: int, text: str) -> TgMessage:
         """Another bot in the chat writes. Telegram delivers no bot's messages to other bots, so the
         bridge sees it only when a person replies to it."""

@@ -227,6 +227,8 @@ class TelegramConnector:
         m = update.effective_message
         if m is None or m.from_user is None or m.from_user.is_bot:
             return None
+        if not (m.text or m.caption or m.effective_attachment):
+            return None  # a service message (someone joined, a message pinned): nobody wrote it
         media = []
         if m.photo:
             biggest = m.photo[-1]

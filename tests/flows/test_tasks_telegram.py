@@ -292,3 +292,13 @@ async def test_start_and_help_say_what_the_bot_does_here_and_an_unknown_chat_its
     assert "/stats [today|7d|30d]: response statistics" in group and "/help: this help" in group
     unknown = stack.telegram.by_bot(424242)[-1].text
     assert "把 telegram:424242 交给桥的管理员" in unknown and "Give telegram:424242 to the bridge's operator" in unknown
+
+
+async def test_a_member_joining_the_group_is_not_told_anything(stack: Stack) -> None:
+    """Telegram's service messages (someone joined, a message pinned) are nobody's words: not a
+    reply, not a comment, and nothing to refuse."""
+    await raise_task(stack)
+    before = len(stack.telegram.by_bot(GROUP))
+    assert await stack.telegram.member_joins(1002009, GROUP) == 200
+    await stack.settle()
+    assert len(stack.telegram.by_bot(GROUP)) == before
