@@ -205,8 +205,11 @@ class TelegramConnector:
         if update.edited_message is not None:
             inbound = replace(inbound, edited=True)
         if inbound.text.startswith("/") and inbound.callback is None:
-            name, *args = inbound.text[1:].split()
-            command = self.commands.get(name.split("@", 1)[0])
+            name, *args = inbound.text[1:].split() or [""]
+            name, _, addressee = name.partition("@")
+            if addressee and addressee.casefold() != (self.bot.username or "").casefold():
+                return  # a command for another bot in the group (/help@other_bot): none of ours
+            command = self.commands.get(name)
             if command is not None:
                 answer = await command(inbound, args)
                 await self.queue_reply(inbound, answer, f"cmd:{inbound.chat}:{inbound.message}")

@@ -292,6 +292,12 @@ async def test_start_and_help_say_what_the_bot_does_here_and_an_unknown_chat_its
     assert "/stats [today|7d|30d]: response statistics" in group and "/help: this help" in group
     unknown = stack.telegram.by_bot(424242)[-1].text
     assert "把 telegram:424242 交给桥的管理员" in unknown and "Give telegram:424242 to the bridge's operator" in unknown
+    before = len(stack.telegram.by_bot(GROUP))
+    await stack.telegram.user_message(OWNER, GROUP, "/help@other_bot")  # another bot's, in the same group
+    await stack.telegram.user_message(OWNER, GROUP, "/")
+    await stack.settle()
+    assert len(stack.telegram.by_bot(GROUP)) == before, "neither is a command of ours"
+    assert stack.bridge.consumer.next_retry_at() is None, "nothing failed to be tried again"
 
 
 async def test_a_member_joining_the_group_is_not_told_anything(stack: Stack) -> None:
