@@ -26,7 +26,7 @@ from bridge.flows.statistics import PERIODS, stats_text
 from bridge.flows.task_records import list_status_words, status_from_words
 from bridge.flows.tasks import TaskFlow
 from bridge.flows.views import Actor, ReplyMedia, react, tell
-from bridge.i18n import DEFAULT_LOCALE, LOCALES, named, t
+from bridge.i18n import LOCALES, named, t
 from rules.comments import COMMENTS_PER_SIDE, comment_content_refusal
 
 
@@ -307,7 +307,7 @@ class InboundRouter:
         place = self.place(service, channel)
         owner = place.store or place.creator
         if owner is None:
-            return t(DEFAULT_LOCALE, "stats.unknown_channel"), keys.NO_ENDPOINT_TAG
+            return self._unknown_place(service, channel), keys.NO_ENDPOINT_TAG
         tag = keys.store_tag(owner.id) if isinstance(owner, Store) else keys.creator_tag(owner.id)
         if status is None:  # never a list of something else, read as the one asked for
             return t(owner.locale, "task.list.unknown_status", words=words,
@@ -320,13 +320,12 @@ class InboundRouter:
         """What the bridge does in this place and how to use it, for someone who asks (a bot's
         /start or /help). ``commands`` are how the destination writes the task list, the statistics
         and the help (``tasks``, ``stats``, ``help``). A place the configuration does not name is told
-        its own id, which is what the operator needs to connect it; no one's language is known
-        there, so it is said in each. Returned with the tag the answer belongs to."""
+        its own id, which is what the operator needs to connect it. Returned with the tag the answer
+        belongs to."""
         place = self.place(service, channel)
         owner = place.store or place.creator
         if owner is None:
-            unknown = "\n".join(t(loc, "help.unknown", destination=f"{service}:{channel}") for loc in LOCALES)
-            return unknown, keys.NO_ENDPOINT_TAG
+            return self._unknown_place(service, channel), keys.NO_ENDPOINT_TAG
         loc = owner.locale
         lines = [t(loc, "help.title", name=owner.name)]
         if place.chat_store is not None:
@@ -344,13 +343,19 @@ class InboundRouter:
         tag = keys.store_tag(owner.id) if isinstance(owner, Store) else keys.creator_tag(owner.id)
         return "\n".join(lines), tag
 
+    @staticmethod
+    def _unknown_place(service: str, channel: str) -> str:
+        """What a place no configuration names is told: its id, for the operator. No one's language
+        is known there, so it is said in each."""
+        return "\n".join(t(loc, "help.unknown", destination=f"{service}:{channel}") for loc in LOCALES)
+
     async def stats(self, service: str, channel: str, args: Sequence[str] = ()) -> tuple[str, str]:
         """``stats [today|7d|30d]``: response figures of the store whose chats or task orders this
         place holds (A9), from the archive, and the answer's tag. The period defaults to today."""
         place = self.place(service, channel)
         store = place.chat_store or place.task_store
         if store is None:
-            return t(DEFAULT_LOCALE, "stats.unknown_channel"), keys.NO_ENDPOINT_TAG
+            return self._unknown_place(service, channel), keys.NO_ENDPOINT_TAG
         words = " ".join(args)
         period = named(words, PERIODS, lambda loc, p: t(loc, f"stats.period.{p}")) if words else "today"
         if period is None:  # never the figures of another period, read as the ones asked for

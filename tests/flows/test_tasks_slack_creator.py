@@ -90,3 +90,5 @@ async def test_feige_help_says_what_the_bridge_does_in_the_channel(stack: Stack)
     assert "/feige stats [today|7d|30d]：响应统计" in tasks
     unknown = await stack.slash_command("U0SOMEONE", "C0ELSEWHERE", "/feige", "help")
     assert "Give slack:C0ELSEWHERE to the bridge's operator" in unknown
+    for command, text in (("/feige", "stats"), ("/tasks", "")):
+        assert await stack.slash_command("U0SOMEONE", "C0ELSEWHERE", command, text) == unknown, "the same, with the id"
