@@ -253,6 +253,19 @@ def _stores(path: Path, store_id: str | None) -> list[Store] | None:
     return stores
 
 
+def _flat(record: dict[str, object]) -> dict[str, object]:
+    """A record as spreadsheet columns: a small object (a task order's creator, its product) spread
+    over a column per field (``creator_id``, ``creator_name``), so it can be sorted and filtered;
+    lists (comments, the log) as JSON in one cell."""
+    flat: dict[str, object] = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and all(isinstance(v, str | int | float) for v in value.values()):
+            flat |= {f"{key}_{field}": v for field, v in value.items()}
+        else:
+            flat[key] = value if isinstance(value, str | int | float) else json.dumps(value, ensure_ascii=False)
+    return flat
+
+
 def _day_bounds(store: Store, since: date | None, until: date | None) -> tuple[datetime | None, datetime | None]:
     """Two days in the store's time zone, both included, as [start, end) moments."""
     from bridge.flows.statistics import day_start
@@ -318,8 +331,7 @@ def export(
 
     records = asyncio.run(_on_archive(rows))
     noun = "task order(s)" if what == "tasks" else "chat(s)"
-    flat = [{k: v if isinstance(v, str | int | float) else json.dumps(v, ensure_ascii=False) for k, v in r.items()}
-            for r in records]  # fmt: skip
+    flat = [_flat(record) for record in records]
     fields = list(dict.fromkeys(k for r in flat for k in r))
     if fmt == "xlsx":
         from openpyxl import Workbook

@@ -28,6 +28,7 @@ async def task_export(
             task["data"]
             | {k: task[k] for k in _OUTCOME_FIELDS}
             | {
+                "created_at": _local(task["created_at"], tz),  # the platform's own offset: this store's zone
                 "deadline_at": _local(task["deadline_at"], tz),
                 "deadline_basis": task["deadline_basis"],
                 "finished_at": _local(task["finished_at"], tz),

@@ -263,6 +263,8 @@ async def test_export_writes_every_task_order(stack: Stack, redis_url: str, tmp_
     assert proc.returncode == 0 and len(lines) == 2
     row = json.loads(lines[0])
     assert row["task_id"] == first and row["status"] == "pending" and row["store"] == "1001"
+    assert row["created_at"].endswith("+08:00"), "in the store's zone, whatever offset the platform wrote"
+    assert row["creator"] == {"id": "c-7001", "name": "达人 小美 Xiaomei"}, "JSON keeps the object"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bridge", "export", "tasks", "--config", str(EXAMPLE_CONFIG),
         "--format", "csv", "--out", str(out), env=env,
@@ -270,6 +272,8 @@ async def test_export_writes_every_task_order(stack: Stack, redis_url: str, tmp_
     assert await proc.wait() == 0
     rows = list(csv.DictReader(out.read_text(encoding="utf-8").splitlines()))
     assert len(rows) == 2 and rows[0]["issue_type"] == "物流问题 Logistics"
+    assert (rows[0]["creator_id"], rows[0]["creator_name"]) == ("c-7001", "达人 小美 Xiaomei"), "a column a field"
+    assert rows[0]["product_name"] and "creator" not in rows[0]
     created = datetime.fromtimestamp(stack.clock.now(), SH).date()  # type: ignore[union-attr]
     sheet = tmp_path / "tasks.xlsx"
     proc = await asyncio.create_subprocess_exec(
