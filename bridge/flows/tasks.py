@@ -621,7 +621,7 @@ class TaskFlow:
             fields.append((t(loc, "task.explanation"), order.explanation_message))
         buttons = [
             {"label": t(loc, "task.button.contact_buyer"), "url": order.buyer_chat_url},
-            {"label": t(loc, "task.button.share"), "url": order.share_url},
+            {"label": t(loc, "task.button.share"), "url": order.share_url, "copy": True},
             _action(t(loc, "task.button.log"), "task_log", "log", tid),
         ]
         if status == "pending":
@@ -657,7 +657,7 @@ class TaskFlow:
             "deadline_date": True,
             "timezone": creator.timezone,
             "buttons": [
-                {"label": t(loc, "task.button.share"), "url": order.share_url},
+                {"label": t(loc, "task.button.share"), "url": order.share_url, "copy": True},
                 _action(t(loc, "task.button.log"), "task_log", "log", order.task_id),
             ],
         }

@@ -9,9 +9,12 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+from telegram import CopyTextButton, InlineKeyboardButton, InlineKeyboardMarkup
 
 from bridge.i18n import DEFAULT_LOCALE, t
+
+COPY_TEXT_MAX = 256
+"""The longest text a copy button may hold; a longer link is a link button."""
 
 
 def _people(view: dict[str, Any]) -> str:
@@ -38,7 +41,10 @@ def _fill(text: str, view: dict[str, Any]) -> str:
 def _keyboard(buttons: list[dict[str, str]]) -> InlineKeyboardMarkup | None:
     row = []
     for b in buttons:
-        if b.get("url"):
+        if b.get("copy") and len(b["url"]) <= COPY_TEXT_MAX:
+            # B3's "copy share link": Telegram copies it to the clipboard, to paste in any IM.
+            row.append(InlineKeyboardButton(b["label"], copy_text=CopyTextButton(b["url"])))
+        elif b.get("url"):
             row.append(InlineKeyboardButton(b["label"], url=b["url"]))
         elif b.get("short"):
             data = f"{b['short']}:{b.get('value', '')}"[:64]  # Telegram allows 64 bytes of callback data

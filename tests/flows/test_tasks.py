@@ -62,7 +62,8 @@ async def test_merchant_card_leads_with_the_issue_type_and_creator_gets_a_confir
     confirm = confirmation(stack)
     assert tid in confirm.text and "截止" in confirm.text
     keyboard = confirm.reply_markup["inline_keyboard"][0]
-    assert keyboard[0]["url"].startswith("https://fxg.example/task/") and keyboard[1]["callback_data"] == f"log:{tid}"
+    share = keyboard[0]["copy_text"]["text"]  # B3's "copy share link": Telegram copies it to the clipboard
+    assert share.startswith("https://fxg.example/task/") and keyboard[1]["callback_data"] == f"log:{tid}"
 
 
 async def test_a_long_story_from_the_consumer_arrives_whole_and_as_written(stack: Stack) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import re
+from typing import Any
 
 import aiohttp
 
@@ -27,7 +28,7 @@ async def raise_task(stack: Stack) -> tuple[str, TgMessage]:
     return tid, card
 
 
-def buttons(message: TgMessage) -> list[dict[str, str]]:
+def buttons(message: TgMessage) -> list[dict[str, Any]]:
     assert message.reply_markup is not None
     return [b for row in message.reply_markup["inline_keyboard"] for b in row]
 
@@ -67,7 +68,16 @@ async def test_card_has_the_six_buttons_and_leads_with_the_issue_type(stack: Sta
     labels = [b["text"] for b in buttons(card)]
     assert labels == ["Contact buyer", "Share link", "Log", "Comment", "Resolve", "Cannot resolve"]
     assert buttons(card)[0]["url"].startswith("https://im.example/buyer/")
+    assert buttons(card)[1]["copy_text"]["text"] == stack.sandbox.task_orders[tid].data["share_url"]
     assert [b.get("callback_data") for b in buttons(card)[2:]] == [f"log:{tid}", f"cm:{tid}", f"rs:{tid}", f"ur:{tid}"]
+
+
+async def test_a_share_link_too_long_to_copy_is_a_link_to_open(stack: Stack) -> None:
+    long_link = "https://fxg.example/task/share?token=" + "x" * 300
+    tid = await stack.sandbox.create_task_order("1002", "c-7001", share_url=long_link)
+    await stack.settle()
+    card = next(m for m in stack.telegram.by_bot(GROUP) if tid in m.text and m.reply_markup)
+    assert buttons(card)[1] == {"text": "Share link", "url": long_link}, "Telegram copies 256 characters at most"
 
 
 async def test_a_reply_to_the_card_is_the_merchants_comment(stack: Stack) -> None:
