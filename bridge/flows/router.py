@@ -28,6 +28,7 @@ from bridge.flows.tasks import TaskFlow
 from bridge.flows.views import Actor, ReplyMedia, react, tell
 from bridge.i18n import LOCALES, named, t
 from rules.comments import COMMENTS_PER_SIDE, comment_content_refusal
+from rules.permissions import Refusal, answer_refusal
 
 
 @dataclass(frozen=True)
@@ -316,16 +317,20 @@ class InboundRouter:
             return await self.tasks.records.creator_list_text(owner, status, page), tag
         return await self.tasks.records.list_text(owner, status, owner.locale, page), tag
 
-    def help_text(self, service: str, channel: str, commands: Mapping[str, str]) -> tuple[str, str]:
+    def help_text(self, actor: Actor, commands: Mapping[str, str]) -> tuple[str, str]:
         """What the bridge does in this place and how to use it, for someone who asks (a bot's
-        /start or /help). ``commands`` are how the destination writes the task list, the statistics
-        and the help (``tasks``, ``stats``, ``help``). A place the configuration does not name is told
-        its own id, which is what the operator needs to connect it. Returned with the tag the answer
-        belongs to."""
+        /start or /help), and who the bridge takes them for there: the agent, and whether they may
+        answer platform chats, or an account the configuration does not name. ``commands`` are how
+        the destination writes the task list, the statistics and the help (``tasks``, ``stats``,
+        ``help``). A place the configuration does not name is told its own id, which is what the
+        operator needs to connect it. Returned with the tag the answer belongs to."""
+        service, channel, user = actor.service, actor.channel, actor.user
         place = self.place(service, channel)
         owner = place.store or place.creator
         if owner is None:
-            return self._unknown_place(service, channel), keys.NO_ENDPOINT_TAG
+            unknown = self._unknown_place(service, channel)
+            mine = "\n".join(t(loc, "help.you.account", service=service, user=user) for loc in LOCALES)
+            return f"{unknown}\n{mine}", keys.NO_ENDPOINT_TAG
         loc = owner.locale
         lines = [t(loc, "help.title", name=owner.name)]
         if place.chat_store is not None:
@@ -340,8 +345,26 @@ class InboundRouter:
         if place.store is not None:
             lines.append(t(loc, "help.command.stats", command=commands["stats"], periods="|".join(PERIODS)))
         lines.append(t(loc, "help.command.help", command=commands["help"]))
+        if place.store is not None:
+            lines.append(self._who(place.store, place.chat_store, actor))
         tag = keys.store_tag(owner.id) if isinstance(owner, Store) else keys.creator_tag(owner.id)
         return "\n".join(lines), tag
+
+    @staticmethod
+    def _who(store: Store, chat_store: Store | None, actor: Actor) -> str:
+        """Who the bridge takes the asker for in a store's place, and what keeps them from answering
+        platform chats there (A2), in the words of the refusal they would get."""
+        loc, agent = store.locale, store.agent(actor.service, actor.user)
+        if agent is None:
+            return t(loc, "help.you.stranger", service=actor.service, user=actor.user)
+        you = t(loc, "help.you.agent", name=agent.name, user=actor.user)
+        if chat_store is None:
+            return you
+        refusal = answer_refusal(in_chat_thread=True, designated=agent in chat_store.designated,
+                                 im_permission=agent.im_permission, chat_open=True, has_content=True)  # fmt: skip
+        can = {None: "help.you.answers", Refusal.NOT_AGENT: "help.you.not_designated",
+               Refusal.NO_IM_PERMISSION: "help.you.no_im"}.get(refusal, "help.you.answers")  # fmt: skip
+        return f"{you}{t(loc, can)}"
 
     @staticmethod
     def _unknown_place(service: str, channel: str) -> str:

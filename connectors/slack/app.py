@@ -437,7 +437,8 @@ class SlackConnector:
         if subcommand == "stats":
             text, tag = await self.router.stats(SERVICE, channel, args)
         else:
-            text, tag = self.router.help_text(SERVICE, channel, SLASH_COMMANDS)
+            asker = Actor(SERVICE, command.get("user_id", ""), channel)
+            text, tag = self.router.help_text(asker, SLASH_COMMANDS)
         await self._answer(command, tag, text)
 
     async def _answer(self, command: dict[str, Any], tag: str, text: str) -> None:

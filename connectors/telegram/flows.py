@@ -63,7 +63,7 @@ def wire_telegram(connector: TelegramConnector, core: Core) -> None:
         return text
 
     async def help_text(inbound: TelegramInbound, args: list[str]) -> str:
-        text, _ = router.help_text(SERVICE, str(inbound.chat), {name: f"/{name}" for name in COMMANDS})
+        text, _ = router.help_text(inbound.actor(), {name: f"/{name}" for name in COMMANDS})
         return text
 
     connector.handlers.append(on_update)

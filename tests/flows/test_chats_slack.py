@@ -260,6 +260,19 @@ async def test_agent_without_im_permission_is_told_how_to_fix_it(redis: Redis, r
         [note] = s.slack.ephemerals
         assert "没有飞鸽 IM 权限" in note["text"] and "商家后台 → 店铺 → 子账号管理 → 账号管理" in note["text"]
         assert [m for m in s.sandbox.conversations[cid].messages if m["from"] == "merchant"] == []
+        help_b = await s.slash_command(AGENT_B, CHATS, "/feige", "help")
+        assert help_b.endswith("你是本店客服 客服 B（账号 U0AGENTB）。你的账号没有飞鸽 IM 权限，不能回复平台客服会话。"
+                               "主账号开通：商家后台 → 店铺 → 子账号管理 → 账号管理 → 开启 IM，保存。")  # fmt: skip
+
+
+async def test_feige_help_tells_each_person_who_the_bridge_takes_them_for(stack: Stack) -> None:
+    """Answering depends on being a designated agent with IM permission (A2): /feige help says where
+    someone stands, and gives a stranger the account id the operator needs."""
+    main = await stack.slash_command(MAIN, CHATS, "/feige", "help")
+    assert main.endswith("你是本店客服 店长 Li（账号 U0MAIN1001）。你可以回复平台客服会话。")
+    stranger = await stack.slash_command(STRANGER, CHATS, "/feige", "help")
+    assert stranger.endswith(f"你的 slack 账号 {STRANGER} 不是本店配置的客服：回复平台客服会话和处理任务单，"
+                             "需要店铺管理员把它写进 agents 的 accounts.slack。")  # fmt: skip
 
 
 async def test_an_agent_the_platform_says_lacks_im_permission_is_told_how_to_get_it(stack: Stack) -> None:

@@ -302,6 +302,8 @@ async def test_start_and_help_say_what_the_bot_does_here_and_an_unknown_chat_its
     assert "/stats [today|7d|30d]: response statistics" in group and "/help: this help" in group
     unknown = stack.telegram.by_bot(424242)[-1].text
     assert "把 telegram:424242 交给桥的管理员" in unknown and "Give telegram:424242 to the bridge's operator" in unknown
+    assert "你的 telegram 账号 ID：424242" in unknown and "Your telegram account id: 424242" in unknown
+    assert group.endswith("You are the store's agent Owner Wang (account 1002001). You may answer platform CS chats.")
     before = len(stack.telegram.by_bot(GROUP))
     await stack.telegram.user_message(OWNER, GROUP, "/help@other_bot")  # another bot's, in the same group
     await stack.telegram.user_message(OWNER, GROUP, "/")
