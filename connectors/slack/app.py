@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 CHANNEL_SPACING_SECONDS = 1.0
 POST_METADATA = "feige_bridge_post"  # message metadata naming the outbox job that posted it
 POST_ATTEMPT_SECONDS = 3600
-_IGNORED_SUBTYPES = {None, "file_share", "thread_broadcast"}
+_MESSAGE_SUBTYPES = {None, "file_share", "thread_broadcast"}  # what people write; the rest (joins, topics …) is not
 SERVICE = "slack"
 EVENT_KIND = "slack.event"  # a stored delivery (an event, a command, a click, a modal submission)
 SLASH_COMMANDS = {"tasks": "/tasks", "stats": "/feige stats", "help": "/feige help"}
@@ -239,7 +239,7 @@ class SlackConnector:
         if event.get("subtype") in ("message_changed", "message_deleted"):
             await self._on_change(event)
             return
-        if event.get("subtype") not in _IGNORED_SUBTYPES or event.get("bot_id") or not event.get("user"):
+        if event.get("subtype") not in _MESSAGE_SUBTYPES or event.get("bot_id") or not event.get("user"):
             return
         thread = event.get("thread_ts")
         in_thread = thread is not None and thread != event["ts"]
