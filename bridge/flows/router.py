@@ -49,6 +49,9 @@ class Inbound:
     """The destination says someone other than the bridge's bot (a person, another bot) wrote the
     message this one is threaded under (Slack's ``parent_user_id``, Telegram's
     ``reply_to_message.from``): it cannot be one of the bridge's own whose record is still to come."""
+    in_reply_chain: bool = False
+    """The destination threads by replies (a Telegram group without topics): a reply to this message
+    belongs to its thread, as a reply to any message of the bridge's there does."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ class InboundRouter:
         if parent is None and self._may_be_unrecorded(inbound, age):
             raise NotYetRecorded(f"thread {inbound.threaded_under[0]} not known yet",
                                  after=refs.unrecorded_parent_retry_seconds(age))  # fmt: skip
+        if parent is not None and owner is not None and inbound.in_reply_chain and actor.message:
+            # People answer each other in the chain too: a reply to this message is in the thread.
+            await refs.save_member(self.redis, _tag_of(owner), parent, actor.service, actor.channel, actor.message)
         if parent is not None and await self._is_note(owner, inbound):
             return True
         if parent is not None and parent.startswith("task:"):
@@ -248,9 +254,8 @@ class InboundRouter:
         if owner is None or problem is None:
             return
         actor = inbound.actor
-        tag = keys.store_tag(owner.id) if isinstance(owner, Store) else keys.creator_tag(owner.id)
         text = t(owner.locale, f"task.refuse.{problem}")
-        await tell(self.outbox, tag, actor, text, f"{problem}:{actor.channel}:{actor.message}")
+        await tell(self.outbox, _tag_of(owner), actor, text, f"{problem}:{actor.channel}:{actor.message}")
 
     # -- task-order buttons and commands -------------------------------------------------------------
 
@@ -309,7 +314,7 @@ class InboundRouter:
         owner = place.store or place.creator
         if owner is None:
             return self._unknown_place(service, channel), keys.NO_ENDPOINT_TAG
-        tag = keys.store_tag(owner.id) if isinstance(owner, Store) else keys.creator_tag(owner.id)
+        tag = _tag_of(owner)
         if status is None:  # never a list of something else, read as the one asked for
             return t(owner.locale, "task.list.unknown_status", words=words,
                      statuses=list_status_words(owner.locale)), tag  # fmt: skip
@@ -347,8 +352,7 @@ class InboundRouter:
         lines.append(t(loc, "help.command.help", command=commands["help"]))
         if place.store is not None:
             lines.append(self._who(place.store, place.chat_store, actor))
-        tag = keys.store_tag(owner.id) if isinstance(owner, Store) else keys.creator_tag(owner.id)
-        return "\n".join(lines), tag
+        return "\n".join(lines), _tag_of(owner)
 
     @staticmethod
     def _who(store: Store, chat_store: Store | None, actor: Actor) -> str:
@@ -386,3 +390,7 @@ class InboundRouter:
             return t(store.locale, "stats.unknown_period", words=words, periods=periods), keys.store_tag(store.id)
         now = datetime.fromtimestamp(self.chats.clock.now(), UTC)
         return await stats_text(self.tasks.records.archive, store, period, now), keys.store_tag(store.id)
+
+
+def _tag_of(owner: Store | Creator) -> str:
+    return keys.store_tag(owner.id) if isinstance(owner, Store) else keys.creator_tag(owner.id)

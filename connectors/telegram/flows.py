@@ -32,8 +32,8 @@ def wire_telegram(connector: TelegramConnector, core: Core) -> None:
             (f"topic:{inbound.thread}",) if inbound.thread is not None
             else (str(inbound.reply_to),) if inbound.reply_to is not None else ()
         )  # fmt: skip
-        message = Inbound(inbound.actor(), inbound.text, inbound.media, threaded_under,
-                          inbound.parent_written_at, inbound.parent_not_ours)  # fmt: skip
+        message = Inbound(inbound.actor(), inbound.text, inbound.media, threaded_under, inbound.parent_written_at,
+                          inbound.parent_not_ours, in_reply_chain=inbound.thread is None)  # fmt: skip
         if inbound.edited:  # the platform keeps what it was sent; Telegram does not say what that was
             return await router.changed(message, original=None)
         return await router.message(message)

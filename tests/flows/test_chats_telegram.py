@@ -325,3 +325,16 @@ async def test_the_outbox_records_a_telegram_send_without_waiting_for_the_spacin
         assert len([m for m in stack.telegram.by_bot(GROUP) if "6909" in m.text]) == 1
     finally:
         release.set()
+
+
+async def test_in_a_reply_chain_an_answer_to_a_colleagues_reply_is_in_the_chat(stack: Stack) -> None:
+    """Without topics a chat is the chain of replies under its header. People reply to each other's
+    messages there too (a follow-up to their own answer, a colleague adding to it): those are in
+    the chat, not messages outside any chat."""
+    cid, root = await open_chat(stack)
+    first, _ = await stack.telegram.user_message(OWNER, GROUP, "Yes, we can exchange it", reply_to=root)
+    await stack.settle()
+    await stack.telegram.user_message(OWNER, GROUP, "within 7 days", reply_to=first.message_id)
+    await stack.settle()
+    assert merchant_texts(stack, cid) == ["Yes, we can exchange it", "within 7 days"]
+    assert [m.text for m in stack.telegram.by_bot(GROUP) if m.text.startswith("Not forwarded")] == []

@@ -388,6 +388,39 @@ async def test_opening_a_chat_in_a_telegram_forum(stack: Stack, faults: RedisFau
     assert len(done["topics"]) == 1 and [in_topic for in_topic, text in done["posted"] if text] == [True]
 
 
+async def test_a_follow_up_to_ones_own_reply_in_a_telegram_reply_chain(stack: Stack, faults: RedisFaults) -> None:
+    """Without topics, a reply to a person's message in a chat's chain is in the chat: the first
+    reply is recorded as a member of the chain while it is handled, whatever fails, so the answer
+    to it reaches platform CS, once."""
+    stack.bridge.event_handlers["telegram.update"] = faults.wrap(stack.bridge.event_handlers["telegram.update"])
+    tg = stack.telegram
+
+    async def prepare() -> tuple[str, int]:
+        await reset_tasks(stack)
+        tg.forums.discard(GROUP)
+        cid = await stack.sandbox.open_chat("1002", {"type": "text", "text": "Can the buyer change the size?"})
+        await stack.settle()
+        return cid, tg.by_bot(GROUP)[-1].message_id
+
+    async def step(subject: tuple[str, int]) -> None:
+        first, _ = await tg.user_message(1002001, GROUP, "Yes, within 7 days", reply_to=subject[1])
+        await settle(stack)
+        await tg.user_message(1002001, GROUP, "the buyer pays the postage", reply_to=first.message_id)
+        await settle(stack)
+
+    async def state(subject: tuple[str, int]) -> dict[str, Any]:
+        conversation = stack.sandbox.conversations[subject[0]]
+        return {
+            "sent": [m["content"].get("text") for m in conversation.messages if m["from"] == "merchant"],
+            "told": [m.text for m in tg.by_bot(GROUP) if m.reply_to is not None],
+            "dead": await stack.bridge.outbox.dead_letters(STORE_1002),
+        }
+
+    tried, done = await each_failure(stack, faults, prepare, step, state)
+    assert tried >= 4
+    assert done["sent"] == ["Yes, within 7 days", "the buyer pays the postage"] and done["told"] == []
+
+
 async def platform_cs_writes_again(
     stack: Stack, faults: RedisFaults, before: Callable[[str, str], Awaitable[object]]
 ) -> dict[str, Any]:

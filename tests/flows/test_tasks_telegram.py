@@ -320,3 +320,15 @@ async def test_a_member_joining_the_group_is_not_told_anything(stack: Stack) -> 
     assert await stack.telegram.member_joins(1002009, GROUP) == 200
     await stack.settle()
     assert len(stack.telegram.by_bot(GROUP)) == before
+
+
+async def test_a_creators_reply_to_their_own_comment_is_a_comment_too(stack: Stack) -> None:
+    tid, _ = await raise_task(stack)
+    confirmation = stack.telegram.by_bot(CREATOR_CHAT)[-1]
+    first, _ = await stack.telegram.user_message(
+        CREATOR_CHAT, CREATOR_CHAT, "买家在等", reply_to=confirmation.message_id
+    )
+    await stack.settle()
+    await stack.telegram.user_message(CREATOR_CHAT, CREATOR_CHAT, "他要顺丰单号", reply_to=first.message_id)
+    await stack.settle()
+    assert [c["text"] for c in stack.sandbox.task_orders[tid].comments] == ["买家在等", "他要顺丰单号"]
