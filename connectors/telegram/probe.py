@@ -28,7 +28,10 @@ async def _probe(bot: Bot, config: BridgeConfig) -> list[Problem]:
             chat = await bot.get_chat(int(target))
             member = await bot.get_chat_member(int(target), bot.id) if int(target) < 0 else None
         except (TelegramError, ValueError) as exc:
-            problems.append(Problem(path, f"chat {target}: {exc} (has the bot been added, is the id right?)"))
+            # A bot may write to a person only after they opened it and tapped Start.
+            hint = "has the bot been added, is the id right?" if target.startswith("-") else (
+                "has that person opened the bot and tapped Start? Its answer shows the id")  # fmt: skip
+            problems.append(Problem(path, f"chat {target}: {exc} ({hint})"))
             continue
         if member is None:
             continue

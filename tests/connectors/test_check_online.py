@@ -63,8 +63,8 @@ async def test_every_unusable_target_is_named_with_its_path(
         "with Manage topics, so each chat and task order gets its own topic",
         f"error: store 1002 (stores[1]): destinations.task_orders: group {GROUP} has topics: make the bot an admin "
         "with Manage topics, so each chat and task order gets its own topic",
-        "error: creator c-7001 (creators[0]): destination: chat 7001: Chat not found (has the bot been added, is the "
-        "id right?)",
+        "error: creator c-7001 (creators[0]): destination: chat 7001: Chat not found (has that person opened the "
+        "bot and tapped Start? Its answer shows the id)",
     ]
 
 
