@@ -434,7 +434,7 @@ class SlackConnector:
         await ack()
         subcommand, *args = (command.get("text") or "").split() or [""]  # "/feige stats 7d"
         channel = command.get("channel_id", "")
-        if subcommand == "stats":
+        if subcommand.casefold() == "stats":
             text, tag = await self.router.stats(SERVICE, channel, args)
         else:
             asker = Actor(SERVICE, command.get("user_id", ""), channel)

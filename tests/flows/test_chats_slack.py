@@ -613,7 +613,7 @@ async def test_stats_on_demand_and_metrics(stack: Stack) -> None:
 async def test_a_period_is_asked_for_by_its_name_too_and_a_wrong_one_is_said_to_be(stack: Stack) -> None:
     """``近 7 天`` is the period the answer's title names; ``week`` is no period, and gets the
     choices, never today's figures under a title that says today."""
-    answer = await stack.slash_command(MAIN, CHATS, "/feige", "stats 近 7 天")
+    answer = await stack.slash_command(MAIN, CHATS, "/feige", "Stats 近 7 天")
     assert answer.startswith("📊 示例旗舰店 Demo Flagship Store 平台客服响应统计 · 近 7 天"), answer
     wrong = await stack.slash_command(MAIN, CHATS, "/feige", "stats week")
     assert wrong == "没有“week”这个时段。可选：today|7d|30d（今天、近 7 天、近 30 天）。"
