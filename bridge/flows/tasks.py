@@ -307,7 +307,8 @@ class TaskFlow:
         creator = self.config.creator(task.get("creator", ""))
         if creator is not None:
             left = _left(creator.locale, seconds_left)
-            creator_text = t(creator.locale, "task.reminder", task_id=tid, left=left, deadline="{deadline}")
+            # The creator has nothing to do: it says whose the time is (the merchant's).
+            creator_text = t(creator.locale, "task.reminder.creator", task_id=tid, left=left, deadline="{deadline}")
             await self._to_creator(creator, store.id, tid, f"remind-{seconds_left}", "post",
                                    view | {"text": creator_text, "timezone": creator.timezone})  # fmt: skip
         await self._log(keys.store_tag(store.id), tid, "reminder_sent", "bridge", "bridge",

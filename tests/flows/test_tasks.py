@@ -147,7 +147,8 @@ async def test_reminders_then_timeout_tell_both_sides_and_stop_comments(stack: S
     await stack.advance_to(deadline - 1800)
     # The bot sends a message per 1/30 s: of the reminders falling due together, one goes 37 ms later.
     await stack.settle(horizon=0.1)
-    assert "还剩 30 分钟" in stack.telegram.by_bot(CREATOR_CHAT)[-1].text
+    told = stack.telegram.by_bot(CREATOR_CHAT)[-1].text
+    assert "商家还有 30 分钟" in told and "尚未处理" in told, "the creator reads whose time it is"
     await stack.advance_to(deadline)
     assert await stack.redis.hget(keys.task(TAG, tid), "status") == "timed_out"
     assert "超时完结" in stack.slack.thread(TASKS, card(stack).ts)[-1].text
