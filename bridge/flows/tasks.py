@@ -298,12 +298,13 @@ class TaskFlow:
         await take_steps(self.timers, timer, keys.task(tag, tid), task, "step:", steps, take)
 
     async def _remind(self, store: Store, tid: str, task: dict[str, str], seconds_left: int, deadline: float) -> None:
-        text = t(
-            store.locale, "task.reminder", task_id=tid, left=_left(store.locale, seconds_left), deadline="{deadline}"
-        )
+        left = _left(store.locale, seconds_left)
+        text = t(store.locale, "task.reminder", mention="{mention}", task_id=tid, left=left, deadline="{deadline}")
         view = {"type": "notice", "text": text, "deadline": deadline, "deadline_date": True, "timezone": store.timezone,
                 "expires_at": deadline}  # fmt: skip
-        await self._to_merchant(store, tid, f"remind-{seconds_left}", "post", view)
+        # A task order has no assignee: its reminder mentions the main account, who answers for the
+        # store by default (A2), so that it reaches someone rather than sitting in a thread.
+        await self._to_merchant(store, tid, f"remind-{seconds_left}", "post", view | {"mentions": [store.main_account]})
         creator = self.config.creator(task.get("creator", ""))
         if creator is not None:
             left = _left(creator.locale, seconds_left)

@@ -143,7 +143,8 @@ async def test_reminders_then_timeout_tell_both_sides_and_stop_comments(stack: S
     tid = await raise_task(stack)
     deadline = await hash_number(stack.redis, keys.task(TAG, tid), "deadline")
     await stack.advance_to(deadline - 7200)
-    assert "还剩 2 小时" in stack.slack.thread(TASKS, card(stack).ts)[-1].text
+    reminder = stack.slack.thread(TASKS, card(stack).ts)[-1].text
+    assert reminder.startswith("<@U0MAIN1001> ⏰") and "还剩 2 小时" in reminder, "it reaches someone: the main account"
     await stack.advance_to(deadline - 1800)
     # The bot sends a message per 1/30 s: of the reminders falling due together, one goes 37 ms later.
     await stack.settle(horizon=0.1)
