@@ -19,15 +19,16 @@ def comment_refusal(status: str, side_count: int, limit: int = COMMENTS_PER_SIDE
 
 def comment_content_refusal(
     *, in_task_thread: bool, has_text: bool, has_files: bool, files_kept_as_evidence: bool
-) -> Literal["outside", "not_text", "files_not_sent"] | None:
+) -> Literal["outside", "not_text", "files_not_sent", "files_kept"] | None:
     """What of a message in a task orders' place does not become a comment, or None when all of it
     does. A comment is text written in a task order's thread (the platform takes nothing else). A
-    file the merchant shares there is kept as evidence for processing (B7); anything else that is
-    not text goes nowhere, and its author is told so rather than left thinking it was sent."""
+    file the merchant shares there is kept as evidence for processing (B7), and not shown to the
+    creator; anything else that is not text goes nowhere. Its author is told either way, rather than
+    left thinking the other side has it."""
     if not in_task_thread:
         return "outside"
-    if not has_text:
-        return None if has_files and files_kept_as_evidence else "not_text"
-    if has_files and not files_kept_as_evidence:
-        return "files_not_sent"
-    return None
+    if has_files:
+        if files_kept_as_evidence:
+            return "files_kept"
+        return "files_not_sent" if has_text else "not_text"
+    return None if has_text else "not_text"

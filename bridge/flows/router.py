@@ -237,8 +237,10 @@ class InboundRouter:
 
     async def _comment(self, store: Store, tid: str, side: str, author_id: str, author: str, inbound: Inbound) -> None:
         has_text = bool(inbound.text.strip())
+        # A merchant's file is evidence while the task order can still be processed (B7).
+        kept = side == "merchant" and bool(inbound.media) and await self.tasks.status_of(store, tid) == "pending"
         problem = comment_content_refusal(in_task_thread=True, has_text=has_text, has_files=bool(inbound.media),
-                                          files_kept_as_evidence=side == "merchant")  # fmt: skip
+                                          files_kept_as_evidence=kept)  # fmt: skip
         if problem is not None:
             owner = store if side == "merchant" else self.config().creator(author_id)
             await self._refuse_comment(owner or store, inbound, problem)

@@ -407,6 +407,9 @@ async def test_resolve_with_evidence_from_the_modal_and_the_thread(stack: Stack)
     thread_photo = stack.slack.add_file("waybill.png", PNG, "image/png")
     await stack.slack.user_message(MAIN, TASKS, "", thread_ts=card(stack).ts, files=[thread_photo])
     await stack.settle()  # the stored event is handled (a running bridge does it within milliseconds)
+    kept = stack.slack.ephemerals[-1]
+    assert kept["user"] == MAIN and kept["text"].startswith("附件已留作本任务单的处理凭证（处理时一并提交），不会发给")
+    assert "waybill" not in "".join(m.text for m in stack.telegram.by_bot(CREATOR_CHAT)), "the creator does not see it"
     view = await open_modal(stack, tid)
     assert view["callback_id"] == "task_process" and [b["block_id"] for b in view["blocks"][1:]] == [
         "solution",

@@ -121,9 +121,9 @@ def test_comment_refusal(status: str, count: int, expected: str | None) -> None:
         (False, False, True, True, "outside"),
         (True, True, False, False, None),
         (True, False, False, True, "not_text"),  # a sticker
-        (True, False, True, True, None),  # the merchant's file alone: kept as evidence, not a comment
+        (True, False, True, True, "files_kept"),  # the merchant's file alone: kept as evidence, not a comment
         (True, False, True, False, "not_text"),  # the creator's photo alone goes nowhere
-        (True, True, True, True, None),  # the merchant's text is the comment, the file evidence
+        (True, True, True, True, "files_kept"),  # the merchant's text is the comment, the file evidence
         (True, True, True, False, "files_not_sent"),  # the creator's text goes, the photo does not
     ],
 )
