@@ -383,6 +383,8 @@ class InboundRouter:
         place holds (A9), from the archive, and the answer's tag. The period defaults to today."""
         place = self.place(service, channel)
         store = place.chat_store or place.task_store
+        if store is None and place.creator is not None:  # the menu offers it everywhere
+            return t(place.creator.locale, "stats.for_stores"), _tag_of(place.creator)
         if store is None:
             return self._unknown_place(service, channel), keys.NO_ENDPOINT_TAG
         words = " ".join(args)

@@ -289,6 +289,9 @@ async def test_a_creator_is_told_what_did_not_become_a_comment(stack: Stack) -> 
 
 
 async def test_start_and_help_say_what_the_bot_does_here_and_an_unknown_chat_its_id(stack: Stack) -> None:
+    await stack.telegram.user_message(CREATOR_CHAT, CREATOR_CHAT, "/stats")  # the menu offers it to everyone
+    await stack.settle()
+    assert stack.telegram.by_bot(CREATOR_CHAT)[-1].text.startswith("响应统计是店铺的"), "not 'not connected'"
     await stack.telegram.user_message(CREATOR_CHAT, CREATOR_CHAT, "/start")
     await stack.telegram.user_message(OWNER, GROUP, "/help@feige_bridge_bot")
     await stack.telegram.user_message(424242, 424242, "/start")
