@@ -149,3 +149,24 @@ def test_the_dashboard_queries_only_metrics_the_bridge_exports() -> None:
     used = {name for query in queries for name in re.findall(r"\bfeige_[a-z_]+", query)}
     assert len(queries) >= 10 and used <= exported_metrics(), used - exported_metrics()
     assert {"feige_first_reply_seconds_bucket", "feige_events_oldest_seconds", "feige_redis_up"} <= used
+
+
+def test_the_slack_app_manifest_asks_for_what_the_bridge_uses_and_nothing_more() -> None:
+    """``deploy/slack/app-manifest.yaml`` creates the app in one paste: its scopes are README's
+    table (each there with what it is for), its commands the ones the connector answers, and every
+    request goes to the connector's one route."""
+    from connectors.slack.app import SLASH_COMMANDS
+
+    manifest = yaml.safe_load((ROOT / "deploy" / "slack" / "app-manifest.yaml").read_text())
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| scope | for |") : readme.index("Install to the workspace")]
+    rows = [row.split("|")[1] for row in table.splitlines()[2:] if "|" in row]
+    documented = {scope for row in rows for scope in re.findall(r"`([a-z:]+)`", row)}
+    assert set(manifest["oauth_config"]["scopes"]["bot"]) == documented
+    commands = manifest["features"]["slash_commands"]
+    assert {c["command"] for c in commands} == {form.split()[0] for form in SLASH_COMMANDS.values()}
+    settings = manifest["settings"]
+    assert settings["event_subscriptions"]["bot_events"] == ["message.channels", "message.groups"]
+    urls = [c["url"] for c in commands] + [settings["event_subscriptions"]["request_url"],
+                                          settings["interactivity"]["request_url"]]  # fmt: skip
+    assert all(url.endswith("/slack/events") for url in urls) and settings["interactivity"]["is_enabled"]
