@@ -28,7 +28,8 @@ def member_records(tag: str, chat_key: str, service: str, channel: str, message:
 async def save_member(redis: Redis, tag: str, chat_key: str, service: str, channel: str, message: str) -> None:
     """A person's message in a thread of a destination that threads by replies (a Telegram reply
     chain): a reply to it belongs to the thread too, as a reply to any of the bridge's messages."""
-    await redis.set(keys.message_ref(tag, f"{service}:{channel}:{message}"), chat_key, ex=keys.REF_KEEP_SECONDS)
+    [(key, value)] = member_records(tag, chat_key, service, channel, message).items()
+    await redis.set(key, value, ex=keys.REF_KEEP_SECONDS)
 
 
 async def save_topic(redis: Redis, tag: str, chat_key: str, service: str, channel: str, topic: str) -> None:

@@ -228,22 +228,26 @@ class InboundRouter:
                                                           "size": media.size})  # fmt: skip
         agent = store.agent(inbound.actor.service, inbound.actor.user)
         author_id, author = (agent.id, agent.name) if agent else (inbound.actor.user, inbound.actor.user)
-        await self._comment(store, tid, "merchant", author_id, author, inbound)
+        await self._comment(store, tid, store, author_id, author, inbound)
 
     async def _creator_comment(self, creator: Creator, tid: str, inbound: Inbound) -> None:
         store = await self.tasks.store_of_task(creator, tid)
         if store is not None:
-            await self._comment(store, tid, "creator", creator.id, creator.name, inbound)
+            await self._comment(store, tid, creator, creator.id, creator.name, inbound)
 
-    async def _comment(self, store: Store, tid: str, side: str, author_id: str, author: str, inbound: Inbound) -> None:
+    async def _comment(
+        self, store: Store, tid: str, side_of: Store | Creator, author_id: str, author: str, inbound: Inbound
+    ) -> None:
+        """A message in task order ``tid``'s thread, written on the side of ``side_of`` (the store: the
+        merchant's; a creator: theirs)."""
+        side = "merchant" if isinstance(side_of, Store) else "creator"
         has_text = bool(inbound.text.strip())
         # A merchant's file is evidence while the task order can still be processed (B7).
         kept = side == "merchant" and bool(inbound.media) and await self.tasks.status_of(store, tid) == "pending"
         problem = comment_content_refusal(in_task_thread=True, has_text=has_text, has_files=bool(inbound.media),
                                           files_kept_as_evidence=kept)  # fmt: skip
         if problem is not None:
-            owner = store if side == "merchant" else self.config().creator(author_id)
-            await self._refuse_comment(owner or store, inbound, problem)
+            await self._refuse_comment(side_of, inbound, problem)
         if not has_text:
             return
         actor = inbound.actor

@@ -53,8 +53,7 @@ class TaskRecords:
         return "\n".join(lines)
 
     async def list_text(self, store: Store, status: str, locale: str, page: int = 1, per_page: int = 20) -> str:
-        """Task orders of one status, newest first, ``per_page`` a page."""
-        status = status if status in STATUSES else "all"
+        """Task orders of one status (one of ``LIST_STATUSES``), newest first, ``per_page`` a page."""
         wanted = None if status == "all" else status
         total = await self.archive.count_tasks(store.id, wanted)
         page = min(max(1, page), _pages(total, per_page))
@@ -62,8 +61,7 @@ class TaskRecords:
         return _listing(locale, ZoneInfo(store.timezone), status, rows, total, page, per_page)
 
     async def creator_list_text(self, creator: Creator, status: str, page: int = 1, per_page: int = 20) -> str:
-        """A creator's task orders (across stores) of one status, newest first."""
-        status = status if status in STATUSES else "all"
+        """A creator's task orders (across stores) of one status (one of ``LIST_STATUSES``), newest first."""
         wanted = None if status == "all" else status
         total = await self.archive.count_tasks(None, wanted, creator_id=creator.id)
         page = min(max(1, page), _pages(total, per_page))
