@@ -253,6 +253,16 @@ def _stores(path: Path, store_id: str | None) -> list[Store] | None:
     return stores
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(value: object) -> object:
+    """A CSV cell no spreadsheet runs: text that starts like a formula (a consumer's
+    "=HYPERLINK(…)", "+1…", "@SUM…") gets a leading apostrophe, so Excel and LibreOffice take it as
+    text, as OWASP's advice on CSV injection has it. JSON lines keep every text untouched."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
 def _flat(record: dict[str, object]) -> dict[str, object]:
     """A record as spreadsheet columns: a small object (a task order's creator, its product) spread
     over a column per field (``creator_id``, ``creator_name``), so it can be sorted and filtered;
@@ -365,11 +375,13 @@ def export(
     else:
         writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(flat)
+        writer.writerows({k: _inert(v) for k, v in row.items()} for row in flat)
     if out is None:
         sys.stdout.write(buffer.getvalue())
     else:
-        out.write_text(buffer.getvalue(), encoding="utf-8")
+        # A file is for opening in a spreadsheet: Excel reads UTF-8 without its byte-order mark as
+        # the system's code page, which turns every Chinese character into noise.
+        out.write_text(buffer.getvalue(), encoding="utf-8-sig" if fmt == "csv" else "utf-8")
         print(f"{len(records)} {noun} written to {out}", file=sys.stderr)
     return 0
 

@@ -221,8 +221,10 @@ async def test_telegram_webhook_checks_its_secret_and_handles_an_update_once(sta
 
 async def test_an_excel_export_keeps_what_people_wrote_as_text(stack: Stack, tmp_path: Path) -> None:
     """A consumer's text that starts with "=" is not a formula Excel runs, and a pasted control
-    character does not make the export fail."""
+    character does not make the export fail. In CSV it is text too, and Excel reads the Chinese."""
     import asyncio
+    import csv
+    import io
     import os
     import sys
 
@@ -242,6 +244,17 @@ async def test_an_excel_export_keeps_what_people_wrote_as_text(stack: Stack, tmp
     rows = list(load_workbook(sheet).active.iter_rows())  # type: ignore[union-attr]
     told = rows[1][[c.value for c in rows[0]].index("consumer_description")]
     assert (told.value, told.data_type) == ('=HYPERLINK("https://evil.example","点我查看") 买家说杯子裂了', "s")
+    table = tmp_path / "tasks.csv"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "export", "tasks", "--config", str(EXAMPLE_CONFIG), "--format", "csv",
+        "--out", str(table), env=dict(os.environ, ARCHIVE_URL=stack.bridge.archive.url),
+    )  # fmt: skip
+    assert await proc.wait() == 0
+    written = table.read_bytes()
+    assert written.startswith(b"\xef\xbb\xbf"), "Excel reads UTF-8 as such only after its byte-order mark"
+    row = next(csv.DictReader(io.StringIO(written.decode("utf-8-sig"), newline="")))
+    assert row["consumer_description"] == "'" + story, "a spreadsheet takes it as text, not a formula"
+    assert row["issue_type"] == "物流问题 Logistics", "what starts like no formula is kept as written"
 
 
 async def test_export_writes_every_task_order(stack: Stack, redis_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
