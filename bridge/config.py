@@ -239,6 +239,10 @@ class OutboxSettings(_Model):
     )
 
 
+NOWHERE: tuple[None, None, None] = (None, None, None)
+"""``BridgeConfig.at`` of a destination no store or creator names."""
+
+
 class BridgeConfig(_Model):
     server: ServerSettings = ServerSettings()
     timers: TimerSettings = TimerSettings()
@@ -271,7 +275,7 @@ class BridgeConfig(_Model):
     def at(self, destination: str) -> tuple[Store | None, Store | None, Creator | None]:
         """Whose a destination (``slack:C0123``) is: the store whose task orders go there, the store
         whose chats go there, the creator who is pinged there (the first of each in the file)."""
-        return self._by_destination.get(destination, (None, None, None))
+        return self._by_destination.get(destination, NOWHERE)
 
     @cached_property
     def _by_destination(self) -> dict[str, tuple[Store | None, Store | None, Creator | None]]:

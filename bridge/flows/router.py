@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
-from bridge.config import DEFAULT_NOTE_MARKERS, BridgeConfig, Creator, Store
+from bridge.config import DEFAULT_NOTE_MARKERS, NOWHERE, BridgeConfig, Creator, Store
 from bridge.engine import keys, refs
 from bridge.engine.events import NotYetRecorded, delivered_at
 from bridge.engine.outbox import Outbox
@@ -90,9 +90,21 @@ class InboundRouter:
         self.tasks = tasks
         self.task_message_hooks: dict[str, TaskMessageHook] = {}
         """By service: a destination without modals guides people through processing in the thread."""
+        self.renamed: dict[str, str] = {}
+        """Places the destination gave a new id (a Telegram group made a supergroup), by the new id
+        (``telegram:-100…``): the id the configuration names, until the operator writes the new one."""
 
     def place(self, service: str, channel: str) -> Place:
-        return Place(*self.config().at(f"{service}:{channel}"))
+        place = f"{service}:{channel}"
+        found = self.config().at(place)
+        if found == NOWHERE and place in self.renamed:
+            found = self.config().at(self.renamed[place])
+        return Place(*found)
+
+    def rename(self, service: str, old: str, new: str) -> None:
+        """The destination's place ``old`` is called ``new`` from now on: what people do at ``new``
+        is taken as done where the configuration says ``old``."""
+        self.renamed[f"{service}:{new}"] = f"{service}:{old}"
 
     # -- messages ------------------------------------------------------------------------------------
 

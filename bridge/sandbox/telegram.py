@@ -92,6 +92,7 @@ class TelegramEmulator(LocalServer):
         self.plain_member: set[int] = set()  # groups where the bot is not an admin (elsewhere it is, with all rights)
         self.topics: dict[tuple[int, int], str] = {}  # (chat, message_thread_id) → topic name
         self.other_bots: set[int] = set()  # user ids of the other bots in the chats (see bot_message)
+        self.upgraded: dict[int, int] = {}  # a group's id → its id as a supergroup (see upgrade_group)
         self.rate_limited = 0
         self.down_until = 0.0
         """Until this moment (the emulator's clock) every Bot API call answers 502: an outage."""
@@ -161,6 +162,10 @@ class TelegramEmulator(LocalServer):
         handler = getattr(self, "_m_" + method, None)
         if handler is None:
             status, body = 404, {"ok": False, "error_code": 404, "description": "Not Found: method not found"}
+        elif str(args.get("chat_id", "")).lstrip("-").isdigit() and int(args["chat_id"]) in self.upgraded:
+            # A group made a supergroup takes no calls: Telegram names its new id.
+            status, body = self._error(400, "Bad Request: group chat was upgraded to a supergroup chat",
+                                       migrate_to_chat_id=self.upgraded[int(args["chat_id"])])  # fmt: skip
         else:
             status, body = handler(args)
         self.calls.append(TgCall(method, args, bool(body.get("ok")), self.clock.now()))
@@ -193,7 +198,7 @@ class TelegramEmulator(LocalServer):
         return None
 
     def _wire(self, m: TgMessage) -> dict[str, Any]:
-        chat_type = "supergroup" if m.chat_id < 0 else "private"
+        chat_type = "group" if m.chat_id in self.upgraded else "supergroup" if m.chat_id < 0 else "private"
         wire: dict[str, Any] = {
             "message_id": m.message_id,
             "date": int(m.sent_at or self.clock.now()),
@@ -461,6 +466,23 @@ class TelegramEmulator(LocalServer):
         self.messages.append(m)
         wire = self._wire(m) | {"new_chat_members": [{"id": user, "is_bot": False, "first_name": f"user{user}"}]}
         return await self._send({"update_id": next(self._updates), "message": wire})
+
+    async def upgrade_group(self, chat_id: int, new_id: int, by: int, *, forum: bool = False,
+                            tell_the_bot: bool = True) -> list[int]:  # fmt: skip
+        """Someone makes a group a supergroup (turning topics on, with ``forum``, does it): it has the
+        id ``new_id`` from now on, and every call naming the old id is refused with
+        ``migrate_to_chat_id``. Telegram tells the bot in both groups, unless ``tell_the_bot`` is
+        False (those updates lost: the bot learns it from a refusal); returns the bridge's statuses."""
+        self.upgraded[chat_id] = new_id
+        statuses = []
+        if forum:
+            self.forums.add(new_id)
+        for where, said in ((chat_id, {"migrate_to_chat_id": new_id}), (new_id, {"migrate_from_chat_id": chat_id})):
+            m = TgMessage(where, next(self._ids), by, "", sent_at=self.clock.now())
+            self.messages.append(m)
+            if tell_the_bot:
+                statuses.append(await self._send({"update_id": next(self._updates), "message": self._wire(m) | said}))
+        return statuses
 
     def bot_message(self, bot: int, chat_id: int, text: str) -> TgMessage:
         """Another bot in the chat writes. Telegram delivers no bot's messages to other bots, so the

@@ -22,9 +22,10 @@ from aiohttp import web
 os.environ.setdefault("PTB_TIMEDELTA", "1")  # durations as timedelta, as PTB 23 will have them
 
 from telegram import Bot, Message, Update
-from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
+from telegram.error import BadRequest, ChatMigrated, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
+from bridge.config import NOWHERE
 from bridge.core import Core
 from bridge.destinations import SNIFF_TIMEOUT_SECONDS, Route, inbox_thread
 from bridge.engine import keys, refs
@@ -43,14 +44,13 @@ from bridge.flows import jobs
 from bridge.flows.resolve import TooLargeToFetch
 from bridge.flows.views import Actor, ReplyMedia
 from bridge.i18n import t
+from connectors.telegram import keys as telegram_keys
 from connectors.telegram.render import render, topic_name
 from connectors.telegram.settings import TelegramSettings
 from rules.evidence import SNIFF_BYTES
 
 log = logging.getLogger(__name__)
 
-# Telegram: 1 message/s per chat, 20/min per group, 30/s per bot. A tenth more between messages to
-# one chat, because two sends a slot apart can reach Telegram closer together than they left.
 # Telegram: 1 message/s per chat, 20/min per group, 30/s per bot; a tenth to spare on each, since
 # sends spaced exactly can reach Telegram closer together than they left.
 CHAT_SPACING, GROUP_SPACING, BOT_SPACING = 1.1, 3.1, 1.1 / 30
@@ -104,6 +104,7 @@ class TelegramConnector:
         self.spacing = SendSpacing(self.redis, self.clock, SERVICE, sender_spacing=BOT_SPACING)
         self.sniff_timeout = aiohttp.ClientTimeout(total=SNIFF_TIMEOUT_SECONDS)
         self.inbox = core.inbox
+        self.router = core.router
         self.bot = Bot(settings.bot_token, base_url=settings.api_base_url, base_file_url=settings.file_base_url)
         self.application = Application.builder().bot(self.bot).updater(None).build()
         self.application.add_handler(CommandHandler("tasks", self._on_update))
@@ -115,6 +116,7 @@ class TelegramConnector:
         self.handlers: list[InboundHandler] = []
         self._starting: asyncio.Task[None] | None = None
         self._forums: dict[int, bool] = {}
+        self._moved: dict[int, int] = {}  # a group's old id → its id as a supergroup (see _follow)
         self._marking: set[asyncio.Task[None]] = set()
         self.commands: dict[str, Callable[[TelegramInbound, list[str]], Awaitable[str]]] = {}
 
@@ -199,9 +201,19 @@ class TelegramConnector:
             self._failures[update.update_id] = context.error
 
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        m = update.effective_message
+        if m is not None and (m.migrate_to_chat_id or m.migrate_from_chat_id):
+            # Telegram made a group a supergroup, which has a new id: sent in the old group and the new.
+            if m.migrate_to_chat_id:
+                await self._follow(m.chat.id, m.migrate_to_chat_id)
+            elif m.migrate_from_chat_id:
+                await self._follow(m.migrate_from_chat_id, m.chat.id)
+            return
         inbound = self._translate(update, self.bot.id)  # updates are handled once getMe answered
         if inbound is None:
             return
+        if inbound.chat < 0 and inbound.chat not in self._moved.values():
+            await self._moved_here(inbound.chat)
         if update.edited_message is not None:
             inbound = replace(inbound, edited=True)
         if inbound.text.startswith("/") and inbound.callback is None:
@@ -311,6 +323,45 @@ class TelegramConnector:
         except TelegramError as exc:
             raise _sorted(exc) from None
 
+    async def _follow(self, old: int, new: int) -> None:
+        """Telegram made the group ``old`` a supergroup, now ``new`` (turning topics on does it, as do
+        a public link and many members). Messages for ``old`` go to ``new`` from now on, and what
+        people do in ``new`` is taken as done in ``old``, so nothing waits for the operator to write
+        the new id into the configuration; the log asks them to. Kept in Redis for every process."""
+        if self._moved.get(old) == new:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(telegram_keys.moved_to(old), new)
+            pipe.set(telegram_keys.moved_from(new), old)
+            await pipe.execute()
+        self._moved[old] = new
+        self.router.rename(SERVICE, str(old), str(new))
+        log.warning("Telegram group %s is now the supergroup %s; the bridge follows it there. Write "
+                    "telegram:%s in place of telegram:%s in the configuration", old, new, new, old)  # fmt: skip
+
+    async def _moved_here(self, chat: int) -> None:
+        """Whether a group the configuration does not name is one it names by its old id (another
+        process saw the move, or this one before a restart)."""
+        if self.config().at(f"{SERVICE}:{chat}") != NOWHERE:
+            return
+        old = await self.redis.get(telegram_keys.moved_from(chat))
+        if old is not None:
+            await self._follow(int(old), chat)
+
+    def _where(self, chat: int, reply_to: int | None, thread: int | None) -> tuple[int, int | None, int | None]:
+        """Where a message for ``chat`` goes: a group made a supergroup is at its new id, where a
+        message of the old group can be neither replied to nor have a topic."""
+        moved = self._moved.get(chat)
+        return (chat, reply_to, thread) if moved is None else (moved, None, None)
+
+    async def _failure(self, exc: TelegramError, chat: int) -> Exception:
+        """What a refusal means for the outbox. A group made a supergroup is followed to its new
+        id, and the job runs again at once, there: nothing was sent."""
+        if isinstance(exc, ChatMigrated):
+            await self._follow(chat, exc.new_chat_id)
+            return RetryLater(f"Telegram group {chat} is now {exc.new_chat_id}", after=0)
+        return _sorted(exc)
+
     async def _space(self, chat: int, job_id: str, not_after: float | None = None) -> None:
         # The chat's spacing and the bot's overall rate, reserved together (BOT_SPACING).
         wait = await self.spacing.wait_seconds(str(chat), _spacing(chat), job_id, not_after)
@@ -351,8 +402,8 @@ class TelegramConnector:
             self._mark_sent(chat)
             return sent
         except TelegramError as exc:
-            failure = _sorted(exc)
-            if isinstance(failure, RetryLater) and failure.after is not None:
+            failure = await self._failure(exc, chat)
+            if isinstance(failure, RetryLater) and failure.after:
                 # 429: the chat rests, and this message goes first after it
                 await self.spacing.hold(str(chat), _spacing(chat), job_id, failure.after)
             raise failure from None
@@ -400,7 +451,7 @@ class TelegramConnector:
             try:
                 self._forums[chat] = bool((await self.bot.get_chat(chat)).is_forum)
             except TelegramError as exc:
-                raise _sorted(exc) from None
+                raise await self._failure(exc, chat) from None
         return self._forums[chat]
 
     async def _topic(self, p: dict[str, Any], chat: int) -> int | None:
@@ -420,7 +471,7 @@ class TelegramConnector:
             self._forums[chat] = False
             return None
         except TelegramError as exc:
-            raise _sorted(exc) from None
+            raise await self._failure(exc, chat) from None
         topic = str(created.message_thread_id)
         # As a sent message is recorded: a run that fails here would open a second topic, since
         # Telegram keeps nothing a bot can look up.
@@ -432,7 +483,8 @@ class TelegramConnector:
 
     async def _post(self, job: OutboxJob) -> Recorded:
         p = job.payload
-        tag, key, chat = str(p["tag"]), str(p["thread_key"]), int(p["channel"])
+        tag, key = str(p["tag"]), str(p["thread_key"])
+        chat = self._where(int(p["channel"]), None, None)[0]
         view = self._view(p)
         text, markup = render(view)
         topic = await self._topic(p, chat)
@@ -441,7 +493,8 @@ class TelegramConnector:
             root = await refs.root_of(self.redis, tag, key)
             if root is None:
                 raise WaitingForRoot
-            reply_to = int(root[1])
+            # A thread begun before its group became a supergroup goes on in the new one unchained.
+            reply_to = int(root[1]) if int(root[0]) == chat else None
         # An image from the platform is shown as a photo, as in Slack (Telegram fetches it by its URL).
         content = view.get("content") or {}
         photo = str(content["url"]) if view["type"] == "platform_message" and content.get("type") == "image" else None
@@ -456,10 +509,15 @@ class TelegramConnector:
         root = await refs.root_of(self.redis, str(p["tag"]), str(p["thread_key"]))
         if root is None:
             raise WaitingForRoot
+        if int(root[0]) in self._moved:
+            return  # a header in a group since made a supergroup: that group is read-only history
         text, markup = render(self._view(p))
         try:
             await self.bot.edit_message_text(text, chat_id=int(root[0]), message_id=int(root[1]), parse_mode="HTML",
                                              reply_markup=markup)  # fmt: skip
+        except ChatMigrated as exc:
+            await self._follow(int(root[0]), exc.new_chat_id)
+            return
         except BadRequest as exc:
             if "not modified" not in str(exc).lower():
                 raise _sorted(exc) from None
@@ -473,24 +531,28 @@ class TelegramConnector:
 
     async def _reply(self, job: OutboxJob) -> None:
         p = job.payload
-        await self._send(
-            int(p["chat"]), html.escape(str(p["text"]), quote=False), None, job.id, p.get("reply_to"), p.get("thread")
-        )
+        chat, reply_to, thread = self._where(int(p["chat"]), p.get("reply_to"), p.get("thread"))
+        await self._send(chat, html.escape(str(p["text"]), quote=False), None, job.id, reply_to, thread)
 
     async def _ephemeral(self, job: OutboxJob) -> None:
         """Telegram has no private message inside a group: the refusal replies to the refused message."""
         actor = job.payload["actor"]
-        reply_to = int(actor["message"]) if actor.get("message") else None
-        topic = int(actor["thread"]) if actor.get("thread") else None
-        await self._send(
-            int(actor["channel"]), html.escape(str(job.payload["text"]), quote=False), None, job.id, reply_to, topic
+        chat, reply_to, topic = self._where(
+            int(actor["channel"]),
+            int(actor["message"]) if actor.get("message") else None,
+            int(actor["thread"]) if actor.get("thread") else None,
         )
+        await self._send(chat, html.escape(str(job.payload["text"]), quote=False), None, job.id, reply_to, topic)
 
     async def _react(self, job: OutboxJob) -> None:
         p = job.payload
+        if int(p["channel"]) in self._moved:
+            return  # a message in a group since made a supergroup: that group is read-only history
         try:
             emoji = REACTIONS.get(str(p.get("emoji")), "👍")
             await self.bot.set_message_reaction(int(p["channel"]), int(p["message"]), emoji)
+        except ChatMigrated as exc:
+            await self._follow(int(p["channel"]), exc.new_chat_id)
         except TelegramError as exc:
             raise _sorted(exc) from None
 

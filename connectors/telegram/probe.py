@@ -4,7 +4,7 @@ configuration names, and in groups it has the rights the flows need."""
 from __future__ import annotations
 
 from telegram import Bot, ChatMemberAdministrator
-from telegram.error import TelegramError
+from telegram.error import ChatMigrated, TelegramError
 
 from bridge.config import BridgeConfig, Problem
 from connectors.telegram.settings import TelegramSettings
@@ -27,6 +27,12 @@ async def _probe(bot: Bot, config: BridgeConfig) -> list[Problem]:
         try:
             chat = await bot.get_chat(int(target))
             member = await bot.get_chat_member(int(target), bot.id) if int(target) < 0 else None
+        except ChatMigrated as exc:
+            problems.append(Problem(path, f"chat {target} is now the supergroup {exc.new_chat_id} (Telegram gives a "
+                                    "group a new id when topics are turned on, or it gets a public link or many "
+                                    f"members): write telegram:{exc.new_chat_id} here; until then the bridge "
+                                    "follows the group to its new id", "warning"))  # fmt: skip
+            continue
         except (TelegramError, ValueError) as exc:
             # A bot may write to a person only after they opened it and tapped Start.
             hint = "has the bot been added, is the id right?" if target.startswith("-") else (

@@ -68,6 +68,20 @@ async def test_every_unusable_target_is_named_with_its_path(
     ]
 
 
+async def test_a_group_made_a_supergroup_is_named_by_its_new_id(
+    services: tuple[SlackEmulator, TelegramEmulator, dict[str, str]],
+) -> None:
+    _, telegram, env = services
+    await telegram.upgrade_group(GROUP, -1001002999999, 1002001, tell_the_bot=False)
+    found = [str(p) for p in await probe_destinations(load_config(EXAMPLE_CONFIG, environ=env))]
+    assert found == [
+        f"warning: store 1002 (stores[1]): destinations.{where}: chat {GROUP} is now the supergroup -1001002999999 "
+        "(Telegram gives a group a new id when topics are turned on, or it gets a public link or many members): "
+        "write telegram:-1001002999999 here; until then the bridge follows the group to its new id"
+        for where in ("platform_chats", "task_orders")
+    ]
+
+
 async def test_a_wrong_token_is_one_problem_per_service(
     services: tuple[SlackEmulator, TelegramEmulator, dict[str, str]],
 ) -> None:

@@ -338,3 +338,41 @@ async def test_in_a_reply_chain_an_answer_to_a_colleagues_reply_is_in_the_chat(s
     await stack.settle()
     assert merchant_texts(stack, cid) == ["Yes, we can exchange it", "within 7 days"]
     assert [m.text for m in stack.telegram.by_bot(GROUP) if m.text.startswith("Not forwarded")] == []
+
+
+SUPERGROUP = -1001002999999  # the group's id once Telegram made it a supergroup
+
+
+@pytest.mark.parametrize("told", [True, False], ids=["told", "learnt_from_a_refusal"])
+async def test_a_group_made_a_supergroup_is_followed_to_its_new_id(stack: Stack, told: bool, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Telegram gives a group a new id when it becomes a supergroup (turning topics on does it).
+    The configuration still names the old id: a chat begun before goes on in the new group, where
+    its answer reaches platform CS, and a new chat opens there, whether the bot was told of the move
+    or only learns it when Telegram refuses the old id. The log tells the operator the new id."""
+    cid, _ = await open_chat(stack)
+    told_the_bridge = await stack.telegram.upgrade_group(GROUP, SUPERGROUP, OWNER, tell_the_bot=told)
+    assert told_the_bridge == ([200, 200] if told else [])
+    await stack.sandbox.chat_message(cid, {"type": "text", "text": "still there?"})
+    await stack.settle()
+    [follow_up] = stack.telegram.by_bot(SUPERGROUP)
+    assert "still there?" in follow_up.text and follow_up.reply_to is None, "no reply to the old group's header"
+    answer, _ = await stack.telegram.user_message(OWNER, SUPERGROUP, "Shipped today", reply_to=follow_up.message_id)
+    await stack.settle()
+    assert merchant_texts(stack, cid) == ["Shipped today"]
+    assert stack.telegram.message(SUPERGROUP, answer.message_id).reactions == ["👍"]
+    second = await stack.sandbox.open_chat("1002", {"type": "text", "text": "a new question"})
+    await stack.settle()
+    header = stack.telegram.by_bot(SUPERGROUP)[-1]
+    assert "a new question" in header.text and "Waiting for a reply" in header.text
+    await stack.telegram.user_message(OWNER, SUPERGROUP, "Yes", reply_to=header.message_id)
+    await stack.settle()
+    assert merchant_texts(stack, second) == ["Yes"]
+    assert "Answered" in stack.telegram.message(SUPERGROUP, header.message_id).text
+    stack.bridge.router.renamed.clear()  # a process started since, which saw none of it, reads the move in Redis
+    stack.bridge.connectors["telegram"]._moved.clear()  # type: ignore[attr-defined]
+    await stack.telegram.user_message(OWNER, SUPERGROUP, "Blue, too", reply_to=header.message_id)
+    await stack.settle()
+    assert merchant_texts(stack, second) == ["Yes", "Blue, too"]
+    assert await stack.bridge.outbox.dead_letters(TAG) == []
+    assert f"Write telegram:{SUPERGROUP} in place of telegram:{GROUP}" in caplog.text
+    assert [c for c in stack.telegram.calls if not c.ok and int(c.args.get("chat_id", 0)) != GROUP] == []

@@ -421,6 +421,49 @@ async def test_a_follow_up_to_ones_own_reply_in_a_telegram_reply_chain(stack: St
     assert done["sent"] == ["Yes, within 7 days", "the buyer pays the postage"] and done["told"] == []
 
 
+@pytest.mark.parametrize("told", [True, False], ids=["told", "learnt_from_a_refusal"])
+async def test_following_a_telegram_group_made_a_supergroup(stack: Stack, faults: RedisFaults, told: bool) -> None:
+    """Telegram gives a group a new id when it becomes a supergroup. Whatever fails while the bridge
+    learns the new id (from Telegram's notice, or from its refusal of the old id) and records it,
+    the chat's next message lands in the new group once, and the answer there reaches platform CS."""
+    handlers = stack.bridge.event_handlers
+    handlers["telegram.update"] = faults.wrap(handlers["telegram.update"])
+    stack.bridge.timer_handlers["outbox"] = faults.wrap(stack.bridge.outbox.handle_timer)
+    tg, supergroup = stack.telegram, -1001002999999
+
+    async def prepare() -> str:
+        await reset_tasks(stack)
+        tg.forums.discard(GROUP)
+        tg.upgraded.clear()
+        stack.bridge.router.renamed.clear()
+        stack.bridge.connectors["telegram"]._moved.clear()  # type: ignore[attr-defined]
+        cid = await stack.sandbox.open_chat("1002", {"type": "text", "text": "Can the buyer change the size?"})
+        await stack.settle()
+        return cid
+
+    async def step(cid: str) -> None:
+        await tg.upgrade_group(GROUP, supergroup, OWNER, tell_the_bot=told)
+        await settle(stack)
+        await stack.sandbox.chat_message(cid, {"type": "text", "text": "And the colour?"})
+        await settle(stack)
+        follow_up = tg.by_bot(supergroup)[-1].message_id
+        await tg.user_message(OWNER, supergroup, "Both, within 7 days", reply_to=follow_up)
+        await settle(stack)
+
+    async def state(cid: str) -> dict[str, Any]:
+        conversation = stack.sandbox.conversations[cid]
+        return {
+            "posted": [normalized(m.text, cid)[:60] for m in tg.by_bot(supergroup)],
+            "sent": [m["content"].get("text") for m in conversation.messages if m["from"] == "merchant"],
+            "dead": await stack.bridge.outbox.dead_letters(STORE_1002),
+        }
+
+    tried, done = await each_failure(stack, faults, prepare, step, state)
+    assert tried >= 4
+    assert len(done["posted"]) == 1 and "And the colour?" in done["posted"][0]
+    assert done["sent"] == ["Both, within 7 days"] and done["dead"] == []
+
+
 async def platform_cs_writes_again(
     stack: Stack, faults: RedisFaults, before: Callable[[str, str], Awaitable[object]]
 ) -> dict[str, Any]:
