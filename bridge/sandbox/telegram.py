@@ -60,6 +60,8 @@ class TgMessage:
     sent_at: float = 0.0
     topic_created: str | None = None
     """A topic's opening service message: the name it was opened with (``forum_topic_created``)."""
+    entities: list[dict[str, Any]] = field(default_factory=list)
+    """Its formatting, as Telegram sends it (a ``text_link``: words with an address behind them)."""
 
 
 @dataclass
@@ -209,6 +211,8 @@ class TelegramEmulator(LocalServer):
         }
         if m.text:
             wire["text"] = m.text
+        if m.entities:
+            wire["entities"] = m.entities
         if m.reply_markup:
             wire["reply_markup"] = m.reply_markup
         if m.thread_id:
@@ -434,13 +438,13 @@ class TelegramEmulator(LocalServer):
         self, user: int, chat_id: int, text: str, *, reply_to: int | None = None, photo: bytes | None = None,
         thread_id: int | None = None, document: tuple[str, str, bytes] | None = None,
         video: tuple[str, bytes] | None = None, sticker: str | None = None,
+        entities: list[dict[str, Any]] | None = None,
     ) -> tuple[TgMessage, int]:  # fmt: skip
         """A person writes (a reply when ``reply_to``, in a forum topic when ``thread_id``), with a photo,
-        a document (name, MIME type, bytes) or a video (name, bytes); returns the message and the
-        bridge's status."""
-        m = TgMessage(
-            chat_id, next(self._ids), user, text, reply_to=reply_to, thread_id=thread_id, sent_at=self.clock.now()
-        )
+        a document (name, MIME type, bytes) or a video (name, bytes), formatted by ``entities``
+        (offsets in UTF-16 code units, as Telegram counts); returns the message and the bridge's status."""
+        m = TgMessage(chat_id, next(self._ids), user, text, reply_to=reply_to, thread_id=thread_id,
+                      sent_at=self.clock.now(), entities=entities or [])  # fmt: skip
         if photo is not None:
             m.photo = self.add_file(photo)
         if document is not None:
@@ -454,6 +458,8 @@ class TelegramEmulator(LocalServer):
         wire = self._wire(m)
         if photo is not None or document is not None or video is not None:
             wire["caption"] = wire.pop("text", "")
+            if "entities" in wire:
+                wire["caption_entities"] = wire.pop("entities")
         if text.startswith("/"):
             command = text.split()[0]
             wire["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]

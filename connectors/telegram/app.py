@@ -21,7 +21,7 @@ from aiohttp import web
 
 os.environ.setdefault("PTB_TIMEDELTA", "1")  # durations as timedelta, as PTB 23 will have them
 
-from telegram import Bot, Message, Update
+from telegram import Bot, Message, MessageEntity, Update
 from telegram.error import BadRequest, ChatMigrated, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
@@ -260,7 +260,7 @@ class TelegramConnector:
             user=m.from_user.id,
             chat=m.chat.id,
             message=m.message_id,
-            text=m.text or m.caption or "",
+            text=_with_link_addresses(m),
             # In a topic a plain message "replies" to the topic's opening; that is not a reply.
             reply_to=None if in_topic and reply_to == m.message_thread_id else reply_to,
             thread=m.message_thread_id if in_topic else None,
@@ -559,6 +559,25 @@ class TelegramConnector:
     async def _answer(self, job: OutboxJob) -> None:
         with contextlib.suppress(BadRequest):  # answerable only for a short while; a late answer is moot
             await self.bot.answer_callback_query(str(job.payload["id"]), text=job.payload.get("text"))
+
+
+def _with_link_addresses(m: Message) -> str:
+    """A message's text as platform CS should read it: a link under words of its own (Telegram's
+    text_link, which a plain text drops) keeps its address after them, as in Slack."""
+    text = m.text or m.caption or ""
+    entities = m.entities if m.text else m.caption_entities
+    links = sorted((e for e in entities if e.type == MessageEntity.TEXT_LINK and e.url), key=lambda e: e.offset)
+    if not links:
+        return text
+    wide, parts, done = text.encode("utf-16-le"), [], 0  # Telegram counts offsets in UTF-16 code units
+    for link in links:
+        end = 2 * (link.offset + link.length)
+        words = wide[2 * link.offset : end].decode("utf-16-le")
+        parts.append(wide[done:end].decode("utf-16-le"))
+        if words.strip() != link.url:
+            parts.append(f" ({link.url})")
+        done = end
+    return "".join(parts) + wide[done:].decode("utf-16-le")
 
 
 def _spacing(chat: int) -> float:

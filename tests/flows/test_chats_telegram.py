@@ -90,6 +90,24 @@ async def test_a_reply_to_the_chain_answers_and_gets_a_reaction(stack: Stack) ->
     assert "Answered" in stack.telegram.message(GROUP, root_id).text
 
 
+async def test_a_link_under_words_of_its_own_reaches_platform_cs_with_its_address(stack: Stack) -> None:
+    """Telegram sends a link someone put under their own words (a text_link) beside the text, which
+    alone would lose the address; one under its own address is not written twice."""
+    cid, root_id = await open_chat(stack)
+    text = "已发货 🚚 查询物流, 或 https://sf-express.com"  # "查询物流" links the tracking page
+
+    def at(words: str) -> int:  # Telegram's offset: in UTF-16 code units, of which 🚚 is two
+        return len(text[: text.index(words)].encode("utf-16-le")) // 2
+
+    links = [{"type": "text_link", "offset": at("查询物流"), "length": 4, "url": "https://sf-express.com/t/SF1"},
+             {"type": "text_link", "offset": at("https"), "length": 22, "url": "https://sf-express.com"}]  # fmt: skip
+    await stack.telegram.user_message(OWNER, GROUP, text, reply_to=root_id, entities=links)
+    await stack.settle()
+    assert merchant_texts(stack, cid) == [
+        "已发货 🚚 查询物流 (https://sf-express.com/t/SF1), 或 https://sf-express.com"
+    ]
+
+
 async def test_refusals_reply_to_the_refused_message(stack: Stack) -> None:
     cid, root_id = await open_chat(stack)
     stranger, _ = await stack.telegram.user_message(STRANGER, GROUP, "I can answer", reply_to=root_id)
