@@ -308,8 +308,11 @@ class InboundRouter:
         elif action == ELSEWHERE:
             await self.chats.handled_elsewhere(store, value, actor, action_id)
         elif action == ASSIGN_TO:
-            cid, _, agent_id = value.rpartition(":")
-            await self.chats.assign(store, cid, agent_id, actor, action_id)
+            # A platform account id may hold colons itself ("店铺名:客服01"): the agent is the store's
+            # whose id ends the value, the longest such.
+            ending = [a.id for a in store.agents if value.endswith(":" + a.id)]
+            agent_id = max(ending, key=len, default=value.rpartition(":")[2])
+            await self.chats.assign(store, value[: -len(agent_id) - 1], agent_id, actor, action_id)
         else:
             return False
         return True

@@ -27,9 +27,19 @@ from bridge.engine.listen import LocalServer
 BOT_ID = 7_000_000_001
 DOWNLOAD_LIMIT = 20 * 1024 * 1024  # getFile: bots may download files up to 20 MB
 BOT: dict[str, object] = {"id": BOT_ID, "is_bot": True, "first_name": "Feige Bridge", "username": "feige_bridge_bot"}
-TEXT_LIMIT, CAPTION_LIMIT = 4096, 1024
+TEXT_LIMIT, CAPTION_LIMIT, BUTTON_DATA_BYTES = 4096, 1024, 64
 """Characters of a message's text and of a caption, counted as Telegram does: after its entities
-are parsed (the HTML tags read, the escapes undone)."""
+are parsed (the HTML tags read, the escapes undone); bytes of data behind an inline button."""
+
+
+def _button_data_too_long(args: dict[str, Any]) -> bool:
+    """Telegram keeps 1–64 bytes of data behind an inline button and refuses the message otherwise."""
+    rows = (args.get("reply_markup") or {}).get("inline_keyboard", [])
+    return any(
+        "callback_data" in b and not 1 <= len(str(b["callback_data"]).encode()) <= BUTTON_DATA_BYTES
+        for row in rows
+        for b in row
+    )
 
 
 def _too_long(args: dict[str, Any], key: str, limit: int) -> bool:
@@ -252,6 +262,8 @@ class TelegramEmulator(LocalServer):
         chat_id = int(args["chat_id"])
         if chat_id in self.missing_chats:
             return self._error(400, "Bad Request: chat not found")
+        if _button_data_too_long(args):
+            return self._error(400, "Bad Request: BUTTON_DATA_INVALID")
         limited = self._limit(chat_id)
         if limited is not None:
             return limited
@@ -379,6 +391,8 @@ class TelegramEmulator(LocalServer):
             return self._error(400, "Bad Request: message to edit not found")
         if _too_long(args, "text", TEXT_LIMIT):
             return self._error(400, "Bad Request: MESSAGE_TOO_LONG")
+        if _button_data_too_long(args):
+            return self._error(400, "Bad Request: BUTTON_DATA_INVALID")
         if m.text == args.get("text") and m.reply_markup == args.get("reply_markup"):
             return self._error(400, "Bad Request: message is not modified")
         m.text, m.edits = str(args.get("text", m.text)), m.edits + 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import html
 import json
@@ -21,7 +22,7 @@ from aiohttp import web
 
 os.environ.setdefault("PTB_TIMEDELTA", "1")  # durations as timedelta, as PTB 23 will have them
 
-from telegram import Bot, Message, MessageEntity, Update
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Message, MessageEntity, Update
 from telegram.error import BadRequest, ChatMigrated, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
@@ -59,6 +60,8 @@ SERVICE = "telegram"
 REACTIONS = {"white_check_mark": "👍", "memo": "✍"}
 """The core's marks (Slack's emoji names) as reactions Telegram allows."""
 UPDATE_KIND = "telegram.update"  # a stored webhook update
+BUTTON_BYTES = 64  # Telegram keeps at most this much data behind an inline button
+LONG_BUTTON = "~"  # what starts the key a longer button carries instead (see _fit)
 REPLY = "telegram.reply"  # a message answering someone's message (what others see as ephemeral)
 ANSWER = "telegram.answer"  # answerCallbackQuery: the toast after a button tap
 
@@ -214,6 +217,9 @@ class TelegramConnector:
             return
         if inbound.chat < 0 and inbound.chat not in self._moved.values():
             await self._moved_here(inbound.chat)
+        if inbound.callback is not None and inbound.callback.startswith(LONG_BUTTON):
+            kept = await self.redis.get(telegram_keys.button_data(inbound.callback))
+            inbound = replace(inbound, callback=None if kept is None else str(kept))
         if update.edited_message is not None:
             inbound = replace(inbound, edited=True)
         if inbound.text.startswith("/") and inbound.callback is None:
@@ -362,6 +368,32 @@ class TelegramConnector:
             return RetryLater(f"Telegram group {chat} is now {exc.new_chat_id}", after=0)
         return _sorted(exc)
 
+    async def _fit(self, markup: InlineKeyboardMarkup | None) -> InlineKeyboardMarkup | None:
+        """Buttons whose data is over Telegram's 64 bytes (a reassign to an agent whose account id is
+        long, "店铺名:客服…" in three bytes a character) carry a key to it instead, kept in Redis
+        before the message goes; the same data gets the same key, so a retry writes the same."""
+        if markup is None:
+            return None
+        kept: dict[str, str] = {}
+        rows = []
+        for row in markup.inline_keyboard:
+            fitted = []
+            for button in row:
+                data = button.callback_data
+                if isinstance(data, str) and len(data.encode()) > BUTTON_BYTES:
+                    key = LONG_BUTTON + hashlib.blake2b(data.encode(), digest_size=16).hexdigest()
+                    kept[key] = data
+                    button = InlineKeyboardButton(button.text, callback_data=key)
+                fitted.append(button)
+            rows.append(fitted)
+        if not kept:
+            return markup
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, data in kept.items():
+                pipe.set(telegram_keys.button_data(key), data, ex=keys.REF_KEEP_SECONDS)
+            await pipe.execute()
+        return InlineKeyboardMarkup(rows)
+
     async def _space(self, chat: int, job_id: str, not_after: float | None = None) -> None:
         # The chat's spacing and the bot's overall rate, reserved together (BOT_SPACING).
         wait = await self.spacing.wait_seconds(str(chat), _spacing(chat), job_id, not_after)
@@ -487,6 +519,7 @@ class TelegramConnector:
         chat = self._where(int(p["channel"]), None, None)[0]
         view = self._view(p)
         text, markup = render(view)
+        markup = await self._fit(markup)
         topic = await self._topic(p, chat)
         reply_to = None
         if not p.get("root") and topic is None:  # without a topic, the thread is a reply chain
@@ -512,6 +545,7 @@ class TelegramConnector:
         if int(root[0]) in self._moved:
             return  # a header in a group since made a supergroup: that group is read-only history
         text, markup = render(self._view(p))
+        markup = await self._fit(markup)
         try:
             await self.bot.edit_message_text(text, chat_id=int(root[0]), message_id=int(root[1]), parse_mode="HTML",
                                              reply_markup=markup)  # fmt: skip

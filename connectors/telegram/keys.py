@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def button_data(key: str) -> str:
+    """STRING: what a button stands for when it is longer than the 64 bytes Telegram keeps behind
+    one (a reassign to an agent whose account id is long): the button carries ``key``. Kept as long
+    as the messages the button is on are looked up."""
+    return "{telegram}:button:" + key
+
+
 def moved_to(chat: int) -> str:
     """STRING: the id a group has had since Telegram made it a supergroup (turning topics on, a
     public link or many members do it). Kept for good: messages for the old id go to the new one."""

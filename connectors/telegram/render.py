@@ -47,8 +47,8 @@ def _keyboard(buttons: list[dict[str, str]]) -> InlineKeyboardMarkup | None:
         elif b.get("url"):
             row.append(InlineKeyboardButton(b["label"], url=b["url"]))
         elif b.get("short"):
-            data = f"{b['short']}:{b.get('value', '')}"[:64]  # Telegram allows 64 bytes of callback data
-            row.append(InlineKeyboardButton(b["label"], callback_data=data))
+            # Over Telegram's 64 bytes, the sender puts a key to it in its place (TelegramConnector._fit).
+            row.append(InlineKeyboardButton(b["label"], callback_data=f"{b['short']}:{b.get('value', '')}"))
     return InlineKeyboardMarkup([row[i : i + 3] for i in range(0, len(row), 3)]) if row else None
 
 

@@ -6,14 +6,17 @@ import asyncio
 import html
 import re
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 
+from bridge.config import load_config
 from bridge.engine import keys
 from bridge.engine.events import IN_FLIGHT_SECONDS
 from bridge.engine.outbox import OutboxJob
-from tests.conftest import Stack, hash_number
+from tests.conftest import EXAMPLE_CONFIG, Stack, hash_number
 
 GROUP = -1001002000001
 OWNER, STRANGER = 1002001, 5555
@@ -292,6 +295,32 @@ async def test_the_owner_reassigns_a_chat_from_its_header(stack: Stack) -> None:
     await stack.settle()
     assert await stack.redis.hget(keys.agent_load(TAG), "main-1002") == "1", "counted once"
     assert not any("handed this chat" in m.text for m in stack.telegram.by_bot(GROUP)), "nothing moved, nothing said"
+
+
+async def test_the_owner_reassigns_to_an_agent_whose_account_id_is_long_and_has_a_colon(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A Feige sub-account id reads "店铺名:子账号" and may be long, while Telegram keeps at most
+    64 bytes behind a button: the reassign list still offers that agent, and a tap hands them the chat."""
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    [store] = [s for s in raw["stores"] if s["id"] == "1002"]
+    colleague = "示例旗舰店官方直营店:售后客服小王"  # 49 bytes
+    store["agents"].append({"id": colleague, "name": "Xiao Wang", "accounts": {"telegram": "1002002"},
+                            "im_permission": True})  # fmt: skip
+    store["designated_agents"] = ["main-1002", colleague]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True))
+    stack.bridge.holder.current = load_config(tmp_path / "config.yaml", stack.bridge.holder.environ).config
+    cid, root_id = await open_chat(stack)
+    assert await stack.telegram.tap(OWNER, GROUP, root_id, f"ra:{cid}") == 200
+    await stack.settle()
+    menu = stack.telegram.by_bot(GROUP)[-1]
+    [[button]] = menu.reply_markup["inline_keyboard"]  # type: ignore[index]
+    assert button["text"] == "Xiao Wang" and len(f"at:{cid}:{colleague}".encode()) > 64
+    assert await stack.telegram.tap(OWNER, GROUP, menu.message_id, button["callback_data"]) == 200
+    await stack.settle()
+    assert await stack.redis.hget(keys.chat(TAG, cid), "assignee") == colleague
+    assert 'href="tg://user?id=1002002">Xiao Wang</a>' in stack.telegram.message(GROUP, root_id).text
+    assert await stack.bridge.outbox.dead_letters(TAG) == []
 
 
 async def test_redis_failing_just_after_telegram_took_a_message_does_not_send_it_again(
