@@ -28,7 +28,7 @@ from bridge.engine.outbox import FailureReporter, FinalFailure, Outbox, OutboxJo
 from bridge.engine.timers import Schedule, Timer, TimerChange, TimerStore
 from bridge.flows import jobs
 from bridge.flows.archiving import Read, Snapshots, archive_schedule, archive_soon, decode_recorded
-from bridge.flows.domain import ChatClosed, ChatMessage
+from bridge.flows.domain import CLOSE_REASONS, ChatClosed, ChatMessage, Content, OtherContent
 from bridge.flows.steps import take_steps
 from bridge.flows.views import Actor, ReplyMedia, post_view, read_hash, refusal_reason, tell_privately
 from bridge.i18n import t
@@ -208,7 +208,7 @@ class ChatFlow:
             return
         tag, cid = event.endpoint.tag, msg.conversation_id
         dest = Destination.parse(store.destinations.platform_chats)
-        view = {"type": "platform_message", "content": msg.content.model_dump(), "sender": msg.sender.name}
+        view = {"type": "platform_message", "content": _shown(msg.content, store.locale), "sender": msg.sender.name}
         created, window, chat = await self._receive_message(store, tag, cid, dest, view, msg)
         if created:
             METRICS.chats_opened.labels(store.id).inc()
@@ -542,7 +542,8 @@ class ChatFlow:
 
     def _reason_text(self, store: Store, chat: dict[str, str]) -> str:
         reason = chat.get("close_reason", "platform_closed")
-        return t(store.locale, f"chat.reason.{reason}", ticket=chat.get("ticket", ""))
+        key = f"chat.reason.{reason}" if reason in CLOSE_REASONS else "chat.reason.other"
+        return t(store.locale, key, ticket=chat.get("ticket", ""), reason=reason)
 
     def _root_view(self, store: Store, cid: str, chat: dict[str, str]) -> dict[str, Any]:
         status = chat.get("status", "open")
@@ -712,9 +713,19 @@ class ChatFlow:
         await self._to_destination(store, dest, cid, f"reassign:{action_id}", "post", view)
 
 
+def _shown(content: Content, locale: str) -> dict[str, Any]:
+    """A platform message as the team sees it: as sent, or, of a kind the bridge cannot show, a
+    pointer to Feige (the window runs all the same: the answer is written here)."""
+    if isinstance(content, OtherContent):
+        return {"type": "text", "text": t(locale, "chat.unsupported", kind=content.type)}
+    return content.model_dump()
+
+
 def _platform_message(msg: ChatMessage) -> dict[str, Any]:
     content = msg.content
-    if content.type == "text":
+    if isinstance(content, OtherContent):  # kept whole: the archive holds what was sent
+        text, order_id = orjson.dumps(content.model_dump()).decode(), ""
+    elif content.type == "text":
         text, order_id = content.text, ""
     elif content.type == "image":
         text, order_id = content.url, ""

@@ -7,9 +7,9 @@ its pushes onto these models one to one; Slack and Telegram never appear here.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from rules.task_order import EXPLANATION_MAX_CHARS
 
@@ -50,7 +50,29 @@ class OrderCardContent(_Event):
     detail_url: str
 
 
-Content = Annotated[TextContent | ImageContent | OrderCardContent, Field(discriminator="type")]
+class OtherContent(_Event):
+    """A kind of message this contract does not name yet (a video, a sticker …): taken and kept as
+    sent, and shown as a pointer to Feige. Refusing the push would hold back the chat's every other
+    message while platform CS's own window runs."""
+
+    type: str
+
+
+SHOWN_CONTENT = ("text", "image", "order_card")
+
+
+def _content_kind(content: Any) -> str:
+    kind = content.get("type") if isinstance(content, dict) else getattr(content, "type", None)
+    return kind if kind in SHOWN_CONTENT else "other"
+
+
+Content = Annotated[
+    Annotated[TextContent, Tag("text")]
+    | Annotated[ImageContent, Tag("image")]
+    | Annotated[OrderCardContent, Tag("order_card")]
+    | Annotated[OtherContent, Tag("other")],
+    Discriminator(_content_kind),
+]
 
 
 class ChatMessage(_Event):
@@ -65,13 +87,17 @@ class ChatMessage(_Event):
     awaiting_reply: bool = True
 
 
+CLOSE_REASONS = ("platform_closed", "reply_timeout", "service_ticket_created")
+
+
 class ChatClosed(_Event):
     """im_platform_closed (A6)."""
 
     shop_id: str
     conversation_id: str
     closed_at: AwareDatetime
-    reason: Literal["platform_closed", "reply_timeout", "service_ticket_created"]
+    reason: str = Field(min_length=1, max_length=64)
+    """One of CLOSE_REASONS; a reason the platform adds later closes the chat all the same."""
     service_ticket_id: str | None = None
 
 

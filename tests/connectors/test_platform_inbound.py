@@ -155,8 +155,9 @@ async def test_unknown_store_is_404(stack: Stack) -> None:
             "record 1: shop_id '1002' is not this store's",
         ),
         (
-            json.dumps([message(content={"type": "video"})]).encode(),
-            "record 0: data.content: Input tag 'video' found using 'type' does not match",
+            # A kind of message added later is taken (shown as a pointer to Feige); one that breaks its own kind is not.
+            json.dumps([message(content={"type": "text"})]).encode(),
+            "record 0: data.content.text.text: Field required",
         ),
     ],
 )

@@ -324,6 +324,33 @@ async def test_reminders_then_the_bridge_closes_the_chat_and_refuses_late_replie
     assert (archived["close_reason"], archived["in_window"], archived["late_replies"]) == ("reply_timeout", False, 1)
 
 
+async def test_a_kind_of_message_or_close_the_contract_does_not_name_yet_is_taken(stack: Stack) -> None:
+    """A kind of message the platform adds later (a video) is taken, not refused: a refused push
+    would hold back the chat while platform CS waits. The team reads that it came and where to see
+    it, its window runs and is answered here, and the archive keeps what was sent. A close for a
+    reason added later closes the chat all the same, in its own word."""
+    cid, root = await open_chat(stack)
+    await stack.slack.user_message(MAIN, CHATS, "您好", thread_ts=root.ts)
+    await stack.settle()
+    video = {"type": "video", "url": "https://fxg.example/v/1.mp4", "duration_s": 12}
+    assert (await stack.sandbox.chat_message(cid, video)).statuses == [200]
+    await stack.settle()
+    assert texts(stack, root)[-1] == "小飞: 【video】此类消息无法在这里显示，请在飞鸽查看；回复照常写在这里"
+    assert await stack.bridge.timers.due_at(keys.window_timer(TAG, cid)) is not None, "a new window runs"
+    await stack.slack.user_message(MAIN, CHATS, "视频收到，马上处理", thread_ts=root.ts)
+    await stack.settle()
+    assert platform_texts(stack, cid) == ["您好", "视频收到，马上处理"]
+    assert (await stack.sandbox.close_chat(cid, "consumer_left")).statuses == [200]
+    await stack.settle()
+    assert "⛔ 已关闭：平台已结束会话（consumer_left）" in stack.slack.message(CHATS, root.ts).text
+    assert await stack.redis.hget(keys.chat(TAG, cid), "status") == "closed"
+    [archived] = await stack.bridge.archive.chats("1001")
+    assert archived["close_reason"] == "consumer_left"
+    assert [(m["kind"], json.loads(m["text"])) for m in archived["messages"] if m["kind"] == "video"] == [
+        ("video", video)
+    ]
+
+
 async def test_an_escalation_due_with_a_reminder_goes_in_it_on_time(stack: Stack) -> None:
     cid, root = await open_chat(stack)
     await stack.advance_to(await deadline_of(stack, cid) - 30)  # the example escalates at 30 s, as it reminds
