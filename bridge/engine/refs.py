@@ -41,6 +41,12 @@ async def save_topic(redis: Redis, tag: str, chat_key: str, service: str, channe
         await pipe.execute()
 
 
+async def forget_topic(redis: Redis, tag: str, chat_key: str) -> None:
+    """The destination's sub-thread of this chat is gone (a person deleted the topic, or turned the
+    group's topics off): its later messages go where a thread without one goes."""
+    await redis.delete(keys.thread_topic(tag, chat_key))
+
+
 async def topic_of(redis: Redis, tag: str, chat_key: str) -> str | None:
     found = await redis.get(keys.thread_topic(tag, chat_key))
     return None if found is None else str(found)

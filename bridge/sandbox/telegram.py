@@ -103,6 +103,7 @@ class TelegramEmulator(LocalServer):
         self.unfetchable: set[str] = set()  # photo URLs Telegram cannot get (private, too big, not an image)
         self.plain_member: set[int] = set()  # groups where the bot is not an admin (elsewhere it is, with all rights)
         self.topics: dict[tuple[int, int], str] = {}  # (chat, message_thread_id) → topic name
+        self.gone_topics: set[tuple[int, int]] = set()  # deleted, or their group's topics turned off
         self.other_bots: set[int] = set()  # user ids of the other bots in the chats (see bot_message)
         self.upgraded: dict[int, int] = {}  # a group's id → its id as a supergroup (see upgrade_group)
         self.rate_limited = 0
@@ -264,10 +265,19 @@ class TelegramEmulator(LocalServer):
             return self._error(400, "Bad Request: chat not found")
         if _button_data_too_long(args):
             return self._error(400, "Bad Request: BUTTON_DATA_INVALID")
+        if (chat_id, int(args.get("message_thread_id") or 0)) in self.gone_topics:
+            return self._error(400, "Bad Request: message thread not found")
         limited = self._limit(chat_id)
         if limited is not None:
             return limited
-        reply = args.get("reply_parameters", {}).get("message_id") or args.get("reply_to_message_id")
+        replying = args.get("reply_parameters") or {}
+        reply = replying.get("message_id") or args.get("reply_to_message_id")
+        if reply and self._find(chat_id, int(reply)) is None:
+            # A message replied to that is gone (deleted, its topic deleted): sent as a message of its
+            # own where the bot allows that, refused otherwise, as Telegram does.
+            if not (replying.get("allow_sending_without_reply") or args.get("allow_sending_without_reply")):
+                return self._error(400, "Bad Request: message to be replied not found")
+            reply = None
         m = TgMessage(chat_id, next(self._ids), BOT_ID, str(content.pop("text", "")),
                       reply_to=int(reply) if reply else None, reply_markup=args.get("reply_markup"),
                       thread_id=int(args["message_thread_id"]) if args.get("message_thread_id") else None,
@@ -503,6 +513,24 @@ class TelegramEmulator(LocalServer):
             if tell_the_bot:
                 statuses.append(await self._send({"update_id": next(self._updates), "message": self._wire(m) | said}))
         return statuses
+
+    def delete_topic(self, chat_id: int, thread_id: int) -> None:
+        """An admin deletes a forum topic, and every message in it with it."""
+        self.topics.pop((chat_id, thread_id), None)
+        self.gone_topics.add((chat_id, thread_id))
+        self.messages = [m for m in self.messages if not (m.chat_id == chat_id and m.thread_id == thread_id)]
+
+    def turn_topics_off(self, chat_id: int) -> None:
+        """An admin turns a group's topics off: its messages stay, in one list, and no topic takes
+        a message any more."""
+        self.forums.discard(chat_id)
+        gone = {key for key in self.topics if key[0] == chat_id}
+        self.gone_topics |= gone
+        for key in gone:
+            del self.topics[key]
+        for m in self.messages:
+            if m.chat_id == chat_id:
+                m.thread_id = None
 
     def bot_message(self, bot: int, chat_id: int, text: str) -> TgMessage:
         """Another bot in the chat writes. Telegram delivers no bot's messages to other bots, so the

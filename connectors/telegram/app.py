@@ -66,6 +66,11 @@ REPLY = "telegram.reply"  # a message answering someone's message (what others s
 ANSWER = "telegram.answer"  # answerCallbackQuery: the toast after a button tap
 
 
+class _TopicGone(Exception):
+    """Telegram no longer has the forum topic a message was meant for ("message thread not found"):
+    a person deleted it, or turned the group's topics off. Nothing was sent."""
+
+
 @dataclass(frozen=True)
 class TelegramInbound:
     """What a person did in Telegram, as the flows need it."""
@@ -434,6 +439,8 @@ class TelegramConnector:
             self._mark_sent(chat)
             return sent
         except TelegramError as exc:
+            if thread is not None and isinstance(exc, BadRequest) and "thread not found" in str(exc).lower():
+                raise _TopicGone(str(exc)) from None
             failure = await self._failure(exc, chat)
             if isinstance(failure, RetryLater) and failure.after:
                 # 429: the chat rests, and this message goes first after it
@@ -531,19 +538,29 @@ class TelegramConnector:
         # An image from the platform is shown as a photo, as in Slack (Telegram fetches it by its URL).
         content = view.get("content") or {}
         photo = str(content["url"]) if view["type"] == "platform_message" and content.get("type") == "image" else None
-        sent = await self._send(chat, text, markup, job.id, reply_to, topic, job.expires_at, photo)
+        try:
+            sent = await self._send(chat, text, markup, job.id, reply_to, topic, job.expires_at, photo)
+        except _TopicGone as exc:
+            # The thread goes on without its topic, in the group's main view: as a reply chain under
+            # its first message where that is still there, a message of its own where it went with
+            # the topic. Run again at once; a root opens a new topic if the group still has topics.
+            log.warning("Telegram chat %s: the topic of %s is gone (%s); the thread goes on without it", chat, key, exc)
+            await refs.forget_topic(self.redis, tag, key)
+            self._forums.pop(chat, None)
+            raise RetryLater(f"Telegram chat {chat}: the thread's topic is gone", after=0) from None
         if p.get("root"):
             return refs.root_records(tag, key, SERVICE, str(chat), str(sent.message_id))
         # A reply to any message of the chain belongs to the same thread.
         return refs.member_records(tag, key, SERVICE, str(chat), str(sent.message_id))
 
-    async def _update_root(self, job: OutboxJob) -> None:
+    async def _update_root(self, job: OutboxJob) -> Recorded | None:
         p = job.payload
-        root = await refs.root_of(self.redis, str(p["tag"]), str(p["thread_key"]))
+        tag, key = str(p["tag"]), str(p["thread_key"])
+        root = await refs.root_of(self.redis, tag, key)
         if root is None:
             raise WaitingForRoot
         if int(root[0]) in self._moved:
-            return  # a header in a group since made a supergroup: that group is read-only history
+            return None  # a header in a group since made a supergroup: that group is read-only history
         text, markup = render(self._view(p))
         markup = await self._fit(markup)
         try:
@@ -551,22 +568,34 @@ class TelegramConnector:
                                              reply_markup=markup)  # fmt: skip
         except ChatMigrated as exc:
             await self._follow(int(root[0]), exc.new_chat_id)
-            return
+            return None
         except BadRequest as exc:
+            if "to edit not found" in str(exc).lower():
+                # The header is gone (deleted, or with its topic): the thread gets it again, where
+                # the thread now is, with its buttons, and later changes edit the new one.
+                log.warning("Telegram chat %s: the header of %s is gone; posting it again", root[0], key)
+                topic = await refs.topic_of(self.redis, tag, key)
+                try:
+                    sent = await self._send(int(root[0]), text, markup, job.id, None, int(topic) if topic else None)
+                except _TopicGone:
+                    await refs.forget_topic(self.redis, tag, key)
+                    sent = await self._send(int(root[0]), text, markup, job.id, None, None)
+                return refs.root_records(tag, key, SERVICE, root[0], str(sent.message_id))
             if "not modified" not in str(exc).lower():
                 raise _sorted(exc) from None
-        topic = await refs.topic_of(self.redis, str(p["tag"]), str(p["thread_key"]))
+        topic = await refs.topic_of(self.redis, tag, key)
         if topic is not None:  # the topic's name shows the status in the group's list of topics
             try:
                 await self.bot.edit_forum_topic(int(root[0]), int(topic), name=topic_name(p["view"]))
             except BadRequest as exc:  # the header is what matters; a name left as it was is not worth a retry
                 if "not_modified" not in str(exc).lower():
                     log.warning("Telegram chat %s: topic %s not renamed: %s", root[0], topic, exc)
+        return None
 
     async def _reply(self, job: OutboxJob) -> None:
         p = job.payload
         chat, reply_to, thread = self._where(int(p["chat"]), p.get("reply_to"), p.get("thread"))
-        await self._send(chat, html.escape(str(p["text"]), quote=False), None, job.id, reply_to, thread)
+        await self._answer_person(chat, html.escape(str(p["text"]), quote=False), job.id, reply_to, thread)
 
     async def _ephemeral(self, job: OutboxJob) -> None:
         """Telegram has no private message inside a group: the refusal replies to the refused message."""
@@ -576,7 +605,14 @@ class TelegramConnector:
             int(actor["message"]) if actor.get("message") else None,
             int(actor["thread"]) if actor.get("thread") else None,
         )
-        await self._send(chat, html.escape(str(job.payload["text"]), quote=False), None, job.id, reply_to, topic)
+        await self._answer_person(chat, html.escape(str(job.payload["text"]), quote=False), job.id, reply_to, topic)
+
+    async def _answer_person(self, chat: int, text: str, job_id: str, reply_to: int | None, topic: int | None) -> None:
+        """A reply to someone's message, in their topic; the topic gone, still a reply to them."""
+        try:
+            await self._send(chat, text, None, job_id, reply_to, topic)
+        except _TopicGone:
+            await self._send(chat, text, None, job_id, reply_to, None)
 
     async def _react(self, job: OutboxJob) -> None:
         p = job.payload

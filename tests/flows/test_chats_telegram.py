@@ -387,6 +387,40 @@ async def test_in_a_reply_chain_an_answer_to_a_colleagues_reply_is_in_the_chat(s
     assert [m.text for m in stack.telegram.by_bot(GROUP) if m.text.startswith("Not forwarded")] == []
 
 
+@pytest.mark.parametrize("how", ["deleted", "topics_off"])
+async def test_a_chat_whose_topic_is_gone_goes_on_in_the_group(stack: Stack, how: str) -> None:
+    """A person deletes a chat's forum topic, or turns the group's topics off, while the chat is
+    open: Telegram then refuses the topic ("message thread not found"). Platform CS's next message
+    still reaches the team, in the group's main view (a reply to the header where that is still
+    there), an answer to it reaches platform CS, and a new chat opens as the group now allows."""
+    stack.telegram.forums.add(GROUP)
+    cid, root_id = await open_chat(stack)
+    topic = stack.telegram.message(GROUP, root_id).thread_id
+    assert topic is not None
+    if how == "deleted":
+        stack.telegram.delete_topic(GROUP, topic)
+    else:
+        stack.telegram.turn_topics_off(GROUP)
+    await stack.sandbox.chat_message(cid, {"type": "text", "text": "还在吗？"})
+    await stack.settle()
+    follow_up = stack.telegram.by_bot(GROUP)[-1]
+    assert "还在吗？" in follow_up.text and follow_up.thread_id is None
+    assert follow_up.reply_to == (None if how == "deleted" else root_id)
+    await stack.telegram.user_message(OWNER, GROUP, "在的，今天发货", reply_to=follow_up.message_id)
+    await stack.settle()
+    assert merchant_texts(stack, cid) == ["在的，今天发货"]
+    await stack.sandbox.open_chat("1002", {"type": "text", "text": "能改地址吗？"})
+    await stack.settle()
+    header = stack.telegram.by_bot(GROUP)[-1]
+    assert "能改地址吗？" in header.text
+    assert (header.thread_id is not None) == (how == "deleted"), "a new topic where the group still has topics"
+    assert await stack.bridge.outbox.dead_letters(TAG) == []
+    if how == "deleted":  # the header went with the topic: posted again, where the chat now is, and kept up
+        [again] = [m for m in stack.telegram.by_bot(GROUP) if "Platform CS: 小飞" in m.text and "还在吗" not in m.text
+                   and m.message_id > follow_up.message_id and m.thread_id is None]  # fmt: skip
+        assert "Answered" in again.text and again.reply_markup
+
+
 SUPERGROUP = -1001002999999  # the group's id once Telegram made it a supergroup
 
 

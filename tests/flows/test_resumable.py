@@ -464,6 +464,46 @@ async def test_following_a_telegram_group_made_a_supergroup(stack: Stack, faults
     assert done["sent"] == ["Both, within 7 days"] and done["dead"] == []
 
 
+async def test_a_chat_whose_telegram_topic_was_deleted(stack: Stack, faults: RedisFaults) -> None:
+    """A person deletes a chat's forum topic. Whatever fails while the bridge forgets the topic,
+    posts the next message in the group's main view and posts the header again there, each lands
+    once, and the answer reaches platform CS once."""
+    stack.bridge.event_handlers["telegram.update"] = faults.wrap(stack.bridge.event_handlers["telegram.update"])
+    stack.bridge.timer_handlers["outbox"] = faults.wrap(stack.bridge.outbox.handle_timer)
+    tg = stack.telegram
+
+    async def prepare() -> str:
+        await reset_tasks(stack)
+        tg.topics.clear()
+        tg.gone_topics.clear()
+        tg.forums.add(GROUP)
+        cid = await stack.sandbox.open_chat("1002", {"type": "text", "text": "Can the buyer change the size?"})
+        await stack.settle()
+        return cid
+
+    async def step(cid: str) -> None:
+        [topic] = [thread for chat, thread in tg.topics if chat == GROUP]
+        tg.delete_topic(GROUP, topic)
+        await stack.sandbox.chat_message(cid, {"type": "text", "text": "And the colour?"})
+        await settle(stack)
+        follow_up = [m for m in tg.by_bot(GROUP) if "And the colour?" in m.text][-1].message_id
+        await tg.user_message(OWNER, GROUP, "Both, within 7 days", reply_to=follow_up)
+        await settle(stack)
+
+    async def state(cid: str) -> dict[str, Any]:
+        conversation = stack.sandbox.conversations[cid]
+        return {
+            "posted": [normalized(m.text, cid)[:50] for m in tg.by_bot(GROUP) if m.thread_id is None],
+            "sent": [m["content"].get("text") for m in conversation.messages if m["from"] == "merchant"],
+            "dead": await stack.bridge.outbox.dead_letters(STORE_1002),
+        }
+
+    tried, done = await each_failure(stack, faults, prepare, step, state)
+    assert tried >= 4
+    assert len(done["posted"]) == 2 and "And the colour?" in done["posted"][0] and "Feige" in done["posted"][1]
+    assert done["sent"] == ["Both, within 7 days"] and done["dead"] == []
+
+
 async def platform_cs_writes_again(
     stack: Stack, faults: RedisFaults, before: Callable[[str, str], Awaitable[object]]
 ) -> dict[str, Any]:
