@@ -47,6 +47,9 @@ async def _probe(bot: Bot, config: BridgeConfig) -> list[Problem]:
             why = "make the bot an admin with Manage topics, so each chat and task order gets its own topic"
             problems.append(Problem(path, f"{name} has topics: {why}"))
         elif admin is None:
-            why = "with privacy mode on it sees only replies to its own messages"
+            why = (
+                "with privacy mode on it sees only commands and replies to its own messages: an answer "
+                "written as a reply to a colleague's message in a chat's chain would not reach it"
+            )
             problems.append(Problem(path, f"the bot is not an admin of {name}: {why}", "warning"))
     return problems

@@ -82,6 +82,20 @@ async def test_a_group_made_a_supergroup_is_named_by_its_new_id(
     ]
 
 
+async def test_a_bot_that_is_no_admin_is_warned_of_what_it_cannot_see(
+    services: tuple[SlackEmulator, TelegramEmulator, dict[str, str]],
+) -> None:
+    _, telegram, env = services
+    telegram.plain_member.add(GROUP)
+    found = [str(p) for p in await probe_destinations(load_config(EXAMPLE_CONFIG, environ=env))]
+    assert found == [
+        f"warning: store 1002 (stores[1]): destinations.{where}: the bot is not an admin of group {GROUP}: with "
+        "privacy mode on it sees only commands and replies to its own messages: an answer written as a reply to a "
+        "colleague's message in a chat's chain would not reach it"
+        for where in ("platform_chats", "task_orders")
+    ]
+
+
 async def test_a_wrong_token_is_one_problem_per_service(
     services: tuple[SlackEmulator, TelegramEmulator, dict[str, str]],
 ) -> None:
