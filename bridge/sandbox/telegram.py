@@ -514,6 +514,27 @@ class TelegramEmulator(LocalServer):
                 statuses.append(await self._send({"update_id": next(self._updates), "message": self._wire(m) | said}))
         return statuses
 
+    async def bot_membership(self, chat_id: int, status: str, by: int, *, was: str = "administrator") -> int:
+        """Someone changes the bot's place in a chat (``member``, ``administrator``, ``left``,
+        ``kicked``; in a private chat ``kicked`` is the person blocking the bot): Telegram sends a
+        ``my_chat_member`` update; returns the bridge's status."""
+        chat: dict[str, Any] = {"id": chat_id, "type": "supergroup" if chat_id < 0 else "private"}
+        chat |= {"title": f"group {chat_id}"} if chat_id < 0 else {"first_name": f"user{chat_id}"}
+        rights = {"can_be_edited": False, "is_anonymous": False, "can_manage_chat": True, "can_delete_messages": True,
+                  "can_manage_video_chats": False, "can_restrict_members": False, "can_promote_members": False,
+                  "can_change_info": False, "can_invite_users": True, "can_post_stories": False,
+                  "can_edit_stories": False, "can_delete_stories": False, "can_pin_messages": True,
+                  "can_manage_topics": True}  # fmt: skip
+
+        def member(status: str) -> dict[str, Any]:
+            extra = rights if status == "administrator" else {"until_date": 0} if status == "kicked" else {}
+            return {"status": status, "user": BOT} | extra
+
+        update = {"chat": chat, "from": {"id": by, "is_bot": False, "first_name": f"user{by}"},
+                  "date": int(self.clock.now()), "old_chat_member": member(was),
+                  "new_chat_member": member(status)}  # fmt: skip
+        return await self._send({"update_id": next(self._updates), "my_chat_member": update})
+
     def delete_topic(self, chat_id: int, thread_id: int) -> None:
         """An admin deletes a forum topic, and every message in it with it."""
         self.topics.pop((chat_id, thread_id), None)

@@ -22,9 +22,17 @@ from aiohttp import web
 
 os.environ.setdefault("PTB_TIMEDELTA", "1")  # durations as timedelta, as PTB 23 will have them
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Message, MessageEntity, Update
+from telegram import Bot, ChatMember, InlineKeyboardButton, InlineKeyboardMarkup, Message, MessageEntity, Update
 from telegram.error import BadRequest, ChatMigrated, NetworkError, RetryAfter, TelegramError, TimedOut
-from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
+from telegram.ext import (
+    Application,
+    CallbackQueryHandler,
+    ChatMemberHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
 
 from bridge.config import NOWHERE
 from bridge.core import Core
@@ -118,6 +126,7 @@ class TelegramConnector:
         self.application.add_handler(CommandHandler("tasks", self._on_update))
         self.application.add_handler(CallbackQueryHandler(self._on_update))
         self.application.add_handler(MessageHandler(filters.ALL, self._on_update))
+        self.application.add_handler(ChatMemberHandler(self._on_own_membership, ChatMemberHandler.MY_CHAT_MEMBER))
         self.application.add_error_handler(self._on_error)
         self._failures: dict[int, Exception] = {}
         self._unreachable: str | None = None
@@ -240,6 +249,35 @@ class TelegramConnector:
         for handler in self.handlers:
             if await handler(inbound):
                 return
+
+    async def _on_own_membership(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """The bot added to a chat, removed, made an admin or not, or blocked by a person: the
+        operator learns it from the log at once, with what it means for the place the configuration
+        names there, rather than from dead letters later."""
+        changed = update.my_chat_member
+        if changed is None:
+            return
+        chat, status = changed.chat.id, changed.new_chat_member.status
+        task_store, chat_store, creator = self.config().at(f"{SERVICE}:{chat}")
+        if chat_store is None and task_store is None and creator is None:
+            if status in (ChatMember.MEMBER, ChatMember.ADMINISTRATOR):
+                log.info("Telegram: the bot was added to %s (%s), which the configuration does not name; for a "
+                         "store or creator there, write telegram:%s in its destinations", chat,
+                         changed.chat.effective_name or "a chat", chat)  # fmt: skip
+            return
+        owners = ", ".join(
+            [f"store {s.id}'s {what}" for s, what in ((chat_store, "platform chats"), (task_store, "task orders")) if s]
+            + ([f"creator {creator.id}"] if creator else [])
+        )
+        if status in (ChatMember.LEFT, ChatMember.BANNED):
+            log.error("Telegram: the bot was removed from telegram:%s (%s) or blocked there: nothing reaches "
+                      "it until it is back; what fails meanwhile is kept in the dead letters to replay",
+                      chat, owners)  # fmt: skip
+        elif status == ChatMember.MEMBER and chat < 0:
+            log.warning("Telegram: the bot is no longer an admin of telegram:%s (%s): with privacy mode on it sees "
+                        "only commands and replies to its own messages", chat, owners)  # fmt: skip
+        else:
+            log.info("Telegram: the bot is %s in telegram:%s (%s)", status, chat, owners)
 
     @staticmethod
     def _translate(update: Update, own_id: int) -> TelegramInbound | None:
@@ -657,7 +695,7 @@ def _spacing(chat: int) -> float:
 
 def _chat_of(update: dict[str, Any]) -> str:
     """The chat an update happened in (its ordering key), from the raw update."""
-    for field in ("message", "edited_message", "channel_post", "edited_channel_post"):
+    for field in ("message", "edited_message", "channel_post", "edited_channel_post", "my_chat_member"):
         if isinstance(update.get(field), dict):
             return str(update[field].get("chat", {}).get("id", "-"))
     query = update.get("callback_query")

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
+ALLOWED_UPDATES = ["message", "edited_message", "callback_query", "my_chat_member"]
 """The update types the connector handles (connectors/telegram/app.py); Telegram sends no other."""
 
 COMMANDS = ("tasks", "stats", "help")

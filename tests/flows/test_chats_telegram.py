@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import logging
 import re
 from datetime import datetime
 from pathlib import Path
@@ -419,6 +420,31 @@ async def test_a_chat_whose_topic_is_gone_goes_on_in_the_group(stack: Stack, how
         [again] = [m for m in stack.telegram.by_bot(GROUP) if "Platform CS: 小飞" in m.text and "还在吗" not in m.text
                    and m.message_id > follow_up.message_id and m.thread_id is None]  # fmt: skip
         assert "Answered" in again.text and again.reply_markup
+
+
+async def test_the_operator_reads_in_the_log_what_happened_to_the_bot_in_a_chat(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Removed from a group, made a plain member there, blocked by a creator, or added to a group
+    the configuration does not name: the log says so at once, with the place and whose it is."""
+    caplog.set_level(logging.INFO, "connectors.telegram.app")
+    assert await stack.telegram.bot_membership(GROUP, "left", OWNER) == 200
+    assert await stack.telegram.bot_membership(GROUP, "member", OWNER) == 200
+    assert await stack.telegram.bot_membership(7001, "kicked", 7001, was="member") == 200
+    assert await stack.telegram.bot_membership(-1009999000001, "member", OWNER, was="left") == 200
+    await stack.settle()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("Telegram: the bot")]
+    assert sorted(said) == sorted([
+        ("ERROR", f"Telegram: the bot was removed from telegram:{GROUP} (store 1002's platform chats, store 1002's "
+                  "task orders) or blocked there: nothing reaches it until it is back; what fails meanwhile is kept "
+                  "in the dead letters to replay"),
+        ("WARNING", f"Telegram: the bot is no longer an admin of telegram:{GROUP} (store 1002's platform chats, store "
+                    "1002's task orders): with privacy mode on it sees only commands and replies to its own messages"),
+        ("ERROR", "Telegram: the bot was removed from telegram:7001 (creator c-7001) or blocked there: nothing reaches "
+                  "it until it is back; what fails meanwhile is kept in the dead letters to replay"),
+        ("INFO", "Telegram: the bot was added to -1009999000001 (group -1009999000001), which the configuration does "
+                 "not name; for a store or creator there, write telegram:-1009999000001 in its destinations"),
+    ])  # fmt: skip
 
 
 SUPERGROUP = -1001002999999  # the group's id once Telegram made it a supergroup
