@@ -68,30 +68,31 @@ async def test_every_unusable_target_is_named_with_its_path(
     ]
 
 
-async def test_a_group_made_a_supergroup_is_named_by_its_new_id(
-    services: tuple[SlackEmulator, TelegramEmulator, dict[str, str]],
-) -> None:
-    _, telegram, env = services
-    await telegram.upgrade_group(GROUP, -1001002999999, 1002001, tell_the_bot=False)
-    found = [str(p) for p in await probe_destinations(load_config(EXAMPLE_CONFIG, environ=env))]
-    assert found == [
-        f"warning: store 1002 (stores[1]): destinations.{where}: chat {GROUP} is now the supergroup -1001002999999 "
-        "(Telegram gives a group a new id when topics are turned on, or it gets a public link or many members): "
-        "write telegram:-1001002999999 here; until then the bridge follows the group to its new id"
-        for where in ("platform_chats", "task_orders")
-    ]
+MOVED = (
+    "chat {group} is now the supergroup -1001002999999 (Telegram gives a group a new id when topics are turned on, "
+    "or it gets a public link or many members): write telegram:-1001002999999 here; until then the bridge follows "
+    "the group to its new id"
+)
+NO_ADMIN = (
+    "the bot is not an admin of group {group}: with privacy mode on it sees only commands and replies to its own "
+    "messages: an answer written as a reply to a colleague's message in a chat's chain would not reach it"
+)
 
 
-async def test_a_bot_that_is_no_admin_is_warned_of_what_it_cannot_see(
-    services: tuple[SlackEmulator, TelegramEmulator, dict[str, str]],
+@pytest.mark.parametrize(("change", "said"), [("upgraded", MOVED), ("not_admin", NO_ADMIN)])
+async def test_a_group_that_works_but_not_as_configured_is_a_warning(
+    services: tuple[SlackEmulator, TelegramEmulator, dict[str, str]], change: str, said: str
 ) -> None:
+    """A group made a supergroup (the bridge follows it), or where the bot is no admin (it misses
+    replies to people): each is named, with what to do."""
     _, telegram, env = services
-    telegram.plain_member.add(GROUP)
+    if change == "upgraded":
+        await telegram.upgrade_group(GROUP, -1001002999999, 1002001, tell_the_bot=False)
+    else:
+        telegram.plain_member.add(GROUP)
     found = [str(p) for p in await probe_destinations(load_config(EXAMPLE_CONFIG, environ=env))]
     assert found == [
-        f"warning: store 1002 (stores[1]): destinations.{where}: the bot is not an admin of group {GROUP}: with "
-        "privacy mode on it sees only commands and replies to its own messages: an answer written as a reply to a "
-        "colleague's message in a chat's chain would not reach it"
+        f"warning: store 1002 (stores[1]): destinations.{where}: {said.format(group=GROUP)}"
         for where in ("platform_chats", "task_orders")
     ]
 

@@ -235,22 +235,20 @@ async def test_an_excel_export_keeps_what_people_wrote_as_text(stack: Stack, tmp
     story = '=HYPERLINK("https://evil.example","点我查看")\x0b买家说杯子裂了'
     await raise_task(stack, consumer_description=story)
     await stack.settle()
-    sheet = tmp_path / "tasks.xlsx"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "export", "tasks", "--config", str(EXAMPLE_CONFIG), "--format", "xlsx",
-        "--out", str(sheet), env=dict(os.environ, ARCHIVE_URL=stack.bridge.archive.url),
-    )  # fmt: skip
-    assert await proc.wait() == 0
-    rows = list(load_workbook(sheet).active.iter_rows())  # type: ignore[union-attr]
+
+    async def export(fmt: str) -> Path:
+        out = tmp_path / f"tasks.{fmt}"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bridge", "export", "tasks", "--config", str(EXAMPLE_CONFIG), "--format", fmt,
+            "--out", str(out), env=dict(os.environ, ARCHIVE_URL=stack.bridge.archive.url),
+        )  # fmt: skip
+        assert await proc.wait() == 0
+        return out
+
+    rows = list(load_workbook(await export("xlsx")).active.iter_rows())  # type: ignore[union-attr]
     told = rows[1][[c.value for c in rows[0]].index("consumer_description")]
     assert (told.value, told.data_type) == ('=HYPERLINK("https://evil.example","点我查看") 买家说杯子裂了', "s")
-    table = tmp_path / "tasks.csv"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "export", "tasks", "--config", str(EXAMPLE_CONFIG), "--format", "csv",
-        "--out", str(table), env=dict(os.environ, ARCHIVE_URL=stack.bridge.archive.url),
-    )  # fmt: skip
-    assert await proc.wait() == 0
-    written = table.read_bytes()
+    written = (await export("csv")).read_bytes()
     assert written.startswith(b"\xef\xbb\xbf"), "Excel reads UTF-8 as such only after its byte-order mark"
     row = next(csv.DictReader(io.StringIO(written.decode("utf-8-sig"), newline="")))
     assert row["consumer_description"] == "'" + story, "a spreadsheet takes it as text, not a formula"
