@@ -575,7 +575,10 @@ class SlackConnector:
         try:
             await _call(self.client.reactions_add(channel=p["channel"], timestamp=p["message"], name=p["emoji"]))
         except FinalFailure as exc:
-            if exc.code != "already_reacted":
+            if exc.code == "message_not_found":
+                # Its author deleted it meanwhile: a mark on nothing matters to no one (no dead letter).
+                log.info("Slack %s %s: the message to mark is gone", p["channel"], p["message"])
+            elif exc.code != "already_reacted":
                 raise
 
 

@@ -661,6 +661,11 @@ class TelegramConnector:
             await self.bot.set_message_reaction(int(p["channel"]), int(p["message"]), emoji)
         except ChatMigrated as exc:
             await self._follow(int(p["channel"]), exc.new_chat_id)
+        except BadRequest as exc:
+            if "not found" not in str(exc).lower():
+                raise _sorted(exc) from None
+            # Its author deleted it meanwhile: a mark on nothing matters to no one (no dead letter).
+            log.info("Telegram chat %s: the message %s to mark is gone", p["channel"], p["message"])
         except TelegramError as exc:
             raise _sorted(exc) from None
 

@@ -188,6 +188,18 @@ async def test_designated_agent_answers_in_time_with_emoji_and_gets_a_check_mark
     assert await stack.bridge.timers.due_at(keys.window_timer(TAG, cid)) is None, "the window stopped"
 
 
+async def test_an_answer_deleted_before_its_mark_lands_leaves_no_dead_letter(stack: Stack) -> None:
+    """Its author deletes an answer at once: it reached platform CS (the author is told so), and the
+    ✅ that has nothing left to mark is no dead letter for the operator to look into."""
+    cid, root = await open_chat(stack)
+    ts, _ = await stack.slack.user_message(MAIN, CHATS, "已发货", thread_ts=root.ts)
+    stack.slack.messages.remove(stack.slack.message(CHATS, ts))
+    await stack.settle()
+    assert platform_texts(stack, cid) == ["已发货"]
+    assert [c.args["timestamp"] for c in stack.slack.called("reactions.add")] == [ts], "tried, and found nothing"
+    assert await stack.bridge.outbox.dead_letters(TAG) == []
+
+
 async def test_several_replies_in_a_row_edit_the_header_once_and_a_new_window_again(stack: Stack) -> None:
     cid, root = await open_chat(stack)
     for text in ("您好", "已发货", "单号稍后发您"):

@@ -112,6 +112,16 @@ async def test_a_link_under_words_of_its_own_reaches_platform_cs_with_its_addres
     ]
 
 
+async def test_an_answer_deleted_before_its_mark_lands_leaves_no_dead_letter(stack: Stack) -> None:
+    cid, root_id = await open_chat(stack)
+    answer, _ = await stack.telegram.user_message(OWNER, GROUP, "Shipped today", reply_to=root_id)
+    stack.telegram.messages.remove(answer)  # its author deleted it at once
+    await stack.settle()
+    assert merchant_texts(stack, cid) == ["Shipped today"]
+    assert [c.ok for c in stack.telegram.called("setMessageReaction")] == [False], "tried, and found nothing"
+    assert await stack.bridge.outbox.dead_letters(TAG) == []
+
+
 async def test_refusals_reply_to_the_refused_message(stack: Stack) -> None:
     cid, root_id = await open_chat(stack)
     stranger, _ = await stack.telegram.user_message(STRANGER, GROUP, "I can answer", reply_to=root_id)
