@@ -143,7 +143,9 @@ class TaskOrderComment(_Event):
 
 class Evidence(_Event):
     url: str
-    kind: Literal["image", "video"]
+    kind: str
+    """``image`` or ``video``; another kind the platform adds later is taken too: refusing the push
+    would leave the task order pending here, and time it out, though it was processed there."""
     size: int
 
 

@@ -527,13 +527,15 @@ class PlatformSandbox(LocalServer):
         return str(comment["comment_id"])
 
     async def process_on_platform(
-        self, task_id: str, result: str, solution: str, operator: tuple[str, str] = ("main-1001", "店长 Li")
-    ) -> Delivery:
+        self, task_id: str, result: str, solution: str, operator: tuple[str, str] = ("main-1001", "店长 Li"),
+        evidence: list[dict[str, Any]] | None = None,
+    ) -> Delivery:  # fmt: skip
         """The merchant processes a task order in the platform's own UI (not through the bridge):
-        the result is pushed to the store as ``task_order_processed``. ``operator`` is (id, name)."""
+        the result is pushed to the store as ``task_order_processed``. ``operator`` is (id, name);
+        ``evidence`` the files as the push lists them ({url, kind, size})."""
         task = self.task_orders[task_id]
         data = {"shop_id": task.store_id, "task_id": task_id, "result": result, "solution": solution,
-                "evidence": [], "operator": {"id": operator[0], "name": operator[1]},
+                "evidence": evidence or [], "operator": {"id": operator[0], "name": operator[1]},
                 "processed_at": iso(self.clock.now())}  # fmt: skip
         return await self.push("store", task.store_id, [("task_order_processed", data)])
 

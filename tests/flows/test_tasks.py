@@ -162,9 +162,12 @@ async def test_reminders_then_timeout_tell_both_sides_and_stop_comments(stack: S
 
 async def test_processed_on_the_platform_pings_the_creator_with_contact_buyer(stack: Stack) -> None:
     tid = await raise_task(stack)
-    await stack.sandbox.process_on_platform(tid, "resolved", "已补发，顺丰 SF123456789")
+    # With a kind of evidence the contract does not name yet: refused, the task order would time out here.
+    files = [{"url": "https://fxg.example/e/1.pdf", "kind": "document", "size": 20480}]
+    pushed = await stack.sandbox.process_on_platform(tid, "resolved", "已补发，顺丰 SF123456789", evidence=files)
     await stack.sandbox.process_on_platform(tid, "resolved", "已补发，顺丰 SF123456789")  # and once more
     await stack.settle()
+    assert pushed.statuses == [200]
     assert await stack.redis.hget(keys.task(TAG, tid), "status") == "resolved"
     result = stack.telegram.by_bot(CREATOR_CHAT)[-1]
     assert "已补发，顺丰 SF123456789" in result.text and "不会自动发给消费者" in result.text
