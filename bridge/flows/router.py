@@ -66,6 +66,12 @@ class Place:
     def store(self) -> Store | None:
         return self.task_store or self.chat_store
 
+    def owners(self) -> str:
+        """Whose place it is, for the operator's log ("store 1002's platform chats, …"; "" for none)."""
+        named = [f"store {s.id}'s {what}" for s, what in ((self.chat_store, "platform chats"),
+                                                          (self.task_store, "task orders")) if s]  # fmt: skip
+        return ", ".join(named + ([f"creator {self.creator.id}"] if self.creator else []))
+
 
 CLAIM, REASSIGN, ASSIGN_TO, ELSEWHERE = "chat_claim", "chat_reassign", "chat_assign_to", "chat_elsewhere"
 """The chat header's buttons (the views name them; destinations pass them back)."""

@@ -430,6 +430,19 @@ class SlackEmulator(LocalServer):
         status = await self._send(json.dumps(body), "application/json", headers)
         return msg.ts, status
 
+    async def bot_membership(self, channel: str, joined: bool, by: str) -> int:
+        """Someone invites the bot to a channel (``joined``) or removes it: Slack's
+        member_joined_channel or member_left_channel event, with the bot as the member; returns the
+        bridge's status."""
+        event: dict[str, Any] = {"type": "member_joined_channel" if joined else "member_left_channel",
+                                 "user": BOT_USER, "channel": channel, "channel_type": "C", "team": TEAM,
+                                 "event_ts": self._ts()}  # fmt: skip
+        if joined:
+            event["inviter"] = by
+        body = {"token": "legacy", "team_id": TEAM, "api_app_id": "A0FEIGE", "event": event, "type": "event_callback",
+                "event_id": f"Ev{self._run}{next(self._ids):08d}", "event_time": int(time.time())}  # fmt: skip
+        return await self._send(json.dumps(body), "application/json")
+
     async def change_message(self, user: str, channel: str, ts: str, new_text: str | None) -> int:
         """A person edits (``new_text``) or deletes (None) their message: Slack's message_changed or
         message_deleted event, with the previous message in it."""

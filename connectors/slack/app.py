@@ -104,6 +104,8 @@ class SlackConnector:
         self.app.action("task_resolve")(self._open_process)
         self.app.action("task_unresolvable")(self._open_process)
         self.app.view("task_process")(self._on_process_submit)
+        self.app.event("member_joined_channel")(self._on_membership)
+        self.app.event("member_left_channel")(self._on_membership)
         self.app.action(re.compile(".*"))(self._ack_action)
         self.app.error(self._on_error)
         self.app.use(self._store_events_first)
@@ -259,6 +261,26 @@ class SlackConnector:
         not_ours = started_by is not None and self._bot_user is not None and started_by != self._bot_user
         await self.router.message(Inbound(actor, text, media, (str(thread),), parent_written_at=float(str(thread)),
                                           parent_not_ours=not_ours))  # fmt: skip
+
+    async def _on_membership(self, event: dict[str, Any], context: AsyncBoltContext) -> None:
+        """The bot invited to a channel or removed from it: the operator learns it from the log at
+        once, with whose place it is, rather than from dead letters later (others joining or
+        leaving change nothing)."""
+        if event.get("user") != (context.bot_user_id or self._bot_user):
+            return
+        channel = str(event.get("channel", ""))
+        owners = self.router.place(SERVICE, channel).owners()
+        joined = event.get("type") == "member_joined_channel"
+        if not owners:
+            if joined:
+                log.info("Slack: the bot was added to %s, which the configuration does not name; for a store or "
+                         "creator there, write slack:%s in its destinations", channel, channel)  # fmt: skip
+        elif joined:
+            log.info("Slack: the bot is in slack:%s (%s)", channel, owners)
+        else:
+            log.error("Slack: the bot was removed from slack:%s (%s): nothing reaches it until it is invited "
+                      "back (/invite); what fails meanwhile is kept in the dead letters to replay",
+                      channel, owners)  # fmt: skip
 
     def _platform_text(self, raw: str) -> str:
         """What platform CS reads of a Slack text. Slack writes a mention as the user id alone, which

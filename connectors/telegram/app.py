@@ -258,17 +258,13 @@ class TelegramConnector:
         if changed is None:
             return
         chat, status = changed.chat.id, changed.new_chat_member.status
-        task_store, chat_store, creator = self.config().at(f"{SERVICE}:{chat}")
-        if chat_store is None and task_store is None and creator is None:
+        owners = self.router.place(SERVICE, str(chat)).owners()
+        if not owners:
             if status in (ChatMember.MEMBER, ChatMember.ADMINISTRATOR):
                 log.info("Telegram: the bot was added to %s (%s), which the configuration does not name; for a "
                          "store or creator there, write telegram:%s in its destinations", chat,
                          changed.chat.effective_name or "a chat", chat)  # fmt: skip
             return
-        owners = ", ".join(
-            [f"store {s.id}'s {what}" for s, what in ((chat_store, "platform chats"), (task_store, "task orders")) if s]
-            + ([f"creator {creator.id}"] if creator else [])
-        )
         if status in (ChatMember.LEFT, ChatMember.BANNED):
             log.error("Telegram: the bot was removed from telegram:%s (%s) or blocked there: nothing reaches "
                       "it until it is back; what fails meanwhile is kept in the dead letters to replay",

@@ -166,7 +166,8 @@ def test_the_slack_app_manifest_asks_for_what_the_bridge_uses_and_nothing_more()
     commands = manifest["features"]["slash_commands"]
     assert {c["command"] for c in commands} == {form.split()[0] for form in SLASH_COMMANDS.values()}
     settings = manifest["settings"]
-    assert settings["event_subscriptions"]["bot_events"] == ["message.channels", "message.groups"]
+    events = readme[readme.index("**Event Subscriptions**") : readme.index("**Interactivity**")]
+    assert settings["event_subscriptions"]["bot_events"] == re.findall(r"`([a-z_.]+)`", events)
     urls = [c["url"] for c in commands] + [settings["event_subscriptions"]["request_url"],
                                           settings["interactivity"]["request_url"]]  # fmt: skip
     assert all(url.endswith("/slack/events") for url in urls) and settings["interactivity"]["is_enabled"]

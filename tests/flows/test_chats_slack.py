@@ -6,12 +6,14 @@ import asyncio
 import html
 import itertools
 import json
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
+import pytest
 from redis.asyncio import Redis
 
 from bridge.app.service import Bridge, open_redis
@@ -198,6 +200,24 @@ async def test_an_answer_deleted_before_its_mark_lands_leaves_no_dead_letter(sta
     assert platform_texts(stack, cid) == ["已发货"]
     assert [c.args["timestamp"] for c in stack.slack.called("reactions.add")] == [ts], "tried, and found nothing"
     assert await stack.bridge.outbox.dead_letters(TAG) == []
+
+
+async def test_the_operator_reads_in_the_log_where_the_bot_was_invited_or_removed(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Removed from a configured channel, or invited to one the configuration does not name: the log
+    says so at once, with whose place it is or the id to write; a person leaving changes nothing."""
+    caplog.set_level(logging.INFO, "connectors.slack.app")
+    assert await stack.slack.bot_membership(CHATS, joined=False, by=MAIN) == 200
+    assert await stack.slack.bot_membership("C0NEWCHANNEL", joined=True, by=MAIN) == 200
+    await stack.settle()
+    said = sorted((r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("Slack: the bot"))
+    assert said == [
+        ("ERROR", f"Slack: the bot was removed from slack:{CHATS} (store 1001's platform chats): nothing reaches it "
+                  "until it is invited back (/invite); what fails meanwhile is kept in the dead letters to replay"),
+        ("INFO", "Slack: the bot was added to C0NEWCHANNEL, which the configuration does not name; for a store or "
+                 "creator there, write slack:C0NEWCHANNEL in its destinations"),
+    ]  # fmt: skip
 
 
 async def test_several_replies_in_a_row_edit_the_header_once_and_a_new_window_again(stack: Stack) -> None:
