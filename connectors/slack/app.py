@@ -10,7 +10,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -558,14 +558,23 @@ class SlackConnector:
                 return str(message["ts"])
         return None
 
-    async def _update_root(self, job: OutboxJob) -> None:
+    async def _update_root(self, job: OutboxJob) -> Recorded | None:
         p = job.payload
         root = await refs.root_of(self.redis, str(p["tag"]), str(p["thread_key"]))
         if root is None:
             raise WaitingForRoot
         text, blocks = render(self._store(job), p["view"])
-        await _with_blocks(blocks, lambda shown: self.client.chat_update(channel=root[0], ts=root[1], text=text,
-                                                                         blocks=shown))  # fmt: skip
+        try:
+            await _with_blocks(blocks, lambda shown: self.client.chat_update(channel=root[0], ts=root[1], text=text,
+                                                                             blocks=shown))  # fmt: skip
+        except FinalFailure as exc:
+            if exc.code != "message_not_found":
+                raise
+            # Someone deleted the header (a workspace admin tidying up): it is posted again, with its
+            # buttons, as the thread's root from now on, by the post's own once-only path.
+            log.warning("Slack %s: the header of %s is gone; posting it again", root[0], p["thread_key"])
+            return await self._post(replace(job, payload=p | {"root": True, "channel": root[0]}))
+        return None
 
     async def _ephemeral(self, job: OutboxJob) -> None:
         actor = job.payload["actor"]

@@ -220,6 +220,24 @@ async def test_the_operator_reads_in_the_log_where_the_bot_was_invited_or_remove
     ]  # fmt: skip
 
 
+async def test_a_header_someone_deleted_is_posted_again_with_its_buttons(stack: Stack) -> None:
+    """A workspace admin deletes a chat's header: its next change posts it again, with Claim,
+    Reassign and Handled elsewhere, as the thread's root, and platform CS's next message goes under it."""
+    cid, root = await open_chat(stack)
+    stack.slack.messages.remove(root)
+    await stack.slack.user_message(MAIN, CHATS, "您好", thread_ts=root.ts)
+    await stack.settle()
+    assert platform_texts(stack, cid) == ["您好"], "the answer under the old header still counts"
+    again = stack.slack.channel(CHATS)[-1]
+    assert again.ts != root.ts and "已回复" in again.text
+    assert {e["action_id"] for b in again.blocks if b["type"] == "actions" for e in b["elements"]} >= {
+        "chat_claim", "chat_reassign", "chat_elsewhere"}  # fmt: skip
+    await stack.sandbox.chat_message(cid, {"type": "text", "text": "还有一个问题"})
+    await stack.settle()
+    assert "还有一个问题" in stack.slack.thread(CHATS, again.ts)[-1].text
+    assert await stack.bridge.outbox.dead_letters(TAG) == []
+
+
 async def test_several_replies_in_a_row_edit_the_header_once_and_a_new_window_again(stack: Stack) -> None:
     cid, root = await open_chat(stack)
     for text in ("您好", "已发货", "单号稍后发您"):

@@ -235,6 +235,40 @@ async def test_accepting_a_reply(stack: Stack, faults: RedisFaults) -> None:
     assert done["window"] is None and done["window_timer"] is None
 
 
+async def test_posting_again_a_slack_header_someone_deleted(stack: Stack, faults: RedisFaults) -> None:
+    """A chat's header deleted in Slack: wherever the outbox fails while it posts it again and
+    records it as the thread's root, it lands once, and the next message goes under it."""
+    store = stack.bridge.holder.current.store("1001")
+    assert store is not None
+    stack.bridge.timer_handlers["outbox"] = faults.wrap(stack.bridge.outbox.handle_timer)
+
+    async def deleted_header() -> tuple[str, str]:
+        cid, root_ts = await open_chat(stack)
+        stack.slack.messages.remove(stack.slack.message(CHATS, root_ts))
+        return cid, root_ts
+
+    async def step(chat: tuple[str, str]) -> None:
+        await replying(stack, store, stack.bridge.chats.reply, "今天发")(chat)
+        await stack.sandbox.chat_message(chat[0], {"type": "text", "text": "好的"})
+        await settle(stack)
+
+    async def state(chat: tuple[str, str]) -> dict[str, Any]:
+        headers = [m for m in stack.slack.channel(CHATS) if m.thread_ts is None]
+        sent = stack.sandbox.conversations[chat[0]].messages
+        return {
+            "headers": [normalized(m.text, chat[0]) for m in headers],
+            "under_it": [normalized(m.text, chat[0]) for h in headers for m in stack.slack.thread(CHATS, h.ts)],
+            "to_platform": [m["content"] for m in sent if m["from"] == "merchant"],
+            "dead": await stack.bridge.outbox.dead_letters(TAG),
+        }
+
+    tried, done = await each_failure(stack, faults, deleted_header, step, state)
+    assert tried >= 4
+    assert len(done["headers"]) == 1 and "待回复" in done["headers"][0] and done["dead"] == [], "kept up to date"
+    assert any("好的" in text for text in done["under_it"])
+    assert done["to_platform"] == [{"type": "text", "text": "今天发"}]
+
+
 async def test_accepting_a_further_reply_while_no_window_runs(stack: Stack, faults: RedisFaults) -> None:
     """The reply that leaves the header as it was: run again after a failure anywhere, it still
     reaches the platform once, with its ✅, and the header still says answered."""
