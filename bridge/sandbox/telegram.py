@@ -527,6 +527,12 @@ class TelegramEmulator(LocalServer):
                   "can_manage_topics": True}  # fmt: skip
 
         def member(status: str) -> dict[str, Any]:
+            if status == "restricted":  # a member who may send nothing
+                return {"status": status, "user": BOT, "is_member": True, "until_date": 0} | dict.fromkeys(
+                    ("can_change_info", "can_invite_users", "can_pin_messages", "can_send_messages", "can_send_polls",
+                     "can_send_other_messages", "can_add_web_page_previews", "can_manage_topics", "can_send_audios",
+                     "can_send_documents", "can_send_photos", "can_send_videos", "can_send_video_notes",
+                     "can_send_voice_notes", "can_edit_tag", "can_react_to_messages"), False)  # fmt: skip
             extra = rights if status == "administrator" else {"until_date": 0} if status == "kicked" else {}
             return {"status": status, "user": BOT} | extra
 

@@ -272,6 +272,9 @@ class TelegramConnector:
         elif status == ChatMember.MEMBER and chat < 0:
             log.warning("Telegram: the bot is no longer an admin of telegram:%s (%s): with privacy mode on it sees "
                         "only commands and replies to its own messages", chat, owners)  # fmt: skip
+        elif status == ChatMember.RESTRICTED:
+            log.warning("Telegram: the bot is restricted in telegram:%s (%s): what it may not send there is kept "
+                        "in the dead letters to replay once the restriction is lifted", chat, owners)  # fmt: skip
         else:
             log.info("Telegram: the bot is %s in telegram:%s (%s)", status, chat, owners)
 

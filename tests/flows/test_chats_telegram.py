@@ -441,6 +441,7 @@ async def test_the_operator_reads_in_the_log_what_happened_to_the_bot_in_a_chat(
     assert await stack.telegram.bot_membership(GROUP, "left", OWNER) == 200
     assert await stack.telegram.bot_membership(GROUP, "member", OWNER) == 200
     assert await stack.telegram.bot_membership(7001, "kicked", 7001, was="member") == 200
+    assert await stack.telegram.bot_membership(GROUP, "restricted", OWNER, was="member") == 200
     assert await stack.telegram.bot_membership(-1009999000001, "member", OWNER, was="left") == 200
     await stack.settle()
     said = [(r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("Telegram: the bot")]
@@ -450,6 +451,9 @@ async def test_the_operator_reads_in_the_log_what_happened_to_the_bot_in_a_chat(
                   "in the dead letters to replay"),
         ("WARNING", f"Telegram: the bot is no longer an admin of telegram:{GROUP} (store 1002's platform chats, store "
                     "1002's task orders): with privacy mode on it sees only commands and replies to its own messages"),
+        ("WARNING", f"Telegram: the bot is restricted in telegram:{GROUP} (store 1002's platform chats, store 1002's "
+                    "task orders): what it may not send there is kept in the dead letters to replay once the "
+                    "restriction is lifted"),
         ("ERROR", "Telegram: the bot was removed from telegram:7001 (creator c-7001) or blocked there: nothing reaches "
                   "it until it is back; what fails meanwhile is kept in the dead letters to replay"),
         ("INFO", "Telegram: the bot was added to -1009999000001 (group -1009999000001), which the configuration does "
