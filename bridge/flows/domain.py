@@ -63,7 +63,7 @@ SHOWN_CONTENT = ("text", "image", "order_card")
 
 def _content_kind(content: Any) -> str:
     kind = content.get("type") if isinstance(content, dict) else getattr(content, "type", None)
-    return kind if kind in SHOWN_CONTENT else "other"
+    return str(kind) if kind in SHOWN_CONTENT else "other"
 
 
 Content = Annotated[

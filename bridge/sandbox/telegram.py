@@ -533,7 +533,9 @@ class TelegramEmulator(LocalServer):
                      "can_send_other_messages", "can_add_web_page_previews", "can_manage_topics", "can_send_audios",
                      "can_send_documents", "can_send_photos", "can_send_videos", "can_send_video_notes",
                      "can_send_voice_notes", "can_edit_tag", "can_react_to_messages"), False)  # fmt: skip
-            extra = rights if status == "administrator" else {"until_date": 0} if status == "kicked" else {}
+            extra: dict[str, Any] = rights if status == "administrator" else {}
+            if status == "kicked":
+                extra = {"until_date": 0}
             return {"status": status, "user": BOT} | extra
 
         update = {"chat": chat, "from": {"id": by, "is_bot": False, "first_name": f"user{by}"},

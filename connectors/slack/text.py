@@ -51,7 +51,7 @@ def _mention(m: re.Match[str], names: Mapping[str, str]) -> str:
 
 def _emoji(m: re.Match[str]) -> str:
     name, tone = m.group(1), m.group(2)
-    toned = _SLACK_EMOJI[tone].char if tone else ""
+    toned = str(_SLACK_EMOJI[tone].char) if tone else ""
     slack = _SLACK_EMOJI.get(name) or _SLACK_EMOJI.get(name.replace("-", "_"))
     if slack is None:  # a name Slack's table predates, or a custom emoji (left as written)
         return emoji.emojize(f":{name}:", language="alias") + toned
