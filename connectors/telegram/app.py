@@ -596,28 +596,19 @@ class TelegramConnector:
         root = await refs.root_of(self.redis, tag, key)
         if root is None:
             raise WaitingForRoot
-        if int(root[0]) in self._moved:
-            return None  # a header in a group since made a supergroup: that group is read-only history
         text, markup = render(self._view(p))
         markup = await self._fit(markup)
+        if int(root[0]) in self._moved:  # the old group, since made a supergroup, is read-only history
+            return await self._header_again(job, int(root[0]), text, markup)
         try:
             await self.bot.edit_message_text(text, chat_id=int(root[0]), message_id=int(root[1]), parse_mode="HTML",
                                              reply_markup=markup)  # fmt: skip
         except ChatMigrated as exc:
             await self._follow(int(root[0]), exc.new_chat_id)
-            return None
+            return await self._header_again(job, int(root[0]), text, markup)
         except BadRequest as exc:
-            if "to edit not found" in str(exc).lower():
-                # The header is gone (deleted, or with its topic): the thread gets it again, where
-                # the thread now is, with its buttons, and later changes edit the new one.
-                log.warning("Telegram chat %s: the header of %s is gone; posting it again", root[0], key)
-                topic = await refs.topic_of(self.redis, tag, key)
-                try:
-                    sent = await self._send(int(root[0]), text, markup, job.id, None, int(topic) if topic else None)
-                except _TopicGone:
-                    await refs.forget_topic(self.redis, tag, key)
-                    sent = await self._send(int(root[0]), text, markup, job.id, None, None)
-                return refs.root_records(tag, key, SERVICE, root[0], str(sent.message_id))
+            if "to edit not found" in str(exc).lower():  # deleted, or gone with its topic
+                return await self._header_again(job, int(root[0]), text, markup)
             if "not modified" not in str(exc).lower():
                 raise _sorted(exc) from None
         topic = await refs.topic_of(self.redis, tag, key)
@@ -628,6 +619,23 @@ class TelegramConnector:
                 if "not_modified" not in str(exc).lower():
                     log.warning("Telegram chat %s: topic %s not renamed: %s", root[0], topic, exc)
         return None
+
+    async def _header_again(
+        self, job: OutboxJob, chat: int, text: str, markup: InlineKeyboardMarkup | None
+    ) -> Recorded:
+        """A thread's header that can no longer be edited (deleted, gone with its topic, or left in a
+        group since made a supergroup) is posted again where the thread now is, with its buttons,
+        and recorded as the thread's root: later changes edit the new one."""
+        tag, key = str(job.payload["tag"]), str(job.payload["thread_key"])
+        chat = self._where(chat, None, None)[0]
+        log.warning("Telegram chat %s: the header of %s can no longer be edited; posting it again", chat, key)
+        topic = await refs.topic_of(self.redis, tag, key)
+        try:
+            sent = await self._send(chat, text, markup, job.id, None, int(topic) if topic else None)
+        except _TopicGone:
+            await refs.forget_topic(self.redis, tag, key)
+            sent = await self._send(chat, text, markup, job.id, None, None)
+        return refs.root_records(tag, key, SERVICE, str(chat), str(sent.message_id))
 
     async def _reply(self, job: OutboxJob) -> None:
         p = job.payload

@@ -468,8 +468,9 @@ SUPERGROUP = -1001002999999  # the group's id once Telegram made it a supergroup
 async def test_a_group_made_a_supergroup_is_followed_to_its_new_id(stack: Stack, told: bool, caplog) -> None:  # type: ignore[no-untyped-def]
     """Telegram gives a group a new id when it becomes a supergroup (turning topics on does it).
     The configuration still names the old id: a chat begun before goes on in the new group, where
-    its answer reaches platform CS, and a new chat opens there, whether the bot was told of the move
-    or only learns it when Telegram refuses the old id. The log tells the operator the new id."""
+    its answer reaches platform CS and its header is posted again, and a new chat opens there,
+    whether the bot was told of the move or only learns it when Telegram refuses the old id. The log
+    tells the operator the new id."""
     cid, _ = await open_chat(stack)
     told_the_bridge = await stack.telegram.upgrade_group(GROUP, SUPERGROUP, OWNER, tell_the_bot=told)
     assert told_the_bridge == ([200, 200] if told else [])
@@ -481,6 +482,12 @@ async def test_a_group_made_a_supergroup_is_followed_to_its_new_id(stack: Stack,
     await stack.settle()
     assert merchant_texts(stack, cid) == ["Shipped today"]
     assert stack.telegram.message(SUPERGROUP, answer.message_id).reactions == ["👍"]
+    # The old group's header takes no edits: the header is posted again here, and is the chat's root now.
+    again = stack.telegram.by_bot(SUPERGROUP)[-1]
+    assert "Answered" in again.text and again.reply_markup and again.message_id > answer.message_id
+    await stack.telegram.user_message(OWNER, SUPERGROUP, "Tracking: SF1", reply_to=again.message_id)
+    await stack.settle()
+    assert merchant_texts(stack, cid) == ["Shipped today", "Tracking: SF1"]
     second = await stack.sandbox.open_chat("1002", {"type": "text", "text": "a new question"})
     await stack.settle()
     header = stack.telegram.by_bot(SUPERGROUP)[-1]
