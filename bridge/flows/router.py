@@ -66,7 +66,7 @@ class Place:
     def store(self) -> Store | None:
         return self.task_store or self.chat_store
 
-    def owners(self) -> str:
+    def whose(self) -> str:
         """Whose place it is, for the operator's log ("store 1002's platform chats, …"; "" for none)."""
         named = [f"store {s.id}'s {what}" for s, what in ((self.chat_store, "platform chats"),
                                                           (self.task_store, "task orders")) if s]  # fmt: skip

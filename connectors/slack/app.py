@@ -269,7 +269,7 @@ class SlackConnector:
         if event.get("user") != (context.bot_user_id or self._bot_user):
             return
         channel = str(event.get("channel", ""))
-        owners = self.router.place(SERVICE, channel).owners()
+        owners = self.router.place(SERVICE, channel).whose()
         joined = event.get("type") == "member_joined_channel"
         if not owners:
             if joined:

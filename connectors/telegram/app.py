@@ -258,7 +258,7 @@ class TelegramConnector:
         if changed is None:
             return
         chat, status = changed.chat.id, changed.new_chat_member.status
-        owners = self.router.place(SERVICE, str(chat)).owners()
+        owners = self.router.place(SERVICE, str(chat)).whose()
         if not owners:
             if status in (ChatMember.MEMBER, ChatMember.ADMINISTRATOR):
                 log.info("Telegram: the bot was added to %s (%s), which the configuration does not name; for a "
@@ -378,10 +378,7 @@ class TelegramConnector:
         the new id into the configuration; the log asks them to. Kept in Redis for every process."""
         if self._moved.get(old) == new:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(telegram_keys.moved_to(old), new)
-            pipe.set(telegram_keys.moved_from(new), old)
-            await pipe.execute()
+        await self.redis.set(telegram_keys.moved_from(new), old)
         self._moved[old] = new
         self.router.rename(SERVICE, str(old), str(new))
         log.warning("Telegram group %s is now the supergroup %s; the bridge follows it there. Write "

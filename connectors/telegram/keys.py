@@ -10,13 +10,9 @@ def button_data(key: str) -> str:
     return "{telegram}:button:" + key
 
 
-def moved_to(chat: int) -> str:
-    """STRING: the id a group has had since Telegram made it a supergroup (turning topics on, a
-    public link or many members do it). Kept for good: messages for the old id go to the new one."""
-    return "{telegram}:moved-to:" + str(chat)
-
-
 def moved_from(chat: int) -> str:
-    """STRING: the id a supergroup had as a group: what people do in it is taken as done there, as
-    long as the configuration names the old id."""
+    """STRING: the id a supergroup had as a group before Telegram made it one (turning topics on, a
+    public link or many members do it). Kept for good: what people do in it is taken as done there,
+    as long as the configuration names the old id. (Sends need no record: Telegram's refusal of the
+    old id names the new one.)"""
     return "{telegram}:moved-from:" + str(chat)
