@@ -390,7 +390,7 @@ def stats(
     path: Path, store_id: str | None, period: str | None, since: date | None, until: date | None, fmt: str
 ) -> int:
     """A9 from the archive, per store: a named period (as ``/feige stats`` shows it) or any days."""
-    from bridge.flows.statistics import period_bounds, report, stats_text
+    from bridge.flows.statistics import PERIODS, day_start, days_text, period_bounds, report, stats_text
 
     stores = _stores(path, store_id)
     if stores is None:
@@ -400,14 +400,19 @@ def stats(
         now = datetime.now(UTC)
         out = []
         for store in stores:
-            if fmt == "text" and since is None and until is None:
-                out.append(await stats_text(archive, store, period or "today", now))
-                continue
-            start, end = _day_bounds(store, since, until)
-            if since is None or until is None:
-                named = period_bounds(period or "30d", now, ZoneInfo(store.timezone))
-                start, end = start or named[0], end or named[1]
-            assert start is not None and end is not None
+            tz = ZoneInfo(store.timezone)
+            if since is None and until is None:
+                if fmt == "text":
+                    out.append(await stats_text(archive, store, period or "today", now))
+                    continue
+                start, end = period_bounds(period or "today", now, tz)
+            else:  # one day left out: the last 30 days' first, or today (the store's)
+                today = now.astimezone(tz).date()
+                first, last = since or (until or today) - timedelta(days=PERIODS["30d"] - 1), until or today
+                if fmt == "text":
+                    out.append(await days_text(archive, store, first, last))
+                    continue
+                start, end = day_start(first, tz), day_start(last + timedelta(days=1), tz)
             found = await report(archive, store, start, end)
             out.append(json.dumps({"store": store.id, "since": start.isoformat(), "until": end.isoformat()}
                                   | found.as_dict(), ensure_ascii=False))  # fmt: skip
@@ -624,6 +629,10 @@ def main(argv: list[str] | None = None) -> int:
         p_dead.add_argument("--creator", help="only this creator's")
 
     args = parser.parse_args(argv)
+    if args.command in ("export", "stats") and args.since and args.until and args.since > args.until:
+        parser.error(f"{args.command}: --since {args.since} is after --until {args.until}; no day is in between")
+    if args.command == "stats" and args.period and (args.since or args.until):
+        parser.error("stats: name a --period or days with --since/--until, not both")
     if args.command in ("dead-letters", "dead-events") and args.action == "show" and (args.id is None or args.all):
         parser.error(f"{args.command} show: name one id")
     if (

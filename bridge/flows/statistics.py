@@ -96,19 +96,31 @@ async def report(archive: Archive, store: Store, since: datetime, until: datetim
 async def stats_text(archive: Archive, store: Store, period: str, now: datetime) -> str:
     """``/feige stats [today|7d|30d]``, ``/stats``: the store's line, a line per agent, and a line per
     day for the longer periods."""
-    loc = store.locale
     period = period if period in PERIODS else "today"
     since, until = period_bounds(period, now, ZoneInfo(store.timezone))
     found = await report(archive, store, since, until)
+    return _text(store, t(store.locale, f"stats.period.{period}"), found, by_day=period != "today")
+
+
+async def days_text(archive: Archive, store: Store, first: date, last: date) -> str:
+    """``bridge stats --since D --until D``: as ``stats_text``, over those days (both included)."""
+    tz = ZoneInfo(store.timezone)
+    found = await report(archive, store, day_start(first, tz), day_start(last + timedelta(days=1), tz))
+    named = t(store.locale, "stats.period.days", first=first.isoformat(), last=last.isoformat())
+    return _text(store, first.isoformat() if first == last else named, found, by_day=first != last)
+
+
+def _text(store: Store, period_name: str, found: Report, *, by_day: bool) -> str:
+    loc = store.locale
     names = {a.id: a.name for a in store.agents}
-    lines = [t(loc, "stats.title", store=store.name, period=t(loc, f"stats.period.{period}"))]
+    lines = [t(loc, "stats.title", store=store.name, period=period_name)]
     if not found.store.chats and not found.tasks_finished:
         return "\n".join([*lines, t(loc, "stats.none")])
     lines.append(t(loc, "stats.store", **_shown(loc, found.store), tasks_in_time=found.tasks_in_time,
                    tasks_finished=found.tasks_finished))  # fmt: skip
     for agent, agent_figures in found.agents.items():
         lines.append(t(loc, "stats.agent", agent=names.get(agent, agent), **_shown(loc, agent_figures)))
-    if period != "today":
+    if by_day:
         for day, day_figures in found.days.items():
             lines.append(t(loc, "stats.day", day=day.strftime("%m-%d"), **_shown(loc, day_figures)))
     return "\n".join(lines)

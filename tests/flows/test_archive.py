@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from redis.asyncio import Redis
 
+from bridge.app import cli
 from bridge.archive.store import Archive
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
@@ -262,6 +263,16 @@ async def test_stats_over_periods_and_exports_of_chats_read_the_archive(archived
     report = json.loads(out)
     assert report["store"]["chats"] == 5 and report["agents"]["main-1001"]["first_reply_p50"] == 30.0
     assert sum(day["chats"] for day in report["days"].values()) == 5
+    # The same days as text, as the period's answer reads in Slack (before, any days came as JSON).
+    day_before = (datetime.fromisoformat(today) - timedelta(days=1)).date().isoformat()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "stats", "--config", str(EXAMPLE_CONFIG), "--store", "1001",
+        "--since", day_before, "--until", today, env=env, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    text = (await proc.communicate())[0].decode().splitlines()
+    assert proc.returncode == 0 and text[0].endswith(f"平台客服响应统计 · {day_before} 至 {today}"), text
+    assert "全店：会话 5，首次回复 p50 30.0 秒 / p90 76.0 秒，窗口内回复 100%，超时丢失 0" in text[1], text
+    assert text[-1].startswith(f"{today[5:]}：会话 5，"), "a line a day with data"
     sheet = tmp_path / "chats.csv"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bridge", "export", "chats", "--config", str(EXAMPLE_CONFIG), "--format", "csv",
@@ -332,3 +343,24 @@ async def test_a_copy_whose_state_cannot_be_read_fails_alone_and_its_second_is_c
         [opened[0], opened[2]]
     )
     assert await stack.bridge.timers.is_pending(keys.archive_timer(TAG, f"chat:{opened[1]}")), "retried later"
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["stats", "--since", "2026-12-05", "--until", "2026-12-01"],
+         "stats: --since 2026-12-05 is after --until 2026-12-01; no day is in between"),
+        (["export", "chats", "--since", "2026-12-05", "--until", "2026-12-01"],
+         "export: --since 2026-12-05 is after --until 2026-12-01; no day is in between"),
+        (["stats", "--period", "7d", "--since", "2026-12-01"],
+         "stats: name a --period or days with --since/--until, not both"),
+    ],
+)  # fmt: skip
+def test_days_that_cannot_be_meant_are_refused_before_the_archive_is_read(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, the days the wrong way round gave an empty report or export, and a period beside days
+    was left out without a word."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*argv, "--config", str(EXAMPLE_CONFIG)])
+    assert exited.value.code == 2 and said in capsys.readouterr().err

@@ -204,7 +204,10 @@ async def test_stats_command_in_the_group_counts_from_the_archive(stack: Stack) 
     await stack.settle()
     text = last_bot(stack).text
     assert text.startswith("📊 ") and "· last 7 days" in text.splitlines()[0], text
-    assert "task orders processed in time 1/1" in text, text
+    assert (
+        "Store: chats 0, first reply p50 — / p90 —, answered in the window —, lost to timeout 0; task orders "
+        "processed in time 1/1" in text
+    ), "a count before a word it agrees with (not '1 chats')"
 
 
 async def test_a_file_telegram_will_not_let_a_bot_download_is_refused_by_name(stack: Stack) -> None:
