@@ -62,7 +62,7 @@ class Watcher:
         self, out: Transcript, slack: SlackEmulator, sandbox: PlatformSandbox, telegram: TelegramEmulator
     ) -> None:
         self.out, self.slack, self.sandbox, self.telegram = out, slack, sandbox, telegram
-        self.seen_telegram = 0
+        self.seen_telegram = self.seen_answers = 0
         self.seen_messages = self.seen_ephemerals = self.seen_records = self.seen_pushes = 0
         self.seen_edits: dict[str, int] = {}
         self.seen_reactions: dict[str, int] = {}
@@ -116,6 +116,10 @@ class Watcher:
             if len(tg.reactions) > self.seen_reactions.get(key, 0):
                 self.out.say("telegram", f"chat {tg.chat_id} message {tg.message_id} got {tg.reactions[-1]}")
                 self.seen_reactions[key] = len(tg.reactions)
+        for answer in self.telegram.callback_answers[self.seen_answers :]:
+            if answer.get("text"):  # a tap answered with no text shows nothing
+                self.out.say("telegram", f"(the tapper sees) {_flat(str(answer['text']))}")
+        self.seen_answers = len(self.telegram.callback_answers)
         for e in self.slack.ephemerals[self.seen_ephemerals :]:
             self.out.say("slack", f"(only {e['user']} sees) {_flat(e['text'])}")
         self.seen_ephemerals = len(self.slack.ephemerals)
@@ -418,7 +422,8 @@ async def _telegram_scenes(
     step = await _until(lambda: _prompt(telegram, group, "Step 3/3"))
     await telegram.tap(owner, group, step.message_id, f"py:{tid}")
     await _until(lambda: next((m for m in slack.messages if "SF9876543210" in m.text), None), within=20)
-    await _until(lambda: _prompt(telegram, group, "Sent to the platform"), within=20)
+    await _until(lambda: next((a for a in telegram.callback_answers if "Sent to the platform" in str(a.get("text"))),
+                              None), within=20)  # fmt: skip
     await _pause(1.2)
 
 

@@ -133,7 +133,9 @@ class ResolveConversation:
         agent = store.agent(actor.service, actor.user)
         if _done(state, at):
             return state[f"done:{at}"] or None  # handled before, to its end: the same answer
-        if not state or state["step"] == ENDED or agent is None:
+        if state and state["step"] == ENDED and agent is not None:
+            return t(loc, "task.guide.ended")  # a step's button tapped again after sending or cancelling
+        if not state or agent is None:
             return t(loc, "task.guide.not_yours")
         step = state["step"]
         if short == CANCEL:
@@ -212,9 +214,11 @@ class ResolveConversation:
         # The action id is the conversation's: a second tap on Confirm queues the same job, once.
         await self.tasks.process(store, tid, state["result"], state.get("solution", ""), files, (agent.id, agent.name),
                                  actor, f"{actor.service}-{actor.user}-{state['started']}")  # fmt: skip
-        await self._reply(store, actor, at, t(loc, "task.guide.sent"))
-        await self._end(key, at)
-        return None
+        # The tap's own answer, at once: a message would come behind the card's change in a busy
+        # group (a message a group's slot, the card's edit at once) and read as stale there.
+        sent = t(loc, "task.guide.sent")
+        await self._end(key, at, sent)
+        return sent
 
     # -- helpers -------------------------------------------------------------------------------------
 

@@ -119,7 +119,14 @@ async def test_guided_resolve_with_evidence_processes_once_on_confirm(stack: Sta
     assert "Step 3/3" in step3.text and "Reshipped by SF Express" in step3.text
     assert f"photo-{photo.message_id}.jpg, unboxing.mp4" in step3.text
     await tap(stack, OWNER, step3, f"py:{tid}")
+    # Told at once on the tap: a message in the group would come behind the card's change.
+    assert (
+        stack.telegram.callback_answers[-1]["text"]
+        == "Sent to the platform; the card shows the result once it accepts."
+    )
+    assert last_bot(stack).message_id == step3.message_id, "no message after the card changed, reading as stale"
     await tap(stack, OWNER, step3, f"py:{tid}")  # a second tap sends nothing more
+    assert stack.telegram.callback_answers[-1]["text"].startswith("This processing has ended (sent or cancelled)")
     processed = stack.sandbox.task_orders[tid].solution
     assert processed is not None and processed["result"] == "resolved" and len(processed["evidence"]) == 2
     assert len(stack.sandbox.received("POST", f"/task-orders/{tid}/process")) == 1
@@ -159,6 +166,8 @@ async def test_an_empty_solution_is_refused_and_cancel_sends_nothing(stack: Stac
     await tap(stack, OWNER, step1, f"pc:{tid}")
     assert last_bot(stack).text.startswith("Cancelled")
     assert await stack.redis.hget(keys.task_resolve(TAG, tid, str(OWNER)), "step") == "ended"
+    await tap(stack, OWNER, step1, f"pc:{tid}")
+    assert stack.telegram.callback_answers[-1]["text"].startswith("This processing has ended"), "not 'not yours'"
     await say(stack, "now this is a comment again", card)
     assert stack.sandbox.task_orders[tid].solution is None
     assert [c["text"] for c in stack.sandbox.task_orders[tid].comments] == ["now this is a comment again"]
