@@ -116,6 +116,20 @@ class _Person(_Model):
         accounts |= {str(k): str(v) for k, v in given.items()} if isinstance(given, dict) else {}
         return {k: v for k, v in data.items() if k not in older} | {"accounts": accounts}
 
+    @field_validator("accounts")
+    @classmethod
+    def _accounts_are_ids(cls, accounts: dict[str, str]) -> dict[str, str]:
+        """Each id as the service's events carry it: a person written by name is never recognised,
+        so everything they do would be refused as a stranger's."""
+        from bridge.destinations import plugins
+
+        known = plugins()
+        for service, account in accounts.items():
+            plugin = known.get(service)
+            if plugin is not None and not re.fullmatch(plugin.account_pattern, account):
+                raise ValueError(f"{service}: {account!r} must be {plugin.account_hint or 'their id there'}")
+        return accounts
+
     def identity(self, service: str) -> str | None:
         """Who this person is in ``service`` (a Slack user id, a Telegram user id, …)."""
         return self.accounts.get(service)

@@ -116,6 +116,11 @@ class DestinationPlugin:
     is placed by it (a name would never match one)."""
     target_hint: str = ""
     """What a target is and where to find it, for the error of one that does not match."""
+    account_pattern: str = ".+"
+    """What a person's id in the service must match (an agent's or creator's ``accounts`` entry):
+    the id its events carry, as for a target."""
+    account_hint: str = ""
+    """What a person's id is and where to find it, for the error of one that does not match."""
     probe: Callable[[Any, Any], Awaitable[list[Any]]] | None = None
     """``bridge check --online``: given its settings and the ``BridgeConfig``, asks the service
     whether the credentials work and every target of the configuration is reachable and usable (the

@@ -29,5 +29,8 @@ DESTINATION = DestinationPlugin(
     "<channel id>",
     target_pattern=r"[CGD][A-Z0-9]{2,}",
     target_hint="a channel's id such as C0123ABCD, not its #name (`/feige help` in the channel shows it)",
+    account_pattern=r"[UW][A-Z0-9]{2,}",
+    account_hint="a member ID such as U0123ABCD, not a @name (in Slack: the person's profile → ⋮ → Copy member ID; "
+    "`/feige help` shows one's own)",
     probe=probe,
 )

@@ -34,5 +34,7 @@ DESTINATION = DestinationPlugin(
     target_pattern=r"-?[0-9]+",
     target_hint="a chat's numeric id such as 123456789, or -1001234567890 for a group, not a @username "
     "(/start or /help in the chat shows it)",
+    account_pattern=r"[0-9]+",
+    account_hint="a numeric user id such as 123456789, not a @username (/help to the bot shows one's own)",
     probe=probe,
 )

@@ -123,6 +123,17 @@ def test_designated_agent_without_im_permission_is_a_warning_with_the_fix() -> N
             "c-7001; each needs a place of its own, or a message there would be taken as the first's",
         ),
         (
+            lambda t: t["stores"][0]["agents"][1]["accounts"].update(slack="@alice"),
+            "error: store 1001 (stores[0]): agents[1].accounts: slack: '@alice' must be a member ID such as "
+            "U0123ABCD, not a @name (in Slack: the person's profile → ⋮ → Copy member ID; `/feige help` shows "
+            "one's own)",
+        ),
+        (
+            lambda t: t["creators"][0].update(accounts={"telegram": "@xiaomei"}),
+            "error: creator c-7001 (creators[0]): accounts: telegram: '@xiaomei' must be a numeric user id such as "
+            "123456789, not a @username (/help to the bot shows one's own)",
+        ),
+        (
             lambda t: t["stores"][0].update(main_account="nobody"),
             "error: store 1001 (stores[0]): main_account: 'nobody' is not among stores[0].agents; add it there",
         ),
