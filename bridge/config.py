@@ -237,6 +237,10 @@ class ServerSettings(_Model):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     config_poll_seconds: float = Field(default=2.0, gt=0)
     access_log: bool = False
+    held_dir: str = Field(
+        default="var/held", min_length=1,
+        description="local disk for deliveries a service sends for the last time while Redis is down",
+    )  # fmt: skip
 
 
 class TimerSettings(_Model):

@@ -24,7 +24,8 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge.engine.endpoint import Endpoint
-from bridge.engine.ingest import EventLog, IncomingRecord
+from bridge.engine.held import Holding
+from bridge.engine.ingest import EventLog, IncomingRecord, StorageUnavailable
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -86,11 +87,23 @@ class Inbox:
     retried). A Redis that cannot take it raises ``StorageUnavailable``: answer 503."""
 
     event_log: EventLog
+    holding: Holding | None = None
 
-    async def accept(self, service: str, delivery_id: str, thread: str, kind: str, raw: str) -> bool:
-        """Stores one delivery; False when it was stored before (a redelivery)."""
+    async def accept(
+        self, service: str, delivery_id: str, thread: str, kind: str, raw: str, *, last_try: bool = False
+    ) -> bool:
+        """Stores one delivery; False when it was stored before (a redelivery). On the service's
+        ``last_try`` (it will not deliver again) a Redis that cannot take it is outlasted on local
+        disk (``bridge.engine.held``), so the delivery is not dropped."""
         record = IncomingRecord(kind, delivery_id, thread, raw)
-        return bool(await self.event_log.store(Endpoint("destination", service), [record]))
+        endpoint = Endpoint("destination", service)
+        try:
+            return bool(await self.event_log.store(endpoint, [record]))
+        except StorageUnavailable:
+            if not last_try or self.holding is None:
+                raise
+        await self.holding.hold(endpoint, [record])
+        return True
 
 
 def inbox_thread(*parts: str | int | None, buckets: int = 64) -> str:

@@ -210,6 +210,7 @@ async def start_stack(
         "SLACK_API_URL": slack.api_url,
         "TELEGRAM_API_URL": telegram.api_url,
         "TELEGRAM_FILE_URL": telegram.file_url,
+        "BRIDGE_HELD_DIR": tempfile.mkdtemp(prefix="feige-held-"),  # a stack's own: never another's Redis
     }
     holder = ConfigHolder(config_path, environ=environ)
     kwargs = {"clock": clock} if clock is not None else {}

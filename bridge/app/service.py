@@ -47,6 +47,7 @@ from bridge.engine.clock import Clock, SystemClock
 from bridge.engine.cluster import is_cluster
 from bridge.engine.endpoint import Endpoint
 from bridge.engine.events import FORGET_RETRY_SECONDS, EventConsumer, EventHandler, StoredEvent
+from bridge.engine.held import Holding
 from bridge.engine.ingest import EventLog
 from bridge.engine.listen import listen
 from bridge.engine.metrics import METRICS
@@ -108,6 +109,7 @@ class Bridge:
         # Slack is down) must never make a push wait for a connection, or fail with 503.
         self.intake_redis = _sibling_client(self.redis, INTAKE_CONNECTIONS)
         self.event_log = EventLog(self.intake_redis, self.clock)
+        self.holding = Holding(Path(self.holder.current.server.held_dir), self.event_log)
         self.consumer = EventConsumer(self.redis, self.endpoints, self.event_handlers, clock=self.clock)
         retries = self.holder.current.outbox
         self.outbox = Outbox(
@@ -150,7 +152,7 @@ class Bridge:
         self.router = InboundRouter(config, self.redis, self.outbox, self.chats, self.tasks)
         self.resolve = ResolveConversation(self.redis, self.outbox, self.tasks)
         self._core = Core(config, self.redis, self.clock, self.outbox, self.http, self.chats, self.tasks,
-                          Inbox(self.event_log), self.router, self.resolve)  # fmt: skip
+                          Inbox(self.event_log, self.holding), self.router, self.resolve)  # fmt: skip
         self._platform = platform
         self._serve_webhooks = True
         self._reconnecting: asyncio.Task[bool] | None = None
@@ -366,6 +368,8 @@ class Bridge:
                 asyncio.create_task(self.consumer.run(), name="event-consumer"),
             ]
         self._watchers = [asyncio.create_task(self._watch_config(), name="config-watch")]
+        if serve_webhooks:  # the processes that may hold deliveries move them, and take over orphaned ones
+            self._watchers.append(asyncio.create_task(self.holding.run(), name="held-deliveries"))
         await self.tasks.schedule_digests()
         self._serve_webhooks = serve_webhooks
         for connector in self.connectors.values():
@@ -397,6 +401,7 @@ class Bridge:
         await asyncio.gather(*watchers, return_exceptions=True)
         for connector in self.connectors.values():
             await connector.stop()
+        await self.holding.close()
         await self.archive.close()
         if self._http is not None:
             await self._http.close()

@@ -69,6 +69,13 @@ class Metrics:
             "feige_archive_failures", "Copies into the archive that failed and wait to be tried again", ["kind"],
             registry=r,
         )  # fmt: skip
+        self.held = Counter(
+            "feige_held_deliveries", "Deliveries held on local disk at a service's last try while Redis was down",
+            registry=r,
+        )  # fmt: skip
+        self.held_moved = Counter(
+            "feige_held_moved", "Held deliveries moved into the event log once Redis was back", registry=r
+        )
 
 
 METRICS = Metrics()

@@ -404,10 +404,12 @@ class SlackEmulator(LocalServer):
         thread_ts: str | None = None,
         files: list[dict[str, Any]] | None = None,
         retry_of: str | None = None,
+        retry_num: int = 1,
     ) -> tuple[str, int]:
         """A person writes in a channel (or a thread). Returns the message ts and the bridge's status.
-        ``retry_of`` redelivers an earlier event id, as Slack does when an ack was late: the same
-        message, with the same ts, when this emulator sent that event."""
+        ``retry_of`` redelivers an earlier event id, as Slack does when an ack was late or failed
+        (``retry_num``: Slack's 1, 2 or 3, its last): the same message, with the same ts, when this
+        emulator sent that event."""
         msg = self._delivered.get(retry_of or "") or Message(
             channel, self._ts(), user, text, thread_ts=thread_ts, files=files or []
         )
@@ -426,7 +428,7 @@ class SlackEmulator(LocalServer):
         self._delivered.setdefault(event_id, msg)
         body = {"token": "legacy", "team_id": TEAM, "api_app_id": "A0FEIGE", "event": event, "type": "event_callback",
                 "event_id": event_id, "event_time": int(time.time())}  # fmt: skip
-        headers = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"} if retry_of else {}
+        headers = {"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": "http_timeout"} if retry_of else {}
         status = await self._send(json.dumps(body), "application/json", headers)
         return msg.ts, status
 
@@ -532,8 +534,9 @@ class SlackEmulator(LocalServer):
             self.socket_connected.clear()
         return ws
 
-    async def _over_socket(self, body: str, content_type: str) -> tuple[int, str]:
-        """Socket Mode: the request as an envelope; the app's ack (with its payload) is the answer."""
+    async def _over_socket(self, body: str, content_type: str, extra: dict[str, str]) -> tuple[int, str]:
+        """Socket Mode: the request as an envelope (a retry's number and reason in it, as the HTTP
+        headers carry them); the app's ack (with its payload) is the answer."""
         assert self._socket is not None
         if content_type == "application/json":
             kind, payload = "events_api", json.loads(body)
@@ -544,8 +547,10 @@ class SlackEmulator(LocalServer):
             )
         envelope_id = f"env-{self._run}-{next(self._ids)}"
         self._acks[envelope_id] = asyncio.get_running_loop().create_future()
-        envelope = {"envelope_id": envelope_id, "type": kind, "payload": payload, "retry_attempt": 0,
-                    "accepts_response_payload": kind != "events_api", "retry_reason": ""}  # fmt: skip
+        envelope = {"envelope_id": envelope_id, "type": kind, "payload": payload,
+                    "retry_attempt": int(extra.get("X-Slack-Retry-Num", 0)),
+                    "retry_reason": extra.get("X-Slack-Retry-Reason", ""),
+                    "accepts_response_payload": kind != "events_api"}  # fmt: skip
         self.socket_envelopes.append(envelope)
         await self._socket.send_json(envelope)
         try:
@@ -562,7 +567,7 @@ class SlackEmulator(LocalServer):
         self, body: str, content_type: str, extra: dict[str, str] | None = None
     ) -> tuple[int, str]:
         if self._socket is not None:
-            return await self._over_socket(body, content_type)
+            return await self._over_socket(body, content_type, extra or {})
         headers = {"Content-Type": content_type, **self.sign(body), **(extra or {})}
         async with self.http().post(f"{self.bridge_url}/slack/events", data=body.encode(), headers=headers) as resp:
             return resp.status, await resp.text()

@@ -71,6 +71,8 @@ RESPONSE_URL_SECONDS = 30 * 60 - 60
 """A slash command's ``response_url`` takes answers for 30 minutes; a minute is kept in hand."""
 DURABLE_ACTIONS = {"task_log", "task_comment", CLAIM, REASSIGN, ASSIGN_TO, ELSEWHERE}
 """Clicks whose work is done after the ack (the others open a modal, which must happen at once)."""
+LAST_RETRY = 3
+"""Slack retries an event three times (at once, after a minute, after five) and then drops it."""
 REPLAYED = "feige_stored"  # context flag: this request is a stored event, handled by the consumer
 FAILURE = "feige_failure"  # context key: what a stored event's listener raised
 
@@ -121,7 +123,11 @@ class SlackConnector:
         return [("POST", "/slack/events", self._handle)]
 
     async def _store_events_first(
-        self, body: dict[str, Any], context: AsyncBoltContext, next: Callable[[], Awaitable[BoltResponse]]
+        self,
+        req: AsyncBoltRequest,
+        body: dict[str, Any],
+        context: AsyncBoltContext,
+        next: Callable[[], Awaitable[BoltResponse]],
     ) -> BoltResponse:
         """What people do is stored, deduplicated, before Slack is answered — over HTTP and Socket
         Mode alike — and handled afterwards by the event consumer, with its order and retries:
@@ -133,7 +139,10 @@ class SlackConnector:
         delivery = None if context.get(REPLAYED) else _durable_delivery(body)
         if delivery is None:
             return await next()
-        await self.inbox.accept("slack", *delivery, EVENT_KIND, orjson.dumps(body).decode())
+        # Slack drops an event after its last retry; commands and clicks are never retried (the
+        # person sees the failure and tries again), so only an event's last try can be held.
+        last_try = body.get("type") == "event_callback" and _retry_number(req) >= LAST_RETRY
+        await self.inbox.accept("slack", *delivery, EVENT_KIND, orjson.dumps(body).decode(), last_try=last_try)
         return BoltResponse(status=200, body="")
 
     def delivery_handlers(self) -> dict[str, EventHandler]:
@@ -623,6 +632,13 @@ def _not_taken(request: AsyncBoltRequest, status: int) -> bool:
     """A delivery bolt answered without storing it: authorization runs before the event is stored,
     and failed (auth.test: Slack unreachable since this process started). Slack must deliver it again."""
     return status == 200 and request.context.authorize_result is None and _durable_delivery(request.body) is not None
+
+
+def _retry_number(req: AsyncBoltRequest) -> int:
+    """Which retry of an event this is (0: the first delivery): Slack's ``X-Slack-Retry-Num``, which
+    bolt also sets from a Socket Mode envelope's ``retry_attempt``."""
+    value = (req.headers.get("x-slack-retry-num") or ["0"])[0]
+    return int(value) if value.isdigit() else 0
 
 
 def _durable_delivery(body: dict[str, Any]) -> tuple[str, str] | None:

@@ -36,7 +36,12 @@ def test_compose_runs_web_and_worker_from_the_env_file_beside_redis_with_aof_and
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
     assert services["redis"]["command"][-4:] == ["--appendonly", "yes", "--appendfsync", "always"]
     assert "redis-data:/data" in services["redis"]["volumes"]
-    assert set(compose["volumes"]) == {"redis-data", "postgres-data"}
+    assert set(compose["volumes"]) == {"redis-data", "postgres-data", "held"}
+    # The web replicas share where a Slack event at its last try waits out a Redis outage, and the
+    # path is the one the configuration names (server.held_dir).
+    assert "held:/app/var/held" in services["web"]["volumes"]
+    assert "./config:/app/config:ro" in services["web"]["volumes"], "a service's own list replaces the shared one"
+    assert env_example()["BRIDGE_HELD_DIR"] == "/app/var/held"
 
 
 def test_every_variable_the_deployment_needs_is_in_env_example() -> None:

@@ -1,0 +1,171 @@
+"""Slack drops an event after its last retry (about five minutes after the first try). While Redis
+is down every webhook answers 503 (test_backpressure.py); at a Slack event's last try the bridge
+holds it on local disk instead, answers 200, and moves it into the event log once Redis is back:
+handled once, however often the move is made, by this process or by another after a crash."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bridge.app.redis_server import EmbeddedRedis
+from bridge.engine.clock import ManualClock
+from bridge.engine.endpoint import Endpoint
+from bridge.engine.held import Holding
+from bridge.engine.ingest import IncomingRecord
+from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
+
+CHATS, TASKS = "C0CHATS1001", "C0TASKS1001"
+
+
+class Outage:
+    """A stack on a Redis that a test stops (``kill``) and starts again on its data (``restart``)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.server = EmbeddedRedis(directory, appendonly=True).start()
+
+    def kill(self) -> None:
+        self.server.kill()
+
+    def restart(self) -> None:
+        self.server = EmbeddedRedis(self.directory, appendonly=True, port=self.server.port).start()
+
+
+@pytest.fixture(params=["http"])
+async def outage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Stack, Outage]]:
+    """With ``socket``, Slack's events come over Socket Mode (a retry's number in its envelope)."""
+    redis = Outage(tmp_path / "r")
+    config = EXAMPLE_CONFIG
+    if request.param == "socket":
+        tree = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+        tree["slack"] |= {"socket_mode": True, "app_token": "xapp-demo-app-token"}
+        config = tmp_path / "socket.yaml"
+        config.write_text(yaml.safe_dump(tree, allow_unicode=True))
+    s = await start_stack(redis.server.url, config, clock=ManualClock(), run_workers=False)
+    if request.param == "socket":
+        await s.slack.socket_connected.wait()
+    try:
+        yield s, redis
+    finally:
+        await s.stop()
+        redis.server.stop()
+
+
+def merchant_texts(stack: Stack, cid: str) -> list[str]:
+    return [m["content"]["text"] for m in stack.sandbox.conversations[cid].messages if m["from"] == "merchant"]
+
+
+def held_lines(stack: Stack) -> list[str]:
+    return [line for path in sorted(stack.bridge.holding.directory.glob("*.jsonl"))
+            for line in path.read_text().splitlines()]  # fmt: skip
+
+
+async def slack_tries(stack: Stack, text: str, thread_ts: str) -> tuple[str, list[int]]:
+    """A person's message and every try Slack makes while it is answered other than 200: the first,
+    then its retries 1, 2 and 3 (the last). Returns the event id and the statuses."""
+    _, status = await stack.slack.user_message("U0AGENTA", CHATS, text, thread_ts=thread_ts)
+    event_id, statuses = stack.slack.last_event_id, [status]
+    for retry in (1, 2, 3):
+        if statuses[-1] == 200:
+            break
+        _, status = await stack.slack.user_message("U0AGENTA", CHATS, text, thread_ts=thread_ts, retry_of=event_id,
+                                                   retry_num=retry)  # fmt: skip
+        statuses.append(status)
+    return event_id, statuses
+
+
+@pytest.mark.parametrize("outage", ["http", "socket"], indirect=True)
+async def test_a_slack_event_at_its_last_try_while_redis_is_down_is_held_then_handled_once(
+    outage: tuple[Stack, Outage], tmp_path: Path
+) -> None:
+    s, server = outage
+    cid = await s.sandbox.open_chat("1001")
+    await s.settle()
+    root = s.slack.channel(CHATS)[-1]
+    server.kill()
+    event_id, statuses = await slack_tries(s, "在的，马上发货", root.ts)
+    # Not taken (503 over HTTP, no ack over the socket) while Slack would deliver again; held at its
+    # last try, not dropped.
+    assert len(statuses) == 4 and 200 not in statuses[:3] and statuses[3] == 200, statuses
+    [line] = held_lines(s)
+    assert event_id in line, "on disk before Slack was answered"
+    # Redis is back: the move (every 2 s in a running process, which may be the one that does it;
+    # here also at once) stores it, and it is handled.
+    server.restart()
+    await s.bridge.holding.move()
+    await s.settle()
+    assert merchant_texts(s, cid) == ["在的，马上发货"]
+    assert held_lines(s) == [], "moved, so no longer held"
+    assert await s.bridge.holding.move() == 0
+
+
+async def test_deliveries_held_by_a_process_that_died_are_taken_over_and_stored_once(
+    outage: tuple[Stack, Outage], tmp_path: Path
+) -> None:
+    """A process killed while holding leaves its file; another process takes it over. A move made
+    twice (a crash after storing, before the file was emptied) stores each delivery once."""
+    s, server = outage
+    cid = await s.sandbox.open_chat("1001")
+    await s.settle()
+    root = s.slack.channel(CHATS)[-1]
+    server.kill()
+    assert (await slack_tries(s, "已补发", root.ts))[1][-1] == 200
+    [held] = list(s.bridge.holding.directory.glob("*.jsonl"))
+    # What a killed process leaves: its file, and no lock on it (a lock ends with its process).
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    shutil.copy(held, dead / held.name)
+    shutil.copy(held, dead / f"0-{held.name}")  # the same delivery again, as a move cut short leaves it
+    server.restart()
+    other = Holding(dead, s.bridge.event_log)
+    assert await other.move() == 2, "both orphaned files taken over"
+    assert list(dead.iterdir()) == [], "and deleted once moved"
+    await s.bridge.holding.move()  # the live process's own, moved by it
+    await s.settle()
+    assert merchant_texts(s, cid) == ["已补发"], "stored once, however often it was moved"
+
+
+async def test_a_live_process_file_is_not_taken_over_and_a_cut_line_is_skipped(
+    outage: tuple[Stack, Outage], tmp_path: Path
+) -> None:
+    s, server = outage
+    server.kill()
+    record = IncomingRecord("slack.event", "EvX1", "C0CHATS1001:1", '{"type": "event_callback"}')
+    await s.bridge.holding.hold(Endpoint("destination", "slack"), [record])
+    [held] = list(s.bridge.holding.directory.glob("*.jsonl"))
+    with held.open("ab") as f:
+        f.write(b'{"endpoint": ["destination", "sl')  # a crash in the middle of a line (answered 503)
+    server.restart()
+    other = Holding(s.bridge.holding.directory, s.bridge.event_log)
+    assert await other.move() == 0 and held.exists(), "a live process's file is its own to move"
+    await s.bridge.holding.move()
+    assert await s.bridge.event_log.store(Endpoint("destination", "slack"), [record]) == 0, "the whole line moved"
+    assert held.stat().st_size == 0, "the cut one skipped, not kept forever"
+
+
+async def test_with_nowhere_to_hold_it_the_last_try_is_answered_503_as_before(
+    outage: tuple[Stack, Outage],
+) -> None:
+    s, server = outage
+    await s.sandbox.open_chat("1001")
+    await s.settle()
+    root = s.slack.channel(CHATS)[-1]
+    s.bridge.holding.directory.rmdir()
+    s.bridge.holding.directory.write_text("not a directory")  # a full or read-only disk alike
+    server.kill()
+    _, statuses = await slack_tries(s, "在的", root.ts)
+    assert statuses == [503, 503, 503, 503], "nothing acknowledged that is not kept somewhere"
+
+
+async def test_a_slash_command_is_not_held_slack_does_not_send_it_again(outage: tuple[Stack, Outage]) -> None:
+    """Commands and clicks are never retried by Slack: the person sees it failed and tries again,
+    so holding one would act on it behind their back, maybe twice."""
+    s, server = outage
+    server.kill()
+    status, _ = await s.slack.slash_command("U0MAIN1001", TASKS, "/tasks", "")
+    assert status == 503 and held_lines(s) == []
