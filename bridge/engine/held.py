@@ -54,7 +54,9 @@ class Holding:
     async def hold(self, endpoint: Endpoint, records: Sequence[IncomingRecord]) -> None:
         """Appends one delivery and syncs it to disk; raises ``StorageUnavailable`` when the disk
         will not take it either (the service is then answered 503, as before)."""
-        line = orjson.dumps({"endpoint": [endpoint.kind, endpoint.id],
+        # Held now: when it is moved, it counts as received now (a reply inside its window stays in it).
+        now_ms = int(self.event_log.clock.now() * 1000)
+        line = orjson.dumps({"endpoint": [endpoint.kind, endpoint.id], "received_ms": now_ms,
                              "records": [[r.tag, r.msg_id, r.thread, r.data] for r in records]}) + b"\n"  # fmt: skip
         async with self._lock:
             try:
@@ -132,7 +134,10 @@ class Holding:
             try:
                 held = orjson.loads(line)
                 endpoint = Endpoint(held["endpoint"][0], held["endpoint"][1])
-                records = [IncomingRecord(tag, msg_id, thread, data) for tag, msg_id, thread, data in held["records"]]
+                at = int(held["received_ms"])
+                records = [
+                    IncomingRecord(tag, msg_id, thread, data, at) for tag, msg_id, thread, data in held["records"]
+                ]
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 # A line cut short by a crash or a full disk mid-write: its delivery was answered
                 # 503, not 200, so the service did not count on it.

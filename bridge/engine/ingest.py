@@ -40,7 +40,8 @@ if redis.call('RPUSH', {wake}, {stream}) > tonumber({kept}) then redis.call('LTR
 # One call stores a whole batch of pushes to one endpoint (each push still all or nothing: a
 # script runs atomically). KEYS: stream, thread-seq hash, seen zset, and on one server the ready set
 # and its wake list (keys.EVENTS_READY). ARGV: now (ms), oldest msg_id time to remember (ms), the
-# batch as JSON: [[[msg_id, tag, thread, data], ...], ...], a list of records per push (one argument
+# batch as JSON: [[[msg_id, tag, thread, data(, received_at ms)], ...], ...], a list of records per
+# push, received now unless a record says when (one held through an outage, engine/held.py) (one argument
 # keeps the client's encoding cost flat), and the wake list's length kept. Returns, per push, how
 # many of its records were new.
 _STORE_PUSHES = (
@@ -53,7 +54,7 @@ for _, push in ipairs(cjson.decode(ARGV[3])) do
     if redis.call('ZADD', KEYS[3], 'NX', ARGV[1], r[1]) == 1 then
       local seq = redis.call('HINCRBY', KEYS[2], r[3], 1)
       redis.call('XADD', KEYS[1], '*', 'msg_id', r[1], 'tag', r[2], 'thread', r[3], 'seq', seq,
-                 'data', r[4], 'received_at', ARGV[1])
+                 'data', r[4], 'received_at', r[5] or ARGV[1])
       stored = stored + 1
       any = true
     end
@@ -81,6 +82,8 @@ class IncomingRecord:
     """Events of one thread (a chat, a task order) are handled in the order they arrived."""
     data: str
     """JSON, stored exactly as received."""
+    received_ms: int | None = None
+    """When the bridge acknowledged it, if not now: a delivery held on disk while Redis was down."""
 
 
 @dataclass
@@ -145,7 +148,9 @@ class EventLog:
     def _command(self, group: list[_Pending]) -> list[str | int]:
         tag = group[0].endpoint.tag
         now_ms = int(self.clock.now() * 1000)
-        batch = orjson.dumps([[(r.msg_id, r.tag, r.thread, r.data) for r in p.records] for p in group]).decode()
+        batch = orjson.dumps([[(r.msg_id, r.tag, r.thread, r.data) if r.received_ms is None else
+                               (r.msg_id, r.tag, r.thread, r.data, r.received_ms) for r in p.records]
+                              for p in group]).decode()  # fmt: skip
         ready = [] if self.cluster else [keys.EVENTS_READY, keys.EVENTS_READY_WAKE]  # another slot there
         return [
             self._script.sha, 3 + len(ready), keys.events(tag), keys.thread_seq(tag), keys.seen(tag), *ready,

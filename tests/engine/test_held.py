@@ -13,13 +13,14 @@ import pytest
 import yaml
 
 from bridge.app.redis_server import EmbeddedRedis
+from bridge.engine import keys
 from bridge.engine.clock import ManualClock
 from bridge.engine.endpoint import Endpoint
 from bridge.engine.held import Holding
 from bridge.engine.ingest import IncomingRecord
-from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack
+from tests.conftest import EXAMPLE_CONFIG, Stack, hash_number, start_stack
 
-CHATS, TASKS = "C0CHATS1001", "C0TASKS1001"
+CHATS, TASKS, TAG = "C0CHATS1001", "C0TASKS1001", "{store:1001}"
 
 
 class Outage:
@@ -169,3 +170,24 @@ async def test_a_slash_command_is_not_held_slack_does_not_send_it_again(outage: 
     server.kill()
     status, _ = await s.slack.slash_command("U0MAIN1001", TASKS, "/tasks", "")
     assert status == 503 and held_lines(s) == []
+
+
+async def test_a_reply_held_before_its_window_ends_counts_as_received_then(outage: tuple[Stack, Outage]) -> None:
+    """Held at the deadline's last second and moved after it: judged by when the bridge took it,
+    as any stored reply is (test_durable_intake.py), not by when Redis was back."""
+    s, server = outage
+    assert s.clock is not None
+    cid = await s.sandbox.open_chat("1001")
+    s.sandbox.conversations[cid].window_seconds = 180  # the platform's own window: 2–3 minutes
+    await s.settle()
+    root = s.slack.channel(CHATS)[-1]
+    deadline = await hash_number(s.redis, keys.chat(TAG, cid), "deadline")
+    await s.advance_to(deadline - 1)
+    server.kill()
+    assert (await slack_tries(s, "来了", root.ts))[1][-1] == 200
+    server.restart()
+    s.clock.set(deadline + 3)
+    await s.bridge.holding.move()
+    await s.settle()
+    assert merchant_texts(s, cid) == ["来了"]
+    assert await s.redis.hget(keys.chat(TAG, cid), "status") == "open", "answered in time, not closed"
