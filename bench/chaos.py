@@ -4,7 +4,8 @@ down for longer than any retry budget, and a burst hits the channel limits.
 Three `bridge serve` processes share one Redis (AOF, every write synced). This process runs the
 platform sandbox and the Slack emulator, and plays the people: platform CS opens chats (signed
 pushes, redelivered until taken), agents answer a third of them in their Slack threads within
-seconds (a delivery the bridge did not take is sent again, as Slack does), creators raise task orders
+seconds (a delivery the bridge did not take is sent again, at once, 1 s and 5 s later, as Slack
+does at once, a minute and five minutes later, then given up), creators raise task orders
 and merchants comment under their cards. Every scenario starts from an empty Redis, runs the same
 load, lets the bridge finish, then counts what landed — by the outbox job id each Slack post carries
 in its metadata, and by what the platform received:
@@ -16,7 +17,9 @@ in its metadata, and by what the platform received:
 - how late the bridge closed timed-out chats (its timers across the failover), p99 and max.
 
 Scenarios: ``baseline`` (no fault), ``kill`` (a SIGKILL of one process every few seconds, restarted),
-``redis`` (Redis SIGKILLed mid-load, restarted on its AOF), ``outage`` (Slack answers 503 for longer
+``redis`` (Redis SIGKILLed mid-load, restarted on its AOF 3 s later), ``redis-long`` (the same, 15 s
+later: longer than Slack's retries, so what people write meanwhile comes for the last time while
+Redis is down), ``outage`` (Slack answers 503 for longer
 than the old give-up point of 10 attempts; the retry pacing is compressed, as the config allows),
 ``burst`` (200 chats into 20 channels at once). Writes bench/results/chaos.json with the machine's
 load and the commit.
@@ -71,7 +74,7 @@ def creator_destination(j: int) -> str:
     return f"telegram:{TELEGRAM_CREATOR_CHAT + j}" if j % 2 else f"slack:CK{j:03d}"
 
 
-def chaos_config(path: Path, ports: list[int], stores: int, creators: int) -> None:
+def chaos_config(path: Path, ports: list[int], stores: int, creators: int, held: Path) -> None:
     window = {"seconds": WINDOW, "reminders_before": REMINDERS}
     entries = [slack_store(i, 3001, "chaos", "CC", "UC") | {"reply_window": window} for i in range(stores)]
     people = [{
@@ -80,7 +83,7 @@ def chaos_config(path: Path, ports: list[int], stores: int, creators: int) -> No
                      "api_url": "${PLATFORM_API_URL}", "api_token": f"chaos-ctoken-{j}"},
     } for j in range(creators)]  # fmt: skip
     config = {
-        "server": {"host": "127.0.0.1", "port": ports[0]},
+        "server": {"host": "127.0.0.1", "port": ports[0], "held_dir": str(held)},
         "outbox": {"retry_base_seconds": RETRY_BASE, "retry_max_seconds": RETRY_MAX},
         "slack": {"bot_token": TOKEN, "signing_secret": SIGNING, "api_base_url": "${SLACK_API_URL}"},
         "telegram": {
@@ -139,9 +142,15 @@ class Cluster:
                     proc.wait(20)
 
 
+SLACK_RETRY_AFTER = (0.2, 1.0, 5.0)
+"""Slack's retries of an event the bridge did not take: at once, after a minute and after five,
+then none (compressed sixty times, as the outbox's pacing is)."""
+
+
 class People:
     """Agents, creators and merchants writing in Slack: a delivery the bridge did not take (it was
-    down, or answered 503) is sent again with the same event id and message, as Slack retries."""
+    down, or answered 503) is sent again with the same event id and message, as Slack retries,
+    and given up after Slack's last retry."""
 
     def __init__(self, slack: SlackEmulator) -> None:
         self.slack = slack
@@ -157,16 +166,16 @@ class People:
         body = json.dumps({"token": "legacy", "team_id": "T0FEIGE", "api_app_id": "A0FEIGE", "event": event,
                            "type": "event_callback", "event_id": f"EvChaos{self._ids:08d}",
                            "event_time": int(time.time())})  # fmt: skip
-        for attempt in range(60):
+        for attempt in range(len(SLACK_RETRY_AFTER) + 1):
             headers = {"X-Slack-Retry-Num": str(attempt), "X-Slack-Retry-Reason": "http_error"} if attempt else {}
             try:
                 status = await self.slack._send(body, "application/json", headers)
             except (OSError, aiohttp.ClientError):
                 status = 0
             self.statuses[status] += 1
-            if status == 200:
-                return msg.ts
-            await asyncio.sleep(1.0)
+            if status == 200 or attempt == len(SLACK_RETRY_AFTER):
+                break
+            await asyncio.sleep(SLACK_RETRY_AFTER[attempt])
         return msg.ts
 
 
@@ -179,7 +188,7 @@ async def run_scenario(name: str, chats: int, tasks: int, stores: int, creators:
         tmp = Path(tmp_name)
         ports = [free_port() for _ in range(PROCESSES)]
         config_path = tmp / "chaos.yaml"
-        chaos_config(config_path, ports, stores, creators)
+        chaos_config(config_path, ports, stores, creators, tmp / "held")
         slack = SlackEmulator(SIGNING, TOKEN, bridge_url=f"http://127.0.0.1:{ports[0]}")
         await slack.start()
         telegram = TelegramEmulator(TELEGRAM_TOKEN, TELEGRAM_SECRET, bridge_url=f"http://127.0.0.1:{ports[0]}")
@@ -225,7 +234,9 @@ async def run_scenario(name: str, chats: int, tasks: int, stores: int, creators:
             opened.append(cid)
             if n % 3:
                 return
-            root = await landed(f"slack:root:{cid}", WINDOW - 6)
+            # The window runs from the push (the platform's message), however long the push waited
+            # to be taken (a Redis outage): an agent needs a few seconds of it left to answer.
+            root = await landed(f"slack:root:{cid}", max(0.0, WINDOW - 6 - (time.time() - pushed)))
             if root is None:
                 return  # the root came too late to answer in time: this chat times out, as it would
             await asyncio.sleep(random.uniform(0.2, 2.0))
@@ -256,10 +267,10 @@ async def run_scenario(name: str, chats: int, tasks: int, stores: int, creators:
                     survivor = (victim + 1) % PROCESSES
                     sandbox.bridge_url = slack.bridge_url = cluster.url(survivor)
                     await cluster.kill_and_restart(victim)
-            elif name == "redis":
+            elif name in ("redis", "redis-long"):
                 await asyncio.sleep(chats / rate / 3)
                 redis_server.kill()
-                await asyncio.sleep(3.0)
+                await asyncio.sleep(3.0 if name == "redis" else LONG_REDIS_OUTAGE_SECONDS)
                 EmbeddedRedis(tmp / "redis", appendonly=True, port=redis_server.port).start()
             elif name == "outage":
                 slack.down_until = telegram.down_until = time.time() + OUTAGE_SECONDS
@@ -290,6 +301,9 @@ async def run_scenario(name: str, chats: int, tasks: int, stores: int, creators:
 
 
 OUTAGE_SECONDS = 30
+LONG_REDIS_OUTAGE_SECONDS = 15.0
+"""Longer than Slack's retries (6.2 s compressed): what people write meanwhile reaches its last try
+with Redis down, and is held on disk (bridge/engine/held.py) rather than dropped."""
 
 
 SETTLE_SECONDS = 420
@@ -508,12 +522,15 @@ async def main_async(quick: bool, only: list[str]) -> dict[str, Any]:
                                "chats_per_second": rate, "bridge_processes": PROCESSES,
                                "reply_window_s": WINDOW, "outbox_retry": [RETRY_BASE, RETRY_MAX]}}  # fmt: skip
     scenarios: list[dict[str, Any]] = []
-    for name in only or ["baseline", "kill", "redis", "outage", "burst"]:
+    for name in only or ["baseline", "kill", "redis", "redis-long", "outage", "burst"]:
         print(f"scenario {name} …", file=sys.stderr, flush=True)
         if name == "burst":
             report = await run_scenario(name, 200, 0, 20, 1, 1000.0)
         else:
             report = await run_scenario(name, chats, tasks, stores, creators, rate)
+        if name == "redis-long":
+            report["redis_down_s"] = LONG_REDIS_OUTAGE_SECONDS
+            report["slack_retries_end_after_s"] = sum(SLACK_RETRY_AFTER)
         if name == "outage":
             report["outage_s"] = OUTAGE_SECONDS
             report["old_give_up_attempts_crossed"] = (
@@ -533,7 +550,7 @@ async def main_async(quick: bool, only: list[str]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="a tenth of the load; results not written")
-    parser.add_argument("scenarios", nargs="*", help="baseline kill redis outage burst (default: all)")
+    parser.add_argument("scenarios", nargs="*", help="baseline kill redis redis-long outage burst (default: all)")
     args = parser.parse_args()
     results = asyncio.run(main_async(args.quick, args.scenarios))
     print(json.dumps(results, indent=2, ensure_ascii=False))
