@@ -50,6 +50,8 @@ class Holding:
         self._lock = asyncio.Lock()
         """A file is read and emptied while no delivery is appended to it."""
         self._wake = asyncio.Event()
+        self._moving = asyncio.Lock()
+        """One move at a time (the process's own loop, a test, a stop)."""
 
     async def hold(self, endpoint: Endpoint, records: Sequence[IncomingRecord]) -> None:
         """Appends one delivery and syncs it to disk; raises ``StorageUnavailable`` when the disk
@@ -77,8 +79,16 @@ class Holding:
             fcntl.flock(fd, fcntl.LOCK_EX)  # a live process's file is never taken over
             _sync_directory(self.directory)  # the file's name survives a crash of the machine too
             self._file, self._fd = path, fd
-        os.write(self._fd, line)
-        os.fsync(self._fd)
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            os.write(self._fd, line)
+            os.fsync(self._fd)
+        except OSError:
+            # A line cut short (a full disk) would run into the next one: the next delivery,
+            # acknowledged, would be unreadable. This one is answered 503 and sent again.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, end)
+            raise
 
     async def run(self) -> None:
         """Moves what is held whenever there is something to move, and looks for orphaned files."""
@@ -96,13 +106,26 @@ class Holding:
         """Moves this process's held deliveries and every orphaned file's into the event log, in
         the order they came; returns how many. Raises ``StorageUnavailable`` when Redis still
         cannot take them (what was not moved stays held)."""
+        async with self._moving:
+            return await self._move()
+
+    async def _move(self) -> int:
         moved = 0
-        async with self._lock:
-            if self._held:
-                assert self._file is not None and self._fd is not None
-                moved += await self._store(self._file)
-                os.ftruncate(self._fd, 0)
-                self._held = 0
+        if self._held:
+            # Redis is asked with the file unlocked: a slow answer must not hold up a delivery
+            # being held meanwhile (the service waits 3 s for the answer, at its last try).
+            async with self._lock:
+                assert self._file is not None
+                lines, count = await asyncio.to_thread(_lines, self._file), self._held
+            moved += await self._store(lines, self._file.name)
+            async with self._lock:
+                if self._held == count:
+                    assert self._fd is not None
+                    os.ftruncate(self._fd, 0)
+                    self._held = 0
+                # Else deliveries came meanwhile: the whole file is moved again next time, what
+                # is already stored deduplicated (cutting off only the moved part could lose the
+                # rest to a crash in the middle).
         for path in _held_files(self.directory):
             if path != self._file:
                 moved += await self._take_over(path)
@@ -120,7 +143,7 @@ class Holding:
                 return 0  # its process lives, and moves it itself
             if os.fstat(fd).st_nlink == 0:
                 return 0  # taken over and deleted while this one waited for the lock
-            moved = await self._store(path)
+            moved = await self._store(await asyncio.to_thread(_lines, path), path.name)
             os.unlink(path)
             if moved:
                 log.info("moved %d deliveries held by a process that ended (%s) into the event log", moved, path.name)
@@ -128,9 +151,9 @@ class Holding:
         finally:
             os.close(fd)
 
-    async def _store(self, path: Path) -> int:
+    async def _store(self, lines: list[bytes], name: str) -> int:
         moved = 0
-        for line in _lines(path):
+        for line in lines:
             try:
                 held = orjson.loads(line)
                 endpoint = Endpoint(held["endpoint"][0], held["endpoint"][1])
@@ -141,7 +164,7 @@ class Holding:
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 # A line cut short by a crash or a full disk mid-write: its delivery was answered
                 # 503, not 200, so the service did not count on it.
-                log.warning("%s: a held line that is not whole was skipped", path.name)
+                log.warning("%s: a held line that is not whole was skipped", name)
                 continue
             await self.event_log.store(endpoint, records)
             METRICS.held_moved.inc()

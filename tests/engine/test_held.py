@@ -18,7 +18,7 @@ from bridge.engine.clock import ManualClock
 from bridge.engine.endpoint import Endpoint
 from bridge.engine.held import Holding
 from bridge.engine.ingest import IncomingRecord
-from tests.conftest import EXAMPLE_CONFIG, Stack, hash_number, start_stack
+from tests.conftest import EXAMPLE_CONFIG, Stack, hash_number, start_stack, stored_fields
 
 CHATS, TASKS, TAG = "C0CHATS1001", "C0TASKS1001", "{store:1001}"
 
@@ -191,3 +191,35 @@ async def test_a_reply_held_before_its_window_ends_counts_as_received_then(outag
     await s.settle()
     assert merchant_texts(s, cid) == ["来了"]
     assert await s.redis.hget(keys.chat(TAG, cid), "status") == "open", "answered in time, not closed"
+
+
+async def test_a_delivery_held_while_a_move_is_under_way_stays_held_until_moved(
+    outage: tuple[Stack, Outage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis is asked with the file unlocked (a slow answer must not hold up a Slack's last try for
+    3 s): what is held meanwhile is not cut off with what was moved."""
+    s, server = outage
+    slack = Endpoint("destination", "slack")
+
+    def event(event_id: str) -> IncomingRecord:
+        return IncomingRecord("slack.event", event_id, "C0CHATS1001:1", '{"type": "event_callback"}')
+
+    server.kill()
+    await s.bridge.holding.hold(slack, [event("EvA")])
+    server.restart()
+    store = s.bridge.event_log.store
+
+    async def store_while_slack_delivers(endpoint: Endpoint, records: list[IncomingRecord]) -> int:
+        stored = await store(endpoint, records)
+        if records[0].msg_id == "EvA":
+            await s.bridge.holding.hold(slack, [event("EvB")])  # lands while the move waits for Redis
+        return stored
+
+    monkeypatch.setattr(s.bridge.event_log, "store", store_while_slack_delivers)
+    await s.bridge.holding.move()
+    assert any("EvB" in line for line in held_lines(s)), "still held"
+    monkeypatch.undo()
+    await s.bridge.holding.move()
+    assert held_lines(s) == []
+    stored = [e["msg_id"] for e in await stored_fields(s.redis, keys.events(slack.tag))]
+    assert stored == ["EvA", "EvB"], "each once, in the order they came"
