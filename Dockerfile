@@ -12,8 +12,9 @@ COPY pyproject.toml README.md ./
 COPY bridge ./bridge
 COPY connectors ./connectors
 COPY rules ./rules
-# /app/var: the archive's SQLite file when ARCHIVE_URL is not set (a volume in docker-compose.yml).
-RUN pip install . && useradd --system --uid 10001 --home-dir /app bridge && install -d -o bridge /app/var
+# /app/var: the archive's SQLite file when ARCHIVE_URL is not set, and var/held (server.held_dir: a
+# Slack event at its last try while Redis is down; a volume of its own in docker-compose.yml).
+RUN pip install . && useradd --system --uid 10001 --home-dir /app bridge && install -d -o bridge /app/var /app/var/held
 COPY --chown=bridge config ./config
 
 USER bridge

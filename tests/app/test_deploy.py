@@ -42,6 +42,8 @@ def test_compose_runs_web_and_worker_from_the_env_file_beside_redis_with_aof_and
     assert "held:/app/var/held" in services["web"]["volumes"]
     assert "./config:/app/config:ro" in services["web"]["volumes"], "a service's own list replaces the shared one"
     assert env_example()["BRIDGE_HELD_DIR"] == "/app/var/held"
+    # A new named volume takes the image's directory, owner included: the bridge's user writes there.
+    assert "install -d -o bridge /app/var /app/var/held" in (ROOT / "Dockerfile").read_text()
 
 
 def test_every_variable_the_deployment_needs_is_in_env_example() -> None:
