@@ -135,6 +135,25 @@ class Stack:
         await self.slack.stop()
         await self.telegram.stop()
 
+    def merchant_texts(self, cid: str) -> list[str]:
+        """What the store answered in chat ``cid``, as the platform received it."""
+        return [m["content"]["text"] for m in self.sandbox.conversations[cid].messages if m["from"] == "merchant"]
+
+    async def chat_a_second_before_its_deadline(self, store: str = "1001") -> tuple[str, str, float]:
+        """A chat opened in ``store``'s Slack channel (the platform's own window 180 s, the longest
+        it gives) and the clock moved to one second before the bridge's deadline: the chat, its
+        thread's ts and the deadline."""
+        assert self.clock is not None
+        cid = await self.sandbox.open_chat(store)
+        self.sandbox.conversations[cid].window_seconds = 180
+        await self.settle()
+        configured = self.bridge.holder.current.store(store)
+        assert configured is not None
+        root = self.slack.channel(configured.destinations.platform_chats.removeprefix("slack:"))[-1]
+        deadline = await hash_number(self.redis, keys.chat(keys.store_tag(store), cid), "deadline")
+        await self.advance_to(deadline - 1)
+        return cid, root.ts, deadline
+
     async def settle(self, horizon: float = 5.0) -> None:
         """Runs the bridge until nothing is left to do within ``horizon`` seconds of (manual) time:
         handles stored events, fires due timers, and moves the clock to the next short wait (a

@@ -97,6 +97,8 @@ class Holding:
                 await self.move()
             except StorageUnavailable as exc:
                 log.info("held deliveries wait for Redis: %s", exc)
+            except Exception:  # a file it cannot read (its permissions): said, and tried again
+                log.exception("held deliveries in %s could not be moved; trying again", self.directory)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(MOVE_EVERY_SECONDS):
                     await self._wake.wait()

@@ -11,7 +11,7 @@ from typing import Any
 from bridge.engine import keys
 from bridge.engine.endpoint import Endpoint
 from bridge.engine.events import StoredEvent
-from tests.conftest import Stack, forget_slack_authorization, hash_number, stored_fields
+from tests.conftest import Stack, forget_slack_authorization, stored_fields
 
 CHATS, TAG, CREATOR_CHAT = "C0CHATS1001", "{store:1001}", 7001
 SLACK, TELEGRAM = Endpoint("destination", "slack"), Endpoint("destination", "telegram")
@@ -21,23 +21,19 @@ async def stored(stack: Stack, endpoint: Endpoint) -> list[dict[str, str]]:
     return await stored_fields(stack.redis, keys.events(endpoint.tag))
 
 
-def merchant_texts(stack: Stack, cid: str) -> list[str]:
-    return [m["content"]["text"] for m in stack.sandbox.conversations[cid].messages if m["from"] == "merchant"]
-
-
 async def test_a_slack_reply_is_stored_before_the_ack_and_handled_after_it(stack: Stack) -> None:
     cid = await stack.sandbox.open_chat("1001")
     await stack.settle()
     root = stack.slack.channel(CHATS)[-1]
     ts, status = await stack.slack.user_message("U0AGENTA", CHATS, "马上发", thread_ts=root.ts)
-    assert status == 200 and merchant_texts(stack, cid) == [], "answered before any handling"
+    assert status == 200 and stack.merchant_texts(cid) == [], "answered before any handling"
     [delivery] = await stored(stack, SLACK)
     assert delivery["tag"] == "slack.event" and json.loads(delivery["data"])["event"]["ts"] == ts
     redelivered = stack.slack.last_event_id
     await stack.slack.user_message("U0AGENTA", CHATS, "马上发", thread_ts=root.ts, retry_of=redelivered)
     assert len(await stored(stack, SLACK)) == 1, "Slack's retry of the same event id is not stored again"
     await stack.settle()
-    assert merchant_texts(stack, cid) == ["马上发"]
+    assert stack.merchant_texts(cid) == ["马上发"]
     assert await stored(stack, SLACK) == [], "handled deliveries leave the stream"
 
 
@@ -60,13 +56,13 @@ async def test_a_slack_event_that_cannot_be_authorized_while_slack_is_down_is_no
     forget_slack_authorization(stack)  # handled by a worker process that has not asked Slack yet…
     stack.slack.down_until = stack.clock.now() + 20  # …while Slack is down again
     await stack.bridge.drain()
-    assert merchant_texts(stack, cid) == ["马上发"] and await stored(stack, SLACK) == []
+    assert stack.merchant_texts(cid) == ["马上发"] and await stored(stack, SLACK) == []
     assert stack.slack.message(CHATS, ts).reactions == [], "the ✅ waits for Slack"
     # Past the outage and the outbox's longest wait between two tries (a jittered backoff of up to
     # 60 s may have begun just before Slack came back).
     await stack.advance(20 + stack.bridge.outbox.max_delay + 1)
     assert stack.slack.message(CHATS, ts).reactions == ["white_check_mark"]
-    assert merchant_texts(stack, cid) == ["马上发"], "sent once"
+    assert stack.merchant_texts(cid) == ["马上发"], "sent once"
 
 
 async def test_a_stored_slack_command_waits_for_slack_to_authorize_it(stack: Stack) -> None:
@@ -99,9 +95,9 @@ async def test_a_stored_slack_event_whose_handling_fails_is_retried_not_lost(sta
     stack.bridge.chats.reply = crashing_once  # type: ignore[method-assign]
     await stack.slack.user_message("U0AGENTA", CHATS, "稍等", thread_ts=root.ts)
     await stack.bridge.drain()
-    assert merchant_texts(stack, cid) == [] and stack.bridge.consumer.next_retry_at() is not None
+    assert stack.merchant_texts(cid) == [] and stack.bridge.consumer.next_retry_at() is not None
     await stack.settle()
-    assert failures == [1] and merchant_texts(stack, cid) == ["稍等"]
+    assert failures == [1] and stack.merchant_texts(cid) == ["稍等"]
 
 
 async def test_a_telegram_update_is_stored_once_and_waits_while_telegram_is_not_reached(stack: Stack) -> None:
@@ -143,16 +139,11 @@ async def test_a_reply_received_in_time_counts_as_in_time_however_late_it_is_han
     """The consumer may get to a stored reply seconds later (a backlog, a process that died holding
     it): the reply is judged by when the bridge received it, and the close waits for it."""
     assert stack.clock is not None
-    cid = await stack.sandbox.open_chat("1001")
-    stack.sandbox.conversations[cid].window_seconds = 180  # the platform's own window: 2–3 minutes
-    await stack.settle()
-    root = stack.slack.channel(CHATS)[-1]
-    deadline = await hash_number(stack.redis, keys.chat(TAG, cid), "deadline")
-    await stack.advance_to(deadline - 1)
-    await stack.slack.user_message("U0AGENTA", CHATS, "来了", thread_ts=root.ts)  # stored, not handled
+    cid, root, deadline = await stack.chat_a_second_before_its_deadline()
+    await stack.slack.user_message("U0AGENTA", CHATS, "来了", thread_ts=root)  # stored, not handled
     stack.clock.set(deadline + 3)  # handled only now, after the deadline
     await stack.settle()
-    assert merchant_texts(stack, cid) == ["来了"]
+    assert stack.merchant_texts(cid) == ["来了"]
     assert await stack.redis.hget(keys.chat(TAG, cid), "status") == "open", "answered in time, not closed"
 
 

@@ -18,7 +18,7 @@ from bridge.engine.clock import ManualClock
 from bridge.engine.endpoint import Endpoint
 from bridge.engine.held import Holding
 from bridge.engine.ingest import IncomingRecord
-from tests.conftest import EXAMPLE_CONFIG, Stack, hash_number, start_stack, stored_fields
+from tests.conftest import EXAMPLE_CONFIG, Stack, start_stack, stored_fields, until
 
 CHATS, TASKS, TAG = "C0CHATS1001", "C0TASKS1001", "{store:1001}"
 
@@ -57,12 +57,8 @@ async def outage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         redis.server.stop()
 
 
-def merchant_texts(stack: Stack, cid: str) -> list[str]:
-    return [m["content"]["text"] for m in stack.sandbox.conversations[cid].messages if m["from"] == "merchant"]
-
-
 def held_lines(stack: Stack) -> list[str]:
-    return [line for path in sorted(stack.bridge.holding.directory.glob("*.jsonl"))
+    return [line for path in sorted(stack.bridge.holding.directory.glob("*.jsonl")) if path.is_file()
             for line in path.read_text().splitlines()]  # fmt: skip
 
 
@@ -100,7 +96,7 @@ async def test_a_slack_event_at_its_last_try_while_redis_is_down_is_held_then_ha
     server.restart()
     await s.bridge.holding.move()
     await s.settle()
-    assert merchant_texts(s, cid) == ["在的，马上发货"]
+    assert s.merchant_texts(cid) == ["在的，马上发货"]
     assert held_lines(s) == [], "moved, so no longer held"
     assert await s.bridge.holding.move() == 0
 
@@ -128,7 +124,7 @@ async def test_deliveries_held_by_a_process_that_died_are_taken_over_and_stored_
     assert list(dead.iterdir()) == [], "and deleted once moved"
     await s.bridge.holding.move()  # the live process's own, moved by it
     await s.settle()
-    assert merchant_texts(s, cid) == ["已补发"], "stored once, however often it was moved"
+    assert s.merchant_texts(cid) == ["已补发"], "stored once, however often it was moved"
 
 
 async def test_a_live_process_file_is_not_taken_over_and_a_cut_line_is_skipped(
@@ -177,19 +173,14 @@ async def test_a_reply_held_before_its_window_ends_counts_as_received_then(outag
     as any stored reply is (test_durable_intake.py), not by when Redis was back."""
     s, server = outage
     assert s.clock is not None
-    cid = await s.sandbox.open_chat("1001")
-    s.sandbox.conversations[cid].window_seconds = 180  # the platform's own window: 2–3 minutes
-    await s.settle()
-    root = s.slack.channel(CHATS)[-1]
-    deadline = await hash_number(s.redis, keys.chat(TAG, cid), "deadline")
-    await s.advance_to(deadline - 1)
+    cid, root, deadline = await s.chat_a_second_before_its_deadline()
     server.kill()
-    assert (await slack_tries(s, "来了", root.ts))[1][-1] == 200
+    assert (await slack_tries(s, "来了", root))[1][-1] == 200
     server.restart()
     s.clock.set(deadline + 3)
     await s.bridge.holding.move()
     await s.settle()
-    assert merchant_texts(s, cid) == ["来了"]
+    assert s.merchant_texts(cid) == ["来了"]
     assert await s.redis.hget(keys.chat(TAG, cid), "status") == "open", "answered in time, not closed"
 
 
@@ -223,3 +214,19 @@ async def test_a_delivery_held_while_a_move_is_under_way_stays_held_until_moved(
     assert held_lines(s) == []
     stored = [e["msg_id"] for e in await stored_fields(s.redis, keys.events(slack.tag))]
     assert stored == ["EvA", "EvB"], "each once, in the order they came"
+
+
+async def test_a_held_file_that_cannot_be_moved_is_logged_and_the_moving_goes_on(
+    outage: tuple[Stack, Outage], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The process's own loop moves what it holds as soon as it holds it (Redis is up here); a
+    file it cannot read is said in the log, and does not stop the loop for what comes after."""
+    s, _ = outage
+    (s.bridge.holding.directory / "0-not-a-file.jsonl").mkdir(parents=True)
+    slack = Endpoint("destination", "slack")
+    for event_id in ("EvC", "EvD"):
+        record = IncomingRecord("slack.event", event_id, "C0CHATS1001:1", '{"type": "event_callback"}')
+        await s.bridge.holding.hold(slack, [record])
+        await until(lambda: held_lines(s) == [], f"{event_id} moved by the loop")
+    assert [e["msg_id"] for e in await stored_fields(s.redis, keys.events(slack.tag))] == ["EvC", "EvD"]
+    assert "could not be moved; trying again" in caplog.text
