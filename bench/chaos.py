@@ -416,6 +416,7 @@ async def count(
 
     answered_closed = 0
     close_lateness: list[float] = []
+    unqueued: list[dict[str, Any]] = []  # reminders counted lost: their moments, to explain them
     for cid in opened:
         store = next(s for s in range(stores) if sandbox.conversations[cid].store_id == f"{3001 + s}")
         tag = keys.store_tag(f"{3001 + store}")
@@ -444,15 +445,20 @@ async def count(
                 found = [k for k in [*posts, *expired, *dead] if k.startswith(prefix)]
                 moment = float(chat.get("deadline") or 0) - before
                 closed_after = float(chat.get("closed_at") or 0) - (redis_down[-1] if redis_down else 0)
-                if (not found and len(redis_down) == 2 and redis_down[0] <= moment <= redis_down[1]
+                if (not found and len(redis_down) == 2 and redis_down[0] - 2.0 <= moment <= redis_down[1]
                         and chat.get("close_reason") == "reply_timeout" and closed_after < 10):  # fmt: skip
-                    # Due while Redis was down, with the close due too by the time it was back (the
-                    # chat closed as the timers ran again): the window's schedule takes only the
-                    # close then (rules.reply_window.due_steps).
+                    # Due while Redis was down (or just before, its run failed by Redis going), with
+                    # the close due too by the time it was back (the chat closed as the timers ran
+                    # again): the window's schedule takes only the close then
+                    # (rules.reply_window.due_steps).
                     rows.setdefault("reminders", Counter())["expected"] += 1
                     rows["reminders"]["skipped_with_the_close_due"] += 1
                     continue
                 tally("reminders", found[0] if found else prefix + "never-queued")
+                if not found:
+                    unqueued.append({"chat": cid, "before": before, "moment": round(moment, 3),
+                                     "closed_at": chat.get("closed_at"), "close_reason": chat.get("close_reason"),
+                                     "redis_down": [round(t, 3) for t in redis_down]})  # fmt: skip
     by_bot = [m for m in telegram.messages if m.from_id == BOT_ID]
     telegram_doubles: list[dict[str, Any]] = []
     for tid, creator in raised.items():
@@ -517,6 +523,7 @@ async def count(
         "telegram_429s": telegram.rate_limited,
         "close_lateness_s": _spread(close_lateness),
         "dead_letter_reasons": dict(reasons.most_common(5)),
+        "reminders_never_queued": unqueued[:20],
     }
 
 
