@@ -292,7 +292,9 @@ async def run_scenario(name: str, chats: int, tasks: int, stores: int, creators:
         report = await count(name, redis, sandbox, slack, telegram, people, opened, answered, raised, commented, stores,
                              redis_down)  # fmt: skip
         report["answered_but_lost"] = await explain_losses(redis, sandbox, tmp, answered, timeline, stores)
-        report |= {"load_seconds": round(load_seconds, 1), "settled": settled, "process_kills": cluster.kills}
+        report |= {"load_seconds": round(load_seconds, 1), "settled": settled, "process_kills": cluster.kills,
+                   # Slack events that came for the last time while Redis was down (engine/held.py).
+                   "held_on_disk": sum("until Redis is back" in line for line in read_logs(tmp))}  # fmt: skip
         if left:
             report["left_when_counted"] = left
         await redis.aclose()
