@@ -160,15 +160,13 @@ class Holding:
                 held = orjson.loads(line)
                 endpoint = Endpoint(held["endpoint"][0], held["endpoint"][1])
                 at = int(held["received_ms"])
-                records = [
-                    IncomingRecord(tag, msg_id, thread, data, at) for tag, msg_id, thread, data in held["records"]
-                ]
+                records = [IncomingRecord(tag, msg_id, thread, data) for tag, msg_id, thread, data in held["records"]]
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 # A line cut short by a crash or a full disk mid-write: its delivery was answered
                 # 503, not 200, so the service did not count on it.
                 log.warning("%s: a held line that is not whole was skipped", name)
                 continue
-            await self.event_log.store(endpoint, records)
+            await self.event_log.store(endpoint, records, received_ms=at)
             METRICS.held_moved.inc()
             moved += 1
         return moved

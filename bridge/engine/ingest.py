@@ -82,14 +82,14 @@ class IncomingRecord:
     """Events of one thread (a chat, a task order) are handled in the order they arrived."""
     data: str
     """JSON, stored exactly as received."""
-    received_ms: int | None = None
-    """When the bridge acknowledged it, if not now: a delivery held on disk while Redis was down."""
 
 
 @dataclass
 class _Pending:
     endpoint: Endpoint
     records: Sequence[IncomingRecord]
+    received_ms: int | None
+    """When the bridge acknowledged it, if not now: a delivery held on disk while Redis was down."""
     done: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -108,10 +108,12 @@ class EventLog:
         self.pushes_written = 0
         self.records_stored = 0
 
-    async def store(self, endpoint: Endpoint, records: Sequence[IncomingRecord]) -> int:
+    async def store(self, endpoint: Endpoint, records: Sequence[IncomingRecord], received_ms: int | None = None) -> int:
+        """``received_ms``: when it was acknowledged, when that was before now (held through an
+        outage, engine/held.py); its handling goes by it (a reply inside its window)."""
         if not records:
             return 0
-        pending = _Pending(endpoint, records)
+        pending = _Pending(endpoint, records, received_ms)
         self._queue.append(pending)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_all())
@@ -148,8 +150,8 @@ class EventLog:
     def _command(self, group: list[_Pending]) -> list[str | int]:
         tag = group[0].endpoint.tag
         now_ms = int(self.clock.now() * 1000)
-        batch = orjson.dumps([[(r.msg_id, r.tag, r.thread, r.data) if r.received_ms is None else
-                               (r.msg_id, r.tag, r.thread, r.data, r.received_ms) for r in p.records]
+        batch = orjson.dumps([[(r.msg_id, r.tag, r.thread, r.data) for r in p.records] if p.received_ms is None
+                              else [(r.msg_id, r.tag, r.thread, r.data, p.received_ms) for r in p.records]
                               for p in group]).decode()  # fmt: skip
         ready = [] if self.cluster else [keys.EVENTS_READY, keys.EVENTS_READY_WAKE]  # another slot there
         return [

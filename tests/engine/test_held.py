@@ -200,8 +200,10 @@ async def test_a_delivery_held_while_a_move_is_under_way_stays_held_until_moved(
     server.restart()
     store = s.bridge.event_log.store
 
-    async def store_while_slack_delivers(endpoint: Endpoint, records: list[IncomingRecord]) -> int:
-        stored = await store(endpoint, records)
+    async def store_while_slack_delivers(
+        endpoint: Endpoint, records: list[IncomingRecord], received_ms: int | None = None
+    ) -> int:
+        stored = await store(endpoint, records, received_ms)
         if records[0].msg_id == "EvA":
             await s.bridge.holding.hold(slack, [event("EvB")])  # lands while the move waits for Redis
         return stored
