@@ -19,6 +19,7 @@ import uvloop
 from redis.asyncio import Redis
 
 from bridge.config import BridgeConfig, ConfigError, ConfigHolder, LoadedConfig, Problem, Store, load_config
+from bridge.engine.held import unwritable
 
 if TYPE_CHECKING:
     from bridge.archive.store import Archive
@@ -72,6 +73,10 @@ def check(path: Path, online: bool = False) -> int:
         print(f"{exc.source}: {errors} error(s), {len(exc.problems) - errors} warning(s) — not valid")
         return 1
     print(summary(loaded))
+    held = Path(loaded.config.server.held_dir)
+    if (why := unwritable(held)) is not None:
+        print(f"{loaded.source}: warning: server.held_dir: {why}: a Slack event that comes for the last time while "
+              "Redis is down could not be held and would be lost")  # fmt: skip
     if not online:
         return 0
     problems = asyncio.run(probe_destinations(loaded))

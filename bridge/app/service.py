@@ -47,7 +47,7 @@ from bridge.engine.clock import Clock, SystemClock
 from bridge.engine.cluster import is_cluster
 from bridge.engine.endpoint import Endpoint
 from bridge.engine.events import FORGET_RETRY_SECONDS, EventConsumer, EventHandler, StoredEvent
-from bridge.engine.held import Holding
+from bridge.engine.held import Holding, unwritable
 from bridge.engine.ingest import EventLog
 from bridge.engine.listen import listen
 from bridge.engine.metrics import METRICS
@@ -370,6 +370,9 @@ class Bridge:
         self._watchers = [asyncio.create_task(self._watch_config(), name="config-watch")]
         if serve_webhooks:  # the processes that may hold deliveries move them, and take over orphaned ones
             self._watchers.append(asyncio.create_task(self.holding.run(), name="held-deliveries"))
+            if (why := unwritable(self.holding.directory)) is not None:
+                log.warning("server.held_dir: %s; a Slack event that comes for the last time while Redis is down "
+                            "cannot be held and is lost (give it a writable volume)", why)  # fmt: skip
         await self.tasks.schedule_digests()
         self._serve_webhooks = serve_webhooks
         for connector in self.connectors.values():

@@ -185,6 +185,19 @@ class Holding:
             self._fd = self._file = None
 
 
+def unwritable(directory: Path) -> str | None:
+    """Why deliveries could not be held in ``directory``, or None when they can: its nearest part
+    that exists must be a directory this process may write in (a read-only file system is not)."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable here (a read-only file system, or another user's)"
+    return None
+
+
 def _held_files(directory: Path) -> list[Path]:
     """Every file of held deliveries in ``directory``, the first begun first (a few, on local disk)."""
     return sorted(directory.glob("*.jsonl")) if directory.is_dir() else []

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bridge.app import cli
 from bridge.app.redis_server import EmbeddedRedis
 from bridge.engine import keys
 from bridge.engine.clock import ManualClock
@@ -232,3 +233,18 @@ async def test_a_held_file_that_cannot_be_moved_is_logged_and_the_moving_goes_on
         await until(lambda: held_lines(s) == [], f"{event_id} moved by the loop")
     assert [e["msg_id"] for e in await stored_fields(s.redis, keys.events(slack.tag))] == ["EvC", "EvD"]
     assert "could not be moved; trying again" in caplog.text
+
+
+def test_bridge_check_warns_when_nothing_could_be_held(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A held_dir the process cannot write in is found before an outage needs it, not during one."""
+    (tmp_path / "a-file").write_text("")
+    tree = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    tree["server"]["held_dir"] = str(tmp_path / "a-file" / "held")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tree, allow_unicode=True))
+    assert cli.main(["check", "--config", str(config)]) == 0, "a warning, not an error"
+    assert f"warning: server.held_dir: {tmp_path / 'a-file'} is not a directory" in capsys.readouterr().out
+    tree["server"]["held_dir"] = str(tmp_path / "not-yet" / "held")  # made when first needed
+    config.write_text(yaml.safe_dump(tree, allow_unicode=True))
+    assert cli.main(["check", "--config", str(config)]) == 0
+    assert "held_dir" not in capsys.readouterr().out
