@@ -349,13 +349,14 @@ class InboundRouter:
             return await self.tasks.records.creator_list_text(owner, status, page), tag
         return await self.tasks.records.list_text(owner, status, owner.locale, page), tag
 
-    def help_text(self, actor: Actor, commands: Mapping[str, str]) -> tuple[str, str]:
+    def help_text(self, actor: Actor, commands: Mapping[str, str], asked: str = "") -> tuple[str, str]:
         """What the bridge does in this place and how to use it, for someone who asks (a bot's
         /start or /help), and who the bridge takes them for there: the agent, and whether they may
         answer platform chats, or an account the configuration does not name. ``commands`` are how
         the destination writes the task list, the statistics and the help (``tasks``, ``stats``,
         ``help``). A place the configuration does not name is told its own id, which is what the
-        operator needs to connect it. Returned with the tag the answer belongs to."""
+        operator needs to connect it. ``asked``: a command the bridge does not have, said first.
+        Returned with the tag the answer belongs to."""
         service, channel, user = actor.service, actor.channel, actor.user
         place = self.place(service, channel)
         owner = place.store or place.creator
@@ -365,6 +366,8 @@ class InboundRouter:
             return f"{unknown}\n{mine}", keys.NO_ENDPOINT_TAG
         loc = owner.locale
         lines = [t(loc, "help.title", name=owner.name)]
+        if asked:
+            lines.insert(0, t(loc, "help.no_such_command", words=asked))
         if place.chat_store is not None:
             store = place.chat_store
             lines.append(t(loc, "help.chats", window=store.reply_window.seconds, marker=store.note_markers[0]

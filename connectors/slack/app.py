@@ -460,8 +460,8 @@ class SlackConnector:
         await self._answer(command, tag, text)
 
     async def _on_command(self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]) -> None:
-        """``/feige stats [period]``; ``/feige help``, or anything else, answers with what the bridge
-        does in the channel and its commands."""
+        """``/feige stats [period]``; ``/feige help``, or nothing, answers with what the bridge does
+        in the channel and its commands; anything else too, saying first it is no command."""
         await ack()
         subcommand, *args = (command.get("text") or "").split() or [""]  # "/feige stats 7d"
         channel = command.get("channel_id", "")
@@ -469,7 +469,8 @@ class SlackConnector:
             text, tag = await self.router.stats(SERVICE, channel, args)
         else:
             asker = Actor(SERVICE, command.get("user_id", ""), channel)
-            text, tag = self.router.help_text(asker, SLASH_COMMANDS)
+            asked = "" if subcommand.casefold() in ("", "help") else f"/feige {subcommand}"
+            text, tag = self.router.help_text(asker, SLASH_COMMANDS, asked)
         await self._answer(command, tag, text)
 
     async def _answer(self, command: dict[str, Any], tag: str, text: str) -> None:

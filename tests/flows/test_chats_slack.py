@@ -323,6 +323,9 @@ async def test_feige_help_tells_each_person_who_the_bridge_takes_them_for(stack:
     stranger = await stack.slash_command(STRANGER, CHATS, "/feige", "help")
     assert stranger.endswith(f"你的 slack 账号 {STRANGER} 不是本店配置的客服：回复平台客服会话和处理任务单，"
                              "需要店铺管理员把它写进 agents 的 accounts.slack。")  # fmt: skip
+    # A word that is no command is said to be none, then the help (it was the help alone, as if asked).
+    typo = (await stack.slash_command(MAIN, CHATS, "/feige", "stat 7d")).splitlines()
+    assert typo[0] == "没有“/feige stat”这个命令。可用的命令如下：" and typo[1:] == main.splitlines()
 
 
 async def test_an_agent_the_platform_says_lacks_im_permission_is_told_how_to_get_it(stack: Stack) -> None:
