@@ -214,8 +214,8 @@ class ResolveConversation:
         # The action id is the conversation's: a second tap on Confirm queues the same job, once.
         await self.tasks.process(store, tid, state["result"], state.get("solution", ""), files, (agent.id, agent.name),
                                  actor, f"{actor.service}-{actor.user}-{state['started']}")  # fmt: skip
-        # The tap's own answer, at once: a message would come behind the card's change in a busy
-        # group (a message a group's slot, the card's edit at once) and read as stale there.
+        # Said as the tap's own answer, at once: a message would wait for the group's next slot and
+        # land after the card already shows the result, reading as stale.
         sent = t(loc, "task.guide.sent")
         await self._end(key, at, sent)
         return sent
