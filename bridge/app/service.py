@@ -308,6 +308,8 @@ class Bridge:
         }
         if self.holder.last_error is not None:
             body["config_reload_refused"] = [str(p) for p in self.holder.last_error.problems]
+        if self.holding.held:  # Slack events taken at their last try while Redis was down, not moved in yet
+            body["deliveries_held_on_disk"] = self.holding.held
         try:
             await asyncio.wait_for(self.redis.ping(), timeout=1.0)
         except (RedisError, OSError, TimeoutError) as exc:

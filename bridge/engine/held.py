@@ -53,6 +53,11 @@ class Holding:
         self._moving = asyncio.Lock()
         """One move at a time (the process's own loop, a test, a stop)."""
 
+    @property
+    def held(self) -> int:
+        """How many deliveries this process holds now, not moved yet."""
+        return self._held
+
     async def hold(self, endpoint: Endpoint, records: Sequence[IncomingRecord]) -> None:
         """Appends one delivery and syncs it to disk; raises ``StorageUnavailable`` when the disk
         will not take it either (the service is then answered 503, as before)."""

@@ -92,6 +92,9 @@ async def test_a_slack_event_at_its_last_try_while_redis_is_down_is_held_then_ha
     assert len(statuses) == 4 and 200 not in statuses[:3] and statuses[3] == 200, statuses
     [line] = held_lines(s)
     assert event_id in line, "on disk before Slack was answered"
+    async with s.bridge.http().get(f"{s.url}/readyz") as resp:
+        ready = await resp.json()
+    assert resp.status == 503 and ready["deliveries_held_on_disk"] == 1, "the operator sees what waits"
     # Redis is back: the move (every 2 s in a running process, which may be the one that does it;
     # here also at once) stores it, and it is handled.
     server.restart()
@@ -100,6 +103,8 @@ async def test_a_slack_event_at_its_last_try_while_redis_is_down_is_held_then_ha
     assert s.merchant_texts(cid) == ["在的，马上发货"]
     assert held_lines(s) == [], "moved, so no longer held"
     assert await s.bridge.holding.move() == 0
+    async with s.bridge.http().get(f"{s.url}/readyz") as resp:
+        assert resp.status == 200 and "deliveries_held_on_disk" not in await resp.json()
 
 
 async def test_deliveries_held_by_a_process_that_died_are_taken_over_and_stored_once(
