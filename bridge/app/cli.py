@@ -395,7 +395,7 @@ def stats(
     path: Path, store_id: str | None, period: str | None, since: date | None, until: date | None, fmt: str
 ) -> int:
     """A9 from the archive, per store: a named period (as ``/feige stats`` shows it) or any days."""
-    from bridge.flows.statistics import PERIODS, day_start, days_text, period_bounds, report, stats_text
+    from bridge.flows.statistics import PERIODS, days_bounds, days_text, period_bounds, report, stats_text
 
     stores = _stores(path, store_id)
     if stores is None:
@@ -417,7 +417,7 @@ def stats(
                 if fmt == "text":
                     out.append(await days_text(archive, store, first, last))
                     continue
-                start, end = day_start(first, tz), day_start(last + timedelta(days=1), tz)
+                start, end = days_bounds(first, last, tz)
             found = await report(archive, store, start, end)
             out.append(json.dumps({"store": store.id, "since": start.isoformat(), "until": end.isoformat()}
                                   | found.as_dict(), ensure_ascii=False))  # fmt: skip

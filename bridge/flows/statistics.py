@@ -22,7 +22,12 @@ PERIODS = {"today": 1, "7d": 7, "30d": 30}
 def period_bounds(period: str, now: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
     """[since, until) of a named period in the store's time zone; until is the end of today."""
     today = now.astimezone(tz).date()
-    return day_start(today - timedelta(days=PERIODS[period] - 1), tz), day_start(today + timedelta(days=1), tz)
+    return days_bounds(today - timedelta(days=PERIODS[period] - 1), today, tz)
+
+
+def days_bounds(first: date, last: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """[since, until) of the days ``first`` to ``last``, both included, in the time zone ``tz``."""
+    return day_start(first, tz), day_start(last + timedelta(days=1), tz)
 
 
 def day_start(day: date, tz: ZoneInfo) -> datetime:
@@ -104,8 +109,7 @@ async def stats_text(archive: Archive, store: Store, period: str, now: datetime)
 
 async def days_text(archive: Archive, store: Store, first: date, last: date) -> str:
     """``bridge stats --since D --until D``: as ``stats_text``, over those days (both included)."""
-    tz = ZoneInfo(store.timezone)
-    found = await report(archive, store, day_start(first, tz), day_start(last + timedelta(days=1), tz))
+    found = await report(archive, store, *days_bounds(first, last, ZoneInfo(store.timezone)))
     named = t(store.locale, "stats.period.days", first=first.isoformat(), last=last.isoformat())
     return _text(store, first.isoformat() if first == last else named, found, by_day=first != last)
 
