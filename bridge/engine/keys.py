@@ -278,6 +278,13 @@ def message_ref(tag: str, ref: str) -> str:
     return f"{tag}:ref:{ref}"
 
 
+def posted_message(tag: str, job_id: str) -> str:
+    """STRING "<service>:<channel>:<message>": where the post of outbox job ``job_id`` landed, for a
+    post queued to be changed later (a step's question, its buttons retired once it is answered).
+    Expires after REF_KEEP_SECONDS."""
+    return f"{tag}:posted:{job_id}"
+
+
 def rate_limit(service: str, target: str, *, sender_wide: bool = False) -> str:
     """STRING: the earliest time (ms) the next slot to ``target`` on ``service`` is free. Expires a
     minute after that time. ``sender_wide``: the service also spaces the sender as a whole, and

@@ -25,6 +25,24 @@ def member_records(tag: str, chat_key: str, service: str, channel: str, message:
     return {keys.message_ref(tag, f"{service}:{channel}:{message}"): chat_key}
 
 
+def posted_records(tag: str, job_id: str, service: str, channel: str, message: str) -> dict[str, str]:
+    """Where the post of job ``job_id`` landed, for a post that asks to be remembered (``remember``
+    in its payload) so that a later job changes it (``jobs.UPDATE_POST``)."""
+    return {keys.posted_message(tag, job_id): f"{service}:{channel}:{message}"}
+
+
+async def posted_at(redis: Redis, tag: str, job_id: str) -> tuple[str, str] | None:
+    """(channel, message id) where the post of job ``job_id`` landed; None when it never landed
+    (it failed for good) or was long forgotten."""
+    ref = await redis.get(keys.posted_message(tag, job_id))
+    return None if ref is None else _channel_and_message(str(ref))
+
+
+def _channel_and_message(ref: str) -> tuple[str, str]:
+    _, channel, message = ref.split(":", 2)
+    return channel, message
+
+
 async def save_member(redis: Redis, tag: str, chat_key: str, service: str, channel: str, message: str) -> None:
     """A person's message in a thread of a destination that threads by replies (a Telegram reply
     chain): a reply to it belongs to the thread too, as a reply to any of the bridge's messages."""
@@ -55,10 +73,7 @@ async def topic_of(redis: Redis, tag: str, chat_key: str) -> str | None:
 async def root_of(redis: Redis, tag: str, chat_key: str) -> tuple[str, str] | None:
     """(channel, message id) of a chat's root message in its destination, once posted."""
     ref = await redis.get(keys.thread_root(tag, chat_key))
-    if ref is None:
-        return None
-    _, channel, message = str(ref).split(":", 2)
-    return channel, message
+    return None if ref is None else _channel_and_message(str(ref))
 
 
 PARENT_WAIT_SECONDS = 1.5

@@ -28,7 +28,10 @@ EPHEMERAL = "ephemeral"
 """A word only one person sees (where the destination can; elsewhere a reply to them)."""
 REACT = "react"
 """A mark on what someone wrote (✅ once their reply reached the platform)."""
-DESTINATION_ACTIONS = (POST, UPDATE_ROOT, EPHEMERAL, REACT)
+UPDATE_POST = "update_post"
+"""A message posted earlier under a thread (one whose post asked to be remembered) shows a new view:
+a step's question with its buttons retired once the step is past."""
+DESTINATION_ACTIONS = (POST, UPDATE_ROOT, EPHEMERAL, REACT, UPDATE_POST)
 
 
 def destination(service: str, action: str) -> str:

@@ -83,14 +83,18 @@ class ResolveConversation:
         if status != "pending":
             return t(loc, "task.process.not_pending", status=status_name(loc, status))
         key = keys.task_resolve(keys.store_tag(store.id), tid, actor.user)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            pipe.hset(key, mapping={"result": RESULTS[short], "step": "solution", "files": "[]", "started": at})
-            pipe.expire(key, CONVERSATION_SECONDS)
-            await pipe.execute()
+        state = await self._state(key)
+        if state.get("started") != at:  # else this tap began it before, and is handled again
+            await self._retire(store, tid, state)  # a conversation begun earlier starts over
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.hset(key, mapping={"result": RESULTS[short], "step": "solution", "files": "[]", "started": at})
+                pipe.expire(key, CONVERSATION_SECONDS)
+                await pipe.execute()
         action = t(loc, f"task.button.{'resolve' if short == 'rs' else 'unresolvable'}")
         text = t(loc, "task.guide.solution", mention="{mention}", action=action, task_id=tid)
-        await self._prompt(store, tid, agent, at, "solution", text, [CANCEL])
+        prompt = await self._prompt(store, tid, agent, at, "solution", text, [CANCEL], {})
+        await self._save(key, "", prompt=prompt)
         return None
 
     async def on_message(self, store: Store, tid: str, inbound: Inbound) -> bool:
@@ -112,10 +116,11 @@ class ResolveConversation:
                 await self._reply(store, actor, at, t(loc, "task.process.empty"))
                 return True
             if refusal == "unconfirmed":
-                await self._prompt(store, tid, agent, at, "weak", t(loc, "task.guide.weak"), [KEEP, CANCEL])
-                await self._save(key, at, solution=inbound.text, step="weak")
+                prompt = await self._prompt(store, tid, agent, at, "weak", t(loc, "task.guide.weak"), [KEEP, CANCEL],
+                                            state)  # fmt: skip
+                await self._save(key, at, solution=inbound.text, step="weak", prompt=prompt)
             else:
-                await self._ask_evidence(store, tid, agent, actor, at, key, solution=inbound.text)
+                await self._ask_evidence(store, tid, agent, actor, at, key, state, solution=inbound.text)
         elif step == "evidence":
             if not inbound.media:
                 await self._reply(store, actor, at, t(loc, "task.guide.evidence_hint"))
@@ -140,9 +145,9 @@ class ResolveConversation:
         step = state["step"]
         if short == CANCEL:
             await self._reply(store, actor, at, t(loc, "task.guide.cancelled"))
-            await self._end(key, at)
+            await self._end(store, tid, key, at, state)
         elif short == KEEP and step == "weak":
-            await self._ask_evidence(store, tid, agent, actor, at, key)
+            await self._ask_evidence(store, tid, agent, actor, at, key, state)
         elif short == DONE and step == "evidence":
             await self._confirm(store, tid, agent, actor, at, key, state)
         elif short == SEND and step in ("confirm", "sending"):
@@ -152,14 +157,22 @@ class ResolveConversation:
     # -- steps ---------------------------------------------------------------------------------------
 
     async def _ask_evidence(
-        self, store: Store, tid: str, agent: Agent, actor: Actor, at: str, key: str, **fields: str
+        self,
+        store: Store,
+        tid: str,
+        agent: Agent,
+        actor: Actor,
+        at: str,
+        key: str,
+        state: dict[str, str],
+        **fields: str,
     ) -> None:
         text = t(store.locale, "task.guide.evidence", mention="{mention}", **evidence_limits())
         limit = self.download_limits.get(actor.service)
         if limit is not None:
             text += t(store.locale, "task.guide.download_limit", limit_mb=limit // (1024 * 1024))
-        await self._prompt(store, tid, agent, at, "evidence", text, [DONE, CANCEL])
-        await self._save(key, at, step="evidence", **fields)
+        prompt = await self._prompt(store, tid, agent, at, "evidence", text, [DONE, CANCEL], state)
+        await self._save(key, at, step="evidence", prompt=prompt, **fields)
 
     async def _take_files(self, store: Store, tid: str, inbound: Inbound, key: str, state: dict[str, str]) -> None:
         """Each file is judged as it arrives (type by its first bytes, size), as the modal would."""
@@ -194,8 +207,8 @@ class ResolveConversation:
         names = ", ".join(str(f["name"]) for f in files) or t(loc, "task.guide.no_files")
         text = t(loc, "task.guide.confirm", mention="{mention}", result=status_name(loc, state["result"]),
                  solution=state.get("solution", ""), files=names)  # fmt: skip
-        await self._prompt(store, tid, agent, at, "confirm", text, [SEND, CANCEL])
-        await self._save(key, at, step="confirm")
+        prompt = await self._prompt(store, tid, agent, at, "confirm", text, [SEND, CANCEL], state)
+        await self._save(key, at, step="confirm", prompt=prompt)
 
     async def _send(
         self, store: Store, tid: str, agent: Agent, actor: Actor, at: str, key: str, state: dict[str, str]
@@ -205,7 +218,7 @@ class ResolveConversation:
             status = await self.tasks.status_of(store, tid)
             if status != "pending":
                 refusal = t(loc, "task.process.not_pending", status=status_name(loc, status))
-                await self._end(key, at, refusal)
+                await self._end(store, tid, key, at, state, refusal)
                 return refusal
             # Sending from here on: handled again, the tap goes on to its end even once the platform
             # has the decision and the task order is no longer pending.
@@ -217,7 +230,7 @@ class ResolveConversation:
         # Said as the tap's own answer, at once: a message would wait for the group's next slot and
         # land after the card already shows the result, reading as stale.
         sent = t(loc, "task.guide.sent")
-        await self._end(key, at, sent)
+        await self._end(store, tid, key, at, state, sent)
         return sent
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -250,8 +263,10 @@ class ResolveConversation:
             pipe.expire(key, CONVERSATION_SECONDS)
             await pipe.execute()
 
-    async def _end(self, key: str, at: str, answer: str = "") -> None:
-        """Sent or cancelled: only the tap that ended it is kept, with the answer it got."""
+    async def _end(self, store: Store, tid: str, key: str, at: str, state: dict[str, str], answer: str = "") -> None:
+        """Sent or cancelled: its last question's buttons go, and only the tap that ended it is kept,
+        with the answer it got."""
+        await self._retire(store, tid, state)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             pipe.hset(key, mapping={"step": ENDED, f"done:{at}": answer})
@@ -259,16 +274,38 @@ class ResolveConversation:
             await pipe.execute()
 
     async def _prompt(
-        self, store: Store, tid: str, agent: Agent, at: str, step: str, text: str, buttons: list[str]
-    ) -> None:
+        self,
+        store: Store,
+        tid: str,
+        agent: Agent,
+        at: str,
+        step: str,
+        text: str,
+        buttons: list[str],
+        state: dict[str, str],
+    ) -> str:
         """A step's question, posted under the card (so a reply to it is a reply in the task order's
-        thread), mentioning the person, with the step's buttons."""
+        thread), mentioning the person, with the step's buttons; the question before it (``state``'s)
+        loses its own. Returns what the conversation keeps of it (``prompt``) to retire it in turn."""
+        await self._retire(store, tid, state)
         loc = store.locale
         keyboard = [{"label": t(loc, _LABELS[b]), "short": b, "value": tid} for b in buttons]
         view = {"type": "notice", "text": text, "mentions": [agent.id], "buttons": keyboard}
+        job_id = f"task:{tid}:guide:{step}:{at}"
         await post_view(self.outbox, keys.store_tag(store.id), f"task:{tid}", store.id,
-                        Destination.parse(store.destinations.task_orders), f"task:{tid}:guide:{step}:{at}",
-                        jobs.POST, view)  # fmt: skip
+                        Destination.parse(store.destinations.task_orders), job_id, jobs.POST, view,
+                        remember=True)  # fmt: skip
+        return orjson.dumps({"job": job_id, "view": view}).decode()
+
+    async def _retire(self, store: Store, tid: str, state: dict[str, str]) -> None:
+        """The conversation's latest question keeps its text and loses its buttons: its step is past,
+        and buttons left on it would only be answered that they are."""
+        if not state.get("prompt"):
+            return
+        prompt = orjson.loads(state["prompt"])
+        await post_view(self.outbox, keys.store_tag(store.id), f"task:{tid}", store.id,
+                        Destination.parse(store.destinations.task_orders), f"{prompt['job']}:retired",
+                        jobs.UPDATE_POST, prompt["view"] | {"buttons": []}, changes=prompt["job"])  # fmt: skip
 
     async def _reply(self, store: Store, actor: Actor, at: str, text: str) -> None:
         job_id = f"guide:{actor.channel}:{at}:{zlib.crc32(text.encode())}"

@@ -63,14 +63,18 @@ async def post_view(
     root: bool = False,
     relevant_key: str | None = None,
     then: TimerChange | None = None,
+    remember: bool = False,
+    changes: str | None = None,
 ) -> dict[str, str]:
-    """Queues a view for a destination: ``action`` is post or update_root; ``thread_key`` names what
-    the messages belong to (``chat:<id>``, ``task:<id>``) under ``tag``; the root is its first post.
-    ``store_id`` lets the renderer resolve agents' mentions (None for a creator's destination). A
-    view with ``expires_at`` (a reminder) is dead-lettered rather than shown after that moment;
-    ``relevant_key`` is the state of the chat or task order it belongs to (see ``OutboxJob``).
-    ``then``: the timers the step changes after queueing it, in the same round trip; returns what
-    that change reads (``Outbox.enqueue_then``)."""
+    """Queues a view for a destination: ``action`` is post, update_root or update_post;
+    ``thread_key`` names what the messages belong to (``chat:<id>``, ``task:<id>``) under ``tag``;
+    the root is its first post. ``store_id`` lets the renderer resolve agents' mentions (None for a
+    creator's destination). A view with ``expires_at`` (a reminder) is dead-lettered rather than
+    shown after that moment; ``relevant_key`` is the state of the chat or task order it belongs to
+    (see ``OutboxJob``). ``remember``: a post whose place is recorded, so that a later update_post
+    naming its ``job_id`` in ``changes`` shows a new view in it. ``then``: the timers the step
+    changes after queueing it, in the same round trip; returns what that change reads
+    (``Outbox.enqueue_then``)."""
     payload = {
         "tag": tag,
         "thread_key": thread_key,
@@ -79,14 +83,21 @@ async def post_view(
         "view": view,
         "root": root,
     }
+    if remember:
+        payload["remember"] = True
+    if changes is not None:
+        payload["posted"] = _job_id(dest, changes)
     kind = jobs.destination(dest.service, action)
-    job = OutboxJob(
-        f"{dest.service}:{job_id}", kind, payload, expires_at=view.get("expires_at"), relevant_key=relevant_key
-    )
+    job = OutboxJob(_job_id(dest, job_id), kind, payload, expires_at=view.get("expires_at"), relevant_key=relevant_key)
     if then is not None:
         return await outbox.enqueue_then(tag, f"{thread_key}:{dest.service}", job, then)
     await outbox.enqueue(tag, f"{thread_key}:{dest.service}", job)
     return {}
+
+
+def _job_id(dest: Destination, job_id: str) -> str:
+    """A destination job's id: the flow's name for it, under the destination's service."""
+    return f"{dest.service}:{job_id}"
 
 
 async def tell_privately(outbox: Outbox, store: Store, actor: Actor, text: str, job_id: str) -> None:

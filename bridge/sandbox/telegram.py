@@ -406,7 +406,7 @@ class TelegramEmulator(LocalServer):
         if m.text == args.get("text") and m.reply_markup == args.get("reply_markup"):
             return self._error(400, "Bad Request: message is not modified")
         m.text, m.edits = str(args.get("text", m.text)), m.edits + 1
-        m.reply_markup = args.get("reply_markup", m.reply_markup)
+        m.reply_markup = args.get("reply_markup")  # as Telegram does: an edit without a keyboard removes it
         return 200, {"ok": True, "result": self._wire(m)}
 
     def _m_editMessageReplyMarkup(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:

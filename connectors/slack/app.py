@@ -493,6 +493,7 @@ class SlackConnector:
             jobs.destination(SERVICE, jobs.UPDATE_ROOT): self._update_root,
             jobs.destination(SERVICE, jobs.EPHEMERAL): self._ephemeral,
             jobs.destination(SERVICE, jobs.REACT): self._react,
+            jobs.destination(SERVICE, jobs.UPDATE_POST): self._update_post,
             RESPOND: self._respond,
         }
 
@@ -549,7 +550,9 @@ class SlackConnector:
                     await self.redis.delete(slack_keys.post_attempt(job.id))  # refused: nothing landed
                 raise
             landed = str(resp["ts"])
-        return refs.root_records(tag, chat_key, SERVICE, str(p["channel"]), landed) if p.get("root") else None
+        if p.get("root"):
+            return refs.root_records(tag, chat_key, SERVICE, str(p["channel"]), landed)
+        return refs.posted_records(tag, job.id, SERVICE, str(p["channel"]), landed) if p.get("remember") else None
 
     async def _landed_before(self, channel: str, thread_ts: str | None, job_id: str) -> str | None:
         """This job was attempted before (a process may have died after Slack took the post and
@@ -585,6 +588,19 @@ class SlackConnector:
             log.warning("Slack %s: the header of %s is gone; posting it again", root[0], p["thread_key"])
             return await self._post(replace(job, payload=p | {"root": True, "channel": root[0]}))
         return None
+
+    async def _update_post(self, job: OutboxJob) -> None:
+        p = job.payload
+        posted = await refs.posted_at(self.redis, str(p["tag"]), str(p["posted"]))
+        if posted is None:
+            return  # never posted (it failed for good)
+        text, blocks = render(self._store(job), p["view"])
+        try:
+            await _with_blocks(blocks, lambda shown: self.client.chat_update(channel=posted[0], ts=posted[1],
+                                                                             text=text, blocks=shown))  # fmt: skip
+        except FinalFailure as exc:
+            if exc.code != "message_not_found":  # deleted meanwhile: nothing left to change
+                raise
 
     async def _ephemeral(self, job: OutboxJob) -> None:
         actor = job.payload["actor"]

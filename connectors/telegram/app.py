@@ -335,6 +335,7 @@ class TelegramConnector:
             jobs.destination(SERVICE, jobs.UPDATE_ROOT): self._update_root,
             jobs.destination(SERVICE, jobs.EPHEMERAL): self._ephemeral,
             jobs.destination(SERVICE, jobs.REACT): self._react,
+            jobs.destination(SERVICE, jobs.UPDATE_POST): self._update_post,
             REPLY: self._reply,
             ANSWER: self._answer,
         }
@@ -585,7 +586,10 @@ class TelegramConnector:
         if p.get("root"):
             return refs.root_records(tag, key, SERVICE, str(chat), str(sent.message_id))
         # A reply to any message of the chain belongs to the same thread.
-        return refs.member_records(tag, key, SERVICE, str(chat), str(sent.message_id))
+        recorded = refs.member_records(tag, key, SERVICE, str(chat), str(sent.message_id))
+        if p.get("remember"):
+            recorded |= refs.posted_records(tag, job.id, SERVICE, str(chat), str(sent.message_id))
+        return recorded
 
     async def _update_root(self, job: OutboxJob) -> Recorded | None:
         p = job.payload
@@ -616,6 +620,24 @@ class TelegramConnector:
                 if "not_modified" not in str(exc).lower():
                     log.warning("Telegram chat %s: topic %s not renamed: %s", root[0], topic, exc)
         return None
+
+    async def _update_post(self, job: OutboxJob) -> None:
+        p = job.payload
+        posted = await refs.posted_at(self.redis, str(p["tag"]), str(p["posted"]))
+        if posted is None or int(posted[0]) in self._moved:
+            return  # never posted (it failed for good), or in a group since made read-only history
+        text, markup = render(self._view(p))
+        try:
+            await self.bot.edit_message_text(text, chat_id=int(posted[0]), message_id=int(posted[1]),
+                                             parse_mode="HTML", reply_markup=await self._fit(markup))  # fmt: skip
+        except ChatMigrated as exc:
+            await self._follow(int(posted[0]), exc.new_chat_id)
+        except BadRequest as exc:
+            # Deleted meanwhile: a step's buttons on nothing matter to no one.
+            if "not modified" not in str(exc).lower() and "to edit not found" not in str(exc).lower():
+                raise _sorted(exc) from None
+        except TelegramError as exc:
+            raise _sorted(exc) from None
 
     async def _header_again(
         self, job: OutboxJob, chat: int, text: str, markup: InlineKeyboardMarkup | None

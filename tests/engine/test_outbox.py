@@ -221,6 +221,45 @@ async def test_a_post_queued_before_its_threads_root_lets_the_root_go_first(stac
     assert await stack.redis.llen(keys.outbox_queue(TAG, "task:T1:slack")) == 0
 
 
+@pytest.mark.parametrize("service", ["slack", "telegram"])
+async def test_a_remembered_post_is_changed_in_place_and_one_deleted_meanwhile_is_let_be(
+    stack: Stack, service: str
+) -> None:
+    """A step's question (a post that asks to be remembered) later shows a new view in place, its
+    buttons gone; a question its reader deleted meanwhile is nothing to change and no dead letter."""
+    dest = Destination.parse("slack:C0TASKS1001" if service == "slack" else "telegram:-1001002000001")
+    tag, store = ("{store:1001}", "1001") if service == "slack" else ("{store:1002}", "1002")
+    buttons = [{"label": "Cancel", "short": "pc", "value": "T1", "action": "task_cancel"}]
+    question = {"type": "notice", "text": "Step 1: the solution?", "buttons": buttons}
+    await post_view(stack.bridge.outbox, tag, "task:T1", store, dest, "task:T1:card", "post",
+                    {"type": "notice", "text": "card"}, root=True)  # fmt: skip
+    for n in (1, 2):
+        await post_view(stack.bridge.outbox, tag, "task:T1", store, dest, f"task:T1:q{n}", "post",
+                        question | {"text": f"Step {n}: the solution?"}, remember=True)  # fmt: skip
+    await stack.settle()
+
+    def shown(n: int) -> tuple[str, bool] | None:
+        if service == "slack":
+            found = [m for m in stack.slack.messages if m.text == f"Step {n}: the solution?"]
+            return (found[0].text, any(b["type"] == "actions" for b in found[0].blocks)) if found else None
+        tg = [m for m in stack.telegram.messages if m.text == f"Step {n}: the solution?"]
+        return (tg[0].text, tg[0].reply_markup is not None) if tg else None
+
+    assert shown(1) == ("Step 1: the solution?", True) and shown(2) == ("Step 2: the solution?", True)
+    if service == "slack":
+        stack.slack.messages.remove(next(m for m in stack.slack.messages if m.text == "Step 2: the solution?"))
+    else:
+        stack.telegram.messages.remove(next(m for m in stack.telegram.messages if m.text == "Step 2: the solution?"))
+    for n in (1, 2):
+        retired = question | {"text": f"Step {n}: the solution?", "buttons": []}
+        await post_view(stack.bridge.outbox, tag, "task:T1", store, dest, f"task:T1:q{n}:retired", "update_post",
+                        retired, changes=f"task:T1:q{n}")  # fmt: skip
+    await stack.settle()
+    assert shown(1) == ("Step 1: the solution?", False) and shown(2) is None
+    assert await stack.bridge.outbox.dead_letters(tag) == []
+    assert await stack.redis.llen(keys.outbox_queue(tag, f"task:T1:{service}")) == 0
+
+
 async def _serving(stack: Stack) -> asyncio.Task[None]:
     """The stack's timer worker serving (as in a running bridge), so a started sender runs here."""
     task = asyncio.create_task(stack.bridge.worker.run())

@@ -118,7 +118,15 @@ async def test_guided_resolve_with_evidence_processes_once_on_confirm(stack: Sta
     step3 = last_bot(stack)
     assert "Step 3/3" in step3.text and "Reshipped by SF Express" in step3.text
     assert f"photo-{photo.message_id}.jpg, unboxing.mp4" in step3.text
+    # Each step's question keeps its text and loses its buttons once the step is past: left on it,
+    # they would only be answered that it is.
+    for past in (step1, weak, step2):
+        assert stack.telegram.message(GROUP, past.message_id).reply_markup is None
+        assert stack.telegram.message(GROUP, past.message_id).text == past.text
+    confirm_buttons = buttons(stack.telegram.message(GROUP, step3.message_id))
+    assert [b["text"] for b in confirm_buttons] == ["Confirm and send", "Cancel"]
     await tap(stack, OWNER, step3, f"py:{tid}")
+    assert stack.telegram.message(GROUP, step3.message_id).reply_markup is None
     # Told at once on the tap: a message in the group would come behind the card's change.
     assert (
         stack.telegram.callback_answers[-1]["text"]
@@ -165,12 +173,27 @@ async def test_an_empty_solution_is_refused_and_cancel_sends_nothing(stack: Stac
     assert last_bot(stack).text.startswith("Write the solution")
     await tap(stack, OWNER, step1, f"pc:{tid}")
     assert last_bot(stack).text.startswith("Cancelled")
+    assert stack.telegram.message(GROUP, step1.message_id).reply_markup is None, "Cancel is gone with what it ended"
     assert await stack.redis.hget(keys.task_resolve(TAG, tid, str(OWNER)), "step") == "ended"
     await tap(stack, OWNER, step1, f"pc:{tid}")
     assert stack.telegram.callback_answers[-1]["text"].startswith("This processing has ended"), "not 'not yours'"
     await say(stack, "now this is a comment again", card)
     assert stack.sandbox.task_orders[tid].solution is None
     assert [c["text"] for c in stack.sandbox.task_orders[tid].comments] == ["now this is a comment again"]
+
+
+async def test_tapping_resolve_again_starts_over_and_retires_the_earlier_question(stack: Stack) -> None:
+    tid, card = await raise_task(stack)
+    await tap(stack, OWNER, card, f"rs:{tid}")
+    first = last_bot(stack)
+    await tap(stack, OWNER, card, f"ur:{tid}")  # changed their mind: Cannot resolve
+    again = last_bot(stack)
+    assert again.message_id != first.message_id and "Step 1/3" in again.text
+    assert stack.telegram.message(GROUP, first.message_id).reply_markup is None
+    assert [b["text"] for b in buttons(again)] == ["Cancel"]
+    await say(stack, "The buyer's address is outside every courier's area", again)
+    assert "Step 2/3" in last_bot(stack).text
+    assert await stack.redis.hget(keys.task_resolve(TAG, tid, str(OWNER)), "result") == "unresolvable"
 
 
 async def test_an_oversize_image_and_a_seventh_file_are_refused(stack: Stack) -> None:
