@@ -141,7 +141,8 @@ class ResolveConversation:
         if state and state["step"] == ENDED and agent is not None:
             return t(loc, "task.guide.ended")  # a step's button tapped again after sending or cancelling
         if not state or agent is None:
-            return t(loc, "task.guide.not_yours")
+            # Someone else's question, or their own left until the conversation expired: the same answer.
+            return t(loc, "task.guide.not_yours", minutes=CONVERSATION_SECONDS // 60)
         step = state["step"]
         if short == CANCEL:
             await self._reply(store, actor, at, t(loc, "task.guide.cancelled"))

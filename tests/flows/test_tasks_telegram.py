@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 
+from bridge.config import load_config
 from bridge.engine import keys
 from bridge.sandbox.telegram import TgMessage
-from tests.conftest import Stack
+from tests.conftest import EXAMPLE_CONFIG, Stack
 
 GROUP = -1001002000001
 OWNER, STRANGER = 1002001, 5555
@@ -216,6 +219,27 @@ async def test_only_the_stores_agents_can_resolve(stack: Stack) -> None:
     await tap(stack, STRANGER, card, f"rs:{tid}")
     assert stack.telegram.callback_answers[-1]["text"] == "Only the store's agents can process task orders."
     assert not await stack.redis.exists(keys.task_resolve(TAG, tid, str(STRANGER)))
+
+
+async def test_a_step_tapped_by_another_agent_or_after_the_conversation_expired_says_how_to_start(
+    stack: Stack, tmp_path: Path
+) -> None:
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    [store] = [s for s in raw["stores"] if s["id"] == "1002"]
+    store["agents"].append({"id": "agent-2", "name": "Second", "accounts": {"telegram": "1002002"}})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True))
+    stack.bridge.holder.current = load_config(tmp_path / "config.yaml", stack.bridge.holder.environ).config
+    tid, card = await raise_task(stack)
+    await tap(stack, OWNER, card, f"rs:{tid}")
+    step1 = last_bot(stack)
+    await tap(stack, 1002002, step1, f"pc:{tid}")
+    expected = ("You have no processing of this task order in progress (one left for 60 minutes expires). "
+                "To process it, use the task order card's buttons.")  # fmt: skip
+    assert stack.telegram.callback_answers[-1]["text"] == expected
+    assert await stack.redis.hget(keys.task_resolve(TAG, tid, str(OWNER)), "step") == "solution", "not cancelled"
+    await stack.redis.delete(keys.task_resolve(TAG, tid, str(OWNER)))  # what its expiry does
+    await tap(stack, OWNER, step1, f"pc:{tid}")
+    assert stack.telegram.callback_answers[-1]["text"] == expected
 
 
 async def test_tasks_command_lists_the_groups_task_orders(stack: Stack) -> None:
