@@ -272,6 +272,7 @@ class Bridge:
 
     async def metrics(self, request: web.Request) -> web.Response:
         await self._observe_backlog()
+        METRICS.held_on_disk.set(self.holding.held)
         body = generate_latest(METRICS.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -76,6 +76,10 @@ class Metrics:
         self.held_moved = Counter(
             "feige_held_moved", "Held deliveries moved into the event log once Redis was back", registry=r
         )
+        self.held_on_disk = Gauge(
+            "feige_held_on_disk", "Deliveries this process holds on local disk now, waiting to be moved into Redis",
+            registry=r,
+        )  # fmt: skip
 
 
 METRICS = Metrics()

@@ -95,6 +95,7 @@ async def test_a_slack_event_at_its_last_try_while_redis_is_down_is_held_then_ha
     async with s.bridge.http().get(f"{s.url}/readyz") as resp:
         ready = await resp.json()
     assert resp.status == 503 and ready["deliveries_held_on_disk"] == 1, "the operator sees what waits"
+    assert await held_on_disk_metric(s) == 1.0, "and the alert on the metric can say so"
     # Redis is back: the move (every 2 s in a running process, which may be the one that does it;
     # here also at once) stores it, and it is handled.
     server.restart()
@@ -105,6 +106,14 @@ async def test_a_slack_event_at_its_last_try_while_redis_is_down_is_held_then_ha
     assert await s.bridge.holding.move() == 0
     async with s.bridge.http().get(f"{s.url}/readyz") as resp:
         assert resp.status == 200 and "deliveries_held_on_disk" not in await resp.json()
+    assert await held_on_disk_metric(s) == 0.0
+
+
+async def held_on_disk_metric(s: Stack) -> float:
+    async with s.bridge.http().get(f"{s.url}/metrics") as resp:
+        text = await resp.text()
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith("feige_held_on_disk ")]
+    return float(value)
 
 
 async def test_deliveries_held_by_a_process_that_died_are_taken_over_and_stored_once(
