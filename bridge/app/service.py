@@ -151,6 +151,7 @@ class Bridge:
         config = lambda: self.holder.current  # noqa: E731 (read at each use: a reload takes effect)
         self.router = InboundRouter(config, self.redis, self.outbox, self.chats, self.tasks)
         self.resolve = ResolveConversation(self.redis, self.outbox, self.tasks)
+        self.timer_handlers.setdefault("resolve", self.resolve.on_expiry_timer)
         self._core = Core(config, self.redis, self.clock, self.outbox, self.http, self.chats, self.tasks,
                           Inbox(self.event_log, self.holding), self.router, self.resolve)  # fmt: skip
         self._platform = platform

@@ -377,6 +377,13 @@ DRAFT_SECONDS = 3600
 
 def task_resolve(tag: str, task_id: str, user: str) -> str:
     """HASH: a guided resolve conversation (for destinations without modals) of one person on one
-    task order: result, step, solution, files (JSON). Expires an hour after the last step; nothing is
-    sent until confirmed."""
+    task order: result, step, solution, files (JSON), its latest question, when its last step came.
+    Ended an hour after the last step by its timer (``resolve_timer``), and kept a day past that at
+    most; nothing is sent until confirmed."""
     return f"{tag}:task-resolve:{task_id}:{user}"
+
+
+def resolve_timer(tag: str, task_id: str, user: str) -> str:
+    """Timer key (kind ``resolve``): ends a guided resolve conversation left without a step for its
+    time (its question's buttons retired, its state removed)."""
+    return f"resolve:{tag}:{task_id}:{user}"

@@ -4,9 +4,10 @@ solution → evidence → confirm. The checks are the same as a modal's (B7 evid
 nothing is sent until the last step is confirmed, and then through ``TaskFlow.process``.
 
 The conversation's state is a Redis hash per task order and person (``keys.task_resolve``): any
-replica continues it, a restart loses nothing, and it expires an hour after the last step. Steps
-are posted under the card mentioning the person, with their buttons (``short`` codes, which fit
-destinations whose button data is small).
+replica continues it, and a restart loses nothing. Steps are posted under the card mentioning the
+person, with their buttons (``short`` codes, which fit destinations whose button data is small); a
+question loses its buttons once its step is past. A conversation left an hour without a step ends
+(its timer, ``keys.resolve_timer``): its question says so and loses its buttons, and nothing is sent.
 
 Each message or tap is handled again after a crash or a Redis error, so a step queues what it
 posts first (its job ids name the message or tap: queued again, nothing is posted twice) and then
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -29,16 +31,21 @@ from redis.asyncio import Redis
 from bridge.config import Agent, Destination, Store
 from bridge.engine import keys
 from bridge.engine.outbox import Outbox
+from bridge.engine.timers import Timer
 from bridge.flows import jobs
 from bridge.flows.router import Inbound
 from bridge.flows.task_records import status_name
 from bridge.flows.tasks import TaskFlow, evidence_count_problem, evidence_problems
-from bridge.flows.views import Actor, ReplyMedia, post_view, react, tell
+from bridge.flows.views import Actor, ReplyMedia, post_view, react, read_hash, tell
 from bridge.i18n import t
 from rules.evidence import evidence_limits
 from rules.solution import solution_refusal
 
 CONVERSATION_SECONDS = 3600
+"""A conversation left this long without a step ends, nothing sent."""
+STATE_KEPT_SECONDS = CONVERSATION_SECONDS + 24 * 3600
+"""Its state outlives that end, so the timer that ends it finds its question to retire however late
+the workers are; a step after the end is not taken (``_state``)."""
 ENDED = "ended"
 """The step of a conversation that was sent or cancelled: kept only for its ``done:`` marks."""
 RESULTS = {"rs": "resolved", "ur": "unresolvable"}
@@ -66,6 +73,8 @@ class ResolveConversation:
         self.redis = redis
         self.outbox = outbox
         self.tasks = tasks
+        self.clock = tasks.clock
+        self.timers = tasks.timers
         self.heads: dict[str, HeadFetcher] = {}
         """By service: how to read the first bytes of a file a person sent there."""
         self.download_limits: dict[str, int] = {}
@@ -82,27 +91,30 @@ class ResolveConversation:
         status = await self.tasks.status_of(store, tid)
         if status != "pending":
             return t(loc, "task.process.not_pending", status=status_name(loc, status))
-        key = keys.task_resolve(keys.store_tag(store.id), tid, actor.user)
-        state = await self._state(key)
+        conv = _Keys.of(keys.store_tag(store.id), tid, actor.user)
+        state = await self._state(conv)
         if state.get("started") != at:  # else this tap began it before, and is handled again
             await self._retire(store, tid, state)  # a conversation begun earlier starts over
+            await self._expire_later(conv)
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                pipe.hset(key, mapping={"result": RESULTS[short], "step": "solution", "files": "[]", "started": at})
-                pipe.expire(key, CONVERSATION_SECONDS)
+                pipe.delete(conv.state)
+                started: dict[Any, Any] = {"result": RESULTS[short], "step": "solution", "files": "[]", "started": at,
+                                           "last_at": str(self.clock.now())}  # fmt: skip
+                pipe.hset(conv.state, mapping=started)
+                pipe.expire(conv.state, STATE_KEPT_SECONDS)
                 await pipe.execute()
         action = t(loc, f"task.button.{'resolve' if short == 'rs' else 'unresolvable'}")
         text = t(loc, "task.guide.solution", mention="{mention}", action=action, task_id=tid)
         prompt = await self._prompt(store, tid, agent, at, "solution", text, [CANCEL], {})
-        await self._save(key, "", prompt=prompt)
+        await self._save(conv, "", prompt=prompt)
         return None
 
     async def on_message(self, store: Store, tid: str, inbound: Inbound) -> bool:
         """A message under the card from someone in the middle of resolving it: the step's answer.
         False when they are not, so the message is an ordinary comment."""
         actor = inbound.actor
-        key = keys.task_resolve(keys.store_tag(store.id), tid, actor.user)
-        state = await self._state(key)
+        conv = _Keys.of(keys.store_tag(store.id), tid, actor.user)
+        state = await self._state(conv)
         agent = store.agent(actor.service, actor.user)
         loc, at = store.locale, actor.message or ""
         if _done(state, at):
@@ -118,14 +130,14 @@ class ResolveConversation:
             if refusal == "unconfirmed":
                 prompt = await self._prompt(store, tid, agent, at, "weak", t(loc, "task.guide.weak"), [KEEP, CANCEL],
                                             state)  # fmt: skip
-                await self._save(key, at, solution=inbound.text, step="weak", prompt=prompt)
+                await self._save(conv, at, solution=inbound.text, step="weak", prompt=prompt)
             else:
-                await self._ask_evidence(store, tid, agent, actor, at, key, state, solution=inbound.text)
+                await self._ask_evidence(store, tid, agent, actor, at, conv, state, solution=inbound.text)
         elif step == "evidence":
             if not inbound.media:
                 await self._reply(store, actor, at, t(loc, "task.guide.evidence_hint"))
                 return True
-            await self._take_files(store, tid, inbound, key, state)
+            await self._take_files(store, tid, inbound, conv, state)
         else:
             await self._reply(store, actor, at, t(loc, "task.guide.confirm_hint"))
         return True
@@ -133,8 +145,8 @@ class ResolveConversation:
     async def on_button(self, store: Store, tid: str, short: str, actor: Actor, at: str) -> str | None:
         """Keep it / Done / Confirm and send / Cancel. Returns a refusal for the tap's answer."""
         loc = store.locale
-        key = keys.task_resolve(keys.store_tag(store.id), tid, actor.user)
-        state = await self._state(key)
+        conv = _Keys.of(keys.store_tag(store.id), tid, actor.user)
+        state = await self._state(conv)
         agent = store.agent(actor.service, actor.user)
         if _done(state, at):
             return state[f"done:{at}"] or None  # handled before, to its end: the same answer
@@ -146,13 +158,13 @@ class ResolveConversation:
         step = state["step"]
         if short == CANCEL:
             await self._reply(store, actor, at, t(loc, "task.guide.cancelled"))
-            await self._end(store, tid, key, at, state)
+            await self._end(store, tid, conv, at, state)
         elif short == KEEP and step == "weak":
-            await self._ask_evidence(store, tid, agent, actor, at, key, state)
+            await self._ask_evidence(store, tid, agent, actor, at, conv, state)
         elif short == DONE and step == "evidence":
-            await self._confirm(store, tid, agent, actor, at, key, state)
+            await self._confirm(store, tid, agent, actor, at, conv, state)
         elif short == SEND and step in ("confirm", "sending"):
-            return await self._send(store, tid, agent, actor, at, key, state)
+            return await self._send(store, tid, agent, actor, at, conv, state)
         return None
 
     # -- steps ---------------------------------------------------------------------------------------
@@ -164,7 +176,7 @@ class ResolveConversation:
         agent: Agent,
         actor: Actor,
         at: str,
-        key: str,
+        conv: _Keys,
         state: dict[str, str],
         **fields: str,
     ) -> None:
@@ -173,9 +185,9 @@ class ResolveConversation:
         if limit is not None:
             text += t(store.locale, "task.guide.download_limit", limit_mb=limit // (1024 * 1024))
         prompt = await self._prompt(store, tid, agent, at, "evidence", text, [DONE, CANCEL], state)
-        await self._save(key, at, step="evidence", prompt=prompt, **fields)
+        await self._save(conv, at, step="evidence", prompt=prompt, **fields)
 
-    async def _take_files(self, store: Store, tid: str, inbound: Inbound, key: str, state: dict[str, str]) -> None:
+    async def _take_files(self, store: Store, tid: str, inbound: Inbound, conv: _Keys, state: dict[str, str]) -> None:
         """Each file is judged as it arrives (type by its first bytes, size), as the modal would."""
         loc, actor, at = store.locale, inbound.actor, inbound.actor.message or ""
         files: list[dict[str, Any]] = orjson.loads(state.get("files") or "[]")
@@ -190,10 +202,10 @@ class ResolveConversation:
                 continue
             files.append(_as_evidence(media))
             await self._react(store, actor)
-        await self._save(key, at, files=orjson.dumps(files).decode())
+        await self._save(conv, at, files=orjson.dumps(files).decode())
 
     async def _confirm(
-        self, store: Store, tid: str, agent: Agent, actor: Actor, at: str, key: str, state: dict[str, str]
+        self, store: Store, tid: str, agent: Agent, actor: Actor, at: str, conv: _Keys, state: dict[str, str]
     ) -> None:
         loc = store.locale
         files = await self._evidence(store, tid, state)
@@ -209,21 +221,21 @@ class ResolveConversation:
         text = t(loc, "task.guide.confirm", mention="{mention}", result=status_name(loc, state["result"]),
                  solution=state.get("solution", ""), files=names)  # fmt: skip
         prompt = await self._prompt(store, tid, agent, at, "confirm", text, [SEND, CANCEL], state)
-        await self._save(key, at, step="confirm", prompt=prompt)
+        await self._save(conv, at, step="confirm", prompt=prompt)
 
     async def _send(
-        self, store: Store, tid: str, agent: Agent, actor: Actor, at: str, key: str, state: dict[str, str]
+        self, store: Store, tid: str, agent: Agent, actor: Actor, at: str, conv: _Keys, state: dict[str, str]
     ) -> str | None:
         loc = store.locale
         if state["step"] == "confirm":
             status = await self.tasks.status_of(store, tid)
             if status != "pending":
                 refusal = t(loc, "task.process.not_pending", status=status_name(loc, status))
-                await self._end(store, tid, key, at, state, refusal)
+                await self._end(store, tid, conv, at, state, refusal)
                 return refusal
             # Sending from here on: handled again, the tap goes on to its end even once the platform
             # has the decision and the task order is no longer pending.
-            await self._save(key, "", step="sending")
+            await self._save(conv, "", step="sending")
         files = await self._evidence(store, tid, state)
         # The action id is the conversation's: a second tap on Confirm queues the same job, once.
         await self.tasks.process(store, tid, state["result"], state.get("solution", ""), files, (agent.id, agent.name),
@@ -231,7 +243,7 @@ class ResolveConversation:
         # Said as the tap's own answer, at once: a message would wait for the group's next slot and
         # land after the card already shows the result, reading as stale.
         sent = t(loc, "task.guide.sent")
-        await self._end(store, tid, key, at, state, sent)
+        await self._end(store, tid, conv, at, state, sent)
         return sent
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -253,25 +265,52 @@ class ResolveConversation:
             return t(loc, "task.process.bad_file", name=media.name, reason=reason)
         return evidence_problems(loc, [(media.name, first, media.size)])
 
-    async def _state(self, key: str) -> dict[str, str]:
-        return {str(k): str(v) for k, v in (await self.redis.hgetall(key)).items()}
+    async def _state(self, conv: _Keys) -> dict[str, str]:
+        """The conversation as stored; nothing once it was left too long, even before its timer ends it."""
+        state = await read_hash(self.redis, conv.state)
+        if state.get("last_at") and float(state["last_at"]) + CONVERSATION_SECONDS <= self.clock.now():
+            return {}
+        return state
 
-    async def _save(self, key: str, at: str, **fields: str) -> None:
+    async def _save(self, conv: _Keys, at: str, **fields: str) -> None:
         """The conversation's next state, and the mark that the message or tap ``at`` led to it."""
-        mapping: dict[Any, Any] = {**fields, **({f"done:{at}": ""} if at else {})}  # redis-py types keys invariantly
+        await self._expire_later(conv)  # first: the state saved has its end set, whatever fails after
+        mapping: dict[Any, Any] = {**fields, "last_at": str(self.clock.now()), **({f"done:{at}": ""} if at else {})}
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=mapping)
-            pipe.expire(key, CONVERSATION_SECONDS)
+            pipe.hset(conv.state, mapping=mapping)  # redis-py types a mapping's keys invariantly: hence Any above
+            pipe.expire(conv.state, STATE_KEPT_SECONDS)
             await pipe.execute()
 
-    async def _end(self, store: Store, tid: str, key: str, at: str, state: dict[str, str], answer: str = "") -> None:
+    async def _expire_later(self, conv: _Keys) -> None:
+        """The conversation's end, an hour from now (a step moves it on)."""
+        await self.timers.schedule(conv.timer, self.clock.now() + CONVERSATION_SECONDS)
+
+    async def on_expiry_timer(self, timer: Timer) -> None:
+        """A conversation left an hour without a step ends: its question says so and loses its
+        buttons, and its state goes (nothing was sent). Handled again after a failure, it queues the
+        same change and removes what is left."""
+        _, tag, rest = keys.split_timer_key(timer.key)
+        tid, user = rest.rsplit(":", 1)
+        store = self.tasks.config.store(keys.store_of(tag) or "")
+        conv = _Keys.of(tag, tid, user)
+        state = await read_hash(self.redis, conv.state)
+        if store is None or not state or state.get("step") == ENDED:
+            return
+        left = float(state.get("last_at") or 0) + CONVERSATION_SECONDS - self.clock.now()
+        if left > 0:  # a step came after this timer was set, and its own setting was lost to a failure
+            await self.timers.schedule(timer.key, self.clock.now() + left)
+            return
+        await self._retire(store, tid, state, t(store.locale, "task.guide.expired", minutes=CONVERSATION_SECONDS // 60))
+        await self.redis.delete(conv.state)
+
+    async def _end(self, store: Store, tid: str, conv: _Keys, at: str, state: dict[str, str], answer: str = "") -> None:
         """Sent or cancelled: its last question's buttons go, and only the tap that ended it is kept,
         with the answer it got."""
         await self._retire(store, tid, state)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            pipe.hset(key, mapping={"step": ENDED, f"done:{at}": answer})
-            pipe.expire(key, CONVERSATION_SECONDS)
+            pipe.delete(conv.state)
+            pipe.hset(conv.state, mapping={"step": ENDED, f"done:{at}": answer})
+            pipe.expire(conv.state, CONVERSATION_SECONDS)
             await pipe.execute()
 
     async def _prompt(
@@ -298,15 +337,18 @@ class ResolveConversation:
                         remember=True)  # fmt: skip
         return orjson.dumps({"job": job_id, "view": view}).decode()
 
-    async def _retire(self, store: Store, tid: str, state: dict[str, str]) -> None:
+    async def _retire(self, store: Store, tid: str, state: dict[str, str], why: str = "") -> None:
         """The conversation's latest question keeps its text and loses its buttons: its step is past,
-        and buttons left on it would only be answered that they are."""
+        and buttons left on it would only be answered that they are. ``why``: a line added under it."""
         if not state.get("prompt"):
             return
         prompt = orjson.loads(state["prompt"])
+        view = prompt["view"] | {"buttons": []}
+        if why:
+            view["text"] = f"{view['text']}\n\n{why}"
         await post_view(self.outbox, keys.store_tag(store.id), f"task:{tid}", store.id,
                         Destination.parse(store.destinations.task_orders), f"{prompt['job']}:retired",
-                        jobs.UPDATE_POST, prompt["view"] | {"buttons": []}, changes=prompt["job"])  # fmt: skip
+                        jobs.UPDATE_POST, view, changes=prompt["job"])  # fmt: skip
 
     async def _reply(self, store: Store, actor: Actor, at: str, text: str) -> None:
         job_id = f"guide:{actor.channel}:{at}:{zlib.crc32(text.encode())}"
@@ -320,6 +362,18 @@ class ResolveConversation:
 def _as_evidence(media: ReplyMedia) -> dict[str, Any]:
     return {"service": media.service, "url": media.url, "name": media.name, "mimetype": media.mimetype,
             "size": media.size}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """One person's conversation on one task order: where its state is, and the timer that ends it."""
+
+    state: str
+    timer: str
+
+    @staticmethod
+    def of(tag: str, tid: str, user: str) -> _Keys:
+        return _Keys(keys.task_resolve(tag, tid, user), keys.resolve_timer(tag, tid, user))
 
 
 def _done(state: dict[str, str], at: str) -> bool:

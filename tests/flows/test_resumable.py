@@ -959,6 +959,43 @@ async def test_resolving_a_task_order_in_a_guided_conversation(stack: Stack, fau
     assert not [p for p in done["with_buttons"] if "Step" in p], "every step's buttons retired once it was past"
 
 
+async def test_a_guided_conversation_left_an_hour_ending(stack: Stack, faults: RedisFaults) -> None:
+    """The timer that ends a Telegram Resolve conversation left an hour without a step: whatever
+    fails, its question says once that it expired and loses its buttons, its state goes, and
+    nothing is sent."""
+    stack.bridge.timer_handlers["resolve"] = faults.wrap(stack.bridge.resolve.on_expiry_timer)
+    tg = stack.telegram
+
+    async def prepare() -> tuple[str, int]:
+        await reset_tasks(stack)
+        tid = await stack.sandbox.create_task_order("1002", "c-7001")
+        await stack.settle()
+        card = next(m for m in tg.by_bot(GROUP) if tid in m.text and m.reply_markup)
+        assert await tg.tap(OWNER, GROUP, card.message_id, f"rs:{tid}") == 200
+        await stack.settle()
+        return tid, tg.by_bot(GROUP)[-1].message_id
+
+    async def step(subject: tuple[str, int]) -> None:
+        await stack.advance(3600 + 60)  # a failed run is tried again a few seconds later
+
+    async def state(subject: tuple[str, int]) -> dict[str, Any]:
+        tid, question = subject
+        asked = tg.message(GROUP, question)
+        return {
+            "question": (normalized(asked.text, tid), asked.reply_markup, asked.edits),
+            "kept": await stack.redis.exists(keys.task_resolve(STORE_1002, tid, str(OWNER))),
+            "processed": stack.sandbox.task_orders[tid].solution,
+            "dead": await stack.bridge.outbox.dead_letters(STORE_1002),
+        }
+
+    tried, done = await each_failure(stack, faults, prepare, step, state)
+    assert tried >= 4
+    text, markup, edits = done["question"]
+    assert "Step 1/3" in text and text.endswith("nothing was sent. To process it, use the task order card's buttons.")
+    assert (markup, edits) == (None, 1)
+    assert done["kept"] == 0 and done["processed"] is None and done["dead"] == []
+
+
 async def test_sending_what_a_chat_queued(stack: Stack, faults: RedisFaults) -> None:
     """The outbox's own steps: a crash after Slack or the platform took a message and before the
     bridge recorded it does not send it twice (Slack: the post's metadata is looked up; the platform:

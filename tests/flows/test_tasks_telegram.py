@@ -105,11 +105,14 @@ async def test_guided_resolve_with_evidence_processes_once_on_confirm(stack: Sta
     await tap(stack, OWNER, card, f"rs:{tid}")
     step1 = last_bot(stack)
     assert "Step 1/3" in step1.text and "tg://user?id=1002001" in step1.text
+    asked = {step1.message_id: step1.text}  # as first posted (the emulator's messages change with edits)
     await say(stack, "ok", step1)  # a placeholder: asked again, with Keep it
     weak = last_bot(stack)
+    asked[weak.message_id] = weak.text
     assert "placeholder" in weak.text and [b["text"] for b in buttons(weak)] == ["Keep it", "Cancel"]
     await say(stack, "Reshipped by SF Express, waybill SF1234567890", weak)
     step2 = last_bot(stack)
+    asked[step2.message_id] = step2.text
     assert "Step 2/3" in step2.text and [b["text"] for b in buttons(step2)] == ["Done", "Cancel"]
     photo = await say(stack, "", step2, photo=PNG)
     assert stack.telegram.message(GROUP, photo.message_id).reactions == ["👍"]
@@ -125,7 +128,8 @@ async def test_guided_resolve_with_evidence_processes_once_on_confirm(stack: Sta
     # they would only be answered that it is.
     for past in (step1, weak, step2):
         assert stack.telegram.message(GROUP, past.message_id).reply_markup is None
-        assert stack.telegram.message(GROUP, past.message_id).text == past.text
+        assert stack.telegram.message(GROUP, past.message_id).text == asked[past.message_id]
+        assert stack.telegram.message(GROUP, past.message_id).edits == 1
     confirm_buttons = buttons(stack.telegram.message(GROUP, step3.message_id))
     assert [b["text"] for b in confirm_buttons] == ["Confirm and send", "Cancel"]
     await tap(stack, OWNER, step3, f"py:{tid}")
@@ -240,6 +244,29 @@ async def test_a_step_tapped_by_another_agent_or_after_the_conversation_expired_
     await stack.redis.delete(keys.task_resolve(TAG, tid, str(OWNER)))  # what its expiry does
     await tap(stack, OWNER, step1, f"pc:{tid}")
     assert stack.telegram.callback_answers[-1]["text"] == expected
+
+
+async def test_a_conversation_left_an_hour_without_a_step_ends_saying_so_and_sends_nothing(stack: Stack) -> None:
+    tid, card = await raise_task(stack)
+    await tap(stack, OWNER, card, f"rs:{tid}")
+    await stack.advance(1800)
+    await say(stack, "Reshipped by SF Express, waybill SF1234567890", last_bot(stack))  # a step: the hour starts again
+    step2 = last_bot(stack)
+    asked = step2.text  # the emulator's message itself: an edit changes it
+    assert "Step 2/3" in asked
+    await stack.advance(3599)
+    assert [b["text"] for b in buttons(stack.telegram.message(GROUP, step2.message_id))] == ["Done", "Cancel"]
+    await stack.advance(2)
+    ended = stack.telegram.message(GROUP, step2.message_id)
+    assert ended.reply_markup is None and ended.text == asked + (
+        "\n\n⌛ This processing expired (60 minutes without a step); nothing was sent. "
+        "To process it, use the task order card's buttons."
+    )
+    assert not await stack.redis.exists(keys.task_resolve(TAG, tid, str(OWNER)))
+    await tap(stack, OWNER, step2, f"pd:{tid}")  # a client that still shows the old buttons
+    assert stack.telegram.callback_answers[-1]["text"].startswith("You have no processing of this task order")
+    assert stack.sandbox.task_orders[tid].solution is None
+    assert await stack.redis.hget(keys.task(TAG, tid), "status") == "pending"
 
 
 async def test_tasks_command_lists_the_groups_task_orders(stack: Stack) -> None:
