@@ -92,7 +92,7 @@ class ResolveConversation:
         if status != "pending":
             return t(loc, "task.process.not_pending", status=status_name(loc, status))
         conv = _Keys.of(keys.store_tag(store.id), tid, actor.user)
-        state = await self._state(conv)
+        state = await read_hash(self.redis, conv.state)  # one left past its hour too: its question is retired here
         if state.get("started") != at:  # else this tap began it before, and is handled again
             await self._retire(store, tid, state)  # a conversation begun earlier starts over
             await self._expire_later(conv)
