@@ -228,7 +228,8 @@ archive keeps it for good, Redis holds live work only."""
 
 
 def chat(tag: str, conversation_id: str) -> str:
-    """HASH: one platform chat's state (status, assignee, window, first reply, close). Removed
+    """HASH: one platform chat's state (status, assignee, window, first reply, close, the Reassign…
+    menu posted last). Removed
     FINISHED_KEEP_SECONDS after it closed, once archived."""
     return f"{tag}:chat:{conversation_id}"
 

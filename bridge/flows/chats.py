@@ -39,6 +39,10 @@ from rules.routing import route_by_saturation
 
 log = logging.getLogger(__name__)
 
+MENU_FIELD = "reassign_menu"
+"""In a chat's hash: the Reassign… menu posted last in its thread (its job id and view), to retire
+its buttons once a pick is made or the chat closes."""
+
 
 # Every script below is one step of the flow that is safe to run again: a handler that dies after
 # it (or whose reply from Redis is lost) runs it a second time on retry and gets an answer that lets
@@ -325,6 +329,7 @@ class ChatFlow:
         forget_at = float(chat.get("closed_at") or self.clock.now()) + keys.FINISHED_KEEP_SECONDS
         await self.timers.schedule(keys.forget_timer(tag, f"chat:{cid}"), forget_at)
         dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
+        await self._retire_menu(store, dest, cid, chat)
         await self._update_root(store, tag, cid, "closed")
         text = t(store.locale, "chat.closed_notice", reason=self._reason_text(store, chat))
         await self._notice(store, dest, cid, f"closed:{cid}", text)
@@ -623,11 +628,26 @@ class ChatFlow:
         view: dict[str, Any],
         root: bool = False,
         then: TimerChange | None = None,
+        remember: bool = False,
+        changes: str | None = None,
     ) -> dict[str, str]:
         tag = keys.store_tag(store.id)
-        return await post_view(
-            self.outbox, tag, f"chat:{cid}", store.id, dest, job_id, action, view, root, keys.chat(tag, cid), then
-        )
+        return await post_view(self.outbox, tag, f"chat:{cid}", store.id, dest, job_id, action, view, root,
+                               keys.chat(tag, cid), then, remember=remember, changes=changes)  # fmt: skip
+
+    async def _retire_menu(
+        self, store: Store, dest: Destination, cid: str, chat: dict[str, str], keep: str | None = None
+    ) -> None:
+        """The Reassign… menu posted last in the chat's thread keeps its text and loses its buttons:
+        a pick was made, another menu offered, or the chat closed. ``keep``: the job of a menu being
+        offered, which an offer handled again finds stored and must leave as it is."""
+        if not chat.get(MENU_FIELD):
+            return
+        menu = orjson.loads(chat[MENU_FIELD])
+        if menu["job"] == keep:
+            return
+        await self._to_destination(store, dest, cid, f"{menu['job']}:retired", jobs.UPDATE_POST,
+                                   menu["view"] | {"buttons": []}, changes=menu["job"])  # fmt: skip
 
     async def _refuse(
         self, store: Store, actor: Actor, refusal: Refusal, chat: dict[str, str], agent_label: str
@@ -666,6 +686,7 @@ class ChatFlow:
         await self._changed(tag, cid)
         # What follows runs again on a retry and is idempotent by its job ids.
         dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
+        await self._retire_menu(store, dest, cid, chat)
         text = t(store.locale, "chat.assigned", by=by.name, mention="{mention}")
         await self._notice(store, dest, cid, f"assigned:{action_id}", text, [target])
         await self._update_root(store, tag, cid, f"assigned:{action_id}")
@@ -710,7 +731,10 @@ class ChatFlow:
         dest = Destination.parse(chat.get("destination") or store.destinations.platform_chats)
         view = {"type": "notice", "text": t(store.locale, "chat.reassign.pick", mention="{mention}"),
                 "mentions": [by.id], "buttons": buttons}  # fmt: skip
-        await self._to_destination(store, dest, cid, f"reassign:{action_id}", "post", view)
+        job_id = f"reassign:{action_id}"
+        await self._retire_menu(store, dest, cid, chat, keep=job_id)  # one menu at a time: the newest
+        await self._to_destination(store, dest, cid, job_id, jobs.POST, view, remember=True)
+        await self.redis.hset(keys.chat(tag, cid), MENU_FIELD, orjson.dumps({"job": job_id, "view": view}).decode())
 
 
 def _shown(content: Content, locale: str) -> dict[str, Any]:

@@ -846,10 +846,21 @@ async def test_claim_and_reassign_move_the_chat_and_its_load(stack: Stack) -> No
     picker = stack.slack.thread(CHATS, root.ts)[-1]
     choices = [e["value"] for b in picker.blocks if b["type"] == "actions" for e in b["elements"]]
     assert f"{cid}:{claimer}" not in choices and f"{cid}:main-1001" in choices
+    asked = picker.text  # the emulator's message itself: an edit changes it
     assert await stack.slack.block_action(MAIN, CHATS, picker.ts, "chat_assign_to", f"{cid}:main-1001") == 200
     await stack.settle()
     assert await stack.redis.hget(keys.chat(TAG, cid), "assignee") == "main-1001"
     assert len(stack.sandbox.received("POST")) == calls_before, "the platform is not told"
+    picked = stack.slack.message(CHATS, picker.ts)
+    assert picked.text == asked and not [b for b in picked.blocks if b["type"] == "actions"], "the menu's buttons go"
+    # A menu offered and left: the chat's close takes its buttons too.
+    assert await stack.slack.block_action(MAIN, CHATS, root.ts, "chat_reassign", cid) == 200
+    await stack.settle()
+    left = stack.slack.thread(CHATS, root.ts)[-1]
+    assert left.ts != picker.ts and [b for b in left.blocks if b["type"] == "actions"]
+    await stack.sandbox.close_chat(cid)
+    await stack.settle()
+    assert not [b for b in stack.slack.message(CHATS, left.ts).blocks if b["type"] == "actions"]
 
 
 async def test_an_agent_with_a_long_name_still_gets_a_reassign_picker(

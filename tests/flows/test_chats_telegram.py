@@ -331,6 +331,7 @@ async def test_the_owner_reassigns_to_an_agent_whose_account_id_is_long_and_has_
     await stack.settle()
     assert await stack.redis.hget(keys.chat(TAG, cid), "assignee") == colleague
     assert 'href="tg://user?id=1002002">Xiao Wang</a>' in stack.telegram.message(GROUP, root_id).text
+    assert stack.telegram.message(GROUP, menu.message_id).reply_markup is None, "the menu's buttons go with the pick"
     assert await stack.bridge.outbox.dead_letters(TAG) == []
 
 

@@ -324,6 +324,49 @@ async def test_claiming_a_chat_and_marking_it_handled_elsewhere(stack: Stack, fa
     assert sum(line.startswith("✋ ") for line in marked["thread"]) == 1
 
 
+async def test_offering_reassign_and_picking_from_the_menu(stack: Stack, faults: RedisFaults) -> None:
+    """Reassign… (a menu of agents in the thread; one offered before loses its buttons) and a pick
+    from it (the chat moves, the menu loses its buttons): each finished exactly once by its retry."""
+    store = stack.bridge.holder.current.store("1001")
+    assert store is not None
+    offer, assign = faults.wrap(stack.bridge.chats.offer_reassign), faults.wrap(stack.bridge.chats.assign)
+
+    async def twice(step: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await step()
+        except RedisConnectionError:  # the click is stored: the consumer runs it again
+            await step()
+        await settle(stack)
+
+    def main(root_ts: str) -> Actor:
+        return Actor("slack", "U0MAIN1001", CHATS, root_ts, None)  # the main account: it alone reassigns
+
+    async def offered_before() -> tuple[str, str]:
+        cid, root_ts = await open_chat(stack)
+        await stack.bridge.chats.offer_reassign(store, cid, main(root_ts), "tr-menu-1")
+        await settle(stack)
+        return cid, root_ts
+
+    async def offer_again(chat: tuple[str, str]) -> None:
+        await twice(lambda: offer(store, chat[0], main(chat[1]), "tr-menu-2"))
+
+    async def pick(chat: tuple[str, str]) -> None:
+        target = "agent-b" if await stack.redis.hget(keys.chat(TAG, chat[0]), "assignee") != "agent-b" else "agent-a"
+        await twice(lambda: assign(store, chat[0], target, main(chat[1]), "tr-pick"))
+
+    async def state(chat: tuple[str, str]) -> dict[str, Any]:
+        roots = landed(stack, CHATS, f"slack:root:{chat[0]}")
+        menus = [m for m in stack.slack.thread(CHATS, roots[0].ts) if "把会话转交给" in m.text]
+        with_buttons = [bool([b for b in m.blocks if b["type"] == "actions"]) for m in menus]
+        return await chat_state(stack, chat[0]) | {"menus_with_buttons": with_buttons}
+
+    tried, offered = await each_failure(stack, faults, offered_before, offer_again, state)
+    assert tried >= 2 and offered["menus_with_buttons"] == [False, True], "the newest menu alone has buttons"
+    tried, picked = await each_failure(stack, faults, offered_before, pick, state)
+    assert tried >= 4 and picked["menus_with_buttons"] == [False]
+    assert sum(line.startswith("👤 ") for line in picked["thread"]) == 1, "said once"
+
+
 async def test_a_redelivered_platform_message_never_restarts_an_answered_window(
     stack: Stack, faults: RedisFaults
 ) -> None:
