@@ -32,7 +32,7 @@ from bridge.engine import keys
 from bridge.engine.metrics import METRICS
 from bridge.sandbox.platform import PlatformSandbox
 from bridge.sandbox.slack import SlackEmulator
-from bridge.sandbox.telegram import BOT_ID, TelegramEmulator
+from bridge.sandbox.telegram import BOT_ID, TelegramEmulator, TgMessage
 from connectors.platform.signing import sign
 
 DEMO_REDIS_DIR = Path("var/demo-redis")  # a clean slate every run: the demo's story starts from nothing
@@ -96,11 +96,7 @@ class Watcher:
             reply += f" in topic {tg.thread_id}" if tg.thread_id else ""
             if tg.photo or tg.document or tg.video:
                 reply += f" [file {tg.file_name or 'photo'}]"
-            buttons = ""
-            if tg.reply_markup:
-                labels = [b["text"] for row in tg.reply_markup.get("inline_keyboard", []) for b in row]
-                buttons = f" [{' | '.join(labels)}]"
-            self.out.say("telegram", f"chat {tg.chat_id} ← {who}{reply}: {_flat(_as_seen(tg.text))}{buttons}")
+            self.out.say("telegram", f"chat {tg.chat_id} ← {who}{reply}: {_flat(_as_seen(tg.text))}{_keyboard(tg)}")
         self.seen_telegram = len(self.telegram.messages)
         for (chat, topic), name in self.telegram.topics.items():
             if self.topic_names.setdefault((chat, topic), name) != name:
@@ -109,9 +105,10 @@ class Watcher:
         for tg in self.telegram.messages:
             key = f"tg:{tg.chat_id}:{tg.message_id}"
             if tg.edits > self.seen_edits.get(key, 0):
-                self.out.say(
-                    "telegram", f"chat {tg.chat_id} message {tg.message_id} edited: {_flat(_as_seen(tg.text))}"
-                )
+                # An edit shows its keyboard too: one without buttons left (a step that is past) says so.
+                keyboard = _keyboard(tg) or " [no buttons]"
+                self.out.say("telegram", f"chat {tg.chat_id} message {tg.message_id} edited: "
+                                         f"{_flat(_as_seen(tg.text))}{keyboard}")  # fmt: skip
                 self.seen_edits[key] = tg.edits
             if len(tg.reactions) > self.seen_reactions.get(key, 0):
                 self.out.say("telegram", f"chat {tg.chat_id} message {tg.message_id} got {tg.reactions[-1]}")
@@ -150,6 +147,12 @@ def _sent_by_kind() -> dict[str, int]:
 def _as_seen(telegram_html: str) -> str:
     """A Telegram message as a person sees it: formatting applied, entities decoded."""
     return html.unescape(re.sub(r"<[^>]+>", "", telegram_html))
+
+
+def _keyboard(tg: TgMessage) -> str:
+    """A Telegram message's buttons as the demo prints them (" [A | B]"), or nothing."""
+    labels = [b["text"] for row in (tg.reply_markup or {}).get("inline_keyboard", []) for b in row]
+    return f" [{' | '.join(labels)}]" if labels else ""
 
 
 def _flat(text: str) -> str:

@@ -84,6 +84,7 @@ async def test_the_demo_plays_its_scenes_on_an_injected_clock(
     assert "/feige stats → 📊" in text and " 0 Slack 429s" in text
     assert "#C0TASKS1001 ← bridge: 【物流问题 Logistics】商达协同任务单" in text
     assert "telegram  chat 7001 ← bridge: 【物流问题 Logistics】" in text
+    assert re.search(r"message \d+ edited: .*Step 1/3: .* \[no buttons\]\n", text), "a step's question, once past"
     scene_4, scene_5 = text.index("scene     4."), text.index("scene     5.")
     assert scene_4 < text.index("#C0TASKS1001 ← bridge: 【物流问题 Logistics】") < scene_5, "results under their scene"
     summary = next(line for line in text.splitlines() if "summary" in line)
