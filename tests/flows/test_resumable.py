@@ -287,6 +287,15 @@ async def test_accepting_a_further_reply_while_no_window_runs(stack: Stack, faul
     assert done["reactions"] == [["white_check_mark"]] * 2 and "已回复" in done["roots"][0]
 
 
+async def clicked_twice(stack: Stack, step: Callable[[], Awaitable[None]]) -> None:
+    """A click's handling, and once more if it failed (the click is stored: the consumer runs it again)."""
+    try:
+        await step()
+    except RedisConnectionError:
+        await step()
+    await settle(stack)
+
+
 async def test_claiming_a_chat_and_marking_it_handled_elsewhere(stack: Stack, faults: RedisFaults) -> None:
     """Claim (the chat and its load move, the thread and header say so) and Handled elsewhere (the
     window stops) are each finished exactly once by their retry, wherever the first run failed."""
@@ -294,20 +303,17 @@ async def test_claiming_a_chat_and_marking_it_handled_elsewhere(stack: Stack, fa
     assert store is not None
     assign, elsewhere = faults.wrap(stack.bridge.chats.assign), faults.wrap(stack.bridge.chats.handled_elsewhere)
 
-    async def twice(step: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await step()
-        except RedisConnectionError:  # the click is stored: the consumer runs it again
-            await step()
-        await settle(stack)
-
     async def claim(chat: tuple[str, str]) -> None:
         cid, root_ts = chat
-        await twice(lambda: assign(store, cid, None, Actor("slack", AGENT_A, CHATS, root_ts, None), "tr-claim"))
+        await clicked_twice(
+            stack, lambda: assign(store, cid, None, Actor("slack", AGENT_A, CHATS, root_ts, None), "tr-claim")
+        )
 
     async def mark(chat: tuple[str, str]) -> None:
         cid, root_ts = chat
-        await twice(lambda: elsewhere(store, cid, Actor("slack", AGENT_A, CHATS, root_ts, None), "tr-else"))
+        await clicked_twice(
+            stack, lambda: elsewhere(store, cid, Actor("slack", AGENT_A, CHATS, root_ts, None), "tr-else")
+        )
 
     state = lambda chat: chat_state(stack, chat[0])  # noqa: E731
     tried, claimed = await each_failure(stack, faults, lambda: open_chat(stack), claim, state)
@@ -331,13 +337,6 @@ async def test_offering_reassign_and_picking_from_the_menu(stack: Stack, faults:
     assert store is not None
     offer, assign = faults.wrap(stack.bridge.chats.offer_reassign), faults.wrap(stack.bridge.chats.assign)
 
-    async def twice(step: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await step()
-        except RedisConnectionError:  # the click is stored: the consumer runs it again
-            await step()
-        await settle(stack)
-
     def main(root_ts: str) -> Actor:
         return Actor("slack", "U0MAIN1001", CHATS, root_ts, None)  # the main account: it alone reassigns
 
@@ -348,11 +347,11 @@ async def test_offering_reassign_and_picking_from_the_menu(stack: Stack, faults:
         return cid, root_ts
 
     async def offer_again(chat: tuple[str, str]) -> None:
-        await twice(lambda: offer(store, chat[0], main(chat[1]), "tr-menu-2"))
+        await clicked_twice(stack, lambda: offer(store, chat[0], main(chat[1]), "tr-menu-2"))
 
     async def pick(chat: tuple[str, str]) -> None:
         target = "agent-b" if await stack.redis.hget(keys.chat(TAG, chat[0]), "assignee") != "agent-b" else "agent-a"
-        await twice(lambda: assign(store, chat[0], target, main(chat[1]), "tr-pick"))
+        await clicked_twice(stack, lambda: assign(store, chat[0], target, main(chat[1]), "tr-pick"))
 
     async def state(chat: tuple[str, str]) -> dict[str, Any]:
         roots = landed(stack, CHATS, f"slack:root:{chat[0]}")
