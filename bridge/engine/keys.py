@@ -229,8 +229,7 @@ archive keeps it for good, Redis holds live work only."""
 
 def chat(tag: str, conversation_id: str) -> str:
     """HASH: one platform chat's state (status, assignee, window, first reply, close, the Reassign…
-    menu posted last). Removed
-    FINISHED_KEEP_SECONDS after it closed, once archived."""
+    menu posted last). Removed FINISHED_KEEP_SECONDS after it closed, once archived."""
     return f"{tag}:chat:{conversation_id}"
 
 
@@ -281,7 +280,8 @@ def message_ref(tag: str, ref: str) -> str:
 
 def posted_message(tag: str, job_id: str) -> str:
     """STRING "<service>:<channel>:<message>": where the post of outbox job ``job_id`` landed, for a
-    post queued to be changed later (a step's question, its buttons retired once it is answered).
+    post queued to be changed later (a guided step's question or a Reassign… menu, its buttons
+    retired once they are past).
     Expires after REF_KEEP_SECONDS."""
     return f"{tag}:posted:{job_id}"
 

@@ -30,7 +30,16 @@ from bridge.flows import jobs
 from bridge.flows.archiving import Read, Snapshots, archive_schedule, archive_soon, decode_recorded
 from bridge.flows.domain import CLOSE_REASONS, ChatClosed, ChatMessage, Content, OtherContent
 from bridge.flows.steps import take_steps
-from bridge.flows.views import Actor, ReplyMedia, post_view, read_hash, refusal_reason, tell_privately
+from bridge.flows.views import (
+    Actor,
+    ReplyMedia,
+    post_view,
+    read_hash,
+    refusal_reason,
+    remembered,
+    retire,
+    tell_privately,
+)
 from bridge.i18n import t
 from rules.evidence import evidence_limits
 from rules.permissions import Refusal, answer_refusal, assignment_refusal, handled_elsewhere_refusal
@@ -40,8 +49,8 @@ from rules.routing import route_by_saturation
 log = logging.getLogger(__name__)
 
 MENU_FIELD = "reassign_menu"
-"""In a chat's hash: the Reassign… menu posted last in its thread (its job id and view), to retire
-its buttons once a pick is made or the chat closes."""
+"""In a chat's hash: the Reassign… menu posted last in its thread (``views.remembered``), to retire
+its buttons once a pick is made, another menu is offered or the chat closes."""
 
 
 # Every script below is one step of the flow that is safe to run again: a handler that dies after
@@ -641,13 +650,10 @@ class ChatFlow:
         """The Reassign… menu posted last in the chat's thread keeps its text and loses its buttons:
         a pick was made, another menu offered, or the chat closed. ``keep``: the job of a menu being
         offered, which an offer handled again finds stored and must leave as it is."""
-        if not chat.get(MENU_FIELD):
-            return
-        menu = orjson.loads(chat[MENU_FIELD])
-        if menu["job"] == keep:
-            return
-        await self._to_destination(store, dest, cid, f"{menu['job']}:retired", jobs.UPDATE_POST,
-                                   menu["view"] | {"buttons": []}, changes=menu["job"])  # fmt: skip
+        if chat.get(MENU_FIELD) and orjson.loads(chat[MENU_FIELD])["job"] != keep:
+            tag = keys.store_tag(store.id)
+            await retire(self.outbox, tag, f"chat:{cid}", store.id, dest, chat[MENU_FIELD],
+                         relevant_key=keys.chat(tag, cid))  # fmt: skip
 
     async def _refuse(
         self, store: Store, actor: Actor, refusal: Refusal, chat: dict[str, str], agent_label: str
@@ -734,7 +740,7 @@ class ChatFlow:
         job_id = f"reassign:{action_id}"
         await self._retire_menu(store, dest, cid, chat, keep=job_id)  # one menu at a time: the newest
         await self._to_destination(store, dest, cid, job_id, jobs.POST, view, remember=True)
-        await self.redis.hset(keys.chat(tag, cid), MENU_FIELD, orjson.dumps({"job": job_id, "view": view}).decode())
+        await self.redis.hset(keys.chat(tag, cid), MENU_FIELD, remembered(job_id, view))
 
 
 def _shown(content: Content, locale: str) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from bridge.flows import jobs
 from bridge.flows.router import Inbound
 from bridge.flows.task_records import status_name
 from bridge.flows.tasks import TaskFlow, evidence_count_problem, evidence_problems
-from bridge.flows.views import Actor, ReplyMedia, post_view, react, read_hash, tell
+from bridge.flows.views import Actor, ReplyMedia, post_view, react, read_hash, remembered, retire, tell
 from bridge.i18n import t
 from rules.evidence import evidence_limits
 from rules.solution import solution_refusal
@@ -335,20 +335,14 @@ class ResolveConversation:
         await post_view(self.outbox, keys.store_tag(store.id), f"task:{tid}", store.id,
                         Destination.parse(store.destinations.task_orders), job_id, jobs.POST, view,
                         remember=True)  # fmt: skip
-        return orjson.dumps({"job": job_id, "view": view}).decode()
+        return remembered(job_id, view)
 
     async def _retire(self, store: Store, tid: str, state: dict[str, str], why: str = "") -> None:
-        """The conversation's latest question keeps its text and loses its buttons: its step is past,
-        and buttons left on it would only be answered that they are. ``why``: a line added under it."""
-        if not state.get("prompt"):
-            return
-        prompt = orjson.loads(state["prompt"])
-        view = prompt["view"] | {"buttons": []}
-        if why:
-            view["text"] = f"{view['text']}\n\n{why}"
-        await post_view(self.outbox, keys.store_tag(store.id), f"task:{tid}", store.id,
-                        Destination.parse(store.destinations.task_orders), f"{prompt['job']}:retired",
-                        jobs.UPDATE_POST, view, changes=prompt["job"])  # fmt: skip
+        """The conversation's latest question keeps its text and loses its buttons: its step is past.
+        ``why``: a line added under it."""
+        if state.get("prompt"):
+            await retire(self.outbox, keys.store_tag(store.id), f"task:{tid}", store.id,
+                         Destination.parse(store.destinations.task_orders), state["prompt"], why)  # fmt: skip
 
     async def _reply(self, store: Store, actor: Actor, at: str, text: str) -> None:
         job_id = f"guide:{actor.channel}:{at}:{zlib.crc32(text.encode())}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from bridge.config import Destination, Store
@@ -93,6 +94,32 @@ async def post_view(
         return await outbox.enqueue_then(tag, f"{thread_key}:{dest.service}", job, then)
     await outbox.enqueue(tag, f"{thread_key}:{dest.service}", job)
     return {}
+
+
+def remembered(job_id: str, view: dict[str, Any]) -> str:
+    """What a flow keeps of a post it queued with ``remember`` (its job id and view): enough to
+    ``retire`` it later."""
+    return orjson.dumps({"job": job_id, "view": view}).decode()
+
+
+async def retire(
+    outbox: Outbox,
+    tag: str,
+    thread_key: str,
+    store_id: str | None,
+    dest: Destination,
+    kept: str,
+    why: str = "",
+    relevant_key: str | None = None,
+) -> None:
+    """The post ``kept`` (``remembered``) keeps its text and loses its buttons: what they offered is
+    past, and a tap on them would only be refused. ``why``: a line added under its text."""
+    post = orjson.loads(kept)
+    view = post["view"] | {"buttons": []}
+    if why:
+        view["text"] = f"{view['text']}\n\n{why}"
+    await post_view(outbox, tag, thread_key, store_id, dest, f"{post['job']}:retired", jobs.UPDATE_POST, view,
+                    relevant_key=relevant_key, changes=post["job"])  # fmt: skip
 
 
 def _job_id(dest: Destination, job_id: str) -> str:
