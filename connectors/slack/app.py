@@ -576,13 +576,7 @@ class SlackConnector:
         root = await refs.root_of(self.redis, str(p["tag"]), str(p["thread_key"]))
         if root is None:
             raise WaitingForRoot
-        text, blocks = render(self._store(job), p["view"])
-        try:
-            await _with_blocks(blocks, lambda shown: self.client.chat_update(channel=root[0], ts=root[1], text=text,
-                                                                             blocks=shown))  # fmt: skip
-        except FinalFailure as exc:
-            if exc.code != "message_not_found":
-                raise
+        if not await self._edit(job, *root):
             # Someone deleted the header (a workspace admin tidying up): it is posted again, with its
             # buttons, as the thread's root from now on, by the post's own once-only path.
             log.warning("Slack %s: the header of %s is gone; posting it again", root[0], p["thread_key"])
@@ -592,15 +586,20 @@ class SlackConnector:
     async def _update_post(self, job: OutboxJob) -> None:
         p = job.payload
         posted = await refs.posted_at(self.redis, str(p["tag"]), str(p["posted"]))
-        if posted is None:
-            return  # never posted (it failed for good)
-        text, blocks = render(self._store(job), p["view"])
+        if posted is not None:  # else never posted (it failed for good)
+            await self._edit(job, *posted)  # deleted meanwhile: nothing left to change
+
+    async def _edit(self, job: OutboxJob, channel: str, ts: str) -> bool:
+        """Shows the job's view in the message at ``channel``/``ts``; False when it was deleted."""
+        text, blocks = render(self._store(job), job.payload["view"])
         try:
-            await _with_blocks(blocks, lambda shown: self.client.chat_update(channel=posted[0], ts=posted[1],
-                                                                             text=text, blocks=shown))  # fmt: skip
+            await _with_blocks(blocks, lambda shown: self.client.chat_update(channel=channel, ts=ts, text=text,
+                                                                             blocks=shown))  # fmt: skip
         except FinalFailure as exc:
-            if exc.code != "message_not_found":  # deleted meanwhile: nothing left to change
+            if exc.code != "message_not_found":
                 raise
+            return False
+        return True
 
     async def _ephemeral(self, job: OutboxJob) -> None:
         actor = job.payload["actor"]

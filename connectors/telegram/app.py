@@ -599,19 +599,9 @@ class TelegramConnector:
             raise WaitingForRoot
         text, markup = render(self._view(p))
         markup = await self._fit(markup)
-        if int(root[0]) in self._moved:  # the old group, since made a supergroup, is read-only history
+        # The old group, since made a supergroup, is read-only history.
+        if int(root[0]) in self._moved or not await self._edit(int(root[0]), int(root[1]), text, markup):
             return await self._header_again(job, int(root[0]), text, markup)
-        try:
-            await self.bot.edit_message_text(text, chat_id=int(root[0]), message_id=int(root[1]), parse_mode="HTML",
-                                             reply_markup=markup)  # fmt: skip
-        except ChatMigrated as exc:
-            await self._follow(int(root[0]), exc.new_chat_id)
-            return await self._header_again(job, int(root[0]), text, markup)
-        except BadRequest as exc:
-            if "to edit not found" in str(exc).lower():  # deleted, or gone with its topic
-                return await self._header_again(job, int(root[0]), text, markup)
-            if "not modified" not in str(exc).lower():
-                raise _sorted(exc) from None
         topic = await refs.topic_of(self.redis, tag, key)
         if topic is not None:  # the topic's name shows the status in the group's list of topics
             try:
@@ -628,16 +618,27 @@ class TelegramConnector:
             return  # never posted (it failed for good), or in a group since made read-only history
         text, markup = render(self._view(p))
         try:
-            await self.bot.edit_message_text(text, chat_id=int(posted[0]), message_id=int(posted[1]),
-                                             parse_mode="HTML", reply_markup=await self._fit(markup))  # fmt: skip
-        except ChatMigrated as exc:
-            await self._follow(int(posted[0]), exc.new_chat_id)
-        except BadRequest as exc:
-            # Deleted meanwhile: a step's buttons on nothing matter to no one.
-            if "not modified" not in str(exc).lower() and "to edit not found" not in str(exc).lower():
-                raise _sorted(exc) from None
+            # Gone meanwhile (deleted, or its group made a supergroup): buttons on nothing matter to no one.
+            await self._edit(int(posted[0]), int(posted[1]), text, await self._fit(markup))
         except TelegramError as exc:
             raise _sorted(exc) from None
+
+    async def _edit(self, chat: int, message: int, text: str, markup: InlineKeyboardMarkup | None) -> bool:
+        """Shows ``text`` and ``markup`` in a message the bot posted; False when it can no longer be
+        edited: deleted, gone with its topic, or left in a group since made a supergroup (which is
+        followed). An edit that changes nothing is done."""
+        try:
+            await self.bot.edit_message_text(text, chat_id=chat, message_id=message, parse_mode="HTML",
+                                             reply_markup=markup)  # fmt: skip
+        except ChatMigrated as exc:
+            await self._follow(chat, exc.new_chat_id)
+            return False
+        except BadRequest as exc:
+            if "to edit not found" in str(exc).lower():
+                return False
+            if "not modified" not in str(exc).lower():
+                raise _sorted(exc) from None
+        return True
 
     async def _header_again(
         self, job: OutboxJob, chat: int, text: str, markup: InlineKeyboardMarkup | None
